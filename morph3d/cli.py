@@ -1,0 +1,124 @@
+"""The `morph3d` command line: one argparse parser, one function per subcommand.
+
+Every user-facing failure is a `Morph3dError`: it prints one line `morph3d: error: ...`
+and exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from morph3d import __version__
+from morph3d.errors import Morph3dError
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from morph3d.models import load_model
+
+    model = load_model(args.model)
+    info = model.info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"model:                 {info['name']}")
+        print(f"vertices:              {info['vertices']}")
+        print(f"triangles:             {info['triangles']}")
+        print(f"identity components:   {info['identity_components']}")
+        print(f"expression components: {info['expression_components']}")
+        print(f"landmark schemes:      {', '.join(info['landmark_schemes'])}")
+        print(f"regions:               {', '.join(info['regions'])}")
+    return 0
+
+
+def cmd_model_build(args: argparse.Namespace) -> int:
+    from morph3d.head_builder import build_head_model
+    from morph3d.models import default_model_path
+
+    out = Path(args.output) if args.output else default_model_path()
+    build_head_model(samples=args.samples, seed=args.seed).save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_model_convert_bfm(args: argparse.Namespace) -> int:
+    from morph3d.bfm import convert_bfm
+
+    out = convert_bfm(
+        Path(args.shape), Path(args.expression) if args.expression else None,
+        Path(args.output) if args.output else None,
+        Path(args.landmarks) if args.landmarks else None,
+    )
+    print(f"wrote {out}; use it with --model bfm")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="morph3d",
+        description="Open 3D-morphable-model face swap: one photo in, a swapped clip out.",
+    )
+    parser.add_argument("--version", action="version", version=f"morph3d {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    model = sub.add_parser("model", help="inspect, build or convert morphable models")
+    model_sub = model.add_subparsers(dest="model_command", metavar="ACTION")
+    info = model_sub.add_parser("info", help="print the active model's sizes")
+    info.add_argument("--model", default="default", help="default | bfm | path to a .npz")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=cmd_model_info)
+    build = model_sub.add_parser("build", help="(re)build the embedded MakeHuman head model")
+    build.add_argument("-o", "--output", help="output .npz (default: the cache)")
+    build.add_argument("--samples", type=int, default=1500, help="prior samples for the PCA")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=cmd_model_build)
+    bfm = model_sub.add_parser("convert-bfm", help="convert a Basel Face Model you have")
+    bfm.add_argument("shape", help="01_MorphableModel.mat, BFM_model_front.mat or a BFM .h5")
+    bfm.add_argument("--expression", help="expression basis file (e.g. 3DDFA Model_Expression.mat)")
+    bfm.add_argument("--landmarks", help="text file: 68 lines, 0-based vertex index of iBUG points")
+    bfm.add_argument("-o", "--output", help="output .npz (default: the cache, used by --model bfm)")
+    bfm.set_defaults(func=cmd_model_convert_bfm)
+
+    for name, register in _optional_commands():
+        register(sub, name)
+    return parser
+
+
+def _optional_commands():
+    """Subcommands whose modules register themselves (fit, swap, eval, ...)."""
+    import importlib
+
+    for name, module in (("fit", "morph3d.commands.fit"), ("swap", "morph3d.commands.swap"),
+                         ("eval", "morph3d.commands.eval"), ("demo", "morph3d.commands.demo"),
+                         ("template", "morph3d.commands.template"),
+                         ("batch", "morph3d.commands.batch"),
+                         ("train", "morph3d.commands.train")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue
+            raise
+        yield name, mod.register
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0 if args.command is None else 2
+    try:
+        return int(args.func(args) or 0)
+    except Morph3dError as exc:
+        print(f"morph3d: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("morph3d: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

