@@ -44,13 +44,9 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def cmd_model_convert_bfm(args: argparse.Namespace) -> int:
-    from morph3d.bfm import convert_bfm
+    from morph3d.bfm import convert_bfm_from_args
 
-    out = convert_bfm(
-        Path(args.shape), Path(args.expression) if args.expression else None,
-        Path(args.output) if args.output else None,
-        Path(args.landmarks) if args.landmarks else None,
-    )
+    out = convert_bfm_from_args(args)
     print(f"wrote {out}; use it with --model bfm")
     return 0
 
@@ -75,10 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_model_build)
     bfm = model_sub.add_parser("convert-bfm", help="convert a Basel Face Model you have")
-    bfm.add_argument("shape", help="01_MorphableModel.mat, BFM_model_front.mat or a BFM .h5")
-    bfm.add_argument("--expression", help="expression basis file (e.g. 3DDFA Model_Expression.mat)")
-    bfm.add_argument("--landmarks", help="text file: 68 lines, 0-based vertex index of iBUG points")
-    bfm.add_argument("-o", "--output", help="output .npz (default: the cache, used by --model bfm)")
+    from morph3d.bfm import add_convert_bfm_arguments
+
+    add_convert_bfm_arguments(bfm)
     bfm.set_defaults(func=cmd_model_convert_bfm)
 
     for name, register in _optional_commands():

@@ -27,6 +27,10 @@ IBUG68_PAIRS = (
        (48, 54), (49, 53), (50, 52), (55, 59), (56, 58), (60, 64), (61, 63), (65, 67)]
 )
 IBUG68_MIDLINE = (8, 27, 28, 29, 30, 33, 51, 57, 62, 66)
+# Eye-contour points: iBUG 36-47 and the mediapipe eye rings (both eyes).
+IBUG68_EYE = tuple(range(36, 48))
+MEDIAPIPE_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246,
+                 263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
 VIEWS = ((0.0, 0.0), (0.12, 0.0), (-0.12, 0.0), (0.0, 0.1), (0.0, -0.1))  # yaw, pitch (rad)
 
 
@@ -185,6 +189,39 @@ def symmetrize_ibug68(points: np.ndarray) -> np.ndarray:
     return out
 
 
+def snap_to_lid_margins(model: ModelData, parts: np.ndarray, points: np.ndarray,
+                        size: int = 1024) -> np.ndarray:
+    """Move eye-contour points onto the lid margin as seen from the front.
+
+    Detectors on a flat-shaded render place the lid points loosely; the lid margin (skin
+    pixels touching visible eyeball pixels in a frontal render) is where a blink moves the
+    surface, so that is where the correspondence must sit.
+    """
+    centre, extent = np.array([0.0, 0.0, 0.0]), 120.0
+    colors = np.ones((len(model.mean), 3))
+    render = render_preview(model.mean, model.triangles, colors, size=size, centre=centre,
+                            extent_mm=extent)
+    ids = render.triangle_id
+    tri_part = np.where(ids >= 0, parts[model.triangles[ids.clip(0), 0]], -1)
+    eye = np.isin(tri_part, (4, 5))
+    skin = tri_part == 0
+    grown = eye.copy()
+    grown[1:] |= eye[:-1]
+    grown[:-1] |= eye[1:]
+    grown[:, 1:] |= eye[:, :-1]
+    grown[:, :-1] |= eye[:, 1:]
+    margin = np.argwhere(skin & grown)[:, ::-1].astype(float)  # x, y
+    scale = size / extent
+    out = points.copy()
+    for i, p in enumerate(points):
+        pixel = np.array([(p[0] - centre[0]) * scale + (size - 1) / 2,
+                          -(p[1] - centre[1]) * scale + (size - 1) / 2])
+        q = margin[np.linalg.norm(margin - pixel, axis=1).argmin()]
+        f, bary = pixel_to_surface(render, model.triangles, q)
+        out[i] = bary @ model.mean[model.triangles[f]]
+    return out
+
+
 def attach_landmarks(model: ModelData, log=print) -> None:
     """Detect ibug68 and mediapipe478 on renders of the mean and store them on `model`."""
     parts = vertex_parts(model)
@@ -192,9 +229,13 @@ def attach_landmarks(model: ModelData, log=print) -> None:
     eye_tris = np.isin(parts[model.triangles], (4, 5)).all(1)
 
     ibug = symmetrize_ibug68(detect_on_views(model, detect_ibug68, 68))
+    eye = list(IBUG68_EYE)
+    ibug[eye] = snap_to_lid_margins(model, parts, ibug[eye])
     model.landmarks["ibug68"] = closest_surface_points(ibug, model.mean, model.triangles,
                                                         skin_tris)
     mp = detect_on_views(model, detect_mediapipe478, 478)
+    mp_eye = list(MEDIAPIPE_EYE)
+    mp[mp_eye] = snap_to_lid_margins(model, parts, mp[mp_eye])
     face = closest_surface_points(mp[:468], model.mean, model.triangles, skin_tris)
     iris = closest_surface_points(mp[468:], model.mean, model.triangles, eye_tris)
     model.landmarks["mediapipe478"] = SurfacePoints(
@@ -212,7 +253,8 @@ def anthropometric_points(model: ModelData, parts: np.ndarray) -> SurfacePoints:
 
     nasion: the deepest mid-line skin point between the eyes; menton: the lowest mid-line
     point of the chin (iBUG 8); zygia: the most lateral skin points of the cheekbone band
-    (from the eyes down to the nose base), in front of the ears.
+    (from the eyes down to the nose base) no more than 45 mm behind the outer eye corners,
+    i.e. on the zygomatic arch in front of the ears.
     """
     mean, tris = model.mean, model.triangles
     ibug = model.landmarks["ibug68"].positions(mean, tris)
@@ -223,8 +265,8 @@ def anthropometric_points(model: ModelData, parts: np.ndarray) -> SurfacePoints:
     nasion = mean[band][mean[band, 2].argmin()]  # deepest point of the nose root
     menton = ibug[8]
     low = ibug[33, 1]
-    ear_z = ibug[[0, 16], 2].mean() - 5  # ears sit behind the jaw's top
-    cheek = skin & (mean[:, 1] < eye_y) & (mean[:, 1] > low) & (mean[:, 2] > ear_z)
+    arch_z = ibug[[36, 45], 2].mean() - 45.0
+    cheek = skin & (mean[:, 1] < eye_y) & (mean[:, 1] > low) & (mean[:, 2] > arch_z)
     cheek &= ~model.regions["eyes"]
     zl = mean[cheek][mean[cheek, 0].argmax()]
     zr = mean[cheek][mean[cheek, 0].argmin()]

@@ -57,6 +57,9 @@ _MOV_OPTIONS = {"movflags": "+faststart+use_metadata_tags"}
 # Audio codecs the mp4/mov muxers accept without `-strict experimental`; matroska takes all.
 _MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "mp2", "alac", "ac3", "eac3", "opus", "flac"})
 _MAX_CONSECUTIVE_DEMUX_ERRORS = 64
+# FFmpeg demuxers that turn arbitrary text/binary files into "video" (text-mode art, picked
+# by extension alone: .txt, .nfo, .bin, ...); a file they claim is not media for us.
+_TEXT_ART_FORMATS = frozenset({"tty", "bin", "xbin", "idf", "adf"})
 _SYNTHETIC_MARKER = "synthetic media: face swapped by morph3d"
 # swscale's default YUV<->RGB path is fast but darkens by ~0.9/255 per round trip; exact
 # rounding with full chroma interpolation removes the bias (~5 ms per 720p frame).
@@ -307,10 +310,14 @@ class VideoInfo:
 def _open_media(p: Path) -> Any:
     """Open `p` with PyAV, turning FFmpeg failures into a one-line InputError."""
     try:
-        return av.open(str(p), mode="r")
+        container = av.open(str(p), mode="r")
     except av.error.FFmpegError as exc:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise InputError(f"not a readable media file: {p} ({reason})") from None
+    if container.format.name in _TEXT_ART_FORMATS:
+        container.close()
+        raise InputError(f"not a media file: {p} (looks like text or binary data)")
+    return container
 
 
 def _video_stream(container: Any, p: Path) -> Any:
@@ -406,6 +413,8 @@ def probe_video(path: PathLike) -> VideoInfo:
         if not exact:
             # Count by demuxing packets (no decoding) and take the video's end time.
             frame_count, end_pts = _count_video_packets(p)
+            if frame_count == 0:
+                raise InputError(f"no readable video frames in {p}")
             if end_pts is not None and tb:
                 duration_s = float((end_pts - start_pts) * tb)
             declared = _declared_frame_count(vs, fps)
@@ -601,10 +610,10 @@ def _video_frames(
                 continue
             for frame in frames:
                 index = index_of(frame)
+                if index < start:
+                    continue  # decoded from the keyframe before `start` after seeking
                 if index <= last_index:  # duplicate/out-of-order timestamp (VFR sources)
                     index = last_index + 1
-                if index < start:
-                    continue
                 if stop is not None and index >= stop:
                     finished = True
                     break
@@ -694,7 +703,8 @@ class VideoWriter:
 
     `write(rgb, index)` places a frame at ``pts = index - start_index``; when indices skip
     (frames lost to corruption) the previous frame is repeated so the output keeps the
-    input's frame count and timing.
+    input's frame count and timing (`frames_written` counts repeats, `frames_repeated`
+    only those). Use it as a context manager, or call `close()` / `abort()` yourself.
     """
 
     def __init__(
@@ -713,13 +723,13 @@ class VideoWriter:
         inputs: Sequence[PathLike] = (),
     ) -> None:
         out = _output_file(out_path, "video output")
+        for other in [like.path, *([audio_from] if audio_from is not None else []), *inputs]:
+            if _same_file(out, other):
+                raise InputError(f"output path is the same file as an input: {out}")
         suffix = out.suffix.lower()
         if suffix not in _VIDEO_OUTPUT_FORMATS:
             choices = ", ".join(sorted(_VIDEO_OUTPUT_FORMATS))
             raise InputError(f"unsupported video output extension '{out.suffix}' ({choices})")
-        for other in [like.path, *([audio_from] if audio_from is not None else []), *inputs]:
-            if _same_file(out, other):
-                raise InputError(f"output path is the same file as an input: {out}")
         if like.width <= 0 or like.height <= 0 or like.fps <= 0:
             raise ValueError(f"invalid video geometry in {like}")
         self.out_path = out
@@ -827,8 +837,11 @@ class VideoWriter:
                 f"frame index {index} is not after the last written index "
                 f"{self._next_pts - 1 + self.start_index}"
             )
-        while self._next_pts < pts and self._last_rgb is not None:
-            self._encode_rgb(self._last_rgb, self._next_pts)  # fill a gap: repeat last frame
+        # Fill a gap (frames lost upstream) by repeating the previous frame, or this one
+        # when the gap is at the very start.
+        filler = self._last_rgb if self._last_rgb is not None else rgb
+        while self._next_pts < pts:
+            self._encode_rgb(filler, self._next_pts)
             self.frames_repeated += 1
         self._encode_rgb(rgb, pts)
         self._last_rgb = rgb

@@ -1,0 +1,489 @@
+"""Face identities over time: which face in each frame is which person.
+
+`FaceTracker` links each frame's faces to tracks by box overlap (IoU against the track's
+predicted box) and uses dlib's 128-D identity embedding where overlap cannot decide: when
+a face could belong to more than one track, when a face appears with no overlapping track
+(re-identification after an occlusion, a cut or a detector miss), and every `embed_every`
+frames per track to keep an identity model. Embeddings cost ~80 ms per face on this CPU, so
+they are computed sparsely, never for every face of every frame.
+
+The result is a `Tracks` value (flat numpy arrays, one row per detected face, with save/load
+to .npz) plus helpers to pick one person: the largest face over the clip, the Nth largest,
+or the track closest to a reference photo's embedding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from fitting.embedding import (
+    EMBEDDING_SIZE,
+    SAME_PERSON_THRESHOLD,
+    embedding_distance,
+    face_embedding,
+    face_embeddings,
+)
+from fitting.faces import (
+    IBUG68,
+    SCHEME_SIZES,
+    FrameFaces,
+    LandmarkBackend,
+    _open_npz,
+    as_rgb_uint8,
+    box_areas,
+    box_iou,
+    get_landmark_backend,
+    save_npz_atomic,
+)
+from morph3d.errors import InputError, Morph3dError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Tracks:
+    """Every detected face of a clip with its track id; one row per (frame, face).
+
+    n_frames: frames in the clip (frames with no face have no rows).
+    image_size: (H, W) in pixels.
+    frame_index: (M,) int64 frame of each row, non-decreasing.
+    track_id: (M,) int64 track of each row; ids are 0, 1, 2... in order of first appearance.
+    boxes: (M, 4) float32, scores: (M,) float32, landmarks: scheme -> (M, L, 2) float32, as
+        in `fitting.faces.FrameFaces`.
+    embeddings: (M, 128) float32 identity descriptors, NaN rows where none was computed.
+    """
+
+    n_frames: int
+    image_size: tuple[int, int]
+    frame_index: np.ndarray
+    track_id: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    landmarks: dict[str, np.ndarray]
+    embeddings: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.n_frames = int(self.n_frames)
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.frame_index = np.asarray(self.frame_index, np.int64).reshape(-1)
+        m = len(self.frame_index)
+        self.track_id = np.asarray(self.track_id, np.int64).reshape(m)
+        self.boxes = np.asarray(self.boxes, np.float32).reshape(m, 4)
+        self.scores = np.asarray(self.scores, np.float32).reshape(m)
+        self.landmarks = {s: _points_array(s, p, m) for s, p in self.landmarks.items()}
+        self.embeddings = np.asarray(self.embeddings, np.float32).reshape(m, EMBEDDING_SIZE)
+        if m and (self.frame_index.min() < 0 or self.frame_index.max() >= self.n_frames):
+            raise InputError("track frame indices fall outside the clip")
+
+    def __len__(self) -> int:
+        return len(self.frame_index)
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Sorted unique track ids."""
+        return np.unique(self.track_id)
+
+    def rows_in_frame(self, frame: int) -> np.ndarray:
+        """Row indices of the faces in `frame`."""
+        lo, hi = np.searchsorted(self.frame_index, [frame, frame + 1])
+        return np.arange(lo, hi)
+
+    def ids_in_frame(self, frame: int) -> np.ndarray:
+        """Track id of each face in `frame` (in detection order)."""
+        return self.track_id[self.rows_in_frame(frame)]
+
+    def frame_faces(self, frame: int) -> FrameFaces:
+        """The faces of one frame as a FrameFaces (rows in the order of `ids_in_frame`)."""
+        rows = self.rows_in_frame(frame)
+        return FrameFaces(boxes=self.boxes[rows], scores=self.scores[rows],
+                          landmarks={s: p[rows] for s, p in self.landmarks.items()},
+                          image_size=self.image_size)
+
+    def present(self, track_id: int) -> np.ndarray:
+        """(n_frames,) bool: frames where the track has a face."""
+        mask = np.zeros(self.n_frames, bool)
+        mask[self.frame_index[self.track_id == track_id]] = True
+        return mask
+
+    def _per_frame(self, track_id: int, values: np.ndarray) -> np.ndarray:
+        rows = np.flatnonzero(self.track_id == track_id)
+        out = np.full((self.n_frames,) + values.shape[1:], np.nan, np.float32)
+        # If a track had two faces in one frame (it cannot, by construction) the last wins.
+        out[self.frame_index[rows]] = values[rows]
+        return out
+
+    def trajectory(self, track_id: int, scheme: str = IBUG68) -> np.ndarray:
+        """(n_frames, L, 2) landmarks of one track, NaN in frames where it is absent."""
+        if scheme not in self.landmarks:
+            raise InputError(f"no {scheme} landmarks in these tracks "
+                             f"(have {', '.join(self.landmarks) or 'none'})")
+        return self._per_frame(track_id, self.landmarks[scheme])
+
+    def track_boxes(self, track_id: int) -> np.ndarray:
+        """(n_frames, 4) boxes of one track, NaN where absent."""
+        return self._per_frame(track_id, self.boxes)
+
+    def track_embeddings(self, track_id: int) -> np.ndarray:
+        """(K, 128) the embeddings computed for one track (may be empty)."""
+        rows = self.track_id == track_id
+        embeddings = self.embeddings[rows]
+        return embeddings[np.all(np.isfinite(embeddings), axis=1)]
+
+    def mean_areas(self) -> dict[int, float]:
+        """Track id -> box area summed over its frames / n_frames (absent frames count 0, so
+        a face seen briefly does not outrank one seen throughout)."""
+        areas = box_areas(self.boxes)
+        return {int(t): float(areas[self.track_id == t].sum() / max(self.n_frames, 1))
+                for t in self.ids}
+
+    def with_landmarks(self, landmarks: dict[str, np.ndarray]) -> Tracks:
+        """A copy with some landmark sets replaced (e.g. smoothed), same rows."""
+        merged = dict(self.landmarks)
+        merged.update(landmarks)
+        return Tracks(self.n_frames, self.image_size, self.frame_index.copy(),
+                      self.track_id.copy(), self.boxes.copy(), self.scores.copy(), merged,
+                      self.embeddings.copy())
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an npz atomically."""
+        arrays = {
+            "format_version": np.array(FORMAT_VERSION),
+            "n_frames": np.array(self.n_frames, np.int64),
+            "image_size": np.array(self.image_size, np.int64),
+            "frame_index": self.frame_index, "track_id": self.track_id,
+            "boxes": self.boxes, "scores": self.scores, "embeddings": self.embeddings,
+        }
+        arrays.update({f"landmarks/{s}": p for s, p in self.landmarks.items()})
+        save_npz_atomic(path, arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Tracks:
+        """Read a file written by `save`; a missing or foreign file raises InputError."""
+        with _open_npz(path) as z:
+            if "track_id" not in z.files or int(z.get("format_version", -1)) != FORMAT_VERSION:
+                raise InputError(f"{path} is not a tracks file of format {FORMAT_VERSION}")
+            return cls(
+                n_frames=int(z["n_frames"]), image_size=tuple(z["image_size"]),
+                frame_index=z["frame_index"], track_id=z["track_id"], boxes=z["boxes"],
+                scores=z["scores"], embeddings=z["embeddings"],
+                landmarks={k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("landmarks/")},
+            )
+
+
+def _points_array(scheme: str, points: object, rows: int) -> np.ndarray:
+    """(rows, L, 2) float32; L from the data, or from the scheme when there are no rows."""
+    points = np.asarray(points, np.float32)
+    if rows == 0:
+        size = SCHEME_SIZES.get(scheme, points.shape[1] if points.ndim == 3 else 0)
+        return np.zeros((0, size, 2), np.float32)
+    return points.reshape(rows, -1, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# The tracker
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _TrackState:
+    track_id: int
+    last_frame: int
+    box: np.ndarray
+    velocity: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    embedding_sum: np.ndarray = field(default_factory=lambda: np.zeros(EMBEDDING_SIZE))
+    embedding_count: int = 0
+    last_embedding_frame: int = -(10**9)
+
+    @property
+    def identity(self) -> np.ndarray | None:
+        return self.embedding_sum / self.embedding_count if self.embedding_count else None
+
+    def predicted_box(self, frame: int) -> np.ndarray:
+        return self.box + self.velocity * (frame - self.last_frame)
+
+    def add_embedding(self, embedding: np.ndarray, frame: int) -> None:
+        self.embedding_sum += embedding
+        self.embedding_count += 1
+        self.last_embedding_frame = frame
+
+
+class FaceTracker:
+    """Online tracker: feed frames and their faces in order with `update`, then `result()`.
+
+    iou_threshold: least IoU between a face and a track's predicted box to link them on
+        overlap alone.
+    max_gap: frames a track may go unseen and still be linked on overlap; after that only
+        its identity embedding can bring it back.
+    embed_every: frames between identity embeddings of a tracked face (also computed for every
+        new or ambiguous face).
+    reid_threshold: largest embedding distance to give an unlinked face an old track's id;
+        stricter than dlib's 0.6 so two people are not merged.
+    cut_threshold: mean absolute difference (0..255) between 32x32 grey thumbnails of
+        consecutive frames above which a frame counts as a scene cut; at a cut every face is
+        embedded and checked against its track, since boxes say nothing across a cut.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15, embed_every: int = 15,
+                 reid_threshold: float = 0.5, embedding_weight: float = 1.0,
+                 cut_threshold: float = 30.0) -> None:
+        self.iou_threshold = float(iou_threshold)
+        self.max_gap = int(max_gap)
+        self.embed_every = int(embed_every)
+        self.reid_threshold = float(reid_threshold)
+        self.embedding_weight = float(embedding_weight)
+        self.cut_threshold = float(cut_threshold)
+        self._thumbnail: np.ndarray | None = None
+        self._states: list[_TrackState] = []
+        self._rows: list[tuple[int, int, np.ndarray, float, dict[str, np.ndarray],
+                               np.ndarray]] = []
+        self._frame = 0
+        self._image_size: tuple[int, int] | None = None
+        self._schemes: tuple[str, ...] | None = None
+        self.embeddings_computed = 0
+
+    def _embed(self, image: np.ndarray, faces: FrameFaces, indices: list[int]) -> np.ndarray:
+        if not indices:
+            return np.zeros((0, EMBEDDING_SIZE), np.float32)
+        self.embeddings_computed += len(indices)
+        if IBUG68 in faces.landmarks:
+            return face_embeddings(image, faces.landmarks[IBUG68][indices])
+        return face_embeddings(image, faces.boxes[indices])
+
+    def _is_cut(self, image: np.ndarray) -> bool:
+        grey = as_rgb_uint8(image).mean(axis=2, dtype=np.float32)
+        thumbnail = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
+        previous, self._thumbnail = self._thumbnail, thumbnail
+        if previous is None:
+            return False
+        return float(np.abs(thumbnail - previous).mean()) > self.cut_threshold
+
+    def update(self, image: np.ndarray, faces: FrameFaces) -> np.ndarray:
+        """Link this frame's faces to tracks; returns (N,) track ids in `faces` order."""
+        frame = self._frame
+        self._frame += 1
+        if self._image_size is None:
+            self._image_size = faces.image_size
+            self._schemes = tuple(sorted(faces.landmarks))
+        elif tuple(sorted(faces.landmarks)) != self._schemes:
+            raise InputError("landmark schemes changed during the clip")
+        cut = self._is_cut(image)
+        n = len(faces)
+        ids = np.full(n, -1, np.int64)
+        embeddings = np.full((n, EMBEDDING_SIZE), np.nan, np.float32)
+        if n == 0:
+            return ids
+
+        active = [s for s in self._states if frame - s.last_frame <= self.max_gap]
+        if active:
+            predicted = np.stack([s.predicted_box(frame) for s in active])
+            iou = box_iou(faces.boxes, predicted)
+        else:
+            iou = np.zeros((n, 0))
+        candidates = iou >= self.iou_threshold
+
+        # Ambiguity: a face overlapping several tracks, or a track overlapping several faces.
+        ambiguous_faces = set(np.flatnonzero(candidates.sum(axis=1) > 1).tolist())
+        for j in np.flatnonzero(candidates.sum(axis=0) > 1):
+            ambiguous_faces.update(np.flatnonzero(candidates[:, j]).tolist())
+        need = sorted(i for i in ambiguous_faces
+                      if any(active[j].identity is not None for j in np.flatnonzero(iou[i] > 0)))
+        embeddings[need] = self._embed(image, faces, need)
+
+        cost = 1.0 - iou
+        for i in need:
+            for j, state in enumerate(active):
+                if state.identity is not None:
+                    distance = embedding_distance(embeddings[i], state.identity)
+                    cost[i, j] += self.embedding_weight * distance / SAME_PERSON_THRESHOLD
+                    if distance >= SAME_PERSON_THRESHOLD:
+                        candidates[i, j] = False
+        if active:
+            big = 1e6
+            rows, cols = linear_sum_assignment(np.where(candidates, cost, big))
+            for i, j in zip(rows, cols, strict=True):
+                if candidates[i, j]:
+                    ids[i] = active[j].track_id
+
+        # Embeddings for faces left over (to re-identify) and for linked faces whose track is
+        # due a refresh; a refresh far from the track's identity unlinks the face (an identity
+        # switch the boxes could not see, e.g. two people trading places across a cut).
+        states = {s.track_id: s for s in self._states}
+        due = [i for i in range(n) if not np.all(np.isfinite(embeddings[i])) and (
+            cut or ids[i] < 0
+            or frame - states[ids[i]].last_embedding_frame >= self.embed_every)]
+        embeddings[due] = self._embed(image, faces, due)
+        for i in due:
+            identity = states[ids[i]].identity if ids[i] >= 0 else None
+            if identity is not None and (embedding_distance(embeddings[i], identity)
+                                         >= SAME_PERSON_THRESHOLD):
+                ids[i] = -1
+        taken = set(ids[ids >= 0].tolist())
+        for i in np.flatnonzero(ids < 0):
+            free = [s for s in self._states if s.track_id not in taken and s.identity is not None]
+            distances = [embedding_distance(embeddings[i], s.identity) for s in free]
+            if distances and min(distances) < self.reid_threshold:
+                ids[i] = free[int(np.argmin(distances))].track_id
+            else:
+                ids[i] = len(self._states)
+                state = _TrackState(int(ids[i]), frame, faces.boxes[i].astype(np.float64))
+                self._states.append(state)
+                states[state.track_id] = state
+            taken.add(int(ids[i]))
+
+        # Update each track's motion and identity models.
+        for i in range(n):
+            state = states[int(ids[i])]
+            box = faces.boxes[i].astype(np.float64)
+            if frame > state.last_frame and frame - state.last_frame <= 2:
+                state.velocity = 0.5 * state.velocity + 0.5 * (box - state.box) / (
+                    frame - state.last_frame)
+            elif frame != state.last_frame:
+                state.velocity = np.zeros(4)
+            state.box, state.last_frame = box, frame
+            if np.all(np.isfinite(embeddings[i])):
+                state.add_embedding(embeddings[i].astype(np.float64), frame)
+            self._rows.append((frame, int(ids[i]), faces.boxes[i], float(faces.scores[i]),
+                               {s: p[i] for s, p in faces.landmarks.items()}, embeddings[i]))
+        return ids
+
+    def skip_frame(self, image_size: tuple[int, int] | None = None) -> None:
+        """Count a frame that was not processed (it will have no faces)."""
+        self._frame += 1
+        self._thumbnail = None
+        if self._image_size is None and image_size is not None:
+            self._image_size = image_size
+
+    def result(self) -> Tracks:
+        """Everything tracked so far as a Tracks value."""
+        schemes = self._schemes or ()
+        m = len(self._rows)
+        return Tracks(
+            n_frames=self._frame,
+            image_size=self._image_size or (0, 0),
+            frame_index=np.array([r[0] for r in self._rows], np.int64),
+            track_id=np.array([r[1] for r in self._rows], np.int64),
+            boxes=np.array([r[2] for r in self._rows], np.float32).reshape(m, 4),
+            scores=np.array([r[3] for r in self._rows], np.float32),
+            landmarks={s: _points_array(s, [r[4][s] for r in self._rows], m) for s in schemes},
+            embeddings=np.array([r[5] for r in self._rows], np.float32).reshape(
+                m, EMBEDDING_SIZE),
+        )
+
+
+def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "mediapipe",
+                video_mode: bool = True, max_frames: int | None = None,
+                **tracker_options: float) -> Tracks:
+    """Detect and track every face of a frame stream in one pass (bounded memory).
+
+    frames: RGB frames (uint8 or [0, 1] float), e.g. decoded with PyAV.
+    backend: a backend or its name; `video_mode` uses its tracking mode (mediapipe).
+    tracker_options: passed to FaceTracker.
+    """
+    own = isinstance(backend, str)
+    detector = get_landmark_backend(backend) if isinstance(backend, str) else backend
+    tracker = FaceTracker(**tracker_options)
+    current: list[np.ndarray] = []
+
+    def counted() -> Iterable[np.ndarray]:
+        for index, frame in enumerate(frames):
+            if max_frames is not None and index >= max_frames:
+                return
+            current[:] = [frame]
+            yield frame
+
+    try:
+        stream = detector.detect_video(counted()) if video_mode else (
+            detector.detect(f) for f in counted())
+        for faces in stream:
+            tracker.update(current[0], faces)
+    finally:
+        if own:
+            detector.close()
+    return tracker.result()
+
+
+# --------------------------------------------------------------------------------------------
+# Choosing a person
+# --------------------------------------------------------------------------------------------
+
+
+def tracks_by_size(tracks: Tracks) -> list[int]:
+    """Track ids, largest mean box area over the clip first (ties: lower id first)."""
+    areas = tracks.mean_areas()
+    return sorted(areas, key=lambda t: (-areas[t], t))
+
+
+def select_largest(tracks: Tracks) -> int:
+    """The track with the largest mean box area over the clip."""
+    return select_index(tracks, 0)
+
+
+def select_index(tracks: Tracks, index: int) -> int:
+    """The `index`-th largest track (0 = largest), by mean box area over the clip."""
+    ranked = tracks_by_size(tracks)
+    if not ranked:
+        raise Morph3dError("no face was found in the clip")
+    if not 0 <= index < len(ranked):
+        raise Morph3dError(f"face index {index} asked for, but the clip has {len(ranked)} "
+                           f"face track(s) (indices 0..{len(ranked) - 1})")
+    return ranked[index]
+
+
+def reference_distances(tracks: Tracks, reference: np.ndarray) -> dict[int, float]:
+    """Track id -> median embedding distance to `reference` (tracks with embeddings only)."""
+    reference = np.asarray(reference, np.float32).reshape(EMBEDDING_SIZE)
+    out = {}
+    for t in tracks.ids:
+        embeddings = tracks.track_embeddings(int(t))
+        if len(embeddings):
+            out[int(t)] = float(np.median(embedding_distance(embeddings, reference)))
+    return out
+
+
+def select_by_reference(tracks: Tracks, reference: np.ndarray,
+                        max_distance: float | None = None) -> int:
+    """The track closest to a reference embedding (median over the track's embeddings).
+
+    `max_distance` (e.g. 0.6): raise if even the closest track is farther than that."""
+    distances = reference_distances(tracks, reference)
+    if not distances:
+        raise Morph3dError("no face track has an identity embedding to compare with")
+    best = min(distances, key=lambda t: (distances[t], t))
+    if max_distance is not None and distances[best] > max_distance:
+        raise Morph3dError(f"no face in the clip matches the reference photo (closest "
+                           f"distance {distances[best]:.2f} > {max_distance:.2f})")
+    return best
+
+
+def reference_embedding(image: np.ndarray, backend: str = "mediapipe") -> np.ndarray:
+    """The embedding of the largest face in a reference photo."""
+    with get_landmark_backend(backend) as detector:
+        faces = detector.detect(image).sorted_by_area()
+    if not len(faces):
+        raise InputError("no face found in the reference photo")
+    if IBUG68 in faces.landmarks:
+        return face_embedding(image, faces.landmarks[IBUG68][0])
+    return face_embedding(image, faces.boxes[0])
+
+
+def select_track(tracks: Tracks, how: str | np.ndarray) -> int:
+    """One entry point: "largest", "index:N" / "index N" / "N", or a (128,) reference
+    embedding."""
+    if not isinstance(how, str):
+        return select_by_reference(tracks, how)
+    text = how.strip().lower()
+    if text == "largest":
+        return select_largest(tracks)
+    for prefix in ("index:", "index "):
+        if text.startswith(prefix):
+            text = text[len(prefix):].strip()
+    try:
+        return select_index(tracks, int(text))
+    except ValueError:
+        raise Morph3dError(f"unknown face selection {how!r}: use largest or index:N") from None
