@@ -65,22 +65,29 @@ def render_mesh(
     B = raster.batch
     H, W = raster.size
     hard = raster.mask(verts.dtype)
+    # One interpolation pass for every per-vertex attribute (colours and normals).
+    per_vertex = []
+    if texture_image is None and vertex_colors is not None:
+        colors = vertex_colors.to(verts.dtype)
+        per_vertex.append(colors.expand(B, -1, -1) if colors.dim() == 3 else
+                          colors.unsqueeze(0).expand(B, -1, -1))
+    if sh_coeffs is not None:
+        normals = vertex_normals(verts, triangles)
+        R = camera.R.to(verts)
+        per_vertex.append(torch.einsum("...ij,bvj->bvi", R, normals) * _CV_TO_LIGHT.to(verts))
+    pixel_values = interpolate(torch.cat(per_vertex, -1), raster) if per_vertex else None
     if texture_image is not None:
         if uv_coords is None or uv_triangles is None:
             raise ValueError("texture_image needs uv_coords and uv_triangles")
         uv = interpolate(uv_coords.to(verts), raster, uv_triangles)
         albedo = texture(texture_image.to(verts.dtype), uv)
     elif vertex_colors is not None:
-        albedo = interpolate(vertex_colors.to(verts.dtype), raster)
+        albedo = pixel_values[..., :3]
     else:
         albedo = hard.expand(B, H, W, 3)
     if sh_coeffs is not None:
-        normals = vertex_normals(verts, triangles)
-        R = camera.R.to(verts)
-        normals = torch.einsum("...ij,bvj->bvi", R, normals) * _CV_TO_LIGHT.to(verts)
-        pixel_normals = nnf.normalize(interpolate(normals, raster), dim=-1, eps=1e-12)
-        shading = sh_shading(pixel_normals, sh_coeffs.to(verts.dtype))
-        albedo = albedo * shading
+        pixel_normals = nnf.normalize(pixel_values[..., -3:], dim=-1, eps=1e-12)
+        albedo = albedo * sh_shading(pixel_normals, sh_coeffs.to(verts.dtype))
     if background is None:
         background = 0.0
     image = albedo * hard + torch.as_tensor(background, dtype=verts.dtype,

@@ -35,10 +35,10 @@ def interpolate(
     Ba, Va, C = attr.shape
     tris = raster.triangles if attribute_triangles is None else attribute_triangles.to(
         device=attr.device, dtype=torch.int64)
-    vid = tris[raster.pixel_triangle]  # M x 3
+    vid = tris.index_select(0, raster.pixel_triangle)  # M x 3
     if Ba > 1:
         vid = vid + (raster.pixel_batch() * Va).unsqueeze(1)
-    values = attr.reshape(Ba * Va, C)[vid]  # M x 3 x C
+    values = attr.reshape(Ba * Va, C).index_select(0, vid.reshape(-1)).reshape(-1, 3, C)
     bary = raster.pixel_barycentrics
     dtype = torch.promote_types(values.dtype, bary.dtype)
     out = (values.to(dtype) * bary.to(dtype).unsqueeze(-1)).sum(1)
@@ -163,6 +163,12 @@ def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
         k = torch.where(front_is_p, q, p)
         t = tri[f]
         b = torch.div(f, H * W, rounding_mode="floor")
+        # Only triangles with a silhouette edge can end on one: drop the other pairs early.
+        has_silhouette = silhouette.any(-1)  # B x F
+        relevant = has_silhouette[b, t].nonzero().squeeze(1)
+        if relevant.numel() == 0:
+            return color
+        f, k, t, b = f[relevant], k[relevant], t[relevant], b[relevant]
         rem_f, rem_k = f - b * H * W, k - b * H * W
         fy, fx = torch.div(rem_f, W, rounding_mode="floor"), rem_f % W
         ky, kx = torch.div(rem_k, W, rounding_mode="floor"), rem_k % W

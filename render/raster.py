@@ -187,19 +187,21 @@ def _zbuffer(
                                   right=True).tolist()
         edges = sorted(set([0, *cuts, inst.numel()]))
         bounds = list(zip(edges[:-1], edges[1:], strict=False))
+    # Per-instance integers: bbox width and the flat pixel index of the bbox origin.
+    bw64 = bw.to(torch.int64)
     for lo, hi in bounds:
         cnt = counts[lo:hi]
-        n = int(cnt.sum())
+        n = int(ends[hi - 1]) - (int(ends[lo - 1]) if lo > 0 else 0)
         if n == 0:
             continue
         local_inst = torch.repeat_interleave(torch.arange(hi - lo, device=device), cnt,
                                              output_size=n)
         starts = torch.cumsum(cnt, 0) - cnt
-        local = torch.arange(n, device=device) - starts[local_inst]
-        bw_c = bw[lo:hi].to(torch.int64)[local_inst]
+        local = torch.arange(n, device=device) - starts.index_select(0, local_inst)
+        bw_c = bw64[lo:hi].index_select(0, local_inst)
         row = torch.div(local, bw_c, rounding_mode="floor")
         col = local - row * bw_c
-        f = ftable[lo:hi][local_inst]
+        f = ftable[lo:hi].index_select(0, local_inst)
         pxf = col.to(f.dtype)
         pyf = row.to(f.dtype)
         ax, ay = f[:, 0] - pxf, f[:, 1] - pyf
@@ -211,10 +213,11 @@ def _zbuffer(
         keep = inside.nonzero().squeeze(1)
         if keep.numel() == 0:
             continue
-        li = local_inst[keep] + lo
-        pix = base[li] + row[keep] * W + col[keep]
-        qdepth = ((depth[keep] + 1) * depth_scale).to(torch.int64)
-        key = (qdepth << id_bits) | id_mask_key[li]
+        li = local_inst.index_select(0, keep) + lo
+        pix = base.index_select(0, li) + local.index_select(0, keep) + row.index_select(
+            0, keep) * (W - bw_c.index_select(0, keep))
+        qdepth = ((depth.index_select(0, keep) + 1) * depth_scale).to(torch.int64)
+        key = (qdepth << id_bits) | id_mask_key.index_select(0, li)
         zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
     return zbuf, id_bits
 

@@ -1,0 +1,287 @@
+"""Landmarks that stop jittering without lagging behind the face.
+
+Two stages, usable apart:
+
+1. `FlowRefiner` (online, needs only the previous frame): each landmark is tracked from the
+   previous frame with pyramidal Lucas-Kanade optical flow (checked forward-backward) and
+   blended with the new detection. Where flow and detection agree (the usual case: both see
+   the same motion, the detection adds jitter) the flow point gets most of the weight; where
+   they disagree (flow lost on an occlusion or blur, or a real change the flow missed) the
+   detection wins. Flow follows real motion, so this adds no lag; the detection's pull keeps
+   it from drifting.
+2. `smooth_trajectory` (offline over the landmark arrays, which are small): a
+   Rauch-Tung-Striebel smoother (Kalman forward pass + backward pass) with a
+   constant-velocity model. Being two-sided it has zero lag, unlike any causal filter, and
+   it is run separately on each run of consecutive frames, never across a gap.
+
+Noise levels are fractions of the face size (the geometric mean of the landmarks' box
+sides), so the same settings suit near and far faces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+
+import cv2
+import numpy as np
+
+from fitting.faces import IBUG68, MEDIAPIPE478, as_rgb_uint8
+from fitting.landmark_maps import ibug68_from_mediapipe478
+from fitting.track import Tracks
+
+
+def face_size(points: np.ndarray) -> np.ndarray:
+    """(..., L, 2) -> (...) sqrt(width * height) of the points' box, in pixels."""
+    points = np.asarray(points, np.float64)
+    extent = points.max(axis=-2) - points.min(axis=-2)
+    return np.sqrt(np.clip(extent[..., 0], 1e-6, None) * np.clip(extent[..., 1], 1e-6, None))
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: optical-flow refinement
+# --------------------------------------------------------------------------------------------
+
+
+class FlowRefiner:
+    """Online optical-flow refinement of landmarks for any number of faces (by key).
+
+    Call `update(frame, {key: points})` once per frame, in order; a key absent from a frame
+    (or given None) loses its history, so a face is never flowed across a gap.
+
+    agreement: disagreement (fraction of face size) at which the flow's weight has fallen
+        to exp(-1/2) of its maximum.
+    max_flow_weight: the flow's weight when flow and detection agree exactly; below 1 so the
+        detection always pulls a little and errors cannot accumulate.
+    max_fb_error: forward-backward flow error (fraction of face size) above which a point's
+        flow is not trusted at all.
+    """
+
+    def __init__(self, agreement: float = 0.02, max_flow_weight: float = 0.8,
+                 max_fb_error: float = 0.01, window: int = 21, levels: int = 3) -> None:
+        self.agreement = float(agreement)
+        self.max_flow_weight = float(max_flow_weight)
+        self.max_fb_error = float(max_fb_error)
+        self.window = (int(window), int(window))
+        self.levels = int(levels)
+        self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
+        self._previous_pyramid: list[np.ndarray] | None = None
+        self._previous_points: dict[Hashable, np.ndarray] = {}
+
+    def reset(self) -> None:
+        self._previous_pyramid = None
+        self._previous_points = {}
+
+    def _pyramid(self, frame: np.ndarray) -> list[np.ndarray]:
+        image = np.asarray(frame)
+        if image.ndim == 3:
+            image = cv2.cvtColor(as_rgb_uint8(image), cv2.COLOR_RGB2GRAY)
+        elif image.dtype != np.uint8:
+            image = as_rgb_uint8(image)[..., 0]
+        _, pyramid = cv2.buildOpticalFlowPyramid(np.ascontiguousarray(image), self.window,
+                                                 self.levels)
+        return pyramid
+
+    def _flow(self, src: list[np.ndarray], dst: list[np.ndarray],
+              points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        moved, status, _ = cv2.calcOpticalFlowPyrLK(
+            src, dst, points.reshape(-1, 1, 2).astype(np.float32), None,
+            winSize=self.window, maxLevel=self.levels, criteria=self._criteria)
+        return moved.reshape(-1, 2).astype(np.float64), status.reshape(-1).astype(bool)
+
+    def flow_weights(self, detected: np.ndarray, flowed: np.ndarray, fb_error: np.ndarray,
+                     ok: np.ndarray) -> np.ndarray:
+        """(L,) weight of the flow point against the detection, per point."""
+        size = float(face_size(detected))
+        disagreement = np.linalg.norm(flowed - detected, axis=-1) / size
+        weight = self.max_flow_weight * np.exp(-0.5 * (disagreement / self.agreement) ** 2)
+        trusted = ok & np.isfinite(flowed).all(axis=-1) & (fb_error <= self.max_fb_error * size)
+        return np.where(trusted, weight, 0.0)
+
+    def update(self, frame: np.ndarray,
+               detections: dict[Hashable, np.ndarray | None]) -> dict[Hashable, np.ndarray]:
+        """Refined (L, 2) float32 points for each key with points in this frame."""
+        pyramid = self._pyramid(frame)
+        refined: dict[Hashable, np.ndarray] = {}
+        for key, points in detections.items():
+            if points is None:
+                continue
+            detected = np.asarray(points, np.float64)
+            previous = self._previous_points.get(key)
+            if (previous is None or previous.shape != detected.shape
+                    or self._previous_pyramid is None or not np.isfinite(detected).all()):
+                refined[key] = detected.astype(np.float32)
+                continue
+            flowed, ok = self._flow(self._previous_pyramid, pyramid, previous)
+            back, ok_back = self._flow(pyramid, self._previous_pyramid, flowed)
+            fb_error = np.linalg.norm(back - previous, axis=-1)
+            weight = self.flow_weights(detected, flowed, fb_error, ok & ok_back)[:, None]
+            flowed = np.where(np.isfinite(flowed), flowed, detected)
+            refined[key] = (weight * flowed + (1 - weight) * detected).astype(np.float32)
+        self._previous_pyramid = pyramid
+        self._previous_points = {k: v.astype(np.float64) for k, v in refined.items()}
+        return refined
+
+
+def refine_with_flow(frames: Iterable[np.ndarray], trajectory: np.ndarray,
+                     refiner: FlowRefiner | None = None) -> np.ndarray:
+    """Flow-refine one face's (T, L, 2) trajectory (NaN rows = absent) over a frame stream.
+
+    Holds one previous frame at a time; `frames` must yield the T frames in order."""
+    trajectory = np.asarray(trajectory, np.float32)
+    refiner = refiner or FlowRefiner()
+    out = trajectory.copy()
+    count = 0
+    for t, frame in enumerate(frames):
+        if t >= len(trajectory):
+            break
+        points = trajectory[t] if np.isfinite(trajectory[t]).all() else None
+        result = refiner.update(frame, {0: points})
+        if 0 in result:
+            out[t] = result[0]
+        count += 1
+    if count < len(trajectory):
+        raise ValueError(f"the stream ended after {count} of {len(trajectory)} frames")
+    return out
+
+
+def _refined_schemes(tracks: Tracks) -> list[str]:
+    """Schemes to flow: ibug68 is re-derived from the mesh when the mesh is there."""
+    if MEDIAPIPE478 in tracks.landmarks:
+        return [s for s in tracks.landmarks if s != IBUG68]
+    return list(tracks.landmarks)
+
+
+def refine_tracks_with_flow(frames: Iterable[np.ndarray], tracks: Tracks,
+                            refiner: FlowRefiner | None = None) -> Tracks:
+    """All tracks' landmarks flow-refined over a second pass through the frames.
+
+    Each row's landmark sets are flowed together; with a mediapipe mesh present, ibug68 is
+    recomputed from the refined mesh so both sets stay consistent."""
+    refiner = refiner or FlowRefiner()
+    schemes = _refined_schemes(tracks)
+    sizes = [tracks.landmarks[s].shape[1] for s in schemes]
+    joined = np.concatenate([tracks.landmarks[s] for s in schemes], axis=1)
+    out = joined.copy()
+    count = 0
+    for t, frame in enumerate(frames):
+        if t >= tracks.n_frames:
+            break
+        rows = tracks.rows_in_frame(t)
+        result = refiner.update(frame, {int(tracks.track_id[r]): joined[r] for r in rows})
+        for r in rows:
+            out[r] = result[int(tracks.track_id[r])]
+        count += 1
+    if count < tracks.n_frames:
+        raise ValueError(f"the stream ended after {count} of {tracks.n_frames} frames")
+    split = np.split(out, np.cumsum(sizes)[:-1], axis=1)
+    landmarks = dict(zip(schemes, split, strict=True))
+    if MEDIAPIPE478 in landmarks and IBUG68 in tracks.landmarks:
+        landmarks[IBUG68] = ibug68_from_mediapipe478(landmarks[MEDIAPIPE478])
+    return tracks.with_landmarks(landmarks)
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 2: zero-lag smoothing (Rauch-Tung-Striebel, constant velocity)
+# --------------------------------------------------------------------------------------------
+
+
+def _rts_gains(n: int, measurement_var: float, accel_var: float) -> tuple[np.ndarray, ...]:
+    """Kalman gains and smoother gains for n steps of a 1-D constant-velocity model.
+
+    They do not depend on the data, so they are computed once and applied to every
+    coordinate at the same time."""
+    f = np.array([[1.0, 1.0], [0.0, 1.0]])
+    q = accel_var * np.array([[0.25, 0.5], [0.5, 1.0]])  # acceleration held over one frame
+    p_pred = np.zeros((n, 2, 2))
+    p_filt = np.zeros((n, 2, 2))
+    gains = np.zeros((n, 2))
+    p = np.diag([measurement_var, measurement_var + 1e6 * accel_var + 1e6])  # vague start
+    for t in range(n):
+        if t > 0:
+            p = f @ p_filt[t - 1] @ f.T + q
+        p_pred[t] = p
+        k = p[:, 0] / (p[0, 0] + measurement_var)
+        gains[t] = k
+        p_filt[t] = p - np.outer(k, p[0, :])
+    smoother = np.zeros((n, 2, 2))
+    for t in range(n - 1):
+        smoother[t] = p_filt[t] @ f.T @ np.linalg.inv(p_pred[t + 1])
+    return gains, smoother
+
+
+def _rts_segment(values: np.ndarray, measurement_var: float, accel_var: float,
+                 two_sided: bool = True) -> np.ndarray:
+    """Smooth (T, K) values (T consecutive frames, K coordinates) with one shared model."""
+    n = len(values)
+    if n < 3:
+        return values.copy()
+    gains, smoother = _rts_gains(n, measurement_var, accel_var)
+    state = np.zeros((n, 2, values.shape[1]))
+    x = np.stack([values[0], np.zeros(values.shape[1])])
+    for t in range(n):
+        if t > 0:
+            x = np.stack([state[t - 1, 0] + state[t - 1, 1], state[t - 1, 1]])
+        innovation = values[t] - x[0]
+        state[t] = x + gains[t][:, None] * innovation[None, :]
+    if not two_sided:
+        return state[:, 0]
+    smoothed = state.copy()
+    for t in range(n - 2, -1, -1):
+        predicted = np.stack([state[t, 0] + state[t, 1], state[t, 1]])
+        smoothed[t] = state[t] + smoother[t] @ (smoothed[t + 1] - predicted)
+    return smoothed[:, 0]
+
+
+def present_runs(present: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) index pairs of the runs of True in a (T,) bool array."""
+    present = np.asarray(present, bool)
+    edges = np.diff(np.concatenate([[0], present.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(),
+                    strict=True))
+
+
+def smooth_trajectory(points: np.ndarray, measurement_noise: float = 0.006,
+                      motion_noise: float = 0.01, causal: bool = False) -> np.ndarray:
+    """Zero-lag smoothing of a (T, L, 2) landmark trajectory; NaN frames are gaps.
+
+    measurement_noise: landmark jitter, as a fraction of face size (standard deviation).
+    motion_noise: how fast the velocity may change, as a fraction of face size per frame
+        (standard deviation of the per-frame velocity change); larger follows faster
+        motion more closely and smooths less.
+    causal: run only the forward (Kalman) pass: the online filter this module avoids,
+        for comparison; it lags behind motion.
+
+    Each run of consecutive frames with points is smoothed on its own; gaps stay NaN.
+    """
+    points = np.asarray(points, np.float64)
+    if points.ndim == 2:
+        return smooth_trajectory(points[:, :, None], measurement_noise, motion_noise,
+                                 causal)[:, :, 0]
+    present = np.isfinite(points).all(axis=(1, 2))
+    out = np.full(points.shape, np.nan, np.float32)
+    for start, stop in present_runs(present):
+        segment = points[start:stop]
+        size = float(np.median(face_size(segment))) if segment.shape[1] > 1 else 1.0
+        measurement_var = (measurement_noise * size) ** 2
+        accel_var = (motion_noise * size) ** 2
+        flat = segment.reshape(stop - start, -1)
+        out[start:stop] = _rts_segment(flat, measurement_var, accel_var,
+                                       two_sided=not causal).reshape(segment.shape)
+    return out
+
+
+def smooth_tracks(tracks: Tracks, measurement_noise: float = 0.006,
+                  motion_noise: float = 0.01) -> Tracks:
+    """Every track's landmark sets smoothed with `smooth_trajectory` (gaps respected)."""
+    landmarks = {s: p.copy() for s, p in tracks.landmarks.items()}
+    schemes = _refined_schemes(tracks)
+    for track_id in tracks.ids:
+        rows = np.flatnonzero(tracks.track_id == track_id)
+        frames = tracks.frame_index[rows]
+        for scheme in schemes:
+            trajectory = tracks.trajectory(int(track_id), scheme)
+            smoothed = smooth_trajectory(trajectory, measurement_noise, motion_noise)
+            landmarks[scheme][rows] = smoothed[frames]
+    if MEDIAPIPE478 in landmarks and IBUG68 in landmarks:
+        landmarks[IBUG68] = ibug68_from_mediapipe478(landmarks[MEDIAPIPE478])
+    return tracks.with_landmarks(landmarks)
