@@ -64,29 +64,44 @@ class FlowRefiner:
         self.window = (int(window), int(window))
         self.levels = int(levels)
         self._criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01)
-        self._previous_pyramid: list[np.ndarray] | None = None
+        self._previous_grey: np.ndarray | None = None
         self._previous_points: dict[Hashable, np.ndarray] = {}
 
     def reset(self) -> None:
-        self._previous_pyramid = None
+        self._previous_grey = None
         self._previous_points = {}
 
-    def _pyramid(self, frame: np.ndarray) -> list[np.ndarray]:
+    @staticmethod
+    def _grey(frame: np.ndarray) -> np.ndarray:
         image = np.asarray(frame)
-        if image.ndim == 3:
-            image = cv2.cvtColor(as_rgb_uint8(image), cv2.COLOR_RGB2GRAY)
-        elif image.dtype != np.uint8:
-            image = as_rgb_uint8(image)[..., 0]
-        _, pyramid = cv2.buildOpticalFlowPyramid(np.ascontiguousarray(image), self.window,
-                                                 self.levels)
-        return pyramid
+        if image.ndim == 2 and image.dtype == np.uint8:
+            return np.ascontiguousarray(image)
+        return cv2.cvtColor(as_rgb_uint8(image), cv2.COLOR_RGB2GRAY)
 
-    def _flow(self, src: list[np.ndarray], dst: list[np.ndarray],
+    def _flow(self, src: np.ndarray, dst: np.ndarray,
               points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         moved, status, _ = cv2.calcOpticalFlowPyrLK(
             src, dst, points.reshape(-1, 1, 2).astype(np.float32), None,
             winSize=self.window, maxLevel=self.levels, criteria=self._criteria)
         return moved.reshape(-1, 2).astype(np.float64), status.reshape(-1).astype(bool)
+
+    def _flow_in_roi(self, previous_grey: np.ndarray, grey: np.ndarray, previous: np.ndarray,
+                     detected: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forward flow of `previous` and its forward-backward error, computed on the crop
+        around both point sets only (fast for small faces in big frames)."""
+        both = np.concatenate([previous, detected])
+        margin = max(0.5 * float(face_size(both)), self.window[0] * 2.0)
+        h, w = grey.shape
+        x0, y0 = (int(max(np.floor(v - margin), 0)) for v in both.min(axis=0))
+        x1, y1 = (int(np.ceil(v + margin)) + 1 for v in both.max(axis=0))
+        x1, y1 = min(x1, w), min(y1, h)
+        offset = np.array([x0, y0], np.float64)
+        src = np.ascontiguousarray(previous_grey[y0:y1, x0:x1])
+        dst = np.ascontiguousarray(grey[y0:y1, x0:x1])
+        flowed, ok = self._flow(src, dst, previous - offset)
+        back, ok_back = self._flow(dst, src, flowed)
+        fb_error = np.linalg.norm(back - (previous - offset), axis=-1)
+        return flowed + offset, ok & ok_back, fb_error
 
     def flow_weights(self, detected: np.ndarray, flowed: np.ndarray, fb_error: np.ndarray,
                      ok: np.ndarray) -> np.ndarray:
@@ -100,7 +115,7 @@ class FlowRefiner:
     def update(self, frame: np.ndarray,
                detections: dict[Hashable, np.ndarray | None]) -> dict[Hashable, np.ndarray]:
         """Refined (L, 2) float32 points for each key with points in this frame."""
-        pyramid = self._pyramid(frame)
+        grey = self._grey(frame)
         refined: dict[Hashable, np.ndarray] = {}
         for key, points in detections.items():
             if points is None:
@@ -108,16 +123,16 @@ class FlowRefiner:
             detected = np.asarray(points, np.float64)
             previous = self._previous_points.get(key)
             if (previous is None or previous.shape != detected.shape
-                    or self._previous_pyramid is None or not np.isfinite(detected).all()):
+                    or self._previous_grey is None or self._previous_grey.shape != grey.shape
+                    or not np.isfinite(detected).all()):
                 refined[key] = detected.astype(np.float32)
                 continue
-            flowed, ok = self._flow(self._previous_pyramid, pyramid, previous)
-            back, ok_back = self._flow(pyramid, self._previous_pyramid, flowed)
-            fb_error = np.linalg.norm(back - previous, axis=-1)
-            weight = self.flow_weights(detected, flowed, fb_error, ok & ok_back)[:, None]
+            flowed, ok, fb_error = self._flow_in_roi(self._previous_grey, grey, previous,
+                                                     detected)
+            weight = self.flow_weights(detected, flowed, fb_error, ok)[:, None]
             flowed = np.where(np.isfinite(flowed), flowed, detected)
             refined[key] = (weight * flowed + (1 - weight) * detected).astype(np.float32)
-        self._previous_pyramid = pyramid
+        self._previous_grey = grey
         self._previous_points = {k: v.astype(np.float64) for k, v in refined.items()}
         return refined
 
