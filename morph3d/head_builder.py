@@ -43,7 +43,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from morph3d.errors import ModelError
-from morph3d.model import ModelData, SurfacePoints
+from morph3d.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
 BUILD_VERSION = "makehuman-head-1"

@@ -177,7 +177,9 @@ class ModelData:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-            raise ModelError(f"model file {path} is corrupt or not a morph3d model ({exc})") from None
+            raise ModelError(
+                f"model file {path} is corrupt or not a morph3d model ({exc})"
+            ) from None
         required = ("format_version", "name", "mean", "identity_basis", "identity_std",
                     "expression_basis", "expression_names", "triangles", "uv_coords",
                     "uv_triangles")
