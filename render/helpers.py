@@ -10,7 +10,14 @@ import torch.nn.functional as nnf
 from render.backends import antialias as antialias_op
 from render.backends import rasterize
 from render.camera import Camera
-from render.ops import interpolate, sh_shading, texture, vertex_normals
+from render.ops import (
+    interpolate,
+    interpolate_sparse,
+    scatter_pixels,
+    sh_basis,
+    texture_sparse,
+    vertex_normals,
+)
 from render.raster import Raster
 
 # Camera space (OpenCV: y down, z forward) -> lighting frame (x right, y up, z to camera).
@@ -63,9 +70,8 @@ def render_mesh(
     raster = rasterize(clip, triangles, camera.size, backend=backend,
                        cull_backfaces=cull_backfaces)
     B = raster.batch
-    H, W = raster.size
     hard = raster.mask(verts.dtype)
-    # One interpolation pass for every per-vertex attribute (colours and normals).
+    # Shading happens on the M covered pixels only, then one scatter to the dense image.
     per_vertex = []
     if texture_image is None and vertex_colors is not None:
         colors = vertex_colors.to(verts.dtype)
@@ -75,23 +81,30 @@ def render_mesh(
         normals = vertex_normals(verts, triangles)
         R = camera.R.to(verts)
         per_vertex.append(torch.einsum("...ij,bvj->bvi", R, normals) * _CV_TO_LIGHT.to(verts))
-    pixel_values = interpolate(torch.cat(per_vertex, -1), raster) if per_vertex else None
+    values = interpolate_sparse(torch.cat(per_vertex, -1), raster) if per_vertex else None
     if texture_image is not None:
         if uv_coords is None or uv_triangles is None:
             raise ValueError("texture_image needs uv_coords and uv_triangles")
-        uv = interpolate(uv_coords.to(verts), raster, uv_triangles)
-        albedo = texture(texture_image.to(verts.dtype), uv)
+        uv = interpolate_sparse(uv_coords.to(verts), raster, uv_triangles)
+        albedo = texture_sparse(texture_image.to(verts.dtype), uv, raster.pixel_batch())
     elif vertex_colors is not None:
-        albedo = pixel_values[..., :3]
+        albedo = values[:, :3]
     else:
-        albedo = hard.expand(B, H, W, 3)
+        albedo = hard.new_ones(raster.pixel_index.shape[0], 3)
     if sh_coeffs is not None:
-        pixel_normals = nnf.normalize(pixel_values[..., -3:], dim=-1, eps=1e-12)
-        albedo = albedo * sh_shading(pixel_normals, sh_coeffs.to(verts.dtype))
+        pixel_normals = nnf.normalize(values[:, -3:], dim=-1, eps=1e-12)
+        coeffs = sh_coeffs.to(verts.dtype).reshape(-1, 9, 3)
+        if coeffs.shape[0] > 1:
+            coeffs = coeffs.index_select(0, raster.pixel_batch())
+        else:
+            coeffs = coeffs.expand(pixel_normals.shape[0], 9, 3)
+        shading = torch.einsum("mk,mkc->mc", sh_basis(pixel_normals), coeffs)
+        albedo = albedo * shading
     if background is None:
         background = 0.0
-    image = albedo * hard + torch.as_tensor(background, dtype=verts.dtype,
-                                            device=verts.device) * (1 - hard)
+    foreground = scatter_pixels(albedo, raster)
+    image = foreground + torch.as_tensor(background, dtype=verts.dtype,
+                                         device=verts.device) * (1 - hard)
     mask = hard
     if antialias:
         both = antialias_op(torch.cat([image, hard], -1), raster)

@@ -16,6 +16,62 @@ from render.raster import Raster, screen_space
 # -- interpolation --------------------------------------------------------------------------
 
 
+class _Interpolate(torch.autograd.Function):
+    """out[m] = sum_i bary[m, i] * attr[vid[m, i]] without keeping M x 3 x C intermediates."""
+
+    @staticmethod
+    def forward(ctx, attr: torch.Tensor, bary: torch.Tensor, vid: torch.Tensor) -> torch.Tensor:
+        out = bary[:, :1] * attr.index_select(0, vid[:, 0])
+        for i in (1, 2):
+            out.addcmul_(bary[:, i:i + 1], attr.index_select(0, vid[:, i]))
+        ctx.save_for_backward(attr, bary, vid)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        attr, bary, vid = ctx.saved_tensors
+        grad_attr = grad_bary = None
+        if ctx.needs_input_grad[0]:
+            grad_attr = torch.zeros_like(attr)
+            for i in range(3):
+                grad_attr.index_add_(0, vid[:, i], bary[:, i:i + 1] * grad)
+        if ctx.needs_input_grad[1]:
+            grad_bary = torch.stack(
+                [(attr.index_select(0, vid[:, i]) * grad).sum(1) for i in range(3)], 1)
+        return grad_attr, grad_bary, None
+
+
+def interpolate_sparse(
+    attributes: torch.Tensor,
+    raster: Raster,
+    attribute_triangles: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Like `interpolate` but only for the M covered pixels: M x C, in `raster.pixel_index`
+    order (cheaper when the result is consumed per pixel, as `render_mesh` does)."""
+    B = raster.batch
+    attr = attributes.unsqueeze(0) if attributes.dim() == 2 else attributes
+    if attr.dim() != 3 or attr.shape[0] not in (1, B):
+        raise ValueError(f"attributes must be V x C or {B} x V x C, got {tuple(attributes.shape)}")
+    Ba, Va, C = attr.shape
+    tris = raster.triangles if attribute_triangles is None else attribute_triangles.to(
+        device=attr.device, dtype=torch.int64)
+    vid = tris.index_select(0, raster.pixel_triangle)  # M x 3
+    if Ba > 1:
+        vid = vid + (raster.pixel_batch() * Va).unsqueeze(1)
+    bary = raster.pixel_barycentrics
+    dtype = torch.promote_types(attr.dtype, bary.dtype)
+    return _Interpolate.apply(attr.reshape(Ba * Va, C).to(dtype), bary.to(dtype), vid)
+
+
+def scatter_pixels(values: torch.Tensor, raster: Raster, fill: float = 0.0) -> torch.Tensor:
+    """M x C per covered pixel -> dense B x H x W x C (`fill` elsewhere), differentiable."""
+    H, W = raster.size
+    C = values.shape[-1]
+    dense = values.new_full((raster.batch * H * W, C), fill)
+    return dense.index_copy(0, raster.pixel_index, values).reshape(raster.batch, H, W, C)
+
+
 def interpolate(
     attributes: torch.Tensor,
     raster: Raster,
@@ -27,23 +83,21 @@ def interpolate(
     set than the positions (e.g. `uv_triangles` into `uv_coords`); background pixels are 0.
     Differentiable w.r.t. the attributes and (through the barycentrics) vertex positions.
     """
-    B = raster.batch
-    H, W = raster.size
-    attr = attributes.unsqueeze(0) if attributes.dim() == 2 else attributes
-    if attr.dim() != 3 or attr.shape[0] not in (1, B):
-        raise ValueError(f"attributes must be V x C or {B} x V x C, got {tuple(attributes.shape)}")
-    Ba, Va, C = attr.shape
-    tris = raster.triangles if attribute_triangles is None else attribute_triangles.to(
-        device=attr.device, dtype=torch.int64)
-    vid = tris.index_select(0, raster.pixel_triangle)  # M x 3
-    if Ba > 1:
-        vid = vid + (raster.pixel_batch() * Va).unsqueeze(1)
-    values = attr.reshape(Ba * Va, C).index_select(0, vid.reshape(-1)).reshape(-1, 3, C)
-    bary = raster.pixel_barycentrics
-    dtype = torch.promote_types(values.dtype, bary.dtype)
-    out = (values.to(dtype) * bary.to(dtype).unsqueeze(-1)).sum(1)
-    dense = out.new_zeros(B * H * W, C).index_copy(0, raster.pixel_index, out)
-    return dense.reshape(B, H, W, C)
+    return scatter_pixels(interpolate_sparse(attributes, raster, attribute_triangles), raster)
+
+
+def texture_sparse(uv_image: torch.Tensor, uv: torch.Tensor, batch_index: torch.Tensor,
+                   *, filter: str = "bilinear") -> torch.Tensor:
+    """Sample a texture (Ht x Wt x C or B x Ht x Wt x C) at M uv points (M x 2) -> M x C."""
+    image = uv_image.unsqueeze(0) if uv_image.dim() == 3 else uv_image
+    if image.shape[0] == 1:
+        return texture(image, uv.view(1, 1, -1, 2), filter=filter)[0, 0]
+    out = uv.new_zeros(uv.shape[0], image.shape[-1])
+    for b in range(image.shape[0]):
+        rows = (batch_index == b).nonzero().squeeze(1)
+        out = out.index_copy(0, rows, texture(image[b:b + 1], uv[rows].view(1, 1, -1, 2),
+                                              filter=filter)[0, 0])
+    return out
 
 
 # -- texture ---------------------------------------------------------------------------------
@@ -149,12 +203,11 @@ def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
         nb_orient = orient[:, neighbours.clamp_min(0)]  # B x F x 3
         silhouette = (neighbours < 0).unsqueeze(0) | (nb_orient != orient.unsqueeze(-1))
         # Adjacent pixel pairs with different triangles.
-        index = torch.arange(B * H * W, device=color.device).reshape(B, H, W)
         grid = raster.triangle_id
-        horiz = (grid[:, :, :-1] != grid[:, :, 1:])
-        vert = (grid[:, :-1, :] != grid[:, 1:, :])
-        p = torch.cat([index[:, :, :-1][horiz], index[:, :-1, :][vert]])
-        q = torch.cat([index[:, :, 1:][horiz], index[:, 1:, :][vert]])
+        hb, hy, hx = (grid[:, :, :-1] != grid[:, :, 1:]).nonzero(as_tuple=True)
+        vb, vy, vx = (grid[:, :-1, :] != grid[:, 1:, :]).nonzero(as_tuple=True)
+        p = torch.cat([(hb * H + hy) * W + hx, (vb * H + vy) * W + vx])
+        q = torch.cat([(hb * H + hy) * W + hx + 1, (vb * H + vy + 1) * W + vx])
         if p.numel() == 0:
             return color
         tp, tq = tri[p], tri[q]
@@ -253,9 +306,12 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     batched = vertices.dim() == 3
     verts = vertices if batched else vertices.unsqueeze(0)
     tris = triangles.to(device=verts.device, dtype=torch.int64)
-    v0, v1, v2 = (verts[:, tris[:, i]] for i in range(3))
-    face_normals = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = twice the area
-    normals = torch.zeros_like(verts)
-    normals = normals.index_add(1, tris.reshape(-1), face_normals.repeat_interleave(3, dim=1))
-    normals = nnf.normalize(normals, dim=-1, eps=1e-12)
+    B, V = verts.shape[0], verts.shape[1]
+    corners = verts.index_select(1, tris.reshape(-1)).reshape(B, -1, 3, 3)
+    face_normals = torch.cross(corners[:, :, 1] - corners[:, :, 0],
+                               corners[:, :, 2] - corners[:, :, 0], dim=-1)  # |n| = 2 area
+    rows = (tris.reshape(1, -1) + V * torch.arange(B, device=verts.device)[:, None]).reshape(-1)
+    normals = verts.new_zeros(B * V, 3).index_add(
+        0, rows, face_normals.repeat_interleave(3, dim=1).reshape(-1, 3))
+    normals = nnf.normalize(normals.reshape(B, V, 3), dim=-1, eps=1e-12)
     return normals if batched else normals[0]

@@ -165,8 +165,8 @@ def _zbuffer(
     det = d1x * d2y - d1y * d2x
     az = (dz0 * d2y - dz1 * d1y) / det
     bz = (dz1 * d1x - dz0 * d2x) / det
-    ftable = torch.stack(
-        [xi[:, 0], yi[:, 0], xi[:, 1], yi[:, 1], xi[:, 2], yi[:, 2], zi[:, 2], az, bz], 1)
+    ftable = torch.stack(  # 9 x instances: rows stay contiguous after the gather
+        [xi[:, 0], yi[:, 0], xi[:, 1], yi[:, 1], xi[:, 2], yi[:, 2], zi[:, 2], az, bz], 0)
     batch_of = torch.div(inst, F, rounding_mode="floor")
     tri_of = inst - batch_of * F
     base = (batch_of * (H * W) + ymin.reshape(-1)[inst].to(torch.int64) * W
@@ -201,22 +201,25 @@ def _zbuffer(
         bw_c = bw64[lo:hi].index_select(0, local_inst)
         row = torch.div(local, bw_c, rounding_mode="floor")
         col = local - row * bw_c
-        f = ftable[lo:hi].index_select(0, local_inst)
+        f = ftable[:, lo:hi].index_select(1, local_inst)
         pxf = col.to(f.dtype)
         pyf = row.to(f.dtype)
-        ax, ay = f[:, 0] - pxf, f[:, 1] - pyf
-        bx, by = f[:, 2] - pxf, f[:, 3] - pyf
-        cx, cy = f[:, 4] - pxf, f[:, 5] - pyf
+        ax, ay = f[0] - pxf, f[1] - pyf
+        bx, by = f[2] - pxf, f[3] - pyf
+        cx, cy = f[4] - pxf, f[5] - pyf
         inside = (bx * cy - cx * by >= 0) & (cx * ay - ax * cy >= 0) & (ax * by - bx * ay >= 0)
-        depth = f[:, 6] - f[:, 7] * cx - f[:, 8] * cy
-        inside &= (depth >= -1) & (depth <= 1)
         keep = inside.nonzero().squeeze(1)
+        fk = f.index_select(1, keep)  # depth plane only where covered
+        depth = fk[6] - fk[7] * cx.index_select(0, keep) - fk[8] * cy.index_select(0, keep)
+        in_range = ((depth >= -1) & (depth <= 1)).nonzero().squeeze(1)
+        if in_range.numel() < keep.numel():
+            keep, depth = keep.index_select(0, in_range), depth.index_select(0, in_range)
         if keep.numel() == 0:
             continue
         li = local_inst.index_select(0, keep) + lo
         pix = base.index_select(0, li) + local.index_select(0, keep) + row.index_select(
             0, keep) * (W - bw_c.index_select(0, keep))
-        qdepth = ((depth.index_select(0, keep) + 1) * depth_scale).to(torch.int64)
+        qdepth = ((depth + 1) * depth_scale).to(torch.int64)
         key = (qdepth << id_bits) | id_mask_key.index_select(0, li)
         zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
     return zbuf, id_bits
@@ -227,7 +230,7 @@ def rasterize_torch(
     triangles: torch.Tensor,
     size: tuple[int, int],
     *,
-    chunk: int = 1 << 22,
+    chunk: int = 1 << 18,
     cull_backfaces: bool = False,
 ) -> Raster:
     """Pure-PyTorch rasterizer (CPU or CUDA); see the module docstring for the algorithm."""
@@ -249,16 +252,22 @@ def barycentric_fields(
     b = torch.div(pixel_index, hw, rounding_mode="floor")
     rem = pixel_index - b * hw
     py = torch.div(rem, W, rounding_mode="floor")
-    px = (rem - py * W).double().unsqueeze(1)
-    py = py.double().unsqueeze(1)
-    vid = triangles[pixel_triangle] + (b * V).unsqueeze(1)  # M x 3 rows of B*V
-    # float64 inside: thin triangles make barycentrics ill-conditioned in float32 (errors
-    # ~1e-5 px / triangle height); the cost is only on the M covered pixels.
+    px = rem - py * W
+    rows = (triangles.index_select(0, pixel_triangle) + (b * V).unsqueeze(1)).reshape(-1)
+    # Thin triangles make barycentrics ill-conditioned: a pixel position error of
+    # W * 6e-8 (float32 NDC) becomes ~1e-4 in the weights. So the per-vertex pixel positions
+    # are computed in float64 (V work) and made relative to the pixel centre before going
+    # back to the working precision; everything per pixel after that is small numbers.
     out_dtype = clip.dtype
-    corners = clip.reshape(B * V, 4)[vid].double()  # M x 3 x 4
-    inv_w = 1.0 / corners[..., 3]
-    sx = (corners[..., 0] * inv_w + 1) * (W * 0.5) - 0.5 - px
-    sy = (corners[..., 1] * inv_w + 1) * (H * 0.5) - 0.5 - py
+    c = clip.reshape(B * V, 4)
+    inv_w64 = 1.0 / c[:, 3].double()
+    pos64 = torch.stack([(c[:, 0].double() * inv_w64 + 1) * (W * 0.5) - 0.5,
+                         (c[:, 1].double() * inv_w64 + 1) * (H * 0.5) - 0.5], 1)
+    pixel = torch.stack([px, py], 1).to(torch.float64).repeat_interleave(3, dim=0)
+    rel = (pos64.index_select(0, rows) - pixel).to(out_dtype).reshape(-1, 3, 2)
+    inv_w = inv_w64.to(out_dtype)
+    per_vertex = torch.stack([inv_w, c[:, 2] * inv_w], 1).index_select(0, rows).reshape(-1, 3, 2)
+    sx, sy = rel[..., 0], rel[..., 1]
     # Edge functions relative to the pixel centre; their sum is twice the signed area.
     e = torch.stack([
         sx[:, 1] * sy[:, 2] - sx[:, 2] * sy[:, 1],
@@ -266,8 +275,8 @@ def barycentric_fields(
         sx[:, 0] * sy[:, 1] - sx[:, 1] * sy[:, 0],
     ], 1)
     screen_bary = e / e.sum(1, keepdim=True)
-    depth = (screen_bary * corners[..., 2] * inv_w).sum(1)
-    persp = screen_bary * inv_w
+    depth = (screen_bary * per_vertex[..., 1]).sum(1)
+    persp = screen_bary * per_vertex[..., 0]
     bary = persp / persp.sum(1, keepdim=True)
     return bary.to(out_dtype), depth.to(out_dtype)
 

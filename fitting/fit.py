@@ -1,0 +1,994 @@
+"""Photo fitting: 2D landmarks (and pixels) -> 3DMM identity, expression, pose, lighting.
+
+The solver follows eos's recipe, as named steps a reader can follow in order (`fit_photo`):
+
+1. `detect_landmarks`: the largest face's ibug68 (+ mediapipe478) points; `LandmarkSet`
+   says which model surface point each 2D point corresponds to, with a weight.
+2. `estimate_camera_pose`: focal by a small search (or given), pose by `cv2.solvePnP` on
+   the current shape, then weighted Gauss-Newton (`gauss_newton`).
+3. `fit_identity`: the model is linear in identity, so given the pose the regularised
+   (N(0, I) prior) least-squares fit is one linear solve.
+4. `fit_expression`: the same for expression, with the weights bounded to [0, 1].
+5. `update_jaw_contour`: the iBUG jaw points 0-16 (except the chin) lie on the occluding
+   contour, which moves over the surface with pose: each takes the silhouette vertex of
+   its horizontal model row (as eos does with its contour lists).
+6. repeat 2-5 a few times, with robust (Huber IRLS) weights against landmark outliers.
+7. `refine_landmarks`: everything jointly, Geman-McClure landmark loss + priors, torch LBFGS.
+8. `fit_lighting_and_texture`: SH lighting by a photometric loss through `render/`, then
+   the albedo texture + confidence with `render.unproject_to_uv`.
+
+Several photos of one person are fitted jointly (shared identity, per-photo pose,
+expression and lighting). Videos are in `fitting.video`.
+
+Units: pixels (OpenCV convention), millimetres, radians. Poses: X_cam = R X_model + t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+from scipy.optimize import lsq_linear
+
+from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
+from morph3d.errors import ModelError, Morph3dError
+
+IBUG68 = "ibug68"
+MEDIAPIPE478 = "mediapipe478"
+JAW = tuple(range(17))
+CHIN = 8
+CONTOUR_JAW = tuple(j for j in JAW if j != CHIN)
+# mediapipe's face oval (silhouette points: they slide over the surface like the iBUG jaw)
+# and the 10 iris points (gaze is not modelled well enough): left out of the fit.
+MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379,
+                  378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127,
+                  162, 21, 54, 103, 67, 109)
+# Weights per point (relative to an inner iBUG point).
+JAW_WEIGHT = 0.5
+MEDIAPIPE_WEIGHT = 0.35
+
+
+# --------------------------------------------------------------------------------------------
+# The model as numpy arrays (float64), gathered once per model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelArrays:
+    """Per-vertex arrays of a model for the linear solvers: V x 3, V x 3 x K (mm per std),
+    V x 3 x J (mm per unit weight)."""
+
+    mean: np.ndarray
+    identity: np.ndarray
+    expression: np.ndarray
+    triangles: np.ndarray
+    landmarks: dict[str, tuple[np.ndarray, np.ndarray]]  # scheme -> (L x 3 vertex ids, L x 3)
+    contour_rows: dict[int, np.ndarray]  # iBUG jaw index -> candidate vertex ids
+    face_vertices: np.ndarray  # vertex ids of the face_skin region
+    mediapipe_selected: np.ndarray | None = None  # mediapipe478 indices used in fits
+
+    @property
+    def num_identity(self) -> int:
+        return self.identity.shape[2]
+
+    @property
+    def num_expression(self) -> int:
+        return self.expression.shape[2]
+
+
+_ARRAYS: dict[int, ModelArrays] = {}
+
+
+def model_arrays(model) -> ModelArrays:
+    """`ModelArrays` of a `MorphableModel` (cached per model object)."""
+    key = id(model)
+    if key in _ARRAYS and _ARRAYS[key].mean.shape[0] == model.num_vertices:
+        return _ARRAYS[key]
+    data = model.data
+    mean = data.mean.astype(np.float64)
+    identity = np.ascontiguousarray(
+        (data.identity_basis * data.identity_std[:, None, None]).transpose(1, 2, 0), np.float64)
+    expression = np.ascontiguousarray(data.expression_basis.transpose(1, 2, 0), np.float64)
+    landmarks = {}
+    for scheme, points in data.landmarks.items():
+        landmarks[scheme] = (data.triangles[points.triangles].astype(np.int64),
+                             points.barycentrics.astype(np.float64))
+    regions = data.regions
+    face = np.flatnonzero(regions["face_skin"]) if "face_skin" in regions else np.arange(len(mean))
+    arrays = ModelArrays(mean, identity, expression, data.triangles.astype(np.int64), landmarks,
+                         {}, face)
+    if IBUG68 in landmarks:
+        arrays.contour_rows = _contour_rows(arrays, regions)
+    if MEDIAPIPE478 in landmarks:
+        arrays.mediapipe_selected = _selected_mediapipe(arrays)
+    _ARRAYS[key] = arrays
+    return arrays
+
+
+def _contour_rows(arrays: ModelArrays, regions: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+    """For each iBUG jaw point (not the chin): skin vertices on its horizontal row of the mean
+    head, on its side, between the ear and the face. The occluding contour of that row is
+    always one of them."""
+    ids, bary = arrays.landmarks[IBUG68]
+    jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
+    skin = regions.get("skin", np.ones(len(arrays.mean), bool))
+    for name in ("eyes", "eyeballs", "mouth_interior", "teeth", "tongue", "lips"):
+        if name in regions:
+            skin = skin & ~regions[name]
+    v = arrays.mean
+    back = jaw[0, 2] - 5.0  # the ear end of the jaw line
+    rows = {}
+    for j in CONTOUR_JAW:
+        side = np.sign(jaw[j, 0])
+        near = (np.abs(v[:, 1] - jaw[j, 1]) < 4.0) & (np.sign(v[:, 0]) == side)
+        near &= v[:, 2] > max(back, jaw[j, 2] - 25.0)
+        near &= np.abs(v[:, 0]) > 0.5 * abs(jaw[j, 0])
+        rows[j] = np.flatnonzero(near & skin)
+    return rows
+
+
+def _basis_rows(arrays: ModelArrays, ids: np.ndarray, bary: np.ndarray):
+    """Mean (L x 3), identity (L x 3 x K) and expression (L x 3 x J) of surface points."""
+    mean = np.einsum("lc,lcd->ld", bary, arrays.mean[ids])
+    identity = np.einsum("lc,lcdk->ldk", bary, arrays.identity[ids])
+    expression = np.einsum("lc,lcdk->ldk", bary, arrays.expression[ids])
+    return mean, identity, expression
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: which model point each 2D landmark is
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LandmarkSet:
+    """The 2D points of one face matched to model surface points.
+
+    `points` L x 2 pixels (NaN = missing), `weights` L, `ids`/`bary` L x 3 (vertex ids and
+    barycentrics of each model point; contour points are single vertices), `scheme_slices`
+    where each scheme's points are. `mean`/`identity`/`expression` are the linear bases.
+    """
+
+    points: np.ndarray
+    weights: np.ndarray
+    ids: np.ndarray
+    bary: np.ndarray
+    scheme_slices: dict[str, slice]
+    mean: np.ndarray = field(init=False)
+    identity: np.ndarray = field(init=False)
+    expression: np.ndarray = field(init=False)
+    arrays: ModelArrays | None = None
+
+    def __post_init__(self) -> None:
+        self.mean, self.identity, self.expression = _basis_rows(self.arrays, self.ids, self.bary)
+
+    def set_rows(self, rows: np.ndarray, vertex_ids: np.ndarray) -> None:
+        """Point rows `rows` now correspond to single vertices `vertex_ids`."""
+        self.ids[rows] = vertex_ids[:, None]
+        self.bary[rows] = (1.0, 0.0, 0.0)
+        m, i, e = _basis_rows(self.arrays, self.ids[rows], self.bary[rows])
+        self.mean[rows], self.identity[rows], self.expression[rows] = m, i, e
+
+    def positions(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        """L x 3 model-space positions (mm)."""
+        return self.mean + self.identity @ identity + self.expression @ expression
+
+    def copy_for(self, points: np.ndarray) -> LandmarkSet:
+        """The same correspondences for new 2D points (same layout)."""
+        out = object.__new__(LandmarkSet)
+        out.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                             for k, v in self.__dict__.items()})
+        out.points = np.asarray(points, np.float64)
+        return out
+
+    @property
+    def jaw_rows(self) -> np.ndarray:
+        s = self.scheme_slices.get(IBUG68)
+        return np.array([s.start + j for j in CONTOUR_JAW]) if s is not None else np.zeros(0, int)
+
+
+def _selected_mediapipe(arrays: ModelArrays) -> np.ndarray:
+    ids, bary = arrays.landmarks[MEDIAPIPE478]
+    # Keep points whose mean-shape surface faces the front: they stay visible and do not
+    # slide with pose like silhouette points do.
+    normals = _vertex_normals(arrays.mean, arrays.triangles)
+    n = np.einsum("lc,lcd->ld", bary, normals[ids])
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    keep = n[:, 2] > 0.5
+    keep[list(MEDIAPIPE_OVAL)] = False
+    keep[468:] = False
+    return np.flatnonzero(keep)
+
+
+def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    v0, v1, v2 = (vertices[triangles[:, i]] for i in range(3))
+    fn = np.cross(v1 - v0, v2 - v0)
+    normals = np.zeros_like(vertices)
+    for i in range(3):
+        np.add.at(normals, triangles[:, i], fn)
+    return normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12)
+
+
+def landmark_set(model, landmarks: dict[str, np.ndarray]) -> LandmarkSet:
+    """Match detected 2D landmarks ({scheme: L x 2}) to the model's landmark points.
+
+    Uses ibug68 (jaw points at half weight) and, when both the detection and the model have
+    it, the front-facing non-silhouette mediapipe478 points at a lower weight.
+    """
+    arrays = model_arrays(model)
+    if IBUG68 not in arrays.landmarks:
+        raise ModelError(f"model '{model.name}' has no ibug68 landmarks: it cannot be fitted "
+                         "to photos (add landmarks to the model)")
+    if IBUG68 not in landmarks:
+        raise Morph3dError("the landmarks to fit need the ibug68 scheme")
+    parts, weights, ids, bary, slices = [], [], [], [], {}
+    start = 0
+    ib_ids, ib_bary = arrays.landmarks[IBUG68]
+    pts = np.asarray(landmarks[IBUG68], np.float64).reshape(68, 2)
+    w = np.ones(68)
+    w[list(JAW)] = JAW_WEIGHT
+    parts.append(pts), weights.append(w), ids.append(ib_ids), bary.append(ib_bary)
+    slices[IBUG68] = slice(0, 68)
+    start = 68
+    if MEDIAPIPE478 in landmarks and MEDIAPIPE478 in arrays.landmarks:
+        sel = arrays.mediapipe_selected
+        mp_ids, mp_bary = arrays.landmarks[MEDIAPIPE478]
+        mp = np.asarray(landmarks[MEDIAPIPE478], np.float64).reshape(478, 2)[sel]
+        parts.append(mp), weights.append(np.full(len(sel), MEDIAPIPE_WEIGHT))
+        ids.append(mp_ids[sel]), bary.append(mp_bary[sel])
+        slices[MEDIAPIPE478] = slice(start, start + len(sel))
+    return LandmarkSet(np.concatenate(parts), np.concatenate(weights),
+                       np.concatenate(ids).copy(), np.concatenate(bary).copy(), slices,
+                       arrays=arrays)
+
+
+def detect_landmarks(image: np.ndarray, backend: str = "mediapipe",
+                     source: str = "image") -> dict[str, np.ndarray]:
+    """Step 1: the largest face's landmarks {scheme: L x 2} (pixels); Morph3dError if none."""
+    from fitting.faces import detect_faces
+
+    faces = detect_faces(image, backend)
+    if not len(faces):
+        raise Morph3dError(f"no face found in {source}")
+    best = int(np.argmax(faces.areas()))
+    return {scheme: points[best].astype(np.float64) for scheme, points in faces.landmarks.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# State and the linearised solver shared by every step
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FrameState:
+    """The parameters of one face in one image (float64)."""
+
+    rotation: np.ndarray  # 3, axis-angle rad
+    translation: np.ndarray  # 3, mm
+    expression: np.ndarray  # J
+    sh: np.ndarray | None = None  # 9 x 3
+
+    def copy(self) -> FrameState:
+        return FrameState(self.rotation.copy(), self.translation.copy(), self.expression.copy(),
+                          None if self.sh is None else self.sh.copy())
+
+
+def rotation_matrix(axis_angle: np.ndarray) -> np.ndarray:
+    return cv2.Rodrigues(np.asarray(axis_angle, np.float64).reshape(3, 1))[0]
+
+
+def axis_angle(matrix: np.ndarray) -> np.ndarray:
+    return cv2.Rodrigues(np.asarray(matrix, np.float64))[0].reshape(3)
+
+
+def project(points: np.ndarray, rotation: np.ndarray, translation: np.ndarray,
+            camera: CameraParams) -> np.ndarray:
+    """Model-space points (N x 3 mm) -> pixels N x 2."""
+    cam = points @ rotation_matrix(rotation).T + translation
+    z = np.maximum(cam[:, 2], 1e-6)
+    return np.stack([camera.fx * cam[:, 0] / z + camera.cx, camera.fy * cam[:, 1] / z + camera.cy],
+                    1)
+
+
+def face_scale(points: np.ndarray) -> float:
+    """sqrt(area) of the landmarks' bounding box, pixels: the size noise scales with."""
+    p = points[np.isfinite(points).all(1)]
+    ext = p.max(0) - p.min(0)
+    return float(math.sqrt(max(ext[0], 1.0) * max(ext[1], 1.0)))
+
+
+@dataclass
+class Priors:
+    """Regularisation, in units of the landmark noise sigma (pixels, from the face size)."""
+
+    sigma_fraction: float = 0.01  # landmark noise sigma as a fraction of face_scale
+    min_sigma_px: float = 1.0
+    identity: float = 1.0  # N(0, I) prior weight
+    expression: float = 0.05  # L2 towards 0 (neutral), per unit weight
+    temporal_pose: float = 0.0  # video: weight on change from the previous frame (rad, mm/10)
+    temporal_expression: float = 0.0
+
+
+def _residuals(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
+               camera: CameraParams):
+    """Pixel residuals (L x 2), model points (L x 3) and camera-space points (L x 3)."""
+    model_pts = ls.positions(identity, state.expression)
+    R = rotation_matrix(state.rotation)
+    cam = model_pts @ R.T + state.translation
+    z = np.maximum(cam[:, 2], 1e-6)
+    uv = np.stack([camera.fx * cam[:, 0] / z + camera.cx, camera.fy * cam[:, 1] / z + camera.cy],
+                  1)
+    return uv - ls.points, model_pts, cam, R
+
+
+def robust_weights(residuals: np.ndarray, weights: np.ndarray, sigma: float,
+                   k: float = 2.5) -> np.ndarray:
+    """Huber IRLS weights: 1 within k sigma (scaled by the residuals' MAD), k sigma/|r| beyond."""
+    r = np.linalg.norm(residuals, axis=1)
+    ok = np.isfinite(r)
+    spread = 1.4826 * np.median(r[ok]) if ok.any() else sigma
+    s = k * max(sigma, spread)
+    out = weights * np.minimum(1.0, s / np.maximum(r, 1e-9))
+    out[~ok] = 0.0
+    return out
+
+
+def gauss_newton(
+    ls: LandmarkSet, identity: np.ndarray, state: FrameState, camera: CameraParams, *,
+    pose: bool = True, expression: bool = True, solve_identity: bool = False,
+    weights: np.ndarray | None = None, priors: Priors | None = None,
+    previous: FrameState | None = None, iterations: int = 1, sigma: float | None = None,
+) -> tuple[np.ndarray, FrameState, float]:
+    """Linearised least-squares updates of the chosen blocks (pose 6, identity K, expression J
+    bounded to [0, 1]) for one image. Returns (identity, state, cost)."""
+    priors = priors or Priors()
+    w = ls.weights if weights is None else weights
+    ok = np.isfinite(ls.points).all(1) & (w > 0)
+    sig = sigma if sigma is not None else max(priors.min_sigma_px,
+                                              priors.sigma_fraction * face_scale(ls.points))
+    identity = identity.copy()
+    state = state.copy()
+    K, J = ls.identity.shape[2], ls.expression.shape[2]
+    cost = math.inf
+    for _ in range(iterations):
+        res, model_pts, cam, R = _residuals(ls, identity, state, camera)
+        x, y, z = cam[ok, 0], cam[ok, 1], np.maximum(cam[ok, 2], 1e-6)
+        # d(u, v) / d(camera point): L x 2 x 3
+        dproj = np.zeros((len(x), 2, 3))
+        dproj[:, 0, 0] = camera.fx / z
+        dproj[:, 0, 2] = -camera.fx * x / z ** 2
+        dproj[:, 1, 1] = camera.fy / z
+        dproj[:, 1, 2] = -camera.fy * y / z ** 2
+        blocks = []
+        if pose:
+            rp = model_pts[ok] @ R.T  # rotated model points
+            skew = np.zeros((len(x), 3, 3))  # d(exp(w) R X)/dw = -[R X]x
+            skew[:, 0, 1], skew[:, 0, 2] = rp[:, 2], -rp[:, 1]
+            skew[:, 1, 0], skew[:, 1, 2] = -rp[:, 2], rp[:, 0]
+            skew[:, 2, 0], skew[:, 2, 1] = rp[:, 1], -rp[:, 0]
+            blocks.append(dproj @ skew)
+            blocks.append(dproj)
+        if solve_identity:
+            blocks.append((dproj @ R) @ ls.identity[ok])
+        if expression:
+            blocks.append((dproj @ R) @ ls.expression[ok])
+        Jm = np.concatenate(blocks, 2)  # L x 2 x P
+        sw = np.sqrt(w[ok])[:, None] / sig
+        A = (Jm * sw[:, :, None]).reshape(-1, Jm.shape[2])
+        b = -(res[ok] * sw).reshape(-1)
+        data_cost = float(b @ b)
+        rows_A, rows_b = [A], [b]
+        P = Jm.shape[2]
+        col = 0
+        lo, hi = np.full(P, -np.inf), np.full(P, np.inf)
+        prior_cost = 0.0
+        if pose:
+            if previous is not None and priors.temporal_pose > 0:
+                # Change of rotation (rad) and translation (cm) from the previous frame.
+                dr = axis_angle(rotation_matrix(state.rotation)
+                                @ rotation_matrix(previous.rotation).T)
+                dt = (state.translation - previous.translation) / 10.0
+                reg = np.zeros((6, P))
+                reg[:3, 0:3] = np.eye(3) * priors.temporal_pose
+                reg[3:, 3:6] = np.eye(3) * priors.temporal_pose / 10.0
+                rows_A.append(reg)
+                rows_b.append(-np.concatenate([dr, dt]) * priors.temporal_pose)
+                prior_cost += float(rows_b[-1] @ rows_b[-1])
+            col = 6
+        if solve_identity:
+            reg = np.zeros((K, P))
+            reg[:, col:col + K] = np.eye(K) * math.sqrt(priors.identity)
+            rows_A.append(reg)
+            rows_b.append(-identity * math.sqrt(priors.identity))
+            prior_cost += float(rows_b[-1] @ rows_b[-1])
+            col += K
+        if expression:
+            reg = np.zeros((J, P))
+            reg[:, col:col + J] = np.eye(J) * math.sqrt(priors.expression)
+            rows_A.append(reg)
+            rows_b.append(-state.expression * math.sqrt(priors.expression))
+            prior_cost += float(rows_b[-1] @ rows_b[-1])
+            if previous is not None and priors.temporal_expression > 0:
+                reg = np.zeros((J, P))
+                reg[:, col:col + J] = np.eye(J) * priors.temporal_expression
+                rows_A.append(reg)
+                rows_b.append(-(state.expression - previous.expression)
+                              * priors.temporal_expression)
+                prior_cost += float(rows_b[-1] @ rows_b[-1])
+            lo[col:col + J] = -state.expression
+            hi[col:col + J] = 1.0 - state.expression
+        cost = data_cost + prior_cost
+        A = np.concatenate(rows_A)
+        b = np.concatenate(rows_b)
+        delta = _bounded_lstsq(A, b, lo, hi)
+        col = 0
+        if pose:
+            state.rotation = axis_angle(rotation_matrix(delta[:3]) @ R)
+            state.translation = state.translation + delta[3:6]
+            col = 6
+        if solve_identity:
+            identity = identity + delta[col:col + K]
+            col += K
+        if expression:
+            state.expression = np.clip(state.expression + delta[col:col + J], 0.0, 1.0)
+    return identity, state, cost
+
+
+def _bounded_lstsq(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """min ||A x - b|| with lo <= x <= hi, solved on the (small) normal equations."""
+    H = A.T @ A
+    g = A.T @ b
+    H[np.diag_indices_from(H)] += 1e-9 * (np.trace(H) / len(H) + 1.0)
+    x = np.linalg.solve(H, g)
+    if np.all(x >= lo - 1e-12) and np.all(x <= hi + 1e-12):
+        return x
+    L = np.linalg.cholesky(H)
+    rhs = np.linalg.solve(L, g)
+    return lsq_linear(L.T, rhs, bounds=(lo, hi), method="bvls", tol=1e-10).x
+
+
+# --------------------------------------------------------------------------------------------
+# Steps 2-6
+# --------------------------------------------------------------------------------------------
+
+
+def estimate_pose_pnp(ls: LandmarkSet, identity: np.ndarray, expression: np.ndarray,
+                      camera: CameraParams) -> FrameState:
+    """Step 2a: pose from cv2.solvePnP on the current shape's landmarks (robust to a few
+    outliers through RANSAC when there are many points)."""
+    ok = np.isfinite(ls.points).all(1)
+    if IBUG68 in ls.scheme_slices:  # the jaw slides: leave it out of the first estimate
+        ok[ls.jaw_rows] = False
+    obj = ls.positions(identity, expression)[ok].astype(np.float64)
+    img = ls.points[ok].astype(np.float64)
+    K = camera.matrix
+    found, rvec, tvec = cv2.solvePnP(obj, img, K, None, flags=cv2.SOLVEPNP_SQPNP)
+    if not found:
+        raise Morph3dError("could not estimate the head pose from the landmarks")
+    rvec, tvec = cv2.solvePnPRefineLM(obj, img, K, None, rvec, tvec)
+    state = FrameState(rvec.reshape(3), tvec.reshape(3), expression.copy())
+    if tvec[2] <= 0:
+        raise Morph3dError("could not estimate the head pose (face behind the camera)")
+    return state
+
+
+def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
+                       camera: CameraParams) -> None:
+    """Step 5: move each iBUG jaw point (not the chin) to the occluding contour: the vertex
+    of its horizontal model row that projects farthest outwards in the image."""
+    arrays = ls.arrays
+    if not arrays.contour_rows or IBUG68 not in ls.scheme_slices:
+        return
+    base = ls.scheme_slices[IBUG68].start
+    all_ids = np.concatenate([arrays.contour_rows[j] for j in CONTOUR_JAW])
+    verts = (arrays.mean[all_ids] + arrays.identity[all_ids] @ identity
+             + arrays.expression[all_ids] @ state.expression)
+    uv = project(verts, state.rotation, state.translation, camera)
+    # Outward direction in the image: the model's x axis (sign by side), projected.
+    centre = verts.mean(0)
+    c_uv = project(centre[None], state.rotation, state.translation, camera)[0]
+    x_uv = project((centre + np.array([10.0, 0.0, 0.0]))[None], state.rotation,
+                   state.translation, camera)[0]
+    right = x_uv - c_uv
+    right /= np.linalg.norm(right) + 1e-12
+    chosen, start = [], 0
+    for j in CONTOUR_JAW:
+        n = len(arrays.contour_rows[j])
+        side = 1.0 if j > CHIN else -1.0
+        score = uv[start:start + n] @ (side * right)
+        chosen.append(arrays.contour_rows[j][int(np.argmax(score))])
+        start += n
+    ls.set_rows(base + np.array(CONTOUR_JAW), np.array(chosen))
+
+
+def fit_identity(ls_list: list[LandmarkSet], identity: np.ndarray, states: list[FrameState],
+                 cameras: list[CameraParams], weights: list[np.ndarray], priors: Priors
+                 ) -> np.ndarray:
+    """Step 3: identity by regularised linear least squares over all images (closed form
+    given the poses and expressions: one linearised Gauss-Newton step is exact up to the
+    perspective division)."""
+    rows_A, rows_b = [], []
+    K = len(identity)
+    for ls, st, cam, w in zip(ls_list, states, cameras, weights, strict=True):
+        res, model_pts, pts_cam, R = _residuals(ls, identity, st, cam)
+        ok = np.isfinite(ls.points).all(1) & (w > 0)
+        sig = max(priors.min_sigma_px, priors.sigma_fraction * face_scale(ls.points))
+        x, y, z = pts_cam[ok, 0], pts_cam[ok, 1], np.maximum(pts_cam[ok, 2], 1e-6)
+        dproj = np.zeros((len(x), 2, 3))
+        dproj[:, 0, 0], dproj[:, 0, 2] = cam.fx / z, -cam.fx * x / z ** 2
+        dproj[:, 1, 1], dproj[:, 1, 2] = cam.fy / z, -cam.fy * y / z ** 2
+        Jm = (dproj @ R) @ ls.identity[ok]
+        sw = np.sqrt(w[ok])[:, None] / sig
+        rows_A.append((Jm * sw[:, :, None]).reshape(-1, K))
+        rows_b.append(-(res[ok] * sw).reshape(-1))
+    rows_A.append(np.eye(K) * math.sqrt(priors.identity))
+    rows_b.append(-identity * math.sqrt(priors.identity))
+    A, b = np.concatenate(rows_A), np.concatenate(rows_b)
+    return identity + np.linalg.solve(A.T @ A, A.T @ b)
+
+
+def fit_expression(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
+                   camera: CameraParams, weights: np.ndarray, priors: Priors) -> FrameState:
+    """Step 4: expression weights by bounded least squares (each in [0, 1])."""
+    return gauss_newton(ls, identity, state, camera, pose=False, expression=True,
+                        weights=weights, priors=priors)[1]
+
+
+def estimate_camera_pose(ls: LandmarkSet, identity: np.ndarray, state: FrameState | None,
+                         camera: CameraParams, weights: np.ndarray, priors: Priors,
+                         iterations: int = 3) -> FrameState:
+    """Step 2: pose (PnP the first time, then weighted Gauss-Newton from the last pose)."""
+    if state is None:
+        expression = np.zeros(ls.expression.shape[2])
+        state = estimate_pose_pnp(ls, identity, expression, camera)
+    return gauss_newton(ls, identity, state, camera, pose=True, expression=False,
+                        weights=weights, priors=priors, iterations=iterations)[1]
+
+
+def _alternate(ls_list: list[LandmarkSet], cameras: list[CameraParams], identity: np.ndarray,
+               states: list[FrameState | None], priors: Priors, rounds: int,
+               contour: bool = True, fit_shape: bool = True
+               ) -> tuple[np.ndarray, list[FrameState], list[np.ndarray], float]:
+    """Steps 2-6: alternate pose, identity, expression and contour, with IRLS weights."""
+    weights = [ls.weights.copy() for ls in ls_list]
+    states = list(states)
+    cost = math.inf
+    for r in range(rounds):
+        for i, ls in enumerate(ls_list):
+            states[i] = estimate_camera_pose(ls, identity, states[i], cameras[i], weights[i],
+                                             priors)
+            if contour:
+                update_jaw_contour(ls, identity, states[i], cameras[i])
+        if fit_shape:
+            identity = fit_identity(ls_list, identity, states, cameras, weights, priors)
+        cost = 0.0
+        for i, ls in enumerate(ls_list):
+            states[i] = fit_expression(ls, identity, states[i], cameras[i], weights[i], priors)
+            if contour:
+                update_jaw_contour(ls, identity, states[i], cameras[i])
+            res = _residuals(ls, identity, states[i], cameras[i])[0]
+            sig = max(priors.min_sigma_px, priors.sigma_fraction * face_scale(ls.points))
+            if r >= 1:  # the first round's residuals mix pose and shape errors
+                weights[i] = robust_weights(res, ls.weights, sig)
+            ok = np.isfinite(res).all(1)
+            cost += float((weights[i][ok] * (res[ok] ** 2).sum(1)).sum()) / sig ** 2
+        cost += priors.identity * float(identity @ identity)
+    return identity, states, weights, cost
+
+
+def estimate_focal(ls_list: list[LandmarkSet], sizes: list[tuple[int, int]], priors: Priors
+                   ) -> float:
+    """Focal (as a multiple of max(H, W)) by a small search over the fit cost; 1.2 when the
+    cost is flat (landmarks barely constrain the focal of a small or frontal face)."""
+    factors = np.array([0.6, 0.85, 1.2, 1.7, 2.4, 3.4, 5.0])
+    if len(ls_list) > 4:  # a few spread images decide it as well as many
+        pick = np.linspace(0, len(ls_list) - 1, 4).round().astype(int)
+        ls_list, sizes = [ls_list[i] for i in pick], [sizes[i] for i in pick]
+    costs = []
+    for f in factors:
+        cams = [CameraParams.default_for(w, h, f * max(h, w)) for h, w in sizes]
+        lss = [ls.copy_for(ls.points) for ls in ls_list]
+        try:
+            cost = _alternate(lss, cams, np.zeros(ls_list[0].identity.shape[2]),
+                              [None] * len(lss), priors, rounds=2)[3]
+        except Morph3dError:
+            cost = math.inf
+        costs.append(cost)
+    costs = np.array(costs)
+    best = int(np.argmin(costs))
+    if not np.isfinite(costs[best]) or (np.nanmax(costs[np.isfinite(costs)]) - costs[best]
+                                        < 0.05 * costs[best]):
+        return 1.2
+    if 0 < best < len(factors) - 1:  # parabola through the best three, in log focal
+        x = np.log(factors[best - 1:best + 2])
+        y = costs[best - 1:best + 2]
+        a = np.polyfit(x, y, 2)
+        if a[0] > 0:
+            return float(np.exp(np.clip(-a[1] / (2 * a[0]), x[0], x[2])))
+    return float(factors[best])
+
+
+# --------------------------------------------------------------------------------------------
+# Step 7: joint robust refinement (torch)
+# --------------------------------------------------------------------------------------------
+
+
+def refine_landmarks(ls_list: list[LandmarkSet], cameras: list[CameraParams],
+                     identity: np.ndarray, states: list[FrameState], priors: Priors,
+                     steps: int = 60, robust_scale: float = 2.5
+                     ) -> tuple[np.ndarray, list[FrameState]]:
+    """Step 7: identity, poses and expressions jointly with a Geman-McClure landmark loss
+    (scale `robust_scale` sigma) + the priors, by LBFGS (at most `steps` iterations)."""
+    from render.camera import axis_angle_to_matrix
+
+    dt = torch.float64
+    alpha = torch.tensor(identity, dtype=dt, requires_grad=True)
+    rot = torch.tensor(np.stack([s.rotation for s in states]), dtype=dt, requires_grad=True)
+    trans = torch.tensor(np.stack([s.translation for s in states]), dtype=dt, requires_grad=True)
+    expr = torch.tensor(np.stack([s.expression for s in states]), dtype=dt, requires_grad=True)
+    data = []
+    for ls, cam in zip(ls_list, cameras, strict=True):
+        ok = np.isfinite(ls.points).all(1) & (ls.weights > 0)
+        sig = max(priors.min_sigma_px, priors.sigma_fraction * face_scale(ls.points))
+        n = int(ok.sum())
+        data.append(tuple(torch.tensor(a, dtype=dt) for a in (
+            ls.mean[ok].reshape(-1), ls.identity[ok].reshape(n * 3, -1),
+            ls.expression[ok].reshape(n * 3, -1), ls.points[ok], ls.weights[ok],
+            np.array([cam.fx, cam.fy, cam.cx, cam.cy]))) + (sig,))
+    params = [alpha, rot, trans, expr]
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        beta = expr.clamp(0.0, 1.0)
+        loss = priors.identity * (alpha * alpha).sum()
+        loss = loss + priors.expression * (beta * beta).sum()
+        loss = loss + 10.0 * ((expr - beta) ** 2).sum()  # keeps the raw values near [0, 1]
+        R = axis_angle_to_matrix(rot)
+        for i, (mean, idb, exb, target, w, k, sig) in enumerate(data):
+            pts = (mean + idb @ alpha + exb @ beta[i]).reshape(-1, 3)
+            # (no `pts @ R.T`: torch's CPU mm is pathologically slow for N x 3 @ 3 x 3)
+            cam = (pts[:, None, :] * R[i][None]).sum(-1) + trans[i]
+            z = cam[:, 2].clamp_min(1e-3)
+            uv = torch.stack([k[0] * cam[:, 0] / z + k[2], k[1] * cam[:, 1] / z + k[3]], 1)
+            r2 = ((uv - target) ** 2).sum(1) / sig ** 2
+            c2 = robust_scale ** 2
+            loss = loss + (w * c2 * r2 / (r2 + c2)).sum()  # Geman-McClure
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    identity = alpha.detach().numpy().copy()
+    out = []
+    for i, s in enumerate(states):
+        out.append(FrameState(rot[i].detach().numpy().copy(), trans[i].detach().numpy().copy(),
+                              expr[i].detach().clamp(0, 1).numpy().copy(), s.sh))
+    return identity, out
+
+
+# --------------------------------------------------------------------------------------------
+# Step 8: lighting and texture
+# --------------------------------------------------------------------------------------------
+
+
+def vertex_positions(model, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+    """V x 3 model-space vertices (mm) for one face, float64."""
+    arrays = model_arrays(model)
+    return arrays.mean + arrays.identity @ identity + arrays.expression @ expression
+
+
+def _lighting_normals(vertices: np.ndarray, triangles: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Vertex normals in the SH lighting frame (view space, x right, y up, z to camera)."""
+    return (_vertex_normals(vertices, triangles) @ R.T) * np.array([1.0, -1.0, -1.0])
+
+
+def sh_basis_np(normals: np.ndarray) -> np.ndarray:
+    from render.ops import sh_basis
+
+    return sh_basis(torch.as_tensor(normals)).numpy()
+
+
+def estimate_sh_vertices(image: np.ndarray, vertices: np.ndarray, triangles: np.ndarray,
+                         sample_ids: np.ndarray, state: FrameState, camera: CameraParams,
+                         albedo: np.ndarray | float = 0.6, regularise: float = 1e-2
+                         ) -> np.ndarray:
+    """Linear SH lighting (9 x 3) from image colours at front-facing vertices: a cheap,
+    render-free estimate (colour = albedo * SH(normal) . c), used to start step 8 and for
+    every video frame."""
+    R = rotation_matrix(state.rotation)
+    normals = _lighting_normals(vertices, triangles, R)[sample_ids]
+    facing = normals[:, 2] > 0.3
+    uv = project(vertices[sample_ids], state.rotation, state.translation, camera)
+    H, W = image.shape[:2]
+    inside = (uv[:, 0] >= 0) & (uv[:, 0] <= W - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= H - 1)
+    keep = facing & inside
+    sh = np.zeros((SH_COEFFS, 3))
+    sh[0] = 1.0
+    if keep.sum() < 30:
+        return sh
+    px = np.clip(np.round(uv[keep]).astype(int), 0, [W - 1, H - 1])
+    colors = image[px[:, 1], px[:, 0]].astype(np.float64)
+    if colors.max() > 1.5:
+        colors = colors / 255.0
+    basis = sh_basis_np(normals[keep])  # N x 9
+    alb = albedo[sample_ids][keep] if isinstance(albedo, np.ndarray) else np.full((keep.sum(), 3),
+                                                                                  albedo)
+    prior = np.zeros(SH_COEFFS)
+    prior[0] = 1.0
+    for c in range(3):
+        A = basis * alb[:, c:c + 1]
+        A = np.concatenate([A, np.sqrt(regularise * len(A)) * np.eye(SH_COEFFS)])
+        b = np.concatenate([colors[:, c], np.sqrt(regularise * len(colors)) * prior * 0])
+        sh[:, c] = np.linalg.lstsq(A, b, rcond=None)[0]
+    return sh
+
+
+def _as_float_image(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, 2)
+    img = img[..., :3]
+    return img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+
+
+def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarray,
+                             states: list[FrameState], cameras: list[CameraParams],
+                             steps: int = 25, max_side: int = 256, texture_size: int | None = None
+                             ) -> tuple[list[FrameState], np.ndarray, np.ndarray]:
+    """Step 8: per-image SH lighting by a photometric loss (rendered face-skin pixels vs the
+    photo, at most `max_side` px, Adam on SH + a mean skin albedo), then the albedo texture:
+    each photo divided by its shading, unprojected to UV; photos merged by confidence.
+    Returns (states with sh, texture T x T x 3, confidence T x T)."""
+    from render.helpers import extract_texture, render_mesh
+
+    arrays = model_arrays(model)
+    tris = torch.as_tensor(arrays.triangles)
+    uv_coords = torch.as_tensor(model.data.uv_coords)
+    uv_tris = torch.as_tensor(model.data.uv_triangles)
+    size = texture_size or int(model.data.texture_size)
+    skin = np.zeros(len(arrays.mean), np.float32)
+    skin[arrays.face_vertices] = 1.0
+    skin_t = torch.as_tensor(skin)[:, None].expand(-1, 3)
+    verts_np = [vertex_positions(model, identity, s.expression) for s in states]
+    tex_sum = np.zeros((size, size, 3))
+    conf_sum = np.zeros((size, size))
+    conf_max = np.zeros((size, size))
+    out_states = []
+    for image, state, cam, verts in zip(images, states, cameras, verts_np, strict=True):
+        img = _as_float_image(image)
+        H, W = img.shape[:2]
+        scale = min(1.0, max_side / max(H, W))
+        small = cv2.resize(img, (max(1, round(W * scale)), max(1, round(H * scale))),
+                           interpolation=cv2.INTER_AREA) if scale < 1 else img
+        h, w = small.shape[:2]
+        small_cam = CameraParams(cam.fx * w / W, cam.fy * h / H, (cam.cx + 0.5) * w / W - 0.5,
+                                 (cam.cy + 0.5) * h / H - 0.5, w, h)
+        sh0 = estimate_sh_vertices(small, verts, arrays.triangles, arrays.face_vertices, state,
+                                   small_cam, albedo=1.0)
+        # sh0 absorbs the albedo (albedo 1): split it into a grey-ish albedo and lighting.
+        albedo0 = np.clip(sh0[0], 0.05, 1.0)
+        sh_t = torch.tensor(sh0 / albedo0, dtype=torch.float32, requires_grad=True)
+        albedo_t = torch.tensor(albedo0, dtype=torch.float32, requires_grad=True)
+        camera = small_cam.to_camera(state.rotation, state.translation)
+        v_t = torch.as_tensor(verts, dtype=torch.float32)[None]
+        target = torch.as_tensor(small)[None]
+        with torch.no_grad():
+            skin_mask = render_mesh(v_t, tris, camera, vertex_colors=skin_t,
+                                    antialias=False).image[..., :1] > 0.99
+        if steps > 0 and int(skin_mask.sum()) > 50:
+            opt = torch.optim.Adam([sh_t, albedo_t], lr=0.03)
+            for _ in range(steps):
+                opt.zero_grad()
+                out = render_mesh(v_t, tris, camera, vertex_colors=albedo_t[None].expand(
+                    len(verts), 3), sh_coeffs=sh_t[None], antialias=False)
+                diff = (out.image - target) * skin_mask
+                loss = torch.sqrt(diff.pow(2).sum(-1) + 1e-6).sum() / skin_mask.sum()
+                loss = loss + 1e-3 * (sh_t[1:] ** 2).sum()
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    albedo_t.clamp_(0.02, 1.0)
+        sh = sh_t.detach().numpy().astype(np.float64)
+        st = state.copy()
+        st.sh = sh
+        out_states.append(st)
+        # Albedo image = photo / shading (full resolution), then unproject to UV.
+        full_cam = cam.to_camera(state.rotation, state.translation)
+        with torch.no_grad():
+            shading = render_mesh(v_t, tris, full_cam, sh_coeffs=torch.as_tensor(
+                sh, dtype=torch.float32)[None], antialias=False).image[0].numpy()
+        albedo_img = np.where(shading > 0.05, img / np.maximum(shading, 0.05), img)
+        texture, confidence = extract_texture(
+            torch.as_tensor(np.clip(albedo_img, 0, 1))[None], v_t, tris, uv_coords, uv_tris,
+            full_cam, size)
+        t = texture[0].numpy().astype(np.float64)
+        c = confidence[0, ..., 0].numpy().astype(np.float64)
+        tex_sum += t * c[..., None]
+        conf_sum += c
+        conf_max = np.maximum(conf_max, c)
+        if len(images) == 1:
+            tex_sum = t * np.maximum(c, 1e-6)[..., None]
+            conf_sum = np.maximum(c, 1e-6)
+    texture = (tex_sum / np.maximum(conf_sum, 1e-6)[..., None]).astype(np.float32)
+    return out_states, np.clip(texture, 0, 1), conf_max.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# The whole photo fit
+# --------------------------------------------------------------------------------------------
+
+
+def fit_landmarks(model, landmarks: list[dict[str, np.ndarray]], sizes: list[tuple[int, int]],
+                  focal: float | None = None, rounds: int = 4, refine_steps: int = 60,
+                  contour: bool = True, priors: Priors | None = None,
+                  identity: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, list[FrameState], list[CameraParams], list[LandmarkSet]]:
+    """Steps 2-7 for one or more images of one person from their 2D landmarks.
+
+    landmarks: per image {scheme: L x 2 pixels}; sizes: per image (H, W); focal in pixels
+    (None: estimated). `identity` given = held fixed (only pose and expression are fitted).
+    """
+    priors = priors or Priors()
+    ls_list = [landmark_set(model, lm) for lm in landmarks]
+    if focal is None:
+        factor = estimate_focal(ls_list, sizes, priors)
+        cameras = [CameraParams.default_for(w, h, factor * max(h, w)) for h, w in sizes]
+    else:
+        cameras = [CameraParams.default_for(w, h, focal) for h, w in sizes]
+    fixed = identity is not None
+    alpha = np.asarray(identity, np.float64) if fixed else np.zeros(ls_list[0].identity.shape[2])
+    alpha, states, _, _ = _alternate(ls_list, cameras, alpha, [None] * len(ls_list), priors,
+                                     rounds, contour=contour, fit_shape=not fixed)
+    if refine_steps > 0:
+        new_alpha, states = refine_landmarks(ls_list, cameras, alpha, states, priors,
+                                             steps=refine_steps)
+        if not fixed:
+            alpha = new_alpha
+        if contour:
+            for ls, st, cam in zip(ls_list, states, cameras, strict=True):
+                update_jaw_contour(ls, alpha, st, cam)
+    return alpha, states, cameras, ls_list
+
+
+def _as_image_list(images) -> tuple[list[np.ndarray], list[str]]:
+    from morph3d.media import read_image
+
+    if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
+        images = [images]
+    elif isinstance(images, np.ndarray) and images.ndim in (2, 3):
+        images = [images]
+    out, names = [], []
+    for i, img in enumerate(images):
+        if isinstance(img, np.ndarray):
+            out.append(img)
+            names.append(f"image {i}")
+        else:
+            out.append(read_image(img))
+            names.append(str(img))
+    return out, names
+
+
+def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
+              focal: float | None = None, backend: str = "mediapipe", photometric: bool = True,
+              refine_steps: int = 60, photometric_steps: int = 25, contour: bool = True,
+              priors: Priors | None = None) -> VideoFit | list[VideoFit]:
+    """Fit the model to one photo (-> VideoFit with one frame) or several photos of one
+    person (-> list of one-frame VideoFits sharing one Identity).
+
+    images: path(s) or RGB array(s) (uint8 or float in [0, 1]); landmarks: per image
+    {scheme: L x 2} to skip detection; focal: pixels (None = estimated).
+    """
+    single = not isinstance(images, (list, tuple))
+    imgs, names = _as_image_list(images)
+    if landmarks is None:
+        landmarks = [detect_landmarks(img, backend, name) for img, name in zip(imgs, names,
+                                                                              strict=True)]
+    elif isinstance(landmarks, dict):
+        landmarks = [landmarks]
+    if len(landmarks) != len(imgs):
+        raise ValueError(f"{len(imgs)} images but {len(landmarks)} landmark sets")
+    sizes = [img.shape[:2] for img in imgs]
+    alpha, states, cameras, ls_list = fit_landmarks(model, landmarks, sizes, focal=focal,
+                                                    refine_steps=refine_steps, contour=contour,
+                                                    priors=priors)
+    texture = confidence = None
+    if photometric:
+        states, texture, confidence = fit_lighting_and_texture(
+            model, imgs, alpha, states, cameras, steps=photometric_steps)
+    identity = Identity(alpha, texture, confidence)
+    fits = []
+    for st, cam, lm, name in zip(states, cameras, landmarks, names, strict=True):
+        faces = FaceParams.empty(1, model.num_expression)
+        faces.rotation[0], faces.translation[0] = st.rotation, st.translation
+        faces.expression[0] = st.expression
+        if st.sh is not None:
+            faces.sh[0] = st.sh
+        faces.valid[0] = True
+        fits.append(VideoFit(identity=identity, faces=faces, camera=cam, fps=0.0,
+                             landmarks={k: np.asarray(v, np.float32)[None] for k, v in lm.items()},
+                             model_name=model.name, source=name))
+    return fits[0] if single else fits
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries for the CLI
+# --------------------------------------------------------------------------------------------
+
+FRONT = np.diag([1.0, -1.0, -1.0])  # model -> OpenCV camera for a face looking at the camera
+
+
+def head_pose_degrees(rotation: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of the head relative to a frontal view.
+
+    The head rotation in model axes is H = FRONT^T R = Ry(yaw) Rx(pitch) Rz(roll)
+    (right-handed angles about the model's up, right and forward axes): yaw > 0 turns the
+    nose towards image right, pitch > 0 turns the nose down, roll > 0 turns the face
+    counter-clockwise in the image.
+    """
+    H = FRONT.T @ rotation_matrix(rotation)
+    pitch = math.asin(float(np.clip(-H[1, 2], -1.0, 1.0)))
+    yaw = math.atan2(H[0, 2], H[2, 2])
+    roll = math.atan2(H[1, 0], H[1, 1])
+    return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
+
+
+def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68) -> np.ndarray:
+    """F x L x 2 pixel positions of the model's `scheme` landmarks under the fit (the iBUG
+    jaw at the fitted occluding contour)."""
+    arrays = model_arrays(model)
+    if scheme not in arrays.landmarks:
+        raise ModelError(f"model '{model.name}' has no {scheme} landmarks")
+    ids, bary = arrays.landmarks[scheme]
+    mean, idb, exb = _basis_rows(arrays, ids, bary)
+    alpha = fit.identity.coefficients.astype(np.float64)
+    out = np.zeros((fit.num_frames, len(ids), 2), np.float32)
+    f = fit.faces
+    for i in range(fit.num_frames):
+        st = FrameState(f.rotation[i].astype(np.float64), f.translation[i].astype(np.float64),
+                        f.expression[i].astype(np.float64))
+        if scheme == IBUG68 and arrays.contour_rows:
+            ls = LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
+                             {IBUG68: slice(0, len(ids))}, arrays=arrays)
+            update_jaw_contour(ls, alpha, st, fit.camera)
+            pts = ls.positions(alpha, st.expression)
+        else:
+            pts = mean + idb @ alpha + exb @ st.expression
+        out[i] = project(pts, st.rotation, st.translation, fit.camera)
+    return out
+
+
+def fit_summary(fit: VideoFit, model) -> dict:
+    """JSON-ready summary: camera, faceless frames and per frame the fitted model's 68
+    projected landmarks (`landmarks68`, iBUG order, 0-based pixels) and head pose in degrees
+    (yaw, pitch, roll: see `head_pose_degrees`)."""
+    lm = projected_landmarks(fit, model)
+    frames = []
+    for i in range(fit.num_frames):
+        yaw, pitch, roll = head_pose_degrees(fit.faces.rotation[i])
+        frames.append({
+            "index": i,
+            "valid": bool(fit.faces.valid[i]),
+            "landmarks68": np.round(lm[i].astype(np.float64), 2).tolist(),
+            "yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2),
+            "translation_mm": np.round(fit.faces.translation[i].astype(np.float64), 2).tolist(),
+            "expression": {name: round(float(v), 3) for name, v in
+                           zip(model.expression_names, fit.faces.expression[i], strict=True)
+                           if v > 0.05},
+        })
+    cam = fit.camera
+    return {
+        "model": fit.model_name,
+        "source": fit.source,
+        "frames_total": fit.num_frames,
+        "fps": fit.fps,
+        "faceless_frames": fit.faceless.tolist(),
+        "camera": {"fx": cam.fx, "fy": cam.fy, "cx": cam.cx, "cy": cam.cy,
+                   "width": cam.width, "height": cam.height},
+        "identity": np.round(fit.identity.coefficients.astype(np.float64), 4).tolist(),
+        "has_texture": fit.identity.texture is not None,
+        "frames": frames,
+    }

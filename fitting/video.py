@@ -1,0 +1,299 @@
+"""Video fitting: one identity for the clip, then cheap per-frame pose, expression and light.
+
+Steps (`fit_video`):
+
+1. `video_landmarks`: stream the frames once, detect + track faces (`fitting.track`), pick
+   one face (largest by default), smooth its landmarks without lag (`fitting.smooth`).
+   Only the landmark arrays are kept, never the frames (bounded memory).
+2. `select_identity_frames`: ~20 well-spread frames with near-frontal poses.
+3. `fitting.fit.fit_landmarks` on them jointly: one identity (and the focal length).
+4. `track_frame` per frame: warm-started from the previous frame's pose and expression,
+   a jaw-contour update and a few bounded Gauss-Newton steps with a temporal prior
+   (penalising change from the previous frame); a few ms per frame in numpy.
+5. If photometric: per-frame SH lighting from front-facing vertex colours (linear, no
+   rendering) and the albedo texture from the most frontal identity frames.
+6. `bridge_gaps`: frames without the face are marked invalid and their parameters
+   interpolated from the neighbouring valid frames (held at the ends).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fitting.fit import (
+    IBUG68,
+    FrameState,
+    LandmarkSet,
+    Priors,
+    _as_float_image,
+    _vertex_normals,
+    estimate_pose_pnp,
+    fit_landmarks,
+    fit_lighting_and_texture,
+    gauss_newton,
+    head_pose_degrees,
+    landmark_set,
+    model_arrays,
+    rotation_matrix,
+    sh_basis_np,
+    update_jaw_contour,
+)
+from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
+from morph3d.errors import Morph3dError
+
+
+def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
+                    max_frames: int | None = None, smooth: bool = True,
+                    progress: bool = True) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """Step 1: per-frame landmarks {scheme: F x L x 2 (NaN where the face is absent)} of the
+    selected face, and the frame size (H, W)."""
+    from tqdm import tqdm
+
+    from fitting.smooth import smooth_tracks
+    from fitting.track import select_track, track_faces
+    from morph3d.media import iter_frames, probe_video
+
+    info = probe_video(path)
+    total = info.frame_count if max_frames is None else min(info.frame_count, max_frames)
+    frames = (f.rgb for f in tqdm(iter_frames(path, stop=max_frames), total=total,
+                                  desc="detecting faces", unit="frame", disable=not progress,
+                                  leave=False))
+    tracks = track_faces(frames, backend, max_frames=max_frames)
+    if not len(tracks):
+        raise Morph3dError(f"no face found in {path}")
+    track = select_track(tracks, select)
+    if smooth:
+        tracks = smooth_tracks(tracks)
+    return ({s: tracks.trajectory(track, s) for s in tracks.landmarks},
+            tuple(tracks.image_size))
+
+
+def select_identity_frames(model, landmarks: dict[str, np.ndarray], camera: CameraParams,
+                           count: int = 20) -> np.ndarray:
+    """Step 2: up to `count` frame indices, one per equal slice of the valid frames, each the
+    most frontal (smallest |yaw| + |pitch| by PnP on the mean shape) of its slice."""
+    valid = np.flatnonzero(np.isfinite(landmarks[IBUG68]).all(axis=(1, 2)))
+    if not len(valid):
+        return valid
+    zeros_id = np.zeros(model.num_identity)
+    zeros_ex = np.zeros(model.num_expression)
+    chosen = []
+    for part in np.array_split(valid, min(count, len(valid))):
+        best, best_angle = int(part[0]), math.inf
+        # A few candidates per slice are enough (slices can be long).
+        for i in part[:: max(1, len(part) // 5)]:
+            ls = landmark_set(model, {s: p[i] for s, p in landmarks.items()})
+            try:
+                st = estimate_pose_pnp(ls, zeros_id, zeros_ex, camera)
+            except Morph3dError:
+                continue
+            yaw, pitch, _ = head_pose_degrees(st.rotation)
+            if abs(yaw) + abs(pitch) < best_angle:
+                best, best_angle = int(i), abs(yaw) + abs(pitch)
+        chosen.append(best)
+    return np.array(sorted(set(chosen)), np.int64)
+
+
+@dataclass
+class ShSampler:
+    """Front-facing face-skin vertices for per-frame SH estimation: a subsample of vertices
+    with their incident triangles (re-indexed), so normals are cheap."""
+
+    vertex_ids: np.ndarray  # all vertices the local triangles touch
+    triangles: np.ndarray  # local indices into vertex_ids
+    sample: np.ndarray  # local indices of the sampled vertices
+    albedo: np.ndarray  # sample x 3 (1 when unknown)
+
+    @classmethod
+    def for_model(cls, model, count: int = 400, seed: int = 0) -> ShSampler:
+        arrays = model_arrays(model)
+        rng = np.random.default_rng(seed)
+        face = arrays.face_vertices
+        sample = np.sort(rng.choice(face, size=min(count, len(face)), replace=False))
+        tris = arrays.triangles[np.isin(arrays.triangles, sample).any(1)]
+        ids, local = np.unique(tris, return_inverse=True)
+        return cls(ids, local.reshape(-1, 3), np.searchsorted(ids, sample),
+                   np.ones((len(sample), 3)))
+
+    def set_albedo_from_texture(self, model, texture: np.ndarray) -> None:
+        """Per-sample albedo looked up in a UV texture (nearest texel)."""
+        data = model.data
+        first_uv = np.zeros(data.num_vertices, np.int64)
+        first_uv[data.triangles.reshape(-1)] = data.uv_triangles.reshape(-1)
+        uv = data.uv_coords[first_uv[self.vertex_ids[self.sample]]]
+        T = texture.shape[0]
+        col = np.clip((uv[:, 0] * T).astype(int), 0, T - 1)
+        row = np.clip(((1 - uv[:, 1]) * T).astype(int), 0, T - 1)
+        self.albedo = np.clip(texture[row, col].astype(np.float64), 0.05, 1.0)
+
+    def estimate(self, image: np.ndarray, model, identity: np.ndarray, state: FrameState,
+                 camera: CameraParams, regularise: float = 0.05) -> np.ndarray:
+        """9 x 3 SH lighting from the frame's colours at the visible sampled vertices."""
+        arrays = model_arrays(model)
+        ids = self.vertex_ids
+        verts = (arrays.mean[ids] + arrays.identity[ids] @ identity
+                 + arrays.expression[ids] @ state.expression)
+        R = rotation_matrix(state.rotation)
+        normals = (_vertex_normals(verts, self.triangles)[self.sample] @ R.T) * np.array(
+            [1.0, -1.0, -1.0])
+        cam = verts[self.sample] @ R.T + state.translation
+        z = np.maximum(cam[:, 2], 1e-6)
+        u = camera.fx * cam[:, 0] / z + camera.cx
+        v = camera.fy * cam[:, 1] / z + camera.cy
+        H, W = image.shape[:2]
+        keep = (normals[:, 2] > 0.3) & (u >= 0) & (u <= W - 1) & (v >= 0) & (v <= H - 1)
+        sh = np.zeros((SH_COEFFS, 3))
+        sh[0] = 1.0
+        if keep.sum() < 30:
+            return sh
+        colors = image[np.round(v[keep]).astype(int), np.round(u[keep]).astype(int)]
+        colors = colors.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
+        basis = sh_basis_np(normals[keep])
+        reg = math.sqrt(regularise * keep.sum())
+        for c in range(3):
+            A = np.concatenate([basis * self.albedo[keep, c:c + 1], reg * np.eye(SH_COEFFS)])
+            b = np.concatenate([colors[:, c], reg * sh[:, c]])
+            sh[:, c] = np.linalg.lstsq(A, b, rcond=None)[0]
+        return sh
+
+
+def track_frame(ls: LandmarkSet, identity: np.ndarray, previous: FrameState | None,
+                camera: CameraParams, priors: Priors, iterations: int = 3) -> FrameState:
+    """Step 4: one frame's pose + expression, warm-started from `previous` (None: PnP)."""
+    if previous is None:
+        state = estimate_pose_pnp(ls, identity, np.zeros(ls.expression.shape[2]), camera)
+        state = gauss_newton(ls, identity, state, camera, pose=True, expression=False,
+                             priors=priors, iterations=2)[1]
+        prior_state = None
+    else:
+        state = previous.copy()
+        prior_state = previous
+    for _ in range(iterations):
+        update_jaw_contour(ls, identity, state, camera)
+        state = gauss_newton(ls, identity, state, camera, pose=True, expression=True,
+                             priors=priors, previous=prior_state)[1]
+    return state
+
+
+def bridge_gaps(faces: FaceParams) -> FaceParams:
+    """Step 6: parameters of invalid frames interpolated linearly between the valid frames
+    around them (held constant before the first and after the last valid frame)."""
+    valid = np.flatnonzero(faces.valid)
+    if len(valid) == 0 or len(valid) == len(faces):
+        return faces
+    frames = np.arange(len(faces))
+    out = {}
+    for name in ("rotation", "translation", "expression", "sh"):
+        values = getattr(faces, name).reshape(len(faces), -1).astype(np.float64)
+        filled = np.stack([np.interp(frames, valid, values[valid, k])
+                           for k in range(values.shape[1])], 1)
+        out[name] = filled.reshape(getattr(faces, name).shape)
+    return FaceParams(out["rotation"], out["translation"], out["expression"], out["sh"],
+                      faces.valid.copy())
+
+
+def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
+              backend: str = "mediapipe", select: str = "largest",
+              max_frames: int | None = None, identity_frames: int = 20,
+              focal: float | None = None, photometric: bool = True, smooth: bool = True,
+              progress: bool = True, priors: Priors | None = None,
+              timings: list[float] | None = None,
+              on_frame: Callable[[int, FrameState], None] | None = None) -> VideoFit:
+    """Fit one face over a clip; see the module docstring for the steps.
+
+    landmarks: precomputed {scheme: F x L x 2 pixels, NaN on faceless frames} (skips
+    detection); focal in pixels (None: estimated from the identity frames). `timings`, if
+    given, receives the per-frame solver time in ms (detection and decoding excluded).
+    """
+    from tqdm import tqdm
+
+    from morph3d.media import iter_frames, probe_video
+
+    info = probe_video(path)
+    fps = float(info.fps)
+    if landmarks is None:
+        landmarks, (H, W) = video_landmarks(path, backend, select, max_frames, smooth, progress)
+    else:
+        landmarks = {k: np.asarray(v, np.float64) for k, v in landmarks.items()}
+        H, W = info.height, info.width
+    if IBUG68 not in landmarks:
+        raise Morph3dError("video landmarks need the ibug68 scheme")
+    n_frames = len(landmarks[IBUG68])
+    present = np.isfinite(landmarks[IBUG68]).all(axis=(1, 2))
+    if not present.any():
+        raise Morph3dError(f"no face found in {path}")
+
+    # Steps 2-3: one identity (and the focal length) from well-spread frontal frames.
+    guess = CameraParams.default_for(W, H, focal)
+    chosen = select_identity_frames(model, landmarks, guess, identity_frames)
+    per_frame = [{s: p[i] for s, p in landmarks.items()} for i in chosen]
+    identity, id_states, cams, _ = fit_landmarks(model, per_frame, [(H, W)] * len(chosen),
+                                                 focal=focal, refine_steps=40, priors=priors)
+    camera = cams[0]
+    priors = priors or Priors()
+    track_priors = Priors(**{**priors.__dict__, "temporal_pose": 3.0,
+                             "temporal_expression": 1.0})
+
+    # Step 4 (+5): per frame. Frames are decoded only for the photometric part.
+    frontal = chosen[np.argsort([sum(abs(a) for a in head_pose_degrees(s.rotation)[:2])
+                                 for s in id_states])[:1]] if photometric else np.zeros(0, int)
+    texture_frames: dict[int, np.ndarray] = {}
+    sampler = ShSampler.for_model(model) if photometric else None
+    faces = FaceParams.empty(n_frames, model.num_expression)
+    template = landmark_set(model, {s: p[int(np.flatnonzero(present)[0])]
+                                    for s, p in landmarks.items()})
+    rows = {s: (np.arange(68) if s == IBUG68 else model_arrays(model).mediapipe_selected)
+            for s in template.scheme_slices}  # the template's point order
+    frames = (iter_frames(path, stop=max_frames) if photometric else
+              ({"index": i} for i in range(n_frames)))
+    previous: FrameState | None = None
+    for item in tqdm(frames, total=n_frames, desc="fitting", unit="frame", disable=not progress,
+                     leave=False):
+        i = item.index if photometric else item["index"]
+        if i >= n_frames:
+            break
+        if not present[i]:
+            previous = None
+            continue
+        start = time.perf_counter()
+        ls = template.copy_for(np.concatenate([landmarks[s][i][rows[s]] for s in rows]))
+        state = track_frame(ls, identity, previous, camera, track_priors)
+        if sampler is not None:
+            state.sh = sampler.estimate(item.rgb, model, identity, state, camera)
+        if timings is not None:
+            timings.append((time.perf_counter() - start) * 1000.0)
+        faces.rotation[i], faces.translation[i] = state.rotation, state.translation
+        faces.expression[i] = state.expression
+        if state.sh is not None:
+            faces.sh[i] = state.sh
+        faces.valid[i] = True
+        if i in frontal:
+            texture_frames[i] = item.rgb
+        if on_frame is not None:
+            on_frame(i, state)
+        previous = state
+
+    texture = confidence = None
+    if photometric and texture_frames:
+        idx = sorted(texture_frames)
+        states = [FrameState(faces.rotation[i].astype(np.float64),
+                             faces.translation[i].astype(np.float64),
+                             faces.expression[i].astype(np.float64)) for i in idx]
+        lit, texture, confidence = fit_lighting_and_texture(
+            model, [_as_float_image(texture_frames[i]) for i in idx], identity, states,
+            [camera] * len(idx), steps=0)
+        # Per-frame SH were estimated with albedo 1: divide out the texture's mean skin colour.
+        sampler.set_albedo_from_texture(model, texture)
+        mean_albedo = np.clip(sampler.albedo.mean(0), 0.05, 1.0)
+        faces.sh[faces.valid] = faces.sh[faces.valid] / mean_albedo[None, None, :]
+    faces = bridge_gaps(faces)
+    faceless = np.flatnonzero(~faces.valid)
+    return VideoFit(identity=Identity(identity, texture, confidence), faces=faces,
+                    camera=camera, fps=fps, faceless=faceless,
+                    landmarks={k: v.astype(np.float32) for k, v in landmarks.items()},
+                    model_name=model.name, source=str(path))

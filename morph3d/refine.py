@@ -1,0 +1,830 @@
+"""Face-crop super-resolution (issue 7): upscale a rendered or composited face crop x2 or x4.
+
+The network is a small ESPCN-like residual net: plain 3x3 convolutions at the low
+resolution, a PixelShuffle to the output size, added to the bicubic upscale of the input.
+It starts (zero-initialised last layer) as exactly bicubic and learns only the missing
+detail, which keeps it tiny (~40 k parameters per scale) and fast on a CPU.
+
+Shipped weights: ``morph3d/weights/sr.npz`` with a manifest ``sr.json`` beside it that holds
+the file's sha256, how it was trained and its held-out metrics (see weights/README.md).
+`load_super_resolver` returns None with a warning when the weights are missing (callers fall
+back to bicubic) and raises `ModelError` when they are corrupt.
+
+Training (`train_super_resolver`, run by ``morph3d train sr`` and ``tools/train_sr.py``)
+builds its data from any folder of face photos and videos: faces are detected, square crops
+are cut around them with jitter and cached in the user cache, and low-resolution inputs are
+made on the fly with realistic degradations (blur, resampling kernels, noise, JPEG).
+Source files are split into training and held-out sets by file, so people stay on one side.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from morph3d.errors import InputError, ModelError
+
+SCALES = (2, 4)
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "sr.npz"
+FORMAT = "morph3d-sr-1"
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v"}
+
+# The development split of /work/shared/media (README there): held-out people are orig.webm's
+# person, khabenskii.jpg, and the two aligned crops of people who appear nowhere else. The
+# ghost_* clips are another method's swaps onto orig.webm (synthetic faces of orig's person),
+# so they are excluded from both sides.
+DEFAULT_HOLDOUT = ("orig.*", "khabenskii.*", "aligned_source1.*", "aligned_target2.*")
+DEFAULT_EXCLUDE = ("ghost_*",)
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics and the bicubic baseline
+# --------------------------------------------------------------------------------------------
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise InputError(f"expected an (H, W, 3) image, got shape {image.shape}")
+    return image
+
+
+def _to_float(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def _like_input(out: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """float32 [0, 1] result back to the caller's dtype (uint8 in, uint8 out)."""
+    out = np.clip(out, 0.0, 1.0)
+    if template.dtype == np.uint8:
+        return np.rint(out * 255.0).astype(np.uint8)
+    return out.astype(np.float32, copy=False)
+
+
+def bicubic_upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """The baseline: OpenCV bicubic (a = -0.75) upscale, clipped to [0, 1] (or uint8)."""
+    image = _check_image(image)
+    h, w = image.shape[:2]
+    out = cv2.resize(_to_float(image), (w * scale, h * scale), interpolation=cv2.INTER_CUBIC)
+    return _like_input(out, image)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
+    """PSNR in dB of two [0, 1] images, ignoring `shave` pixels at each border."""
+    a, b = _to_float(a), _to_float(b)
+    if shave:
+        a, b = a[shave:-shave, shave:-shave], b[shave:-shave, shave:-shave]
+    mse = float(np.mean((a.astype(np.float64) - b) ** 2))
+    return 10.0 * math.log10(1.0 / max(mse, 1e-12))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, shave: int = 0) -> float:
+    """Mean SSIM (Wang et al. 2004: Gaussian window sigma 1.5) over the RGB channels."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _to_float(a), _to_float(b)
+    if shave:
+        a, b = a[shave:-shave, shave:-shave], b[shave:-shave, shave:-shave]
+    return float(structural_similarity(a, b, channel_axis=2, data_range=1.0,
+                                       gaussian_weights=True, sigma=1.5,
+                                       use_sample_covariance=False))
+
+
+# --------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    """Architecture of one per-scale net: `layers` 3x3 convs of `channels` features."""
+
+    scale: int = 2
+    channels: int = 32
+    layers: int = 6
+
+    def to_dict(self) -> dict[str, int]:
+        return {"scale": self.scale, "channels": self.channels, "layers": self.layers}
+
+
+def build_net(config: SRConfig) -> Any:
+    """A fresh `SRNet` (torch is imported here, not at module import)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    class SRNet(nn.Module):
+        """conv-ReLU stack at low resolution -> PixelShuffle residual over bicubic."""
+
+        def __init__(self, cfg: SRConfig) -> None:
+            super().__init__()
+            self.scale = cfg.scale
+            c, s = cfg.channels, cfg.scale
+            convs: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True)]
+            for _ in range(cfg.layers - 2):
+                convs += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True)]
+            last = nn.Conv2d(c, 3 * s * s, 3, padding=1)
+            nn.init.zeros_(last.weight)  # starts as exactly bicubic
+            nn.init.zeros_(last.bias)
+            convs.append(last)
+            self.body = nn.Sequential(*convs)
+            self.shuffle = nn.PixelShuffle(s)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            base = functional.interpolate(x, scale_factor=self.scale, mode="bicubic",
+                                          align_corners=False)
+            return base + self.shuffle(self.body(x - 0.5))
+
+    return SRNet(config)
+
+
+class SuperResolver:
+    """Loaded per-scale nets. `upscale` takes and returns (H, W, 3) [0, 1] float32 images
+    (uint8 in gives uint8 out). Scale 4 without its own net is two x2 passes."""
+
+    def __init__(self, nets: dict[int, Any], manifest: dict[str, Any] | None = None) -> None:
+        import torch
+
+        self._torch = torch
+        self.nets = {}
+        for scale, net in nets.items():
+            net.eval()
+            self.nets[int(scale)] = net.to(memory_format=torch.channels_last)
+        self.manifest = manifest or {}
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        return tuple(sorted(set(self.nets) | ({4} if 2 in self.nets else set())))
+
+    def _run(self, image: np.ndarray, scale: int) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = self.nets[scale](x).clamp_(0.0, 1.0)
+            return y[0].permute(1, 2, 0).numpy().astype(np.float32)
+
+    def upscale(self, image: np.ndarray, scale: int = 2) -> np.ndarray:
+        """(H, W, 3) -> (scale H, scale W, 3); deterministic for a given thread count."""
+        image = _check_image(image)
+        if scale not in SCALES:
+            raise InputError(f"super-resolution scale must be one of {SCALES}, got {scale}")
+        x = _to_float(image)
+        if scale in self.nets:
+            out = self._run(x, scale)
+        elif scale == 4 and 2 in self.nets:
+            out = self._run(self._run(x, 2), 2)
+        else:
+            raise ModelError(f"these super-resolver weights have no x{scale} net")
+        return _like_input(out, image)
+
+
+# --------------------------------------------------------------------------------------------
+# Weights: save, load, hash check
+# --------------------------------------------------------------------------------------------
+
+
+def manifest_path(weights: str | os.PathLike) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_weights(path: str | os.PathLike, nets: dict[int, Any], configs: dict[int, SRConfig],
+                 manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write float32 weights (``x{scale}/{param}`` arrays + an ``arch`` JSON string) and the
+    manifest (with the file's sha256) atomically; returns the manifest written."""
+    path = Path(path)
+    arrays: dict[str, np.ndarray] = {}
+    for scale, net in nets.items():
+        for name, tensor in net.state_dict().items():
+            arrays[f"x{scale}/{name}"] = tensor.detach().cpu().numpy().astype(np.float32)
+    arch = {"format": FORMAT, "nets": [configs[s].to_dict() for s in sorted(nets)]}
+    arrays["arch"] = np.array(json.dumps(arch))
+    _write_atomic(path, lambda f: np.savez(f, **arrays))
+    manifest = {"format": FORMAT, "file": path.name, "sha256": sha256_file(path),
+                "bytes": path.stat().st_size, "arch": arch["nets"], **manifest}
+    text = json.dumps(manifest, indent=2) + "\n"
+    _write_atomic(manifest_path(path), lambda f: f.write(text.encode()))
+    return manifest
+
+
+def _read_manifest(path: Path) -> dict[str, Any] | None:
+    mpath = manifest_path(path)
+    if not mpath.is_file():
+        return None
+    try:
+        return json.loads(mpath.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot read the super-resolver manifest {mpath}: {exc}") from None
+
+
+def load_super_resolver(path: str | os.PathLike | None = None) -> SuperResolver | None:
+    """The super-resolver at `path` (default: the shipped weights).
+
+    Missing file: warns and returns None (the caller falls back to bicubic). A file whose
+    sha256 does not match its manifest (``<name>.json`` beside it; required for the shipped
+    weights), or that cannot be read as weights, raises `ModelError`.
+    """
+    p = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not p.is_file():
+        warnings.warn(f"super-resolver weights not found at {p}; using bicubic upscaling",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    manifest = _read_manifest(p)
+    if manifest is None and path is None:
+        raise ModelError(f"the shipped super-resolver manifest {manifest_path(p)} is missing")
+    if manifest is not None and manifest.get("sha256") != sha256_file(p):
+        raise ModelError(f"super-resolver weights {p} are corrupt (sha256 does not match "
+                         f"{manifest_path(p).name}); reinstall them or retrain with "
+                         "`morph3d train sr`")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            arch = json.loads(str(z["arch"]))
+            arrays = {k: z[k] for k in z.files if k != "arch"}
+        if arch.get("format") != FORMAT:
+            raise ValueError(f"unknown format {arch.get('format')!r}")
+        import torch
+
+        nets = {}
+        for entry in arch["nets"]:
+            config = SRConfig(**entry)
+            net = build_net(config)
+            prefix = f"x{config.scale}/"
+            state = {k[len(prefix):]: torch.from_numpy(v.astype(np.float32))
+                     for k, v in arrays.items() if k.startswith(prefix)}
+            net.load_state_dict(state)
+            nets[config.scale] = net
+    except Exception as exc:  # zip, numpy, json and torch all raise their own types
+        raise ModelError(f"cannot load super-resolver weights {p}: "
+                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    if not nets:
+        raise ModelError(f"super-resolver weights {p} contain no network")
+    return SuperResolver(nets, manifest)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_resolver(path: str) -> SuperResolver:
+    resolver = load_super_resolver(path)
+    if resolver is None:  # not cached: lru_cache does not store exceptions
+        raise FileNotFoundError(path)
+    return resolver
+
+
+def upscale_face(crop: np.ndarray, scale: int = 2, method: str = "neural",
+                 weights: str | os.PathLike | None = None) -> np.ndarray:
+    """Upscale an (H, W, 3) face crop by 2 or 4 with the learned net or bicubic.
+
+    ``method="neural"`` uses the weights at `weights` (default: the shipped ones, loaded once
+    per process) and falls back to bicubic with a warning when they are missing.
+    Float [0, 1] in gives float32 out; uint8 in gives uint8 out.
+    """
+    crop = _check_image(crop)
+    if scale not in SCALES:
+        raise InputError(f"super-resolution scale must be one of {SCALES}, got {scale}")
+    if method == "bicubic":
+        return bicubic_upscale(crop, scale)
+    if method != "neural":
+        raise InputError(f"unknown upscaling method {method!r}; use 'neural' or 'bicubic'")
+    path = str(Path(weights) if weights is not None else DEFAULT_WEIGHTS)
+    try:
+        resolver = _cached_resolver(path)
+    except FileNotFoundError:
+        return bicubic_upscale(crop, scale)
+    return resolver.upscale(crop, scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Degradations: high-resolution crop -> realistic low-resolution input
+# --------------------------------------------------------------------------------------------
+
+
+def _quantize(image: np.ndarray) -> np.ndarray:
+    return (np.clip(np.rint(image * 255.0), 0, 255) / 255.0).astype(np.float32)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    u8 = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", u8[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1].astype(np.float32) / 255.0
+
+
+def _downscale(hr: np.ndarray, scale: int, kernel: str) -> np.ndarray:
+    h, w = hr.shape[:2]
+    size = (w // scale, h // scale)
+    if kernel == "area":
+        return cv2.resize(hr, size, interpolation=cv2.INTER_AREA)
+    # Gaussian anti-aliasing then bilinear/bicubic sampling: a softer camera-like kernel.
+    sigma = 0.45 * scale
+    blurred = cv2.GaussianBlur(hr, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    interp = cv2.INTER_LINEAR if kernel == "gauss-linear" else cv2.INTER_CUBIC
+    return np.clip(cv2.resize(blurred, size, interpolation=interp), 0.0, 1.0)
+
+
+def degrade(hr: np.ndarray, scale: int, profile: str = "clean",
+            rng: np.random.Generator | None = None) -> np.ndarray:
+    """Low-resolution input for a float32 [0, 1] high-resolution crop (sides divisible by
+    `scale`), quantised to 8 bits like a real frame.
+
+    profiles: ``clean`` (area downscale: a clean render or frame at lower resolution);
+    ``degraded`` (area downscale, Gaussian noise sigma 2/255, JPEG quality 75; the noise
+    is seeded by `rng` or seed 0); ``mixed`` (training: random optical blur, resampling
+    kernel, noise and JPEG, each with some probability, drawn from `rng`).
+    """
+    if profile == "clean":
+        return _quantize(_downscale(hr, scale, "area"))
+    if rng is None:
+        rng = np.random.default_rng(0)
+    if profile == "degraded":
+        lr = _downscale(hr, scale, "area")
+        lr = lr + rng.normal(0.0, 2.0 / 255.0, lr.shape).astype(np.float32)
+        return _jpeg(np.clip(lr, 0, 1), 75)
+    if profile != "mixed":
+        raise ValueError(f"unknown degradation profile {profile!r}")
+    if rng.random() < 0.3:  # optical/motion-free defocus blur on the scene
+        sigma = rng.uniform(0.3, 1.0) * scale / 2
+        hr = cv2.GaussianBlur(hr, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    kernel = ("area", "gauss-linear", "gauss-cubic")[int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
+    lr = _downscale(hr, scale, kernel)
+    if rng.random() < 0.3:
+        sigma = rng.uniform(1.0, 6.0) / 255.0
+        if rng.random() < 0.5:
+            noise = rng.normal(0.0, sigma, lr.shape[:2] + (1,))
+        else:
+            noise = rng.normal(0.0, sigma, lr.shape)
+        lr = np.clip(lr + noise.astype(np.float32), 0.0, 1.0)
+    if rng.random() < 0.4:
+        return _jpeg(lr, int(rng.integers(45, 96)))
+    return _quantize(lr)
+
+
+# --------------------------------------------------------------------------------------------
+# Data: face crops from a folder of photos and videos
+# --------------------------------------------------------------------------------------------
+
+
+CROP_FACTOR = 1.7  # crop side over the detector box's longer side
+TRAIN_MAX_SIDE = 384  # training crops are area-downscaled to at most this (sharper targets)
+HELDOUT_MAX_SIDE = 256  # held-out crops: the output size the pipeline uses
+EXTRACT_VERSION = 1
+
+
+@dataclass
+class FaceCrops:
+    """uint8 RGB square crops with the source file (relative name) of each."""
+
+    train: list[np.ndarray] = field(default_factory=list)
+    train_sources: list[str] = field(default_factory=list)
+    heldout: list[np.ndarray] = field(default_factory=list)
+    heldout_sources: list[str] = field(default_factory=list)
+
+    def describe(self) -> dict[str, Any]:
+        def count(sources: list[str]) -> dict[str, int]:
+            out: dict[str, int] = {}
+            for s in sources:
+                out[s] = out.get(s, 0) + 1
+            return out
+
+        return {"train_crops": len(self.train), "heldout_crops": len(self.heldout),
+                "train_sources": count(self.train_sources),
+                "heldout_sources": count(self.heldout_sources)}
+
+
+def media_files(data_dir: str | os.PathLike) -> list[Path]:
+    """Photos and videos under `data_dir` (recursively), sorted by relative path."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise InputError(f"training data folder not found: {root}")
+    files = [p for p in root.rglob("*") if p.is_file()
+             and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _matches(name: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatch(name, pat) for pat in patterns)
+
+
+def square_crop(image: np.ndarray, box: np.ndarray, factor: float = CROP_FACTOR,
+                shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """The square of side `factor` x the box's longer side around the box centre (moved by
+    `shift` x side), slid inside the image and shrunk to fit when needed."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = min(factor * max(x1 - x0, y1 - y0), h, w)
+    side_px = max(int(round(side)), 1)
+    cx = (x0 + x1) / 2 + shift[0] * side
+    cy = (y0 + y1) / 2 + shift[1] * side
+    left = int(round(cx - side_px / 2 + 0.5))  # box edges -> pixel index of the first column
+    top = int(round(cy - side_px / 2 + 0.5))
+    left = min(max(left, 0), w - side_px)
+    top = min(max(top, 0), h - side_px)
+    return np.ascontiguousarray(image[top:top + side_px, left:left + side_px])
+
+
+def _fit_side(crop: np.ndarray, max_side: int) -> np.ndarray:
+    side = crop.shape[0]
+    if side > max_side:
+        crop = cv2.resize(crop, (max_side, max_side), interpolation=cv2.INTER_AREA)
+    return crop
+
+
+def face_crops_in_image(rgb: np.ndarray, detector: Any, *, min_face_px: int = 40,
+                        jitters: int = 0, rng: np.random.Generator | None = None,
+                        max_side: int = HELDOUT_MAX_SIDE) -> list[np.ndarray]:
+    """Square face crops of one uint8 image: one centred crop per face when `jitters` is 0,
+    else `jitters` crops with random size (x0.85..1.2) and centre (+-8 %) from `rng`."""
+    faces = detector.detect(rgb)
+    crops = []
+    for box in faces.boxes:
+        if max(box[2] - box[0], box[3] - box[1]) < min_face_px:
+            continue
+        if jitters == 0 or rng is None:
+            crops.append(_fit_side(square_crop(rgb, box), max_side))
+            continue
+        for _ in range(jitters):
+            factor = CROP_FACTOR * rng.uniform(0.85, 1.2)
+            shift = (rng.uniform(-0.08, 0.08), rng.uniform(-0.08, 0.08))
+            crops.append(_fit_side(square_crop(rgb, box, factor, shift), max_side))
+    return crops
+
+
+def _cache_key(files: Sequence[Path], root: Path, params: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
+    for p in files:
+        st = p.stat()
+        digest.update(f"{p.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def collect_face_crops(data_dir: str | os.PathLike, *, holdout: Sequence[str] = DEFAULT_HOLDOUT,
+                       exclude: Sequence[str] = DEFAULT_EXCLUDE, frame_step: int = 3,
+                       jitters: int = 2, seed: int = 0, use_cache: bool = True,
+                       progress: bool = True) -> FaceCrops:
+    """Detect faces in every photo and every `frame_step`-th video frame under `data_dir`
+    and cut square crops: jittered ones (training) or centred ones (held-out files, those
+    whose relative path or name matches a `holdout` pattern). Files matching `exclude` are
+    skipped. When no file matches `holdout`, every 7th file (sorted) is held out.
+
+    The crops are cached in the user cache (``sr_crops/``), keyed by the files' names,
+    sizes and times and these parameters; media is never copied anywhere else.
+    """
+    from morph3d.media import iter_frames
+    from morph3d.paths import cache_dir
+
+    root = Path(data_dir)
+    files = [p for p in media_files(root)
+             if not _matches(p.relative_to(root).as_posix(), exclude)
+             and not _matches(p.name, exclude)]
+    if not files:
+        raise InputError(f"no photos or videos found in {root}")
+    rel = [p.relative_to(root).as_posix() for p in files]
+    is_held = [_matches(r, holdout) or _matches(Path(r).name, holdout) for r in rel]
+    if not any(is_held):
+        is_held = [i % 7 == 3 for i in range(len(files))]
+    params = {"v": EXTRACT_VERSION, "holdout": is_held, "frame_step": frame_step,
+              "jitters": jitters, "seed": seed, "factor": CROP_FACTOR,
+              "train_max": TRAIN_MAX_SIDE, "held_max": HELDOUT_MAX_SIDE}
+    cache = cache_dir() / "sr_crops" / f"{_cache_key(files, root, params)}.npz"
+    if use_cache and cache.is_file():
+        try:
+            return _load_crops(cache)
+        except Exception:  # a damaged cache is rebuilt
+            cache.unlink(missing_ok=True)
+
+    from fitting.faces import get_landmark_backend
+
+    crops = FaceCrops()
+    rng = np.random.default_rng(seed)
+    bar = _progress(total=len(files), desc="finding faces", enabled=progress)
+    with get_landmark_backend("mediapipe") as detector:
+        for path, name, held in zip(files, rel, is_held, strict=True):
+            try:
+                frames = iter_frames(path)
+                for frame in frames:
+                    if frame.index % frame_step:
+                        continue
+                    if held:
+                        found = face_crops_in_image(frame.rgb, detector)
+                        crops.heldout += found
+                        crops.heldout_sources += [name] * len(found)
+                    else:
+                        found = face_crops_in_image(frame.rgb, detector, jitters=jitters,
+                                                    rng=rng, max_side=TRAIN_MAX_SIDE)
+                        crops.train += found
+                        crops.train_sources += [name] * len(found)
+            except InputError as exc:
+                warnings.warn(f"skipping {name}: {exc}", RuntimeWarning, stacklevel=2)
+            bar.update(1)
+    bar.close()
+    if use_cache:
+        _save_crops(cache, crops)
+    return crops
+
+
+def _save_crops(path: Path, crops: FaceCrops) -> None:
+    arrays: dict[str, np.ndarray] = {}
+    for split in ("train", "heldout"):
+        for i, crop in enumerate(getattr(crops, split)):
+            arrays[f"{split}/{i:05d}"] = crop
+        arrays[f"{split}_sources"] = np.array(getattr(crops, f"{split}_sources"), dtype=str)
+    _write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_crops(path: Path) -> FaceCrops:
+    crops = FaceCrops()
+    with np.load(path, allow_pickle=False) as z:
+        for split in ("train", "heldout"):
+            keys = sorted(k for k in z.files if k.startswith(f"{split}/"))
+            setattr(crops, split, [z[k] for k in keys])
+            setattr(crops, f"{split}_sources", [str(s) for s in z[f"{split}_sources"]])
+    return crops
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def evaluate(resolver: SuperResolver | None, crops: Sequence[np.ndarray], scale: int,
+             profile: str = "clean") -> dict[str, float]:
+    """Mean PSNR (dB) and SSIM of bicubic and of the net on crops downscaled by `scale`
+    (`degrade` profile), shaving `scale` border pixels; the ``degraded`` noise is seeded
+    per crop index so every run sees the same inputs."""
+    rows = []
+    for i, crop in enumerate(crops):
+        side = crop.shape[0] - crop.shape[0] % scale
+        hr = _to_float(crop[:side, :side])
+        lr = degrade(hr, scale, profile, np.random.default_rng(1000 + i))
+        bic = bicubic_upscale(lr, scale)
+        row = [psnr(bic, hr, scale), ssim(bic, hr, scale)]
+        if resolver is not None:
+            out = resolver.upscale(lr, scale)
+            row += [psnr(out, hr, scale), ssim(out, hr, scale)]
+        rows.append(row)
+    if not rows:
+        raise InputError("no held-out face crops to evaluate on")
+    m = np.mean(np.array(rows, np.float64), axis=0)
+    result = {"crops": len(rows), "psnr_bicubic": float(m[0]), "ssim_bicubic": float(m[1])}
+    if resolver is not None:
+        result.update(psnr_ours=float(m[2]), ssim_ours=float(m[3]),
+                      psnr_gain_db=float(m[2] - m[0]), ssim_gain=float(m[3] - m[1]))
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainOptions:
+    data_dir: Path
+    out: Path
+    checkpoint: Path
+    steps: int = 6000
+    minutes: float | None = None
+    resume: bool = False
+    seed: int = 0
+    scales: tuple[int, ...] = SCALES
+    channels: int = 32
+    layers: int = 5
+    batch: int = 16
+    lr_patch: dict[int, int] = field(default_factory=lambda: {2: 32, 4: 24})
+    lr: float = 1e-3
+    checkpoint_every: int = 200
+    threads: int = 2
+    holdout: tuple[str, ...] = DEFAULT_HOLDOUT
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
+    progress: bool = True
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for --resume to continue a checkpoint."""
+        return {"seed": self.seed, "scales": list(self.scales), "channels": self.channels,
+                "layers": self.layers, "batch": self.batch, "lr_patch": self.lr_patch,
+                "lr": self.lr, "steps": self.steps, "holdout": list(self.holdout),
+                "exclude": list(self.exclude)}
+
+
+def default_checkpoint() -> Path:
+    from morph3d.paths import cache_dir
+
+    return cache_dir() / "train" / "sr_checkpoint.pt"
+
+
+def default_trained_weights() -> Path:
+    from morph3d.paths import models_dir
+
+    return models_dir() / "sr.npz"
+
+
+class _PatchSampler:
+    """Random (low-res, high-res) training pairs from the crops; all randomness from one
+    numpy Generator whose state is checkpointed."""
+
+    def __init__(self, crops: Sequence[np.ndarray], sources: Sequence[str],
+                 max_hr_patch: int) -> None:
+        usable = [i for i, c in enumerate(crops) if c.shape[0] >= max_hr_patch]
+        if not usable:
+            raise InputError(f"no training face crop is at least {max_hr_patch} px wide")
+        self.crops = [crops[i] for i in usable]
+        names = [sources[i] for i in usable]
+        counts = {n: names.count(n) for n in set(names)}
+        # A file's share grows with the square root of its crop count, so one long video
+        # does not drown the photos and one photo is not repeated into memorisation.
+        weights = np.array([1.0 / math.sqrt(counts[n]) for n in names])
+        self.p = weights / weights.sum()
+
+    def pair(self, scale: int, size: int,
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One (low-res, high-res) pair with a `size` x `size` high-res patch."""
+        crop = self.crops[int(rng.choice(len(self.crops), p=self.p))]
+        side = crop.shape[0]
+        # Random zoom-out: a region up to 1.6x the patch, area-downscaled to the patch.
+        region = int(round(size * rng.uniform(1.0, min(1.6, side / size))))
+        y, x = (int(v) for v in rng.integers(0, side - region + 1, 2))
+        patch = crop[y:y + region, x:x + region]
+        if region != size:
+            patch = cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        hr = np.ascontiguousarray(patch, dtype=np.float32) / 255.0
+        return degrade(hr, scale, "mixed", rng), hr
+
+    def batch(self, scale: int, size: int, n: int,
+              rng: np.random.Generator) -> tuple[Any, Any]:
+        import torch
+
+        pairs = [self.pair(scale, size, rng) for _ in range(n)]
+        lr = torch.from_numpy(np.stack([p[0] for p in pairs]).transpose(0, 3, 1, 2).copy())
+        hr = torch.from_numpy(np.stack([p[1] for p in pairs]).transpose(0, 3, 1, 2).copy())
+        return lr, hr
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled,
+                dynamic_ncols=True, mininterval=2.0)
+
+
+def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the per-scale nets, checkpointing every `checkpoint_every` steps, until
+    `steps` (cosine learning-rate schedule over them) or `minutes` of training in all
+    (a safety cap across resumes: it stops early and still writes weights). With a fixed
+    seed and `steps` alone the result is reproducible. Writes the weights and manifest to
+    `opts.out` and returns the manifest."""
+    import torch
+
+    torch.set_num_threads(opts.threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(opts.seed)
+    for s in opts.scales:
+        if s not in SCALES:
+            raise InputError(f"scales must be among {SCALES}, got {s}")
+
+    log(f"collecting face crops from {opts.data_dir}")
+    crops = collect_face_crops(opts.data_dir, holdout=opts.holdout, exclude=opts.exclude,
+                               seed=opts.seed, progress=opts.progress)
+    data = crops.describe()
+    log(f"{data['train_crops']} training crops from {len(data['train_sources'])} files, "
+        f"{data['heldout_crops']} held-out crops from {len(data['heldout_sources'])} files")
+    hr_patch = {s: opts.lr_patch[s] * s for s in opts.scales}
+    sampler = _PatchSampler(crops.train, crops.train_sources, max(hr_patch.values()))
+
+    configs = {s: SRConfig(s, opts.channels, opts.layers) for s in opts.scales}
+    nets = {s: build_net(c) for s, c in configs.items()}
+    params = [p for net in nets.values() for p in net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=opts.lr)
+    rng = np.random.default_rng(opts.seed)
+    step, elapsed = 0, 0.0
+    if opts.resume:
+        if not opts.checkpoint.is_file():
+            raise InputError(f"no checkpoint to resume at {opts.checkpoint}")
+        ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=False)
+        if ckpt["identity"] != opts.identity():
+            raise InputError(f"checkpoint {opts.checkpoint} was made with other settings: "
+                             f"{ckpt['identity']}")
+        for s, net in nets.items():
+            net.load_state_dict(ckpt["nets"][s])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        rng.bit_generator.state = ckpt["rng"]
+        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
+        log(f"resumed at step {step} ({elapsed / 60:.1f} min trained)")
+
+    def save_checkpoint() -> None:
+        state = {"identity": opts.identity(), "step": step, "elapsed_s": elapsed,
+                 "nets": {s: n.state_dict() for s, n in nets.items()},
+                 "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state}
+        _write_atomic(opts.checkpoint, lambda f: torch.save(state, f))
+
+    budget_s = opts.minutes * 60.0 if opts.minutes is not None else math.inf
+    bar = _progress(total=opts.steps, desc="training", enabled=opts.progress, initial=step)
+    smooth: dict[int, float] = {}
+    for net in nets.values():
+        net.train()
+    try:
+        while step < opts.steps and elapsed < budget_s:
+            start = time.perf_counter()
+            # Cosine schedule over whichever of steps or the time cap is further along
+            # (the time term makes runs that hit --minutes not bit-reproducible).
+            progress = min(1.0, max(step / opts.steps, elapsed / budget_s))
+            lr_now = opts.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            optimizer.zero_grad(set_to_none=True)
+            for s, net in nets.items():
+                lr_batch, hr_batch = sampler.batch(s, hr_patch[s], opts.batch, rng)
+                # Charbonnier (smooth L1) loss
+                loss = torch.sqrt((net(lr_batch) - hr_batch) ** 2 + 1e-6).mean()
+                loss.backward()
+                value = float(loss.detach())
+                smooth[s] = 0.98 * smooth.get(s, value) + 0.02 * value
+            optimizer.step()
+            step += 1
+            elapsed += time.perf_counter() - start
+            bar.update(1)
+            bar.set_postfix({f"x{s}": f"{v:.4f}" for s, v in smooth.items()}, refresh=False)
+            if step % opts.checkpoint_every == 0:
+                save_checkpoint()
+                if not opts.progress:
+                    log(f"step {step}/{opts.steps} {elapsed / 60:.1f} min "
+                        + " ".join(f"x{s} loss {v:.4f}" for s, v in smooth.items()))
+    except KeyboardInterrupt:
+        save_checkpoint()
+        bar.close()
+        log(f"interrupted: checkpoint at step {step} saved to {opts.checkpoint}; "
+            "continue with --resume")
+        raise
+    bar.close()
+    save_checkpoint()
+    stopped = "steps" if step >= opts.steps else "time budget"
+    log(f"stopped at step {step} ({stopped}) after {elapsed / 60:.1f} min; evaluating")
+
+    for net in nets.values():
+        net.eval()
+    resolver = SuperResolver(nets)
+    metrics: dict[str, Any] = {}
+    for s in opts.scales:
+        for profile in ("clean", "degraded"):
+            metrics[f"x{s}_{profile}"] = evaluate(resolver, crops.heldout, s, profile)
+    manifest = {
+        "trained": {"steps": step, "target_steps": opts.steps, "stopped_by": stopped,
+                    "train_minutes": round(elapsed / 60, 2), "seed": opts.seed,
+                    "batch_per_scale": opts.batch, "hr_patch": hr_patch,
+                    "learning_rate": opts.lr, "loss": "Charbonnier (L1)",
+                    "threads": opts.threads, "torch": torch.__version__},
+        "data": {"folder": opts.data_dir.name, "holdout_patterns": list(opts.holdout),
+                 "exclude_patterns": list(opts.exclude),
+                 "degradations": "random blur (p 0.3), area / Gaussian+bilinear / "
+                                 "Gaussian+bicubic downscale, noise (p 0.3, sigma 1-6/255), "
+                                 "JPEG (p 0.4, quality 45-95), 8-bit quantisation",
+                 **data},
+        "metrics_heldout": metrics,
+    }
+    manifest = save_weights(opts.out, nets, configs, manifest)
+    log(f"wrote {opts.out} and {manifest_path(opts.out).name}")
+    for key, m in metrics.items():
+        log(f"  {key}: bicubic {m['psnr_bicubic']:.2f} dB / {m['ssim_bicubic']:.4f}, "
+            f"ours {m['psnr_ours']:.2f} dB / {m['ssim_ours']:.4f} "
+            f"(gain {m['psnr_gain_db']:+.2f} dB, {m['ssim_gain']:+.4f})")
+    return manifest
+

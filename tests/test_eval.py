@@ -1,0 +1,252 @@
+"""`morph3d eval`: metric definitions on synthetic data, then sanity checks on real clips."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from morph3d.cli import main
+from morph3d.errors import Morph3dError
+from morph3d.evaluate import (
+    POSE_POINTS,
+    POSE_TEMPLATE_MM,
+    FaceMeasures,
+    FrameRecord,
+    choose_face,
+    evaluate,
+    gaze_offset,
+    head_pose_deg,
+    landmark_jitter,
+    parse_target_face,
+    pearson,
+)
+
+# ------------------------------------------------------------------------ synthetic checks
+
+
+def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Model-space rotation for the documented signs (degrees): yaw turns the nose toward
+    +x (image right), pitch lifts it (+y), roll is counter-clockwise as seen by the viewer."""
+    y, p, r = np.radians([yaw, pitch, roll])
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    # a positive rotation about x moves +z toward -y (nose down): lift with -pitch
+    rx = np.array([[1, 0, 0], [0, np.cos(-p), -np.sin(-p)], [0, np.sin(-p), np.cos(-p)]])
+    rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
+    return ry @ rx @ rz
+
+
+def _projected_ibug68(yaw: float, pitch: float, roll: float,
+                      size: tuple[int, int] = (480, 640)) -> np.ndarray:
+    """The pose template rotated and projected by the camera `head_pose_deg` assumes."""
+    h, w = size
+    focal = max(h, w)
+    points = POSE_TEMPLATE_MM @ _rotation(yaw, pitch, roll).T
+    depth = 600.0 - points[:, 2]  # the face 60 cm in front of the camera, looking at it
+    xy = np.stack([(w - 1) / 2 + focal * points[:, 0] / depth,
+                   (h - 1) / 2 - focal * points[:, 1] / depth], axis=1)
+    ibug68 = np.zeros((68, 2))
+    ibug68[list(POSE_POINTS)] = xy
+    return ibug68
+
+
+@pytest.mark.parametrize("angles", [(0, 0, 0), (25, 0, 0), (0, 15, 0), (0, 0, -20),
+                                    (-30, -10, 12)])
+def test_head_pose_recovers_known_angles_and_signs(angles):
+    ibug68 = _projected_ibug68(*angles)
+    np.testing.assert_allclose(head_pose_deg(ibug68, (480, 640)), angles, atol=1e-3)
+
+
+def test_head_pose_sign_conventions_in_the_image():
+    nose, left_eye, right_eye = (POSE_POINTS.index(i) for i in (30, 36, 45))
+    turned = _projected_ibug68(25, 0, 0)[list(POSE_POINTS)]
+    frontal = _projected_ibug68(0, 0, 0)[list(POSE_POINTS)]
+    assert turned[nose, 0] - turned[[left_eye, right_eye], 0].mean() > 10  # nose to the right
+    tilted = _projected_ibug68(0, 0, 20)[list(POSE_POINTS)]
+    # counter-clockwise in the image: the image-right eye rises (smaller y)
+    assert tilted[right_eye, 1] < tilted[left_eye, 1]
+    lifted = _projected_ibug68(0, 20, 0)[list(POSE_POINTS)]
+    eyes_to_nose = lambda p: p[nose, 1] - p[[left_eye, right_eye], 1].mean()  # noqa: E731
+    assert eyes_to_nose(lifted) < eyes_to_nose(frontal)  # looking up shortens it
+
+
+def test_pearson_is_nan_safe():
+    assert pearson([0.2, 0.2, 0.2], [0.2, 0.2, 0.2]) == 1.0
+    assert math.isnan(pearson([0.2, 0.2, 0.2], [0.1, 0.2, 0.3]))
+    assert math.isnan(pearson([0.5], [0.4]))  # one point
+    assert pearson([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+    assert pearson([1, 2, 3, 5], [2, 4, 6, 10]) == pytest.approx(1.0)
+
+
+def _face(points: np.ndarray) -> FaceMeasures:
+    return FaceMeasures(box=np.zeros(4), ibug68=points, pose_deg=np.zeros(3), mar=0.0,
+                        ear=0.0, gaze=np.zeros(2), iod=50.0)
+
+
+def test_jitter_zero_for_same_motion_or_constant_offset_and_positive_for_noise():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 400, (68, 2))
+    track = [base + [3.0 * t, np.sin(t)] for t in range(10)]  # the original moves
+
+    def records(other):
+        return [FrameRecord(index=t, original_faces=1, output_faces=1, original=_face(o),
+                            output=_face(s))
+                for t, (o, s) in enumerate(zip(track, other, strict=True))]
+
+    assert landmark_jitter(records(track), "output")[0] == 0.0
+    shifted = [p + [5.0, -2.0] for p in track]  # a constant offset is not jitter
+    assert landmark_jitter(records(shifted), "output")[0] == pytest.approx(0.0, abs=1e-12)
+    noisy = [p + rng.normal(0, 1.0, p.shape) for p in track]
+    value, per_pair = landmark_jitter(records(noisy), "output")
+    # one-pixel noise per frame: |n1 - n0| ~ 1.77 px on average, over an iod of 50 px
+    assert 0.02 < value < 0.05 and len(per_pair) == 9
+    # a frame without the output face breaks the pairs around it
+    broken = records(noisy)
+    broken[4].output = None
+    assert len(landmark_jitter(broken, "output")[1]) == 7
+
+
+def test_gaze_offset_in_eye_widths():
+    mesh = np.zeros((478, 2))
+    mesh[[33, 133, 362, 263]] = [[100, 200], [140, 200], [180, 200], [220, 200]]
+    mesh[468], mesh[473] = [120, 200], [200, 200]  # irises centred
+    np.testing.assert_allclose(gaze_offset(mesh), [0, 0], atol=1e-12)
+    mesh[468], mesh[473] = [130, 204], [210, 204]  # a quarter eye width right, 0.1 down
+    np.testing.assert_allclose(gaze_offset(mesh), [0.25, 0.1], atol=1e-12)
+
+
+def test_target_face_choice():
+    boxes = np.array([[0, 0, 50, 50], [300, 200, 340, 240], [100, 100, 260, 260]], float)
+    assert choose_face(boxes, (480, 640), "largest") == 2
+    assert choose_face(boxes, (480, 640), "center") == 1
+    assert choose_face(boxes, (480, 640), parse_target_face("10, 20")) == 0
+    for bad in ("biggest", "1,2,3", "x,y", "nan,1"):
+        with pytest.raises(Morph3dError):
+            parse_target_face(bad)
+
+
+# ------------------------------------------------------------------------ real media
+
+
+def _run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(["eval", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_original_against_itself_scores_no_change(media_dir, tmp_path, capsys):
+    out_json, plots = tmp_path / "self.json", tmp_path / "plots"
+    code, out, err = _run_cli(
+        ["--source", str(media_dir / "mark.jpg"), "--target", str(media_dir / "orig.webm"),
+         "--output", str(media_dir / "orig.webm"), "--max-frames", "12",
+         "--json", str(out_json), "--plots", str(plots)], capsys)
+    assert code == 0, err
+    assert "id_dist_target 0.000" in out
+    result = json.loads(out_json.read_text())
+    assert result["frames"] == 12 and result["coverage"] == 1.0
+    assert result["id_dist_target"] == 0.0
+    assert result["id_dist_source"] == result["id_dist_source_vs_original"] > 0.6
+    for key in ("pose_mae_deg", "pose_yaw_bias_deg", "pose_mae_deg_offset_removed",
+                "mar_mad", "ear_mad", "gaze_err", "jitter_added"):
+        assert result[key] == 0.0, key
+    assert result["mar_corr"] == 1.0 and result["ear_corr"] == 1.0
+    assert result["jitter_original"] > 0
+    # an honest H.264 re-encode moves the detected landmarks a little, not nothing
+    assert 0 < result["jitter_noise_floor"] < 0.1
+    assert result["noise_floor"]["coverage"] == 1.0
+    assert len(result["per_frame"]) == 12
+    assert [row["index"] for row in result["per_frame"]] == list(range(12))
+    for name in ("identity", "expression", "pose", "trajectory", "contact_sheet"):
+        image = cv2.imread(str(plots / f"{name}.png"))
+        assert image is not None and image.shape[0] > 100, name
+
+
+def test_still_images_pair_as_one_frame_and_json_has_no_nan(media_dir, tmp_path):
+    from morph3d.evaluate import write_json
+
+    result = evaluate(media_dir / "aligned_source1.png", media_dir / "aligned_target1.png",
+                      media_dir / "aligned_target1.png")
+    assert result["frames"] == 1 and result["frames_matched"] == 1
+    assert result["id_dist_target"] == 0.0
+    assert math.isnan(result["jitter_added"]) and result["noise_floor"] is None
+    assert math.isnan(result["mar_corr"])  # one frame: no correlation
+    path = tmp_path / "r.json"
+    write_json(result, path)
+    text = path.read_text()
+    assert "NaN" not in text
+    loaded = json.loads(text)
+    assert loaded["jitter_added"] is None and loaded["per_frame"][0]["id_dist_target"] == 0.0
+
+
+def test_blank_output_fails_with_one_line(media_dir, tmp_path, capsys):
+    from morph3d.media import VideoWriter, probe_video
+
+    blank = tmp_path / "blank.mkv"
+    info = probe_video(media_dir / "orig.webm")
+    with VideoWriter(blank, info) as writer:
+        for i in range(6):
+            writer.write(np.zeros((info.height, info.width, 3), np.uint8), i)
+    code, _, err = _run_cli(
+        ["--source", str(media_dir / "mark.jpg"), "--target", str(media_dir / "orig.webm"),
+         "--output", str(blank), "--max-frames", "4", "--no-noise-floor"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("morph3d: error: no face matching")
+    assert "Traceback" not in err
+
+
+def test_faceless_inputs_fail_clearly(media_dir, tmp_path):
+    from morph3d.media import write_image
+
+    grey = tmp_path / "grey.png"
+    write_image(grey, np.full((200, 200, 3), 128, np.uint8))
+    with pytest.raises(Morph3dError, match="no face matching"):
+        evaluate(media_dir / "aligned_source1.png", media_dir / "aligned_target1.png", grey)
+    with pytest.raises(Morph3dError, match="no face found in the source"):
+        evaluate(grey, media_dir / "aligned_target1.png", media_dir / "aligned_target1.png")
+    with pytest.raises(Morph3dError, match="no face found in any"):
+        evaluate(media_dir / "aligned_source1.png", grey, grey)
+    with pytest.raises(Morph3dError, match="not found"):
+        evaluate(media_dir / "aligned_source1.png", tmp_path / "missing.mp4", grey)
+
+
+@pytest.fixture(scope="module")
+def peer_first_frames(media_dir) -> dict:
+    """The peer method's swap of mark.jpg onto orig.webm, first 20 frames, one worker."""
+    return evaluate(media_dir / "mark.jpg", media_dir / "orig.webm",
+                    media_dir / "ghost_mark_on_orig.webm", max_frames=20, noise_floor=False)
+
+
+def test_peer_swap_scores_in_a_sane_range(peer_first_frames):
+    result = peer_first_frames
+    assert result["frames"] == 20 and result["coverage"] == 1.0
+    # the peer scores about 0.42-0.49 on full clips; the original is another person
+    assert 0.35 < result["id_dist_source"] < 0.55
+    assert result["id_swap_rate"] > 0.9
+    assert result["id_dist_source_vs_original"] > 0.6
+    assert result["id_dist_target"] > 0.5  # the identity really changed
+    assert 0 < result["pose_mae_deg_offset_removed"] <= result["pose_mae_deg"] < 15
+    assert result["jitter_added"] > 0 and 0 < result["gaze_err"] < 0.3
+
+
+def test_two_workers_give_identical_numbers(media_dir, peer_first_frames):
+    two = evaluate(media_dir / "mark.jpg", media_dir / "orig.webm",
+                   media_dir / "ghost_mark_on_orig.webm", max_frames=20, noise_floor=False,
+                   workers=2)
+    one = peer_first_frames
+    assert two["settings"]["workers"] == 2
+    assert json.dumps(two["per_frame"]) == json.dumps(one["per_frame"])
+    for key, value in one.items():
+        if key not in ("seconds", "seconds_per_frame", "settings", "per_frame"):
+            assert json.dumps(two[key]) == json.dumps(value), key
+
+
+def test_json_into_a_missing_folder_fails_cleanly(tmp_path):
+    from morph3d.evaluate import write_json
+
+    with pytest.raises(Morph3dError):
+        write_json({"a": 1}, tmp_path / "no" / "such" / "dir.json")
+    assert list(tmp_path.iterdir()) == []

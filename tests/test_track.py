@@ -1,0 +1,161 @@
+"""Face tracking and person selection on real media from ../shared/media."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fitting.embedding import SAME_PERSON_THRESHOLD
+from fitting.faces import IBUG68, MEDIAPIPE478
+from fitting.track import (
+    Tracks,
+    reference_distances,
+    reference_embedding,
+    select_by_reference,
+    select_index,
+    select_largest,
+    select_track,
+    track_faces,
+)
+from morph3d.errors import InputError, Morph3dError
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def first_frames(path: Path, count: int):
+    import av
+
+    with av.open(str(path)) as container:
+        for frame in itertools.islice(container.decode(video=0), count):
+            yield frame.to_ndarray(format="rgb24")
+
+
+@pytest.fixture(scope="module")
+def singer(media_dir) -> Tracks:
+    """The first 40 frames of nggyup.mp4 (one singer; a cut to a wide shot at frame 22)."""
+    return track_faces(first_frames(media_dir / "nggyup.mp4", 40))
+
+
+@pytest.mark.media
+def test_singer_keeps_one_track_id(singer):
+    assert singer.n_frames == 40
+    assert singer.image_size == (720, 1280)
+    # a face in every frame, all of them the same track, across the cut
+    np.testing.assert_array_equal(singer.frame_index, np.arange(40))
+    assert singer.ids.tolist() == [0]
+    assert singer.present(0).all()
+    # the cut to the wide shot was seen, and only there
+    assert np.flatnonzero(singer.scene_cut).tolist() == [22]
+    # identities were computed sparsely, not for every frame
+    embedded = np.isfinite(singer.embeddings).all(axis=1)
+    assert 2 <= embedded.sum() <= 8
+    assert select_largest(singer) == 0
+    assert set(singer.landmarks) == {IBUG68, MEDIAPIPE478}
+
+
+@pytest.mark.media
+def test_tracks_save_load_and_views(singer, tmp_path):
+    path = tmp_path / "tracks.npz"
+    singer.save(path)
+    loaded = Tracks.load(path)
+    for name in ("frame_index", "track_id", "boxes", "scores", "scene_cut"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(singer, name))
+    np.testing.assert_array_equal(loaded.embeddings, singer.embeddings)  # NaN rows included
+    np.testing.assert_array_equal(loaded.landmarks[IBUG68], singer.landmarks[IBUG68])
+    trajectory = loaded.trajectory(0)
+    assert trajectory.shape == (40, 68, 2) and np.isfinite(trajectory).all()
+    assert np.isnan(loaded.trajectory(7)).all()  # no such track: absent everywhere
+    assert loaded.frame_faces(3).landmarks[IBUG68].shape == (1, 68, 2)
+    with pytest.raises(InputError):
+        Tracks.load(tmp_path / "missing.npz")
+
+
+def panned_then_mirrored(image: np.ndarray, frames_each: int = 5) -> list[np.ndarray]:
+    """A small pan over `image`, then a cut to its mirror image (people trade places)."""
+    h, w = image.shape[:2]
+    clip = []
+    for source, direction in ((image, 1), (np.ascontiguousarray(image[:, ::-1]), -1)):
+        for k in range(frames_each):
+            shift = np.float32([[1, 0, direction * 4 * k], [0, 1, 2 * k]])
+            clip.append(cv2.warpAffine(source, shift, (w, h), borderMode=cv2.BORDER_REFLECT))
+    return clip
+
+
+@pytest.mark.media
+def test_identities_follow_people_across_a_mirroring_cut(media_dir):
+    image = read_rgb(media_dir / "three_people.png")
+    image = cv2.resize(image, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    width = image.shape[1]
+    tracks = track_faces(panned_then_mirrored(image))
+    assert tracks.ids.tolist() == [0, 1, 2]
+    assert tracks.scene_cut[5] and tracks.scene_cut.sum() == 1
+
+    def id_by_position(frame: int, mirrored: bool) -> dict[int, float]:
+        faces = tracks.frame_faces(frame)
+        centres = (faces.boxes[:, 0] + faces.boxes[:, 2]) / 2
+        if mirrored:
+            centres = width - 1 - centres
+        return dict(zip(tracks.ids_in_frame(frame).tolist(), centres.tolist(), strict=True))
+
+    before, after = id_by_position(4, False), id_by_position(5, True)
+    assert set(before) == set(after) == {0, 1, 2}
+    for track_id in before:  # same person, same place in the un-mirrored picture
+        assert abs(before[track_id] - after[track_id]) < 40
+
+
+@pytest.mark.media
+def test_selection_by_size_index_and_reference_photo(media_dir):
+    mark = read_rgb(media_dir / "mark.jpg")
+    other = read_rgb(media_dir / "khabenskii.jpg")
+    # a wide frame: khabenskii on the left (face ~170 px wide), mark on the right (~120 px)
+    canvas = np.full((720, 1280, 3), 90, np.uint8)
+    canvas[15:705, 40:500] = cv2.resize(other, (460, 690), interpolation=cv2.INTER_AREA)
+    canvas[260:455, 860:1060] = cv2.resize(mark, (200, 195), interpolation=cv2.INTER_AREA)
+    frames = [np.roll(canvas, k, axis=1) for k in range(3)]
+    tracks = track_faces(frames)
+    assert len(tracks.ids) == 2
+
+    def track_at(x_range: tuple[int, int]) -> int:
+        faces = tracks.frame_faces(0)
+        centres = (faces.boxes[:, 0] + faces.boxes[:, 2]) / 2
+        inside = (centres > x_range[0]) & (centres < x_range[1])
+        assert inside.sum() == 1
+        return int(tracks.ids_in_frame(0)[inside][0])
+
+    left, right = track_at((40, 500)), track_at((860, 1060))
+    assert select_largest(tracks) == left
+    assert select_index(tracks, 1) == right
+    assert select_track(tracks, "index:1") == right
+    assert select_track(tracks, "largest") == left
+    with pytest.raises(Morph3dError, match="face index 2"):
+        select_index(tracks, 2)
+    with pytest.raises(Morph3dError):
+        select_track(tracks, "biggest")
+
+    # a reference photo of mark, mirrored and rescaled, picks mark's track
+    photo = np.ascontiguousarray(cv2.resize(mark[:, ::-1], None, fx=0.7, fy=0.7))
+    reference = reference_embedding(photo)
+    distances = reference_distances(tracks, reference)
+    print(f"\nmedian distances to the reference photo: {distances}")
+    assert select_by_reference(tracks, reference) == right
+    assert distances[right] < SAME_PERSON_THRESHOLD < distances[left]
+    assert select_track(tracks, reference) == right
+    with pytest.raises(Morph3dError, match="no face in the clip matches"):
+        select_by_reference(tracks, reference_embedding(read_rgb(media_dir / "murakami_gray.jpg")),
+                            max_distance=SAME_PERSON_THRESHOLD)
+
+
+def test_selection_on_an_empty_clip_is_a_clear_error():
+    empty = Tracks(n_frames=3, image_size=(10, 10), frame_index=np.zeros(0), track_id=np.zeros(0),
+                   boxes=np.zeros((0, 4)), scores=np.zeros(0),
+                   landmarks={IBUG68: np.zeros((0, 68, 2))}, embeddings=np.zeros((0, 128)))
+    with pytest.raises(Morph3dError, match="no face"):
+        select_largest(empty)
+    with pytest.raises(Morph3dError, match="no face track has an identity"):
+        select_by_reference(empty, np.zeros(128))

@@ -1,0 +1,265 @@
+"""Benchmark the torch renderer on the default head model (2 CPU threads).
+
+    python tools/bench_render.py [--json out.json] [--repeats 15] [--quick]
+
+Measures, for the default head mesh (and its subdivided version when available) at
+256x256 and 512x512, batch 1 and 8: `rasterize` alone, the full `render_mesh` forward
+(rasterize + interpolate colours and normals + SH shading + antialias) and forward+backward
+(gradients w.r.t. vertices, vertex colours and SH). Also: a straightforward per-triangle
+loop rasterizer as a baseline, and peak memory of a 1024x1024 batch-8 forward+backward in a
+fresh process (ru_maxrss delta). Times are wall-clock medians (and minima) in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from render import Camera, axis_angle_to_matrix, rasterize, render_mesh  # noqa: E402
+from render.camera import FRONT  # noqa: E402
+from render.synthetic import head_like_mesh  # noqa: E402
+
+
+def load_meshes() -> tuple[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
+    """[(label, vertices V x 3 centred, triangles)] for the head model and its subdivision."""
+    meshes = []
+    try:
+        from morph3d.models import load_model
+
+        model = load_model("default")
+        source = "morph3d.models.load_model('default')"
+        meshes.append(("default head", model.vertices().detach()[0], model.triangles))
+        try:
+            dense = model.subdivided()
+            meshes.append(("subdivided head", dense.vertices().detach()[0], dense.triangles))
+        except Exception as exc:  # noqa: BLE001 - optional
+            print(f"(subdivided model unavailable: {exc})", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - fall back to the synthetic mesh
+        print(f"(default head model unavailable: {exc}; using the synthetic head)",
+              file=sys.stderr)
+        synthetic = head_like_mesh()
+        source = "render.synthetic.head_like_mesh()"
+        meshes.append(("synthetic head", synthetic.vertices, synthetic.triangles))
+    centred = []
+    for label, verts, tris in meshes:
+        centre = (verts.amax(0) + verts.amin(0)) / 2
+        centred.append((label, (verts - centre).contiguous(), tris))
+    return source, centred
+
+
+def camera_for(size: int) -> Camera:
+    cam = Camera.looking_at_face(size, size, distance_mm=600.0)
+    R = torch.tensor(FRONT) @ axis_angle_to_matrix(torch.tensor([0.1, 0.4, 0.0]))
+    return cam.with_pose(R, torch.tensor([0.0, 0.0, 600.0]))
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(median, min) wall time in ms after two warm-up calls."""
+    fn()
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    times.sort()
+    return times[len(times) // 2], times[0]
+
+
+def baseline_rasterize(clip: torch.Tensor, triangles: torch.Tensor, H: int, W: int):
+    """The straightforward way: loop over triangles, fill a z-buffer with torch ops."""
+    c = clip[0]
+    w = c[:, 3]
+    sx = (c[:, 0] / w + 1) * W / 2 - 0.5
+    sy = (c[:, 1] / w + 1) * H / 2 - 0.5
+    sz = c[:, 2] / w
+    zbuf = torch.full((H, W), float("inf"))
+    ids = torch.full((H, W), -1, dtype=torch.int64)
+    for f, (i0, i1, i2) in enumerate(triangles.tolist()):
+        x = torch.stack([sx[i0], sx[i1], sx[i2]])
+        y = torch.stack([sy[i0], sy[i1], sy[i2]])
+        x0, x1 = max(int(torch.ceil(x.min())), 0), min(int(torch.floor(x.max())), W - 1)
+        y0, y1 = max(int(torch.ceil(y.min())), 0), min(int(torch.floor(y.max())), H - 1)
+        if x0 > x1 or y0 > y1:
+            continue
+        py, px = torch.meshgrid(torch.arange(y0, y1 + 1, dtype=c.dtype),
+                                torch.arange(x0, x1 + 1, dtype=c.dtype), indexing="ij")
+        area = (x[1] - x[0]) * (y[2] - y[0]) - (x[2] - x[0]) * (y[1] - y[0])
+        if area.abs() < 1e-12:
+            continue
+        b0 = ((x[1] - px) * (y[2] - py) - (x[2] - px) * (y[1] - py)) / area
+        b1 = ((x[2] - px) * (y[0] - py) - (x[0] - px) * (y[2] - py)) / area
+        b2 = 1 - b0 - b1
+        z = b0 * sz[i0] + b1 * sz[i1] + b2 * sz[i2]
+        win = (b0 >= 0) & (b1 >= 0) & (b2 >= 0) & (z < zbuf[y0:y1 + 1, x0:x1 + 1])
+        zbuf[y0:y1 + 1, x0:x1 + 1] = torch.where(win, z, zbuf[y0:y1 + 1, x0:x1 + 1])
+        ids[y0:y1 + 1, x0:x1 + 1] = torch.where(win, f, ids[y0:y1 + 1, x0:x1 + 1])
+    return ids
+
+
+def sh_coeffs(batch: int) -> torch.Tensor:
+    sh = torch.zeros(batch, 9, 3)
+    sh[:, 0] = 0.8
+    sh[:, 2] = 0.3
+    sh[:, 3] = -0.1
+    return sh
+
+
+def bench_mesh(verts, tris, size: int, batch: int, repeats: int) -> dict[str, float]:
+    cam = camera_for(size)
+    vb = verts.unsqueeze(0).expand(batch, -1, -1).contiguous()
+    colors = torch.full((batch, verts.shape[0], 3), 0.7)
+    clip = cam.to_clip(vb)
+    raster_ms = timed(lambda: rasterize(clip, tris, (size, size), backend="torch"), repeats)
+
+    def forward():
+        with torch.no_grad():
+            render_mesh(vb, tris, cam, vertex_colors=colors, sh_coeffs=sh_coeffs(batch),
+                        backend="torch")
+
+    v = vb.clone().requires_grad_(True)
+    c = colors.clone().requires_grad_(True)
+    sh = sh_coeffs(batch).requires_grad_(True)
+
+    def forward_backward():
+        out = render_mesh(v, tris, cam, vertex_colors=c, sh_coeffs=sh, backend="torch")
+        (out.image.square().mean() + out.mask.mean()).backward()
+
+    fwd = timed(forward, repeats)
+    fwd_bwd = timed(forward_backward, repeats)
+    coverage = rasterize(clip, tris, (size, size)).coverage.float().mean().item()
+    return {"rasterize": raster_ms, "forward": fwd, "forward_backward": fwd_bwd,
+            "coverage": coverage}
+
+
+def memory_probe() -> None:
+    """Runs in a fresh process: ru_maxrss growth of a 1024x1024 batch-8 render + backward."""
+    torch.set_num_threads(2)
+    _, meshes = load_meshes()
+    _, verts, tris = meshes[0]
+    small = camera_for(64)
+    render_mesh(verts, tris, small, sh_coeffs=sh_coeffs(1))  # import/warm-up cost excluded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cam = camera_for(1024)
+    v = verts.unsqueeze(0).expand(8, -1, -1).contiguous().requires_grad_(True)
+    start = time.perf_counter()
+    out = render_mesh(v, tris, cam, vertex_colors=torch.full((8, verts.shape[0], 3), 0.7),
+                      sh_coeffs=sh_coeffs(8))
+    forward_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out.image.mean().backward()
+    elapsed = (time.perf_counter() - start) * 1000
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"forward_peak_mib": (forward_peak - before) / 1024,
+                      "forward_backward_peak_mib": (after - before) / 1024,
+                      "forward_backward_ms": elapsed}))
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the headline numbers here")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="batch 1 and the default mesh only")
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.memory_probe:
+        memory_probe()
+        return
+    source, meshes = load_meshes()
+    if args.quick:
+        meshes = meshes[:1]
+    print(f"# machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; mesh source: {source}")
+    print("| mesh | V | F | size | batch | coverage | rasterize ms | forward ms | "
+          "fwd+bwd ms | fwd+bwd / fwd |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results: dict[tuple[str, int, int], dict] = {}
+    for label, verts, tris in meshes:
+        for size in (256, 512):
+            for batch in ((1,) if args.quick else (1, 8)):
+                r = bench_mesh(verts, tris, size, batch, args.repeats if batch == 1 else
+                               max(3, args.repeats // 3))
+                results[(label, size, batch)] = r
+                print(f"| {label} | {verts.shape[0]} | {tris.shape[0]} | {size} | {batch} | "
+                      f"{r['coverage']:.0%} | {r['rasterize'][0]:.1f} ({r['rasterize'][1]:.1f}) | "
+                      f"{r['forward'][0]:.1f} ({r['forward'][1]:.1f}) | "
+                      f"{r['forward_backward'][0]:.1f} ({r['forward_backward'][1]:.1f}) | "
+                      f"{r['forward_backward'][0] / r['forward'][0]:.2f} |", flush=True)
+    print("(median (min) of repeated runs, wall-clock ms)")
+
+    label, verts, tris = meshes[0]
+    baseline = {}
+    for size in (256, 512):
+        clip = camera_for(size).to_clip(verts)
+        start = time.perf_counter()
+        ids = baseline_rasterize(clip, tris, size, size)
+        baseline_ms = (time.perf_counter() - start) * 1000
+        ours = rasterize(clip, tris, (size, size), backend="torch").triangle_id[0]
+        covered = (ids >= 0) | (ours >= 0)
+        agree = (ids == ours)[covered].float().mean().item()
+        ours_ms = results[(label, size, 1)]["rasterize"][0]
+        baseline[size] = baseline_ms / ours_ms
+        print(f"baseline per-triangle loop {size}x{size}: {baseline_ms:.0f} ms, "
+              f"ours {ours_ms:.1f} ms -> {baseline[size]:.0f}x faster; "
+              f"triangle ids agree on {agree:.4%} of covered pixels")
+
+    probe = subprocess.run([sys.executable, __file__, "--memory-probe"], capture_output=True,
+                           text=True, check=False)
+    memory = json.loads(probe.stdout.strip().splitlines()[-1]) if probe.returncode == 0 else {}
+    if memory:
+        print(f"1024x1024 batch 8 ({label}): peak RSS growth forward "
+              f"{memory['forward_peak_mib']:.0f} MiB, forward+backward "
+              f"{memory['forward_backward_peak_mib']:.0f} MiB "
+              f"({memory['forward_backward_ms']:.0f} ms)")
+    else:
+        print(f"memory probe failed: {probe.stderr.strip()[-300:]}")
+
+    if args.json:
+        r256, r512 = results[(label, 256, 1)], results[(label, 512, 1)]
+        summary = {
+            "mesh": label,
+            "vertices": int(verts.shape[0]),
+            "triangles": int(tris.shape[0]),
+            "forward_ms_256": r256["forward"][0],
+            "forward_ms_512": r512["forward"][0],
+            "rasterize_ms_256": r256["rasterize"][0],
+            "rasterize_ms_512": r512["rasterize"][0],
+            "forward_backward_ms_256": r256["forward_backward"][0],
+            "forward_backward_ms_512": r512["forward_backward"][0],
+            "backward_over_forward": r256["forward_backward"][0] / r256["forward"][0],
+            "backward_over_forward_512": r512["forward_backward"][0] / r512["forward"][0],
+            "baseline_over_ours": baseline[256],
+            "baseline_over_ours_512": baseline[512],
+            "peak_mib_1024_batch8": memory.get("forward_backward_peak_mib"),
+            "cpu": cpu_name(),
+            "threads": torch.get_num_threads(),
+        }
+        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, args.json)
+
+
+if __name__ == "__main__":
+    main()
