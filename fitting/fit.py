@@ -40,7 +40,7 @@ IBUG68 = "ibug68"
 MEDIAPIPE478 = "mediapipe478"
 JAW = tuple(range(17))
 CHIN = 8
-CONTOUR_JAW = tuple(j for j in JAW if j != CHIN)
+CONTOUR_JAW = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16)  # the sides; the chin region stays put
 # mediapipe's face oval (silhouette points: they slide over the surface like the iBUG jaw)
 # and the 10 iris points (gaze is not modelled well enough): left out of the fit.
 MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379,
@@ -438,16 +438,29 @@ def gauss_newton(
 
 
 def _bounded_lstsq(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """min ||A x - b|| with lo <= x <= hi, solved on the (small) normal equations."""
+    """min ||A x - b|| with lo <= x <= hi: an active-set solve on the (small) normal
+    equations, falling back to scipy's BVLS if it does not settle."""
     H = A.T @ A
     g = A.T @ b
     H[np.diag_indices_from(H)] += 1e-9 * (np.trace(H) / len(H) + 1.0)
-    x = np.linalg.solve(H, g)
-    if np.all(x >= lo - 1e-12) and np.all(x <= hi + 1e-12):
-        return x
+    x = np.zeros(len(g))
+    free = np.ones(len(g), bool)
+    for _ in range(10):
+        fixed = ~free
+        rhs = g[free] - H[np.ix_(free, fixed)] @ x[fixed]
+        x[free] = np.linalg.solve(H[np.ix_(free, free)], rhs)
+        outside = free & ((x < lo) | (x > hi))
+        if outside.any():
+            x = np.clip(x, lo, hi)
+            free &= ~outside
+            continue
+        grad = H @ x - g  # of 0.5 x'Hx - g'x
+        release = fixed & (((x <= lo) & (grad < 0)) | ((x >= hi) & (grad > 0)))
+        if not release.any():
+            return np.clip(x, lo, hi)
+        free |= release
     L = np.linalg.cholesky(H)
-    rhs = np.linalg.solve(L, g)
-    return lsq_linear(L.T, rhs, bounds=(lo, hi), method="bvls", tol=1e-10).x
+    return lsq_linear(L.T, np.linalg.solve(L, g), bounds=(lo, hi), method="bvls", tol=1e-10).x
 
 
 # --------------------------------------------------------------------------------------------

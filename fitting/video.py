@@ -66,7 +66,13 @@ def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
     tracks = track_faces(frames, backend, max_frames=max_frames)
     if not len(tracks):
         raise Morph3dError(f"no face found in {path}")
-    track = select_track(tracks, select)
+    if select == "largest":
+        # Largest over the whole clip (mean area x frames present): a person whose track
+        # was split by a tracker miss keeps the longer piece.
+        areas = tracks.mean_areas()
+        track = max(areas, key=lambda t: (areas[t] * tracks.present(t).sum(), -t))
+    else:
+        track = select_track(tracks, select)
     if smooth:
         tracks = smooth_tracks(tracks)
     return ({s: tracks.trajectory(track, s) for s in tracks.landmarks},
@@ -154,11 +160,11 @@ class ShSampler:
         colors = image[np.round(v[keep]).astype(int), np.round(u[keep]).astype(int)]
         colors = colors.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
         basis = sh_basis_np(normals[keep])
-        reg = math.sqrt(regularise * keep.sum())
+        reg = regularise * keep.sum()
         for c in range(3):
-            A = np.concatenate([basis * self.albedo[keep, c:c + 1], reg * np.eye(SH_COEFFS)])
-            b = np.concatenate([colors[:, c], reg * sh[:, c]])
-            sh[:, c] = np.linalg.lstsq(A, b, rcond=None)[0]
+            A = basis * self.albedo[keep, c:c + 1]
+            H = A.T @ A + reg * np.eye(SH_COEFFS)
+            sh[:, c] = np.linalg.solve(H, A.T @ colors[:, c] + reg * sh[:, c])
         return sh
 
 

@@ -276,7 +276,7 @@ def face_region(shape: tuple[int, int], landmarks: Landmarks | FaceGeometry,
 
 
 def face_mask(coverage: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
-              forehead_margin: float = 0.35, feather: float = 0.05, inset: float = 2.3,
+              forehead_margin: float = 0.35, feather: float = 0.05, inset: float = 2.5,
               grow_px: float = 0.0, extra_sigma_px: float = 0.0,
               region: np.ndarray | None = None) -> np.ndarray:
     """Blend alpha of the rendered face, limited to the face region, with a Gaussian edge.
@@ -320,7 +320,7 @@ def face_width_ratio(swapped: Landmarks | FaceGeometry, actor: Landmarks | FaceG
 def adaptive_face_mask(coverage: np.ndarray, swapped_landmarks: Landmarks | FaceGeometry,
                        actor_landmarks: Landmarks | FaceGeometry, *,
                        forehead_margin: float = 0.35, feather: float = 0.05,
-                       inset: float = 2.3, tolerance: float = 0.01, shrink_gain: float = 1.0,
+                       inset: float = 2.5, tolerance: float = 0.01, shrink_gain: float = 1.0,
                        blur_gain: float = 0.5, max_shrink: float = 0.25,
                        width_ratio: float | None = None) -> tuple[np.ndarray, MaskReport]:
     """`face_mask` adapted to the difference in face width between the two faces.
@@ -508,8 +508,9 @@ def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
                    min_luma_std: float = 12.0) -> SkinModel | None:
     """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`).
 
-    Trimmed Gaussian: three rounds of fitting and dropping samples beyond the 97.5 % chi^2
-    quantile, so freckles, stubble or a hand over the cheek do not widen it. Std floors keep
+    Trimmed Gaussian: started from the per-channel median and MAD, then four rounds of
+    dropping samples beyond the 97.5 % chi^2 quantile and refitting, so freckles, stubble
+    or a hand over part of the cheek do not widen it. Std floors keep
     a flat or grey face from making every pixel an outlier. None when too few pixels.
     """
     g = face_geometry(landmarks)
@@ -520,37 +521,41 @@ def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
     samples = _ycrcb(frame)[central].astype(np.float64)
     if len(samples) < 50:
         return None
+    floor = np.array([min_luma_std, min_chroma_std, min_chroma_std]) ** 2 * 0.25
+    # start from the median and MAD (robust to a third of the samples being a hand or a
+    # microphone), then refine with the full covariance of the inliers
+    mean, std = robust_stats(samples, min_std=0.5 * min_chroma_std)
+    cov = np.diag(std ** 2) + np.diag(floor)
     keep = np.ones(len(samples), bool)
-    mean, cov = samples.mean(0), np.eye(3)
-    for _ in range(3):
-        mean = np.median(samples[keep], axis=0) if _ == 0 else samples[keep].mean(0)
-        cov = np.cov(samples[keep].T) + np.diag([min_luma_std, min_chroma_std,
-                                                  min_chroma_std]) ** 2 * 0.25
+    for _ in range(4):
         d2 = np.einsum("ni,ij,nj->n", samples - mean, np.linalg.inv(cov), samples - mean)
         new_keep = d2 < 9.35  # chi^2, 3 dof, 97.5 %
         if new_keep.sum() < 30:
             break
         keep = new_keep
+        mean = samples[keep].mean(0)
+        # x 1.1: the variance a 97.5 % truncation removes from a 3-D Gaussian
+        cov = 1.1 * np.cov(samples[keep].T) + np.diag(floor)
     chroma_cov = cov[1:, 1:] + np.eye(2) * min_chroma_std ** 2
     std_y = float(max(np.sqrt(cov[0, 0]), min_luma_std))
     return SkinModel(mean=mean, std_y=std_y, chroma_cov_inv=np.linalg.inv(chroma_cov),
                      pixels=int(keep.sum()))
 
 
-def non_skin_pixels(frame: np.ndarray, model: SkinModel, *, chroma_sigmas: float = 6.0,
-                    dark_sigmas: float = 5.0, dark_fraction: float = 0.45) -> np.ndarray:
-    """Bool H x W: pixels whose colour the skin model does not explain.
+def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 5.0,
+                   dark_fraction: float = 0.45) -> np.ndarray:
+    """Float H x W: how far each pixel's colour is from the skin model, in sigmas.
 
-    Off in chroma by more than `chroma_sigmas` (Mahalanobis in Cr, Cb): blue, green, grey or
-    black objects against skin. Much darker than skin (below both mean - `dark_sigmas` std
-    and `dark_fraction` of the mean luma): dark objects, hair. Brighter pixels that only lose
-    saturation towards grey (specular highlights on the forehead or nose) are not flagged.
+    The score is the chroma Mahalanobis distance (Cr, Cb): blue, green or grey objects
+    against skin. Pixels much darker than skin (below both mean - `dark_sigmas` std and
+    `dark_fraction` of the mean luma: dark objects, hair) score infinity. Brighter pixels
+    whose chroma only moves from the skin's towards grey (specular highlights on the
+    forehead or nose) score 0.
     """
     ycc = _ycrcb(frame)
     dc = ycc[..., 1:] - model.mean[1:].astype(np.float32)
     inv = model.chroma_cov_inv.astype(np.float32)
-    d2 = np.einsum("hwi,ij,hwj->hw", dc, inv, dc)
-    chroma_off = d2 > chroma_sigmas ** 2
+    score = np.sqrt(np.einsum("hwi,ij,hwj->hw", dc, inv, dc))
     # A highlight keeps the hue: its chroma lies between the skin's and grey.
     skin_c = model.mean[1:] - 128.0
     norm = max(float(np.linalg.norm(skin_c)), 1e-6)
@@ -562,7 +567,15 @@ def non_skin_pixels(frame: np.ndarray, model: SkinModel, *, chroma_sigmas: float
                  & (along < norm + 4.0) & (across < 4.0 + 0.3 * norm))
     dark = ((ycc[..., 0] < model.mean[0] - dark_sigmas * model.std_y)
             & (ycc[..., 0] < dark_fraction * model.mean[0]))
-    return (chroma_off & ~highlight) | dark
+    score[highlight] = 0.0
+    score[dark] = np.inf
+    return score
+
+
+def non_skin_pixels(frame: np.ndarray, model: SkinModel, *, chroma_sigmas: float = 6.0,
+                    **options: float) -> np.ndarray:
+    """Bool H x W: `non_skin_score` above `chroma_sigmas`."""
+    return non_skin_score(frame, model, **options) > chroma_sigmas
 
 
 def render_disagreement(frame: np.ndarray, actor_render: np.ndarray, valid: np.ndarray,
@@ -592,25 +605,29 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
                      regions: Mapping[str, np.ndarray] | None = None,
                      actor_render: np.ndarray | None = None,
                      actor_coverage: np.ndarray | None = None,
-                     chroma_sigmas: float = 6.0, disagreement_threshold: float = 22.0,
+                     seed_sigmas: float = 12.0, grow_sigmas: float = 6.0,
+                     disagreement_threshold: float = 22.0,
                      extend_region: np.ndarray | None = None, extend: float = 0.15,
-                     min_edge_contrast: float = 14.0, min_sharp_fraction: float = 0.35,
+                     min_edge_contrast: float = 20.0, min_sharp_fraction: float = 0.5,
                      min_area: float = 0.004, open_radius: float = 0.025,
                      close_radius: float = 0.05, grow: float = 0.02) -> np.ndarray:
     """Bool H x W: things in front of the face (hands, hair, microphones) to leave untouched.
 
-    Two cues, OR-ed: (a) colour: pixels the actor's skin model (`fit_skin_model`) does not
-    explain, in blobs with a sharp outline (`_keep_sharp`: coloured light and shadows change
-    skin colour too, but smoothly); (b) when the caller gives the render of the actor's OWN
-    fit (`actor_render`, `actor_coverage`), pixels where it disagrees with the frame
-    (`render_disagreement`), which also catches skin-coloured hands. Only pixels in `search_region` (default: the
-    actor's face region, shrunk by 0.04 IOD so the background at its rim does not count)
-    are searched, and never those expected to be non-skin (`expected`, default
-    `expected_non_skin` of the actor's landmarks and `regions`). The result is cleaned with
-    an opening (`open_radius` IOD) and a closing (`close_radius` IOD), blobs smaller than
-    `min_area` of the search region are dropped; detected occluders then reach up to
-    `extend` IOD further into `extend_region` (e.g. the blend mask beyond the actor's
-    outline) through candidate pixels, and are grown by `grow` IOD to cover their
+    Two cues, OR-ed. (a) Colour: blobs of pixels more than `grow_sigmas` off the actor's
+    skin model (`fit_skin_model`, `non_skin_score`) that hold pixels more than
+    `seed_sigmas` off (or much darker than skin) and have a sharp outline (`_keep_sharp`);
+    both tests are needed because coloured light and shadows change skin colour too, but
+    less and smoothly. Grey or skin-toned occluders are left to cue (b): when the caller
+    gives the render of the actor's OWN fit (`actor_render`, `actor_coverage`), pixels
+    where it disagrees with the frame (`render_disagreement`), which also catches
+    skin-coloured hands. Only pixels in `search_region` (default: the actor's face region,
+    shrunk by 0.04 IOD so the background at its rim does not count) are searched, and never
+    those expected to be non-skin (`expected`, default `expected_non_skin` of the actor's
+    landmarks and `regions`). The result is cleaned with an opening (`open_radius` IOD) and
+    a closing (`close_radius` IOD), blobs smaller than `min_area` of the search region are
+    dropped; detected occluders then reach up to `extend` IOD further into `extend_region`
+    (e.g. the blend mask beyond the actor's outline) through candidate pixels, and are
+    grown by `grow` IOD to cover their
     anti-aliased rim.
     """
     frame = _check_image("frame", frame)
@@ -635,8 +652,20 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
     occ = np.zeros(shape, bool)
     model = fit_skin_model(frame, g, exclude=expected)
     if model is not None:
-        colour_candidates = non_skin_pixels(frame, model, chroma_sigmas=chroma_sigmas)
-        occ = _keep_sharp(clean(colour_candidates), _ycrcb(frame), search_region, iod,
+        score = non_skin_score(frame, model)
+        colour_candidates = score > grow_sigmas
+        blobs = clean(colour_candidates)
+        # hysteresis: a blob needs a seed that is far off skin (a coloured light moves skin
+        # colour by up to ~10 sigmas; paint, plastic and fabric usually go much further)
+        ycc = _ycrcb(frame)
+        very_off = score > 2.0 * seed_sigmas
+        # a seed must be a sharp blob of its own
+        seeds = _keep_sharp(clean(score > seed_sigmas), ycc, very_off, search_region, expected, iod,
+                            min_edge_contrast, min_sharp_fraction)
+        count, labels = cv2.connectedComponents(blobs.astype(np.uint8), connectivity=8)
+        seeded = np.bincount(labels[seeds], minlength=count) > 0
+        seeded[0] = False
+        occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
                           min_edge_contrast, min_sharp_fraction)
     if actor_render is not None:
         actor_render = _check_image("actor_render", actor_render, shape)
@@ -662,17 +691,20 @@ def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
     return keep[labels]
 
 
-def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, search_region: np.ndarray, iod: float,
+def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
+                search_region: np.ndarray, expected: np.ndarray, iod: float,
                 min_contrast: float, min_fraction: float) -> np.ndarray:
     """Keep the blobs whose outline inside the face is a sharp colour edge.
 
     A coloured light (a blue rim light on one cheek) or a deep shadow changes skin colour as
     much as an object does, but smoothly; an object in front of the face has an edge. At
     each outline pixel the mean colour just inside the blob is compared with the mean just
-    outside (normalised Gaussian averages, sigma 0.04 IOD, so the test scales with the face);
+    outside, expected non-skin left out (normalised Gaussian averages, sigma 0.04 IOD, so the
+    test scales with the face);
     a blob stays when at least `min_fraction` of its outline (away from the face border)
-    differs by more than `min_contrast` YCrCb units (luma at half weight). Blobs whose
-    outline lies almost all on the face border are kept only if they cover half the face.
+    differs by more than `min_contrast` YCrCb units (luma at half weight). Blobs with too
+    little outline to judge (wedged between the face border and the brows, say) are kept if
+    they cover half the face or are mostly `very_off` (far off skin or dark, like hair).
     """
     if not occ.any():
         return occ
@@ -680,7 +712,7 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, search_region: np.ndarray, iod
     sigma = 0.04 * iod + 0.7
     weights = np.array([0.5, 1.0, 1.0], np.float32)
     inner_w = cv2.GaussianBlur(occ.astype(np.float32), (0, 0), sigma)
-    outside = (~occ & search_region).astype(np.float32)
+    outside = (~occ & search_region & ~expected).astype(np.float32)
     outer_w = cv2.GaussianBlur(outside, (0, 0), sigma)
     inner = cv2.GaussianBlur(ycc * occ[..., None], (0, 0), sigma) / np.maximum(inner_w, 1e-6)[
         ..., None]
@@ -689,13 +721,14 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, search_region: np.ndarray, iod
     contrast = np.sqrt((((inner - outer) * weights) ** 2).sum(-1))
     interior = cv2.erode(search_region.astype(np.uint8), _disk(2.0 * sigma)).astype(bool)
     outline = occ & ~cv2.erode(occ.astype(np.uint8), _disk(1)).astype(bool) & interior
+    outline &= outer_w > 0.2  # skip outline along eyes, brows, mouth: nothing to compare
     keep = np.zeros(count, bool)
     region_px = max(int(search_region.sum()), 1)
     for label in range(1, count):
         blob = labels == label
         ring = outline & blob
-        if int(ring.sum()) < 8:  # no outline inside the face: keep it only if it covers it
-            keep[label] = blob.sum() > 0.5 * region_px
+        if int(ring.sum()) < 8:  # too little outline inside the face to judge the edge
+            keep[label] = blob.sum() > 0.5 * region_px or float(very_off[blob].mean()) >= 0.5
             continue
         keep[label] = float((contrast[ring] > min_contrast).mean()) >= min_fraction
     return keep[labels]
@@ -719,13 +752,14 @@ def cut_occluders(mask: np.ndarray, occluders: np.ndarray, *, feather_px: float 
 
 
 def eye_keep_mask(shape: tuple[int, int], actor_landmarks: Landmarks | FaceGeometry, *,
-                  width_margin: float = 0.3, lid_margin: float = 0.18, feather: float = 0.08
+                  width_margin: float = 0.1, lid_margin: float = 0.12, feather: float = 0.06
                   ) -> np.ndarray:
     """Float H x W: feathered ellipses around the actor's eyes, eyelids included.
 
     Each ellipse is aligned with the eye's corners; it is (1 + `width_margin`) eye widths
     wide and reaches `lid_margin` eye widths above and below the opening, so a closing lid
-    stays inside it. Edge sigma = `feather` eye widths; exactly 1 over the eye opening.
+    stays inside it. It is exactly 1 inside the ellipse; the Gaussian edge (sigma =
+    `feather` eye widths) lies outside it.
     """
     g = face_geometry(actor_landmarks)
     out = np.zeros(shape, np.float32)
@@ -740,7 +774,7 @@ def eye_keep_mask(shape: tuple[int, int], actor_landmarks: Landmarks | FaceGeome
         angle = float(np.degrees(np.arctan2(g.x_axis[1], g.x_axis[0])))
         hard = _draw_ellipse(np.zeros(shape, np.uint8), centre, (half_w, half_h), angle)
         sigma = feather * width
-        out = np.maximum(out, _gaussian_edge(_signed_distance(hard > 0), 0.0, sigma))
+        out = np.maximum(out, _gaussian_edge(_signed_distance(hard > 0), -2.5 * sigma, sigma))
     return out
 
 
@@ -784,33 +818,42 @@ def brow_band(shape: tuple[int, int], landmarks: Landmarks | FaceGeometry, *,
 
 
 def remove_double_brows(frame: np.ndarray, mask: np.ndarray, coverage: np.ndarray,
-                        actor_landmarks: Landmarks | FaceGeometry, *,
+                        actor_landmarks: Landmarks | FaceGeometry,
+                        swapped_landmarks: Landmarks | FaceGeometry | None = None, *,
                         feather: float = 0.05, visible_below: float = 0.95,
-                        min_exposed: float = 0.02
+                        min_exposed: float = 0.05
                         ) -> tuple[np.ndarray, np.ndarray, BrowReport]:
-    """Make sure the actor's brows do not show above (or beside) the swapped face's brows.
+    """Make sure the actor's brows do not show as a second pair above (or beside) the
+    swapped face's brows.
 
-    Where the actor's brows (landmarks) are not fully under the mask, the mask is extended
-    over the brow band where the render covers it (the swapped face's forehead then hides
-    them); what is still exposed (the render does not reach) is inpainted from the
-    surrounding forehead skin (cv2.inpaint, Telea). Returns (base frame to blend onto, new
-    mask, report); the base equals `frame` except on inpainted pixels.
+    Actor brow pixels (`brow_band` of the actor's landmarks, minus those on the swapped
+    face's own brows when `swapped_landmarks` is given: a brow under a brow is no second
+    pair) that the mask leaves visible are "exposed". When they are more than `min_exposed`
+    of the band, the mask is extended over the band where the render covers it (the swapped
+    face's forehead then hides them); brow pixels the render does not reach are inpainted
+    from the surrounding forehead skin (cv2.inpaint, Telea). Returns (base frame to blend
+    onto, new mask, report); the base equals `frame` except on inpainted pixels.
     """
     g = face_geometry(actor_landmarks)
     shape = mask.shape
     band = brow_band(shape, g)
     band_px = max(int(band.sum()), 1)
+    if swapped_landmarks is not None:
+        band &= ~brow_band(shape, swapped_landmarks, margin=0.08)
     exposed = band & (mask < visible_below)
     report = BrowReport(exposed_px=int(exposed.sum()))
     if report.exposed_px < min_exposed * band_px:
         return frame, mask, report
     sigma = feather * g.iod
-    covered = (np.asarray(coverage) >= 0.5)
-    extension = _dilate(band, 4.6 * sigma) & covered
-    extra = _gaussian_edge(_signed_distance(extension), 2.3 * sigma, sigma) * coverage
+    covered = np.asarray(coverage) >= 0.5
+    # the band grown by the edge width, joined to the mask's core so no dip is left between
+    extension = _dilate(exposed, 5.0 * sigma) | (mask >= 0.5)
+    extension = cv2.morphologyEx(extension.astype(np.uint8), cv2.MORPH_CLOSE,
+                                 _disk(3.0 * sigma)).astype(bool) & covered
+    extra = _gaussian_edge(_signed_distance(extension), 2.5 * sigma, sigma) * coverage
     new_mask = _clean_alpha(np.maximum(mask, extra))
     report.covered_px = int((exposed & (new_mask >= visible_below)).sum())
-    still = band & (new_mask < visible_below)
+    still = exposed & (new_mask < visible_below)
     if still.sum() < min_exposed * band_px:
         return frame, new_mask, report
     hole = _dilate(still, 0.03 * g.iod + 1.0)
@@ -1041,7 +1084,8 @@ class FaceCompositor:
         # brows: cover or inpaint the actor's brows that stick out above the mask
         base, brow_report = f, BrowReport()
         if cfg.remove_brows:
-            base, mask, brow_report = remove_double_brows(f, mask, cov, a_geo, feather=cfg.feather)
+            base, mask, brow_report = remove_double_brows(f, mask, cov, a_geo, s_geo,
+                                                          feather=cfg.feather)
 
         # temporal smoothing of the mask edge (before the cuts, which must stay exact)
         mask, smoothed = self._smooth_mask(mask, actor, (x0, y0), cov)

@@ -142,7 +142,7 @@ class FrameRecord:
 
 
 @dataclass
-class _ChunkJob:
+class ChunkJob:
     """Everything a worker needs to analyse frames [start, stop) (picklable)."""
 
     target: str
@@ -337,7 +337,7 @@ def _faces_in(detector: Any, rgb: np.ndarray, to_size: tuple[int, int]) -> dict[
     }
 
 
-def analyse_chunk(job: _ChunkJob) -> list[FrameRecord]:
+def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
     """Analyse the paired frames with index in [job.start, job.stop). Runs in a worker."""
     from fitting.embedding import face_embedding
     from fitting.faces import IBUG68, MEDIAPIPE478, get_landmark_backend
@@ -637,7 +637,7 @@ def _chunks(count: int, parts: int, stop: int | None) -> list[tuple[int, int | N
     return ranges
 
 
-def _run_chunks(jobs: list[_ChunkJob], workers: int) -> list[FrameRecord]:
+def _run_chunks(jobs: list[ChunkJob], workers: int) -> list[FrameRecord]:
     if workers <= 1 or len(jobs) == 1:
         results = [analyse_chunk(job) for job in jobs]
     else:
@@ -702,7 +702,7 @@ def evaluate(source: PathLike, target: PathLike, output: PathLike, *, workers: i
             made = _reencode(target, stop, Path(tmp))
             if made is not None:
                 reencoded, reencode_codec = made
-        jobs = [_ChunkJob(target=str(target), output=str(output),
+        jobs = [ChunkJob(target=str(target), output=str(output),
                           reencoded=str(reencoded) if reencoded else None, start=a, stop=b,
                           source_embedding=source_embedding, target_face=target_face,
                           target_size=(target_info.height, target_info.width))

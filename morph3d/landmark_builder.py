@@ -31,6 +31,12 @@ IBUG68_MIDLINE = (8, 27, 28, 29, 30, 33, 51, 57, 62, 66)
 IBUG68_EYE = tuple(range(36, 48))
 MEDIAPIPE_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246,
                  263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387, 388, 466)
+# Inner-lip points: with the mouth closed both lips meet, so each point must be pinned to
+# its own lip (the lower lip moves with jawOpen, the upper lip does not).
+IBUG68_UPPER_INNER_LIP = (61, 62, 63)
+IBUG68_LOWER_INNER_LIP = (65, 66, 67)
+MEDIAPIPE_UPPER_INNER_LIP = (191, 80, 81, 82, 13, 312, 311, 310, 415)
+MEDIAPIPE_LOWER_INNER_LIP = (95, 88, 178, 87, 14, 317, 402, 318, 324)
 VIEWS = ((0.0, 0.0), (0.12, 0.0), (-0.12, 0.0), (0.0, 0.1), (0.0, -0.1))  # yaw, pitch (rad)
 
 
@@ -222,26 +228,44 @@ def snap_to_lid_margins(model: ModelData, parts: np.ndarray, points: np.ndarray,
     return out
 
 
+def pin_points(model: ModelData, points: np.ndarray, allowed: np.ndarray,
+               overrides: dict[tuple[int, ...], np.ndarray]) -> SurfacePoints:
+    """Snap points to the surface within `allowed` triangles, except index groups that get
+    their own allowed triangles (lips, irises)."""
+    tri = np.empty(len(points), np.int64)
+    bary = np.empty((len(points), 3), np.float32)
+    rest = np.ones(len(points), bool)
+    for group, group_allowed in overrides.items():
+        idx = list(group)
+        pinned = closest_surface_points(points[idx], model.mean, model.triangles, group_allowed)
+        tri[idx], bary[idx] = pinned.triangles, pinned.barycentrics
+        rest[idx] = False
+    pinned = closest_surface_points(points[rest], model.mean, model.triangles, allowed)
+    tri[rest], bary[rest] = pinned.triangles, pinned.barycentrics
+    return SurfacePoints(tri, bary)
+
+
 def attach_landmarks(model: ModelData, log=print) -> None:
     """Detect ibug68 and mediapipe478 on renders of the mean and store them on `model`."""
     parts = vertex_parts(model)
     skin_tris = (parts[model.triangles] == 0).all(1)
     eye_tris = np.isin(parts[model.triangles], (4, 5)).all(1)
+    jaw_drop = model.expression_basis[model.expression_names.index("jawOpen"), :, 1]
+    tri_drop = jaw_drop[model.triangles].mean(1)
+    lower_lip = skin_tris & (tri_drop < -3.0)
+    upper_lip = skin_tris & (tri_drop > -1.0)
 
     ibug = symmetrize_ibug68(detect_on_views(model, detect_ibug68, 68))
     eye = list(IBUG68_EYE)
     ibug[eye] = snap_to_lid_margins(model, parts, ibug[eye])
-    model.landmarks["ibug68"] = closest_surface_points(ibug, model.mean, model.triangles,
-                                                        skin_tris)
+    model.landmarks["ibug68"] = pin_points(model, ibug, skin_tris, {
+        IBUG68_UPPER_INNER_LIP: upper_lip, IBUG68_LOWER_INNER_LIP: lower_lip})
     mp = detect_on_views(model, detect_mediapipe478, 478)
     mp_eye = list(MEDIAPIPE_EYE)
     mp[mp_eye] = snap_to_lid_margins(model, parts, mp[mp_eye])
-    face = closest_surface_points(mp[:468], model.mean, model.triangles, skin_tris)
-    iris = closest_surface_points(mp[468:], model.mean, model.triangles, eye_tris)
-    model.landmarks["mediapipe478"] = SurfacePoints(
-        np.concatenate([face.triangles, iris.triangles]),
-        np.concatenate([face.barycentrics, iris.barycentrics]),
-    )
+    model.landmarks["mediapipe478"] = pin_points(model, mp, skin_tris, {
+        tuple(range(468, 478)): eye_tris, MEDIAPIPE_UPPER_INNER_LIP: upper_lip,
+        MEDIAPIPE_LOWER_INNER_LIP: lower_lip})
     model.landmarks["anthropometric"] = anthropometric_points(model, parts)
 
 

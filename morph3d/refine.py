@@ -133,15 +133,16 @@ def build_net(config: SRConfig) -> Any:
     from torch.nn import functional
 
     class SRNet(nn.Module):
-        """conv-ReLU stack at low resolution -> PixelShuffle residual over bicubic."""
+        """conv-LeakyReLU stack at low resolution -> PixelShuffle residual over bicubic."""
 
         def __init__(self, cfg: SRConfig) -> None:
             super().__init__()
             self.scale = cfg.scale
             c, s = cfg.channels, cfg.scale
-            convs: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True)]
+            # Leaky ReLUs: plain ones died (all-zero features) in short high-rate runs.
+            convs: list[nn.Module] = [nn.Conv2d(3, c, 3, padding=1), nn.LeakyReLU(0.1, True)]
             for _ in range(cfg.layers - 2):
-                convs += [nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True)]
+                convs += [nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.1, True)]
             last = nn.Conv2d(c, 3 * s * s, 3, padding=1)
             nn.init.zeros_(last.weight)  # starts as exactly bicubic
             nn.init.zeros_(last.bias)
@@ -380,19 +381,19 @@ def degrade(hr: np.ndarray, scale: int, profile: str = "clean",
         return _jpeg(np.clip(lr, 0, 1), 75)
     if profile != "mixed":
         raise ValueError(f"unknown degradation profile {profile!r}")
-    if rng.random() < 0.3:  # optical/motion-free defocus blur on the scene
+    if rng.random() < 0.25:  # defocus blur on the scene
         sigma = rng.uniform(0.3, 1.0) * scale / 2
         hr = cv2.GaussianBlur(hr, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
     kernel = ("area", "gauss-linear", "gauss-cubic")[int(rng.choice(3, p=[0.6, 0.2, 0.2]))]
     lr = _downscale(hr, scale, kernel)
-    if rng.random() < 0.3:
+    if rng.random() < 0.25:
         sigma = rng.uniform(1.0, 6.0) / 255.0
         if rng.random() < 0.5:
             noise = rng.normal(0.0, sigma, lr.shape[:2] + (1,))
         else:
             noise = rng.normal(0.0, sigma, lr.shape)
         lr = np.clip(lr + noise.astype(np.float32), 0.0, 1.0)
-    if rng.random() < 0.4:
+    if rng.random() < 0.35:
         return _jpeg(lr, int(rng.integers(45, 96)))
     return _quantize(lr)
 
@@ -403,7 +404,7 @@ def degrade(hr: np.ndarray, scale: int, profile: str = "clean",
 
 
 CROP_FACTOR = 1.7  # crop side over the detector box's longer side
-TRAIN_MAX_SIDE = 384  # training crops are area-downscaled to at most this (sharper targets)
+TRAIN_MAX_SIDE = 256  # training crops are area-downscaled to at most this (sharper targets)
 HELDOUT_MAX_SIDE = 256  # held-out crops: the output size the pipeline uses
 EXTRACT_VERSION = 1
 
@@ -678,8 +679,9 @@ class _PatchSampler:
         """One (low-res, high-res) pair with a `size` x `size` high-res patch."""
         crop = self.crops[int(rng.choice(len(self.crops), p=self.p))]
         side = crop.shape[0]
-        # Random zoom-out: a region up to 1.6x the patch, area-downscaled to the patch.
-        region = int(round(size * rng.uniform(1.0, min(1.6, side / size))))
+        # Random zoom-out: a region up to 2x the patch, area-downscaled to the patch, so
+        # soft (upscaled) sources still give targets with detail at the pixel scale.
+        region = int(round(size * rng.uniform(1.0, min(2.0, side / size))))
         y, x = (int(v) for v in rng.integers(0, side - region + 1, 2))
         patch = crop[y:y + region, x:x + region]
         if region != size:
@@ -706,12 +708,13 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
                 dynamic_ncols=True, mininterval=2.0)
 
 
-def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print,
+                         crops: FaceCrops | None = None) -> dict[str, Any]:
     """Train the per-scale nets, checkpointing every `checkpoint_every` steps, until
     `steps` (cosine learning-rate schedule over them) or `minutes` of training in all
     (a safety cap across resumes: it stops early and still writes weights). With a fixed
     seed and `steps` alone the result is reproducible. Writes the weights and manifest to
-    `opts.out` and returns the manifest."""
+    `opts.out` and returns the manifest. `crops` replaces the folder's face crops (tests)."""
     import torch
 
     torch.set_num_threads(opts.threads)
@@ -721,9 +724,10 @@ def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print)
         if s not in SCALES:
             raise InputError(f"scales must be among {SCALES}, got {s}")
 
-    log(f"collecting face crops from {opts.data_dir}")
-    crops = collect_face_crops(opts.data_dir, holdout=opts.holdout, exclude=opts.exclude,
-                               seed=opts.seed, progress=opts.progress)
+    if crops is None:
+        log(f"collecting face crops from {opts.data_dir}")
+        crops = collect_face_crops(opts.data_dir, holdout=opts.holdout, exclude=opts.exclude,
+                                   seed=opts.seed, progress=opts.progress)
     data = crops.describe()
     log(f"{data['train_crops']} training crops from {len(data['train_sources'])} files, "
         f"{data['heldout_crops']} held-out crops from {len(data['heldout_sources'])} files")
@@ -814,9 +818,9 @@ def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print)
                     "threads": opts.threads, "torch": torch.__version__},
         "data": {"folder": opts.data_dir.name, "holdout_patterns": list(opts.holdout),
                  "exclude_patterns": list(opts.exclude),
-                 "degradations": "random blur (p 0.3), area / Gaussian+bilinear / "
-                                 "Gaussian+bicubic downscale, noise (p 0.3, sigma 1-6/255), "
-                                 "JPEG (p 0.4, quality 45-95), 8-bit quantisation",
+                 "degradations": "random blur (p 0.25), area / Gaussian+bilinear / "
+                                 "Gaussian+bicubic downscale, noise (p 0.25, sigma 1-6/255), "
+                                 "JPEG (p 0.35, quality 45-95), 8-bit quantisation",
                  **data},
         "metrics_heldout": metrics,
     }

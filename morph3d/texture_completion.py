@@ -8,7 +8,7 @@ is rendered in other poses. `complete_uv_texture` does it in three classical ste
    symmetric around u = 0.5 (`morph3d.head_builder.head_uv_layout`, skin rows v in
    [0.14, 1]), so an unseen texel takes its mirror texel's colour when that one was seen.
 2. Inpaint what neither side saw: a confidence-weighted pull-push (multi-scale normalised
-   averaging; smooth, fast, no seams at block borders) or OpenCV's Telea inpainting, run
+   averaging over a Gaussian pyramid; smooth and fast) or OpenCV's Telea inpainting, run
    per UV region so skin never bleeds into the eye or teeth tiles.
 3. Feather the seam: the confidence is softened just inside the visible boundary, so the
    photo's texels fade into the filled ones over a few texels instead of a hard step.
@@ -104,41 +104,38 @@ def _mirror(values: np.ndarray, mirror: MirrorSpec, index: np.ndarray | None) ->
 def pull_push(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Fill an image where `weights` (H x W, >= 0) are low from where they are high.
 
-    Pull: 2 x 2 sums of weight and weighted colour up a pyramid. Push: from the top down,
-    each level keeps its own average where its (clamped) weight is 1 and takes the
-    upsampled coarser level where the weight is 0, mixing in between; at the finest level
-    that gives ``w * value + (1 - w) * fill`` for weights in [0, 1].
+    Pull: a Gaussian pyramid (cv2.pyrDown) of the weights and of the weighted colours, so
+    each coarser level holds weighted averages and the fraction of valid texels under them.
+    Push: from the top down, each level mixes its own average and the upsampled coarser
+    level by that fraction; at the finest level this is ``w * value + (1 - w) * fill`` for
+    weights in [0, 1]. Mixing by the fraction (not by "any valid texel", as in the
+    original pull-push) keeps the fill smooth instead of smearing the hole's edge inwards.
     """
     values = np.asarray(values, np.float32)
     squeeze = values.ndim == 2
     if squeeze:
         values = values[..., None]
     weights = np.clip(np.asarray(weights, np.float32), 0.0, None)
+    channels = values.shape[2]
     if not (weights > 0).any():
         out = np.zeros_like(values)
         return out[..., 0] if squeeze else out
     sums = [values * weights[..., None]]
     ws = [weights]
-    while max(ws[-1].shape) > 1:
-        s, w = sums[-1], ws[-1]
-        h, wd = w.shape
-        ph, pw = h % 2, wd % 2
-        if ph or pw:
-            s = np.pad(s, ((0, ph), (0, pw), (0, 0)))
-            w = np.pad(w, ((0, ph), (0, pw)))
-        s = s.reshape(s.shape[0] // 2, 2, s.shape[1] // 2, 2, -1).sum((1, 3))
-        w = w.reshape(w.shape[0] // 2, 2, w.shape[1] // 2, 2).sum((1, 3))
-        sums.append(s)
+    while min(ws[-1].shape) > 1:
+        w = cv2.pyrDown(ws[-1])
+        sums.append(cv2.pyrDown(sums[-1]).reshape(*w.shape, channels))
         ws.append(w)
     filled = sums[-1] / np.maximum(ws[-1], 1e-12)[..., None]
+    empty = ws[-1] <= 1e-12
+    if empty.any():  # nothing valid under a top texel: use the global weighted mean
+        filled[empty] = sums[0].reshape(-1, channels).sum(0) / float(weights.sum())
     for level in range(len(ws) - 2, -1, -1):
         s, w = sums[level], ws[level]
         h, wd = w.shape
-        up = cv2.resize(filled, (wd, h), interpolation=cv2.INTER_LINEAR)
-        up = up.reshape(h, wd, -1)
-        own = s / np.maximum(w, 1e-12)[..., None]
+        up = cv2.resize(filled, (wd, h), interpolation=cv2.INTER_LINEAR).reshape(h, wd, -1)
         a = np.clip(w, 0.0, 1.0)[..., None]
-        filled = own * a + up * (1.0 - a)
+        filled = s / np.maximum(w, 1e-12)[..., None] * a + up * (1.0 - a)
     return filled[..., 0] if squeeze else filled
 
 
@@ -231,9 +228,10 @@ def complete_uv_texture(texture: np.ndarray, confidence: np.ndarray, *,
 
 def _telea_fill(values: np.ndarray, weight: np.ndarray, inside: np.ndarray,
                 threshold: float) -> np.ndarray:
-    """cv2.inpaint (Telea) of one region's low-weight texels, per channel in float32 (8 bits
-    would band a smooth skin gradient). Texels of other regions are marked as holes too, so
-    they are never used as sources; only the region's bounding box is processed."""
+    """cv2.inpaint (Telea) of one region's low-weight texels, per channel in 16 bits (8 bits
+    would band a smooth skin gradient, and OpenCV 5's float32 path returns garbage on [0, 1]
+    data). Texels of other regions are marked as holes too, so they are never used as
+    sources; only the region's bounding box is processed."""
     out = values.copy()
     ys, xs = np.nonzero(inside)
     if len(ys) == 0:
@@ -244,6 +242,7 @@ def _telea_fill(values: np.ndarray, weight: np.ndarray, inside: np.ndarray,
         return out
     radius = max(3.0, values.shape[1] / 64.0)
     for c in range(values.shape[2]):
-        channel = np.ascontiguousarray(values[box][..., c], np.float32)
-        out[box][..., c] = cv2.inpaint(channel, hole, radius, cv2.INPAINT_TELEA)
+        channel = np.round(np.clip(values[box][..., c], 0.0, 1.0) * 65535.0).astype(np.uint16)
+        filled = cv2.inpaint(channel, hole, radius, cv2.INPAINT_TELEA)
+        out[box][..., c] = filled.astype(np.float32) / 65535.0
     return out

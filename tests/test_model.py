@@ -102,6 +102,8 @@ def test_jaw_open_lowers_the_chin_and_moves_teeth(model, mean_landmarks):
     lm_open = model.landmarks(model.vertices(expression=expression(model, "jawOpen")),
                               "ibug68")[0].numpy()
     assert lm_open[8, 1] < mean_landmarks[8, 1] - 8.0  # chin drops by more than 8 mm
+    inner_gap = lm_open[62, 1] - lm_open[66, 1]  # inner lips sit on their own lips
+    assert inner_gap > 8.0
     gap_open = lm_open[57, 1] - lm_open[51, 1]
     gap_closed = mean_landmarks[57, 1] - mean_landmarks[51, 1]
     assert gap_open < gap_closed - 5.0  # lips part

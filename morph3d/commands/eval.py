@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from morph3d.errors import Morph3dError
 
@@ -20,8 +21,15 @@ def _positive_int(text: str) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from morph3d.evaluate import evaluate, summary_lines, write_json
 
-    if args.json and args.plots and str(args.json) == str(args.plots):
-        raise Morph3dError("--json and --plots must be different paths")
+    # Check the output paths before minutes of analysis, not after.
+    if args.json:
+        json_path = Path(args.json)
+        if json_path.is_dir():
+            raise Morph3dError(f"--json path is a directory: {json_path}")
+        if not json_path.resolve().parent.is_dir():
+            raise Morph3dError(f"output folder does not exist: {json_path.parent}")
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise Morph3dError(f"--plots path is a file, not a folder: {args.plots}")
     result = evaluate(args.source, args.target, args.output, workers=args.workers,
                       plots_dir=args.plots, target_face=args.target_face,
                       max_frames=args.max_frames, noise_floor=not args.no_noise_floor)

@@ -1,0 +1,116 @@
+"""`morph3d fit PHOTO_OR_VIDEO`: fit the morphable model and write a summary, mesh or preview."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from morph3d.errors import Morph3dError
+
+
+def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
+    p = subparsers.add_parser(name, help="fit the 3D face model to a photo or a video")
+    p.add_argument("input", help="photo or video")
+    p.add_argument("--model", default="default", help="default | bfm | path to a .npz")
+    p.add_argument("--export", help="write the fitted mesh (.glb, .obj or .ply)")
+    p.add_argument("--json", help="write per-frame landmarks68 and head pose as JSON")
+    p.add_argument("--save", help="write the fit itself (.npz, reloadable)")
+    p.add_argument("--preview", help="write a side-by-side PNG: input | fitted mesh overlay")
+    p.add_argument("--backend", default="mediapipe", help="landmarks: mediapipe | dlib")
+    p.add_argument("--max-frames", type=int, default=None, help="videos: fit only the start")
+    p.add_argument("--no-photometric", action="store_true", help="skip lighting and texture")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_fit)
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from fitting.fit import fit_photo, fit_summary
+    from morph3d.media import is_image_path, probe_video, read_image
+    from morph3d.models import load_model
+
+    source = Path(args.input)
+    model = load_model(args.model)
+    photometric = not args.no_photometric
+    if is_image_path(source):
+        frame0 = read_image(source)  # InputError for unreadable files
+        fit = fit_photo(str(source), model, backend=args.backend, photometric=photometric)
+    else:
+        from fitting.video import fit_video
+        from morph3d.media import iter_frames
+
+        probe_video(source)  # InputError for non-media files
+        fit = fit_video(source, model, backend=args.backend, max_frames=args.max_frames,
+                        photometric=photometric, progress=not args.quiet)
+        frame0 = next(iter(iter_frames(source, stop=1))).rgb
+    summary = fit_summary(fit, model)
+    if args.json:
+        _write_atomic_text(Path(args.json), json.dumps(summary, indent=1))
+    if args.save:
+        fit.save(args.save)
+    if args.export:
+        try:
+            from morph3d.export import export_fit
+        except ModuleNotFoundError as exc:
+            if exc.name != "morph3d.export":
+                raise
+            raise Morph3dError("mesh export is not available in this build "
+                               "(morph3d.export is missing)") from None
+        export_fit(fit, model, args.export)
+    if args.preview:
+        write_preview(args.preview, frame0, fit, model)
+    if not args.quiet:
+        s = summary["frames"][0]
+        extra = (f", {len(summary['faceless_frames'])} faceless frame(s)"
+                 if summary["faceless_frames"] else "")
+        print(f"fitted {fit.num_frames} frame(s) of {source.name}{extra}; first frame yaw "
+              f"{s['yaw']:.1f} pitch {s['pitch']:.1f} roll {s['roll']:.1f} deg")
+    return 0
+
+
+def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame: int = 0
+                  ) -> None:
+    """input | input with the fitted mesh (shaded, half transparent) and its 68 landmarks."""
+    import cv2
+    import torch
+
+    from fitting.fit import projected_landmarks, vertex_positions
+    from morph3d.media import write_image
+    from render.helpers import render_mesh
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, 2)
+    img = img[..., :3].astype(np.uint8)
+    f = fit.faces
+    verts = vertex_positions(model, fit.identity.coefficients.astype(np.float64),
+                             f.expression[frame].astype(np.float64))
+    camera = fit.camera.to_camera(f.rotation[frame], f.translation[frame])
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 0], sh[0, 2] = 0.55, 0.45  # plain frontal light, to show the shape
+    with torch.no_grad():
+        out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None],
+                          model.triangles, camera, sh_coeffs=sh, antialias=True)
+    shaded = np.clip(out.image[0].numpy(), 0, 1) * 255
+    alpha = out.mask[0].numpy() * 0.6
+    overlay = (img * (1 - alpha) + shaded * alpha).astype(np.uint8)
+    for x, y in projected_landmarks(fit, model)[frame]:
+        cv2.circle(overlay, (int(round(x)), int(round(y))), max(1, img.shape[1] // 300),
+                   (255, 64, 64), -1, cv2.LINE_AA)
+    write_image(path, np.concatenate([img, overlay], 1))

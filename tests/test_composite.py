@@ -1,0 +1,532 @@
+"""Compositing (morph3d.composite) and UV texture completion (morph3d.texture_completion).
+
+The synthetic scenes are cartoon faces drawn from 68 iBUG landmarks: an ellipse of skin with
+a forehead, eyes, brows, lips and an optional open mouth, anti-aliased by drawing at 4x.
+"""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from morph3d.composite import (
+    ColourState,
+    CompositorConfig,
+    FaceCompositor,
+    FrameInputs,
+    adaptive_face_mask,
+    brow_band,
+    composite,
+    detect_occluders,
+    face_geometry,
+    face_mask,
+    face_region,
+    keep_actor_eyes,
+    keep_actor_mouth,
+    match_colour,
+    mouth_keep_mask,
+    mouth_openness,
+    remove_double_brows,
+    rgb_to_lab,
+)
+from morph3d.errors import InputError
+from morph3d.texture_completion import atlas_mirror_index, complete_uv_texture, pull_push
+
+SIZE = 256
+ACTOR_SKIN = (0.85, 0.65, 0.55)
+SWAP_SKIN = (0.62, 0.47, 0.50)
+
+
+def synthetic_ibug68(cx: float = 128.0, eye_y: float = 110.0, iod: float = 60.0,
+                     half_width: float = 0.95, chin: float = 1.55, mouth_open: float = 0.0,
+                     brow_lift: float = 0.3) -> np.ndarray:
+    """68 iBUG points (pixels) of a frontal cartoon face; half_width and chin in IOD."""
+    p = np.zeros((68, 2))
+    a, b = half_width * iod, chin * iod
+    yc = eye_y + 0.1 * iod
+    th = np.linspace(np.pi, 0.0, 17)
+    p[0:17] = np.stack([cx + a * np.cos(th), yc + (b - 0.1 * iod) * np.sin(th)], 1)
+    t = np.linspace(0, 1, 5)
+    arch = 0.06 * iod * np.sin(np.pi * t)
+    p[17:22] = np.stack([cx + (-0.85 + 0.7 * t) * iod, eye_y - brow_lift * iod - arch], 1)
+    p[22:27] = np.stack([cx + (0.15 + 0.7 * t) * iod, eye_y - brow_lift * iod - arch[::-1]], 1)
+    p[27:31] = np.stack([np.full(4, cx), eye_y + np.array([0.05, 0.2, 0.35, 0.5]) * iod], 1)
+    p[31:36] = np.stack([cx + np.array([-0.18, -0.09, 0, 0.09, 0.18]) * iod,
+                         eye_y + np.array([0.6, 0.62, 0.63, 0.62, 0.6]) * iod], 1)
+    w, h = 0.45 * iod, 0.16 * iod
+    eye = np.array([[-w / 2, 0], [-w / 6, -h / 2], [w / 6, -h / 2], [w / 2, 0], [w / 6, h / 2],
+                    [-w / 6, h / 2]])
+    p[36:42] = eye + [cx - iod / 2, eye_y]
+    p[42:48] = eye + [cx + iod / 2, eye_y]
+    mw = 0.85 * iod
+    gap = mouth_open * mw
+    up, lo = -gap / 2, gap / 2
+    p[48:60] = np.array([
+        [-mw / 2, 0], [-mw / 3, up - 0.12 * iod], [-mw / 6, up - 0.15 * iod],
+        [0, up - 0.13 * iod], [mw / 6, up - 0.15 * iod], [mw / 3, up - 0.12 * iod],
+        [mw / 2, 0], [mw / 3, lo + 0.14 * iod], [mw / 6, lo + 0.18 * iod], [0, lo + 0.19 * iod],
+        [-mw / 6, lo + 0.18 * iod], [-mw / 3, lo + 0.14 * iod]]) + [cx, eye_y + iod]
+    p[60:68] = np.array([
+        [-0.4 * mw, 0], [-mw / 6, up], [0, up], [mw / 6, up], [0.4 * mw, 0], [mw / 6, lo],
+        [0, lo], [-mw / 6, lo]]) + [cx, eye_y + iod]
+    return p
+
+
+def _pts(points: np.ndarray, scale: int) -> np.ndarray:
+    return np.round(np.asarray(points) * scale).astype(np.int32)
+
+
+def draw_face(lm: np.ndarray, skin: tuple[float, float, float], *,
+              background: np.ndarray | None = None, iod: float = 60.0, forehead: float = 1.5,
+              brow: tuple[float, float, float] = (0.25, 0.17, 0.1), seed: int = 0,
+              scale: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(image, coverage) of a cartoon face at `lm`, over `background` (else black)."""
+    h = w = SIZE
+    s = scale
+    big = np.zeros((h * s, w * s, 3), np.float32)
+    cov = np.zeros((h * s, w * s), np.float32)
+    jaw = lm[0:17]
+    cx, yc = (jaw[0] + jaw[16]) / 2
+    a = (jaw[16, 0] - jaw[0, 0]) / 2
+    th = np.linspace(0, np.pi, 64)[1:-1]
+    top = np.stack([cx + a * np.cos(th), yc - forehead * iod * np.sin(th)], 1)
+    outline = _pts(np.concatenate([jaw, top]), s)
+    cv2.fillPoly(big, [outline], tuple(float(c) for c in skin))
+    cv2.fillPoly(cov, [outline], 1.0)
+    xx = np.arange(w * s, dtype=np.float32)[None, :] / s
+    big *= (1.0 - 0.15 * ((xx - cx) / a) ** 2)[..., None]
+    for e0 in (36, 42):
+        eye = lm[e0:e0 + 6]
+        cv2.fillPoly(big, [_pts(eye, s)], (0.95, 0.95, 0.93))
+        cv2.circle(big, tuple(_pts(eye.mean(0), s).tolist()), int(0.07 * iod * s),
+                   (0.25, 0.3, 0.5), -1)
+    for b0 in (17, 22):
+        cv2.polylines(big, [_pts(lm[b0:b0 + 5], s)], False, brow, thickness=int(0.1 * iod * s))
+    cv2.fillPoly(big, [_pts(lm[48:60], s)], (0.75, 0.35, 0.35))
+    inner = lm[60:68]
+    if np.linalg.norm(lm[66] - lm[62]) > 1:
+        cv2.fillPoly(big, [_pts(inner, s)], (0.2, 0.05, 0.05))
+        teeth = inner.copy()
+        teeth[5:8, 1] = np.minimum(teeth[5:8, 1], lm[62, 1] + 0.35 * (lm[66, 1] - lm[62, 1]))
+        teeth[[0, 4], 1] = np.minimum(teeth[[0, 4], 1], lm[62, 1] + 0.2 * (lm[66, 1] - lm[62, 1]))
+        cv2.fillPoly(big, [_pts(teeth, s)], (0.92, 0.9, 0.85))
+    image = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
+    coverage = cv2.resize(cov, (w, h), interpolation=cv2.INTER_AREA)
+    rng = np.random.default_rng(seed)
+    image += rng.normal(0, 0.01, image.shape).astype(np.float32) * (coverage[..., None] > 0)
+    image = np.clip(image, 0, 1)
+    if background is not None:
+        image = image + background * (1 - coverage[..., None])
+    return image.astype(np.float32), coverage.astype(np.float32)
+
+
+def background() -> np.ndarray:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
+    return np.stack([0.3 + 0.2 * xx, 0.45 + 0.1 * yy, 0.35 + 0.0 * xx], -1).astype(np.float32)
+
+
+def scene(actor_width: float = 0.95, swap_width: float = 0.95, mouth_open: float = 0.0,
+          actor_brow_lift: float = 0.3, swap_brow_lift: float = 0.3):
+    """(frame, render, coverage, actor landmarks, swapped landmarks)."""
+    lm_a = synthetic_ibug68(half_width=actor_width, mouth_open=mouth_open,
+                            brow_lift=actor_brow_lift)
+    lm_s = synthetic_ibug68(half_width=swap_width, mouth_open=mouth_open,
+                            brow_lift=swap_brow_lift)
+    frame, _ = draw_face(lm_a, ACTOR_SKIN, background=background())
+    render, coverage = draw_face(lm_s, SWAP_SKIN, seed=1)
+    return frame, render, coverage, lm_a, lm_s
+
+
+def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.dilate(mask.astype(np.uint8), kernel).astype(bool)
+
+
+# ------------------------------------------------------------------------------------------
+# masks
+# ------------------------------------------------------------------------------------------
+
+
+def test_face_mask_covers_the_face_and_stops_at_jaw_and_forehead() -> None:
+    _, _, coverage, _, lm_s = scene()
+    mask = face_mask(coverage, lm_s)
+    g = face_geometry(lm_s)
+    assert mask.dtype == np.float32 and mask.min() >= 0 and mask.max() <= 1
+    nose = np.round(g.ibug[30]).astype(int)
+    cheek = np.round(0.5 * (g.ibug[3] + g.ibug[30])).astype(int)
+    assert mask[nose[1], nose[0]] == 1.0 and mask[cheek[1], cheek[0]] == 1.0
+    assert (mask[coverage == 0] == 0).all()
+    chin_y = int(g.ibug[8, 1])
+    assert (mask[chin_y + 1:] == 0).all()  # nothing below the jaw (neck)
+    brow_top = g.ibug[17:27, 1].min()
+    forehead_cut = int(np.ceil(brow_top - 0.35 * g.iod))
+    assert (mask[:forehead_cut - 1] == 0).all()  # hair area above the brows stays
+    assert mask[int(brow_top) - 2, 128] == 1.0  # but the brows are under the mask
+
+
+def test_face_mask_edge_width_scales_with_face_size() -> None:
+    widths = []
+    for iod in (40.0, 80.0):
+        lm = synthetic_ibug68(iod=iod, eye_y=100)
+        _, coverage = draw_face(lm, SWAP_SKIN, iod=iod)
+        row = face_mask(coverage, lm)[int(lm[30, 1])]
+        widths.append(int(((row > 0.05) & (row < 0.95)).sum()))
+    assert widths[1] == pytest.approx(2 * widths[0], rel=0.35)
+
+
+def test_mask_grows_when_swapped_face_is_wider_and_shrinks_when_narrower() -> None:
+    _, _, coverage, lm_a, lm_s = scene()
+    base, report = adaptive_face_mask(coverage, lm_s, lm_a)
+    assert report.width_ratio == pytest.approx(1.0)
+    assert report.grow_px == 0 and report.shrink_px == 0
+
+    narrow_actor = synthetic_ibug68(half_width=0.85)
+    grown, report = adaptive_face_mask(coverage, lm_s, narrow_actor)
+    assert report.width_ratio > 1.05 and report.grow_px > 0 and report.shrink_px == 0
+    assert grown.sum() > base.sum() + 200
+    assert (grown >= base - 1e-6).all()
+
+    wide_actor = synthetic_ibug68(half_width=1.08)
+    shrunk, report = adaptive_face_mask(coverage, lm_s, wide_actor)
+    assert report.width_ratio < 0.95 and report.shrink_px > 0 and report.grow_px == 0
+    assert report.feather_px > 0.05 * 60.0  # blurred more than the default edge
+    assert shrunk.sum() < base.sum() - 200
+    assert (shrunk[coverage == 0] == 0).all()
+
+
+# ------------------------------------------------------------------------------------------
+# the whole frame
+# ------------------------------------------------------------------------------------------
+
+
+def test_pixels_outside_the_mask_are_bit_identical() -> None:
+    frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    assert out.shape == frame.shape and out.dtype == np.float32
+    assert report.brows.inpainted_px == 0
+    outside = ~dilate(report.alpha > 0, 1)
+    assert outside.sum() > 0.5 * outside.size
+    assert np.array_equal(out[outside], frame[outside])
+    x0, y0, x1, y1 = report.roi
+    assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE
+    assert np.abs(out - frame)[report.alpha > 0.99].mean() > 0.02  # the face did change
+
+
+def test_composite_alpha_and_poisson() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    mask = face_mask(coverage, lm_s)
+    inside = mask == 1
+    for method in ("alpha", "poisson"):
+        out = composite(frame, render, mask, method=method)
+        assert np.array_equal(out[mask == 0], frame[mask == 0])
+        assert np.abs(out[inside] - frame[inside]).mean() > 0.02
+    # Poisson keeps the render's detail (gradients) while moving its colour to the frame's
+    poisson = composite(frame, render, mask, method="poisson")
+    gy = np.diff(poisson, axis=0)[inside[1:] & inside[:-1]]
+    gy_render = np.diff(render, axis=0)[inside[1:] & inside[:-1]]
+    assert np.corrcoef(gy.ravel(), gy_render.ravel())[0, 1] > 0.8
+    blended = composite(frame, render, mask)
+    assert np.allclose(blended[mask == 1], render[mask == 1])
+    with pytest.raises(InputError):
+        composite(frame, render[:10], mask)
+
+
+def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    inputs = FrameInputs(frame, render, coverage, lm_a, lm_s)
+    matched, report = FaceCompositor().process(inputs)
+    plain, _ = FaceCompositor(CompositorConfig(colour_match=False)).process(inputs)
+    skin = (report.alpha > 0.99) & ~dilate(face_region(frame.shape[:2], lm_a) == 0, 3)
+    skin &= ~dilate(np.any(np.abs(frame - np.array(ACTOR_SKIN)) > 0.2, axis=-1), 2)
+    actor = rgb_to_lab(frame)[skin].mean(0)
+    err_matched = np.linalg.norm(rgb_to_lab(matched)[skin].mean(0) - actor)
+    err_plain = np.linalg.norm(rgb_to_lab(plain)[skin].mean(0) - actor)
+    assert err_plain > 8.0 and err_matched < 0.25 * err_plain
+    assert report.colour_gain is not None
+
+
+def test_colour_state_is_a_moving_average() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    skin = face_mask(coverage, lm_s) > 0.5
+    _, state = match_colour(render, frame, skin)
+    assert state is not None and state.frames == 1
+    brighter = np.clip(frame * 1.2, 0, 1)
+    _, jumped = match_colour(render, brighter, skin)
+    _, smoothed = match_colour(render, brighter, skin, state=state, momentum=0.8)
+    assert smoothed.frames == 2
+    # the averaged actor mean moves 20 % of the way to the new frame's
+    expected = 0.8 * state.actor_mean + 0.2 * jumped.actor_mean
+    assert np.allclose(smoothed.actor_mean, expected)
+    gain, offset = ColourState(*(np.ones(3) for _ in range(4))).gain_offset()
+    assert np.allclose(gain, 1) and np.allclose(offset, 0)
+    unchanged, none = match_colour(render, frame, np.zeros_like(skin))
+    assert none is None and unchanged is render
+
+
+@pytest.mark.parametrize("colour", [(0.15, 0.3, 0.85), (0.08, 0.08, 0.09)],
+                         ids=["blue-object", "dark-microphone"])
+def test_occluder_is_detected_and_left_untouched(colour: tuple[float, float, float]) -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    rect = np.zeros(frame.shape[:2], bool)
+    rect[126:156, 84:110] = True  # over the image-left cheek
+    frame[rect] = colour
+    occ = detect_occluders(frame, lm_a)
+    assert occ[rect].mean() > 0.98
+    assert (occ & ~dilate(rect, 4)).sum() == 0
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    assert np.array_equal(out[rect], frame[rect])
+    assert report.occluder_px >= rect.sum()
+    assert (report.alpha[rect] == 0).all()
+    right_cheek = (slice(128, 150), slice(148, 164))
+    assert (report.alpha[right_cheek] == 1).all()  # the mirror cheek is still swapped
+
+
+def test_clean_synthetic_face_has_no_occluders() -> None:
+    frame, _, _, lm_a, _ = scene(mouth_open=0.3)
+    assert detect_occluders(frame, lm_a).sum() == 0
+
+
+def test_render_disagreement_finds_skin_coloured_hand() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    actor_render, actor_cov = draw_face(lm_a, ACTOR_SKIN, seed=3)
+    hand = np.zeros(frame.shape[:2], bool)
+    hand[126:156, 84:110] = True
+    frame[hand] = (0.95, 0.55, 0.40)  # skin-like, but not this face's skin
+    assert detect_occluders(frame, lm_a)[hand].mean() < 0.5  # colour alone misses it
+    occ = detect_occluders(frame, lm_a, actor_render=actor_render, actor_coverage=actor_cov)
+    assert occ[hand].mean() > 0.95
+    assert (occ & ~dilate(hand, 4)).sum() == 0
+
+
+def test_open_mouth_interior_comes_from_the_actor() -> None:
+    frame, render, coverage, lm_a, lm_s = scene(mouth_open=0.35)
+    assert mouth_openness(lm_a) == pytest.approx(0.35, abs=0.01)
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    assert report.mouth_weight == 1.0
+    inner = cv2.erode(mouth_keep_mask(frame.shape[:2], lm_a).astype(np.float32),
+                      np.ones((3, 3))) == 1.0
+    assert inner.sum() > 60
+    assert np.array_equal(out[inner], frame[inner])
+    # closed mouth: nothing is cut
+    mask = np.ones(frame.shape[:2], np.float32)
+    closed, weight = keep_actor_mouth(mask, synthetic_ibug68())
+    assert weight == 0.0 and closed is mask
+
+
+def test_rendered_teeth_option_keeps_the_render_teeth() -> None:
+    frame, render, coverage, lm_a, lm_s = scene(mouth_open=0.35)
+    mask = np.ones(frame.shape[:2], np.float32)
+    teeth = np.zeros_like(mask)
+    teeth[int(lm_a[62, 1]) - 2:int(lm_a[62, 1]) + 3, 100:156] = 1.0
+    cut, weight = keep_actor_mouth(mask, lm_a, teeth_region=teeth)
+    assert weight == 1.0
+    assert (cut[teeth == 1] == 1.0).all()
+    assert (cut[int(lm_a[66, 1]) - 7, 120:136] == 0).all()
+
+
+def test_actor_eyes_are_kept() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    mask = np.ones(frame.shape[:2], np.float32)
+    cut = keep_actor_eyes(mask, lm_a)
+    for e0 in (36, 42):
+        opening = np.zeros(frame.shape[:2], np.uint8)
+        cv2.fillPoly(opening, [np.round(lm_a[e0:e0 + 6]).astype(np.int32)], 1)
+        assert (cut[opening > 0] == 0).all()
+    assert cut[int(lm_a[30, 1]), int(lm_a[30, 0])] == 1.0  # the nose is not touched
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    eye = (slice(int(lm_a[37, 1]), int(lm_a[41, 1]) + 1), slice(int(lm_a[36, 0]) + 2,
+                                                                 int(lm_a[39, 0]) - 1))
+    assert np.array_equal(out[eye], frame[eye])
+
+
+def test_double_brows_are_removed() -> None:
+    # The actor's brows sit well above the swapped face's, above the mask's top edge.
+    frame, render, coverage, lm_a, lm_s = scene(actor_brow_lift=0.62, swap_brow_lift=0.25)
+    mask, _ = adaptive_face_mask(coverage, lm_s, lm_a)
+    band = brow_band(frame.shape[:2], lm_a, thickness=0.1, margin=0.0)
+    assert (mask[band] < 0.95).mean() > 0.5  # exposed before
+
+    base, new_mask, report = remove_double_brows(frame, mask, coverage, lm_a, lm_s)
+    assert report.exposed_px > 0 and report.covered_px > 0
+    assert (new_mask >= mask - 1e-6).all()
+    # no dip between the old mask and its extension over the brows
+    column = new_mask[int(lm_a[19, 1]):int(lm_s[19, 1]), 100]
+    assert (column > 0.99).all()
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    forehead_l = rgb_to_lab(frame[60:70, 120:136])[..., 0].mean()
+    brow_pixels = brow_band(frame.shape[:2], lm_a, thickness=0.06, margin=0.0)
+    assert rgb_to_lab(frame)[brow_pixels][:, 0].mean() < 0.5 * forehead_l  # dark brows before
+    assert rgb_to_lab(out)[brow_pixels][:, 0].min() > 0.85 * forehead_l  # forehead skin after
+    # the swapped face's own brows are there
+    swap_brows = brow_band(frame.shape[:2], lm_s, thickness=0.06, margin=0.0)
+    assert rgb_to_lab(out)[swap_brows][:, 0].mean() < 0.6 * forehead_l
+
+
+def test_brows_outside_the_render_are_inpainted() -> None:
+    frame, render, coverage, lm_a, lm_s = scene(actor_brow_lift=0.62, swap_brow_lift=0.25)
+    coverage = coverage.copy()
+    coverage[: int(lm_s[17:27, 1].min()) - 6] = 0.0  # the render stops just above its brows
+    mask, _ = adaptive_face_mask(coverage, lm_s, lm_a)
+    base, new_mask, report = remove_double_brows(frame, mask, coverage, lm_a)
+    assert report.inpainted_px > 0
+    brow_pixels = brow_band(frame.shape[:2], lm_a, thickness=0.06, margin=0.0)
+    forehead_l = rgb_to_lab(frame[60:70, 120:136])[..., 0].mean()
+    assert rgb_to_lab(base)[brow_pixels][:, 0].mean() > 0.85 * forehead_l
+    changed = np.any(base != frame, axis=-1)
+    assert not (changed & ~dilate(brow_band(frame.shape[:2], lm_a), 8)).any()
+
+
+def test_compositor_carries_state_between_frames() -> None:
+    compositor = FaceCompositor()
+    frame, render, coverage, lm_a, lm_s = scene()
+    _, first = compositor.process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    assert not first.mask_smoothed
+    shift = np.float32([[1, 0, 3], [0, 1, 2]])
+
+    def move(image: np.ndarray) -> np.ndarray:
+        return cv2.warpAffine(image, shift, (SIZE, SIZE), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+
+    out, second = compositor.process(FrameInputs(move(frame), move(render), move(coverage),
+                                                 lm_a + [3, 2], lm_s + [3, 2]))
+    assert second.mask_smoothed and compositor.colour_state.frames == 2
+    # the warped previous mask agrees with the current one, so smoothing barely changes it
+    fresh = FaceCompositor().process(FrameInputs(move(frame), move(render), move(coverage),
+                                                 lm_a + [3, 2], lm_s + [3, 2]))[1].alpha
+    assert np.abs(second.alpha - fresh).mean() < 0.01
+    assert set(second.summary()) >= {"roi", "mask", "brows", "occluder_px", "mouth_weight"}
+    compositor.reset()
+    assert compositor.colour_state is None
+
+
+def test_bad_inputs_raise_input_error() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    with pytest.raises(InputError):
+        FaceCompositor().process(FrameInputs(frame, render, coverage[:-1], lm_a, lm_s))
+    with pytest.raises(InputError):
+        face_geometry(np.zeros((10, 2)))
+    with pytest.raises(InputError):
+        face_geometry({"ibug68": np.full((68, 2), np.nan)})
+
+
+def test_mediapipe_landmarks_are_accepted() -> None:
+    mesh = np.random.default_rng(0).uniform(50, 200, (478, 2))
+    g = face_geometry({"mediapipe478": mesh})
+    assert g.ibug.shape == (68, 2) and g.mesh is not None
+    assert g.inner_lip.shape == (20, 2) and g.eye_contours[0].shape == (16, 2)
+    assert face_geometry(mesh[None]).mesh is not None
+
+
+# ------------------------------------------------------------------------------------------
+# UV texture completion
+# ------------------------------------------------------------------------------------------
+
+
+def symmetric_texture(size: int = 128) -> np.ndarray:
+    """A smooth texture symmetric about u = 0.5 in the skin rows, something else below."""
+    v, u = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    d = np.abs(u - 0.5 + 0.5 / size)
+    tex = np.stack([0.5 + 0.3 * np.cos(6 * d) * v, 0.4 + 0.2 * np.sin(9 * d + 3 * v),
+                    0.3 + 0.4 * d * v], -1)
+    tex[int(0.86 * size):] = (0.9, 0.9, 0.9)  # the part tiles
+    return tex.astype(np.float32)
+
+
+def test_texture_completion_mirrors_the_hidden_half() -> None:
+    truth = symmetric_texture()
+    size = truth.shape[0]
+    confidence = np.ones((size, size), np.float32)
+    confidence[:, size // 2 + 3:] = 0.0  # the right side of the face was never seen
+    seen = truth * confidence[..., None]
+    result = complete_uv_texture(seen, confidence)
+    hidden = confidence == 0
+    skin = np.zeros_like(hidden)
+    skin[: int(0.86 * size) - 1] = True
+    error = np.abs(result.texture - truth)[hidden & skin]
+    assert error.max() < 0.02
+    assert (result.source[hidden & skin] == 1).all()
+    assert result.mirrored_fraction > 0.35
+    deep = np.zeros_like(hidden)
+    deep[:, : size // 2 - 10] = True
+    assert np.array_equal(result.texture[deep], truth[deep])
+
+
+def test_texture_completion_inpaints_what_neither_side_saw() -> None:
+    truth = symmetric_texture()
+    size = truth.shape[0]
+    confidence = np.ones((size, size), np.float32)
+    confidence[:, size // 2 + 3:] = 0.0
+    confidence[20:40, 30:98] = 0.0  # a band hidden on both sides (under a fringe, say)
+    confidence[size - 8:, 10:30] = 0.0  # and a hole in the part tiles
+    for method in ("pull_push", "telea"):
+        result = complete_uv_texture(truth * confidence[..., None], confidence, method=method)
+        both = np.zeros_like(confidence, bool)
+        both[20:40, 30:98] = True
+        assert (result.source[both] == 2).all()
+        assert np.abs(result.texture - truth)[both].mean() < 0.05
+        # the part-tile hole is filled from the tiles only, not from the skin above
+        assert np.abs(result.texture[size - 8:, 10:30] - 0.9).max() < 1e-3
+        assert result.inpainted_fraction > 0.05
+        assert np.isfinite(result.texture).all()
+
+
+def test_texture_completion_with_a_callable_mirror_and_a_soft_seam() -> None:
+    truth = symmetric_texture(64)[:, :, :3]
+    truth[-10:] = truth[:10]  # no part strip here: the whole texture is one region
+    truth = (truth + truth[:, ::-1]) / 2
+    confidence = np.zeros((64, 64), np.float32)
+    confidence[:, :33] = 1.0
+    result = complete_uv_texture(truth * confidence[..., None], confidence, mirror=np.fliplr,
+                                 regions={"all": np.ones((64, 64), bool)}, seam_px=2.0)
+    assert np.abs(result.texture - truth).max() < 0.02
+    assert (result.confidence > 0.99).mean() > 0.85
+    index = atlas_mirror_index((8, 8))
+    assert index[0, 0] == 7 and index[-1, 0] == -1
+
+
+def test_pull_push_fills_holes_smoothly() -> None:
+    yy, xx = np.mgrid[0:50, 0:70].astype(np.float32)
+    ramp = (xx / 70.0)[..., None].repeat(3, -1)
+    weights = np.ones((50, 70), np.float32)
+    weights[10:40, 20:50] = 0.0
+    filled = pull_push(ramp * weights[..., None], weights)
+    assert np.abs(filled - ramp)[weights == 1].max() < 1e-6
+    assert np.abs(filled - ramp)[weights == 0].max() < 0.15
+
+
+# ------------------------------------------------------------------------------------------
+# a real photo
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mark(media_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    from fitting.faces import detect_faces
+    from morph3d.media import read_image
+
+    image = read_image(media_dir / "mark.jpg").astype(np.float32) / 255.0
+    faces = detect_faces(image, "mediapipe")
+    assert len(faces) == 1
+    return image, {k: v[0] for k, v in faces.landmarks.items()}
+
+
+@pytest.mark.media
+def test_real_clean_face_has_no_big_occluders(mark) -> None:
+    image, landmarks = mark
+    region = face_region(image.shape[:2], landmarks)
+    occ = detect_occluders(image, landmarks)
+    assert occ.sum() < 0.02 * region.sum()
+    # a blue object pasted over the cheek is found
+    g = face_geometry(landmarks)
+    centre = (0.5 * (g.ibug[3] + g.ibug[30])).astype(int)
+    r = int(0.25 * g.iod)
+    rect = np.zeros(image.shape[:2], bool)
+    rect[centre[1] - r:centre[1] + r, centre[0] - r // 2:centre[0] + r // 2] = True
+    occluded = image.copy()
+    occluded[rect] = (0.15, 0.3, 0.8)
+    found = detect_occluders(occluded, landmarks)
+    assert found[rect].mean() > 0.98
+    assert (found & ~dilate(rect, int(0.05 * g.iod) + 3)).sum() < 0.005 * region.sum()
+    # and the open mouth (teeth showing) is detected as open
+    assert mouth_openness(landmarks) > 0.15

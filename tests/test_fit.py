@@ -1,0 +1,253 @@
+"""3DMM fitting: synthetic ground truth (landmarks projected from known faces) and real media."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from fitting import fit as F
+from fitting.params import CameraParams, FaceParams, Identity, VideoFit
+from morph3d.errors import Morph3dError
+
+
+@pytest.fixture(scope="module")
+def model():
+    from morph3d.models import load_model
+
+    return load_model("default")
+
+
+def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1.5):
+    """A random face (identity ~ N(0, I), sparse expressions) at a random pose, and its
+    landmarks seen by a 640 x 480 camera (f = 800 px): ibug68 with the jaw on the occluding
+    contour (where annotators put it) and mediapipe478, plus Gaussian pixel noise."""
+    arrays = F.model_arrays(model)
+    alpha = rng.standard_normal(model.num_identity)
+    beta = rng.uniform(0, 0.6, model.num_expression) * (rng.uniform(size=model.num_expression)
+                                                        < 0.15)
+    yaw = rng.uniform(-30, 30) if yaw_deg is None else yaw_deg
+    head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
+                               degrees=True).as_matrix()
+    state = F.FrameState(F.axis_angle(F.FRONT @ head),
+                         np.array([rng.uniform(-30, 30), rng.uniform(-30, 30), 600.0]), beta)
+    camera = CameraParams.default_for(640, 480, 800.0)
+    landmarks = {}
+    for scheme in ("ibug68", "mediapipe478"):
+        ids, bary = arrays.landmarks[scheme]
+        ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
+                           {scheme: slice(0, len(ids))}, arrays=arrays)
+        if scheme == "ibug68":
+            F.update_jaw_contour(ls, alpha, state, camera)
+        pts = F.project(ls.positions(alpha, beta), state.rotation, state.translation, camera)
+        landmarks[scheme] = pts + rng.normal(0, noise_px, pts.shape)
+    return alpha, state, camera, landmarks
+
+
+def rigid_vertex_error(model, a_id, a_ex, b_id, b_ex) -> float:
+    """Median face-region vertex distance (mm) after the best rigid alignment."""
+    face = F.model_arrays(model).face_vertices
+    a = F.vertex_positions(model, a_id, a_ex)[face]
+    b = F.vertex_positions(model, b_id, b_ex)[face]
+    ca, cb = a.mean(0), b.mean(0)
+    U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = (U @ D @ Vt).T
+    return float(np.median(np.linalg.norm((a - ca) @ R.T + cb - b, axis=1)))
+
+
+def pose_error_deg(r1, r2) -> float:
+    d = F.rotation_matrix(r1) @ F.rotation_matrix(r2).T
+    return float(np.degrees(np.linalg.norm(F.axis_angle(d))))
+
+
+def test_synthetic_landmark_fit(model):
+    rng = np.random.default_rng(1)
+    vertex, pose = [], []
+    for _ in range(4):
+        alpha, state, camera, lms = synthetic_face(model, rng)
+        ident, states, _, _ = F.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx)
+        vertex.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
+                                         state.expression))
+        pose.append(pose_error_deg(states[0].rotation, state.rotation))
+    # Landmarks alone leave the face's size vs distance ambiguous (a few % of scale), which
+    # dominates the rigid error; measured ~1.5-2.5 mm and 0.3-3 deg (see BENCHMARKS.md).
+    assert np.median(vertex) < 3.0, vertex
+    assert np.median(pose) < 3.0, pose
+    # Much better than the mean face.
+    mean_err = rigid_vertex_error(model, np.zeros_like(alpha), np.zeros(model.num_expression),
+                                  alpha, state.expression)
+    assert vertex[-1] < mean_err
+
+
+def test_contour_handling_helps_jaw_at_yaw_40(model):
+    rng = np.random.default_rng(5)
+    jaw_with, jaw_without = [], []
+    for _ in range(2):
+        alpha, state, camera, lms = synthetic_face(model, rng, yaw_deg=40.0, noise_px=0.5)
+        for contour, out in ((True, jaw_with), (False, jaw_without)):
+            ident, states, cams, lss = F.fit_landmarks(model, [lms], [(480, 640)],
+                                                       focal=camera.fx, contour=contour,
+                                                       refine_steps=0)
+            res = F._residuals(lss[0], ident, states[0], cams[0])[0]
+            out.append(float(np.linalg.norm(res[list(F.CONTOUR_JAW)], axis=1).mean()))
+    assert np.mean(jaw_with) < 0.7 * np.mean(jaw_without), (jaw_with, jaw_without)
+
+
+def test_outlier_robustness(model):
+    rng = np.random.default_rng(7)
+    alpha, state, camera, lms = synthetic_face(model, rng)
+    bad = {k: v.copy() for k, v in lms.items()}
+    for i in (30, 36, 48, 57, 19):  # nose, eye, mouth, brow: shifted by 40 px
+        bad["ibug68"][i] += rng.normal(size=2) / np.sqrt(2) * 40.0 + 20.0
+    _, states, _, _ = F.fit_landmarks(model, [bad], [(480, 640)], focal=camera.fx)
+    assert pose_error_deg(states[0].rotation, state.rotation) < 3.0
+
+
+def test_multi_photo_joint_fit_shares_identity(model):
+    rng = np.random.default_rng(11)
+    alpha, s1, camera, l1 = synthetic_face(model, rng, yaw_deg=-25)
+    s2_rng = np.random.default_rng(12)
+    a2, s2, _, _ = synthetic_face(model, s2_rng, yaw_deg=25)
+    # Same person (alpha) in a second pose: reproject with alpha.
+    arrays = F.model_arrays(model)
+    l2 = {}
+    for scheme in ("ibug68", "mediapipe478"):
+        ids, bary = arrays.landmarks[scheme]
+        ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
+                           {scheme: slice(0, len(ids))}, arrays=arrays)
+        if scheme == "ibug68":
+            F.update_jaw_contour(ls, alpha, s2, camera)
+        l2[scheme] = F.project(ls.positions(alpha, s2.expression), s2.rotation, s2.translation,
+                               camera) + s2_rng.normal(0, 1.5, (len(ids), 2))
+    joint, states, _, _ = F.fit_landmarks(model, [l1, l2], [(480, 640)] * 2, focal=camera.fx)
+    single, sst, _, _ = F.fit_landmarks(model, [l1], [(480, 640)], focal=camera.fx)
+    assert len(states) == 2
+    e_joint = rigid_vertex_error(model, joint, states[0].expression, alpha, s1.expression)
+    e_single = rigid_vertex_error(model, single, sst[0].expression, alpha, s1.expression)
+    assert e_joint < e_single + 0.3
+    assert pose_error_deg(states[1].rotation, s2.rotation) < 4.0
+
+
+def test_save_load_round_trip(tmp_path):
+    faces = FaceParams.empty(3, 52)
+    faces.rotation[:] = np.random.default_rng(0).normal(size=(3, 3))
+    faces.valid[[0, 2]] = True
+    fit = VideoFit(Identity(np.arange(74.0), np.random.rand(8, 8, 3), np.random.rand(8, 8)),
+                   faces, CameraParams.default_for(640, 480), fps=25.0, faceless=[1],
+                   landmarks={"ibug68": np.zeros((3, 68, 2))}, source="x.mp4")
+    fit.save(tmp_path / "fit.npz")
+    back = VideoFit.load(tmp_path / "fit.npz")
+    assert np.allclose(back.faces.rotation, fit.faces.rotation)
+    assert np.array_equal(back.faces.valid, fit.faces.valid)
+    assert np.allclose(back.identity.texture, fit.identity.texture)
+    assert back.camera == fit.camera and back.fps == 25.0 and back.faceless.tolist() == [1]
+    assert back.landmarks["ibug68"].shape == (3, 68, 2)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(Morph3dError):
+        VideoFit.load(tmp_path / "bad.npz")
+
+
+def test_head_pose_angles_convention():
+    # Nose turned towards image right -> positive yaw; chin down -> positive pitch.
+    yaw = F.head_pose_degrees(F.axis_angle(F.FRONT @ Rotation.from_euler(
+        "Y", 20, degrees=True).as_matrix()))
+    assert yaw[0] == pytest.approx(20, abs=1e-6) and abs(yaw[1]) < 1e-6
+    pitch = F.head_pose_degrees(F.axis_angle(F.FRONT @ Rotation.from_euler(
+        "X", 10, degrees=True).as_matrix()))
+    assert pitch[1] == pytest.approx(10, abs=1e-6)
+
+
+def test_model_without_landmarks_is_a_clear_error(model):
+    import copy
+
+    from morph3d.errors import ModelError
+    from morph3d.model import MorphableModel
+
+    data = copy.copy(model.data)
+    data.landmarks = {}
+    with pytest.raises(ModelError, match="no ibug68 landmarks"):
+        F.landmark_set(MorphableModel(data), {"ibug68": np.zeros((68, 2))})
+
+
+# -------------------------------------------------------------------------------- real media
+
+
+def _nme(pred: np.ndarray, truth: np.ndarray) -> float:
+    iod = np.linalg.norm(truth[36] - truth[45])
+    return float(np.linalg.norm(pred - truth, axis=1).mean() / iod)
+
+
+@pytest.mark.media
+def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
+    from morph3d.media import read_image
+
+    image = read_image(media_dir / "mark.jpg")
+    detected = F.detect_landmarks(image, "mediapipe")
+    fit = F.fit_photo(image, model, landmarks=detected, photometric=True, photometric_steps=5)
+    summary = F.fit_summary(fit, model)
+    lm = np.array(summary["frames"][0]["landmarks68"])
+    det = detected["ibug68"]
+    iod = np.linalg.norm(det[36] - det[45])
+    # Median over the 68 points (the model's inner lower-lip corners 65/67 sit on the upper
+    # lip, so an open mouth puts those two far off; see the report).
+    assert np.median(np.linalg.norm(lm - det, axis=1)) / iod < 0.05
+    assert fit.identity.texture is not None and fit.identity.confidence.max() > 0.5
+    assert np.isfinite(fit.faces.sh).all()
+
+
+@pytest.mark.media
+@pytest.mark.parametrize("name", ["takeo", "lenna"])
+def test_annotated_nme_close_to_dlib(model, media_dir, name):
+    from morph3d.media import read_image
+
+    folder = media_dir / "annotated"
+    if name == "takeo":
+        image = read_image(folder / "takeo.ppm")
+        lines = (folder / "takeo.pts").read_text().split("{")[1].split("}")[0].split()
+        truth = np.array(lines, float).reshape(68, 2) - 1.0
+    else:
+        image = read_image(folder / "lenna.png")
+        data = json.loads((folder / "lenna.ljson").read_text())
+        truth = np.array(data["groups"]["LJSON"]["landmarks"]["points"], float)[:, ::-1]
+    dlib = F.detect_landmarks(image, "dlib")["ibug68"]
+    fit = F.fit_photo(image, model, landmarks=F.detect_landmarks(image, "mediapipe"),
+                      photometric=False)
+    fitted = F.projected_landmarks(fit, model)[0]
+    # The fitted model's landmarks follow the model's (mediapipe-derived) landmark definition,
+    # not dlib's annotation convention: measured takeo 4.9 % vs dlib 3.0 %, lenna 7.1 % vs
+    # 3.4 % of IOD (BENCHMARKS.md); allow 5 % of IOD more than dlib.
+    assert _nme(fitted, truth) < _nme(dlib, truth) + 0.05, (_nme(fitted, truth),
+                                                           _nme(dlib, truth))
+
+
+@pytest.mark.media
+def test_video_first_frames(model, media_dir):
+    from fitting.video import fit_video
+
+    fit = fit_video(media_dir / "orig.webm", model, max_frames=12, progress=False,
+                    identity_frames=6, photometric=True)
+    assert fit.num_frames == 12
+    assert fit.identity.coefficients.shape == (model.num_identity,)
+    for arr in (fit.faces.rotation, fit.faces.translation, fit.faces.expression, fit.faces.sh):
+        assert np.isfinite(arr).all()
+    assert fit.faces.valid.sum() + len(fit.faceless) == 12
+    assert ((fit.faces.expression >= 0) & (fit.faces.expression <= 1)).all()
+
+
+def test_cli_no_face_is_one_line_error(tmp_path):
+    from morph3d.media import write_image
+
+    blank = tmp_path / "blank.png"
+    write_image(blank, np.full((200, 200, 3), 90, np.uint8))
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "morph3d", "fit", str(blank), "--quiet"],
+                          capture_output=True, text=True, cwd=root, timeout=300)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("morph3d:")]
+    assert errors == [f"morph3d: error: no face found in {blank}"], proc.stderr

@@ -1,0 +1,212 @@
+"""Benchmark the 3DMM fitting solvers (fitting/fit.py, fitting/video.py).
+
+    python tools/bench_fitting.py [--quick] --json out.json
+
+- synthetic: random faces (identity ~ N(0, I), sparse expressions, yaw up to +-60 deg) with
+  their landmarks projected by a known camera + 1.5 px noise (iBUG jaw on the occluding
+  contour); median face-region vertex error after rigid alignment (mm; also after a
+  similarity alignment, which removes the size/distance ambiguity of landmarks) and pose
+  error (deg).
+- rendered: the same faces rendered (grey shaded) over a plain background, the mediapipe
+  detector run on them, then fitted: the same numbers (faces the detector misses counted).
+- real photos: NME (mean error / outer-eye-corner distance) of the fitted model's 68
+  landmarks vs the annotation, next to raw dlib and raw mediapipe.
+- video: nggyup.mp4: mean frame-to-frame motion of the fitted projected landmarks relative
+  to the raw detector's, a trajectory plot (docs/fitting_trajectory.png), per-frame solver
+  ms (detection excluded); photo fit seconds (mark.jpg, detection excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+MEDIA = ROOT.parent / "shared" / "media"
+
+
+def sim_error(a: np.ndarray, b: np.ndarray) -> float:
+    ca, cb = a.mean(0), b.mean(0)
+    U, S, Vt = np.linalg.svd((a - ca).T @ (b - cb))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = (U @ D @ Vt).T
+    s = (S * np.diag(D)).sum() / ((a - ca) ** 2).sum()
+    return float(np.median(np.linalg.norm(s * (a - ca) @ R.T + cb - b, axis=1)))
+
+
+def synthetic(model, n: int, rendered: bool) -> dict:
+    import torch
+    from scipy.spatial.transform import Rotation
+    from test_fit import pose_error_deg, rigid_vertex_error, synthetic_face
+
+    from fitting import fit as F
+
+    rng = np.random.default_rng(0)
+    verts_err, sim_err, pose_err, missed, seconds = [], [], [], 0, []
+    for _ in range(n):
+        alpha, state, camera, lms = synthetic_face(model, rng)
+        yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
+        head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
+                                   degrees=True).as_matrix()
+        state.rotation = F.axis_angle(F.FRONT @ head)
+        arrays = F.model_arrays(model)
+        for scheme in ("ibug68", "mediapipe478"):
+            ids, bary = arrays.landmarks[scheme]
+            ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(),
+                               bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
+            if scheme == "ibug68":
+                F.update_jaw_contour(ls, alpha, state, camera)
+            pts = F.project(ls.positions(alpha, state.expression), state.rotation,
+                            state.translation, camera)
+            lms[scheme] = pts + rng.normal(0, 1.5, pts.shape)
+        if rendered:
+            from render.helpers import render_mesh
+
+            verts = F.vertex_positions(model, alpha, state.expression)
+            sh = torch.zeros(1, 9, 3)
+            sh[0, 0], sh[0, 2], sh[0, 1] = 0.7, 0.35, 0.1
+            skin = torch.tensor([0.85, 0.65, 0.55]).expand(len(verts), 3)
+            with torch.no_grad():
+                out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None],
+                                  model.triangles, camera.to_camera(state.rotation,
+                                                                    state.translation),
+                                  vertex_colors=skin, sh_coeffs=sh, background=0.35)
+            image = (np.clip(out.image[0].numpy(), 0, 1) * 255).astype(np.uint8)
+            try:
+                lms = F.detect_landmarks(image, "mediapipe")
+            except Exception:
+                missed += 1
+                continue
+        t0 = time.perf_counter()
+        ident, states, _, _ = F.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx)
+        seconds.append(time.perf_counter() - t0)
+        verts_err.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
+                                            state.expression))
+        face = F.model_arrays(model).face_vertices
+        sim_err.append(sim_error(F.vertex_positions(model, ident, states[0].expression)[face],
+                                 F.vertex_positions(model, alpha, state.expression)[face]))
+        pose_err.append(pose_error_deg(states[0].rotation, state.rotation))
+    return {"faces": n, "missed_by_detector": missed,
+            "median_vertex_mm": float(np.median(verts_err)),
+            "median_vertex_mm_similarity_aligned": float(np.median(sim_err)),
+            "median_pose_err_deg": float(np.median(pose_err)),
+            "p90_pose_err_deg": float(np.percentile(pose_err, 90)),
+            "landmark_fit_s_median": float(np.median(seconds))}
+
+
+def real_nme(model) -> dict:
+    from test_fit import _nme
+
+    from fitting import fit as F
+    from morph3d.media import read_image
+
+    folder = MEDIA / "annotated"
+    takeo = np.array((folder / "takeo.pts").read_text().split("{")[1].split("}")[0].split(),
+                     float).reshape(68, 2) - 1.0
+    lenna = np.array(json.loads((folder / "lenna.ljson").read_text())["groups"]["LJSON"]
+                     ["landmarks"]["points"], float)[:, ::-1]
+    out = {}
+    for name, file, truth in (("takeo", "takeo.ppm", takeo), ("lenna", "lenna.png", lenna)):
+        image = read_image(folder / file)
+        dlib = F.detect_landmarks(image, "dlib")["ibug68"]
+        mp = F.detect_landmarks(image, "mediapipe")
+        fit = F.fit_photo(image, model, landmarks=mp, photometric=False)
+        fitted = F.projected_landmarks(fit, model)[0]
+        out[name] = {"fitted": _nme(fitted, truth), "dlib": _nme(dlib, truth),
+                     "mediapipe": _nme(mp["ibug68"], truth)}
+    return out
+
+
+def video(model, max_frames: int | None) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fitting import fit as F
+    from fitting.video import fit_video, video_landmarks
+
+    path = MEDIA / "nggyup.mp4"
+    raw, _ = video_landmarks(path, max_frames=max_frames, smooth=False, progress=False)
+    from fitting.smooth import smooth_trajectory
+
+    smoothed = {s: smooth_trajectory(p) for s, p in raw.items()}
+    timings: list[float] = []
+    t0 = time.perf_counter()
+    fit = fit_video(path, model, landmarks=smoothed, max_frames=max_frames, progress=False,
+                    timings=timings)
+    total = time.perf_counter() - t0
+    fitted = F.projected_landmarks(fit, model)
+    det = raw["ibug68"]
+    both = fit.faces.valid[1:] & fit.faces.valid[:-1] & np.isfinite(det).all(axis=(1, 2))[1:] \
+        & np.isfinite(det).all(axis=(1, 2))[:-1]
+    motion_fit = np.linalg.norm(np.diff(fitted, axis=0), axis=2).mean(1)[both].mean()
+    motion_raw = np.linalg.norm(np.diff(det, axis=0), axis=2).mean(1)[both].mean()
+    k = 30  # nose tip... iBUG 30
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ax.plot(det[:, k, 0], lw=0.8, label="raw detector")
+    ax.plot(smoothed["ibug68"][:, k, 0], lw=0.8, label="smoothed")
+    ax.plot(fitted[:, k, 0], lw=0.8, label="fitted model")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("x of iBUG 30 (nose tip), px")
+    ax.legend()
+    fig.tight_layout()
+    (ROOT / "docs").mkdir(exist_ok=True)
+    fig.savefig(ROOT / "docs" / "fitting_trajectory.png", dpi=100)
+    return {"frames": fit.num_frames, "faceless": int(len(fit.faceless)),
+            "video_motion_ratio": float(motion_fit / motion_raw),
+            "fit_ms_per_frame": float(np.median(timings[1:])),
+            "fit_ms_per_frame_p90": float(np.percentile(timings[1:], 90)),
+            "video_fit_total_s_excluding_detection": total}
+
+
+def photo_seconds(model) -> dict:
+    from fitting import fit as F
+    from morph3d.media import read_image
+
+    image = read_image(MEDIA / "mark.jpg")
+    lms = F.detect_landmarks(image)
+    out = {}
+    for photometric in (False, True):
+        t0 = time.perf_counter()
+        F.fit_photo(image, model, landmarks=lms, photometric=photometric)
+        out["photo_fit_s" + ("_photometric" if photometric else "_landmarks_only")] = (
+            time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", required=True)
+    args = ap.parse_args()
+    from morph3d.models import load_model
+
+    model = load_model("default")
+    n = 20 if args.quick else 200
+    result: dict = {"machine": f"{platform.processor() or platform.machine()}, "
+                    f"{__import__('os').cpu_count()} cores", "quick": args.quick}
+    syn = synthetic(model, n, rendered=False)
+    result["synthetic"] = syn
+    result["synthetic_median_vertex_mm"] = syn["median_vertex_mm"]
+    result["synthetic_pose_err_deg"] = syn["median_pose_err_deg"]
+    result["rendered"] = synthetic(model, max(5, n // 4), rendered=True)
+    if MEDIA.is_dir():
+        result["real_nme_iod"] = real_nme(model)
+        vid = video(model, 90 if args.quick else None)
+        result.update(vid)
+        result.update(photo_seconds(model))
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
