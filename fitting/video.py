@@ -75,8 +75,28 @@ def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
         track = select_track(tracks, select)
     if smooth:
         tracks = smooth_tracks(tracks)
-    return ({s: tracks.trajectory(track, s) for s in tracks.landmarks},
-            tuple(tracks.image_size))
+    trajectories = {s: tracks.trajectory(track, s) for s in tracks.landmarks}
+    for other in same_person_tracks(tracks, track):
+        # The tracker may split one person at a shot cut; take the pieces back.
+        for s, points in trajectories.items():
+            piece = tracks.trajectory(other, s)
+            fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
+            points[fill] = piece[fill]
+    return trajectories, tuple(tracks.image_size)
+
+
+def same_person_tracks(tracks, track: int, max_distance: float = 0.5) -> list[int]:
+    """Other tracks whose median identity embedding is within `max_distance` of `track`'s
+    (dlib's same-person threshold is 0.6; 0.5 keeps look-alikes apart)."""
+    from fitting.track import reference_distances
+
+    own = tracks.track_embeddings(track)
+    if not len(own):
+        return []
+    distances = reference_distances(tracks, np.median(own, axis=0))
+    present = tracks.present(track)
+    return [t for t, d in sorted(distances.items(), key=lambda kv: kv[1])
+            if t != track and d < max_distance and not (tracks.present(t) & present).any()]
 
 
 def select_identity_frames(model, landmarks: dict[str, np.ndarray], camera: CameraParams,

@@ -34,7 +34,9 @@ coverage   frames analysed, frames with a face in the original, frames with a ma
            the output (`coverage` = matched / original faces), seconds taken.
 
 Every per-frame number is a pure function of that frame's pixels (no tracking state), so the
-frames can be analysed in chunks by several worker processes with bit-identical results.
+frames can be analysed in chunks by several worker processes with bit-identical results. Only
+the noise floor can move slightly from run to run: the libx264 in PyAV's wheel does not give
+bit-identical streams from one process to the next.
 Frames are streamed; only small per-frame measurements are kept.
 """
 
@@ -703,9 +705,9 @@ def evaluate(source: PathLike, target: PathLike, output: PathLike, *, workers: i
             if made is not None:
                 reencoded, reencode_codec = made
         jobs = [ChunkJob(target=str(target), output=str(output),
-                          reencoded=str(reencoded) if reencoded else None, start=a, stop=b,
-                          source_embedding=source_embedding, target_face=target_face,
-                          target_size=(target_info.height, target_info.width))
+                         reencoded=str(reencoded) if reencoded else None, start=a, stop=b,
+                         source_embedding=source_embedding, target_face=target_face,
+                         target_size=(target_info.height, target_info.width))
                 for a, b in _chunks(count, workers, stop)]
         records = _run_chunks(jobs, workers)
 

@@ -1,0 +1,62 @@
+"""`morph3d swap --source me.jpg --target clip.mp4 -o out.mp4`: the main job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers, name: str) -> None:
+    p = subparsers.add_parser(name, help="put the face from a photo into a clip or image")
+    p.add_argument("--source", "-s", action="append", required=True, type=Path,
+                   help="photo of the user (repeat for several photos of the same person)")
+    p.add_argument("--target", "-t", required=True, type=Path,
+                   help="clip or image whose face is replaced")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output video or image")
+    p.add_argument("--target-face", default="largest",
+                   help="which face to replace: 'largest' (default) or N (0 = largest)")
+    p.add_argument("--target-face-ref", type=Path,
+                   help="photo of the person to replace (matched by identity embedding)")
+    p.add_argument("--model", default="default", help="default | bfm | path to a .npz")
+    p.add_argument("--backend", default="mediapipe", help="landmark backend: mediapipe | dlib")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--renderer", default=None, help="torch | nvdiffrast | pytorch3d")
+    p.add_argument("--refine", default="auto", choices=("auto", "neural", "classic", "none"),
+                   help="face upscaling: neural super-resolver (auto: when its weights load)")
+    p.add_argument("--work-resolution", type=int, default=256,
+                   help="rendered face size in pixels before upscaling")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the work directory of an interrupted run")
+    p.add_argument("--work-dir", type=Path, help="where fits are cached (default: the cache)")
+    p.add_argument("--max-frames", type=int, help="only the first N frames")
+    p.add_argument("--preview", type=Path, help="write a source | original | swapped PNG")
+    p.add_argument("--summary-json", type=Path, help="write the run summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from morph3d.swap import SwapOptions, swap, write_summary
+
+    target_face = args.target_face
+    if target_face != "largest":
+        if not target_face.isdigit():
+            from morph3d.errors import InputError
+
+            raise InputError("--target-face takes 'largest' or a number (0 = largest)")
+        target_face = f"index:{int(target_face)}"
+    options = SwapOptions(
+        target_face=target_face, target_face_ref=args.target_face_ref, model=args.model,
+        backend=args.backend, device=args.device, renderer=args.renderer, refine=args.refine,
+        work_resolution=args.work_resolution, resume=args.resume, quiet=args.quiet,
+        preview=args.preview, max_frames=args.max_frames, work_dir=args.work_dir)
+    summary = swap(args.source, args.target, args.output, options)
+    if args.summary_json:
+        write_summary(args.summary_json, summary)
+    for note in summary.notes:
+        print(f"morph3d: note: {note}", file=sys.stderr)
+    if not args.quiet:
+        print(json.dumps(summary.to_dict(), indent=2))
+    return 0

@@ -1,0 +1,470 @@
+"""morph3d swap: put the user's face into a clip (the main job).
+
+Stages, in order (each with its own progress bar; the first three are cached in a work
+directory keyed by the inputs' content hashes, so a re-run or `--resume` skips them):
+1. probe      check the inputs and the output path before any work.
+2. landmarks  detect, track, select and smooth the actor's face (fitting.video).
+3. fit clip   one actor identity, per-frame pose, expression and SH lighting.
+4. fit source the user's identity and UV albedo from the photo(s), texture completed.
+5. render     per frame: source identity + actor expression and pose, rendered with the
+              source albedo under the actor's lighting at a working resolution, upscaled to
+              the face's size, composited (morph3d.composite), encoded with the audio copied.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from morph3d import __version__
+from morph3d.errors import InputError, Morph3dError
+from morph3d.paths import cache_dir
+
+WORK_FORMAT = 1
+REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "eyeballs")
+
+
+@dataclass
+class SwapOptions:
+    target_face: str = "largest"  # "largest" or "index:N" (N-th largest track, 0-based)
+    target_face_ref: Path | None = None  # a photo of the person to replace
+    model: str = "default"
+    backend: str = "mediapipe"  # landmark backend
+    device: str = "cpu"
+    renderer: str | None = None  # render backend (None: MORPH3D_RENDERER or auto)
+    refine: str = "auto"  # neural | classic | none | auto (neural when the weights load)
+    work_resolution: int = 256  # rendered face crop size in pixels before upscaling
+    resume: bool = False  # reuse a previous run's detection and fits even if options differ
+    quiet: bool = False
+    preview: Path | None = None
+    max_frames: int | None = None
+    work_dir: Path | None = None
+
+
+@dataclass
+class SwapSummary:
+    output: str
+    frames: int = 0
+    frames_swapped: int = 0
+    frames_without_face: int = 0
+    frames_skipped_corrupt: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+    fps: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    refine: str = "classic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's content (streamed; a few seconds for a 1 GB clip)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def check_paths(sources: list[Path], target: Path, output: Path) -> None:
+    """Fail early, in one line, on anything that would fail later."""
+    for p in [*sources, target]:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if p.is_dir():
+            raise InputError(f"input is a folder, not a file: {p}")
+    if not output.parent.exists():
+        raise InputError(f"output folder does not exist: {output.parent}")
+    out_real = output.resolve()
+    for p in [*sources, target]:
+        if out_real == p.resolve():
+            raise InputError(f"output path {output} is one of the inputs; choose another name")
+
+
+def output_kind(target_is_image: bool, output: Path) -> None:
+    from morph3d.media import is_image_path
+
+    if target_is_image and not is_image_path(output):
+        raise InputError(f"the target is an image, so the output must be one too: {output}")
+    if not target_is_image and is_image_path(output):
+        raise InputError(f"the target is a video, so the output must be a video: {output}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 2-4: cached fits
+# ---------------------------------------------------------------------------------------------
+
+
+def work_directory(options: SwapOptions) -> Path:
+    path = options.work_dir or cache_dir() / "work"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def clip_key(target: Path, options: SwapOptions, ref_digest: str | None) -> str:
+    parts = [file_digest(target), options.model, options.backend, options.target_face,
+             ref_digest or "", str(options.max_frames), f"w{WORK_FORMAT}"]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
+
+
+def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
+    """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
+    from fitting.params import VideoFit
+    from fitting.video import fit_video, video_landmarks
+
+    ref_digest = None
+    select: str | np.ndarray = options.target_face
+    if options.target_face_ref is not None:
+        from fitting.track import reference_embedding
+        from morph3d.media import read_image
+
+        ref_digest = file_digest(options.target_face_ref)
+        select = reference_embedding(read_image(options.target_face_ref), options.backend)
+    key = clip_key(target, options, ref_digest)
+    folder = work_directory(options) / f"clip-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    landmarks_path, fit_path = folder / "landmarks.npz", folder / "fit.npz"
+
+    t = time.perf_counter()
+    if landmarks_path.is_file():
+        with np.load(landmarks_path) as z:
+            landmarks = {k: z[k] for k in z.files}
+        summary.cached.append("landmarks")
+    else:
+        landmarks, _ = video_landmarks(target, options.backend, select, options.max_frames,
+                                       progress=not options.quiet)
+        _save_npz(landmarks_path, landmarks)
+    summary.seconds["landmarks"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if fit_path.is_file():
+        fit = VideoFit.load(fit_path)
+        summary.cached.append("fit clip")
+    else:
+        fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
+                        max_frames=options.max_frames, progress=not options.quiet)
+        fit.save(fit_path)
+    summary.seconds["fit clip"] = time.perf_counter() - t
+    return fit
+
+
+def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary):
+    """Stage 4 (cached): the user's identity and completed UV albedo."""
+    from fitting.faces import detect_faces
+    from fitting.fit import fit_photo
+    from fitting.params import VideoFit
+    from morph3d.media import read_image
+    from morph3d.texture_completion import complete_uv_texture
+
+    t = time.perf_counter()
+    key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), options.model,
+                                   options.backend, f"w{WORK_FORMAT}"]).encode()).hexdigest()[:20]
+    path = work_directory(options) / f"source-{key}.npz"
+    if path.is_file():
+        fit = VideoFit.load(path)
+        summary.cached.append("fit source")
+    else:
+        images = [read_image(s) for s in sources]
+        landmarks = []
+        for img, src in zip(images, sources, strict=True):
+            faces = detect_faces(img, options.backend)
+            if not len(faces):
+                raise Morph3dError(f"no face found in source photo {src}")
+            if len(faces) > 1:
+                summary.notes.append(
+                    f"{src.name}: {len(faces)} faces found, using the largest")
+            best = int(np.argmax(faces.areas()))
+            landmarks.append({k: v[best].astype(np.float64) for k, v in faces.landmarks.items()})
+        fits = fit_photo(images if len(images) > 1 else images[0], model,
+                         landmarks=landmarks if len(images) > 1 else landmarks[0],
+                         backend=options.backend)
+        fit = fits[0] if isinstance(fits, list) else fits
+        if fit.identity.texture is not None:
+            done = complete_uv_texture(fit.identity.texture, fit.identity.confidence)
+            fit.identity.texture = done.texture.astype(np.float32)
+        fit.save(path)
+    summary.seconds["fit source"] = time.perf_counter() - t
+    return fit
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 5: rendering the swapped face
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaceRenderer:
+    """Renders the source identity with per-frame actor parameters, in a face crop."""
+
+    model: object
+    source_identity: np.ndarray
+    albedo: torch.Tensor  # T x T x 3
+    region_colors: list[torch.Tensor]  # V x 3 one-hot groups of REGION_CHANNELS
+    work_resolution: int = 256
+    backend: str | None = None
+    upscaler: object | None = None
+    source_ambient: np.ndarray | None = None  # 3: the source photo's SH DC term per channel
+
+    @classmethod
+    def create(cls, model, source_fit, options: SwapOptions, upscaler=None) -> FaceRenderer:
+        texture = source_fit.identity.texture
+        if texture is None:
+            texture = np.full((model.data.texture_size,) * 2 + (3,), 0.7, np.float32)
+        channels = np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32)
+        groups = [torch.from_numpy(channels[:, i:i + 3]) for i in (0, 3)]
+        ambient = np.asarray(source_fit.faces.sh[0, 0], np.float32)
+        return cls(model, source_fit.identity.coefficients, torch.from_numpy(texture), groups,
+                   options.work_resolution, options.renderer, upscaler, ambient)
+
+    def relight(self, actor_sh: np.ndarray) -> np.ndarray:
+        """The actor's lighting pattern at the source photo's overall level.
+
+        The actor's SH were estimated against the actor's own (unknown) albedo, so their
+        scale means nothing for the source's albedo: keep the actor's directional terms
+        relative to its ambient term and put the source's ambient level under them. The
+        compositor's colour matching then adapts the tint to the scene.
+        """
+        sh = np.asarray(actor_sh, np.float32)
+        dc = np.where(np.abs(sh[0]) > 1e-3, sh[0], 1.0)
+        ambient = self.source_ambient if self.source_ambient is not None else np.ones(3)
+        return sh / dc[None, :] * ambient[None, :]
+
+    def vertices(self, expression: np.ndarray) -> torch.Tensor:
+        ident = torch.from_numpy(self.source_identity[None].astype(np.float32))
+        expr = torch.from_numpy(np.asarray(expression, np.float32)[None])
+        return self.model.vertices(ident, expr)
+
+    def render(self, camera_params, rotation, translation, expression, sh,
+               frame_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Full-frame float arrays: image (H x W x 3), coverage (H x W), regions, landmarks."""
+        from render import render_mesh
+
+        verts = self.vertices(expression)
+        cam = camera_params.to_camera(rotation, translation)
+        lm68 = cam.project(self.model.landmarks(verts, "ibug68"))[0].numpy()
+        lm478 = cam.project(self.model.landmarks(verts, "mediapipe478"))[0].numpy()
+        box = face_crop_box(lm478, frame_shape)
+        size = self.work_resolution
+        crop_cam = crop_camera(cam, box, size)
+        with torch.no_grad():
+            out = render_mesh(verts, self.model.triangles, crop_cam, texture_image=self.albedo,
+                              uv_coords=self.model.uv_coords,
+                              uv_triangles=self.model.uv_triangles,
+                              sh_coeffs=torch.from_numpy(self.relight(sh)[None]),
+                              backend=self.backend, cull_backfaces=True)
+            regions = [render_mesh(verts, self.model.triangles, crop_cam, vertex_colors=c,
+                                   backend=self.backend, antialias=False,
+                                   cull_backfaces=True).image[0].numpy()
+                       for c in self.region_colors]
+        image = out.image[0].numpy().clip(0, 1)
+        mask = out.mask[0, ..., 0].numpy()
+        if self.upscaler is not None:
+            image = self.upscaler(image)
+        region_stack = np.concatenate(regions, -1)
+        h, w = frame_shape
+        full_image = paste_crop(image, box, (h, w))
+        full_mask = paste_crop(mask[..., None], box, (h, w))[..., 0]
+        full_regions = paste_crop(region_stack, box, (h, w), interpolation=cv2.INTER_LINEAR)
+        return {
+            "image": full_image, "coverage": full_mask.clip(0, 1),
+            "regions": {n: full_regions[..., i] > 0.5 for i, n in enumerate(REGION_CHANNELS)},
+            "ibug68": lm68, "mediapipe478": lm478,
+        }
+
+
+def face_crop_box(points: np.ndarray, frame_shape: tuple[int, int], scale: float = 1.7
+                  ) -> tuple[float, float, float]:
+    """A square (x0, y0, side) in continuous pixel coordinates around the face."""
+    lo, hi = points.min(0), points.max(0)
+    centre = (lo + hi) / 2
+    side = float(max(hi - lo) * scale)
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), max(side, 8.0)
+
+
+def crop_camera(camera, box: tuple[float, float, float], size: int):
+    """The camera seeing only the crop `box`, at `size` x `size` pixels.
+
+    A crop pixel j has its centre at frame position x0 + (j + 0.5) * side / size - 0.5
+    (pixel centres at integers), hence fx' = fx * s and cx' = (cx - x0 + 0.5) * s - 0.5.
+    """
+    from dataclasses import replace
+
+    x0, y0, side = box
+    s = size / side
+    return replace(camera, fx=camera.fx * s, fy=camera.fy * s,
+                   cx=(camera.cx - x0 + 0.5) * s - 0.5, cy=(camera.cy - y0 + 0.5) * s - 0.5,
+                   width=size, height=size)
+
+
+def paste_crop(crop: np.ndarray, box: tuple[float, float, float], frame_shape: tuple[int, int],
+               interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
+    """Resample a square crop back into a full frame (zeros outside the box)."""
+    x0, y0, side = box
+    size = crop.shape[0]
+    s = size / side
+    # frame p -> crop j = (p - x0 + 0.5) * s - 0.5
+    m = np.array([[s, 0, (-x0 + 0.5) * s - 0.5], [0, s, (-y0 + 0.5) * s - 0.5]], np.float64)
+    h, w = frame_shape
+    out = cv2.warpAffine(crop.astype(np.float32), m, (w, h),
+                         flags=interpolation | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if out.ndim == 2:
+        out = out[..., None]
+    return out
+
+
+def make_upscaler(options: SwapOptions, summary: SwapSummary):
+    """The neural super-resolver when wanted and available; else None (bicubic)."""
+    if options.refine in ("none", "classic"):
+        summary.refine = options.refine
+        return None
+    try:
+        from morph3d.refine import load_super_resolver
+    except ImportError:
+        summary.refine = "classic"
+        return None
+    resolver = load_super_resolver()
+    if resolver is None:
+        if options.refine == "neural":
+            summary.notes.append("neural refinement weights missing: fell back to bicubic")
+        summary.refine = "classic"
+        return None
+    summary.refine = "neural"
+    return lambda img: resolver.upscale(img, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole job
+# ---------------------------------------------------------------------------------------------
+
+
+def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions | None = None
+         ) -> SwapSummary:
+    """Run every stage; returns the summary (also written by the CLI as JSON)."""
+    from tqdm import tqdm
+
+    from morph3d.composite import FaceCompositor, FrameInputs
+    from morph3d.media import DecodeReport, VideoWriter, iter_frames, probe_video, write_image
+    from morph3d.models import load_model
+
+    options = options or SwapOptions()
+    sources, target, output = [Path(s) for s in sources], Path(target), Path(output)
+    summary = SwapSummary(output=str(output))
+    t0 = time.perf_counter()
+    check_paths(sources, target, output)
+    info = probe_video(target)
+    output_kind(info.is_image, output)
+    summary.seconds["probe"] = time.perf_counter() - t0
+    torch.set_grad_enabled(False)
+    model = load_model(options.model).to(options.device)
+
+    with torch.enable_grad():
+        source_fit = fit_source(sources, model, options, summary)
+        clip_fit = fit_clip(target, model, options, summary)
+
+    t = time.perf_counter()
+    renderer = FaceRenderer.create(model, source_fit, options, make_upscaler(options, summary))
+    compositor = FaceCompositor()
+    faces = clip_fit.faces
+    valid = faces.valid.copy()
+    valid[clip_fit.faceless[clip_fit.faceless < len(valid)]] = False
+    actor_lms = clip_fit.landmarks
+    report = DecodeReport()
+    total = info.frame_count if options.max_frames is None else min(info.frame_count,
+                                                                     options.max_frames)
+    metadata = {"comment": f"synthetic media: face swapped by morph3d {__version__}"}
+    preview_written = False
+    writer = None if info.is_image else VideoWriter(
+        output, like=info, audio_from=target if info.has_audio else None, metadata=metadata,
+        inputs=[*sources, target])
+    try:
+        if writer is not None:
+            writer.__enter__()
+        frames = iter_frames(target, stop=options.max_frames, report=report)
+        for frame in tqdm(frames, total=total, desc="rendering", unit="frame",
+                          disable=options.quiet):
+            i = frame.index
+            rgb = frame.rgb.astype(np.float32) / 255.0
+            result = rgb
+            have_face = i < len(valid) and valid[i] and all(
+                np.isfinite(actor_lms[s][i]).all() for s in ("ibug68", "mediapipe478")
+                if s in actor_lms)
+            if have_face:
+                rendered = renderer.render(clip_fit.camera, faces.rotation[i],
+                                           faces.translation[i], faces.expression[i],
+                                           faces.sh[i], rgb.shape[:2])
+                inputs = FrameInputs(
+                    frame=rgb, render=rendered["image"], coverage=rendered["coverage"],
+                    actor_landmarks={s: actor_lms[s][i] for s in actor_lms},
+                    swapped_landmarks={"ibug68": rendered["ibug68"],
+                                       "mediapipe478": rendered["mediapipe478"]},
+                    regions=rendered["regions"])
+                result, _ = compositor.process(inputs)
+                summary.frames_swapped += 1
+            else:
+                summary.frames_without_face += 1
+            out_u8 = (np.clip(result, 0, 1) * 255 + 0.5).astype(np.uint8)
+            if not have_face:
+                out_u8 = frame.rgb  # untouched, bit for bit
+            if options.preview is not None and have_face and not preview_written:
+                write_preview(options.preview, sources[0], frame.rgb, out_u8)
+                preview_written = True
+            if writer is not None:
+                writer.write(out_u8, index=i)
+            else:
+                write_image(output, out_u8, metadata=metadata)
+            summary.frames += 1
+        if writer is not None:
+            writer.__exit__(None, None, None)
+            writer = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    summary.frames_skipped_corrupt = list(report.skipped_indices)
+    if summary.frames_swapped == 0 and summary.frames:
+        output.unlink(missing_ok=True)
+        raise Morph3dError(f"no face found in any frame of {target}")
+    summary.seconds["render"] = time.perf_counter() - t
+    summary.seconds["total"] = time.perf_counter() - t0
+    for stage in ("landmarks", "fit clip", "render"):
+        if summary.seconds.get(stage) and stage not in summary.cached:
+            summary.fps[stage] = round(summary.frames / summary.seconds[stage], 2)
+    return summary
+
+
+def write_preview(path: Path, source: Path, original: np.ndarray, swapped: np.ndarray) -> None:
+    """A side-by-side strip: source | original frame | swapped frame (same height)."""
+    from morph3d.media import read_image, write_image
+
+    h = original.shape[0]
+    src = read_image(source)
+    src = cv2.resize(src, (max(1, round(src.shape[1] * h / src.shape[0])), h),
+                     interpolation=cv2.INTER_AREA)
+    write_image(path, np.concatenate([src, original, swapped], axis=1))
+
+
+def write_summary(path: Path, summary: SwapSummary) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2))
+    os.replace(tmp, path)
