@@ -219,7 +219,7 @@ class FaceRenderer:
     model: object
     source_identity: np.ndarray
     albedo: torch.Tensor  # T x T x 3
-    region_colors: list[torch.Tensor]  # V x 3 one-hot groups of REGION_CHANNELS
+    region_channels: torch.Tensor  # V x len(REGION_CHANNELS) one-hot region membership
     work_resolution: int = 256
     backend: str | None = None
     upscaler: object | None = None
@@ -231,7 +231,7 @@ class FaceRenderer:
         if texture is None:
             texture = np.full((model.data.texture_size,) * 2 + (3,), 0.7, np.float32)
         channels = np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32)
-        groups = [torch.from_numpy(channels[:, i:i + 3]) for i in (0, 3)]
+        groups = torch.from_numpy(channels)
         ambient = np.asarray(source_fit.faces.sh[0, 0], np.float32)
         return cls(model, source_fit.identity.coefficients, torch.from_numpy(texture), groups,
                    options.work_resolution, options.renderer, upscaler, ambient)
@@ -257,7 +257,7 @@ class FaceRenderer:
     def render(self, camera_params, rotation, translation, expression, sh,
                frame_shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """Full-frame float arrays: image (H x W x 3), coverage (H x W), regions, landmarks."""
-        from render import render_mesh
+        from render import interpolate, render_mesh
 
         verts = self.vertices(expression)
         cam = camera_params.to_camera(rotation, translation)
@@ -271,16 +271,14 @@ class FaceRenderer:
                               uv_coords=self.model.uv_coords,
                               uv_triangles=self.model.uv_triangles,
                               sh_coeffs=torch.from_numpy(self.relight(sh)[None]),
-                              backend=self.backend, cull_backfaces=True)
-            regions = [render_mesh(verts, self.model.triangles, crop_cam, vertex_colors=c,
-                                   backend=self.backend, antialias=False,
-                                   cull_backfaces=True).image[0].numpy()
-                       for c in self.region_colors]
+                              backend=self.backend)
+            # Region masks reuse the same raster: one rasterization per frame.
+            regions = interpolate(self.region_channels, out.raster)[0].numpy()
         image = out.image[0].numpy().clip(0, 1)
         mask = out.mask[0, ..., 0].numpy()
         if self.upscaler is not None:
             image = self.upscaler(image)
-        region_stack = np.concatenate(regions, -1)
+        region_stack = regions
         h, w = frame_shape
         full_image = paste_crop(image, box, (h, w))
         full_mask = paste_crop(mask[..., None], box, (h, w))[..., 0]
@@ -318,18 +316,25 @@ def crop_camera(camera, box: tuple[float, float, float], size: int):
 
 def paste_crop(crop: np.ndarray, box: tuple[float, float, float], frame_shape: tuple[int, int],
                interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
-    """Resample a square crop back into a full frame (zeros outside the box)."""
+    """Resample a square crop back into a full frame (zeros outside the box); only the
+    box's pixels are resampled."""
     x0, y0, side = box
     size = crop.shape[0]
     s = size / side
-    # frame p -> crop j = (p - x0 + 0.5) * s - 0.5
-    m = np.array([[s, 0, (-x0 + 0.5) * s - 0.5], [0, s, (-y0 + 0.5) * s - 0.5]], np.float64)
     h, w = frame_shape
-    out = cv2.warpAffine(crop.astype(np.float32), m, (w, h),
+    channels = crop.shape[2] if crop.ndim == 3 else 1
+    out = np.zeros((h, w, channels), np.float32)
+    left, top = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+    right, bottom = min(int(np.ceil(x0 + side)) + 1, w), min(int(np.ceil(y0 + side)) + 1, h)
+    if right <= left or bottom <= top:
+        return out
+    # ROI pixel (q + left) -> crop j = (q + left - x0 + 0.5) * s - 0.5
+    m = np.array([[s, 0, (left - x0 + 0.5) * s - 0.5], [0, s, (top - y0 + 0.5) * s - 0.5]],
+                 np.float64)
+    roi = cv2.warpAffine(crop.astype(np.float32), m, (right - left, bottom - top),
                          flags=interpolation | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    if out.ndim == 2:
-        out = out[..., None]
+    out[top:bottom, left:right] = roi.reshape(bottom - top, right - left, channels)
     return out
 
 
@@ -361,11 +366,7 @@ def make_upscaler(options: SwapOptions, summary: SwapSummary):
 def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions | None = None
          ) -> SwapSummary:
     """Run every stage; returns the summary (also written by the CLI as JSON)."""
-    from tqdm import tqdm
-
-    from morph3d.composite import FaceCompositor, FrameInputs
-    from morph3d.media import DecodeReport, VideoWriter, iter_frames, probe_video, write_image
-    from morph3d.models import load_model
+    from morph3d.media import probe_video
 
     options = options or SwapOptions()
     sources, target, output = [Path(s) for s in sources], Path(target), Path(output)
@@ -376,6 +377,24 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     output_kind(info.is_image, output)
     summary.seconds["probe"] = time.perf_counter() - t0
     torch.set_grad_enabled(False)
+    # Rendering works on small tensors where thread start-up and contention cost more than
+    # they give: one thread is steadier (and on a busy 2-core machine many times faster).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _swap(sources, target, output, options, summary, info, t0)
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(True)
+
+
+def _swap(sources, target, output, options, summary, info, t0) -> SwapSummary:
+    from tqdm import tqdm
+
+    from morph3d.composite import FaceCompositor, FrameInputs
+    from morph3d.media import DecodeReport, VideoWriter, iter_frames, write_image
+    from morph3d.models import load_model
+
     model = load_model(options.model).to(options.device)
 
     with torch.enable_grad():
