@@ -25,7 +25,6 @@ import functools
 import importlib.util
 import inspect
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ import cv2
 import numpy as np
 
 from fitting.landmark_maps import ibug68_from_mediapipe478
+from morph3d.atomic import atomic_write
 from morph3d.errors import InputError, ModelError, Morph3dError
 
 IBUG68 = "ibug68"
@@ -179,16 +179,8 @@ def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 def save_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """np.savez to a temp file beside `path`, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def _open_npz(path: str | os.PathLike) -> Any:

@@ -13,13 +13,13 @@ camera space (x right, y down, z forward, mm); `rotation` is axis-angle in radia
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from morph3d.atomic import atomic_write
 from morph3d.errors import InputError
 
 FIT_FORMAT_VERSION = 1
@@ -186,16 +186,8 @@ class VideoFit:
             arrays["identity/confidence"] = self.identity.confidence
         for scheme, points in self.landmarks.items():
             arrays[f"landmarks/{scheme}"] = points
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez_compressed(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VideoFit:

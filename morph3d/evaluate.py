@@ -57,6 +57,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from morph3d.atomic import atomic_write_text
 from morph3d.errors import InputError, Morph3dError
 
 log = logging.getLogger(__name__)
@@ -579,14 +580,7 @@ def write_json(result: dict[str, Any], path: PathLike) -> None:
     if not path.parent.is_dir():
         raise InputError(f"output folder does not exist: {path.parent}")
     text = json.dumps(_json_safe(result), indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from morph3d.atomic import default_file_mode
 from morph3d.errors import InputError, Morph3dError
 from morph3d.model import ModelData
 
@@ -344,6 +345,7 @@ def _write_together(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
             staged.append((Path(tmp), path))
             with os.fdopen(fd, "wb") as f:
                 f.write(payload)
+            os.chmod(tmp, default_file_mode())
         for tmp, path in staged:
             os.replace(tmp, path)
     except BaseException:

@@ -17,7 +17,6 @@ that holds it in buffers and evaluates it in batches (the shape of smplx's body 
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from morph3d.atomic import atomic_write
 from morph3d.errors import ModelError
 
 FORMAT_VERSION = 1
@@ -156,16 +156,8 @@ class ModelData:
         for scheme, points in self.landmarks.items():
             arrays[f"landmarks/{scheme}/triangles"] = points.triangles.astype(np.int64)
             arrays[f"landmarks/{scheme}/barycentrics"] = points.barycentrics.astype(np.float32)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            np.savez(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ModelData:

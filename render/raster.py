@@ -109,23 +109,34 @@ def _zbuffer(
     clip: torch.Tensor, triangles: torch.Tensor, H: int, W: int, chunk: int,
     cull_backfaces: bool,
 ) -> tuple[torch.Tensor, int]:
-    """Packed z-buffer (B*H*W int64 keys, int64 max = empty) and the id bit count."""
+    """Packed z-buffer (B*H*W int64 keys, int64 max = empty) and the id bit count.
+
+    Scanline spans: every (triangle, pixel row) pair gets the exact run of pixel centres
+    inside the triangle, so candidates are (almost) only covered pixels. Each edge is
+    evaluated from its endpoints in a canonical order (lower vertex id first), so two
+    triangles sharing an edge compute the same crossing x per row: a centre on the edge is
+    claimed by both, never by neither (watertight). Per-row and per-triangle work is float64;
+    per-pixel work is one index gather, one fused multiply-add and the key packing.
+    """
     B = clip.shape[0]
     F = triangles.shape[0]
     device = clip.device
     id_bits = max(1, int(F).bit_length())
+    if id_bits > 31:
+        raise ValueError(f"too many triangles for the torch rasterizer: {F}")
     key_empty = torch.iinfo(torch.int64).max
     zbuf = torch.full((B * H * W,), key_empty, dtype=torch.int64, device=device)
     if F == 0:
         return zbuf, id_bits
-    clip32 = clip.float()
-    sx, sy, sz, _, valid = screen_space(clip32, H, W)
+    sx, sy, sz, _, valid = screen_space(clip.double(), H, W)
     flat_tri = triangles.reshape(-1)
     # B x F x 3 corner values.
-    x = sx[:, flat_tri].reshape(B, F, 3)
-    y = sy[:, flat_tri].reshape(B, F, 3)
-    z = sz[:, flat_tri].reshape(B, F, 3)
-    ok = valid[:, flat_tri].reshape(B, F, 3).all(-1)
+    x = sx.index_select(1, flat_tri).reshape(B, F, 3)
+    y = sy.index_select(1, flat_tri).reshape(B, F, 3)
+    z = sz.index_select(1, flat_tri).reshape(B, F, 3)
+    ok = valid.index_select(1, flat_tri).reshape(B, F, 3).all(-1)
+    x = torch.where(ok.unsqueeze(-1), x, 0.0)  # culled anyway; keeps the arithmetic finite
+    y = torch.where(ok.unsqueeze(-1), y, 0.0)
     area2 = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (
         x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
     ok &= area2.abs() > 1e-12
@@ -133,94 +144,111 @@ def _zbuffer(
         # Counter-clockwise seen from outside in model space becomes clockwise in our y-down
         # screen space, i.e. positive area2 here means front-facing.
         ok &= area2 > 0
-    ok &= ~((z < -1).all(-1) | (z > 1).all(-1))
-    xmin = torch.ceil(x.amin(-1).clamp(-1, W)).to(torch.int32).clamp_min(0)
-    xmax = torch.floor(x.amax(-1).clamp(-1, W)).to(torch.int32).clamp_max(W - 1)
-    ymin = torch.ceil(y.amin(-1).clamp(-1, H)).to(torch.int32).clamp_min(0)
-    ymax = torch.floor(y.amax(-1).clamp(-1, H)).to(torch.int32).clamp_max(H - 1)
-    ok &= (xmin <= xmax) & (ymin <= ymax)
+    z_lo, z_hi = z.amin(-1), z.amax(-1)
+    ok &= (z_hi >= -1) & (z_lo <= 1)
+    y_lo, y_hi = y.amin(-1), y.amax(-1)
+    ymin = torch.ceil(y_lo.clamp(-1, H)).clamp_min(0)
+    ymax = torch.floor(y_hi.clamp(-1, H)).clamp_max(H - 1)
+    ok &= (ymin <= ymax) & (x.amax(-1) >= 0) & (x.amin(-1) <= W - 1)
     inst = ok.reshape(-1).nonzero().squeeze(1)  # live (batch, triangle) instances
     if inst.numel() == 0:
         return zbuf, id_bits
-    bw = (xmax - xmin + 1).reshape(-1)[inst]
-    bh = (ymax - ymin + 1).reshape(-1)[inst]
-    counts = bw.to(torch.int64) * bh.to(torch.int64)
-    # Orient every triangle counter-clockwise in screen space (swap corners 1 and 2 where
-    # needed): shared edges still evaluate to exact negations, so coverage stays watertight.
-    flip = (area2.reshape(-1)[inst] < 0).unsqueeze(1)
-    xi = x.reshape(-1, 3)[inst]
-    yi = y.reshape(-1, 3)[inst]
-    zi = z.reshape(-1, 3)[inst]
-    order = torch.where(flip, torch.tensor([0, 2, 1], device=device),
-                        torch.tensor([0, 1, 2], device=device))
-    xi, yi, zi = xi.gather(1, order), yi.gather(1, order), zi.gather(1, order)
-    x0f = xmin.reshape(-1)[inst].to(xi.dtype).unsqueeze(1)
-    y0f = ymin.reshape(-1)[inst].to(yi.dtype).unsqueeze(1)
-    xi = xi - x0f  # corners relative to the bounding-box origin
-    yi = yi - y0f
-    # Depth plane z = z2 + az (px - x2) + bz (py - y2).
-    d1x, d1y = xi[:, 0] - xi[:, 2], yi[:, 0] - yi[:, 2]
-    d2x, d2y = xi[:, 1] - xi[:, 2], yi[:, 1] - yi[:, 2]
-    dz0, dz1 = zi[:, 0] - zi[:, 2], zi[:, 1] - zi[:, 2]
+    need_depth_test = bool(((z_lo < -1) | (z_hi > 1)).reshape(-1).index_select(0, inst).any())
+    xi = x.reshape(-1, 3).index_select(0, inst)
+    yi = y.reshape(-1, 3).index_select(0, inst)
+    zi = z.reshape(-1, 3).index_select(0, inst)
+    vi = triangles.repeat(B, 1).index_select(0, inst)  # vertex ids (canonical edge order)
+    area_i = area2.reshape(-1).index_select(0, inst)
+    # Edge k joins corners (k+1)%3 and (k+2)%3; P is the endpoint with the lower vertex id.
+    a_idx = torch.tensor([1, 2, 0], device=device)
+    b_idx = torch.tensor([2, 0, 1], device=device)
+    va, vb = vi[:, a_idx], vi[:, b_idx]
+    swap = va > vb
+    xa, xb, ya, yb = xi[:, a_idx], xi[:, b_idx], yi[:, a_idx], yi[:, b_idx]
+    px = torch.where(swap, xb, xa)
+    py = torch.where(swap, yb, ya)
+    dx = torch.where(swap, xa, xb) - px
+    dy = torch.where(swap, ya, yb) - py
+    horizontal = dy == 0
+    slope = torch.where(horizontal, 0.0, dx / torch.where(horizontal, 1.0, dy))
+    # The interior is right of the edge (x >= crossing) iff cross(d, R - P) * dy < 0, where
+    # R is the opposite corner k; cross(d, R - P) has the sign of the triangle's area.
+    cross_sign = torch.where(swap, -1.0, 1.0) * area_i.sign().unsqueeze(1)
+    lower = (cross_sign * dy < 0) & ~horizontal
+    upper = (cross_sign * dy > 0) & ~horizontal
+    inf = torch.tensor(float("inf"), dtype=px.dtype, device=device)
+    lo_x = torch.where(lower, px, -inf)  # horizontal edges bound no x: +-inf with slope 0
+    hi_x = torch.where(upper, px, inf)
+    # Depth plane z = z0 + az (x - x0) + bz (y - y0) (z/w is affine in screen space).
+    d1x, d1y, d2x, d2y = xi[:, 1] - xi[:, 0], yi[:, 1] - yi[:, 0], xi[:, 2] - xi[:, 0], yi[:, 2] - yi[:, 0]
+    dz1, dz2 = zi[:, 1] - zi[:, 0], zi[:, 2] - zi[:, 0]
     det = d1x * d2y - d1y * d2x
-    az = (dz0 * d2y - dz1 * d1y) / det
-    bz = (dz1 * d1x - dz0 * d2x) / det
-    ftable = torch.stack(  # 9 x instances: rows stay contiguous after the gather
-        [xi[:, 0], yi[:, 0], xi[:, 1], yi[:, 1], xi[:, 2], yi[:, 2], zi[:, 2], az, bz], 0)
-    batch_of = torch.div(inst, F, rounding_mode="floor")
-    tri_of = inst - batch_of * F
-    base = (batch_of * (H * W) + ymin.reshape(-1)[inst].to(torch.int64) * W
-            + xmin.reshape(-1)[inst].to(torch.int64))
-    id_mask_key = tri_of  # low bits of the key
-    if id_bits > 31:
-        raise ValueError(f"too many triangles for the torch rasterizer: {F}")
-    depth_scale = float(2**30)  # (z/w + 1) * 2^30 < 2^31: exact for float32, ordered
+    az = (dz1 * d2y - dz2 * d1y) / det
+    bz = (dz2 * d1x - dz1 * d2x) / det
 
-    # Chunks of consecutive instances with at most `chunk` candidates each (a single
-    # instance is never split: it has at most H*W candidates).
+    # Rows: one per (instance, pixel row inside its vertical extent).
+    ymin_i = ymin.reshape(-1).index_select(0, inst)
+    n_rows = (ymax.reshape(-1).index_select(0, inst) - ymin_i).to(torch.int64) + 1
+    row_inst = torch.repeat_interleave(n_rows)
+    row_start = torch.cumsum(n_rows, 0) - n_rows
+    row_y = ymin_i.index_select(0, row_inst) + (
+        torch.arange(row_inst.numel(), device=device) - row_start.index_select(0, row_inst))
+    rel_y = row_y.unsqueeze(1) - py.index_select(0, row_inst)  # rows x 3
+    crossing = rel_y * slope.index_select(0, row_inst)
+    left = (lo_x.index_select(0, row_inst) + crossing).amax(1)
+    right = (hi_x.index_select(0, row_inst) + crossing).amin(1)
+    x_first = torch.ceil(left.clamp(-1, W)).clamp_min(0)
+    x_last = torch.floor(right.clamp(-1, W)).clamp_max(W - 1)
+    counts = (x_last - x_first + 1).clamp_min(0).to(torch.int64)
+    live = counts.nonzero().squeeze(1)
+    if live.numel() == 0:
+        return zbuf, id_bits
+    row_inst, row_y, x_first, counts = (t.index_select(0, live) for t in (
+        row_inst, row_y, x_first, counts))
+    # Per row: depth (scaled to the key's fixed point) at the row's first pixel and per
+    # pixel step; flat pixel index of the first pixel.
+    depth_scale = float(2**30)  # (z/w + 1) * 2^30 < 2^31: ordered, 2^-30 resolution
+    az_r = az.index_select(0, row_inst)
+    z_first = (zi[:, 0].index_select(0, row_inst)
+               + az_r * (x_first - xi[:, 0].index_select(0, row_inst))
+               + bz.index_select(0, row_inst) * (row_y - yi[:, 0].index_select(0, row_inst)))
+    inst_of_row = inst.index_select(0, row_inst)
+    batch_of = torch.div(inst_of_row, F, rounding_mode="floor")
+    tri_of = inst_of_row - batch_of * F
     ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    # Per pixel n (position in the chunk): z = z_row + step * n, pixel = offset_row + n.
+    z_row = (z_first + 1) * depth_scale
+    step_row = az_r * depth_scale
+    offset_row = (batch_of * (H * W) + row_y.to(torch.int64) * W
+                  + x_first.to(torch.int64))
+
+    # Chunks of consecutive rows with at most `chunk` candidates each (a row is never split).
     total = int(ends[-1])
     if total <= chunk:
-        bounds = [(0, inst.numel())]
+        bounds = [(0, counts.numel())]
     else:
         cuts = torch.searchsorted(ends, torch.arange(chunk, total, chunk, device=device),
                                   right=True).tolist()
-        edges = sorted(set([0, *cuts, inst.numel()]))
+        edges = sorted(set([0, *cuts, counts.numel()]))
         bounds = list(zip(edges[:-1], edges[1:], strict=False))
-    # Per-instance integers: bbox width and the flat pixel index of the bbox origin.
-    bw64 = bw.to(torch.int64)
     for lo, hi in bounds:
-        cnt = counts[lo:hi]
-        n = int(ends[hi - 1]) - (int(ends[lo - 1]) if lo > 0 else 0)
+        first = int(starts[lo])
+        n = int(ends[hi - 1]) - first
         if n == 0:
             continue
-        local_inst = torch.repeat_interleave(torch.arange(hi - lo, device=device), cnt,
-                                             output_size=n)
-        starts = torch.cumsum(cnt, 0) - cnt
-        local = torch.arange(n, device=device) - starts.index_select(0, local_inst)
-        bw_c = bw64[lo:hi].index_select(0, local_inst)
-        row = torch.div(local, bw_c, rounding_mode="floor")
-        col = local - row * bw_c
-        f = ftable[:, lo:hi].index_select(1, local_inst)
-        pxf = col.to(f.dtype)
-        pyf = row.to(f.dtype)
-        ax, ay = f[0] - pxf, f[1] - pyf
-        bx, by = f[2] - pxf, f[3] - pyf
-        cx, cy = f[4] - pxf, f[5] - pyf
-        inside = (bx * cy - cx * by >= 0) & (cx * ay - ax * cy >= 0) & (ax * by - bx * ay >= 0)
-        keep = inside.nonzero().squeeze(1)
-        fk = f.index_select(1, keep)  # depth plane only where covered
-        depth = fk[6] - fk[7] * cx.index_select(0, keep) - fk[8] * cy.index_select(0, keep)
-        in_range = ((depth >= -1) & (depth <= 1)).nonzero().squeeze(1)
-        if in_range.numel() < keep.numel():
-            keep, depth = keep.index_select(0, in_range), depth.index_select(0, in_range)
-        if keep.numel() == 0:
-            continue
-        li = local_inst.index_select(0, keep) + lo
-        pix = base.index_select(0, li) + local.index_select(0, keep) + row.index_select(
-            0, keep) * (W - bw_c.index_select(0, keep))
-        qdepth = ((depth + 1) * depth_scale).to(torch.int64)
-        key = (qdepth << id_bits) | id_mask_key.index_select(0, li)
+        r = torch.repeat_interleave(counts[lo:hi], output_size=n)
+        local = torch.arange(n, device=device)
+        # Position within the row = chunk position - row start (folded into the row terms).
+        s = (starts[lo:hi] - first)
+        pix = (offset_row[lo:hi] - s).index_select(0, r).add_(local)
+        zrow = (z_row[lo:hi] - step_row[lo:hi] * s.to(z_row.dtype)).index_select(0, r)
+        zq = zrow.addcmul_(step_row[lo:hi].index_select(0, r), local.to(zrow.dtype))
+        if need_depth_test:
+            keep = ((zq >= 0) & (zq <= 2 * depth_scale)).nonzero().squeeze(1)
+            zq, pix, r = zq.index_select(0, keep), pix.index_select(0, keep), r.index_select(0, keep)
+        key = zq.to(torch.int64).clamp_(0, 2**31 - 1).bitwise_left_shift_(id_bits)
+        key.bitwise_or_(tri_of[lo:hi].index_select(0, r))
         zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
     return zbuf, id_bits
 

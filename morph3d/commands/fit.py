@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from morph3d.atomic import atomic_write_text
 from morph3d.errors import Morph3dError
 
 
@@ -29,15 +29,7 @@ def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
 
 
 def _write_atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -1,0 +1,168 @@
+"""The embedded demo: everything it needs ships inside installed packages.
+
+- source: matplotlib's bundled `grace_hopper.jpg`;
+- target: a short clip made here from scikit-image's bundled `astronaut.png`: the model is
+  fitted to the photo and re-animated (a head turn, a smile, an open mouth, a blink) with
+  the photo's own texture, over the photo, with a synthetic audio track (a few tones) so
+  that the audio pass-through shows;
+- then `morph3d swap` puts Grace Hopper's face into that clip.
+`--real` runs `mark.jpg` into `nggyup.mp4` from `../shared/media` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from morph3d.atomic import default_file_mode
+from morph3d.errors import Morph3dError
+
+DEMO_FPS = 24
+DEMO_FRAMES = 48
+
+
+def bundled_source() -> Path:
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def bundled_target_photo() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent / "astronaut.png"
+
+
+def animation(frames: int = DEMO_FRAMES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-frame extra head rotation (axis-angle, radians) and expression weights."""
+    t = np.linspace(0.0, 1.0, frames)
+    yaw = np.deg2rad(18.0) * np.sin(2 * np.pi * t)
+    pitch = np.deg2rad(5.0) * np.sin(4 * np.pi * t)
+    rotation = np.stack([pitch, yaw, np.zeros_like(t)], 1)
+
+    def pulse(centre: float, width: float) -> np.ndarray:
+        return np.exp(-0.5 * ((t - centre) / width) ** 2)
+
+    expressions = {
+        "jawOpen": 0.6 * pulse(0.3, 0.07),
+        "mouthSmileLeft": 0.8 * pulse(0.65, 0.08),
+        "mouthSmileRight": 0.8 * pulse(0.65, 0.08),
+        "eyeBlinkLeft": pulse(0.85, 0.02),
+        "eyeBlinkRight": pulse(0.85, 0.02),
+    }
+    return rotation, expressions
+
+
+def make_target_clip(path: Path, model, log=print) -> Path:
+    """Fit the astronaut photo and re-animate it into a short clip with audio."""
+    import av
+
+    from fitting.fit import fit_photo
+    from morph3d.media import read_image
+    from render import render_mesh
+    from render.camera import axis_angle_to_matrix
+
+    photo = read_image(bundled_target_photo())
+    h, w = photo.shape[:2]
+    log("demo: fitting the model to scikit-image's astronaut.png")
+    fit = fit_photo(photo, model)
+    base_rotation = torch.as_tensor(fit.faces.rotation[0], dtype=torch.float32)
+    extra_rotation, expressions = animation()
+    texture = torch.from_numpy(fit.identity.texture)
+    ident = torch.from_numpy(fit.identity.coefficients[None])
+    background = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
+    tmp = Path(tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.mp4")[1])
+    try:
+        with av.open(str(tmp), "w") as container:
+            video = container.add_stream("libx264", rate=DEMO_FPS)
+            video.width, video.height, video.pix_fmt = w, h, "yuv420p"
+            video.options = {"crf": "18", "preset": "veryfast"}
+            audio = container.add_stream("aac", rate=44100)
+            audio.layout = "mono"
+            for i in range(DEMO_FRAMES):
+                expr = torch.from_numpy(fit.faces.expression[:1].copy())
+                for name, curve in expressions.items():
+                    expr[0, model.expression_index(name)] = float(curve[i])
+                # Extra rotation about the head's own centre, composed with the fitted pose.
+                extra = axis_angle_to_matrix(torch.as_tensor(extra_rotation[i]).float())
+                verts = model.vertices(ident, expr)
+                centre = verts[0, model.region("skin")].mean(0)
+                verts = (verts - centre) @ extra.T + centre
+                cam = fit.camera.to_camera(base_rotation.numpy(), fit.faces.translation[0])
+                with torch.no_grad():
+                    out = render_mesh(verts, model.triangles, cam, texture_image=texture,
+                                      uv_coords=model.uv_coords, uv_triangles=model.uv_triangles,
+                                      sh_coeffs=torch.from_numpy(fit.faces.sh[:1]),
+                                      background=background)
+                frame = (out.image[0].numpy().clip(0, 1) * 255 + 0.5).astype(np.uint8)
+                for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in video.encode():
+                container.mux(packet)
+            _write_tones(container, audio, DEMO_FRAMES / DEMO_FPS)
+        os.chmod(tmp, default_file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_tones(container, stream, seconds: float) -> None:
+    """A few sine tones (mono, 44.1 kHz) so the demo clip has an audio track to keep."""
+    import av
+
+    rate = 44100
+    t = np.arange(int(seconds * rate)) / rate
+    freq = np.where(t < seconds / 3, 440.0, np.where(t < 2 * seconds / 3, 554.37, 659.25))
+    signal = (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    frame_size = 1024
+    for start in range(0, len(signal), frame_size):
+        chunk = signal[start:start + frame_size]
+        frame = av.AudioFrame.from_ndarray(chunk[None], format="fltp", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = start
+        frame.time_base = Fraction(1, rate)
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def run_demo(out_dir: Path, real: bool = False, quiet: bool = False) -> dict:
+    """Write the demo outputs into out_dir; returns the swap summary as a dict."""
+    from morph3d.export import export_fit
+    from morph3d.models import load_model
+    from morph3d.swap import SwapOptions, swap, write_summary
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+    model = load_model("default")
+    if real:
+        media = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+        if not media.is_dir():
+            raise Morph3dError(f"`make demo-real` needs the real media folder {media}")
+        source, target = media / "mark.jpg", media / "nggyup.mp4"
+        output, preview = out_dir / "demo_real.mp4", out_dir / "demo_real_preview.png"
+    else:
+        source = bundled_source()
+        target = out_dir / "demo_target.mp4"
+        if not target.is_file():
+            make_target_clip(target, model, log)
+        output, preview = out_dir / "demo.mp4", out_dir / "demo_preview.png"
+        log("demo: fitting Grace Hopper's photo and exporting the mesh to demo.glb / demo.obj")
+        from fitting.fit import fit_photo
+
+        fit = fit_photo(source, model)
+        export_fit(fit, model, out_dir / "demo.glb")
+        export_fit(fit, model, out_dir / "demo.obj")
+    log(f"demo: swapping {source.name} into {target.name}")
+    summary = swap([source], target, output, SwapOptions(preview=preview, quiet=quiet))
+    write_summary(out_dir / ("demo_real_summary.json" if real else "demo_summary.json"), summary)
+    log(f"demo: wrote {output} ({summary.frames} frames, {summary.frames_swapped} swapped) "
+        f"and {preview}")
+    return summary.to_dict()
