@@ -202,7 +202,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # unique per process
     np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
@@ -367,12 +367,19 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
          ) -> SwapSummary:
     """Run every stage; returns the summary (also written by the CLI as JSON)."""
     from morph3d.media import probe_video
+    from morph3d.template import is_template, template_for_swap
 
     options = options or SwapOptions()
     sources, target, output = [Path(s) for s in sources], Path(target), Path(output)
     summary = SwapSummary(output=str(output))
     t0 = time.perf_counter()
     check_paths(sources, target, output)
+    template = None
+    if is_template(target):  # a prebuilt clip template: stages 2-3 are already done
+        template, options, notes = template_for_swap(target, options)
+        summary.notes.extend(notes)
+        summary.cached.append("template")
+        target = template.clip
     info = probe_video(target)
     output_kind(info.is_image, output)
     summary.seconds["probe"] = time.perf_counter() - t0
@@ -382,13 +389,13 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _swap(sources, target, output, options, summary, info, t0)
+        return _swap(sources, target, output, options, summary, info, t0, template)
     finally:
         torch.set_num_threads(threads)
         torch.set_grad_enabled(True)
 
 
-def _swap(sources, target, output, options, summary, info, t0) -> SwapSummary:
+def _swap(sources, target, output, options, summary, info, t0, template=None) -> SwapSummary:
     from tqdm import tqdm
 
     from morph3d.composite import FaceCompositor, FrameInputs
@@ -396,10 +403,12 @@ def _swap(sources, target, output, options, summary, info, t0) -> SwapSummary:
     from morph3d.models import load_model
 
     model = load_model(options.model).to(options.device)
+    if template is not None:
+        template.check_model(model)
 
     with torch.enable_grad():
         source_fit = fit_source(sources, model, options, summary)
-        clip_fit = fit_clip(target, model, options, summary)
+        clip_fit = template.fit if template else fit_clip(target, model, options, summary)
 
     t = time.perf_counter()
     renderer = FaceRenderer.create(model, source_fit, options, make_upscaler(options, summary))

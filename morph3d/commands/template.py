@@ -1,0 +1,73 @@
+"""`morph3d template build clip.mp4 -o clip.m3dt` and `morph3d template info clip.m3dt`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers, name: str) -> None:
+    p = subparsers.add_parser(name, help="prebuild a clip's face track and fit (a template)")
+    sub = p.add_subparsers(dest="template_command", metavar="ACTION")
+
+    build = sub.add_parser("build", help="detect, track and fit a clip's face once")
+    build.add_argument("clip", type=Path, help="target clip (or image)")
+    build.add_argument("-o", "--output", required=True, type=Path, help="template (.m3dt)")
+    build.add_argument("--target-face", default="largest",
+                       help="which face: 'largest' (default) or N (0 = largest)")
+    build.add_argument("--target-face-ref", type=Path,
+                       help="photo of the person to track (matched by identity embedding)")
+    build.add_argument("--model", default="default", help="default | bfm | path to a .npz")
+    build.add_argument("--backend", default="mediapipe", help="landmark backend")
+    build.add_argument("--max-frames", type=int, help="only the first N frames")
+    build.add_argument("--work-dir", type=Path, help="where fits are cached (default: cache)")
+    build.add_argument("--reference-clip", action="store_true",
+                       help="record the clip's path and hash instead of embedding its bytes "
+                            "(the clip must then be present, unchanged, at swap time)")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
+    build.set_defaults(func=run_build)
+
+    info = sub.add_parser("info", help="verify a template and print its manifest")
+    info.add_argument("template", type=Path)
+    info.add_argument("--json", action="store_true", help="print the whole manifest as JSON")
+    info.set_defaults(func=run_info)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from morph3d.swap import SwapOptions
+    from morph3d.template import build_template, parse_target_face
+
+    options = SwapOptions(target_face=parse_target_face(args.target_face),
+                          target_face_ref=args.target_face_ref, model=args.model,
+                          backend=args.backend, max_frames=args.max_frames,
+                          work_dir=args.work_dir, quiet=args.quiet)
+    manifest = build_template(args.clip, args.output, options,
+                              embed_clip=not args.reference_clip)
+    fit = manifest["fit"]
+    print(f"wrote {args.output}: {fit['frames']} frames fitted, "
+          f"clip {'embedded' if manifest['clip']['embedded'] else 'referenced'}, "
+          f"id {manifest['template_id']}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from morph3d.template import open_template
+
+    template = open_template(args.template)
+    m = template.manifest
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    video, clip = m["video"], m["clip"]
+    print(f"template:  {args.template} (id {m['template_id']}, format {m['format_version']}, "
+          f"morph3d {m['morph3d_version']})")
+    print(f"clip:      {clip['name']} ({'embedded' if clip['embedded'] else clip['path']}), "
+          f"sha256 {clip['sha256'][:16]}...")
+    print(f"video:     {video['width']}x{video['height']} at {video['fps']} fps, "
+          f"{video['frame_count']} frames, audio: {video['has_audio']}")
+    print(f"fit:       {m['fit']['frames']} frames, model {m['model']['name']} "
+          f"({m['model']['build']}), face {m['fit']['target_face']}")
+    print("checksums: ok")
+    return 0
