@@ -19,17 +19,20 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
-from morph3d import __version__
 from morph3d.errors import InputError, Morph3dError
 from morph3d.paths import cache_dir
 
+if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
+    import torch
+
 WORK_FORMAT = 1
 REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "eyeballs")
+VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 
 
 @dataclass
@@ -80,19 +83,26 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()[:20]
 
 
-def check_paths(sources: list[Path], target: Path, output: Path) -> None:
-    """Fail early, in one line, on anything that would fail later."""
-    for p in [*sources, target]:
+def check_paths(sources: list[Path], target: Path, output: Path,
+                inputs: tuple[Path, ...] = (), outputs: tuple[Path, ...] = ()) -> None:
+    """Fail early, in one line, on anything that would fail later (after minutes of fitting).
+
+    `inputs`: other files read (a reference photo); `outputs`: other files written (preview,
+    summary); none of the outputs may be an input (symlinks and hard links included)."""
+    all_inputs = [*sources, target, *inputs]
+    for p in all_inputs:
         if not p.exists():
             raise InputError(f"input not found: {p}")
         if p.is_dir():
             raise InputError(f"input is a folder, not a file: {p}")
-    if not output.parent.exists():
-        raise InputError(f"output folder does not exist: {output.parent}")
-    out_real = output.resolve()
-    for p in [*sources, target]:
-        if out_real == p.resolve():
-            raise InputError(f"output path {output} is one of the inputs; choose another name")
+    for out in (output, *outputs):
+        if out.is_dir():
+            raise InputError(f"output path is a folder: {out}")
+        if not out.parent.is_dir():
+            raise InputError(f"output folder does not exist: {out.parent}")
+        for p in all_inputs:
+            if out.resolve() == p.resolve() or (out.exists() and os.path.samefile(out, p)):
+                raise InputError(f"output path {out} is one of the inputs; choose another name")
 
 
 def output_kind(target_is_image: bool, output: Path) -> None:
@@ -102,6 +112,9 @@ def output_kind(target_is_image: bool, output: Path) -> None:
         raise InputError(f"the target is an image, so the output must be one too: {output}")
     if not target_is_image and is_image_path(output):
         raise InputError(f"the target is a video, so the output must be a video: {output}")
+    if not target_is_image and output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        raise InputError(f"unsupported video output extension '{output.suffix}' "
+                         f"({', '.join(VIDEO_OUTPUT_SUFFIXES)}): {output}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +146,11 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
         from morph3d.media import read_image
 
         ref_digest = file_digest(options.target_face_ref)
-        select = reference_embedding(read_image(options.target_face_ref), options.backend)
+        reference = read_image(options.target_face_ref)
+        try:
+            select = reference_embedding(reference, options.backend)
+        except InputError as exc:
+            raise InputError(f"{exc} {options.target_face_ref}") from None
     key = clip_key(target, options, ref_digest)
     folder = work_directory(options) / f"clip-{key}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -147,6 +164,7 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     else:
         landmarks, _ = video_landmarks(target, options.backend, select, options.max_frames,
                                        progress=not options.quiet)
+        landmarks = on_source_timeline(target, landmarks, options.max_frames)
         _save_npz(landmarks_path, landmarks)
     summary.seconds["landmarks"] = time.perf_counter() - t
 
@@ -160,6 +178,35 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
         fit.save(fit_path)
     summary.seconds["fit clip"] = time.perf_counter() - t
     return fit
+
+
+def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
+                       max_frames: int | None) -> dict[str, np.ndarray]:
+    """Landmark rows placed at their frames' indices (NaN rows for undecodable frames).
+
+    `video_landmarks` numbers rows by decoded frame, so after a corrupt frame every later
+    row would belong to a later frame than the index the fit and the render give it (the
+    face drifts by one frame per lost frame, the last frames lose their face). Only a
+    damaged clip (fewer rows than frames) pays for the second decoding pass that finds
+    which frames were lost.
+    """
+    from morph3d.media import iter_frames, probe_video
+
+    info = probe_video(target)
+    total = info.frame_count if max_frames is None else min(info.frame_count, max_frames)
+    rows = len(next(iter(landmarks.values())))
+    if rows >= total:
+        return landmarks
+    indices = np.array([frame.index for frame in iter_frames(target, stop=max_frames)])
+    if len(indices) != rows:
+        return landmarks  # not the same frames as the landmark pass: leave them as they are
+    length = max(total, int(indices[-1]) + 1) if len(indices) else total
+    placed = {}
+    for scheme, points in landmarks.items():
+        full = np.full((length, *points.shape[1:]), np.nan, points.dtype)
+        full[indices] = points
+        placed[scheme] = full
+    return placed
 
 
 def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary):
@@ -227,6 +274,8 @@ class FaceRenderer:
 
     @classmethod
     def create(cls, model, source_fit, options: SwapOptions, upscaler=None) -> FaceRenderer:
+        import torch
+
         texture = source_fit.identity.texture
         if texture is None:
             texture = np.full((model.data.texture_size,) * 2 + (3,), 0.7, np.float32)
@@ -250,6 +299,8 @@ class FaceRenderer:
         return sh / dc[None, :] * ambient[None, :]
 
     def vertices(self, expression: np.ndarray) -> torch.Tensor:
+        import torch
+
         ident = torch.from_numpy(self.source_identity[None].astype(np.float32))
         expr = torch.from_numpy(np.asarray(expression, np.float32)[None])
         return self.model.vertices(ident, expr)
@@ -257,6 +308,8 @@ class FaceRenderer:
     def render(self, camera_params, rotation, translation, expression, sh,
                frame_shape: tuple[int, int]) -> dict[str, np.ndarray]:
         """Full-frame float arrays: image (H x W x 3), coverage (H x W), regions, landmarks."""
+        import torch
+
         from render import interpolate, render_mesh
 
         verts = self.vertices(expression)
@@ -373,7 +426,9 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     sources, target, output = [Path(s) for s in sources], Path(target), Path(output)
     summary = SwapSummary(output=str(output))
     t0 = time.perf_counter()
-    check_paths(sources, target, output)
+    check_paths(sources, target, output,
+                inputs=(Path(options.target_face_ref),) if options.target_face_ref else (),
+                outputs=(Path(options.preview),) if options.preview else ())
     template = None
     if is_template(target):  # a prebuilt clip template: stages 2-3 are already done
         template, options, notes = template_for_swap(target, options)
@@ -383,6 +438,8 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     info = probe_video(target)
     output_kind(info.is_image, output)
     summary.seconds["probe"] = time.perf_counter() - t0
+    import torch
+
     torch.set_grad_enabled(False)
     # Rendering works on small tensors where thread start-up and contention cost more than
     # they give: one thread is steadier (and on a busy 2-core machine many times faster).
@@ -396,10 +453,17 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
 
 
 def _swap(sources, target, output, options, summary, info, t0, template=None) -> SwapSummary:
+    import torch
     from tqdm import tqdm
 
     from morph3d.composite import FaceCompositor, FrameInputs
-    from morph3d.media import DecodeReport, VideoWriter, iter_frames, write_image
+    from morph3d.media import (
+        DecodeReport,
+        VideoWriter,
+        iter_frames,
+        synthetic_metadata,
+        write_image,
+    )
     from morph3d.models import load_model
 
     model = load_model(options.model).to(options.device)
@@ -420,10 +484,12 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     report = DecodeReport()
     total = info.frame_count if options.max_frames is None else min(info.frame_count,
                                                                      options.max_frames)
-    metadata = {"comment": f"synthetic media: face swapped by morph3d {__version__}"}
+    # The writer adds the synthetic-media tags itself (an extra "comment" would repeat the
+    # marker); still images get them here.
+    metadata = synthetic_metadata()
     preview_written = False
     writer = None if info.is_image else VideoWriter(
-        output, like=info, audio_from=target if info.has_audio else None, metadata=metadata,
+        output, like=info, audio_from=target if info.has_audio else None,
         inputs=[*sources, target])
     try:
         if writer is not None:
@@ -493,6 +559,6 @@ def write_preview(path: Path, source: Path, original: np.ndarray, swapped: np.nd
 
 
 def write_summary(path: Path, summary: SwapSummary) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=2))
-    os.replace(tmp, path)
+    from morph3d.atomic import atomic_write_text
+
+    atomic_write_text(path, json.dumps(summary.to_dict(), indent=2))

@@ -94,8 +94,10 @@ def test_beats_bicubic_on_heldout_real_faces(resolver, media_dir) -> None:
     from fitting.faces import get_landmark_backend
     from morph3d.media import iter_frames, read_image
 
-    images = [f.rgb for f in iter_frames(media_dir / "nggyup.mp4", stop=241)
-              if f.index in (0, 120, 240)]
+    # Start, middle and end of the clip (seeked, so cheap); the full held-out set, hazy
+    # soft-focus shots included, is scored by tools/bench_refine.py.
+    images = [next(iter(iter_frames(media_dir / "nggyup.mp4", start=i, stop=i + 1))).rgb
+              for i in (0, 144, 288)]
     images.append(read_image(media_dir / "khabenskii.jpg"))
     with get_landmark_backend("mediapipe") as detector:
         crops = [c for img in images for c in face_crops_in_image(img, detector)]

@@ -10,7 +10,9 @@ and SSIM against the original crop, `scale` border pixels shaved. Two input prot
 ``clean`` (area downscale, 8-bit) and ``degraded`` (plus noise sigma 2/255 and JPEG q75).
 Speed: milliseconds per 256x256 output (128 -> 256 for x2, 64 -> 256 for x4) with
 torch.set_num_threads(2), median and best of --repeats runs (the best is the figure with no
-other load on the machine). The texture-completion net does not exist yet: its keys are null.
+other load on the machine), and the CPU time of one call on one thread (barely changed by
+other load: an idle 2-core machine's wall time is at most this). The texture-completion net
+does not exist yet: its keys are null.
 """
 
 from __future__ import annotations
@@ -55,6 +57,23 @@ def time_upscale(resolver, image: np.ndarray, scale: int, repeats: int) -> tuple
     return statistics.median(times), min(times)
 
 
+def cpu_ms_one_thread(resolver, image: np.ndarray, scale: int, repeats: int) -> float:
+    """Median CPU milliseconds (thread time) of one upscale on one torch thread: a figure
+    that other load on the machine barely changes, unlike wall time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        resolver.upscale(image, scale)
+        times = []
+        for _ in range(repeats):
+            start = time.thread_time()
+            resolver.upscale(image, scale)
+            times.append((time.thread_time() - start) * 1e3)
+    finally:
+        torch.set_num_threads(threads)
+    return statistics.median(times)
+
+
 def _tile(image: np.ndarray, label: str) -> np.ndarray:
     """A TILE x TILE grey tile with `image` centred (never resampled) and a caption."""
     tile = np.full((TILE, TILE, 3), 0.5, np.float32)
@@ -62,22 +81,20 @@ def _tile(image: np.ndarray, label: str) -> np.ndarray:
     y, x = (TILE - h) // 2, (TILE - w) // 2
     tile[y:y + h, x:x + w] = image[:TILE, :TILE]
     u8 = np.clip(np.rint(tile * 255), 0, 255).astype(np.uint8)
-    for color, thick in (((0, 0, 0), 3), ((255, 255, 255), 1)):
-        cv2.putText(u8, label, (6, TILE - 8), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, thick,
-                    cv2.LINE_AA)
+    u8[TILE - 20:] = 0
+    cv2.putText(u8, label, (5, TILE - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1,
+                cv2.LINE_AA)
     return u8
 
 
 def side_by_side(resolver, crops: list[np.ndarray], sources: list[str], out: Path) -> None:
-    """Rows: one held-out face per source (x2, and the last one also x4); columns:
-    bicubic | ours | ground truth."""
+    """Rows: the middle held-out crop of each source file at x2, then the first of them at
+    x4; columns: bicubic | ours | ground truth (crops shown at their own size)."""
     picks: list[tuple[int, int]] = []
-    seen: set[str] = set()
-    for i, name in enumerate(sources):
-        if name not in seen:
-            seen.add(name)
-            picks.append((i, 2))
-    picks = picks[:3] + [(picks[0][0], 4)]
+    for name in sorted(set(sources)):
+        indices = [i for i, s in enumerate(sources) if s == name]
+        picks.append((indices[len(indices) // 2], 2))
+    picks.append((picks[0][0], 4))
     rows = []
     for i, scale in picks:
         crop = crops[i]
@@ -93,6 +110,22 @@ def side_by_side(resolver, crops: list[np.ndarray], sources: list[str], out: Pat
     write_image(out, np.concatenate(rows, axis=0))
 
 
+def bundled_face_crops() -> tuple[list[np.ndarray], list[str]]:
+    """Face crops of matplotlib's grace_hopper.jpg and scikit-image's astronaut.png."""
+    from fitting.faces import get_landmark_backend
+    from morph3d.demo import bundled_source, bundled_target_photo
+    from morph3d.media import read_image
+    from morph3d.refine import face_crops_in_image
+
+    crops, names = [], []
+    with get_landmark_backend("mediapipe") as detector:
+        for path in (bundled_source(), bundled_target_photo()):
+            for crop in face_crops_in_image(read_image(path), detector):
+                crops.append(crop)
+                names.append(path.name)
+    return crops, names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the headline numbers here")
@@ -101,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--picture", type=Path, default=REPO / "docs" / "sr_side_by_side.png",
                         help="side-by-side PNG to write ('' to skip)")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--speed-only", action="store_true",
+                        help="only time the nets (on a synthetic image); no files written")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(2)
@@ -108,6 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     if resolver is None:
         print(f"no weights at {args.weights}", file=sys.stderr)
         return 2
+    if args.speed_only:
+        rng = np.random.default_rng(0)
+        probe = cv2.GaussianBlur(rng.random((128, 128, 3)).astype(np.float32), (0, 0), 2)
+        ms2, best2 = time_upscale(resolver, probe, 2, args.repeats)
+        ms4, best4 = time_upscale(resolver, probe[::2, ::2].copy(), 4, args.repeats)
+        print(f"ms per 256x256 output: x2 median {ms2:.1f} (best {best2:.1f}), "
+              f"x4 median {ms4:.1f} (best {best4:.1f}); 2 torch threads")
+        print(f"CPU ms per 256x256 output on 1 thread: x2 "
+              f"{cpu_ms_one_thread(resolver, probe, 2, args.repeats):.1f}, x4 "
+              f"{cpu_ms_one_thread(resolver, probe[::2, ::2].copy(), 4, args.repeats):.1f}")
+        return 0
     holdout = tuple(resolver.manifest.get("data", {}).get("holdout_patterns", ())) or None
     kwargs = {"holdout": holdout} if holdout else {}
     crops = collect_face_crops(args.data, progress=False, **kwargs)
@@ -119,6 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     for scale in (2, 4):
         for profile in ("clean", "degraded"):
             results[f"x{scale}_{profile}"] = evaluate(resolver, crops.heldout, scale, profile)
+    per_source = {}
+    for name in sorted(set(crops.heldout_sources)):
+        subset = [c for c, s in zip(crops.heldout, crops.heldout_sources, strict=True)
+                  if s == name]
+        per_source[name] = evaluate(resolver, subset, 2, "clean")
     probe = cv2.resize(crops.heldout[0], (TILE, TILE), interpolation=cv2.INTER_AREA)
     probe = probe.astype(np.float32) / 255.0
     ms2, best2 = time_upscale(resolver, cv2.resize(probe, (128, 128),
@@ -126,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     ms4, best4 = time_upscale(resolver, cv2.resize(probe, (64, 64),
                                                    interpolation=cv2.INTER_AREA), 4, args.repeats)
 
+    cpu2 = cpu_ms_one_thread(resolver, cv2.resize(probe, (128, 128),
+                                                  interpolation=cv2.INTER_AREA), 2, args.repeats)
     print(f"held-out crops: {len(crops.heldout)} from {sorted(set(crops.heldout_sources))}")
     print(f"{'setting':<14} {'bicubic dB':>10} {'ours dB':>8} {'gain dB':>8} "
           f"{'SSIM bic':>9} {'SSIM ours':>9} {'gain':>8}")
@@ -133,11 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:<14} {m['psnr_bicubic']:>10.2f} {m['psnr_ours']:>8.2f} "
               f"{m['psnr_gain_db']:>+8.2f} {m['ssim_bicubic']:>9.4f} {m['ssim_ours']:>9.4f} "
               f"{m['ssim_gain']:>+8.4f}")
+    for name, m in per_source.items():
+        print(f"x2_clean {name:<20} ({m['crops']:>3} crops) {m['psnr_bicubic']:.2f} -> "
+              f"{m['psnr_ours']:.2f} dB ({m['psnr_gain_db']:+.2f}), SSIM {m['ssim_gain']:+.4f}")
+    source_mean = float(np.mean([m["psnr_gain_db"] for m in per_source.values()]))
+    print(f"x2_clean gain, mean over held-out files (each counted once): {source_mean:+.2f} dB")
     print(f"ms per 256x256 output: x2 median {ms2:.1f} (best {best2:.1f}), "
-          f"x4 median {ms4:.1f} (best {best4:.1f}); 2 torch threads")
+          f"x4 median {ms4:.1f} (best {best4:.1f}); 2 torch threads; "
+          f"x2 CPU time on 1 thread {cpu2:.1f} ms")
 
     if args.picture and str(args.picture):
-        side_by_side(resolver, crops.heldout, crops.heldout_sources, args.picture)
+        # The committed picture uses photos bundled with installed packages (never frames of
+        # ../shared/media, which must not be copied into the repository); neither was
+        # trained on.
+        bundled, names = bundled_face_crops()
+        side_by_side(resolver, bundled, names, args.picture)
         print(f"wrote {args.picture}")
     if args.json:
         x2, x2d = results["x2_clean"], results["x2_degraded"]
@@ -147,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             "sr_ssim_gain": round(x2["ssim_gain"], 4),
             "sr_ms_per_256": round(ms2, 2),
             "sr_ms_per_256_best": round(best2, 2),
+            "sr_cpu_ms_per_256_1thread": round(cpu2, 2),
             "sr_psnr_bicubic_db": round(x2["psnr_bicubic"], 3),
             "sr_psnr_ours_db": round(x2["psnr_ours"], 3),
             "sr_degraded_psnr_gain_db": round(x2d["psnr_gain_db"], 3),
@@ -156,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             "sr_x4_degraded_psnr_gain_db": round(x4d["psnr_gain_db"], 3),
             "sr_x4_ms_per_256": round(ms4, 2),
             "sr_heldout_crops": len(crops.heldout),
+            "sr_psnr_gain_db_per_file_mean": round(source_mean, 3),
+            "sr_x2_clean_per_file": per_source,
             "sr_weights_sha256": resolver.manifest.get("sha256"),
             "completion_l1_ours": None,
             "completion_l1_classic": None,

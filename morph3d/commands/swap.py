@@ -25,20 +25,33 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--renderer", default=None, help="torch | nvdiffrast | pytorch3d")
     p.add_argument("--refine", default="auto", choices=("auto", "neural", "classic", "none"),
                    help="face upscaling: neural super-resolver (auto: when its weights load)")
-    p.add_argument("--work-resolution", type=int, default=256,
+    p.add_argument("--work-resolution", type=positive_int, default=256,
                    help="rendered face size in pixels before upscaling")
     p.add_argument("--resume", action="store_true",
                    help="reuse the work directory of an interrupted run")
     p.add_argument("--work-dir", type=Path, help="where fits are cached (default: the cache)")
-    p.add_argument("--max-frames", type=int, help="only the first N frames")
+    p.add_argument("--max-frames", type=positive_int, help="only the first N frames")
     p.add_argument("--preview", type=Path, help="write a source | original | swapped PNG")
     p.add_argument("--summary-json", type=Path, help="write the run summary as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
-    from morph3d.swap import SwapOptions, swap, write_summary
+    from morph3d.swap import SwapOptions, check_paths, swap, write_summary
+
+    if args.summary_json is not None:  # found out now, not after the whole run
+        check_paths(args.source, args.target, args.output, outputs=(args.summary_json,))
 
     target_face = args.target_face
     if target_face != "largest":
