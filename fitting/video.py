@@ -41,6 +41,7 @@ from fitting.fit import (
     model_arrays,
     rotation_matrix,
     sh_basis_np,
+    single_threaded,
     update_jaw_contour,
 )
 from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
@@ -66,7 +67,7 @@ def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
     tracks = track_faces(frames, backend, max_frames=max_frames)
     if not len(tracks):
         raise Morph3dError(f"no face found in {path}")
-    if select == "largest":
+    if isinstance(select, str) and select == "largest":
         # Largest over the whole clip (mean area x frames present): a person whose track
         # was split by a tracker miss keeps the longer piece.
         areas = tracks.mean_areas()
@@ -223,6 +224,7 @@ def bridge_gaps(faces: FaceParams) -> FaceParams:
                       faces.valid.copy())
 
 
+@single_threaded()
 def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
               backend: str = "mediapipe", select: str = "largest",
               max_frames: int | None = None, identity_frames: int = 20,
@@ -259,7 +261,7 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     chosen = select_identity_frames(model, landmarks, guess, identity_frames)
     per_frame = [{s: p[i] for s, p in landmarks.items()} for i in chosen]
     identity, id_states, cams, _ = fit_landmarks(model, per_frame, [(H, W)] * len(chosen),
-                                                 focal=focal, refine_steps=40, priors=priors)
+                                                 focal=focal, refine_steps=10, priors=priors)
     camera = cams[0]
     priors = priors or Priors()
     track_priors = Priors(**{**priors.__dict__, "temporal_pose": 3.0,

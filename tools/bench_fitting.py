@@ -6,20 +6,23 @@
   their landmarks projected by a known camera + 1.5 px noise (iBUG jaw on the occluding
   contour); median face-region vertex error after rigid alignment (mm; also after a
   similarity alignment, which removes the size/distance ambiguity of landmarks) and pose
-  error (deg).
+  error (deg); with the true focal given, and with the focal estimated.
 - rendered: the same faces rendered (grey shaded) over a plain background, the mediapipe
   detector run on them, then fitted: the same numbers (faces the detector misses counted).
 - real photos: NME (mean error / outer-eye-corner distance) of the fitted model's 68
-  landmarks vs the annotation, next to raw dlib and raw mediapipe.
+  landmarks vs the annotation, fitted to mediapipe's 478 (+ derived 68) and to dlib's 68 +
+  mediapipe's 478 (backend "dlib+mediapipe"), next to raw dlib and raw mediapipe.
 - video: nggyup.mp4: mean frame-to-frame motion of the fitted projected landmarks relative
   to the raw detector's, a trajectory plot (docs/fitting_trajectory.png), per-frame solver
-  ms (detection excluded); photo fit seconds (mark.jpg, detection excluded).
+  ms (detection excluded); photo fit seconds (mark.jpg, detection excluded; the first
+  photometric call includes importing and warming up the renderer).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -42,7 +45,7 @@ def sim_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.median(np.linalg.norm(s * (a - ca) @ R.T + cb - b, axis=1)))
 
 
-def synthetic(model, n: int, rendered: bool) -> dict:
+def synthetic(model, n: int, rendered: bool, given_focal: bool = True) -> dict:
     import torch
     from scipy.spatial.transform import Rotation
     from test_fit import pose_error_deg, rigid_vertex_error, synthetic_face
@@ -50,7 +53,7 @@ def synthetic(model, n: int, rendered: bool) -> dict:
     from fitting import fit as F
 
     rng = np.random.default_rng(0)
-    verts_err, sim_err, pose_err, missed, seconds = [], [], [], 0, []
+    verts_err, sim_err, pose_err, missed, seconds, focal_err = [], [], [], 0, [], []
     for _ in range(n):
         alpha, state, camera, lms = synthetic_face(model, rng)
         yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
@@ -86,7 +89,9 @@ def synthetic(model, n: int, rendered: bool) -> dict:
                 missed += 1
                 continue
         t0 = time.perf_counter()
-        ident, states, _, _ = F.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx)
+        ident, states, cams, _ = F.fit_landmarks(model, [lms], [(480, 640)],
+                                                 focal=camera.fx if given_focal else None)
+        focal_err.append(abs(cams[0].fx / camera.fx - 1.0))
         seconds.append(time.perf_counter() - t0)
         verts_err.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
                                             state.expression))
@@ -99,7 +104,9 @@ def synthetic(model, n: int, rendered: bool) -> dict:
             "median_vertex_mm_similarity_aligned": float(np.median(sim_err)),
             "median_pose_err_deg": float(np.median(pose_err)),
             "p90_pose_err_deg": float(np.percentile(pose_err, 90)),
-            "landmark_fit_s_median": float(np.median(seconds))}
+            "landmark_fit_s_median": float(np.median(seconds)),
+            "focal": "given (true)" if given_focal else "estimated",
+            "median_focal_rel_err": float(np.median(focal_err))}
 
 
 def real_nme(model) -> dict:
@@ -118,10 +125,12 @@ def real_nme(model) -> dict:
         image = read_image(folder / file)
         dlib = F.detect_landmarks(image, "dlib")["ibug68"]
         mp = F.detect_landmarks(image, "mediapipe")
-        fit = F.fit_photo(image, model, landmarks=mp, photometric=False)
-        fitted = F.projected_landmarks(fit, model)[0]
-        out[name] = {"fitted": _nme(fitted, truth), "dlib": _nme(dlib, truth),
-                     "mediapipe": _nme(mp["ibug68"], truth)}
+        both = {"ibug68": dlib, "mediapipe478": mp["mediapipe478"]}  # = "dlib+mediapipe"
+        fitted = {}
+        for key, lms in (("fitted_mediapipe", mp), ("fitted_dlib_mediapipe", both)):
+            fit = F.fit_photo(image, model, landmarks=lms, photometric=False)
+            fitted[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
+        out[name] = {**fitted, "dlib": _nme(dlib, truth), "mediapipe": _nme(mp["ibug68"], truth)}
     return out
 
 
@@ -175,11 +184,11 @@ def photo_seconds(model) -> dict:
     image = read_image(MEDIA / "mark.jpg")
     lms = F.detect_landmarks(image)
     out = {}
-    for photometric in (False, True):
+    for key, photometric in (("landmarks_only", False), ("photometric_first_call", True),
+                             ("photometric", True)):
         t0 = time.perf_counter()
         F.fit_photo(image, model, landmarks=lms, photometric=photometric)
-        out["photo_fit_s" + ("_photometric" if photometric else "_landmarks_only")] = (
-            time.perf_counter() - t0)
+        out["photo_fit_s_" + key] = time.perf_counter() - t0
     return out
 
 
@@ -193,17 +202,21 @@ def main() -> None:
     model = load_model("default")
     n = 20 if args.quick else 200
     result: dict = {"machine": f"{platform.processor() or platform.machine()}, "
-                    f"{__import__('os').cpu_count()} cores", "quick": args.quick}
+                    f"{os.cpu_count()} cores", "quick": args.quick,
+                    "load_average_start": os.getloadavg()}
     syn = synthetic(model, n, rendered=False)
     result["synthetic"] = syn
     result["synthetic_median_vertex_mm"] = syn["median_vertex_mm"]
     result["synthetic_pose_err_deg"] = syn["median_pose_err_deg"]
+    result["synthetic_estimated_focal"] = synthetic(model, n, rendered=False, given_focal=False)
     result["rendered"] = synthetic(model, max(5, n // 4), rendered=True)
     if MEDIA.is_dir():
         result["real_nme_iod"] = real_nme(model)
         vid = video(model, 90 if args.quick else None)
         result.update(vid)
         result.update(photo_seconds(model))
+    result["load_average_end"] = os.getloadavg()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 
