@@ -1,0 +1,659 @@
+"""Batch renders: many swaps from a CSV manifest, on local worker processes or a Ray cluster.
+
+Manifest (`jobs.csv`, paths relative to the manifest's folder):
+
+    source,target,output,options
+    me.jpg,clips/dance.m3dt,me_dance.mp4,
+    a.jpg;b.jpg,clips/talk.mp4,ab_talk.mp4,target_face=1;refine=classic;max_frames=100
+
+`source` is one photo or several of the same person separated by `;`; `target` a clip,
+image or template (`.m3dt`); `output` a file name inside the output folder; `options`
+(optional) `key=value` pairs separated by `;` (see `JOB_OPTIONS`).
+
+Reliability: every job runs alone and reports its own failure (a bad photo fails that job,
+the others finish). Each finished output gets a sidecar (`.morph3d-batch/<output>.json`) with
+its SHA-256 and the job's key (inputs' content hashes and options), so re-running the same
+manifest skips outputs whose file still matches, and redoes the others. Outputs appear
+atomically. A worker process that dies (killed, out of memory) costs its job one attempt; the
+job is retried up to `retries` times.
+
+Executors:
+- local (default): `concurrent.futures.ProcessPoolExecutor` with spawned workers, one torch
+  thread each. A dead worker breaks the pool; the pool is rebuilt and every job that was in
+  flight is retried (the executor cannot tell whose process died, so each of them is charged
+  an attempt).
+- Ray (`ray_address`): each job is a Ray task (`num_cpus=1`, `num_gpus=gpus_per_job`,
+  `max_retries=retries`, Ray retrying tasks whose worker died). Input files (photos,
+  templates, clips) go through Ray's object store once each (`ray.put`), outputs come back
+  to the driver as bytes, so nodes need no shared file system; fits are cached in each
+  node's scratch folder unless `work_dir` names a shared path.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from morph3d.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from morph3d.errors import InputError, Morph3dError
+
+STATE_DIR = ".morph3d-batch"  # per-output sidecars (checksum + job key) inside out_dir
+LOG_DIR = "logs"
+REPORT_JSON = "batch-report.json"
+REPORT_CSV = "batch-report.csv"
+COLUMNS = ("source", "target", "output")
+
+# Job options: name -> (parser, SwapOptions field or None for batch-only options).
+JOB_OPTIONS: dict[str, tuple[Callable[[str], Any], str | None]] = {
+    "target_face": (lambda v: _target_face(v), "target_face"),
+    "target_face_ref": (Path, "target_face_ref"),
+    "model": (str, "model"),
+    "backend": (str, "backend"),
+    "device": (str, "device"),
+    "renderer": (str, "renderer"),
+    "refine": (str, "refine"),
+    "work_resolution": (int, "work_resolution"),
+    "max_frames": (int, "max_frames"),
+    "work_dir": (Path, "work_dir"),  # this job's fit cache (default: the batch's)
+    # Fault injection for testing recovery: the worker SIGKILLs itself at the start of the
+    # job unless the marker file exists (it creates it first), i.e. exactly once.
+    "kill_worker_once": (Path, None),
+}
+_PATH_OPTIONS = ("target_face_ref", "work_dir", "kill_worker_once")
+_NOT_IN_KEY = ("work_dir", "kill_worker_once")  # options that do not change the output
+
+
+def _target_face(value: str) -> str:
+    from morph3d.template import parse_target_face
+
+    return parse_target_face(value)
+
+
+@dataclass
+class Job:
+    """One row of the manifest. `problem` is why it cannot run (reported as its failure)."""
+
+    row: int
+    sources: list[Path]
+    target: Path
+    output: str
+    options: dict[str, str] = field(default_factory=dict)
+    problem: str = ""
+
+
+@dataclass
+class JobResult:
+    row: int
+    output: str
+    status: str  # done | skipped | failed
+    seconds: float = 0.0
+    attempts: int = 0
+    error: str = ""
+    sha256: str = ""
+    log: str = ""
+
+
+@dataclass
+class BatchReport:
+    manifest: str
+    out_dir: str
+    executor: str
+    seconds: float
+    results: list[JobResult]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r.status for r in self.results))
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"manifest": self.manifest, "out_dir": self.out_dir, "executor": self.executor,
+                "seconds": round(self.seconds, 3), "counts": self.counts,
+                "jobs": [asdict(r) for r in self.results]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------------------------
+
+
+def read_jobs(path: str | os.PathLike) -> list[Job]:
+    """Parse a manifest; structural problems (columns, duplicate outputs) raise InputError,
+    a bad row becomes a job with a `problem`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"job manifest not found: {path}")
+    base = path.resolve().parent
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read job manifest {path}: {exc}") from None
+    reader = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    header = [h.strip() for h in reader.fieldnames or []]
+    missing = [c for c in COLUMNS if c not in header]
+    if missing:
+        raise InputError(f"job manifest {path} lacks the column(s) {', '.join(missing)} "
+                         f"(it needs source,target,output[,options])")
+    jobs: list[Job] = []
+    seen: dict[str, int] = {}
+    for row_number, raw in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        if not any(row.values()):
+            continue
+        job = Job(row=row_number, sources=[], target=Path(), output=row["output"])
+        job.sources = [_resolve(base, s) for s in row["source"].split(";") if s.strip()]
+        job.target = _resolve(base, row["target"]) if row["target"] else Path()
+        try:
+            job.options = parse_options(row.get("options", ""), base)
+            _check_row(job)
+        except InputError as exc:
+            job.problem = str(exc)
+        if job.output in seen:
+            raise InputError(f"job manifest {path}: rows {seen[job.output]} and {row_number} "
+                             f"both write {job.output}")
+        seen[job.output] = row_number
+        jobs.append(job)
+    if not jobs:
+        raise InputError(f"job manifest {path} has no jobs")
+    return jobs
+
+
+def _resolve(base: Path, text: str) -> Path:
+    p = Path(os.path.expanduser(text.strip()))
+    return p if p.is_absolute() else base / p
+
+
+def parse_options(text: str, base: Path) -> dict[str, str]:
+    """`key=value;key=value` -> {key: value}, every key and value checked."""
+    options: dict[str, str] = {}
+    for item in filter(None, (s.strip() for s in (text or "").split(";"))):
+        key, sep, value = (s.strip() for s in item.partition("="))
+        if not sep or key not in JOB_OPTIONS:
+            raise InputError(f"bad job option {item!r} (known: {', '.join(JOB_OPTIONS)})")
+        try:
+            JOB_OPTIONS[key][0](value)
+        except (ValueError, InputError) as exc:
+            raise InputError(f"bad value for job option {key}: {value!r} ({exc})") from None
+        options[key] = str(_resolve(base, value)) if key in _PATH_OPTIONS else value
+    return options
+
+
+def _check_row(job: Job) -> None:
+    from morph3d.media import is_image_path
+
+    name = job.output
+    if not name or "/" in name or "\\" in name or name.startswith(".") or name in ("..",):
+        raise InputError(f"output {name!r} must be a plain file name inside the output folder")
+    if Path(name).suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv") and not \
+            is_image_path(name):
+        raise InputError(f"output {name!r} must end in .mp4, .mov, .mkv or an image suffix")
+    if not job.sources:
+        raise InputError("no source photo given")
+    if job.target == Path():
+        raise InputError("no target given")
+
+
+def swap_options(job: Job, work_dir: Path | None, device: str | None = None):
+    """The job's `SwapOptions` (quiet; fits cached in the job's or the batch's work dir)."""
+    from morph3d.swap import SwapOptions
+
+    kwargs: dict[str, Any] = {"quiet": True, "work_dir": work_dir}
+    if device:
+        kwargs["device"] = device
+    for key, value in job.options.items():
+        parse, name = JOB_OPTIONS[key]
+        if name is not None:
+            kwargs[name] = parse(value)
+    return SwapOptions(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumability: job keys and sidecars
+# ---------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Digests:
+    """Content hashes of input files, each file hashed once per batch."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> str:
+        if path not in self._cache:
+            if not path.is_file():
+                raise InputError(f"input not found: {path}")
+            self._cache[path] = sha256_file(path)
+        return self._cache[path]
+
+
+def job_key(job: Job, digest: Callable[[Path], str]) -> str:
+    """What the output depends on: input contents, options, morph3d version."""
+    from morph3d import __version__
+
+    options = {k: v for k, v in sorted(job.options.items()) if k not in _NOT_IN_KEY}
+    if "target_face_ref" in options:
+        options["target_face_ref"] = digest(Path(options["target_face_ref"]))
+    body = {"sources": [digest(s) for s in job.sources], "target": digest(job.target),
+            "options": options, "morph3d": __version__}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def log_path(out_dir: Path, output: str) -> Path:
+    """The job's log, `logs/<output>.log` (odd characters of a bad name replaced)."""
+    return out_dir / LOG_DIR / (re.sub(r"[^\w.-]", "_", output).lstrip(".") + ".log")
+
+
+def _sidecar(out_dir: Path, output: str) -> Path:
+    return out_dir / STATE_DIR / f"{output}.json"
+
+
+def finished_sha(out_dir: Path, output: str, key: str) -> str | None:
+    """The output's checksum when it is finished for this key and unchanged since; else None."""
+    sidecar, out = _sidecar(out_dir, output), out_dir / output
+    if not (sidecar.is_file() and out.is_file()):
+        return None
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return None
+    if record.get("key") != key or record.get("size") != out.stat().st_size:
+        return None
+    sha = sha256_file(out)
+    return sha if sha == record.get("sha256") else None
+
+
+def _record_finished(out_dir: Path, output: str, key: str, seconds: float) -> str:
+    out = out_dir / output
+    sha = sha256_file(out)
+    atomic_write_text(_sidecar(out_dir, output), json.dumps(
+        {"output": output, "key": key, "sha256": sha, "size": out.stat().st_size,
+         "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+        indent=1))
+    return sha
+
+
+def _remove_partial(out_dir: Path, output: str) -> None:
+    """Temporary files a killed job may have left beside its output (media.py and atomic.py
+    name them `.{stem}.{10 hex}.{tag}{suffix}` and `.{name}.{random}.tmp`)."""
+    out = Path(output)
+    patterns = [re.compile(rf"^\.{re.escape(out.stem)}\.[0-9a-f]{{10}}\.\w+"
+                           rf"{re.escape(out.suffix)}$"),
+                re.compile(rf"^\.{re.escape(out.name)}\.\w+\.tmp$")]
+    for p in out_dir.glob(f".{out.stem}*"):
+        if any(pat.match(p.name) for pat in patterns):
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# One job, inside a worker
+# ---------------------------------------------------------------------------------------------
+
+
+def _init_worker() -> None:
+    """Worker start: one torch thread per worker (the workers are the parallelism)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    import torch
+
+    import morph3d.swap  # noqa: F401  (the heavy imports, once per worker, not per job)
+
+    torch.set_num_threads(1)
+
+
+def run_job(job: dict[str, Any], output: Path, log_path: Path, work_dir: Path | None,
+            attempt: int = 1) -> dict[str, Any]:
+    """Run one swap; never raises for a failed job (returns status and error instead)."""
+    import contextlib
+
+    from morph3d.swap import swap
+
+    job_obj = Job(row=job["row"], sources=[Path(s) for s in job["sources"]],
+                  target=Path(job["target"]), output=job["output"], options=job["options"])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} "
+                  f"host {socket.gethostname()} pid {os.getpid()}\n"
+                  f"sources: {'; '.join(map(str, job_obj.sources))}\n"
+                  f"target:  {job_obj.target}\noutput:  {output}\n"
+                  f"options: {json.dumps(job_obj.options)}\n")
+        log.flush()
+        marker = job_obj.options.get("kill_worker_once")
+        if marker and not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            log.write("fault injection: killing this worker\n")
+            log.flush()
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        handler = logging.StreamHandler(log)
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        # Native libraries (mediapipe, FFmpeg) write to fd 2: into the log with the rest.
+        sys.stderr.flush()
+        saved_fd2 = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(log):
+                options = swap_options(job_obj, work_dir, job.get("device"))
+                summary = swap(job_obj.sources, job_obj.target, output, options)
+            seconds = time.perf_counter() - start
+            log.write(json.dumps(summary.to_dict(), indent=1) + f"\ndone in {seconds:.2f} s\n")
+            return {"status": "done", "seconds": seconds, "error": ""}
+        except Morph3dError as exc:
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:  # a bug, but it must not take the batch down
+            log.write(traceback.format_exc())
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved_fd2, 2)
+            os.close(saved_fd2)
+            root.removeHandler(handler)
+        seconds = time.perf_counter() - start
+        log.write(f"failed after {seconds:.2f} s: {error}\n")
+        return {"status": "failed", "seconds": seconds, "error": error}
+
+
+def _local_task(job: dict[str, Any], out_dir: str, work_dir: str | None, attempt: int
+                ) -> dict[str, Any]:
+    out = Path(out_dir)
+    return run_job(job, out / job["output"], log_path(out, job["output"]),
+                   Path(work_dir) if work_dir else None, attempt)
+
+
+def _ray_task(job: dict[str, Any], target_data: bytes, *source_data: bytes) -> dict[str, Any]:
+    """A job on a Ray node: inputs arrive as bytes, the output goes back as bytes."""
+    import shutil
+    import tempfile
+
+    _init_worker()
+    scratch = Path(tempfile.gettempdir()) / "morph3d-ray"
+
+    def materialise(data: bytes, name: str) -> Path:
+        path = scratch / "inputs" / hashlib.sha256(data).hexdigest()[:24] / Path(name).name
+        if not (path.is_file() and path.stat().st_size == len(data)):
+            atomic_write_bytes(path, data)
+        return path
+
+    local = dict(job)
+    local["target"] = str(materialise(target_data, job["target"]))
+    local["sources"] = [str(materialise(d, n)) for d, n in zip(source_data, job["sources"],
+                                                               strict=True)]
+    # Ray does not tell a task its attempt number: count the starts on this node.
+    attempts_file = scratch / "attempts" / f"{job.get('batch_id', '')}-{job['key']}"
+    attempts_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(attempts_file, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    attempt = len(attempts_file.read_text().split())
+    folder = scratch / "jobs" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    try:
+        work_dir = Path(job["work_dir"]) if job.get("work_dir") else scratch / "work"
+        result = run_job(local, folder / job["output"], folder / "job.log", work_dir, attempt)
+        result["attempts"] = attempt
+        for original, copy in [(job["target"], local["target"]),
+                               *zip(job["sources"], local["sources"], strict=True)]:
+            result["error"] = result["error"].replace(copy, original)  # the user's names
+        result["log"] = (folder / "job.log").read_text(encoding="utf-8", errors="replace")
+        if result["status"] == "done":
+            result["output_bytes"] = (folder / job["output"]).read_bytes()
+        attempts_file.unlink(missing_ok=True)
+        return result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The batch
+# ---------------------------------------------------------------------------------------------
+
+
+def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
+              workers: int | None = None, ray_address: str | None = None,
+              work_dir: str | os.PathLike | None = None, retries: int = 2,
+              gpus_per_job: float = 0.0, progress: bool = True) -> BatchReport:
+    """Run every job of `manifest` into `out_dir`; writes and returns the report.
+
+    ray_address: None runs local worker processes (`workers`, default: one per CPU);
+    "local" starts a Ray runtime on this machine; "auto" or "HOST:PORT" / "ray://..."
+    joins a running cluster. A Ray runtime already initialised in this process is used as
+    it is.
+    """
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    manifest = Path(manifest)
+    jobs = read_jobs(manifest)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / LOG_DIR).mkdir(exist_ok=True)
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    work = Path(work_dir).resolve() if work_dir is not None else None
+    digest = _Digests()
+    results: dict[str, JobResult] = {}
+    pending: list[tuple[Job, str]] = []
+    for job in jobs:
+        log = str(log_path(out, job.output))
+        key = ""
+        if not job.problem:
+            try:
+                key = job_key(job, digest)
+            except InputError as exc:
+                job.problem = str(exc)
+        if job.problem:
+            atomic_write_text(log, f"row {job.row}: {job.problem}\n")
+            results[job.output] = JobResult(job.row, job.output, "failed", error=job.problem,
+                                            log=log)
+            continue
+        sha = finished_sha(out, job.output, key)
+        if sha is not None:
+            results[job.output] = JobResult(job.row, job.output, "skipped", sha256=sha, log=log)
+            continue
+        _sidecar(out, job.output).unlink(missing_ok=True)
+        _remove_partial(out, job.output)
+        pending.append((job, key))
+
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), unit="job", desc="batch",
+               disable=not progress)
+
+    def finish(job: Job, key: str, status: str, seconds: float, attempts: int,
+               error: str = "") -> None:
+        sha = ""
+        if status == "done":
+            sha = _record_finished(out, job.output, key, seconds)
+        results[job.output] = JobResult(job.row, job.output, status, round(seconds, 3),
+                                        attempts, error, sha,
+                                        str(log_path(out, job.output)))
+        bar.update(1)
+        bar.set_postfix(failed=sum(r.status == "failed" for r in results.values()))
+
+    executor = "none (all finished)" if not pending else "interrupted"
+    try:
+        if pending and ray_address is None:
+            executor = f"local processes x{workers}"
+            _run_local(pending, out, work, workers, retries, finish)
+        elif pending:
+            executor = _run_ray(pending, out, ray_address, work, workers, retries,
+                                gpus_per_job, finish)
+    finally:
+        bar.close()
+        # Written even when interrupted: the jobs finished so far (their sidecars are final).
+        report = BatchReport(str(manifest), str(out), executor, time.perf_counter() - t0,
+                             [results[j.output] for j in jobs if j.output in results])
+        write_report(report, out)
+    return report
+
+
+def _payload(job: Job, key: str) -> dict[str, Any]:
+    return {"row": job.row, "sources": [str(s) for s in job.sources], "target": str(job.target),
+            "output": job.output, "options": job.options, "key": key,
+            "work_dir": job.options.get("work_dir")}
+
+
+def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, workers: int,
+               retries: int, finish: Callable[..., None]) -> None:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    queue = deque(pending)
+    attempts: Counter[str] = Counter()
+    context = multiprocessing.get_context("spawn")
+    while queue:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=context,
+                                   initializer=_init_worker)
+        in_flight: dict[Any, tuple[Job, str]] = {}
+        broken = False
+        try:
+            while queue or in_flight:
+                # Only as many jobs in flight as workers: each one is running, so a dead
+                # worker is charged to the jobs that could have been on it.
+                while queue and not broken and len(in_flight) < workers:
+                    job, key = queue.popleft()
+                    attempts[job.output] += 1
+                    _remove_partial(out, job.output)
+                    future = pool.submit(_local_task, _payload(job, key), str(out),
+                                         str(work) if work else None, attempts[job.output])
+                    in_flight[future] = (job, key)
+                if not in_flight:
+                    break
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job, key = in_flight.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        _remove_partial(out, job.output)
+                        if attempts[job.output] <= retries:
+                            queue.appendleft((job, key))
+                        else:
+                            finish(job, key, "failed", 0.0, attempts[job.output],
+                                   f"worker process died (killed or out of memory) on all "
+                                   f"{attempts[job.output]} attempts")
+                        continue
+                    finish(job, key, result["status"], result["seconds"],
+                           attempts[job.output], result["error"])
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(pending: list[tuple[Job, str]], out: Path, address: str, work: Path | None,
+             workers: int, retries: int, gpus_per_job: float,
+             finish: Callable[..., None]) -> str:
+    try:
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+    except ImportError:
+        raise Morph3dError("Ray is not installed: pip install 'morph3d[ray]'") from None
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.WARNING}
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise Morph3dError(f"cannot join the Ray cluster at {address!r}: "
+                               f"{str(exc).splitlines()[0]} (start one with `ray start "
+                               "--head`, or use --ray local)") from None
+        started = True
+    try:
+        resources = ray.cluster_resources()
+        executor = (f"ray ({address}; {int(resources.get('CPU', 0))} CPUs, "
+                    f"{resources.get('GPU', 0):g} GPUs)")
+        task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus_per_job,
+                                             max_retries=retries, retry_exceptions=False)
+        blobs: dict[Path, Any] = {}
+
+        def blob(path: Path):
+            if path not in blobs:  # each input crosses to the object store once
+                blobs[path] = ray.put(path.read_bytes())
+            return blobs[path]
+
+        refs: dict[Any, tuple[Job, str]] = {}
+        batch_id = uuid.uuid4().hex[:12]
+        queue = deque(pending)
+        # Back-pressure: a few tasks per CPU in flight keeps every worker busy while the
+        # driver's memory and each ray.wait stay bounded however long the manifest is.
+        window = max(16, 4 * int(resources.get("CPU", 1)))
+        while queue or refs:
+            while queue and len(refs) < window:
+                job, key = queue.popleft()
+                payload = _payload(job, key)
+                payload["batch_id"] = batch_id
+                if work is not None and not payload["work_dir"]:
+                    payload["work_dir"] = str(work)
+                if gpus_per_job > 0 and "device" not in job.options:
+                    payload["device"] = "cuda"
+                ref = task.remote(payload, blob(job.target), *(blob(s) for s in job.sources))
+                refs[ref] = (job, key)
+            ready, _ = ray.wait(list(refs), num_returns=1)
+            for ref in ready:
+                job, key = refs.pop(ref)
+                log = log_path(out, job.output)
+                try:
+                    result = ray.get(ref)
+                except RayTaskError as exc:  # raised inside the task, outside the swap
+                    error = f"{type(exc.cause).__name__}: {exc.cause}".splitlines()[0]
+                    with open(log, "a", encoding="utf-8") as f:
+                        f.write(f"{exc}\n")
+                    finish(job, key, "failed", 0.0, 1, error)
+                    continue
+                except RayError as exc:
+                    error = (f"worker died or the task was lost on all {retries + 1} attempts "
+                             f"({type(exc).__name__})")
+                    with open(log, "a", encoding="utf-8") as f:
+                        f.write(f"{error}\n{exc}\n")
+                    finish(job, key, "failed", 0.0, retries + 1, error)
+                    continue
+                with open(log, "a", encoding="utf-8") as f:
+                    f.write(result["log"])
+                if result["status"] == "done":
+                    atomic_write_bytes(out / job.output, result["output_bytes"])
+                finish(job, key, result["status"], result["seconds"], result["attempts"],
+                       result["error"])
+        return executor
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def write_report(report: BatchReport, out_dir: Path) -> None:
+    """`batch-report.json` (everything) and `batch-report.csv` (one row per job)."""
+    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=1))
+    fields = ["row", "output", "status", "seconds", "attempts", "error", "sha256", "log"]
+    with atomic_write(out_dir / REPORT_CSV, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for r in report.results:
+            writer.writerow(asdict(r))
