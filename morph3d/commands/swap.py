@@ -13,7 +13,7 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--source", "-s", action="append", required=True, type=Path,
                    help="photo of the user (repeat for several photos of the same person)")
     p.add_argument("--target", "-t", required=True, type=Path,
-                   help="clip or image whose face is replaced")
+                   help="clip, image or clip template (.m3dt) whose face is replaced")
     p.add_argument("-o", "--output", required=True, type=Path, help="output video or image")
     p.add_argument("--target-face", default="largest",
                    help="which face to replace: 'largest' (default) or N (0 = largest)")
