@@ -12,9 +12,10 @@ from render.backends import rasterize
 from render.camera import Camera
 from render.ops import (
     interpolate,
+    interpolate_channels,
     interpolate_sparse,
     scatter_pixels,
-    sh_basis,
+    sh_shading_channels,
     texture_sparse,
     vertex_normals,
 )
@@ -70,39 +71,39 @@ def render_mesh(
     raster = rasterize(clip, triangles, camera.size, backend=backend,
                        cull_backfaces=cull_backfaces)
     B = raster.batch
+    V = verts.shape[1]
     hard = raster.mask(verts.dtype)
-    # Shading happens on the M covered pixels only, then one scatter to the dense image.
-    per_vertex = []
+    # Shading happens on the M covered pixels only, channel-major (C x M: contiguous 1-D
+    # ops are what is cheap on CPU), then one scatter to the dense image.
+    channels = []  # per-vertex attributes, each B x V x 3
     if texture_image is None and vertex_colors is not None:
         colors = vertex_colors.to(verts.dtype)
-        per_vertex.append(colors.expand(B, -1, -1) if colors.dim() == 3 else
-                          colors.unsqueeze(0).expand(B, -1, -1))
+        channels.append(colors.expand(B, -1, -1) if colors.dim() == 3 else
+                        colors.unsqueeze(0).expand(B, -1, -1))
     if sh_coeffs is not None:
         normals = vertex_normals(verts, triangles)
         R = camera.R.to(verts)
-        per_vertex.append(torch.einsum("...ij,bvj->bvi", R, normals) * _CV_TO_LIGHT.to(verts))
-    values = interpolate_sparse(torch.cat(per_vertex, -1), raster) if per_vertex else None
+        channels.append(torch.einsum("...ij,bvj->bvi", R, normals) * _CV_TO_LIGHT.to(verts))
+    values = None
+    if channels:
+        per_vertex = torch.cat(channels, -1).reshape(B * V, -1).t()  # C x B*V
+        values = interpolate_channels(per_vertex, raster, batched=True)  # C x M
     if texture_image is not None:
         if uv_coords is None or uv_triangles is None:
             raise ValueError("texture_image needs uv_coords and uv_triangles")
         uv = interpolate_sparse(uv_coords.to(verts), raster, uv_triangles)
-        albedo = texture_sparse(texture_image.to(verts.dtype), uv, raster.pixel_batch())
+        albedo = texture_sparse(texture_image.to(verts.dtype), uv, raster.pixel_batch()).t()
     elif vertex_colors is not None:
-        albedo = values[:, :3]
+        albedo = values[:3]
     else:
-        albedo = hard.new_ones(raster.pixel_index.shape[0], 3)
+        albedo = hard.new_ones(3, raster.pixel_index.shape[0])
     if sh_coeffs is not None:
-        pixel_normals = nnf.normalize(values[:, -3:], dim=-1, eps=1e-12)
         coeffs = sh_coeffs.to(verts.dtype).reshape(-1, 9, 3)
-        if coeffs.shape[0] > 1:
-            coeffs = coeffs.index_select(0, raster.pixel_batch())
-        else:
-            coeffs = coeffs.expand(pixel_normals.shape[0], 9, 3)
-        shading = torch.einsum("mk,mkc->mc", sh_basis(pixel_normals), coeffs)
-        albedo = albedo * shading
+        albedo = albedo * sh_shading_channels(
+            values[-3:], coeffs, raster.pixel_batch() if coeffs.shape[0] > 1 else None)
     if background is None:
         background = 0.0
-    foreground = scatter_pixels(albedo, raster)
+    foreground = scatter_pixels(albedo.t(), raster)
     image = foreground + torch.as_tensor(background, dtype=verts.dtype,
                                          device=verts.device) * (1 - hard)
     mask = hard

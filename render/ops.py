@@ -202,10 +202,21 @@ def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
         neighbours = edge_neighbours(triangles)  # F x 3
         nb_orient = orient[:, neighbours.clamp_min(0)]  # B x F x 3
         silhouette = (neighbours < 0).unsqueeze(0) | (nb_orient != orient.unsqueeze(-1))
-        # Adjacent pixel pairs with different triangles.
+        # Adjacent pixel pairs with different triangles, at least one of which has a
+        # silhouette edge (only those can end on one): a dense boolean prefilter.
+        has_silhouette = silhouette.any(-1)  # B x F
+        F = triangles.shape[0]
+        rows = raster.pixel_triangle
+        if B > 1:
+            rows = rows + raster.pixel_batch() * F
+        flag = torch.zeros(B * H * W, dtype=torch.bool, device=clip.device)
+        flag[raster.pixel_index] = has_silhouette.reshape(-1).index_select(0, rows)
+        flag = flag.reshape(B, H, W)
         grid = raster.triangle_id
-        hb, hy, hx = (grid[:, :, :-1] != grid[:, :, 1:]).nonzero(as_tuple=True)
-        vb, vy, vx = (grid[:, :-1, :] != grid[:, 1:, :]).nonzero(as_tuple=True)
+        h_pairs = (grid[:, :, :-1] != grid[:, :, 1:]) & (flag[:, :, :-1] | flag[:, :, 1:])
+        v_pairs = (grid[:, :-1, :] != grid[:, 1:, :]) & (flag[:, :-1, :] | flag[:, 1:, :])
+        hb, hy, hx = h_pairs.nonzero(as_tuple=True)
+        vb, vy, vx = v_pairs.nonzero(as_tuple=True)
         p = torch.cat([(hb * H + hy) * W + hx, (vb * H + vy) * W + vx])
         q = torch.cat([(hb * H + hy) * W + hx + 1, (vb * H + vy + 1) * W + vx])
         if p.numel() == 0:
@@ -217,7 +228,6 @@ def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
         t = tri[f]
         b = torch.div(f, H * W, rounding_mode="floor")
         # Only triangles with a silhouette edge can end on one: drop the other pairs early.
-        has_silhouette = silhouette.any(-1)  # B x F
         relevant = has_silhouette[b, t].nonzero().squeeze(1)
         if relevant.numel() == 0:
             return color
@@ -299,6 +309,60 @@ def sh_shading(normals: torch.Tensor, sh_coeffs: torch.Tensor) -> torch.Tensor:
     flat = basis.reshape(B, -1, 9)
     out = torch.einsum("bnk,bkc->bnc", flat, coeffs.to(flat.dtype).expand(B, 9, 3))
     return out.reshape(*normals.shape[:-1], 3)
+
+
+def sh_shading_channels(normals: torch.Tensor, sh_coeffs: torch.Tensor,
+                        batch_index: torch.Tensor | None = None) -> torch.Tensor:
+    """`sh_shading` for M not necessarily unit normals stored channel-major (3 x M; they are
+    normalised here, eps 1e-12 like `nnf.normalize`) -> shading 3 x M. sh_coeffs Bc x 9 x 3;
+    pixel m uses lighting batch_index[m] when Bc > 1.
+
+    Order-2 SH irradiance is a quadratic form in the normal: with the 9 features
+    (xx, xy, xz, yy, yz, zz, x, y, z) it is one (3 Bc x 9) @ (9 x M) product plus a constant,
+    which on CPU is far cheaper than building the M x 9 basis and contracting it per pixel.
+    """
+    x, y, z = normals.unbind(0)
+    inv_sq = 1.0 / (x * x + y * y + z * z).clamp_min(1e-24)
+    inv = inv_sq.sqrt()
+    features = torch.stack([x * x * inv_sq, x * y * inv_sq, x * z * inv_sq, y * y * inv_sq,
+                            y * z * inv_sq, z * z * inv_sq, x * inv, y * inv, z * inv], 0)
+    s = sh_coeffs.to(normals.dtype).reshape(-1, 9, 3)
+    Bc = s.shape[0]
+    weights = torch.stack([  # Bc x 9 x 3, rows as the features (see `sh_basis`)
+        _C4 * s[:, 8], _C2 * s[:, 4], _C2 * s[:, 7], -_C4 * s[:, 8], _C2 * s[:, 5],
+        3 * _C3 * s[:, 6], _C1 * s[:, 3], _C1 * s[:, 1], _C1 * s[:, 2]], 1)
+    constant = s[:, 0] - _C3 * s[:, 6]  # Bc x 3
+    out = weights.transpose(1, 2).reshape(3 * Bc, 9) @ features + constant.reshape(3 * Bc, 1)
+    if Bc == 1:
+        return out
+    rows = batch_index.unsqueeze(0) * 3 + torch.arange(3, device=out.device).unsqueeze(1)
+    return out.gather(0, rows)
+
+
+def interpolate_channels(attributes: torch.Tensor, raster: Raster,
+                         attribute_triangles: torch.Tensor | None = None, *,
+                         batched: bool = False) -> torch.Tensor:
+    """`interpolate_sparse` with channel-major storage: attributes C x V (shared by the
+    batch) or, with `batched`, C x (B*V) (vertex index b*V + v) -> C x M, covered pixels.
+    One 1-D gather and multiply-add per channel and corner: on CPU much cheaper than
+    gathering M x C rows and broadcasting the weights."""
+    tris = raster.triangles if attribute_triangles is None else attribute_triangles.to(
+        device=attributes.device, dtype=torch.int64)
+    B = raster.batch
+    corner_ids = [tris[:, k].contiguous().index_select(0, raster.pixel_triangle)
+                  for k in range(3)]
+    if batched and B > 1:
+        step = attributes.shape[1] // B
+        offset = raster.pixel_batch() * step
+        corner_ids = [ids + offset for ids in corner_ids]
+    bary = raster.pixel_barycentrics.to(attributes.dtype)
+    weights = [bary[:, k] for k in range(3)]
+    rows = []
+    for channel in attributes.unbind(0):
+        value = channel.index_select(0, corner_ids[0]) * weights[0]
+        value = value + channel.index_select(0, corner_ids[1]) * weights[1]
+        rows.append(value + channel.index_select(0, corner_ids[2]) * weights[2])
+    return torch.stack(rows, 0)
 
 
 def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:

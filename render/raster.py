@@ -1,16 +1,18 @@
 """The `Raster` result and the pure-PyTorch rasterizer (the embedded default backend).
 
 Design of `rasterize_torch` (no dense pixels x triangles tensors anywhere):
-1. under no_grad: project vertices to pixels, build per-triangle screen bounding boxes and
-   enumerate candidate (triangle, pixel) pairs only inside each box (repeat_interleave);
-   the boxes are processed in chunks of at most `chunk` candidates;
-2. edge functions decide coverage. They are evaluated unnormalised from the two edge
-   endpoints, so a pixel centre on an edge shared by two triangles is claimed by both (the
-   values are exact negations): the mesh is watertight, no cracks;
+1. under no_grad, per (batch, triangle) instance in float64: project, cull, split the
+   triangle at its middle vertex into two halves with one left and one right edge each;
+2. per (half, pixel row): the exact run of pixel centres between the two edge crossings
+   (float32; edges are evaluated in a canonical order, lower vertex id first, so two
+   triangles sharing an edge compute identical crossings: a centre on the edge is claimed by
+   both, never by neither, i.e. the mesh is watertight). Candidates are therefore only the
+   covered pixels of each triangle (about 2.7 per visible pixel on a head: back faces and
+   occluded front faces), enumerated in chunks of at most `chunk`;
 3. the z-buffer is one `scatter_reduce(amin)` over a packed int64 key
    (quantised z/w << bits | triangle id): exact, deterministic (ties -> lower triangle id);
-4. with autograd: perspective-correct barycentrics and depth are recomputed from the clip
-   vertices for the winning triangle of each covered pixel only.
+4. with autograd: perspective-correct barycentrics and depth for the winning triangle of
+   each covered pixel only, from per-triangle planes (see `barycentric_fields`).
 
 Clipping policy: a triangle with any vertex at w <= 1e-8 (at or behind the eye), a
 non-finite vertex or zero screen area is culled (never wrapped); fragments outside
@@ -105,18 +107,33 @@ def screen_space(clip: torch.Tensor, H: int, W: int) -> tuple[torch.Tensor, ...]
     return sx, sy, sz, inv_w, valid
 
 
+def _canonical_edge(
+    xa: torch.Tensor, ya: torch.Tensor, va: torch.Tensor,
+    xb: torch.Tensor, yb: torch.Tensor, vb: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(px, py, dx/dy) of the edge a-b with P its endpoint of lower vertex id, so that every
+    triangle sharing the edge computes bit-identical crossings px + (y - py) dx/dy."""
+    swap = va > vb
+    px, py = torch.where(swap, xb, xa), torch.where(swap, yb, ya)
+    dx = torch.where(swap, xa, xb) - px
+    dy = torch.where(swap, ya, yb) - py
+    return px, py, dx / torch.where(dy == 0, torch.ones_like(dy), dy)
+
+
 def _zbuffer(
     clip: torch.Tensor, triangles: torch.Tensor, H: int, W: int, chunk: int,
     cull_backfaces: bool,
 ) -> tuple[torch.Tensor, int]:
     """Packed z-buffer (B*H*W int64 keys, int64 max = empty) and the id bit count.
 
-    Scanline spans: every (triangle, pixel row) pair gets the exact run of pixel centres
-    inside the triangle, so candidates are (almost) only covered pixels. Each edge is
-    evaluated from its endpoints in a canonical order (lower vertex id first), so two
-    triangles sharing an edge compute the same crossing x per row: a centre on the edge is
-    claimed by both, never by neither (watertight). Per-row and per-triangle work is float64;
-    per-pixel work is one index gather, one fused multiply-add and the key packing.
+    Scanline spans: each triangle is split at its middle vertex (in y) into a top and a
+    bottom half with one left and one right edge each; every pixel row of a half gets the
+    exact run [ceil(left crossing), floor(right crossing)] of pixel centres inside, so
+    candidates are only covered pixels (of every triangle, before the depth test). Edges are
+    evaluated in a canonical order (lower vertex id first), so two triangles sharing an edge
+    compute the same crossing per row: a centre exactly on the edge is claimed by both,
+    never by neither (watertight). Per pixel: one gather per row quantity, one fused
+    multiply-add for the depth, the key packing and the `scatter_reduce(amin)`.
     """
     B = clip.shape[0]
     F = triangles.shape[0]
@@ -129,99 +146,105 @@ def _zbuffer(
     if F == 0:
         return zbuf, id_bits
     sx, sy, sz, _, valid = screen_space(clip.double(), H, W)
-    flat_tri = triangles.reshape(-1)
-    # B x F x 3 corner values.
-    x = sx.index_select(1, flat_tri).reshape(B, F, 3)
-    y = sy.index_select(1, flat_tri).reshape(B, F, 3)
-    z = sz.index_select(1, flat_tri).reshape(B, F, 3)
-    ok = valid.index_select(1, flat_tri).reshape(B, F, 3).all(-1)
-    x = torch.where(ok.unsqueeze(-1), x, 0.0)  # culled anyway; keeps the arithmetic finite
-    y = torch.where(ok.unsqueeze(-1), y, 0.0)
-    area2 = (x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0]) - (
-        x[..., 2] - x[..., 0]) * (y[..., 1] - y[..., 0])
+    sx, sy, sz = (torch.where(valid, v, 0.0) for v in (sx, sy, sz))  # culled: keep finite
+    cols = [triangles[:, k].contiguous() for k in range(3)]
+    x0, x1, x2 = (sx.index_select(1, c).reshape(-1) for c in cols)  # B*F each
+    y0, y1, y2 = (sy.index_select(1, c).reshape(-1) for c in cols)
+    z0, z1, z2 = (sz.index_select(1, c).reshape(-1) for c in cols)
+    ok = (valid.index_select(1, cols[0]) & valid.index_select(1, cols[1])
+          & valid.index_select(1, cols[2])).reshape(-1)
+    area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
     ok &= area2.abs() > 1e-12
     if cull_backfaces:
         # Counter-clockwise seen from outside in model space becomes clockwise in our y-down
         # screen space, i.e. positive area2 here means front-facing.
         ok &= area2 > 0
-    z_lo, z_hi = z.amin(-1), z.amax(-1)
-    ok &= (z_hi >= -1) & (z_lo <= 1)
-    y_lo, y_hi = y.amin(-1), y.amax(-1)
-    ymin = torch.ceil(y_lo.clamp(-1, H)).clamp_min(0)
-    ymax = torch.floor(y_hi.clamp(-1, H)).clamp_max(H - 1)
-    ok &= (ymin <= ymax) & (x.amax(-1) >= 0) & (x.amin(-1) <= W - 1)
-    inst = ok.reshape(-1).nonzero().squeeze(1)  # live (batch, triangle) instances
+    z_lo = torch.minimum(torch.minimum(z0, z1), z2)
+    z_hi = torch.maximum(torch.maximum(z0, z1), z2)
+    y_lo = torch.minimum(torch.minimum(y0, y1), y2)
+    y_hi = torch.maximum(torch.maximum(y0, y1), y2)
+    ok &= (z_hi >= -1) & (z_lo <= 1) & (y_hi >= 0) & (y_lo <= H - 1)
+    ok &= (torch.maximum(torch.maximum(x0, x1), x2) >= 0)
+    ok &= (torch.minimum(torch.minimum(x0, x1), x2) <= W - 1)
+    ok &= torch.ceil(y_lo) <= torch.floor(y_hi)  # at least one pixel row
+    inst = ok.nonzero().squeeze(1)  # live (batch, triangle) instances
     if inst.numel() == 0:
         return zbuf, id_bits
-    need_depth_test = bool(((z_lo < -1) | (z_hi > 1)).reshape(-1).index_select(0, inst).any())
-    xi = x.reshape(-1, 3).index_select(0, inst)
-    yi = y.reshape(-1, 3).index_select(0, inst)
-    zi = z.reshape(-1, 3).index_select(0, inst)
-    vi = triangles.repeat(B, 1).index_select(0, inst)  # vertex ids (canonical edge order)
-    area_i = area2.reshape(-1).index_select(0, inst)
-    # Edge k joins corners (k+1)%3 and (k+2)%3; P is the endpoint with the lower vertex id.
-    a_idx = torch.tensor([1, 2, 0], device=device)
-    b_idx = torch.tensor([2, 0, 1], device=device)
-    va, vb = vi[:, a_idx], vi[:, b_idx]
-    swap = va > vb
-    xa, xb, ya, yb = xi[:, a_idx], xi[:, b_idx], yi[:, a_idx], yi[:, b_idx]
-    px = torch.where(swap, xb, xa)
-    py = torch.where(swap, yb, ya)
-    dx = torch.where(swap, xa, xb) - px
-    dy = torch.where(swap, ya, yb) - py
-    horizontal = dy == 0
-    slope = torch.where(horizontal, 0.0, dx / torch.where(horizontal, 1.0, dy))
-    # The interior is right of the edge (x >= crossing) iff cross(d, R - P) * dy < 0, where
-    # R is the opposite corner k; cross(d, R - P) has the sign of the triangle's area.
-    cross_sign = torch.where(swap, -1.0, 1.0) * area_i.sign().unsqueeze(1)
-    lower = (cross_sign * dy < 0) & ~horizontal
-    upper = (cross_sign * dy > 0) & ~horizontal
-    inf = torch.tensor(float("inf"), dtype=px.dtype, device=device)
-    lo_x = torch.where(lower, px, -inf)  # horizontal edges bound no x: +-inf with slope 0
-    hi_x = torch.where(upper, px, inf)
-    # Depth plane z = z0 + az (x - x0) + bz (y - y0) (z/w is affine in screen space).
-    d1x, d1y, d2x, d2y = xi[:, 1] - xi[:, 0], yi[:, 1] - yi[:, 0], xi[:, 2] - xi[:, 0], yi[:, 2] - yi[:, 0]
-    dz1, dz2 = zi[:, 1] - zi[:, 0], zi[:, 2] - zi[:, 0]
-    det = d1x * d2y - d1y * d2x
-    az = (dz1 * d2y - dz2 * d1y) / det
-    bz = (dz2 * d1x - dz1 * d2x) / det
+    need_depth_test = bool(((z_lo < -1) | (z_hi > 1)).index_select(0, inst).any())
+    X = torch.stack([x0, x1, x2], 1).index_select(0, inst)  # I x 3
+    Y = torch.stack([y0, y1, y2], 1).index_select(0, inst)
+    tri_of = inst % F if B > 1 else inst
+    vid = triangles.index_select(0, tri_of)
+    # Corners sorted by y: top, middle, bottom.
+    Ys, order = Y.sort(1)
+    Xs, Vs = X.gather(1, order), vid.gather(1, order)
+    xt, xm, xb = Xs.unbind(1)
+    yt, ym, yb = Ys.unbind(1)
+    vt, vm, vb = Vs.unbind(1)
+    long_edge = _canonical_edge(xt, yt, vt, xb, yb, vb)
+    upper_edge = _canonical_edge(xt, yt, vt, xm, ym, vm)
+    lower_edge = _canonical_edge(xm, ym, vm, xb, yb, vb)
+    flat_bottom = ym == yb  # the lower half is one row on the horizontal edge: use upper
+    lower_edge = tuple(torch.where(flat_bottom, u, w) for u, w in zip(upper_edge, lower_edge,
+                                                                        strict=True))
+    mid_left = (xb - xt) * (ym - yt) - (yb - yt) * (xm - xt) > 0
+    # Halves: top rows [ceil(yt), ceil(ym) - 1], bottom rows [ceil(ym), floor(yb)].
+    y_mid = torch.ceil(ym).clamp(0, H)
+    first = torch.cat([torch.ceil(yt).clamp_min(0), y_mid])
+    last = torch.cat([y_mid - 1, torch.floor(yb).clamp_max(H - 1)])
+    short = [torch.cat([u, w]) for u, w in zip(upper_edge, lower_edge, strict=True)]
+    longe = [torch.cat([u, u]) for u in long_edge]
+    left_is_short = torch.cat([mid_left, mid_left])
+    left = [torch.where(left_is_short, u, w).float() for u, w in zip(short, longe, strict=True)]
+    right = [torch.where(left_is_short, w, u).float() for u, w in zip(short, longe, strict=True)]
+    half_inst = torch.arange(inst.numel(), device=device).repeat(2)
 
-    # Rows: one per (instance, pixel row inside its vertical extent).
-    ymin_i = ymin.reshape(-1).index_select(0, inst)
-    n_rows = (ymax.reshape(-1).index_select(0, inst) - ymin_i).to(torch.int64) + 1
-    row_inst = torch.repeat_interleave(n_rows)
+    # Rows: one per (half, pixel row); crossings in float32 (|y - py| stays within the
+    # edge's own y extent, so the products are small).
+    n_rows = (last - first + 1).clamp_min(0).to(torch.int64)
+    h = torch.repeat_interleave(n_rows)
     row_start = torch.cumsum(n_rows, 0) - n_rows
-    row_y = ymin_i.index_select(0, row_inst) + (
-        torch.arange(row_inst.numel(), device=device) - row_start.index_select(0, row_inst))
-    rel_y = row_y.unsqueeze(1) - py.index_select(0, row_inst)  # rows x 3
-    crossing = rel_y * slope.index_select(0, row_inst)
-    left = (lo_x.index_select(0, row_inst) + crossing).amax(1)
-    right = (hi_x.index_select(0, row_inst) + crossing).amin(1)
-    x_first = torch.ceil(left.clamp(-1, W)).clamp_min(0)
-    x_last = torch.floor(right.clamp(-1, W)).clamp_max(W - 1)
-    counts = (x_last - x_first + 1).clamp_min(0).to(torch.int64)
+    row_y = (first - row_start.to(first.dtype)).index_select(0, h) + torch.arange(
+        h.numel(), device=device, dtype=first.dtype)  # exact: integers < 2^53
+    y32 = row_y.float()
+    lx = torch.addcmul(left[0].index_select(0, h), y32 - left[1].index_select(0, h),
+                       left[2].index_select(0, h))
+    rx = torch.addcmul(right[0].index_select(0, h), y32 - right[1].index_select(0, h),
+                       right[2].index_select(0, h))
+    x_first = torch.ceil(lx.clamp_(-1, W)).clamp_min_(0)
+    x_last = torch.floor(rx.clamp_(-1, W)).clamp_max_(W - 1)
+    counts = (x_last - x_first + 1).clamp_min_(0).to(torch.int64)
     live = counts.nonzero().squeeze(1)
     if live.numel() == 0:
         return zbuf, id_bits
-    row_inst, row_y, x_first, counts = (t.index_select(0, live) for t in (
-        row_inst, row_y, x_first, counts))
-    # Per row: depth (scaled to the key's fixed point) at the row's first pixel and per
-    # pixel step; flat pixel index of the first pixel.
+    counts = counts.index_select(0, live)
+    row_y = row_y.index_select(0, live)
+    x_first = x_first.index_select(0, live).double()
+    row_i = half_inst.index_select(0, h.index_select(0, live))  # instance of each row
+    # Depth plane z = zc + az x + bz y per instance (z/w is affine in screen space).
+    Z = torch.stack([z0, z1, z2], 1).index_select(0, inst)
+    d1x, d2x = X[:, 1] - X[:, 0], X[:, 2] - X[:, 0]
+    d1y, d2y = Y[:, 1] - Y[:, 0], Y[:, 2] - Y[:, 0]
+    dz1, dz2 = Z[:, 1] - Z[:, 0], Z[:, 2] - Z[:, 0]
+    det = area2.index_select(0, inst)
+    az = (dz1 * d2y - dz2 * d1y) / det
+    bz = (dz2 * d1x - dz1 * d2x) / det
+    zc = Z[:, 0] - az * X[:, 0] - bz * Y[:, 0]
     depth_scale = float(2**30)  # (z/w + 1) * 2^30 < 2^31: ordered, 2^-30 resolution
-    az_r = az.index_select(0, row_inst)
-    z_first = (zi[:, 0].index_select(0, row_inst)
-               + az_r * (x_first - xi[:, 0].index_select(0, row_inst))
-               + bz.index_select(0, row_inst) * (row_y - yi[:, 0].index_select(0, row_inst)))
-    inst_of_row = inst.index_select(0, row_inst)
-    batch_of = torch.div(inst_of_row, F, rounding_mode="floor")
-    tri_of = inst_of_row - batch_of * F
+    az_r = az.index_select(0, row_i)
+    z_row = (zc.index_select(0, row_i) + az_r * x_first
+             + bz.index_select(0, row_i) * row_y + 1) * depth_scale  # at the row's first pixel
+    step_row = az_r * depth_scale
+    inst_r = inst.index_select(0, row_i)
+    if B > 1:
+        batch_r = torch.div(inst_r, F, rounding_mode="floor")
+        tri_r = inst_r - batch_r * F
+        offset_row = batch_r * (H * W) + row_y.to(torch.int64) * W + x_first.to(torch.int64)
+    else:
+        tri_r = inst_r
+        offset_row = row_y.to(torch.int64) * W + x_first.to(torch.int64)
     ends = torch.cumsum(counts, 0)
     starts = ends - counts
-    # Per pixel n (position in the chunk): z = z_row + step * n, pixel = offset_row + n.
-    z_row = (z_first + 1) * depth_scale
-    step_row = az_r * depth_scale
-    offset_row = (batch_of * (H * W) + row_y.to(torch.int64) * W
-                  + x_first.to(torch.int64))
 
     # Chunks of consecutive rows with at most `chunk` candidates each (a row is never split).
     total = int(ends[-1])
@@ -233,22 +256,21 @@ def _zbuffer(
         edges = sorted(set([0, *cuts, counts.numel()]))
         bounds = list(zip(edges[:-1], edges[1:], strict=False))
     for lo, hi in bounds:
-        first = int(starts[lo])
-        n = int(ends[hi - 1]) - first
+        first_pixel = int(starts[lo])
+        n = int(ends[hi - 1]) - first_pixel
         if n == 0:
             continue
         r = torch.repeat_interleave(counts[lo:hi], output_size=n)
-        local = torch.arange(n, device=device)
-        # Position within the row = chunk position - row start (folded into the row terms).
-        s = (starts[lo:hi] - first)
-        pix = (offset_row[lo:hi] - s).index_select(0, r).add_(local)
-        zrow = (z_row[lo:hi] - step_row[lo:hi] * s.to(z_row.dtype)).index_select(0, r)
-        zq = zrow.addcmul_(step_row[lo:hi].index_select(0, r), local.to(zrow.dtype))
+        in_row = torch.arange(first_pixel, first_pixel + n, device=device).sub_(
+            starts[lo:hi].index_select(0, r))  # position of each pixel within its row
+        pix = offset_row[lo:hi].index_select(0, r).add_(in_row)
+        zq = z_row[lo:hi].index_select(0, r).addcmul_(step_row[lo:hi].index_select(0, r),
+                                                      in_row.double())
         if need_depth_test:
             keep = ((zq >= 0) & (zq <= 2 * depth_scale)).nonzero().squeeze(1)
-            zq, pix, r = zq.index_select(0, keep), pix.index_select(0, keep), r.index_select(0, keep)
+            zq, pix, r = (t.index_select(0, keep) for t in (zq, pix, r))
         key = zq.to(torch.int64).clamp_(0, 2**31 - 1).bitwise_left_shift_(id_bits)
-        key.bitwise_or_(tri_of[lo:hi].index_select(0, r))
+        key.bitwise_or_(tri_r[lo:hi].index_select(0, r))
         zbuf.scatter_reduce_(0, pix, key, reduce="amin", include_self=True)
     return zbuf, id_bits
 
@@ -274,39 +296,68 @@ def barycentric_fields(
     clip: torch.Tensor, triangles: torch.Tensor, H: int, W: int,
     pixel_index: torch.Tensor, pixel_triangle: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable perspective-correct barycentrics (M x 3) and z/w (M,) at pixel centres."""
-    B, V = clip.shape[0], clip.shape[1]
-    hw = H * W
-    b = torch.div(pixel_index, hw, rounding_mode="floor")
-    rem = pixel_index - b * hw
-    py = torch.div(rem, W, rounding_mode="floor")
-    px = rem - py * W
-    rows = (triangles.index_select(0, pixel_triangle) + (b * V).unsqueeze(1)).reshape(-1)
-    # Thin triangles make barycentrics ill-conditioned: a pixel position error of
-    # W * 6e-8 (float32 NDC) becomes ~1e-4 in the weights. So the per-vertex pixel positions
-    # are computed in float64 (V work) and made relative to the pixel centre before going
-    # back to the working precision; everything per pixel after that is small numbers.
+    """Differentiable perspective-correct barycentrics (M x 3) and z/w (M,) at pixel centres.
+
+    Per (batch, triangle), in float64 and differentiable w.r.t. the clip vertices (B x F
+    work): the screen-affine functions u_k = b_k / w_k (k = 0, 1, 2) and z/w as planes
+    a dx + b dy + c around an integer origin o near the triangle (dx = px - ox, dy = py - oy).
+    Per covered pixel, in the working precision: gather the 14 numbers, evaluate the four
+    planes, bary_k = u_k / sum_j u_j. The origin keeps dx, dy small exact integers, so float32
+    evaluation stays accurate even for thin triangles (absolute pixel coordinates would cost
+    ~W * 6e-8 px, i.e. up to ~1e-4 in the weights of slivers).
+    The barycentrics come back as a transposed view of a 3 x M tensor (columns contiguous).
+    """
+    B = clip.shape[0]
+    F = triangles.shape[0]
     out_dtype = clip.dtype
-    c = clip.reshape(B * V, 4)
-    inv_w64 = 1.0 / c[:, 3].double()
-    pos64 = torch.stack([(c[:, 0].double() * inv_w64 + 1) * (W * 0.5) - 0.5,
-                         (c[:, 1].double() * inv_w64 + 1) * (H * 0.5) - 0.5], 1)
-    pixel = torch.stack([px, py], 1).to(torch.float64).repeat_interleave(3, dim=0)
-    rel = (pos64.index_select(0, rows) - pixel).to(out_dtype).reshape(-1, 3, 2)
-    inv_w = inv_w64.to(out_dtype)
-    per_vertex = torch.stack([inv_w, c[:, 2] * inv_w], 1).index_select(0, rows).reshape(-1, 3, 2)
-    sx, sy = rel[..., 0], rel[..., 1]
-    # Edge functions relative to the pixel centre; their sum is twice the signed area.
-    e = torch.stack([
-        sx[:, 1] * sy[:, 2] - sx[:, 2] * sy[:, 1],
-        sx[:, 2] * sy[:, 0] - sx[:, 0] * sy[:, 2],
-        sx[:, 0] * sy[:, 1] - sx[:, 1] * sy[:, 0],
-    ], 1)
-    screen_bary = e / e.sum(1, keepdim=True)
-    depth = (screen_bary * per_vertex[..., 1]).sum(1)
-    persp = screen_bary * per_vertex[..., 0]
-    bary = persp / persp.sum(1, keepdim=True)
-    return bary.to(out_dtype), depth.to(out_dtype)
+    work = torch.promote_types(out_dtype, torch.float32)
+    c = clip.double()
+    with torch.no_grad():  # culled vertices get harmless values (and zero gradients)
+        valid = (c[..., 3] > MIN_W) & torch.isfinite(c).all(-1)
+    c = torch.where(valid.unsqueeze(-1), c, c.new_tensor([0.0, 0.0, 0.0, 1.0]))
+    inv_w = 1.0 / c[..., 3]
+    sx = (c[..., 0] * inv_w + 1) * (W * 0.5) - 0.5
+    sy = (c[..., 1] * inv_w + 1) * (H * 0.5) - 0.5
+    zw = c[..., 2] * inv_w
+    flat_tri = triangles.reshape(-1)
+    x = sx.index_select(1, flat_tri).reshape(B, F, 3)
+    y = sy.index_select(1, flat_tri).reshape(B, F, 3)
+    iw = inv_w.index_select(1, flat_tri).reshape(B, F, 3)
+    z = zw.index_select(1, flat_tri).reshape(B, F, 3)
+    with torch.no_grad():
+        ox = x.mean(-1).clamp(-W, 2 * W).round()
+        oy = y.mean(-1).clamp(-H, 2 * H).round()
+    x = x - ox.unsqueeze(-1)
+    y = y - oy.unsqueeze(-1)
+    # Edge function of corner k (edge from corner k+1 to k+2) = ea dx + eb dy + ec.
+    x1, x2 = x.roll(-1, -1), x.roll(-2, -1)
+    y1, y2 = y.roll(-1, -1), y.roll(-2, -1)
+    ea, eb, ec = y1 - y2, x2 - x1, x1 * y2 - x2 * y1  # B x F x 3 each
+    area2 = ec.sum(-1, keepdim=True)  # the edge functions sum to twice the signed area
+    area2 = torch.where(area2 == 0, torch.ones_like(area2), area2)  # never drawn anyway
+    scale = iw / area2
+    za, zb, zc = (((e / area2) * z).sum(-1) for e in (ea, eb, ec))
+    table = torch.cat([  # 14 x (B*F): a_k, b_k, c_k for u_0..2, then z/w's a, b, c, origin
+        (ea * scale).permute(2, 0, 1), (eb * scale).permute(2, 0, 1),
+        (ec * scale).permute(2, 0, 1), torch.stack([za, zb, zc, ox, oy], 0),
+    ], 0).reshape(14, B * F).to(work)
+    if B > 1:
+        b = torch.div(pixel_index, H * W, rounding_mode="floor")
+        rem = pixel_index - b * (H * W)
+        rows = pixel_triangle + b * F
+    else:
+        rem, rows = pixel_index, pixel_triangle
+    py_int = torch.div(rem, W, rounding_mode="floor")
+    px = (rem - py_int * W).to(work)
+    py = py_int.to(work)
+    g = [table[i].index_select(0, rows) for i in range(14)]
+    dx = px - g[12]
+    dy = py - g[13]
+    u = [torch.addcmul(torch.addcmul(g[6 + k], g[k], dx), g[3 + k], dy) for k in range(3)]
+    depth = torch.addcmul(torch.addcmul(g[11], g[9], dx), g[10], dy)
+    total = u[0] + u[1] + u[2]
+    bary = torch.stack([u[0] / total, u[1] / total, u[2] / total], 0)
+    return bary.to(out_dtype).t(), depth.to(out_dtype)
 
 
 def finish_raster(

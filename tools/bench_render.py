@@ -1,13 +1,16 @@
-"""Benchmark the torch renderer on the default head model (2 CPU threads).
+"""Benchmark the torch renderer on the default head model, at 1 and 2 torch threads.
 
     python tools/bench_render.py [--json out.json] [--repeats 15] [--quick]
 
 Measures, for the default head mesh (and its subdivided version when available) at
 256x256 and 512x512, batch 1 and 8: `rasterize` alone, the full `render_mesh` forward
-(rasterize + interpolate colours and normals + SH shading + antialias) and forward+backward
-(gradients w.r.t. vertices, vertex colours and SH). Also: a straightforward per-triangle
-loop rasterizer as a baseline, and peak memory of a 1024x1024 batch-8 forward+backward in a
-fresh process (ru_maxrss delta). Times are wall-clock medians (and minima) in ms.
+(rasterize + interpolate vertex colours and normals + SH shading + antialias, under
+no_grad) and forward+backward (gradients w.r.t. vertices, vertex colours and SH), each with
+torch.set_num_threads(1) and (2), the two thread counts interleaved call by call so that
+both see the same machine load. Times are wall-clock medians (and minima) in ms, plus the
+median process CPU time; the 1-minute load average is printed per row (the machine may be
+shared). Also: a straightforward per-triangle loop rasterizer as a baseline, and peak
+memory of a 1024x1024 batch-8 forward+backward in a fresh process (ru_maxrss delta).
 """
 
 from __future__ import annotations
@@ -64,17 +67,26 @@ def camera_for(size: int) -> Camera:
     return cam.with_pose(R, torch.tensor([0.0, 0.0, 600.0]))
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """(median, min) wall time in ms after two warm-up calls."""
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(fn, repeats: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict[str, float]]:
+    """Per thread count: wall median / min and CPU (process time) median in ms, after one
+    warm-up call each; the thread counts alternate call by call."""
+    for t in threads:
+        torch.set_num_threads(t)
         fn()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return times[len(times) // 2], times[0]
+    wall: dict[int, list[float]] = {t: [] for t in threads}
+    cpu: dict[int, list[float]] = {t: [] for t in threads}
+    for _ in range(repeats):
+        for t in threads:
+            torch.set_num_threads(t)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[t].append((time.perf_counter() - start) * 1000)
+            cpu[t].append((time.process_time() - start_cpu) * 1000)
+    out = {}
+    for t in threads:
+        w, c = sorted(wall[t]), sorted(cpu[t])
+        out[t] = {"median": w[len(w) // 2], "min": w[0], "cpu": c[len(c) // 2]}
+    return out
 
 
 def baseline_rasterize(clip: torch.Tensor, triangles: torch.Tensor, H: int, W: int):
@@ -116,11 +128,12 @@ def sh_coeffs(batch: int) -> torch.Tensor:
     return sh
 
 
-def bench_mesh(verts, tris, size: int, batch: int, repeats: int) -> dict[str, float]:
+def bench_mesh(verts, tris, size: int, batch: int, repeats: int) -> dict:
     cam = camera_for(size)
     vb = verts.unsqueeze(0).expand(batch, -1, -1).contiguous()
     colors = torch.full((batch, verts.shape[0], 3), 0.7)
     clip = cam.to_clip(vb)
+    load_before = os.getloadavg()[0]
     raster_ms = timed(lambda: rasterize(clip, tris, (size, size), backend="torch"), repeats)
 
     def forward():
@@ -138,14 +151,15 @@ def bench_mesh(verts, tris, size: int, batch: int, repeats: int) -> dict[str, fl
 
     fwd = timed(forward, repeats)
     fwd_bwd = timed(forward_backward, repeats)
+    torch.set_num_threads(1)
     coverage = rasterize(clip, tris, (size, size)).coverage.float().mean().item()
     return {"rasterize": raster_ms, "forward": fwd, "forward_backward": fwd_bwd,
-            "coverage": coverage}
+            "coverage": coverage, "load": (load_before + os.getloadavg()[0]) / 2}
 
 
 def memory_probe() -> None:
     """Runs in a fresh process: ru_maxrss growth of a 1024x1024 batch-8 render + backward."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     _, meshes = load_meshes()
     _, verts, tris = meshes[0]
     small = camera_for(64)
@@ -183,31 +197,38 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="batch 1 and the default mesh only")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     if args.memory_probe:
         memory_probe()
         return
     source, meshes = load_meshes()
     if args.quick:
         meshes = meshes[:1]
-    print(f"# machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; mesh source: {source}")
-    print("| mesh | V | F | size | batch | coverage | rasterize ms | forward ms | "
+    print(f"# machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+          f"mesh source: {source}; load average at start {os.getloadavg()[0]:.1f}")
+    print("| mesh | V | F | size | batch | threads | load | rasterize ms | forward ms | "
           "fwd+bwd ms | fwd+bwd / fwd |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     results: dict[tuple[str, int, int], dict] = {}
+
+    def cell(r: dict) -> str:
+        return f"{r['median']:.1f} ({r['min']:.1f}; cpu {r['cpu']:.1f})"
+
     for label, verts, tris in meshes:
         for size in (256, 512):
             for batch in ((1,) if args.quick else (1, 8)):
                 r = bench_mesh(verts, tris, size, batch, args.repeats if batch == 1 else
                                max(3, args.repeats // 3))
                 results[(label, size, batch)] = r
-                print(f"| {label} | {verts.shape[0]} | {tris.shape[0]} | {size} | {batch} | "
-                      f"{r['coverage']:.0%} | {r['rasterize'][0]:.1f} ({r['rasterize'][1]:.1f}) | "
-                      f"{r['forward'][0]:.1f} ({r['forward'][1]:.1f}) | "
-                      f"{r['forward_backward'][0]:.1f} ({r['forward_backward'][1]:.1f}) | "
-                      f"{r['forward_backward'][0] / r['forward'][0]:.2f} |", flush=True)
-    print("(median (min) of repeated runs, wall-clock ms)")
+                for t in (1, 2):
+                    ratio = (r["forward_backward"][t]["median"]
+                             / r["forward"][t]["median"])
+                    print(f"| {label} | {verts.shape[0]} | {tris.shape[0]} | {size} | {batch} | "
+                          f"{t} | {r['load']:.1f} | {cell(r['rasterize'][t])} | "
+                          f"{cell(r['forward'][t])} | {cell(r['forward_backward'][t])} | "
+                          f"{ratio:.2f} |", flush=True)
+    print("(wall-clock median (min; median process CPU time) of repeated runs, ms; "
+          "load = 1-minute load average during the row)")
 
     label, verts, tris = meshes[0]
     baseline = {}
@@ -219,7 +240,7 @@ def main() -> None:
         ours = rasterize(clip, tris, (size, size), backend="torch").triangle_id[0]
         covered = (ids >= 0) | (ours >= 0)
         agree = (ids == ours)[covered].float().mean().item()
-        ours_ms = results[(label, size, 1)]["rasterize"][0]
+        ours_ms = results[(label, size, 1)]["rasterize"][1]["median"]
         baseline[size] = baseline_ms / ours_ms
         print(f"baseline per-triangle loop {size}x{size}: {baseline_ms:.0f} ms, "
               f"ours {ours_ms:.1f} ms -> {baseline[size]:.0f}x faster; "
@@ -238,23 +259,37 @@ def main() -> None:
 
     if args.json:
         r256, r512 = results[(label, 256, 1)], results[(label, 512, 1)]
+
+        def med(r: dict, key: str, threads: int = 1) -> float:
+            return r[key][threads]["median"]
+
         summary = {
             "mesh": label,
             "vertices": int(verts.shape[0]),
             "triangles": int(tris.shape[0]),
-            "forward_ms_256": r256["forward"][0],
-            "forward_ms_512": r512["forward"][0],
-            "rasterize_ms_256": r256["rasterize"][0],
-            "rasterize_ms_512": r512["rasterize"][0],
-            "forward_backward_ms_256": r256["forward_backward"][0],
-            "forward_backward_ms_512": r512["forward_backward"][0],
-            "backward_over_forward": r256["forward_backward"][0] / r256["forward"][0],
-            "backward_over_forward_512": r512["forward_backward"][0] / r512["forward"][0],
+            "threads": 1,
+            "forward_ms_256": med(r256, "forward"),
+            "forward_ms_512": med(r512, "forward"),
+            "rasterize_ms_256": med(r256, "rasterize"),
+            "rasterize_ms_512": med(r512, "rasterize"),
+            "forward_backward_ms_256": med(r256, "forward_backward"),
+            "forward_backward_ms_512": med(r512, "forward_backward"),
+            "backward_over_forward": med(r256, "forward_backward") / med(r256, "forward"),
+            "backward_over_forward_512": (med(r512, "forward_backward")
+                                          / med(r512, "forward")),
+            "forward_ms_256_2threads": med(r256, "forward", 2),
+            "forward_ms_512_2threads": med(r512, "forward", 2),
+            "forward_backward_ms_256_2threads": med(r256, "forward_backward", 2),
+            "forward_backward_ms_512_2threads": med(r512, "forward_backward", 2),
+            "forward_min_ms_256": r256["forward"][1]["min"],
+            "forward_min_ms_512": r512["forward"][1]["min"],
+            "forward_cpu_ms_256": r256["forward"][1]["cpu"],
+            "forward_cpu_ms_512": r512["forward"][1]["cpu"],
             "baseline_over_ours": baseline[256],
             "baseline_over_ours_512": baseline[512],
             "peak_mib_1024_batch8": memory.get("forward_backward_peak_mib"),
+            "load_average": {f"{k[0]} {k[1]} b{k[2]}": v["load"] for k, v in results.items()},
             "cpu": cpu_name(),
-            "threads": torch.get_num_threads(),
         }
         tmp = args.json.with_suffix(args.json.suffix + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
