@@ -50,6 +50,7 @@ from typing import Any
 
 from morph3d.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from morph3d.errors import InputError, Morph3dError
+from morph3d.paths import sha256_file
 
 STATE_DIR = ".morph3d-batch"  # per-output sidecars (checksum + job key) inside out_dir
 LOG_DIR = "logs"
@@ -227,14 +228,6 @@ def swap_options(job: Job, work_dir: Path | None, device: str | None = None):
 # ---------------------------------------------------------------------------------------------
 # Resumability: job keys and sidecars
 # ---------------------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Digests:

@@ -1,7 +1,9 @@
-"""Where morph3d keeps files it builds: one cache directory, overridable by MORPH3D_CACHE."""
+"""Where morph3d keeps files it builds (one cache directory, overridable by MORPH3D_CACHE),
+and how it names file contents (SHA-256)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,3 +20,12 @@ def models_dir() -> Path:
     path = cache_dir() / "models"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's content, streamed (a few seconds for a 1 GB clip)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from morph3d.errors import InputError, Morph3dError
-from morph3d.paths import cache_dir
+from morph3d.paths import cache_dir, sha256_file
 
 if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
     import torch
@@ -74,13 +74,9 @@ class SwapSummary:
 # ---------------------------------------------------------------------------------------------
 
 
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's content (streamed; a few seconds for a 1 GB clip)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()[:20]
+def file_digest(path: Path) -> str:
+    """A short content key for cache folder names (the first 20 hex digits of SHA-256)."""
+    return sha256_file(path)[:20]
 
 
 def check_paths(sources: list[Path], target: Path, output: Path,

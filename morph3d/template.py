@@ -36,6 +36,7 @@ from typing import Any
 from morph3d import __version__
 from morph3d.atomic import atomic_write
 from morph3d.errors import InputError
+from morph3d.paths import sha256_file
 
 TEMPLATE_FORMAT = "morph3d.template"
 TEMPLATE_VERSION = 1
@@ -76,14 +77,6 @@ def model_signature(model) -> dict[str, Any]:
             "vertices": int(info["vertices"]),
             "identity_components": int(info["identity_components"]),
             "expression_components": int(info["expression_components"])}
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_template(path: str | os.PathLike) -> bool:
