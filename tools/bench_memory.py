@@ -1,0 +1,279 @@
+"""Peak memory of `morph3d swap` against clip length (issue 5: memory stays bounded).
+
+    python tools/bench_memory.py [--frames 150 600] [--clips-dir /tmp/morph3d_bench_memory]
+                                 [--json FILE] [--plot docs/bench_memory_rss.png]
+
+Makes 1920x1080 test clips of the given lengths from nggyup.mp4 (upscaled; played forwards
+then backwards so the motion has no cut; no audio) under --clips-dir (never in the repository),
+runs the instrumented `morph3d swap` of tools/bench_swap.py on each with mark.jpg and a fresh
+work directory, and reports the peak RSS (VmHWM) overall and at the end of each stage, plus the
+size per frame of the per-frame arrays the pipeline keeps (the cached landmarks and clip fit:
+the only thing that grows with length), and a projection for a 10-minute 1080p clip.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_swap import MEDIA, ROOT, fmt_load, machine, run_swap  # noqa: E402
+
+SIZE = (1920, 1080)
+TEN_MINUTES_FRAMES = 10 * 60 * 30
+
+
+def make_clip(path: Path, frames: int, size: tuple[int, int] = SIZE) -> Path:
+    """nggyup.mp4 resized to `size`, ping-ponged to `frames` frames, H.264 CRF 18, 30 fps."""
+    import av
+    import cv2
+
+    from morph3d.media import iter_frames
+
+    if path.is_file():
+        with av.open(str(path)) as c:
+            if c.streams.video[0].frames == frames:
+                return path
+    source = list(f.rgb for f in iter_frames(MEDIA / "nggyup.mp4", 0, frames))  # 720p
+    order = list(range(len(source))) + list(range(len(source) - 2, 0, -1))
+    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for k in range(frames):
+            rgb = cv2.resize(source[order[k % len(order)]], size, interpolation=cv2.INTER_LINEAR)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    os.replace(tmp, path)
+    return path
+
+
+def per_frame_bytes(work_dir: Path, frames: int) -> dict[str, Any]:
+    """Bytes per frame of the arrays with a leading frame axis in the clip's cached npz files
+    (landmarks.npz, fit.npz), and the size of the rest."""
+    per_frame: dict[str, int] = {}
+    fixed = 0
+    for npz in sorted(work_dir.glob("clip-*/*.npz")):
+        with np.load(npz) as z:
+            for key in z.files:
+                a = z[key]
+                if a.ndim and a.shape[0] == frames:
+                    per_frame[f"{npz.stem}/{key}"] = a.nbytes // frames
+                else:
+                    fixed += a.nbytes
+    return {"arrays": per_frame, "total_per_frame": sum(per_frame.values()),
+            "fixed_bytes": fixed}
+
+
+def rss_plot(runs: dict[int, dict], path: Path) -> None:
+    """RSS over time, one panel per clip length, stage starts marked."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 2.6 * len(runs)))
+    FigureCanvasAgg(fig)
+    top = max(max(s[1] for s in run["rss_samples"]) for run in runs.values()) / 1024 * 1.25
+    for k, (frames, run) in enumerate(sorted(runs.items())):
+        ax = fig.add_subplot(len(runs), 1, k + 1)
+        t = np.array([s[0] for s in run["rss_samples"]])
+        rss = np.array([s[1] for s in run["rss_samples"]]) / 1024
+        ax.plot(t, rss, lw=1)
+        starts = {"fit source start": "fit source", "landmarks start": "landmarks",
+                  "fit video start": "fit clip", "fit clip end": "render", "exit": "exit"}
+        for label, wall, _, _ in run["marks"]:
+            if label in starts:
+                ax.axvline(wall, color="grey", lw=0.6, ls=":")
+                ax.text(wall, top * 0.97, " " + starts[label], fontsize=7, va="top",
+                        color="dimgrey")
+        ax.set(ylabel="RSS (MiB)", ylim=(0, top),
+               title=f"{frames} frames 1920x1080: peak {run['peak_rss_mib']:.0f} MiB")
+    fig.axes[-1].set_xlabel("seconds since the process started (RSS sampled every 0.2 s)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    os.replace(tmp, path)
+
+
+GROWTH_FRAMES = (120, 289)  # both past the shot cuts at frames 22 and 93
+
+
+def growth_child(frames: int) -> dict[str, int]:
+    """Python/numpy heap (tracemalloc) of the clip-fitting stages on the first `frames` frames
+    of nggyup.mp4: the peak during landmark detection, the landmarks kept, the peak during the
+    clip fit and the fit kept. Run in a fresh process; deterministic, unlike RSS. Both lengths
+    must include the same shot cuts: a cut makes a second track, whose identity check loads
+    the dlib models once (a constant that would otherwise look like growth)."""
+    import gc
+    import tracemalloc
+
+    from fitting.video import fit_video, video_landmarks
+    from morph3d.models import load_model
+
+    model = load_model("default")
+    clip = MEDIA / "nggyup.mp4"
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    landmarks, _ = video_landmarks(clip, "mediapipe", "largest", frames, progress=False)
+    peak_landmarks = tracemalloc.get_traced_memory()[1]
+    gc.collect()  # what is still referenced, not garbage in cycles
+    kept_landmarks = tracemalloc.get_traced_memory()[0]
+    tracemalloc.reset_peak()
+    fit = fit_video(clip, model, landmarks=landmarks, max_frames=frames, progress=False)
+    del landmarks
+    peak_fit = tracemalloc.get_traced_memory()[1]
+    gc.collect()
+    kept_fit = tracemalloc.get_traced_memory()[0]
+    assert fit.faces.valid.any()
+    return {"frames": frames, "peak_landmarks": peak_landmarks - base,
+            "kept_landmarks": kept_landmarks - base, "peak_fit": peak_fit - base,
+            "kept_fit": kept_fit - base}
+
+
+def measure_growth() -> dict[str, Any]:
+    """Bytes per frame that each fitting stage's heap peak and kept state grow by."""
+    import subprocess
+
+    rows = []
+    for frames in GROWTH_FRAMES:
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--growth-child",
+                               str(frames)], capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            sys.exit(f"bench_memory: the growth measurement failed:\n{proc.stderr[-2000:]}")
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    a, b = rows
+    span = b["frames"] - a["frames"]
+    slopes = {k: (b[k] - a[k]) / span for k in a if k != "frames"}
+    return {"rows": rows, "bytes_per_frame": slopes}
+
+
+def projection_text(runs: dict[int, dict], results: dict[str, Any]) -> str:
+    """Growth with length: the measured change of each stage's peak between the shortest and
+    the longest clip, and the projection for a 10-minute 1080p30 clip from the per-frame
+    arrays (the only state that grows with length; RSS noise of a few tens of MiB hides their
+    growth over a few hundred frames)."""
+    lengths = sorted(runs)
+    longest = runs[lengths[-1]]
+    arrays = longest["arrays"]["arrays"]
+    per_frame = longest["arrays"]["total_per_frame"]
+    kept = sum(v for k, v in arrays.items() if k.startswith("fit/"))  # the VideoFit
+    extra = TEN_MINUTES_FRAMES - lengths[-1]
+    projection: dict[str, Any] = {
+        "frames": TEN_MINUTES_FRAMES, "cached_arrays_mib": per_frame * TEN_MINUTES_FRAMES / 2**20,
+        "kept_while_rendering_bytes_per_frame": kept,
+        "peak_rss_mib": longest["peak_rss_mib"] + kept * extra / 2**20}
+    growth = results.get("growth")
+    if growth is not None:
+        # Each fitting stage's peak grows by its heap growth per frame; the stage's RSS high
+        # water mark at its end bounds where it started from.
+        slope = growth["bytes_per_frame"]
+        costs = longest["costs"]
+        projection["landmarks_peak_rss_mib"] = (costs["landmarks"]["hwm_mib_at_end"]
+                                                + slope["peak_landmarks"] * extra / 2**20)
+        projection["fitting_peak_rss_mib"] = (costs["fit video"]["hwm_mib_at_end"]
+                                              + slope["peak_fit"] * extra / 2**20)
+        projection["peak_rss_mib"] = max(projection["peak_rss_mib"],
+                                         projection["landmarks_peak_rss_mib"],
+                                         projection["fitting_peak_rss_mib"])
+    lines = [f"per-frame arrays in the work directory, {per_frame} bytes/frame: "
+             + ", ".join(f"{k} {v}" for k, v in arrays.items()),
+             f"{TEN_MINUTES_FRAMES} frames (10 min at 30 fps): "
+             f"{projection['cached_arrays_mib']:.0f} MiB of cached arrays; the clip fit held while "
+             f"rendering ({kept} bytes/frame) adds {kept * extra / 2**20:.0f} MiB to the "
+             f"{lengths[-1]}-frame render peak: {projection['peak_rss_mib']:.0f} MiB"]
+    if growth is not None:
+        lines.append(
+            "heap growth of the fitting stages (tracemalloc, nggyup.mp4 first "
+            f"{GROWTH_FRAMES[0]} vs {GROWTH_FRAMES[1]} frames), bytes/frame: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in slope.items())
+            + f"; projected peaks: landmarks {projection['landmarks_peak_rss_mib']:.0f} MiB, "
+            f"clip fit {projection['fitting_peak_rss_mib']:.0f} MiB"
+            f"; projected peak RSS {projection['peak_rss_mib']:.0f} MiB")
+    if len(lengths) > 1:
+        a, b = runs[lengths[0]], runs[lengths[-1]]
+        change = {}
+        for stage in ("landmarks", "fit video", "render"):
+            if stage in a["costs"] and stage in b["costs"]:
+                change[stage] = (b["costs"][stage]["hwm_mib_at_end"]
+                                 - a["costs"][stage]["hwm_mib_at_end"])
+        change["peak"] = b["peak_rss_mib"] - a["peak_rss_mib"]
+        projection["measured_change_mib"] = change
+        lines.append(f"change of the peak from {lengths[0]} to {lengths[-1]} frames (MiB): "
+                     + ", ".join(f"{k} {v:+.0f}" for k, v in change.items()))
+    results["projection_10min_1080p"] = projection
+    return "\n".join(lines)
+
+
+def machine_line(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    return (f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average "
+            f"{fmt_load(m['loadavg_start'])} at the start, {fmt_load(m['loadavg_end'])} at the end")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, nargs="+", default=[150, 600])
+    parser.add_argument("--clips-dir", type=Path, default=Path("/tmp/morph3d_bench_memory"))
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_memory_rss.png")
+    args = parser.parse_args()
+    if not (MEDIA / "nggyup.mp4").is_file():
+        sys.exit(f"bench_memory: {MEDIA / 'nggyup.mp4'} is missing (needs ../shared/media)")
+    if args.clips_dir.resolve().is_relative_to(ROOT):
+        sys.exit("bench_memory: keep the test clips out of the repository (--clips-dir)")
+    args.clips_dir.mkdir(parents=True, exist_ok=True)
+
+    results: dict[str, Any] = {"machine": machine(), "runs": {}}
+    print("[bench_memory] heap growth of the fitting stages", flush=True)
+    results["growth"] = measure_growth()
+    runs: dict[int, dict] = {}
+    for frames in args.frames:
+        clip = make_clip(args.clips_dir / f"nggyup_1080p_{frames}.mp4", frames)
+        work = args.clips_dir / f"work_{frames}"
+        if work.exists():
+            import shutil
+
+            shutil.rmtree(work)
+        print(f"[bench_memory] swap {frames} frames", flush=True)
+        run = run_swap(MEDIA / "mark.jpg", clip, args.clips_dir / f"swapped_{frames}.mp4",
+                       work, None)
+        run["arrays"] = per_frame_bytes(work, frames)
+        runs[frames] = run
+        results["runs"][frames] = {k: v for k, v in run.items() if k != "rss_samples"}
+
+    lines = ["| frames (1920x1080) | peak RSS MiB | at end of: imports / fit source / landmarks "
+             "/ fit clip / render (MiB) | per-frame arrays, bytes/frame | wall s | CPU s |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for frames, run in sorted(runs.items()):
+        c = run["costs"]
+        hwm = " / ".join(f"{c[s]['hwm_mib_at_end']:.0f}" if s in c else "n/a"
+                         for s in ("imports", "fit source", "landmarks", "fit video", "render"))
+        lines.append(f"| {frames} | {run['peak_rss_mib']:.0f} | {hwm} | "
+                     f"{run['arrays']['total_per_frame']} | {run['process_wall_s']:.0f} | "
+                     f"{c['process']['cpu_s']:.0f} |")
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    text = "\n".join(lines) + "\n\n" + projection_text(runs, results) + (
+        f"\n{machine_line(results)}\n")
+    print(text)
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        rss_plot(runs, args.plot)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--growth-child":
+        print(json.dumps(growth_child(int(sys.argv[2]))))
+        sys.exit(0)
+    sys.exit(main())

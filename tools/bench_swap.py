@@ -1,0 +1,542 @@
+"""Benchmark `morph3d swap` on the real clips and score it with `morph3d eval`.
+
+    python tools/bench_swap.py [--quick] [--json FILE] [--out-dir out/bench_swap]
+                               [--docs-dir docs/bench_swap] [--workers 2]
+
+Cases (sources and clips from ../shared/media; the script stops with a message without them):
+
+- orig_mark, orig_khabenskii: mark.jpg / khabenskii.jpg into orig.webm (66 frames, 464x560),
+  next to the published peer method's outputs (ghost_*_on_orig.webm) scored by the same code.
+- nggyup_mark, nggyup_khabenskii: the same photos into nggyup.mp4 (289 frames, 1280x720, audio).
+
+Each clip gets a fresh work directory under the out dir, so the first source on a clip pays
+for every stage (landmarks, clip fit, source fit) and the second source on the same clip shows
+the cached re-run (only its own photo fit and the rendering), which is how the product is used
+(fit a clip once, swap many faces into it). `nggyup_mark_classic` re-renders the fitted clip with
+`--refine classic` (bicubic upscaling instead of the neural super-resolver).
+
+Every swap runs as its own process, the CLI under light instrumentation (`--child`): the stage
+functions are wrapped to record process CPU time and peak RSS (VmHWM) at their boundaries,
+and a thread samples the resident set size, so the report has per-stage wall seconds (from the
+swap summary), per-stage CPU seconds and the memory profile. On a shared machine the CPU
+seconds are the steadier measure: wall seconds depend on what else runs.
+
+--quick: the orig.webm cases only, first 30 frames, no pictures in the docs folder.
+The markdown tables go to stdout and to OUT_DIR/tables.md; the full results to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT.parent / "shared" / "media"
+sys.path.insert(0, str(ROOT))
+
+QUICK_FRAMES = 30
+CONTACT_SAMPLES = 5  # frames per case contact sheet
+CELL_PX = 200
+RSS_SAMPLE_S = 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# The instrumented swap process
+# --------------------------------------------------------------------------------------------
+
+
+def _proc_status_kb(field: str) -> int:
+    """A `/proc/self/status` memory field (VmRSS, VmHWM) in KiB; 0 where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class StageRecorder:
+    """Records (label, wall s, process CPU s, VmHWM KiB) at stage boundaries and samples VmRSS
+    every RSS_SAMPLE_S seconds with the stage running at the time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+        self.stage = "start-up"
+        self.marks: list[tuple[str, float, float, int]] = []
+        self.samples: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self.t0, _proc_status_kb("VmRSS"),
+                                 self.stage))
+            self._stop.wait(RSS_SAMPLE_S)
+
+    def mark(self, label: str) -> None:
+        self.marks.append((label, time.perf_counter() - self.t0,
+                           time.process_time() - self.cpu0, _proc_status_kb("VmHWM")))
+
+    def wrap(self, module: Any, name: str, stage: str) -> None:
+        """Replace module.name by a wrapper that marks `stage` start and end."""
+        fn = getattr(module, name)
+
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            outer, self.stage = self.stage, stage
+            self.mark(f"{stage} start")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.mark(f"{stage} end")
+                self.stage = {"fit clip": "render", "swap": "finish"}.get(stage, outer)
+
+        setattr(module, name, inner)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mark("exit")
+
+
+def child_main(report: Path, argv: list[str]) -> int:
+    """Run `morph3d swap ARGV` in this process, instrumented; write the record to `report`."""
+    recorder = StageRecorder()
+    import fitting.video
+    import morph3d.swap
+    from morph3d.cli import main
+
+    recorder.stage = "imports"
+    recorder.mark("imports end")
+    recorder.wrap(morph3d.swap, "swap", "swap")
+    recorder.wrap(morph3d.swap, "fit_source", "fit source")
+    recorder.wrap(morph3d.swap, "fit_clip", "fit clip")
+    recorder.wrap(fitting.video, "video_landmarks", "landmarks")
+    recorder.wrap(fitting.video, "fit_video", "fit video")
+    rc = main(["swap", *argv])
+    recorder.stop()
+    report.write_text(json.dumps({"rc": rc, "marks": recorder.marks,
+                                  "rss_samples": recorder.samples,
+                                  "vmhwm_kb": _proc_status_kb("VmHWM")}))
+    return rc
+
+
+def stage_costs(marks: list[list]) -> dict[str, dict[str, float]]:
+    """Per-stage wall and CPU seconds and the VmHWM at each stage's end (MiB), from the marks.
+    render = from the end of the clip fit to the end of `swap`."""
+    at = {m[0]: m for m in marks}
+    out: dict[str, dict[str, float]] = {}
+
+    def span(name: str, start: str, end: str) -> None:
+        if start in at and end in at:
+            out[name] = {"wall_s": at[end][1] - at[start][1], "cpu_s": at[end][2] - at[start][2],
+                         "hwm_mib_at_end": at[end][3] / 1024}
+
+    out["imports"] = {"wall_s": at["imports end"][1], "cpu_s": at["imports end"][2],
+                      "hwm_mib_at_end": at["imports end"][3] / 1024}
+    for stage in ("fit source", "fit clip", "landmarks", "fit video", "swap"):
+        span(stage, f"{stage} start", f"{stage} end")
+    span("render", "fit clip end", "swap end")
+    span("process", "imports end", "exit")
+    out["process"]["wall_s"] = at["exit"][1]
+    out["process"]["cpu_s"] = at["exit"][2]
+    return out
+
+
+def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
+             max_frames: int | None, extra: list[str] | None = None) -> dict[str, Any]:
+    """`morph3d swap` in a child process; its summary plus CPU seconds and memory."""
+    summary_path = output.with_suffix(".summary.json")
+    report_path = output.with_suffix(".child.json")
+    argv = ["-s", str(source), "-t", str(target), "-o", str(output), "--work-dir", str(work_dir),
+            "--summary-json", str(summary_path), "--quiet", *(extra or [])]
+    if max_frames is not None:
+        argv += ["--max-frames", str(max_frames)]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
+                           str(report_path), "--", *argv], cwd=ROOT, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"bench_swap: morph3d swap failed on {target.name} with {source.name}:\n"
+                 f"{proc.stderr[-3000:]}")
+    child = json.loads(report_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    costs = stage_costs(child["marks"])
+    return {"command": "morph3d swap " + " ".join(argv), "summary": summary, "costs": costs,
+            "process_wall_s": wall, "peak_rss_mib": child["vmhwm_kb"] / 1024,
+            "marks": child["marks"],
+            "rss_samples": child["rss_samples"], "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()}
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+METRIC_KEYS = ("coverage", "id_dist_source", "id_swap_rate", "id_dist_target",
+               "id_dist_source_vs_original", "pose_mae_deg", "pose_mae_deg_offset_removed",
+               "mar_corr", "ear_corr", "gaze_err", "jitter_added", "jitter_noise_floor",
+               "jitter_original", "frames", "frames_original_face", "frames_matched",
+               "seconds")
+
+
+def run_eval(source: Path, target: Path, output: Path, out_json: Path, plots: Path,
+             workers: int, max_frames: int | None) -> dict[str, Any]:
+    from morph3d.evaluate import evaluate, write_json
+
+    result = evaluate(source, target, output, workers=workers, plots_dir=plots,
+                      max_frames=max_frames)
+    write_json(result, out_json)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Pictures
+# --------------------------------------------------------------------------------------------
+
+
+def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
+    from morph3d.media import iter_frames
+
+    wanted, found = set(indices), {}
+    for frame in iter_frames(path, 0, max(indices) + 1):
+        if frame.index in wanted:
+            found[frame.index] = frame.rgb
+    return found
+
+
+def face_crop(rgb: np.ndarray, box: list[float], side_px: int, scale: float = 1.6
+              ) -> np.ndarray:
+    """A square crop `scale` times the box's longer side around its centre (black outside)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(int(round(scale * max(box[2] - box[0], box[3] - box[1]))), 8)
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    crop = np.zeros((side, side, 3), np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    interp = cv2.INTER_AREA if side > side_px else cv2.INTER_CUBIC
+    return cv2.resize(crop, (side_px, side_px), interpolation=interp)
+
+
+def label(cell: np.ndarray, text: str) -> np.ndarray:
+    import cv2
+
+    cell = cell.copy()
+    cv2.rectangle(cell, (0, cell.shape[0] - 20), (cell.shape[1], cell.shape[0]), (0, 0, 0), -1)
+    cv2.putText(cell, text, (4, cell.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                (255, 255, 255), 1, cv2.LINE_AA)
+    return cell
+
+
+def source_cell(source: Path, side: int) -> np.ndarray:
+    from fitting.faces import MEDIAPIPE478, detect_faces, landmark_box
+    from morph3d.media import read_image
+
+    rgb = read_image(source)
+    faces = detect_faces(rgb, "mediapipe")
+    k = int(np.argmax(faces.areas()))
+    return label(face_crop(rgb, list(landmark_box(faces.landmarks[MEDIAPIPE478][k])), side),
+                 f"source {source.stem}")
+
+
+def pick_frames(per_frame: list[dict], count: int) -> list[int]:
+    matched = [r["index"] for r in per_frame if r.get("matched") and r.get("original_box")]
+    if not matched:
+        return []
+    picks = {matched[round(k * (len(matched) - 1) / max(count - 1, 1))]
+             for k in range(min(count, len(matched)))}
+    return sorted(picks)
+
+
+def case_sheet(per_frame: list[dict], source: Path, target: Path,
+               outputs: dict[str, Path], count: int) -> np.ndarray:
+    """Rows `source | original | output per method` of face crops for `count` frames."""
+    boxes = {r["index"]: r["original_box"] for r in per_frame if r.get("original_box")}
+    picks = pick_frames(per_frame, count)
+    originals = read_frames(target, picks)
+    swapped = {name: read_frames(path, picks) for name, path in outputs.items()}
+    src = source_cell(source, CELL_PX)
+    rows = []
+    for i in picks:
+        cells = [src, label(face_crop(originals[i], boxes[i], CELL_PX), f"original #{i}")]
+        for name, frames in swapped.items():
+            frame = frames.get(i)
+            if frame is None:
+                cells.append(label(np.zeros_like(src), f"{name}: no frame"))
+                continue
+            box = rescale_box(boxes[i], originals[i].shape, frame.shape)
+            cells.append(label(face_crop(frame, box, CELL_PX), f"{name} #{i}"))
+        rows.append(np.concatenate(cells, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def rescale_box(box: list[float], from_shape: tuple, to_shape: tuple) -> list[float]:
+    sx, sy = to_shape[1] / from_shape[1], to_shape[0] / from_shape[0]
+    return [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
+
+
+def strip_sheet(per_frame: list[dict], source: Path, target: Path, output: Path,
+                indices: list[int]) -> np.ndarray:
+    """Two rows of close face crops: the original frames above, the swapped ones below, with
+    the source photo at the left (the nggyup contact sheets)."""
+    boxes = {r["index"]: r["original_box"] for r in per_frame if r.get("original_box")}
+    indices = [i for i in indices if i in boxes]
+    originals, swapped = read_frames(target, indices), read_frames(output, indices)
+    src = source_cell(source, CELL_PX)
+    top = [label(np.full_like(src, 40), "original above")]
+    bottom = [src]
+    for i in indices:
+        top.append(label(face_crop(originals[i], boxes[i], CELL_PX), f"original #{i}"))
+        bottom.append(label(face_crop(swapped[i], boxes[i], CELL_PX), f"swapped #{i}"))
+    return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
+
+
+def plots_panel(plots: Path) -> np.ndarray:
+    """evaluate's four plots in one 2x2 picture at 60 % size."""
+    import cv2
+
+    imgs = [cv2.imread(str(plots / f"{n}.png"))[..., ::-1]
+            for n in ("identity", "pose", "expression", "trajectory")]
+    width = max(i.shape[1] for i in imgs)
+
+    def pad(img: np.ndarray, height: int) -> np.ndarray:
+        out = np.full((height, width, 3), 255, np.uint8)
+        out[:img.shape[0], :img.shape[1]] = img
+        return out
+
+    rows = []
+    for a, b in ((imgs[0], imgs[1]), (imgs[2], imgs[3])):
+        height = max(a.shape[0], b.shape[0])
+        rows.append(np.concatenate([pad(a, height), pad(b, height)], axis=1))
+    panel = np.concatenate(rows, axis=0)
+    return cv2.resize(panel, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA)
+
+
+def write_picture(path: Path, rgb: np.ndarray) -> Path:
+    """JPEG (quality 88) or PNG by suffix, via a temp file."""
+    import cv2
+
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    params = [cv2.IMWRITE_JPEG_QUALITY, 88] if path.suffix.lower() in (".jpg", ".jpeg") else [
+        cv2.IMWRITE_PNG_COMPRESSION, 9]
+    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]), params):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def score_table(rows: list[tuple[str, str, dict]]) -> str:
+    head = ("| case | method | coverage | id_dist_source | id_swap_rate | id_dist_target | "
+            "pose_mae_deg (offset removed) | mar_corr | ear_corr | gaze_err | "
+            "jitter_added / noise floor |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for case, method, m in rows:
+        lines.append(
+            f"| {case} | {method} | {fmt(m.get('coverage'), 2)} | {fmt(m.get('id_dist_source'))}"
+            f" | {fmt(m.get('id_swap_rate'), 2)} | {fmt(m.get('id_dist_target'))} | "
+            f"{fmt(m.get('pose_mae_deg'), 2)} ({fmt(m.get('pose_mae_deg_offset_removed'), 2)}) | "
+            f"{fmt(m.get('mar_corr'))} | {fmt(m.get('ear_corr'))} | {fmt(m.get('gaze_err'))} | "
+            f"{fmt(m.get('jitter_added'), 4)} / {fmt(m.get('jitter_noise_floor'), 4)} |")
+    return "\n".join(lines)
+
+
+def stage_rate(run: dict, stage: str, summary_key: str) -> str:
+    """Frames per wall second of a stage (frames per CPU-second in brackets), or "cached"."""
+    s, c = run["summary"], run["costs"]
+    if summary_key in s["cached"] or stage not in c:
+        return "cached"
+    n = s["frames"]
+    wall, cpu = s["seconds"].get(summary_key, c[stage]["wall_s"]), c[stage]["cpu_s"]
+    return f"{n / wall:.1f} ({n / cpu:.1f})"
+
+
+def speed_table(runs: list[tuple[str, dict]]) -> str:
+    """fps per stage: wall (frames per CPU-second in brackets)."""
+    head = ("| run | frames | cached | landmarks fps | fit clip fps | fit source s | "
+            "render+composite+encode fps | end-to-end fps | process wall s | CPU share | "
+            "load (1 min) | peak RSS MiB |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for name, run in runs:
+        s, c = run["summary"], run["costs"]
+        n = s["frames"]
+
+        if "fit source" in s["cached"]:
+            source = "cached"
+        else:
+            source = f"{s['seconds']['fit source']:.1f} ({c['fit source']['cpu_s']:.1f})"
+        total_wall, total_cpu = s["seconds"]["total"], c["swap"]["cpu_s"]
+        share = c["process"]["cpu_s"] / c["process"]["wall_s"]
+        lines.append(
+            f"| {name} | {n} | {', '.join(s['cached']) or 'none'} | "
+            f"{stage_rate(run, 'landmarks', 'landmarks')} | "
+            f"{stage_rate(run, 'fit video', 'fit clip')} | {source} | "
+            f"{stage_rate(run, 'render', 'render')} | {n / total_wall:.1f} ({n / total_cpu:.1f}) | "
+            f"{run['process_wall_s']:.0f} | {share:.2f} | {run['loadavg_before'][0]:.1f} | "
+            f"{run['peak_rss_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def fmt_load(load: tuple[float, ...]) -> str:
+    return "/".join(f"{v:.1f}" for v in load)
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import torch
+
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "git": git, "loadavg_start": os.getloadavg()}
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="orig.webm cases only, first 30 frames, no docs pictures")
+    parser.add_argument("--json", type=Path, help="write every number here")
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "out" / "bench_swap")
+    parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "bench_swap",
+                        help="compact pictures for BENCHMARKS.md (full mode only)")
+    parser.add_argument("--workers", type=int, default=2, help="evaluate's worker processes")
+    args = parser.parse_args()
+
+    needed = ["mark.jpg", "khabenskii.jpg", "orig.webm", "ghost_mark_on_orig.webm",
+              "ghost_khabenskii_on_orig.webm", "nggyup.mp4"]
+    missing = [n for n in needed if not (MEDIA / n).is_file()]
+    if missing:
+        sys.exit(f"bench_swap: the real test media is missing ({', '.join(missing)} not in "
+                 f"{MEDIA}); this benchmark needs ../shared/media beside the repository")
+
+    out = args.out_dir.resolve()
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)  # fresh work directories: the fitting stages are really timed
+    out.mkdir(parents=True)
+    max_frames = QUICK_FRAMES if args.quick else None
+    cases = [("orig", "mark"), ("orig", "khabenskii")]
+    if not args.quick:
+        cases += [("nggyup", "mark"), ("nggyup", "khabenskii")]
+    clips = {"orig": MEDIA / "orig.webm", "nggyup": MEDIA / "nggyup.mp4"}
+    peers = {("orig", "mark"): MEDIA / "ghost_mark_on_orig.webm",
+             ("orig", "khabenskii"): MEDIA / "ghost_khabenskii_on_orig.webm"}
+    results: dict[str, Any] = {"machine": machine(), "quick": args.quick, "cases": {}}
+    runs: list[tuple[str, dict]] = []
+    scores: list[tuple[str, str, dict]] = []
+
+    for clip, person in cases:
+        name = f"{clip}_{person}"
+        source, target = MEDIA / f"{person}.jpg", clips[clip]
+        output = out / f"{name}.mp4"
+        print(f"[bench_swap] swap {name}", flush=True)
+        run = run_swap(source, target, output, out / f"work_{clip}", max_frames)
+        runs.append((name, run))
+        print(f"[bench_swap] eval {name}", flush=True)
+        ours = run_eval(source, target, output, out / f"{name}.eval.json",
+                        out / "eval" / name, args.workers, max_frames)
+        case: dict[str, Any] = {"swap": run, "ours": {k: ours.get(k) for k in METRIC_KEYS},
+                                "noise_floor": ours.get("noise_floor")}
+        scores.append((name, "morph3d", ours))
+        peer = peers.get((clip, person))
+        peer_result = None
+        if peer is not None:
+            print(f"[bench_swap] eval peer {name}", flush=True)
+            peer_result = run_eval(source, target, peer, out / f"{name}.peer.eval.json",
+                                   out / "eval" / f"{name}_peer", args.workers, max_frames)
+            case["peer"] = {k: peer_result.get(k) for k in METRIC_KEYS}
+            scores.append((name, "peer (ghost)", peer_result))
+        results["cases"][name] = case
+
+        if not args.quick:
+            docs = args.docs_dir.resolve()
+            docs.mkdir(parents=True, exist_ok=True)
+            outputs = {"morph3d": output}
+            if peer is not None:
+                outputs["peer"] = peer
+            sheet = case_sheet(ours["per_frame"], source, target, outputs, CONTACT_SAMPLES)
+            write_picture(docs / f"{name}_contact.jpg", sheet)
+            write_picture(docs / f"{name}_plots.png", plots_panel(out / "eval" / name))
+            if peer_result is not None:
+                write_picture(docs / f"{name}_peer_plots.png",
+                              plots_panel(out / "eval" / f"{name}_peer"))
+            if clip == "nggyup":
+                strip = strip_sheet(ours["per_frame"], source, target, output, NGGYUP_FRAMES)
+                write_picture(ROOT / "docs" / f"contact_nggyup_{person}.jpg", strip)
+
+    if not args.quick:
+        # The fitted clip again, bicubic upscaling instead of the neural super-resolver.
+        print("[bench_swap] swap nggyup_mark_classic", flush=True)
+        run = run_swap(MEDIA / "mark.jpg", clips["nggyup"], out / "nggyup_mark_classic.mp4",
+                       out / "work_nggyup", max_frames, ["--refine", "classic"])
+        runs.append(("nggyup_mark_classic", run))
+        results["cases"]["nggyup_mark_classic"] = {"swap": run}
+
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    m = results["machine"]
+    tables = (score_table(scores) + "\n\n" + speed_table(runs) + "\n\n"
+              f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average (1, 5, 15 min) "
+              f"{fmt_load(m['loadavg_start'])} at the start, {fmt_load(m['loadavg_end'])} "
+              "at the end\n")
+    (out / "tables.md").write_text(tables)
+    print(tables)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+# Frames of nggyup.mp4 for the close-up contact sheets: the opening close-up, the wide shot
+# with the microphone and the raised hand, then the long close-up (turns, open mouth).
+NGGYUP_FRAMES = [5, 30, 60, 100, 101, 150, 200, 240]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sep = sys.argv.index("--")
+        sys.exit(child_main(Path(sys.argv[2]), sys.argv[sep + 1:]))
+    sys.exit(main())
