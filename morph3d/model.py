@@ -242,16 +242,6 @@ def surface_points(
     return (corners * barycentrics[None, :, :, None]).sum(dim=2)
 
 
-def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Tensor:
-    """Area-weighted unit vertex normals, B x V x 3 (outward for counter-clockwise faces)."""
-    v0, v1, v2 = (vertices[:, triangles[:, i]] for i in range(3))
-    face_normals = torch.cross(v1 - v0, v2 - v0, dim=-1)  # B x F x 3, length = 2 * area
-    normals = torch.zeros_like(vertices)
-    for i in range(3):
-        normals = normals.index_add(1, triangles[:, i], face_normals)
-    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
-
-
 # ---------------------------------------------------------------------------------------------
 # The module
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +358,9 @@ class MorphableModel(torch.nn.Module):
         return surface_points(vertices, self.triangles, tri, bary)
 
     def vertex_normals(self, vertices: torch.Tensor) -> torch.Tensor:
+        """Area-weighted unit normals B x V x 3 (render's function, on this topology)."""
+        from render import vertex_normals
+
         return vertex_normals(vertices, self.triangles)
 
     def subdivided(self) -> MorphableModel:
