@@ -274,6 +274,11 @@ def main() -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--growth-child":
+        # mediapipe 0.10.14 keeps the exception of its failed optional `import sounddevice`
+        # (audio_record.sd_error), whose traceback pins every frame on the stack at the
+        # first `import mediapipe`: import it here, where no frame holds anything large.
+        import mediapipe  # noqa: F401
+
         print(json.dumps(growth_child(int(sys.argv[2]))))
         sys.exit(0)
     sys.exit(main())

@@ -454,11 +454,11 @@ def main() -> int:
                  f"{MEDIA}); this benchmark needs ../shared/media beside the repository")
 
     out = args.out_dir.resolve()
-    if out.exists():
-        import shutil
+    out.mkdir(parents=True, exist_ok=True)
+    import shutil
 
-        shutil.rmtree(out)  # fresh work directories: the fitting stages are really timed
-    out.mkdir(parents=True)
+    for old in out.glob("work_*"):  # fresh work directories: the fitting stages are timed
+        shutil.rmtree(old)
     max_frames = QUICK_FRAMES if args.quick else None
     cases = [("orig", "mark"), ("orig", "khabenskii")]
     if not args.quick:
