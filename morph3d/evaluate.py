@@ -772,18 +772,19 @@ def _series(records: Sequence[FrameRecord], which: str, value: Any) -> tuple[lis
     return xs, ys
 
 
-def _face_crop(rgb: np.ndarray, box: np.ndarray, side_px: int) -> np.ndarray:
-    """A square crop around `box` (CROP_SCALE times its longer side), black outside the
-    image, resized to side_px."""
+def face_crop(rgb: np.ndarray, box, side_px: int, scale: float = CROP_SCALE,
+              upscale: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """A square crop around `box` (`scale` times its longer side), black outside the
+    image, resized to side_px (`upscale` is the interpolation used when enlarging)."""
     h, w = rgb.shape[:2]
-    centre = (np.asarray(box[:2]) + np.asarray(box[2:])) / 2
-    side = max(int(round(CROP_SCALE * float(max(box[2] - box[0], box[3] - box[1])))), 8)
+    centre = (np.asarray(box[:2], np.float64) + np.asarray(box[2:], np.float64)) / 2
+    side = max(int(round(scale * float(max(box[2] - box[0], box[3] - box[1])))), 8)
     x0, y0 = int(round(centre[0] - side / 2)), int(round(centre[1] - side / 2))
     crop = np.zeros((side, side, 3), np.uint8)
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
     if sx1 > sx0 and sy1 > sy0:
         crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
-    interp = cv2.INTER_AREA if side > side_px else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if side > side_px else upscale
     return cv2.resize(crop, (side_px, side_px), interpolation=interp)
 
 
@@ -812,7 +813,7 @@ def contact_sheet(records: Sequence[FrameRecord], source_rgb: np.ndarray,
     picks = [matched[i] for i in sorted({round(k * (len(matched) - 1) / max(samples - 1, 1))
                                          for k in range(min(samples, len(matched)))})]
     side = CONTACT_CELL_PX
-    source_cell = _label(_face_crop(source_rgb, source_box, side), "source")
+    source_cell = _label(face_crop(source_rgb, source_box, side), "source")
     rows = []
     for r in picks:
         original, swapped = _frame_at(target, r.index), _frame_at(output, r.index)
@@ -824,8 +825,8 @@ def contact_sheet(records: Sequence[FrameRecord], source_rgb: np.ndarray,
                                 swapped.shape[:2]).reshape(4)
         rows.append(np.concatenate([
             source_cell,
-            _label(_face_crop(original, box, side), f"original #{r.index}"),
-            _label(_face_crop(swapped, out_box, side),
+            _label(face_crop(original, box, side), f"original #{r.index}"),
+            _label(face_crop(swapped, out_box, side),
                    f"output #{r.index} id {r.id_dist_source:.2f}"),
         ], axis=1))
     return np.concatenate(rows, axis=0) if rows else source_cell

@@ -223,21 +223,13 @@ def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
     return found
 
 
-def face_crop(rgb: np.ndarray, box: list[float], side_px: int, scale: float = 1.6
-              ) -> np.ndarray:
-    """A square crop `scale` times the box's longer side around its centre (black outside)."""
+def face_crop(rgb: np.ndarray, box: list[float], side_px: int) -> np.ndarray:
+    """The eval contact sheet's crop, 1.6 times the box's longer side, bicubic when enlarged."""
     import cv2
 
-    h, w = rgb.shape[:2]
-    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(int(round(scale * max(box[2] - box[0], box[3] - box[1]))), 8)
-    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-    crop = np.zeros((side, side, 3), np.uint8)
-    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
-    interp = cv2.INTER_AREA if side > side_px else cv2.INTER_CUBIC
-    return cv2.resize(crop, (side_px, side_px), interpolation=interp)
+    from morph3d.evaluate import face_crop as eval_face_crop
+
+    return eval_face_crop(rgb, box, side_px, scale=1.6, upscale=cv2.INTER_CUBIC)
 
 
 def label(cell: np.ndarray, text: str) -> np.ndarray:
