@@ -313,6 +313,18 @@ def detect_faces(image: np.ndarray, backend: str = "mediapipe") -> FrameFaces:
 # --------------------------------------------------------------------------------------------
 
 
+def _drop_sounddevice_traceback() -> None:
+    """mediapipe 0.10.14 keeps the error of its failed `import sounddevice` (no PortAudio
+    here) with its traceback, which holds the frames of whatever imported mediapipe alive
+    (memory the landmark stage never gets back). We never record audio: drop the traceback."""
+    import sys
+
+    module = sys.modules.get("mediapipe.tasks.python.audio.core.audio_record")
+    error = getattr(module, "sd_error", None)
+    if isinstance(error, BaseException):
+        error.__traceback__ = None
+
+
 class MediapipeBackend(LandmarkBackend):
     """BlazeFace full-range boxes + 478-point mesh on a square crop around each face.
 
@@ -337,6 +349,7 @@ class MediapipeBackend(LandmarkBackend):
             raise Morph3dError("the mediapipe backend needs mediapipe==0.10.14") from exc
         if not hasattr(mp, "solutions"):
             raise Morph3dError("this mediapipe has no legacy solutions API: use 0.10.14")
+        _drop_sounddevice_traceback()
         self.min_score = float(min_score)
         self.crop_size = int(crop_size)
         detection = mp.solutions.face_detection

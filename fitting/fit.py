@@ -513,9 +513,46 @@ def _bounded_lstsq(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray)
     return _bounded_solve(A.T @ A, A.T @ b, lo, hi)
 
 
-def _bounded_solve(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def _solve_arrow(H: np.ndarray, rhs: np.ndarray, free: np.ndarray, shared: int,
+                 block: int) -> np.ndarray:
+    """Solve H[free, free] y = rhs for an "arrow" matrix: `shared` leading unknowns coupled
+    to everything, then independent blocks of `block` unknowns (one per image) that only
+    couple to the shared ones. Eliminating the blocks (Schur complement) costs
+    n * block^3 + shared^3 instead of (shared + n * block)^3: for 20 video frames with 58
+    local unknowns that is ~100x less than the dense solve."""
+    idx = np.flatnonzero(free)
+    where = np.full(len(free), -1)
+    where[idx] = np.arange(len(idx))
+    c = idx[idx < shared]
+    S = H[np.ix_(c, c)].copy()
+    rc = rhs[where[c]].copy()
+    parts = []
+    for start in range(shared, len(free), block):
+        f = idx[(idx >= start) & (idx < start + block)]
+        if not len(f):
+            continue
+        A = H[np.ix_(f, f)]
+        B = H[np.ix_(c, f)]
+        solved = np.linalg.solve(A, np.concatenate([B.T, rhs[where[f]][:, None]], 1))
+        S -= B @ solved[:, :-1]
+        rc -= B @ solved[:, -1]
+        parts.append((f, solved))
+    y = np.empty(len(idx))
+    xc = np.linalg.solve(S, rc) if len(c) else np.zeros(0)
+    y[where[c]] = xc
+    for f, solved in parts:
+        y[where[f]] = solved[:, -1] - solved[:, :-1] @ xc
+    return y
+
+
+def _bounded_solve(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   arrow: tuple[int, int] | None = None) -> np.ndarray:
     """min 0.5 x'Hx - g'x with lo <= x <= hi: an active-set solve on the (small) normal
-    equations, falling back to scipy's BVLS if it does not settle."""
+    equations, falling back to scipy's BVLS if it does not settle.
+
+    arrow: (shared, block) when H has the structure `_solve_arrow` exploits (the joint
+    refinement's identity + per-image blocks); the fallback is then a clipped solve, since
+    BVLS on the dense system costs seconds and a Gauss-Newton step need not be exact."""
     H = H.copy()
     H[np.diag_indices_from(H)] += 1e-9 * (np.trace(H) / len(H) + 1.0)
     x = np.zeros(len(g))
@@ -523,7 +560,10 @@ def _bounded_solve(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray)
     for _ in range(min(4 * len(g) // 10 + 10, 60)):
         fixed = ~free
         rhs = g[free] - H[np.ix_(free, fixed)] @ x[fixed]
-        x[free] = np.linalg.solve(H[np.ix_(free, free)], rhs)
+        if arrow is None:
+            x[free] = np.linalg.solve(H[np.ix_(free, free)], rhs)
+        else:
+            x[free] = _solve_arrow(H, rhs, free, *arrow)
         outside = free & ((x < lo) | (x > hi))
         if outside.any():
             x = np.clip(x, lo, hi)
@@ -534,6 +574,8 @@ def _bounded_solve(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray)
         if not release.any():
             return np.clip(x, lo, hi)
         free |= release
+    if arrow is not None:
+        return np.clip(x, lo, hi)
     L = np.linalg.cholesky(H)
     return lsq_linear(L.T, np.linalg.solve(L, g), bounds=(lo, hi), method="bvls", tol=1e-10).x
 
@@ -777,7 +819,7 @@ def refine_joint(ls_list: list[LandmarkSet], cameras: list[CameraParams], identi
                 H[:K, s] += (ji * w2[:, None]).T @ jl
                 H[s, :K] = H[:K, s].T
                 g[:K] -= ji.T @ (w2 * r)
-        delta = _bounded_solve(H, g, lo, hi)
+        delta = _bounded_solve(H, g, lo, hi, arrow=(K, local))
         if fit_shape:
             identity = identity + delta[:K]
         for i, st in enumerate(states):

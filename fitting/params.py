@@ -144,6 +144,8 @@ class VideoFit:
 
     landmarks: scheme -> F x L x 2 pixel positions the fit used (NaN on faceless frames).
     faceless: indices of frames where no face was found (bridged by interpolation).
+    scene_cut: (F,) bool, frames that start a new shot (empty: unknown); smoothing and
+        temporal state (the compositor's) restart there.
     """
 
     identity: Identity
@@ -154,9 +156,11 @@ class VideoFit:
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)
     model_name: str = "default"
     source: str = ""
+    scene_cut: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
     def __post_init__(self) -> None:
         self.faceless = np.asarray(self.faceless, np.int64).reshape(-1)
+        self.scene_cut = np.asarray(self.scene_cut, bool).reshape(-1)
         self.landmarks = {k: np.asarray(v, np.float32) for k, v in self.landmarks.items()}
 
     @property
@@ -173,6 +177,7 @@ class VideoFit:
             "source": np.array(self.source),
             "fps": np.array(self.fps, np.float64),
             "faceless": self.faceless,
+            "scene_cut": self.scene_cut,
             "identity/coefficients": self.identity.coefficients,
             "faces/rotation": self.faces.rotation,
             "faces/translation": self.faces.translation,
@@ -215,4 +220,5 @@ class VideoFit:
                    fps=float(z["fps"]), faceless=z["faceless"],
                    landmarks={k.split("/", 1)[1]: v for k, v in z.items()
                               if k.startswith("landmarks/")},
-                   model_name=str(z["model_name"]), source=str(z["source"]))
+                   model_name=str(z["model_name"]), source=str(z["source"]),
+                   scene_cut=z.get("scene_cut", np.zeros(0, bool)))

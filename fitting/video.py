@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -48,11 +49,19 @@ from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoF
 from morph3d.errors import Morph3dError
 
 
+class ClipLandmarks(NamedTuple):
+    """What step 1 gives the fit: the selected face's landmarks, the frame size, the cuts."""
+
+    points: dict[str, np.ndarray]  # scheme -> F x L x 2 pixels, NaN where the face is absent
+    image_size: tuple[int, int]  # (H, W) pixels
+    scene_cut: np.ndarray  # (F,) bool: the frame starts a new shot
+
+
 def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
                     max_frames: int | None = None, smooth: bool = True,
-                    progress: bool = True) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
-    """Step 1: per-frame landmarks {scheme: F x L x 2 (NaN where the face is absent)} of the
-    selected face, and the frame size (H, W)."""
+                    progress: bool = True) -> ClipLandmarks:
+    """Step 1: per-frame landmarks of the selected face, the frame size and the shot cuts
+    the tracker saw (the fit must not carry a pose across a cut)."""
     from tqdm import tqdm
 
     from fitting.smooth import smooth_tracks
@@ -83,7 +92,27 @@ def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
             piece = tracks.trajectory(other, s)
             fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
             points[fill] = piece[fill]
-    return trajectories, tuple(tracks.image_size)
+    return ClipLandmarks(trajectories, tuple(tracks.image_size), tracks.scene_cut.copy())
+
+
+def landmark_jumps(points: np.ndarray, max_shift: float = 0.5, max_scale: float = 1.4
+                   ) -> np.ndarray:
+    """(F,) bool: frames whose face box (from F x L x 2 landmarks) moved by more than
+    `max_shift` face sizes or changed size by more than `max_scale` since the previous
+    frame: a cut the tracker did not flag (or a re-detection elsewhere). Warm-starting
+    across such a jump would drag the old pose along for several frames."""
+    ok = np.isfinite(points).all(axis=(1, 2))
+    lo, hi = np.nanmin(points, axis=1), np.nanmax(points, axis=1)
+    centre, size = (lo + hi) / 2, np.maximum((hi - lo).max(axis=1), 1.0)
+    jumps = np.zeros(len(points), bool)
+    prev = None
+    for i in np.flatnonzero(ok):
+        if prev is not None:
+            shift = np.linalg.norm(centre[i] - centre[prev]) / max(size[i], size[prev])
+            ratio = max(size[i], size[prev]) / min(size[i], size[prev])
+            jumps[i] = shift > max_shift or ratio > max_scale
+        prev = i
+    return jumps
 
 
 def same_person_tracks(tracks, track: int, max_distance: float = 0.5) -> list[int]:
@@ -231,12 +260,15 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
               focal: float | None = None, photometric: bool = True, smooth: bool = True,
               progress: bool = True, priors: Priors | None = None,
               timings: list[float] | None = None,
-              on_frame: Callable[[int, FrameState], None] | None = None) -> VideoFit:
+              on_frame: Callable[[int, FrameState], None] | None = None,
+              scene_cut: np.ndarray | None = None) -> VideoFit:
     """Fit one face over a clip; see the module docstring for the steps.
 
     landmarks: precomputed {scheme: F x L x 2 pixels, NaN on faceless frames} (skips
     detection); focal in pixels (None: estimated from the identity frames). `timings`, if
     given, receives the per-frame solver time in ms (detection and decoding excluded).
+    scene_cut: (F,) bool, frames that start a new shot (from `video_landmarks`); the
+    per-frame fit restarts there, as it does after jumps of the face box.
     """
     from tqdm import tqdm
 
@@ -245,7 +277,8 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     info = probe_video(path)
     fps = float(info.fps)
     if landmarks is None:
-        landmarks, (H, W) = video_landmarks(path, backend, select, max_frames, smooth, progress)
+        landmarks, (H, W), scene_cut = video_landmarks(path, backend, select, max_frames,
+                                                       smooth, progress)
     else:
         landmarks = {k: np.asarray(v, np.float64) for k, v in landmarks.items()}
         H, W = info.height, info.width
@@ -255,6 +288,10 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     present = np.isfinite(landmarks[IBUG68]).all(axis=(1, 2))
     if not present.any():
         raise Morph3dError(f"no face found in {path}")
+    cuts = landmark_jumps(landmarks[IBUG68])
+    if scene_cut is not None:
+        given = np.asarray(scene_cut, bool).reshape(-1)[:n_frames]
+        cuts[:len(given)] |= given
 
     # Steps 2-3: one identity (and the focal length) from well-spread frontal frames.
     guess = CameraParams.default_for(W, H, focal)
@@ -285,8 +322,9 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
         i = item.index if photometric else item["index"]
         if i >= n_frames:
             break
+        if not present[i] or cuts[i]:
+            previous = None  # a new shot (or no face): start from PnP, not the old pose
         if not present[i]:
-            previous = None
             continue
         start = time.perf_counter()
         ls = template.copy_for(np.concatenate([landmarks[s][i][rows[s]] for s in rows]))
@@ -324,4 +362,4 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     return VideoFit(identity=Identity(identity, texture, confidence), faces=faces,
                     camera=camera, fps=fps, faceless=faceless,
                     landmarks={k: v.astype(np.float32) for k, v in landmarks.items()},
-                    model_name=model.name, source=str(path))
+                    model_name=model.name, source=str(path), scene_cut=cuts)

@@ -30,7 +30,7 @@ from morph3d.paths import cache_dir, sha256_file
 if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
     import torch
 
-WORK_FORMAT = 1
+WORK_FORMAT = 2  # 2: landmarks carry the shot cuts; fits are keyed by the model build
 REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "eyeballs")
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 
@@ -124,6 +124,14 @@ def work_directory(options: SwapOptions) -> Path:
     return path
 
 
+def model_key(model) -> str:
+    """The model a fit was made with (name, build, sizes): fits of another build are stale."""
+    from morph3d.template import model_signature
+
+    signature = json.dumps(model_signature(model), sort_keys=True)
+    return hashlib.sha256(signature.encode()).hexdigest()[:12]
+
+
 def clip_key(target: Path, options: SwapOptions, ref_digest: str | None) -> str:
     parts = [file_digest(target), options.model, options.backend, options.target_face,
              ref_digest or "", str(options.max_frames), f"w{WORK_FORMAT}"]
@@ -150,7 +158,8 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     key = clip_key(target, options, ref_digest)
     folder = work_directory(options) / f"clip-{key}"
     folder.mkdir(parents=True, exist_ok=True)
-    landmarks_path, fit_path = folder / "landmarks.npz", folder / "fit.npz"
+    landmarks_path = folder / "landmarks.npz"
+    fit_path = folder / f"fit-{model_key(model)}.npz"
 
     t = time.perf_counter()
     if landmarks_path.is_file():
@@ -158,10 +167,12 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
             landmarks = {k: z[k] for k in z.files}
         summary.cached.append("landmarks")
     else:
-        landmarks, _ = video_landmarks(target, options.backend, select, options.max_frames,
-                                       progress=not options.quiet)
-        landmarks = on_source_timeline(target, landmarks, options.max_frames)
+        found = video_landmarks(target, options.backend, select, options.max_frames,
+                                progress=not options.quiet)
+        landmarks = on_source_timeline(target, {**found.points, "scene_cut": found.scene_cut},
+                                       options.max_frames)
         _save_npz(landmarks_path, landmarks)
+    scene_cut = landmarks.pop("scene_cut", None)
     summary.seconds["landmarks"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -170,7 +181,8 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
         summary.cached.append("fit clip")
     else:
         fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
-                        max_frames=options.max_frames, progress=not options.quiet)
+                        max_frames=options.max_frames, progress=not options.quiet,
+                        scene_cut=scene_cut)
         fit.save(fit_path)
     summary.seconds["fit clip"] = time.perf_counter() - t
     return fit
@@ -199,7 +211,8 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
     length = max(total, int(indices[-1]) + 1) if len(indices) else total
     placed = {}
     for scheme, points in landmarks.items():
-        full = np.full((length, *points.shape[1:]), np.nan, points.dtype)
+        empty = False if points.dtype == bool else np.nan  # a lost frame starts no shot
+        full = np.full((length, *points.shape[1:]), empty, points.dtype)
         full[indices] = points
         placed[scheme] = full
     return placed
@@ -214,7 +227,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     from morph3d.texture_completion import complete_uv_texture
 
     t = time.perf_counter()
-    key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), options.model,
+    key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
                                    options.backend, f"w{WORK_FORMAT}"]).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
     if path.is_file():
@@ -477,6 +490,7 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     valid = faces.valid.copy()
     valid[clip_fit.faceless[clip_fit.faceless < len(valid)]] = False
     actor_lms = clip_fit.landmarks
+    cuts = clip_fit.scene_cut
     report = DecodeReport()
     total = info.frame_count if options.max_frames is None else min(info.frame_count,
                                                                      options.max_frames)
@@ -499,6 +513,8 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
             have_face = i < len(valid) and valid[i] and all(
                 np.isfinite(actor_lms[s][i]).all() for s in ("ibug68", "mediapipe478")
                 if s in actor_lms)
+            if not have_face or (i < len(cuts) and cuts[i]):
+                compositor.reset()  # its moving averages belong to the last shot
             if have_face:
                 rendered = renderer.render(clip_fit.camera, faces.rotation[i],
                                            faces.translation[i], faces.expression[i],

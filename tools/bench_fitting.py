@@ -144,7 +144,7 @@ def video(model, max_frames: int | None) -> dict:
     from fitting.video import fit_video, video_landmarks
 
     path = MEDIA / "nggyup.mp4"
-    raw, _ = video_landmarks(path, max_frames=max_frames, smooth=False, progress=False)
+    raw = video_landmarks(path, max_frames=max_frames, smooth=False, progress=False).points
     from fitting.smooth import smooth_trajectory
 
     smoothed = {s: smooth_trajectory(p) for s, p in raw.items()}

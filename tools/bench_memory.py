@@ -123,7 +123,7 @@ def growth_child(frames: int) -> dict[str, int]:
     clip = MEDIA / "nggyup.mp4"
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    landmarks, _ = video_landmarks(clip, "mediapipe", "largest", frames, progress=False)
+    landmarks = video_landmarks(clip, "mediapipe", "largest", frames, progress=False).points
     peak_landmarks = tracemalloc.get_traced_memory()[1]
     gc.collect()  # what is still referenced, not garbage in cycles
     kept_landmarks = tracemalloc.get_traced_memory()[0]
