@@ -1020,11 +1020,15 @@ def _poisson_source(base: np.ndarray, render: np.ndarray, mask: np.ndarray) -> n
 
 @dataclass
 class FrameInputs:
-    """Everything the compositor needs for one frame (full-frame arrays, pixels).
+    """Everything the compositor needs for one frame (pixels).
 
-    regions: optional rendered region masks of the swapped face (`morph3d.model.REGIONS`
-    names: face_skin, eyes, lips, mouth_interior, teeth, eyeballs, ...). actor_render and
-    actor_coverage: optional render of the actor's OWN fit, for the occluder detector.
+    frame: H x W x 3, float32 in [0, 1] or uint8 (the output has the frame's dtype; uint8
+    frames are converted only around the face). regions: optional rendered region masks of
+    the swapped face (`morph3d.model.REGIONS` names: face_skin, eyes, lips, mouth_interior,
+    teeth, eyeballs, ...). actor_render and actor_coverage: optional render of the actor's
+    OWN fit, for the occluder detector. window: (x, y) frame position of the top-left pixel
+    of render, coverage, regions and actor_* when they cover only a window of the frame
+    (the renderer's face crop; outside it they count as empty); None: full-frame arrays.
     """
 
     frame: np.ndarray
@@ -1035,6 +1039,24 @@ class FrameInputs:
     regions: Mapping[str, np.ndarray] | None = None
     actor_render: np.ndarray | None = None
     actor_coverage: np.ndarray | None = None
+    window: tuple[int, int] | None = None
+
+
+def _in_roi(array: np.ndarray, origin: tuple[int, int], roi: tuple[int, int, int, int]
+            ) -> np.ndarray:
+    """The part of `array` (whose top-left pixel sits at frame position `origin`) under the
+    frame rectangle `roi` = (x0, y0, x1, y1), zero where the array does not reach."""
+    ox, oy = origin
+    x0, y0, x1, y1 = roi
+    h, w = array.shape[:2]
+    if ox <= x0 and oy <= y0 and x1 <= ox + w and y1 <= oy + h:
+        return array[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    out = np.zeros((y1 - y0, x1 - x0, *array.shape[2:]), array.dtype)
+    ax0, ay0 = max(x0, ox), max(y0, oy)
+    ax1, ay1 = min(x1, ox + w), min(y1, oy + h)
+    if ax1 > ax0 and ay1 > ay0:
+        out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = array[ay0 - oy:ay1 - oy, ax0 - ox:ax1 - ox]
+    return out
 
 
 @dataclass
@@ -1061,8 +1083,9 @@ class CompositorConfig:
 
 @dataclass
 class CompositeReport:
-    """What happened on one frame. `alpha` (final blend mask) and `occluders` are full-frame
-    arrays for debugging and tests; `summary()` has the scalars only."""
+    """What happened on one frame. `alpha` (final blend mask) and `occluders` give
+    full-frame arrays for debugging and tests (kept as ROI crops until asked for);
+    `summary()` has the scalars only."""
 
     roi: tuple[int, int, int, int]  # x0, y0, x1, y1 of the processed crop
     mask: MaskReport
@@ -1073,11 +1096,28 @@ class CompositeReport:
     colour_gain: list[float] | None
     colour_offset: list[float] | None
     mask_smoothed: bool
-    alpha: np.ndarray = field(repr=False)
-    occluders: np.ndarray = field(repr=False)
+    frame_shape: tuple[int, int] = (0, 0)
+    alpha_roi: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32),
+                                  repr=False)
+    occluders_roi: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool),
+                                      repr=False)
+
+    def _full(self, roi_array: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.frame_shape, roi_array.dtype)
+        x0, y0, x1, y1 = self.roi
+        out[y0:y1, x0:x1] = roi_array.reshape(y1 - y0, x1 - x0)
+        return out
+
+    @property
+    def alpha(self) -> np.ndarray:
+        return self._full(self.alpha_roi)
+
+    @property
+    def occluders(self) -> np.ndarray:
+        return self._full(self.occluders_roi)
 
     def summary(self) -> dict:
-        skip = ("alpha", "occluders")
+        skip = ("alpha_roi", "occluders_roi", "frame_shape")
         return {f.name: (asdict(v) if is_dataclass(v) else v)
                 for f in fields(self) if f.name not in skip
                 for v in [getattr(self, f.name)]}
@@ -1096,33 +1136,44 @@ class FaceCompositor:
         """Forget the clip's state (call at a shot cut or a new track)."""
         self.colour_state: ColourState | None = None
         self.width_ratio: float | None = None
-        self._previous_mask: np.ndarray | None = None  # full frame
+        self._previous_mask: np.ndarray | None = None  # the last ROI's mask
+        self._previous_origin: tuple[int, int] = (0, 0)  # its top-left frame pixel
         self._previous_landmarks: np.ndarray | None = None  # actor ibug68, full frame
 
     def process(self, inputs: FrameInputs) -> tuple[np.ndarray, CompositeReport]:
         cfg = self.config
-        frame = _check_image("frame", inputs.frame)
+        frame = np.asarray(inputs.frame)
+        as_bytes = frame.dtype == np.uint8
+        if not as_bytes:
+            frame = _check_image("frame", frame)
+        elif frame.ndim != 3 or frame.shape[2] != 3:
+            raise InputError(f"frame must be H x W x 3, got {frame.shape}")
         shape = frame.shape[:2]
-        render = _check_image("render", inputs.render, shape)
-        coverage = np.clip(_check_mask("coverage", inputs.coverage, shape), 0.0, 1.0)
+        origin = inputs.window if inputs.window is not None else (0, 0)
+        wshape = shape if inputs.window is None else np.shape(inputs.render)[:2]
+        render = _check_image("render", inputs.render, wshape)
+        coverage = _check_mask("coverage", inputs.coverage, wshape)
         actor = face_geometry(inputs.actor_landmarks)
         swapped = face_geometry(inputs.swapped_landmarks)
 
-        x0, y0, x1, y1 = self._roi(shape, actor, swapped)
+        x0, y0, x1, y1 = roi = self._roi(shape, actor, swapped)
         if x1 - x0 < 2 or y1 - y0 < 2:  # the face is outside the frame: nothing to do
             return frame.copy(), CompositeReport(
-                roi=(x0, y0, x1, y1), mask=MaskReport(1.0, 0.0, 0.0, 0.0), brows=BrowReport(),
+                roi=roi, mask=MaskReport(1.0, 0.0, 0.0, 0.0), brows=BrowReport(),
                 occluder_px=0, mouth_openness=0.0, mouth_weight=0.0, colour_gain=None,
-                colour_offset=None, mask_smoothed=False, alpha=np.zeros(shape, np.float32),
-                occluders=np.zeros(shape, bool))
+                colour_offset=None, mask_smoothed=False, frame_shape=shape,
+                alpha_roi=np.zeros((y1 - y0, x1 - x0), np.float32),
+                occluders_roi=np.zeros((y1 - y0, x1 - x0), bool))
         crop = (slice(y0, y1), slice(x0, x1))
         offset = np.array([-x0, -y0], np.float64)
-        f, r, cov = frame[crop], render[crop], coverage[crop]
+        f = frame[crop].astype(np.float32) / 255.0 if as_bytes else frame[crop]
+        r = _in_roi(render, origin, roi)
+        cov = np.clip(_in_roi(coverage, origin, roi), 0.0, 1.0)
         a_geo, s_geo = actor.shifted(offset), swapped.shifted(offset)
         cshape = f.shape[:2]
         regions = None
         if inputs.regions is not None:
-            regions = {k: _check_mask(f"region '{k}'", v, shape)[crop]
+            regions = {k: _in_roi(_check_mask(f"region '{k}'", v, wshape), origin, roi)
                        for k, v in inputs.regions.items() if v is not None}
 
         # 1-2. face mask, adapted to the width difference (ratio smoothed over time)
@@ -1142,8 +1193,7 @@ class FaceCompositor:
 
         # temporal smoothing of the mask edge (before the cuts, which must stay exact)
         mask, smoothed = self._smooth_mask(mask, actor, (x0, y0), cov)
-        self._previous_mask = np.zeros(shape, np.float32)
-        self._previous_mask[crop] = mask
+        self._previous_mask, self._previous_origin = mask.copy(), (x0, y0)
         self._previous_landmarks = actor.ibug.copy()
 
         # occluders, eyes, mouth
@@ -1152,9 +1202,11 @@ class FaceCompositor:
         if cfg.occluders:
             actor_render = actor_cov = None
             if inputs.actor_render is not None:
-                actor_render = _check_image("actor_render", inputs.actor_render, shape)[crop]
+                actor_render = _in_roi(_check_image("actor_render", inputs.actor_render,
+                                                    wshape), origin, roi)
                 if inputs.actor_coverage is not None:
-                    actor_cov = _check_mask("actor_coverage", inputs.actor_coverage, shape)[crop]
+                    actor_cov = _in_roi(_check_mask("actor_coverage", inputs.actor_coverage,
+                                                    wshape), origin, roi)
             occ = detect_occluders(f, a_geo, expected=expected, actor_render=actor_render,
                                    actor_coverage=actor_cov, extend_region=mask > 0)
             mask = cut_occluders(mask, occ)
@@ -1182,16 +1234,15 @@ class FaceCompositor:
 
         out_crop = composite(f, r, mask, base=base, method=cfg.method)
         out = frame.copy()
-        out[crop] = out_crop
-        alpha = np.zeros(shape, np.float32)
-        alpha[crop] = mask
-        occ_full = np.zeros(shape, bool)
-        occ_full[crop] = occ
+        if as_bytes:
+            out[crop] = (np.clip(out_crop, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        else:
+            out[crop] = out_crop
         report = CompositeReport(
-            roi=(x0, y0, x1, y1), mask=mask_report, brows=brow_report,
+            roi=roi, mask=mask_report, brows=brow_report,
             occluder_px=int(occ.sum()), mouth_openness=float(openness),
             mouth_weight=float(mouth_weight), colour_gain=gain, colour_offset=off,
-            mask_smoothed=smoothed, alpha=alpha, occluders=occ_full)
+            mask_smoothed=smoothed, frame_shape=shape, alpha_roi=mask, occluders_roi=occ)
         return out, report
 
     def _roi(self, shape: tuple[int, int], actor: FaceGeometry, swapped: FaceGeometry
@@ -1227,6 +1278,8 @@ class FaceCompositor:
         if residual > 0.05 * actor.iod or abs(scale - 1.0) > 0.15:
             return mask, False
         matrix = matrix.astype(np.float64)
+        # previous ROI pixel -> frame -> moved -> current ROI pixel
+        matrix[:, 2] += matrix[:, :2] @ np.asarray(self._previous_origin, np.float64)
         matrix[:, 2] -= origin
         h, w = mask.shape
         warped = cv2.warpAffine(self._previous_mask, matrix, (w, h), flags=cv2.INTER_LINEAR,

@@ -316,7 +316,9 @@ class FaceRenderer:
 
     def render(self, camera_params, rotation, translation, expression, sh,
                frame_shape: tuple[int, int]) -> dict[str, np.ndarray]:
-        """Full-frame float arrays: image (H x W x 3), coverage (H x W), regions, landmarks."""
+        """The face resampled into its frame window: image (h x w x 3 float), coverage
+        (h x w), regions (h x w bool each), window (x, y of its top-left frame pixel), and
+        the projected landmarks in frame pixels."""
         import torch
 
         from render import interpolate, render_mesh
@@ -339,17 +341,37 @@ class FaceRenderer:
         image = out.image[0].numpy().clip(0, 1)
         mask = out.mask[0, ..., 0].numpy()
         if self.upscaler is not None:
-            image = self.upscaler(image)
-        region_stack = regions
-        h, w = frame_shape
-        full_image = paste_crop(image, box, (h, w))
-        full_mask = paste_crop(mask[..., None], box, (h, w))[..., 0]
-        full_regions = paste_crop(region_stack, box, (h, w), interpolation=cv2.INTER_LINEAR)
+            x0, y0, side = box
+            points = (lm478 - [x0, y0] + 0.5) * (size / side) - 0.5  # crop pixels
+            image = self.upscale_face(image, points)
+        # image + coverage in one cubic resampling (OpenCV's cubic takes <= 4 channels),
+        # the region masks in one linear one (they are thresholded).
+        if mask.shape != image.shape[:2]:  # the image was upscaled
+            mask = cv2.resize(mask, image.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        window, origin = paste_window(np.concatenate([image, mask[..., None]], 2), box,
+                                      frame_shape)
+        region_window, _ = paste_window(regions, box, frame_shape, cv2.INTER_LINEAR)
         return {
-            "image": full_image, "coverage": full_mask.clip(0, 1),
-            "regions": {n: full_regions[..., i] > 0.5 for i, n in enumerate(REGION_CHANNELS)},
-            "ibug68": lm68, "mediapipe478": lm478,
+            "image": window[..., :3], "coverage": window[..., 3].clip(0, 1),
+            "regions": {n: region_window[..., i] > 0.5 for i, n in enumerate(REGION_CHANNELS)},
+            "window": origin, "ibug68": lm68, "mediapipe478": lm478,
         }
+
+
+    def upscale_face(self, image: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """x2 the crop: the super-resolver on the face's window (its landmarks' box grown by
+        what the compositor's mask can reach: forehead, feather, width adaptation; plus the
+        net's receptive field), bicubic elsewhere (the mask never takes those pixels). The
+        face is about half the crop's area, so this halves the net's cost."""
+        size = image.shape[0]
+        lo, hi = points.min(0), points.max(0)
+        pad = 0.1 * float((hi - lo).max()) + 8.0
+        x0, y0 = (np.clip(np.floor(lo - pad), 0, size)).astype(int)
+        x1, y1 = (np.clip(np.ceil(hi + pad), 0, size)).astype(int)
+        full = cv2.resize(image, (2 * size, 2 * size), interpolation=cv2.INTER_CUBIC)
+        if x1 - x0 >= 8 and y1 - y0 >= 8:
+            full[2 * y0:2 * y1, 2 * x0:2 * x1] = self.upscaler(image[y0:y1, x0:x1])
+        return full
 
 
 def face_crop_box(points: np.ndarray, frame_shape: tuple[int, int], scale: float = 1.7
@@ -376,28 +398,27 @@ def crop_camera(camera, box: tuple[float, float, float], size: int):
                    width=size, height=size)
 
 
-def paste_crop(crop: np.ndarray, box: tuple[float, float, float], frame_shape: tuple[int, int],
-               interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
-    """Resample a square crop back into a full frame (zeros outside the box); only the
-    box's pixels are resampled."""
+def paste_window(crop: np.ndarray, box: tuple[float, float, float],
+                 frame_shape: tuple[int, int], interpolation: int = cv2.INTER_CUBIC
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resample a square crop (H x W x C) back to frame pixels: the frame window the box
+    covers (clipped to the frame) and the window's top-left frame pixel (x, y)."""
     x0, y0, side = box
     size = crop.shape[0]
     s = size / side
     h, w = frame_shape
     channels = crop.shape[2] if crop.ndim == 3 else 1
-    out = np.zeros((h, w, channels), np.float32)
-    left, top = max(int(np.floor(x0)), 0), max(int(np.floor(y0)), 0)
+    left, top = min(max(int(np.floor(x0)), 0), w), min(max(int(np.floor(y0)), 0), h)
     right, bottom = min(int(np.ceil(x0 + side)) + 1, w), min(int(np.ceil(y0 + side)) + 1, h)
     if right <= left or bottom <= top:
-        return out
+        return np.zeros((0, 0, channels), np.float32), (left, top)
     # ROI pixel (q + left) -> crop j = (q + left - x0 + 0.5) * s - 0.5
     m = np.array([[s, 0, (left - x0 + 0.5) * s - 0.5], [0, s, (top - y0 + 0.5) * s - 0.5]],
                  np.float64)
     roi = cv2.warpAffine(crop.astype(np.float32), m, (right - left, bottom - top),
                          flags=interpolation | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    out[top:bottom, left:right] = roi.reshape(bottom - top, right - left, channels)
-    return out
+    return roi.reshape(bottom - top, right - left, channels), (left, top)
 
 
 def make_upscaler(options: SwapOptions, summary: SwapSummary):
@@ -504,34 +525,39 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     try:
         if writer is not None:
             writer.__enter__()
-        frames = iter_frames(target, stop=options.max_frames, report=report)
-        for frame in tqdm(frames, total=total, desc="rendering", unit="frame",
-                          disable=options.quiet):
+        def render_frame(frame):
+            """The part of a frame's work that needs no state: runs ahead in a thread."""
             i = frame.index
-            rgb = frame.rgb.astype(np.float32) / 255.0
-            result = rgb
-            have_face = i < len(valid) and valid[i] and all(
+            have_face = bool(i < len(valid) and valid[i] and all(
                 np.isfinite(actor_lms[s][i]).all() for s in ("ibug68", "mediapipe478")
-                if s in actor_lms)
+                if s in actor_lms))
+            if not have_face:
+                return frame, None
+            with torch.inference_mode():
+                rendered = renderer.render(clip_fit.camera, faces.rotation[i],
+                                           faces.translation[i], faces.expression[i],
+                                           faces.sh[i], frame.rgb.shape[:2])
+            return frame, rendered
+
+        frames = iter_frames(target, stop=options.max_frames, report=report)
+        for frame, rendered in tqdm(map_ahead(render_frame, frames), total=total,
+                                    desc="rendering", unit="frame", disable=options.quiet):
+            i = frame.index
+            have_face = rendered is not None
+            out_u8 = frame.rgb  # untouched, bit for bit, where there is no face
             if not have_face or (i < len(cuts) and cuts[i]):
                 compositor.reset()  # its moving averages belong to the last shot
             if have_face:
-                rendered = renderer.render(clip_fit.camera, faces.rotation[i],
-                                           faces.translation[i], faces.expression[i],
-                                           faces.sh[i], rgb.shape[:2])
                 inputs = FrameInputs(
-                    frame=rgb, render=rendered["image"], coverage=rendered["coverage"],
+                    frame=frame.rgb, render=rendered["image"], coverage=rendered["coverage"],
                     actor_landmarks={s: actor_lms[s][i] for s in actor_lms},
                     swapped_landmarks={"ibug68": rendered["ibug68"],
                                        "mediapipe478": rendered["mediapipe478"]},
-                    regions=rendered["regions"])
-                result, _ = compositor.process(inputs)
+                    regions=rendered["regions"], window=rendered["window"])
+                out_u8, _ = compositor.process(inputs)
                 summary.frames_swapped += 1
             else:
                 summary.frames_without_face += 1
-            out_u8 = (np.clip(result, 0, 1) * 255 + 0.5).astype(np.uint8)
-            if not have_face:
-                out_u8 = frame.rgb  # untouched, bit for bit
             if options.preview is not None and have_face and not preview_written:
                 write_preview(options.preview, sources[0], frame.rgb, out_u8)
                 preview_written = True
@@ -557,6 +583,27 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
         if summary.seconds.get(stage) and stage not in summary.cached:
             summary.fps[stage] = round(summary.frames / summary.seconds[stage], 2)
     return summary
+
+
+def map_ahead(function, items, depth: int = 2):
+    """`map(function, items)` with up to `depth` items computed ahead in one worker thread,
+    results in order. The swap renders frame i + 1 (torch, which releases the GIL) while
+    frame i is composited and encoded: the two cores overlap. Memory stays bounded."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="morph3d-render") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(function, item))
+                if len(pending) > depth:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def write_preview(path: Path, source: Path, original: np.ndarray, swapped: np.ndarray) -> None:
