@@ -963,6 +963,29 @@ def keep_actor_mouth(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry
 # --------------------------------------------------------------------------------------------
 
 
+def picture_area(frame: np.ndarray, roi: tuple[int, int, int, int], dark: float = 0.08
+                 ) -> np.ndarray:
+    """(ROI h x w) bool: the ROI's pixels inside the picture, i.e. not on a letterbox or
+    pillarbox bar. A bar is a run of whole frame columns (rows) from the frame's border that
+    are darker than `dark` (0..1) in every pixel. A face next to a pillarbox must stop at the
+    picture's edge instead of spilling a swapped cheek into the bar (where the occluder
+    detector would bite a black notch out of it). Dark hair or a dark scene is not dark over
+    the whole frame height."""
+    x0, y0, x1, y1 = roi
+    limit = dark * (255.0 if frame.dtype == np.uint8 else 1.0)
+
+    def span(profile: np.ndarray) -> tuple[int, int]:
+        bright = np.flatnonzero(profile > limit)
+        return (int(bright[0]), int(bright[-1]) + 1) if len(bright) else (0, len(profile))
+
+    h, w = frame.shape[:2]
+    rows = np.ascontiguousarray(frame).reshape(h, w * 3)  # fast contiguous reductions
+    left, right = span(rows.max(axis=0).reshape(w, 3).max(axis=1))
+    top, bottom = span(rows.max(axis=1))
+    ys, xs = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]
+    return (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+
+
 def composite(frame: np.ndarray, render: np.ndarray, mask: np.ndarray, *,
               base: np.ndarray | None = None,
               method: Literal["alpha", "poisson"] = "alpha") -> np.ndarray:
@@ -1193,6 +1216,7 @@ class FaceCompositor:
 
         # temporal smoothing of the mask edge (before the cuts, which must stay exact)
         mask, smoothed = self._smooth_mask(mask, actor, (x0, y0), cov)
+        mask = mask * picture_area(frame, roi)
         self._previous_mask, self._previous_origin = mask.copy(), (x0, y0)
         self._previous_landmarks = actor.ibug.copy()
 

@@ -581,3 +581,31 @@ def test_coloured_rim_light_is_not_an_occluder(media_dir: Path) -> None:
     landmarks = {k: v[0] for k, v in faces.landmarks.items()}
     region = face_region(image.shape[:2], landmarks)
     assert detect_occluders(image, landmarks).sum() < 0.01 * region.sum()
+
+
+def test_face_stops_at_a_pillarbox_bar() -> None:
+    """The swapped face never spills into a black bar beside the picture; the bar stays
+    black, bit for bit, and the face is cut along the picture's edge."""
+    frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
+    edge = int(face_geometry(lm_a).ibug[3, 0]) + 6  # the bar reaches into the left cheek
+    frame = frame.copy()
+    frame[:, :edge] = 0.02
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    assert not report.alpha[:, :edge].any()
+    assert np.array_equal(out[:, :edge], frame[:, :edge])
+    assert (report.alpha[:, edge:edge + 8] > 0.99).any()  # swapped right up to the edge
+
+
+def test_uint8_frame_and_render_window_give_the_float_result() -> None:
+    """The swap passes uint8 frames and renders that cover only the face's window: same
+    composite (to 1/255) as full-frame float inputs."""
+    frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
+    full, _ = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    frame_u8 = (frame * 255 + 0.5).astype(np.uint8)
+    ys, xs = np.nonzero(coverage)
+    x0, y0, x1, y1 = xs.min() - 3, ys.min() - 3, xs.max() + 4, ys.max() + 4
+    window = (slice(y0, y1), slice(x0, x1))
+    out, report = FaceCompositor().process(FrameInputs(
+        frame_u8, render[window], coverage[window], lm_a, lm_s, window=(int(x0), int(y0))))
+    assert out.dtype == np.uint8 and out.shape == frame_u8.shape
+    assert np.abs(out.astype(np.float32) / 255 - full).max() < 2.5 / 255
