@@ -958,6 +958,22 @@ def keep_actor_mouth(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry
     return _clean_alpha(mask * (1.0 - keep)), weight
 
 
+def drop_rendered_mouth(mask: np.ndarray, regions: Mapping[str, np.ndarray],
+                        sigma_px: float = 1.0) -> np.ndarray:
+    """The blend mask without the render's mouth interior, teeth and tongue (those pixels
+    show the actor's frame). The actor's inner-lip outline and the render's never agree exactly: a
+    band of the render's mouth lining (grey) or teeth (white) showed between the actor's
+    mouth and the swapped lips, and a white line between barely parted lips."""
+    inside = np.zeros(mask.shape, bool)
+    for name in ("mouth_interior", "teeth", "tongue"):
+        if name in regions:
+            inside |= np.asarray(regions[name]) > 0.5
+    if not inside.any():
+        return mask
+    soft = cv2.GaussianBlur(_dilate(inside, 2).astype(np.float32), (0, 0), sigma_px)
+    return _clean_alpha(mask * (1.0 - np.clip(soft, 0.0, 1.0)))
+
+
 # --------------------------------------------------------------------------------------------
 # 7. The blend
 # --------------------------------------------------------------------------------------------
@@ -1243,6 +1259,8 @@ class FaceCompositor:
                 teeth = regions.get("teeth")
             mask, mouth_weight = keep_actor_mouth(mask, a_geo, threshold=cfg.mouth_threshold,
                                                   teeth_region=teeth)
+            if cfg.mouth_source == "actor" and regions is not None:
+                mask = drop_rendered_mouth(mask, regions)
 
         # colour
         gain = off = None

@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well 
     import torch
 
 WORK_FORMAT = 2  # 2: landmarks carry the shot cuts; fits are keyed by the model build
-REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "eyeballs")
+REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 
 

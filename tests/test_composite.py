@@ -609,3 +609,18 @@ def test_uint8_frame_and_render_window_give_the_float_result() -> None:
         frame_u8, render[window], coverage[window], lm_a, lm_s, window=(int(x0), int(y0))))
     assert out.dtype == np.uint8 and out.shape == frame_u8.shape
     assert np.abs(out.astype(np.float32) / 255 - full).max() < 2.5 / 255
+
+
+def test_rendered_mouth_interior_shows_the_actor() -> None:
+    """Where the render shows its mouth lining or teeth, the output is the actor's frame."""
+    frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
+    g = face_geometry(lm_s)
+    interior = np.zeros(coverage.shape, bool)
+    mouth = np.round(g.ibug[[48, 54]].mean(0)).astype(int)
+    interior[mouth[1] - 2:mouth[1] + 3, mouth[0] - 8:mouth[0] + 9] = True
+    regions = {"mouth_interior": interior, "teeth": np.zeros_like(interior)}
+    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s,
+                                                       regions=regions))
+    assert (report.alpha[interior] < 0.05).all()
+    assert np.abs(out[interior] - frame[interior]).max() < 0.05
+    assert (report.alpha[mouth[1] - 8, mouth[0]] > 0.9)  # the lips above are still swapped
