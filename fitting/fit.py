@@ -11,8 +11,9 @@ The solver follows eos's recipe, as named steps a reader can follow in order (`f
    (N(0, I) prior) least-squares fit is one linear solve.
 4. `fit_expression`: the same for expression, with the weights bounded to [0, 1].
 5. `update_jaw_contour`: the iBUG jaw points 0-16 (except the chin) lie on the occluding
-   contour, which moves over the surface with pose: each takes the silhouette vertex of
-   its horizontal model row (as eos does with its contour lists).
+   contour, which moves over the surface with pose: each takes the silhouette point of
+   its horizontal model row (as eos does with its contour lists; the row is where mesh
+   edges cross the point's height, so the point keeps its height).
 6. repeat 2-5 a few times, with robust (Huber IRLS) weights against landmark outliers.
 7. `refine_joint`: everything jointly (identity, every pose and expression), bounded
    Gauss-Newton with Huber IRLS weights + priors, the jaw contour re-picked each iteration.
@@ -125,6 +126,9 @@ class ModelArrays:
     contour_rows: dict[int, np.ndarray]  # iBUG jaw index -> candidate vertex ids
     face_vertices: np.ndarray  # vertex ids of the face_skin region
     mediapipe_selected: np.ndarray | None = None  # mediapipe478 indices used in fits
+    # iBUG jaw index -> (C x 2 vertex ids, C x 2 weights): points where mesh edges cross the
+    # jaw point's horizontal plane on the mean head (the contour candidates of that row).
+    contour_edges: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @property
     def num_identity(self) -> int:
@@ -158,6 +162,7 @@ def model_arrays(model) -> ModelArrays:
                          {}, face)
     if IBUG68 in landmarks:
         arrays.contour_rows = _contour_rows(arrays, regions)
+        arrays.contour_edges = _contour_edges(arrays, regions)
     if MEDIAPIPE478 in landmarks:
         arrays.mediapipe_selected = _selected_mediapipe(arrays)
     _ARRAYS[key] = arrays
@@ -170,10 +175,7 @@ def _contour_rows(arrays: ModelArrays, regions: dict[str, np.ndarray]) -> dict[i
     always one of them."""
     ids, bary = arrays.landmarks[IBUG68]
     jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
-    skin = regions.get("skin", np.ones(len(arrays.mean), bool))
-    for name in ("eyes", "eyeballs", "mouth_interior", "teeth", "tongue", "lips"):
-        if name in regions:
-            skin = skin & ~regions[name]
+    skin = _contour_skin(arrays, regions)
     v = arrays.mean
     back = jaw[0, 2] - 5.0  # the ear end of the jaw line
     rows = {}
@@ -184,6 +186,56 @@ def _contour_rows(arrays: ModelArrays, regions: dict[str, np.ndarray]) -> dict[i
         near &= np.abs(v[:, 0]) > 0.5 * abs(jaw[j, 0])
         rows[j] = np.flatnonzero(near & skin)
     return rows
+
+
+def _contour_skin(arrays: ModelArrays, regions: dict[str, np.ndarray]) -> np.ndarray:
+    """Vertices a jaw contour point may take: skin, not eyes, mouth or lips."""
+    skin = regions.get("skin", np.ones(len(arrays.mean), bool))
+    for name in ("eyes", "eyeballs", "mouth_interior", "teeth", "tongue", "lips"):
+        if name in regions:
+            skin = skin & ~regions[name]
+    return skin
+
+
+def contour_candidates(arrays: ModelArrays, skin: np.ndarray, point: np.ndarray, back: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Where the mean head's mesh edges cross the horizontal plane through a jaw `point`
+    (mm), on its side, in front of `back` (z, mm): (C x 2 vertex ids, C x 2 weights).
+
+    A row of whole vertices (+-4 mm) lets the contour point jump up and down by the band
+    width as the silhouette vertex changes; edge crossings keep it at the point's height.
+    """
+    v = arrays.mean
+    near = (np.abs(v[:, 1] - point[1]) < 15.0) & (np.sign(v[:, 0]) == np.sign(point[0]))
+    near &= v[:, 2] > max(back, point[2] - 25.0)
+    near &= np.abs(v[:, 0]) > 0.5 * abs(point[0])
+    near &= skin
+    tri = arrays.triangles
+    edges = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+    edges = np.unique(np.sort(edges, axis=1), axis=0)
+    edges = edges[near[edges].all(1)]
+    ya, yb = v[edges[:, 0], 1] - point[1], v[edges[:, 1], 1] - point[1]
+    cross = (ya * yb <= 0) & (ya != yb)
+    edges, ya, yb = edges[cross], ya[cross], yb[cross]
+    t = ya / (ya - yb)  # weight of the second vertex
+    return edges, np.stack([1.0 - t, t], 1)
+
+
+def _contour_edges(arrays: ModelArrays, regions: dict[str, np.ndarray]
+                   ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """`contour_candidates` of each iBUG jaw point (not the chin); falls back to the
+    vertex row where a plane crosses no edge."""
+    ids, bary = arrays.landmarks[IBUG68]
+    jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
+    skin = _contour_skin(arrays, regions)
+    out = {}
+    for j in CONTOUR_JAW:
+        e, w = contour_candidates(arrays, skin, jaw[j], jaw[0, 2] - 5.0)
+        if len(e) == 0:
+            row = arrays.contour_rows[j]
+            e, w = np.stack([row, row], 1), np.tile([1.0, 0.0], (len(row), 1))
+        out[j] = (e, w)
+    return out
 
 
 def _basis_rows(arrays: ModelArrays, ids: np.ndarray, bary: np.ndarray):
@@ -225,6 +277,12 @@ class LandmarkSet:
         """Point rows `rows` now correspond to single vertices `vertex_ids`."""
         self.ids[rows] = vertex_ids[:, None]
         self.bary[rows] = (1.0, 0.0, 0.0)
+        m, i, e = _basis_rows(self.arrays, self.ids[rows], self.bary[rows])
+        self.mean[rows], self.identity[rows], self.expression[rows] = m, i, e
+
+    def set_points(self, rows: np.ndarray, ids: np.ndarray, bary: np.ndarray) -> None:
+        """Point rows `rows` now correspond to surface points (ids, bary: n x 3)."""
+        self.ids[rows], self.bary[rows] = ids, bary
         m, i, e = _basis_rows(self.arrays, self.ids[rows], self.bary[rows])
         self.mean[rows], self.identity[rows], self.expression[rows] = m, i, e
 
@@ -607,15 +665,20 @@ def estimate_pose_pnp(ls: LandmarkSet, identity: np.ndarray, expression: np.ndar
 
 def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
                        camera: CameraParams) -> None:
-    """Step 5: move each iBUG jaw point (not the chin) to the occluding contour: the vertex
-    of its horizontal model row that projects farthest outwards in the image."""
+    """Step 5: move each iBUG jaw point (not the chin) to the occluding contour: the point
+    of its horizontal model row (mesh edges crossing the point's height) that projects
+    farthest outwards in the image."""
     arrays = ls.arrays
-    if not arrays.contour_rows or IBUG68 not in ls.scheme_slices:
+    if not arrays.contour_edges or IBUG68 not in ls.scheme_slices:
         return
     base = ls.scheme_slices[IBUG68].start
-    all_ids = np.concatenate([arrays.contour_rows[j] for j in CONTOUR_JAW])
-    verts = (arrays.mean[all_ids] + arrays.identity[all_ids] @ identity
-             + arrays.expression[all_ids] @ state.expression)
+    all_ids = np.concatenate([arrays.contour_edges[j][0] for j in CONTOUR_JAW])
+    all_w = np.concatenate([arrays.contour_edges[j][1] for j in CONTOUR_JAW])
+    uniq, inv = np.unique(all_ids, return_inverse=True)
+    vu = (arrays.mean[uniq] + arrays.identity[uniq] @ identity
+          + arrays.expression[uniq] @ state.expression)
+    inv = inv.reshape(all_ids.shape)
+    verts = all_w[:, :1] * vu[inv[:, 0]] + all_w[:, 1:] * vu[inv[:, 1]]
     uv = project(verts, state.rotation, state.translation, camera)
     # Outward direction in the image: the model's x axis (sign by side), projected.
     centre = verts.mean(0)
@@ -624,14 +687,17 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
                    state.translation, camera)[0]
     right = x_uv - c_uv
     right /= np.linalg.norm(right) + 1e-12
-    chosen, start = [], 0
-    for j in CONTOUR_JAW:
-        n = len(arrays.contour_rows[j])
+    ids = np.zeros((len(CONTOUR_JAW), 3), np.int64)
+    bary = np.zeros((len(CONTOUR_JAW), 3))
+    start = 0
+    for k, j in enumerate(CONTOUR_JAW):
+        n = len(arrays.contour_edges[j][0])
         side = 1.0 if j > CHIN else -1.0
-        score = uv[start:start + n] @ (side * right)
-        chosen.append(arrays.contour_rows[j][int(np.argmax(score))])
+        best = start + int(np.argmax(uv[start:start + n] @ (side * right)))
+        ids[k, :2], ids[k, 2] = all_ids[best], all_ids[best, 0]
+        bary[k, :2] = all_w[best]
         start += n
-    ls.set_rows(base + np.array(CONTOUR_JAW), np.array(chosen))
+    ls.set_points(base + np.array(CONTOUR_JAW), ids, bary)
 
 
 def fit_identity(ls_list: list[LandmarkSet], identity: np.ndarray, states: list[FrameState],
@@ -1115,7 +1181,7 @@ def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68) -> np.ndarra
     for i in range(fit.num_frames):
         st = FrameState(f.rotation[i].astype(np.float64), f.translation[i].astype(np.float64),
                         f.expression[i].astype(np.float64))
-        if scheme == IBUG68 and arrays.contour_rows:
+        if scheme == IBUG68 and arrays.contour_edges:
             ls = LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
                              {IBUG68: slice(0, len(ids))}, arrays=arrays)
             update_jaw_contour(ls, alpha, st, fit.camera)

@@ -92,7 +92,7 @@ def test_joint_refinement_beats_block_alternation(model):
     rng = np.random.default_rng(3)
     errors = {0: [], 20: []}
     poses = {0: [], 20: []}
-    for _ in range(3):
+    for _ in range(6):  # single faces can go either way (3 faces: ratio 0.9 +- 0.1)
         alpha, state, camera, lms = synthetic_face(model, rng)
         for steps in errors:
             ident, states, _, _ = F.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx,
@@ -129,6 +129,22 @@ def test_contour_handling_helps_jaw_at_yaw_40(model):
             res = F._residuals(lss[0], ident, states[0], cams[0])[0]
             out.append(float(np.linalg.norm(res[list(F.CONTOUR_JAW)], axis=1).mean()))
     assert np.mean(jaw_with) < 0.7 * np.mean(jaw_without), (jaw_with, jaw_without)
+
+
+def test_jaw_contour_points_keep_their_row_height(model):
+    # The contour point slides around the head along its row (mesh edges crossing the jaw
+    # point's height on the mean), so its height does not jump with the silhouette vertex.
+    rng = np.random.default_rng(9)
+    alpha, state, camera, lms = synthetic_face(model, rng, yaw_deg=35.0)
+    arrays = F.model_arrays(model)
+    ids, bary = arrays.landmarks["ibug68"]
+    height = np.einsum("lc,lc->l", bary, arrays.mean[ids, 1])
+    ls = F.landmark_set(model, lms)
+    before = ls.mean[list(F.CONTOUR_JAW)].copy()
+    F.update_jaw_contour(ls, alpha, state, camera)
+    jaw = list(F.CONTOUR_JAW)
+    assert np.allclose(ls.mean[jaw, 1], height[jaw], atol=1e-6)
+    assert np.abs(ls.mean[jaw, 2] - before[:, 2]).max() > 1.0  # yaw 35: they did slide
 
 
 def test_outlier_robustness(model):
@@ -256,12 +272,12 @@ def test_annotated_nme_close_to_dlib(model, media_dir, name):
                      ("dlib+mediapipe", landmarks)):
         fit = F.fit_photo(image, model, landmarks=lms, photometric=False)
         nme[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
-    # The model's own landmark definition (mediapipe-derived) and its expressiveness keep
-    # the fitted 68 points behind raw dlib: measured takeo 4.6 / 4.2 % vs dlib 3.2 %, lenna
-    # 6.1 / 4.8 % vs 3.4 % of IOD (mediapipe / dlib+mediapipe input; BENCHMARKS.md). Bounds
-    # were dlib + 5 % for the mediapipe input.
-    assert nme["mediapipe"] < _nme(dlib, truth) + 0.035, (nme, _nme(dlib, truth))
-    assert nme["dlib+mediapipe"] < _nme(dlib, truth) + 0.02, (nme, _nme(dlib, truth))
+    # With the iBUG correspondences re-derived from dlib on other real frames
+    # (tools/derive_ibug68.py) and the jaw contour at its row height: takeo 4.0 / 3.6 % vs
+    # dlib 3.2 %, lenna 5.7 / 4.2 % vs 3.4 % of IOD (mediapipe / dlib+mediapipe input; were
+    # 4.6 / 4.2 and 6.1 / 4.8 %; BENCHMARKS.md). The rest is mostly the jaw line.
+    assert nme["mediapipe"] < _nme(dlib, truth) + 0.03, (nme, _nme(dlib, truth))
+    assert nme["dlib+mediapipe"] < _nme(dlib, truth) + 0.013, (nme, _nme(dlib, truth))
 
 
 @pytest.mark.media
