@@ -18,8 +18,10 @@ Conventions (stated once):
 - UV: u right, v up; row 0 of a texture image is v = 1, texel (i, j) is centred at
   u = (j + 0.5) / Wt, v = 1 - (i + 0.5) / Ht.
 
-Backends: `torch` (pure PyTorch, default on CPU), `nvdiffrast` (default on CUDA when
-installed), `pytorch3d`; pick with `backend=` or MORPH3D_RENDERER=torch|nvdiffrast|pytorch3d|auto.
+Backends: `torch` (PyTorch, default on CPU; its non-differentiable z-buffer and antialias
+edge search run as compiled numba kernels on CPU when numba is importable, see
+`render.kernels`), `nvdiffrast` (default on CUDA when installed), `pytorch3d`; pick with
+`backend=` or MORPH3D_RENDERER=torch|nvdiffrast|pytorch3d|auto.
 """
 
 from render.backends import antialias, available_backends, get_backend, rasterize

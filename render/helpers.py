@@ -72,7 +72,6 @@ def render_mesh(
                        cull_backfaces=cull_backfaces)
     B = raster.batch
     V = verts.shape[1]
-    hard = raster.mask(verts.dtype)
     # Shading happens on the M covered pixels only, channel-major (C x M: contiguous 1-D
     # ops are what is cheap on CPU), then one scatter to the dense image.
     channels = []  # per-vertex attributes, each B x V x 3
@@ -96,20 +95,34 @@ def render_mesh(
     elif vertex_colors is not None:
         albedo = values[:3]
     else:
-        albedo = hard.new_ones(3, raster.pixel_index.shape[0])
+        albedo = verts.new_ones(3, raster.pixel_index.shape[0])
     if sh_coeffs is not None:
         coeffs = sh_coeffs.to(verts.dtype).reshape(-1, 9, 3)
         albedo = albedo * sh_shading_channels(
             values[-3:], coeffs, raster.pixel_batch() if coeffs.shape[0] > 1 else None)
     if background is None:
         background = 0.0
-    foreground = scatter_pixels(albedo.t(), raster)
-    image = foreground + torch.as_tensor(background, dtype=verts.dtype,
-                                         device=verts.device) * (1 - hard)
-    mask = hard
-    if antialias:
-        both = antialias_op(torch.cat([image, hard], -1), raster)
+    if isinstance(background, (int, float)):
+        # Constant background: image and mask are built as one B x H x W x 4 scatter (the
+        # colour channels start at the background level, the mask channel at 0), which is
+        # also the antialias input: no dense concatenation or blending passes.
+        rgba = torch.cat([albedo, albedo.new_ones(1, albedo.shape[1])], 0).t()
+        fill = torch.tensor([background] * 3 + [0.0], dtype=verts.dtype, device=verts.device)
+        H, W = raster.size
+        both = fill.expand(B * H * W, 4).index_copy(0, raster.pixel_index, rgba)
+        both = both.reshape(B, H, W, 4)
+        if antialias:
+            both = antialias_op(both, raster)
         image, mask = both[..., :3], both[..., 3:]
+    else:
+        hard = raster.mask(verts.dtype)
+        foreground = scatter_pixels(albedo.t(), raster)
+        image = foreground + torch.as_tensor(background, dtype=verts.dtype,
+                                             device=verts.device) * (1 - hard)
+        mask = hard
+        if antialias:
+            both = antialias_op(torch.cat([image, hard], -1), raster)
+            image, mask = both[..., :3], both[..., 3:]
     coverage = raster.coverage
     visible_tri = torch.zeros(B, triangles.shape[0], dtype=torch.bool, device=verts.device)
     visible_tri[raster.pixel_batch(), raster.pixel_triangle] = True

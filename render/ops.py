@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as nnf
 
-from render.raster import Raster, screen_space
+from render.raster import Raster, kernels_available, screen_space
 
 # -- interpolation --------------------------------------------------------------------------
 
@@ -174,7 +174,8 @@ def _edge_values(
     ], 1)
 
 
-def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
+def antialias_torch(color: torch.Tensor, raster: Raster, *,
+                    use_kernel: bool | None = None) -> torch.Tensor:
     """Analytic antialiasing of silhouette edges (the method of nvdiffrast's `antialias`).
 
     For every pair of horizontally or vertically adjacent pixels showing different
@@ -183,12 +184,33 @@ def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
     crossing at a fraction s of the way, the pixel whose 1-pixel box is partly covered gets
     the colours mixed by the covered length (s - 1/2 or 1/2 - s). The mix is a function of the
     vertex positions, so silhouettes carry gradients w.r.t. geometry and camera.
+    The edge search runs in `render.kernels` for CPU tensors when numba is importable
+    (`use_kernel=None`: automatic), else in torch; both find the same pairs.
     """
     B, H, W, C = color.shape
     clip = raster.clip_vertices
     triangles = raster.triangles
     V = clip.shape[1]
     flat_color = color.reshape(B * H * W, C)
+    if use_kernel is None:
+        use_kernel = clip.device.type == "cpu" and kernels_available()
+    if use_kernel:
+        # The edge search (not differentiable) in the compiled kernel; same pairs and order.
+        from render import kernels  # noqa: PLC0415
+
+        with torch.no_grad():
+            sx, sy, _, _, valid = screen_space(clip.detach(), H, W)
+            f, k, edge = kernels.antialias_pairs(raster, sx, sy, valid,
+                                                 edge_neighbours(triangles))
+            if f.numel() == 0:
+                return color
+            b = torch.div(f, H * W, rounding_mode="floor")
+            vid = triangles.index_select(0, raster.triangle_id.reshape(-1).index_select(0, f))
+            vid = vid + (b * V).unsqueeze(1)
+            rem_f, rem_k = f - b * H * W, k - b * H * W
+            fy, fx = torch.div(rem_f, W, rounding_mode="floor"), rem_f % W
+            ky, kx = torch.div(rem_k, W, rounding_mode="floor"), rem_k % W
+        return _antialias_blend(color, flat_color, clip, f, k, edge, vid, fx, fy, kx, ky)
     tri = raster.triangle_id.reshape(-1)
     depth = raster.depth.detach().reshape(-1)
     with torch.no_grad():
@@ -251,7 +273,19 @@ def antialias_torch(color: torch.Tensor, raster: Raster) -> torch.Tensor:
         f, k, b, edge = f[keep], k[keep], b[keep], edge[keep]
         vid = vid[keep]
         fx, fy, kx, ky = fx[keep], fy[keep], kx[keep], ky[keep]
-    # Differentiable part: the crossing fraction s of the chosen silhouette edge.
+    return _antialias_blend(color, flat_color, clip, f, k, edge, vid, fx, fy, kx, ky)
+
+
+def _antialias_blend(
+    color: torch.Tensor, flat_color: torch.Tensor, clip: torch.Tensor,
+    f: torch.Tensor, k: torch.Tensor, edge: torch.Tensor, vid: torch.Tensor,
+    fx: torch.Tensor, fy: torch.Tensor, kx: torch.Tensor, ky: torch.Tensor,
+) -> torch.Tensor:
+    """The differentiable part of the antialias: the crossing fraction s of the chosen
+    silhouette edge (vertices vid N x 3 into the B*V clip rows) between the centres of the
+    front pixel f (fx, fy) and the other pixel k (kx, ky), and the colour mix."""
+    B, H, W, C = color.shape
+    V = clip.shape[1]
     corners = clip.reshape(B * V, 4)[vid]  # N x 3 x 4
     inv_w = 1.0 / corners[..., 3]
     gx = (corners[..., 0] * inv_w + 1) * (W * 0.5) - 0.5
@@ -349,6 +383,14 @@ def interpolate_channels(attributes: torch.Tensor, raster: Raster,
     tris = raster.triangles if attribute_triangles is None else attribute_triangles.to(
         device=attributes.device, dtype=torch.int64)
     B = raster.batch
+    if attributes.device.type == "cpu" and kernels_available():
+        from render.kernels import InterpolateChannels  # noqa: PLC0415
+
+        H, W = raster.size
+        step = attributes.shape[1] // B if batched and B > 1 else 0
+        return InterpolateChannels.apply(attributes, raster.pixel_barycentrics.t(), tris,
+                                         raster.pixel_index, raster.pixel_triangle, H * W,
+                                         step)
     corner_ids = [tris[:, k].contiguous().index_select(0, raster.pixel_triangle)
                   for k in range(3)]
     if batched and B > 1:
@@ -371,11 +413,12 @@ def vertex_normals(vertices: torch.Tensor, triangles: torch.Tensor) -> torch.Ten
     verts = vertices if batched else vertices.unsqueeze(0)
     tris = triangles.to(device=verts.device, dtype=torch.int64)
     B, V = verts.shape[0], verts.shape[1]
-    corners = verts.index_select(1, tris.reshape(-1)).reshape(B, -1, 3, 3)
-    face_normals = torch.cross(corners[:, :, 1] - corners[:, :, 0],
-                               corners[:, :, 2] - corners[:, :, 0], dim=-1)  # |n| = 2 area
-    rows = (tris.reshape(1, -1) + V * torch.arange(B, device=verts.device)[:, None]).reshape(-1)
-    normals = verts.new_zeros(B * V, 3).index_add(
-        0, rows, face_normals.repeat_interleave(3, dim=1).reshape(-1, 3))
+    cols = [tris[:, k].contiguous() for k in range(3)]
+    c0, c1, c2 = (verts.index_select(1, col) for col in cols)  # B x F x 3 each
+    face_normals = torch.linalg.cross(c1 - c0, c2 - c0, dim=-1).reshape(-1, 3)  # |n| = 2 area
+    offset = (V * torch.arange(B, device=verts.device)).unsqueeze(1)
+    normals = verts.new_zeros(B * V, 3)
+    for col in cols:  # one index_add per corner: no 3x repeated copy of the face normals
+        normals = normals.index_add(0, (col.unsqueeze(0) + offset).reshape(-1), face_normals)
     normals = nnf.normalize(normals.reshape(B, V, 3), dim=-1, eps=1e-12)
     return normals if batched else normals[0]

@@ -14,6 +14,11 @@ Design of `rasterize_torch` (no dense pixels x triangles tensors anywhere):
 4. with autograd: perspective-correct barycentrics and depth for the winning triangle of
    each covered pixel only, from per-triangle planes (see `barycentric_fields`).
 
+On CPU with numba importable, steps 1-3 run as one compiled scanline loop with the same
+arithmetic (`render.kernels.zbuffer_numba`: identical triangle ids), and the per-pixel part
+of step 4 as a compiled autograd Function; the torch code here is the CUDA path and the
+fallback (no numba, MORPH3D_NUMBA=0, or a kernel self-test failure).
+
 Clipping policy: a triangle with any vertex at w <= 1e-8 (at or behind the eye), a
 non-finite vertex or zero screen area is culled (never wrapped); fragments outside
 -1 <= z/w <= 1 are discarded per pixel (near/far planes).
@@ -21,6 +26,8 @@ non-finite vertex or zero screen area is culled (never wrapped); fragments outsi
 
 from __future__ import annotations
 
+import functools
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,23 +43,39 @@ class Raster:
 
     Dense views: `triangle_id` B x H x W int64 (-1 = background), `barycentrics`
     B x H x W x 3 (perspective-correct, weights of triangles[id, 0..2], zeros on background),
-    `depth` B x H x W (z/w in [-1, 1], 1.0 on background).
-    Sparse views over the M covered pixels (what `interpolate` uses): `pixel_index` (M,) into
-    the flattened B*H*W grid, `pixel_triangle` (M,), `pixel_barycentrics` M x 3.
+    `depth` B x H x W (z/w in [-1, 1], 1.0 on background); the last two are built on first
+    access (the render path only needs the sparse views, and building them costs as much as
+    shading). Sparse views over the M covered pixels (what `interpolate` uses):
+    `pixel_index` (M,) into the flattened B*H*W grid, `pixel_triangle` (M,),
+    `pixel_barycentrics` M x 3, `pixel_depth` (M,).
     `clip_vertices` and `triangles` are kept for `antialias`; `native` holds a backend's own
     output (nvdiffrast's rast tensor) when there is one.
     """
 
     triangle_id: torch.Tensor
-    barycentrics: torch.Tensor
-    depth: torch.Tensor
     pixel_index: torch.Tensor
     pixel_triangle: torch.Tensor
     pixel_barycentrics: torch.Tensor
+    pixel_depth: torch.Tensor
     clip_vertices: torch.Tensor
     triangles: torch.Tensor
     backend: str = "torch"
     native: Any = None
+
+    @functools.cached_property
+    def barycentrics(self) -> torch.Tensor:
+        B, (H, W) = self.batch, self.size
+        bary = self.pixel_barycentrics
+        dense = bary.new_zeros(B * H * W, 3).index_copy(0, self.pixel_index, bary)
+        return dense.reshape(B, H, W, 3)
+
+    @functools.cached_property
+    def depth(self) -> torch.Tensor:
+        B, (H, W) = self.batch, self.size
+        depth = self.pixel_depth
+        dense = depth.new_full((B * H * W,), BACKGROUND_DEPTH).index_copy(
+            0, self.pixel_index, depth)
+        return dense.reshape(B, H, W)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -69,7 +92,7 @@ class Raster:
 
     def mask(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Hard coverage as B x H x W x 1 float (use `antialias` for soft edges)."""
-        return self.coverage.unsqueeze(-1).to(dtype or self.barycentrics.dtype)
+        return self.coverage.unsqueeze(-1).to(dtype or self.pixel_barycentrics.dtype)
 
     def pixel_batch(self) -> torch.Tensor:
         """(M,) batch index of each covered pixel."""
@@ -207,10 +230,12 @@ def _zbuffer(
     row_y = (first - row_start.to(first.dtype)).index_select(0, h) + torch.arange(
         h.numel(), device=device, dtype=first.dtype)  # exact: integers < 2^53
     y32 = row_y.float()
-    lx = torch.addcmul(left[0].index_select(0, h), y32 - left[1].index_select(0, h),
-                       left[2].index_select(0, h))
-    rx = torch.addcmul(right[0].index_select(0, h), y32 - right[1].index_select(0, h),
-                       right[2].index_select(0, h))
+    # Separate multiply and add (no fused addcmul): render.kernels computes the same
+    # roundings, so both paths pick identical pixels.
+    lx = (y32 - left[1].index_select(0, h)).mul_(left[2].index_select(0, h)).add_(
+        left[0].index_select(0, h))
+    rx = (y32 - right[1].index_select(0, h)).mul_(right[2].index_select(0, h)).add_(
+        right[0].index_select(0, h))
     x_first = torch.ceil(lx.clamp_(-1, W)).clamp_min_(0)
     x_last = torch.floor(rx.clamp_(-1, W)).clamp_max_(W - 1)
     counts = (x_last - x_first + 1).clamp_min_(0).to(torch.int64)
@@ -264,8 +289,8 @@ def _zbuffer(
         in_row = torch.arange(first_pixel, first_pixel + n, device=device).sub_(
             starts[lo:hi].index_select(0, r))  # position of each pixel within its row
         pix = offset_row[lo:hi].index_select(0, r).add_(in_row)
-        zq = z_row[lo:hi].index_select(0, r).addcmul_(step_row[lo:hi].index_select(0, r),
-                                                      in_row.double())
+        zq = step_row[lo:hi].index_select(0, r).mul_(in_row.double()).add_(
+            z_row[lo:hi].index_select(0, r))
         if need_depth_test:
             keep = ((zq >= 0) & (zq <= 2 * depth_scale)).nonzero().squeeze(1)
             zq, pix, r = (t.index_select(0, keep) for t in (zq, pix, r))
@@ -282,14 +307,52 @@ def rasterize_torch(
     *,
     chunk: int = 1 << 18,
     cull_backfaces: bool = False,
+    use_kernel: bool | None = None,
 ) -> Raster:
-    """Pure-PyTorch rasterizer (CPU or CUDA); see the module docstring for the algorithm."""
+    """The torch backend's rasterizer (CPU or CUDA); see the module docstring.
+
+    The z-buffer (which triangle covers each pixel, not differentiable) runs in the compiled
+    scanline kernel of `render.kernels` for CPU tensors when numba is importable
+    (`use_kernel=None`: automatic), else in torch (CUDA, or no numba); both give identical
+    triangle ids. Barycentrics and depth are then recomputed in torch, differentiably.
+    """
     clip, triangles, H, W = prepare_inputs(clip_vertices, triangles, size)
+    if use_kernel is None:
+        use_kernel = clip.device.type == "cpu" and kernels_available()
+    tri_dense = None
     with torch.no_grad():
-        zbuf, id_bits = _zbuffer(clip.detach(), triangles, H, W, chunk, cull_backfaces)
-        pixel_index = (zbuf != torch.iinfo(torch.int64).max).nonzero().squeeze(1)
-        pixel_triangle = zbuf[pixel_index] & ((1 << id_bits) - 1)
-    return finish_raster(clip, triangles, H, W, pixel_index, pixel_triangle, backend="torch")
+        if use_kernel:
+            from render import kernels  # noqa: PLC0415 - imports numba on first use only
+
+            sx, sy, sz, _, valid = screen_space(clip.detach().double(), H, W)
+            tri_dense, pixel_index, pixel_triangle = kernels.zbuffer_numba(
+                sx, sy, sz, valid, triangles, H, W, cull_backfaces)
+        else:
+            zbuf, id_bits = _zbuffer(clip.detach(), triangles, H, W, chunk, cull_backfaces)
+            pixel_index = (zbuf != torch.iinfo(torch.int64).max).nonzero().squeeze(1)
+            pixel_triangle = zbuf[pixel_index] & ((1 << id_bits) - 1)
+    return finish_raster(clip, triangles, H, W, pixel_index, pixel_triangle, backend="torch",
+                         tri_dense=tri_dense)
+
+
+_KERNELS_AVAILABLE: bool | None = None
+
+
+def kernels_available() -> bool:
+    """Whether render.kernels (numba) can be used; the import is attempted once."""
+    global _KERNELS_AVAILABLE
+    if _KERNELS_AVAILABLE is None:
+        _KERNELS_AVAILABLE = False  # also while the self-test below runs
+        try:
+            from render import kernels  # noqa: PLC0415
+
+            if kernels.available():
+                kernels.self_test()  # compiles once (then cached on disk), ~0.3 s cached
+                _KERNELS_AVAILABLE = True
+        except Exception as exc:  # noqa: BLE001 - a broken numba must not break rendering
+            warnings.warn(f"render.kernels unusable, using the pure-torch rasterizer: {exc}",
+                          RuntimeWarning, stacklevel=2)
+    return _KERNELS_AVAILABLE
 
 
 def barycentric_fields(
@@ -298,14 +361,16 @@ def barycentric_fields(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable perspective-correct barycentrics (M x 3) and z/w (M,) at pixel centres.
 
-    Per (batch, triangle), in float64 and differentiable w.r.t. the clip vertices (B x F
-    work): the screen-affine functions u_k = b_k / w_k (k = 0, 1, 2) and z/w as planes
+    Per (batch, triangle) that owns a covered pixel, in float64 and differentiable w.r.t. the
+    clip vertices: the screen-affine functions u_k = b_k / w_k (k = 0, 1, 2) and z/w as planes
     a dx + b dy + c around an integer origin o near the triangle (dx = px - ox, dy = py - oy).
     Per covered pixel, in the working precision: gather the 14 numbers, evaluate the four
     planes, bary_k = u_k / sum_j u_j. The origin keeps dx, dy small exact integers, so float32
     evaluation stays accurate even for thin triangles (absolute pixel coordinates would cost
     ~W * 6e-8 px, i.e. up to ~1e-4 in the weights of slivers).
     The barycentrics come back as a transposed view of a 3 x M tensor (columns contiguous).
+    On CPU with numba the per-pixel part (both directions) is one compiled pass
+    (`render.kernels.BarycentricEval`, float64 arithmetic).
     """
     B = clip.shape[0]
     F = triangles.shape[0]
@@ -319,34 +384,58 @@ def barycentric_fields(
     sx = (c[..., 0] * inv_w + 1) * (W * 0.5) - 0.5
     sy = (c[..., 1] * inv_w + 1) * (H * 0.5) - 0.5
     zw = c[..., 2] * inv_w
-    flat_tri = triangles.reshape(-1)
-    x = sx.index_select(1, flat_tri).reshape(B, F, 3)
-    y = sy.index_select(1, flat_tri).reshape(B, F, 3)
-    iw = inv_w.index_select(1, flat_tri).reshape(B, F, 3)
-    z = zw.index_select(1, flat_tri).reshape(B, F, 3)
+    # Planes only for the U (batch, triangle) instances that own a pixel (about 40 % of a
+    # head's triangles are visible), per corner as contiguous (U,) tensors gathered from
+    # the flattened B*V vertex values (cheap 1-D gathers, no U x 3 reductions).
+    V = clip.shape[1]
     with torch.no_grad():
-        ox = x.mean(-1).clamp(-W, 2 * W).round()
-        oy = y.mean(-1).clamp(-H, 2 * H).round()
-    x = x - ox.unsqueeze(-1)
-    y = y - oy.unsqueeze(-1)
+        if B > 1:
+            pixel_b = torch.div(pixel_index, H * W, rounding_mode="floor")
+            instance = pixel_triangle + pixel_b * F
+        else:
+            instance = pixel_triangle
+        seen = torch.zeros(B * F, dtype=torch.bool, device=clip.device)
+        seen[instance] = True
+        used = seen.nonzero().squeeze(1)  # (U,) instance ids b * F + f
+        compact = torch.empty(B * F, dtype=torch.int64, device=clip.device)
+        compact[used] = torch.arange(used.numel(), device=clip.device)
+        rows = compact.index_select(0, instance)  # (M,) into the U planes
+        tri_used = used % F if B > 1 else used
+        vertex_offset = torch.div(used, F, rounding_mode="floor") * V if B > 1 else 0
+        cols = [triangles[:, k].index_select(0, tri_used) + vertex_offset for k in range(3)]
+
+    def corners(values: torch.Tensor) -> list[torch.Tensor]:
+        flat = values.reshape(-1)
+        return [flat.index_select(0, col) for col in cols]
+
+    x, y, iw, z = corners(sx), corners(sy), corners(inv_w), corners(zw)
+    with torch.no_grad():
+        ox = ((x[0] + x[1] + x[2]) / 3).clamp(-W, 2 * W).round()
+        oy = ((y[0] + y[1] + y[2]) / 3).clamp(-H, 2 * H).round()
+    x = [v - ox for v in x]
+    y = [v - oy for v in y]
     # Edge function of corner k (edge from corner k+1 to k+2) = ea dx + eb dy + ec.
-    x1, x2 = x.roll(-1, -1), x.roll(-2, -1)
-    y1, y2 = y.roll(-1, -1), y.roll(-2, -1)
-    ea, eb, ec = y1 - y2, x2 - x1, x1 * y2 - x2 * y1  # B x F x 3 each
-    area2 = ec.sum(-1, keepdim=True)  # the edge functions sum to twice the signed area
-    area2 = torch.where(area2 == 0, torch.ones_like(area2), area2)  # never drawn anyway
-    scale = iw / area2
-    za, zb, zc = (((e / area2) * z).sum(-1) for e in (ea, eb, ec))
-    table = torch.cat([  # 14 x (B*F): a_k, b_k, c_k for u_0..2, then z/w's a, b, c, origin
-        (ea * scale).permute(2, 0, 1), (eb * scale).permute(2, 0, 1),
-        (ec * scale).permute(2, 0, 1), torch.stack([za, zb, zc, ox, oy], 0),
-    ], 0).reshape(14, B * F).to(work)
-    if B > 1:
-        b = torch.div(pixel_index, H * W, rounding_mode="floor")
-        rem = pixel_index - b * (H * W)
-        rows = pixel_triangle + b * F
-    else:
-        rem, rows = pixel_index, pixel_triangle
+    ea = [y[(k + 1) % 3] - y[(k + 2) % 3] for k in range(3)]
+    eb = [x[(k + 2) % 3] - x[(k + 1) % 3] for k in range(3)]
+    ec = [x[(k + 1) % 3] * y[(k + 2) % 3] - x[(k + 2) % 3] * y[(k + 1) % 3] for k in range(3)]
+    area2 = ec[0] + ec[1] + ec[2]  # the edge functions sum to twice the signed area
+    inv_area = 1.0 / torch.where(area2 == 0, torch.ones_like(area2), area2)  # 0: never drawn
+    scale = [w * inv_area for w in iw]
+    za, zb, zc = ((e[0] * z[0] + e[1] * z[1] + e[2] * z[2]) * inv_area for e in (ea, eb, ec))
+    planes = [  # B x F each: a_k, b_k, c_k for u_0..2, then z/w's a, b, c
+        *(e * w for e, w in zip(ea, scale, strict=True)),
+        *(e * w for e, w in zip(eb, scale, strict=True)),
+        *(e * w for e, w in zip(ec, scale, strict=True)),
+        za, zb, zc,
+    ]
+    if c.device.type == "cpu" and kernels_available():
+        from render.kernels import BarycentricEval  # noqa: PLC0415
+
+        bary, depth = BarycentricEval.apply(out_dtype, pixel_index, rows, H, W, ox, oy,
+                                            *planes)
+        return bary.t(), depth
+    table = torch.stack([*planes, ox, oy], 0).to(work)  # 14 x U
+    rem = pixel_index - pixel_b * (H * W) if B > 1 else pixel_index
     py_int = torch.div(rem, W, rounding_mode="floor")
     px = (rem - py_int * W).to(work)
     py = py_int.to(work)
@@ -364,23 +453,22 @@ def finish_raster(
     clip: torch.Tensor, triangles: torch.Tensor, H: int, W: int,
     pixel_index: torch.Tensor, pixel_triangle: torch.Tensor, backend: str,
     bary: torch.Tensor | None = None, depth: torch.Tensor | None = None, native: Any = None,
+    tri_dense: torch.Tensor | None = None,
 ) -> Raster:
-    """Build the dense and sparse views of a Raster from the covered-pixel list."""
+    """Build a Raster from the covered-pixel list (`tri_dense`, B*H*W ids with -1 on
+    background, when the caller already has it)."""
     B = clip.shape[0]
     if bary is None or depth is None:
         bary, depth = barycentric_fields(clip, triangles, H, W, pixel_index, pixel_triangle)
-    n = B * H * W
-    tri_dense = torch.full((n,), -1, dtype=torch.int64, device=clip.device)
-    tri_dense[pixel_index] = pixel_triangle
-    bary_dense = bary.new_zeros(n, 3).index_copy(0, pixel_index, bary)
-    depth_dense = depth.new_full((n,), BACKGROUND_DEPTH).index_copy(0, pixel_index, depth)
+    if tri_dense is None:
+        tri_dense = torch.full((B * H * W,), -1, dtype=torch.int64, device=clip.device)
+        tri_dense[pixel_index] = pixel_triangle
     return Raster(
         triangle_id=tri_dense.reshape(B, H, W),
-        barycentrics=bary_dense.reshape(B, H, W, 3),
-        depth=depth_dense.reshape(B, H, W),
         pixel_index=pixel_index,
         pixel_triangle=pixel_triangle,
         pixel_barycentrics=bary,
+        pixel_depth=depth,
         clip_vertices=clip,
         triangles=triangles,
         backend=backend,

@@ -25,17 +25,43 @@ from render import (
     vertex_normals,
 )
 from render.camera import FRONT
+from render.raster import kernels_available
 from render.synthetic import head_like_mesh
 
 ALL_BACKENDS = ("torch", "nvdiffrast", "pytorch3d")
+HAVE_KERNELS = kernels_available()
 
 
-@pytest.fixture(params=ALL_BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
+def force_pure_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the torch backend skip render.kernels (numba): the CUDA / no-numba code path."""
+    import render.raster
+
+    monkeypatch.setattr(render.raster, "_KERNELS_AVAILABLE", False)
+
+
+@pytest.fixture(params=["torch", "torch-pure", "nvdiffrast", "pytorch3d"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Backend names; "torch" uses the compiled CPU kernels when numba is importable,
+    "torch-pure" is the same backend forced onto its pure-torch path."""
     name = request.param
+    if name == "torch-pure":
+        if not HAVE_KERNELS:
+            pytest.skip("numba missing: 'torch' already is the pure-torch path")
+        force_pure_torch(monkeypatch)
+        return "torch"
     if name not in available_backends():
         pytest.skip(f"renderer backend '{name}' not importable here (or needs CUDA)")
     return name
+
+
+@pytest.fixture(params=["kernel", "pure"])
+def cpu_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with the compiled kernels (when numba is importable) and without."""
+    if request.param == "kernel" and not HAVE_KERNELS:
+        pytest.skip("numba not importable")
+    if request.param == "pure":
+        force_pure_torch(monkeypatch)
+    return request.param
 
 
 def device_for(backend: str) -> torch.device:
@@ -364,7 +390,7 @@ def test_gradcheck_photometric_path():
     assert positions.grad.abs().sum() > 0
 
 
-def test_gradcheck_texture_and_antialias():
+def test_gradcheck_texture_and_antialias(cpu_path):
     verts, tris, cam = small_scene()
     uv_coords = torch.tensor([[0.1, 0.1], [0.9, 0.12], [0.88, 0.9], [0.12, 0.85], [0.5, 0.52]],
                              dtype=torch.float64)
@@ -505,7 +531,8 @@ def test_backend_selection(monkeypatch):
 # -- the real head model -----------------------------------------------------------------------
 
 
-def test_real_head_model_matches_reference():
+def default_head() -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred vertices (mm) and triangles of the embedded default head model."""
     try:
         from morph3d.models import load_model
 
@@ -513,8 +540,11 @@ def test_real_head_model_matches_reference():
     except Exception as exc:  # noqa: BLE001 - any failure means the model is not there yet
         pytest.skip(f"default head model not loadable: {exc}")
     verts = model.vertices().detach()[0]
-    verts = verts - verts.mean(0)
-    triangles = model.triangles
+    return verts - verts.mean(0), model.triangles
+
+
+def test_real_head_model_matches_reference(cpu_path):
+    verts, triangles = default_head()
     H, W = 96, 96
     for pose in ((0.0, 0.0, 0.0), (0.2, 0.7, 0.0), (-0.1, -1.3, 0.1)):
         clip = posed_camera(W, H, pose, t=(0.0, 0.0, 600.0)).to_clip(verts)
@@ -562,3 +592,60 @@ def test_shared_edges_are_watertight():
     assert (ids[inside] >= 0).all()
     ref_id, _, _ = reference_raster(clip[0], tris, H, W)
     assert ((ids.numpy() >= 0) == (ref_id >= 0)).all()
+
+
+@pytest.mark.skipif(not HAVE_KERNELS, reason="numba not importable")
+def test_compiled_kernels_match_the_pure_torch_path(monkeypatch):
+    """The numba z-buffer gives exactly the torch z-buffer's triangle ids on the head model
+    (several poses, a batch, with and without back-face culling); barycentrics, depth,
+    antialias and the gradients of a full render agree to rounding."""
+    import render.raster
+    from render.ops import antialias_torch
+    from render.raster import rasterize_torch
+
+    # The first use may happen under no_grad (the kernels' self-test must still pass there).
+    monkeypatch.setattr(render.raster, "_KERNELS_AVAILABLE", None)
+    with torch.no_grad():
+        assert render.raster.kernels_available()
+    verts, triangles = default_head()
+    H, W = 120, 100
+    poses = ((0.0, 0.0, 0.0), (0.3, -1.2, 0.2), (0.0, 3.0, 0.0), (-0.4, 0.9, 0.1))
+    clips = torch.cat([posed_camera(W, H, p, t=(4.0, -3.0, 600.0)).to_clip(verts)
+                       for p in poses])
+    for cull in (False, True):
+        fast = rasterize_torch(clips, triangles, (H, W), cull_backfaces=cull, use_kernel=True)
+        slow = rasterize_torch(clips, triangles, (H, W), cull_backfaces=cull, use_kernel=False)
+        assert torch.equal(fast.triangle_id, slow.triangle_id)
+        assert (fast.coverage.flatten(1).float().mean(1) > 0.15).all()
+    torch.manual_seed(0)
+    color = torch.rand(len(poses), H, W, 4)
+    with monkeypatch.context() as m:
+        force_pure_torch(m)
+        pure_raster = rasterize_torch(clips, triangles, (H, W))
+        pure_aa = antialias_torch(color, pure_raster)
+    fast_raster = rasterize_torch(clips, triangles, (H, W))
+    assert torch.allclose(fast_raster.barycentrics, pure_raster.barycentrics, atol=2e-6)
+    assert torch.allclose(fast_raster.depth, pure_raster.depth, atol=1e-6)
+    assert torch.equal(antialias_torch(color, fast_raster, use_kernel=True),
+                       antialias_torch(color, fast_raster, use_kernel=False))
+    assert torch.allclose(antialias_torch(color, fast_raster), pure_aa, atol=1e-5)
+
+    cam = posed_camera(W, H, (0.1, 0.5, 0.0), t=(0.0, 0.0, 600.0))
+    sh = torch.zeros(1, 9, 3)
+    sh[:, 0], sh[:, 2] = 0.7, 0.3
+
+    def grads() -> list[torch.Tensor]:
+        v = verts.clone().requires_grad_(True)
+        c = torch.full_like(verts, 0.6).requires_grad_(True)
+        s = sh.clone().requires_grad_(True)
+        out = render_mesh(v, triangles, cam, vertex_colors=c, sh_coeffs=s)
+        (out.image.square().mean() + out.mask.mean()).backward()
+        return [v.grad, c.grad, s.grad]
+
+    fast_grads = grads()
+    with monkeypatch.context() as m:
+        force_pure_torch(m)
+        pure_grads = grads()
+    for a, b in zip(fast_grads, pure_grads, strict=True):
+        assert a.abs().sum() > 0
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * b.abs().max())

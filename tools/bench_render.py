@@ -6,11 +6,17 @@ Measures, for the default head mesh (and its subdivided version when available) 
 256x256 and 512x512, batch 1 and 8: `rasterize` alone, the full `render_mesh` forward
 (rasterize + interpolate vertex colours and normals + SH shading + antialias, under
 no_grad) and forward+backward (gradients w.r.t. vertices, vertex colours and SH), each with
-torch.set_num_threads(1) and (2), the two thread counts interleaved call by call so that
-both see the same machine load. Times are wall-clock medians (and minima) in ms, plus the
-median process CPU time; the 1-minute load average is printed per row (the machine may be
-shared). Also: a straightforward per-triangle loop rasterizer as a baseline, and peak
-memory of a 1024x1024 batch-8 forward+backward in a fresh process (ru_maxrss delta).
+torch.set_num_threads(1) and then (2), in consecutive blocks of calls. Times are wall-clock
+medians (and minima) in ms, plus the median process CPU time; the 1-minute load average
+is printed per row (the machine may be shared). Also: a straightforward per-triangle loop
+rasterizer as a baseline, and peak memory of a 1024x1024 batch-8 forward+backward in a
+fresh process (ru_maxrss delta).
+
+The torch backend uses the compiled numba kernels of render/kernels.py on CPU when numba
+is importable (MORPH3D_NUMBA=0 disables them); the forward of the same build on the
+pure-torch path (batch 1, 1 thread) is timed against it call by call, and the compile time
+(first call with an empty numba cache) and cached first call are measured in fresh
+processes.
 """
 
 from __future__ import annotations
@@ -69,19 +75,20 @@ def camera_for(size: int) -> Camera:
 
 def timed(fn, repeats: int, threads: tuple[int, ...] = (1, 2)) -> dict[int, dict[str, float]]:
     """Per thread count: wall median / min and CPU (process time) median in ms, after one
-    warm-up call each; the thread counts alternate call by call."""
+    warm-up call. The thread counts run in consecutive blocks (as the pipeline runs: one
+    fixed count), not call by call: after a 2-thread call the idle OpenMP worker keeps
+    spinning and, on a busy 2-core machine, slows the next 1-thread call by 30-50 %."""
+    wall: dict[int, list[float]] = {t: [] for t in threads}
+    cpu: dict[int, list[float]] = {t: [] for t in threads}
     for t in threads:
         torch.set_num_threads(t)
         fn()
-    wall: dict[int, list[float]] = {t: [] for t in threads}
-    cpu: dict[int, list[float]] = {t: [] for t in threads}
-    for _ in range(repeats):
-        for t in threads:
-            torch.set_num_threads(t)
+        for _ in range(repeats):
             start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             wall[t].append((time.perf_counter() - start) * 1000)
             cpu[t].append((time.process_time() - start_cpu) * 1000)
+    torch.set_num_threads(1)
     out = {}
     for t in threads:
         w, c = sorted(wall[t]), sorted(cpu[t])
@@ -179,6 +186,36 @@ def memory_probe() -> None:
                       "forward_backward_ms": elapsed}))
 
 
+def kernel_probe() -> None:
+    """Runs in a fresh process: seconds of the first forward+backward (import of numba and
+    compile or cache load of the kernels included) and of the second one."""
+    torch.set_num_threads(1)
+    _, meshes = load_meshes()
+    _, verts, tris = meshes[0]
+    cam = camera_for(256)
+    times = []
+    for _ in range(2):
+        v = verts.clone().requires_grad_(True)
+        start = time.perf_counter()
+        out = render_mesh(v, tris, cam, vertex_colors=torch.full_like(verts, 0.7),
+                          sh_coeffs=sh_coeffs(1))
+        out.image.mean().backward()
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"first_s": times[0], "second_s": times[1]}))
+
+
+def run_kernel_probe(cache_dir: str | None) -> dict:
+    env = dict(os.environ)
+    if cache_dir is not None:
+        env["NUMBA_CACHE_DIR"] = cache_dir
+    probe = subprocess.run([sys.executable, __file__, "--kernel-probe"], capture_output=True,
+                           text=True, check=False, env=env)
+    if probe.returncode != 0:
+        print(f"kernel probe failed: {probe.stderr.strip()[-300:]}")
+        return {}
+    return json.loads(probe.stdout.strip().splitlines()[-1])
+
+
 def cpu_name() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
@@ -196,11 +233,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="batch 1 and the default mesh only")
     parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--kernel-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.memory_probe:
         memory_probe()
         return
+    if args.kernel_probe:
+        kernel_probe()
+        return
+    import render.raster
+
+    kernels = render.raster.kernels_available()
+    print(f"# compiled CPU kernels (numba): {'on' if kernels else 'off'}")
     source, meshes = load_meshes()
     if args.quick:
         meshes = meshes[:1]
@@ -231,6 +276,35 @@ def main() -> None:
           "load = 1-minute load average during the row)")
 
     label, verts, tris = meshes[0]
+    pure, paired = {}, {}
+    if kernels:  # A/B: the same build with and without the compiled kernels, call by call
+        for size in (256, 512):
+            cam = camera_for(size)
+            vb = verts.unsqueeze(0).contiguous()
+            colors = torch.full((1, verts.shape[0], 3), 0.7)
+
+            def forward(use: bool, cam=cam, vb=vb, colors=colors):
+                render.raster._KERNELS_AVAILABLE = use
+                with torch.no_grad():
+                    render_mesh(vb, tris, cam, vertex_colors=colors, sh_coeffs=sh_coeffs(1),
+                                backend="torch")
+
+            walls: dict[bool, list[float]] = {True: [], False: []}
+            for use in (True, False):
+                forward(use)
+            torch.set_num_threads(1)
+            for _ in range(args.repeats):
+                for use in (True, False):
+                    start = time.perf_counter()
+                    forward(use)
+                    walls[use].append((time.perf_counter() - start) * 1000)
+            render.raster._KERNELS_AVAILABLE = None
+            on, off = sorted(walls[True]), sorted(walls[False])
+            paired[size] = on[len(on) // 2]
+            pure[size] = off[len(off) // 2]
+            print(f"A/B forward {size}x{size}, 1 thread, alternating: kernels "
+                  f"{paired[size]:.1f} ms (min {on[0]:.1f}), pure-torch path {pure[size]:.1f} ms "
+                  f"(min {off[0]:.1f}) -> {pure[size] / paired[size]:.2f}x")
     baseline = {}
     for size in (256, 512):
         clip = camera_for(size).to_clip(verts)
@@ -256,6 +330,19 @@ def main() -> None:
               f"({memory['forward_backward_ms']:.0f} ms)")
     else:
         print(f"memory probe failed: {probe.stderr.strip()[-300:]}")
+
+    compile_probe, cached_probe = {}, {}
+    if kernels:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as empty_cache:
+            compile_probe = run_kernel_probe(empty_cache)
+        cached_probe = run_kernel_probe(None)
+        if compile_probe and cached_probe:
+            print(f"kernels: first forward+backward in a fresh process with an empty numba "
+                  f"cache {compile_probe['first_s']:.1f} s (compile), with the cache "
+                  f"{cached_probe['first_s']:.2f} s (numba import + cache load), then "
+                  f"{1000 * cached_probe['second_s']:.0f} ms")
 
     if args.json:
         r256, r512 = results[(label, 256, 1)], results[(label, 512, 1)]
@@ -288,6 +375,13 @@ def main() -> None:
             "baseline_over_ours": baseline[256],
             "baseline_over_ours_512": baseline[512],
             "peak_mib_1024_batch8": memory.get("forward_backward_peak_mib"),
+            "kernels": kernels,
+            "ab_forward_ms_256": paired.get(256),
+            "ab_forward_ms_512": paired.get(512),
+            "ab_pure_torch_forward_ms_256": pure.get(256),
+            "ab_pure_torch_forward_ms_512": pure.get(512),
+            "kernel_compile_s": compile_probe.get("first_s"),
+            "kernel_cached_first_call_s": cached_probe.get("first_s"),
             "load_average": {f"{k[0]} {k[1]} b{k[2]}": v["load"] for k, v in results.items()},
             "cpu": cpu_name(),
         }
