@@ -516,6 +516,10 @@ def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, wor
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from render.raster import kernels_available
+
+    kernels_available()  # compiles the renderer's kernels into numba's disk cache once, here,
+    # rather than in every spawned worker at the same time (6-9 s each with a cold cache)
     queue = deque(pending)
     attempts: Counter[str] = Counter()
     context = multiprocessing.get_context("spawn")
