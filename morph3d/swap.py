@@ -250,7 +250,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
                          backend=options.backend)
         fit = fits[0] if isinstance(fits, list) else fits
         if fit.identity.texture is not None:
-            hide_open_mouth(fit, model, landmarks[:fit.num_frames])
+            hide_openings(fit, model, landmarks[:fit.num_frames])
             done = complete_uv_texture(fit.identity.texture, fit.identity.confidence)
             fit.identity.texture = done.texture.astype(np.float32)
         fit.save(path)
@@ -258,23 +258,27 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     return fit
 
 
-def hide_open_mouth(fit, model, landmarks: list[dict[str, np.ndarray]],
-                    min_opening: float = 0.04) -> int:
-    """Set the texture confidence to 0 where the photo showed the inside of an open mouth
-    on the lips (returns the number of texels hidden).
+def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
+                  min_opening: float = 0.04) -> int:
+    """Set the texture confidence to 0 where the photo showed what lies behind the face's
+    openings on the skin around them (returns the number of texels hidden).
 
-    An open-mouthed photo puts its teeth and mouth darkness on the model's lips (the fitted
-    lips part, and their inner surfaces look straight at the teeth); rendered with the
-    actor's closed mouth, the swapped lips would show teeth. Lip and mouth triangles whose
-    vertices all project inside the photo's inner-lip outline (iBUG 60-67) are hidden, so
-    the completion fills them from the visible lip. `min_opening`: inner-lip height over
-    mouth width below which the mouth counts as closed."""
+    - Mouth: an open-mouthed photo puts its teeth and mouth darkness on the model's lips
+      (the fitted lips part, their inner surfaces look straight at the teeth); rendered with
+      the actor's closed mouth the swapped lips showed teeth. Lip and mouth triangles whose
+      vertices all project inside the photo's inner-lip outline (iBUG 60-67) are hidden
+      when the mouth is open (inner-lip height over mouth width >= `min_opening`).
+    - Eyes: where the fitted lids reach into the photo's eye opening (iBUG 36-41, 42-47)
+      they took the white of the eye, which drew pale "goggle" rings around the swapped
+      eyes. Eye-region triangles other than the eyeballs' inside the opening are hidden.
+    The completion then fills them from the visible skin and lip."""
     from fitting.fit import project, vertex_positions
 
     texture, confidence = fit.identity.texture, fit.identity.confidence
     if texture is None or confidence is None:
         return 0
     mouth = model.region("lips") | model.region("mouth_interior") | model.region("teeth")
+    lids = model.region("eyes") & ~model.region("eyeballs")
     triangles = np.asarray(model.data.triangles)
     uv_triangles = np.asarray(model.data.uv_triangles)
     uv = np.asarray(model.data.uv_coords)
@@ -284,24 +288,27 @@ def hide_open_mouth(fit, model, landmarks: list[dict[str, np.ndarray]],
         ibug = points.get("ibug68")
         if ibug is None or not np.isfinite(ibug).all():
             continue
-        inner = ibug[60:68].astype(np.float32)
+        outlines = [(ibug[36:42], lids), (ibug[42:48], lids)]
+        inner = ibug[60:68]
         width = float(np.linalg.norm(ibug[54] - ibug[48]))
         height = float(np.linalg.norm(inner[[5, 6, 7]] - inner[[3, 2, 1]], axis=1).mean())
-        if width <= 0 or height / width < min_opening:
-            continue
+        if width > 0 and height / width >= min_opening:
+            outlines.append((inner, mouth))
         f = fit.faces
         verts = vertex_positions(model, fit.identity.coefficients.astype(np.float64),
                                  f.expression[k].astype(np.float64))
         pixels = project(verts, f.rotation[k].astype(np.float64),
                          f.translation[k].astype(np.float64), fit.camera)
-        inside = np.zeros(len(verts), bool)
-        for v in np.flatnonzero(mouth):
-            inside[v] = cv2.pointPolygonTest(inner, (float(pixels[v, 0]), float(pixels[v, 1])),
-                                             False) >= 0
-        for t in np.flatnonzero(inside[triangles].all(1)):
-            corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
-            cv2.fillConvexPoly(hidden, np.round(corners * 16).astype(np.int32), 1,
-                               lineType=cv2.LINE_8, shift=4)
+        for outline, allowed in outlines:
+            polygon = outline.astype(np.float32)
+            inside = np.zeros(len(verts), bool)
+            for v in np.flatnonzero(allowed):
+                inside[v] = cv2.pointPolygonTest(
+                    polygon, (float(pixels[v, 0]), float(pixels[v, 1])), False) >= 0
+            for t in np.flatnonzero(inside[triangles].all(1)):
+                corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
+                cv2.fillConvexPoly(hidden, np.round(corners * 16).astype(np.int32), 1,
+                                   lineType=cv2.LINE_8, shift=4)
     hidden = hidden.astype(bool)
     shape = confidence.shape
     flat = confidence.reshape(shape[0], shape[1], -1)
