@@ -219,16 +219,31 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
 
 
 def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary):
-    """Stage 4 (cached): the user's identity and completed UV albedo."""
+    """Stage 4 (cached): the user's identity and completed UV albedo.
+
+    The unseen texels are filled by the learned completion net (`morph3d.completion_net`)
+    for refine "auto"/"neural" when its weights load, else by the classical completion
+    (mirror + pull-push). refine "none" also uses the classical one: an uncompleted texture
+    has black holes wherever the photo did not see the head."""
     from fitting.faces import detect_faces
     from fitting.fit import fit_photo
     from fitting.params import VideoFit
+    from morph3d.completion_net import INFERENCE_VERSION, complete_texture, load_completion_net
     from morph3d.media import read_image
-    from morph3d.texture_completion import complete_uv_texture
 
     t = time.perf_counter()
+    completion = "classic"
+    if options.refine in ("auto", "neural"):
+        net = load_completion_net()  # warns and returns None when the weights are missing
+        if net is not None:
+            completion = (f"neural-{net.manifest.get('sha256', 'user')[:12]}"
+                          f"-v{INFERENCE_VERSION}")
+        elif options.refine == "neural":
+            summary.notes.append("texture-completion weights missing: used the classical "
+                                 "completion")
     key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
-                                   options.backend, f"w{WORK_FORMAT}"]).encode()).hexdigest()[:20]
+                                   options.backend, f"w{WORK_FORMAT}", completion]
+                                  ).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
     if path.is_file():
         fit = VideoFit.load(path)
@@ -251,7 +266,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
         fit = fits[0] if isinstance(fits, list) else fits
         if fit.identity.texture is not None:
             hide_openings(fit, model, landmarks[:fit.num_frames])
-            done = complete_uv_texture(fit.identity.texture, fit.identity.confidence)
+            done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, model,
+                                       "neural" if completion != "classic" else "classic")
             fit.identity.texture = done.texture.astype(np.float32)
         fit.save(path)
     summary.seconds["fit source"] = time.perf_counter() - t

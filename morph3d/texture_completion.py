@@ -13,6 +13,9 @@ is rendered in other poses. `complete_uv_texture` does it in three classical ste
 3. Feather the seam: the confidence is softened just inside the visible boundary, so the
    photo's texels fade into the filled ones over a few texels instead of a hard step.
 
+The learned completion (`morph3d.completion_net`, used by the swap when its weights load)
+starts from this result and corrects the colours of the texels the photo did not see.
+
 Textures follow the renderer's convention: row 0 is v = 1, texel (i, j) centred at
 u = (j + 0.5) / W, v = 1 - (i + 0.5) / H.
 """

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -191,9 +190,7 @@ def test_training_resumes_to_the_same_weights(tmp_path) -> None:
         train(mismatched, quiet, crops)
 
 
-def test_cli_train_completion_is_not_available(capsys) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        assert cli_main(["train", "completion"]) == 2
+def test_cli_train_completion_needs_a_folder(capsys, tmp_path) -> None:
+    assert cli_main(["train", "completion", "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("morph3d: error:") and "not available" in err and "\n" not in err
+    assert err.startswith("morph3d: error:") and "not a folder" in err and "\n" not in err

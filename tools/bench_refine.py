@@ -11,8 +11,18 @@ and SSIM against the original crop, `scale` border pixels shaved. Two input prot
 Speed: milliseconds per 256x256 output (128 -> 256 for x2, 64 -> 256 for x4) with
 torch.set_num_threads(2), median and best of --repeats runs (the best is the figure with no
 other load on the machine), and the CPU time of one call on one thread (barely changed by
-other load: an idle 2-core machine's wall time is at most this). The texture-completion net
-does not exist yet: its keys are null.
+other load: an idle 2-core machine's wall time is at most this).
+
+Texture completion (`--completion`, on by default): the held-out people's fitted UV
+textures (mark.jpg, aligned_source3.png, khabenskii.jpg, aligned_source1.png,
+aligned_target2.png; the fits are cached by the training data collector) with the same
+synthetic visibility masks as training (the head turned by another pose, random blobs):
+mean L1 and SSIM on the hidden texels (seen by the photo, hidden by the mask) for the
+classical completion (mirror + pull-push) and the net; ms per 512-texel texture. Then
+identity: mark.jpg and khabenskii.jpg are swapped into the first --swap-frames frames of
+orig.webm with `refine=neural` twice, once with the completion weights hidden (classical
+completion, neural SR) and once with them (neural completion, neural SR), and each output
+is scored by `morph3d.evaluate` (dlib embedding distance of the swapped face to the source).
 """
 
 from __future__ import annotations
@@ -126,6 +136,114 @@ def bundled_face_crops() -> tuple[list[np.ndarray], list[str]]:
     return crops, names
 
 
+def completion_bench(args: argparse.Namespace) -> dict:
+    """Hidden-texel quality and speed of the completion net vs the classical fill, and the
+    identity distance of swaps made with each (see the module docstring)."""
+    import morph3d.completion_net as cn
+    from morph3d.models import load_model
+    from morph3d.texture_completion import complete_uv_texture
+
+    model = load_model("default")
+    net = cn.load_completion_net(args.completion_weights)
+    if net is None:
+        raise SystemExit("no completion weights")
+    data = net.manifest.get("data", {})
+    samples = cn.collect_texture_samples(
+        args.data, model, holdout=tuple(data.get("holdout_patterns", cn.DEFAULT_HOLDOUT)),
+        exclude=tuple(data.get("exclude_patterns", cn.DEFAULT_EXCLUDE)),
+        frame_step=int(data.get("frame_step", 6)),
+        masks=int(data.get("masks_per_texture", 4)), progress=False)
+    m = cn.evaluate(net, samples.heldout, model)
+    print(f"completion, held-out hidden texels ({m['cases']} cases from "
+          f"{len(samples.heldout)} textures): L1 classic {m['l1_classic']:.4f} ours "
+          f"{m['l1_ours']:.4f}; SSIM classic {m['ssim_classic']:.4f} ours {m['ssim_ours']:.4f}")
+    for name, row in m["per_source"].items():
+        print(f"  {name:<22} ({row['cases']} cases) L1 {row['l1_classic']:.4f} -> "
+              f"{row['l1_ours']:.4f}, SSIM {row['ssim_classic']:.4f} -> {row['ssim_ours']:.4f}")
+    # Speed: one 512-texel texture, 1 torch thread (the pipeline's setting).
+    case = cn.make_case(samples.heldout[0], 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    classic = complete_uv_texture(case.truth, case.visible)
+    features = cn.uv_features(model)
+    small = (cn._area(classic.texture, net.config.size), cn._area(case.visible, net.config.size))
+    timings: dict[str, list[float]] = {"classic": [], "net": [], "total": []}
+    for i in range(args.repeats // 3 + 3):
+        t = time.perf_counter()
+        classic = complete_uv_texture(case.truth, case.visible)
+        t1 = time.perf_counter()
+        net.residual(*small, features)
+        t2 = time.perf_counter()
+        net.complete(case.truth, case.visible, model)
+        t3 = time.perf_counter()
+        if i >= 3:
+            timings["classic"].append((t1 - t) * 1e3)
+            timings["net"].append((t2 - t1) * 1e3)
+            timings["total"].append((t3 - t2) * 1e3)
+    torch.set_num_threads(threads)
+    ms = {k: statistics.median(v) for k, v in timings.items()}
+    print(f"ms per 512-texel texture, 1 thread: classical {ms['classic']:.1f}, net forward "
+          f"(128 texels) {ms['net']:.1f}, neural completion in all {ms['total']:.1f}")
+    out: dict = {
+        "completion_l1_ours": round(m["l1_ours"], 5),
+        "completion_l1_classic": round(m["l1_classic"], 5),
+        "completion_ssim_ours": round(m["ssim_ours"], 4),
+        "completion_ssim_classic": round(m["ssim_classic"], 4),
+        "completion_heldout_cases": m["cases"],
+        "completion_per_source": m["per_source"],
+        "completion_ms_net_128": round(ms["net"], 2),
+        "completion_ms_total_512": round(ms["total"], 2),
+        "completion_ms_classic_512": round(ms["classic"], 2),
+        "completion_weights_sha256": net.manifest.get("sha256"),
+    }
+    if args.swap_frames > 0:
+        out.update(identity_bench(args, cn))
+    return out
+
+
+def identity_bench(args: argparse.Namespace, cn) -> dict:
+    """Swap each held-out source into orig.webm with the classical and the neural
+    completion (neural SR in both) and score the identity distance to the source."""
+    import warnings
+
+    from morph3d.evaluate import evaluate as evaluate_swap
+    from morph3d.swap import SwapOptions, swap
+
+    work = REPO / "out" / "bench_completion"
+    work.mkdir(parents=True, exist_ok=True)
+    target = args.data / "orig.webm"
+    rows: dict[str, dict[str, float]] = {}
+    shipped = cn.DEFAULT_WEIGHTS
+    for source in ("mark.jpg", "khabenskii.jpg"):
+        for label in ("classic", "neural"):
+            output = work / f"{Path(source).stem}_{label}.mp4"
+            options = SwapOptions(refine="neural", quiet=True, max_frames=args.swap_frames,
+                                  work_dir=work / "cache")
+            # The classical run hides the completion weights (fit_source then falls back
+            # to the classical fill); the super-resolver is the same in both runs.
+            cn.DEFAULT_WEIGHTS = shipped if label == "neural" else work / "absent.npz"
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    swap([args.data / source], target, output, options)
+            finally:
+                cn.DEFAULT_WEIGHTS = shipped
+            result = evaluate_swap(args.data / source, target, output,
+                                   max_frames=args.swap_frames, noise_floor=False)
+            rows.setdefault(source, {})[label] = float(result["id_dist_source"])
+            print(f"identity distance to the source, {source} into orig.webm "
+                  f"({args.swap_frames} frames), {label} completion: "
+                  f"{result['id_dist_source']:.4f}")
+    mean = {label: float(np.mean([r[label] for r in rows.values()]))
+            for label in ("classic", "neural")}
+    print(f"mean identity distance: classic completion {mean['classic']:.4f}, neural "
+          f"{mean['neural']:.4f}")
+    return {"completion_id_dist_classic": round(mean["classic"], 4),
+            "completion_id_dist_ours": round(mean["neural"], 4),
+            "completion_id_dist_per_source": rows,
+            "completion_swap_frames": args.swap_frames}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the headline numbers here")
@@ -136,7 +254,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--speed-only", action="store_true",
                         help="only time the nets (on a synthetic image); no files written")
+    parser.add_argument("--no-sr", action="store_true", help="skip the super-resolver part")
+    parser.add_argument("--no-completion", action="store_true",
+                        help="skip the texture-completion part")
+    parser.add_argument("--completion-weights", type=Path, default=None,
+                        help="completion weights (default: the shipped ones)")
+    parser.add_argument("--swap-frames", type=int, default=32,
+                        help="frames of orig.webm per identity swap (0: skip the swaps)")
     args = parser.parse_args(argv)
+    summary: dict = {}
+    if not args.no_completion and not args.speed_only:
+        summary.update(completion_bench(args))
+    if args.no_sr:
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"wrote {args.json}")
+        return 0
 
     torch.set_num_threads(2)
     resolver = load_super_resolver(args.weights)
@@ -195,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
           f"x4 median {ms4:.1f} (best {best4:.1f}); 2 torch threads; "
           f"x2 CPU time on 1 thread {cpu2:.1f} ms")
 
-    if args.picture and str(args.picture):
+    if args.picture and str(args.picture) not in ("", "."):  # Path('') is '.'
         # The committed picture uses photos bundled with installed packages (never frames of
         # ../shared/media, which must not be copied into the repository); neither was
         # trained on.
@@ -223,9 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "sr_psnr_gain_db_per_file_mean": round(source_mean, 3),
             "sr_x2_clean_per_file": per_source,
             "sr_weights_sha256": resolver.manifest.get("sha256"),
-            "completion_l1_ours": None,
-            "completion_l1_classic": None,
-            "completion_note": "texture-completion net not implemented yet (issue 7, part 2)",
+            **summary,
             "details": results,
             "machine": {"cpu_count_used": 2, "platform": platform.platform(),
                         "torch": torch.__version__},

@@ -1,8 +1,5 @@
-"""`morph3d train sr`: train the face super-resolver on your own photos and videos.
-
-`morph3d train completion` is reserved for the texture-completion net (issue 7, second
-part) and says so with a non-zero exit until it exists.
-"""
+"""`morph3d train sr|completion`: train the learned refinement nets on your own photos and
+videos (the face super-resolver and the UV-texture completion net)."""
 
 from __future__ import annotations
 
@@ -83,9 +80,82 @@ def cmd_train_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_completion_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `morph3d train completion` (shared with tools/train_completion.py)."""
+    from morph3d.completion_net import DEFAULT_EXCLUDE, DEFAULT_HOLDOUT
+
+    parser.add_argument("--data", required=True, metavar="DIR",
+                        help="folder of face photos and/or videos (searched recursively)")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="stop after this many minutes of training in all (across resumes)")
+    parser.add_argument("--steps", type=int, default=2000,
+                        help="training steps; the learning-rate schedule spans them")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the checkpoint (same settings required)")
+    parser.add_argument("--out", metavar="FILE", default=None,
+                        help="weights file to write (default: <cache>/models/completion.npz); "
+                             "its manifest goes beside it as .json")
+    parser.add_argument("--checkpoint", metavar="FILE", default=None,
+                        help="checkpoint file (default: <cache>/train/"
+                             "completion_checkpoint.pt)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, metavar="N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 is fastest on a loaded 2-core machine)")
+    parser.add_argument("--batch", type=int, default=8, help="textures per step")
+    parser.add_argument("--crop", type=int, default=96, metavar="TEXELS",
+                        help="random training window of the 128-texel UV grid")
+    parser.add_argument("--frame-step", type=int, default=6, metavar="N",
+                        help="fit every N-th video frame")
+    parser.add_argument("--masks", type=int, default=4,
+                        help="synthetic visibility masks per fitted texture")
+    parser.add_argument("--holdout", action="append", metavar="PATTERN", default=None,
+                        help="held-out file pattern (repeatable; default: "
+                             f"{' '.join(DEFAULT_HOLDOUT)}; if none matches, every 7th file)")
+    parser.add_argument("--exclude", action="append", metavar="PATTERN", default=None,
+                        help=f"skipped file pattern (repeatable; default: "
+                             f"{' '.join(DEFAULT_EXCLUDE)})")
+    parser.add_argument("--no-progress", action="store_true", help="log lines, no progress bar")
+
+
+def completion_options_from_args(args: argparse.Namespace):
+    """argparse namespace -> `morph3d.completion_net.CompletionTrainOptions`."""
+    from morph3d.completion_net import (
+        DEFAULT_EXCLUDE,
+        DEFAULT_HOLDOUT,
+        CompletionTrainOptions,
+        default_checkpoint,
+        default_trained_weights,
+    )
+
+    if args.steps < 1:
+        raise Morph3dError("--steps must be at least 1")
+    if args.minutes is not None and args.minutes <= 0:
+        raise Morph3dError("--minutes must be positive")
+    if args.batch < 1 or args.masks < 1 or args.frame_step < 1:
+        raise Morph3dError("--batch, --masks and --frame-step must be at least 1")
+    if not 16 <= args.crop <= 128:
+        raise Morph3dError(f"--crop must be 16 to 128 texels, got {args.crop}")
+    return CompletionTrainOptions(
+        data_dir=Path(args.data),
+        out=Path(args.out) if args.out else default_trained_weights(),
+        checkpoint=Path(args.checkpoint) if args.checkpoint else default_checkpoint(),
+        steps=args.steps, minutes=args.minutes, resume=args.resume, seed=args.seed,
+        batch=args.batch, crop=args.crop, masks=args.masks, frame_step=args.frame_step,
+        checkpoint_every=max(1, args.checkpoint_every), threads=args.threads,
+        holdout=tuple(args.holdout) if args.holdout else DEFAULT_HOLDOUT,
+        exclude=tuple(args.exclude) if args.exclude else DEFAULT_EXCLUDE,
+        progress=not args.no_progress,
+    )
+
+
 def cmd_train_completion(args: argparse.Namespace) -> int:
-    raise Morph3dError("training the texture-completion net is not available yet "
-                       "(only `morph3d train sr` is)")
+    from morph3d.completion_net import train_completion
+
+    if not Path(args.data).is_dir():
+        raise Morph3dError(f"--data is not a folder: {args.data}")
+    train_completion(completion_options_from_args(args))
+    return 0
 
 
 def register(subparsers: argparse._SubParsersAction, name: str) -> None:
@@ -94,6 +164,6 @@ def register(subparsers: argparse._SubParsersAction, name: str) -> None:
     sr = train_sub.add_parser("sr", help="the face super-resolver (x2, x4)")
     add_train_sr_arguments(sr)
     sr.set_defaults(func=cmd_train_sr)
-    completion = train_sub.add_parser("completion", help="texture completion (not yet)")
-    completion.add_argument("--data", metavar="DIR")
+    completion = train_sub.add_parser("completion", help="the UV-texture completion net")
+    add_train_completion_arguments(completion)
     completion.set_defaults(func=cmd_train_completion)

@@ -1,0 +1,198 @@
+"""Learned UV-texture completion: shipped weights, determinism, quality on a held-out person,
+corrupt / missing weights, and resumable deterministic training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from morph3d.completion_net import (
+    DEFAULT_WEIGHTS,
+    CompletionConfig,
+    CompletionNet,
+    CompletionTrainOptions,
+    TextureSample,
+    TextureSamples,
+    build_net,
+    complete_texture,
+    evaluate,
+    load_completion_net,
+    manifest_path,
+    save_weights,
+    synthetic_visibility,
+    train_completion,
+    uv_features,
+)
+from morph3d.errors import InputError, ModelError
+from morph3d.texture_completion import complete_uv_texture
+
+
+@pytest.fixture(scope="module")
+def model():
+    from morph3d.models import load_model
+
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def net() -> CompletionNet:
+    loaded = load_completion_net()
+    assert loaded is not None, f"shipped weights missing at {DEFAULT_WEIGHTS}"
+    return loaded
+
+
+def face_like_texture(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth skin-coloured texture and a confidence that sees the left 60 %."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    base = np.array([0.75, 0.55, 0.45], np.float32)
+    noise = cv2.resize(rng.random((8, 8, 3)).astype(np.float32), (size, size),
+                       interpolation=cv2.INTER_CUBIC)
+    texture = np.clip(base + 0.15 * (noise - 0.5), 0, 1).astype(np.float32)
+    confidence = np.zeros((size, size), np.float32)
+    confidence[:, : int(size * 0.6)] = 0.9
+    return texture, confidence
+
+
+def test_shipped_weights_load_with_manifest(net) -> None:
+    manifest = json.loads(manifest_path(DEFAULT_WEIGHTS).read_text())
+    assert manifest["sha256"] == net.manifest["sha256"]
+    assert DEFAULT_WEIGHTS.stat().st_size < 3 * 1024 * 1024
+    metrics = manifest["metrics_heldout"]
+    assert metrics["l1_ours"] < metrics["l1_classic"]
+    assert metrics["ssim_ours"] > metrics["ssim_classic"]
+
+
+def test_forward_pass_is_deterministic(net, model) -> None:
+    texture, confidence = face_like_texture(512)
+    first = net.complete(texture, confidence, model)
+    second = net.complete(texture, confidence, model)
+    assert first.texture.shape == (512, 512, 3) and first.texture.dtype == np.float32
+    assert np.array_equal(first.texture, second.texture)
+    assert 0.0 <= first.texture.min() and first.texture.max() <= 1.0
+    # Texels the photo saw (confidence 0.9 >= 0.5) keep the classical result exactly; the
+    # net changes the ones it did not see.
+    classic = complete_uv_texture(texture, confidence).texture
+    seen = confidence >= 0.5
+    assert np.array_equal(first.texture[seen], classic[seen])
+    assert np.abs(first.texture - classic)[~seen].max() > 1e-3
+    with pytest.raises(InputError):
+        net.complete(texture[..., 0], confidence, model)
+
+
+def test_untrained_net_is_the_classical_completion(tmp_path, model) -> None:
+    """Zero-initialised last layer: a fresh net changes nothing; also a save/load round
+    trip of user-trained weights without a manifest."""
+    config = CompletionConfig((4, 8))
+    path = tmp_path / "fresh.npz"
+    save_weights(path, build_net(config), config, {})
+    manifest_path(path).unlink()
+    loaded = load_completion_net(path)
+    texture, confidence = face_like_texture(256, seed=1)
+    out, used = complete_texture(texture, confidence, model, "neural", weights=path)
+    assert used == "neural"
+    assert np.abs(out.texture - complete_uv_texture(texture, confidence).texture).max() < 1e-6
+    assert loaded.config.widths == (4, 8)
+
+
+def test_corrupt_weights_raise_one_line_model_error(tmp_path) -> None:
+    copy = tmp_path / "completion.npz"
+    shutil.copy(DEFAULT_WEIGHTS, copy)
+    shutil.copy(manifest_path(DEFAULT_WEIGHTS), manifest_path(copy))
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(ModelError) as info:
+        load_completion_net(copy)
+    assert "corrupt" in str(info.value) and "\n" not in str(info.value)
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"not weights")
+    with pytest.raises(ModelError):
+        load_completion_net(junk)
+
+
+def test_missing_weights_fall_back_to_classic(tmp_path, model) -> None:
+    missing = tmp_path / "none.npz"
+    texture, confidence = face_like_texture(128, seed=2)
+    with pytest.warns(RuntimeWarning, match="not found"):
+        assert load_completion_net(missing) is None
+    with pytest.warns(RuntimeWarning, match="classical"):
+        out, used = complete_texture(texture, confidence, model, "neural", weights=missing)
+    assert used == "classic"
+    assert np.array_equal(out.texture, complete_uv_texture(texture, confidence).texture)
+    with pytest.raises(InputError):
+        complete_texture(texture, confidence, model, "magic")
+
+
+def test_beats_classic_on_a_heldout_person(net, model, media_dir) -> None:
+    """khabenskii.jpg is held out of training: fit it, hide texels with synthetic views
+    from other poses, and compare both completions on the hidden texels."""
+    from fitting.fit import fit_photo
+    from morph3d.media import read_image
+
+    fit = fit_photo(read_image(media_dir / "khabenskii.jpg"), model)
+    masks = synthetic_visibility(model, fit, 3, np.random.default_rng(7))
+    sample = TextureSample("khabenskii.jpg",
+                           np.rint(fit.identity.texture * 255).astype(np.uint8),
+                           np.rint(fit.identity.confidence * 255).astype(np.uint8), masks)
+    m = evaluate(net, [sample], model)
+    assert m["cases"] >= 2
+    assert m["l1_ours"] < m["l1_classic"]
+    assert m["ssim_ours"] > m["ssim_classic"]
+
+
+def _tiny_samples() -> TextureSamples:
+    samples = TextureSamples()
+    for i in range(3):
+        texture, confidence = face_like_texture(128, seed=10 + i)
+        synthetic = np.ones((2, 128, 128), np.float32)
+        synthetic[0, :, 20:60] = 0
+        synthetic[1, 30:70, :] = 0
+        samples.train.append(TextureSample(
+            f"f{i}.png#0.0", np.rint(texture * 255).astype(np.uint8),
+            np.rint(confidence * 255).astype(np.uint8), (synthetic * 255).astype(np.uint8)))
+    return samples
+
+
+def _tiny_options(tmp_path, name: str) -> CompletionTrainOptions:
+    return CompletionTrainOptions(data_dir=tmp_path, out=tmp_path / f"{name}.npz",
+                                  checkpoint=tmp_path / f"{name}.pt", steps=4,
+                                  widths=(4, 8), batch=2, crop=64, checkpoint_every=2,
+                                  threads=1, progress=False)
+
+
+def test_training_resumes_to_the_same_weights(tmp_path, model) -> None:
+    samples = _tiny_samples()
+    quiet = lambda message: None  # noqa: E731
+    straight = _tiny_options(tmp_path, "straight")
+    manifest = train_completion(straight, quiet, samples, model)
+    assert manifest["trained"]["steps"] == 4
+    assert manifest["data"]["train_textures"] == 3
+
+    first = _tiny_options(tmp_path, "resumed")
+    first.minutes = 1e-9  # stops after one step, checkpointed
+    train_completion(first, quiet, samples, model)
+    second = _tiny_options(tmp_path, "resumed")
+    second.resume = True
+    assert train_completion(second, quiet, samples, model)["trained"]["steps"] == 4
+    with np.load(straight.out) as a, np.load(second.out) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+
+    mismatched = _tiny_options(tmp_path, "resumed")
+    mismatched.resume, mismatched.seed = True, 1
+    with pytest.raises(InputError, match="other settings"):
+        train_completion(mismatched, quiet, samples, model)
+
+
+def test_uv_features_mark_regions(model) -> None:
+    features = uv_features(model, 128)
+    assert features.shape == (10, 128, 128)
+    skin, lips = features[0], features[1]
+    assert skin.mean() > 0.2 and 0 < lips.mean() < 0.1
+    assert np.array_equal(features, uv_features(model, 128))

@@ -1,0 +1,39 @@
+"""Train the UV-texture completion net (same options as `morph3d train completion`).
+
+Usage: python tools/train_completion.py --data ../shared/media --steps 2000 \
+           --out morph3d/weights/completion.npz [--resume]
+
+Every photo and every --frame-step-th video frame under --data is fitted (fitting.fit.fit_photo)
+and its UV texture and visibility extracted; --masks synthetic visibility maps per texture
+(the head turned to other poses, random occluding blobs) hide texels the photo saw, which
+become the targets. Fitted textures are cached in the user cache (never in the repository).
+Files matching --holdout (default: the development media's held-out people) are used only
+for the metrics written into the manifest. Checkpoints every --checkpoint-every steps and
+continues with --resume; with --steps alone the run is reproducible for a given seed and
+thread count. Runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from morph3d.commands.train import add_train_completion_arguments, completion_options_from_args
+from morph3d.completion_net import train_completion
+from morph3d.errors import Morph3dError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_train_completion_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        train_completion(completion_options_from_args(args))
+    except Morph3dError as exc:
+        print(f"train_completion: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
