@@ -221,10 +221,12 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
 def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary):
     """Stage 4 (cached): the user's identity and completed UV albedo.
 
-    The unseen texels are filled by the learned completion net (`morph3d.completion_net`)
-    for refine "auto"/"neural" when its weights load, else by the classical completion
-    (mirror + pull-push). refine "none" also uses the classical one: an uncompleted texture
-    has black holes wherever the photo did not see the head."""
+    The unseen texels are filled by the classical completion (mirror + pull-push) unless
+    refine is "neural" and the learned net's weights load (`morph3d.completion_net`). "auto"
+    takes the classical fill: the net is closer on hidden texels but its swaps measured
+    further from the source's identity (orig.webm, mark.jpg, 66 frames: id_dist_source
+    0.505 vs 0.487; BENCHMARKS.md, Refinement). "none" also uses the classical fill: an
+    uncompleted texture has black holes wherever the photo did not see the head."""
     from fitting.faces import detect_faces
     from fitting.fit import fit_photo
     from fitting.params import VideoFit
@@ -233,12 +235,12 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
 
     t = time.perf_counter()
     completion = "classic"
-    if options.refine in ("auto", "neural"):
+    if options.refine == "neural":
         net = load_completion_net()  # warns and returns None when the weights are missing
         if net is not None:
             completion = (f"neural-{net.manifest.get('sha256', 'user')[:12]}"
                           f"-v{INFERENCE_VERSION}")
-        elif options.refine == "neural":
+        else:
             summary.notes.append("texture-completion weights missing: used the classical "
                                  "completion")
     key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),

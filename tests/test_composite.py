@@ -614,15 +614,22 @@ def test_uint8_frame_and_render_window_give_the_float_result() -> None:
 
 
 def test_rendered_mouth_interior_shows_the_actor() -> None:
-    """Where the render shows its mouth lining or teeth, the output is the actor's frame."""
+    """Where the render shows its mouth lining, teeth or tongue, an open mouth's blend mask
+    is 0 (the actor's frame shows); a closed mouth's lips stay swapped."""
+    from morph3d.composite import drop_rendered_mouth
+
     frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
     g = face_geometry(lm_s)
     interior = np.zeros(coverage.shape, bool)
     mouth = np.round(g.ibug[[48, 54]].mean(0)).astype(int)
     interior[mouth[1] - 2:mouth[1] + 3, mouth[0] - 8:mouth[0] + 9] = True
     regions = {"mouth_interior": interior, "teeth": np.zeros_like(interior)}
-    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s,
-                                                       regions=regions))
-    assert (report.alpha[interior] < 0.05).all()
-    assert np.abs(out[interior] - frame[interior]).max() < 0.05
-    assert (report.alpha[mouth[1] - 8, mouth[0]] > 0.9)  # the lips above are still swapped
+    mask = np.ones(coverage.shape, np.float32)
+    dropped = drop_rendered_mouth(mask, regions)
+    assert (dropped[interior] < 0.03).all()
+    assert dropped[mouth[1] - 8, mouth[0]] == 1.0  # the lips above are still swapped
+    assert np.allclose(drop_rendered_mouth(mask, regions, strength=0.5)[interior], 0.5, atol=0.02)
+    # the scene's actor has a closed mouth: the compositor leaves the render's lips alone
+    _, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s,
+                                                     regions=regions))
+    assert report.mouth_weight == 0 and (report.alpha[interior] > 0.9).all()

@@ -24,7 +24,8 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--renderer", default=None, help="torch | nvdiffrast | pytorch3d")
     p.add_argument("--refine", default="auto", choices=("auto", "neural", "classic", "none"),
-                   help="face upscaling: neural super-resolver (auto: when its weights load)")
+                   help="auto: neural super-resolver (when its weights load) + classical texture "
+                   "completion; neural: both nets; classic: bicubic + classical completion")
     p.add_argument("--work-resolution", type=positive_int, default=256,
                    help="rendered face size in pixels before upscaling")
     p.add_argument("--resume", action="store_true",
