@@ -25,11 +25,8 @@ file is missing (callers use the classical completion) and raises `ModelError` w
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
-import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,18 +35,27 @@ from typing import Any
 import cv2
 import numpy as np
 
-from morph3d.errors import InputError, ModelError
-from morph3d.refine import (
-    WEIGHTS_DIR,
-    _cache_key,
-    _matches,
-    _progress,
-    _write_atomic,
-    manifest_path,
-    media_files,
-    sha256_file,
-)
+from morph3d import training
+from morph3d.errors import InputError
+from morph3d.refine import WEIGHTS_DIR
 from morph3d.texture_completion import CompletedTexture, complete_uv_texture, skin_rows
+from morph3d.training import (
+    Checkpoint,
+    TrainOptionsBase,
+    cache_key,
+    for_each_frame,
+    load_cached,
+    load_verified,
+    manifest_path,
+    progress_bar,
+    save_npz,
+    seed_torch,
+    source_weights,
+    split_media,
+    state_arrays,
+    train_loop,
+    write_weights,
+)
 
 NET_SIZE = 128  # texels per side of the net's UV grid
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "completion.npz"
@@ -276,59 +282,32 @@ class CompletionNet:
 def save_weights(path: str | os.PathLike, net: Any, config: CompletionConfig,
                  manifest: dict[str, Any]) -> dict[str, Any]:
     """float32 arrays + an ``arch`` JSON string, and the manifest with the sha256."""
-    path = Path(path)
-    arrays = {k: v.detach().cpu().numpy().astype(np.float32)
-              for k, v in net.state_dict().items()}
     arch = {"format": FORMAT, **config.to_dict()}
-    arrays["arch"] = np.array(json.dumps(arch))
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
-    manifest = {"format": FORMAT, "file": path.name, "sha256": sha256_file(path),
-                "bytes": path.stat().st_size, "arch": arch, **manifest}
-    text = json.dumps(manifest, indent=2) + "\n"
-    _write_atomic(manifest_path(path), lambda f: f.write(text.encode()))
-    return manifest
+    return write_weights(path, state_arrays(net), arch, arch, manifest)
+
+
+def _build(arch: dict[str, Any], arrays: dict[str, np.ndarray]) -> tuple[Any, CompletionConfig]:
+    import torch
+
+    config = CompletionConfig(tuple(arch["widths"]), bool(arch.get("mirror", False)),
+                              int(arch["size"]))
+    if config.in_channels != int(arch["in_channels"]):
+        raise ValueError(f"{arch['in_channels']} input channels do not match the layout")
+    net = build_net(config)
+    net.load_state_dict({k: torch.from_numpy(v.astype(np.float32)) for k, v in arrays.items()})
+    return net, config
 
 
 def load_completion_net(path: str | os.PathLike | None = None) -> CompletionNet | None:
     """The completion net at `path` (default: the shipped weights). Missing: warns and
     returns None (callers use the classical completion). sha256 not matching the manifest
     (required beside the shipped file), or unreadable weights: `ModelError`."""
-    p = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not p.is_file():
-        warnings.warn(f"texture-completion weights not found at {p}; using the classical "
-                      "completion", RuntimeWarning, stacklevel=2)
+    loaded = load_verified(path, DEFAULT_WEIGHTS, FORMAT, _build, label="texture-completion",
+                           manifest_label="completion", fallback="using the classical completion",
+                           retrain="morph3d train completion")
+    if loaded is None:
         return None
-    mpath = manifest_path(p)
-    manifest = None
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read the completion manifest {mpath}: {exc}") from None
-    elif p.resolve() == DEFAULT_WEIGHTS:
-        raise ModelError(f"the shipped completion manifest {mpath} is missing")
-    if manifest is not None and manifest.get("sha256") != sha256_file(p):
-        raise ModelError(f"texture-completion weights {p} are corrupt (sha256 does not match "
-                         f"{mpath.name}); reinstall them or retrain with "
-                         "`morph3d train completion`")
-    try:
-        import torch
-
-        with np.load(p, allow_pickle=False) as z:
-            arch = json.loads(str(z["arch"]))
-            state = {k: torch.from_numpy(z[k].astype(np.float32)) for k in z.files
-                     if k != "arch"}
-        if arch.get("format") != FORMAT:
-            raise ValueError(f"unknown format {arch.get('format')!r}")
-        config = CompletionConfig(tuple(arch["widths"]), bool(arch.get("mirror", False)),
-                                  int(arch["size"]))
-        if config.in_channels != int(arch["in_channels"]):
-            raise ValueError(f"{arch['in_channels']} input channels do not match the layout")
-        net = build_net(config)
-        net.load_state_dict(state)
-    except Exception as exc:  # zip, numpy, json and torch all raise their own types
-        raise ModelError(f"cannot load texture-completion weights {p}: "
-                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    (net, config), manifest = loaded
     return CompletionNet(net, config, manifest)
 
 
@@ -460,19 +439,11 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
     `masks` synthetic visibility maps per fit. Files matching `holdout` go to the held-out
     set (every 7th file when none matches). Cached in the user cache (``completion_data/``),
     never in the repository."""
-    from fitting.faces import get_landmark_backend
     from fitting.fit import fit_photo
-    from morph3d.media import iter_frames
     from morph3d.paths import cache_dir
 
     root = Path(data_dir)
-    files = [p for p in media_files(root)
-             if not _matches(p.relative_to(root).as_posix(), exclude)
-             and not _matches(p.name, exclude)]
-    rel = [p.relative_to(root).as_posix() for p in files]
-    is_held = [_matches(r, holdout) or _matches(Path(r).name, holdout) for r in rel]
-    if files and not any(is_held):
-        is_held = [i % 7 == 3 for i in range(len(files))]
+    files, rel, is_held = split_media(root, holdout, exclude)
     keyed = list(files)
     if bundled:
         from morph3d.demo import bundled_source, bundled_target_photo
@@ -486,43 +457,33 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
         raise InputError(f"no photos or videos found in {root}")
     params = {"v": EXTRACT_VERSION, "holdout": is_held, "frame_step": frame_step,
               "masks": masks, "seed": seed, "model": model.name, "rel": rel}
-    cache = cache_dir() / "completion_data" / f"{_cache_key(keyed, root, params)}.npz"
-    if use_cache and cache.is_file():
-        try:
-            return _load_samples(cache)
-        except Exception:  # a damaged cache is rebuilt
-            cache.unlink(missing_ok=True)
+    cache = cache_dir() / "completion_data" / f"{cache_key(keyed, root, params)}.npz"
+    cached = load_cached(cache, _load_samples, use_cache)
+    if cached is not None:
+        return cached
 
     samples = TextureSamples()
     rng = np.random.default_rng(seed)
-    bar = _progress(total=len(files), desc="fitting textures", enabled=progress)
-    with get_landmark_backend("mediapipe") as detector:
-        for path, name, held in zip(files, rel, is_held, strict=True):
-            try:
-                for frame in iter_frames(path):
-                    if frame.index % frame_step:
-                        continue
-                    faces = detector.detect(frame.rgb)
-                    for k in range(len(faces.boxes)):
-                        box = faces.boxes[k]
-                        if max(box[2] - box[0], box[3] - box[1]) < 60:
-                            continue
-                        lm = {s: v[k].astype(np.float64) for s, v in faces.landmarks.items()}
-                        fit = fit_photo(frame.rgb, model, landmarks=lm)
-                        if fit.identity.texture is None:
-                            continue
-                        sample = TextureSample(
-                            f"{name}#{frame.index}.{k}",
-                            np.clip(np.rint(fit.identity.texture * 255), 0, 255
-                                    ).astype(np.uint8),
-                            np.clip(np.rint(fit.identity.confidence * 255), 0, 255
-                                    ).astype(np.uint8),
-                            synthetic_visibility(model, fit, masks, rng))
-                        (samples.heldout if held else samples.train).append(sample)
-            except (InputError, ValueError) as exc:
-                warnings.warn(f"skipping {name}: {exc}", RuntimeWarning, stacklevel=2)
-            bar.update(1)
-    bar.close()
+
+    def visit(frame: Any, name: str, held: bool, detector: Any) -> None:
+        faces = detector.detect(frame.rgb)
+        for k in range(len(faces.boxes)):
+            box = faces.boxes[k]
+            if max(box[2] - box[0], box[3] - box[1]) < 60:
+                continue
+            lm = {s: v[k].astype(np.float64) for s, v in faces.landmarks.items()}
+            fit = fit_photo(frame.rgb, model, landmarks=lm)
+            if fit.identity.texture is None:
+                continue
+            sample = TextureSample(
+                f"{name}#{frame.index}.{k}",
+                np.clip(np.rint(fit.identity.texture * 255), 0, 255).astype(np.uint8),
+                np.clip(np.rint(fit.identity.confidence * 255), 0, 255).astype(np.uint8),
+                synthetic_visibility(model, fit, masks, rng))
+            (samples.heldout if held else samples.train).append(sample)
+
+    for_each_frame(files, rel, is_held, frame_step=frame_step, desc="fitting textures",
+                   progress=progress, visit=visit, skip=(InputError, ValueError))
     if use_cache:
         _save_samples(cache, samples)
     return samples
@@ -536,7 +497,7 @@ def _save_samples(path: Path, samples: TextureSamples) -> None:
             arrays[f"{split}/{i:05d}/confidence"] = s.confidence
             arrays[f"{split}/{i:05d}/synthetic"] = s.synthetic
         arrays[f"{split}_names"] = np.array([s.name for s in getattr(samples, split)], str)
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
+    save_npz(path, arrays)
 
 
 def _load_samples(path: Path) -> TextureSamples:
@@ -636,46 +597,29 @@ def evaluate(net: CompletionNet | None, samples: Sequence[TextureSample], model,
 
 
 @dataclass
-class CompletionTrainOptions:
-    data_dir: Path
-    out: Path
-    checkpoint: Path
-    steps: int = 2000
-    minutes: float | None = None
-    resume: bool = False
-    seed: int = 0
+class CompletionTrainOptions(TrainOptionsBase):
+    holdout: tuple[str, ...] = DEFAULT_HOLDOUT
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     widths: tuple[int, ...] = (16, 32, 48, 64, 96)
     batch: int = 8
     crop: int = 96
     mirror: bool = True
-    lr: float = 1e-3
     masks: int = 4
     frame_step: int = 6
-    checkpoint_every: int = 100
-    threads: int = 1
-    holdout: tuple[str, ...] = DEFAULT_HOLDOUT
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    progress: bool = True
 
     def identity(self) -> dict[str, Any]:
         """What must match for --resume to continue a checkpoint."""
-        return {"seed": self.seed, "widths": list(self.widths), "batch": self.batch,
-                "crop": self.crop, "mirror": self.mirror,
-                "lr": self.lr, "steps": self.steps, "masks": self.masks,
-                "frame_step": self.frame_step, "holdout": list(self.holdout),
-                "exclude": list(self.exclude)}
+        return {**super().identity(), "widths": list(self.widths), "batch": self.batch,
+                "crop": self.crop, "mirror": self.mirror, "masks": self.masks,
+                "frame_step": self.frame_step}
 
 
 def default_checkpoint() -> Path:
-    from morph3d.paths import cache_dir
-
-    return cache_dir() / "train" / "completion_checkpoint.pt"
+    return training.default_checkpoint("completion")
 
 
 def default_trained_weights() -> Path:
-    from morph3d.paths import models_dir
-
-    return models_dir() / "completion.npz"
+    return training.default_trained_weights("completion")
 
 
 @dataclass
@@ -751,9 +695,7 @@ def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = 
         from morph3d.models import load_model
 
         model = load_model("default")
-    torch.set_num_threads(opts.threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(opts.seed)
+    seed_torch(opts.threads, opts.seed)
     if samples is None:
         log(f"fitting textures in {opts.data_dir}")
         samples = collect_texture_samples(opts.data_dir, model, holdout=opts.holdout,
@@ -769,7 +711,7 @@ def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = 
     features = uv_features(model, config.size)
     cases: list[_NetCase] = []
     names: list[str] = []
-    bar = _progress(total=len(samples.train), desc="classical fills", enabled=opts.progress)
+    bar = progress_bar(total=len(samples.train), desc="classical fills", enabled=opts.progress)
     for sample in samples.train:
         for k in range(sample.synthetic.shape[0]):
             nc = _net_case(make_case(sample, k), features, config.mirror)
@@ -778,74 +720,31 @@ def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = 
                 names.append(sample.name.split("#")[0])
         bar.update(1)
     bar.close()
-    counts = {n: names.count(n) for n in set(names)}
-    # A file's share grows with the square root of its case count (videos vs photos).
-    p = np.array([1.0 / math.sqrt(counts[n]) for n in names])
-    p /= p.sum()
+    p = source_weights(names)  # videos vs photos
     skin = skin_rows(config.size)
 
     net = build_net(config)
     optimizer = torch.optim.Adam(net.parameters(), lr=opts.lr)
-    rng = np.random.default_rng(opts.seed)
-    step, elapsed = 0, 0.0
+    ckpt = Checkpoint(opts.checkpoint, opts.identity(), {"net": net}, optimizer,
+                      np.random.default_rng(opts.seed))
     if opts.resume:
-        if not opts.checkpoint.is_file():
-            raise InputError(f"no checkpoint to resume at {opts.checkpoint}")
-        ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=False)
-        if ckpt["identity"] != opts.identity():
-            raise InputError(f"checkpoint {opts.checkpoint} was made with other settings: "
-                             f"{ckpt['identity']}")
-        net.load_state_dict(ckpt["net"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["rng"]
-        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-        log(f"resumed at step {step} ({elapsed / 60:.1f} min trained)")
+        ckpt.resume(log)
 
-    def save_checkpoint() -> None:
-        state = {"identity": opts.identity(), "step": step, "elapsed_s": elapsed,
-                 "net": net.state_dict(), "optimizer": optimizer.state_dict(),
-                 "rng": rng.bit_generator.state}
-        _write_atomic(opts.checkpoint, lambda f: torch.save(state, f))
+    def train_step() -> dict[str, float]:
+        rng = ckpt.rng
+        x, classic, gate, truth, hidden = _batch(
+            cases, rng.choice(len(cases), opts.batch, p=p), rng, skin, opts.crop, config.mirror)
+        out = classic + net(x) * gate
+        err = torch.sqrt((out - truth) ** 2 + 1e-6) * hidden
+        loss = err.sum() / (3 * hidden.sum()).clamp(min=1.0)
+        loss.backward()
+        return {"L1": float(loss.detach())}
 
-    budget_s = opts.minutes * 60.0 if opts.minutes is not None else math.inf
-    bar = _progress(total=opts.steps, desc="training", enabled=opts.progress, initial=step)
-    smooth = None
     net.train()
-    try:
-        while step < opts.steps and elapsed < budget_s:
-            start = time.perf_counter()
-            progress = min(1.0, max(step / opts.steps, elapsed / budget_s))
-            lr_now = opts.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            x, classic, gate, truth, hidden = _batch(
-                cases, rng.choice(len(cases), opts.batch, p=p), rng, skin, opts.crop, config.mirror)
-            optimizer.zero_grad(set_to_none=True)
-            out = classic + net(x) * gate
-            err = torch.sqrt((out - truth) ** 2 + 1e-6) * hidden
-            loss = err.sum() / (3 * hidden.sum()).clamp(min=1.0)
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
-            smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
-            step += 1
-            elapsed += time.perf_counter() - start
-            bar.update(1)
-            bar.set_postfix({"L1": f"{smooth:.4f}"}, refresh=False)
-            if step % opts.checkpoint_every == 0:
-                save_checkpoint()
-                if not opts.progress:
-                    log(f"step {step}/{opts.steps} {elapsed / 60:.1f} min L1 {smooth:.4f}")
-    except KeyboardInterrupt:
-        save_checkpoint()
-        bar.close()
-        log(f"interrupted: checkpoint at step {step} saved to {opts.checkpoint}; "
-            "continue with --resume")
-        raise
-    bar.close()
-    save_checkpoint()
-    stopped = "steps" if step >= opts.steps else "time budget"
-    log(f"stopped at step {step} ({stopped}) after {elapsed / 60:.1f} min; evaluating")
+    stopped = train_loop(ckpt, train_step, steps=opts.steps, minutes=opts.minutes, lr=opts.lr,
+                         checkpoint_every=opts.checkpoint_every, progress=opts.progress,
+                         log=log)
+    step, elapsed = ckpt.step, ckpt.elapsed
     completion = CompletionNet(net, config)
     metrics = evaluate(completion, samples.heldout, model) if samples.heldout else {}
     manifest = {

@@ -19,15 +19,10 @@ Source files are split into training and held-out sets by file, so people stay o
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import hashlib
-import json
 import math
 import os
-import time
-import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,15 +30,33 @@ from typing import Any
 import cv2
 import numpy as np
 
+from morph3d import training
 from morph3d.errors import InputError, ModelError
+from morph3d.training import (
+    IMAGE_SUFFIXES,  # noqa: F401 (re-exported)
+    VIDEO_SUFFIXES,  # noqa: F401 (re-exported)
+    Checkpoint,
+    TrainOptionsBase,
+    cache_key,
+    for_each_frame,
+    load_cached,
+    load_verified,
+    manifest_path,
+    media_files,  # noqa: F401 (re-exported)
+    save_npz,
+    seed_torch,
+    sha256_file,  # noqa: F401 (re-exported)
+    source_weights,
+    split_media,
+    state_arrays,
+    train_loop,
+    write_weights,
+)
 
 SCALES = (2, 4)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "sr.npz"
 FORMAT = "morph3d-sr-1"
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v"}
 
 # The development split of /work/shared/media (README there), by person: held out are
 # nggyup.mp4's singer, khabenskii.jpg, and the two aligned crops of people who appear nowhere
@@ -211,53 +224,30 @@ class SuperResolver:
 # --------------------------------------------------------------------------------------------
 
 
-def manifest_path(weights: str | os.PathLike) -> Path:
-    return Path(weights).with_suffix(".json")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(f)` into a binary file that appears at `path` whole or not at all."""
-    from morph3d.atomic import atomic_write
-
-    with atomic_write(path, "wb") as f:
-        write(f)
-
-
 def save_weights(path: str | os.PathLike, nets: dict[int, Any], configs: dict[int, SRConfig],
                  manifest: dict[str, Any]) -> dict[str, Any]:
     """Write float32 weights (``x{scale}/{param}`` arrays + an ``arch`` JSON string) and the
     manifest (with the file's sha256) atomically; returns the manifest written."""
-    path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     for scale, net in nets.items():
-        for name, tensor in net.state_dict().items():
-            arrays[f"x{scale}/{name}"] = tensor.detach().cpu().numpy().astype(np.float32)
+        arrays.update(state_arrays(net, f"x{scale}/"))
     arch = {"format": FORMAT, "nets": [configs[s].to_dict() for s in sorted(nets)]}
-    arrays["arch"] = np.array(json.dumps(arch))
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
-    manifest = {"format": FORMAT, "file": path.name, "sha256": sha256_file(path),
-                "bytes": path.stat().st_size, "arch": arch["nets"], **manifest}
-    text = json.dumps(manifest, indent=2) + "\n"
-    _write_atomic(manifest_path(path), lambda f: f.write(text.encode()))
-    return manifest
+    return write_weights(path, arrays, arch, arch["nets"], manifest)
 
 
-def _read_manifest(path: Path) -> dict[str, Any] | None:
-    mpath = manifest_path(path)
-    if not mpath.is_file():
-        return None
-    try:
-        return json.loads(mpath.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read the super-resolver manifest {mpath}: {exc}") from None
+def _build_nets(arch: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[int, Any]:
+    import torch
+
+    nets = {}
+    for entry in arch["nets"]:
+        config = SRConfig(**entry)
+        net = build_net(config)
+        prefix = f"x{config.scale}/"
+        state = {k[len(prefix):]: torch.from_numpy(v.astype(np.float32))
+                 for k, v in arrays.items() if k.startswith(prefix)}
+        net.load_state_dict(state)
+        nets[config.scale] = net
+    return nets
 
 
 def load_super_resolver(path: str | os.PathLike | None = None) -> SuperResolver | None:
@@ -267,39 +257,14 @@ def load_super_resolver(path: str | os.PathLike | None = None) -> SuperResolver 
     sha256 does not match its manifest (``<name>.json`` beside it; required for the shipped
     weights), or that cannot be read as weights, raises `ModelError`.
     """
-    p = Path(path) if path is not None else DEFAULT_WEIGHTS
-    if not p.is_file():
-        warnings.warn(f"super-resolver weights not found at {p}; using bicubic upscaling",
-                      RuntimeWarning, stacklevel=2)
+    loaded = load_verified(path, DEFAULT_WEIGHTS, FORMAT, _build_nets, label="super-resolver",
+                           manifest_label="super-resolver", fallback="using bicubic upscaling",
+                           retrain="morph3d train sr")
+    if loaded is None:
         return None
-    manifest = _read_manifest(p)
-    if manifest is None and p.resolve() == DEFAULT_WEIGHTS:
-        raise ModelError(f"the shipped super-resolver manifest {manifest_path(p)} is missing")
-    if manifest is not None and manifest.get("sha256") != sha256_file(p):
-        raise ModelError(f"super-resolver weights {p} are corrupt (sha256 does not match "
-                         f"{manifest_path(p).name}); reinstall them or retrain with "
-                         "`morph3d train sr`")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arch = json.loads(str(z["arch"]))
-            arrays = {k: z[k] for k in z.files if k != "arch"}
-        if arch.get("format") != FORMAT:
-            raise ValueError(f"unknown format {arch.get('format')!r}")
-        import torch
-
-        nets = {}
-        for entry in arch["nets"]:
-            config = SRConfig(**entry)
-            net = build_net(config)
-            prefix = f"x{config.scale}/"
-            state = {k[len(prefix):]: torch.from_numpy(v.astype(np.float32))
-                     for k, v in arrays.items() if k.startswith(prefix)}
-            net.load_state_dict(state)
-            nets[config.scale] = net
-    except Exception as exc:  # zip, numpy, json and torch all raise their own types
-        raise ModelError(f"cannot load super-resolver weights {p}: "
-                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+    nets, manifest = loaded
     if not nets:
+        p = Path(path) if path is not None else DEFAULT_WEIGHTS
         raise ModelError(f"super-resolver weights {p} contain no network")
     return SuperResolver(nets, manifest)
 
@@ -433,20 +398,6 @@ class FaceCrops:
                 "heldout_sources": count(self.heldout_sources)}
 
 
-def media_files(data_dir: str | os.PathLike) -> list[Path]:
-    """Photos and videos under `data_dir` (recursively), sorted by relative path."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise InputError(f"training data folder not found: {root}")
-    files = [p for p in root.rglob("*") if p.is_file()
-             and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def _matches(name: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatch(name, pat) for pat in patterns)
-
-
 def square_crop(image: np.ndarray, box: np.ndarray, factor: float = CROP_FACTOR,
                 shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
     """The square of side `factor` x the box's longer side around the box centre (moved by
@@ -491,14 +442,6 @@ def face_crops_in_image(rgb: np.ndarray, detector: Any, *, min_face_px: int = 40
     return crops
 
 
-def _cache_key(files: Sequence[Path], root: Path, params: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for p in files:
-        st = p.stat()
-        digest.update(f"{p.relative_to(root).as_posix()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
 def collect_face_crops(data_dir: str | os.PathLike, *, holdout: Sequence[str] = DEFAULT_HOLDOUT,
                        exclude: Sequence[str] = DEFAULT_EXCLUDE, frame_step: int = 3,
                        jitters: int = 2, seed: int = 0, use_cache: bool = True,
@@ -511,54 +454,36 @@ def collect_face_crops(data_dir: str | os.PathLike, *, holdout: Sequence[str] = 
     The crops are cached in the user cache (``sr_crops/``), keyed by the files' names,
     sizes and times and these parameters; media is never copied anywhere else.
     """
-    from morph3d.media import iter_frames
     from morph3d.paths import cache_dir
 
     root = Path(data_dir)
-    files = [p for p in media_files(root)
-             if not _matches(p.relative_to(root).as_posix(), exclude)
-             and not _matches(p.name, exclude)]
+    files, rel, is_held = split_media(root, holdout, exclude)
     if not files:
         raise InputError(f"no photos or videos found in {root}")
-    rel = [p.relative_to(root).as_posix() for p in files]
-    is_held = [_matches(r, holdout) or _matches(Path(r).name, holdout) for r in rel]
-    if not any(is_held):
-        is_held = [i % 7 == 3 for i in range(len(files))]
     params = {"v": EXTRACT_VERSION, "holdout": is_held, "frame_step": frame_step,
               "jitters": jitters, "seed": seed, "factor": CROP_FACTOR,
               "train_max": TRAIN_MAX_SIDE, "held_max": HELDOUT_MAX_SIDE}
-    cache = cache_dir() / "sr_crops" / f"{_cache_key(files, root, params)}.npz"
-    if use_cache and cache.is_file():
-        try:
-            return _load_crops(cache)
-        except Exception:  # a damaged cache is rebuilt
-            cache.unlink(missing_ok=True)
-
-    from fitting.faces import get_landmark_backend
+    cache = cache_dir() / "sr_crops" / f"{cache_key(files, root, params)}.npz"
+    cached = load_cached(cache, _load_crops, use_cache)
+    if cached is not None:
+        return cached
 
     crops = FaceCrops()
     rng = np.random.default_rng(seed)
-    bar = _progress(total=len(files), desc="finding faces", enabled=progress)
-    with get_landmark_backend("mediapipe") as detector:
-        for path, name, held in zip(files, rel, is_held, strict=True):
-            try:
-                frames = iter_frames(path)
-                for frame in frames:
-                    if frame.index % frame_step:
-                        continue
-                    if held:
-                        found = face_crops_in_image(frame.rgb, detector)
-                        crops.heldout += found
-                        crops.heldout_sources += [name] * len(found)
-                    else:
-                        found = face_crops_in_image(frame.rgb, detector, jitters=jitters,
-                                                    rng=rng, max_side=TRAIN_MAX_SIDE)
-                        crops.train += found
-                        crops.train_sources += [name] * len(found)
-            except InputError as exc:
-                warnings.warn(f"skipping {name}: {exc}", RuntimeWarning, stacklevel=2)
-            bar.update(1)
-    bar.close()
+
+    def visit(frame: Any, name: str, held: bool, detector: Any) -> None:
+        if held:
+            found = face_crops_in_image(frame.rgb, detector)
+            crops.heldout += found
+            crops.heldout_sources += [name] * len(found)
+        else:
+            found = face_crops_in_image(frame.rgb, detector, jitters=jitters, rng=rng,
+                                        max_side=TRAIN_MAX_SIDE)
+            crops.train += found
+            crops.train_sources += [name] * len(found)
+
+    for_each_frame(files, rel, is_held, frame_step=frame_step, desc="finding faces",
+                   progress=progress, visit=visit)
     if use_cache:
         _save_crops(cache, crops)
     return crops
@@ -570,7 +495,7 @@ def _save_crops(path: Path, crops: FaceCrops) -> None:
         for i, crop in enumerate(getattr(crops, split)):
             arrays[f"{split}/{i:05d}"] = crop
         arrays[f"{split}_sources"] = np.array(getattr(crops, f"{split}_sources"), dtype=str)
-    _write_atomic(path, lambda f: np.savez(f, **arrays))
+    save_npz(path, arrays)
 
 
 def _load_crops(path: Path) -> FaceCrops:
@@ -620,44 +545,30 @@ def evaluate(resolver: SuperResolver | None, crops: Sequence[np.ndarray], scale:
 
 
 @dataclass
-class TrainOptions:
-    data_dir: Path
-    out: Path
-    checkpoint: Path
+class TrainOptions(TrainOptionsBase):
     steps: int = 6000
-    minutes: float | None = None
-    resume: bool = False
-    seed: int = 0
+    checkpoint_every: int = 200
+    threads: int = 2
+    holdout: tuple[str, ...] = DEFAULT_HOLDOUT
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
     scales: tuple[int, ...] = SCALES
     channels: int = 32
     layers: int = 5
     batch: int = 16
     lr_patch: dict[int, int] = field(default_factory=lambda: {2: 32, 4: 24})
-    lr: float = 1e-3
-    checkpoint_every: int = 200
-    threads: int = 2
-    holdout: tuple[str, ...] = DEFAULT_HOLDOUT
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    progress: bool = True
 
     def identity(self) -> dict[str, Any]:
         """What must match for --resume to continue a checkpoint."""
-        return {"seed": self.seed, "scales": list(self.scales), "channels": self.channels,
-                "layers": self.layers, "batch": self.batch, "lr_patch": self.lr_patch,
-                "lr": self.lr, "steps": self.steps, "holdout": list(self.holdout),
-                "exclude": list(self.exclude)}
+        return {**super().identity(), "scales": list(self.scales), "channels": self.channels,
+                "layers": self.layers, "batch": self.batch, "lr_patch": self.lr_patch}
 
 
 def default_checkpoint() -> Path:
-    from morph3d.paths import cache_dir
-
-    return cache_dir() / "train" / "sr_checkpoint.pt"
+    return training.default_checkpoint("sr")
 
 
 def default_trained_weights() -> Path:
-    from morph3d.paths import models_dir
-
-    return models_dir() / "sr.npz"
+    return training.default_trained_weights("sr")
 
 
 class _PatchSampler:
@@ -670,12 +581,7 @@ class _PatchSampler:
         if not usable:
             raise InputError(f"no training face crop is at least {max_hr_patch} px wide")
         self.crops = [crops[i] for i in usable]
-        names = [sources[i] for i in usable]
-        counts = {n: names.count(n) for n in set(names)}
-        # A file's share grows with the square root of its crop count, so one long video
-        # does not drown the photos and one photo is not repeated into memorisation.
-        weights = np.array([1.0 / math.sqrt(counts[n]) for n in names])
-        self.p = weights / weights.sum()
+        self.p = source_weights([sources[i] for i in usable])
 
     def pair(self, scale: int, size: int,
              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -704,13 +610,6 @@ class _PatchSampler:
         return lr, hr
 
 
-def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, initial=initial, disable=not enabled,
-                dynamic_ncols=True, mininterval=2.0)
-
-
 def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print,
                          crops: FaceCrops | None = None) -> dict[str, Any]:
     """Train the per-scale nets, checkpointing every `checkpoint_every` steps, until
@@ -720,9 +619,7 @@ def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print,
     `opts.out` and returns the manifest. `crops` replaces the folder's face crops (tests)."""
     import torch
 
-    torch.set_num_threads(opts.threads)
-    torch.use_deterministic_algorithms(True)
-    torch.manual_seed(opts.seed)
+    seed_torch(opts.threads, opts.seed)
     for s in opts.scales:
         if s not in SCALES:
             raise InputError(f"scales must be among {SCALES}, got {s}")
@@ -741,70 +638,28 @@ def train_super_resolver(opts: TrainOptions, log: Callable[[str], None] = print,
     nets = {s: build_net(c) for s, c in configs.items()}
     params = [p for net in nets.values() for p in net.parameters()]
     optimizer = torch.optim.Adam(params, lr=opts.lr)
-    rng = np.random.default_rng(opts.seed)
-    step, elapsed = 0, 0.0
+    ckpt = Checkpoint(opts.checkpoint, opts.identity(), {"nets": nets}, optimizer,
+                      np.random.default_rng(opts.seed))
     if opts.resume:
-        if not opts.checkpoint.is_file():
-            raise InputError(f"no checkpoint to resume at {opts.checkpoint}")
-        ckpt = torch.load(opts.checkpoint, map_location="cpu", weights_only=False)
-        if ckpt["identity"] != opts.identity():
-            raise InputError(f"checkpoint {opts.checkpoint} was made with other settings: "
-                             f"{ckpt['identity']}")
+        ckpt.resume(log)
+
+    def train_step() -> dict[str, float]:
+        losses = {}
         for s, net in nets.items():
-            net.load_state_dict(ckpt["nets"][s])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        rng.bit_generator.state = ckpt["rng"]
-        step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
-        log(f"resumed at step {step} ({elapsed / 60:.1f} min trained)")
+            lr_batch, hr_batch = sampler.batch(s, hr_patch[s], opts.batch, ckpt.rng)
+            # Charbonnier (smooth L1) loss
+            loss = torch.sqrt((net(lr_batch) - hr_batch) ** 2 + 1e-6).mean()
+            loss.backward()
+            losses[f"x{s}"] = float(loss.detach())
+        return losses
 
-    def save_checkpoint() -> None:
-        state = {"identity": opts.identity(), "step": step, "elapsed_s": elapsed,
-                 "nets": {s: n.state_dict() for s, n in nets.items()},
-                 "optimizer": optimizer.state_dict(), "rng": rng.bit_generator.state}
-        _write_atomic(opts.checkpoint, lambda f: torch.save(state, f))
-
-    budget_s = opts.minutes * 60.0 if opts.minutes is not None else math.inf
-    bar = _progress(total=opts.steps, desc="training", enabled=opts.progress, initial=step)
-    smooth: dict[int, float] = {}
     for net in nets.values():
         net.train()
-    try:
-        while step < opts.steps and elapsed < budget_s:
-            start = time.perf_counter()
-            # Cosine schedule over whichever of steps or the time cap is further along
-            # (the time term makes runs that hit --minutes not bit-reproducible).
-            progress = min(1.0, max(step / opts.steps, elapsed / budget_s))
-            lr_now = opts.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-            for group in optimizer.param_groups:
-                group["lr"] = lr_now
-            optimizer.zero_grad(set_to_none=True)
-            for s, net in nets.items():
-                lr_batch, hr_batch = sampler.batch(s, hr_patch[s], opts.batch, rng)
-                # Charbonnier (smooth L1) loss
-                loss = torch.sqrt((net(lr_batch) - hr_batch) ** 2 + 1e-6).mean()
-                loss.backward()
-                value = float(loss.detach())
-                smooth[s] = 0.98 * smooth.get(s, value) + 0.02 * value
-            optimizer.step()
-            step += 1
-            elapsed += time.perf_counter() - start
-            bar.update(1)
-            bar.set_postfix({f"x{s}": f"{v:.4f}" for s, v in smooth.items()}, refresh=False)
-            if step % opts.checkpoint_every == 0:
-                save_checkpoint()
-                if not opts.progress:
-                    log(f"step {step}/{opts.steps} {elapsed / 60:.1f} min "
-                        + " ".join(f"x{s} loss {v:.4f}" for s, v in smooth.items()))
-    except KeyboardInterrupt:
-        save_checkpoint()
-        bar.close()
-        log(f"interrupted: checkpoint at step {step} saved to {opts.checkpoint}; "
-            "continue with --resume")
-        raise
-    bar.close()
-    save_checkpoint()
-    stopped = "steps" if step >= opts.steps else "time budget"
-    log(f"stopped at step {step} ({stopped}) after {elapsed / 60:.1f} min; evaluating")
+    stopped = train_loop(ckpt, train_step, steps=opts.steps, minutes=opts.minutes, lr=opts.lr,
+                         checkpoint_every=opts.checkpoint_every, progress=opts.progress,
+                         log=log, describe=lambda smooth: " ".join(
+                             f"{k} loss {v:.4f}" for k, v in smooth.items()))
+    step, elapsed = ckpt.step, ckpt.elapsed
 
     for net in nets.values():
         net.eval()

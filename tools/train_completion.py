@@ -15,24 +15,13 @@ thread count. Runs on the CPU.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from morph3d.commands.train import add_train_completion_arguments, completion_options_from_args
-from morph3d.completion_net import train_completion
-from morph3d.errors import Morph3dError
+from morph3d.commands.train import tool_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_train_completion_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        train_completion(completion_options_from_args(args))
-    except Morph3dError as exc:
-        print(f"train_completion: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return tool_main("completion", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -14,24 +14,13 @@ reproducible for a given seed and thread count.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from morph3d.commands.train import add_train_sr_arguments, options_from_args
-from morph3d.errors import Morph3dError
-from morph3d.refine import train_super_resolver
+from morph3d.commands.train import tool_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_train_sr_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        train_super_resolver(options_from_args(args))
-    except Morph3dError as exc:
-        print(f"train_sr: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return tool_main("sr", __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":
