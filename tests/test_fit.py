@@ -272,12 +272,12 @@ def test_annotated_nme_close_to_dlib(model, media_dir, name):
                      ("dlib+mediapipe", landmarks)):
         fit = F.fit_photo(image, model, landmarks=lms, photometric=False)
         nme[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
-    # With the iBUG correspondences re-derived from dlib on other real frames
-    # (tools/derive_ibug68.py) and the jaw contour at its row height: takeo 4.0 / 3.6 % vs
-    # dlib 3.2 %, lenna 5.7 / 4.2 % vs 3.4 % of IOD (mediapipe / dlib+mediapipe input; were
-    # 4.6 / 4.2 and 6.1 / 4.8 %; BENCHMARKS.md). The rest is mostly the jaw line.
-    assert nme["mediapipe"] < _nme(dlib, truth) + 0.03, (nme, _nme(dlib, truth))
-    assert nme["dlib+mediapipe"] < _nme(dlib, truth) + 0.013, (nme, _nme(dlib, truth))
+    # The model's own iBUG points (found on renders of the mean; the dlib-derived table
+    # that fits photos better is not shipped, see landmark_builder.IBUG68_SOURCE) keep the
+    # fitted 68 points behind raw dlib: takeo ~4.6 / 4.2 % vs dlib 3.2 %, lenna ~6.1 / 4.8 %
+    # vs 3.4 % of IOD (mediapipe / dlib+mediapipe input; BENCHMARKS.md).
+    assert nme["mediapipe"] < _nme(dlib, truth) + 0.035, (nme, _nme(dlib, truth))
+    assert nme["dlib+mediapipe"] < _nme(dlib, truth) + 0.02, (nme, _nme(dlib, truth))
 
 
 @pytest.mark.media
