@@ -15,3 +15,17 @@ def media_dir() -> Path:
     if not MEDIA_DIR.is_dir():
         pytest.skip(f"real test media not found at {MEDIA_DIR}")
     return MEDIA_DIR
+
+
+def corrupted_copy(weights: Path, manifest: Path, folder: Path) -> Path:
+    """A copy of shipped weights (and their manifest) in `folder` with one byte flipped in
+    the middle: what a damaged download or disk gives. Returns the copy's path."""
+    import shutil
+
+    copy = folder / weights.name
+    shutil.copy(weights, copy)
+    shutil.copy(manifest, folder / manifest.name)
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    return copy

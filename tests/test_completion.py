@@ -4,10 +4,10 @@ corrupt / missing weights, and resumable deterministic training."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
+from conftest import corrupted_copy
 
 from morph3d.completion_net import (
     DEFAULT_WEIGHTS,
@@ -100,12 +100,7 @@ def test_untrained_net_is_the_classical_completion(tmp_path, model) -> None:
 
 
 def test_corrupt_weights_raise_one_line_model_error(tmp_path) -> None:
-    copy = tmp_path / "completion.npz"
-    shutil.copy(DEFAULT_WEIGHTS, copy)
-    shutil.copy(manifest_path(DEFAULT_WEIGHTS), manifest_path(copy))
-    data = bytearray(copy.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    copy.write_bytes(bytes(data))
+    copy = corrupted_copy(DEFAULT_WEIGHTS, manifest_path(DEFAULT_WEIGHTS), tmp_path)
     with pytest.raises(ModelError) as info:
         load_completion_net(copy)
     assert "corrupt" in str(info.value) and "\n" not in str(info.value)

@@ -4,10 +4,10 @@ corrupt / missing weights, and resumable deterministic training."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
+from conftest import corrupted_copy
 
 from morph3d.cli import main as cli_main
 from morph3d.errors import InputError, ModelError
@@ -109,12 +109,7 @@ def test_beats_bicubic_on_heldout_real_faces(resolver, media_dir) -> None:
 
 
 def test_corrupt_weights_raise_model_error(tmp_path) -> None:
-    bad = tmp_path / "sr.npz"
-    shutil.copy(DEFAULT_WEIGHTS, bad)
-    shutil.copy(manifest_path(DEFAULT_WEIGHTS), manifest_path(bad))
-    data = bytearray(bad.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    bad = corrupted_copy(DEFAULT_WEIGHTS, manifest_path(DEFAULT_WEIGHTS), tmp_path)
     with pytest.raises(ModelError) as info:
         load_super_resolver(bad)
     assert "corrupt" in str(info.value) and "\n" not in str(info.value)

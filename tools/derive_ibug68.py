@@ -22,8 +22,9 @@ mediapipe with the pass-1 points in the model (as photos are fitted; these fits 
 line). The result is made left/right symmetric and printed as `IBUG68_MEAN_MM` for
 `morph3d.landmark_builder` (68 x 3 mm on the mean head): only those numbers go into the
 code, nothing from the media. The build uses them with `IBUG68_SOURCE = "dlib-derived"`;
-it ships with "renders" (the derived table made the swap worse, see BENCHMARKS.md). A held-out check (tables from the nggyup frames, scored
-on the rest) is printed first. Detections and fits are cached under out/ (git-ignored).
+it ships with "renders" (the derived table made the swap worse, see BENCHMARKS.md).
+A held-out check (tables from the nggyup frames, scored on the rest) is printed first.
+Detections and fits are cached under out/ (git-ignored).
 """
 
 from __future__ import annotations
