@@ -350,17 +350,23 @@ def antialias_pairs(
 
 
 @_jit
+def _plane_at(table, r, rem, W):
+    """(dx, dy, u0, u1, u2) of triangle row r's planes at pixel rem (= y * W + x)."""
+    dx = float(rem % W) - table[r, 12]
+    dy = float(rem // W) - table[r, 13]
+    u0 = table[r, 0] * dx + table[r, 3] * dy + table[r, 6]
+    u1 = table[r, 1] * dx + table[r, 4] * dy + table[r, 7]
+    u2 = table[r, 2] * dx + table[r, 5] * dy + table[r, 8]
+    return dx, dy, u0, u1, u2
+
+
+@_jit
 def _bary_forward(table, pixel_index, rows, HW, W, bary, depth):
     """bary (3 x M), depth (M,) from the plane table of `barycentric_fields` (transposed:
     N x 14, one cache line per triangle; float64 arithmetic)."""
     for m in range(pixel_index.shape[0]):
-        rem = pixel_index[m] % HW
         r = rows[m]
-        dx = float(rem % W) - table[r, 12]
-        dy = float(rem // W) - table[r, 13]
-        u0 = table[r, 0] * dx + table[r, 3] * dy + table[r, 6]
-        u1 = table[r, 1] * dx + table[r, 4] * dy + table[r, 7]
-        u2 = table[r, 2] * dx + table[r, 5] * dy + table[r, 8]
+        dx, dy, u0, u1, u2 = _plane_at(table, r, pixel_index[m] % HW, W)
         total = u0 + u1 + u2
         bary[0, m] = u0 / total
         bary[1, m] = u1 / total
@@ -372,13 +378,8 @@ def _bary_forward(table, pixel_index, rows, HW, W, bary, depth):
 def _bary_backward(table, pixel_index, rows, HW, W, grad_bary, grad_depth, grad_table):
     """Accumulate d(loss)/d(table columns 0..11) (grad_table N x 14, float64) per pixel."""
     for m in range(pixel_index.shape[0]):
-        rem = pixel_index[m] % HW
         r = rows[m]
-        dx = float(rem % W) - table[r, 12]
-        dy = float(rem // W) - table[r, 13]
-        u0 = table[r, 0] * dx + table[r, 3] * dy + table[r, 6]
-        u1 = table[r, 1] * dx + table[r, 4] * dy + table[r, 7]
-        u2 = table[r, 2] * dx + table[r, 5] * dy + table[r, 8]
+        dx, dy, u0, u1, u2 = _plane_at(table, r, pixel_index[m] % HW, W)
         inv = 1.0 / (u0 + u1 + u2)
         g0, g1, g2 = float(grad_bary[0, m]), float(grad_bary[1, m]), float(grad_bary[2, m])
         mean = (g0 * u0 + g1 * u1 + g2 * u2) * inv  # sum_j g_j bary_j
