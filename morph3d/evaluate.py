@@ -788,7 +788,7 @@ def face_crop(rgb: np.ndarray, box, side_px: int, scale: float = CROP_SCALE,
     return cv2.resize(crop, (side_px, side_px), interpolation=interp)
 
 
-def _label(cell: np.ndarray, text: str) -> np.ndarray:
+def label_cell(cell: np.ndarray, text: str) -> np.ndarray:
     cell = cell.copy()
     cv2.rectangle(cell, (0, cell.shape[0] - 22), (cell.shape[1], cell.shape[0]), (0, 0, 0), -1)
     cv2.putText(cell, text, (5, cell.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
@@ -813,7 +813,7 @@ def contact_sheet(records: Sequence[FrameRecord], source_rgb: np.ndarray,
     picks = [matched[i] for i in sorted({round(k * (len(matched) - 1) / max(samples - 1, 1))
                                          for k in range(min(samples, len(matched)))})]
     side = CONTACT_CELL_PX
-    source_cell = _label(face_crop(source_rgb, source_box, side), "source")
+    source_cell = label_cell(face_crop(source_rgb, source_box, side), "source")
     rows = []
     for r in picks:
         original, swapped = _frame_at(target, r.index), _frame_at(output, r.index)
@@ -825,8 +825,8 @@ def contact_sheet(records: Sequence[FrameRecord], source_rgb: np.ndarray,
                                 swapped.shape[:2]).reshape(4)
         rows.append(np.concatenate([
             source_cell,
-            _label(face_crop(original, box, side), f"original #{r.index}"),
-            _label(face_crop(swapped, out_box, side),
+            label_cell(face_crop(original, box, side), f"original #{r.index}"),
+            label_cell(face_crop(swapped, out_box, side),
                    f"output #{r.index} id {r.id_dist_source:.2f}"),
         ], axis=1))
     return np.concatenate(rows, axis=0) if rows else source_cell

@@ -232,24 +232,15 @@ def face_crop(rgb: np.ndarray, box: list[float], side_px: int) -> np.ndarray:
     return eval_face_crop(rgb, box, side_px, scale=1.6, upscale=cv2.INTER_CUBIC)
 
 
-def label(cell: np.ndarray, text: str) -> np.ndarray:
-    import cv2
-
-    cell = cell.copy()
-    cv2.rectangle(cell, (0, cell.shape[0] - 20), (cell.shape[1], cell.shape[0]), (0, 0, 0), -1)
-    cv2.putText(cell, text, (4, cell.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (255, 255, 255), 1, cv2.LINE_AA)
-    return cell
-
-
 def source_cell(source: Path, side: int) -> np.ndarray:
     from fitting.faces import MEDIAPIPE478, detect_faces, landmark_box
+    from morph3d.evaluate import label_cell
     from morph3d.media import read_image
 
     rgb = read_image(source)
     faces = detect_faces(rgb, "mediapipe")
     k = int(np.argmax(faces.areas()))
-    return label(face_crop(rgb, list(landmark_box(faces.landmarks[MEDIAPIPE478][k])), side),
+    return label_cell(face_crop(rgb, list(landmark_box(faces.landmarks[MEDIAPIPE478][k])), side),
                  f"source {source.stem}")
 
 
@@ -265,6 +256,8 @@ def pick_frames(per_frame: list[dict], count: int) -> list[int]:
 def case_sheet(per_frame: list[dict], source: Path, target: Path,
                outputs: dict[str, Path], count: int) -> np.ndarray:
     """Rows `source | original | output per method` of face crops for `count` frames."""
+    from morph3d.evaluate import label_cell
+
     boxes = {r["index"]: r["original_box"] for r in per_frame if r.get("original_box")}
     picks = pick_frames(per_frame, count)
     originals = read_frames(target, picks)
@@ -272,14 +265,14 @@ def case_sheet(per_frame: list[dict], source: Path, target: Path,
     src = source_cell(source, CELL_PX)
     rows = []
     for i in picks:
-        cells = [src, label(face_crop(originals[i], boxes[i], CELL_PX), f"original #{i}")]
+        cells = [src, label_cell(face_crop(originals[i], boxes[i], CELL_PX), f"original #{i}")]
         for name, frames in swapped.items():
             frame = frames.get(i)
             if frame is None:
-                cells.append(label(np.zeros_like(src), f"{name}: no frame"))
+                cells.append(label_cell(np.zeros_like(src), f"{name}: no frame"))
                 continue
             box = rescale_box(boxes[i], originals[i].shape, frame.shape)
-            cells.append(label(face_crop(frame, box, CELL_PX), f"{name} #{i}"))
+            cells.append(label_cell(face_crop(frame, box, CELL_PX), f"{name} #{i}"))
         rows.append(np.concatenate(cells, axis=1))
     return np.concatenate(rows, axis=0)
 
@@ -293,15 +286,17 @@ def strip_sheet(per_frame: list[dict], source: Path, target: Path, output: Path,
                 indices: list[int]) -> np.ndarray:
     """Two rows of close face crops: the original frames above, the swapped ones below, with
     the source photo at the left (the nggyup contact sheets)."""
+    from morph3d.evaluate import label_cell
+
     boxes = {r["index"]: r["original_box"] for r in per_frame if r.get("original_box")}
     indices = [i for i in indices if i in boxes]
     originals, swapped = read_frames(target, indices), read_frames(output, indices)
     src = source_cell(source, CELL_PX)
-    top = [label(np.full_like(src, 40), "original above")]
+    top = [label_cell(np.full_like(src, 40), "original above")]
     bottom = [src]
     for i in indices:
-        top.append(label(face_crop(originals[i], boxes[i], CELL_PX), f"original #{i}"))
-        bottom.append(label(face_crop(swapped[i], boxes[i], CELL_PX), f"swapped #{i}"))
+        top.append(label_cell(face_crop(originals[i], boxes[i], CELL_PX), f"original #{i}"))
+        bottom.append(label_cell(face_crop(swapped[i], boxes[i], CELL_PX), f"swapped #{i}"))
     return np.concatenate([np.concatenate(top, 1), np.concatenate(bottom, 1)], 0)
 
 
