@@ -59,6 +59,9 @@ class Tracks:
     embeddings: (M, 128) float32 identity descriptors, NaN rows where none was computed.
     scene_cut: (n_frames,) bool, True where a frame starts a new shot (a cut seen by the
         tracker): temporal smoothing and priors should not reach across it.
+    repeated: (n_frames,) bool, True where a frame repeats the previous one (the duplicates
+        a frame-rate conversion inserts, e.g. every 6th frame from 25 to 30 fps): the face
+        did not move there, so smoothing must not spread the motion over it.
     """
 
     n_frames: int
@@ -70,6 +73,7 @@ class Tracks:
     landmarks: dict[str, np.ndarray]
     embeddings: np.ndarray
     scene_cut: np.ndarray | None = None
+    repeated: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.n_frames = int(self.n_frames)
@@ -83,6 +87,8 @@ class Tracks:
         self.embeddings = np.asarray(self.embeddings, np.float32).reshape(m, EMBEDDING_SIZE)
         self.scene_cut = (np.zeros(self.n_frames, bool) if self.scene_cut is None
                           else np.asarray(self.scene_cut, bool).reshape(self.n_frames))
+        self.repeated = (np.zeros(self.n_frames, bool) if self.repeated is None
+                         else np.asarray(self.repeated, bool).reshape(self.n_frames))
         if m and (self.frame_index.min() < 0 or self.frame_index.max() >= self.n_frames):
             raise InputError("track frame indices fall outside the clip")
         if np.any(np.diff(self.frame_index) < 0):
@@ -155,7 +161,7 @@ class Tracks:
         merged.update(landmarks)
         return Tracks(self.n_frames, self.image_size, self.frame_index.copy(),
                       self.track_id.copy(), self.boxes.copy(), self.scores.copy(), merged,
-                      self.embeddings.copy(), self.scene_cut.copy())
+                      self.embeddings.copy(), self.scene_cut.copy(), self.repeated.copy())
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an npz atomically."""
@@ -165,7 +171,7 @@ class Tracks:
             "image_size": np.array(self.image_size, np.int64),
             "frame_index": self.frame_index, "track_id": self.track_id,
             "boxes": self.boxes, "scores": self.scores, "embeddings": self.embeddings,
-            "scene_cut": self.scene_cut,
+            "scene_cut": self.scene_cut, "repeated": self.repeated,
         }
         arrays.update({f"landmarks/{s}": p for s, p in self.landmarks.items()})
         save_npz_atomic(path, arrays)
@@ -180,6 +186,7 @@ class Tracks:
                 n_frames=int(z["n_frames"]), image_size=tuple(z["image_size"]),
                 frame_index=z["frame_index"], track_id=z["track_id"], boxes=z["boxes"],
                 scores=z["scores"], embeddings=z["embeddings"], scene_cut=z["scene_cut"],
+                repeated=z["repeated"] if "repeated" in z.files else None,
                 landmarks={k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("landmarks/")},
             )
 
@@ -221,6 +228,19 @@ class _TrackState:
         self.last_embedding_frame = frame
 
 
+def block_difference(a: np.ndarray, b: np.ndarray, block: int = 8) -> float:
+    """Largest mean absolute difference over `block` x `block` tiles of two equal-size grey
+    images: one moving part (a mouth) shows even when the rest of the frame is still."""
+    diff = np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))
+    h, w = diff.shape[0] // block * block, diff.shape[1] // block * block
+    if h == 0 or w == 0:
+        return float(diff.mean()) if diff.size else 0.0
+    tiles = diff[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+    edge = [diff[h:].mean()] if h < diff.shape[0] else []
+    edge += [diff[:, w:].mean()] if w < diff.shape[1] else []
+    return float(max([tiles.max(), *edge]))
+
+
 class FaceTracker:
     """Online tracker: feed frames and their faces in order with `update`, then `result()`.
 
@@ -238,6 +258,10 @@ class FaceTracker:
     cut_threshold: mean absolute difference (0..255) between 32x32 grey thumbnails of
         consecutive frames above which a frame counts as a scene cut; at a cut every face is
         embedded and checked against its track, since boxes say nothing across a cut.
+    repeat_threshold: a frame whose every 32 x 32-pixel block differs from the previous
+        frame's by at most this mean absolute grey difference (0..255) repeats it. On
+        nggyup.mp4 the duplicates differ by at most 1.1, real frames by at least 21 (a
+        small mouth movement alone moves a block by several levels).
 
     An identity switch that the boxes cannot see and that is not at a detected cut is caught
     at the next refresh, so up to `embed_every` frames may carry the wrong id.
@@ -245,7 +269,8 @@ class FaceTracker:
 
     def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15, embed_every: int = 15,
                  reid_threshold: float = 0.5, embedding_weight: float = 1.0,
-                 switch_threshold: float = 0.7, cut_threshold: float = 30.0) -> None:
+                 switch_threshold: float = 0.7, cut_threshold: float = 30.0,
+                 repeat_threshold: float = 2.0) -> None:
         self.iou_threshold = float(iou_threshold)
         self.max_gap = int(max_gap)
         self.embed_every = int(embed_every)
@@ -253,12 +278,15 @@ class FaceTracker:
         self.embedding_weight = float(embedding_weight)
         self.switch_threshold = float(switch_threshold)
         self.cut_threshold = float(cut_threshold)
+        self.repeat_threshold = float(repeat_threshold)
         self._thumbnail: np.ndarray | None = None
+        self._small: np.ndarray | None = None  # quarter-size grey frame, for repeats
         self._states: list[_TrackState] = []
         self._rows: list[tuple[int, int, np.ndarray, float, dict[str, np.ndarray],
                                np.ndarray]] = []
         self._frame = 0
         self._cuts: list[bool] = []
+        self._repeats: list[bool] = []
         self._image_size: tuple[int, int] | None = None
         self._schemes: tuple[str, ...] | None = None
         self.embeddings_computed = 0
@@ -271,13 +299,20 @@ class FaceTracker:
             return face_embeddings(image, faces.landmarks[IBUG68][indices])
         return face_embeddings(image, faces.boxes[indices])
 
-    def _is_cut(self, image: np.ndarray) -> bool:
+    def _frame_change(self, image: np.ndarray) -> tuple[bool, bool]:
+        """(scene cut, repeat of the previous frame) for the next frame."""
         grey = as_rgb_uint8(image).mean(axis=2, dtype=np.float32)
         thumbnail = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
+        height, width = grey.shape
+        small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
+                           interpolation=cv2.INTER_AREA)
         previous, self._thumbnail = self._thumbnail, thumbnail
-        if previous is None:
-            return False
-        return float(np.abs(thumbnail - previous).mean()) > self.cut_threshold
+        previous_small, self._small = self._small, small
+        if previous is None or previous_small is None:
+            return False, False
+        if float(np.abs(thumbnail - previous).mean()) > self.cut_threshold:
+            return True, False
+        return False, bool(block_difference(small, previous_small) <= self.repeat_threshold)
 
     def update(self, image: np.ndarray, faces: FrameFaces) -> np.ndarray:
         """Link this frame's faces to tracks; returns (N,) track ids in `faces` order."""
@@ -288,8 +323,9 @@ class FaceTracker:
             self._schemes = tuple(sorted(faces.landmarks))
         elif tuple(sorted(faces.landmarks)) != self._schemes:
             raise InputError("landmark schemes changed during the clip")
-        cut = self._is_cut(image)
+        cut, repeated = self._frame_change(image)
         self._cuts.append(cut)
+        self._repeats.append(repeated)
         n = len(faces)
         ids = np.full(n, -1, np.int64)
         embeddings = np.full((n, EMBEDDING_SIZE), np.nan, np.float32)
@@ -373,7 +409,8 @@ class FaceTracker:
         """Count a frame that was not processed (it will have no faces)."""
         self._frame += 1
         self._cuts.append(False)
-        self._thumbnail = None
+        self._repeats.append(False)
+        self._thumbnail = self._small = None
         if self._image_size is None and image_size is not None:
             self._image_size = image_size
 
@@ -392,6 +429,7 @@ class FaceTracker:
             embeddings=np.array([r[5] for r in self._rows], np.float32).reshape(
                 m, EMBEDDING_SIZE),
             scene_cut=np.array(self._cuts, bool),
+            repeated=np.array(self._repeats, bool),
         )
 
 

@@ -52,6 +52,8 @@ def test_singer_keeps_one_track_id(singer):
     assert singer.present(0).all()
     # the cut to the wide shot was seen, and only there
     assert np.flatnonzero(singer.scene_cut).tolist() == [22]
+    # the clip was converted from 25 to 30 fps: every 6th frame repeats the one before
+    assert np.flatnonzero(singer.repeated).tolist() == [6, 12, 18, 24, 30, 36]
     # identities were computed sparsely, not for every frame
     embedded = np.isfinite(singer.embeddings).all(axis=1)
     assert 2 <= embedded.sum() <= 8
@@ -64,7 +66,7 @@ def test_tracks_save_load_and_views(singer, tmp_path):
     path = tmp_path / "tracks.npz"
     singer.save(path)
     loaded = Tracks.load(path)
-    for name in ("frame_index", "track_id", "boxes", "scores", "scene_cut"):
+    for name in ("frame_index", "track_id", "boxes", "scores", "scene_cut", "repeated"):
         np.testing.assert_array_equal(getattr(loaded, name), getattr(singer, name))
     np.testing.assert_array_equal(loaded.embeddings, singer.embeddings)  # NaN rows included
     np.testing.assert_array_equal(loaded.landmarks[IBUG68], singer.landmarks[IBUG68])
