@@ -47,7 +47,10 @@ class SwapOptions:
     renderer: str | None = None  # render backend (None: MORPH3D_RENDERER or auto)
     refine: str = "auto"  # neural | classic | none | auto (neural when the weights load)
     work_resolution: int = 256  # rendered face crop size in pixels before upscaling
-    resume: bool = False  # reuse a previous run's detection and fits even if options differ
+    # Kept for the CLI's --resume: finished stages are always reused from the work directory
+    # (keyed by content, so a changed input is never mistaken for the old one); the render
+    # pass itself starts again.
+    resume: bool = False
     quiet: bool = False
     preview: Path | None = None
     max_frames: int | None = None

@@ -29,7 +29,8 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--work-resolution", type=positive_int, default=256,
                    help="rendered face size in pixels before upscaling")
     p.add_argument("--resume", action="store_true",
-                   help="reuse the work directory of an interrupted run")
+                   help="continue an interrupted run: always on (its landmarks and fits are "
+                   "reused from the work directory); the render pass starts again")
     p.add_argument("--work-dir", type=Path, help="where fits are cached (default: the cache)")
     p.add_argument("--max-frames", type=positive_int, help="only the first N frames")
     p.add_argument("--preview", type=Path, help="write a source | original | swapped PNG")
