@@ -846,6 +846,27 @@ def keep_actor_eyes(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry,
     return _clean_alpha(mask * (1.0 - strength * keep))
 
 
+def close_rendered_eyes(render: np.ndarray, eyeballs: np.ndarray, keep: np.ndarray,
+                        radius_px: float = 3.0) -> np.ndarray:
+    """The render with its eyeballs painted over with the surrounding skin wherever the
+    actor's eye opening is not kept (`keep` < 0.5).
+
+    The actor's opening is shown from the actor's frame (`keep_actor_eyes`); when the
+    source's eyes are open wider than the actor's (a wide-eyed photo on a narrow-eyed
+    actor), the rendered eyeballs showed above and below it as dark spots. Closing them to
+    the actor's opening leaves only skin around it. `render` H x W x 3 float, `eyeballs` the
+    render's eyeball region (float or bool), `keep` the eye keep mask."""
+    exposed = (np.asarray(eyeballs, np.float32) > 0.25) & (np.asarray(keep) < 0.5)
+    if not exposed.any():
+        return render
+    exposed = _dilate(exposed, 1.0)
+    image = (np.clip(render, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    filled = cv2.inpaint(image, exposed.astype(np.uint8), radius_px, cv2.INPAINT_TELEA)
+    out = np.asarray(render, np.float32).copy()
+    out[exposed] = filled[exposed].astype(np.float32) / 255.0
+    return out
+
+
 @dataclass
 class BrowReport:
     """What `remove_double_brows` did: brow pixels left visible by the mask before, brow
@@ -1122,6 +1143,13 @@ class CompositorConfig:
     colour_momentum: float = 0.8
     occluders: bool = True
     keep_eyes: bool = True
+    # Paint the render's eyeballs outside the actor's kept opening over with skin
+    # (`close_rendered_eyes`). It removes the dark spots a wide-eyed source leaves above a
+    # narrow-eyed actor's eyes (orig.webm + mark.jpg: id_dist_source 0.434 -> 0.431), but on
+    # nggyup.mp4 + mark.jpg it cost identity (0.476 -> 0.489), blinks (ear_corr 0.58 -> 0.33)
+    # and gaze (0.048 -> 0.058 eye widths); leaving 0.15 eye widths above and below the
+    # opening as rendered was no better (0.484, 0.60, 0.053). Off by default.
+    close_rendered_eyes: bool = False
     remove_brows: bool = True
     keep_mouth: bool = True
     mouth_threshold: float = 0.08
@@ -1267,6 +1295,8 @@ class FaceCompositor:
             mask = cut_occluders(mask, occ)
         if cfg.keep_eyes:
             mask = keep_actor_eyes(mask, a_geo)
+            if cfg.close_rendered_eyes and regions is not None and "eyeballs" in regions:
+                r = close_rendered_eyes(r, regions["eyeballs"], eye_keep_mask(cshape, a_geo))
         openness, mouth_weight = mouth_openness(a_geo), 0.0
         if cfg.keep_mouth:
             teeth = None

@@ -17,8 +17,10 @@ from morph3d.composite import (
     FrameInputs,
     adaptive_face_mask,
     brow_band,
+    close_rendered_eyes,
     composite,
     detect_occluders,
+    eye_keep_mask,
     face_geometry,
     face_mask,
     face_region,
@@ -355,6 +357,42 @@ def test_actor_eyes_are_kept() -> None:
     eye = (slice(int(np.ceil(lm_a[[37, 38], 1].max())), int(lm_a[[40, 41], 1].min()) + 1),
            slice(int(np.ceil(lm_a[37, 0])), int(lm_a[38, 0]) + 1))
     assert out[eye].size > 0 and np.array_equal(out[eye], frame[eye])
+
+
+def test_rendered_eyes_open_wider_than_the_actors_are_closed_with_skin() -> None:
+    """A wide-eyed render on a narrow-eyed actor: the rendered eyeballs that stick out of
+    the actor's kept opening become skin; inside the opening the render is untouched (the
+    actor's frame is shown there anyway)."""
+    _, render, _, lm_a, _ = scene()
+    keep = eye_keep_mask(render.shape[:2], lm_a)
+    eyeballs = np.zeros(render.shape[:2], np.float32)
+    for e0 in (36, 42):
+        centre = lm_a[e0:e0 + 6].mean(0)
+        cv2.circle(eyeballs, (int(centre[0]), int(centre[1])), 12, 1.0, -1)  # a tall eyeball
+    dark = render.copy()
+    dark[eyeballs > 0] = (0.1, 0.1, 0.2)
+    closed = close_rendered_eyes(dark, eyeballs, keep)
+    outside = (eyeballs > 0) & (keep < 0.01)
+    inside = (eyeballs > 0) & (keep > 0.99)
+    assert outside.sum() > 50 and inside.sum() > 20
+    # skin-coloured (the drawn face's lid lines pull it a little darker), not the dark eyeball
+    np.testing.assert_allclose(closed[outside].mean(0), SWAP_SKIN, atol=0.12)
+    assert closed[outside].mean() > 3 * dark[outside].mean()
+    np.testing.assert_array_equal(closed[inside], dark[inside])
+    far = cv2.erode((eyeballs == 0).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    np.testing.assert_array_equal(closed[far], dark[far])
+    # nothing exposed: the same array back
+    assert close_rendered_eyes(dark, np.zeros_like(eyeballs), keep) is dark
+    # the compositor applies it when asked (off by default)
+    frame, render, coverage, lm_a, lm_s = scene()
+    render[eyeballs > 0] = (0.1, 0.1, 0.2)
+    regions = {"eyeballs": eyeballs}
+    for on in (False, True):
+        out, _ = FaceCompositor(CompositorConfig(close_rendered_eyes=on, colour_match=False)
+                                ).process(FrameInputs(frame, render, coverage, lm_a, lm_s,
+                                                      regions=regions))
+        spots = outside & (out.sum(axis=2) < 0.6)
+        assert (spots.sum() > 0.5 * outside.sum()) != on
 
 
 def test_double_brows_are_removed() -> None:
