@@ -15,7 +15,11 @@ every photo and every few video frames of a folder are fitted (`fitting.fit.fit_
 synthetic visibility masks are made by unprojecting the fitted head turned by another yaw /
 pitch (what a camera at that pose would see) plus random UV blobs (hair, glasses),
 intersected with the real visibility: the texels the real photo saw but the synthetic view
-did not are hidden from the input and are the target.
+did not are hidden from the input and are the target. The photos' eye and mouth openings
+are hidden first, as the swap hides them (`morph3d.swap.hide_openings`), and a second loss
+term keeps the fill at the classical one on hidden texels no photo saw (the far borders,
+the openings): with no truth there, the first shipped net's guesses (darker lids and
+borders) moved the swapped faces away from the source's identity.
 
 Shipped weights: ``morph3d/weights/completion.npz`` + ``completion.json`` (sha256, training
 data, steps, held-out metrics). `load_completion_net` returns None with a warning when the
@@ -433,12 +437,15 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
                             holdout: Sequence[str] = DEFAULT_HOLDOUT,
                             exclude: Sequence[str] = DEFAULT_EXCLUDE, frame_step: int = 6,
                             masks: int = 4, seed: int = 0, bundled: bool = True,
-                            use_cache: bool = True, progress: bool = True) -> TextureSamples:
+                            openings: bool = True, use_cache: bool = True,
+                            progress: bool = True) -> TextureSamples:
     """Fit every face of every photo and every `frame_step`-th video frame under `data_dir`
     (plus the two photos bundled with matplotlib / scikit-image when `bundled`) and make
     `masks` synthetic visibility maps per fit. Files matching `holdout` go to the held-out
-    set (every 7th file when none matches). Cached in the user cache (``completion_data/``),
-    never in the repository."""
+    set (every 7th file when none matches). `openings`: hide the photo's eye and mouth
+    openings in each confidence as the swap does (`morph3d.swap.hide_openings`), so the
+    net is trained on the holes it will fill and never on lids that took the eye's white.
+    Cached in the user cache (``completion_data/``), never in the repository."""
     from fitting.fit import fit_photo
     from morph3d.paths import cache_dir
 
@@ -457,6 +464,8 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
         raise InputError(f"no photos or videos found in {root}")
     params = {"v": EXTRACT_VERSION, "holdout": is_held, "frame_step": frame_step,
               "masks": masks, "seed": seed, "model": model.name, "rel": rel}
+    if openings:  # (absent when off: keeps the key of caches made before the option)
+        params["openings"] = True
     cache = cache_dir() / "completion_data" / f"{cache_key(keyed, root, params)}.npz"
     cached = load_cached(cache, _load_samples, use_cache)
     if cached is not None:
@@ -475,6 +484,10 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
             fit = fit_photo(frame.rgb, model, landmarks=lm)
             if fit.identity.texture is None:
                 continue
+            if openings:
+                from morph3d.swap import hide_openings
+
+                hide_openings(fit, model, [lm])
             sample = TextureSample(
                 f"{name}#{frame.index}.{k}",
                 np.clip(np.rint(fit.identity.texture * 255), 0, 255).astype(np.uint8),
@@ -606,12 +619,17 @@ class CompletionTrainOptions(TrainOptionsBase):
     mirror: bool = True
     masks: int = 4
     frame_step: int = 6
+    openings: bool = True  # hide the photos' eye / mouth openings as the swap does
+    # Weight of the loss term that keeps the fill at the classical one on hidden texels with
+    # no ground truth (never seen by the photo either: far borders, the hidden openings).
+    unknown_weight: float = 0.5
 
     def identity(self) -> dict[str, Any]:
         """What must match for --resume to continue a checkpoint."""
         return {**super().identity(), "widths": list(self.widths), "batch": self.batch,
                 "crop": self.crop, "mirror": self.mirror, "masks": self.masks,
-                "frame_step": self.frame_step}
+                "frame_step": self.frame_step, "openings": self.openings,
+                "unknown_weight": self.unknown_weight}
 
 
 def default_checkpoint() -> Path:
@@ -631,16 +649,22 @@ class _NetCase:
     gate: np.ndarray  # 1 x S x S: correction_weight of the input confidence
     truth: np.ndarray  # 3 x S x S
     hidden: np.ndarray  # 1 x S x S float 0/1
+    unknown: np.ndarray  # 1 x S x S float 0/1: not visible, not seen either (no truth)
 
 
 def _net_case(case: Case, features: np.ndarray, mirror: bool) -> _NetCase:
+    from morph3d.texture_completion import skin_rows
+
     size = features.shape[1]
     classic = _area(case.classic, size)
     visible = _area(case.visible, size)
-    hidden = (_area(case.seen, size) >= SEEN) & (visible < SEEN)
+    seen = _area(case.seen, size)
+    hidden = (seen >= SEEN) & (visible < SEEN)
+    covered = features[len(REGION_CHANNELS)] > 0.5
+    unknown = (seen < SEEN) & (visible < SEEN) & covered & skin_rows(size)[:, None]
     return _NetCase(net_input(classic, visible, features, mirror), classic.transpose(2, 0, 1),
                     correction_weight(visible)[None], _area(case.truth, size).transpose(2, 0, 1),
-                    hidden[None].astype(np.float32))
+                    hidden[None].astype(np.float32), unknown[None].astype(np.float32))
 
 
 def _batch(cases: Sequence[_NetCase], indices: np.ndarray, rng: np.random.Generator,
@@ -651,7 +675,7 @@ def _batch(cases: Sequence[_NetCase], indices: np.ndarray, rng: np.random.Genera
     input channels; crops make a step ~1.8x cheaper than whole 128-texel grids)."""
     import torch
 
-    xs, cl, gt, tr, hd = [], [], [], [], []
+    xs, cl, gt, tr, hd, uk = [], [], [], [], [], []
     for i in indices:
         c = cases[int(i)]
         gain = rng.uniform(0.8, 1.2, 3).astype(np.float32)[:, None, None]
@@ -659,32 +683,34 @@ def _batch(cases: Sequence[_NetCase], indices: np.ndarray, rng: np.random.Genera
         x[:3] = classic - 0.5
         if mirror:
             x[4:7] = mirror_skin(classic) - 0.5
-        gate, hidden = c.gate, c.hidden
+        gate, hidden, unknown = c.gate, c.hidden, c.unknown
         if rng.random() < 0.5:
-            arrays = [x, classic, truth, gate.copy(), hidden.copy()]
+            arrays = [x, classic, truth, gate.copy(), hidden.copy(), unknown.copy()]
             for a in arrays:
                 a[:, skin] = a[:, skin, ::-1]
-            x, classic, truth, gate, hidden = arrays
+            x, classic, truth, gate, hidden, unknown = arrays
             x[len(x) - 3:] = c.x[len(x) - 3:]  # position channels stay put
         size = x.shape[1]
         if crop < size:
             y0, x0 = (int(v) for v in rng.integers(0, size - crop + 1, 2))
             window = (slice(None), slice(y0, y0 + crop), slice(x0, x0 + crop))
-            x, classic, gate, truth, hidden = (a[window] for a in (x, classic, gate, truth,
-                                                                   hidden))
+            x, classic, gate, truth, hidden, unknown = (
+                a[window] for a in (x, classic, gate, truth, hidden, unknown))
         xs.append(x)
         cl.append(classic)
         gt.append(gate)
         tr.append(truth)
         hd.append(hidden)
+        uk.append(unknown)
     return tuple(torch.from_numpy(np.ascontiguousarray(np.stack(a), np.float32))
-                 for a in (xs, cl, gt, tr, hd))
+                 for a in (xs, cl, gt, tr, hd, uk))
 
 
 def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = print,
                      samples: TextureSamples | None = None, model=None) -> dict[str, Any]:
     """Train the completion net (Adam, cosine schedule over `steps`, L1 on the hidden
-    texels), checkpointing every `checkpoint_every` steps; stops at `steps` or after
+    texels + `unknown_weight` x the correction's size on hidden texels with no truth),
+    checkpointing every `checkpoint_every` steps; stops at `steps` or after
     `minutes` of training across resumes. Reproducible with a fixed seed, `steps` alone and
     the same thread count. Writes weights + manifest to `opts.out`; returns the manifest."""
     import torch
@@ -701,7 +727,7 @@ def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = 
         samples = collect_texture_samples(opts.data_dir, model, holdout=opts.holdout,
                                           exclude=opts.exclude, frame_step=opts.frame_step,
                                           masks=opts.masks, seed=opts.seed,
-                                          progress=opts.progress)
+                                          openings=opts.openings, progress=opts.progress)
     data = samples.describe()
     if not samples.train:
         raise InputError(f"no face textures to train on in {opts.data_dir}")
@@ -732,13 +758,19 @@ def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = 
 
     def train_step() -> dict[str, float]:
         rng = ckpt.rng
-        x, classic, gate, truth, hidden = _batch(
+        x, classic, gate, truth, hidden, unknown = _batch(
             cases, rng.choice(len(cases), opts.batch, p=p), rng, skin, opts.crop, config.mirror)
-        out = classic + net(x) * gate
-        err = torch.sqrt((out - truth) ** 2 + 1e-6) * hidden
-        loss = err.sum() / (3 * hidden.sum()).clamp(min=1.0)
+        correction = net(x) * gate
+        err = torch.sqrt((classic + correction - truth) ** 2 + 1e-6) * hidden
+        l1 = err.sum() / (3 * hidden.sum()).clamp(min=1.0)
+        loss = l1
+        if opts.unknown_weight > 0:
+            # No truth there: stay at the classical fill (the swap's holes in a frontal photo
+            # are mostly of this kind, and a guess there moved the identity away).
+            keep = (torch.sqrt(correction ** 2 + 1e-6) - 1e-3) * unknown
+            loss = loss + opts.unknown_weight * keep.sum() / (3 * unknown.sum()).clamp(min=1.0)
         loss.backward()
-        return {"L1": float(loss.detach())}
+        return {"L1": float(l1.detach()), "loss": float(loss.detach())}
 
     net.train()
     stopped = train_loop(ckpt, train_step, steps=opts.steps, minutes=opts.minutes, lr=opts.lr,
@@ -751,10 +783,15 @@ def train_completion(opts: CompletionTrainOptions, log: Callable[[str], None] = 
         "trained": {"steps": step, "target_steps": opts.steps, "stopped_by": stopped,
                     "train_minutes": round(elapsed / 60, 2), "seed": opts.seed,
                     "batch": opts.batch, "crop_texels": opts.crop, "learning_rate": opts.lr,
-                    "loss": "Charbonnier (L1) on the hidden texels", "threads": opts.threads,
+                    "loss": "Charbonnier (L1) on the hidden texels"
+                            + (f" + {opts.unknown_weight} x Charbonnier of the correction on "
+                               "hidden texels the photo did not see either"
+                               if opts.unknown_weight > 0 else ""),
+                    "threads": opts.threads,
                     "torch": torch.__version__, "training_cases": len(cases),
                     "parameters": int(sum(q.numel() for q in net.parameters()))},
         "data": {"folder": opts.data_dir.name, "holdout_patterns": list(opts.holdout),
+                 "hide_openings": opts.openings,
                  "exclude_patterns": list(opts.exclude), "frame_step": opts.frame_step,
                  "masks": "per fitted texture: the head turned by yaw 20-60 deg either way "
                           "and pitch up to 20 deg (1 in 3 also random UV blobs), "

@@ -19,17 +19,21 @@ aligned_target2.png; the fits are cached by the training data collector) with th
 synthetic visibility masks as training (the head turned by another pose, random blobs):
 mean L1 and SSIM on the hidden texels (seen by the photo, hidden by the mask) for the
 classical completion (mirror + pull-push) and the net; ms per 512-texel texture. Then
-identity: mark.jpg and khabenskii.jpg are swapped into the first --swap-frames frames of
-orig.webm with `refine=neural` twice, once with the completion weights hidden (classical
-completion, neural SR) and once with them (neural completion, neural SR), and each output
-is scored by `morph3d.evaluate` (dlib embedding distance of the swapped face to the source).
+identity: the held-out people's photos (--swap-sources: mark.jpg, khabenskii.jpg,
+aligned_source1.png, aligned_target2.png) are swapped into the first --swap-frames frames
+(default all 66) of orig.webm with `refine=neural` twice, once with the completion weights
+hidden (classical completion, neural SR) and once with them (neural completion, neural SR),
+and each output is scored by `morph3d.evaluate` (dlib embedding distance of the swapped
+face to the source; the per-frame differences are paired for a standard error).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -152,7 +156,8 @@ def completion_bench(args: argparse.Namespace) -> dict:
         args.data, model, holdout=tuple(data.get("holdout_patterns", cn.DEFAULT_HOLDOUT)),
         exclude=tuple(data.get("exclude_patterns", cn.DEFAULT_EXCLUDE)),
         frame_step=int(data.get("frame_step", 6)),
-        masks=int(data.get("masks_per_texture", 4)), progress=False)
+        masks=int(data.get("masks_per_texture", 4)),
+        openings=bool(data.get("hide_openings", False)), progress=False)
     m = cn.evaluate(net, samples.heldout, model)
     print(f"completion, held-out hidden texels ({m['cases']} cases from "
           f"{len(samples.heldout)} textures): L1 classic {m['l1_classic']:.4f} ours "
@@ -211,17 +216,24 @@ def identity_bench(args: argparse.Namespace, cn) -> dict:
 
     work = REPO / "out" / "bench_completion"
     work.mkdir(parents=True, exist_ok=True)
+    # A fresh fit cache per run: source and clip fits are cached by input, not by the
+    # fitting code, so a cache from an earlier commit would pair an old classical fit with
+    # a new neural one. Both completions of a run share the same fits.
+    cache = work / f"cache-{os.getpid()}"
+    shutil.rmtree(cache, ignore_errors=True)
     target = args.data / "orig.webm"
     rows: dict[str, dict[str, float]] = {}
+    frames: dict[str, dict[str, np.ndarray]] = {}
     shipped = cn.DEFAULT_WEIGHTS
-    for source in ("mark.jpg", "khabenskii.jpg"):
+    weights = args.completion_weights or shipped
+    for source in args.swap_sources:
         for label in ("classic", "neural"):
             output = work / f"{Path(source).stem}_{label}.mp4"
             options = SwapOptions(refine="neural", quiet=True, max_frames=args.swap_frames,
-                                  work_dir=work / "cache")
+                                  work_dir=cache)
             # The classical run hides the completion weights (fit_source then falls back
             # to the classical fill); the super-resolver is the same in both runs.
-            cn.DEFAULT_WEIGHTS = shipped if label == "neural" else work / "absent.npz"
+            cn.DEFAULT_WEIGHTS = weights if label == "neural" else work / "absent.npz"
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
@@ -231,17 +243,31 @@ def identity_bench(args: argparse.Namespace, cn) -> dict:
             result = evaluate_swap(args.data / source, target, output,
                                    max_frames=args.swap_frames, noise_floor=False)
             rows.setdefault(source, {})[label] = float(result["id_dist_source"])
+            frames.setdefault(source, {})[label] = np.array(
+                [f.get("id_dist_source", np.nan) for f in result["per_frame"]], np.float64)
             print(f"identity distance to the source, {source} into orig.webm "
                   f"({args.swap_frames} frames), {label} completion: "
                   f"{result['id_dist_source']:.4f}")
+    shutil.rmtree(cache, ignore_errors=True)
     mean = {label: float(np.mean([r[label] for r in rows.values()]))
             for label in ("classic", "neural")}
+    # Paired per-frame differences (same frame, same source): their spread says whether
+    # the mean difference is above the embedding's noise (frames are correlated in time,
+    # so the standard error is a lower bound).
+    diffs = np.concatenate([f["neural"] - f["classic"] for f in frames.values()])
+    diffs = diffs[np.isfinite(diffs)]
+    sem = float(diffs.std() / np.sqrt(max(len(diffs), 1)))
     print(f"mean identity distance: classic completion {mean['classic']:.4f}, neural "
-          f"{mean['neural']:.4f}")
+          f"{mean['neural']:.4f}; paired per-frame difference {diffs.mean():+.4f} "
+          f"(standard error {sem:.4f}, neural closer in {np.mean(diffs < 0):.0%} of frames)")
     return {"completion_id_dist_classic": round(mean["classic"], 4),
             "completion_id_dist_ours": round(mean["neural"], 4),
+            "completion_id_dist_diff": round(float(diffs.mean()), 4),
+            "completion_id_dist_diff_sem": round(sem, 4),
+            "completion_id_frames_closer": round(float(np.mean(diffs < 0)), 3),
             "completion_id_dist_per_source": rows,
-            "completion_swap_frames": args.swap_frames}
+            "completion_swap_frames": args.swap_frames,
+            "completion_swap_sources": list(args.swap_sources)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,8 +285,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the texture-completion part")
     parser.add_argument("--completion-weights", type=Path, default=None,
                         help="completion weights (default: the shipped ones)")
-    parser.add_argument("--swap-frames", type=int, default=32,
+    parser.add_argument("--swap-frames", type=int, default=66,
                         help="frames of orig.webm per identity swap (0: skip the swaps)")
+    parser.add_argument("--swap-sources", nargs="+",
+                        default=["mark.jpg", "khabenskii.jpg", "aligned_source1.png",
+                                 "aligned_target2.png"],
+                        help="held-out source photos swapped into orig.webm for identity")
     args = parser.parse_args(argv)
     summary: dict = {}
     if not args.no_completion and not args.speed_only:
