@@ -45,7 +45,7 @@ class SwapOptions:
     backend: str = "mediapipe"  # landmark backend
     device: str = "cpu"
     renderer: str | None = None  # render backend (None: MORPH3D_RENDERER or auto)
-    refine: str = "auto"  # neural | classic | none | auto (neural when the weights load)
+    refine: str = "auto"  # neural | classic | none | auto (= neural; each net when it loads)
     work_resolution: int = 256  # rendered face crop size in pixels before upscaling
     # Kept for the CLI's --resume: finished stages are always reused from the work directory
     # (keyed by content, so a changed input is never mistaken for the old one); the render
@@ -226,12 +226,13 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
 def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary):
     """Stage 4 (cached): the user's identity and completed UV albedo.
 
-    The unseen texels are filled by the classical completion (mirror + pull-push) unless
-    refine is "neural" and the learned net's weights load (`morph3d.completion_net`). "auto"
-    takes the classical fill: the net is closer on hidden texels but its swaps measured
-    further from the source's identity (orig.webm, mark.jpg, 66 frames: id_dist_source
-    0.505 vs 0.487; BENCHMARKS.md, Refinement). "none" also uses the classical fill: an
-    uncompleted texture has black holes wherever the photo did not see the head."""
+    The unseen texels are filled by the learned net (`morph3d.completion_net`) when refine
+    is "neural" or "auto" and its weights load, otherwise by the classical completion
+    (mirror + pull-push). The shipped net (trained with the swap's openings hidden) is
+    closer on hidden texels and keeps the swaps' identity (BENCHMARKS.md, Refinement); the
+    session-2 net had cost identity, so "auto" used the classical fill then. "none" also
+    uses the classical fill: an uncompleted texture has black holes wherever the photo did
+    not see the head."""
     from fitting.faces import detect_faces
     from fitting.fit import fit_photo
     from fitting.params import VideoFit
@@ -240,7 +241,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
 
     t = time.perf_counter()
     completion = "classic"
-    if options.refine == "neural":
+    if options.refine in ("neural", "auto"):
         net = load_completion_net()  # warns and returns None when the weights are missing
         if net is not None:
             completion = (f"neural-{net.manifest.get('sha256', 'user')[:12]}"

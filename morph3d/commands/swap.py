@@ -24,8 +24,9 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--renderer", default=None, help="torch | nvdiffrast | pytorch3d")
     p.add_argument("--refine", default="auto", choices=("auto", "neural", "classic", "none"),
-                   help="auto: neural super-resolver (when its weights load) + classical texture "
-                   "completion; neural: both nets; classic: bicubic + classical completion")
+                   help="auto / neural: the super-resolver and the texture-completion net "
+                   "(each when its weights load, else bicubic / the classical fill); classic: "
+                   "bicubic + classical completion")
     p.add_argument("--work-resolution", type=positive_int, default=256,
                    help="rendered face size in pixels before upscaling")
     p.add_argument("--resume", action="store_true",
