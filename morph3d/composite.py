@@ -426,15 +426,27 @@ class ColourState:
                            mix(self.render_mean, other.render_mean),
                            mix(self.render_std, other.render_std), self.frames + 1)
 
-    def gain_offset(self, max_gain: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel Lab transfer ``lab' = gain * lab + offset``."""
+    def gain_offset(self, max_gain: float = 1.5, keep_chroma: float = 0.0,
+                    chroma_gain: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel Lab transfer ``lab' = gain * lab + offset``.
+
+        The skin's mean goes to the actor's, except that `keep_chroma` (0..1) of the way
+        from the actor's a, b means to the render's own (after the gain) is kept: skin tone
+        is part of the source's identity, while lightness must follow the scene. Without
+        `chroma_gain` a and b keep the render's spread (gain 1): the std ratio would
+        exaggerate the kept tint (it saturated mark.jpg's pink)."""
         gain = np.clip(self.actor_std / self.render_std, 1.0 / max_gain, max_gain)
-        return gain, self.actor_mean - gain * self.render_mean
+        if not chroma_gain:
+            gain[1:] = 1.0
+        keep = np.array([0.0, keep_chroma, keep_chroma])
+        target = self.actor_mean + keep * (gain * self.render_mean - self.actor_mean)
+        return gain, target - gain * self.render_mean
 
 
 def match_colour(render: np.ndarray, frame: np.ndarray, skin: np.ndarray, *,
                  state: ColourState | None = None, momentum: float = 0.8,
-                 max_gain: float = 1.5, min_pixels: int = 64, max_samples: int = 20000
+                 max_gain: float = 1.5, keep_chroma: float = 0.0, chroma_gain: bool = True,
+                 min_pixels: int = 64, max_samples: int = 20000
                  ) -> tuple[np.ndarray, ColourState | None]:
     """Match the render's skin colour to the actor's: ``lab' = (lab - m_r) s_a / s_r + m_a``.
 
@@ -444,21 +456,23 @@ def match_colour(render: np.ndarray, frame: np.ndarray, skin: np.ndarray, *,
     same part of the face. With `state` from the previous frame the statistics are averaged
     (`momentum` of the old); the new state is returned. Too few skin pixels (the face is
     covered): the old state's transfer is applied and the state kept, or the render is
-    returned unchanged when there is no state yet.
+    returned unchanged when there is no state yet. `keep_chroma`, `chroma_gain`: see
+    `ColourState.gain_offset`.
     """
     skin = np.asarray(skin, bool)
     if int(skin.sum()) < min_pixels:
         if state is None:
             return render, None
-        matched = _apply_lab_transfer(render, *state.gain_offset(max_gain))
-        return matched, state
+        transfer = state.gain_offset(max_gain, keep_chroma, chroma_gain)
+        return _apply_lab_transfer(render, *transfer), state
     index = np.flatnonzero(skin)
     index = index[:: len(index) // max_samples + 1]  # a regular subsample bounds the cost
     actor_mean, actor_std = robust_stats(rgb_to_lab(frame.reshape(-1, 3)[index][None])[0])
     render_mean, render_std = robust_stats(rgb_to_lab(render.reshape(-1, 3)[index][None])[0])
     current = ColourState(actor_mean, actor_std, render_mean, render_std)
     state = current if state is None else state.blended(current, momentum)
-    return _apply_lab_transfer(render, *state.gain_offset(max_gain)), state
+    transfer = state.gain_offset(max_gain, keep_chroma, chroma_gain)
+    return _apply_lab_transfer(render, *transfer), state
 
 
 def _apply_lab_transfer(render: np.ndarray, gain: np.ndarray, offset: np.ndarray
@@ -1130,7 +1144,13 @@ class CompositorConfig:
     """Knobs of `FaceCompositor`; lengths are in IOD (inter-ocular distances) unless named
     _px. Momenta are the weight of the previous frame's value in a moving average."""
 
-    forehead_margin: float = 0.35
+    # Band of forehead above the brows taken from the render, in IOD. 0.65 rather than 0.35:
+    # the source's forehead carries identity that the actor's (skin or fringe) does not
+    # (`morph3d.evaluate`, orig.webm, 66 frames, id_dist_source with mark.jpg / khabenskii.jpg:
+    # 0.35 0.433 / 0.498, 0.55 0.396 / 0.484, 0.65 0.379 / 0.482; gaze, jitter, mar_corr and
+    # id_dist_target within run-to-run spread). Beyond 0.65 the gain flattens (proxy on every
+    # 3rd frame: 0.8 about as 0.65) while more hair is painted over.
+    forehead_margin: float = 0.65
     # Gaussian edge of the face mask, in IOD. 0.03 rather than 0.05: less of the actor's face
     # is blended in at the border (id_dist_source on orig.webm 0.467 -> 0.434 with mark.jpg,
     # 0.504 -> 0.498 with khabenskii.jpg, nggyup 0.479 -> 0.476; mar_corr 0.84 -> 0.82 and
@@ -1141,6 +1161,15 @@ class CompositorConfig:
     mask_momentum: float = 0.3
     colour_match: bool = True
     colour_momentum: float = 0.8
+    # Share of the source's own skin tone (Lab a, b) kept by the colour matching, and whether
+    # a, b are also scaled to the actor's spread (`ColourState.gain_offset`); lightness always
+    # follows the actor. With forehead_margin 0.65 on orig.webm (66 frames), id_dist_source
+    # mark.jpg / khabenskii.jpg with the chroma gain: keep 0 0.379 / 0.482, 0.3 0.390 /
+    # 0.479, 0.5 0.399 / 0.471, 1.0 0.405 / 0.457 (an orange/pink face against the actor's
+    # neck); keep 0.5 without it 0.397 / 0.472 and a visibly milder tint. A peer tool scores
+    # 0.428 / 0.485 on the same evaluation.
+    colour_keep_chroma: float = 0.5
+    colour_chroma_gain: bool = False
     occluders: bool = True
     keep_eyes: bool = True
     # Paint the render's eyeballs outside the actor's kept opening over with skin
@@ -1315,9 +1344,12 @@ class FaceCompositor:
             if regions is not None and "face_skin" in regions:
                 skin &= regions["face_skin"] > 0.5
             r, self.colour_state = match_colour(r, f, skin, state=self.colour_state,
-                                                momentum=cfg.colour_momentum)
+                                                momentum=cfg.colour_momentum,
+                                                keep_chroma=cfg.colour_keep_chroma,
+                                                chroma_gain=cfg.colour_chroma_gain)
             if self.colour_state is not None:
-                g_, o_ = self.colour_state.gain_offset()
+                g_, o_ = self.colour_state.gain_offset(keep_chroma=cfg.colour_keep_chroma,
+                                                       chroma_gain=cfg.colour_chroma_gain)
                 gain, off = g_.tolist(), o_.tolist()
 
         out_crop = composite(f, r, mask, base=base, method=cfg.method)

@@ -237,8 +237,9 @@ def test_composite_alpha_and_poisson() -> None:
 def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
     frame, render, coverage, lm_a, lm_s = scene()
     inputs = FrameInputs(frame, render, coverage, lm_a, lm_s)
-    matched, report = FaceCompositor().process(inputs)
+    matched, report = FaceCompositor(CompositorConfig(colour_keep_chroma=0.0)).process(inputs)
     plain, _ = FaceCompositor(CompositorConfig(colour_match=False)).process(inputs)
+    toned, _ = FaceCompositor().process(inputs)  # keeps part of the source's skin tone
     skin = (report.alpha > 0.99) & ~dilate(face_region(frame.shape[:2], lm_a) == 0, 3)
     skin &= ~dilate(np.any(np.abs(frame - np.array(ACTOR_SKIN)) > 0.2, axis=-1), 2)
     actor = rgb_to_lab(frame)[skin].mean(0)
@@ -246,6 +247,26 @@ def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
     err_plain = np.linalg.norm(rgb_to_lab(plain)[skin].mean(0) - actor)
     assert err_plain > 8.0 and err_matched < 0.25 * err_plain
     assert report.colour_gain is not None
+    toned_lab = rgb_to_lab(toned)[skin].mean(0)
+    assert abs(toned_lab[0] - actor[0]) < 0.25 * err_plain  # lightness follows the actor
+    chroma = lambda lab: np.linalg.norm(lab[1:] - actor[1:])  # noqa: E731
+    assert chroma(toned_lab) > chroma(rgb_to_lab(matched)[skin].mean(0)) + 1.0
+
+
+def test_colour_transfer_keeps_the_asked_share_of_the_source_skin_tone() -> None:
+    state = ColourState(actor_mean=np.array([60.0, 5.0, 10.0]), actor_std=np.array([9.0, 2, 2]),
+                        render_mean=np.array([40.0, 15.0, 20.0]),
+                        render_std=np.array([6.0, 2, 2]))
+    for keep, expected in ((0.0, [60, 5, 10]), (0.5, [60, 10, 15]), (1.0, [60, 15, 20])):
+        gain, offset = state.gain_offset(keep_chroma=keep)
+        assert np.allclose(gain, [1.5, 1, 1])
+        assert np.allclose(gain * state.render_mean + offset, expected)  # the skin's new mean
+    state.actor_std = np.array([9.0, 2.8, 1.6])  # the actor's chroma spread differs
+    gain, offset = state.gain_offset(keep_chroma=0.5)
+    assert np.allclose(gain, [1.5, 1.4, 0.8])
+    gain, offset = state.gain_offset(keep_chroma=0.5, chroma_gain=False)
+    assert np.allclose(gain, [1.5, 1, 1])  # a, b keep the render's spread
+    assert np.allclose(gain * state.render_mean + offset, [60, 10, 15])
 
 
 def test_colour_state_is_a_moving_average() -> None:
@@ -671,3 +692,18 @@ def test_rendered_mouth_interior_shows_the_actor() -> None:
     _, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s,
                                                      regions=regions))
     assert report.mouth_weight == 0 and (report.alpha[interior] > 0.9).all()
+
+
+def test_compositor_takes_a_forehead_band_above_the_brows_but_not_the_hair() -> None:
+    frame, render, coverage, lm_a, lm_s = scene()
+    _, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
+    g = face_geometry(lm_s)
+    brow_top = g.ibug[17:27, 1].min()
+    col = int(round(g.ibug[27, 0]))
+    alpha = report.alpha[:, col]
+    # 0.4 IOD above the brows is forehead the swap must show (the old 0.35 IOD band left it
+    # to the actor); from 0.85 IOD above (still under the render's coverage) the actor's hair
+    # stays.
+    assert alpha[int(round(brow_top - 0.4 * g.iod))] > 0.9
+    assert alpha[: int(round(brow_top - 0.85 * g.iod))].max() == 0.0
+    assert coverage[int(round(brow_top - 0.85 * g.iod)), col] > 0.9
