@@ -1147,9 +1147,10 @@ class CompositorConfig:
     # Band of forehead above the brows taken from the render, in IOD. 0.65 rather than 0.35:
     # the source's forehead carries identity that the actor's (skin or fringe) does not
     # (`morph3d.evaluate`, orig.webm, 66 frames, id_dist_source with mark.jpg / khabenskii.jpg:
-    # 0.35 0.433 / 0.498, 0.55 0.396 / 0.484, 0.65 0.379 / 0.482; gaze, jitter, mar_corr and
-    # id_dist_target within run-to-run spread). Beyond 0.65 the gain flattens (proxy on every
-    # 3rd frame: 0.8 about as 0.65) while more hair is painted over.
+    # 0.35 0.433 / 0.498, 0.55 0.396 / 0.484, 0.65 0.379 / 0.482 (0.383 / 0.484 in a second
+    # run); gaze, jitter, mar_corr and id_dist_target within run-to-run spread; nggyup.mp4 +
+    # mark.jpg 0.476 -> 0.461, swap rate 0.99 -> 1.00). Beyond 0.65 the gain flattens (proxy
+    # on every 3rd frame: 0.8 about as 0.65) while more hair is painted over.
     forehead_margin: float = 0.65
     # Gaussian edge of the face mask, in IOD. 0.03 rather than 0.05: less of the actor's face
     # is blended in at the border (id_dist_source on orig.webm 0.467 -> 0.434 with mark.jpg,
@@ -1163,13 +1164,13 @@ class CompositorConfig:
     colour_momentum: float = 0.8
     # Share of the source's own skin tone (Lab a, b) kept by the colour matching, and whether
     # a, b are also scaled to the actor's spread (`ColourState.gain_offset`); lightness always
-    # follows the actor. With forehead_margin 0.65 on orig.webm (66 frames), id_dist_source
-    # mark.jpg / khabenskii.jpg with the chroma gain: keep 0 0.379 / 0.482, 0.3 0.390 /
-    # 0.479, 0.5 0.399 / 0.471, 1.0 0.405 / 0.457 (an orange/pink face against the actor's
-    # neck); keep 0.5 without it 0.397 / 0.472 and a visibly milder tint. A peer tool scores
-    # 0.428 / 0.485 on the same evaluation.
-    colour_keep_chroma: float = 0.5
-    colour_chroma_gain: bool = False
+    # follows the actor. Keeping half of it (without the chroma gain) moved the faces towards
+    # the source on orig.webm (66 frames, id_dist_source mark.jpg / khabenskii.jpg 0.383 /
+    # 0.484 -> 0.393 / 0.474; a peer tool scores 0.428 / 0.485), but it tints the face
+    # against the actor's neck and costs the mouth's motion on nggyup.mp4 (mar_corr 0.893 ->
+    # 0.868; 0.857 keeping a quarter), so the default keeps none.
+    colour_keep_chroma: float = 0.0
+    colour_chroma_gain: bool = True
     occluders: bool = True
     keep_eyes: bool = True
     # Paint the render's eyeballs outside the actor's kept opening over with skin

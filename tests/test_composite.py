@@ -237,9 +237,10 @@ def test_composite_alpha_and_poisson() -> None:
 def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
     frame, render, coverage, lm_a, lm_s = scene()
     inputs = FrameInputs(frame, render, coverage, lm_a, lm_s)
-    matched, report = FaceCompositor(CompositorConfig(colour_keep_chroma=0.0)).process(inputs)
+    matched, report = FaceCompositor().process(inputs)
     plain, _ = FaceCompositor(CompositorConfig(colour_match=False)).process(inputs)
-    toned, _ = FaceCompositor().process(inputs)  # keeps part of the source's skin tone
+    toned, _ = FaceCompositor(CompositorConfig(  # keeps part of the source's skin tone
+        colour_keep_chroma=0.5, colour_chroma_gain=False)).process(inputs)
     skin = (report.alpha > 0.99) & ~dilate(face_region(frame.shape[:2], lm_a) == 0, 3)
     skin &= ~dilate(np.any(np.abs(frame - np.array(ACTOR_SKIN)) > 0.2, axis=-1), 2)
     actor = rgb_to_lab(frame)[skin].mean(0)
