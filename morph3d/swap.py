@@ -282,22 +282,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     return fit
 
 
-MIN_MOUTH_OPENING = 0.04  # inner-lip height over mouth width of a mouth seen as open
-
-
-def mouth_opening(ibug68: np.ndarray) -> float:
-    """Inner-lip height (iBUG 61-63 to 67-65) over mouth width (48 to 54); 0 when unknown."""
-    ibug = np.asarray(ibug68, np.float64)
-    if ibug.shape != (68, 2) or not np.isfinite(ibug).all():
-        return 0.0
-    inner = ibug[60:68]
-    width = float(np.linalg.norm(ibug[54] - ibug[48]))
-    height = float(np.linalg.norm(inner[[5, 6, 7]] - inner[[3, 2, 1]], axis=1).mean())
-    return height / width if width > 0 else 0.0
-
-
 def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
-                  min_opening: float = MIN_MOUTH_OPENING) -> int:
+                  min_opening: float = 0.04) -> int:
     """Set the texture confidence to 0 where the photo showed what lies behind the face's
     openings on the skin around them (returns the number of texels hidden).
 
@@ -327,8 +313,11 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
         if ibug is None or not np.isfinite(ibug).all():
             continue
         outlines = [(ibug[36:42], lids), (ibug[42:48], lids)]
-        if mouth_opening(ibug) >= min_opening:
-            outlines.append((ibug[60:68], mouth))
+        inner = ibug[60:68]
+        width = float(np.linalg.norm(ibug[54] - ibug[48]))
+        height = float(np.linalg.norm(inner[[5, 6, 7]] - inner[[3, 2, 1]], axis=1).mean())
+        if width > 0 and height / width >= min_opening:
+            outlines.append((inner, mouth))
         f = fit.faces
         verts = vertex_positions(model, fit.identity.coefficients.astype(np.float64),
                                  f.expression[k].astype(np.float64))
