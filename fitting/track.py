@@ -302,10 +302,10 @@ class FaceTracker:
     def _frame_change(self, image: np.ndarray) -> tuple[bool, bool]:
         """(scene cut, repeat of the previous frame) for the next frame."""
         grey = as_rgb_uint8(image).mean(axis=2, dtype=np.float32)
-        thumbnail = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
         height, width = grey.shape
         small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
                            interpolation=cv2.INTER_AREA)
+        thumbnail = cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA)
         previous, self._thumbnail = self._thumbnail, thumbnail
         previous_small, self._small = self._small, small
         if previous is None or previous_small is None:
