@@ -122,14 +122,20 @@ class Identity:
 
     texture: T x T x 3 float32 RGB in [0, 1] (row 0 is v = 1, as in `render.texture`);
     confidence: T x T float32 in [0, 1] (0 = texel never seen; its colour is a fill-in).
+    offset: V x 3 float32 mm or None: a smooth corrective deformation added to the model's
+    neutral shape (photo fits to annotation-convention landmarks, `fitting.fit.fit_corrective`:
+    where the model's span cannot reach the detected points); None for the swap's fits.
     """
 
     coefficients: np.ndarray
     texture: np.ndarray | None = None
     confidence: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.coefficients = np.asarray(self.coefficients, np.float32).reshape(-1)
+        if self.offset is not None:
+            self.offset = np.asarray(self.offset, np.float32).reshape(-1, 3)
         if self.texture is not None:
             self.texture = np.asarray(self.texture, np.float32)
             if self.confidence is None:
@@ -189,6 +195,8 @@ class VideoFit:
         if self.identity.texture is not None:
             arrays["identity/texture"] = self.identity.texture
             arrays["identity/confidence"] = self.identity.confidence
+        if self.identity.offset is not None:
+            arrays["identity/offset"] = self.identity.offset
         for scheme, points in self.landmarks.items():
             arrays[f"landmarks/{scheme}"] = points
         with atomic_write(path) as f:
@@ -213,7 +221,7 @@ class VideoFit:
             raise InputError(f"fit file {path} has format {version}, expected "
                              f"{FIT_FORMAT_VERSION}: fit again")
         identity = Identity(z["identity/coefficients"], z.get("identity/texture"),
-                            z.get("identity/confidence"))
+                            z.get("identity/confidence"), z.get("identity/offset"))
         faces = FaceParams(z["faces/rotation"], z["faces/translation"], z["faces/expression"],
                            z["faces/sh"], z["faces/valid"])
         return cls(identity=identity, faces=faces, camera=CameraParams._from(z, "camera/"),

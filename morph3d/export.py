@@ -116,12 +116,16 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     return normals.astype(np.float32)
 
 
-def identity_vertices(data: ModelData, identity: np.ndarray | None = None) -> np.ndarray:
-    """Neutral-expression vertices V x 3 (mm) of identity coefficients (K,) in std units."""
+def identity_vertices(data: ModelData, identity: np.ndarray | None = None,
+                      offset: np.ndarray | None = None) -> np.ndarray:
+    """Neutral-expression vertices V x 3 (mm) of identity coefficients (K,) in std units,
+    plus a photo fit's corrective deformation `offset` (V x 3 mm, `Identity.offset`)."""
     vertices = data.mean.astype(np.float64)
     if identity is not None:
         vertices = vertices + np.einsum("k,kvc->vc", identity * data.identity_std,
                                         data.identity_basis)
+    if offset is not None:
+        vertices = vertices + offset
     return vertices
 
 
@@ -417,10 +421,11 @@ def _glb_container(document: dict[str, Any], blob: bytes) -> bytes:
 
 def glb_bytes(data: ModelData, identity: np.ndarray | None, texture_rgb: np.ndarray,
               frames: _Frames, fps: float, frame: int | None,
-              camera: dict[str, float] | None = None) -> bytes:
+              camera: dict[str, float] | None = None, offset: np.ndarray | None = None
+              ) -> bytes:
     """The .glb file for a model, identity, texture and frames (see the module docstring)."""
     split = split_uv_seams(data.triangles, data.uv_triangles)
-    neutral = identity_vertices(data, identity)  # mm
+    neutral = identity_vertices(data, identity, offset)  # mm
     normals = vertex_normals(neutral, data.triangles)[split.vertex_ids]
     positions = (neutral[split.vertex_ids] / MM_PER_M).astype(np.float32)
     uv = data.uv_coords[split.uv_ids].astype(np.float32)
@@ -612,6 +617,7 @@ def export_mesh(
     frame: int | None = None,
     valid: np.ndarray | None = None,
     camera: Any = None,
+    offset: np.ndarray | None = None,
 ) -> list[Path]:
     """Write the head as .glb, .obj or .ply (by suffix); returns the files written.
 
@@ -623,6 +629,7 @@ def export_mesh(
     valid frame. frame: export only that frame; None means every frame (a glb animation
     or a PLY sequence when F > 1) and frame 0 for OBJ, which holds one frame. camera: the
     fit's pinhole (fx, fy, cx, cy, width, height as attributes or keys), added to a .glb.
+    offset: V x 3 mm added to the neutral shape (a photo fit's `Identity.offset`).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -637,6 +644,10 @@ def export_mesh(
                              f"'{data.name}', got {coefficients.size}")
         if not np.isfinite(coefficients).all():
             raise InputError("identity coefficients have non-finite values")
+    if offset is not None:
+        offset = _float_array(offset, "offset")
+        if offset.shape != data.mean.shape or not np.isfinite(offset).all():
+            raise InputError(f"offset must be a finite {data.mean.shape} array")
     if not (np.isfinite(fps) and fps > 0):
         raise InputError(f"fps must be positive, got {fps}")
     frames = _prepare_frames(data, expression_frames, rotations, translations, valid)
@@ -648,10 +659,11 @@ def export_mesh(
 
     if suffix == ".glb":
         texture_rgb = _texture_uint8(default_texture(data) if texture is None else texture)
-        payload = glb_bytes(data, coefficients, texture_rgb, frames, fps, frame, intrinsics)
+        payload = glb_bytes(data, coefficients, texture_rgb, frames, fps, frame, intrinsics,
+                            offset)
         return _write_together([(path, payload)])
 
-    neutral = identity_vertices(data, coefficients)
+    neutral = identity_vertices(data, coefficients, offset)
 
     def frame_vertices(k: int) -> np.ndarray:
         vertices = neutral
@@ -725,4 +737,5 @@ def export_fit(fit: Any, model: Any, path: str | os.PathLike, frame: int | None 
     return export_mesh(path, model, identity=identity, texture=texture,
                        expression_frames=expression, rotations=rotation,
                        translations=translation, fps=fps, frame=frame,
-                       camera=getattr(fit, "camera", None))
+                       camera=getattr(fit, "camera", None),
+                       offset=_first_attribute(fit, "identity.offset"))

@@ -268,9 +268,11 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
                     f"{src.name}: {len(faces)} faces found, using the largest")
             best = int(np.argmax(faces.areas()))
             landmarks.append({k: v[best].astype(np.float64) for k, v in faces.landmarks.items()})
+        # No corrective deformation (`Identity.offset`): the swap carries the identity over
+        # by its coefficients, so the texture must come from that same shape.
         fits = fit_photo(images if len(images) > 1 else images[0], model,
                          landmarks=landmarks if len(images) > 1 else landmarks[0],
-                         backend=options.backend)
+                         backend=options.backend, corrective=False)
         fit = fits[0] if isinstance(fits, list) else fits
         if fit.identity.texture is not None:
             hide_openings(fit, model, landmarks[:fit.num_frames])

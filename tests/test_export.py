@@ -388,6 +388,19 @@ def test_export_fit_reads_a_fit_object(data, tmp_path):
     np.testing.assert_allclose(arrays["POSITION"], expected, atol=1e-6)
 
 
+def test_export_fit_adds_the_corrective_offset(data, tmp_path):
+    """A dlib photo fit's `Identity.offset` (its texture was extracted on that deformed
+    face) is part of the exported neutral mesh."""
+    coefficients = np.full(data.num_identity, 0.3)
+    offset = np.random.default_rng(3).normal(0, 2.0, data.mean.shape)
+    fit = SimpleNamespace(identity=SimpleNamespace(coefficients=coefficients, offset=offset))
+    vertices, _ = read_ply(export_fit(fit, data, tmp_path / "offset.ply")[0])
+    np.testing.assert_allclose(vertices, identity_vertices(data, coefficients) + offset,
+                               atol=1e-3)
+    with pytest.raises(InputError, match="offset must be"):
+        export_mesh(tmp_path / "bad.ply", data, offset=np.zeros((3, 3)))
+
+
 def test_export_fit_reads_flat_attributes_and_defaults_fps(data, tmp_path):
     params = video_params(data, 3, seed=9)
     fit = SimpleNamespace(expressions=params["expression_frames"], rotations=params["rotations"],

@@ -49,10 +49,11 @@ def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1
     return alpha, state, camera, landmarks
 
 
-def rigid_vertex_error(model, a_id, a_ex, b_id, b_ex) -> float:
-    """Median face-region vertex distance (mm) after the best rigid alignment."""
+def rigid_vertex_error(model, a_id, a_ex, b_id, b_ex, offset=None) -> float:
+    """Median face-region vertex distance (mm) after the best rigid alignment (`offset`:
+    a corrective deformation of the first shape)."""
     face = F.model_arrays(model).face_vertices
-    a = F.vertex_positions(model, a_id, a_ex)[face]
+    a = F.vertex_positions(model, a_id, a_ex, offset)[face]
     b = F.vertex_positions(model, b_id, b_ex)[face]
     ca, cb = a.mean(0), b.mean(0)
     U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))

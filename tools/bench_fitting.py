@@ -10,16 +10,29 @@
   noise (diagnostic: the floor of landmark-only fitting on the same faces). The landmarks
   are those of the default pipeline: the ibug68 and mediapipe478 points (the 68 matched
   to the model's "ibug68" table, as the mediapipe-derived 68 are); `synthetic_68_only`
-  fits the 68 points alone (matched to the annotation table, as dlib's points are).
+  fits the 68 points alone (matched to the annotation table, as dlib's points are), and
+  also reports what the photo fit's corrective deformation (`fitting.fit.fit_corrective`,
+  added for such points) costs there: on synthetic faces the model is exact, so the
+  deformation can only follow the noise (vertex error, and the reported 68 points' error
+  against the noise-free ones, px, with and without it).
 - rendered: the same faces rendered (grey shaded) over a plain background, the mediapipe
   detector run on them, then fitted: the same numbers (faces the detector misses counted).
 - real photos: NME (mean error / outer-eye-corner distance) of the fitted model's 68
   landmarks vs the annotation, fitted to mediapipe's 478 (+ derived 68) and to dlib's 68 +
-  mediapipe's 478 (backend "dlib+mediapipe"), next to raw dlib and raw mediapipe.
+  mediapipe's 478 (backend "dlib+mediapipe"; with its corrective deformation, the default,
+  and without), next to raw dlib and raw mediapipe.
 - video: nggyup.mp4: mean frame-to-frame motion of the fitted projected landmarks relative
   to the raw detector's, a trajectory plot (docs/fitting_trajectory.png), per-frame solver
   ms (detection excluded); photo fit seconds (mark.jpg, detection excluded; the first
-  photometric call includes importing and warming up the renderer).
+  photometric call includes importing and warming up the renderer; also the
+  "dlib+mediapipe" photometric fit, with its corrective deformation).
+- corrective transfer (needs `tools/derive_ibug68.py`'s detection cache, real frames that
+  are not the annotated images): one frame's identity + corrective kept, pose and
+  expression fitted on another frame of the same clip (>= 10 frames away); mean error of
+  the reported 68 points to dlib's there (% of IOD) without the offset, with it, and with
+  the other clip's person's offset: does the deformation carry over to the same face?
+
+`--only PART ...` runs some parts: synthetic, real, video, photo, transfer.
 """
 
 from __future__ import annotations
@@ -60,6 +73,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
 
     rng = np.random.default_rng(0)
     verts_err, sim_err, pose_err, missed, seconds, focal_err = [], [], [], 0, [], []
+    corrective = {"vertex": [], "similarity": [], "points_px": [], "points_px_off": []}
     for _ in range(n):
         alpha, state, camera, lms = synthetic_face(model, rng)
         yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
@@ -70,7 +84,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
         # The ibug68 points come from the table the fit matches them to (see
         # fitting.fit.ibug68_table): "ibug68" next to mediapipe478, the annotation one alone.
         convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
-        lms = {}
+        lms, clean = {}, {}
         for scheme in ("ibug68", "mediapipe478"):
             table = F.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
             ids, bary = arrays.landmarks[table]
@@ -82,6 +96,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
             pts = F.project(ls.positions(alpha, state.expression), state.rotation,
                             state.translation, camera)
             noise = rng.normal(0, 1.0, pts.shape) * noise_px  # drawn for both: same faces
+            clean[scheme] = pts
             if scheme in schemes:
                 lms[scheme] = pts + noise
         if rendered:
@@ -103,11 +118,28 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
                 missed += 1
                 continue
         t0 = time.perf_counter()
-        ident, states, cams, _ = F.fit_landmarks(model, [lms], [(480, 640)],
-                                                 focal=camera.fx if given_focal else None,
-                                                 convention=None if rendered else convention)
+        ident, states, cams, ls_list = F.fit_landmarks(
+            model, [lms], [(480, 640)], focal=camera.fx if given_focal else None,
+            convention=None if rendered else convention)
         focal_err.append(abs(cams[0].fx / camera.fx - 1.0))
         seconds.append(time.perf_counter() - t0)
+        if not rendered and convention == F.ANNOTATION:
+            offset = F.fit_corrective(ls_list, ident, states, cams, F.Priors())
+            faces = F.FaceParams.empty(1, model.num_expression)
+            faces.rotation[0], faces.translation[0] = states[0].rotation, states[0].translation
+            faces.expression[0], faces.valid[0] = states[0].expression, True
+            for off, key in ((None, "points_px"), (offset, "points_px_off")):
+                fit = F.VideoFit(F.Identity(ident, offset=off), faces, cams[0])
+                pred = F.projected_landmarks(fit, model)[0]
+                corrective[key].append(float(np.linalg.norm(pred - clean["ibug68"],
+                                                             axis=1).mean()))
+            face = F.model_arrays(model).face_vertices
+            fitted = F.vertex_positions(model, ident, states[0].expression, offset)
+            true_v = F.vertex_positions(model, alpha, state.expression)
+            corrective["vertex"].append(rigid_vertex_error(model, ident, states[0].expression,
+                                                           alpha, state.expression,
+                                                           offset=offset))
+            corrective["similarity"].append(sim_error(fitted[face], true_v[face]))
         verts_err.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
                                             state.expression))
         face = F.model_arrays(model).face_vertices
@@ -122,7 +154,14 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
             "p90_pose_err_deg": float(np.percentile(pose_err, 90)),
             "landmark_fit_s_median": float(np.median(seconds)),
             "focal": "given (true)" if given_focal else "estimated",
-            "median_focal_rel_err": float(np.median(focal_err))}
+            "median_focal_rel_err": float(np.median(focal_err)),
+            **({} if not corrective["vertex"] else {
+                "corrective_median_vertex_mm": float(np.median(corrective["vertex"])),
+                "corrective_median_vertex_mm_similarity_aligned":
+                    float(np.median(corrective["similarity"])),
+                "reported_68_err_px_without_corrective": float(np.mean(corrective["points_px"])),
+                "reported_68_err_px_with_corrective":
+                    float(np.mean(corrective["points_px_off"]))})}
 
 
 def real_nme(model) -> dict:
@@ -143,9 +182,12 @@ def real_nme(model) -> dict:
         mp = F.detect_landmarks(image, "mediapipe")
         both = {"ibug68": dlib, "mediapipe478": mp["mediapipe478"]}  # = "dlib+mediapipe"
         fitted = {}
-        for key, lms in (("fitted_mediapipe", mp), ("fitted_dlib_mediapipe", both)):
+        for key, lms, corrective in (("fitted_mediapipe", mp, None),
+                                     ("fitted_dlib_mediapipe", both, None),
+                                     ("fitted_dlib_mediapipe_no_corrective", both, False)):
             backend = "mediapipe" if key == "fitted_mediapipe" else "dlib+mediapipe"
-            fit = F.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend)
+            fit = F.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend,
+                              corrective=corrective)
             fitted[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
         out[name] = {**fitted, "dlib": _nme(dlib, truth), "mediapipe": _nme(mp["ibug68"], truth)}
     return out
@@ -206,13 +248,75 @@ def photo_seconds(model) -> dict:
         t0 = time.perf_counter()
         F.fit_photo(image, model, landmarks=lms, photometric=photometric)
         out["photo_fit_s_" + key] = time.perf_counter() - t0
+    # The annotation path (dlib's 68 + mediapipe's 478): + the corrective deformation.
+    both = F.detect_landmarks(image, "dlib+mediapipe")
+    t0 = time.perf_counter()
+    F.fit_photo(image, model, landmarks=both, backend="dlib+mediapipe")
+    out["photo_fit_s_dlib_mediapipe_photometric"] = time.perf_counter() - t0
     return out
+
+
+def corrective_transfer(model, pairs_per_clip: int = 72) -> dict:
+    from fitting import fit as F
+
+    cache = ROOT / "out" / "derive_ibug68_detections.npz"
+    if not cache.is_file():
+        return {"skipped": f"no {cache.relative_to(ROOT)} (run tools/derive_ibug68.py)"}
+    z = np.load(cache)
+    names = [str(n) for n in z["names"]]
+
+    def lms(i: int) -> dict:
+        return {"ibug68": z["dlib"][i].astype(np.float64),
+                "mediapipe478": z["mediapipe"][i].astype(np.float64)}
+
+    def size(i: int) -> tuple[int, int]:
+        return tuple(int(v) for v in z["sizes"][i])
+
+    def source(i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, st, cams, ls = F.fit_landmarks(model, [lms(i)], [size(i)], convention=F.ANNOTATION)
+        return a, F.fit_corrective(ls, a, st, cams, F.Priors())
+
+    def error(i: int, alpha: np.ndarray, offset: np.ndarray | None) -> float:
+        a, st, cams, ls = F.fit_landmarks(model, [lms(i)], [size(i)], identity=alpha,
+                                          convention=F.ANNOTATION, offset=offset)
+        rows = ls[0].scheme_slices["ibug68"]
+        pred = F.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,
+                         st[0].translation, cams[0])
+        dlib = lms(i)["ibug68"]
+        iod = np.linalg.norm(dlib[36] - dlib[45])
+        return float(np.linalg.norm(pred - dlib, axis=1).mean() / iod * 100)
+
+    clips = ("nggyup.mp4", "orig.webm")
+    frames = {c: [i for i, n in enumerate(names) if n.startswith(c + "#")
+                  and "mirrored" not in n] for c in clips}
+    out = {}
+    for clip, other in (clips, clips[::-1]):
+        fr = frames[clip]
+        _, other_offset = source(frames[other][len(frames[other]) // 2])
+        rows = []
+        for s in fr[::max(1, len(fr) // 6)][:6]:
+            alpha, offset = source(s)
+            k = fr.index(s)
+            targets = [t for j, t in enumerate(fr) if abs(j - k) >= 10]
+            for t in targets[::max(1, len(targets) // (pairs_per_clip // 6))][:pairs_per_clip // 6]:
+                rows.append([error(t, alpha, None), error(t, alpha, offset),
+                             error(t, alpha, other_offset)])
+        r = np.array(rows)
+        out[clip] = {"pairs": len(r), "nme_to_dlib_no_offset": float(r[:, 0].mean()),
+                     "nme_to_dlib_own_offset": float(r[:, 1].mean()),
+                     "nme_to_dlib_other_persons_offset": float(r[:, 2].mean()),
+                     "own_offset_better_fraction": float((r[:, 1] < r[:, 0]).mean())}
+    return out
+
+
+PARTS = ("synthetic", "real", "video", "photo", "transfer")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", required=True)
+    ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     args = ap.parse_args()
     from morph3d.models import load_model
 
@@ -221,21 +325,27 @@ def main() -> None:
     result: dict = {"machine": f"{platform.processor() or platform.machine()}, "
                     f"{os.cpu_count()} cores", "quick": args.quick,
                     "load_average_start": os.getloadavg()}
-    syn = synthetic(model, n, rendered=False)
-    result["synthetic"] = syn
-    result["synthetic_median_vertex_mm"] = syn["median_vertex_mm"]
-    result["synthetic_pose_err_deg"] = syn["median_pose_err_deg"]
-    result["synthetic_estimated_focal"] = synthetic(model, n, rendered=False, given_focal=False)
-    # Diagnostic: the same faces without landmark noise = what landmarks alone can tell
-    # (the depth of a frontal face is not in its landmarks; the prior decides it).
-    result["synthetic_noise_free"] = synthetic(model, n, rendered=False, noise_px=0.0)
-    result["synthetic_68_only"] = synthetic(model, n, rendered=False, schemes=("ibug68",))
-    result["rendered"] = synthetic(model, max(5, n // 4), rendered=True)
+    if "synthetic" in args.only:
+        syn = synthetic(model, n, rendered=False)
+        result["synthetic"] = syn
+        result["synthetic_median_vertex_mm"] = syn["median_vertex_mm"]
+        result["synthetic_pose_err_deg"] = syn["median_pose_err_deg"]
+        result["synthetic_estimated_focal"] = synthetic(model, n, rendered=False,
+                                                        given_focal=False)
+        # Diagnostic: the same faces without landmark noise = what landmarks alone can tell
+        # (the depth of a frontal face is not in its landmarks; the prior decides it).
+        result["synthetic_noise_free"] = synthetic(model, n, rendered=False, noise_px=0.0)
+        result["synthetic_68_only"] = synthetic(model, n, rendered=False, schemes=("ibug68",))
+        result["rendered"] = synthetic(model, max(5, n // 4), rendered=True)
     if MEDIA.is_dir():
-        result["real_nme_iod"] = real_nme(model)
-        vid = video(model, 90 if args.quick else None)
-        result.update(vid)
-        result.update(photo_seconds(model))
+        if "real" in args.only:
+            result["real_nme_iod"] = real_nme(model)
+        if "video" in args.only:
+            result.update(video(model, 90 if args.quick else None))
+        if "photo" in args.only:
+            result.update(photo_seconds(model))
+    if "transfer" in args.only:
+        result["corrective_transfer"] = corrective_transfer(model, 24 if args.quick else 72)
     result["load_average_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))

@@ -92,7 +92,7 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame:
     img = img[..., :3].astype(np.uint8)
     f = fit.faces
     verts = vertex_positions(model, fit.identity.coefficients.astype(np.float64),
-                             f.expression[frame].astype(np.float64))
+                             f.expression[frame].astype(np.float64), fit.identity.offset)
     camera = fit.camera.to_camera(f.rotation[frame], f.translation[frame])
     sh = torch.zeros(1, 9, 3)
     sh[0, 0], sh[0, 2] = 0.55, 0.45  # plain frontal light, to show the shape
