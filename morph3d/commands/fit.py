@@ -21,7 +21,9 @@ def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
     p.add_argument("--json", help="write per-frame landmarks68 and head pose as JSON")
     p.add_argument("--save", help="write the fit itself (.npz, reloadable)")
     p.add_argument("--preview", help="write a side-by-side PNG: input | fitted mesh overlay")
-    p.add_argument("--backend", default="mediapipe", help="landmarks: mediapipe | dlib")
+    p.add_argument("--backend", default="mediapipe",
+                   help="landmarks: mediapipe | dlib | dlib-cnn | face-alignment; photos also "
+                        "dlib+mediapipe (the 68 points closest to iBUG annotations)")
     p.add_argument("--max-frames", type=int, default=None, help="videos: fit only the start")
     p.add_argument("--no-photometric", action="store_true", help="skip lighting and texture")
     p.add_argument("--quiet", action="store_true", help="no progress output")
