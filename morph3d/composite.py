@@ -977,7 +977,8 @@ def mouth_keep_mask(shape: tuple[int, int], actor_landmarks: Landmarks | FaceGeo
 
 def keep_actor_mouth(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry, *,
                      threshold: float = 0.08, ramp: float = 0.04,
-                     teeth_region: np.ndarray | None = None
+                     teeth_region: np.ndarray | None = None,
+                     within: np.ndarray | None = None
                      ) -> tuple[np.ndarray, float]:
     """The blend mask with the actor's open mouth interior cut out, and the keep weight.
 
@@ -985,7 +986,9 @@ def keep_actor_mouth(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry
     source because it is a real photo and in sync with the speech; a model's rendered teeth
     are rigid and rarely lit right. The weight ramps from 0 at `threshold` openness to 1 at
     `threshold + ramp`, so a mouth that opens slowly does not pop. When `teeth_region`
-    (the render's teeth mask) is given, the render's teeth are kept there instead.
+    (the render's teeth mask) is given, the render's teeth are kept there instead. `within`
+    (float H x W in [0, 1], e.g. `rendered_mouth_opening`) limits the cut to where the
+    swapped face's own mouth is open.
     """
     openness = mouth_openness(actor_landmarks)
     weight = float(np.clip((openness - threshold) / max(ramp, 1e-6), 0.0, 1.0))
@@ -994,7 +997,29 @@ def keep_actor_mouth(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry
     keep = weight * mouth_keep_mask(mask.shape, actor_landmarks)
     if teeth_region is not None:
         keep = keep * (1.0 - np.clip(np.asarray(teeth_region, np.float32), 0.0, 1.0))
+    if within is not None:
+        keep = keep * np.clip(np.asarray(within, np.float32), 0.0, 1.0)
     return _clean_alpha(mask * (1.0 - keep)), weight
+
+
+def rendered_mouth_opening(regions: Mapping[str, np.ndarray], mouth_width_px: float,
+                           margin: float = 0.02, sigma_px: float = 1.0) -> np.ndarray:
+    """Float H x W: where the render shows its mouth lining, teeth or tongue, grown by
+    `margin` mouth widths and softened: the swapped face's own mouth opening.
+
+    Why: the source's face shape moves the swapped mouth (nggyup.mp4 with mark.jpg: 0.19
+    mouth widths lower than the actor's, with khabenskii.jpg 0.10), so the actor's interior
+    kept where it is showed over the swapped upper lip: a second, dark mouth. Kept only
+    inside the swapped opening it frames nothing but the real teeth and darkness.
+    """
+    inside = np.zeros(next(iter(regions.values())).shape[:2], bool)
+    for name in ("mouth_interior", "teeth", "tongue"):
+        if name in regions:
+            inside |= np.asarray(regions[name]) > 0.5
+    if not inside.any():
+        return inside.astype(np.float32)
+    grown = _dilate(inside, margin * mouth_width_px).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(grown, (0, 0), sigma_px), 0.0, 1.0)
 
 
 def drop_rendered_mouth(mask: np.ndarray, regions: Mapping[str, np.ndarray],
@@ -1184,6 +1209,12 @@ class CompositorConfig:
     keep_mouth: bool = True
     mouth_threshold: float = 0.08
     mouth_source: Literal["actor", "render_teeth"] = "actor"
+    # Keep the actor's mouth interior only where the swapped face's own mouth is open
+    # (`rendered_mouth_opening`): no second mouth over the swapped lips. nggyup.mp4:
+    # mar_corr 0.893 -> 0.929 (mark.jpg), 0.875 -> 0.902 (khabenskii.jpg), identity 0.461 ->
+    # 0.461 / 0.454 -> 0.445; but orig.webm, whose small openings the swapped mouth follows
+    # less, 0.839 -> 0.798 / 0.802 -> 0.683 (identity 0.383 -> 0.380 / 0.484 -> 0.483).
+    mouth_within_render: bool = True
     # Show the actor's frame where the render shows its mouth lining, teeth or tongue
     # (`drop_rendered_mouth`). Off: it hid a grey band of rendered tongue in open mouths but
     # cost the mouth's motion and identity in `morph3d eval` (nggyup.mp4 with mark.jpg:
@@ -1332,8 +1363,11 @@ class FaceCompositor:
             teeth = None
             if cfg.mouth_source == "render_teeth" and regions is not None:
                 teeth = regions.get("teeth")
+            within = None
+            if cfg.mouth_within_render and regions is not None:
+                within = rendered_mouth_opening(regions, s_geo.mouth_width)
             mask, mouth_weight = keep_actor_mouth(mask, a_geo, threshold=cfg.mouth_threshold,
-                                                  teeth_region=teeth)
+                                                  teeth_region=teeth, within=within)
             if (cfg.drop_rendered_mouth and cfg.mouth_source == "actor"
                     and regions is not None and mouth_weight > 0):
                 mask = drop_rendered_mouth(mask, regions, strength=mouth_weight)

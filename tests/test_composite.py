@@ -30,6 +30,7 @@ from morph3d.composite import (
     mouth_keep_mask,
     mouth_openness,
     remove_double_brows,
+    rendered_mouth_opening,
     rgb_to_lab,
 )
 from morph3d.errors import InputError
@@ -362,6 +363,27 @@ def test_rendered_teeth_option_keeps_the_render_teeth() -> None:
     assert weight == 1.0
     assert (cut[teeth == 1] == 1.0).all()
     assert (cut[int(lm_a[66, 1]) - 7, 120:136] == 0).all()
+
+
+def test_actor_mouth_is_kept_only_inside_the_swapped_opening() -> None:
+    """A swapped mouth lower than the actor's: the actor's interior shows only where the
+    render's own mouth is open, not over the swapped upper lip."""
+    frame, render, coverage, lm_a, lm_s = scene(mouth_open=0.35)
+    mask = np.ones(frame.shape[:2], np.float32)
+    keep_all = 1.0 - keep_actor_mouth(mask, lm_a)[0]
+    rows = np.nonzero(keep_all.max(1) == 1.0)[0]
+    middle = rows.max() - (rows.max() - rows.min()) // 3
+    lining = np.zeros(frame.shape[:2], bool)  # the render's opening: the lower third only
+    lining[middle:, :] = keep_all[middle:, :] > 0
+    width = float(np.linalg.norm(lm_a[54] - lm_a[48]))
+    within = rendered_mouth_opening({"mouth_interior": lining, "lips": ~lining}, width)
+    cut, weight = keep_actor_mouth(mask, lm_a, within=within)
+    assert weight == 1.0
+    deep = cv2.erode(lining.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
+    assert deep.sum() > 30 and (cut[deep & (keep_all == 1.0)] == 0.0).all()  # actor there
+    upper = rows.min()
+    assert (cut[upper][keep_all[upper] == 1.0] == 1.0).all()  # render over the upper lip
+    assert rendered_mouth_opening({"mouth_interior": np.zeros((8, 8), bool)}, 40.0).max() == 0
 
 
 def test_actor_eyes_are_kept() -> None:
