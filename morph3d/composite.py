@@ -14,7 +14,8 @@ entirely through one alpha mask, built in steps that each have one job:
    extending the mask, or inpainted away where the render does not reach.
 4. `detect_occluders` / `cut_occluders`: hands, hair, microphones in front of the face stay.
 5. `keep_actor_eyes` / `keep_actor_mouth`: the actor's own eyes (blinks, gaze) and open
-   mouth interior (teeth, tongue) stay.
+   mouth interior (teeth, tongue) stay, the mouth only inside the swapped face's own
+   opening (`rendered_mouth_opening`).
 6. `match_colour`: the render's skin statistics are matched to the actor's (Lab, robust,
    with a moving-average state carried between frames).
 7. `composite`: alpha blend (default) or Poisson; pixels where the final alpha is zero are
