@@ -761,14 +761,12 @@ def estimate_pose_pnp(ls: LandmarkSet, identity: np.ndarray, expression: np.ndar
 
 
 def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
-                       camera: CameraParams, offset: np.ndarray | None = None) -> None:
+                       camera: CameraParams) -> None:
     """Step 5: move each iBUG jaw point (not the chin) to the occluding contour: the point
     of its horizontal model row (mesh edges crossing the point's height) that projects
-    farthest outwards in the image. `offset`: the fit's corrective deformation (V x 3 mm;
-    None: the LandmarkSet's own)."""
+    farthest outwards in the image (on the face deformed by `ls.offset`, if any)."""
     arrays = ls.arrays
-    if offset is None:
-        offset = ls.offset
+    offset = ls.offset
     edges = arrays.contour_edges.get(ls.ibug_table)
     if not edges or IBUG68 not in ls.scheme_slices:
         return
