@@ -546,19 +546,27 @@ def _ycrcb(image: np.ndarray) -> np.ndarray:
 def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
                    exclude: np.ndarray | None = None, min_chroma_std: float = 2.5,
                    min_luma_std: float = 12.0) -> SkinModel | None:
-    """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`).
-
-    Trimmed Gaussian: started from the per-channel median and MAD, then four rounds of
-    dropping samples beyond the 97.5 % chi^2 quantile and refitting, so freckles, stubble
-    or a hand over part of the cheek do not widen it. Std floors keep a flat or grey face
-    from making every pixel an outlier. None when too few pixels.
-    """
+    """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`);
+    see `skin_model_from_samples`. None when too few pixels."""
     g = face_geometry(landmarks)
     shape = frame.shape[:2]
     central = _fill_polygon(shape, g.central_skin_polygon())
     if exclude is not None:
         central &= ~exclude
-    samples = _ycrcb(frame)[central].astype(np.float64)
+    return skin_model_from_samples(_ycrcb(frame)[central], min_chroma_std=min_chroma_std,
+                                   min_luma_std=min_luma_std)
+
+
+def skin_model_from_samples(samples: np.ndarray, *, min_chroma_std: float = 2.5,
+                            min_luma_std: float = 12.0) -> SkinModel | None:
+    """A skin colour model from N x 3 YCrCb samples (0..255) of skin.
+
+    Trimmed Gaussian: started from the per-channel median and MAD, then four rounds of
+    dropping samples beyond the 97.5 % chi^2 quantile and refitting, so freckles, stubble
+    or a hand over part of the cheek do not widen it. Std floors keep a flat or grey face
+    from making every pixel an outlier. None when fewer than 50 samples.
+    """
+    samples = np.asarray(samples, np.float64).reshape(-1, 3)
     if len(samples) < 50:
         return None
     floor = np.array([min_luma_std, min_chroma_std, min_chroma_std]) ** 2 * 0.25

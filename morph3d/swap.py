@@ -33,6 +33,8 @@ if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well 
 # Cache format of the work folder. 2: landmarks carry the shot cuts, fits are keyed by the
 # model build; 3: repeated frames are held.
 WORK_FORMAT = 3
+# Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`).
+SOURCE_FORMAT = 2
 REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 
@@ -250,7 +252,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
             summary.notes.append("texture-completion weights missing: used the classical "
                                  "completion")
     key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
-                                   options.backend, f"w{WORK_FORMAT}", completion]
+                                   options.backend, f"w{WORK_FORMAT}", f"s{SOURCE_FORMAT}",
+                                   completion]
                                   ).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
     if path.is_file():
@@ -276,6 +279,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
         fit = fits[0] if isinstance(fits, list) else fits
         if fit.identity.texture is not None:
             hide_openings(fit, model, landmarks[:fit.num_frames])
+            hide_forehead_occluders(fit, model)
             done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, model,
                                        "neural" if completion != "classic" else "classic")
             fit.identity.texture = done.texture.astype(np.float32)
@@ -306,9 +310,6 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
     mouth = model.region("lips") | model.region("mouth_interior") | model.region("teeth")
     lids = model.region("eyes") & ~model.region("eyeballs")
     triangles = np.asarray(model.data.triangles)
-    uv_triangles = np.asarray(model.data.uv_triangles)
-    uv = np.asarray(model.data.uv_coords)
-    size = confidence.shape[0]
     hidden = np.zeros(confidence.shape[:2], np.uint8)
     for k, points in enumerate(landmarks):
         ibug = points.get("ibug68")
@@ -331,13 +332,73 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
             for v in np.flatnonzero(allowed):
                 inside[v] = cv2.pointPolygonTest(
                     polygon, (float(pixels[v, 0]), float(pixels[v, 1])), False) >= 0
-            for t in np.flatnonzero(inside[triangles].all(1)):
-                corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
-                cv2.fillConvexPoly(hidden, np.round(corners * 16).astype(np.int32), 1,
-                                   lineType=cv2.LINE_8, shift=4)
+            _fill_uv_triangles(hidden, model, np.flatnonzero(inside[triangles].all(1)))
     hidden = hidden.astype(bool)
     shape = confidence.shape
     flat = confidence.reshape(shape[0], shape[1], -1)
+    flat[hidden] = 0.0
+    fit.identity.confidence = flat.reshape(shape)
+    return int(hidden.sum())
+
+
+def _fill_uv_triangles(canvas: np.ndarray, model, triangle_ids: np.ndarray) -> None:
+    """Set the texels of the given model triangles to 1 on a T x T uint8 UV canvas."""
+    uv_triangles = np.asarray(model.data.uv_triangles)
+    uv = np.asarray(model.data.uv_coords)
+    size = canvas.shape[0]
+    for t in triangle_ids:
+        corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
+        cv2.fillConvexPoly(canvas, np.round(corners * 16).astype(np.int32), 1,
+                           lineType=cv2.LINE_8, shift=4)
+
+
+def hide_forehead_occluders(fit, model, margin_mm: float = 4.0, sigmas: float = 6.0) -> int:
+    """Set the texture confidence to 0 on forehead texels whose colour is not the photo's
+    skin (returns the number hidden): a hat brim, fringe or glasses frame above the brows.
+
+    The swap's face mask takes a band of the source's forehead (`CompositorConfig.
+    forehead_margin`); what the photo had there (Grace Hopper's cap in `make demo`) was
+    pasted onto the actor as a dark stripe. The skin model is fitted on the cheek texels
+    the photo saw (`composite.skin_model_from_samples`, albedo, so shading is mostly out),
+    the test is the compositor's occluder score (`non_skin_score` above `sigmas`); texels
+    above the brows by `margin_mm` on the mean head are tested, and the completion then
+    fills the hidden ones from the skin below and beside them.
+    """
+    from morph3d.composite import _ycrcb, non_skin_score, skin_model_from_samples
+
+    texture, confidence = fit.identity.texture, fit.identity.confidence
+    if texture is None or confidence is None:
+        return 0
+    data = model.data
+    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
+    ibug = data.landmarks["ibug68"].positions(mean, triangles)
+    skin = model.region("face_skin") & ~model.region("eyes") & ~model.region("lips")
+    brows_top = float(ibug[17:27, 1].max())
+    forehead = skin & (mean[:, 1] > brows_top + margin_mm)
+    # cheeks: beside the nose, from under the eyes down to the nose base
+    eyes_low = float(ibug[[40, 41, 46, 47], 1].min())
+    nose_half = 0.5 * float(abs(ibug[35, 0] - ibug[31, 0]))
+    outer = 0.5 * float(abs(ibug[45, 0] - ibug[36, 0]))
+    cheeks = (skin & (mean[:, 1] < eyes_low - 4.0) & (mean[:, 1] > ibug[33, 1])
+              & (np.abs(mean[:, 0]) > nose_half + 4.0) & (np.abs(mean[:, 0]) < outer))
+    size = confidence.shape[0]
+    masks = []
+    for vertices in (forehead, cheeks):
+        canvas = np.zeros((size, size), np.uint8)
+        _fill_uv_triangles(canvas, model, np.flatnonzero(vertices[triangles].all(1)))
+        masks.append(canvas.astype(bool))
+    forehead_texels, cheek_texels = masks
+    seen = confidence.reshape(size, size, -1)[..., 0] >= 0.5
+    tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
+    skin_model = skin_model_from_samples(_ycrcb(tex)[cheek_texels & seen])
+    if skin_model is None:
+        return 0
+    hidden = forehead_texels & (confidence.reshape(size, size, -1)[..., 0] > 0)
+    # dark: 2.5 std below the cheeks' luma (and under 45 % of it), not the compositor's 5:
+    # the albedo has its shading divided out, and a dark brim has almost no chroma to tell
+    hidden &= non_skin_score(tex, skin_model, dark_sigmas=2.5) > sigmas
+    shape = confidence.shape
+    flat = confidence.reshape(size, size, -1)
     flat[hidden] = 0.0
     fit.identity.confidence = flat.reshape(shape)
     return int(hidden.sum())

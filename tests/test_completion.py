@@ -232,3 +232,38 @@ def test_uv_features_mark_regions(model) -> None:
     skin, lips = features[0], features[1]
     assert skin.mean() > 0.2 and 0 < lips.mean() < 0.1
     assert np.array_equal(features, uv_features(model, 128))
+
+
+def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
+    """Grace Hopper's cap (matplotlib's bundled photo, `make demo`'s source) sits on her
+    forehead; the swap's face mask takes a band of the source's forehead, so the cap was
+    pasted onto the actor as a dark stripe. `hide_forehead_occluders` hides those texels
+    (the completion then fills them with skin) and leaves a plain skin texture alone."""
+    import copy
+
+    import matplotlib.cbook
+
+    from fitting.faces import detect_faces
+    from fitting.fit import fit_photo
+    from morph3d.composite import _ycrcb
+    from morph3d.media import read_image
+    from morph3d.swap import hide_forehead_occluders
+
+    image = read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    faces = detect_faces(image, "mediapipe")
+    best = int(np.argmax(faces.areas()))
+    landmarks = {k: v[best].astype(np.float64) for k, v in faces.landmarks.items()}
+    fit = fit_photo(image, model, landmarks=landmarks)
+    plain = copy.deepcopy(fit)
+    before = fit.identity.confidence.copy()
+    hidden_count = hide_forehead_occluders(fit, model)
+    hidden = (before > 0) & (fit.identity.confidence == 0)
+    assert hidden_count == hidden.sum() > 5000
+    luma = _ycrcb(np.clip(fit.identity.texture, 0, 1))[..., 0]
+    seen = before >= 0.5
+    assert np.median(luma[hidden]) < 0.4 * np.median(luma[seen & ~hidden])  # the dark cap
+    rows = np.nonzero(hidden.any(1))[0]
+    assert rows.max() < 0.3 * hidden.shape[0]  # all above the brows (top of the atlas)
+    # the same photo's texture with every texel at its median skin colour: nothing to hide
+    plain.identity.texture[:] = np.median(plain.identity.texture[seen], axis=0)
+    assert hide_forehead_occluders(plain, model) == 0
