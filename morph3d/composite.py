@@ -1011,6 +1011,16 @@ def keep_actor_mouth(mask: np.ndarray, actor_landmarks: Landmarks | FaceGeometry
     return _clean_alpha(mask * (1.0 - keep)), weight
 
 
+def rendered_mouth_parts(regions: Mapping[str, np.ndarray], shape: tuple[int, int]
+                         ) -> np.ndarray:
+    """Bool H x W: the render's mouth lining, teeth and tongue pixels."""
+    inside = np.zeros(shape, bool)
+    for name in ("mouth_interior", "teeth", "tongue"):
+        if name in regions:
+            inside |= np.asarray(regions[name]) > 0.5
+    return inside
+
+
 def rendered_mouth_opening(regions: Mapping[str, np.ndarray], mouth_width_px: float,
                            margin: float = 0.02, sigma_px: float = 1.0) -> np.ndarray:
     """Float H x W: where the render shows its mouth lining, teeth or tongue, grown by
@@ -1021,10 +1031,7 @@ def rendered_mouth_opening(regions: Mapping[str, np.ndarray], mouth_width_px: fl
     kept where it is showed over the swapped upper lip: a second, dark mouth. Kept only
     inside the swapped opening it frames nothing but the real teeth and darkness.
     """
-    inside = np.zeros(next(iter(regions.values())).shape[:2], bool)
-    for name in ("mouth_interior", "teeth", "tongue"):
-        if name in regions:
-            inside |= np.asarray(regions[name]) > 0.5
+    inside = rendered_mouth_parts(regions, next(iter(regions.values())).shape[:2])
     if not inside.any():
         return inside.astype(np.float32)
     grown = _dilate(inside, margin * mouth_width_px).astype(np.float32)
@@ -1039,10 +1046,7 @@ def drop_rendered_mouth(mask: np.ndarray, regions: Mapping[str, np.ndarray],
     mouth and the swapped lips. Applied with the open mouth's keep weight (`strength`): on a
     closed mouth it cut the swapped lips apart and the output's mouth read as open
     (orig.webm, mark.jpg: mar_corr 0.77 with it always on, 0.82 open-only)."""
-    inside = np.zeros(mask.shape, bool)
-    for name in ("mouth_interior", "teeth", "tongue"):
-        if name in regions:
-            inside |= np.asarray(regions[name]) > 0.5
+    inside = rendered_mouth_parts(regions, mask.shape)
     if not inside.any():
         return mask
     soft = cv2.GaussianBlur(_dilate(inside, 2).astype(np.float32), (0, 0), sigma_px)

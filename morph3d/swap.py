@@ -333,12 +333,7 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
                 inside[v] = cv2.pointPolygonTest(
                     polygon, (float(pixels[v, 0]), float(pixels[v, 1])), False) >= 0
             _fill_uv_triangles(hidden, model, np.flatnonzero(inside[triangles].all(1)))
-    hidden = hidden.astype(bool)
-    shape = confidence.shape
-    flat = confidence.reshape(shape[0], shape[1], -1)
-    flat[hidden] = 0.0
-    fit.identity.confidence = flat.reshape(shape)
-    return int(hidden.sum())
+    return _hide_texels(fit, hidden.astype(bool))
 
 
 def _fill_uv_triangles(canvas: np.ndarray, model, triangle_ids: np.ndarray) -> None:
@@ -388,17 +383,24 @@ def hide_forehead_occluders(fit, model, margin_mm: float = 4.0, sigmas: float = 
         _fill_uv_triangles(canvas, model, np.flatnonzero(vertices[triangles].all(1)))
         masks.append(canvas.astype(bool))
     forehead_texels, cheek_texels = masks
-    seen = confidence.reshape(size, size, -1)[..., 0] >= 0.5
+    level = confidence.reshape(size, size, -1)[..., 0]
+    seen = level >= 0.5
     tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
     skin_model = skin_model_from_samples(_ycrcb(tex)[cheek_texels & seen])
     if skin_model is None:
         return 0
-    hidden = forehead_texels & (confidence.reshape(size, size, -1)[..., 0] > 0)
+    hidden = forehead_texels & (level > 0)
     # dark: 2.5 std below the cheeks' luma (and under 45 % of it), not the compositor's 5:
     # the albedo has its shading divided out, and a dark brim has almost no chroma to tell
     hidden &= non_skin_score(tex, skin_model, dark_sigmas=2.5) > sigmas
+    return _hide_texels(fit, hidden)
+
+
+def _hide_texels(fit, hidden: np.ndarray) -> int:
+    """Set the fit's texture confidence to 0 on the T x T bool `hidden`; returns how many."""
+    confidence = fit.identity.confidence
     shape = confidence.shape
-    flat = confidence.reshape(size, size, -1)
+    flat = confidence.reshape(shape[0], shape[1], -1)
     flat[hidden] = 0.0
     fit.identity.confidence = flat.reshape(shape)
     return int(hidden.sum())
