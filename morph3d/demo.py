@@ -151,8 +151,9 @@ def run_demo(out_dir: Path, real: bool = False, quiet: bool = False) -> dict:
     else:
         source = bundled_source()
         target = out_dir / "demo_target.mp4"
-        if not target.is_file():
-            make_target_clip(target, model, log)
+        # Always re-made (a few seconds): a clip left by an older model build or fitting
+        # code would swap into a different target (the fits are cached by its content).
+        make_target_clip(target, model, log)
         output, preview = out_dir / "demo.mp4", out_dir / "demo_preview.png"
         log("demo: fitting Grace Hopper's photo and exporting the mesh to demo.glb / demo.obj")
         from fitting.fit import fit_photo
