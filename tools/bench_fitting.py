@@ -7,7 +7,11 @@
   contour); median face-region vertex error after rigid alignment (mm; also after a
   similarity alignment, which removes the size/distance ambiguity of landmarks) and pose
   error (deg); with the true focal given, and with the focal estimated; and without the
-  noise (diagnostic: the floor of landmark-only fitting on the same faces). The landmarks
+  noise (diagnostic: the floor of landmark-only fitting on the same faces). The size split
+  (diagnostic): a face k times larger and k times farther away gives the same image, so the
+  fitted size is the prior's guess; reported are the fitted / true face size (median error,
+  its correlation with the fitted / true distance), the error the size error alone would
+  cost (the true shape at the fitted size) and the fit's error at the true size. The landmarks
   are those of the default pipeline: the ibug68 and mediapipe478 points (the 68 matched
   to the model's "ibug68" table, as the mediapipe-derived 68 are); `synthetic_68_only`
   fits the 68 points alone (matched to the annotation table, as dlib's points are), and
@@ -53,65 +57,115 @@ sys.path.insert(0, str(ROOT / "tests"))
 MEDIA = ROOT.parent / "shared" / "media"
 
 
-def sim_error(a: np.ndarray, b: np.ndarray) -> float:
+def sim_error(a: np.ndarray, b: np.ndarray, scale: bool = True) -> float:
+    """Median distance (mm) of points `a` to `b` after the best similarity alignment
+    (`scale=False`: rigid)."""
     ca, cb = a.mean(0), b.mean(0)
     U, S, Vt = np.linalg.svd((a - ca).T @ (b - cb))
     D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
     R = (U @ D @ Vt).T
-    s = (S * np.diag(D)).sum() / ((a - ca) ** 2).sum()
+    s = (S * np.diag(D)).sum() / ((a - ca) ** 2).sum() if scale else 1.0
     return float(np.median(np.linalg.norm(s * (a - ca) @ R.T + cb - b, axis=1)))
+
+
+def rms_size(points: np.ndarray) -> float:
+    """Root-mean-square distance of the points from their centroid (mm)."""
+    return float(np.sqrt(((points - points.mean(0)) ** 2).sum(1).mean()))
+
+
+def rigid_error(a: np.ndarray, b: np.ndarray) -> float:
+    """Median distance (mm) of points `a` to `b` after the best rigid alignment."""
+    return sim_error(a, b, scale=False)
+
+
+# The background grey and the lighting of the rendered synthetic faces.
+SYNTHETIC_BACKGROUND = 0.35
+SYNTHETIC_SKIN = (0.85, 0.65, 0.55)
+
+
+def synthetic_case(model, rng: np.random.Generator,
+                   schemes: tuple[str, ...] = ("ibug68", "mediapipe478"), noise_px: float = 1.5):
+    """One synthetic face at a yaw within +-60 deg: (identity, FrameState, camera, noisy
+    landmarks {scheme: L x 2 px} for `schemes`, noise-free landmarks for both schemes).
+
+    The ibug68 points come from the table the fit matches them to (see
+    fitting.fit.ibug68_table): "ibug68" next to mediapipe478, the annotation one alone; the
+    iBUG jaw lies on the occluding contour."""
+    from scipy.spatial.transform import Rotation
+    from test_fit import synthetic_face
+
+    from fitting import fit as F
+
+    alpha, state, camera, _ = synthetic_face(model, rng)
+    yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
+    head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
+                               degrees=True).as_matrix()
+    state.rotation = F.axis_angle(F.FRONT @ head)
+    arrays = F.model_arrays(model)
+    convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
+    lms, clean = {}, {}
+    for scheme in ("ibug68", "mediapipe478"):
+        table = F.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
+        ids, bary = arrays.landmarks[table]
+        ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(),
+                           bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays,
+                           ibug_table=table)
+        if scheme == "ibug68":
+            F.update_jaw_contour(ls, alpha, state, camera)
+        pts = F.project(ls.positions(alpha, state.expression), state.rotation,
+                        state.translation, camera)
+        noise = rng.normal(0, 1.0, pts.shape) * noise_px  # drawn for both: same faces
+        clean[scheme] = pts
+        if scheme in schemes:
+            lms[scheme] = pts + noise
+    return alpha, state, camera, lms, clean
+
+
+def synthetic_lighting():
+    """1 x 9 x 3 SH coefficients of the rendered synthetic faces (a light from the upper
+    left of the camera)."""
+    import torch
+
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 0], sh[0, 2], sh[0, 1] = 0.7, 0.35, 0.1
+    return sh
+
+
+def render_synthetic(model, alpha: np.ndarray, state, camera) -> np.ndarray:
+    """The face rendered grey-skin shaded over a plain background: H x W x 3 uint8."""
+    import torch
+
+    from fitting import fit as F
+    from render.helpers import render_mesh
+
+    verts = F.vertex_positions(model, alpha, state.expression)
+    skin = torch.tensor(SYNTHETIC_SKIN).expand(len(verts), 3)
+    with torch.no_grad():
+        out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None], model.triangles,
+                          camera.to_camera(state.rotation, state.translation),
+                          vertex_colors=skin, sh_coeffs=synthetic_lighting(),
+                          background=SYNTHETIC_BACKGROUND)
+    return (np.clip(out.image[0].numpy(), 0, 1) * 255).astype(np.uint8)
 
 
 def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
               noise_px: float = 1.5, schemes: tuple[str, ...] = ("ibug68", "mediapipe478")
               ) -> dict:
-    import torch
-    from scipy.spatial.transform import Rotation
-    from test_fit import pose_error_deg, rigid_vertex_error, synthetic_face
+    from test_fit import pose_error_deg, rigid_vertex_error
 
     from fitting import fit as F
 
     rng = np.random.default_rng(0)
     verts_err, sim_err, pose_err, missed, seconds, focal_err = [], [], [], 0, [], []
+    # The size/distance split: fitted face size / true size, fitted / true distance, the
+    # error of the true shape at the fitted size, and of the fitted shape at the true size.
+    size_ratio, distance_ratio, size_alone, true_size = [], [], [], []
     corrective = {"vertex": [], "similarity": [], "points_px": [], "points_px_off": []}
     for _ in range(n):
-        alpha, state, camera, lms = synthetic_face(model, rng)
-        yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
-        head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
-                                   degrees=True).as_matrix()
-        state.rotation = F.axis_angle(F.FRONT @ head)
-        arrays = F.model_arrays(model)
-        # The ibug68 points come from the table the fit matches them to (see
-        # fitting.fit.ibug68_table): "ibug68" next to mediapipe478, the annotation one alone.
+        alpha, state, camera, lms, clean = synthetic_case(model, rng, schemes, noise_px)
         convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
-        lms, clean = {}, {}
-        for scheme in ("ibug68", "mediapipe478"):
-            table = F.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
-            ids, bary = arrays.landmarks[table]
-            ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(),
-                               bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays,
-                               ibug_table=table)
-            if scheme == "ibug68":
-                F.update_jaw_contour(ls, alpha, state, camera)
-            pts = F.project(ls.positions(alpha, state.expression), state.rotation,
-                            state.translation, camera)
-            noise = rng.normal(0, 1.0, pts.shape) * noise_px  # drawn for both: same faces
-            clean[scheme] = pts
-            if scheme in schemes:
-                lms[scheme] = pts + noise
         if rendered:
-            from render.helpers import render_mesh
-
-            verts = F.vertex_positions(model, alpha, state.expression)
-            sh = torch.zeros(1, 9, 3)
-            sh[0, 0], sh[0, 2], sh[0, 1] = 0.7, 0.35, 0.1
-            skin = torch.tensor([0.85, 0.65, 0.55]).expand(len(verts), 3)
-            with torch.no_grad():
-                out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None],
-                                  model.triangles, camera.to_camera(state.rotation,
-                                                                    state.translation),
-                                  vertex_colors=skin, sh_coeffs=sh, background=0.35)
-            image = (np.clip(out.image[0].numpy(), 0, 1) * 255).astype(np.uint8)
+            image = render_synthetic(model, alpha, state, camera)
             try:
                 lms = F.detect_landmarks(image, "mediapipe")
             except Exception:
@@ -143,8 +197,14 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
         verts_err.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
                                             state.expression))
         face = F.model_arrays(model).face_vertices
-        sim_err.append(sim_error(F.vertex_positions(model, ident, states[0].expression)[face],
-                                 F.vertex_positions(model, alpha, state.expression)[face]))
+        fitted_v = F.vertex_positions(model, ident, states[0].expression)[face]
+        true_v = F.vertex_positions(model, alpha, state.expression)[face]
+        sim_err.append(sim_error(fitted_v, true_v))
+        ratio = rms_size(fitted_v) / rms_size(true_v)
+        size_ratio.append(ratio)
+        distance_ratio.append(states[0].translation[2] / state.translation[2])
+        size_alone.append(rigid_error(true_v * ratio, true_v))
+        true_size.append(rigid_error(fitted_v / ratio, true_v))
         pose_err.append(pose_error_deg(states[0].rotation, state.rotation))
     return {"faces": n, "noise_px": noise_px, "schemes": list(schemes),
             "missed_by_detector": missed,
@@ -155,6 +215,11 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
             "landmark_fit_s_median": float(np.median(seconds)),
             "focal": "given (true)" if given_focal else "estimated",
             "median_focal_rel_err": float(np.median(focal_err)),
+            "median_size_err_pct": float(np.median(np.abs(np.array(size_ratio) - 1)) * 100),
+            "p90_size_err_pct": float(np.percentile(np.abs(np.array(size_ratio) - 1), 90) * 100),
+            "size_vs_distance_corr": float(np.corrcoef(size_ratio, distance_ratio)[0, 1]),
+            "median_vertex_mm_size_error_alone": float(np.median(size_alone)),
+            "median_vertex_mm_at_true_size": float(np.median(true_size)),
             **({} if not corrective["vertex"] else {
                 "corrective_median_vertex_mm": float(np.median(corrective["vertex"])),
                 "corrective_median_vertex_mm_similarity_aligned":
