@@ -1131,6 +1131,36 @@ def _as_float_image(image: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
 
 
+def compress_highlights(albedo: np.ndarray, skin: np.ndarray, sigmas: float = 3.0
+                        ) -> np.ndarray:
+    """Tone down specular highlights in an albedo image (H x W x 3 float, photo / shading).
+
+    A shiny nose tip or a flash reflection divides into a near-white albedo that the
+    swap's render would then show under every lighting (khabenskii.jpg's flash-lit nose
+    came out as a glowing spot). Within `skin` (bool H x W, the face's skin), pixels whose
+    brightness (channel mean) is more than `sigmas` robust standard deviations above the
+    skin's median are scaled down to that level and, over the next standard deviation,
+    blended into the skin's median colour at that level. A gentle cap: hiding such texels
+    for completion instead looked cleaner but moved the swap away from the source photo
+    (identity distance 0.464 -> 0.500 on orig.webm), and a cap at 2 sigmas also cost
+    identity (0.486)."""
+    brightness = albedo.mean(-1)
+    values = brightness[skin]
+    if values.size < 16:
+        return albedo
+    median = float(np.median(values))
+    spread = max(1.4826 * float(np.median(np.abs(values - median))), 1e-3)
+    cap = median + sigmas * spread
+    over = skin & (brightness > cap)
+    if not over.any():
+        return albedo
+    skin_colour = np.median(albedo[skin], axis=0)
+    flat = skin_colour / max(float(skin_colour.mean()), 1e-6) * cap  # skin colour at the cap
+    scaled = albedo * (cap / np.maximum(brightness, 1e-6))[..., None]
+    blend = np.clip((brightness - cap) / spread, 0.0, 1.0)[..., None]
+    return np.where(over[..., None], (1.0 - blend) * scaled + blend * flat, albedo)
+
+
 def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarray,
                              states: list[FrameState], cameras: list[CameraParams],
                              steps: int = 25, max_side: int = 256, texture_size: int | None = None,
@@ -1138,7 +1168,8 @@ def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarr
                              ) -> tuple[list[FrameState], np.ndarray, np.ndarray]:
     """Step 9: per-image SH lighting by a photometric loss (rendered face-skin pixels vs the
     photo, at most `max_side` px, Adam on SH + a mean skin albedo), then the albedo texture:
-    each photo divided by its shading, unprojected to UV; photos merged by confidence.
+    each photo divided by its shading, its highlights toned down (`compress_highlights`),
+    unprojected to UV; photos merged by confidence.
     `offset`: the identity's corrective deformation (V x 3 mm), if any.
     Returns (states with sh, texture T x T x 3, confidence T x T)."""
     from render.helpers import extract_texture, render_mesh
@@ -1200,6 +1231,10 @@ def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarr
             shading = render_mesh(v_t, tris, full_cam, sh_coeffs=torch.as_tensor(
                 sh, dtype=torch.float32)[None], antialias=False).image[0].numpy()
         albedo_img = np.where(shading > 0.05, img / np.maximum(shading, 0.05), img)
+        with torch.no_grad():
+            face_skin = render_mesh(v_t, tris, full_cam, vertex_colors=skin_t,
+                                    antialias=False).image[0, ..., 0].numpy() > 0.99
+        albedo_img = compress_highlights(albedo_img, face_skin)
         texture, confidence = extract_texture(
             torch.as_tensor(np.clip(albedo_img, 0, 1))[None], v_t, tris, uv_coords, uv_tris,
             full_cam, size)

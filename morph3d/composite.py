@@ -16,8 +16,8 @@ entirely through one alpha mask, built in steps that each have one job:
 5. `keep_actor_eyes` / `keep_actor_mouth`: the actor's own eyes (blinks, gaze) and open
    mouth interior (teeth, tongue) stay, the mouth only inside the swapped face's own
    opening (`rendered_mouth_opening`).
-6. `match_colour`: the render's skin statistics are matched to the actor's (Lab, robust,
-   with a moving-average state carried between frames).
+6. `match_colour`: the render's skin colour is matched to the actor's by a gain per
+   linear-RGB channel (skin medians, a moving-average state carried between frames).
 7. `composite`: alpha blend (default) or Poisson; pixels where the final alpha is zero are
    bit-identical to the input frame.
 
@@ -404,82 +404,83 @@ def robust_stats(samples: np.ndarray, min_std: float = 1.0) -> tuple[np.ndarray,
     return median, np.maximum(1.4826 * mad, min_std)
 
 
+def srgb_to_linear(image: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values in [0, 1] -> linear light (the IEC 61966-2-1 curve)."""
+    x = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(image: np.ndarray) -> np.ndarray:
+    x = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+LUMINANCE = np.array([0.2126, 0.7152, 0.0722])  # Rec. 709 weights of linear RGB
+
+
 @dataclass
 class ColourState:
-    """Lab median and robust std of the actor's skin and of the render's skin, averaged over
-    frames. Carried between frames so the colour transfer does not flicker."""
+    """Per-channel medians (linear RGB) of the actor's skin and of the render's skin,
+    averaged over frames. Carried between frames so the colour transfer does not flicker."""
 
-    actor_mean: np.ndarray
-    actor_std: np.ndarray
-    render_mean: np.ndarray
-    render_std: np.ndarray
+    actor_median: np.ndarray
+    render_median: np.ndarray
     frames: int = 1
 
     def blended(self, other: ColourState, momentum: float) -> ColourState:
         """Exponential moving average: `momentum` of self plus the rest of `other`."""
         m = float(np.clip(momentum, 0.0, 1.0))
+        return ColourState(m * self.actor_median + (1.0 - m) * other.actor_median,
+                           m * self.render_median + (1.0 - m) * other.render_median,
+                           self.frames + 1)
 
-        def mix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-            return m * a + (1.0 - m) * b
+    def gains(self, keep_chroma: float = 0.0, max_gain: float = 4.0) -> np.ndarray:
+        """Per-channel gains on linear RGB that take the render's skin median to the actor's.
 
-        return ColourState(mix(self.actor_mean, other.actor_mean),
-                           mix(self.actor_std, other.actor_std),
-                           mix(self.render_mean, other.render_mean),
-                           mix(self.render_std, other.render_std), self.frames + 1)
-
-    def gain_offset(self, max_gain: float = 1.5, keep_chroma: float = 0.0,
-                    chroma_gain: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel Lab transfer ``lab' = gain * lab + offset``.
-
-        The skin's mean goes to the actor's, except that `keep_chroma` (0..1) of the way
-        from the actor's a, b means to the render's own (after the gain) is kept: skin tone
-        is part of the source's identity, while lightness must follow the scene. Without
-        `chroma_gain` a and b keep the render's spread (gain 1): the std ratio would
-        exaggerate the kept tint (it saturated mark.jpg's pink)."""
-        gain = np.clip(self.actor_std / self.render_std, 1.0 / max_gain, max_gain)
-        if not chroma_gain:
-            gain[1:] = 1.0
-        keep = np.array([0.0, keep_chroma, keep_chroma])
-        target = self.actor_mean + keep * (gain * self.render_mean - self.actor_mean)
-        return gain, target - gain * self.render_mean
+        A gain per channel is a change of light (exposure and white balance), so a dark
+        brow stays a dark brow of the same hue, where an additive Lab shift turned
+        khabenskii.jpg's brows teal. `keep_chroma` (0..1) keeps that share of the source's
+        own skin tone: the gains move that far (geometrically) towards one common gain and
+        are scaled so that the skin's luminance still becomes the actor's."""
+        render = np.maximum(self.render_median, 1e-4)
+        gain = np.clip(self.actor_median / render, 1.0 / max_gain, max_gain)
+        luminance = float(np.clip((LUMINANCE @ self.actor_median) / (LUMINANCE @ render),
+                                  1.0 / max_gain, max_gain))
+        keep = float(np.clip(keep_chroma, 0.0, 1.0))
+        gain = luminance * (gain / luminance) ** (1.0 - keep)
+        return gain * luminance / float(LUMINANCE @ (gain * render) / (LUMINANCE @ render))
 
 
 def match_colour(render: np.ndarray, frame: np.ndarray, skin: np.ndarray, *,
                  state: ColourState | None = None, momentum: float = 0.8,
-                 max_gain: float = 1.5, keep_chroma: float = 0.0, chroma_gain: bool = True,
-                 min_pixels: int = 64, max_samples: int = 20000
+                 keep_chroma: float = 0.0, min_pixels: int = 64, max_samples: int = 20000
                  ) -> tuple[np.ndarray, ColourState | None]:
-    """Match the render's skin colour to the actor's: ``lab' = (lab - m_r) s_a / s_r + m_a``.
+    """Match the render's skin colour to the actor's by a gain per linear-RGB channel.
 
-    Statistics (median, MAD std per Lab channel) come from the same `skin` pixels (bool
-    H x W: face skin under the mask, eyes, brows, mouth and occluders left out) in the
-    frame and in the render; both faces are in the same pose, so the same pixels are the
-    same part of the face. With `state` from the previous frame the statistics are averaged
-    (`momentum` of the old); the new state is returned. Too few skin pixels (the face is
-    covered): the old state's transfer is applied and the state kept, or the render is
-    returned unchanged when there is no state yet. `keep_chroma`, `chroma_gain`: see
-    `ColourState.gain_offset`.
+    The medians come from the same `skin` pixels (bool H x W: face skin under the mask,
+    eyes, brows, mouth and occluders left out) in the frame and in the render; both faces
+    are in the same pose, so the same pixels are the same part of the face. With `state`
+    from the previous frame the medians are averaged (`momentum` of the old); the new state
+    is returned. Too few skin pixels (the face is covered): the old state's gains are
+    applied and the state kept, or the render is returned unchanged when there is no state
+    yet. `keep_chroma`: see `ColourState.gains`.
     """
     skin = np.asarray(skin, bool)
     if int(skin.sum()) < min_pixels:
         if state is None:
             return render, None
-        transfer = state.gain_offset(max_gain, keep_chroma, chroma_gain)
-        return _apply_lab_transfer(render, *transfer), state
+        return apply_gains(render, state.gains(keep_chroma)), state
     index = np.flatnonzero(skin)
     index = index[:: len(index) // max_samples + 1]  # a regular subsample bounds the cost
-    actor_mean, actor_std = robust_stats(rgb_to_lab(frame.reshape(-1, 3)[index][None])[0])
-    render_mean, render_std = robust_stats(rgb_to_lab(render.reshape(-1, 3)[index][None])[0])
-    current = ColourState(actor_mean, actor_std, render_mean, render_std)
+    current = ColourState(np.median(srgb_to_linear(frame.reshape(-1, 3)[index]), axis=0),
+                          np.median(srgb_to_linear(render.reshape(-1, 3)[index]), axis=0))
     state = current if state is None else state.blended(current, momentum)
-    transfer = state.gain_offset(max_gain, keep_chroma, chroma_gain)
-    return _apply_lab_transfer(render, *transfer), state
+    return apply_gains(render, state.gains(keep_chroma)), state
 
 
-def _apply_lab_transfer(render: np.ndarray, gain: np.ndarray, offset: np.ndarray
-                        ) -> np.ndarray:
-    lab = rgb_to_lab(render) * gain.astype(np.float32) + offset.astype(np.float32)
-    return lab_to_rgb(lab)
+def apply_gains(render: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """`render` (sRGB, [0, 1]) with each linear channel multiplied by its gain."""
+    return linear_to_srgb(srgb_to_linear(render) * gains.astype(np.float32))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1200,15 +1201,11 @@ class CompositorConfig:
     mask_momentum: float = 0.3
     colour_match: bool = True
     colour_momentum: float = 0.8
-    # Share of the source's own skin tone (Lab a, b) kept by the colour matching, and whether
-    # a, b are also scaled to the actor's spread (`ColourState.gain_offset`); lightness always
-    # follows the actor. Keeping half of it (without the chroma gain) moved the faces towards
-    # the source on orig.webm (66 frames, id_dist_source mark.jpg / khabenskii.jpg 0.383 /
-    # 0.484 -> 0.393 / 0.474; a peer tool scores 0.428 / 0.485), but it tints the face
-    # against the actor's neck and costs the mouth's motion on nggyup.mp4 (mar_corr 0.893 ->
-    # 0.868; 0.857 keeping a quarter), so the default keeps none.
+    # Share of the source's own skin tone kept by the colour matching
+    # (`ColourState.gains`); lightness always follows the actor. (With the earlier Lab
+    # transfer, keeping half moved identity towards the source on orig.webm but tinted the
+    # face against the actor's neck and cost nggyup's mar_corr 0.893 -> 0.868.)
     colour_keep_chroma: float = 0.0
-    colour_chroma_gain: bool = True
     occluders: bool = True
     keep_eyes: bool = True
     # Paint the render's eyeballs outside the actor's kept opening over with skin
@@ -1249,8 +1246,7 @@ class CompositeReport:
     occluder_px: int
     mouth_openness: float
     mouth_weight: float
-    colour_gain: list[float] | None
-    colour_offset: list[float] | None
+    colour_gain: list[float] | None  # per linear-RGB channel
     mask_smoothed: bool
     frame_shape: tuple[int, int] = (0, 0)
     alpha_roi: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32),
@@ -1317,7 +1313,7 @@ class FaceCompositor:
             return frame.copy(), CompositeReport(
                 roi=roi, mask=MaskReport(1.0, 0.0, 0.0, 0.0), brows=BrowReport(),
                 occluder_px=0, mouth_openness=0.0, mouth_weight=0.0, colour_gain=None,
-                colour_offset=None, mask_smoothed=False, frame_shape=shape,
+                mask_smoothed=False, frame_shape=shape,
                 alpha_roi=np.zeros((y1 - y0, x1 - x0), np.float32),
                 occluders_roi=np.zeros((y1 - y0, x1 - x0), bool))
         crop = (slice(y0, y1), slice(x0, x1))
@@ -1386,19 +1382,16 @@ class FaceCompositor:
                 mask = drop_rendered_mouth(mask, regions, strength=mouth_weight)
 
         # colour
-        gain = off = None
+        gain = None
         if cfg.colour_match:
             skin = (mask > 0.5) & ~expected & ~occ
             if regions is not None and "face_skin" in regions:
                 skin &= regions["face_skin"] > 0.5
             r, self.colour_state = match_colour(r, f, skin, state=self.colour_state,
                                                 momentum=cfg.colour_momentum,
-                                                keep_chroma=cfg.colour_keep_chroma,
-                                                chroma_gain=cfg.colour_chroma_gain)
+                                                keep_chroma=cfg.colour_keep_chroma)
             if self.colour_state is not None:
-                g_, o_ = self.colour_state.gain_offset(keep_chroma=cfg.colour_keep_chroma,
-                                                       chroma_gain=cfg.colour_chroma_gain)
-                gain, off = g_.tolist(), o_.tolist()
+                gain = self.colour_state.gains(cfg.colour_keep_chroma).tolist()
 
         out_crop = composite(f, r, mask, base=base, method=cfg.method)
         out = frame.copy()
@@ -1409,7 +1402,7 @@ class FaceCompositor:
         report = CompositeReport(
             roi=roi, mask=mask_report, brows=brow_report,
             occluder_px=int(occ.sum()), mouth_openness=float(openness),
-            mouth_weight=float(mouth_weight), colour_gain=gain, colour_offset=off,
+            mouth_weight=float(mouth_weight), colour_gain=gain,
             mask_smoothed=smoothed, frame_shape=shape, alpha_roi=mask, occluders_roi=occ)
         return out, report
 

@@ -33,8 +33,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well 
 # Cache format of the work folder. 2: landmarks carry the shot cuts, fits are keyed by the
 # model build; 3: repeated frames are held.
 WORK_FORMAT = 3
-# Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`).
-SOURCE_FORMAT = 2
+# Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`);
+# 3: highlights toned down in the albedo (`fitting.fit.compress_highlights`).
+SOURCE_FORMAT = 3
 REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 

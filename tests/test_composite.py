@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from morph3d.composite import (
+    LUMINANCE,
     ColourState,
     CompositorConfig,
     FaceCompositor,
@@ -241,7 +242,7 @@ def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
     matched, report = FaceCompositor().process(inputs)
     plain, _ = FaceCompositor(CompositorConfig(colour_match=False)).process(inputs)
     toned, _ = FaceCompositor(CompositorConfig(  # keeps part of the source's skin tone
-        colour_keep_chroma=0.5, colour_chroma_gain=False)).process(inputs)
+        colour_keep_chroma=0.5)).process(inputs)
     skin = (report.alpha > 0.99) & ~dilate(face_region(frame.shape[:2], lm_a) == 0, 3)
     skin &= ~dilate(np.any(np.abs(frame - np.array(ACTOR_SKIN)) > 0.2, axis=-1), 2)
     actor = rgb_to_lab(frame)[skin].mean(0)
@@ -256,19 +257,32 @@ def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
 
 
 def test_colour_transfer_keeps_the_asked_share_of_the_source_skin_tone() -> None:
-    state = ColourState(actor_mean=np.array([60.0, 5.0, 10.0]), actor_std=np.array([9.0, 2, 2]),
-                        render_mean=np.array([40.0, 15.0, 20.0]),
-                        render_std=np.array([6.0, 2, 2]))
-    for keep, expected in ((0.0, [60, 5, 10]), (0.5, [60, 10, 15]), (1.0, [60, 15, 20])):
-        gain, offset = state.gain_offset(keep_chroma=keep)
-        assert np.allclose(gain, [1.5, 1, 1])
-        assert np.allclose(gain * state.render_mean + offset, expected)  # the skin's new mean
-    state.actor_std = np.array([9.0, 2.8, 1.6])  # the actor's chroma spread differs
-    gain, offset = state.gain_offset(keep_chroma=0.5)
-    assert np.allclose(gain, [1.5, 1.4, 0.8])
-    gain, offset = state.gain_offset(keep_chroma=0.5, chroma_gain=False)
-    assert np.allclose(gain, [1.5, 1, 1])  # a, b keep the render's spread
-    assert np.allclose(gain * state.render_mean + offset, [60, 10, 15])
+    actor, render = np.array([0.40, 0.30, 0.25]), np.array([0.20, 0.12, 0.08])
+    state = ColourState(actor_median=actor, render_median=render)
+    tone = lambda rgb: rgb / (LUMINANCE @ rgb)  # noqa: E731  (chromaticity, lightness removed)
+    for keep, expected_tone in ((0.0, tone(actor)), (1.0, tone(render))):
+        new = state.gains(keep_chroma=keep) * render  # the skin's new median
+        assert np.isclose(LUMINANCE @ new, LUMINANCE @ actor)  # lightness follows the actor
+        assert np.allclose(tone(new), expected_tone)
+    half = tone(state.gains(keep_chroma=0.5) * render)
+    assert np.all((half - tone(actor)) * (tone(render) - half) >= 0)  # in between
+
+
+def test_colour_transfer_keeps_dark_features_in_their_hue() -> None:
+    # A reddish source skin matched to a pale actor: an additive Lab shift of the skin's
+    # chroma turned a source's dark brown brows teal; per-channel gains keep them brown.
+    skin_render, skin_actor = (0.75, 0.50, 0.42), (0.85, 0.75, 0.70)
+    render = np.full((40, 40, 3), skin_render, np.float32)
+    render[:8] = (0.25, 0.17, 0.12)  # dark brown brows
+    frame = np.full((40, 40, 3), skin_actor, np.float32)
+    skin = np.zeros((40, 40), bool)
+    skin[10:] = True
+    out, state = match_colour(render, frame, skin)
+    assert state is not None
+    assert np.allclose(out[20, 20], skin_actor, atol=0.01)  # the skin took the actor's colour
+    r, g, b = out[4, 4]
+    assert r > g > b  # still brown
+    assert out[4, 4].mean() < 0.5 * out[20, 20].mean()  # still dark
 
 
 def test_colour_state_is_a_moving_average() -> None:
@@ -281,10 +295,9 @@ def test_colour_state_is_a_moving_average() -> None:
     _, smoothed = match_colour(render, brighter, skin, state=state, momentum=0.8)
     assert smoothed.frames == 2
     # the averaged actor mean moves 20 % of the way to the new frame's
-    expected = 0.8 * state.actor_mean + 0.2 * jumped.actor_mean
-    assert np.allclose(smoothed.actor_mean, expected)
-    gain, offset = ColourState(*(np.ones(3) for _ in range(4))).gain_offset()
-    assert np.allclose(gain, 1) and np.allclose(offset, 0)
+    expected = 0.8 * state.actor_median + 0.2 * jumped.actor_median
+    assert np.allclose(smoothed.actor_median, expected)
+    assert np.allclose(ColourState(np.full(3, 0.3), np.full(3, 0.3)).gains(), 1)
     unchanged, none = match_colour(render, frame, np.zeros_like(skin))
     assert none is None and unchanged is render
 

@@ -306,3 +306,22 @@ def test_cli_no_face_is_one_line_error(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("morph3d:")]
     assert errors == [f"morph3d: error: no face found in {blank}"], proc.stderr
+
+
+def test_highlights_are_toned_down_in_the_albedo():
+    rng = np.random.default_rng(0)
+    skin_colour = np.array([0.62, 0.45, 0.38])
+    albedo = skin_colour * rng.uniform(0.9, 1.1, (64, 64, 1))
+    albedo[30:34, 30:34] = (0.97, 0.97, 1.0)  # a flash reflection on the nose tip
+    albedo[2:6, 2:6] = (0.95, 0.95, 0.95)  # bright, but outside the skin mask (an eye white)
+    skin = np.ones((64, 64), bool)
+    skin[:8, :8] = False
+    out = F.compress_highlights(albedo, skin)
+    spot = out[31, 31]
+    assert spot.mean() < 0.7  # down to about the skin's brightest
+    assert spot[0] > spot[1] > spot[2]  # and skin-coloured, not a white or blue glint
+    assert np.array_equal(out[4, 4], albedo[4, 4])  # outside the skin: untouched
+    ordinary = np.ones((64, 64), bool)
+    ordinary[30:34, 30:34] = False
+    ordinary[:8, :8] = False
+    assert np.array_equal(out[ordinary], albedo[ordinary])  # plain skin keeps its detail
