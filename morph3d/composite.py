@@ -434,21 +434,23 @@ class ColourState:
                            m * self.render_median + (1.0 - m) * other.render_median,
                            self.frames + 1)
 
-    def gains(self, keep_chroma: float = 0.0, max_gain: float = 4.0) -> np.ndarray:
+    def gains(self, keep_chroma: float = 0.0, max_light: float = 16.0, max_tint: float = 3.0
+              ) -> np.ndarray:
         """Per-channel gains on linear RGB that take the render's skin median to the actor's.
 
-        A gain per channel is a change of light (exposure and white balance), so a dark
-        brow stays a dark brow of the same hue, where an additive Lab shift turned
-        khabenskii.jpg's brows teal. `keep_chroma` (0..1) keeps that share of the source's
-        own skin tone: the gains move that far (geometrically) towards one common gain and
-        are scaled so that the skin's luminance still becomes the actor's."""
+        A gain per channel is a change of light, so a dark brow stays a dark brow of the same
+        hue, where an additive Lab shift turned khabenskii.jpg's brows teal. The gains split
+        into one luminance gain (exposure: a dark render may need a large one, up to
+        `max_light`) and a tint per channel relative to it (white balance, bounded by
+        `max_tint`). `keep_chroma` (0..1) keeps that share of the source's own skin tone:
+        the tint is raised to the power 1 - keep_chroma; the skin's luminance still becomes
+        the actor's."""
         render = np.maximum(self.render_median, 1e-4)
-        gain = np.clip(self.actor_median / render, 1.0 / max_gain, max_gain)
-        luminance = float(np.clip((LUMINANCE @ self.actor_median) / (LUMINANCE @ render),
-                                  1.0 / max_gain, max_gain))
-        keep = float(np.clip(keep_chroma, 0.0, 1.0))
-        gain = luminance * (gain / luminance) ** (1.0 - keep)
-        return gain * luminance / float(LUMINANCE @ (gain * render) / (LUMINANCE @ render))
+        luminance = float((LUMINANCE @ self.actor_median) / (LUMINANCE @ render))
+        light = float(np.clip(luminance, 1.0 / max_light, max_light))
+        tint = np.clip(self.actor_median / render / max(luminance, 1e-6), 1.0 / max_tint,
+                       max_tint) ** (1.0 - float(np.clip(keep_chroma, 0.0, 1.0)))
+        return light * tint * (LUMINANCE @ render) / float(LUMINANCE @ (tint * render))
 
 
 def match_colour(render: np.ndarray, frame: np.ndarray, skin: np.ndarray, *,
@@ -478,9 +480,16 @@ def match_colour(render: np.ndarray, frame: np.ndarray, skin: np.ndarray, *,
     return apply_gains(render, state.gains(keep_chroma)), state
 
 
-def apply_gains(render: np.ndarray, gains: np.ndarray) -> np.ndarray:
-    """`render` (sRGB, [0, 1]) with each linear channel multiplied by its gain."""
-    return linear_to_srgb(srgb_to_linear(render) * gains.astype(np.float32))
+def apply_gains(render: np.ndarray, gains: np.ndarray, knee: float = 0.7) -> np.ndarray:
+    """`render` (sRGB, [0, 1]) with each linear channel multiplied by its gain; values
+    above `knee` roll off smoothly towards 1 instead of clipping (a dark render brought up
+    to a bright actor would otherwise burn its highlights into flat white patches)."""
+    linear = srgb_to_linear(render) * gains.astype(np.float32)
+    span = 1.0 - knee
+    if span > 0:
+        over = linear > knee
+        linear[over] = knee + span * np.tanh((linear[over] - knee) / span)
+    return linear_to_srgb(linear)
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from morph3d.composite import (
     FaceCompositor,
     FrameInputs,
     adaptive_face_mask,
+    apply_gains,
     brow_band,
     close_rendered_eyes,
     composite,
@@ -283,6 +284,15 @@ def test_colour_transfer_keeps_dark_features_in_their_hue() -> None:
     r, g, b = out[4, 4]
     assert r > g > b  # still brown
     assert out[4, 4].mean() < 0.5 * out[20, 20].mean()  # still dark
+
+
+def test_brightened_highlights_roll_off_instead_of_clipping() -> None:
+    ramp = np.linspace(0.0, 0.6, 61, dtype=np.float32)
+    render = np.repeat(ramp[:, None, None], 3, axis=2)  # a grey ramp, 4 x brighter below
+    out = apply_gains(render, np.full(3, 4.0))[:, 0, 0]
+    assert np.all(np.diff(out) > 0)  # still a ramp: no flat white patch
+    assert out.max() < 1.0
+    assert np.allclose(out[:30], apply_gains(render[:30], np.full(3, 4.0), knee=1.0)[:, 0, 0])
 
 
 def test_colour_state_is_a_moving_average() -> None:
