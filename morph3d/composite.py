@@ -388,10 +388,6 @@ def rgb_to_lab(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2Lab)
 
 
-def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
-    return np.clip(cv2.cvtColor(lab.astype(np.float32), cv2.COLOR_Lab2RGB), 0.0, 1.0)
-
-
 def robust_stats(samples: np.ndarray, min_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Per-column median and MAD-based standard deviation of N x C samples.
 
