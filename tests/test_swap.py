@@ -157,8 +157,11 @@ def full_run(media_dir: Path, work_dir: Path, tmp_path_factory: pytest.TempPathF
     #    after the landmarks and both fits were computed and cached.
     log = logs / "stderr.txt"
     with open(log, "w") as err:
+        # SIGINT back to its default in the child: a shell runs background jobs with it
+        # ignored, and a Python started with SIGINT ignored never raises KeyboardInterrupt.
         proc = subprocess.Popen(_command(args), stdout=subprocess.DEVNULL, stderr=err,
-                                cwd=REPO, env=_env())
+                                cwd=REPO, env=_env(),
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 500
         while "rendering" not in log.read_text(errors="replace"):
             if proc.poll() is not None or time.monotonic() > deadline:
