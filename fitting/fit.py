@@ -1173,6 +1173,7 @@ def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarr
     `offset`: the identity's corrective deformation (V x 3 mm), if any.
     Returns (states with sh, texture T x T x 3, confidence T x T)."""
     from render.helpers import extract_texture, render_mesh
+    from render.ops import interpolate
 
     arrays = model_arrays(model)
     tris = torch.as_tensor(arrays.triangles)
@@ -1228,12 +1229,12 @@ def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarr
         # Albedo image = photo / shading (full resolution), then unproject to UV.
         full_cam = cam.to_camera(state.rotation, state.translation)
         with torch.no_grad():
-            shading = render_mesh(v_t, tris, full_cam, sh_coeffs=torch.as_tensor(
-                sh, dtype=torch.float32)[None], antialias=False).image[0].numpy()
+            lit = render_mesh(v_t, tris, full_cam, sh_coeffs=torch.as_tensor(
+                sh, dtype=torch.float32)[None], antialias=False)
+            # The face-skin pixels from the same raster: one rasterization.
+            face_skin = interpolate(skin_t, lit.raster)[0, ..., 0].numpy() > 0.99
+        shading = lit.image[0].numpy()
         albedo_img = np.where(shading > 0.05, img / np.maximum(shading, 0.05), img)
-        with torch.no_grad():
-            face_skin = render_mesh(v_t, tris, full_cam, vertex_colors=skin_t,
-                                    antialias=False).image[0, ..., 0].numpy() > 0.99
         albedo_img = compress_highlights(albedo_img, face_skin)
         texture, confidence = extract_texture(
             torch.as_tensor(np.clip(albedo_img, 0, 1))[None], v_t, tris, uv_coords, uv_tris,
