@@ -416,6 +416,14 @@ def _wrap_deg(angle: np.ndarray) -> np.ndarray:
     return (np.asarray(angle) + 180.0) % 360.0 - 180.0
 
 
+def added_motion(out_prev: np.ndarray, out_cur: np.ndarray, orig_prev: np.ndarray,
+                 orig_cur: np.ndarray, iod: float) -> float:
+    """The frame-to-frame motion of points `out` beyond that of `orig` (L x 2 each): the mean
+    over points of ``|(out[t+1] - out[t]) - (orig[t+1] - orig[t])|``, over `iod` pixels."""
+    extra = (out_cur - out_prev) - (orig_cur - orig_prev)
+    return float(np.linalg.norm(extra, axis=1).mean() / max(iod, 1e-6))
+
+
 def landmark_jitter(records: Sequence[FrameRecord], which: str) -> tuple[float, np.ndarray]:
     """(mean, per-pair values) of the extra frame-to-frame motion of `which` ("output" or
     "reencoded") over the original; see the module docstring. NaN with no consecutive pair."""
@@ -425,9 +433,8 @@ def landmark_jitter(records: Sequence[FrameRecord], which: str) -> tuple[float, 
         if cur.index != prev.index + 1 or a0 is None or a1 is None:
             continue
         o0, o1 = prev.original, cur.original
-        extra = (a1.ibug68 - a0.ibug68) - (o1.ibug68 - o0.ibug68)
-        iod = max((o0.iod + o1.iod) / 2, 1e-6)
-        values.append(float(np.linalg.norm(extra, axis=1).mean() / iod))
+        values.append(added_motion(a0.ibug68, a1.ibug68, o0.ibug68, o1.ibug68,
+                                   (o0.iod + o1.iod) / 2))
     values_arr = np.array(values, np.float64)
     return _mean(values_arr), values_arr
 

@@ -211,6 +211,7 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
 
     from fitting import fit as F
     from fitting.params import Identity, VideoFit
+    from morph3d.evaluate import added_motion
     from morph3d.models import load_model
 
     model = load_model("default")
@@ -225,10 +226,9 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
     for t in range(len(a) - 1):
         if not (valid[t] and valid[t + 1]):
             continue
-        extra = (b[t + 1] - b[t]) - (a[t + 1] - a[t])
         iod = np.mean([np.linalg.norm(a[k, 36:42].mean(0) - a[k, 42:48].mean(0))
                        for k in (t, t + 1)])
-        values.append(float(np.linalg.norm(extra, axis=1).mean() / max(iod, 1e-6)))
+        values.append(added_motion(b[t], b[t + 1], a[t], a[t + 1], float(iod)))
     return float(np.mean(values)) if values else math.nan
 
 
