@@ -44,6 +44,7 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
 from morph3d.errors import ModelError
+from morph3d.geometry import procrustes_align
 from morph3d.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
@@ -405,23 +406,12 @@ def sample_identity_weights(targets: TargetSet, count: int, seed: int = 0) -> np
 # ---------------------------------------------------------------------------------------------
 
 
-def rigid_align(source: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Rotate and translate `source` (V x 3) onto `target` (weighted Kabsch, no scale)."""
-    w = weights[:, None] / weights.sum()
-    mu_s, mu_t = (source * w).sum(0), (target * w).sum(0)
-    cov = ((source - mu_s) * w).T @ (target - mu_t)
-    u, _, vt = np.linalg.svd(cov)
-    d = np.sign(np.linalg.det(u @ vt))
-    rot = u @ np.diag([1, 1, d]) @ vt
-    return (source - mu_s) @ rot + mu_t
-
-
 def identity_pca(samples: np.ndarray, align_weights: np.ndarray, max_components: int,
                  variance_kept: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """samples S x V x 3 (mm) -> mean V x 3, unit directions K x V x 3, std K (mm)."""
     mean = samples.mean(axis=0)
     for _ in range(2):  # align to the mean, then re-estimate the mean
-        samples = np.stack([rigid_align(s, mean, align_weights) for s in samples])
+        samples = np.stack([procrustes_align(s, mean, align_weights) for s in samples])
         mean = samples.mean(axis=0)
     centred = (samples - mean).reshape(len(samples), -1)
     # PCA through the small S x S Gram matrix (S samples << 3V coordinates).

@@ -14,6 +14,7 @@ from scipy.spatial.transform import Rotation
 from fitting import fit as F
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
 from morph3d.errors import Morph3dError
+from morph3d.geometry import median_aligned_distance
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +54,8 @@ def rigid_vertex_error(model, a_id, a_ex, b_id, b_ex, offset=None) -> float:
     """Median face-region vertex distance (mm) after the best rigid alignment (`offset`:
     a corrective deformation of the first shape)."""
     face = F.model_arrays(model).face_vertices
-    a = F.vertex_positions(model, a_id, a_ex, offset)[face]
-    b = F.vertex_positions(model, b_id, b_ex)[face]
-    ca, cb = a.mean(0), b.mean(0)
-    U, _, Vt = np.linalg.svd((a - ca).T @ (b - cb))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = (U @ D @ Vt).T
-    return float(np.median(np.linalg.norm((a - ca) @ R.T + cb - b, axis=1)))
+    return median_aligned_distance(F.vertex_positions(model, a_id, a_ex, offset)[face],
+                                   F.vertex_positions(model, b_id, b_ex)[face])
 
 
 def pose_error_deg(r1, r2) -> float:

@@ -56,16 +56,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 MEDIA = ROOT.parent / "shared" / "media"
 
+from morph3d.geometry import median_aligned_distance  # noqa: E402
+
 
 def sim_error(a: np.ndarray, b: np.ndarray, scale: bool = True) -> float:
     """Median distance (mm) of points `a` to `b` after the best similarity alignment
     (`scale=False`: rigid)."""
-    ca, cb = a.mean(0), b.mean(0)
-    U, S, Vt = np.linalg.svd((a - ca).T @ (b - cb))
-    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
-    R = (U @ D @ Vt).T
-    s = (S * np.diag(D)).sum() / ((a - ca) ** 2).sum() if scale else 1.0
-    return float(np.median(np.linalg.norm(s * (a - ca) @ R.T + cb - b, axis=1)))
+    return median_aligned_distance(a, b, scale=scale)
 
 
 def rms_size(points: np.ndarray) -> float:

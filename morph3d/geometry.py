@@ -1,0 +1,29 @@
+"""Plain geometry functions on point sets (numpy arrays in, numpy arrays out, no state)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def procrustes_align(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None,
+                     scale: bool = False) -> np.ndarray:
+    """`source` (N x 3) moved onto `target` (N x 3) by the rotation and translation (and, with
+    `scale`, the uniform scale) that minimise the weighted squared distances (Kabsch /
+    Umeyama; never a reflection). `weights` (N,) default to equal."""
+    w = (np.ones(len(source)) if weights is None else np.asarray(weights, np.float64))
+    w = w[:, None] / w.sum()
+    mu_s, mu_t = (source * w).sum(0), (target * w).sum(0)
+    cov = ((source - mu_s) * w).T @ (target - mu_t)
+    u, singular, vt = np.linalg.svd(cov)
+    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = u @ np.diag(d) @ vt
+    factor = (singular * d).sum() / (((source - mu_s) ** 2) * w).sum() if scale else 1.0
+    return factor * (source - mu_s) @ rotation + mu_t
+
+
+def median_aligned_distance(points: np.ndarray, reference: np.ndarray,
+                            scale: bool = False) -> float:
+    """Median distance of `points` to `reference` (N x 3, same units) after
+    `procrustes_align` of the first onto the second."""
+    aligned = procrustes_align(points, reference, scale=scale)
+    return float(np.median(np.linalg.norm(aligned - reference, axis=1)))
