@@ -68,6 +68,7 @@ JOB_OPTIONS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "renderer": (str, "renderer"),
     "refine": (str, "refine"),
     "work_resolution": (int, "work_resolution"),
+    "crf": (int, "crf"),
     "max_frames": (int, "max_frames"),
     "work_dir": (Path, "work_dir"),  # this job's fit cache (default: the batch's)
     # Fault injection for testing recovery: the worker SIGKILLs itself at the start of the

@@ -50,6 +50,11 @@ class SwapOptions:
     renderer: str | None = None  # render backend (None: MORPH3D_RENDERER or auto)
     refine: str = "auto"  # neural | classic | none | auto (= neural; each net when it loads)
     work_resolution: int = 256  # rendered face crop size in pixels before upscaling
+    # H.264 quality of a video output (x264 CRF, 0 = lossless, 51 = worst). 14 keeps the
+    # detail that CRF 18 took from bearded / textured faces (BENCHMARKS.md, swap benchmark):
+    # mark.jpg on orig.webm scores identity 0.386 instead of 0.390, at 1.30 MB for the clip
+    # whose original is 1.39 MB (CRF 18: 0.81 MB).
+    crf: int = 14
     # Kept for the CLI's --resume: finished stages are always reused from the work directory
     # (keyed by content, so a changed input is never mistaken for the old one); the render
     # pass itself starts again.
@@ -609,6 +614,8 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     check_paths(sources, target, output,
                 inputs=(Path(options.target_face_ref),) if options.target_face_ref else (),
                 outputs=(Path(options.preview),) if options.preview else ())
+    if not 0 <= int(options.crf) <= 51:
+        raise InputError(f"crf must be between 0 and 51, got {options.crf}")
     template = None
     if is_template(target):  # a prebuilt clip template: stages 2-3 are already done
         template, options, notes = template_for_swap(target, options)
@@ -671,7 +678,7 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     preview_written = False
     writer = None if info.is_image else VideoWriter(
         output, like=info, audio_from=target if info.has_audio else None,
-        inputs=[*sources, target])
+        inputs=[*sources, target], crf=int(options.crf))
     try:
         if writer is not None:
             writer.__enter__()

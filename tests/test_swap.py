@@ -308,6 +308,25 @@ def test_audio_and_summary_on_a_prefix_of_a_clip_with_sound(media_dir: Path, wor
     assert all(fps > 0 for fps in summary["fps"].values())
 
 
+def test_crf_sets_the_video_quality(media_dir: Path, work_dir: Path, tmp_path: Path) -> None:
+    sizes = {}
+    for crf in (8, 30):
+        output = tmp_path / f"crf{crf}.mp4"
+        assert_succeeded(run_swap("--source", media_dir / "mark.jpg", "--target",
+                                  media_dir / "orig.webm", "-o", output, "--max-frames", 6,
+                                  "--work-dir", work_dir, "--crf", crf, "--quiet"))
+        assert len(frames_of(output)) == 6
+        sizes[crf] = output.stat().st_size
+    assert sizes[8] > 2 * sizes[30]
+
+
+def test_crf_out_of_range_fails_before_any_work(media_dir: Path, tmp_path: Path) -> None:
+    proc = run_swap("--source", media_dir / "mark.jpg", "--target", media_dir / "orig.webm",
+                    "-o", tmp_path / "out.mp4", "--crf", 52)
+    assert_one_line_error(proc, "crf", "52")
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- images
 
 

@@ -29,6 +29,8 @@ def register(subparsers, name: str) -> None:
                    "bicubic + classical completion")
     p.add_argument("--work-resolution", type=positive_int, default=256,
                    help="rendered face size in pixels before upscaling")
+    p.add_argument("--crf", type=int, default=14,
+                   help="H.264 quality of a video output: 0 (lossless) .. 51; lower is larger")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: always on (its landmarks and fits are "
                    "reused from the work directory); the render pass starts again")
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     options = SwapOptions(
         target_face=target_face, target_face_ref=args.target_face_ref, model=args.model,
         backend=args.backend, device=args.device, renderer=args.renderer, refine=args.refine,
-        work_resolution=args.work_resolution, resume=args.resume, quiet=args.quiet,
+        work_resolution=args.work_resolution, crf=args.crf, resume=args.resume, quiet=args.quiet,
         preview=args.preview, max_frames=args.max_frames, work_dir=args.work_dir)
     summary = swap(args.source, args.target, args.output, options)
     if args.summary_json:
