@@ -182,6 +182,7 @@ def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
     costs = stage_costs(child["marks"])
     return {"command": "morph3d swap " + " ".join(argv), "summary": summary, "costs": costs,
             "process_wall_s": wall, "peak_rss_mib": child["vmhwm_kb"] / 1024,
+            "output_mb": output.stat().st_size / 1e6, "target_mb": target.stat().st_size / 1e6,
             "marks": child["marks"],
             "rss_samples": child["rss_samples"], "loadavg_before": load_before,
             "loadavg_after": os.getloadavg()}
@@ -411,7 +412,7 @@ def speed_table(runs: list[tuple[str, dict]]) -> str:
     """fps per stage: wall (frames per CPU-second in brackets)."""
     head = ("| run | frames | cached | landmarks fps | fit clip fps | fit source s | "
             "render+composite+encode fps | end-to-end fps | process wall s | CPU share | "
-            "load (1 min) | peak RSS MiB |")
+            "load (1 min) | peak RSS MiB | output MB (original) |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for name, run in runs:
         s, c = run["summary"], run["costs"]
@@ -429,7 +430,7 @@ def speed_table(runs: list[tuple[str, dict]]) -> str:
             f"{stage_rate(run, 'fit video', 'fit clip')} | {source} | "
             f"{stage_rate(run, 'render', 'render')} | {n / total_wall:.1f} ({n / total_cpu:.1f}) | "
             f"{run['process_wall_s']:.0f} | {share:.2f} | {run['loadavg_before'][0]:.1f} | "
-            f"{run['peak_rss_mib']:.0f} |")
+            f"{run['peak_rss_mib']:.0f} | {run['output_mb']:.2f} ({run['target_mb']:.2f}) |")
     return "\n".join(lines)
 
 
