@@ -142,6 +142,7 @@ class FrameRecord:
     id_dist_source: float = math.nan
     id_dist_target: float = math.nan
     id_dist_source_vs_original: float = math.nan
+    output_embedding: np.ndarray | None = None  # the output face's 128-D dlib embedding
 
 
 @dataclass
@@ -377,6 +378,7 @@ def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
                 record.output = measure_face(swapped[MEDIAPIPE478][j], swapped[IBUG68][j], size)
                 out_embedding = (orig_embedding if identical and j == k else
                                  face_embedding(out_frame.rgb, swapped["ibug68_native"][j]))
+                record.output_embedding = out_embedding
                 record.id_dist_source = _dist(out_embedding, job.source_embedding)
                 record.id_dist_target = _dist(out_embedding, orig_embedding)
             if ren_frame is not None:

@@ -75,40 +75,19 @@ def photo_yaw_deg(path: Path) -> tuple[float, float]:
 
 def output_embeddings(target: Path, output: Path, frames: int) -> np.ndarray:
     """(frames, 128) dlib embeddings of the output's face matched to the original's largest
-    face, frame by frame, exactly as `morph3d.evaluate.analyse_chunk` pairs them (NaN rows
+    face, frame by frame, as `morph3d.evaluate.analyse_chunk` pairs them (NaN rows
     where no output face matches)."""
-    from fitting.embedding import face_embedding
-    from fitting.faces import IBUG68, MEDIAPIPE478, get_landmark_backend
-    from morph3d.evaluate import (
-        LANDMARK_BACKEND,
-        _Cursor,
-        _faces_in,
-        _match,
-        choose_face,
-        measure_face,
-        parse_target_face,
-    )
-    from morph3d.media import iter_frames, probe_video
+    from morph3d.evaluate import ChunkJob, analyse_chunk
+    from morph3d.media import probe_video
 
     info = probe_video(target)
-    size = (info.height, info.width)
-    selector = parse_target_face("largest")
+    job = ChunkJob(target=str(target), output=str(output), reencoded=None, start=0, stop=frames,
+                   source_embedding=np.zeros(128), target_face="largest",
+                   target_size=(info.height, info.width))
     result = np.full((frames, 128), np.nan)
-    with get_landmark_backend(LANDMARK_BACKEND) as detector:
-        out = _Cursor(iter_frames(output, 0, frames))
-        for frame in iter_frames(target, 0, frames):
-            out_frame = out.get(frame.index)
-            if out_frame is None:
-                continue
-            original = _faces_in(detector, frame.rgb, size)
-            swapped = _faces_in(detector, out_frame.rgb, size)
-            if not len(original["boxes"]):
-                continue
-            k = choose_face(original["boxes"], size, selector)
-            box = measure_face(original[MEDIAPIPE478][k], original[IBUG68][k], size).box
-            j, _ = _match(swapped, box)
-            if j >= 0:
-                result[frame.index] = face_embedding(out_frame.rgb, swapped["ibug68_native"][j])
+    for record in analyse_chunk(job):
+        if record.output_embedding is not None:
+            result[record.index] = record.output_embedding
     return result
 
 
