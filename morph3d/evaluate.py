@@ -30,6 +30,8 @@ stability  `jitter_added`: the mean over consecutive frame pairs (t, t+1) with t
            nothing. `jitter_noise_floor` is the same number for the original re-encoded with
            H.264 at CRF 23 (what detector noise alone gives on an honest copy), and
            `jitter_original` the original's own motion ``|orig[t+1] - orig[t]|`` for scale.
+           `jitter_added_regions` / `jitter_noise_floor_regions` split both by face region
+           (jaw outline, brows, nose, eyes, mouth: the iBUG points of each alone).
 coverage   frames analysed, frames with a face in the original, frames with a matched face in
            the output (`coverage` = matched / original faces), seconds taken.
 
@@ -66,6 +68,8 @@ PathLike = str | os.PathLike[str]
 
 SAME_PERSON_THRESHOLD = 0.6  # dlib's figure for its 128-D descriptor
 MATCH_IOU = 0.3  # least box overlap for an output face to count as the original's face
+IBUG68_REGIONS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27, 36),
+                  "eyes": slice(36, 48), "mouth": slice(48, 68)}
 NOISE_FLOOR_CRF = 23  # "typical quality" H.264 re-encode for the jitter noise floor
 LANDMARK_BACKEND = "mediapipe"
 
@@ -418,27 +422,47 @@ def _wrap_deg(angle: np.ndarray) -> np.ndarray:
     return (np.asarray(angle) + 180.0) % 360.0 - 180.0
 
 
+def added_point_motion(out_prev: np.ndarray, out_cur: np.ndarray, orig_prev: np.ndarray,
+                       orig_cur: np.ndarray, iod: float) -> np.ndarray:
+    """The frame-to-frame motion of each point of `out` beyond that of `orig` (L x 2 each):
+    ``|(out[t+1] - out[t]) - (orig[t+1] - orig[t])|`` (L,), over `iod` pixels."""
+    extra = (out_cur - out_prev) - (orig_cur - orig_prev)
+    return np.linalg.norm(extra, axis=1) / max(iod, 1e-6)
+
+
 def added_motion(out_prev: np.ndarray, out_cur: np.ndarray, orig_prev: np.ndarray,
                  orig_cur: np.ndarray, iod: float) -> float:
-    """The frame-to-frame motion of points `out` beyond that of `orig` (L x 2 each): the mean
-    over points of ``|(out[t+1] - out[t]) - (orig[t+1] - orig[t])|``, over `iod` pixels."""
-    extra = (out_cur - out_prev) - (orig_cur - orig_prev)
-    return float(np.linalg.norm(extra, axis=1).mean() / max(iod, 1e-6))
+    """`added_point_motion` averaged over the points."""
+    return float(added_point_motion(out_prev, out_cur, orig_prev, orig_cur, iod).mean())
 
 
-def landmark_jitter(records: Sequence[FrameRecord], which: str) -> tuple[float, np.ndarray]:
-    """(mean, per-pair values) of the extra frame-to-frame motion of `which` ("output" or
-    "reencoded") over the original; see the module docstring. NaN with no consecutive pair."""
+def point_jitter(records: Sequence[FrameRecord], which: str) -> np.ndarray:
+    """P x 68: `added_point_motion` of `which` ("output" or "reencoded") over the original
+    for each of the P consecutive frame pairs with the face in both."""
     values = []
     for prev, cur in zip(records[:-1], records[1:], strict=True):
         a0, a1 = getattr(prev, which), getattr(cur, which)
         if cur.index != prev.index + 1 or a0 is None or a1 is None:
             continue
         o0, o1 = prev.original, cur.original
-        values.append(added_motion(a0.ibug68, a1.ibug68, o0.ibug68, o1.ibug68,
-                                   (o0.iod + o1.iod) / 2))
-    values_arr = np.array(values, np.float64)
-    return _mean(values_arr), values_arr
+        values.append(added_point_motion(a0.ibug68, a1.ibug68, o0.ibug68, o1.ibug68,
+                                         (o0.iod + o1.iod) / 2))
+    return np.array(values, np.float64).reshape(-1, 68)
+
+
+def landmark_jitter(records: Sequence[FrameRecord], which: str) -> tuple[float, np.ndarray]:
+    """(mean, per-pair values) of the extra frame-to-frame motion of `which` ("output" or
+    "reencoded") over the original; see the module docstring. NaN with no consecutive pair."""
+    values = point_jitter(records, which).mean(axis=1)
+    return _mean(values), values
+
+
+def jitter_by_region(records: Sequence[FrameRecord], which: str) -> dict[str, float]:
+    """`landmark_jitter`'s mean over each face region's iBUG points alone: where the added
+    motion is (jaw outline, brows, nose, eyes, mouth)."""
+    per_point = point_jitter(records, which)
+    return {name: _mean(per_point[:, points].mean(axis=1)) if len(per_point) else math.nan
+            for name, points in IBUG68_REGIONS.items()}
 
 
 def original_motion(records: Sequence[FrameRecord]) -> float:
@@ -490,6 +514,7 @@ def compare_faces(records: Sequence[FrameRecord], which: str) -> dict[str, Any]:
         result["gaze_err_along"] = _mean(np.abs(gaze_diff[:, 0]))
         result["gaze_err_across"] = _mean(np.abs(gaze_diff[:, 1]))
     result["jitter"], _ = landmark_jitter(records, which)
+    result["jitter_regions"] = jitter_by_region(records, which)
     return result
 
 
@@ -512,6 +537,7 @@ def aggregate(records: Sequence[FrameRecord]) -> dict[str, Any]:
     faces = compare_faces(records, "output")
     faces.pop("frames_matched")
     metrics["jitter_added"] = faces.pop("jitter")
+    metrics["jitter_added_regions"] = faces.pop("jitter_regions")
     metrics.update(faces)
     metrics["jitter_original"] = original_motion(records)
     if any(r.reencoded is not None for r in records):
@@ -519,9 +545,11 @@ def aggregate(records: Sequence[FrameRecord]) -> dict[str, Any]:
         floor["coverage"] = (floor["frames_matched"] / len(with_face) if with_face
                              else math.nan)
         metrics["jitter_noise_floor"] = floor["jitter"]
+        metrics["jitter_noise_floor_regions"] = floor["jitter_regions"]
         metrics["noise_floor"] = floor
     else:
         metrics["jitter_noise_floor"] = math.nan
+        metrics["jitter_noise_floor_regions"] = None
         metrics["noise_floor"] = None
     return metrics
 
@@ -932,6 +960,10 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"stability: jitter_added {f('jitter_added', 4)} (noise floor "
         f"{f('jitter_noise_floor', 4)}, original motion {f('jitter_original', 4)}) "
         f"inter-ocular distances per frame",
+        "stability by region (added / floor): " + ", ".join(
+            f"{name} {f(name, 4, result.get('jitter_added_regions') or {})} / "
+            f"{f(name, 4, result.get('jitter_noise_floor_regions') or {})}"
+            for name in IBUG68_REGIONS),
         f"noise floor (re-encoded original): pose mae "
         f"{f('pose_mae_deg', 2, floor)} deg, mar_corr {f('mar_corr', 3, floor)}, ear_corr "
         f"{f('ear_corr', 3, floor)}, gaze_err {f('gaze_err', 3, floor)}" if floor else

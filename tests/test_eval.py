@@ -20,6 +20,7 @@ from morph3d.evaluate import (
     evaluate,
     gaze_offset,
     head_pose_deg,
+    jitter_by_region,
     landmark_jitter,
     parse_target_face,
     pearson,
@@ -107,6 +108,15 @@ def test_jitter_zero_for_same_motion_or_constant_offset_and_positive_for_noise()
     broken = records(noisy)
     broken[4].output = None
     assert len(landmark_jitter(broken, "output")[1]) == 7
+    # noise on the mouth's points alone shows in the mouth region alone
+    mouth_noisy = [p.copy() for p in track]
+    for p in mouth_noisy:
+        p[48:68] += rng.normal(0, 1.0, (20, 2))
+    regions = jitter_by_region(records(mouth_noisy), "output")
+    assert set(regions) == {"jaw", "brows", "nose", "eyes", "mouth"}
+    assert regions["mouth"] > 0.02 and regions["jaw"] == regions["eyes"] == 0.0
+    assert landmark_jitter(records(mouth_noisy), "output")[0] == pytest.approx(
+        regions["mouth"] * 20 / 68)
 
 
 def test_gaze_offset_in_eye_widths():
@@ -152,6 +162,7 @@ def test_original_against_itself_scores_no_change(media_dir, tmp_path, capsys):
     for key in ("pose_mae_deg", "pose_yaw_bias_deg", "pose_mae_deg_offset_removed",
                 "mar_mad", "ear_mad", "gaze_err", "jitter_added"):
         assert result[key] == 0.0, key
+    assert all(v == 0.0 for v in result["jitter_added_regions"].values())
     assert result["mar_corr"] == 1.0 and result["ear_corr"] == 1.0
     assert result["jitter_original"] > 0
     # an honest H.264 re-encode moves the detected landmarks a little, not nothing

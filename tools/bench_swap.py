@@ -195,7 +195,8 @@ def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
 METRIC_KEYS = ("coverage", "id_dist_source", "id_swap_rate", "id_dist_target",
                "id_dist_source_vs_original", "pose_mae_deg", "pose_mae_deg_offset_removed",
                "mar_corr", "ear_corr", "gaze_err", "jitter_added", "jitter_noise_floor",
-               "jitter_original", "jitter_from_shape", "frames", "frames_original_face",
+               "jitter_original", "jitter_from_shape", "jitter_added_regions",
+               "jitter_noise_floor_regions", "frames", "frames_original_face",
                "frames_matched", "seconds")
 
 
@@ -398,6 +399,21 @@ def score_table(rows: list[tuple[str, str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def jitter_region_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Where the added jitter is: each face region's iBUG points alone (noise floor in
+    brackets)."""
+    from morph3d.evaluate import IBUG68_REGIONS
+
+    head = "| case | method | " + " | ".join(IBUG68_REGIONS) + " |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for case, method, m in rows:
+        added = m.get("jitter_added_regions") or {}
+        floor = m.get("jitter_noise_floor_regions") or {}
+        cells = [f"{fmt(added.get(r), 4)} ({fmt(floor.get(r), 4)})" for r in IBUG68_REGIONS]
+        lines.append(f"| {case} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def stage_rate(run: dict, stage: str, summary_key: str) -> str:
     """Frames per wall second of a stage (frames per CPU-second in brackets), or "cached"."""
     s, c = run["summary"], run["costs"]
@@ -547,7 +563,8 @@ def main() -> int:
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     m = results["machine"]
-    tables = (score_table(scores) + "\n\n" + speed_table(runs) + "\n\n"
+    tables = (score_table(scores) + "\n\n" + jitter_region_table(scores) + "\n\n"
+              + speed_table(runs) + "\n\n"
               f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average (1, 5, 15 min) "
               f"{fmt_load(m['loadavg_start'])} at the start, {fmt_load(m['loadavg_end'])} "
               "at the end\n")
