@@ -102,7 +102,8 @@ def landmark_jumps(points: np.ndarray, max_shift: float = 0.5, max_scale: float 
     frame: a cut the tracker did not flag (or a re-detection elsewhere). Warm-starting
     across such a jump would drag the old pose along for several frames."""
     ok = np.isfinite(points).all(axis=(1, 2))
-    lo, hi = np.nanmin(points, axis=1), np.nanmax(points, axis=1)
+    lo, hi = np.full((len(points), 2), np.nan), np.full((len(points), 2), np.nan)
+    lo[ok], hi[ok] = points[ok].min(axis=1), points[ok].max(axis=1)
     centre, size = (lo + hi) / 2, np.maximum((hi - lo).max(axis=1), 1.0)
     jumps = np.zeros(len(points), bool)
     prev = None
