@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -42,6 +41,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from morph3d import __version__
 from morph3d.errors import InputError, Morph3dError
+from morph3d.outputs import (
+    check_writable_dir,
+    create_locked_temp,
+    same_file,
+    temp_path_beside,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +87,20 @@ def _input_file(path: PathLike, what: str) -> Path:
 
 
 def _output_file(path: PathLike, what: str) -> Path:
-    """Check that `path` can be created: its folder exists and it is not a folder."""
+    """Check that `path` can be created: not a folder, in an existing writable folder
+    (the one guard, `morph3d.outputs`, with this module's wording)."""
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{what} path is a directory: {p}")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"output folder does not exist: {parent} (for {p.name})")
+    check_writable_dir(parent)
     return p
 
 
-def _same_file(a: PathLike, b: PathLike) -> bool:
-    """True if `a` and `b` name the same file (symlinks resolved, hard links detected)."""
-    pa, pb = Path(a), Path(b)
-    if pa.resolve() == pb.resolve():
-        return True
-    try:
-        return pa.exists() and pb.exists() and os.path.samefile(pa, pb)
-    except OSError:
-        return False
-
-
-def _temp_path_beside(out: Path, tag: str) -> Path:
-    """A unique hidden temporary name in `out`'s folder, keeping the extension."""
-    return out.with_name(f".{out.stem}.{uuid.uuid4().hex[:10]}.{tag}{out.suffix}")
+_same_file = same_file
+_temp_path_beside = temp_path_beside
 
 
 def _remove_quietly(path: Path) -> None:
@@ -757,6 +752,8 @@ class VideoWriter:
 
         self._tmp = _temp_path_beside(out, "part")
         try:
+            # Locked while written: a later run removes it only once this process is gone.
+            self._tmp_lock = create_locked_temp(self._tmp)
             options = _MOV_OPTIONS if container_format in ("mp4", "mov") else {}
             self._out = av.open(
                 str(self._tmp), mode="w", format=container_format, options=dict(options)
@@ -908,6 +905,7 @@ class VideoWriter:
             self._out.close()
             self._close_audio_source()
             os.replace(self._tmp, self.out_path)
+            self._release_tmp_lock()
             self._closed = True
         except BaseException:
             self.abort()
@@ -930,6 +928,13 @@ class VideoWriter:
         self._close_audio_source()
         if hasattr(self, "_tmp"):
             _remove_quietly(self._tmp)
+        self._release_tmp_lock()
+
+    def _release_tmp_lock(self) -> None:
+        fd = getattr(self, "_tmp_lock", None)
+        if fd is not None:
+            self._tmp_lock = None
+            os.close(fd)
 
     def _close_audio_source(self) -> None:
         if self._audio_in is not None:
