@@ -32,6 +32,19 @@ stability  `jitter_added`: the mean over consecutive frame pairs (t, t+1) with t
            `jitter_original` the original's own motion ``|orig[t+1] - orig[t]|`` for scale.
            `jitter_added_regions` / `jitter_noise_floor_regions` split both by face region
            (jaw outline, brows, nose, eyes, mouth: the iBUG points of each alone).
+appearance pixel agreement inside the original's face: the convex hull of its 68 iBUG points
+           of the jaw and brows (0-26; the evaluator's points, derived from the mediapipe mesh),
+           the output resampled to the original's size when they differ. `face_ssim`: grey
+           SSIM (scikit-image, 7 x 7 window, full map) averaged over the hull; `face_psnr`: PSNR
+           of the RGB pixels inside the hull (dB, 8-bit peak; identical pixels give
+           `PSNR_CAP_DB`); `detail_ratio`: the standard deviation of the grey 3 x 3 Laplacian
+           inside the hull, output over original (1: as sharp, < 1: smoother, waxy);
+           `face_lab_delta`: the Euclidean distance of the mean CIELAB colour inside the hull
+           (D65; about 1 is a just-noticeable difference, 0 the same mean colour). Only
+           meaningful where the output should equal the original pixel for pixel (a round
+           trip: the clip's own frame as the source) or as a measure of how much a swap
+           changes. Computed on every frame with a face in the original, matched or not.
+           Clip values are means over those frames.
 coverage   frames analysed, frames with a face in the original, frames with a matched face in
            the output (`coverage` = matched / original faces), seconds taken.
 
@@ -72,6 +85,10 @@ IBUG68_REGIONS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27,
                   "eyes": slice(36, 48), "mouth": slice(48, 68)}
 NOISE_FLOOR_CRF = 23  # "typical quality" H.264 re-encode for the jitter noise floor
 LANDMARK_BACKEND = "mediapipe"
+FACE_HULL_POINTS = slice(0, 27)  # iBUG jaw (0-16) and brows (17-26): the face's outline
+PSNR_CAP_DB = 100.0  # identical pixels (MSE 0): a finite number, so clip means stay finite
+SSIM_WINDOW = 7  # scikit-image's default Gaussian-free window
+APPEARANCE_KEYS = ("face_ssim", "face_psnr", "detail_ratio", "face_lab_delta")
 
 # Generic 3D face: iBUG points of the project's default head model (MakeHuman-based, mean
 # identity, neutral expression; `load_model("default")`, ``model.landmarks(model.vertices(),
@@ -147,6 +164,8 @@ class FrameRecord:
     id_dist_target: float = math.nan
     id_dist_source_vs_original: float = math.nan
     output_embedding: np.ndarray | None = None  # the output face's 128-D dlib embedding
+    appearance: dict[str, float] | None = None  # APPEARANCE_KEYS, output vs original
+    reencoded_appearance: dict[str, float] | None = None  # the same for the re-encode
 
 
 @dataclass
@@ -280,6 +299,67 @@ def choose_face(boxes: np.ndarray, image_size: tuple[int, int],
     return int(np.argmin(np.linalg.norm(centres - point, axis=1)))
 
 
+def face_hull_mask(ibug68: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """H x W bool: the convex hull of the jaw and brow points (`FACE_HULL_POINTS`), pixels
+    whose centres lie inside it."""
+    h, w = image_size
+    mask = np.zeros((h, w), np.uint8)
+    points = np.asarray(ibug68, np.float64)[FACE_HULL_POINTS]
+    if not np.isfinite(points).all():
+        return mask.astype(bool)
+    hull = cv2.convexHull(np.round(points * 16).astype(np.int32))
+    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def appearance_metrics(original: np.ndarray, output: np.ndarray,
+                       mask: np.ndarray) -> dict[str, float]:
+    """`APPEARANCE_KEYS` of `output` against `original` (uint8 RGB, same size) inside the
+    bool `mask` (see the module docstring); NaN everywhere for an empty mask."""
+    from skimage.metrics import structural_similarity
+
+    if original.shape != output.shape:
+        raise ValueError(f"frames differ in size: {original.shape} vs {output.shape}")
+    if not mask.any():
+        return dict.fromkeys(APPEARANCE_KEYS, math.nan)
+    # Work on the mask's box plus the SSIM window's reach: the same numbers, far less work.
+    ys, xs = np.nonzero(mask)
+    pad = SSIM_WINDOW
+    y0, y1 = max(int(ys.min()) - pad, 0), min(int(ys.max()) + pad + 1, mask.shape[0])
+    x0, x1 = max(int(xs.min()) - pad, 0), min(int(xs.max()) + pad + 1, mask.shape[1])
+    a, b, m = original[y0:y1, x0:x1], output[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+    grey_a = cv2.cvtColor(a, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    grey_b = cv2.cvtColor(b, cv2.COLOR_RGB2GRAY).astype(np.float64)
+    if min(a.shape[:2]) >= SSIM_WINDOW:
+        _, ssim_map = structural_similarity(grey_a, grey_b, win_size=SSIM_WINDOW,
+                                            data_range=255.0, full=True)
+        ssim = float(ssim_map[m].mean())
+    else:
+        ssim = math.nan
+    diff = a[m].astype(np.float64) - b[m].astype(np.float64)
+    mse = float(np.mean(diff * diff))
+    psnr = PSNR_CAP_DB if mse == 0 else min(10.0 * math.log10(255.0 ** 2 / mse), PSNR_CAP_DB)
+    lap_a = cv2.Laplacian(grey_a, cv2.CV_64F, ksize=3)[m].std()
+    lap_b = cv2.Laplacian(grey_b, cv2.CV_64F, ksize=3)[m].std()
+    detail = float(lap_b / lap_a) if lap_a > 0 else math.nan
+    lab_a = cv2.cvtColor(a.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[m].mean(axis=0)
+    lab_b = cv2.cvtColor(b.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[m].mean(axis=0)
+    lab = float(np.linalg.norm(lab_a.astype(np.float64) - lab_b.astype(np.float64)))
+    return {"face_ssim": ssim, "face_psnr": psnr, "detail_ratio": detail,
+            "face_lab_delta": lab}
+
+
+def face_appearance(original: np.ndarray, output: np.ndarray,
+                    ibug68: np.ndarray) -> dict[str, float]:
+    """`appearance_metrics` inside the hull of the original's `ibug68` (its pixels); an
+    output of another size is resampled to the original's first."""
+    if output.shape != original.shape:
+        h, w = original.shape[:2]
+        output = cv2.resize(output, (w, h), interpolation=cv2.INTER_AREA
+                            if output.shape[0] > h else cv2.INTER_CUBIC)
+    return appearance_metrics(original, output, face_hull_mask(ibug68, original.shape[:2]))
+
+
 def _scale_points(points: np.ndarray, from_size: tuple[int, int],
                   to_size: tuple[int, int]) -> np.ndarray:
     """Pixel coordinates (pixel centres at integers) from one frame size to another."""
@@ -375,6 +455,8 @@ def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
                 continue
             k = choose_face(original["boxes"], size, selector)
             record.original = measure_face(original[MEDIAPIPE478][k], original[IBUG68][k], size)
+            record.appearance = face_appearance(frame.rgb, out_frame.rgb,
+                                                original["ibug68_native"][k])
             orig_embedding = face_embedding(frame.rgb, original["ibug68_native"][k])
             record.id_dist_source_vs_original = _dist(orig_embedding, job.source_embedding)
             j, record.output_iou = _match(swapped, record.original.box)
@@ -386,6 +468,8 @@ def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
                 record.id_dist_source = _dist(out_embedding, job.source_embedding)
                 record.id_dist_target = _dist(out_embedding, orig_embedding)
             if ren_frame is not None:
+                record.reencoded_appearance = face_appearance(frame.rgb, ren_frame.rgb,
+                                                              original["ibug68_native"][k])
                 copy = _faces_in(detector, ren_frame.rgb, size)
                 r, _ = _match(copy, record.original.box)
                 if r >= 0:
@@ -518,6 +602,18 @@ def compare_faces(records: Sequence[FrameRecord], which: str) -> dict[str, Any]:
     return result
 
 
+def appearance_means(records: Sequence[FrameRecord], which: str) -> dict[str, float]:
+    """Each of `APPEARANCE_KEYS` averaged over the frames that have it (`which`:
+    "appearance" or "reencoded_appearance"); NaN where no frame has it."""
+    rows = [getattr(r, which) for r in records if getattr(r, which) is not None]
+    out = {}
+    for key in APPEARANCE_KEYS:
+        values = np.array([row[key] for row in rows], np.float64)
+        values = values[np.isfinite(values)]
+        out[key] = _mean(values)
+    return out
+
+
 def aggregate(records: Sequence[FrameRecord]) -> dict[str, Any]:
     """The top-level metrics from the per-frame records (sorted by index)."""
     with_face = [r for r in records if r.original is not None]
@@ -534,6 +630,7 @@ def aggregate(records: Sequence[FrameRecord]) -> dict[str, Any]:
         "id_dist_target": _mean([r.id_dist_target for r in matched]),
         "id_dist_source_vs_original": _mean([r.id_dist_source_vs_original for r in with_face]),
     }
+    metrics.update(appearance_means(records, "appearance"))
     faces = compare_faces(records, "output")
     faces.pop("frames_matched")
     metrics["jitter_added"] = faces.pop("jitter")
@@ -542,6 +639,7 @@ def aggregate(records: Sequence[FrameRecord]) -> dict[str, Any]:
     metrics["jitter_original"] = original_motion(records)
     if any(r.reencoded is not None for r in records):
         floor = compare_faces(records, "reencoded")
+        floor.update(appearance_means(records, "reencoded_appearance"))
         floor["coverage"] = (floor["frames_matched"] / len(with_face) if with_face
                              else math.nan)
         metrics["jitter_noise_floor"] = floor["jitter"]
@@ -585,6 +683,7 @@ def per_frame_json(records: Sequence[FrameRecord]) -> list[dict[str, Any]]:
             "id_dist_source_vs_original": r.id_dist_source_vs_original,
             "jitter_added": jitter_at.get(r.index, math.nan),
         }
+        row.update(r.appearance or dict.fromkeys(APPEARANCE_KEYS, math.nan))
         row.update(_face_json(r.original, "original"))
         row.update(_face_json(r.output, "output"))
         rows.append(row)
@@ -957,6 +1056,12 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"pitch {f('pose_pitch_bias_deg', 2)} roll {f('pose_roll_bias_deg', 2)}",
         f"expression: mar_corr {f('mar_corr')} (mad {f('mar_mad')}), ear_corr "
         f"{f('ear_corr')} (mad {f('ear_mad')}); gaze_err {f('gaze_err')} eye widths",
+        f"appearance in the face (jaw + brow hull): face_ssim {f('face_ssim')}, face_psnr "
+        f"{f('face_psnr', 2)} dB, detail_ratio {f('detail_ratio')}, face_lab_delta "
+        f"{f('face_lab_delta', 2)}" + (
+            f" (re-encoded original: ssim {f('face_ssim', 3, floor)}, psnr "
+            f"{f('face_psnr', 2, floor)} dB, detail {f('detail_ratio', 3, floor)}, lab "
+            f"{f('face_lab_delta', 2, floor)})" if floor else ""),
         f"stability: jitter_added {f('jitter_added', 4)} (noise floor "
         f"{f('jitter_noise_floor', 4)}, original motion {f('jitter_original', 4)}) "
         f"inter-ocular distances per frame",

@@ -14,10 +14,14 @@ from morph3d.errors import Morph3dError
 from morph3d.evaluate import (
     POSE_POINTS,
     POSE_TEMPLATE_MM,
+    PSNR_CAP_DB,
     FaceMeasures,
     FrameRecord,
+    appearance_metrics,
     choose_face,
     evaluate,
+    face_appearance,
+    face_hull_mask,
     gaze_offset,
     head_pose_deg,
     jitter_by_region,
@@ -138,6 +142,74 @@ def test_target_face_choice():
             parse_target_face(bad)
 
 
+def _face_picture() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-image's astronaut (a real face with skin, hair and fabric texture) and 68
+    points whose jaw + brow part rings her face (the other points are not used by the
+    appearance metrics)."""
+    from skimage import data
+
+    rgb = np.ascontiguousarray(data.astronaut())
+    angles = np.linspace(0.0, np.pi, 17)  # jaw: ear to ear through the chin
+    jaw = np.stack([220 + 60 * np.cos(angles), 110 + 80 * np.sin(angles)], 1)
+    brows = np.stack([np.linspace(170, 270, 10), np.full(10, 85.0)], 1)
+    points = np.zeros((68, 2))
+    points[:17], points[17:27] = jaw, brows
+    return rgb, points
+
+
+def test_face_hull_mask_is_the_jaw_and_brow_outline():
+    rgb, points = _face_picture()
+    mask = face_hull_mask(points, rgb.shape[:2])
+    assert mask[150, 220] and not mask[60, 220] and not mask[150, 100]
+    points[27:] = [0.0, 0.0]  # the inner points (here far away) never widen it
+    np.testing.assert_array_equal(face_hull_mask(points, rgb.shape[:2]), mask)
+    points[3] = np.nan
+    assert not face_hull_mask(points, rgb.shape[:2]).any()
+
+
+def test_appearance_of_the_original_against_itself():
+    rgb, points = _face_picture()
+    scores = face_appearance(rgb, rgb.copy(), points)
+    assert scores == {"face_ssim": 1.0, "face_psnr": PSNR_CAP_DB, "detail_ratio": 1.0,
+                      "face_lab_delta": 0.0}
+
+
+def test_appearance_blur_lowers_ssim_and_detail():
+    rgb, points = _face_picture()
+    light = cv2.GaussianBlur(rgb, (0, 0), 1.0)
+    heavy = cv2.GaussianBlur(rgb, (0, 0), 3.0)
+    a, b = face_appearance(rgb, light, points), face_appearance(rgb, heavy, points)
+    assert 0 < b["face_ssim"] < a["face_ssim"] < 0.99
+    assert 0 < b["detail_ratio"] < a["detail_ratio"] < 0.9
+    assert b["face_psnr"] < a["face_psnr"] < PSNR_CAP_DB
+    assert a["face_lab_delta"] < 1.0  # a blur keeps the mean colour
+
+
+def test_appearance_colour_shift_raises_lab_delta_only():
+    rgb, points = _face_picture()
+    warmer = np.clip(rgb.astype(np.int16) + [12, 0, -12], 0, 255).astype(np.uint8)
+    darker = (rgb.astype(np.float32) * 0.8).round().astype(np.uint8)
+    a, b = face_appearance(rgb, warmer, points), face_appearance(rgb, darker, points)
+    assert a["face_lab_delta"] > 5 and b["face_lab_delta"] > 5
+    # a colour shift keeps the grey structure: SSIM stays high, the detail changes little
+    assert a["face_ssim"] > 0.97 and 0.95 < a["detail_ratio"] < 1.05
+    # the change outside the face does not count
+    outside = rgb.copy()
+    mask = face_hull_mask(points, rgb.shape[:2])
+    outside[~mask] = 255 - outside[~mask]
+    scores = appearance_metrics(rgb, outside, mask)
+    assert scores["face_lab_delta"] == 0.0 and scores["face_psnr"] == PSNR_CAP_DB
+
+
+def test_appearance_resamples_an_output_of_another_size():
+    rgb, points = _face_picture()
+    half = cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA)
+    scores = face_appearance(rgb, half, points)
+    assert 0.5 < scores["face_ssim"] < 0.99 and scores["detail_ratio"] < 0.95
+    with pytest.raises(ValueError):
+        appearance_metrics(rgb, half, face_hull_mask(points, rgb.shape[:2]))
+
+
 # ------------------------------------------------------------------------ real media
 
 
@@ -164,6 +236,13 @@ def test_original_against_itself_scores_no_change(media_dir, tmp_path, capsys):
         assert result[key] == 0.0, key
     assert all(v == 0.0 for v in result["jitter_added_regions"].values())
     assert result["mar_corr"] == 1.0 and result["ear_corr"] == 1.0
+    assert result["face_ssim"] == 1.0 and result["detail_ratio"] == 1.0
+    assert result["face_lab_delta"] == 0.0 and result["face_psnr"] == PSNR_CAP_DB
+    assert "face_ssim 1.000" in out and "detail_ratio 1.000" in out
+    assert all(row["face_ssim"] == 1.0 for row in result["per_frame"])
+    # the H.264 re-encode loses a little, and that shows
+    floor = result["noise_floor"]
+    assert 0.8 < floor["face_ssim"] < 1.0 and floor["face_lab_delta"] < 1.0
     assert result["jitter_original"] > 0
     # an honest H.264 re-encode moves the detected landmarks a little, not nothing
     assert 0 < result["jitter_noise_floor"] < 0.1
@@ -190,6 +269,24 @@ def test_still_images_pair_as_one_frame_and_json_has_no_nan(media_dir, tmp_path)
     assert "NaN" not in text
     loaded = json.loads(text)
     assert loaded["jitter_added"] is None and loaded["per_frame"][0]["id_dist_target"] == 0.0
+
+
+def test_appearance_on_a_real_frame_blurred_and_tinted(media_dir, tmp_path):
+    from morph3d.media import read_image, write_image
+
+    target = media_dir / "aligned_target1.png"
+    rgb = read_image(target)
+    blurred, tinted = tmp_path / "blurred.png", tmp_path / "tinted.png"
+    write_image(blurred, cv2.GaussianBlur(rgb, (0, 0), 2.0))
+    write_image(tinted, np.clip(rgb.astype(np.int16) + [15, 5, -10], 0, 255).astype(np.uint8))
+    source = media_dir / "aligned_source1.png"
+    same = evaluate(source, target, target)
+    blur = evaluate(source, target, blurred)
+    tint = evaluate(source, target, tinted)
+    assert same["face_ssim"] == 1.0 and same["face_lab_delta"] == 0.0
+    assert blur["face_ssim"] < 0.95 and blur["detail_ratio"] < 0.8
+    assert blur["face_lab_delta"] < 1.0
+    assert tint["face_lab_delta"] > 5.0 and tint["face_ssim"] > 0.95
 
 
 def test_blank_output_fails_with_one_line(media_dir, tmp_path, capsys):
