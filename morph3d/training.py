@@ -283,25 +283,44 @@ class Checkpoint:
         self.step, self.elapsed = 0, 0.0
 
     def resume(self, log: Callable[[str], None]) -> None:
-        """Continue from the saved state; `InputError` when missing or made with other
-        settings (`identity`)."""
+        """Continue from the saved state; `InputError` when missing, unreadable, not a plain
+        checkpoint or made with other settings (`identity`).
+
+        Loaded with `weights_only=True`: the checkpoint holds tensors and plain types only
+        (the rng state is a dict of ints), so a file that needs any other class is refused
+        instead of running code from it.
+        """
+        import pickle
+
         import torch
 
         if not self.path.is_file():
             raise InputError(f"no checkpoint to resume at {self.path}")
-        ckpt = torch.load(self.path, map_location="cpu", weights_only=False)
-        if ckpt["identity"] != self.identity:
-            raise InputError(f"checkpoint {self.path} was made with other settings: "
-                             f"{ckpt['identity']}")
-        for key, net in self.nets.items():
-            if isinstance(net, dict):
-                for k, n in net.items():
-                    n.load_state_dict(ckpt[key][k])
-            else:
-                net.load_state_dict(ckpt[key])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.rng.bit_generator.state = ckpt["rng"]
-        self.step, self.elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
+        try:
+            ckpt = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+                TypeError, AttributeError, ImportError, KeyError, IndexError) as exc:
+            raise InputError(f"cannot resume from checkpoint {self.path}: "
+                             f"{_unsafe_reason(exc)}; delete it or train without --resume"
+                             ) from None
+        if not isinstance(ckpt, dict) or ckpt.get("identity") != self.identity:
+            found = ckpt.get("identity") if isinstance(ckpt, dict) else type(ckpt).__name__
+            raise InputError(f"checkpoint {self.path} was made with other settings: {found}")
+        try:
+            for key, net in self.nets.items():
+                if isinstance(net, dict):
+                    for k, n in net.items():
+                        n.load_state_dict(ckpt[key][k])
+                else:
+                    net.load_state_dict(ckpt[key])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.rng.bit_generator.state = ckpt["rng"]
+            step, elapsed = int(ckpt["step"]), float(ckpt["elapsed_s"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise InputError(f"checkpoint {self.path} does not fit these nets "
+                             f"({_first_line(exc)}); delete it or train without --resume"
+                             ) from None
+        self.step, self.elapsed = step, elapsed
         log(f"resumed at step {self.step} ({self.elapsed / 60:.1f} min trained)")
 
     def save(self) -> None:
@@ -314,6 +333,27 @@ class Checkpoint:
                           if isinstance(net, dict) else net.state_dict())
         state.update(optimizer=self.optimizer.state_dict(), rng=self.rng.bit_generator.state)
         write_atomic(self.path, lambda f: torch.save(state, f))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+def _unsafe_reason(exc: BaseException) -> str:
+    """One line on why `torch.load(weights_only=True)` refused a file. torch's own message
+    is paragraphs of advice ending with the unpickler's verdict; keep only the verdict."""
+    text = str(exc)
+    verdict = text.find("WeightsUnpickler error:")
+    if verdict >= 0:
+        line = text[verdict + len("WeightsUnpickler error:"):].strip().splitlines()[0]
+        line = line.split(" was not an allowed global")[0].strip()
+        if "global" in line.lower():
+            return f"loading it would run code, not only read data ({line}); refused"
+        return f"it is not a readable checkpoint ({line})"
+    if "Weights only load failed" in text:
+        return "it is not a plain checkpoint (tensors, numbers, strings, lists, dicts)"
+    return f"it is not a readable checkpoint ({_first_line(exc)})"
 
 
 def train_loop(ckpt: Checkpoint, step_fn: Callable[[], dict[str, float]], *, steps: int,
