@@ -28,6 +28,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -200,7 +201,62 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
                          f"{TEMPLATE_VERSION}: rebuild it with `morph3d template build`")
     if manifest.get("template_id") != _template_id(manifest):
         raise InputError(f"template {path} is corrupt (its manifest does not match its id)")
+    _check_manifest(manifest, path)
     return manifest
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_CLIP_MEMBER = re.compile(r"clip(\.[0-9a-z_-]{1,16})?")
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """Refuse a manifest whose names or digests could steer a file anywhere: its member
+    names, the clip's name and every digest are used to build paths when the template is
+    opened, so they are checked before anything is read or written. The id above only shows
+    the manifest is self-consistent, not that whoever made it is honest."""
+
+    def bad(what: str) -> InputError:
+        return InputError(f"template {path} is corrupt or crafted ({what})")
+
+    fit, clip, members = manifest.get("fit"), manifest.get("clip"), manifest.get("members")
+    if not (isinstance(fit, dict) and isinstance(clip, dict) and isinstance(members, dict)):
+        raise bad("fit, clip or members missing from its manifest")
+    if fit.get("member") != FIT_MEMBER:
+        raise bad(f"the fit member must be {FIT_MEMBER}, not {fit.get('member')!r}")
+    for key in ("frames", "max_frames"):
+        value = fit.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1
+                or key == "max_frames" and value is None):
+            raise bad(f"fit {key} {value!r}")
+    model = manifest.get("model")
+    if not (isinstance(model, dict) and {"name", "build", "vertices"} <= set(model)):
+        raise bad("model signature missing from its manifest")
+    name = clip.get("name")
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name
+            or "\\" in name or "\0" in name):
+        raise bad(f"clip name {name!r} is not a plain file name")
+    size = clip.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad(f"clip size {size!r}")
+    for what, digest in [("clip", clip.get("sha256")), *members.items()]:
+        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
+            raise bad(f"the checksum of {what} is not 64 lowercase hex digits: {digest!r}")
+    expected = {FIT_MEMBER}
+    if clip.get("embedded") is True:
+        member = clip.get("member")
+        if not (isinstance(member, str) and _CLIP_MEMBER.fullmatch(member)
+                and member == f"clip{Path(name).suffix.lower()}"):
+            raise bad(f"embedded clip member {member!r}")
+        if members.get(member) != clip["sha256"]:
+            raise bad("the embedded clip's checksums disagree")
+        expected.add(member)
+    elif clip.get("embedded") is False:
+        if not isinstance(clip.get("path"), str):
+            raise bad(f"referenced clip path {clip.get('path')!r}")
+    else:
+        raise bad(f"clip.embedded {clip.get('embedded')!r}")
+    if set(members) != expected:
+        raise bad(f"members {sorted(members)}, expected {sorted(expected)}")
 
 
 def open_template(path: str | os.PathLike, work_dir: str | os.PathLike | None = None
@@ -262,6 +318,9 @@ def _load_fit(data: bytes, work: Path, path: Path):
 def _extract_clip(z: zipfile.ZipFile, path: Path, clip_info: dict, folder: Path) -> Path:
     suffix = Path(clip_info["name"]).suffix.lower()
     target = folder / f"{clip_info['sha256'][:24]}{suffix}"
+    # `read_manifest` allows only hex digests and plain names; this keeps it so.
+    if target.parent != folder or target.name.startswith("."):
+        raise InputError(f"template {path} is corrupt or crafted (clip member name)")
     if target.is_file() and target.stat().st_size == clip_info["size"]:
         return target  # only ever written whole, after its hash was checked
     folder.mkdir(parents=True, exist_ok=True)
