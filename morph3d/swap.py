@@ -64,6 +64,47 @@ class SwapOptions:
     max_frames: int | None = None
     work_dir: Path | None = None
 
+    def validate(self) -> SwapOptions:
+        """Check every option as the command line does, in one line each (`InputError`),
+        without any work: for options built from text that argparse never saw (a batch
+        manifest). Returns `self`."""
+        from fitting.faces import BACKEND_NAMES
+
+        def whole(name: str, value: object, low: int, high: int | None = None) -> None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be a whole number, got {value!r}")
+            if value < low or (high is not None and value > high):
+                limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise InputError(f"{name} must be {limit}, got {value}")
+
+        face = str(self.target_face)
+        if face != "largest" and not (face.startswith("index:") and face[6:].isdigit()):
+            raise InputError(f"target_face takes 'largest' or a number (0 = largest), "
+                             f"not {self.target_face!r}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError(f"model must be a name or a file, got {self.model!r}")
+        backend = str(self.backend).strip().lower().replace("_", "-")
+        if backend not in (*BACKEND_NAMES, "fan"):
+            raise InputError(f"unknown landmark backend {self.backend!r} "
+                             f"(choose one of {', '.join(BACKEND_NAMES)})")
+        kind, _, index = str(self.device).strip().lower().partition(":")
+        if not ((kind == "cpu" and not index)
+                or (kind == "cuda" and (not index or index.isdigit()))):
+            raise InputError(f"unknown device {self.device!r} (cpu, cuda or cuda:N)")
+        if self.renderer is not None and str(self.renderer).strip().lower() != "auto":
+            from render.backends import BACKEND_NAMES as RENDERERS
+
+            if str(self.renderer).strip().lower() not in RENDERERS:
+                raise InputError(f"unknown renderer {self.renderer!r} "
+                                 f"(choose one of {', '.join(RENDERERS)} or auto)")
+        if self.refine not in ("auto", "neural", "classic", "none"):
+            raise InputError(f"refine takes auto, neural, classic or none, not {self.refine!r}")
+        whole("work_resolution", self.work_resolution, 1)
+        whole("crf", self.crf, 0, 51)
+        if self.max_frames is not None:
+            whole("max_frames", self.max_frames, 1)
+        return self
+
 
 @dataclass
 class SwapSummary:
