@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -138,21 +138,18 @@ def check_paths(sources: list[Path], target: Path, output: Path,
     """Fail early, in one line, on anything that would fail later (after minutes of fitting).
 
     `inputs`: other files read (a reference photo); `outputs`: other files written (preview,
-    summary); none of the outputs may be an input (symlinks and hard links included)."""
+    summary). The outputs go through the one guard, `morph3d.outputs.check_outputs`: none
+    may be an input (symlinks and hard links included), each folder must exist and be
+    writable."""
+    from morph3d.outputs import check_outputs
+
     all_inputs = [*sources, target, *inputs]
     for p in all_inputs:
         if not p.exists():
             raise InputError(f"input not found: {p}")
         if p.is_dir():
             raise InputError(f"input is a folder, not a file: {p}")
-    for out in (output, *outputs):
-        if out.is_dir():
-            raise InputError(f"output path is a folder: {out}")
-        if not out.parent.is_dir():
-            raise InputError(f"output folder does not exist: {out.parent}")
-        for p in all_inputs:
-            if out.resolve() == p.resolve() or (out.exists() and os.path.samefile(out, p)):
-                raise InputError(f"output path {out} is one of the inputs; choose another name")
+    check_outputs(all_inputs, (output, *outputs))
 
 
 def output_kind(target_is_image: bool, output: Path) -> None:
@@ -216,9 +213,8 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     fit_path = folder / f"fit-{model_key(model)}.npz"
 
     t = time.perf_counter()
-    if landmarks_path.is_file():
-        with np.load(landmarks_path) as z:
-            landmarks = {k: z[k] for k in z.files}
+    landmarks = load_cached(landmarks_path, _load_npz, "landmarks", summary)
+    if landmarks is not None:
         summary.cached.append("landmarks")
     else:
         found = video_landmarks(target, options.backend, select, options.max_frames,
@@ -230,8 +226,8 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     summary.seconds["landmarks"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    if fit_path.is_file():
-        fit = VideoFit.load(fit_path)
+    fit = load_cached(fit_path, VideoFit.load, "clip fit", summary)
+    if fit is not None:
         summary.cached.append("fit clip")
     else:
         fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
@@ -303,8 +299,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
                                    completion]
                                   ).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
-    if path.is_file():
-        fit = VideoFit.load(path)
+    fit = load_cached(path, VideoFit.load, "source fit", summary)
+    if fit is not None:
         summary.cached.append("fit source")
     else:
         images = [read_image(s) for s in sources]
@@ -454,9 +450,38 @@ def _hide_texels(fit, hidden: np.ndarray) -> int:
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # unique per process
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    from morph3d.atomic import atomic_write
+
+    with atomic_write(path) as f:  # a temp file unique per process, renamed when whole
+        np.savez(f, **arrays)
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an npz, read now (numpy reads members lazily: a damaged member would
+    fail later, outside the cache's error handling)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise InputError(f"{path} is corrupt ({exc})") from None
+
+
+def load_cached(path: Path, load, what: str, summary: SwapSummary):
+    """`load(path)` for a work-folder cache entry, or None when there is none.
+
+    The entries are morph3d's own (written atomically, so normally whole); one that cannot
+    be read (torn by a full disk or a copy, damaged on disk) is a cache miss: noted in the
+    summary, deleted, and computed again, instead of failing every later run."""
+    if not path.is_file():
+        return None
+    try:
+        return load(path)
+    except (Morph3dError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        summary.notes.append(f"cached {what} could not be read ({reason}): deleted it and "
+                             "computed it again")
+        path.unlink(missing_ok=True)
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,7 +670,9 @@ def make_upscaler(options: SwapOptions, summary: SwapSummary):
 def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions | None = None
          ) -> SwapSummary:
     """Run every stage; returns the summary (also written by the CLI as JSON)."""
+    from morph3d.devices import check_device
     from morph3d.media import probe_video
+    from morph3d.outputs import check_creatable_dir
     from morph3d.template import is_template, template_for_swap
 
     options = options or SwapOptions()
@@ -657,6 +684,8 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
                 outputs=(Path(options.preview),) if options.preview else ())
     if not 0 <= int(options.crf) <= 51:
         raise InputError(f"crf must be between 0 and 51, got {options.crf}")
+    check_device(options.device)
+    check_creatable_dir(options.work_dir or cache_dir() / "work", "work folder")
     template = None
     if is_template(target):  # a prebuilt clip template: stages 2-3 are already done
         template, options, notes = template_for_swap(target, options)
@@ -720,6 +749,8 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     writer = None if info.is_image else VideoWriter(
         output, like=info, audio_from=target if info.has_audio else None,
         inputs=[*sources, target], crf=int(options.crf))
+    if writer is not None and writer.audio_note:
+        summary.notes.append(writer.audio_note)  # audio re-encoded (or left out), not copied
     try:
         if writer is not None:
             writer.__enter__()
