@@ -1,14 +1,19 @@
 """The `morph3d` command line: one argparse parser, one function per subcommand.
 
 Every user-facing failure is a `Morph3dError`: it prints one line `morph3d: error: ...`
-and exits with status 2. Anything else is a bug and keeps its traceback.
+and exits with status 2. So does an `OSError` from the system (a full disk, a folder made
+read-only during the run; PyAV's errors subclass it): what failed and on which path. Ctrl-C
+(SIGINT) and SIGTERM unwind the same way, so temporary files are removed, and exit with 130
+and 143. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from morph3d import __version__
@@ -36,16 +41,21 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 def cmd_model_build(args: argparse.Namespace) -> int:
     from morph3d.head_builder import build_head_model
     from morph3d.models import default_model_path
+    from morph3d.outputs import check_outputs
 
     out = Path(args.output) if args.output else default_model_path()
+    check_outputs((), (out,))
     build_head_model(samples=args.samples, seed=args.seed).save(out)
     print(f"wrote {out}")
     return 0
 
 
 def cmd_model_convert_bfm(args: argparse.Namespace) -> int:
-    from morph3d.bfm import convert_bfm_from_args
+    from morph3d.bfm import convert_bfm_from_args, default_bfm_path
+    from morph3d.outputs import check_outputs
 
+    out = Path(args.output).expanduser() if args.output else default_bfm_path()
+    check_outputs((args.shape, args.expression, args.landmarks), (out,))
     out = convert_bfm_from_args(args)
     print(f"wrote {out}; use it with --model bfm")
     return 0
@@ -99,20 +109,54 @@ def _optional_commands():
         yield name, mod.register
 
 
-def main(argv: list[str] | None = None) -> int:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C: every cleanup that runs for an
+    interrupt (temporary files removed, writers aborted) runs for it too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not cut the cleanup short (SIGKILL still ends it).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def os_error_line(exc: OSError) -> str:
+    """'<what failed>: <path>' for an OSError (PyAV's included)."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{what}: {' -> '.join(paths)}" if paths else what
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0 if args.command is None else 2
-    try:
-        return int(args.func(args) or 0)
+    return int(args.func(args) or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:  # the parser too: building it may create the cache (for default paths in --help)
+        return _run(argv)
     except Morph3dError as exc:
         print(f"morph3d: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        print(f"morph3d: error: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print("morph3d: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("morph3d: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

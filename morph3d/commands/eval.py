@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from morph3d.errors import Morph3dError
+from morph3d.errors import InputError
 
 
 def _positive_int(text: str) -> int:
@@ -18,18 +18,36 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# The files `morph3d.evaluate.write_plots` writes into the --plots folder.
+PLOT_FILES = ("identity.png", "expression.png", "pose.png", "trajectory.png",
+              "contact_sheet.png")
+
+
+def check_eval_paths(args: argparse.Namespace) -> None:
+    """Check every output before minutes of analysis, not after: --json and the plot files
+    must be writable and must not be any of the three inputs."""
+    from morph3d.outputs import check_outputs, check_writable_dir
+
+    inputs = [Path(p) for p in (args.source, args.target, args.output)]
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+    outputs: list[Path] = [Path(args.json)] if args.json else []
+    if args.plots:
+        plots = Path(args.plots)
+        if plots.exists() and not plots.is_dir():
+            raise InputError(f"--plots path is a file, not a folder: {plots}")
+        if plots.is_dir():
+            outputs += [plots / name for name in PLOT_FILES]
+        else:  # the plots folder itself is created, in an existing folder only
+            check_writable_dir(plots.parent)
+    check_outputs(inputs, outputs)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from morph3d.evaluate import evaluate, summary_lines, write_json
 
-    # Check the output paths before minutes of analysis, not after.
-    if args.json:
-        json_path = Path(args.json)
-        if json_path.is_dir():
-            raise Morph3dError(f"--json path is a directory: {json_path}")
-        if not json_path.resolve().parent.is_dir():
-            raise Morph3dError(f"output folder does not exist: {json_path.parent}")
-    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise Morph3dError(f"--plots path is a file, not a folder: {args.plots}")
+    check_eval_paths(args)
     result = evaluate(args.source, args.target, args.output, workers=args.workers,
                       plots_dir=args.plots, target_face=args.target_face,
                       max_frames=args.max_frames, noise_floor=not args.no_noise_floor)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from morph3d.atomic import atomic_write_text
-from morph3d.errors import Morph3dError
+from morph3d.errors import InputError, Morph3dError
 
 
 def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
@@ -31,7 +31,49 @@ def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
 
 
 def _write_atomic_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
+    atomic_write_text(path, text, parents=False)
+
+
+def export_outputs(path: Path) -> list[Path]:
+    """The files `--export path` writes that are known before the fit: an .obj brings its
+    material and texture beside it (a video's .ply sequence is numbered by frame)."""
+    if path.suffix.lower() == ".obj":
+        return [path, path.with_suffix(".mtl"), path.with_name(f"{path.stem}_texture.png")]
+    return [path]
+
+
+def check_fit_paths(args: argparse.Namespace) -> None:
+    """Everything about the paths that could only fail after the fit, checked before it."""
+    from morph3d.outputs import check_outputs
+
+    source = Path(args.input)
+    if not source.exists():
+        raise InputError(f"input not found: {source}")
+    if source.is_dir():
+        raise InputError(f"input is a folder, not a file: {source}")
+    outputs: list[Path | None] = [Path(p) if p else None
+                                  for p in (args.json, args.save, args.preview)]
+    if args.export:
+        try:
+            from morph3d.export import SUFFIXES
+        except ModuleNotFoundError as exc:
+            if exc.name != "morph3d.export":
+                raise
+            raise Morph3dError("mesh export is not available in this build "
+                               "(morph3d.export is missing)") from None
+        export = Path(args.export)
+        if export.suffix.lower() not in SUFFIXES:
+            raise InputError(f"cannot export '{export.name}': use a "
+                               f"{', '.join(SUFFIXES)} file name")
+        outputs += export_outputs(export)
+    if args.preview:
+        from morph3d.media import is_image_path
+
+        if not is_image_path(args.preview):
+            raise InputError(f"--preview must be an image file name (.png, .jpg, ...): "
+                               f"{args.preview}")
+    model_file = Path(args.model) if Path(args.model).is_file() else None
+    check_outputs((source, model_file), outputs)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -39,6 +81,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from morph3d.media import is_image_path, probe_video, read_image
     from morph3d.models import load_model
 
+    check_fit_paths(args)
     source = Path(args.input)
     model = load_model(args.model)
     photometric = not args.no_photometric

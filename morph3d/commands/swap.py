@@ -53,10 +53,15 @@ def positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from morph3d.devices import check_device
     from morph3d.swap import SwapOptions, check_paths, swap, write_summary
 
-    if args.summary_json is not None:  # found out now, not after the whole run
-        check_paths(args.source, args.target, args.output, outputs=(args.summary_json,))
+    # Everything that could fail late is found out now, not after the whole run: every
+    # output (the summary too, which is written after the swap) and the device.
+    check_paths(args.source, args.target, args.output,
+                inputs=(args.target_face_ref,) if args.target_face_ref else (),
+                outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
+    check_device(args.device)
 
     target_face = args.target_face
     if target_face != "largest":

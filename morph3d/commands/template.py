@@ -36,9 +36,19 @@ def register(subparsers, name: str) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from morph3d.errors import InputError
+    from morph3d.outputs import check_creatable_dir, check_outputs
+    from morph3d.paths import cache_dir
     from morph3d.swap import SwapOptions
     from morph3d.template import build_template, parse_target_face
 
+    # Before the clip is fitted: the template may be neither the clip nor the reference
+    # photo, its folder must exist and be writable, and so must the work folder.
+    for path, what in ((args.clip, "clip"), (args.target_face_ref, "reference photo")):
+        if path is not None and not path.is_file():
+            raise InputError(f"{what} not found: {path}")
+    check_outputs((args.clip, args.target_face_ref), (args.output,))
+    check_creatable_dir(args.work_dir or cache_dir() / "work", "work folder")
     options = SwapOptions(target_face=parse_target_face(args.target_face),
                           target_face_ref=args.target_face_ref, model=args.model,
                           backend=args.backend, max_frames=args.max_frames,

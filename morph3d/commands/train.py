@@ -48,16 +48,38 @@ def common_options(args: argparse.Namespace, module: Any) -> dict[str, Any]:
         raise Morph3dError("--steps must be at least 1")
     if args.minutes is not None and args.minutes <= 0:
         raise Morph3dError("--minutes must be positive")
+    out = Path(args.out) if args.out else module.default_trained_weights()
+    checkpoint = Path(args.checkpoint) if args.checkpoint else module.default_checkpoint()
+    check_train_outputs(Path(args.data), out, checkpoint, given=(args.out, args.checkpoint))
     return dict(
         data_dir=Path(args.data),
-        out=Path(args.out) if args.out else module.default_trained_weights(),
-        checkpoint=Path(args.checkpoint) if args.checkpoint else module.default_checkpoint(),
+        out=out,
+        checkpoint=checkpoint,
         steps=args.steps, minutes=args.minutes, resume=args.resume, seed=args.seed,
         checkpoint_every=max(1, args.checkpoint_every), threads=args.threads,
         holdout=tuple(args.holdout) if args.holdout else module.DEFAULT_HOLDOUT,
         exclude=tuple(args.exclude) if args.exclude else module.DEFAULT_EXCLUDE,
         progress=not args.no_progress,
     )
+
+
+def check_train_outputs(data: Path, out: Path, checkpoint: Path,
+                        given: Sequence[str | None]) -> None:
+    """Before any training: the weights, their manifest and the checkpoint are three
+    different files, none of them a file of --data, each in a writable folder (the cache's
+    folders, used by default, are created on first use)."""
+    from morph3d.outputs import check_creatable_dir, check_outputs
+
+    if not data.is_dir():
+        raise Morph3dError(f"--data is not a folder: {data}")
+    outputs = []
+    for paths, user_given in (((out, out.with_suffix(".json")), given[0]),
+                              ((checkpoint,), given[1])):
+        if not user_given:
+            check_creatable_dir(paths[0].parent, "cache folder")
+        if user_given or paths[0].parent.is_dir():
+            outputs += paths
+    check_outputs([p for p in data.rglob("*") if p.is_file()], outputs)
 
 
 def add_train_sr_arguments(parser: argparse.ArgumentParser) -> None:
