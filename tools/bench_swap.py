@@ -21,6 +21,16 @@ and a thread samples the resident set size, so the report has per-stage wall sec
 swap summary), per-stage CPU seconds and the memory profile. On a shared machine the CPU
 seconds are the steadier measure: wall seconds depend on what else runs.
 
+Round trip (`roundtrip_orig`, `roundtrip_nggyup`): one frame k of the clip, written as PNG,
+is the source photo and is swapped back into the same clip. A perfect pipeline gives the clip
+back, so every pixel it changes inside the face is a loss: `morph3d eval`'s appearance metrics
+(face SSIM / PSNR / detail ratio / Lab delta inside the original's jaw+brow hull) at frame k
+(`roundtrip_*_at_source`) and over the frames swapped. orig.webm: k = 28 (a frontal frame,
+eyes open), the whole clip (66 frames); nggyup.mp4: k = 150 (the long close-up), its first
+180 frames (`--max-frames 180`: the opening close-up, the wide shot and 80 frames of the
+close-up). Contact sheets (original | ours | |difference| x4, face crops, frame k first) go to
+OUT_DIR/roundtrip_<clip>_contact.png. --roundtrip-only runs just these two cases.
+
 --quick: the orig.webm cases only, first 30 frames, no pictures in the docs folder.
 The markdown tables go to stdout and to OUT_DIR/tables.md; the full results to --json.
 """
@@ -196,8 +206,15 @@ METRIC_KEYS = ("coverage", "id_dist_source", "id_swap_rate", "id_dist_target",
                "id_dist_source_vs_original", "pose_mae_deg", "pose_mae_deg_offset_removed",
                "mar_corr", "ear_corr", "gaze_err", "jitter_added", "jitter_noise_floor",
                "jitter_original", "jitter_from_shape", "jitter_added_regions",
-               "jitter_noise_floor_regions", "frames", "frames_original_face",
-               "frames_matched", "seconds")
+               "jitter_noise_floor_regions", "face_ssim", "face_psnr", "detail_ratio",
+               "face_lab_delta", "frames", "frames_original_face", "frames_matched",
+               "seconds")
+
+# Round-trip cases: clip -> (frame k used as the source photo, frames swapped and scored).
+ROUNDTRIP = {"orig": (28, None), "nggyup": (150, 180)}
+QUICK_ROUNDTRIP = {"orig": (28, QUICK_FRAMES)}
+ROUNDTRIP_SHEET_FRAMES = 4  # rows per round-trip contact sheet (frame k first)
+ROUNDTRIP_CELL_PX = 256
 
 
 def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
@@ -371,6 +388,128 @@ def write_picture(path: Path, rgb: np.ndarray) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
+# Round trip: the clip's own frame as the source
+# --------------------------------------------------------------------------------------------
+
+
+def write_source_frame(target: Path, index: int, path: Path) -> Path:
+    """Frame `index` of `target` as a PNG (lossless: the source is exactly that frame)."""
+    from morph3d.media import write_image
+
+    frames = read_frames(target, [index])
+    if index not in frames:
+        sys.exit(f"bench_swap: {target.name} has no frame {index}")
+    write_image(path, frames[index])
+    return path
+
+
+def roundtrip_scores(result: dict[str, Any], k: int) -> dict[str, Any]:
+    """The round-trip numbers of an eval result: at the source frame k and over the clip."""
+    at = next((r for r in result["per_frame"] if r["index"] == k), {})
+    floor = result.get("noise_floor") or {}
+    return {
+        "source_frame": k,
+        "roundtrip_face_ssim_at_source": at.get("face_ssim"),
+        "roundtrip_face_psnr_at_source": at.get("face_psnr"),
+        "detail_ratio_at_source": at.get("detail_ratio"),
+        "face_lab_delta_at_source": at.get("face_lab_delta"),
+        "roundtrip_face_ssim": result.get("face_ssim"),
+        "roundtrip_face_psnr": result.get("face_psnr"),
+        "detail_ratio": result.get("detail_ratio"),
+        "face_lab_delta": result.get("face_lab_delta"),
+        "frames_scored": sum(1 for r in result["per_frame"] if r.get("face_ssim") is not None),
+        # what an H.264 CRF-23 re-encode of the original alone scores (the floor of any
+        # encoded output)
+        "reencode_face_ssim": floor.get("face_ssim"),
+        "reencode_face_psnr": floor.get("face_psnr"),
+        "reencode_detail_ratio": floor.get("detail_ratio"),
+    }
+
+
+def roundtrip_sheet(per_frame: list[dict], target: Path, output: Path, k: int,
+                    count: int = ROUNDTRIP_SHEET_FRAMES) -> np.ndarray:
+    """Rows `original | ours | |difference| x4` of face crops: frame k, then frames spread
+    over the clip, each labelled with its face SSIM."""
+    from morph3d.evaluate import label_cell
+
+    rows_by_index = {r["index"]: r for r in per_frame
+                     if r.get("original_box") and r.get("face_ssim") is not None}
+    others = [i for i in pick_frames(per_frame, count + 1) if i != k and i in rows_by_index]
+    picks = ([k] if k in rows_by_index else []) + others[:count - 1]
+    originals, swapped = read_frames(target, picks), read_frames(output, picks)
+    side = ROUNDTRIP_CELL_PX
+    rows = []
+    for i in picks:
+        row = rows_by_index[i]
+        box = row["original_box"]
+        a = face_crop(originals[i], box, side)
+        b = face_crop(swapped[i], rescale_box(box, originals[i].shape, swapped[i].shape), side)
+        diff = np.clip(np.abs(a.astype(np.int16) - b.astype(np.int16)) * 4, 0, 255)
+        tag = "k " if i == k else ""
+        rows.append(np.concatenate([
+            label_cell(a, f"{tag}original #{i}"),
+            label_cell(b, f"ours ssim {row['face_ssim']:.3f} dr {row['detail_ratio']:.2f}"),
+            label_cell(diff.astype(np.uint8), f"|diff| x4 lab {row['face_lab_delta']:.1f}"),
+        ], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
+def run_roundtrips(cases: dict[str, tuple[int, int | None]], clips: dict[str, Path],
+                   out: Path, workers: int) -> tuple[dict[str, Any], list[tuple[str, dict]]]:
+    """Swap frame k of each clip back into the clip, score it, draw its contact sheet."""
+    results: dict[str, Any] = {}
+    runs: list[tuple[str, dict]] = []
+    for clip, (k, frames) in cases.items():
+        name = f"roundtrip_{clip}"
+        target = clips[clip]
+        source = write_source_frame(target, k, out / f"{name}_source_f{k}.png")
+        output = out / f"{name}.mp4"
+        print(f"[bench_swap] swap {name} (frame {k} as the source, "
+              f"{frames or 'all'} frames)", flush=True)
+        run = run_swap(source, target, output, out / f"work_{clip}_roundtrip", frames)
+        runs.append((name, run))
+        print(f"[bench_swap] eval {name}", flush=True)
+        result = run_eval(source, target, output, out / f"{name}.eval.json",
+                          out / "eval" / name, workers, frames)
+        scores = roundtrip_scores(result, k)
+        sheet = roundtrip_sheet(result["per_frame"], target, output, k)
+        scores["contact_sheet"] = str(write_picture(out / f"{name}_contact.png", sheet))
+        results[name] = {"swap": run, "roundtrip": scores, "max_frames": frames,
+                         "ours": {key: result.get(key) for key in METRIC_KEYS}}
+    return results, runs
+
+
+def roundtrip_table(results: dict[str, Any]) -> str:
+    head = ("| case | frame k | frames scored | face SSIM at k | face PSNR at k (dB) | "
+            "detail ratio at k | Lab delta at k | face SSIM (clip) | face PSNR (clip, dB) | "
+            "detail ratio (clip) | Lab delta (clip) | H.264 CRF 23 re-encode: SSIM / PSNR |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for name, case in results.items():
+        r = case["roundtrip"]
+        lines.append(
+            f"| {name} | {r['source_frame']} | {r['frames_scored']} | "
+            f"{fmt(r['roundtrip_face_ssim_at_source'])} | "
+            f"{fmt(r['roundtrip_face_psnr_at_source'], 2)} | {fmt(r['detail_ratio_at_source'])}"
+            f" | {fmt(r['face_lab_delta_at_source'], 2)} | {fmt(r['roundtrip_face_ssim'])} | "
+            f"{fmt(r['roundtrip_face_psnr'], 2)} | {fmt(r['detail_ratio'])} | "
+            f"{fmt(r['face_lab_delta'], 2)} | {fmt(r['reencode_face_ssim'])} / "
+            f"{fmt(r['reencode_face_psnr'], 2)} |")
+    return "\n".join(lines)
+
+
+def appearance_table(rows: list[tuple[str, str, dict]]) -> str:
+    """Cross-identity cases: how much of the original's face the swap changes (not a loss
+    here: another person's face should differ) and whether it keeps the detail."""
+    head = "| case | method | face SSIM | face PSNR (dB) | detail ratio | Lab delta |"
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
+    for case, method, m in rows:
+        lines.append(f"| {case} | {method} | {fmt(m.get('face_ssim'))} | "
+                     f"{fmt(m.get('face_psnr'), 2)} | {fmt(m.get('detail_ratio'))} | "
+                     f"{fmt(m.get('face_lab_delta'), 2)} |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------
 
@@ -485,6 +624,8 @@ def main() -> int:
     parser.add_argument("--docs-dir", type=Path, default=ROOT / "docs" / "bench_swap",
                         help="compact pictures for BENCHMARKS.md (full mode only)")
     parser.add_argument("--workers", type=int, default=2, help="evaluate's worker processes")
+    parser.add_argument("--roundtrip-only", action="store_true",
+                        help="only the round-trip cases (frame k of each clip as the source)")
     args = parser.parse_args()
 
     needed = ["mark.jpg", "khabenskii.jpg", "orig.webm", "ghost_mark_on_orig.webm",
@@ -504,6 +645,8 @@ def main() -> int:
     cases = [("orig", "mark"), ("orig", "khabenskii")]
     if not args.quick:
         cases += [("nggyup", "mark"), ("nggyup", "khabenskii")]
+    if args.roundtrip_only:
+        cases = []
     clips = {"orig": MEDIA / "orig.webm", "nggyup": MEDIA / "nggyup.mp4"}
     peers = {("orig", "mark"): MEDIA / "ghost_mark_on_orig.webm",
              ("orig", "khabenskii"): MEDIA / "ghost_khabenskii_on_orig.webm"}
@@ -553,7 +696,7 @@ def main() -> int:
                 strip = strip_sheet(ours["per_frame"], source, target, output, NGGYUP_FRAMES)
                 write_picture(ROOT / "docs" / f"contact_nggyup_{person}.jpg", strip)
 
-    if not args.quick:
+    if not args.quick and not args.roundtrip_only:
         # The fitted clip again, bicubic upscaling instead of the neural super-resolver.
         print("[bench_swap] swap nggyup_mark_classic", flush=True)
         run = run_swap(MEDIA / "mark.jpg", clips["nggyup"], out / "nggyup_mark_classic.mp4",
@@ -561,9 +704,15 @@ def main() -> int:
         runs.append(("nggyup_mark_classic", run))
         results["cases"]["nggyup_mark_classic"] = {"swap": run}
 
+    roundtrips, roundtrip_runs = run_roundtrips(QUICK_ROUNDTRIP if args.quick else ROUNDTRIP,
+                                                clips, out, args.workers)
+    results["cases"].update(roundtrips)
+    runs += roundtrip_runs
     results["machine"]["loadavg_end"] = os.getloadavg()
     m = results["machine"]
-    tables = (score_table(scores) + "\n\n" + jitter_region_table(scores) + "\n\n"
+    tables = ((score_table(scores) + "\n\n" + jitter_region_table(scores) + "\n\n"
+               + appearance_table(scores) + "\n\n" if scores else "")
+              + roundtrip_table(roundtrips) + "\n\n"
               + speed_table(runs) + "\n\n"
               f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average (1, 5, 15 min) "
               f"{fmt_load(m['loadavg_start'])} at the start, {fmt_load(m['loadavg_end'])} "
