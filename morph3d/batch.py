@@ -8,7 +8,10 @@ Manifest (`jobs.csv`, paths relative to the manifest's folder):
 
 `source` is one photo or several of the same person separated by `;`; `target` a clip,
 image or template (`.m3dt`); `output` a file name inside the output folder; `options`
-(optional) `key=value` pairs separated by `;` (see `JOB_OPTIONS`).
+(optional) `key=value` pairs separated by `;`: the swap options of `JOB_OPTIONS` only, each
+checked by `SwapOptions.validate` as the command line checks it. A manifest may come from
+someone else, so it can name nothing but inputs, an output name and swap options: where fits
+are cached is the batch's `--work-dir`, not a row's.
 
 Reliability: every job runs alone and reports its own failure (a bad photo fails that job,
 the others finish). Each finished output gets a sidecar (`.morph3d-batch/<output>.json`) with
@@ -16,6 +19,14 @@ its SHA-256 and the job's key (inputs' content hashes and options), so re-runnin
 manifest skips outputs whose file still matches, and redoes the others. Outputs appear
 atomically. A worker process that dies (killed, out of memory) costs its job one attempt; the
 job is retried up to `retries` times.
+
+Outputs never cost data. Before any job starts, a row fails alone (its reason in the report,
+the other rows run) when its output would replace any row's input (a source, a target, a
+target_face_ref) or the manifest, or a file already in the output folder that this batch did
+not write (no sidecar of that name: a batch claims an output's name with its sidecar before
+the job runs, and keeps the claim while its file exists). Two rows naming one output, an
+input inside the batch's own files (reports, `logs/`, `.morph3d-batch/`), or a report name
+taken by another file refuse the whole batch in one line, before anything is written.
 
 Executors:
 - local (default): `concurrent.futures.ProcessPoolExecutor` with spawned workers, one torch
@@ -26,7 +37,7 @@ Executors:
   `max_retries=retries`, Ray retrying tasks whose worker died). Input files (photos,
   templates, clips) go through Ray's object store once each (`ray.put`), outputs come back
   to the driver as bytes, so nodes need no shared file system; fits are cached in each
-  node's scratch folder unless `work_dir` names a shared path.
+  node's scratch folder unless the batch's `work_dir` names a shared path.
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ from typing import Any
 
 from morph3d.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from morph3d.errors import InputError, Morph3dError
+from morph3d.outputs import check_outputs, check_writable_dir, same_file
 from morph3d.paths import sha256_file
 
 STATE_DIR = ".morph3d-batch"  # per-output sidecars (checksum + job key) inside out_dir
@@ -57,26 +69,23 @@ LOG_DIR = "logs"
 REPORT_JSON = "batch-report.json"
 REPORT_CSV = "batch-report.csv"
 COLUMNS = ("source", "target", "output")
+_REPORT_FIELDS = ["row", "output", "status", "seconds", "attempts", "error", "sha256", "log"]
 
-# Job options: name -> (parser, SwapOptions field or None for batch-only options).
-JOB_OPTIONS: dict[str, tuple[Callable[[str], Any], str | None]] = {
-    "target_face": (lambda v: _target_face(v), "target_face"),
-    "target_face_ref": (Path, "target_face_ref"),
-    "model": (str, "model"),
-    "backend": (str, "backend"),
-    "device": (str, "device"),
-    "renderer": (str, "renderer"),
-    "refine": (str, "refine"),
-    "work_resolution": (int, "work_resolution"),
-    "crf": (int, "crf"),
-    "max_frames": (int, "max_frames"),
-    "work_dir": (Path, "work_dir"),  # this job's fit cache (default: the batch's)
-    # Fault injection for testing recovery: the worker SIGKILLs itself at the start of the
-    # job unless the marker file exists (it creates it first), i.e. exactly once.
-    "kill_worker_once": (Path, None),
+# Job options: the `SwapOptions` field of that name -> the parser of its text. Only options
+# that change the output: nothing here may name a place to write or steer the batch itself.
+JOB_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "target_face": lambda v: _target_face(v),
+    "target_face_ref": Path,
+    "model": str,
+    "backend": str,
+    "device": str,
+    "renderer": str,
+    "refine": str,
+    "work_resolution": int,
+    "crf": int,
+    "max_frames": int,
 }
-_PATH_OPTIONS = ("target_face_ref", "work_dir", "kill_worker_once")
-_NOT_IN_KEY = ("work_dir", "kill_worker_once")  # options that do not change the output
+_PATH_OPTIONS = ("target_face_ref",)
 
 
 def _target_face(value: str) -> str:
@@ -164,6 +173,7 @@ def read_jobs(path: str | os.PathLike) -> list[Job]:
         job.target = _resolve(base, row["target"]) if row["target"] else Path()
         try:
             job.options = parse_options(row.get("options", ""), base)
+            swap_options(job, None).validate()
             _check_row(job)
         except InputError as exc:
             job.problem = str(exc)
@@ -190,7 +200,7 @@ def parse_options(text: str, base: Path) -> dict[str, str]:
         if not sep or key not in JOB_OPTIONS:
             raise InputError(f"bad job option {item!r} (known: {', '.join(JOB_OPTIONS)})")
         try:
-            JOB_OPTIONS[key][0](value)
+            JOB_OPTIONS[key](value)
         except (ValueError, InputError) as exc:
             raise InputError(f"bad value for job option {key}: {value!r} ({exc})") from None
         options[key] = str(_resolve(base, value)) if key in _PATH_OPTIONS else value
@@ -213,16 +223,14 @@ def _check_row(job: Job) -> None:
 
 
 def swap_options(job: Job, work_dir: Path | None, device: str | None = None):
-    """The job's `SwapOptions` (quiet; fits cached in the job's or the batch's work dir)."""
+    """The job's `SwapOptions` (quiet; fits cached in the batch's work dir)."""
     from morph3d.swap import SwapOptions
 
     kwargs: dict[str, Any] = {"quiet": True, "work_dir": work_dir}
     if device:
         kwargs["device"] = device
     for key, value in job.options.items():
-        parse, name = JOB_OPTIONS[key]
-        if name is not None:
-            kwargs[name] = parse(value)
+        kwargs[key] = JOB_OPTIONS[key](value)
     return SwapOptions(**kwargs)
 
 
@@ -249,7 +257,7 @@ def job_key(job: Job, digest: Callable[[Path], str]) -> str:
     """What the output depends on: input contents, options, morph3d version."""
     from morph3d import __version__
 
-    options = {k: v for k, v in sorted(job.options.items()) if k not in _NOT_IN_KEY}
+    options = dict(sorted(job.options.items()))
     if "target_face_ref" in options:
         options["target_face_ref"] = digest(Path(options["target_face_ref"]))
     body = {"sources": [digest(s) for s in job.sources], "target": digest(job.target),
@@ -289,6 +297,109 @@ def _record_finished(out_dir: Path, output: str, key: str, seconds: float) -> st
          "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         indent=1))
     return sha
+
+
+def _claim(out_dir: Path, output: str, key: str) -> None:
+    """Mark `output` as this batch's before its job runs: a sidecar without a checksum (never
+    taken for a finished output), so the name stays the batch's while its file exists."""
+    atomic_write_text(_sidecar(out_dir, output), json.dumps(
+        {"output": output, "key": key, "state": "running",
+         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
+
+
+class _Inputs:
+    """Every file the batch reads, with who reads it, indexed by what `same_file` compares
+    (resolved path; device and inode of an existing file) so that each output is compared
+    with the few inputs it could be rather than with all of them."""
+
+    def __init__(self, entries: list[tuple[Path, str]]) -> None:
+        self.entries = entries
+        self._by_path: dict[Path, list[int]] = {}
+        self._by_inode: dict[tuple[int, int], list[int]] = {}
+        for i, (path, _) in enumerate(entries):
+            self._by_path.setdefault(path.resolve(), []).append(i)
+            if (inode := _inode(path)) is not None:
+                self._by_inode.setdefault(inode, []).append(i)
+
+    def candidates(self, path: Path) -> list[tuple[Path, str]]:
+        found = set(self._by_path.get(path.resolve(), []))
+        if (inode := _inode(path)) is not None:
+            found.update(self._by_inode.get(inode, []))
+        return [self.entries[i] for i in sorted(found)]
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_outputs(jobs: list[Job], manifest: Path, out: Path) -> None:
+    """Before any job starts: no output may replace an input or a file the batch did not write.
+
+    A row whose output would replace any row's source, target or target_face_ref, the
+    manifest, or an existing file without this batch's sidecar gets that as its `problem`
+    (it fails alone; the others run). An input among the batch's own files (reports, logs,
+    sidecars) or a report name taken by a file that is not a report refuses the whole batch,
+    since every row would write there."""
+    entries: list[tuple[Path, str]] = [(manifest, "the manifest")]
+    for job in jobs:
+        entries += [(s, f"a source of row {job.row}") for s in job.sources]
+        if job.target != Path():
+            entries.append((job.target, f"the target of row {job.row}"))
+        if "target_face_ref" in job.options:
+            entries.append((Path(job.options["target_face_ref"]),
+                            f"the target_face_ref of row {job.row}"))
+    inputs = _Inputs(entries)
+
+    reports = [out / REPORT_JSON, out / REPORT_CSV]
+    for report in reports:
+        hits = inputs.candidates(report)
+        try:
+            check_outputs([p for p, _ in hits], [report])
+        except InputError as exc:
+            if not hits:
+                raise
+            raise InputError(f"the batch report {report} would replace {hits[0][1]} "
+                             f"({hits[0][0]}): choose another --out-dir") from exc
+        if os.path.lexists(report) and not _is_report(report):
+            raise InputError(f"{report} exists and is not a batch report: move it away or "
+                             "choose another --out-dir")
+    for folder in (out / LOG_DIR, out / STATE_DIR):
+        for path, who in entries:
+            if same_file(path.parent, folder):
+                raise InputError(f"{who} ({path}) lies in the batch's own folder {folder}: "
+                                 "move it or choose another --out-dir")
+
+    for job in jobs:
+        if job.problem:
+            continue  # never runs, so never writes its output
+        path = out / job.output
+        hits = inputs.candidates(path)
+        try:
+            check_outputs([p for p, _ in hits], [path])
+        except InputError as exc:
+            job.problem = (f"output {job.output} would replace {hits[0][1]} ({hits[0][0]}); "
+                           "choose another output name" if hits else str(exc))
+            continue
+        if os.path.lexists(path) and not _sidecar(out, job.output).is_file():
+            job.problem = (f"output {path} already exists and this batch did not write it "
+                           f"(no {STATE_DIR}/{job.output}.json): move it away or choose "
+                           "another output name")
+
+
+def _is_report(path: Path) -> bool:
+    """Whether `path` holds a batch report (what `write_report` writes there)."""
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(data, dict) and {"manifest", "out_dir", "jobs"} <= set(data)
+        with open(path, encoding="utf-8", newline="") as f:
+            return next(csv.reader(f), None) == _REPORT_FIELDS
+    except (OSError, ValueError):
+        return False
 
 
 def _remove_partial(out_dir: Path, output: str) -> None:
@@ -337,7 +448,10 @@ def run_job(job: dict[str, Any], output: Path, log_path: Path, work_dir: Path | 
                   f"target:  {job_obj.target}\noutput:  {output}\n"
                   f"options: {json.dumps(job_obj.options)}\n")
         log.flush()
-        marker = job_obj.options.get("kill_worker_once")
+        # Test-only fault injection (`run_batch(_kill_worker_once=...)`, never a manifest's):
+        # this worker SIGKILLs itself at the start of the job unless the marker file exists
+        # (it creates it first), i.e. exactly once.
+        marker = job.get("kill_worker_once")
         if marker and not Path(marker).exists():
             Path(marker).write_text(str(os.getpid()))
             log.write("fault injection: killing this worker\n")
@@ -432,13 +546,15 @@ def _ray_task(job: dict[str, Any], target_data: bytes, *source_data: bytes) -> d
 def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
               workers: int | None = None, ray_address: str | None = None,
               work_dir: str | os.PathLike | None = None, retries: int = 2,
-              gpus_per_job: float = 0.0, progress: bool = True) -> BatchReport:
+              gpus_per_job: float = 0.0, progress: bool = True,
+              _kill_worker_once: tuple[str, str | os.PathLike] | None = None) -> BatchReport:
     """Run every job of `manifest` into `out_dir`; writes and returns the report.
 
     ray_address: None runs local worker processes (`workers`, default: one per CPU);
     "local" starts a Ray runtime on this machine; "auto" or "HOST:PORT" / "ray://..."
     joins a running cluster. A Ray runtime already initialised in this process is used as
-    it is.
+    it is. `_kill_worker_once` (tests only): (output, marker file): the worker that starts
+    that output's job kills itself unless the marker exists, which it creates first.
     """
     from tqdm import tqdm
 
@@ -446,7 +562,17 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
     manifest = Path(manifest)
     jobs = read_jobs(manifest)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out-dir is not a folder: {out}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
+    check_writable_dir(out)
+    _check_outputs(jobs, manifest, out)
+    for folder in (out / LOG_DIR, out / STATE_DIR):
+        if os.path.lexists(folder) and not folder.is_dir():
+            raise InputError(f"{folder} is not a folder: the batch keeps its own files there")
     (out / LOG_DIR).mkdir(exist_ok=True)
     workers = max(1, int(workers or os.cpu_count() or 1))
     work = Path(work_dir).resolve() if work_dir is not None else None
@@ -470,9 +596,11 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
         if sha is not None:
             results[job.output] = JobResult(job.row, job.output, "skipped", sha256=sha, log=log)
             continue
-        _sidecar(out, job.output).unlink(missing_ok=True)
+        _claim(out, job.output, key)
         _remove_partial(out, job.output)
         pending.append((job, key))
+    kill_once = ({_kill_worker_once[0]: str(_kill_worker_once[1])} if _kill_worker_once
+                 else {})
 
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(pending), unit="job", desc="batch",
                disable=not progress)
@@ -482,6 +610,8 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
         sha = ""
         if status == "done":
             sha = _record_finished(out, job.output, key, seconds)
+        elif not os.path.lexists(out / job.output):
+            _sidecar(out, job.output).unlink(missing_ok=True)  # nothing left to claim
         results[job.output] = JobResult(job.row, job.output, status, round(seconds, 3),
                                         attempts, error, sha,
                                         str(log_path(out, job.output)))
@@ -492,10 +622,10 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
     try:
         if pending and ray_address is None:
             executor = f"local processes x{workers}"
-            _run_local(pending, out, work, workers, retries, finish)
+            _run_local(pending, out, work, workers, retries, finish, kill_once)
         elif pending:
             executor = _run_ray(pending, out, ray_address, work, workers, retries,
-                                gpus_per_job, finish)
+                                gpus_per_job, finish, kill_once)
     finally:
         bar.close()
         # Written even when interrupted: the jobs finished so far (their sidecars are final).
@@ -505,14 +635,17 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
     return report
 
 
-def _payload(job: Job, key: str) -> dict[str, Any]:
-    return {"row": job.row, "sources": [str(s) for s in job.sources], "target": str(job.target),
-            "output": job.output, "options": job.options, "key": key,
-            "work_dir": job.options.get("work_dir")}
+def _payload(job: Job, key: str, kill_once: dict[str, str]) -> dict[str, Any]:
+    payload = {"row": job.row, "sources": [str(s) for s in job.sources],
+               "target": str(job.target), "output": job.output, "options": job.options,
+               "key": key}
+    if job.output in kill_once:
+        payload["kill_worker_once"] = kill_once[job.output]
+    return payload
 
 
 def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, workers: int,
-               retries: int, finish: Callable[..., None]) -> None:
+               retries: int, finish: Callable[..., None], kill_once: dict[str, str]) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -537,7 +670,7 @@ def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, wor
                     job, key = queue.popleft()
                     attempts[job.output] += 1
                     _remove_partial(out, job.output)
-                    future = pool.submit(_local_task, _payload(job, key), str(out),
+                    future = pool.submit(_local_task, _payload(job, key, kill_once), str(out),
                                          str(work) if work else None, attempts[job.output])
                     in_flight[future] = (job, key)
                 if not in_flight:
@@ -565,7 +698,7 @@ def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, wor
 
 def _run_ray(pending: list[tuple[Job, str]], out: Path, address: str, work: Path | None,
              workers: int, retries: int, gpus_per_job: float,
-             finish: Callable[..., None]) -> str:
+             finish: Callable[..., None], kill_once: dict[str, str]) -> str:
     try:
         import ray
         from ray.exceptions import RayError, RayTaskError
@@ -607,9 +740,9 @@ def _run_ray(pending: list[tuple[Job, str]], out: Path, address: str, work: Path
         while queue or refs:
             while queue and len(refs) < window:
                 job, key = queue.popleft()
-                payload = _payload(job, key)
+                payload = _payload(job, key, kill_once)
                 payload["batch_id"] = batch_id
-                if work is not None and not payload["work_dir"]:
+                if work is not None:
                     payload["work_dir"] = str(work)
                 if gpus_per_job > 0 and "device" not in job.options:
                     payload["device"] = "cuda"
@@ -649,9 +782,8 @@ def _run_ray(pending: list[tuple[Job, str]], out: Path, address: str, work: Path
 def write_report(report: BatchReport, out_dir: Path) -> None:
     """`batch-report.json` (everything) and `batch-report.csv` (one row per job)."""
     atomic_write_text(out_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=1))
-    fields = ["row", "output", "status", "seconds", "attempts", "error", "sha256", "log"]
     with atomic_write(out_dir / REPORT_CSV, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=_REPORT_FIELDS, lineterminator="\n")
         writer.writeheader()
         for r in report.results:
             writer.writerow(asdict(r))

@@ -249,11 +249,11 @@ def test_swap_with_template_skips_clip_fitting_and_matches(template, media, work
 # ------------------------------------------------------------------------------------ batches
 
 
-def _jobs(folder: Path, template: Path, media: dict[str, Path], extra: str = "") -> Path:
+def _jobs(folder: Path, template: Path, media: dict[str, Path]) -> Path:
     bad = folder / "notes.txt"
     bad.write_text("this is not a photo\n")
     return write_csv(folder / "jobs.csv", [
-        (str(media["mark"]), str(template), "mark.mp4", JOB_OPTIONS + extra),
+        (str(media["mark"]), str(template), "mark.mp4", JOB_OPTIONS),
         (str(media["khab"]), str(template), "khab.mp4", JOB_OPTIONS),
         ("notes.txt", str(template), "bad.mp4", JOB_OPTIONS),
         (str(media["mark"]), str(media["clip"]), "mark_clip.mp4", JOB_OPTIONS),
@@ -343,11 +343,12 @@ def test_batch_on_ray(template, media, work, tmp_path):
     from morph3d.media import probe_video
 
     marker = tmp_path / "killed-once"
-    manifest = _jobs(tmp_path, template, media, extra=f";kill_worker_once={marker}")
+    manifest = _jobs(tmp_path, template, media)
     out = tmp_path / "out"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        report = run_batch(manifest, out, ray_address="auto", work_dir=work, progress=False)
+        report = run_batch(manifest, out, ray_address="auto", work_dir=work, progress=False,
+                           _kill_worker_once=("mark.mp4", marker))
     finally:
         ray.shutdown()
     status = {r.output: r for r in report.results}

@@ -3,6 +3,7 @@ refused in one line before anything is overwritten, written outside its folder o
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import zipfile
@@ -157,3 +158,170 @@ def test_crafted_template_cannot_write_outside_the_cache(tmp_path):
         open_template(wrong, work)
     assert not (tmp_path / "elsewhere").exists()
     assert all(p.is_dir() for p in (tmp_path / "cache").rglob("*"))
+
+
+# --------------------------------------------------------------------------------- batches
+
+
+def _manifest(path: Path, rows: list[tuple[str, ...]]) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["source", "target", "output", "options"])
+        writer.writerows([(*row, "")[:4] for row in rows])
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_batch_output_never_replaces_an_input_or_a_foreign_file(tmp_path):
+    """The issue's manifest with `--out-dir` its own folder: row 2's output is row 3's
+    source. Row 2 fails alone before any job starts; row 3 runs on the untouched photo (its
+    worker is killed once through the test-only hook and the job retried: fault injection
+    reaches a worker without any manifest option)."""
+    from morph3d.batch import REPORT_JSON, run_batch
+
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for name in ("mark.jpg", "three_people.png", "khabenskii.jpg", "ref.jpg",
+                 "holiday.png"):
+        (folder / name).write_bytes(f"not really {name}".encode())
+    manifest = _manifest(folder / "jobs.csv", [
+        ("mark.jpg", "three_people.png", "khabenskii.jpg"),
+        ("khabenskii.jpg", "mark.jpg", "k_on_m.png"),
+        ("mark.jpg", "three_people.png", "ref.jpg"),  # another row's target_face_ref
+        ("mark.jpg", "three_people.png", "holiday.png"),  # a file the batch did not write
+        ("mark.jpg", "three_people.png", "three.png", "target_face_ref=ref.jpg"),
+    ])
+    before = _snapshot(folder)
+    marker = tmp_path / "killed-once"
+    report = run_batch(manifest, folder, workers=1, progress=False,
+                       _kill_worker_once=("k_on_m.png", marker))
+    result = {r.output: r for r in report.results}
+    assert {k: r.status for k, r in result.items()} == dict.fromkeys(result, "failed")
+    assert "would replace a source of row 3" in result["khabenskii.jpg"].error
+    assert "would replace the target_face_ref of row 6" in result["ref.jpg"].error
+    assert "already exists and this batch did not write it" in result["holiday.png"].error
+    # Row 3 ran (twice: its first worker was killed) and failed on its fake photo alone.
+    assert marker.is_file() and result["k_on_m.png"].attempts == 2
+    assert "not a readable image" in result["k_on_m.png"].error
+    assert "not a readable image" in result["three.png"].error
+    after = _snapshot(folder)
+    assert {k: after[k] for k in before} == before  # every input and foreign file intact
+    assert set(after) - set(before) == {"batch-report.csv", REPORT_JSON}
+    assert not list((folder / ".morph3d-batch").iterdir())  # no claim left without a file
+
+
+def test_batch_outputs_it_wrote_stay_its_own(tmp_path):
+    """An existing output with the batch's sidecar is the batch's to redo or skip; without
+    one it is refused; a claim written before a job runs keeps the name the batch's."""
+    from morph3d.batch import STATE_DIR, _check_outputs, _claim, read_jobs
+
+    for name in ("me.jpg", "clip.mp4"):
+        (tmp_path / name).write_bytes(b"x")
+    manifest = _manifest(tmp_path / "jobs.csv", [("me.jpg", "clip.mp4", "a.mp4"),
+                                                 ("me.jpg", "clip.mp4", "b.mp4"),
+                                                 ("me.jpg", "clip.mp4", "c.mp4")])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.mp4").write_bytes(b"an earlier output of this batch")
+    _claim(out, "a.mp4", "key")
+    (out / "b.mp4").write_bytes(b"somebody's own video")
+    (out / "c.mp4").symlink_to(tmp_path / "clip.mp4")  # a link to an input
+    jobs = read_jobs(manifest)
+    _check_outputs(jobs, manifest, out)
+    assert jobs[0].problem == ""
+    assert "already exists and this batch did not write it" in jobs[1].problem
+    assert f"no {STATE_DIR}/b.mp4.json" in jobs[1].problem
+    assert "would replace the target of row 2" in jobs[2].problem
+
+
+def test_batch_refuses_in_one_line_when_every_row_would_write_over_an_input(tmp_path,
+                                                                           capsys):
+    from morph3d.cli import main
+
+    (tmp_path / "me.jpg").write_bytes(b"x")
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    rows = [("me.jpg", "clip.mp4", "a.mp4")]
+
+    def batch(manifest: Path, out: Path) -> tuple[int, list[str]]:
+        code = main(["batch", str(manifest), "--out-dir", str(out), "--workers", "1",
+                     "--quiet"])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    # The manifest itself is where the batch's CSV report goes.
+    manifest = _manifest(tmp_path / "batch-report.csv", rows)
+    text = manifest.read_text()
+    code, err = batch(manifest, tmp_path)
+    assert code == 2 and len(err) == 1 and "would replace the manifest" in err[0], err
+    assert manifest.read_text() == text
+
+    # A file of the user's where the JSON report goes.
+    manifest = _manifest(tmp_path / "jobs.csv", rows)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "batch-report.json").write_text('{"mine": 1}')
+    code, err = batch(manifest, out)
+    assert code == 2 and len(err) == 1 and "is not a batch report" in err[0], err
+    assert (out / "batch-report.json").read_text() == '{"mine": 1}'
+
+    # An input inside the batch's log folder.
+    (out / "batch-report.json").unlink()
+    (out / "logs").mkdir()
+    (out / "logs" / "me.jpg").write_bytes(b"x")
+    _manifest(manifest, [("out/logs/me.jpg", "clip.mp4", "a.mp4")])
+    code, err = batch(manifest, out)
+    assert code == 2 and len(err) == 1 and "lies in the batch's own folder" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["logs"]
+    assert (out / "logs" / "me.jpg").read_bytes() == b"x"
+
+    # An --out-dir that is a file.
+    code, err = batch(manifest, tmp_path / "me.jpg")
+    assert code == 2 and len(err) == 1 and "not a folder" in err[0], err
+
+
+def test_manifest_options_are_swap_options_only_and_checked(tmp_path):
+    """A manifest cannot reach the fault-injection hook or choose where files are written,
+    and every option is checked as the command line checks it, before any job starts."""
+    from morph3d.batch import run_batch
+
+    (tmp_path / "me.jpg").write_bytes(b"x")
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    marker = tmp_path / "elsewhere" / "killed"
+    elsewhere = tmp_path / "elsewhere" / "work"
+    bad = {
+        "kill.mp4": (f"kill_worker_once={marker}", "bad job option"),
+        "work.mp4": (f"work_dir={elsewhere}", "bad job option"),
+        "frames.mp4": ("max_frames=0", "max_frames must be at least 1"),
+        "refine.mp4": ("refine=bogus", "refine takes auto"),
+        "crf.mp4": ("crf=99", "crf must be between 0 and 51"),
+        "res.mp4": ("work_resolution=0", "work_resolution must be at least 1"),
+        "device.mp4": ("device=tpu", "unknown device"),
+        "backend.mp4": ("backend=nope", "unknown landmark backend"),
+        "renderer.mp4": ("renderer=nope", "unknown renderer"),
+        "face.mp4": ("target_face=two", "target face takes"),
+    }
+    manifest = _manifest(tmp_path / "jobs.csv", [("me.jpg", "clip.mp4", out, options)
+                                                 for out, (options, _) in bad.items()])
+    report = run_batch(manifest, tmp_path / "out", workers=1, progress=False)
+    for result in report.results:
+        assert result.status == "failed" and result.attempts == 0, result
+        assert bad[result.output][1] in result.error, result
+    assert not (tmp_path / "elsewhere").exists()
+    assert report.executor.startswith("none")  # nothing was started
+
+
+def test_swap_options_validate_matches_the_command_line():
+    from morph3d.swap import SwapOptions
+
+    assert SwapOptions().validate() == SwapOptions()
+    SwapOptions(target_face="index:2", device="cuda:1", backend="dlib", renderer="torch",
+                refine="none", crf=0, max_frames=1, work_resolution=1).validate()
+    for bad in [dict(max_frames=0), dict(max_frames=-3), dict(refine="bogus"), dict(crf=52),
+                dict(crf=-1), dict(work_resolution=0), dict(device="gpu"),
+                dict(device="cuda:x"), dict(backend="dlib+mediapipe"), dict(crf="14"),
+                dict(target_face="index:"), dict(model="")]:
+        with pytest.raises(InputError) as err:
+            SwapOptions(**bad).validate()
+        assert "\n" not in str(err.value)

@@ -12,8 +12,12 @@ def register(subparsers, name: str) -> None:
         name, help="run many swaps listed in a CSV (source,target,output[,options])",
         description="Run every job of a CSV manifest (columns source, target, output and "
                     "optionally options, e.g. 'target_face=1;refine=classic;max_frames=100'; "
-                    "several photos of one person separated by ';'). Finished outputs are "
-                    "skipped when the same manifest runs again.")
+                    "several photos of one person separated by ';'; options are swap "
+                    "options only, checked before any job starts). Finished outputs are "
+                    "skipped when the same manifest runs again. A row whose output would "
+                    "replace an input of any row, the manifest, or a file in DIR that the "
+                    "batch did not write fails alone before any job starts; the other rows "
+                    "run.")
     p.add_argument("manifest", type=Path, help="jobs CSV; paths relative to its folder")
     p.add_argument("--out-dir", required=True, type=Path, help="folder for the outputs")
     p.add_argument("--workers", type=int, help="local worker processes (default: CPU count)")
