@@ -37,6 +37,7 @@ import numpy as np
 from fitting.landmark_maps import ibug68_from_mediapipe478
 from morph3d.atomic import atomic_write
 from morph3d.errors import InputError, ModelError, Morph3dError
+from morph3d.native_stderr import native_stderr_captured
 
 IBUG68 = "ibug68"
 MEDIAPIPE478 = "mediapipe478"
@@ -353,13 +354,16 @@ class MediapipeBackend(LandmarkBackend):
         self.min_score = float(min_score)
         self.crop_size = int(crop_size)
         detection = mp.solutions.face_detection
-        self._full_range = detection.FaceDetection(min_detection_confidence=min_score,
-                                                   model_selection=1)
-        self._short_range = detection.FaceDetection(min_detection_confidence=min_score,
-                                                    model_selection=0)
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=2, refine_landmarks=True,
-            min_detection_confidence=0.5)
+        # The graphs' native start-up lines (TFLite, absl) go to fd 2, not to the terminal;
+        # they are shown only when the set-up fails.
+        with native_stderr_captured():
+            self._full_range = _started(detection.FaceDetection(
+                min_detection_confidence=min_score, model_selection=1))
+            self._short_range = _started(detection.FaceDetection(
+                min_detection_confidence=min_score, model_selection=0))
+            self._mesh = _started(mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=2, refine_landmarks=True,
+                min_detection_confidence=0.5))
 
     def close(self) -> None:
         for graph in (self._full_range, self._short_range, self._mesh):
@@ -505,6 +509,15 @@ class MediapipeBackend(LandmarkBackend):
                 kept_scores.append(score)
                 meshes.append(mesh)
         return self._frame(rgb.shape[:2], kept_boxes, kept_scores, meshes)
+
+
+def _started(graph: Any) -> Any:
+    """Wait until a solution graph's calculators have opened: they open in the graph's own
+    threads after the constructor returns, and log (to fd 2) as they do."""
+    inner = getattr(graph, "_graph", None)
+    if inner is not None:
+        inner.wait_until_idle()
+    return graph
 
 
 def _process(graph: Any, rgb: np.ndarray) -> Any:

@@ -23,6 +23,7 @@ Conventions (see also the project README):
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -59,8 +60,19 @@ IMAGE_EXTENSIONS = frozenset(
 # (software, synthetic_media) survive; `faststart` puts the index first for streaming.
 _VIDEO_OUTPUT_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 _MOV_OPTIONS = {"movflags": "+faststart+use_metadata_tags"}
-# Audio codecs the mp4/mov muxers accept without `-strict experimental`; matroska takes all.
-_MP4_AUDIO_CODECS = frozenset({"aac", "mp3", "mp2", "alac", "ac3", "eac3", "opus", "flac"})
+# Audio codecs (FFmpeg's codec names: "mp3", not its decoder "mp3float") that each output
+# container holds as they are. FFmpeg would mux a few more into mp4 (vorbis, some PCM), but
+# players do not play those. Matroska holds almost anything (a trial header decides). Audio
+# that cannot be copied is re-encoded to `_AUDIO_ENCODER`, which every output container plays.
+_PCM_CODECS = frozenset(
+    f"pcm_{kind}{end}" for kind in ("s16", "s24", "s32", "f32", "f64") for end in ("le", "be")
+)
+_COPYABLE_AUDIO: dict[str, frozenset[str] | None] = {
+    "mp4": frozenset({"aac", "mp3", "mp2", "alac", "ac3", "eac3", "opus", "flac"}),
+    "mov": frozenset({"aac", "mp3", "mp2", "alac", "ac3", "eac3"}) | _PCM_CODECS,
+    "matroska": None,
+}
+_AUDIO_ENCODER = "aac"
 _MAX_CONSECUTIVE_DEMUX_ERRORS = 64
 # FFmpeg demuxers that turn arbitrary text/binary files into "video" (text-mode art, picked
 # by extension alone: .txt, .nfo, .bin, ...); a file they claim is not media for us.
@@ -440,7 +452,7 @@ def probe_video(path: PathLike) -> VideoInfo:
             duration_s=float(duration_s),
             video_codec=str(cc.name),
             has_audio=audio is not None,
-            audio_codec=str(audio.codec_context.name) if audio is not None else None,
+            audio_codec=_audio_codec_name(audio) if audio is not None else None,
             audio_sample_rate=int(audio.codec_context.sample_rate) if audio else None,
             audio_channels=int(audio.codec_context.layout.nb_channels) if audio else None,
             rotation_deg=rotation,
@@ -682,6 +694,216 @@ def _pick_video_codec(width: int, height: int, forced: str | None) -> tuple[str,
     return codec, "yuv420p"
 
 
+def _audio_codec_name(stream: Any) -> str:
+    """The stream's codec ("mp3"), not the decoder FFmpeg picked for it ("mp3float")."""
+    cc = stream.codec_context
+    try:
+        return str(cc.codec.canonical_name)
+    except Exception:  # no decoder for it in this FFmpeg build: the context still has a name
+        return str(cc.name)
+
+
+def _muxer_takes(container_format: str, stream: Any) -> bool:
+    """Whether FFmpeg's muxer writes a header with a copy of `stream` (an in-memory trial)."""
+    try:
+        with av.open(io.BytesIO(), mode="w", format=container_format) as trial:
+            trial.add_stream_from_template(stream)
+            trial.start_encoding()
+    except (av.error.FFmpegError, ValueError, TypeError):
+        return False
+    return True
+
+
+class _AudioPass:
+    """The first audio stream of a source, written beside the output's video.
+
+    Its packets are copied as they are when the output container holds the codec; otherwise
+    they are decoded and re-encoded to `_AUDIO_ENCODER` (`note` says so, in one line). Audio
+    is never a reason to refuse a clip: when it can be neither copied nor decoded it is
+    left out, with a note.
+
+    Positions are relative to `origin_s` (source seconds where output time 0 is), so the
+    audio keeps its place against the video either way; `from_start` keeps a copy's priming
+    packets (negative time) when the output starts where the source does. A copy is cut at
+    packet boundaries (as a stream copy must be); a re-encode is cut to the sample, with the
+    source's gaps filled with silence so the encoder sees continuous audio.
+    """
+
+    def __init__(
+        self, src: Any, container_format: str, suffix: str, origin_s: float, from_start: bool
+    ) -> None:
+        self._src = src
+        self._from_start = from_start
+        stream = src.streams.audio[0]
+        self._stream = stream
+        self._origin_s = origin_s
+        self._tb: Fraction = stream.time_base
+        self._shift = round(Fraction(origin_s) / self._tb)
+        self._packets: Iterator[Any] | None = _demux_tolerant(src, stream, None)
+        self._pending: Any = None
+        self._out_stream: Any = None
+        self.note: str | None = None
+        codec = _audio_codec_name(stream)
+        allowed = _COPYABLE_AUDIO.get(container_format)
+        self.copy = (allowed is None or codec in allowed) and _muxer_takes(container_format, stream)
+        if self.copy:
+            return
+        try:
+            cc = stream.codec_context
+            if not cc.codec.is_decoder:
+                raise ValueError(f"no decoder for {codec}")
+            channels = int(cc.layout.nb_channels) or 2
+            rate = int(cc.sample_rate)
+        except Exception:  # nothing to decode it with: write the video alone
+            self._packets = None
+            self.note = f"audio left out: {codec} cannot be copied into {suffix} nor decoded"
+            return
+        encoder = av.Codec(_AUDIO_ENCODER, "w")
+        rates = sorted(int(r) for r in encoder.audio_rates or ())
+        if rates and rate not in rates:
+            rate = next((r for r in rates if r >= rate), rates[-1])
+        self.rate = rate
+        self.layout = {1: "mono", 6: "5.1", 8: "7.1"}.get(channels, "stereo")
+        self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=rate)
+        self._buf: np.ndarray | None = None  # decoded, resampled samples not yet encoded
+        self._buf_pos = 0  # output sample position of `_buf[:, 0]`
+        self._next_pos = 0  # output sample position of the next sample to encode
+        self._in_pos: int | None = None  # expected position of the next decoded sample
+        self.note = (
+            f"audio re-encoded from {codec} to {_AUDIO_ENCODER}: {suffix} cannot hold {codec}"
+        )
+
+    def add_stream(self, out: Any) -> None:
+        """Add the audio stream to `out` (before anything is muxed)."""
+        if self._packets is None:
+            return
+        if self.copy:
+            self._out_stream = out.add_stream_from_template(self._stream)
+            return
+        stream = out.add_stream(_AUDIO_ENCODER, rate=self.rate)
+        stream.layout = self.layout
+        stream.time_base = Fraction(1, self.rate)
+        stream.codec_context.time_base = Fraction(1, self.rate)
+        stream.bit_rate = 96_000 * min(len(stream.layout.channels), 6)
+        self._out_stream = stream
+
+    def write_until(self, out: Any, end_s: float) -> None:
+        """Mux the audio that starts before `end_s` seconds of output time."""
+        if self._out_stream is None:
+            return
+        if self.copy:
+            self._copy_until(out, end_s)
+        else:
+            end_pos = round(end_s * self.rate)
+            self._decode_until(end_pos)
+            self._encode_until(out, end_pos)
+
+    def finish(self, out: Any) -> None:
+        """Flush the encoder (after the last `write_until`)."""
+        if self._out_stream is not None and not self.copy:
+            for packet in self._out_stream.encode(None):
+                out.mux(packet)
+
+    def close(self) -> None:
+        self._src.close()
+        self._packets = None
+
+    # -- stream copy
+
+    def _copy_until(self, out: Any, end_s: float) -> None:
+        end_pts_rel = Fraction(end_s) / self._tb
+        while self._packets is not None:
+            packet = self._pending
+            self._pending = None
+            if packet is None:
+                packet = next(self._packets, None)
+                if packet is None:
+                    self._packets = None
+                    return
+            if packet.pts is None or packet.size == 0:
+                continue
+            rel = packet.pts - self._shift
+            if rel < 0 and not self._from_start:
+                continue  # before the requested stretch (keeps priming when starting at 0)
+            if rel >= end_pts_rel:
+                self._pending = packet
+                return
+            packet.pts = rel
+            if packet.dts is not None:
+                packet.dts = packet.dts - self._shift
+            packet.stream = self._out_stream
+            out.mux(packet)
+
+    # -- re-encode
+
+    def _decode_until(self, end_pos: int) -> None:
+        """Decode until the buffer reaches `end_pos` or the source ends."""
+        while self._packets is not None and (
+            self._buf is None or self._buf_pos + self._buf.shape[1] < end_pos
+        ):
+            packet = next(self._packets, None)
+            if packet is None:
+                self._packets = None
+                self._push(self._resampler.resample(None), None)
+                return
+            try:
+                frames = self._stream.codec_context.decode(packet)
+            except av.error.FFmpegError:
+                continue  # a damaged packet: its stretch becomes silence
+            for frame in frames:
+                pos = None
+                if frame.pts is not None and frame.time_base is not None:
+                    pos = round((float(frame.pts * frame.time_base) - self._origin_s) * self.rate)
+                self._push(self._resampler.resample(frame), pos)
+
+    def _push(self, frames: list[Any], pos: int | None) -> None:
+        """Append resampled frames whose first sample belongs at `pos` (None: contiguous)."""
+        parts = [f.to_ndarray() for f in frames]
+        if not parts:
+            return
+        samples = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+        if self._buf is None:
+            self._buf_pos = self._in_pos = pos if pos is not None else 0
+            self._buf = samples[:, :0]
+        assert self._in_pos is not None
+        gap = 0 if pos is None else pos - self._in_pos
+        if gap > self.rate // 100:  # a hole in the source: keep later audio in place
+            silence = np.zeros((samples.shape[0], gap), np.float32)
+            samples = np.concatenate([silence, samples], axis=1)
+        self._in_pos += samples.shape[1]
+        self._buf = np.concatenate([self._buf, samples], axis=1)
+        cut = min(self._next_pos - self._buf_pos, self._buf.shape[1])
+        if cut > 0:  # before the stretch written (or already written)
+            self._buf = self._buf[:, cut:]
+            self._buf_pos += cut
+
+    def _encode_until(self, out: Any, end_pos: int) -> None:
+        if self._buf is None:
+            return
+        start = max(self._next_pos, self._buf_pos)
+        if self._buf_pos > self._next_pos and self._next_pos == 0:
+            start = 0  # audio that starts late: silence before it
+        stop = min(end_pos, self._buf_pos + self._buf.shape[1])
+        if stop <= start:
+            return
+        chunk = np.zeros((self._buf.shape[0], stop - start), np.float32)
+        first = max(start, self._buf_pos)  # the first buffered sample in the chunk
+        if stop > first:
+            offset = first - self._buf_pos
+            chunk[:, first - start:] = self._buf[:, offset:offset + stop - first]
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self.layout)
+        frame.sample_rate = self.rate
+        frame.pts = start
+        frame.time_base = Fraction(1, self.rate)
+        for packet in self._out_stream.encode(frame):
+            out.mux(packet)
+        self._next_pos = stop
+        used = stop - self._buf_pos
+        if used > 0:
+            self._buf = self._buf[:, used:]
+            self._buf_pos = stop
+
+
 class VideoWriter:
     """Write RGB frames as a video with the input's size, frame rate and duration.
 
@@ -689,10 +911,12 @@ class VideoWriter:
     without an exception (temp file + `os.replace`); otherwise nothing is left behind.
 
     * `like`: the input's `VideoInfo`: size, fps and the path the output must differ from.
-    * `audio_from`: copy the first audio stream of this file, packet for packet (no
-      re-encode), covering ``[audio_start, audio_end)`` seconds of it. `audio_start`
-      defaults to ``start_index / fps`` and `audio_end` to `audio_start` plus the written
-      video's duration, so a shorter clip gets the matching stretch of audio.
+    * `audio_from`: write the first audio stream of this file, covering
+      ``[audio_start, audio_end)`` seconds of it: copied packet for packet when the output
+      container holds its codec, else re-encoded to AAC (`audio_note` then says so; see
+      `_AudioPass`). `audio_start` defaults to ``start_index / fps`` and `audio_end` to
+      `audio_start` plus the written video's duration, so a shorter clip gets the matching
+      stretch of audio.
     * `metadata`: extra container tags, merged with `synthetic_metadata`.
     * `start_index`: the input frame index written first (output pts 0).
 
@@ -742,13 +966,12 @@ class VideoWriter:
         self._last_rgb: np.ndarray | None = None
         self._closed = False
 
-        self._audio_in: Any = None
-        self._audio_packets: Iterator[Any] | None = None
-        self._pending_audio: Any = None
-        self._audio_out: Any = None
+        self._audio: _AudioPass | None = None
         container_format = _VIDEO_OUTPUT_FORMATS[suffix]
         if self._audio_from is not None:
             self._open_audio_source(container_format)
+        # One line for the run's notes when the audio could not be copied as it is.
+        self.audio_note = self._audio.note if self._audio is not None else None
 
         self._tmp = _temp_path_beside(out, "part")
         try:
@@ -761,10 +984,8 @@ class VideoWriter:
             self._out.metadata.update(synthetic_metadata(metadata))
             self.codec, self.pix_fmt = _pick_video_codec(self.width, self.height, codec)
             self._video = self._add_video_stream(crf, preset)
-            if self._audio_in is not None:
-                self._audio_out = self._out.add_stream_from_template(
-                    self._audio_in.streams.audio[0]
-                )
+            if self._audio is not None:
+                self._audio.add_stream(self._out)
         except BaseException:
             self._cleanup_failed()
             raise
@@ -777,24 +998,22 @@ class VideoWriter:
         if not src.streams.audio:
             src.close()
             return  # nothing to copy: a silent video stays silent
-        astream = src.streams.audio[0]
-        codec_name = astream.codec_context.name
-        if container_format in ("mp4", "mov") and codec_name not in _MP4_AUDIO_CODECS:
-            src.close()
-            raise InputError(
-                f"audio codec '{codec_name}' of {self._audio_from} cannot be copied into "
-                f"{self.out_path.suffix} without re-encoding; write a .mkv output instead"
-            )
         # Sync reference: the source's video start (audio pts are on the same clock).
         video_start_s = 0.0
         if src.streams.video and src.streams.video[0].start_time is not None:
             vs = src.streams.video[0]
             video_start_s = float(vs.start_time * vs.time_base)
-        self._audio_origin_s = video_start_s + self._audio_start_s
-        self._audio_tb: Fraction = astream.time_base
-        self._audio_shift = round(Fraction(self._audio_origin_s) / self._audio_tb)
-        self._audio_in = src
-        self._audio_packets = _demux_tolerant(src, astream, None)
+        try:
+            self._audio = _AudioPass(
+                src,
+                container_format,
+                self.out_path.suffix,
+                origin_s=video_start_s + self._audio_start_s,
+                from_start=self._audio_start_s == 0,
+            )
+        except BaseException:
+            src.close()
+            raise
 
     def _add_video_stream(self, crf: int, preset: str) -> Any:
         options: dict[str, str] = {}
@@ -861,33 +1080,12 @@ class VideoWriter:
         self._copy_audio_until(self._audio_start_s + self._next_pts / float(self.fps))
 
     def _copy_audio_until(self, end_s: float) -> None:
-        """Mux source audio packets that start before `end_s` (source seconds)."""
-        if self._audio_packets is None or self._audio_out is None:
+        """Write the source audio that starts before `end_s` (source seconds)."""
+        if self._audio is None:
             return
         if self._audio_end_s is not None:
             end_s = min(end_s, self._audio_end_s)
-        end_pts_rel = Fraction(end_s - self._audio_start_s) / self._audio_tb
-        while True:
-            packet = self._pending_audio
-            self._pending_audio = None
-            if packet is None:
-                packet = next(self._audio_packets, None)
-                if packet is None:
-                    self._audio_packets = None
-                    return
-            if packet.pts is None or packet.size == 0:
-                continue
-            rel = packet.pts - self._audio_shift
-            if rel < 0 and self._audio_start_s > 0:
-                continue  # before the requested stretch (keeps priming when starting at 0)
-            if rel >= end_pts_rel:
-                self._pending_audio = packet
-                return
-            packet.pts = rel
-            if packet.dts is not None:
-                packet.dts = packet.dts - self._audio_shift
-            packet.stream = self._audio_out
-            self._out.mux(packet)
+        self._audio.write_until(self._out, end_s - self._audio_start_s)
 
     # -- finishing
 
@@ -902,6 +1100,8 @@ class VideoWriter:
                 self._out.mux(packet)
             video_end_s = self._audio_start_s + self._next_pts / float(self.fps)
             self._copy_audio_until(video_end_s if self._audio_end_s is None else self._audio_end_s)
+            if self._audio is not None:
+                self._audio.finish(self._out)
             self._out.close()
             self._close_audio_source()
             os.replace(self._tmp, self.out_path)
@@ -937,10 +1137,9 @@ class VideoWriter:
             os.close(fd)
 
     def _close_audio_source(self) -> None:
-        if self._audio_in is not None:
-            self._audio_in.close()
-            self._audio_in = None
-            self._audio_packets = None
+        if self._audio is not None:
+            self._audio.close()
+            self._audio = None
 
     def __enter__(self) -> VideoWriter:
         return self
