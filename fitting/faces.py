@@ -357,11 +357,11 @@ class MediapipeBackend(LandmarkBackend):
         # The graphs' native start-up lines (TFLite, absl) go to fd 2, not to the terminal;
         # they are shown only when the set-up fails.
         with native_stderr_captured():
-            self._full_range = _started(detection.FaceDetection(
+            self._full_range = started_solution(detection.FaceDetection(
                 min_detection_confidence=min_score, model_selection=1))
-            self._short_range = _started(detection.FaceDetection(
+            self._short_range = started_solution(detection.FaceDetection(
                 min_detection_confidence=min_score, model_selection=0))
-            self._mesh = _started(mp.solutions.face_mesh.FaceMesh(
+            self._mesh = started_solution(mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=True, max_num_faces=2, refine_landmarks=True,
                 min_detection_confidence=0.5))
 
@@ -511,7 +511,7 @@ class MediapipeBackend(LandmarkBackend):
         return self._frame(rgb.shape[:2], kept_boxes, kept_scores, meshes)
 
 
-def _started(graph: Any) -> Any:
+def started_solution(graph: Any) -> Any:
     """Wait until a solution graph's calculators have opened: they open in the graph's own
     threads after the constructor returns, and log (to fd 2) as they do."""
     inner = getattr(graph, "_graph", None)

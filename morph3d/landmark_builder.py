@@ -175,9 +175,14 @@ def detect_ibug68(image: np.ndarray) -> np.ndarray | None:
 def detect_mediapipe478(image: np.ndarray) -> np.ndarray | None:
     import mediapipe as mp
 
-    with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                         refine_landmarks=True,
-                                         min_detection_confidence=0.3) as mesh:
+    from fitting.faces import started_solution
+    from morph3d.native_stderr import native_stderr_captured
+
+    with native_stderr_captured():  # the graph's TFLite/absl start-up lines
+        mesh = started_solution(mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=0.3))
+    with mesh:
         result = mesh.process(np.ascontiguousarray(image))
     if not result.multi_face_landmarks:
         return None
