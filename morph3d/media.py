@@ -754,16 +754,21 @@ class _AudioPass:
                 raise ValueError(f"no decoder for {codec}")
             channels = int(cc.layout.nb_channels) or 2
             rate = int(cc.sample_rate)
-        except Exception:  # nothing to decode it with: write the video alone
+            encoder = av.Codec(_AUDIO_ENCODER, "w")
+        except Exception:  # no decoder, or no encoder in this FFmpeg: write the video alone
             self._packets = None
-            self.note = f"audio left out: {codec} cannot be copied into {suffix} nor decoded"
+            self.note = (
+                f"audio left out: {codec} cannot go into {suffix} as it is, and this FFmpeg "
+                f"cannot re-encode it to {_AUDIO_ENCODER}"
+            )
             return
-        encoder = av.Codec(_AUDIO_ENCODER, "w")
         rates = sorted(int(r) for r in encoder.audio_rates or ())
         if rates and rate not in rates:
             rate = next((r for r in rates if r >= rate), rates[-1])
         self.rate = rate
-        self.layout = {1: "mono", 6: "5.1", 8: "7.1"}.get(channels, "stereo")
+        # Layouts the encoder and PyAV's planar frames both handle (PyAV fails on 8-channel
+        # ones); any other is downmixed to stereo.
+        self.layout = {1: "mono", 6: "5.1"}.get(channels, "stereo")
         self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=rate)
         self._buf: np.ndarray | None = None  # decoded, resampled samples not yet encoded
         self._buf_pos = 0  # output sample position of `_buf[:, 0]`

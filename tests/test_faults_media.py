@@ -31,16 +31,17 @@ RATE = 48000
 
 
 def _make_clip(path: Path, audio_encoder: str, seconds: float = 0.4,
-               burst: tuple[float, float] | None = None) -> Path:
-    """A tiny 64x48 clip at 25 fps with stereo audio from `audio_encoder`: a quiet 440 Hz
-    tone, or silence with a loud tone during `burst` (seconds) to locate in the output."""
+               burst: tuple[float, float] | None = None, layout: str = "stereo",
+               rate: int = RATE) -> Path:
+    """A tiny 64x48 clip at 25 fps with audio from `audio_encoder`: a quiet 440 Hz tone, or
+    silence with a loud tone during `burst` (seconds) to locate in the output."""
     if audio_encoder not in av.codecs_available:
         pytest.skip(f"this FFmpeg has no {audio_encoder} encoder")
     with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=FPS)
         video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-        audio = container.add_stream(audio_encoder, rate=RATE)
-        audio.layout = "stereo"
+        audio = container.add_stream(audio_encoder, rate=rate)
+        audio.layout = layout
         if audio_encoder == "vorbis":
             audio.codec_context.options = {"strict": "experimental"}
         for i in range(round(seconds * FPS)):
@@ -49,19 +50,20 @@ def _make_clip(path: Path, audio_encoder: str, seconds: float = 0.4,
             frame.pts = i
             for packet in video.encode(frame):
                 container.mux(packet)
-        t = np.arange(round(seconds * RATE)) / RATE
+        t = np.arange(round(seconds * rate)) / rate
         wave = np.sin(2 * np.pi * 440 * t)
         if burst is None:
             wave *= 0.3
         else:
             wave *= 0.8 * ((t >= burst[0]) & (t < burst[1]))
-        resampler = av.AudioResampler(format=audio.codec_context.format.name, layout="stereo",
-                                      rate=RATE)
+        resampler = av.AudioResampler(format=audio.codec_context.format.name, layout=layout,
+                                      rate=rate)
         for start in range(0, len(t), 1024):
             chunk = wave[start:start + 1024].astype(np.float32)
-            frame = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp",
-                                               layout="stereo")
-            frame.sample_rate, frame.pts = RATE, start
+            # Packed samples: PyAV cannot build 8-channel planar frames.
+            packed = np.repeat(chunk, av.AudioLayout(layout).nb_channels)[None]
+            frame = av.AudioFrame.from_ndarray(packed, format="flt", layout=layout)
+            frame.sample_rate, frame.pts = rate, start
             for out in resampler.resample(frame):
                 for packet in audio.encode(out):
                     container.mux(packet)
@@ -166,6 +168,27 @@ def test_audio_stays_in_sync_from_a_later_start(tmp_path: Path, out_ext: str) ->
     _, start, end = _audio_span(out)
     assert start == pytest.approx(0.0, abs=0.03)
     assert end == pytest.approx(15 / FPS, abs=0.05)
+
+
+@pytest.mark.parametrize(("layout", "rate", "channels", "out_rate"), [
+    ("mono", 22050, 1, 22050),
+    ("5.1", 48000, 6, 48000),
+    ("7.1", 48000, 2, 48000),  # downmixed: wider planar frames crash PyAV
+    ("stereo", 44056, 2, 44100),  # a rate AAC does not take: the next one up
+])
+def test_reencoded_audio_keeps_or_adapts_its_layout_and_rate(tmp_path: Path, layout: str,
+                                                            rate: int, channels: int,
+                                                            out_rate: int) -> None:
+    src = _make_clip(tmp_path / "src.mkv", "pcm_s16le", layout=layout, rate=rate)
+    out = tmp_path / "out.mp4"
+    assert _write(src, out, frames=6).audio_note is not None
+    info = probe_video(out)
+    assert (info.audio_codec, info.audio_channels, info.audio_sample_rate) == (
+        "aac", channels, out_rate)
+    _, start, end = _audio_span(out)
+    aac_frame = 1024 / out_rate  # the encoder's priming and last frame's padding, at most
+    assert start == pytest.approx(0.0, abs=aac_frame + 0.001)
+    assert end == pytest.approx(6 / FPS, abs=aac_frame + 0.001)
 
 
 def test_mp3_in_mp4_is_probed_by_codec_not_decoder(tmp_path: Path) -> None:
