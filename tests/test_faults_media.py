@@ -32,9 +32,10 @@ RATE = 48000
 
 def _make_clip(path: Path, audio_encoder: str, seconds: float = 0.4,
                burst: tuple[float, float] | None = None, layout: str = "stereo",
-               rate: int = RATE) -> Path:
-    """A tiny 64x48 clip at 25 fps with audio from `audio_encoder`: a quiet 440 Hz tone, or
-    silence with a loud tone during `burst` (seconds) to locate in the output."""
+               rate: int = RATE, audio_seconds: float | None = None) -> Path:
+    """A tiny 64x48 clip at 25 fps with audio from `audio_encoder` (`audio_seconds` long,
+    default as long as the video): a quiet 440 Hz tone, or silence with a loud tone during
+    `burst` (seconds) to locate in the output."""
     if audio_encoder not in av.codecs_available:
         pytest.skip(f"this FFmpeg has no {audio_encoder} encoder")
     with av.open(str(path), "w") as container:
@@ -50,7 +51,7 @@ def _make_clip(path: Path, audio_encoder: str, seconds: float = 0.4,
             frame.pts = i
             for packet in video.encode(frame):
                 container.mux(packet)
-        t = np.arange(round(seconds * rate)) / rate
+        t = np.arange(round((seconds if audio_seconds is None else audio_seconds) * rate)) / rate
         wave = np.sin(2 * np.pi * 440 * t)
         if burst is None:
             wave *= 0.3
@@ -155,6 +156,17 @@ def test_audio_is_copied_or_reencoded_never_refused(tmp_path: Path, encoder: str
     _, start, end = _audio_span(out)
     assert start == pytest.approx(0.0, abs=0.03)  # starts with the video (or its priming)
     assert end == pytest.approx(frames / FPS, abs=0.05)  # within about one audio packet
+
+
+@pytest.mark.parametrize("encoder", ["vorbis", "pcm_s16le"])
+def test_reencoding_to_the_end_of_the_source(tmp_path: Path, encoder: str) -> None:
+    """Audio shorter than the video: written to its end (decoder and resampler flushed)."""
+    src = _make_clip(tmp_path / "src.mkv", encoder, seconds=0.4, audio_seconds=0.3)
+    out = tmp_path / "out.mp4"
+    assert _write(src, out, frames=10).audio_note is not None
+    assert probe_video(out).audio_codec == "aac"
+    _, start, end = _audio_span(out)
+    assert start == pytest.approx(0.0, abs=0.03) and end == pytest.approx(0.3, abs=0.03)
 
 
 @pytest.mark.parametrize("out_ext", [".mp4", ".mkv"])
