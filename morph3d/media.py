@@ -709,7 +709,7 @@ def _muxer_takes(container_format: str, stream: Any) -> bool:
         with av.open(io.BytesIO(), mode="w", format=container_format) as trial:
             trial.add_stream_from_template(stream)
             trial.start_encoding()
-    except (av.error.FFmpegError, ValueError, TypeError):
+    except Exception:  # whatever the reason, a copy would fail the same way: re-encode
         return False
     return True
 
