@@ -309,6 +309,114 @@ def detect_faces(image: np.ndarray, backend: str = "mediapipe") -> FrameFaces:
         return detector.detect(image)
 
 
+# Photos whose longer side is above this are searched for faces on a copy scaled down to it:
+# the detectors run on small copies internally anyway, while their cost and memory on the
+# full picture grow with its pixels (an 8000 x 8000 photo took minutes and gigabytes).
+DETECT_MAX_SIDE = 2000
+# A face in such a photo is measured (landmarks, texture) on a crop around it, scaled so
+# that the face is at most this wide: more pixels add nothing to a 256-1024 px texture.
+FACE_MAX_WIDTH = 1024
+
+
+@dataclass
+class FaceCrop:
+    """A working copy of part of a large image: `image` is the box `x0, y0` (top-left pixel)
+    of the full image, resized by `sx`, `sy`. Maps points between the two pixel frames
+    (pixel centres at integers in both)."""
+
+    image: np.ndarray
+    x0: int
+    y0: int
+    sx: float
+    sy: float
+
+    def to_full(self, points: np.ndarray) -> np.ndarray:
+        points = np.asarray(points, np.float64)
+        return np.stack([(points[..., 0] + 0.5) / self.sx - 0.5 + self.x0,
+                         (points[..., 1] + 0.5) / self.sy - 0.5 + self.y0], -1)
+
+    def faces_to_full(self, faces: FrameFaces, image_size: tuple[int, int]) -> FrameFaces:
+        """`faces` found on the crop, in the full image's pixels (boxes are edges: the same
+        map, it is one affine map of the coordinate frame)."""
+        boxes = self.to_full(faces.boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+        return FrameFaces(boxes=boxes, scores=faces.scores,
+                          landmarks={k: self.to_full(v) for k, v in faces.landmarks.items()},
+                          image_size=image_size)
+
+
+def scaled_copy(image: np.ndarray, max_side: int) -> FaceCrop:
+    """The whole image scaled down so its longer side is `max_side` (area averaging)."""
+    h, w = image.shape[:2]
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return FaceCrop(small, 0, 0, size[0] / w, size[1] / h)
+
+
+def face_crop(image: np.ndarray, points: np.ndarray, context: float = 2.0,
+              face_width: int = FACE_MAX_WIDTH) -> FaceCrop:
+    """A square box `context` times the face's extent (its landmarks `points`, full-image
+    pixels) around it, clipped to the image, scaled down when the face is wider than
+    `face_width` pixels. Only the crop is ever resized, never the full image."""
+    h, w = image.shape[:2]
+    lo, hi = points.min(0), points.max(0)
+    extent = float(max(hi - lo))
+    centre = (lo + hi) / 2
+    half = max(extent * context / 2, 16.0)
+    x0, y0 = (max(0, int(np.floor(c - half))) for c in centre)
+    x1, y1 = min(w, int(np.ceil(centre[0] + half)) + 1), min(h, int(np.ceil(centre[1] + half)) + 1)
+    crop = image[y0:y1, x0:x1]
+    scale = min(1.0, face_width / max(extent, 1.0))
+    if scale < 1.0:
+        cw, ch = x1 - x0, y1 - y0
+        size = (max(1, round(cw * scale)), max(1, round(ch * scale)))
+        return FaceCrop(cv2.resize(crop, size, interpolation=cv2.INTER_AREA), x0, y0,
+                        size[0] / cw, size[1] / ch)
+    return FaceCrop(np.ascontiguousarray(crop), x0, y0, 1.0, 1.0)
+
+
+def _face_points(faces: FrameFaces, index: int) -> np.ndarray:
+    scheme = MEDIAPIPE478 if MEDIAPIPE478 in faces.landmarks else next(iter(faces.landmarks))
+    return faces.landmarks[scheme][index].astype(np.float64)
+
+
+def detect_faces_bounded(image: np.ndarray, backend: str = "mediapipe") -> FrameFaces:
+    """`detect_faces` at a bounded cost for photos of any size.
+
+    Up to `DETECT_MAX_SIDE` pixels on the longer side this is `detect_faces` itself (same
+    result). A larger photo is searched on a copy scaled down to that size; each face found
+    is then measured again on a crop around it (`face_crop`) for landmarks at the face's own
+    resolution. Everything is returned in the full photo's pixels."""
+    h, w = image.shape[:2]
+    if max(h, w) <= DETECT_MAX_SIDE:
+        return detect_faces(image, backend)
+    small = scaled_copy(image, DETECT_MAX_SIDE)
+    with get_landmark_backend(backend) as detector:
+        found = small.faces_to_full(detector.detect(small.image), (h, w))
+        if not len(found):
+            return found
+        refined = []
+        for k in range(len(found)):
+            crop = face_crop(image, _face_points(found, k))
+            again = detector.detect(crop.image)
+            if len(again):
+                again = crop.faces_to_full(again, (h, w))
+                centre = (found.boxes[k, :2] + found.boxes[k, 2:]) / 2
+                near = np.linalg.norm((again.boxes[:, :2] + again.boxes[:, 2:]) / 2 - centre,
+                                      axis=1)
+                best = int(np.argmin(near))
+                size = float(np.max(found.boxes[k, 2:] - found.boxes[k, :2]))
+                if near[best] < 0.25 * size:
+                    refined.append(again.select([best]))
+                    continue
+            refined.append(found.select([k]))
+    return FrameFaces(boxes=np.concatenate([f.boxes for f in refined]),
+                      scores=np.concatenate([f.scores for f in refined]),
+                      landmarks={s: np.concatenate([f.landmarks[s] for f in refined])
+                                 for s in found.landmarks},
+                      image_size=(h, w))
+
+
 # --------------------------------------------------------------------------------------------
 # mediapipe
 # --------------------------------------------------------------------------------------------

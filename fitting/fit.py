@@ -464,11 +464,11 @@ def detect_landmarks(image: np.ndarray, backend: str = "mediapipe",
     mediapipe face; mediapipe's derived 68 if dlib misses it). dlib's 68 follow the iBUG
     annotation convention (jaw, brows) more closely: fitted real-photo NME ~4 % vs ~5 %.
     """
-    from fitting.faces import detect_faces
+    from fitting.faces import detect_faces_bounded
 
     if backend == "dlib+mediapipe":
         out = detect_landmarks(image, "mediapipe", source)
-        dlib = detect_faces(image, "dlib")
+        dlib = detect_faces_bounded(image, "dlib")
         if len(dlib):
             centres = dlib.landmarks[IBUG68].mean(1)
             own = out[IBUG68].mean(0)
@@ -476,7 +476,7 @@ def detect_landmarks(image: np.ndarray, backend: str = "mediapipe",
             if np.linalg.norm(centres[best] - own) < 0.25 * face_scale(out[IBUG68]):
                 out[IBUG68] = dlib.landmarks[IBUG68][best].astype(np.float64)
         return out
-    faces = detect_faces(image, backend)
+    faces = detect_faces_bounded(image, backend)
     if not len(faces):
         raise Morph3dError(f"no face found in {source}")
     best = int(np.argmax(faces.areas()))
@@ -1308,6 +1308,26 @@ def _as_image_list(images) -> tuple[list[np.ndarray], list[str]]:
     return out, names
 
 
+def photometric_view(image: np.ndarray, landmarks: dict[str, np.ndarray], camera: CameraParams
+                     ) -> tuple[np.ndarray, CameraParams]:
+    """The image and camera the lighting and texture are fitted on: the photo itself up to
+    `DETECT_MAX_SIDE` pixels; for a larger one, a crop around the face (`face_crop`, the face
+    at most `FACE_MAX_WIDTH` wide) seen by the same camera moved into the crop's pixels, so
+    the fitted pose and the reported points stay in the full photo's pixels while the
+    renders and the float copies stay small."""
+    from fitting.faces import DETECT_MAX_SIDE, face_crop
+
+    if max(image.shape[:2]) <= DETECT_MAX_SIDE:
+        return image, camera
+    points = np.concatenate([np.asarray(v, np.float64).reshape(-1, 2)
+                             for v in landmarks.values()])
+    crop = face_crop(image, points[np.isfinite(points).all(1)])
+    h, w = crop.image.shape[:2]
+    return crop.image, CameraParams(camera.fx * crop.sx, camera.fy * crop.sy,
+                                    (camera.cx - crop.x0 + 0.5) * crop.sx - 0.5,
+                                    (camera.cy - crop.y0 + 0.5) * crop.sy - 0.5, w, h)
+
+
 @single_threaded()
 def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
               focal: float | None = None, backend: str = "mediapipe", photometric: bool = True,
@@ -1348,8 +1368,12 @@ def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
               if corrective else None)
     texture = confidence = None
     if photometric:
+        work = [photometric_view(img, lm, cam) for img, lm, cam in zip(imgs, landmarks, cameras,
+                                                                        strict=True)]
         states, texture, confidence = fit_lighting_and_texture(
-            model, imgs, alpha, states, cameras, steps=photometric_steps, offset=offset)
+            model, [img for img, _ in work], alpha, states, [cam for _, cam in work],
+            steps=photometric_steps, offset=offset)
+        del work
     identity = Identity(alpha, texture, confidence, offset)
     fits = []
     for st, cam, lm, name in zip(states, cameras, landmarks, names, strict=True):

@@ -278,7 +278,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     session-2 net had cost identity, so "auto" used the classical fill then. "none" also
     uses the classical fill: an uncompleted texture has black holes wherever the photo did
     not see the head."""
-    from fitting.faces import detect_faces
+    from fitting.faces import detect_faces_bounded
     from fitting.fit import fit_photo
     from fitting.params import VideoFit
     from morph3d.completion_net import INFERENCE_VERSION, complete_texture, load_completion_net
@@ -306,7 +306,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
         images = [read_image(s) for s in sources]
         landmarks = []
         for img, src in zip(images, sources, strict=True):
-            faces = detect_faces(img, options.backend)
+            faces = detect_faces_bounded(img, options.backend)  # bounded cost for any size
             if not len(faces):
                 raise Morph3dError(f"no face found in source photo {src}")
             if len(faces) > 1:

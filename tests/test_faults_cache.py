@@ -131,8 +131,8 @@ def test_torn_default_model_is_deleted_and_built_again(cache: Path, built_model:
                                                        monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture) -> None:
     """The cache's own model file torn: a warning, the file deleted and rebuilt, loaded.
-    The builder is the real build's stand-in (a copy of its result): the full build takes
-    half a minute and is run by the two-process test below."""
+    The builder is a stand-in for the real build (a copy of its result): the full build
+    takes half a minute to two minutes here and runs in the two-process test below."""
     import morph3d.models as models
 
     monkeypatch.setenv("MORPH3D_CACHE", str(cache))
@@ -152,20 +152,6 @@ def test_torn_default_model_is_deleted_and_built_again(cache: Path, built_model:
     assert _sha(path) == _sha(built_model)
     out = capsys.readouterr().out
     assert "could not be read" in out and "building it again" in out
-
-
-@pytest.mark.slow
-def test_torn_default_model_is_rebuilt_by_the_cli(cache: Path, built_model: Path) -> None:
-    """Through the CLI, with the real loader: no error line, the model is usable again.
-    (MORPH3D_CACHE points at a cache whose model is torn; the rebuild is real.)"""
-    path = cache / "models" / built_model.name
-    _tear(path)
-    proc = _morph3d(cache, "model", "info", "--json", timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert json.loads("\n".join(lines[lines.index("{"):]))["name"] == "default"
-    assert "could not be read" in proc.stdout
-    assert path.stat().st_size > 1_000_000
 
 
 def test_corrupt_user_model_is_one_line_error_and_left_alone(cache: Path, built_model: Path,
@@ -242,7 +228,7 @@ def test_two_processes_with_an_empty_cache_build_the_default_model_once(tmp_path
                               cwd=REPO, env=_env(cache)) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert sum("building the default head model" in out for out, _ in outs) == 1, outs
+    assert sum("building the default head model into" in out for out, _ in outs) == 1, outs
     assert sum("waiting for another morph3d process" in out for out, _ in outs) == 1, outs
     models = [p for p in (cache / "models").iterdir() if not p.name.startswith(".")]
     assert len(models) == 1 and models[0].suffix == ".npz"
