@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -114,7 +115,14 @@ class Terminated(KeyboardInterrupt):
     interrupt (temporary files removed, writers aborted) runs for it too."""
 
 
+_HANDLER_PID: int | None = None  # the process whose main() installed the SIGTERM handler
+
+
 def _raise_terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _HANDLER_PID:  # a forked child inherited the handler: die as usual
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     # Once: a second SIGTERM must not cut the cleanup short (SIGKILL still ends it).
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise Terminated()
@@ -137,8 +145,10 @@ def _run(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global _HANDLER_PID
     previous = None
     if threading.current_thread() is threading.main_thread():
+        _HANDLER_PID = os.getpid()
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:  # the parser too: building it may create the cache (for default paths in --help)
         return _run(argv)
