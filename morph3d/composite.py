@@ -1202,6 +1202,11 @@ class CompositorConfig:
     # added jitter +0.0007 on orig/mark).
     feather: float = 0.03
     adapt_width: bool = True
+    # What bounds the face mask: "swapped", the swapped face's outline (jaw, brows lifted by
+    # `forehead_margin`), adapted to the width difference; "coverage", the render's coverage
+    # alone, for renders that are the frame itself wherever they cover it
+    # (`morph3d.transfer`: the warped frame, which meets the original at its edge).
+    region: Literal["swapped", "coverage"] = "swapped"
     width_momentum: float = 0.8
     mask_momentum: float = 0.3
     colour_match: bool = True
@@ -1338,9 +1343,13 @@ class FaceCompositor:
         if cfg.adapt_width and self.width_ratio is not None:
             ratio = cfg.width_momentum * self.width_ratio + (1 - cfg.width_momentum) * ratio
         self.width_ratio = ratio
-        mask, mask_report = adaptive_face_mask(
-            cov, s_geo, a_geo, forehead_margin=cfg.forehead_margin, feather=cfg.feather,
-            width_ratio=ratio)
+        if cfg.region == "coverage":
+            mask = face_mask(cov, s_geo, feather=cfg.feather, region=cov >= 0.5)
+            mask_report = MaskReport(float(ratio), 0.0, 0.0, cfg.feather * s_geo.iod)
+        else:
+            mask, mask_report = adaptive_face_mask(
+                cov, s_geo, a_geo, forehead_margin=cfg.forehead_margin, feather=cfg.feather,
+                width_ratio=ratio)
 
         # brows: cover or inpaint the actor's brows that stick out above the mask
         base, brow_report = f, BrowReport()

@@ -1,0 +1,490 @@
+"""Identity transfer onto the actor's own pixels (the swap's render path).
+
+Instead of re-rendering the source face (UV resampling and SH shading cannot reproduce real
+skin), the actor's frame itself is changed in two ways that carry the source's identity:
+
+1. Geometry: a 3D-guided warp. The source mesh (source identity) and the actor mesh (the
+   clip fit's identity) are posed with the actor's expression, pose and camera of the frame;
+   they share one topology, so every pixel the source mesh covers has a surface point, whose
+   position on the actor mesh gives the backward flow p_source -> p_actor. Warping the frame
+   with it moves the actor's real pixels into the source's shape; outside the face the flow
+   fades to zero, so the warp joins the untouched frame without a seam.
+2. Appearance: an albedo ratio. The source photo's UV albedo S and the actor's A (the clip
+   fit's texture, made the same way: frames divided by their SH shading, unprojected to UV)
+   are looked up on the same raster; the warped frame is multiplied by the ratio of their
+   low-pass versions, in linear RGB. The low frequencies (skin tone, brows, beard shadow)
+   are the source's, the high frequencies (pores, hair, the frame's real shading and
+   shadows) stay the actor's, so neither face's detail is doubled.
+
+Eyeballs and the mouth's interior keep the actor's warped pixels unchanged (ratio 1). Units:
+pixels (frame pixels unless named crop), colours float32 RGB in [0, 1] (sRGB-encoded unless
+named linear). Everything here is numpy + OpenCV; `FaceRenderer` (morph3d.swap) does the
+rasterization and calls these functions.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from morph3d.composite import linear_to_srgb, srgb_to_linear
+
+
+def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted Gaussian low-pass: (blur(values * weight) / blur(weight), blur(weight)).
+
+    values H x W x C (or H x W), weight H x W >= 0, sigma in pixels. Where the blurred weight
+    is 0 the result is 0. Pixels outside the weight's support get the weighted average of
+    their surroundings, so the low-pass does not darken at the support's border."""
+    w = np.asarray(weight, np.float32)
+    v = np.asarray(values, np.float32)
+    vw = v * (w[..., None] if v.ndim == 3 else w)
+    ksize = (0, 0)
+    num = cv2.GaussianBlur(vw, ksize, sigma, borderType=cv2.BORDER_REPLICATE)
+    den = cv2.GaussianBlur(w, ksize, sigma, borderType=cv2.BORDER_REPLICATE)
+    if num.ndim == 2 and v.ndim == 3:  # OpenCV drops a single channel axis
+        num = num[..., None]
+    safe = np.maximum(den, 1e-6)
+    out = num / (safe[..., None] if v.ndim == 3 else safe)
+    out[den <= 1e-6] = 0.0
+    return out, den
+
+
+def extend_flow(flow: np.ndarray, covered: np.ndarray) -> np.ndarray:
+    """The flow (H x W x 2 px) kept where `covered` (H x W bool) and filled smoothly
+    elsewhere by pull-push (a weighted image pyramid down to one pixel, then each level's
+    holes filled from the level above), so a warp has no hole or step at the edge of the
+    surface the flow came from."""
+    weight = covered.astype(np.float32)
+    values = flow.astype(np.float32) * weight[..., None]
+    levels = [(values, weight)]
+    while min(levels[-1][1].shape) > 1:
+        v, w = levels[-1]
+        levels.append((cv2.pyrDown(v), cv2.pyrDown(w)))
+    v, w = levels[-1]
+    estimate = v / np.maximum(w, 1e-6)[..., None]
+    estimate = np.broadcast_to(estimate.reshape(-1, 2).mean(0) if w.sum() <= 1e-6
+                               else estimate, v.shape).astype(np.float32)
+    for v, w in reversed(levels[:-1]):
+        up = cv2.resize(estimate, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
+        here = v / np.maximum(w, 1e-6)[..., None]
+        a = np.clip(w * 2.0, 0.0, 1.0)[..., None]
+        estimate = (a * here + (1 - a) * up).astype(np.float32)
+    return np.where(covered[..., None], flow, estimate).astype(np.float32)
+
+
+def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
+                interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+    """The frame window at `origin` (x, y of its top-left pixel) with every pixel q taken
+    from the frame at q + flow(q) (backward warp; flow h x w x 2 in frame pixels). The
+    result has the frame's dtype; a zero flow gives the window back exactly."""
+    h, w = flow.shape[:2]
+    x0, y0 = origin
+    xs, ys = np.meshgrid(np.arange(x0, x0 + w, dtype=np.float32),
+                         np.arange(y0, y0 + h, dtype=np.float32))
+    map_x = xs + flow[..., 0].astype(np.float32)
+    map_y = ys + flow[..., 1].astype(np.float32)
+    return cv2.remap(frame, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT)
+
+
+def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
+               min_support: float = 0.3, max_spread: float = 2.0, light: float = 1.0,
+               max_brighten: float | None = None) -> np.ndarray:
+    """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
+
+    source, actor: H x W x 3 sRGB-encoded albedo looked up on the same raster; weight H x W:
+    where both are trusted (skin the photo and the clip saw). Both are low-passed with the
+    same weights at `sigma` px; where the weights' support is under `min_support` the ratio
+    falls back to the face's overall ratio (the median: the skin tone), which the support
+    then blends into smoothly. Pixels whose own ratio is more than `max_spread` times off
+    the overall one (darker; `max_brighten` times brighter) are left out, and the local
+    ratio stays within those factors of it.
+    `light` is the share (exponent) of the overall lightness ratio that is applied: how
+    light a skin looks in a photo is as much its exposure as the skin."""
+    s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
+    w = np.asarray(weight, np.float32)
+    total = float(w.sum())
+    if total < 1.0:
+        return np.ones(source.shape, np.float32)
+    max_brighten = max_spread if max_brighten is None else max_brighten
+    keep = w > 0.5 * float(w.max())
+    overall = np.median((s_lin[keep] + 1e-3) / (a_lin[keep] + 1e-3), 0) if keep.sum() > 20 \
+        else ((s_lin * w[..., None]).sum((0, 1)) + 1e-4) / ((a_lin * w[..., None]).sum((0, 1))
+                                                           + 1e-4)
+    # what is not skin on either side (a fringe, a shadow the shading does not explain, a
+    # highlight) has a ratio far from the face's: it does not vote
+    luma = ((s_lin + 1e-3) / (a_lin + 1e-3)) @ np.float32([0.2126, 0.7152, 0.0722])
+    luma_overall = float(overall @ np.float32([0.2126, 0.7152, 0.0722]))
+    off = np.log(np.maximum(luma, 1e-6) / luma_overall)
+    w = w * (off < np.log(max_brighten)) * (off > -np.log(max_spread))
+    overall_full = overall
+    if light != 1.0:  # a share of the overall lightness ratio is the pictures' exposure
+        overall = overall * np.float32(luma_overall ** (light - 1.0))
+    s_low, den = normalized_blur(s_lin, w, sigma)
+    a_low, _ = normalized_blur(a_lin, w, sigma)
+    local = (s_low + 1e-3) / (a_low + 1e-3)
+    local = np.clip(local, overall_full / max_spread, overall_full * max_brighten)
+    local = local * (overall / overall_full)
+    trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
+    return (trust * local + (1 - trust) * overall[None, None, :]).astype(np.float32)
+
+
+def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """image (sRGB-encoded, float [0, 1] or uint8) times ratio ** strength in linear RGB.
+
+    strength H x W in [0, 1]: 0 leaves a pixel as it is. Returns float32 sRGB in [0, 1]."""
+    img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+    gain = np.power(np.maximum(ratio, 1e-3), np.clip(strength, 0, 1)[..., None])
+    return np.clip(linear_to_srgb(srgb_to_linear(img) * gain), 0.0, 1.0).astype(np.float32)
+
+
+def fade(hard: np.ndarray, reach: float) -> np.ndarray:
+    """H x W float: 1 inside the bool `hard`, falling smoothly (cosine) to 0 at `reach` px
+    outside it."""
+    if reach <= 0:
+        return hard.astype(np.float32)
+    outside = cv2.distanceTransform((~hard).astype(np.uint8), cv2.DIST_L2, 5)
+    t = np.clip(outside / reach, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# One frame
+# --------------------------------------------------------------------------------------------
+
+INNER_REGIONS = ("mouth_interior", "teeth", "tongue", "eyeballs")  # the actor's own pixels
+
+
+def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) -> np.ndarray:
+    """Bool H x W: the convex hull of both faces' outlines (jaw, brows lifted by
+    `forehead_margin` IOD), `composite.FaceGeometry`s in the same pixel frame."""
+    points = np.concatenate([actor.face_polygon(forehead_margin),
+                             swapped.face_polygon(forehead_margin)])
+    hull = cv2.convexHull(np.round(points * 16).astype(np.int32))
+    mask = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=4)
+    return mask.astype(bool)
+
+
+def actor_non_skin(seen: np.ndarray, trust: np.ndarray, regions: dict, lm68: np.ndarray,
+                   box: tuple[float, float, float], size: int, crop_iod: float,
+                   sigmas: float = 6.0) -> np.ndarray:
+    """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
+    microphone) and not where the face has features of its own (eyes, lips, a band around
+    the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
+
+    seen: the frame's colours at the surface points (crop, float RGB); trust: where they are
+    skin the actor shows; lm68: the source mesh's 68 points in frame pixels."""
+    from morph3d.composite import _ycrcb, non_skin_score, skin_model_from_samples
+
+    model = skin_model_from_samples(_ycrcb(seen)[trust > 0.5])
+    if model is None:
+        return np.zeros(seen.shape[:2], bool)
+    x0, y0, side = box
+    brows = (lm68[17:27] - [x0, y0] + 0.5) * (size / side) - 0.5
+    band = np.zeros(seen.shape[:2], np.uint8)
+    for part in (brows[:5], brows[5:]):
+        cv2.polylines(band, [np.round(part * 16).astype(np.int32)], False, 1,
+                      thickness=max(1, round(0.25 * crop_iod)), lineType=cv2.LINE_8, shift=4)
+    features = (band > 0) | (regions["eyes"] > 0.5) | (regions["lips"] > 0.5)
+    return (non_skin_score(seen, model) > sigmas) & ~features
+
+
+def clip_light_level(model, clip_fit, samples: int = 40) -> np.ndarray:
+    """(3,) the clip's typical light level: the median over up to `samples` frames of the
+    mean SH shading (the clip fit's per-frame SH, which include the light's level) over
+    the face skin facing the camera (`facing_mean`)."""
+    import torch
+
+    f = clip_fit.faces
+    frames = np.flatnonzero(np.asarray(f.valid, bool))
+    if not len(frames):
+        return np.ones(3, np.float32)
+    from render.ops import sh_shading
+
+    skin = model.region("face_skin")
+    levels = []
+    for i in frames[np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int)]:
+        normals = lighting_normals(model, clip_fit.identity.coefficients, f.expression[i],
+                                   f.rotation[i], clip_fit.camera)
+        shade = sh_shading(normals[None], torch.from_numpy(
+            np.asarray(f.sh[i], np.float32))[None])[0]
+        levels.append(facing_mean(shade, normals, skin).numpy())
+    return np.median(levels, 0).astype(np.float32)
+
+
+def identity_alignment(model, source_identity: np.ndarray, actor_identity: np.ndarray
+                       ) -> np.ndarray:
+    """3 x 4 similarity (s R | t, model space mm) that puts the source's neutral face onto
+    the actor's (Umeyama on the 68 landmarks in 3D).
+
+    Two fits fix a face's size, its place relative to the model's origin and its tilt only
+    up to what the pictures show: a photo fit of one frame of a clip comes out about a
+    fifth larger than the clip's fit of the same person and sits about 0.1 IOD higher on
+    the head. Those differences are not identity, and a warp by them would move the
+    actor's whole face; the swap transfers the source's shape at the actor's size, place
+    and tilt."""
+    import torch
+
+    ident = torch.from_numpy(np.stack([source_identity, actor_identity]).astype(np.float32))
+    points = model.landmarks(model.vertices(ident), "ibug68").numpy().astype(np.float64)
+    src, dst = points[0], points[1]
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    cov = (src - mu_s).T @ (dst - mu_d) / len(src)
+    u, singular, vt = np.linalg.svd(cov)
+    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = (u @ np.diag(d) @ vt).T  # column-vector form: x' = s R x + t
+    scale = (singular * d).sum() / ((src - mu_s) ** 2).sum(1).mean()
+    return np.concatenate([scale * rotation, (mu_d - scale * rotation @ mu_s)[:, None]], 1)
+
+
+def lighting_normals(model, identity: np.ndarray, expression: np.ndarray, rotation,
+                     camera_params):
+    """V x 3 torch unit vertex normals of a posed mesh in the SH lighting frame."""
+    import torch
+
+    from render.ops import vertex_normals
+
+    verts = model.vertices(torch.from_numpy(np.asarray(identity, np.float32)[None]),
+                           torch.from_numpy(np.asarray(expression, np.float32)[None]))
+    cam = camera_params.to_camera(rotation, np.zeros(3, np.float32))
+    normals = vertex_normals(verts, model.triangles)[0]
+    return torch.einsum("ij,vj->vi", cam.R.to(normals), normals) * torch.tensor(
+        [1.0, -1.0, -1.0])
+
+
+def source_albedo_factor(model, source_fit, photo: np.ndarray) -> np.ndarray:
+    """V x 3 per-vertex factor that turns the source fit's UV albedo into the photo's
+    colours divided by the same kind of shading the clip's frames are divided by.
+
+    The source albedo was divided by the photo fit's SH shading (a photometric fit); the
+    clip's per-frame SH come from `fitting.video.ShSampler` (a regularised linear solve
+    with albedo 1), whose directional terms can differ wildly from the photo fit's for the
+    same picture. A ratio of albedos made under two shading models carries their
+    disagreement, so the source side is re-divided: albedo x photo-fit shading (= the
+    photo's colour) / the sampler's shading pattern of the photo (its SH over their
+    ambient term)."""
+    import torch
+
+    from fitting.fit import FrameState
+    from fitting.video import ShSampler
+    from render.ops import sh_shading
+
+    f = source_fit.faces
+    state = FrameState(f.rotation[0].astype(np.float64), f.translation[0].astype(np.float64),
+                       f.expression[0].astype(np.float64))
+    coefficients = source_fit.identity.coefficients.astype(np.float64)
+    sampled = ShSampler.for_model(model).estimate(photo, model, coefficients, state,
+                                                  source_fit.camera)
+    dc = np.where(np.abs(sampled[0]) > 1e-3, sampled[0], 1.0)
+    normals = lighting_normals(model, coefficients, f.expression[0], f.rotation[0],
+                               source_fit.camera)
+    fitted = sh_shading(normals[None], torch.from_numpy(
+        np.asarray(f.sh[0], np.float32))[None])[0]
+    pattern = sh_shading(normals[None], torch.from_numpy(
+        (sampled / dc).astype(np.float32))[None])[0]
+    pattern = pattern / facing_mean(pattern, normals, model.region("face_skin"))
+    return (fitted.clamp_min(0.05) / pattern.clamp_min(0.05)).numpy().astype(np.float32)
+
+
+def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
+    """Per-channel mean (torch, 3) of per-vertex `shading` over the face-skin vertices
+    (`skin`, V bool) that face the camera (lighting-frame normal z >= `min_facing`).
+
+    Shading patterns are normalised by this, not by their SH ambient term: with strong
+    directional terms the ambient term is far from what the visible face receives, and
+    the albedos' ratio would carry that. Normalised so, an albedo's mean over the visible
+    face is the picture's mean skin colour."""
+    import torch
+
+    keep = torch.from_numpy(np.asarray(skin, bool)) & (normals[:, 2] >= min_facing)
+    if int(keep.sum()) < 10:
+        return torch.ones(3)
+    return shading[keep].mean(0).clamp_min(0.05)
+
+
+def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray, textures,
+                  region_channels, camera_params, rotation, translation, expression, sh,
+                  frame: np.ndarray, actor_landmarks, *, source_factor,
+                  alignment: np.ndarray | None = None, size: int = 256, backend: str | None = None,
+                  ratio_sigma: float = 0.06, reach: float = 0.35,
+                  forehead_margin: float = 0.65, ratio_on: bool = True, warp_on: bool = True,
+                  per_frame: bool = True, max_spread: float = 8.0, light: float = 1.0,
+                  protect: bool = True, max_brighten: float = 3.0,
+                  light_reference: np.ndarray | None = None) -> dict:
+    """The swapped face window of one frame, made from the frame's own pixels.
+
+    textures: T x T x 8 torch tensor (source albedo RGB, actor albedo RGB, source and actor
+    confidence); region_channels: V x len(REGION_CHANNELS) torch tensor (morph3d.swap);
+    sh: the actor's 9 x 3 SH lighting of the frame; source_factor: V x 3 torch tensor
+    (`source_albedo_factor`); alignment: `identity_alignment` (None: none); frame: H x W x 3
+    uint8; actor_landmarks: the actor's detected points of this frame (composite
+    `Landmarks`). Lengths: `ratio_sigma` (the tone ratio's low-pass) and `reach` (how far
+    beyond both faces' outlines the warp fades to nothing) in IOD of the swapped face,
+    `size` the crop's side in pixels.
+
+    The actor's albedo is the frame itself divided by its SH shading over the clip's
+    typical light level `light_reference` (`clip_light_level`; None: this frame's own
+    level), the source's the photo divided by the same kind of shading pattern
+    (`source_albedo_factor`): the ratio compares the two skins as their pictures show
+    them, less the directional shading, and the clip's changes of light pass through.
+    Returns what `FaceRenderer.render` returns: image (h x w x 3 float), coverage (h x w:
+    where the image is the warped frame), regions, window (x, y of its top-left frame
+    pixel), ibug68 and mediapipe478 of the source mesh.
+    """
+    import torch
+
+    from morph3d.composite import face_geometry
+    from morph3d.swap import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
+    from render.backends import rasterize
+    from render.ops import (
+        interpolate,
+        interpolate_sparse,
+        scatter_pixels,
+        sh_shading,
+        texture_sparse,
+        vertex_normals,
+    )
+
+    ident = torch.from_numpy(np.stack([source_identity, actor_identity, source_identity])
+                             .astype(np.float32))
+    expr = torch.from_numpy(np.asarray(expression, np.float32)[None].repeat(3, 0))
+    expr[2] = 0.0
+    verts = model.vertices(ident, expr)  # source, actor, source neutral
+    if alignment is not None:  # the source's shape at the actor's size and place
+        m = torch.from_numpy(np.asarray(alignment, np.float32))
+        verts = torch.stack([verts[0] - verts[2] + verts[2] @ m[:, :3].T + m[:, 3], verts[1]])
+    else:
+        verts = verts[:2]
+    cam = camera_params.to_camera(rotation, translation)
+    lm68 = cam.project(model.landmarks(verts[:1], "ibug68"))[0].numpy()
+    lm478 = cam.project(model.landmarks(verts, "mediapipe478")).numpy()
+    h, w = frame.shape[:2]
+    box = face_crop_box(lm478.reshape(-1, 2), (h, w))
+    crop_cam = crop_camera(cam, box, size)
+    tris = model.triangles
+    raster = rasterize(crop_cam.to_clip(verts[:1]), tris, (size, size), backend=backend)
+    actor_px = cam.project(verts[1:])[0]  # V x 2 frame pixels
+    normals = torch.einsum("ij,vj->vi", cam.R.to(actor_px), vertex_normals(
+        verts[1:], tris.to(torch.int64))[0]) * torch.tensor([1.0, -1.0, -1.0])
+    shade = sh_shading(normals[None], torch.from_numpy(np.asarray(sh, np.float32))[None])[0]
+    if light_reference is None:
+        shade = shade / facing_mean(shade, normals, model.region("face_skin"))
+    else:
+        shade = shade / torch.from_numpy(np.asarray(light_reference, np.float32))
+    per_vertex = torch.cat([actor_px, region_channels.to(actor_px), shade, normals[:, 2:],
+                            source_factor.to(actor_px)], 1)
+    attrs = interpolate(per_vertex, raster)[0].numpy()
+    uv = interpolate_sparse(model.uv_coords.to(actor_px), raster, model.uv_triangles)
+    looked = texture_sparse(textures, uv, raster.pixel_batch())
+    tex = scatter_pixels(looked, raster)[0].numpy()
+    # Surface that faces away (the inside of the neck's far wall, seen through its open end)
+    # has no place in the warp: its flow is filled in from the front surface around it.
+    covered = raster.coverage[0].numpy() & (attrs[..., 2 + len(REGION_CHANNELS) + 3] > -0.1)
+
+    x0, y0, side = box
+    centres = (np.arange(size, dtype=np.float32) + 0.5) * (side / size) - 0.5
+    grid = np.stack(np.meshgrid(centres + x0, centres + y0), -1)
+    flow = np.where(covered[..., None], attrs[..., :2] - grid, 0.0).astype(np.float32)
+    crop_iod = face_geometry({"ibug68": lm68}).iod * size / side
+    regions = {n: attrs[..., 2 + i] for i, n in enumerate(REGION_CHANNELS)}
+    k = 2 + len(REGION_CHANNELS)
+    inner = np.clip(sum(regions[n] for n in INNER_REGIONS), 0, 1) * covered
+    face = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"] + inner, 0, 1)
+    skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
+    skin = skin * (1 - inner) * covered
+    source_albedo = tex[..., :3] * attrs[..., k + 4:k + 7]
+    if per_frame:
+        seen = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_AREA,
+                         borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
+        actor_albedo = seen / np.maximum(attrs[..., k:k + 3], 0.05)
+        trust = np.clip(attrs[..., k + 3] / 0.3, 0, 1) * tex[..., 6] * skin
+        if protect:
+            keep_actor = actor_non_skin(seen, trust, regions, lm68, box, size, crop_iod)
+            trust = trust * ~keep_actor
+            soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
+            skin = skin * (1 - np.clip(2 * soft, 0, 1))
+    else:
+        actor_albedo = tex[..., 3:6]
+        trust = np.minimum(tex[..., 6], tex[..., 7]) * skin
+    if ratio_on:
+        ratio = tone_ratio(source_albedo, actor_albedo, trust, ratio_sigma * crop_iod,
+                           max_spread=max_spread, light=light, max_brighten=max_brighten)
+    else:
+        ratio = np.ones((size, size, 3), np.float32)
+    # the flow comes from the face's own surface; the neck, ears and scalp of two heads
+    # fitted to faces differ by more than the faces do and would drag the collar along
+    flow = extend_flow(flow, covered & (face > 0.5))
+    strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
+    strength = strength * (1 - inner)
+    stack = np.concatenate([flow, ratio, strength[..., None],
+                            np.stack([regions[n] for n in REGION_CHANNELS], -1)], -1)
+    window, origin = paste_window(stack, box, (h, w), cv2.INTER_LINEAR)
+    wh, ww = window.shape[:2]
+    actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
+    swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
+    hull = face_hull(actor, swapped, (wh, ww), forehead_margin)
+    weight = fade(hull, reach * swapped.iod)
+    flow_w = window[..., :2] * weight[..., None] if warp_on else np.zeros_like(window[..., :2])
+    warped = warp_window(frame, flow_w, origin)
+    image = apply_ratio(warped, window[..., 2:5], window[..., 5] * weight)
+    return {
+        "image": image, "coverage": (weight > 0).astype(np.float32),
+        "regions": {n: window[..., 6 + i] > 0.5 for i, n in enumerate(REGION_CHANNELS)},
+        "window": origin, "ibug68": lm68, "mediapipe478": lm478[0],
+    }
+
+
+TRANSFER_VARIANTS: dict[str, dict] = {
+    "transfer": {},
+    "s03": {"ratio_sigma": 0.03},
+    "s015": {"ratio_sigma": 0.015},
+    "s015np": {"ratio_sigma": 0.015, "protect": False},
+    "s015b8": {"ratio_sigma": 0.015, "max_brighten": 8.0},
+    "s015l75": {"ratio_sigma": 0.015, "light": 0.75},
+    "s015b8frame": {"ratio_sigma": 0.015, "max_brighten": 8.0, "light_reference": None},
+    "s015b8clip": {"ratio_sigma": 0.015, "max_brighten": 8.0},
+    "cached": {"per_frame": False},
+    "noalign": {"alignment": None},
+    "warp_only": {"ratio_on": False},
+    "ratio_only": {"warp_on": False},
+}
+
+
+def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, photo,
+                  **params) -> np.ndarray:
+    """Prototype driver: one frame swapped by `transfer_face` + the compositor (uint8)."""
+    import torch
+
+    from morph3d.composite import CompositorConfig, FaceCompositor, FrameInputs
+    from morph3d.swap import REGION_CHANNELS
+
+    T = model.data.texture_size
+    s_tex = source_fit.identity.texture
+    a_tex = clip_fit.identity.texture
+    s_conf = source_fit.identity.confidence.reshape(T, T, -1)[..., :1]
+    a_conf = clip_fit.identity.confidence.reshape(T, T, -1)[..., :1]
+    textures = torch.from_numpy(np.concatenate([s_tex, a_tex, s_conf, a_conf], -1)
+                                .astype(np.float32))
+    channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
+                                .astype(np.float32))
+    f = clip_fit.faces
+    actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
+    out = transfer_face(model, source_fit.identity.coefficients,
+                        clip_fit.identity.coefficients, textures, channels, clip_fit.camera,
+                        f.rotation[index], f.translation[index], f.expression[index],
+                        f.sh[index], frame, actor_lms,
+                        source_factor=torch.from_numpy(
+                            source_albedo_factor(model, source_fit, photo)),
+                        **{"light_reference": clip_light_level(model, clip_fit),
+                           "alignment": identity_alignment(
+                            model, source_fit.identity.coefficients,
+                            clip_fit.identity.coefficients), **params})
+    config = CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
+                              colour_match=False, remove_brows=False, adapt_width=False)
+    result, _ = FaceCompositor(config).process(FrameInputs(
+        frame=frame, render=out["image"], coverage=out["coverage"], actor_landmarks=actor_lms,
+        swapped_landmarks={"ibug68": out["ibug68"], "mediapipe478": out["mediapipe478"]},
+        regions=out["regions"], window=out["window"]))
+    return result

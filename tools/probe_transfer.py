@@ -1,0 +1,176 @@
+"""Probe: identity transfer on the actor's pixels vs today's re-rendered face, single frames.
+
+Cases: the round trip (a clip frame written as PNG is the source, swapped into the same clip
+at that frame and at others) and cross-identity swaps. For each, today's pipeline
+(`FaceRenderer.render` + `FaceCompositor`) and the transfer (`morph3d.transfer`) are scored
+inside the original's dlib jaw+brow hull (`morph3d.evaluate.face_appearance`: grey SSIM,
+PSNR, detail ratio, mean-Lab distance) and by the dlib identity distance to the source
+photo; contact sheets (original | today | transfer, face crops) go to out/transfer/.
+
+    .venv/bin/python tools/probe_transfer.py [--cases roundtrip,cross] [--variants ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MEDIA = ROOT.parent / "shared" / "media"
+OUT = ROOT / "out" / "transfer"
+
+
+def read_frame(path: Path, index: int) -> np.ndarray:
+    from morph3d.media import iter_frames
+
+    for frame in iter_frames(path, index, index + 1):
+        return frame.rgb
+    raise SystemExit(f"no frame {index} in {path}")
+
+
+def dlib_face(img: np.ndarray) -> np.ndarray | None:
+    from fitting.faces import IBUG68, detect_faces
+
+    faces = detect_faces(img, "dlib")
+    if not len(faces):
+        return None
+    return faces.landmarks[IBUG68][int(np.argmax(faces.areas()))]
+
+
+def identity_distance(img: np.ndarray, source_embedding: np.ndarray) -> float:
+    from fitting.embedding import embedding_distance, face_embedding
+
+    points = dlib_face(img)
+    if points is None:
+        return float("nan")
+    return float(embedding_distance(face_embedding(img, points), source_embedding))
+
+
+def crop_of(img: np.ndarray, ibug: np.ndarray, side: int = 320) -> np.ndarray:
+    lo, hi = ibug.min(0), ibug.max(0)
+    c = (lo + hi) / 2
+    half = 0.75 * float((hi - lo).max())
+    x0, y0 = int(max(c[0] - half, 0)), int(max(c[1] - half * 1.1, 0))
+    x1, y1 = int(min(c[0] + half, img.shape[1])), int(min(c[1] + half * 0.9, img.shape[0]))
+    return cv2.resize(img[y0:y1, x0:x1], (side, side), interpolation=cv2.INTER_AREA
+                      if y1 - y0 > side else cv2.INTER_CUBIC)
+
+
+def label(img: np.ndarray, text: str) -> np.ndarray:
+    out = img.copy()
+    cv2.putText(out, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
+    cv2.putText(out, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", default="roundtrip,cross")
+    parser.add_argument("--variants", default="transfer")
+    parser.add_argument("--frames", default="150,60,100,200")
+    args = parser.parse_args()
+
+    import torch
+
+    from fitting.embedding import face_embedding
+    from morph3d.composite import FaceCompositor, FrameInputs
+    from morph3d.evaluate import face_appearance
+    from morph3d.models import load_model
+    from morph3d.swap import (
+        FaceRenderer,
+        SwapOptions,
+        SwapSummary,
+        fit_clip,
+        fit_source,
+        make_upscaler,
+    )
+
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(1)
+    OUT.mkdir(parents=True, exist_ok=True)
+    model = load_model("default")
+    summary = SwapSummary(output="probe")
+    k = 150
+    ng = MEDIA / "nggyup.mp4"
+    orig = MEDIA / "orig.webm"
+    src150 = OUT / "nggyup_f150.png"
+    if not src150.exists():
+        cv2.imwrite(str(src150), cv2.cvtColor(read_frame(ng, k), cv2.COLOR_RGB2BGR))
+    clips = {"nggyup": (ng, SwapOptions(max_frames=160 if max(
+        int(f) for f in args.frames.split(",")) < 160 else 210, quiet=True)),
+        "orig": (orig, SwapOptions(max_frames=40, quiet=True))}
+    cases = []
+    if "roundtrip" in args.cases:
+        cases += [("roundtrip", src150, "nggyup", int(f)) for f in args.frames.split(",")]
+    if "cross" in args.cases:
+        for src in ("mark.jpg", "man_dark_skin.png"):
+            cases += [(f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 150),
+                      (f"cross-{src.split('.')[0]}", MEDIA / src, "orig", 30)]
+    fits: dict = {}
+    results = []
+    sheets = []
+    for name, source, clip, index in cases:
+        path, opts = clips[clip]
+        if clip not in fits:
+            fits[clip] = fit_clip(path, model, opts, summary)
+        clip_fit = fits[clip]
+        source_fit = fit_source([source], model, SwapOptions(), summary)
+        src_rgb = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB)
+        src_pts = dlib_face(src_rgb)
+        src_emb = face_embedding(src_rgb, src_pts)
+        frame = read_frame(path, index)
+        f = clip_fit.faces
+        actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
+        renderer = FaceRenderer.create(model, source_fit, SwapOptions(),
+                                       make_upscaler(SwapOptions(), summary))
+        outputs = {}
+        t = time.perf_counter()
+        rendered = renderer.render(clip_fit.camera, f.rotation[index], f.translation[index],
+                                   f.expression[index], f.sh[index], frame.shape[:2])
+        out, _ = FaceCompositor().process(FrameInputs(
+            frame=frame, render=rendered["image"], coverage=rendered["coverage"],
+            actor_landmarks=actor_lms,
+            swapped_landmarks={"ibug68": rendered["ibug68"],
+                               "mediapipe478": rendered["mediapipe478"]},
+            regions=rendered["regions"], window=rendered["window"]))
+        outputs["today"] = (out, time.perf_counter() - t)
+        for variant in args.variants.split(","):
+            from morph3d.transfer import TRANSFER_VARIANTS, transfer_swap
+
+            t = time.perf_counter()
+            out = transfer_swap(model, source_fit, clip_fit, index, frame, src_rgb,
+                                **TRANSFER_VARIANTS[variant])
+            outputs[variant] = (out, time.perf_counter() - t)
+        ref = dlib_face(frame)
+        row = {"case": name, "clip": clip, "frame": index}
+        cells = [label(crop_of(frame, ref), f"{name} {clip}#{index} original")]
+        if name != "roundtrip":
+            cells.insert(0, label(crop_of(src_rgb, src_pts), "source"))
+        for key, (out, seconds) in outputs.items():
+            m = face_appearance(frame, out, ref)
+            m["id_dist"] = identity_distance(out, src_emb)
+            m["seconds"] = seconds
+            row[key] = {a: round(float(b), 4) for a, b in m.items()}
+            cells.append(label(crop_of(out, ref), f"{key} ssim {m['face_ssim']:.3f} "
+                               f"id {m['id_dist']:.3f}"))
+        m = face_appearance(frame, frame, ref)
+        row["original_id_dist"] = round(identity_distance(frame, src_emb), 4)
+        results.append(row)
+        print(json.dumps(row), flush=True)
+        sheet = np.concatenate(cells, 1)
+        sheets.append(sheet)
+        cv2.imwrite(str(OUT / f"sheet_{name}_{clip}_{index}.png"),
+                    cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    (OUT / "results.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
