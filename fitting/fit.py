@@ -1291,6 +1291,7 @@ def fit_landmarks(model, landmarks: list[dict[str, np.ndarray]], sizes: list[tup
 
 
 def _as_image_list(images) -> tuple[list[np.ndarray], list[str]]:
+    from morph3d.limits import check_image_pixels
     from morph3d.media import read_image
 
     if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
@@ -1303,6 +1304,7 @@ def _as_image_list(images) -> tuple[list[np.ndarray], list[str]]:
             out.append(img)
             names.append(f"image {i}")
         else:
+            check_image_pixels(img)
             out.append(read_image(img))
             names.append(str(img))
     return out, names

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -189,23 +190,28 @@ def clip_key(target: Path, options: SwapOptions, ref_digest: str | None) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
+def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
+    """Which of the target's faces to take, as `fitting.video.video_landmarks` wants it (a
+    rule, or the reference photo's face embedding), and the reference photo's digest."""
+    if options.target_face_ref is None:
+        return options.target_face, None
+    from fitting.track import reference_embedding
+    from morph3d.media import read_image
+
+    reference = read_image(options.target_face_ref)
+    try:
+        select = reference_embedding(reference, options.backend)
+    except InputError as exc:
+        raise InputError(f"{exc} {options.target_face_ref}") from None
+    return select, file_digest(options.target_face_ref)
+
+
 def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
     from fitting.params import VideoFit
     from fitting.video import fit_video, video_landmarks
 
-    ref_digest = None
-    select: str | np.ndarray = options.target_face
-    if options.target_face_ref is not None:
-        from fitting.track import reference_embedding
-        from morph3d.media import read_image
-
-        ref_digest = file_digest(options.target_face_ref)
-        reference = read_image(options.target_face_ref)
-        try:
-            select = reference_embedding(reference, options.backend)
-        except InputError as exc:
-            raise InputError(f"{exc} {options.target_face_ref}") from None
+    select, ref_digest = face_selection(options)
     key = clip_key(target, options, ref_digest)
     folder = work_directory(options) / f"clip-{key}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -710,6 +716,110 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
 
 
 def _swap(sources, target, output, options, summary, info, t0, template=None) -> SwapSummary:
+    from fitting.faces import DETECT_MAX_SIDE
+    from morph3d.limits import check_image_pixels
+
+    for path in (*sources, *([target] if info.is_image else [])):
+        check_image_pixels(path)  # before the model loads and the photos are fitted
+    if template is None and info.is_image and max(info.width, info.height) > DETECT_MAX_SIDE:
+        return _swap_large_image(sources, target, output, options, summary, t0)
+    return _swap_frames(sources, target, output, options, summary, info, t0, template)
+
+
+def _swap_large_image(sources, target, output, options, summary, t0) -> SwapSummary:
+    """A still target larger than `fitting.faces.DETECT_MAX_SIDE`: the whole swap runs on a
+    crop around the chosen face (the face at most `FACE_MAX_WIDTH` wide; the face is found
+    on a scaled-down copy), then only the pixels the swap changed are pasted back into the
+    full image. Fitting, rendering and compositing cost what they cost for a normal photo;
+    the full image is held as uint8 only, to be read and written."""
+    from dataclasses import replace
+
+    from fitting.faces import DETECT_MAX_SIDE, face_crop, scaled_copy
+    from fitting.video import video_landmarks
+    from morph3d.media import probe_video, read_image, synthetic_metadata, write_image
+
+    folder = work_directory(options) / f"image-{file_digest(target)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Read once and kept (uint8) for the paste: a second decoding at the end would cost more
+    # memory, with the model and the detectors loaded, than holding these bytes.
+    full = np.array(read_image(target))  # writable (the reader's array may not be)
+    height, width = full.shape[:2]
+    small = scaled_copy(full, DETECT_MAX_SIDE)
+    small_path = folder / "scaled.png"
+    write_image(small_path, small.image)
+    select, _ = face_selection(options)
+    try:
+        found = video_landmarks(small_path, options.backend, select, 1, progress=False)
+    except Morph3dError:
+        raise Morph3dError(f"no face found in any frame of {target}") from None
+    points = np.concatenate([p[0].reshape(-1, 2) for p in found.points.values()])
+    points = points[np.isfinite(points).all(1)]
+    if not len(points):
+        raise Morph3dError(f"no face found in any frame of {target}")
+    # The compositor reaches past the face (forehead band, feathering, colour statistics of
+    # the surroundings): a wider context than the fit's crops.
+    crop = face_crop(full, small.to_full(points), context=2.6)
+    del small
+    ch, cw = crop.image.shape[:2]
+    crop_path = folder / f"face-{crop.x0}-{crop.y0}-{cw}x{ch}.png"
+    write_image(crop_path, crop.image)
+    summary.notes.append(f"target image {width}x{height}: swapped on a {cw}x{ch} crop around "
+                         "the face, pasted back into the full image")
+    # The crop holds the chosen face; an index among the full image's faces means nothing
+    # there (a reference photo still does).
+    inner = replace(options, target_face="largest")
+    swapped_path = folder / f".swapped-{os.getpid()}.png"
+    try:
+        _swap_frames(sources, crop_path, swapped_path, inner, summary, probe_video(crop_path),
+                     t0)
+        swapped = read_image(swapped_path)
+    finally:
+        swapped_path.unlink(missing_ok=True)
+    paste_back(full, crop, swapped)
+    write_image(output, full, metadata=synthetic_metadata())
+    summary.seconds["total"] = time.perf_counter() - t0
+    return summary
+
+
+def paste_back(full: np.ndarray, crop, swapped: np.ndarray, band: int = 256) -> None:
+    """Write the swapped crop back into `full` (uint8, in place) where the swap changed it:
+    `crop` (a `fitting.faces.FaceCrop`) says where the crop came from and at what scale.
+    The changed pixels' mask is grown by a pixel and softened, both resampled to full
+    resolution a band of rows at a time (the float copies stay a band's size); every pixel
+    outside it keeps its value bit for bit."""
+    changed = np.any(swapped != crop.image, axis=2).astype(np.uint8)
+    if not changed.any():
+        return
+    mask = cv2.GaussianBlur(cv2.dilate(changed, np.ones((3, 3), np.uint8)).astype(np.float32),
+                            (0, 0), 0.7)
+    ys, xs = np.nonzero(mask > 1.0 / 512)
+    h, w = full.shape[:2]
+    # crop pixel j covers full positions x0 + (j + 0.5) / s - 0.5 +- 0.5 / s
+    left = max(int(np.floor(crop.x0 + xs.min() / crop.sx)) - 2, 0)
+    right = min(int(np.ceil(crop.x0 + (xs.max() + 1) / crop.sx)) + 2, w)
+    top = max(int(np.floor(crop.y0 + ys.min() / crop.sy)) - 2, 0)
+    bottom = min(int(np.ceil(crop.y0 + (ys.max() + 1) / crop.sy)) + 2, h)
+    flags = cv2.WARP_INVERSE_MAP
+    for y in range(top, bottom, band):
+        rows = min(band, bottom - y)
+        # full pixel (q + left, r + y) -> crop ((q + left - x0 + 0.5) * sx - 0.5, ...)
+        m = np.array([[crop.sx, 0, (left - crop.x0 + 0.5) * crop.sx - 0.5],
+                      [0, crop.sy, (y - crop.y0 + 0.5) * crop.sy - 0.5]], np.float64)
+        size = (right - left, rows)
+        alpha = cv2.warpAffine(mask, m, size, flags=cv2.INTER_LINEAR | flags,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        take = alpha > 0
+        if not take.any():
+            continue
+        image = cv2.warpAffine(swapped, m, size, flags=cv2.INTER_CUBIC | flags,
+                               borderMode=cv2.BORDER_REPLICATE)
+        region = full[y:y + rows, left:right]
+        a = np.clip(alpha[take], 0.0, 1.0)[:, None]
+        region[take] = np.rint(region[take] * (1.0 - a) + image[take] * a).astype(np.uint8)
+
+
+def _swap_frames(sources, target, output, options, summary, info, t0, template=None
+                 ) -> SwapSummary:
     import torch
     from tqdm import tqdm
 

@@ -232,3 +232,124 @@ def test_two_processes_with_an_empty_cache_build_the_default_model_once(tmp_path
     assert sum("waiting for another morph3d process" in out for out, _ in outs) == 1, outs
     models = [p for p in (cache / "models").iterdir() if not p.name.startswith(".")]
     assert len(models) == 1 and models[0].suffix == ".npz"
+
+
+# ----------------------------------------------------------------------------- large images
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG whose header says `width` x `height` (no pixel data): what a reader sees first."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_images_above_the_pixel_limit_are_refused_from_the_header(tmp_path: Path) -> None:
+    from morph3d.errors import InputError
+    from morph3d.limits import MAX_IMAGE_PIXELS, check_image_pixels
+
+    check_image_pixels(_png_header_only(tmp_path / "ok.png", 8000, 8000))
+    for w, h in ((12000, 10000), (20000, 20000)):  # above the limit; above Pillow's error
+        assert w * h > MAX_IMAGE_PIXELS
+        with pytest.raises(InputError, match="too large"):
+            check_image_pixels(_png_header_only(tmp_path / f"{w}.png", w, h))
+    (tmp_path / "text.png").write_text("not an image")
+    check_image_pixels(tmp_path / "text.png")  # left to the reader's own error
+
+
+@pytest.mark.media
+def test_swap_refuses_a_huge_source_photo_in_one_line(media_dir: Path, cache: Path,
+                                                       tmp_path: Path) -> None:
+    huge = _png_header_only(tmp_path / "huge.png", 12000, 10000)
+    proc = _morph3d(cache, "swap", "--source", huge, "--target",
+                    media_dir / "aligned_target1.png", "-o", tmp_path / "out.png",
+                    "--work-dir", tmp_path / "work", "--quiet")
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "DecompressionBomb" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("morph3d")]
+    assert len(lines) == 1 and "too large" in lines[0] and "120 MP" in lines[0], proc.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_face_crop_maps_points_and_cameras_back_to_the_full_image() -> None:
+    """A crop scaled by 1/4: a point drawn in the full image is found at the mapped place in
+    the crop, and the crop's camera projects like the full camera followed by the map."""
+    from fitting.faces import face_crop
+    from fitting.fit import photometric_view
+    from fitting.params import CameraParams
+
+    image = np.zeros((3000, 4000, 3), np.uint8)
+    image[1498:1503, 2198:2203] = 255  # a 5 x 5 dot centred on (2200, 1500)
+    face = np.array([[1800.0, 1200.0], [2600.0, 1900.0]])  # a face 800 px wide
+    crop = face_crop(image, face, face_width=200)
+    assert crop.sx == pytest.approx(0.25, abs=2e-3) and crop.sy == pytest.approx(0.25, abs=2e-3)
+    assert max(crop.image.shape[:2]) <= 2 * 800 * 0.25 + 4
+    ys, xs = np.nonzero(crop.image[..., 0] > 0)
+    weights = crop.image[ys, xs, 0].astype(float)
+    centre = np.array([np.average(xs, weights=weights), np.average(ys, weights=weights)])
+    assert np.allclose(crop.to_full(centre), [2200, 1500], atol=0.5)
+
+    full_cam = CameraParams.default_for(4000, 3000)
+    view, cam = photometric_view(image, {"mediapipe478": face}, full_cam)
+    same = face_crop(image, face)  # the crop photometric_view takes
+    assert view.shape == same.image.shape == (cam.height, cam.width, 3)
+    points = np.array([[10.0, -20.0, 600.0], [-35.0, 40.0, 580.0]])  # camera space, mm
+    full_px = points[:, :2] / points[:, 2:] * [full_cam.fx, full_cam.fy] + [full_cam.cx,
+                                                                            full_cam.cy]
+    crop_px = points[:, :2] / points[:, 2:] * [cam.fx, cam.fy] + [cam.cx, cam.cy]
+    assert np.allclose(same.to_full(crop_px), full_px, atol=1e-6)
+    small = image[:1000, :1500]
+    assert photometric_view(small, {"mediapipe478": face / 3}, full_cam) == (small, full_cam)
+
+
+def test_paste_back_replaces_only_what_the_swap_changed() -> None:
+    from fitting.faces import face_crop
+    from morph3d.swap import paste_back
+
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 256, (2400, 3200, 3), np.uint8)
+    original = full.copy()
+    crop = face_crop(full, np.array([[1400.0, 900.0], [2000.0, 1500.0]]), face_width=300)
+    swapped = crop.image.copy()
+    cy, cx = (s // 2 for s in swapped.shape[:2])
+    yy, xx = np.mgrid[: swapped.shape[0], : swapped.shape[1]]
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 60 ** 2
+    swapped[disc] = (20, 200, 90)
+    paste_back(full, crop, swapped)
+    centre = crop.to_full(np.array([cx, cy], float)).round().astype(int)
+    assert (full[centre[1] - 50:centre[1] + 50, centre[0] - 50:centre[0] + 50]
+            == (20, 200, 90)).all()
+    radius = 60 / crop.sx
+    yy, xx = np.mgrid[: full.shape[0], : full.shape[1]]
+    far = (yy - centre[1]) ** 2 + (xx - centre[0]) ** 2 > (radius + 8 / crop.sx) ** 2
+    assert np.array_equal(full[far], original[far])
+    assert not np.array_equal(full, original)
+
+
+@pytest.mark.media
+def test_bounded_detection_is_detect_faces_up_to_the_limit_and_close_above(
+        media_dir: Path) -> None:
+    import cv2
+
+    from fitting.faces import DETECT_MAX_SIDE, detect_faces, detect_faces_bounded
+    from morph3d.media import read_image
+
+    photo = read_image(media_dir / "mark.jpg")
+    plain, bounded = detect_faces(photo), detect_faces_bounded(photo)
+    for scheme in plain.landmarks:
+        assert np.array_equal(plain.landmarks[scheme], bounded.landmarks[scheme])
+    big = cv2.resize(photo, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+    assert max(big.shape[:2]) > DETECT_MAX_SIDE
+    found = detect_faces_bounded(big)
+    assert len(found) == 1 and found.image_size == big.shape[:2]
+    expected = (plain.landmarks["ibug68"][0] + 0.5) * 4 - 0.5
+    width = np.ptp(expected[:, 0])
+    error = np.linalg.norm(found.landmarks["ibug68"][0] - expected, axis=1)
+    assert error.mean() < 0.02 * width, error.mean()
