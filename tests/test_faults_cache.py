@@ -353,3 +353,43 @@ def test_bounded_detection_is_detect_faces_up_to_the_limit_and_close_above(
     width = np.ptp(expected[:, 0])
     error = np.linalg.norm(found.landmarks["ibug68"][0] - expected, axis=1)
     assert error.mean() < 0.02 * width, error.mean()
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_swap_between_large_images_works_on_the_face_and_keeps_the_rest(
+        media_dir: Path, cache: Path, tmp_path: Path) -> None:
+    """A source and a target above the detection limit: the target comes back at its size,
+    swapped where the face is and bit for bit the same away from it."""
+    import cv2
+
+    from fitting.faces import DETECT_MAX_SIDE, detect_faces
+    from morph3d.media import read_image, write_image
+
+    source = cv2.resize(read_image(media_dir / "mark.jpg"), None, fx=3, fy=3,
+                        interpolation=cv2.INTER_CUBIC)
+    target = cv2.resize(read_image(media_dir / "khabenskii.jpg"), None, fx=2, fy=2,
+                        interpolation=cv2.INTER_CUBIC)
+    assert min(max(source.shape[:2]), max(target.shape[:2])) > DETECT_MAX_SIDE
+    write_image(tmp_path / "source.png", source)
+    write_image(tmp_path / "target.png", target)
+    summary = tmp_path / "summary.json"
+    proc = _morph3d(cache, "swap", "--source", tmp_path / "source.png", "--target",
+                    tmp_path / "target.png", "-o", tmp_path / "out.png", "--work-dir",
+                    tmp_path / "work", "--refine", "classic", "--quiet", "--summary-json",
+                    summary, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    notes = json.loads(summary.read_text())["notes"]
+    assert any("crop around the face" in note for note in notes), notes
+    out = read_image(tmp_path / "out.png")
+    assert out.shape == target.shape
+    small = cv2.resize(target, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    points = (detect_faces(small).landmarks["mediapipe478"][0] + 0.5) * 2 - 0.5
+    lo, hi = points.min(0), points.max(0)
+    centre, half = (lo + hi) / 2, float(max(hi - lo)) * 1.6
+    ys, xs = np.mgrid[: out.shape[0], : out.shape[1]]
+    far = (np.abs(xs - centre[0]) > half) | (np.abs(ys - centre[1]) > half)
+    assert far.mean() > 0.2
+    assert np.array_equal(out[far], target[far])
+    face = (np.abs(xs - centre[0]) < half / 4) & (np.abs(ys - centre[1]) < half / 4)
+    assert np.abs(out[face].astype(int) - target[face]).mean() > 3
