@@ -154,7 +154,14 @@ def load_model_data(name: str = "default") -> ModelData:
     path = model_path(name)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    return _load(path)
+    try:
+        return _load(path)
+    except ModelError as exc:
+        if name != "bfm":
+            raise
+        # Built from the user's own BFM files, which morph3d does not keep: say how to
+        # rebuild it rather than deleting it.
+        raise ModelError(f"{exc}; convert it again with `morph3d model convert-bfm`") from None
 
 
 def load_model(name: str = "default", subdivided: bool = False) -> MorphableModel:

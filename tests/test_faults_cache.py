@@ -124,6 +124,28 @@ def test_load_cached_deletes_an_unreadable_entry_and_notes_it(tmp_path: Path) ->
     assert len(summary.notes) == 1  # a plain miss is not noted
 
 
+@pytest.mark.media
+def test_torn_extracted_template_clip_is_extracted_again(media_dir: Path, cache: Path,
+                                                         tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The clip a template embeds is extracted once into the work folder; a torn copy there
+    is not used: the next opening extracts it whole again."""
+    from morph3d.swap import SwapOptions
+    from morph3d.template import build_template, open_template
+
+    monkeypatch.setenv("MORPH3D_CACHE", str(cache))
+    work = tmp_path / "work"
+    template = tmp_path / "still.m3dt"
+    build_template(media_dir / "aligned_target1.png", template,
+                   SwapOptions(work_dir=work, quiet=True))
+    clip = open_template(template, work).clip
+    whole = _sha(clip)
+    _tear(clip)
+    again = open_template(template, work).clip
+    assert again == clip and _sha(again) == whole
+
+
 # ----------------------------------------------------------------------------- models
 
 

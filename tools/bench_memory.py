@@ -3,6 +3,10 @@
     python tools/bench_memory.py [--frames 150 600] [--clips-dir /tmp/morph3d_bench_memory]
                                  [--json FILE] [--plot docs/bench_memory_rss.png]
 
+`--large-images` instead swaps 8000 x 8000 stills (mark.jpg upscaled, under --clips-dir): one
+as the source photo (target mark.jpg), one as the target image (source mark.jpg), each in a
+fresh work directory, and reports their peak RSS and wall time.
+
 Makes 1920x1080 test clips of the given lengths from nggyup.mp4 (upscaled; played forwards
 then backwards so the motion has no cut; no audio) under --clips-dir (never in the repository),
 runs the instrumented `morph3d swap` of tools/bench_swap.py on each with mark.jpg and a fresh
@@ -213,6 +217,45 @@ def projection_text(runs: dict[int, dict], results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+LARGE_SIDE = 8000
+
+
+def large_image_runs(clips_dir: Path) -> dict[str, dict[str, Any]]:
+    """mark.jpg upscaled to 8000 x 8000 swapped as the source photo and as the target image:
+    peak RSS and wall time of each (fresh work directories)."""
+    import shutil
+
+    import cv2
+
+    from morph3d.media import read_image, write_image
+
+    big = clips_dir / f"mark_{LARGE_SIDE}.png"
+    if not big.is_file():
+        write_image(big, cv2.resize(read_image(MEDIA / "mark.jpg"), (LARGE_SIDE, LARGE_SIDE),
+                                    interpolation=cv2.INTER_CUBIC))
+    runs = {}
+    for role, source, target in (("source", big, MEDIA / "mark.jpg"),
+                                 ("target", MEDIA / "mark.jpg", big)):
+        work = clips_dir / f"work_large_{role}"
+        if work.exists():
+            shutil.rmtree(work)
+        print(f"[bench_memory] {LARGE_SIDE}x{LARGE_SIDE} {role}", flush=True)
+        run = run_swap(source, target, clips_dir / f"swapped_large_{role}.png", work, None)
+        runs[role] = {"peak_rss_mib": run["peak_rss_mib"], "wall_s": run["process_wall_s"],
+                      "seconds": run["summary"]["seconds"], "notes": run["summary"]["notes"]}
+    return runs
+
+
+def large_image_text(runs: dict[str, dict[str, Any]]) -> str:
+    lines = [f"| {LARGE_SIDE}x{LARGE_SIDE} still as | peak RSS MiB | wall s | fit source s | "
+             "render s |", "| --- | --- | --- | --- | --- |"]
+    for role, run in runs.items():
+        sec = run["seconds"]
+        lines.append(f"| {role} | {run['peak_rss_mib']:.0f} | {run['wall_s']:.0f} | "
+                     f"{sec.get('fit source', 0):.1f} | {sec.get('render', 0):.1f} |")
+    return "\n".join(lines)
+
+
 def machine_line(results: dict[str, Any]) -> str:
     m = results["machine"]
     return (f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average "
@@ -225,7 +268,20 @@ def main() -> int:
     parser.add_argument("--clips-dir", type=Path, default=Path("/tmp/morph3d_bench_memory"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_memory_rss.png")
+    parser.add_argument("--large-images", action="store_true",
+                        help="swap 8000x8000 stills (as source, as target) instead of clips")
     args = parser.parse_args()
+    if args.large_images:
+        if args.clips_dir.resolve().is_relative_to(ROOT):
+            sys.exit("bench_memory: keep the test images out of the repository (--clips-dir)")
+        args.clips_dir.mkdir(parents=True, exist_ok=True)
+        large: dict[str, Any] = {"machine": machine()}
+        large["large_images"] = large_image_runs(args.clips_dir)
+        large["machine"]["loadavg_end"] = os.getloadavg()
+        print(large_image_text(large["large_images"]) + f"\n{machine_line(large)}")
+        if args.json:
+            args.json.write_text(json.dumps(large, indent=1, default=float))
+        return 0
     if not (MEDIA / "nggyup.mp4").is_file():
         sys.exit(f"bench_memory: {MEDIA / 'nggyup.mp4'} is missing (needs ../shared/media)")
     if args.clips_dir.resolve().is_relative_to(ROOT):
