@@ -497,7 +497,12 @@ def load_cached(path: Path, load, what: str, summary: SwapSummary):
 
 @dataclass
 class FaceRenderer:
-    """Renders the source identity with per-frame actor parameters, in a face crop."""
+    """Renders the source identity with per-frame actor parameters, in a face crop.
+
+    With `transfer` set (what the swap does), the face is not rendered but made from the
+    frame's own pixels (`morph3d.transfer`): the frame warped into the source's shape, its
+    skin tone carried over by an albedo ratio. Without it the source albedo is rendered
+    under the actor's relit SH and upscaled."""
 
     model: object
     source_identity: np.ndarray
@@ -507,9 +512,13 @@ class FaceRenderer:
     backend: str | None = None
     upscaler: object | None = None
     source_ambient: np.ndarray | None = None  # 3: the source photo's SH DC term per channel
+    transfer: object | None = None  # morph3d.transfer.TransferSetup
 
     @classmethod
-    def create(cls, model, source_fit, options: SwapOptions, upscaler=None) -> FaceRenderer:
+    def create(cls, model, source_fit, options: SwapOptions, upscaler=None, clip_fit=None,
+               photo: np.ndarray | None = None) -> FaceRenderer:
+        """The renderer of a job; with the clip fit and the (first) source photo (uint8 RGB)
+        it transfers the identity onto the frame's pixels instead of rendering."""
         import torch
 
         texture = source_fit.identity.texture
@@ -518,8 +527,13 @@ class FaceRenderer:
         channels = np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32)
         groups = torch.from_numpy(channels)
         ambient = np.asarray(source_fit.faces.sh[0, 0], np.float32)
+        transfer = None
+        if clip_fit is not None and photo is not None:
+            from morph3d.transfer import prepare_transfer
+
+            transfer = prepare_transfer(model, source_fit, clip_fit, photo)
         return cls(model, source_fit.identity.coefficients, torch.from_numpy(texture), groups,
-                   options.work_resolution, options.renderer, upscaler, ambient)
+                   options.work_resolution, options.renderer, upscaler, ambient, transfer)
 
     def relight(self, actor_sh: np.ndarray) -> np.ndarray:
         """The actor's lighting pattern at the source photo's overall level.
@@ -542,13 +556,26 @@ class FaceRenderer:
         return self.model.vertices(ident, expr)
 
     def render(self, camera_params, rotation, translation, expression, sh,
-               frame_shape: tuple[int, int]) -> dict[str, np.ndarray]:
+               frame_shape: tuple[int, int], frame: np.ndarray | None = None,
+               actor_landmarks=None) -> dict[str, np.ndarray]:
         """The face resampled into its frame window: image (h x w x 3 float), coverage
         (h x w), regions (h x w bool each), window (x, y of its top-left frame pixel), and
-        the projected landmarks in frame pixels."""
+        the projected landmarks in frame pixels. With `transfer` set, `frame` (uint8 RGB)
+        and the actor's detected landmarks of it are what the face is made from."""
         import torch
 
         from render import interpolate, render_mesh
+
+        if self.transfer is not None and frame is not None and actor_landmarks is not None:
+            from morph3d.transfer import transfer_face
+
+            t = self.transfer
+            return transfer_face(
+                self.model, self.source_identity, t.actor_identity, t.textures,
+                self.region_channels, camera_params, rotation, translation, expression, sh,
+                frame, actor_landmarks, source_factor=t.source_factor,
+                alignment=t.alignment, light_reference=t.light_reference,
+                size=self.work_resolution, backend=self.backend)
 
         verts = self.vertices(expression)
         cam = camera_params.to_camera(rotation, translation)
@@ -828,10 +855,12 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         DecodeReport,
         VideoWriter,
         iter_frames,
+        read_image,
         synthetic_metadata,
         write_image,
     )
     from morph3d.models import load_model
+    from morph3d.transfer import compositor_config as transfer_compositor
 
     model = load_model(options.model).to(options.device)
     if template is not None:
@@ -842,8 +871,11 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         clip_fit = template.fit if template else fit_clip(target, model, options, summary)
 
     t = time.perf_counter()
-    renderer = FaceRenderer.create(model, source_fit, options, make_upscaler(options, summary))
-    compositor = FaceCompositor()
+    # The face is made from the actor's own pixels (morph3d.transfer); the first source
+    # photo gives the source's colours as seen (the texture's shading model is the fit's).
+    renderer = FaceRenderer.create(model, source_fit, options, make_upscaler(options, summary),
+                                   clip_fit=clip_fit, photo=read_image(sources[0]))
+    compositor = FaceCompositor(transfer_compositor() if renderer.transfer else None)
     faces = clip_fit.faces
     valid = faces.valid.copy()
     valid[clip_fit.faceless[clip_fit.faceless < len(valid)]] = False
@@ -875,7 +907,9 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
             with torch.inference_mode():
                 rendered = renderer.render(clip_fit.camera, faces.rotation[i],
                                            faces.translation[i], faces.expression[i],
-                                           faces.sh[i], frame.rgb.shape[:2])
+                                           faces.sh[i], frame.rgb.shape[:2], frame=frame.rgb,
+                                           actor_landmarks={s: actor_lms[s][i]
+                                                            for s in actor_lms})
             return frame, rendered
 
         frames = iter_frames(target, stop=options.max_frames, report=report)

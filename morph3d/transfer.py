@@ -24,6 +24,8 @@ rasterization and calls these functions.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -51,11 +53,11 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float
     return out, den
 
 
-def extend_flow(flow: np.ndarray, covered: np.ndarray) -> np.ndarray:
+def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> np.ndarray:
     """The flow (H x W x 2 px) kept where `covered` (H x W bool) and filled smoothly
-    elsewhere by pull-push (a weighted image pyramid down to one pixel, then each level's
-    holes filled from the level above), so a warp has no hole or step at the edge of the
-    surface the flow came from."""
+    elsewhere (pull-push: a weighted image pyramid down to one pixel, then each level's
+    holes filled from the level above), continuous with the covered values at their edge,
+    so a warp has no hole or step where the surface the flow came from ends."""
     weight = covered.astype(np.float32)
     values = flow.astype(np.float32) * weight[..., None]
     levels = [(values, weight)]
@@ -71,11 +73,20 @@ def extend_flow(flow: np.ndarray, covered: np.ndarray) -> np.ndarray:
         here = v / np.maximum(w, 1e-6)[..., None]
         a = np.clip(w * 2.0, 0.0, 1.0)[..., None]
         estimate = (a * here + (1 - a) * up).astype(np.float32)
+    # Pull-push alone continues the surface's mean, not its edge: near the edge the flow
+    # takes its nearest edge value, fading into the pull-push over `edge_px`, so the warp
+    # neither steps nor tears where the surface ends.
+    if covered.any() and not covered.all():
+        distance, labels = cv2.distanceTransformWithLabels(
+            (~covered).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+        nearest = flow[covered][np.clip(labels - 1, 0, int(covered.sum()) - 1)]
+        w = np.exp(-distance / max(edge_px, 1e-6))[..., None]
+        estimate = (w * nearest + (1 - w) * estimate).astype(np.float32)
     return np.where(covered[..., None], flow, estimate).astype(np.float32)
 
 
 def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
-                interpolation: int = cv2.INTER_LINEAR) -> np.ndarray:
+                interpolation: int = cv2.INTER_CUBIC) -> np.ndarray:
     """The frame window at `origin` (x, y of its top-left pixel) with every pixel q taken
     from the frame at q + flow(q) (backward warp; flow h x w x 2 in frame pixels). The
     result has the frame's dtype; a zero flow gives the window back exactly."""
@@ -90,7 +101,7 @@ def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
 
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
                min_support: float = 0.3, max_spread: float = 2.0, light: float = 1.0,
-               max_brighten: float | None = None) -> np.ndarray:
+               max_brighten: float | None = None, coarse: float = 6.0) -> np.ndarray:
     """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
 
     source, actor: H x W x 3 sRGB-encoded albedo looked up on the same raster; weight H x W:
@@ -121,13 +132,19 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     overall_full = overall
     if light != 1.0:  # a share of the overall lightness ratio is the pictures' exposure
         overall = overall * np.float32(luma_overall ** (light - 1.0))
-    s_low, den = normalized_blur(s_lin, w, sigma)
-    a_low, _ = normalized_blur(a_lin, w, sigma)
-    local = (s_low + 1e-3) / (a_low + 1e-3)
-    local = np.clip(local, overall_full / max_spread, overall_full * max_brighten)
-    local = local * (overall / overall_full)
-    trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
-    return (trust * local + (1 - trust) * overall[None, None, :]).astype(np.float32)
+    # Fine scale where both pictures saw the skin, a coarse one (`coarse` x sigma) over
+    # the gaps (the skin only one of them saw), the face's overall ratio beyond that: a
+    # gap does not show as a patch of the overall tone.
+    ratio = np.broadcast_to(overall, source.shape).astype(np.float32)
+    for scale in (coarse, 1.0):
+        s_low, den = normalized_blur(s_lin, w, sigma * scale)
+        a_low, _ = normalized_blur(a_lin, w, sigma * scale)
+        local = (s_low + 1e-3) / (a_low + 1e-3)
+        local = np.clip(local, overall_full / max_spread, overall_full * max_brighten)
+        local = local * (overall / overall_full)
+        trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
+        ratio = trust * local + (1 - trust) * ratio
+    return ratio.astype(np.float32)
 
 
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
@@ -189,6 +206,41 @@ def actor_non_skin(seen: np.ndarray, trust: np.ndarray, regions: dict, lm68: np.
                       thickness=max(1, round(0.25 * crop_iod)), lineType=cv2.LINE_8, shift=4)
     features = (band > 0) | (regions["eyes"] > 0.5) | (regions["lips"] > 0.5)
     return (non_skin_score(seen, model) > sigmas) & ~features
+
+
+def cap_highlights(albedo: np.ndarray, weight: np.ndarray, sigma: float,
+                   headroom: float = 1.2) -> np.ndarray:
+    """The albedo (H x W x 3, sRGB-encoded) with its lightness capped at `headroom` times
+    its weighted low-pass at `sigma` px (colour kept): a photo's specular highlights
+    (nose ridge, forehead) survive the division by a diffuse shading and would be carried
+    onto the actor as pale streaks."""
+    low, _ = normalized_blur(albedo, weight, sigma)
+    luma = albedo @ np.float32([0.299, 0.587, 0.114])
+    limit = headroom * (low @ np.float32([0.299, 0.587, 0.114]))
+    scale = np.where(luma > limit, limit / np.maximum(luma, 1e-6), 1.0)
+    return (albedo * np.where(limit > 0, scale, 1.0)[..., None]).astype(np.float32)
+
+
+def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
+                  crop_iod: float, reach: float) -> np.ndarray:
+    """Crop H x W weight: 1 up to a little above the brows (0.15 IOD), falling (cosine) to 0
+    `reach` IOD higher, along the face's up direction. The forehead above is where an
+    actor's fringe or hat sits: there the ratio would paint hair as skin. `reach` <= 0:
+    ones."""
+    from morph3d.composite import face_geometry
+
+    if reach <= 0:
+        return np.ones((size, size), np.float32)
+    x0, y0, side = box
+    points = (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5
+    g = face_geometry({"ibug68": points})
+    centres = np.arange(size, dtype=np.float32)
+    xs, ys = np.meshgrid(centres, centres)
+    brows = points[17:27]
+    top = float((brows @ g.up).max())  # the brows' highest point along `up`
+    height = (xs * g.up[0] + ys * g.up[1] - top) / crop_iod - 0.15
+    t = np.clip(height / reach, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
 
 def clip_light_level(model, clip_fit, samples: int = 40) -> np.ndarray:
@@ -285,7 +337,10 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray) -> np.ndarray:
     pattern = sh_shading(normals[None], torch.from_numpy(
         (sampled / dc).astype(np.float32))[None])[0]
     pattern = pattern / facing_mean(pattern, normals, model.region("face_skin"))
-    return (fitted.clamp_min(0.05) / pattern.clamp_min(0.05)).numpy().astype(np.float32)
+    factor = (fitted.clamp_min(0.05) / pattern.clamp_min(0.05)).numpy().astype(np.float32)
+    # near grazing angles either shading is a guess: keep the factor near its typical value
+    typical = np.median(factor[model.region("face_skin")], 0)
+    return np.clip(factor, typical / 2, typical * 2).astype(np.float32)
 
 
 def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
@@ -308,11 +363,12 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   region_channels, camera_params, rotation, translation, expression, sh,
                   frame: np.ndarray, actor_landmarks, *, source_factor,
                   alignment: np.ndarray | None = None, size: int = 256, backend: str | None = None,
-                  ratio_sigma: float = 0.06, reach: float = 0.35,
+                  ratio_sigma: float = 0.015, reach: float = 0.35,
                   forehead_margin: float = 0.65, ratio_on: bool = True, warp_on: bool = True,
                   per_frame: bool = True, max_spread: float = 8.0, light: float = 1.0,
-                  protect: bool = True, max_brighten: float = 3.0,
-                  light_reference: np.ndarray | None = None) -> dict:
+                  protect: bool = True, max_brighten: float = 5.0,
+                  light_reference: np.ndarray | None = None, forehead: float = 0.35,
+                  highlight_cap: float = 0.15) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, actor albedo RGB, source and actor
@@ -408,6 +464,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     else:
         actor_albedo = tex[..., 3:6]
         trust = np.minimum(tex[..., 6], tex[..., 7]) * skin
+    if highlight_cap > 0:
+        source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
     if ratio_on:
         ratio = tone_ratio(source_albedo, actor_albedo, trust, ratio_sigma * crop_iod,
                            max_spread=max_spread, light=light, max_brighten=max_brighten)
@@ -417,7 +475,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # fitted to faces differ by more than the faces do and would drag the collar along
     flow = extend_flow(flow, covered & (face > 0.5))
     strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
-    strength = strength * (1 - inner)
+    strength = strength * (1 - inner) * forehead_fade(lm68, box, size, crop_iod, forehead)
     stack = np.concatenate([flow, ratio, strength[..., None],
                             np.stack([regions[n] for n in REGION_CHANNELS], -1)], -1)
     window, origin = paste_window(stack, box, (h, w), cv2.INTER_LINEAR)
@@ -436,15 +494,74 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     }
 
 
+@dataclass
+class TransferSetup:
+    """What `transfer_face` needs that is the same for every frame of a job.
+
+    actor_identity: the clip fit's identity coefficients; textures: T x T x 8 torch tensor
+    (source albedo RGB, actor albedo RGB, source and actor confidence); source_factor: V x 3
+    torch tensor (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`);
+    light_reference: (3,) (`clip_light_level`)."""
+
+    actor_identity: np.ndarray
+    textures: object
+    source_factor: object
+    alignment: np.ndarray
+    light_reference: np.ndarray
+
+
+def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray) -> TransferSetup:
+    """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
+    RGB, the one `source_fit`'s first frame was fitted to. A fit without a texture counts
+    as unseen everywhere (the ratio then falls back to ones)."""
+    import torch
+
+    size = int(model.data.texture_size)
+
+    def texture_of(fit) -> tuple[np.ndarray, np.ndarray]:
+        identity = fit.identity
+        if identity.texture is None or identity.confidence is None:
+            return np.full((size, size, 3), 0.5, np.float32), np.zeros((size, size, 1),
+                                                                        np.float32)
+        t = np.asarray(identity.texture, np.float32)
+        return t, np.asarray(identity.confidence, np.float32).reshape(*t.shape[:2], -1)[..., :1]
+
+    s_tex, s_conf = texture_of(source_fit)
+    a_tex, a_conf = texture_of(clip_fit)
+    if a_tex.shape != s_tex.shape:  # textures of another size: the actor's only as a fallback
+        a_tex = cv2.resize(a_tex, s_tex.shape[1::-1], interpolation=cv2.INTER_AREA)
+        a_conf = cv2.resize(a_conf, s_tex.shape[1::-1], interpolation=cv2.INTER_AREA)[..., None]
+    textures = torch.from_numpy(np.concatenate([s_tex, a_tex, s_conf, a_conf], -1))
+    return TransferSetup(
+        actor_identity=np.asarray(clip_fit.identity.coefficients, np.float32),
+        textures=textures,
+        source_factor=torch.from_numpy(source_albedo_factor(model, source_fit, photo)),
+        alignment=identity_alignment(model, source_fit.identity.coefficients,
+                                     clip_fit.identity.coefficients),
+        light_reference=clip_light_level(model, clip_fit))
+
+
+def compositor_config():
+    """The compositor's settings for a transferred face: the mask is the warp's own region
+    (it meets the frame at its edge); the actor's eyes, mouth and brows are already in the
+    warped frame where the source's face has them, and the ratio carries the tone, so the
+    steps that restore or match those are off. Occluders are still cut."""
+    from morph3d.composite import CompositorConfig
+
+    return CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
+                            colour_match=False, remove_brows=False, adapt_width=False)
+
+
 TRANSFER_VARIANTS: dict[str, dict] = {
     "transfer": {},
+    "b8": {"max_brighten": 8.0},
+    "b8np": {"max_brighten": 8.0, "protect": False},
+    "nocap": {"highlight_cap": 0.0},
+    "b3": {"max_brighten": 3.0},
+    "nofore": {"forehead": 0.0},
     "s03": {"ratio_sigma": 0.03},
-    "s015": {"ratio_sigma": 0.015},
-    "s015np": {"ratio_sigma": 0.015, "protect": False},
-    "s015b8": {"ratio_sigma": 0.015, "max_brighten": 8.0},
-    "s015l75": {"ratio_sigma": 0.015, "light": 0.75},
-    "s015b8frame": {"ratio_sigma": 0.015, "max_brighten": 8.0, "light_reference": None},
-    "s015b8clip": {"ratio_sigma": 0.015, "max_brighten": 8.0},
+    "s06": {"ratio_sigma": 0.06},
+    "frame_light": {"light_reference": None},
     "cached": {"per_frame": False},
     "noalign": {"alignment": None},
     "warp_only": {"ratio_on": False},
@@ -454,36 +571,25 @@ TRANSFER_VARIANTS: dict[str, dict] = {
 
 def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, photo,
                   **params) -> np.ndarray:
-    """Prototype driver: one frame swapped by `transfer_face` + the compositor (uint8)."""
+    """One frame swapped by `transfer_face` + the compositor (uint8), for probes; `params`
+    override `transfer_face`'s keywords (`TRANSFER_VARIANTS`)."""
     import torch
 
-    from morph3d.composite import CompositorConfig, FaceCompositor, FrameInputs
+    from morph3d.composite import FaceCompositor, FrameInputs
     from morph3d.swap import REGION_CHANNELS
 
-    T = model.data.texture_size
-    s_tex = source_fit.identity.texture
-    a_tex = clip_fit.identity.texture
-    s_conf = source_fit.identity.confidence.reshape(T, T, -1)[..., :1]
-    a_conf = clip_fit.identity.confidence.reshape(T, T, -1)[..., :1]
-    textures = torch.from_numpy(np.concatenate([s_tex, a_tex, s_conf, a_conf], -1)
-                                .astype(np.float32))
+    setup = prepare_transfer(model, source_fit, clip_fit, photo)
     channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
                                 .astype(np.float32))
     f = clip_fit.faces
     actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
-    out = transfer_face(model, source_fit.identity.coefficients,
-                        clip_fit.identity.coefficients, textures, channels, clip_fit.camera,
-                        f.rotation[index], f.translation[index], f.expression[index],
-                        f.sh[index], frame, actor_lms,
-                        source_factor=torch.from_numpy(
-                            source_albedo_factor(model, source_fit, photo)),
-                        **{"light_reference": clip_light_level(model, clip_fit),
-                           "alignment": identity_alignment(
-                            model, source_fit.identity.coefficients,
-                            clip_fit.identity.coefficients), **params})
-    config = CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
-                              colour_match=False, remove_brows=False, adapt_width=False)
-    result, _ = FaceCompositor(config).process(FrameInputs(
+    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment,
+                "light_reference": setup.light_reference, **params}
+    out = transfer_face(model, source_fit.identity.coefficients, setup.actor_identity,
+                        setup.textures, channels, clip_fit.camera, f.rotation[index],
+                        f.translation[index], f.expression[index], f.sh[index], frame,
+                        actor_lms, **keywords)
+    result, _ = FaceCompositor(compositor_config()).process(FrameInputs(
         frame=frame, render=out["image"], coverage=out["coverage"], actor_landmarks=actor_lms,
         swapped_landmarks={"ibug68": out["ibug68"], "mediapipe478": out["mediapipe478"]},
         regions=out["regions"], window=out["window"]))

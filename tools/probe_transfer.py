@@ -113,6 +113,7 @@ def main() -> None:
     if "cross" in args.cases:
         for src in ("mark.jpg", "man_dark_skin.png"):
             cases += [(f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 150),
+                      (f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 0),
                       (f"cross-{src.split('.')[0]}", MEDIA / src, "orig", 30)]
     fits: dict = {}
     results = []

@@ -1,0 +1,139 @@
+"""Identity transfer on the actor's pixels (morph3d.transfer): the warp, the flow fill, the
+tone ratio, the compositor's coverage-bounded mask, and the round trip on a real clip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from morph3d.composite import FaceCompositor, FrameInputs, face_geometry, srgb_to_linear
+from morph3d.transfer import (
+    apply_ratio,
+    compositor_config,
+    extend_flow,
+    tone_ratio,
+    warp_window,
+)
+
+
+def random_frame(h: int = 40, w: int = 50, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def disk(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    return (xs - centre[0]) ** 2 + (ys - centre[1]) ** 2 <= radius ** 2
+
+
+# ------------------------------------------------------------------------------------ warp
+
+
+def test_zero_flow_gives_the_window_back_exactly() -> None:
+    frame = random_frame()
+    window = warp_window(frame, np.zeros((20, 30, 2), np.float32), (7, 5))
+    assert window.dtype == np.uint8
+    assert np.array_equal(window, frame[5:25, 7:37])
+
+
+def test_integer_flow_takes_each_pixel_from_its_offset() -> None:
+    frame = random_frame(seed=1)
+    flow = np.zeros((20, 30, 2), np.float32)
+    flow[..., 0], flow[..., 1] = 2.0, -1.0  # q takes the frame at q + (2, -1)
+    window = warp_window(frame, flow, (7, 5))
+    assert np.array_equal(window, frame[4:24, 9:39])
+
+
+def test_flow_fill_keeps_the_surface_and_fills_the_rest_without_steps() -> None:
+    covered = disk((64, 64), (32, 32), 14)
+    ys, xs = np.mgrid[:64, :64].astype(np.float32)
+    flow = np.stack([0.2 * (xs - 32), np.full_like(xs, -3.0)], -1)
+    filled = extend_flow(np.where(covered[..., None], flow, 0.0), covered)
+    assert np.array_equal(filled[covered], flow[covered])
+    assert np.isfinite(filled).all()
+    # a constant component stays constant everywhere; the other stays within its range
+    assert np.allclose(filled[..., 1], -3.0, atol=1e-4)
+    assert filled[..., 0].min() >= flow[covered][:, 0].min() - 1e-4
+    assert filled[..., 0].max() <= flow[covered][:, 0].max() + 1e-4
+    # no step across the surface's edge: neighbours differ by about the slope at most
+    assert np.abs(np.diff(filled[..., 0], axis=1)).max() < 0.6
+    assert np.abs(np.diff(filled[..., 0], axis=0)).max() < 0.6
+
+
+# ----------------------------------------------------------------------------- tone ratio
+
+
+def test_tone_ratio_of_equal_albedos_is_one_and_of_a_scaled_one_is_the_scale() -> None:
+    rng = np.random.default_rng(2)
+    actor = np.clip(0.4 + 0.1 * rng.standard_normal((48, 48, 3)), 0.05, 0.95).astype(np.float32)
+    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
+    same = tone_ratio(actor, actor, weight, sigma=2.0)
+    assert np.allclose(same, 1.0, atol=1e-3)
+    darker = np.clip(actor, 0, 1) ** 1.0
+    from morph3d.composite import linear_to_srgb
+
+    half = linear_to_srgb(0.5 * srgb_to_linear(darker))
+    ratio = tone_ratio(half, actor, weight, sigma=2.0)
+    assert np.allclose(ratio[weight > 0], 0.5, atol=0.02)
+
+
+def test_ratio_of_one_or_strength_zero_leaves_the_pixels() -> None:
+    image = random_frame(16, 16, seed=3)
+    ratio = np.full((16, 16, 3), 0.3, np.float32)
+    out = apply_ratio(image, ratio, np.zeros((16, 16), np.float32))
+    assert np.abs(out * 255.0 - image).max() < 0.01
+    out = apply_ratio(image, np.ones_like(ratio), np.ones((16, 16), np.float32))
+    assert np.abs(out * 255.0 - image).max() < 0.01
+
+
+# ----------------------------------------------------------------------------- compositor
+
+
+def test_transfer_mask_follows_the_warp_region_not_the_swapped_outline() -> None:
+    """The warped frame meets the original at its edge, so the mask reaches as far as the
+    render's coverage says, past the swapped face's jaw (where the default mask stops)."""
+    from test_composite import SIZE, background, draw_face, synthetic_ibug68
+
+    actor = synthetic_ibug68(half_width=1.05)
+    swapped = synthetic_ibug68(half_width=0.85)  # a narrower source face
+    frame, _ = draw_face(actor, (0.8, 0.6, 0.5), background=background())
+    coverage = disk((SIZE, SIZE), (128, 140), 110).astype(np.float32)
+    beside_jaw = (int(swapped[2, 1]), int(swapped[2, 0] - 0.12 * face_geometry(swapped).iod))
+    inputs = FrameInputs(frame, frame.copy(), coverage, actor, swapped)
+    _, transfer_report = FaceCompositor(compositor_config()).process(inputs)
+    _, default_report = FaceCompositor().process(inputs)
+    assert transfer_report.alpha[beside_jaw] > 0.99
+    assert default_report.alpha[beside_jaw] < 0.01
+    assert transfer_report.alpha[coverage == 0].max() == 0.0
+
+
+# ------------------------------------------------------------------------------ real clip
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """Frame k of a clip as the source photo, swapped into the same clip: frame k comes
+    back (grey SSIM inside the jaw+brow hull; the re-rendered face scored about 0.75)."""
+    from fitting.faces import IBUG68, detect_faces
+    from morph3d.evaluate import face_appearance
+    from morph3d.media import iter_frames, write_image
+    from morph3d.swap import SwapOptions, swap
+
+    clip, k = media_dir / "orig.webm", 10
+    original = next(iter(iter_frames(clip, k, k + 1))).rgb
+    source = tmp_path / "frame.png"
+    write_image(source, original)
+    output = tmp_path / "out.mp4"
+    swap([source], clip, output, SwapOptions(max_frames=k + 2, quiet=True,
+                                             work_dir=tmp_path / "work"))
+    swapped = next(iter(iter_frames(output, k, k + 1))).rgb
+    faces = detect_faces(original, "dlib")
+    points = faces.landmarks[IBUG68][int(np.argmax(faces.areas()))]
+    scores = face_appearance(original, swapped, points)
+    assert scores["face_ssim"] > 0.9, scores
+    assert scores["face_lab_delta"] < 2.0, scores
+    assert cv2.PSNR(original, swapped) > 30.0
