@@ -3,23 +3,27 @@
 Instead of re-rendering the source face (UV resampling and SH shading cannot reproduce real
 skin), the actor's frame itself is changed in two ways that carry the source's identity:
 
-1. Geometry: a 3D-guided warp. The source mesh (source identity) and the actor mesh (the
-   clip fit's identity) are posed with the actor's expression, pose and camera of the frame;
-   they share one topology, so every pixel the source mesh covers has a surface point, whose
-   position on the actor mesh gives the backward flow p_source -> p_actor. Warping the frame
-   with it moves the actor's real pixels into the source's shape; outside the face the flow
+1. Geometry: a 3D-guided warp. The source mesh (source identity, put at the actor's size
+   and place: `identity_alignment`) and the actor mesh (the clip fit's identity) are posed
+   with the actor's expression, pose and camera of the frame; they share one topology, so
+   every face pixel the source mesh covers has a surface point, whose position on the
+   actor mesh gives the backward flow p_source -> p_actor. Warping the frame with it moves
+   the actor's real pixels into the source's shape; beyond both faces' outlines the flow
    fades to zero, so the warp joins the untouched frame without a seam.
-2. Appearance: an albedo ratio. The source photo's UV albedo S and the actor's A (the clip
-   fit's texture, made the same way: frames divided by their SH shading, unprojected to UV)
-   are looked up on the same raster; the warped frame is multiplied by the ratio of their
-   low-pass versions, in linear RGB. The low frequencies (skin tone, brows, beard shadow)
-   are the source's, the high frequencies (pores, hair, the frame's real shading and
-   shadows) stay the actor's, so neither face's detail is doubled.
+2. Appearance: an albedo ratio in linear RGB. The source's albedo (its UV texture, as the
+   photo shows it less the shading: `source_albedo_factor`) and the actor's (the frame at
+   the surface point divided by the clip's SH shading) are looked up on the same raster;
+   the warped frame is multiplied by the ratio of their low-pass versions (`tone_ratio`).
+   The low-pass is about as fine as the crop, so skin tone, brows, lips and freckles come
+   from the source while the frame's own pores, blur, grain and real shading stay.
+   What either side does not show as skin does not vote (the photo's unseen side, the
+   actor's fringe or microphone, highlights), and the actor's forehead above the brows
+   fades back to itself (fringes, hats).
 
-Eyeballs and the mouth's interior keep the actor's warped pixels unchanged (ratio 1). Units:
-pixels (frame pixels unless named crop), colours float32 RGB in [0, 1] (sRGB-encoded unless
-named linear). Everything here is numpy + OpenCV; `FaceRenderer` (morph3d.swap) does the
-rasterization and calls these functions.
+The actor's eyeballs and mouth interior are kept, warped, unchanged (ratio 1). Units:
+pixels (frame pixels unless named crop), colours float32 RGB in [0, 1] (sRGB-encoded
+unless named linear), model space in mm. `FaceRenderer` (morph3d.swap) holds the per-job
+constants (`prepare_transfer`) and calls `transfer_face` per frame.
 """
 
 from __future__ import annotations
@@ -100,7 +104,7 @@ def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
 
 
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
-               min_support: float = 0.3, max_spread: float = 2.0, light: float = 1.0,
+               min_support: float = 0.3, max_spread: float = 2.0,
                max_brighten: float | None = None, coarse: float = 6.0) -> np.ndarray:
     """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
 
@@ -110,9 +114,7 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     falls back to the face's overall ratio (the median: the skin tone), which the support
     then blends into smoothly. Pixels whose own ratio is more than `max_spread` times off
     the overall one (darker; `max_brighten` times brighter) are left out, and the local
-    ratio stays within those factors of it.
-    `light` is the share (exponent) of the overall lightness ratio that is applied: how
-    light a skin looks in a photo is as much its exposure as the skin."""
+    ratio stays within those factors of it."""
     s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
     w = np.asarray(weight, np.float32)
     total = float(w.sum())
@@ -129,9 +131,6 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     luma_overall = float(overall @ np.float32([0.2126, 0.7152, 0.0722]))
     off = np.log(np.maximum(luma, 1e-6) / luma_overall)
     w = w * (off < np.log(max_brighten)) * (off > -np.log(max_spread))
-    overall_full = overall
-    if light != 1.0:  # a share of the overall lightness ratio is the pictures' exposure
-        overall = overall * np.float32(luma_overall ** (light - 1.0))
     # Fine scale where both pictures saw the skin, a coarse one (`coarse` x sigma) over
     # the gaps (the skin only one of them saw), the face's overall ratio beyond that: a
     # gap does not show as a patch of the overall tone.
@@ -140,8 +139,7 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
         s_low, den = normalized_blur(s_lin, w, sigma * scale)
         a_low, _ = normalized_blur(a_lin, w, sigma * scale)
         local = (s_low + 1e-3) / (a_low + 1e-3)
-        local = np.clip(local, overall_full / max_spread, overall_full * max_brighten)
-        local = local * (overall / overall_full)
+        local = np.clip(local, overall / max_spread, overall * max_brighten)
         trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
         ratio = trust * local + (1 - trust) * ratio
     return ratio.astype(np.float32)
@@ -365,14 +363,13 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   alignment: np.ndarray | None = None, size: int = 256, backend: str | None = None,
                   ratio_sigma: float = 0.015, reach: float = 0.35,
                   forehead_margin: float = 0.65, ratio_on: bool = True, warp_on: bool = True,
-                  per_frame: bool = True, max_spread: float = 8.0, light: float = 1.0,
-                  protect: bool = True, max_brighten: float = 5.0,
+                  max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light_reference: np.ndarray | None = None, forehead: float = 0.35,
                   highlight_cap: float = 0.15) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
-    textures: T x T x 8 torch tensor (source albedo RGB, actor albedo RGB, source and actor
-    confidence); region_channels: V x len(REGION_CHANNELS) torch tensor (morph3d.swap);
+    textures: T x T x 4 torch tensor (source albedo RGB, its confidence); region_channels:
+    V x len(REGION_CHANNELS) torch tensor (morph3d.swap);
     sh: the actor's 9 x 3 SH lighting of the frame; source_factor: V x 3 torch tensor
     (`source_albedo_factor`); alignment: `identity_alignment` (None: none); frame: H x W x 3
     uint8; actor_landmarks: the actor's detected points of this frame (composite
@@ -451,24 +448,22 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
     skin = skin * (1 - inner) * covered
     source_albedo = tex[..., :3] * attrs[..., k + 4:k + 7]
-    if per_frame:
-        seen = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_AREA,
-                         borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
-        actor_albedo = seen / np.maximum(attrs[..., k:k + 3], 0.05)
-        trust = np.clip(attrs[..., k + 3] / 0.3, 0, 1) * tex[..., 6] * skin
-        if protect:
-            keep_actor = actor_non_skin(seen, trust, regions, lm68, box, size, crop_iod)
-            trust = trust * ~keep_actor
-            soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
-            skin = skin * (1 - np.clip(2 * soft, 0, 1))
-    else:
-        actor_albedo = tex[..., 3:6]
-        trust = np.minimum(tex[..., 6], tex[..., 7]) * skin
+    # The actor's albedo from this frame itself (not the clip fit's texture): what the ratio
+    # compares the photo with is what this frame shows, cast shadows and grain included.
+    seen = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
+    actor_albedo = seen / np.maximum(attrs[..., k:k + 3], 0.05)
+    trust = np.clip(attrs[..., k + 3] / 0.3, 0, 1) * tex[..., 3] * skin
+    if protect:
+        keep_actor = actor_non_skin(seen, trust, regions, lm68, box, size, crop_iod)
+        trust = trust * ~keep_actor
+        soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
+        skin = skin * (1 - np.clip(2 * soft, 0, 1))
     if highlight_cap > 0:
         source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
     if ratio_on:
         ratio = tone_ratio(source_albedo, actor_albedo, trust, ratio_sigma * crop_iod,
-                           max_spread=max_spread, light=light, max_brighten=max_brighten)
+                           max_spread=max_spread, max_brighten=max_brighten)
     else:
         ratio = np.ones((size, size, 3), np.float32)
     # the flow comes from the face's own surface; the neck, ears and scalp of two heads
@@ -498,8 +493,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
 class TransferSetup:
     """What `transfer_face` needs that is the same for every frame of a job.
 
-    actor_identity: the clip fit's identity coefficients; textures: T x T x 8 torch tensor
-    (source albedo RGB, actor albedo RGB, source and actor confidence); source_factor: V x 3
+    actor_identity: the clip fit's identity coefficients; textures: T x T x 4 torch tensor
+    (source albedo RGB, its confidence: 0 where the photo did not see); source_factor: V x 3
     torch tensor (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`);
     light_reference: (3,) (`clip_light_level`)."""
 
@@ -512,26 +507,20 @@ class TransferSetup:
 
 def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray) -> TransferSetup:
     """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
-    RGB, the one `source_fit`'s first frame was fitted to. A fit without a texture counts
-    as unseen everywhere (the ratio then falls back to ones)."""
+    RGB, the one `source_fit`'s first frame was fitted to. A source fit without a texture
+    counts as unseen everywhere (the ratio is then one: only the shape is transferred)."""
     import torch
 
-    size = int(model.data.texture_size)
-
-    def texture_of(fit) -> tuple[np.ndarray, np.ndarray]:
-        identity = fit.identity
-        if identity.texture is None or identity.confidence is None:
-            return np.full((size, size, 3), 0.5, np.float32), np.zeros((size, size, 1),
-                                                                        np.float32)
-        t = np.asarray(identity.texture, np.float32)
-        return t, np.asarray(identity.confidence, np.float32).reshape(*t.shape[:2], -1)[..., :1]
-
-    s_tex, s_conf = texture_of(source_fit)
-    a_tex, a_conf = texture_of(clip_fit)
-    if a_tex.shape != s_tex.shape:  # textures of another size: the actor's only as a fallback
-        a_tex = cv2.resize(a_tex, s_tex.shape[1::-1], interpolation=cv2.INTER_AREA)
-        a_conf = cv2.resize(a_conf, s_tex.shape[1::-1], interpolation=cv2.INTER_AREA)[..., None]
-    textures = torch.from_numpy(np.concatenate([s_tex, a_tex, s_conf, a_conf], -1))
+    identity = source_fit.identity
+    if identity.texture is None or identity.confidence is None:
+        size = int(model.data.texture_size)
+        texture = np.full((size, size, 3), 0.5, np.float32)
+        confidence = np.zeros((size, size, 1), np.float32)
+    else:
+        texture = np.asarray(identity.texture, np.float32)
+        confidence = np.asarray(identity.confidence, np.float32).reshape(
+            *texture.shape[:2], -1)[..., :1]
+    textures = torch.from_numpy(np.concatenate([texture, confidence], -1))
     return TransferSetup(
         actor_identity=np.asarray(clip_fit.identity.coefficients, np.float32),
         textures=textures,
@@ -550,47 +539,3 @@ def compositor_config():
 
     return CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
                             colour_match=False, remove_brows=False, adapt_width=False)
-
-
-TRANSFER_VARIANTS: dict[str, dict] = {
-    "transfer": {},
-    "b8": {"max_brighten": 8.0},
-    "b8np": {"max_brighten": 8.0, "protect": False},
-    "nocap": {"highlight_cap": 0.0},
-    "b3": {"max_brighten": 3.0},
-    "nofore": {"forehead": 0.0},
-    "s03": {"ratio_sigma": 0.03},
-    "s06": {"ratio_sigma": 0.06},
-    "frame_light": {"light_reference": None},
-    "cached": {"per_frame": False},
-    "noalign": {"alignment": None},
-    "warp_only": {"ratio_on": False},
-    "ratio_only": {"warp_on": False},
-}
-
-
-def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, photo,
-                  **params) -> np.ndarray:
-    """One frame swapped by `transfer_face` + the compositor (uint8), for probes; `params`
-    override `transfer_face`'s keywords (`TRANSFER_VARIANTS`)."""
-    import torch
-
-    from morph3d.composite import FaceCompositor, FrameInputs
-    from morph3d.swap import REGION_CHANNELS
-
-    setup = prepare_transfer(model, source_fit, clip_fit, photo)
-    channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
-                                .astype(np.float32))
-    f = clip_fit.faces
-    actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
-    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment,
-                "light_reference": setup.light_reference, **params}
-    out = transfer_face(model, source_fit.identity.coefficients, setup.actor_identity,
-                        setup.textures, channels, clip_fit.camera, f.rotation[index],
-                        f.translation[index], f.expression[index], f.sh[index], frame,
-                        actor_lms, **keywords)
-    result, _ = FaceCompositor(compositor_config()).process(FrameInputs(
-        frame=frame, render=out["image"], coverage=out["coverage"], actor_landmarks=actor_lms,
-        swapped_landmarks={"ibug68": out["ibug68"], "mediapipe478": out["mediapipe478"]},
-        regions=out["regions"], window=out["window"]))
-    return result

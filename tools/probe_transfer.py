@@ -7,7 +7,11 @@ inside the original's dlib jaw+brow hull (`morph3d.evaluate.face_appearance`: gr
 PSNR, detail ratio, mean-Lab distance) and by the dlib identity distance to the source
 photo; contact sheets (original | today | transfer, face crops) go to out/transfer/.
 
-    .venv/bin/python tools/probe_transfer.py [--cases roundtrip,cross] [--variants ...]
+    .venv/bin/python tools/probe_transfer.py [--cases roundtrip,cross] [--frames 150,60,100]
+                                             [--variants transfer,warp_only,ratio_only]
+
+Fits come from the swap's work folder (`fit_clip`: nggyup.mp4 with --max-frames 160,
+orig.webm with 40). Results: out/transfer/results.json and the sheets beside it.
 """
 
 from __future__ import annotations
@@ -71,10 +75,56 @@ def label(img: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+# Variants of `transfer_face`'s keywords the probe can compare ("transfer": the defaults).
+TRANSFER_VARIANTS: dict[str, dict] = {
+    "transfer": {},
+    "b3": {"max_brighten": 3.0},
+    "b8": {"max_brighten": 8.0},
+    "noprotect": {"protect": False},
+    "nocap": {"highlight_cap": 0.0},
+    "nofore": {"forehead": 0.0},
+    "s03": {"ratio_sigma": 0.03},
+    "s06": {"ratio_sigma": 0.06},
+    "frame_light": {"light_reference": None},
+    "noalign": {"alignment": None},
+    "warp_only": {"ratio_on": False},
+    "ratio_only": {"warp_on": False},
+}
+
+
+def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, photo,
+                  **params) -> np.ndarray:
+    """One frame through the swap's transfer path (`FaceRenderer` with the clip fit and the
+    photo + the transfer compositor), uint8; `params` override `transfer_face`'s keywords."""
+    import torch
+
+    from morph3d.composite import FaceCompositor, FrameInputs
+    from morph3d.swap import REGION_CHANNELS
+    from morph3d.transfer import compositor_config, prepare_transfer, transfer_face
+
+    setup = prepare_transfer(model, source_fit, clip_fit, photo)
+    channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
+                                .astype(np.float32))
+    f = clip_fit.faces
+    actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
+    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment,
+                "light_reference": setup.light_reference, **params}
+    out = transfer_face(model, source_fit.identity.coefficients, setup.actor_identity,
+                        setup.textures, channels, clip_fit.camera, f.rotation[index],
+                        f.translation[index], f.expression[index], f.sh[index], frame,
+                        actor_lms, **keywords)
+    result, _ = FaceCompositor(compositor_config()).process(FrameInputs(
+        frame=frame, render=out["image"], coverage=out["coverage"], actor_landmarks=actor_lms,
+        swapped_landmarks={"ibug68": out["ibug68"], "mediapipe478": out["mediapipe478"]},
+        regions=out["regions"], window=out["window"]))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="roundtrip,cross")
-    parser.add_argument("--variants", default="transfer")
+    parser.add_argument("--variants", default="transfer,warp_only,ratio_only",
+                        help=f"comma-separated, of: {', '.join(TRANSFER_VARIANTS)}")
     parser.add_argument("--frames", default="150,60,100,200")
     args = parser.parse_args()
 
@@ -144,8 +194,6 @@ def main() -> None:
             regions=rendered["regions"], window=rendered["window"]))
         outputs["today"] = (out, time.perf_counter() - t)
         for variant in args.variants.split(","):
-            from morph3d.transfer import TRANSFER_VARIANTS, transfer_swap
-
             t = time.perf_counter()
             out = transfer_swap(model, source_fit, clip_fit, index, frame, src_rgb,
                                 **TRANSFER_VARIANTS[variant])
