@@ -304,7 +304,8 @@ def lighting_normals(model, identity: np.ndarray, expression: np.ndarray, rotati
         [1.0, -1.0, -1.0])
 
 
-def source_albedo_factor(model, source_fit, photo: np.ndarray) -> np.ndarray:
+def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2000
+                         ) -> np.ndarray:
     """V x 3 per-vertex factor that turns the source fit's UV albedo into the photo's
     colours divided by the same kind of shading the clip's frames are divided by.
 
@@ -318,6 +319,7 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray) -> np.ndarray:
     import torch
 
     from fitting.fit import FrameState
+    from fitting.params import CameraParams
     from fitting.video import ShSampler
     from render.ops import sh_shading
 
@@ -325,8 +327,17 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray) -> np.ndarray:
     state = FrameState(f.rotation[0].astype(np.float64), f.translation[0].astype(np.float64),
                        f.expression[0].astype(np.float64))
     coefficients = source_fit.identity.coefficients.astype(np.float64)
-    sampled = ShSampler.for_model(model).estimate(photo, model, coefficients, state,
-                                                  source_fit.camera)
+    camera = source_fit.camera
+    h, w = photo.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:  # the sampler reads 400 points: a large photo is read scaled down
+        small = cv2.resize(photo, (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA)
+        sy, sx = small.shape[0] / h, small.shape[1] / w
+        camera = CameraParams(camera.fx * sx, camera.fy * sy, (camera.cx + 0.5) * sx - 0.5,
+                              (camera.cy + 0.5) * sy - 0.5, small.shape[1], small.shape[0])
+        photo = small
+    sampled = ShSampler.for_model(model).estimate(photo, model, coefficients, state, camera)
     dc = np.where(np.abs(sampled[0]) > 1e-3, sampled[0], 1.0)
     normals = lighting_normals(model, coefficients, f.expression[0], f.rotation[0],
                                source_fit.camera)
