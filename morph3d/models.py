@@ -49,8 +49,14 @@ def file_lock(lock_path: Path, log: Callable[[str], None] | None = None,
     threads. When another holder has it, says `waiting` through `log` once, then blocks.
     The kernel drops the lock when its holder exits, so a killed builder never leaves it
     stuck."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with _thread_lock, open(lock_path, "a+b") as f:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+b")  # noqa: SIM115 (closed by the with below)
+    except OSError as exc:
+        raise ModelError(f"cannot write to the model cache {lock_path.parent}: "
+                         f"{exc.strerror or exc} (set MORPH3D_CACHE to a writable folder)"
+                         ) from None
+    with _thread_lock, handle as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
