@@ -746,7 +746,8 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     from fitting.faces import DETECT_MAX_SIDE
     from morph3d.limits import check_image_pixels
 
-    for path in (*sources, *([target] if info.is_image else [])):
+    refs = [options.target_face_ref] if options.target_face_ref is not None else []
+    for path in (*sources, *refs, *([target] if info.is_image else [])):
         check_image_pixels(path)  # before the model loads and the photos are fitted
     if template is None and info.is_image and max(info.width, info.height) > DETECT_MAX_SIDE:
         return _swap_large_image(sources, target, output, options, summary, t0)
