@@ -145,13 +145,29 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     return ratio.astype(np.float32)
 
 
-def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    """image (sRGB-encoded, float [0, 1] or uint8) times ratio ** strength in linear RGB.
+_LINEAR_STEPS = 16384  # linear-light table steps: under 0.25 grey levels in 8 bits
+_U8_TO_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+_LINEAR_TO_SRGB = linear_to_srgb(np.arange(_LINEAR_STEPS, dtype=np.float32)
+                                 / (_LINEAR_STEPS - 1))
 
-    strength H x W in [0, 1]: 0 leaves a pixel as it is. Returns float32 sRGB in [0, 1]."""
-    img = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
-    gain = np.power(np.maximum(ratio, 1e-3), np.clip(strength, 0, 1)[..., None])
-    return np.clip(linear_to_srgb(srgb_to_linear(img) * gain), 0.0, 1.0).astype(np.float32)
+
+def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """image (sRGB-encoded, uint8 or float [0, 1]) times the gain 1 + strength x (ratio - 1)
+    in linear RGB; float32 sRGB in [0, 1] out.
+
+    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. uint8 images go through
+    lookup tables both ways (the window is large, the sRGB curve costly per pixel)."""
+    as_bytes = image.dtype == np.uint8
+    out = image.astype(np.float32) / 255.0 if as_bytes else image.astype(np.float32)
+    on = strength > 0
+    if not on.any():
+        return out
+    pixels = image[on]
+    linear = _U8_TO_LINEAR[pixels] if as_bytes else srgb_to_linear(pixels)
+    gain = 1.0 + np.clip(strength[on], 0, 1)[:, None] * (ratio[on] - 1.0)
+    index = np.clip(linear * gain * (_LINEAR_STEPS - 1) + 0.5, 0, _LINEAR_STEPS - 1)
+    out[on] = _LINEAR_TO_SRGB[index.astype(np.int32)]
+    return out
 
 
 def fade(hard: np.ndarray, reach: float) -> np.ndarray:

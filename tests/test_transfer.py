@@ -83,9 +83,12 @@ def test_ratio_of_one_or_strength_zero_leaves_the_pixels() -> None:
     image = random_frame(16, 16, seed=3)
     ratio = np.full((16, 16, 3), 0.3, np.float32)
     out = apply_ratio(image, ratio, np.zeros((16, 16), np.float32))
-    assert np.abs(out * 255.0 - image).max() < 0.01
+    assert np.array_equal(out * 255.0, image.astype(np.float32))
     out = apply_ratio(image, np.ones_like(ratio), np.ones((16, 16), np.float32))
-    assert np.abs(out * 255.0 - image).max() < 0.01
+    assert np.abs(out * 255.0 - image).max() < 0.1  # the linear-light table's steps
+    every_level = np.arange(256, dtype=np.uint8).reshape(16, 16, 1).repeat(3, 2)
+    out = apply_ratio(every_level, np.ones_like(ratio), np.ones((16, 16), np.float32))
+    assert np.abs(out * 255.0 - every_level).max() < 0.1
 
 
 # ----------------------------------------------------------------------------- compositor
