@@ -274,7 +274,8 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
     return placed
 
 
-def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary):
+def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary,
+               first_photo: np.ndarray | None = None):
     """Stage 4 (cached): the user's identity and completed UV albedo.
 
     The unseen texels are filled by the learned net (`morph3d.completion_net`) when refine
@@ -309,7 +310,10 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     if fit is not None:
         summary.cached.append("fit source")
     else:
-        images = [read_image(s) for s in sources]
+        # `first_photo`: sources[0] already decoded by the caller (a large photo's decoding
+        # costs several times its pixels: once per job).
+        images = [first_photo if k == 0 and first_photo is not None else read_image(s)
+                  for k, s in enumerate(sources)]
         landmarks = []
         for img, src in zip(images, sources, strict=True):
             faces = detect_faces_bounded(img, options.backend)  # bounded cost for any size
@@ -867,15 +871,18 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
     if template is not None:
         template.check_model(model)
 
+    # Decoded once, here, where little else is in memory: the source fit and the transfer
+    # below both use it.
+    photo = read_image(sources[0])
     with torch.enable_grad():
-        source_fit = fit_source(sources, model, options, summary)
+        source_fit = fit_source(sources, model, options, summary, first_photo=photo)
         clip_fit = template.fit if template else fit_clip(target, model, options, summary)
 
     t = time.perf_counter()
     # The face is made from the actor's own pixels (morph3d.transfer); the first source
     # photo gives the source's colours as seen (the texture's shading model is the fit's).
     renderer = FaceRenderer.create(model, source_fit, options, make_upscaler(options, summary),
-                                   clip_fit=clip_fit, photo=read_image(sources[0]))
+                                   clip_fit=clip_fit, photo=photo)
     compositor = FaceCompositor(transfer_compositor() if renderer.transfer else None)
     faces = clip_fit.faces
     valid = faces.valid.copy()
