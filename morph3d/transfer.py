@@ -105,7 +105,8 @@ def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
 
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
                min_support: float = 0.3, max_spread: float = 2.0,
-               max_brighten: float | None = None, coarse: float = 6.0) -> np.ndarray:
+               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0
+               ) -> np.ndarray:
     """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
 
     source, actor: H x W x 3 sRGB-encoded albedo looked up on the same raster; weight H x W:
@@ -114,7 +115,9 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     falls back to the face's overall ratio (the median: the skin tone), which the support
     then blends into smoothly. Pixels whose own ratio is more than `max_spread` times off
     the overall one (darker; `max_brighten` times brighter) are left out, and the local
-    ratio stays within those factors of it."""
+    ratio stays within those factors of it. `light`: the share (exponent) of the overall
+    lightness ratio applied (chroma is applied in full): how light a skin looks in a photo
+    is its exposure as much as the skin, and one photo cannot tell the two apart."""
     s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
     w = np.asarray(weight, np.float32)
     total = float(w.sum())
@@ -131,6 +134,9 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     luma_overall = float(overall @ np.float32([0.2126, 0.7152, 0.0722]))
     off = np.log(np.maximum(luma, 1e-6) / luma_overall)
     w = w * (off < np.log(max_brighten)) * (off > -np.log(max_spread))
+    base = overall
+    if light != 1.0:
+        overall = overall * np.float32(max(luma_overall, 1e-6) ** (light - 1.0))
     # Fine scale where both pictures saw the skin, a coarse one (`coarse` x sigma) over
     # the gaps (the skin only one of them saw), the face's overall ratio beyond that: a
     # gap does not show as a patch of the overall tone.
@@ -139,6 +145,7 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
         s_low, den = normalized_blur(s_lin, w, sigma * scale)
         a_low, _ = normalized_blur(a_lin, w, sigma * scale)
         local = (s_low + 1e-3) / (a_low + 1e-3)
+        local = local * (overall / base)  # the local pattern around the applied overall
         local = np.clip(local, overall / max_spread, overall * max_brighten)
         trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
         ratio = trust * local + (1 - trust) * ratio
@@ -391,6 +398,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   ratio_sigma: float = 0.015, reach: float = 0.35,
                   forehead_margin: float = 0.65, ratio_on: bool = True, warp_on: bool = True,
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
+                  light: float = 0.7,
                   light_reference: np.ndarray | None = None, forehead: float = 0.35,
                   highlight_cap: float = 0.15) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
@@ -402,7 +410,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     uint8; actor_landmarks: the actor's detected points of this frame (composite
     `Landmarks`). Lengths: `ratio_sigma` (the tone ratio's low-pass) and `reach` (how far
     beyond both faces' outlines the warp fades to nothing) in IOD of the swapped face,
-    `size` the crop's side in pixels.
+    `size` the crop's side in pixels; `light`: the share of the skins' overall lightness
+    ratio applied (`tone_ratio`).
 
     The actor's albedo is the frame itself divided by its SH shading over the clip's
     typical light level `light_reference` (`clip_light_level`; None: this frame's own
@@ -490,7 +499,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
     if ratio_on:
         ratio = tone_ratio(source_albedo, actor_albedo, trust, ratio_sigma * crop_iod,
-                           max_spread=max_spread, max_brighten=max_brighten)
+                           max_spread=max_spread, max_brighten=max_brighten, light=light)
     else:
         ratio = np.ones((size, size, 3), np.float32)
     # the flow comes from the face's own surface; the neck, ears and scalp of two heads

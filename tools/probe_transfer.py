@@ -79,6 +79,9 @@ def label(img: np.ndarray, text: str) -> np.ndarray:
 TRANSFER_VARIANTS: dict[str, dict] = {
     "transfer": {},
     "b3": {"max_brighten": 3.0},
+    "light5": {"light": 0.5},
+    "light7": {"light": 0.7},
+    "light1": {"light": 1.0},
     "b8": {"max_brighten": 8.0},
     "noprotect": {"protect": False},
     "nocap": {"highlight_cap": 0.0},
