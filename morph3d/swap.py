@@ -6,9 +6,10 @@ directory keyed by the inputs' content hashes, so a re-run or `--resume` skips t
 2. landmarks  detect, track, select and smooth the actor's face (fitting.video).
 3. fit clip   one actor identity, per-frame pose, expression and SH lighting.
 4. fit source the user's identity and UV albedo from the photo(s), texture completed.
-5. render     per frame: source identity + actor expression and pose, rendered with the
-              source albedo under the actor's lighting at a working resolution, upscaled to
-              the face's size, composited (morph3d.composite), encoded with the audio copied.
+5. render     per frame: the actor's own pixels warped into the source's face shape (source
+              identity at the actor's expression and pose) and toned by the source-to-actor
+              albedo ratio (morph3d.transfer), composited (morph3d.composite), encoded with
+              the audio copied.
 """
 
 from __future__ import annotations
