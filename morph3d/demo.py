@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -20,7 +19,13 @@ import numpy as np
 import torch
 
 from morph3d.atomic import default_file_mode
-from morph3d.errors import Morph3dError
+from morph3d.errors import InputError, Morph3dError
+from morph3d.outputs import (
+    check_creatable_dir,
+    check_outputs,
+    create_locked_temp,
+    temp_path_beside,
+)
 
 DEMO_FPS = 24
 DEMO_FRAMES = 48
@@ -76,7 +81,10 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     texture = torch.from_numpy(fit.identity.texture)
     ident = torch.from_numpy(fit.identity.coefficients[None])
     background = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
-    tmp = Path(tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp.mp4")[1])
+    # The outputs' own temporary name, locked while written: a killed demo's leftover is
+    # removed by the next run (`morph3d.outputs.remove_stale_temps`).
+    tmp = temp_path_beside(path, "part")
+    lock = create_locked_temp(tmp)
     try:
         with av.open(str(tmp), "w") as container:
             video = container.add_stream("libx264", rate=DEMO_FPS)
@@ -109,6 +117,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+        os.close(lock)
     return path
 
 
@@ -133,24 +142,53 @@ def _write_tones(container, stream, seconds: float) -> None:
         container.mux(packet)
 
 
+def demo_files(out_dir: Path, real: bool = False) -> tuple[Path, Path, list[Path]]:
+    """The demo's source, its target and every file it writes into `out_dir`."""
+    from morph3d.commands.fit import export_outputs
+
+    if real:
+        media = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+        if not media.is_dir():
+            raise Morph3dError(f"`make demo-real` needs the real media folder {media}")
+        return (media / "mark.jpg", media / "nggyup.mp4",
+                [out_dir / name for name in ("demo_real.mp4", "demo_real_preview.png",
+                                             "demo_real_summary.json")])
+    outputs = [out_dir / name for name in ("demo_target.mp4", "demo.mp4", "demo_preview.png",
+                                           "demo_summary.json", "demo.glb")]
+    return bundled_source(), out_dir / "demo_target.mp4", [
+        *outputs, *export_outputs(out_dir / "demo.obj")]
+
+
+def check_demo_paths(out_dir: Path, real: bool = False) -> tuple[Path, Path]:
+    """Before any work: `out_dir` is a folder or can be created (it is, here), and no file
+    the demo writes there is one of its inputs (`morph3d.outputs.check_outputs`). Returns
+    the source and the target."""
+    source, target, outputs = demo_files(out_dir, real)
+    check_creatable_dir(out_dir, "demo output folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the demo output folder {out_dir}: "
+                         f"{exc.strerror}") from None
+    # The target clip the demo makes is an output here and an input of its swap only.
+    inputs = [source, target] if real else [source, bundled_target_photo()]
+    check_outputs(inputs, outputs)
+    return source, target
+
+
 def run_demo(out_dir: Path, real: bool = False, quiet: bool = False) -> dict:
     """Write the demo outputs into out_dir; returns the swap summary as a dict."""
     from morph3d.export import export_fit
     from morph3d.models import load_model
     from morph3d.swap import SwapOptions, swap, write_summary
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    source, target = check_demo_paths(out_dir, real)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     model = load_model("default")
     if real:
-        media = Path(__file__).resolve().parents[1].parent / "shared" / "media"
-        if not media.is_dir():
-            raise Morph3dError(f"`make demo-real` needs the real media folder {media}")
-        source, target = media / "mark.jpg", media / "nggyup.mp4"
         output, preview = out_dir / "demo_real.mp4", out_dir / "demo_real_preview.png"
     else:
-        source = bundled_source()
-        target = out_dir / "demo_target.mp4"
         # Always re-made (a few seconds): a clip left by an older model build or fitting
         # code would swap into a different target (the fits are cached by its content).
         make_target_clip(target, model, log)

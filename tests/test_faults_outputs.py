@@ -223,6 +223,58 @@ def test_train_refuses_weights_and_checkpoint_with_one_name(capsys, files,
     one_line_error(rc, err, "two outputs name the same file")
 
 
+def test_demo_refuses_an_output_it_cannot_write_before_any_work(capsys, tmp_path: Path
+                                                                 ) -> None:
+    """`morph3d demo` checks all its files first: a folder where its summary goes is
+    refused before the model loads or anything is fitted (nothing else is written)."""
+    out_dir = tmp_path / "demo"
+    (out_dir / "demo_summary.json").mkdir(parents=True)
+    rc, err = run_cli(capsys, "demo", "--out-dir", out_dir, "--quiet")
+    one_line_error(rc, err, "output path is a folder", "demo_summary.json")
+    assert [p.name for p in out_dir.iterdir()] == ["demo_summary.json"]
+
+
+def test_demo_never_writes_over_its_input(capsys, tmp_path: Path) -> None:
+    """A demo output that is another name of the photo the demo reads is refused."""
+    from morph3d.demo import bundled_source
+
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    (out_dir / "demo.glb").symlink_to(bundled_source())
+    rc, err = run_cli(capsys, "demo", "--out-dir", out_dir, "--quiet")
+    one_line_error(rc, err, "one of the inputs", "demo.glb")
+
+
+def test_demo_out_dir_that_is_a_file_or_cannot_be_created(capsys, tmp_path: Path,
+                                                          unwritable_dir: Path) -> None:
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    rc, err = run_cli(capsys, "demo", "--out-dir", mine, "--quiet")
+    one_line_error(rc, err, "demo output folder is not a folder", str(mine))
+    assert mine.read_text() == "mine"
+    rc, err = run_cli(capsys, "demo", "--out-dir", unwritable_dir / "demo", "--quiet")
+    one_line_error(rc, err, "demo output folder cannot be created", str(unwritable_dir))
+    # The folder is still made when it can be: the demo's own files are checked inside it.
+    made = tmp_path / "new" / "demo"
+    (tmp_path / "new").mkdir()
+    from morph3d.demo import check_demo_paths
+
+    check_demo_paths(made)
+    assert made.is_dir()
+
+
+def test_a_killed_demos_temporary_clip_is_removed_by_the_next_demo(tmp_path: Path) -> None:
+    """The clip the demo makes is written through the outputs' temporary name
+    (`temp_path_beside`), so the next demo's guard removes what a killed one left."""
+    from morph3d import demo
+
+    out_dir = tmp_path / "demo"
+    out_dir.mkdir()
+    stale = _plant(out_dir, ".demo_target.0123456789.part.mp4")
+    demo.check_demo_paths(out_dir)
+    assert not stale.exists()
+
+
 # ----------------------------------------------------------------------------- unwritable places
 
 
