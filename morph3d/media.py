@@ -27,7 +27,9 @@ import io
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -38,10 +40,11 @@ import av
 import av.error
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace, Interpolation
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from morph3d import __version__
 from morph3d.errors import InputError, Morph3dError
+from morph3d.limits import check_image_size, too_large
 from morph3d.outputs import (
     check_writable_dir,
     create_locked_temp,
@@ -176,7 +179,38 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
         # Composite onto white: out = rgb * a + 255 * (1 - a), in integer arithmetic.
         out = (rgba[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
         return out.astype(np.uint8)
-    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    # convert() copies even when the mode is already RGB: a photo's pixels are copied once,
+    # into the array.
+    rgb = img if mode == "RGB" else img.convert("RGB")
+    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+
+
+@contextmanager
+def _open_image(p: Path) -> Iterator[Image.Image]:
+    """Pillow's image `p`, opened from its header only and refused in one line when it is
+    over `morph3d.limits.MAX_IMAGE_PIXELS`, before any pixel is decoded; errors raised in
+    the block (decoding included) become `InputError`s naming `p`.
+
+    Pillow's own decompression-bomb warning is silenced: this limit has already decided,
+    and the warning would only be a stray line on stderr."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                check_image_size(p, img.size)
+                yield img
+    except UnidentifiedImageError:
+        raise InputError(f"not a readable image: {p}") from None
+    except Image.DecompressionBombError:  # over Pillow's hard limit: refused by Image.open
+        raise too_large(p, None) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"cannot read image {p}: {exc}") from None
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1, upright, when absent); read after `img.load()`, since
+    some formats keep their EXIF after the pixels."""
+    return int(img.getexif().get(ExifTags.Base.Orientation, 1) or 1)
 
 
 def read_image(path: PathLike) -> np.ndarray:
@@ -184,20 +218,15 @@ def read_image(path: PathLike) -> np.ndarray:
 
     EXIF orientation is applied; greyscale is replicated to 3 channels; 16-bit samples are
     scaled to 8 bits; alpha is composited onto white. Raises `InputError` for a missing
-    file, a directory, a file that is not a readable image, or a zero-size image.
+    file, a directory, a file that is not a readable image, a zero-size image, or one over
+    the pixel limit (checked from the header, before decoding).
     """
     p = _input_file(path, "image")
-    try:
-        with Image.open(p) as img:
-            img.load()
-            upright = ImageOps.exif_transpose(img)
-            rgb = _to_rgb_uint8(upright)
-    except UnidentifiedImageError:
-        raise InputError(f"not a readable image: {p}") from None
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"image is too large to read safely: {p} ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot read image {p}: {exc}") from None
+    with _open_image(p) as img:
+        img.load()
+        if _exif_orientation(img) != 1:
+            ImageOps.exif_transpose(img, in_place=True)  # no copy kept when upright
+        rgb = _to_rgb_uint8(img)
     if rgb.ndim != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise InputError(f"image has zero size: {p}")
     return rgb
@@ -379,13 +408,20 @@ def _first_frame_rotation(container: Any, stream: Any) -> int:
 
 
 def _image_info(p: Path) -> VideoInfo:
-    rgb = read_image(p)
-    with Image.open(p) as img:
+    """A still image as a 1-frame video: its upright size, from one decoding (a damaged file
+    is refused here, before any work) without the conversions `read_image` makes."""
+    with _open_image(p) as img:
+        img.load()
+        width, height = img.size
+        if _exif_orientation(img) in (5, 6, 7, 8):  # turned by a quarter: upright is W x H
+            width, height = height, width
         codec = (img.format or p.suffix.lstrip(".")).lower()
+    if width == 0 or height == 0:
+        raise InputError(f"image has zero size: {p}")
     return VideoInfo(
         path=p,
-        width=int(rgb.shape[1]),
-        height=int(rgb.shape[0]),
+        width=int(width),
+        height=int(height),
         fps=Fraction(1),
         frame_count=1,
         duration_s=0.0,

@@ -286,6 +286,72 @@ def test_images_above_the_pixel_limit_are_refused_from_the_header(tmp_path: Path
     check_image_pixels(tmp_path / "text.png")  # left to the reader's own error
 
 
+@pytest.mark.parametrize("size", [(12000, 10000), (20000, 20000)])
+def test_read_image_and_probe_refuse_a_huge_image_before_decoding(tmp_path: Path,
+                                                                  size: tuple[int, int]
+                                                                  ) -> None:
+    """Above morph3d's limit (and above Pillow's own hard limit): refused from the header in
+    one line. The file holds no pixels, so a reader that decoded first would fail
+    otherwise, and Pillow's decompression-bomb warning would be an error here."""
+    import warnings
+
+    from morph3d.errors import InputError
+    from morph3d.media import probe_video, read_image
+
+    path = _png_header_only(tmp_path / "huge.png", *size)
+    said = f"{size[0]}x{size[1]} (120 MP)" if size[0] == 12000 else "over 179 MP"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for read in (read_image, probe_video):
+            with pytest.raises(InputError, match="too large") as info:
+                read(path)
+            assert said in str(info.value) and "the limit is 100 MP" in str(info.value)
+
+
+def test_an_image_under_the_limit_raises_no_pillow_warning(tmp_path: Path) -> None:
+    """95 MP: under morph3d's limit, over Pillow's warning threshold. The reader goes on to
+    decode it (and finds no pixels: an InputError of its own) without Pillow's warning."""
+    import warnings
+
+    from morph3d.errors import InputError
+    from morph3d.media import probe_video, read_image
+
+    path = _png_header_only(tmp_path / "big.png", 10000, 9500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for read in (read_image, probe_video):
+            with pytest.raises(InputError, match="cannot read image"):
+                read(path)
+
+
+def test_read_image_makes_no_full_size_copy_of_an_upright_rgb_photo(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An RGB photo without EXIF orientation is decoded and copied into the array, nothing
+    more (`Image.copy` counted, still run); a turned one still comes back upright."""
+    from PIL import Image
+
+    from morph3d.media import probe_video, read_image
+
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned 90 degrees clockwise
+    Image.fromarray(rgb).save(tmp_path / "turned.png", exif=exif.tobytes())
+    copies: list[tuple[int, int]] = []
+    real_copy = Image.Image.copy
+
+    def counted_copy(self: Image.Image) -> Image.Image:
+        copies.append(self.size)
+        return real_copy(self)
+
+    monkeypatch.setattr(Image.Image, "copy", counted_copy)
+    assert np.array_equal(read_image(tmp_path / "plain.png"), rgb)
+    assert copies == []
+    assert np.array_equal(read_image(tmp_path / "turned.png"), np.rot90(rgb, k=-1))
+    info = probe_video(tmp_path / "turned.png")
+    assert (info.width, info.height) == (30, 40)
+
+
 @pytest.mark.media
 def test_swap_refuses_a_huge_source_photo_in_one_line(media_dir: Path, cache: Path,
                                                        tmp_path: Path) -> None:
