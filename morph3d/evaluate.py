@@ -72,7 +72,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from morph3d.atomic import atomic_write_text
+from morph3d.atomic import atomic_write, atomic_write_text
 from morph3d.errors import InputError, Morph3dError
 
 log = logging.getLogger(__name__)
@@ -885,17 +885,13 @@ CROP_SCALE = 1.8  # crop side over the face box's longer side
 
 
 def _save_figure(fig: Any, path: Path) -> Path:
-    """Save a matplotlib Figure (Agg canvas) as PNG via a temp file and rename."""
+    """Save a matplotlib Figure (Agg canvas) as PNG through `atomic_write`, whose temporary
+    name the next run's guard knows (a killed eval's leftover is removed)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb", parents=False) as f:
+        fig.savefig(f, format="png", dpi=100)
     return path
 
 

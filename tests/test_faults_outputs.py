@@ -484,6 +484,40 @@ def test_temp_file_of_a_killed_writer_goes_and_a_live_writers_stays(tmp_path: Pa
             live.wait()
 
 
+_DYING_PLOT = textwrap.dedent("""
+    import os, signal, sys
+    from pathlib import Path
+    import PIL.PngImagePlugin  # registered first, so the stand-in below replaces it
+    from matplotlib.figure import Figure
+    from PIL import Image
+    from morph3d.evaluate import _save_figure
+
+    def dies_half_way(im, fp, filename):  # the process killed while the PNG is written
+        fp.write(b"\\x89PNG and half a plot")
+        fp.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    Image.register_save("PNG", dies_half_way)
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1])
+    _save_figure(fig, Path(sys.argv[1]))
+""")
+
+
+def test_a_killed_plot_save_leaves_a_temporary_file_the_next_run_removes(tmp_path: Path
+                                                                         ) -> None:
+    """eval's plots are written through the known temporary names: what a run killed while
+    writing one leaves is found and removed by the next run's guard."""
+    plot = tmp_path / "identity.png"
+    child = subprocess.run([sys.executable, "-c", _DYING_PLOT, str(plot)], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left and not plot.exists(), left
+    assert sorted(p.name for p in remove_stale_temps(plot, min_age_s=0)) == left
+    assert list(tmp_path.iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- SIGTERM
 
 
