@@ -61,7 +61,12 @@ from typing import Any
 
 from morph3d.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from morph3d.errors import InputError, Morph3dError
-from morph3d.outputs import check_outputs, check_writable_dir, same_file
+from morph3d.outputs import (
+    check_creatable_dir,
+    check_outputs,
+    check_writable_dir,
+    same_file,
+)
 from morph3d.paths import sha256_file
 
 STATE_DIR = ".morph3d-batch"  # per-output sidecars (checksum + job key) inside out_dir
@@ -573,9 +578,15 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
     for folder in (out / LOG_DIR, out / STATE_DIR):
         if os.path.lexists(folder) and not folder.is_dir():
             raise InputError(f"{folder} is not a folder: the batch keeps its own files there")
+        if folder.is_dir():  # left by an earlier run (or another user): every job writes here
+            check_writable_dir(folder, "the batch's own folder")
+    work = Path(work_dir).resolve() if work_dir is not None else None
+    if work is not None and ray_address is None:
+        # Local workers share it; a Ray cluster's nodes may mount it where this machine has
+        # nothing, so there each job's swap checks it on its node.
+        check_creatable_dir(work, "work folder")
     (out / LOG_DIR).mkdir(exist_ok=True)
     workers = max(1, int(workers or os.cpu_count() or 1))
-    work = Path(work_dir).resolve() if work_dir is not None else None
     digest = _Digests()
     results: dict[str, JobResult] = {}
     pending: list[tuple[Job, str]] = []

@@ -281,6 +281,57 @@ def test_batch_refuses_in_one_line_when_every_row_would_write_over_an_input(tmp_
     assert code == 2 and len(err) == 1 and "not a folder" in err[0], err
 
 
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A real folder this process cannot create files in: a read-only folder for an
+    ordinary user; for root (who ignores permission bits) sysfs's top folder."""
+    import os
+    import tempfile
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("no unwritable folder available to test with")
+
+
+def test_batch_folders_are_checked_writable_before_any_job(tmp_path, capsys,
+                                                            unwritable_dir):
+    """The output folder, the batch's own folders an earlier run left there, and a local
+    --work-dir: each refused in one line before any job runs (no worker, no file)."""
+    from morph3d.cli import main
+
+    (tmp_path / "me.jpg").write_bytes(b"x")
+    (tmp_path / "clip.mp4").write_bytes(b"x")
+    manifest = _manifest(tmp_path / "jobs.csv", [("me.jpg", "clip.mp4", "a.mp4")])
+
+    def batch(out: Path, *extra: object) -> list[str]:
+        code = main(["batch", str(manifest), "--out-dir", str(out), "--workers", "1",
+                     "--quiet", *map(str, extra)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and err[0].startswith("morph3d: error: "), err
+        return err
+
+    assert "not writable" in batch(unwritable_dir)[0]
+    assert "cannot create the output folder" in batch(unwritable_dir / "out")[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "logs").symlink_to(unwritable_dir, target_is_directory=True)
+    err = batch(out)
+    assert "batch's own folder is not writable" in err[0] and "logs" in err[0], err
+    assert [p.name for p in out.iterdir()] == ["logs"]
+    (out / "logs").unlink()
+    err = batch(out, "--work-dir", unwritable_dir / "work")
+    assert "work folder cannot be created" in err[0], err
+    assert list(out.iterdir()) == []
+
+
 def test_manifest_options_are_swap_options_only_and_checked(tmp_path):
     """A manifest cannot reach the fault-injection hook or choose where files are written,
     and every option is checked as the command line checks it, before any job starts."""
