@@ -181,17 +181,35 @@ def test_torn_default_model_is_deleted_and_built_again(cache: Path, built_model:
     assert "could not be read" in out and "building it again" in out
 
 
+def _main(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str]:
+    """`morph3d ARGS` in this process (the checks under test run before any fitting), with
+    Pillow's decompression-bomb warning an error: (exit status, stderr)."""
+    import warnings
+
+    from PIL import Image
+
+    from morph3d.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        rc = main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
 def test_corrupt_user_model_is_one_line_error_and_left_alone(cache: Path, built_model: Path,
-                                                             tmp_path: Path) -> None:
+                                                             tmp_path: Path, capsys,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.setenv("MORPH3D_CACHE", str(cache))
     user = tmp_path / "mine.npz"
     shutil.copy(built_model, user)
     _tear(user)
     before = _sha(user)
-    proc = _morph3d(cache, "model", "info", "--model", user)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("morph3d")]
-    assert len(lines) == 1 and lines[0].startswith("morph3d: error: "), proc.stderr
+    rc, err = _main(capsys, "model", "info", "--model", user)
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("morph3d")]
+    assert len(lines) == 1 and lines[0].startswith("morph3d: error: "), err
     assert str(user) in lines[0]
     assert user.is_file() and _sha(user) == before
 
@@ -367,15 +385,18 @@ def test_read_image_makes_no_full_size_copy_of_an_upright_rgb_photo(
 
 @pytest.mark.media
 def test_swap_refuses_a_huge_source_photo_in_one_line(media_dir: Path, cache: Path,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, capsys,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    monkeypatch.setenv("MORPH3D_CACHE", str(cache))
     huge = _png_header_only(tmp_path / "huge.png", 12000, 10000)
-    proc = _morph3d(cache, "swap", "--source", huge, "--target",
+    rc, err = _main(capsys, "swap", "--source", huge, "--target",
                     media_dir / "aligned_target1.png", "-o", tmp_path / "out.png",
                     "--work-dir", tmp_path / "work", "--quiet")
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and "DecompressionBomb" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("morph3d")]
-    assert len(lines) == 1 and "too large" in lines[0] and "120 MP" in lines[0], proc.stderr
+    assert rc == 2, err
+    assert "Traceback" not in err and "DecompressionBomb" not in err
+    lines = [line for line in err.splitlines() if line.startswith("morph3d")]
+    assert len(lines) == 1 and "too large" in lines[0] and "120 MP" in lines[0], err
     assert not (tmp_path / "out.png").exists()
 
 
