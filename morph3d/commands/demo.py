@@ -10,7 +10,7 @@ def register(subparsers, name: str) -> None:
     p = subparsers.add_parser(
         name, help="swap a bundled photo into a clip made from a bundled photo (no downloads)")
     p.add_argument("--out-dir", type=Path, default=Path("out"),
-                   help="folder for the outputs (created in an existing writable folder)")
+                   help="folder for the outputs (created if missing)")
     p.add_argument("--real", action="store_true",
                    help="run mark.jpg into nggyup.mp4 from ../shared/media instead")
     p.add_argument("--quiet", action="store_true")
