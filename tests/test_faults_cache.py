@@ -493,11 +493,12 @@ def test_swap_between_large_images_works_on_the_face_and_keeps_the_rest(
     target = cv2.resize(read_image(media_dir / "khabenskii.jpg"), None, fx=2, fy=2,
                         interpolation=cv2.INTER_CUBIC)
     assert min(max(source.shape[:2]), max(target.shape[:2])) > DETECT_MAX_SIDE
-    write_image(tmp_path / "source.png", source)
-    write_image(tmp_path / "target.png", target)
+    # Uncompressed inputs: writing and reading them costs nothing next to the swap.
+    write_image(tmp_path / "source.bmp", source)
+    write_image(tmp_path / "target.bmp", target)
     summary = tmp_path / "summary.json"
-    proc = _morph3d(cache, "swap", "--source", tmp_path / "source.png", "--target",
-                    tmp_path / "target.png", "-o", tmp_path / "out.png", "--work-dir",
+    proc = _morph3d(cache, "swap", "--source", tmp_path / "source.bmp", "--target",
+                    tmp_path / "target.bmp", "-o", tmp_path / "out.png", "--work-dir",
                     tmp_path / "work", "--refine", "classic", "--quiet", "--summary-json",
                     summary, timeout=600)
     assert proc.returncode == 0, proc.stderr
