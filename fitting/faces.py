@@ -35,9 +35,9 @@ import cv2
 import numpy as np
 
 from fitting.landmark_maps import ibug68_from_mediapipe478
-from morph3d.atomic import atomic_write
 from morph3d.errors import InputError, ModelError, Morph3dError
-from morph3d.native_stderr import native_stderr_captured
+from morph3d.io.atomic import atomic_write
+from morph3d.io.native_stderr import native_stderr_captured
 
 IBUG68 = "ibug68"
 MEDIAPIPE478 = "mediapipe478"

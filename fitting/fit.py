@@ -392,7 +392,7 @@ def ibug68_table(arrays: ModelArrays, convention: str) -> str:
     some points in different places (brows, jaw side):
     - IBUG68 ("ibug68", found by dlib on renders of the mean head): matched to the
       mediapipe-derived 68 points, as the swap has always fitted them; the swap's
-      compositor also reads this table (`morph3d.swap`), so the swap does not change.
+      compositor also reads this table (`morph3d.swap.driver`), so the swap does not change.
     - IBUG68_ANNOTATION (derived from dlib on real faces, `tools/derive_ibug68.py`): the
       iBUG annotation convention, matched to dlib's points and used for the reported 68
       points (`projected_landmarks`, `fit_summary`).
@@ -1291,8 +1291,8 @@ def fit_landmarks(model, landmarks: list[dict[str, np.ndarray]], sizes: list[tup
 
 
 def _as_image_list(images) -> tuple[list[np.ndarray], list[str]]:
-    from morph3d.limits import check_image_pixels
-    from morph3d.media import read_image
+    from morph3d.io.limits import check_image_pixels
+    from morph3d.io.media import read_image
 
     if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
         images = [images]

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from morph3d.atomic import atomic_write
 from morph3d.errors import InputError
+from morph3d.io.atomic import atomic_write
 
 FIT_FORMAT_VERSION = 1
 SH_COEFFS = 9

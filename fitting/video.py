@@ -66,7 +66,7 @@ def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
 
     from fitting.smooth import smooth_tracks
     from fitting.track import select_track, track_faces
-    from morph3d.media import iter_frames, probe_video
+    from morph3d.io.media import iter_frames, probe_video
 
     info = probe_video(path)
     total = info.frame_count if max_frames is None else min(info.frame_count, max_frames)
@@ -273,7 +273,7 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     """
     from tqdm import tqdm
 
-    from morph3d.media import iter_frames, probe_video
+    from morph3d.io.media import iter_frames, probe_video
 
     info = probe_video(path)
     fps = float(info.fps)

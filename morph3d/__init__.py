@@ -1,7 +1,7 @@
 """morph3d: open 3D-morphable-model face swap.
 
 Data flows one way: frames -> landmarks (`fitting.faces`) -> parameters (`fitting.fit`)
--> renders (`render`) -> composite (`morph3d.swap`).
+-> renders and identity transfer (`render`, `morph3d.swap`) -> composite (`morph3d.composite`).
 """
 
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -532,25 +533,32 @@ def self_test() -> None:
 
 
 def _self_test() -> None:
-    from render.ops import antialias_torch  # noqa: PLC0415 - circular at import time
-    from render.raster import rasterize_torch  # noqa: PLC0415
-
+    # Only this module's own code runs here (render.raster and render.ops call into it), on
+    # the inputs those callers pass: float64 screen coordinates for the z-buffer, the clip
+    # vertices' own dtype for the antialias edge search.
+    H = W = 8
     clip = torch.tensor([[[-0.5, -0.5, 0.1, 1.0], [0.6, -0.4, 0.2, 1.0], [-0.3, 0.7, 0.3, 1.0],
                           [0.7, 0.6, 0.0, 1.0]]], requires_grad=True)
     tris = torch.tensor([[0, 1, 2], [1, 3, 2]])
-    raster = rasterize_torch(clip, tris, (8, 8), use_kernel=True)  # z-buffer kernels
-    M = raster.pixel_index.shape[0]
+    neighbours = torch.tensor([[1, -1, -1], [-1, 0, -1]])  # the triangle across each edge
+    c = clip.detach()  # w = 1: pixel = (clip + 1) * size / 2 - 0.5, as in raster.screen_space
+    sx, sy = (c[..., 0] + 1) * (W * 0.5) - 0.5, (c[..., 1] + 1) * (H * 0.5) - 0.5
+    valid = torch.ones(c.shape[:2], dtype=torch.bool)
+    tri_dense, pixel_index, pixel_triangle = zbuffer_numba(
+        sx.double(), sy.double(), c[..., 2].double(), valid, tris, H, W, False)
+    M = pixel_index.shape[0]
     rows = torch.zeros(M, dtype=torch.int64)
     planes = [torch.full((1,), 0.1 * (i + 1), dtype=torch.float64, requires_grad=True)
               for i in range(12)]
     origin = torch.zeros(1, dtype=torch.float64)
-    bary, depth = BarycentricEval.apply(torch.float32, raster.pixel_index, rows, 8, 8,
+    bary, depth = BarycentricEval.apply(torch.float32, pixel_index, rows, H, W,
                                         origin, origin, *planes)
-    attributes = clip[0].t()
-    values = InterpolateChannels.apply(attributes, bary, tris, raster.pixel_index,
-                                       raster.pixel_triangle, 64, 0)
-    image = values.new_zeros(64, 4).index_copy(0, raster.pixel_index, values.t())
-    out = antialias_torch(image.reshape(1, 8, 8, 4), raster, use_kernel=True)
-    (out.sum() + depth.sum()).backward()
+    values = InterpolateChannels.apply(clip[0].t(), bary, tris, pixel_index, pixel_triangle,
+                                       H * W, 0)
+    raster = SimpleNamespace(size=(H, W), triangle_id=tri_dense.reshape(1, H, W),
+                             pixel_index=pixel_index, pixel_depth=depth.detach(),
+                             triangles=tris)
+    antialias_pairs(raster, sx, sy, valid, neighbours)
+    (values.sum() + depth.sum()).backward()
     if not bool(torch.isfinite(clip.grad).all()) or planes[0].grad is None:
         raise RuntimeError("render.kernels self-test failed")

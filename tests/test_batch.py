@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from morph3d.batch import (
+from morph3d.errors import InputError
+from morph3d.swap.batch import (
     REPORT_CSV,
     REPORT_JSON,
     STATE_DIR,
@@ -29,8 +30,7 @@ from morph3d.batch import (
     read_jobs,
     run_batch,
 )
-from morph3d.errors import InputError
-from morph3d.template import _template_id, build_template, open_template, read_manifest
+from morph3d.swap.template import _template_id, build_template, open_template, read_manifest
 
 FRAMES = 8
 JOB_OPTIONS = f"max_frames={FRAMES};refine=classic;work_resolution=128"
@@ -50,7 +50,7 @@ def write_csv(path: Path, rows: list[tuple[str, str, str, str]]) -> Path:
 
 
 def decoded_frames(path: Path) -> np.ndarray:
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     return np.stack([f.rgb for f in iter_frames(path)])
 
@@ -130,7 +130,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def template(media, work, tmp_path_factory) -> Path:
-    from morph3d.swap import SwapOptions
+    from morph3d.swap.options import SwapOptions
 
     path = tmp_path_factory.mktemp("tpl") / "orig.m3dt"
     build_template(media["clip"], path, SwapOptions(max_frames=FRAMES, work_dir=work,
@@ -190,7 +190,7 @@ def test_template_contents_and_checksums(template, media, work, tmp_path):
 
 @pytest.mark.media
 def test_referenced_clip_must_be_unchanged(media, work, tmp_path):
-    from morph3d.swap import SwapOptions
+    from morph3d.swap.options import SwapOptions
 
     clip = tmp_path / "clip.webm"
     clip.write_bytes(media["clip"].read_bytes())
@@ -213,7 +213,8 @@ def test_referenced_clip_must_be_unchanged(media, work, tmp_path):
 def test_swap_with_template_skips_clip_fitting_and_matches(template, media, work, tmp_path,
                                                           capsys):
     from morph3d.cli import main
-    from morph3d.swap import SwapOptions, swap
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
 
     options = SwapOptions(max_frames=FRAMES, work_dir=work, quiet=True, refine="classic",
                           work_resolution=128)
@@ -271,7 +272,7 @@ EXPECTED_FILES = sorted([REPORT_CSV, REPORT_JSON, "khab.mp4", "mark.mp4", "mark_
 @pytest.mark.media
 @pytest.mark.slow
 def test_batch_local_workers_bad_job_fails_alone_and_resume(template, media, work, tmp_path):
-    from morph3d.media import probe_video
+    from morph3d.io.media import probe_video
 
     manifest = _jobs(tmp_path, template, media)
     out = tmp_path / "out"
@@ -340,7 +341,7 @@ def test_batch_local_worker_killed_mid_job_is_retried(template, media, work, tmp
 @pytest.mark.slow
 def test_batch_on_ray(template, media, work, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'morph3d[ray]')")
-    from morph3d.media import probe_video
+    from morph3d.io.media import probe_video
 
     marker = tmp_path / "killed-once"
     manifest = _jobs(tmp_path, template, media)

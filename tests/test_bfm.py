@@ -10,9 +10,9 @@ import pytest
 import scipy.io
 import torch
 
-from morph3d.bfm import build_bfm, convert_bfm, default_bfm_path, load_bfm
+from morph3d.builders.bfm import build_bfm, convert_bfm, default_bfm_path, load_bfm
 from morph3d.errors import ModelError
-from morph3d.model import ModelData, MorphableModel
+from morph3d.model.model import ModelData, MorphableModel
 
 RADIUS_MM = 90.0
 AZIMUTHS = np.radians(np.arange(-80, 81, 20))  # 9 columns, left to right

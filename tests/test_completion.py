@@ -9,25 +9,27 @@ import numpy as np
 import pytest
 from conftest import corrupted_copy
 
-from morph3d.completion_net import (
+from morph3d.errors import InputError, ModelError
+from morph3d.neural.completion import (
     DEFAULT_WEIGHTS,
     CompletionConfig,
     CompletionNet,
+    build_net,
+    complete_texture,
+    load_completion_net,
+    uv_features,
+)
+from morph3d.neural.texture_completion import complete_uv_texture
+from morph3d.neural.training.completion import (
     CompletionTrainOptions,
     TextureSample,
     TextureSamples,
-    build_net,
-    complete_texture,
     evaluate,
-    load_completion_net,
-    manifest_path,
     save_weights,
     synthetic_visibility,
     train_completion,
-    uv_features,
 )
-from morph3d.errors import InputError, ModelError
-from morph3d.texture_completion import complete_uv_texture
+from morph3d.neural.weights import manifest_path
 
 # Mean change the shipped net may make to the classical fill on texels no photo saw (see
 # test_keeps_the_classical_fill_where_nothing_was_seen): the hidden openings, all unseen.
@@ -37,7 +39,7 @@ UNSEEN_MAX_CHANGE = 0.005
 
 @pytest.fixture(scope="module")
 def model():
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     return load_model("default")
 
@@ -133,7 +135,7 @@ def heldout_fit(model, media_dir):
     """khabenskii.jpg (held out of training) fitted with its landmarks, as the swap does."""
     from fitting.faces import detect_faces
     from fitting.fit import fit_photo
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     image = read_image(media_dir / "khabenskii.jpg")
     faces = detect_faces(image, "mediapipe")
@@ -164,8 +166,8 @@ def test_keeps_the_classical_fill_where_nothing_was_seen(net, model, heldout_fit
     (the first shipped net darkened them by 0.016-0.027 on average)."""
     import copy
 
-    from morph3d.swap import hide_openings
-    from morph3d.texture_completion import skin_rows
+    from morph3d.neural.texture_completion import skin_rows
+    from morph3d.swap.fits import hide_openings
 
     fit = copy.deepcopy(heldout_fit[0])
     assert hide_openings(fit, model, [heldout_fit[1]]) > 0
@@ -245,9 +247,9 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
 
     from fitting.faces import detect_faces
     from fitting.fit import fit_photo
-    from morph3d.composite import _ycrcb
-    from morph3d.media import read_image
-    from morph3d.swap import hide_forehead_occluders
+    from morph3d.composite.occluders import _ycrcb
+    from morph3d.io.media import read_image
+    from morph3d.swap.fits import hide_forehead_occluders
 
     image = read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
     faces = detect_faces(image, "mediapipe")

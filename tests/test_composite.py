@@ -1,4 +1,4 @@
-"""Compositing (morph3d.composite) and UV texture completion (morph3d.texture_completion).
+"""Compositing (morph3d.composite) and UV texture completion (morph3d.neural.texture_completion).
 
 The synthetic scenes are cartoon faces drawn from 68 iBUG landmarks: an ellipse of skin with
 a forehead, eyes, brows, lips and an optional open mouth, anti-aliased by drawing at 4x.
@@ -10,33 +10,24 @@ import cv2
 import numpy as np
 import pytest
 
-from morph3d.composite import (
-    LUMINANCE,
-    ColourState,
-    CompositorConfig,
-    FaceCompositor,
-    FrameInputs,
-    adaptive_face_mask,
-    apply_gains,
+from morph3d.composite.blend import composite
+from morph3d.composite.colour import LUMINANCE, ColourState, apply_gains, match_colour, rgb_to_lab
+from morph3d.composite.compositor import CompositorConfig, FaceCompositor, FrameInputs
+from morph3d.composite.features import (
     brow_band,
     close_rendered_eyes,
-    composite,
-    detect_occluders,
     eye_keep_mask,
-    face_geometry,
-    face_mask,
-    face_region,
     keep_actor_eyes,
     keep_actor_mouth,
-    match_colour,
     mouth_keep_mask,
     mouth_openness,
     remove_double_brows,
     rendered_mouth_opening,
-    rgb_to_lab,
 )
+from morph3d.composite.masks import adaptive_face_mask, face_geometry, face_mask, face_region
+from morph3d.composite.occluders import detect_occluders
 from morph3d.errors import InputError
-from morph3d.texture_completion import atlas_mirror_index, complete_uv_texture, pull_push
+from morph3d.neural.texture_completion import atlas_mirror_index, complete_uv_texture, pull_push
 
 SIZE = 256
 ACTOR_SKIN = (0.85, 0.65, 0.55)
@@ -624,7 +615,8 @@ def test_texture_completion_with_a_callable_mirror_and_a_soft_seam() -> None:
 
 
 def test_atlas_layout_constant_matches_the_head_builder() -> None:
-    from morph3d import head_builder, texture_completion
+    from morph3d.builders import head as head_builder
+    from morph3d.neural import texture_completion
 
     assert texture_completion.SKIN_V_RANGE == head_builder.SKIN_V_RANGE
 
@@ -647,7 +639,7 @@ def test_pull_push_fills_holes_smoothly() -> None:
 @pytest.fixture(scope="module")
 def mark(media_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     from fitting.faces import detect_faces
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     image = read_image(media_dir / "mark.jpg").astype(np.float32) / 255.0
     faces = detect_faces(image, "mediapipe")
@@ -680,7 +672,7 @@ def test_real_clean_face_has_no_big_occluders(mark) -> None:
 def test_coloured_rim_light_is_not_an_occluder(media_dir: Path) -> None:
     """nggyup frame 204: a strong blue light on one cheek, with a sharp terminator."""
     from fitting.faces import detect_faces
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     frame = next(iter(iter_frames(media_dir / "nggyup.mp4", start=204, stop=205)))
     image = frame.rgb.astype(np.float32) / 255.0
@@ -721,7 +713,7 @@ def test_uint8_frame_and_render_window_give_the_float_result() -> None:
 def test_rendered_mouth_interior_shows_the_actor() -> None:
     """Where the render shows its mouth lining, teeth or tongue, an open mouth's blend mask
     is 0 (the actor's frame shows); a closed mouth's lips stay swapped."""
-    from morph3d.composite import drop_rendered_mouth
+    from morph3d.composite.features import drop_rendered_mouth
 
     frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
     g = face_geometry(lm_s)

@@ -11,24 +11,20 @@ import pytest
 
 from morph3d.cli import main
 from morph3d.errors import Morph3dError
-from morph3d.evaluate import (
+from morph3d.evaluate.measures import (
     POSE_POINTS,
     POSE_TEMPLATE_MM,
     PSNR_CAP_DB,
     FaceMeasures,
     FrameRecord,
     appearance_metrics,
-    choose_face,
-    evaluate,
     face_appearance,
     face_hull_mask,
     gaze_offset,
     head_pose_deg,
-    jitter_by_region,
-    landmark_jitter,
-    parse_target_face,
-    pearson,
 )
+from morph3d.evaluate.metrics import jitter_by_region, landmark_jitter, pearson
+from morph3d.evaluate.runner import choose_face, evaluate, parse_target_face
 
 # ------------------------------------------------------------------------ synthetic checks
 
@@ -255,7 +251,7 @@ def test_original_against_itself_scores_no_change(media_dir, tmp_path, capsys):
 
 
 def test_still_images_pair_as_one_frame_and_json_has_no_nan(media_dir, tmp_path):
-    from morph3d.evaluate import write_json
+    from morph3d.evaluate.metrics import write_json
 
     result = evaluate(media_dir / "aligned_source1.png", media_dir / "aligned_target1.png",
                       media_dir / "aligned_target1.png")
@@ -272,7 +268,7 @@ def test_still_images_pair_as_one_frame_and_json_has_no_nan(media_dir, tmp_path)
 
 
 def test_appearance_on_a_real_frame_blurred_and_tinted(media_dir, tmp_path):
-    from morph3d.media import read_image, write_image
+    from morph3d.io.media import read_image, write_image
 
     target = media_dir / "aligned_target1.png"
     rgb = read_image(target)
@@ -290,7 +286,7 @@ def test_appearance_on_a_real_frame_blurred_and_tinted(media_dir, tmp_path):
 
 
 def test_blank_output_fails_with_one_line(media_dir, tmp_path, capsys):
-    from morph3d.media import VideoWriter, probe_video
+    from morph3d.io.media import VideoWriter, probe_video
 
     blank = tmp_path / "blank.mkv"
     info = probe_video(media_dir / "orig.webm")
@@ -307,7 +303,7 @@ def test_blank_output_fails_with_one_line(media_dir, tmp_path, capsys):
 
 
 def test_faceless_inputs_fail_clearly(media_dir, tmp_path):
-    from morph3d.media import write_image
+    from morph3d.io.media import write_image
 
     grey = tmp_path / "grey.png"
     write_image(grey, np.full((200, 200, 3), 128, np.uint8))
@@ -353,7 +349,7 @@ def test_two_workers_give_identical_numbers(media_dir, peer_first_frames):
 
 
 def test_json_into_a_missing_folder_fails_cleanly(tmp_path):
-    from morph3d.evaluate import write_json
+    from morph3d.evaluate.metrics import write_json
 
     with pytest.raises(Morph3dError):
         write_json({"a": 1}, tmp_path / "no" / "such" / "dir.json")

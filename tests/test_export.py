@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from morph3d.errors import InputError, Morph3dError
-from morph3d.export import (
+from morph3d.io.export import (
     OPENCV_TO_SCENE,
     continuous_quaternions,
     default_texture,
@@ -25,8 +25,8 @@ from morph3d.export import (
     identity_vertices,
     split_uv_seams,
 )
-from morph3d.model import ModelData, MorphableModel
-from morph3d.models import load_model_data
+from morph3d.model.model import ModelData, MorphableModel
+from morph3d.model.registry import load_model_data
 
 FRONT = np.diag([1.0, -1.0, -1.0])  # model -> OpenCV camera, frontal view (render.camera)
 COMPONENT_DTYPES = {5126: np.float32, 5125: np.uint32, 5123: np.uint16}

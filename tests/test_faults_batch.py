@@ -30,7 +30,7 @@ class _WritesMarker:
 def _tiny_training(seed: int = 0):
     import torch
 
-    from morph3d.training import Checkpoint
+    from morph3d.neural.training.common import Checkpoint
 
     torch.manual_seed(seed)
     net = torch.nn.Linear(3, 2)
@@ -95,7 +95,7 @@ def _crafted_template(path: Path, *, clip_sha: str | None = None,
                       members: dict[str, str] | None = None) -> Path:
     """A template whose manifest is self-consistent (its id matches) but whose names and
     digests are whatever the attacker chose; the fit member's digest is right."""
-    from morph3d.template import MANIFEST, TEMPLATE_FORMAT, TEMPLATE_VERSION, _template_id
+    from morph3d.swap.template import MANIFEST, TEMPLATE_FORMAT, TEMPLATE_VERSION, _template_id
 
     fit_data, clip_data = b"not really a fit", b"not really a clip"
     fit_sha = hashlib.sha256(fit_data).hexdigest()
@@ -126,7 +126,7 @@ def _tree(root: Path) -> list[str]:
 
 
 def test_crafted_template_cannot_write_outside_the_cache(tmp_path):
-    from morph3d.template import open_template, read_manifest
+    from morph3d.swap.template import open_template, read_manifest
 
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -180,7 +180,7 @@ def test_batch_output_never_replaces_an_input_or_a_foreign_file(tmp_path):
     source. Row 2 fails alone before any job starts; row 3 runs on the untouched photo (its
     worker is killed once through the test-only hook and the job retried: fault injection
     reaches a worker without any manifest option)."""
-    from morph3d.batch import REPORT_JSON, run_batch
+    from morph3d.swap.batch import REPORT_JSON, run_batch
 
     folder = tmp_path / "media"
     folder.mkdir()
@@ -216,7 +216,7 @@ def test_batch_output_never_replaces_an_input_or_a_foreign_file(tmp_path):
 def test_batch_outputs_it_wrote_stay_its_own(tmp_path):
     """An existing output with the batch's sidecar is the batch's to redo or skip; without
     one it is refused; a claim written before a job runs keeps the name the batch's."""
-    from morph3d.batch import STATE_DIR, _check_outputs, _claim, read_jobs
+    from morph3d.swap.batch import STATE_DIR, _check_outputs, _claim, read_jobs
 
     for name in ("me.jpg", "clip.mp4"):
         (tmp_path / name).write_bytes(b"x")
@@ -335,7 +335,7 @@ def test_batch_folders_are_checked_writable_before_any_job(tmp_path, capsys,
 def test_manifest_options_are_swap_options_only_and_checked(tmp_path):
     """A manifest cannot reach the fault-injection hook or choose where files are written,
     and every option is checked as the command line checks it, before any job starts."""
-    from morph3d.batch import run_batch
+    from morph3d.swap.batch import run_batch
 
     (tmp_path / "me.jpg").write_bytes(b"x")
     (tmp_path / "clip.mp4").write_bytes(b"x")
@@ -364,7 +364,7 @@ def test_manifest_options_are_swap_options_only_and_checked(tmp_path):
 
 
 def test_swap_options_validate_matches_the_command_line():
-    from morph3d.swap import SwapOptions
+    from morph3d.swap.options import SwapOptions
 
     assert SwapOptions().validate() == SwapOptions()
     SwapOptions(target_face="index:2", device="cuda:1", backend="dlib", renderer="torch",

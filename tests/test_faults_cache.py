@@ -52,7 +52,7 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def built_model() -> Path:
     """The default model as built in the normal cache (built there first if needed)."""
-    from morph3d.models import ensure_default_model
+    from morph3d.model.registry import ensure_default_model
 
     return ensure_default_model()
 
@@ -101,13 +101,14 @@ def test_torn_work_folder_entries_are_recomputed(media_dir: Path, cache: Path,
         assert f"morph3d: note: cached {what} could not be read" in second.stderr
         with np.load(path) as z:  # rewritten whole
             assert z.files
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     assert np.array_equal(read_image(tmp_path / "first.png"),
                           read_image(tmp_path / "second.png"))
     # Each entry was rewritten whole where a run looks it up: the swap's own loaders hit it.
     from fitting.params import VideoFit
-    from morph3d.swap import SwapSummary, _load_npz, load_cached
+    from morph3d.swap.cache import _load_npz, load_cached
+    from morph3d.swap.options import SwapSummary
 
     loaders = {"landmarks": _load_npz, "clip fit": VideoFit.load, "source fit": VideoFit.load}
     hits = SwapSummary(output="x")
@@ -118,7 +119,8 @@ def test_torn_work_folder_entries_are_recomputed(media_dir: Path, cache: Path,
 
 def test_load_cached_deletes_an_unreadable_entry_and_notes_it(tmp_path: Path) -> None:
     from fitting.params import VideoFit
-    from morph3d.swap import SwapSummary, _load_npz, _save_npz, load_cached
+    from morph3d.swap.cache import _load_npz, _save_npz, load_cached
+    from morph3d.swap.options import SwapSummary
 
     path = tmp_path / "landmarks.npz"
     _save_npz(path, {"ibug68": np.zeros((3, 68, 2), np.float32)})
@@ -139,8 +141,8 @@ def test_torn_extracted_template_clip_is_extracted_again(media_dir: Path, cache:
                                                          ) -> None:
     """The clip a template embeds is extracted once into the work folder; a torn copy there
     is not used: the next opening extracts it whole again."""
-    from morph3d.swap import SwapOptions
-    from morph3d.template import build_template, open_template
+    from morph3d.swap.options import SwapOptions
+    from morph3d.swap.template import build_template, open_template
 
     monkeypatch.setenv("MORPH3D_CACHE", str(cache))
     work = tmp_path / "work"
@@ -163,7 +165,7 @@ def test_torn_default_model_is_deleted_and_built_again(cache: Path, built_model:
     """The cache's own model file torn: a warning, the file deleted and rebuilt, loaded.
     The builder is a stand-in for the real build (a copy of its result): the full build
     takes half a minute to two minutes here and runs in the two-process test below."""
-    import morph3d.models as models
+    import morph3d.model.registry as models
 
     monkeypatch.setenv("MORPH3D_CACHE", str(cache))
     path = models.default_model_path()
@@ -222,7 +224,7 @@ def test_corrupt_user_model_is_one_line_error_and_left_alone(cache: Path, built_
 _DEFAULT_MODEL_USER = textwrap.dedent("""
     import os, shutil, sys, time
     from pathlib import Path
-    import morph3d.models as models
+    import morph3d.model.registry as models
     from morph3d.cli import main
 
     built, go, builds = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[4])
@@ -309,7 +311,7 @@ def _png_header_only(path: Path, width: int, height: int) -> Path:
 
 def test_images_above_the_pixel_limit_are_refused_from_the_header(tmp_path: Path) -> None:
     from morph3d.errors import InputError
-    from morph3d.limits import MAX_IMAGE_PIXELS, check_image_pixels
+    from morph3d.io.limits import MAX_IMAGE_PIXELS, check_image_pixels
 
     check_image_pixels(_png_header_only(tmp_path / "ok.png", 8000, 8000))
     for w, h in ((12000, 10000), (20000, 20000)):  # above the limit; above Pillow's error
@@ -330,7 +332,7 @@ def test_read_image_and_probe_refuse_a_huge_image_before_decoding(tmp_path: Path
     import warnings
 
     from morph3d.errors import InputError
-    from morph3d.media import probe_video, read_image
+    from morph3d.io.media import probe_video, read_image
 
     path = _png_header_only(tmp_path / "huge.png", *size)
     said = f"{size[0]}x{size[1]} (120 MP)" if size[0] == 12000 else "over 179 MP"
@@ -348,7 +350,7 @@ def test_an_image_under_the_limit_raises_no_pillow_warning(tmp_path: Path) -> No
     import warnings
 
     from morph3d.errors import InputError
-    from morph3d.media import probe_video, read_image
+    from morph3d.io.media import probe_video, read_image
 
     path = _png_header_only(tmp_path / "big.png", 10000, 9500)
     with warnings.catch_warnings():
@@ -364,7 +366,7 @@ def test_read_image_makes_no_full_size_copy_of_an_upright_rgb_photo(
     more (`Image.copy` counted, still run); a turned one still comes back upright."""
     from PIL import Image
 
-    from morph3d.media import probe_video, read_image
+    from morph3d.io.media import probe_video, read_image
 
     rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
     Image.fromarray(rgb).save(tmp_path / "plain.png")
@@ -436,7 +438,7 @@ def test_face_crop_maps_points_and_cameras_back_to_the_full_image() -> None:
 
 def test_paste_back_replaces_only_what_the_swap_changed() -> None:
     from fitting.faces import face_crop
-    from morph3d.swap import paste_back
+    from morph3d.swap.driver import paste_back
 
     rng = np.random.default_rng(0)
     full = rng.integers(0, 256, (2400, 3200, 3), np.uint8)
@@ -464,7 +466,7 @@ def test_bounded_detection_is_detect_faces_up_to_the_limit_and_close_above(
     import cv2
 
     from fitting.faces import DETECT_MAX_SIDE, detect_faces, detect_faces_bounded
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     photo = read_image(media_dir / "mark.jpg")
     plain, bounded = detect_faces(photo), detect_faces_bounded(photo)
@@ -489,7 +491,7 @@ def test_swap_between_large_images_works_on_the_face_and_keeps_the_rest(
     import cv2
 
     from fitting.faces import DETECT_MAX_SIDE, detect_faces
-    from morph3d.media import read_image, write_image
+    from morph3d.io.media import read_image, write_image
 
     source = cv2.resize(read_image(media_dir / "mark.jpg"), None, fx=3, fy=3,
                         interpolation=cv2.INTER_CUBIC)

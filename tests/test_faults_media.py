@@ -19,8 +19,8 @@ import av
 import numpy as np
 import pytest
 
-from morph3d.media import VideoWriter, iter_frames, probe_video
-from morph3d.native_stderr import native_stderr_captured
+from morph3d.io.media import VideoWriter, iter_frames, probe_video
+from morph3d.io.native_stderr import native_stderr_captured
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 25

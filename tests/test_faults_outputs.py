@@ -25,8 +25,8 @@ from PIL import Image
 
 from morph3d.cli import main
 from morph3d.errors import InputError
-from morph3d.media import VideoInfo, VideoWriter
-from morph3d.outputs import check_outputs, remove_stale_temps
+from morph3d.io.media import VideoInfo, VideoWriter
+from morph3d.io.outputs import check_outputs, remove_stale_temps
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,7 +236,7 @@ def test_demo_refuses_an_output_it_cannot_write_before_any_work(capsys, tmp_path
 
 def test_demo_never_writes_over_its_input(capsys, tmp_path: Path) -> None:
     """A demo output that is another name of the photo the demo reads is refused."""
-    from morph3d.demo import bundled_source
+    from morph3d.io.paths import bundled_source
 
     out_dir = tmp_path / "demo"
     out_dir.mkdir()
@@ -257,7 +257,7 @@ def test_demo_out_dir_that_is_a_file_or_cannot_be_created(capsys, tmp_path: Path
     # The folder is still made when it can be: the demo's own files are checked inside it.
     made = tmp_path / "new" / "demo"
     (tmp_path / "new").mkdir()
-    from morph3d.demo import check_demo_paths
+    from morph3d.cli.demo_run import check_demo_paths
 
     check_demo_paths(made)
     assert made.is_dir()
@@ -266,7 +266,7 @@ def test_demo_out_dir_that_is_a_file_or_cannot_be_created(capsys, tmp_path: Path
 def test_a_killed_demos_temporary_clip_is_removed_by_the_next_demo(tmp_path: Path) -> None:
     """The clip the demo makes is written through the outputs' temporary name
     (`temp_path_beside`), so the next demo's guard removes what a killed one left."""
-    from morph3d import demo
+    from morph3d.cli import demo_run as demo
 
     out_dir = tmp_path / "demo"
     out_dir.mkdir()
@@ -362,7 +362,7 @@ def test_fit_preview_must_be_an_image_name(capsys, files, tmp_path: Path) -> Non
 
 
 def test_atomic_write_of_a_user_output_creates_no_folder(tmp_path: Path) -> None:
-    from morph3d.atomic import atomic_write_text
+    from morph3d.io.atomic import atomic_write_text
 
     with pytest.raises(FileNotFoundError):
         atomic_write_text(tmp_path / "missing" / "x.txt", "x", parents=False)
@@ -395,7 +395,8 @@ def test_swap_on_an_unusable_device_fails_before_any_work(capsys, files,
 
 def test_swap_api_refuses_an_unusable_device_before_any_work(files, tmp_path: Path) -> None:
     """What a batch job with the option device=cuda runs."""
-    from morph3d.swap import SwapOptions, swap
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
 
     device, message = _unusable_cuda()
     with pytest.raises(InputError, match=message):
@@ -447,7 +448,7 @@ _HOLD_WRITER = textwrap.dedent("""
     from fractions import Fraction
     from pathlib import Path
     import numpy as np
-    from morph3d.media import VideoInfo, VideoWriter
+    from morph3d.io.media import VideoInfo, VideoWriter
     like = VideoInfo(path=Path("synthetic"), width=32, height=32, fps=Fraction(25),
                      frame_count=50, duration_s=2.0, video_codec="h264", has_audio=False)
     writer = VideoWriter(sys.argv[1], like=like)
@@ -490,7 +491,7 @@ _DYING_PLOT = textwrap.dedent("""
     import PIL.PngImagePlugin  # registered first, so the stand-in below replaces it
     from matplotlib.figure import Figure
     from PIL import Image
-    from morph3d.evaluate import _save_figure
+    from morph3d.evaluate.plots import _save_figure
 
     def dies_half_way(im, fp, filename):  # the process killed while the PNG is written
         fp.write(b"\\x89PNG and half a plot")

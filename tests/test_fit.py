@@ -14,12 +14,12 @@ from scipy.spatial.transform import Rotation
 from fitting import fit as F
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
 from morph3d.errors import Morph3dError
-from morph3d.geometry import median_aligned_distance
+from morph3d.model.geometry import median_aligned_distance
 
 
 @pytest.fixture(scope="module")
 def model():
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     return load_model("default")
 
@@ -212,7 +212,7 @@ def test_model_without_landmarks_is_a_clear_error(model):
     import copy
 
     from morph3d.errors import ModelError
-    from morph3d.model import MorphableModel
+    from morph3d.model.model import MorphableModel
 
     data = copy.copy(model.data)
     data.landmarks = {}
@@ -230,7 +230,7 @@ def _nme(pred: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.mark.media
 def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     image = read_image(media_dir / "mark.jpg")
     detected = F.detect_landmarks(image, "mediapipe")
@@ -249,7 +249,7 @@ def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
 @pytest.mark.media
 @pytest.mark.parametrize("name", ["takeo", "lenna"])
 def test_annotated_nme_close_to_dlib(model, media_dir, name):
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     folder = media_dir / "annotated"
     if name == "takeo":
@@ -292,7 +292,7 @@ def test_video_first_frames(model, media_dir):
 
 
 def test_cli_no_face_is_one_line_error(tmp_path):
-    from morph3d.media import write_image
+    from morph3d.io.media import write_image
 
     blank = tmp_path / "blank.png"
     write_image(blank, np.full((200, 200, 3), 90, np.uint8))

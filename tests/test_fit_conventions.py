@@ -11,7 +11,7 @@ from fitting import fit as F
 
 @pytest.fixture(scope="module")
 def model():
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     return load_model("default")
 

@@ -1,11 +1,11 @@
-"""morph3d.geometry: the point-set alignment the model build and the fitting tests share."""
+"""morph3d.model.geometry: the point-set alignment the model build and the fitting tests share."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from morph3d.geometry import median_aligned_distance, procrustes_align
+from morph3d.model.geometry import median_aligned_distance, procrustes_align
 
 
 def test_procrustes_recovers_a_similarity_and_never_reflects():

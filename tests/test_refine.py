@@ -11,23 +11,25 @@ from conftest import corrupted_copy
 
 from morph3d.cli import main as cli_main
 from morph3d.errors import InputError, ModelError
-from morph3d.refine import (
+from morph3d.neural.refine import (
     DEFAULT_WEIGHTS,
-    FaceCrops,
     SRConfig,
-    TrainOptions,
     bicubic_upscale,
     build_net,
+    load_super_resolver,
+    upscale_face,
+)
+from morph3d.neural.training.refine import (
+    FaceCrops,
+    TrainOptions,
     degrade,
     evaluate,
     face_crops_in_image,
-    load_super_resolver,
-    manifest_path,
     save_weights,
     square_crop,
     train_super_resolver,
-    upscale_face,
 )
+from morph3d.neural.weights import manifest_path
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -91,7 +93,7 @@ def test_untrained_net_is_bicubic(tmp_path) -> None:
 def test_beats_bicubic_on_heldout_real_faces(resolver, media_dir) -> None:
     """nggyup.mp4's singer and khabenskii.jpg are held out of training (see refine.py)."""
     from fitting.faces import get_landmark_backend
-    from morph3d.media import iter_frames, read_image
+    from morph3d.io.media import iter_frames, read_image
 
     # Start, middle and end of the clip (seeked, so cheap); the full held-out set, hazy
     # soft-focus shots included, is scored by tools/bench_refine.py.

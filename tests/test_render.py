@@ -534,7 +534,7 @@ def test_backend_selection(monkeypatch):
 def default_head() -> tuple[torch.Tensor, torch.Tensor]:
     """Centred vertices (mm) and triangles of the embedded default head model."""
     try:
-        from morph3d.models import load_model
+        from morph3d.model.registry import load_model
 
         model = load_model("default")
     except Exception as exc:  # noqa: BLE001 - any failure means the model is not there yet

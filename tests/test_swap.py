@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from morph3d.media import VideoInfo, VideoWriter, iter_frames, probe_video, read_image
+from morph3d.io.media import VideoInfo, VideoWriter, iter_frames, probe_video, read_image
 
 pytestmark = [pytest.mark.media, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""Identity transfer on the actor's pixels (morph3d.transfer): the warp, the flow fill, the
+"""Identity transfer on the actor's pixels (morph3d.swap.transfer): the warp, the flow fill, the
 tone ratio, the compositor's coverage-bounded mask, and the round trip on a real clip."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from morph3d.composite import FaceCompositor, FrameInputs, face_geometry, srgb_to_linear
-from morph3d.transfer import (
+from morph3d.composite.colour import srgb_to_linear
+from morph3d.composite.compositor import FaceCompositor, FrameInputs
+from morph3d.composite.masks import face_geometry
+from morph3d.swap.transfer import (
     apply_ratio,
     compositor_config,
     extend_flow,
@@ -72,7 +74,7 @@ def test_tone_ratio_of_equal_albedos_is_one_and_of_a_scaled_one_is_the_scale() -
     same = tone_ratio(actor, actor, weight, sigma=2.0)
     assert np.allclose(same, 1.0, atol=1e-3)
     darker = np.clip(actor, 0, 1) ** 1.0
-    from morph3d.composite import linear_to_srgb
+    from morph3d.composite.colour import linear_to_srgb
 
     half = linear_to_srgb(0.5 * srgb_to_linear(darker))
     ratio = tone_ratio(half, actor, weight, sigma=2.0)
@@ -122,9 +124,10 @@ def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
     """Frame k of a clip as the source photo, swapped into the same clip: frame k comes
     back (grey SSIM inside the jaw+brow hull; the re-rendered face scored about 0.75)."""
     from fitting.faces import IBUG68, detect_faces
-    from morph3d.evaluate import face_appearance
-    from morph3d.media import iter_frames, write_image
-    from morph3d.swap import SwapOptions, swap
+    from morph3d.evaluate.measures import face_appearance
+    from morph3d.io.media import iter_frames, write_image
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
 
     clip, k = media_dir / "orig.webm", 10
     original = next(iter(iter_frames(clip, k, k + 1))).rgb

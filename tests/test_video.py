@@ -48,7 +48,7 @@ def test_fit_restarts_at_the_cut(media_dir):
     detected ones right after the cut, not several frames later."""
     from fitting.fit import projected_landmarks
     from fitting.video import fit_video, video_landmarks
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     model = load_model("default")
     clip = media_dir / "nggyup.mp4"

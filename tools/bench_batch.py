@@ -57,7 +57,7 @@ def write_jobs(path: Path, target: Path, jobs: int, frames: int, work_root: Path
 
 def run_set(name: str, root: Path, target: Path, args, seed: Path | None,
             ray_address: str | None = None) -> dict:
-    from morph3d.batch import run_batch
+    from morph3d.swap.batch import run_batch
 
     folder = root / name
     folder.mkdir()
@@ -91,9 +91,10 @@ def main() -> None:
     if not MEDIA.is_dir():
         raise SystemExit(f"needs the real test media at {MEDIA}")
 
-    from morph3d.models import load_model
-    from morph3d.swap import SwapOptions, SwapSummary, fit_source
-    from morph3d.template import build_template
+    from morph3d.model.registry import load_model
+    from morph3d.swap.fits import fit_source
+    from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.template import build_template
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-batch-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "media"
 def extract_frames(video: Path, indices: list[int], folder: Path, prefix: str
                    ) -> dict[int, Path]:
     """Write the video's frames `indices` as PNG files; returns {index: path}."""
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {i: folder / f"{video.stem}_{prefix}_f{i:04d}.png" for i in indices}
@@ -63,8 +63,9 @@ def extract_frames(video: Path, indices: list[int], folder: Path, prefix: str
 def photo_yaw_deg(path: Path) -> tuple[float, float]:
     """(yaw, pitch) in degrees of the largest face in a photo (`morph3d.evaluate`'s pose)."""
     from fitting.faces import IBUG68, detect_faces
-    from morph3d.evaluate import LANDMARK_BACKEND, head_pose_deg
-    from morph3d.media import read_image
+    from morph3d.evaluate.measures import head_pose_deg
+    from morph3d.evaluate.runner import LANDMARK_BACKEND
+    from morph3d.io.media import read_image
 
     image = read_image(path)
     faces = detect_faces(image, LANDMARK_BACKEND)
@@ -75,10 +76,10 @@ def photo_yaw_deg(path: Path) -> tuple[float, float]:
 
 def output_embeddings(target: Path, output: Path, frames: int) -> np.ndarray:
     """(frames, 128) dlib embeddings of the output's face matched to the original's largest
-    face, frame by frame, as `morph3d.evaluate.analyse_chunk` pairs them (NaN rows
+    face, frame by frame, as `morph3d.evaluate.runner.analyse_chunk` pairs them (NaN rows
     where no output face matches)."""
-    from morph3d.evaluate import ChunkJob, analyse_chunk
-    from morph3d.media import probe_video
+    from morph3d.evaluate.runner import ChunkJob, analyse_chunk
+    from morph3d.io.media import probe_video
 
     info = probe_video(target)
     job = ChunkJob(target=str(target), output=str(output), reencoded=None, start=0, stop=frames,
@@ -95,7 +96,7 @@ def perturbed_classic(rms: float, seed: int):
     """A stand-in for `complete_texture` giving the classical fill plus Gaussian-blurred
     noise of `rms` on the texels the photo did not see (weight clip(1 - conf / 0.5, 0, 1),
     the net's own), which no eye can see: the measurement's reaction to any change."""
-    import morph3d.completion_net as cn
+    import morph3d.neural.completion as cn
 
     original = cn.complete_texture
 
@@ -116,9 +117,10 @@ def run_swap(source: Path, target: Path, output: Path, cache: Path, frames: int,
              weights: Path, rms: float) -> np.ndarray:
     """Swap with the completion `label` (classic / neural / noiseN); returns the source
     fit's completed UV texture and its confidence stacked (H x W x 4)."""
-    import morph3d.completion_net as cn
+    import morph3d.neural.completion as cn
     from fitting.params import VideoFit
-    from morph3d.swap import SwapOptions, swap
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
 
     for old in cache.glob("source-*.npz"):  # every run fits its source afresh
         old.unlink()
@@ -140,11 +142,11 @@ def run_swap(source: Path, target: Path, output: Path, cache: Path, frames: int,
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    import morph3d.completion_net as cn
-    from morph3d.atomic import atomic_write_text
-    from morph3d.evaluate import source_face_embedding
-    from morph3d.models import load_model
-    from morph3d.texture_completion import skin_rows
+    import morph3d.neural.completion as cn
+    from morph3d.evaluate.runner import source_face_embedding
+    from morph3d.io.atomic import atomic_write_text
+    from morph3d.model.registry import load_model
+    from morph3d.neural.texture_completion import skin_rows
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="media folder")

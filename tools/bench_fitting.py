@@ -56,7 +56,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 MEDIA = ROOT.parent / "shared" / "media"
 
-from morph3d.geometry import median_aligned_distance  # noqa: E402
+from morph3d.model.geometry import median_aligned_distance  # noqa: E402
 
 
 def sim_error(a: np.ndarray, b: np.ndarray, scale: bool = True) -> float:
@@ -230,7 +230,7 @@ def real_nme(model) -> dict:
     from test_fit import _nme
 
     from fitting import fit as F
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     folder = MEDIA / "annotated"
     takeo = np.array((folder / "takeo.pts").read_text().split("{")[1].split("}")[0].split(),
@@ -300,7 +300,7 @@ def video(model, max_frames: int | None) -> dict:
 
 def photo_seconds(model) -> dict:
     from fitting import fit as F
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     image = read_image(MEDIA / "mark.jpg")
     lms = F.detect_landmarks(image)
@@ -380,7 +380,7 @@ def main() -> None:
     ap.add_argument("--json", required=True)
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     args = ap.parse_args()
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     model = load_model("default")
     n = 20 if args.quick else 200

@@ -38,7 +38,7 @@ def make_clip(path: Path, frames: int, size: tuple[int, int] = SIZE) -> Path:
     import av
     import cv2
 
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     if path.is_file():
         with av.open(str(path)) as c:
@@ -121,7 +121,7 @@ def growth_child(frames: int) -> dict[str, int]:
     import tracemalloc
 
     from fitting.video import fit_video, video_landmarks
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     model = load_model("default")
     clip = MEDIA / "nggyup.mp4"
@@ -227,7 +227,7 @@ def large_image_runs(clips_dir: Path) -> dict[str, dict[str, Any]]:
 
     import cv2
 
-    from morph3d.media import read_image, write_image
+    from morph3d.io.media import read_image, write_image
 
     big = clips_dir / f"mark_{LARGE_SIDE}.png"
     if not big.is_file():

@@ -43,16 +43,9 @@ import cv2
 import numpy as np
 import torch
 
-from morph3d.media import write_image
-from morph3d.refine import (
-    DEFAULT_WEIGHTS,
-    bicubic_upscale,
-    collect_face_crops,
-    degrade,
-    evaluate,
-    load_super_resolver,
-    psnr,
-)
+from morph3d.io.media import write_image
+from morph3d.neural.refine import DEFAULT_WEIGHTS, bicubic_upscale, load_super_resolver
+from morph3d.neural.training.refine import collect_face_crops, degrade, evaluate, psnr
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "media"
@@ -127,9 +120,9 @@ def side_by_side(resolver, crops: list[np.ndarray], sources: list[str], out: Pat
 def bundled_face_crops() -> tuple[list[np.ndarray], list[str]]:
     """Face crops of matplotlib's grace_hopper.jpg and scikit-image's astronaut.png."""
     from fitting.faces import get_landmark_backend
-    from morph3d.demo import bundled_source, bundled_target_photo
-    from morph3d.media import read_image
-    from morph3d.refine import face_crops_in_image
+    from morph3d.io.media import read_image
+    from morph3d.io.paths import bundled_source, bundled_target_photo
+    from morph3d.neural.training.refine import face_crops_in_image
 
     crops, names = [], []
     with get_landmark_backend("mediapipe") as detector:
@@ -143,22 +136,23 @@ def bundled_face_crops() -> tuple[list[np.ndarray], list[str]]:
 def completion_bench(args: argparse.Namespace) -> dict:
     """Hidden-texel quality and speed of the completion net vs the classical fill, and the
     identity distance of swaps made with each (see the module docstring)."""
-    import morph3d.completion_net as cn
-    from morph3d.models import load_model
-    from morph3d.texture_completion import complete_uv_texture
+    import morph3d.neural.completion as cn
+    import morph3d.neural.training.completion as cnt
+    from morph3d.model.registry import load_model
+    from morph3d.neural.texture_completion import complete_uv_texture
 
     model = load_model("default")
     net = cn.load_completion_net(args.completion_weights)
     if net is None:
         raise SystemExit("no completion weights")
     data = net.manifest.get("data", {})
-    samples = cn.collect_texture_samples(
-        args.data, model, holdout=tuple(data.get("holdout_patterns", cn.DEFAULT_HOLDOUT)),
-        exclude=tuple(data.get("exclude_patterns", cn.DEFAULT_EXCLUDE)),
+    samples = cnt.collect_texture_samples(
+        args.data, model, holdout=tuple(data.get("holdout_patterns", cnt.DEFAULT_HOLDOUT)),
+        exclude=tuple(data.get("exclude_patterns", cnt.DEFAULT_EXCLUDE)),
         frame_step=int(data.get("frame_step", 6)),
         masks=int(data.get("masks_per_texture", 4)),
         openings=bool(data.get("hide_openings", False)), progress=False)
-    m = cn.evaluate(net, samples.heldout, model)
+    m = cnt.evaluate(net, samples.heldout, model)
     print(f"completion, held-out hidden texels ({m['cases']} cases from "
           f"{len(samples.heldout)} textures): L1 classic {m['l1_classic']:.4f} ours "
           f"{m['l1_ours']:.4f}; SSIM classic {m['ssim_classic']:.4f} ours {m['ssim_ours']:.4f}")
@@ -166,7 +160,7 @@ def completion_bench(args: argparse.Namespace) -> dict:
         print(f"  {name:<22} ({row['cases']} cases) L1 {row['l1_classic']:.4f} -> "
               f"{row['l1_ours']:.4f}, SSIM {row['ssim_classic']:.4f} -> {row['ssim_ours']:.4f}")
     # Speed: one 512-texel texture, 1 torch thread (the pipeline's setting).
-    case = cn.make_case(samples.heldout[0], 0)
+    case = cnt.make_case(samples.heldout[0], 0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     classic = complete_uv_texture(case.truth, case.visible)
@@ -211,8 +205,9 @@ def identity_bench(args: argparse.Namespace, cn) -> dict:
     completion (neural SR in both) and score the identity distance to the source."""
     import warnings
 
-    from morph3d.evaluate import evaluate as evaluate_swap
-    from morph3d.swap import SwapOptions, swap
+    from morph3d.evaluate.runner import evaluate as evaluate_swap
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
 
     work = REPO / "out" / "bench_completion"
     work.mkdir(parents=True, exist_ok=True)

@@ -44,10 +44,10 @@ def load_meshes() -> tuple[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
     """[(label, vertices V x 3 centred, triangles)] for the head model and its subdivision."""
     meshes = []
     try:
-        from morph3d.models import load_model
+        from morph3d.model.registry import load_model
 
         model = load_model("default")
-        source = "morph3d.models.load_model('default')"
+        source = "morph3d.model.registry.load_model('default')"
         meshes.append(("default head", model.vertices().detach()[0], model.triangles))
         try:
             dense = model.subdivided()

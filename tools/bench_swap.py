@@ -129,14 +129,14 @@ def child_main(report: Path, argv: list[str]) -> int:
     """Run `morph3d swap ARGV` in this process, instrumented; write the record to `report`."""
     recorder = StageRecorder()
     import fitting.video
-    import morph3d.swap
+    import morph3d.swap.driver
     from morph3d.cli import main
 
     recorder.stage = "imports"
     recorder.mark("imports end")
-    recorder.wrap(morph3d.swap, "swap", "swap")
-    recorder.wrap(morph3d.swap, "fit_source", "fit source")
-    recorder.wrap(morph3d.swap, "fit_clip", "fit clip")
+    recorder.wrap(morph3d.swap.driver, "swap", "swap")
+    recorder.wrap(morph3d.swap.driver, "fit_source", "fit source")
+    recorder.wrap(morph3d.swap.driver, "fit_clip", "fit clip")
     recorder.wrap(fitting.video, "video_landmarks", "landmarks")
     recorder.wrap(fitting.video, "fit_video", "fit video")
     rc = main(["swap", *argv])
@@ -230,8 +230,8 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
 
     from fitting import fit as F
     from fitting.params import Identity, VideoFit
-    from morph3d.evaluate import added_motion
-    from morph3d.models import load_model
+    from morph3d.evaluate.metrics import added_motion
+    from morph3d.model.registry import load_model
 
     model = load_model("default")
     (clip_fit,) = work_dir.glob("clip-*/fit-*.npz")
@@ -253,7 +253,8 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
 
 def run_eval(source: Path, target: Path, output: Path, out_json: Path, plots: Path,
              workers: int, max_frames: int | None) -> dict[str, Any]:
-    from morph3d.evaluate import evaluate, write_json
+    from morph3d.evaluate.metrics import write_json
+    from morph3d.evaluate.runner import evaluate
 
     result = evaluate(source, target, output, workers=workers, plots_dir=plots,
                       max_frames=max_frames)
@@ -267,7 +268,7 @@ def run_eval(source: Path, target: Path, output: Path, out_json: Path, plots: Pa
 
 
 def read_frames(path: Path, indices: list[int]) -> dict[int, np.ndarray]:
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     wanted, found = set(indices), {}
     for frame in iter_frames(path, 0, max(indices) + 1):
@@ -280,15 +281,15 @@ def face_crop(rgb: np.ndarray, box: list[float], side_px: int) -> np.ndarray:
     """The eval contact sheet's crop, 1.6 times the box's longer side, bicubic when enlarged."""
     import cv2
 
-    from morph3d.evaluate import face_crop as eval_face_crop
+    from morph3d.evaluate.plots import face_crop as eval_face_crop
 
     return eval_face_crop(rgb, box, side_px, scale=1.6, upscale=cv2.INTER_CUBIC)
 
 
 def source_cell(source: Path, side: int) -> np.ndarray:
     from fitting.faces import MEDIAPIPE478, detect_faces, landmark_box
-    from morph3d.evaluate import label_cell
-    from morph3d.media import read_image
+    from morph3d.evaluate.plots import label_cell
+    from morph3d.io.media import read_image
 
     rgb = read_image(source)
     faces = detect_faces(rgb, "mediapipe")
@@ -309,7 +310,7 @@ def pick_frames(per_frame: list[dict], count: int) -> list[int]:
 def case_sheet(per_frame: list[dict], source: Path, target: Path,
                outputs: dict[str, Path], count: int) -> np.ndarray:
     """Rows `source | original | output per method` of face crops for `count` frames."""
-    from morph3d.evaluate import label_cell
+    from morph3d.evaluate.plots import label_cell
 
     boxes = {r["index"]: r["original_box"] for r in per_frame if r.get("original_box")}
     picks = pick_frames(per_frame, count)
@@ -339,7 +340,7 @@ def strip_sheet(per_frame: list[dict], source: Path, target: Path, output: Path,
                 indices: list[int]) -> np.ndarray:
     """Two rows of close face crops: the original frames above, the swapped ones below, with
     the source photo at the left (the nggyup contact sheets)."""
-    from morph3d.evaluate import label_cell
+    from morph3d.evaluate.plots import label_cell
 
     boxes = {r["index"]: r["original_box"] for r in per_frame if r.get("original_box")}
     indices = [i for i in indices if i in boxes]
@@ -394,7 +395,7 @@ def write_picture(path: Path, rgb: np.ndarray) -> Path:
 
 def write_source_frame(target: Path, index: int, path: Path) -> Path:
     """Frame `index` of `target` as a PNG (lossless: the source is exactly that frame)."""
-    from morph3d.media import write_image
+    from morph3d.io.media import write_image
 
     frames = read_frames(target, [index])
     if index not in frames:
@@ -430,7 +431,7 @@ def roundtrip_sheet(per_frame: list[dict], target: Path, output: Path, k: int,
                     count: int = ROUNDTRIP_SHEET_FRAMES) -> np.ndarray:
     """Rows `original | ours | |difference| x4` of face crops: frame k, then frames spread
     over the clip, each labelled with its face SSIM."""
-    from morph3d.evaluate import label_cell
+    from morph3d.evaluate.plots import label_cell
 
     rows_by_index = {r["index"]: r for r in per_frame
                      if r.get("original_box") and r.get("face_ssim") is not None}
@@ -541,7 +542,7 @@ def score_table(rows: list[tuple[str, str, dict]]) -> str:
 def jitter_region_table(rows: list[tuple[str, str, dict]]) -> str:
     """Where the added jitter is: each face region's iBUG points alone (noise floor in
     brackets)."""
-    from morph3d.evaluate import IBUG68_REGIONS
+    from morph3d.evaluate.measures import IBUG68_REGIONS
 
     head = "| case | method | " + " | ".join(IBUG68_REGIONS) + " |"
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]

@@ -3,7 +3,7 @@
     python tools/derive_ibug68.py [--cache out/derive_ibug68_detections.npz]
 
 Why: the model's ibug68 points were first found by running dlib on painted renders of the
-mean head (`morph3d.landmark_builder`). Renders are not photos: the fitted model's
+mean head (`morph3d.builders.landmarks`). Renders are not photos: the fitted model's
 projected brows came out wider than the iBUG annotation and jaw points 3/4/13 too high,
 which kept the fitted real-photo NME behind raw dlib. dlib's predictor was trained on the
 iBUG 300-W annotation, so its points on real faces carry the annotation convention.
@@ -20,7 +20,7 @@ fit moves to the occluding contour (`fitting.fit.update_jaw_contour`), are searc
 height of their contour row instead. Pass 2 does the same from fits to dlib's 68 +
 mediapipe with the pass-1 points as the model's annotation table (as photos with dlib's
 points are fitted, `fitting.fit.ibug68_table`; these fits know the jaw line). The result is
-made left/right symmetric and printed as `IBUG68_MEAN_MM` for `morph3d.landmark_builder`
+made left/right symmetric and printed as `IBUG68_MEAN_MM` for `morph3d.builders.landmarks`
 (68 x 3 mm on the mean head): only those numbers go into the code, nothing from the media.
 The build pins them as the "ibug68_annotation" table (the "ibug68" table, matched to
 mediapipe's derived 68 points in the swap, stays render-derived: see BENCHMARKS.md).
@@ -47,7 +47,7 @@ VIDEOS = (("nggyup.mp4", 2), ("orig.webm", 1))
 
 def images():
     """(name, RGB uint8) of every real frame used (never the annotated test images)."""
-    from morph3d.media import iter_frames, read_image
+    from morph3d.io.media import iter_frames, read_image
 
     for name in PHOTOS:
         yield name, read_image(MEDIA / name)
@@ -105,7 +105,7 @@ def main() -> None:
     print(f"{len(det['dlib'])} faces")
     if args.collect_only:
         return
-    from morph3d.head_builder import BUILD_VERSION
+    from morph3d.builders.head import BUILD_VERSION
 
     main_derive(det, args.cache.with_name(f"{args.cache.stem}_vproj_{BUILD_VERSION}.npy"))
 
@@ -212,7 +212,7 @@ def best_contour_height(model, vproj: np.ndarray, target: np.ndarray, iod: np.nd
 
 def frontal_triangles(model, size: int = 1024) -> np.ndarray:
     """Triangles visible in an orthographic frontal render of the mean head."""
-    from morph3d.preview import render_preview
+    from morph3d.builders.preview import render_preview
 
     data = model.data
     render = render_preview(data.mean, data.triangles, np.ones((len(data.mean), 3)), size=size,
@@ -228,12 +228,12 @@ def derive(model, det: dict[str, np.ndarray], vproj: np.ndarray, start: np.ndarr
     """68 x 3 mean-head points (mm) from the faces `use` (all by default), searched near
     `start` (68 x 3 mm), and per-point scores (weighted mean squared error / IOD)."""
     from fitting.fit import CONTOUR_JAW
-    from morph3d.head_builder import vertex_parts
-    from morph3d.landmark_builder import (
+    from morph3d.builders.landmarks import (
         IBUG68_LOWER_INNER_LIP,
         IBUG68_UPPER_INNER_LIP,
         symmetrize_ibug68,
     )
+    from morph3d.builders.parts import vertex_parts
 
     parts = vertex_parts(model.data)
     tris = model.data.triangles
@@ -271,8 +271,8 @@ def projected_table(model, vproj: np.ndarray, points: np.ndarray) -> np.ndarray:
     jaw-side points at their row's occluding contour (image x outwards)."""
     from fitting import fit as F
     from fitting.fit import CONTOUR_JAW
-    from morph3d.head_builder import vertex_parts
-    from morph3d.landmark_builder import closest_surface_points
+    from morph3d.builders.landmarks import closest_surface_points
+    from morph3d.builders.parts import vertex_parts
 
     arrays = F.model_arrays(model)
     tris = model.data.triangles
@@ -300,7 +300,7 @@ def agreement(model, det: dict[str, np.ndarray], vproj: np.ndarray, points: np.n
 
 def render_start(model) -> np.ndarray:
     """The old definition, where the search starts: dlib on painted renders of the mean."""
-    from morph3d.landmark_builder import detect_ibug68, detect_on_views, symmetrize_ibug68
+    from morph3d.builders.landmarks import detect_ibug68, detect_on_views, symmetrize_ibug68
 
     return symmetrize_ibug68(detect_on_views(model.data, detect_ibug68, 68))
 
@@ -311,8 +311,8 @@ def two_passes(model, det: dict[str, np.ndarray], vproj_mp: np.ndarray, start: n
     photo is fitted) with the pass-1 points in the model, which also know the jaw line.
     Returns (pass-1 points, pass-2 points, pass-2 scores), all from the faces `use`."""
     from fitting import fit as F
-    from morph3d.head_builder import vertex_parts
-    from morph3d.landmark_builder import pin_ibug68
+    from morph3d.builders.landmarks import pin_ibug68
+    from morph3d.builders.parts import vertex_parts
 
     first, _ = derive(model, det, vproj_mp, start, use)
     saved = model.data.landmarks.get(F.IBUG68_ANNOTATION)
@@ -332,7 +332,7 @@ def two_passes(model, det: dict[str, np.ndarray], vproj_mp: np.ndarray, start: n
 
 
 def main_derive(det: dict[str, np.ndarray], vproj_cache: Path) -> None:
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     model = load_model("default")
     if vproj_cache.exists():

@@ -6,12 +6,12 @@
 The source photo is frame k of the clip written as PNG (the same file `tools/bench_swap.py`
 writes for its round-trip cases, so with the same --work-dir the clip and photo fits come
 from that run's cache). A perfect pipeline gives frame k back; each variant below changes one
-stage and is scored on frame k with `morph3d.evaluate.face_appearance` (face SSIM / PSNR /
+stage and is scored on frame k with `morph3d.evaluate.measures.face_appearance` (face SSIM / PSNR /
 detail ratio / Lab delta inside the original's jaw+brow hull, the evaluator's points).
 Frames are scored as composited, before H.264 encoding (the encoder alone is its own row), and
 with a fresh compositor (no moving averages from earlier frames).
 
-Variants (the pipeline itself is not changed: the pieces of `morph3d.swap` and
+Variants (the pipeline itself is not changed: the pieces of `morph3d.swap.driver` and
 `morph3d.composite` are called with other inputs or `CompositorConfig` knobs):
 
 a   today: the photo's identity and completed texture, the actor's SH relit to the photo's
@@ -78,7 +78,7 @@ class Context:
 
 
 def read_frame(path: Path, index: int) -> np.ndarray:
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     for frame in iter_frames(path, index, index + 1):
         return frame.rgb
@@ -90,16 +90,12 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     import torch
 
     from fitting.faces import detect_faces
-    from morph3d.media import write_image
-    from morph3d.models import load_model
-    from morph3d.swap import (
-        REGION_CHANNELS,
-        SwapOptions,
-        SwapSummary,
-        fit_clip,
-        fit_source,
-        make_upscaler,
-    )
+    from morph3d.io.media import write_image
+    from morph3d.model.registry import load_model
+    from morph3d.neural.completion import REGION_CHANNELS
+    from morph3d.swap.driver import make_upscaler
+    from morph3d.swap.fits import fit_clip, fit_source
+    from morph3d.swap.options import SwapOptions, SwapSummary
 
     target = MEDIA / CLIPS[clip][0]
     if not target.is_file():
@@ -140,8 +136,8 @@ def swap_frame(ctx: Context, *, identity: np.ndarray, texture: np.ndarray,
     `sh`: render under these SH instead of `FaceRenderer.relight(actor SH)`."""
     import torch
 
-    from morph3d.composite import FaceCompositor, FrameInputs
-    from morph3d.swap import FaceRenderer
+    from morph3d.composite.compositor import FaceCompositor, FrameInputs
+    from morph3d.swap.renderer import FaceRenderer
 
     renderer = FaceRenderer(ctx.model, np.asarray(identity, np.float32),
                             torch.from_numpy(np.ascontiguousarray(texture, np.float32)),
@@ -171,7 +167,7 @@ def face_side(ctx: Context, identity: np.ndarray) -> int:
     478 points): rendering at this size needs no resampling of the crop."""
     import torch
 
-    from morph3d.swap import face_crop_box
+    from morph3d.swap.window import face_crop_box
 
     f, k = ctx.clip_fit.faces, ctx.k
     ident = torch.from_numpy(np.asarray(identity, np.float32)[None])
@@ -219,7 +215,7 @@ def raw_photo_texture(ctx: Context, source_png: Path, texture_size: int) -> np.n
     import torch
 
     from fitting import fit as F
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
 
     original = F.fit_lighting_and_texture
     F.fit_lighting_and_texture = functools.partial(original, texture_size=texture_size)
@@ -238,13 +234,13 @@ def raw_photo_texture(ctx: Context, source_png: Path, texture_size: int) -> np.n
 def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
     """Variant b's source: a one-frame fit with the clip's identity, pose, expression and
     camera of frame k, its SH and texture fitted on frame k as `fit_photo` does, then the
-    swap's opening hiding and completion (`morph3d.swap.fit_source`'s steps)."""
+    swap's opening hiding and completion (`morph3d.swap.fits.fit_source`'s steps)."""
     import torch
 
     from fitting import fit as F
     from fitting.params import FaceParams, Identity, VideoFit
-    from morph3d.completion_net import complete_texture
-    from morph3d.swap import hide_forehead_occluders, hide_openings
+    from morph3d.neural.completion import complete_texture
+    from morph3d.swap.fits import hide_forehead_occluders, hide_openings
 
     c, k = ctx.clip_fit, ctx.k
     identity = np.asarray(c.identity.coefficients, np.float64)
@@ -269,7 +265,7 @@ def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
 
 def encode_only(ctx: Context, crf: int = 14) -> np.ndarray:
     """Frame k through the swap's H.264 encoder (`VideoWriter`, CRF 14) and back."""
-    from morph3d.media import VideoWriter, iter_frames, probe_video
+    from morph3d.io.media import VideoWriter, iter_frames, probe_video
 
     info = probe_video(ctx.target)
     with tempfile.TemporaryDirectory(prefix="probe-rt-") as tmp:
@@ -287,7 +283,7 @@ def encode_only(ctx: Context, crf: int = 14) -> np.ndarray:
 
 def crop(ctx: Context, rgb: np.ndarray) -> np.ndarray:
     from fitting.faces import landmark_box
-    from morph3d.evaluate import face_crop
+    from morph3d.evaluate.plots import face_crop
 
     return face_crop(rgb, landmark_box(ctx.detected["mediapipe478"]), CELL_PX, scale=1.3,
                      upscale=cv2.INTER_CUBIC)
@@ -334,9 +330,10 @@ def main() -> int:
 
     import torch
 
-    from morph3d.composite import CompositorConfig
-    from morph3d.evaluate import face_appearance, label_cell
-    from morph3d.media import write_image
+    from morph3d.composite.compositor import CompositorConfig
+    from morph3d.evaluate.measures import face_appearance
+    from morph3d.evaluate.plots import label_cell
+    from morph3d.io.media import write_image
 
     torch.set_num_threads(1)
     _, default_k, default_frames = CLIPS[args.clip]

@@ -124,7 +124,7 @@ def main() -> None:
     from test_fit import pose_error_deg
 
     from fitting import fit as F
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     torch.set_num_threads(1)
     model = load_model("default")

@@ -2,8 +2,8 @@
 
 Cases: the round trip (a clip frame written as PNG is the source, swapped into the same clip
 at that frame and at others) and cross-identity swaps. For each, today's pipeline
-(`FaceRenderer.render` + `FaceCompositor`) and the transfer (`morph3d.transfer`) are scored
-inside the original's dlib jaw+brow hull (`morph3d.evaluate.face_appearance`: grey SSIM,
+(`FaceRenderer.render` + `FaceCompositor`) and the transfer (`morph3d.swap.transfer`) are scored
+inside the original's dlib jaw+brow hull (`morph3d.evaluate.measures.face_appearance`: grey SSIM,
 PSNR, detail ratio, mean-Lab distance) and by the dlib identity distance to the source
 photo; contact sheets (original | today | transfer, face crops) go to out/transfer/.
 
@@ -32,7 +32,7 @@ OUT = ROOT / "out" / "transfer"
 
 
 def read_frame(path: Path, index: int) -> np.ndarray:
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     for frame in iter_frames(path, index, index + 1):
         return frame.rgb
@@ -101,9 +101,9 @@ def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, ph
     photo + the transfer compositor), uint8; `params` override `transfer_face`'s keywords."""
     import torch
 
-    from morph3d.composite import FaceCompositor, FrameInputs
-    from morph3d.swap import REGION_CHANNELS
-    from morph3d.transfer import compositor_config, prepare_transfer, transfer_face
+    from morph3d.composite.compositor import FaceCompositor, FrameInputs
+    from morph3d.neural.completion import REGION_CHANNELS
+    from morph3d.swap.transfer import compositor_config, prepare_transfer, transfer_face
 
     setup = prepare_transfer(model, source_fit, clip_fit, photo)
     channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
@@ -134,17 +134,13 @@ def main() -> None:
     import torch
 
     from fitting.embedding import face_embedding
-    from morph3d.composite import FaceCompositor, FrameInputs
-    from morph3d.evaluate import face_appearance
-    from morph3d.models import load_model
-    from morph3d.swap import (
-        FaceRenderer,
-        SwapOptions,
-        SwapSummary,
-        fit_clip,
-        fit_source,
-        make_upscaler,
-    )
+    from morph3d.composite.compositor import FaceCompositor, FrameInputs
+    from morph3d.evaluate.measures import face_appearance
+    from morph3d.model.registry import load_model
+    from morph3d.swap.driver import make_upscaler
+    from morph3d.swap.fits import fit_clip, fit_source
+    from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.renderer import FaceRenderer
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)

@@ -16,10 +16,10 @@ import cv2
 import numpy as np
 import torch
 
-from morph3d.head_builder import vertex_parts
-from morph3d.media import write_image
-from morph3d.models import load_model
-from morph3d.preview import render_preview, rotation_yaw_pitch
+from morph3d.builders.parts import vertex_parts
+from morph3d.builders.preview import render_preview, rotation_yaw_pitch
+from morph3d.io.media import write_image
+from morph3d.model.registry import load_model
 
 SKIN = np.array([0.85, 0.70, 0.60])
 EXPRESSIONS = (("jawOpen", 1.0), ("mouthSmileLeft", 1.0), ("mouthSmileRight", 1.0),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from morph3d.commands.train import tool_main
+from morph3d.cli.train import tool_main
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from morph3d.errors import Morph3dError
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from morph3d.models import load_model
+    from morph3d.model.registry import load_model
 
     model = load_model(args.model)
     info = model.info()
@@ -40,9 +40,9 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_model_build(args: argparse.Namespace) -> int:
-    from morph3d.head_builder import build_head_model
-    from morph3d.models import default_model_path
-    from morph3d.outputs import check_outputs
+    from morph3d.builders.head import build_head_model
+    from morph3d.io.outputs import check_outputs
+    from morph3d.model.registry import default_model_path
 
     out = Path(args.output) if args.output else default_model_path()
     check_outputs((), (out,))
@@ -52,8 +52,8 @@ def cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def cmd_model_convert_bfm(args: argparse.Namespace) -> int:
-    from morph3d.bfm import convert_bfm_from_args, default_bfm_path
-    from morph3d.outputs import check_outputs
+    from morph3d.builders.bfm import convert_bfm_from_args, default_bfm_path
+    from morph3d.io.outputs import check_outputs
 
     out = Path(args.output).expanduser() if args.output else default_bfm_path()
     check_outputs((args.shape, args.expression, args.landmarks), (out,))
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_model_build)
     bfm = model_sub.add_parser("convert-bfm", help="convert a Basel Face Model you have")
-    from morph3d.bfm import add_convert_bfm_arguments
+    from morph3d.builders.bfm import add_convert_bfm_arguments
 
     add_convert_bfm_arguments(bfm)
     bfm.set_defaults(func=cmd_model_convert_bfm)
@@ -96,11 +96,11 @@ def _optional_commands():
     """Subcommands whose modules register themselves (fit, swap, eval, ...)."""
     import importlib
 
-    for name, module in (("fit", "morph3d.commands.fit"), ("swap", "morph3d.commands.swap"),
-                         ("eval", "morph3d.commands.eval"), ("demo", "morph3d.commands.demo"),
-                         ("template", "morph3d.commands.template"),
-                         ("batch", "morph3d.commands.batch"),
-                         ("train", "morph3d.commands.train")):
+    for name, module in (("fit", "morph3d.cli.fit"), ("swap", "morph3d.cli.swap"),
+                         ("eval", "morph3d.cli.eval"), ("demo", "morph3d.cli.demo"),
+                         ("template", "morph3d.cli.template"),
+                         ("batch", "morph3d.cli.batch"),
+                         ("train", "morph3d.cli.train")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -18,7 +18,7 @@ def register(subparsers, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from morph3d.demo import run_demo
+    from morph3d.cli.demo_run import run_demo
 
     run_demo(args.out_dir, real=args.real, quiet=args.quiet)
     return 0

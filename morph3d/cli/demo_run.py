@@ -18,29 +18,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from morph3d.atomic import default_file_mode
 from morph3d.errors import InputError, Morph3dError
-from morph3d.outputs import (
+from morph3d.io.atomic import default_file_mode
+from morph3d.io.outputs import (
     check_creatable_dir,
     check_outputs,
     create_locked_temp,
     temp_path_beside,
 )
+from morph3d.io.paths import bundled_source, bundled_target_photo
 
 DEMO_FPS = 24
 DEMO_FRAMES = 48
-
-
-def bundled_source() -> Path:
-    import matplotlib.cbook
-
-    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-
-
-def bundled_target_photo() -> Path:
-    import skimage.data
-
-    return Path(skimage.data.__file__).parent / "astronaut.png"
 
 
 def animation(frames: int = DEMO_FRAMES) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -68,7 +57,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     import av
 
     from fitting.fit import fit_photo
-    from morph3d.media import read_image
+    from morph3d.io.media import read_image
     from render import render_mesh
     from render.camera import axis_angle_to_matrix
 
@@ -82,7 +71,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     ident = torch.from_numpy(fit.identity.coefficients[None])
     background = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
     # The outputs' own temporary name, locked while written: a killed demo's leftover is
-    # removed by the next run (`morph3d.outputs.remove_stale_temps`).
+    # removed by the next run (`morph3d.io.outputs.remove_stale_temps`).
     tmp = temp_path_beside(path, "part")
     lock = create_locked_temp(tmp)
     try:
@@ -144,10 +133,10 @@ def _write_tones(container, stream, seconds: float) -> None:
 
 def demo_files(out_dir: Path, real: bool = False) -> tuple[Path, Path, list[Path]]:
     """The demo's source, its target and every file it writes into `out_dir`."""
-    from morph3d.commands.fit import export_outputs
+    from morph3d.cli.fit import export_outputs
 
     if real:
-        media = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+        media = Path(__file__).resolve().parents[2].parent / "shared" / "media"
         if not media.is_dir():
             raise Morph3dError(f"`make demo-real` needs the real media folder {media}")
         return (media / "mark.jpg", media / "nggyup.mp4",
@@ -161,7 +150,7 @@ def demo_files(out_dir: Path, real: bool = False) -> tuple[Path, Path, list[Path
 
 def check_demo_paths(out_dir: Path, real: bool = False) -> tuple[Path, Path]:
     """Before any work: `out_dir` is a folder or can be created (it is, here), and no file
-    the demo writes there is one of its inputs (`morph3d.outputs.check_outputs`). Returns
+    the demo writes there is one of its inputs (`morph3d.io.outputs.check_outputs`). Returns
     the source and the target."""
     source, target, outputs = demo_files(out_dir, real)
     check_creatable_dir(out_dir, "demo output folder")
@@ -178,9 +167,10 @@ def check_demo_paths(out_dir: Path, real: bool = False) -> tuple[Path, Path]:
 
 def run_demo(out_dir: Path, real: bool = False, quiet: bool = False) -> dict:
     """Write the demo outputs into out_dir; returns the swap summary as a dict."""
-    from morph3d.export import export_fit
-    from morph3d.models import load_model
-    from morph3d.swap import SwapOptions, swap, write_summary
+    from morph3d.io.export import export_fit
+    from morph3d.model.registry import load_model
+    from morph3d.swap.driver import swap, write_summary
+    from morph3d.swap.options import SwapOptions
 
     out_dir = Path(out_dir)
     source, target = check_demo_paths(out_dir, real)

@@ -18,7 +18,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-# The files `morph3d.evaluate.write_plots` writes into the --plots folder.
+# The files `morph3d.evaluate.plots.write_plots` writes into the --plots folder.
 PLOT_FILES = ("identity.png", "expression.png", "pose.png", "trajectory.png",
               "contact_sheet.png")
 
@@ -26,7 +26,7 @@ PLOT_FILES = ("identity.png", "expression.png", "pose.png", "trajectory.png",
 def check_eval_paths(args: argparse.Namespace) -> None:
     """Check every output before minutes of analysis, not after: --json and the plot files
     must be writable and must not be any of the three inputs."""
-    from morph3d.outputs import check_outputs, check_writable_dir
+    from morph3d.io.outputs import check_outputs, check_writable_dir
 
     inputs = [Path(p) for p in (args.source, args.target, args.output)]
     for p in inputs:
@@ -45,7 +45,8 @@ def check_eval_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from morph3d.evaluate import evaluate, summary_lines, write_json
+    from morph3d.evaluate.metrics import summary_lines, write_json
+    from morph3d.evaluate.runner import evaluate
 
     check_eval_paths(args)
     result = evaluate(args.source, args.target, args.output, workers=args.workers,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from morph3d.atomic import atomic_write_text
 from morph3d.errors import InputError, Morph3dError
+from morph3d.io.atomic import atomic_write_text
 
 
 def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
@@ -44,7 +44,7 @@ def export_outputs(path: Path) -> list[Path]:
 
 def check_fit_paths(args: argparse.Namespace) -> None:
     """Everything about the paths that could only fail after the fit, checked before it."""
-    from morph3d.outputs import check_outputs
+    from morph3d.io.outputs import check_outputs
 
     source = Path(args.input)
     if not source.exists():
@@ -55,19 +55,19 @@ def check_fit_paths(args: argparse.Namespace) -> None:
                                   for p in (args.json, args.save, args.preview)]
     if args.export:
         try:
-            from morph3d.export import SUFFIXES
+            from morph3d.io.export import SUFFIXES
         except ModuleNotFoundError as exc:
-            if exc.name != "morph3d.export":
+            if exc.name != "morph3d.io.export":
                 raise
             raise Morph3dError("mesh export is not available in this build "
-                               "(morph3d.export is missing)") from None
+                               "(morph3d.io.export is missing)") from None
         export = Path(args.export)
         if export.suffix.lower() not in SUFFIXES:
             raise InputError(f"cannot export '{export.name}': use a "
                                f"{', '.join(SUFFIXES)} file name")
         outputs += export_outputs(export)
     if args.preview:
-        from morph3d.media import is_image_path
+        from morph3d.io.media import is_image_path
 
         if not is_image_path(args.preview):
             raise InputError(f"--preview must be an image file name (.png, .jpg, ...): "
@@ -78,8 +78,8 @@ def check_fit_paths(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from fitting.fit import fit_photo, fit_summary
-    from morph3d.media import is_image_path, probe_video, read_image
-    from morph3d.models import load_model
+    from morph3d.io.media import is_image_path, probe_video, read_image
+    from morph3d.model.registry import load_model
 
     check_fit_paths(args)
     source = Path(args.input)
@@ -90,7 +90,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         fit = fit_photo(str(source), model, backend=args.backend, photometric=photometric)
     else:
         from fitting.video import fit_video
-        from morph3d.media import iter_frames
+        from morph3d.io.media import iter_frames
 
         probe_video(source)  # InputError for non-media files
         fit = fit_video(source, model, backend=args.backend, max_frames=args.max_frames,
@@ -103,12 +103,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         fit.save(args.save)
     if args.export:
         try:
-            from morph3d.export import export_fit
+            from morph3d.io.export import export_fit
         except ModuleNotFoundError as exc:
-            if exc.name != "morph3d.export":
+            if exc.name != "morph3d.io.export":
                 raise
             raise Morph3dError("mesh export is not available in this build "
-                               "(morph3d.export is missing)") from None
+                               "(morph3d.io.export is missing)") from None
         export_fit(fit, model, args.export)
     if args.preview:
         write_preview(args.preview, frame0, fit, model)
@@ -128,7 +128,7 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame:
     import torch
 
     from fitting.fit import projected_landmarks, vertex_positions
-    from morph3d.media import write_image
+    from morph3d.io.media import write_image
     from render.helpers import render_mesh
 
     img = np.asarray(image)

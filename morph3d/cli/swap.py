@@ -54,7 +54,8 @@ def positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from morph3d.devices import check_device
-    from morph3d.swap import SwapOptions, check_paths, swap, write_summary
+    from morph3d.swap.driver import swap, write_summary
+    from morph3d.swap.options import SwapOptions, check_paths
 
     # Everything that could fail late is found out now, not after the whole run: every
     # output (the summary too, which is written after the swap) and the device.

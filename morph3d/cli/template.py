@@ -37,10 +37,10 @@ def register(subparsers, name: str) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from morph3d.errors import InputError
-    from morph3d.outputs import check_creatable_dir, check_outputs
-    from morph3d.paths import cache_dir
-    from morph3d.swap import SwapOptions
-    from morph3d.template import build_template, parse_target_face
+    from morph3d.io.outputs import check_creatable_dir, check_outputs
+    from morph3d.io.paths import cache_dir
+    from morph3d.swap.options import SwapOptions
+    from morph3d.swap.template import build_template, parse_target_face
 
     # Before the clip is fitted: the template may be neither the clip nor the reference
     # photo, its folder must exist and be writable, and so must the work folder.
@@ -63,7 +63,7 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from morph3d.template import open_template
+    from morph3d.swap.template import open_template
 
     template = open_template(args.template)
     m = template.manifest

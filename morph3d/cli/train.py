@@ -68,7 +68,7 @@ def check_train_outputs(data: Path, out: Path, checkpoint: Path,
     """Before any training: the weights, their manifest and the checkpoint are three
     different files, none of them a file of --data, each in a writable folder (the cache's
     folders, used by default, are created on first use)."""
-    from morph3d.outputs import check_creatable_dir, check_outputs
+    from morph3d.io.outputs import check_creatable_dir, check_outputs
 
     if not data.is_dir():
         raise Morph3dError(f"--data is not a folder: {data}")
@@ -84,7 +84,7 @@ def check_train_outputs(data: Path, out: Path, checkpoint: Path,
 
 def add_train_sr_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `morph3d train sr` (shared with tools/train_sr.py)."""
-    from morph3d.refine import DEFAULT_EXCLUDE, DEFAULT_HOLDOUT
+    from morph3d.neural.training.refine import DEFAULT_EXCLUDE, DEFAULT_HOLDOUT
 
     add_common_train_arguments(parser, name="sr", steps=6000, checkpoint_every=200, threads=2,
                                threads_help="torch CPU threads", holdout=DEFAULT_HOLDOUT,
@@ -95,8 +95,8 @@ def add_train_sr_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace):
-    """argparse namespace -> `morph3d.refine.TrainOptions`."""
-    from morph3d import refine
+    """argparse namespace -> `morph3d.neural.training.refine.TrainOptions`."""
+    from morph3d.neural.training import refine
 
     try:
         scales = tuple(sorted({int(s) for s in str(args.scales).split(",") if s.strip()}))
@@ -108,7 +108,7 @@ def options_from_args(args: argparse.Namespace):
 
 
 def cmd_train_sr(args: argparse.Namespace) -> int:
-    from morph3d.refine import train_super_resolver
+    from morph3d.neural.training.refine import train_super_resolver
 
     train_super_resolver(options_from_args(args))
     return 0
@@ -116,7 +116,7 @@ def cmd_train_sr(args: argparse.Namespace) -> int:
 
 def add_train_completion_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `morph3d train completion` (shared with tools/train_completion.py)."""
-    from morph3d.completion_net import DEFAULT_EXCLUDE, DEFAULT_HOLDOUT
+    from morph3d.neural.training.completion import DEFAULT_EXCLUDE, DEFAULT_HOLDOUT
 
     add_common_train_arguments(
         parser, name="completion", steps=2000, checkpoint_every=100, threads=1,
@@ -132,8 +132,8 @@ def add_train_completion_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def completion_options_from_args(args: argparse.Namespace):
-    """argparse namespace -> `morph3d.completion_net.CompletionTrainOptions`."""
-    from morph3d import completion_net
+    """argparse namespace -> `morph3d.neural.training.completion.CompletionTrainOptions`."""
+    from morph3d.neural.training import completion as completion_net
 
     common = common_options(args, completion_net)
     if args.batch < 1 or args.masks < 1 or args.frame_step < 1:
@@ -146,7 +146,7 @@ def completion_options_from_args(args: argparse.Namespace):
 
 
 def cmd_train_completion(args: argparse.Namespace) -> int:
-    from morph3d.completion_net import train_completion
+    from morph3d.neural.training.completion import train_completion
 
     if not Path(args.data).is_dir():
         raise Morph3dError(f"--data is not a folder: {args.data}")

@@ -3,7 +3,7 @@
 Every file morph3d writes goes through `atomic_write`: a temporary file in the target's
 folder, renamed over the target once complete (a crash leaves no half-written output).
 The temporary file is locked while it is written, so that a later run can tell a dead
-run's leftover from a live one (`morph3d.outputs.remove_stale_temps`).
+run's leftover from a live one (`morph3d.io.outputs.remove_stale_temps`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-from morph3d.outputs import atomic_temp_prefix, lock_temp
+from morph3d.io.outputs import atomic_temp_prefix, lock_temp
 
 
 def default_file_mode() -> int:
@@ -32,7 +32,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, parents: bool = T
 
     The file gets the usual permissions (0666 less the umask), not mkstemp's 0600.
     `parents` creates missing folders, for morph3d's own caches; files the user named are
-    checked first by `morph3d.outputs.check_outputs`, which refuses a missing folder, and
+    checked first by `morph3d.io.outputs.check_outputs`, which refuses a missing folder, and
     are written with ``parents=False``.
     """
     path = Path(path)

@@ -51,9 +51,9 @@ import numpy as np
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
-from morph3d.atomic import default_file_mode
 from morph3d.errors import InputError, Morph3dError
-from morph3d.model import ModelData
+from morph3d.io.atomic import default_file_mode
+from morph3d.model.model import ModelData
 
 SUFFIXES = (".glb", ".obj", ".ply")
 OPENCV_TO_SCENE = np.diag([1.0, -1.0, -1.0])  # OpenCV camera (y down, z forward) -> y up
@@ -265,7 +265,7 @@ def _model_data(model: Any) -> ModelData:
     if isinstance(getattr(model, "data", None), ModelData):
         return model.data
     if isinstance(model, str | os.PathLike):
-        from morph3d.models import load_model_data
+        from morph3d.model.registry import load_model_data
 
         return load_model_data(str(model))
     raise TypeError(f"expected a MorphableModel, ModelData or model name, got {type(model)}")

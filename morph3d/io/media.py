@@ -44,13 +44,8 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from morph3d import __version__
 from morph3d.errors import InputError, Morph3dError
-from morph3d.limits import check_image_size, too_large
-from morph3d.outputs import (
-    check_writable_dir,
-    create_locked_temp,
-    same_file,
-    temp_path_beside,
-)
+from morph3d.io.limits import check_image_size, too_large
+from morph3d.io.outputs import check_writable_dir, create_locked_temp, same_file, temp_path_beside
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +98,7 @@ def _input_file(path: PathLike, what: str) -> Path:
 
 def _output_file(path: PathLike, what: str) -> Path:
     """Check that `path` can be created: not a folder, in an existing writable folder
-    (the one guard, `morph3d.outputs`, with this module's wording)."""
+    (the one guard, `morph3d.io.outputs`, with this module's wording)."""
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{what} path is a directory: {p}")
@@ -188,7 +183,7 @@ def _to_rgb_uint8(img: Image.Image) -> np.ndarray:
 @contextmanager
 def _open_image(p: Path) -> Iterator[Image.Image]:
     """Pillow's image `p`, opened from its header only and refused in one line when it is
-    over `morph3d.limits.MAX_IMAGE_PIXELS`, before any pixel is decoded; errors raised in
+    over `morph3d.io.limits.MAX_IMAGE_PIXELS`, before any pixel is decoded; errors raised in
     the block (decoding included) become `InputError`s naming `p`.
 
     Pillow's own decompression-bomb warning is silenced: this limit has already decided,

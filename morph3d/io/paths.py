@@ -1,5 +1,5 @@
 """Where morph3d keeps files it builds (one cache directory, overridable by MORPH3D_CACHE),
-and how it names file contents (SHA-256)."""
+how it names file contents (SHA-256), and where the bundled sample images are."""
 
 from __future__ import annotations
 
@@ -29,3 +29,18 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# The demo's inputs (and extra training photos): images that ship inside installed packages.
+
+
+def bundled_source() -> Path:
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def bundled_target_photo() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent / "astronaut.png"

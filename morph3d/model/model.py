@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from morph3d.atomic import atomic_write
 from morph3d.errors import ModelError
+from morph3d.io.atomic import atomic_write
 
 FORMAT_VERSION = 1
 LANDMARK_SCHEMES = ("ibug68", "mediapipe478")
@@ -362,12 +362,6 @@ class MorphableModel(torch.nn.Module):
         from render import vertex_normals
 
         return vertex_normals(vertices, self.triangles)
-
-    def subdivided(self) -> MorphableModel:
-        """A denser copy (one subdivision step) with the same parameters and landmarks."""
-        from morph3d.subdivision import subdivide_model
-
-        return MorphableModel(subdivide_model(self.data))
 
     def info(self) -> dict[str, object]:
         return {

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from morph3d.builders.head import BUILD_VERSION
 from morph3d.errors import ModelError
-from morph3d.head_builder import BUILD_VERSION
-from morph3d.model import FORMAT_VERSION, ModelData, MorphableModel
-from morph3d.paths import models_dir
+from morph3d.io.paths import models_dir
+from morph3d.model.model import FORMAT_VERSION, ModelData, MorphableModel
+from morph3d.model.subdivision import subdivide_model
 
 MODEL_NAMES = ("default", "bfm")
 # flock excludes other processes; threads of one process share the lock file's owner, so
@@ -88,7 +89,7 @@ def build_once(path: Path, build: Callable[[Path], None], what: str,
 
 
 def _build_default(path: Path, log: Callable[[str], None]) -> None:
-    from morph3d.head_builder import build_head_model
+    from morph3d.builders.head import build_head_model
 
     build_head_model(log=log).save(path)
 
@@ -172,5 +173,6 @@ def load_model_data(name: str = "default") -> ModelData:
 
 def load_model(name: str = "default", subdivided: bool = False) -> MorphableModel:
     """The named model as a torch module (CPU; move it with `.to(device)`)."""
-    model = MorphableModel(load_model_data(name))
-    return model.subdivided() if subdivided else model
+    data = load_model_data(name)
+    # A denser copy (one subdivision step) with the same parameters and landmarks.
+    return MorphableModel(subdivide_model(data) if subdivided else data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import sparse
 
-from morph3d.model import ModelData, SurfacePoints
+from morph3d.model.model import ModelData, SurfacePoints
 
 
 def _edge_table(triangles: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -5,7 +5,7 @@ cheek of a turned head, under the chin, behind the ears) must be filled before t
 is rendered in other poses. `complete_uv_texture` does it in three classical steps:
 
 1. Mirror: a face is nearly left/right symmetric, and in our UV atlas the skin is laid out
-   symmetric around u = 0.5 (`morph3d.head_builder.head_uv_layout`, skin rows v in
+   symmetric around u = 0.5 (`morph3d.builders.head.head_uv_layout`, skin rows v in
    [0.14, 1]), so an unseen texel takes its mirror texel's colour when that one was seen.
 2. Inpaint what neither side saw: a confidence-weighted pull-push (multi-scale normalised
    averaging over a Gaussian pyramid; smooth and fast) or OpenCV's Telea inpainting, run
@@ -13,7 +13,7 @@ is rendered in other poses. `complete_uv_texture` does it in three classical ste
 3. Feather the seam: the confidence is softened just inside the visible boundary, so the
    photo's texels fade into the filled ones over a few texels instead of a hard step.
 
-The learned completion (`morph3d.completion_net`, used by the swap when its weights load)
+The learned completion (`morph3d.neural.completion`, used by the swap when its weights load)
 starts from this result and corrects the colours of the texels the photo did not see.
 
 Textures follow the renderer's convention: row 0 is v = 1, texel (i, j) centred at
@@ -31,7 +31,7 @@ import numpy as np
 
 from morph3d.errors import InputError
 
-SKIN_V_RANGE = (0.14, 1.0)  # same as morph3d.head_builder.SKIN_V_RANGE
+SKIN_V_RANGE = (0.14, 1.0)  # same as morph3d.builders.head.SKIN_V_RANGE
 
 MirrorSpec = np.ndarray | Callable[[np.ndarray], np.ndarray] | None
 

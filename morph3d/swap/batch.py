@@ -59,15 +59,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from morph3d.atomic import atomic_write, atomic_write_bytes, atomic_write_text
 from morph3d.errors import InputError, Morph3dError
-from morph3d.outputs import (
-    check_creatable_dir,
-    check_outputs,
-    check_writable_dir,
-    same_file,
-)
-from morph3d.paths import sha256_file
+from morph3d.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
+from morph3d.io.outputs import check_creatable_dir, check_outputs, check_writable_dir, same_file
+from morph3d.io.paths import sha256_file
 
 STATE_DIR = ".morph3d-batch"  # per-output sidecars (checksum + job key) inside out_dir
 LOG_DIR = "logs"
@@ -94,7 +89,7 @@ _PATH_OPTIONS = ("target_face_ref",)
 
 
 def _target_face(value: str) -> str:
-    from morph3d.template import parse_target_face
+    from morph3d.swap.template import parse_target_face
 
     return parse_target_face(value)
 
@@ -213,7 +208,7 @@ def parse_options(text: str, base: Path) -> dict[str, str]:
 
 
 def _check_row(job: Job) -> None:
-    from morph3d.media import is_image_path
+    from morph3d.io.media import is_image_path
 
     name = job.output
     if not name or "/" in name or "\\" in name or name.startswith(".") or name in ("..",):
@@ -229,7 +224,7 @@ def _check_row(job: Job) -> None:
 
 def swap_options(job: Job, work_dir: Path | None, device: str | None = None):
     """The job's `SwapOptions` (quiet; fits cached in the batch's work dir)."""
-    from morph3d.swap import SwapOptions
+    from morph3d.swap.options import SwapOptions
 
     kwargs: dict[str, Any] = {"quiet": True, "work_dir": work_dir}
     if device:
@@ -430,7 +425,7 @@ def _init_worker() -> None:
         os.environ[var] = "1"
     import torch
 
-    import morph3d.swap  # noqa: F401  (the heavy imports, once per worker, not per job)
+    import morph3d.swap.driver  # noqa: F401  (the heavy imports, once per worker, not per job)
 
     torch.set_num_threads(1)
 
@@ -440,7 +435,7 @@ def run_job(job: dict[str, Any], output: Path, log_path: Path, work_dir: Path | 
     """Run one swap; never raises for a failed job (returns status and error instead)."""
     import contextlib
 
-    from morph3d.swap import swap
+    from morph3d.swap.driver import swap
 
     job_obj = Job(row=job["row"], sources=[Path(s) for s in job["sources"]],
                   target=Path(job["target"]), output=job["output"], options=job["options"])

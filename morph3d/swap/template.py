@@ -35,9 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from morph3d import __version__
-from morph3d.atomic import atomic_write
 from morph3d.errors import InputError
-from morph3d.paths import sha256_file
+from morph3d.io.atomic import atomic_write
+from morph3d.io.paths import sha256_file
+from morph3d.swap.cache import model_signature
 
 TEMPLATE_FORMAT = "morph3d.template"
 TEMPLATE_VERSION = 1
@@ -71,14 +72,6 @@ class Template:
                 f"swap with --model {want['name']} or rebuild the template")
 
 
-def model_signature(model) -> dict[str, Any]:
-    """What must match between a template's fit and the swap's model."""
-    info = model.info()
-    return {"name": str(info["name"]), "build": str(info.get("meta.build", "")),
-            "vertices": int(info["vertices"]),
-            "identity_components": int(info["identity_components"]),
-            "expression_components": int(info["expression_components"])}
-
 
 def is_template(path: str | os.PathLike) -> bool:
     """True for a `.m3dt` name or a file that starts like a zip archive (videos never do)."""
@@ -101,13 +94,14 @@ def build_template(clip: str | os.PathLike, output: str | os.PathLike, options=N
                    embed_clip: bool = True) -> dict[str, Any]:
     """Detect, track and fit the clip's face (the swap's stages 1-3) and write a template.
 
-    `options` (a `morph3d.swap.SwapOptions`) supplies the face selection, model, backend,
+    `options` (a `morph3d.swap.options.SwapOptions`) supplies the face selection, model, backend,
     frame limit and work directory (fits are cached there as for a swap). Returns the
     manifest.
     """
-    from morph3d.media import probe_video
-    from morph3d.models import load_model
-    from morph3d.swap import SwapOptions, SwapSummary, fit_clip
+    from morph3d.io.media import probe_video
+    from morph3d.model.registry import load_model
+    from morph3d.swap.fits import fit_clip
+    from morph3d.swap.options import SwapOptions, SwapSummary
 
     options = options or SwapOptions()
     clip, output = Path(clip), Path(output)
@@ -266,7 +260,7 @@ def open_template(path: str | os.PathLike, work_dir: str | os.PathLike | None = 
     An embedded clip is extracted once into `work_dir/templates/` (named by its hash, written
     atomically after its hash is checked) and reused by later swaps.
     """
-    from morph3d.paths import cache_dir
+    from morph3d.io.paths import cache_dir
 
     path = Path(path)
     manifest = read_manifest(path)
@@ -352,7 +346,7 @@ def _referenced_clip(path: Path, clip_info: dict) -> Path:
 
 
 def template_for_swap(path: Path, options):
-    """Open a template for `morph3d.swap.swap`: returns (template, options adjusted).
+    """Open a template for `morph3d.swap.driver.swap`: returns (template, options adjusted).
 
     The face was chosen when the template was built, so the face-selection options are
     ignored (with a note); the frame limit is clamped to the frames the template fitted.

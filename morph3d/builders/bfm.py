@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from morph3d.errors import ModelError
-from morph3d.model import REGIONS, ModelData, SurfacePoints
-from morph3d.paths import models_dir
+from morph3d.io.paths import models_dir
+from morph3d.model.model import REGIONS, ModelData, SurfacePoints
 
 MODEL_NAME = "bfm"
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -1,0 +1,393 @@
+"""The face's alpha mask: landmark geometry, the face region with a Gaussian edge scaled
+by the inter-ocular distance, and its width adapted to the actor's face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from scipy.special import ndtr
+
+from fitting.landmark_maps import ibug68_from_mediapipe478
+from morph3d.errors import InputError
+
+Landmarks = Mapping[str, np.ndarray] | np.ndarray
+
+# Ordered contours of the mediapipe 478-point mesh (checked against mediapipe's connection
+# sets). "image-left" is the subject's right.
+MP_EYE_IMAGE_LEFT = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
+MP_EYE_IMAGE_RIGHT = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387,
+                      388, 466)
+MP_INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82,
+                 81, 80, 191)
+
+# Region masks (rendered from the model) that are expected not to look like skin.
+NON_SKIN_REGIONS = ("eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
+
+_EDGE_EPS = 0.01  # Gaussian edges are rescaled so that they reach exactly 0 and 1
+_ALPHA_FLOOR = 1.0 / 1024.0  # alphas below this are zero (no visible change in 8 or 10 bits)
+
+
+# --------------------------------------------------------------------------------------------
+# Landmark geometry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FaceGeometry:
+    """One face's landmarks in pixels, with the derived measures the masks need.
+
+    `ibug` is always there (derived from the mesh when only mediapipe478 was given); `mesh`
+    (mediapipe478) is used, when present, for finer eye and inner-lip contours.
+    """
+
+    ibug: np.ndarray  # (68, 2) float64
+    mesh: np.ndarray | None = None  # (478, 2) float64
+
+    @classmethod
+    def from_landmarks(cls, landmarks: Landmarks | FaceGeometry) -> FaceGeometry:
+        if isinstance(landmarks, FaceGeometry):
+            return landmarks
+        if not isinstance(landmarks, Mapping):
+            points = np.asarray(landmarks, np.float64)
+            points = points.reshape(points.shape[-2:]) if points.ndim == 3 else points
+            if points.shape == (68, 2):
+                landmarks = {"ibug68": points}
+            elif points.shape == (478, 2):
+                landmarks = {"mediapipe478": points}
+            else:
+                raise InputError(f"expected (68, 2) or (478, 2) landmarks, got {points.shape}")
+        mesh = landmarks.get("mediapipe478")
+        if mesh is not None:
+            mesh = np.asarray(mesh, np.float64).reshape(478, -1)[:, :2]
+        ibug = landmarks.get("ibug68")
+        if ibug is not None:
+            ibug = np.asarray(ibug, np.float64).reshape(68, -1)[:, :2]
+        elif mesh is not None:
+            ibug = ibug68_from_mediapipe478(mesh)
+        else:
+            raise InputError("landmarks need an 'ibug68' or 'mediapipe478' entry")
+        if not np.isfinite(ibug).all() or (mesh is not None and not np.isfinite(mesh).all()):
+            raise InputError("landmarks contain NaN or infinite values")
+        return cls(ibug=ibug, mesh=mesh)
+
+    def shifted(self, offset: np.ndarray) -> FaceGeometry:
+        """The same face with every point moved by `offset` (x, y) pixels."""
+        offset = np.asarray(offset, np.float64)
+        return FaceGeometry(self.ibug + offset, None if self.mesh is None else self.mesh + offset)
+
+    @property
+    def eye_contours(self) -> tuple[np.ndarray, np.ndarray]:
+        """Closed contours of the image-left and image-right eye openings."""
+        if self.mesh is not None:
+            return self.mesh[list(MP_EYE_IMAGE_LEFT)], self.mesh[list(MP_EYE_IMAGE_RIGHT)]
+        return self.ibug[36:42], self.ibug[42:48]
+
+    @property
+    def eye_centres(self) -> np.ndarray:
+        """(2, 2): centres of the image-left and image-right eyes."""
+        return np.stack([self.ibug[36:42].mean(0), self.ibug[42:48].mean(0)])
+
+    @property
+    def iod(self) -> float:
+        """Inter-ocular distance (eye centre to eye centre) in pixels: the face's size unit."""
+        left, right = self.eye_centres
+        return max(float(np.linalg.norm(right - left)), 1.0)
+
+    @property
+    def x_axis(self) -> np.ndarray:
+        """Unit vector from the image-left eye to the image-right eye."""
+        left, right = self.eye_centres
+        d = right - left
+        return d / max(float(np.linalg.norm(d)), 1e-9)
+
+    @property
+    def up(self) -> np.ndarray:
+        """Unit vector towards the top of the head (perpendicular to the eye line)."""
+        x = self.x_axis
+        up = np.array([x[1], -x[0]])
+        if np.dot(up, self.eye_centres.mean(0) - self.ibug[48:60].mean(0)) < 0:
+            up = -up
+        return up
+
+    @property
+    def jaw(self) -> np.ndarray:
+        return self.ibug[0:17]
+
+    @property
+    def brows(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ibug[17:22], self.ibug[22:27]
+
+    @property
+    def inner_lip(self) -> np.ndarray:
+        return self.mesh[list(MP_INNER_LIPS)] if self.mesh is not None else self.ibug[60:68]
+
+    @property
+    def outer_lip(self) -> np.ndarray:
+        return self.ibug[48:60]
+
+    @property
+    def mouth_width(self) -> float:
+        return max(float(np.linalg.norm(self.ibug[54] - self.ibug[48])), 1.0)
+
+    @property
+    def mouth_opening(self) -> float:
+        """Gap between the inner lips at the middle, in pixels."""
+        if self.mesh is not None:
+            return float(np.linalg.norm(self.mesh[14] - self.mesh[13]))
+        return float(np.linalg.norm(self.ibug[66] - self.ibug[62]))
+
+    def width_along(self, axis: np.ndarray) -> float:
+        """Extent of the jaw outline along `axis` (a unit vector), in pixels."""
+        proj = self.jaw @ axis
+        return float(proj.max() - proj.min())
+
+    def face_polygon(self, forehead_margin: float) -> np.ndarray:
+        """Convex outline of the face: the jaw, and the brows lifted by `forehead_margin` IOD.
+
+        The jaw excludes the neck below it and the ears beside it; the lifted brows cut off
+        the hair area while keeping a band of forehead above the brows.
+        """
+        lift = self.up * (forehead_margin * self.iod)
+        points = np.concatenate([self.jaw, self.ibug[17:27] + lift])
+        return cv2.convexHull(points.astype(np.float32)).reshape(-1, 2)
+
+    def central_skin_polygon(self) -> np.ndarray:
+        """Cheeks, nose, upper lip and chin: the part of the face least likely to be hair."""
+        nose = self.ibug[30]
+        cheeks = nose + 0.65 * (self.ibug[2:15] - nose)
+        under_eyes = np.concatenate([self.ibug[[40, 41]], self.ibug[[46, 47]]])
+        under_eyes = under_eyes - self.up * (0.12 * self.iod)
+        return cv2.convexHull(np.concatenate([cheeks, under_eyes]).astype(np.float32))
+
+
+def face_geometry(landmarks: Landmarks | FaceGeometry) -> FaceGeometry:
+    """`FaceGeometry.from_landmarks`, for callers holding a dict or an array."""
+    return FaceGeometry.from_landmarks(landmarks)
+
+
+# --------------------------------------------------------------------------------------------
+# Small mask helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _fill_polygon(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
+    """Bool mask of a polygon with sub-pixel vertices (fixed-point, 4 fractional bits)."""
+    out = np.zeros(shape, np.uint8)
+    pts = np.round(np.asarray(polygon, np.float64).reshape(-1, 1, 2) * 16).astype(np.int32)
+    cv2.fillPoly(out, [pts], 1, lineType=cv2.LINE_8, shift=4)
+    return out.astype(bool)
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = max(int(round(radius)), 0)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    if radius < 0.5:
+        return mask.astype(bool)
+    return cv2.dilate(mask.astype(np.uint8), _disk(radius)).astype(bool)
+
+
+def _signed_distance(hard: np.ndarray) -> np.ndarray:
+    """Distance to the mask boundary in pixels: positive inside, negative outside (5 x 5
+    chamfer approximation of L2, within 2 %)."""
+    hard = hard.astype(np.uint8)
+    if not hard.any():
+        return np.full(hard.shape, -1e6, np.float32)
+    if hard.all():
+        return np.full(hard.shape, 1e6, np.float32)
+    inside = cv2.distanceTransform(hard, cv2.DIST_L2, cv2.DIST_MASK_5)
+    outside = cv2.distanceTransform(1 - hard, cv2.DIST_L2, cv2.DIST_MASK_5)
+    return np.where(hard > 0, inside - 0.5, 0.5 - outside).astype(np.float32)
+
+
+_EDGE_Z = 2.33  # ndtr(2.33) = 0.99: where the rescaled edge reaches exactly 0 and 1
+
+
+def _gaussian_edge(distance: np.ndarray, centre: float, sigma: float) -> np.ndarray:
+    """The profile a Gaussian blur of sigma gives a straight edge at `centre`, rescaled so it
+    is exactly 0 below centre - 2.33 sigma and exactly 1 above centre + 2.33 sigma."""
+    z = (distance - centre) / max(sigma, 1e-3)
+    out = (z >= _EDGE_Z).astype(np.float32)
+    band = np.abs(z) < _EDGE_Z
+    edge = (ndtr(z[band]) - _EDGE_EPS) / (1.0 - 2.0 * _EDGE_EPS)
+    out[band] = np.clip(edge, 0.0, 1.0)
+    return out
+
+
+def _feather(hard: np.ndarray, centre: float, sigma: float) -> np.ndarray:
+    """`_gaussian_edge` of a bool mask's signed distance, computed only in the mask's
+    bounding box grown by the edge's reach (eyes and mouth are small next to a frame)."""
+    hard = np.asarray(hard, bool)
+    out = np.zeros(hard.shape, np.float32)
+    mask8 = hard.astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(mask8)
+    if w == 0 or h == 0:
+        return out
+    pad = int(np.ceil(max(0.0, -centre) + _EDGE_Z * sigma + 2))
+    y0, x0 = max(y - pad, 0), max(x - pad, 0)
+    y1, x1 = min(y + h + pad, hard.shape[0]), min(x + w + pad, hard.shape[1])
+    out[y0:y1, x0:x1] = _gaussian_edge(_signed_distance(mask8[y0:y1, x0:x1]), centre, sigma)
+    return out
+
+
+def _clean_alpha(alpha: np.ndarray) -> np.ndarray:
+    alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+    alpha[alpha < _ALPHA_FLOOR] = 0.0
+    alpha[alpha > 1.0 - _ALPHA_FLOOR] = 1.0
+    return alpha
+
+
+def _check_image(name: str, image: np.ndarray, shape: tuple[int, int] | None = None
+                 ) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InputError(f"{name} must be H x W x 3, got {image.shape}")
+    if shape is not None and image.shape[:2] != shape:
+        raise InputError(f"{name} is {image.shape[:2]}, expected {shape}")
+    return image.astype(np.float32, copy=False)
+
+
+def _check_mask(name: str, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.shape != shape:
+        raise InputError(f"{name} is {mask.shape}, expected {shape}")
+    return mask.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# 1-2. Face mask, landmark-adaptive
+# --------------------------------------------------------------------------------------------
+
+
+def face_region(shape: tuple[int, int], landmarks: Landmarks | FaceGeometry,
+                forehead_margin: float = 0.35) -> np.ndarray:
+    """Bool H x W: inside the jaw line and below the brows lifted by `forehead_margin` IOD."""
+    return _fill_polygon(shape, face_geometry(landmarks).face_polygon(forehead_margin))
+
+
+def face_mask(coverage: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
+              forehead_margin: float = 0.35, feather: float = 0.05, inset: float = 2.5,
+              grow_px: float = 0.0, extra_sigma_px: float = 0.0,
+              region: np.ndarray | None = None) -> np.ndarray:
+    """Blend alpha of the rendered face, limited to the face region, with a Gaussian edge.
+
+    coverage: H x W render coverage; landmarks: the swapped face's projected landmarks.
+    The edge has sigma = `feather` IOD (+ `extra_sigma_px`), so it looks the same at every
+    face size; its 50 % line sits `inset` sigmas inside the region (minus `grow_px`), so
+    alpha reaches zero at the region's boundary and never shows the render's rim. Alpha is
+    also multiplied by the coverage, so it is exactly 0 wherever the render is absent.
+    """
+    coverage = np.clip(np.asarray(coverage, np.float32), 0.0, 1.0)
+    geometry = face_geometry(landmarks)
+    if region is None:
+        region = face_region(coverage.shape, geometry, forehead_margin)
+    hard = region & (coverage >= 0.5)
+    sigma = feather * geometry.iod + extra_sigma_px
+    alpha = _feather(hard, inset * sigma - grow_px, sigma)
+    return _clean_alpha(alpha * coverage)
+
+
+@dataclass
+class MaskReport:
+    """How `adaptive_face_mask` changed the mask: width_ratio = swapped / actor face width
+    (along the eye line); grow_px / shrink_px move the mask edge; feather_px is its sigma."""
+
+    width_ratio: float
+    grow_px: float
+    shrink_px: float
+    feather_px: float
+
+
+def face_width_ratio(swapped: Landmarks | FaceGeometry, actor: Landmarks | FaceGeometry
+                     ) -> float:
+    """Width of the swapped face's jaw outline over the actor's, measured along the actor's
+    eye line (so head roll does not count)."""
+    swapped, actor = face_geometry(swapped), face_geometry(actor)
+    axis = actor.x_axis
+    return swapped.width_along(axis) / max(actor.width_along(axis), 1.0)
+
+
+def adaptive_face_mask(coverage: np.ndarray, swapped_landmarks: Landmarks | FaceGeometry,
+                       actor_landmarks: Landmarks | FaceGeometry, *,
+                       forehead_margin: float = 0.35, feather: float = 0.05,
+                       inset: float = 2.5, tolerance: float = 0.01, shrink_gain: float = 1.0,
+                       blur_gain: float = 0.5, max_shrink: float = 0.25,
+                       width_ratio: float | None = None) -> tuple[np.ndarray, MaskReport]:
+    """`face_mask` adapted to the difference in face width between the two faces.
+
+    Wider swapped face: the mask's edge moves out by the width difference per side, up to
+    the inset (`grow_px`), so the mask is fully on over the actor's outline and the new,
+    wider outline (the render's own anti-aliased silhouette, via the coverage) replaces the
+    actor's instead of fading into it. Narrower swapped face: the edge moves in by the width
+    difference per side (`shrink_px`, at most `max_shrink` IOD) and is blurred more, so the
+    swapped face's own outline dissolves inside the actor's wider cheeks instead of drawing a
+    second jaw line. `width_ratio` overrides the measured ratio (the compositor passes a
+    time-smoothed one).
+    """
+    swapped, actor = face_geometry(swapped_landmarks), face_geometry(actor_landmarks)
+    coverage = np.asarray(coverage, np.float32)
+    if width_ratio is None:
+        width_ratio = face_width_ratio(swapped, actor)
+    actor_width = actor.width_along(actor.x_axis)
+    per_side_px = 0.5 * (width_ratio - 1.0) * actor_width
+    sigma = feather * swapped.iod
+    grow = shrink = extra_sigma = 0.0
+    if width_ratio > 1.0 + tolerance:
+        grow = min(per_side_px, inset * sigma)
+    elif width_ratio < 1.0 - tolerance:
+        shrink = min(-per_side_px * shrink_gain, max_shrink * actor.iod)
+        extra_sigma = blur_gain * shrink
+    mask = face_mask(coverage, swapped, forehead_margin=forehead_margin, feather=feather,
+                     inset=inset, grow_px=grow - shrink, extra_sigma_px=extra_sigma)
+    report = MaskReport(width_ratio=float(width_ratio), grow_px=float(grow),
+                        shrink_px=float(shrink), feather_px=float(sigma + extra_sigma))
+    return mask, report
+
+
+# --------------------------------------------------------------------------------------------
+# Expected non-skin areas (eyes, brows, lips, mouth) from landmarks and region masks
+# --------------------------------------------------------------------------------------------
+
+
+def feature_mask(shape: tuple[int, int], landmarks: Landmarks | FaceGeometry, *,
+                 margin: float = 0.06) -> np.ndarray:
+    """Bool H x W: eyes, brows, lips and nostrils from the landmarks, dilated `margin` IOD.
+
+    These are the parts of a face that are not skin-coloured by nature; the skin model and
+    the occluder detector must not count them.
+    """
+    g = face_geometry(landmarks)
+    iod = g.iod
+    out = np.zeros(shape, np.uint8)
+    for eye in g.eye_contours:
+        centre = eye.mean(0)
+        out |= _fill_polygon(shape, centre + 1.25 * (eye - centre)).astype(np.uint8)
+    for brow in g.brows:
+        pts = np.round(brow * 16).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(out, [pts], False, 1, thickness=max(int(round(0.16 * iod)), 1),
+                      lineType=cv2.LINE_8, shift=4)
+    out |= _fill_polygon(shape, g.outer_lip).astype(np.uint8)
+    nostrils = np.concatenate([g.ibug[31:36], g.ibug[[30]]])
+    out |= _fill_polygon(shape, cv2.convexHull(nostrils.astype(np.float32))).astype(np.uint8)
+    return _dilate(out, margin * iod)
+
+
+def expected_non_skin(shape: tuple[int, int], *landmarks: Landmarks | FaceGeometry,
+                      regions: Mapping[str, np.ndarray] | None = None,
+                      margin: float = 0.06) -> np.ndarray:
+    """Union of `feature_mask` for each face given and of the non-skin region masks."""
+    out = np.zeros(shape, bool)
+    for lm in landmarks:
+        out |= feature_mask(shape, lm, margin=margin)
+    for name in NON_SKIN_REGIONS:
+        if regions is not None and name in regions and regions[name] is not None:
+            out |= _check_mask(f"region '{name}'", regions[name], shape) > 0.5
+    return out

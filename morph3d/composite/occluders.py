@@ -1,0 +1,320 @@
+"""Occluders: a skin colour model of the actor's face, and the pixels in front of it (hands,
+hair, microphones) cut out of the mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from morph3d.composite.colour import rgb_to_lab, robust_stats
+from morph3d.composite.masks import (
+    _EDGE_Z,
+    FaceGeometry,
+    Landmarks,
+    _check_image,
+    _check_mask,
+    _clean_alpha,
+    _dilate,
+    _disk,
+    _feather,
+    _fill_polygon,
+    expected_non_skin,
+    face_geometry,
+    face_region,
+)
+
+# --------------------------------------------------------------------------------------------
+# 4. Occluders
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SkinModel:
+    """Gaussian of the actor's skin in YCrCb (0..255 units), fitted robustly on the central
+    face. `chroma_cov_inv` is the inverse 2 x 2 (Cr, Cb) covariance, floored."""
+
+    mean: np.ndarray  # (3,) Y, Cr, Cb
+    std_y: float
+    chroma_cov_inv: np.ndarray  # (2, 2)
+    pixels: int
+
+
+def _ycrcb(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2YCrCb) * 255.0
+
+
+def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
+                   exclude: np.ndarray | None = None, min_chroma_std: float = 2.5,
+                   min_luma_std: float = 12.0) -> SkinModel | None:
+    """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`);
+    see `skin_model_from_samples`. None when too few pixels."""
+    g = face_geometry(landmarks)
+    shape = frame.shape[:2]
+    central = _fill_polygon(shape, g.central_skin_polygon())
+    if exclude is not None:
+        central &= ~exclude
+    return skin_model_from_samples(_ycrcb(frame)[central], min_chroma_std=min_chroma_std,
+                                   min_luma_std=min_luma_std)
+
+
+def skin_model_from_samples(samples: np.ndarray, *, min_chroma_std: float = 2.5,
+                            min_luma_std: float = 12.0) -> SkinModel | None:
+    """A skin colour model from N x 3 YCrCb samples (0..255) of skin.
+
+    Trimmed Gaussian: started from the per-channel median and MAD, then four rounds of
+    dropping samples beyond the 97.5 % chi^2 quantile and refitting, so freckles, stubble
+    or a hand over part of the cheek do not widen it. Std floors keep a flat or grey face
+    from making every pixel an outlier. None when fewer than 50 samples.
+    """
+    samples = np.asarray(samples, np.float64).reshape(-1, 3)
+    if len(samples) < 50:
+        return None
+    floor = np.array([min_luma_std, min_chroma_std, min_chroma_std]) ** 2 * 0.25
+    # start from the median and MAD (robust to a third of the samples being a hand or a
+    # microphone), then refine with the full covariance of the inliers
+    mean, std = robust_stats(samples, min_std=0.5 * min_chroma_std)
+    cov = np.diag(std ** 2) + np.diag(floor)
+    keep = np.ones(len(samples), bool)
+    for _ in range(4):
+        centred = samples - mean
+        d2 = ((centred @ np.linalg.inv(cov)) * centred).sum(1)
+        new_keep = d2 < 9.35  # chi^2, 3 dof, 97.5 %
+        if new_keep.sum() < 30:
+            break
+        keep = new_keep
+        mean = samples[keep].mean(0)
+        # x 1.1: the variance a 97.5 % truncation removes from a 3-D Gaussian
+        cov = 1.1 * np.cov(samples[keep].T) + np.diag(floor)
+    chroma_cov = cov[1:, 1:] + np.eye(2) * min_chroma_std ** 2
+    std_y = float(max(np.sqrt(cov[0, 0]), min_luma_std))
+    return SkinModel(mean=mean, std_y=std_y, chroma_cov_inv=np.linalg.inv(chroma_cov),
+                     pixels=int(keep.sum()))
+
+
+def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 5.0,
+                   dark_fraction: float = 0.45) -> np.ndarray:
+    """Float H x W: how far each pixel's colour is from the skin model, in sigmas.
+
+    The score is the chroma Mahalanobis distance (Cr, Cb): blue, green or grey objects
+    against skin. Pixels much darker than skin (below both mean - `dark_sigmas` std and
+    `dark_fraction` of the mean luma: dark objects, hair) score infinity. Brighter pixels
+    whose chroma only moves from the skin's towards grey (specular highlights on the
+    forehead or nose) score 0.
+    """
+    ycc = _ycrcb(frame)
+    dc = ycc[..., 1:] - model.mean[1:].astype(np.float32)
+    inv = model.chroma_cov_inv.astype(np.float32)
+    score = np.sqrt(inv[0, 0] * dc[..., 0] ** 2 + 2.0 * inv[0, 1] * dc[..., 0] * dc[..., 1]
+                    + inv[1, 1] * dc[..., 1] ** 2)
+    # A highlight keeps the hue: its chroma lies between the skin's and grey.
+    skin_c = model.mean[1:] - 128.0
+    norm = max(float(np.linalg.norm(skin_c)), 1e-6)
+    direction = (skin_c / norm).astype(np.float32)
+    c = ycc[..., 1:] - 128.0
+    along = c @ direction
+    across = np.abs(c @ np.array([-direction[1], direction[0]], np.float32))
+    highlight = ((ycc[..., 0] > model.mean[0] + 1.0 * model.std_y) & (along > -2.0)
+                 & (along < norm + 4.0) & (across < 4.0 + 0.3 * norm))
+    dark = ((ycc[..., 0] < model.mean[0] - dark_sigmas * model.std_y)
+            & (ycc[..., 0] < dark_fraction * model.mean[0]))
+    score[highlight] = 0.0
+    score[dark] = np.inf
+    return score
+
+
+def non_skin_pixels(frame: np.ndarray, model: SkinModel, *, chroma_sigmas: float = 6.0,
+                    **options: float) -> np.ndarray:
+    """Bool H x W: `non_skin_score` above `chroma_sigmas`."""
+    return non_skin_score(frame, model, **options) > chroma_sigmas
+
+
+def render_disagreement(frame: np.ndarray, actor_render: np.ndarray, valid: np.ndarray,
+                        reference: np.ndarray, *, threshold: float = 22.0,
+                        blur_px: float = 1.5) -> np.ndarray:
+    """Bool H x W: where the actor's own fitted render does not explain the frame.
+
+    The render is first shifted by the Lab median difference on `reference` (skin pixels),
+    so a global lighting/albedo error of the fit does not count; then pixels with
+    sqrt((dL / 2)^2 + da^2 + db^2) > `threshold` inside `valid` are flagged. L counts half
+    because shading detail is what the fit gets wrong most.
+    """
+    if blur_px > 0:
+        frame = cv2.GaussianBlur(frame, (0, 0), blur_px)
+        actor_render = cv2.GaussianBlur(actor_render, (0, 0), blur_px)
+    lab_f, lab_r = rgb_to_lab(frame), rgb_to_lab(actor_render)
+    ref = reference & valid
+    if ref.sum() >= 50:
+        lab_r = lab_r + (np.median(lab_f[ref], 0) - np.median(lab_r[ref], 0)).astype(np.float32)
+    diff = (lab_f - lab_r) * np.array([0.5, 1.0, 1.0], np.float32)
+    return (np.sqrt((diff ** 2).sum(-1)) > threshold) & valid
+
+
+def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometry, *,
+                     search_region: np.ndarray | None = None,
+                     expected: np.ndarray | None = None,
+                     regions: Mapping[str, np.ndarray] | None = None,
+                     actor_render: np.ndarray | None = None,
+                     actor_coverage: np.ndarray | None = None,
+                     seed_sigmas: float = 12.0, grow_sigmas: float = 6.0,
+                     disagreement_threshold: float = 22.0,
+                     extend_region: np.ndarray | None = None, extend: float = 0.15,
+                     min_edge_contrast: float = 20.0, min_sharp_fraction: float = 0.5,
+                     min_area: float = 0.004, open_radius: float = 0.025,
+                     close_radius: float = 0.05, grow: float = 0.02) -> np.ndarray:
+    """Bool H x W: things in front of the face (hands, hair, microphones) to leave untouched.
+
+    Two cues, OR-ed. (a) Colour: blobs of pixels more than `grow_sigmas` off the actor's
+    skin model (`fit_skin_model`, `non_skin_score`) that hold pixels more than
+    `seed_sigmas` off (or much darker than skin) and have a sharp outline (`_keep_sharp`);
+    both tests are needed because coloured light and shadows change skin colour too, but
+    less and smoothly. Grey or skin-toned occluders are left to cue (b): when the caller
+    gives the render of the actor's OWN fit (`actor_render`, `actor_coverage`), pixels
+    where it disagrees with the frame (`render_disagreement`), which also catches
+    skin-coloured hands. Only pixels in `search_region` (default: the actor's face region,
+    shrunk by 0.04 IOD so the background at its rim does not count) are searched, and never
+    those expected to be non-skin (`expected`, default `expected_non_skin` of the actor's
+    landmarks and `regions`). The result is cleaned with an opening (`open_radius` IOD) and
+    a closing (`close_radius` IOD), blobs smaller than `min_area` of the search region are
+    dropped; detected occluders then grow up to `extend` IOD further into `extend_region`
+    (e.g. the blend mask beyond the actor's outline) through connected candidate pixels,
+    and are
+    grown by `grow` IOD to cover their anti-aliased rim. Thresholds of (a) were tuned on
+    the clips and photos in the shared test media; those of (b) only on synthetic scenes.
+    """
+    frame = _check_image("frame", frame)
+    shape = frame.shape[:2]
+    g = face_geometry(actor_landmarks)
+    iod = g.iod
+    if search_region is None:
+        search_region = cv2.erode(face_region(shape, g).astype(np.uint8),
+                                  _disk(0.04 * iod)).astype(bool)
+    search_region = np.asarray(search_region, bool)
+    if expected is None:
+        expected = expected_non_skin(shape, g, regions=regions)
+    min_pixels = min_area * max(int(search_region.sum()), 1)
+
+    def clean(candidates: np.ndarray) -> np.ndarray:
+        occ = (candidates & ~expected & search_region).astype(np.uint8)
+        occ = cv2.morphologyEx(occ, cv2.MORPH_OPEN, _disk(open_radius * iod))
+        occ = cv2.morphologyEx(occ, cv2.MORPH_CLOSE, _disk(close_radius * iod))
+        return _drop_small(occ.astype(bool), min_pixels)
+
+    colour_candidates = np.zeros(shape, bool)
+    occ = np.zeros(shape, bool)
+    model = fit_skin_model(frame, g, exclude=expected)
+    if model is not None:
+        score = non_skin_score(frame, model)
+        colour_candidates = score > grow_sigmas
+        blobs = clean(colour_candidates)
+        # hysteresis: a blob needs a seed that is far off skin (a coloured light moves skin
+        # colour by up to ~10 sigmas; paint, plastic and fabric usually go much further),
+        # and the seed must be a sharp blob of its own
+        ycc = _ycrcb(frame)
+        very_off = score > 2.0 * seed_sigmas
+        seeds = _keep_sharp(clean(score > seed_sigmas), ycc, very_off, search_region,
+                            expected, iod, min_edge_contrast, min_sharp_fraction)
+        count, labels = cv2.connectedComponents(blobs.astype(np.uint8), connectivity=8)
+        seeded = np.bincount(labels[seeds], minlength=count) > 0
+        seeded[0] = False
+        occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
+                          min_edge_contrast, min_sharp_fraction)
+    if actor_render is not None:
+        actor_render = _check_image("actor_render", actor_render, shape)
+        valid = (np.ones(shape, bool) if actor_coverage is None
+                 else _check_mask("actor_coverage", actor_coverage, shape) > 0.5)
+        valid = cv2.erode(valid.astype(np.uint8), _disk(0.02 * iod + 1)).astype(bool)
+        reference = _fill_polygon(shape, g.central_skin_polygon()) & ~expected
+        occ |= clean(render_disagreement(frame, actor_render, valid, reference,
+                                         threshold=disagreement_threshold))
+    if extend_region is not None and occ.any():
+        # follow an occluder a little beyond the face outline (a hand entering from the side):
+        # geodesic growth through connected candidate pixels, never into expected features
+        allowed = cv2.morphologyEx(colour_candidates.astype(np.uint8), cv2.MORPH_OPEN,
+                                   _disk(open_radius * iod)).astype(bool)
+        allowed = (allowed & np.asarray(extend_region, bool) & ~expected).astype(np.uint8)
+        grown = occ.astype(np.uint8)
+        cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+        for _ in range(int(round(extend * iod))):
+            step = cv2.dilate(grown, cross) & (allowed | grown)
+            if np.array_equal(step, grown):
+                break
+            grown = step
+        occ = grown.astype(bool)
+    return _dilate(occ, grow * iod + 1.0)
+
+
+def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
+                                                               connectivity=8)
+    keep = np.zeros(count, bool)
+    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_pixels
+    return keep[labels]
+
+
+def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
+                search_region: np.ndarray, expected: np.ndarray, iod: float,
+                min_contrast: float, min_fraction: float) -> np.ndarray:
+    """Keep the blobs whose outline inside the face is a sharp colour edge.
+
+    A coloured light (a blue rim light on one cheek) or a deep shadow changes skin colour as
+    much as an object does, but smoothly; an object in front of the face has an edge. At
+    each outline pixel the mean colour just inside the blob is compared with the mean just
+    outside, expected non-skin left out (normalised Gaussian averages, sigma 0.04 IOD, so
+    the test scales with the face); a blob stays when at least `min_fraction` of its
+    outline (away from the face border) differs by more than `min_contrast` YCrCb units
+    (luma at half weight). Blobs with too
+    little outline to judge (wedged between the face border and the brows, say) are kept if
+    they cover half the face or are mostly `very_off` (far off skin or dark, like hair).
+    """
+    occ8 = occ.astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(occ8)
+    if w == 0 or h == 0:
+        return occ
+    sigma = 0.04 * iod + 0.7
+    pad = int(np.ceil(4.0 * sigma + 2.0))
+    y0, x0 = max(y - pad, 0), max(x - pad, 0)
+    box = (slice(y0, min(y + h + pad, occ.shape[0])), slice(x0, min(x + w + pad, occ.shape[1])))
+    occ_b, region_b = occ[box], search_region[box]
+    count, labels = cv2.connectedComponents(occ8[box], connectivity=8)
+    weights = np.array([0.5, 1.0, 1.0], np.float32)
+    inner_w = cv2.GaussianBlur(occ_b.astype(np.float32), (0, 0), sigma)
+    outside = (~occ_b & region_b & ~expected[box]).astype(np.float32)
+    outer_w = cv2.GaussianBlur(outside, (0, 0), sigma)
+    ycc_b = ycc[box]
+    inner = cv2.GaussianBlur(ycc_b * occ_b[..., None], (0, 0), sigma) / np.maximum(
+        inner_w, 1e-6)[..., None]
+    outer = cv2.GaussianBlur(ycc_b * outside[..., None], (0, 0), sigma) / np.maximum(
+        outer_w, 1e-6)[..., None]
+    contrast = np.sqrt((((inner - outer) * weights) ** 2).sum(-1))
+    interior = cv2.erode(search_region.astype(np.uint8), _disk(2.0 * sigma))[box].astype(bool)
+    outline = occ_b & ~cv2.erode(occ8[box], _disk(1)).astype(bool) & interior
+    outline &= outer_w > 0.2  # skip outline along eyes, brows, mouth: nothing to compare
+    ring_labels = labels[outline]
+    ring_px = np.bincount(ring_labels, minlength=count)
+    sharp_px = np.bincount(ring_labels, weights=contrast[outline] > min_contrast,
+                           minlength=count)
+    area = np.bincount(labels.ravel(), minlength=count)
+    off_px = np.bincount(labels.ravel(), weights=very_off[box].ravel(), minlength=count)
+    region_px = max(int(search_region.sum()), 1)
+    judged = ring_px >= 8
+    keep = np.where(judged, sharp_px >= min_fraction * np.maximum(ring_px, 1),
+                    (area > 0.5 * region_px) | (off_px >= 0.5 * area))
+    keep[0] = False
+    out = np.zeros_like(occ)
+    out[box] = keep[labels]
+    return out
+
+
+def cut_occluders(mask: np.ndarray, occluders: np.ndarray, *, feather_px: float = 1.5
+                  ) -> np.ndarray:
+    """The mask with occluders removed: exactly 0 on every occluder pixel, with a short
+    Gaussian ramp (`feather_px`) outside them so the cut has no hard step."""
+    if not occluders.any():
+        return mask
+    keep_out = _feather(occluders, -_EDGE_Z * feather_px - 0.5, feather_px)
+    keep_out[occluders] = 1.0
+    return _clean_alpha(mask * (1.0 - keep_out))

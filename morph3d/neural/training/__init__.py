@@ -1,0 +1,1 @@
+"""Training of the learned nets (completion, super-resolution) and what they share."""

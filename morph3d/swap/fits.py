@@ -1,0 +1,296 @@
+"""Stages 2-4 of the swap: the clip's fit (landmarks, identity, per-frame parameters) and the
+source's fit (identity and UV albedo from the photo(s), openings and occluders hidden).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from morph3d.errors import InputError, Morph3dError
+
+if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
+    pass
+from morph3d.swap.cache import (
+    _load_npz,
+    _save_npz,
+    clip_key,
+    load_cached,
+    model_key,
+    work_directory,
+)
+from morph3d.swap.options import SOURCE_FORMAT, WORK_FORMAT, SwapOptions, SwapSummary, file_digest
+
+
+def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
+    """Which of the target's faces to take, as `fitting.video.video_landmarks` wants it (a
+    rule, or the reference photo's face embedding), and the reference photo's digest."""
+    if options.target_face_ref is None:
+        return options.target_face, None
+    from fitting.track import reference_embedding
+    from morph3d.io.media import read_image
+
+    reference = read_image(options.target_face_ref)
+    try:
+        select = reference_embedding(reference, options.backend)
+    except InputError as exc:
+        raise InputError(f"{exc} {options.target_face_ref}") from None
+    return select, file_digest(options.target_face_ref)
+
+
+def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
+    """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
+    from fitting.params import VideoFit
+    from fitting.video import fit_video, video_landmarks
+
+    select, ref_digest = face_selection(options)
+    key = clip_key(target, options, ref_digest)
+    folder = work_directory(options) / f"clip-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    landmarks_path = folder / "landmarks.npz"
+    fit_path = folder / f"fit-{model_key(model)}.npz"
+
+    t = time.perf_counter()
+    landmarks = load_cached(landmarks_path, _load_npz, "landmarks", summary)
+    if landmarks is not None:
+        summary.cached.append("landmarks")
+    else:
+        found = video_landmarks(target, options.backend, select, options.max_frames,
+                                progress=not options.quiet)
+        landmarks = on_source_timeline(target, {**found.points, "scene_cut": found.scene_cut},
+                                       options.max_frames)
+        _save_npz(landmarks_path, landmarks)
+    scene_cut = landmarks.pop("scene_cut", None)
+    summary.seconds["landmarks"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fit = load_cached(fit_path, VideoFit.load, "clip fit", summary)
+    if fit is not None:
+        summary.cached.append("fit clip")
+    else:
+        fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
+                        max_frames=options.max_frames, progress=not options.quiet,
+                        scene_cut=scene_cut)
+        fit.save(fit_path)
+    summary.seconds["fit clip"] = time.perf_counter() - t
+    return fit
+
+
+def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
+                       max_frames: int | None) -> dict[str, np.ndarray]:
+    """Landmark rows placed at their frames' indices (NaN rows for undecodable frames).
+
+    `video_landmarks` numbers rows by decoded frame, so after a corrupt frame every later
+    row would belong to a later frame than the index the fit and the render give it (the
+    face drifts by one frame per lost frame, the last frames lose their face). Only a
+    damaged clip (fewer rows than frames) pays for the second decoding pass that finds
+    which frames were lost.
+    """
+    from morph3d.io.media import iter_frames, probe_video
+
+    info = probe_video(target)
+    total = info.frame_count if max_frames is None else min(info.frame_count, max_frames)
+    rows = len(next(iter(landmarks.values())))
+    if rows >= total:
+        return landmarks
+    indices = np.array([frame.index for frame in iter_frames(target, stop=max_frames)])
+    if len(indices) != rows:
+        return landmarks  # not the same frames as the landmark pass: leave them as they are
+    length = max(total, int(indices[-1]) + 1) if len(indices) else total
+    placed = {}
+    for scheme, points in landmarks.items():
+        empty = False if points.dtype == bool else np.nan  # a lost frame starts no shot
+        full = np.full((length, *points.shape[1:]), empty, points.dtype)
+        full[indices] = points
+        placed[scheme] = full
+    return placed
+
+
+def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary,
+               first_photo: np.ndarray | None = None):
+    """Stage 4 (cached): the user's identity and completed UV albedo.
+
+    The unseen texels are filled by the learned net (`morph3d.neural.completion`) when refine
+    is "neural" or "auto" and its weights load, otherwise by the classical completion
+    (mirror + pull-push). The shipped net (trained with the swap's openings hidden) is
+    closer on hidden texels and keeps the swaps' identity (BENCHMARKS.md, Refinement); the
+    session-2 net had cost identity, so "auto" used the classical fill then. "none" also
+    uses the classical fill: an uncompleted texture has black holes wherever the photo did
+    not see the head."""
+    from fitting.faces import detect_faces_bounded
+    from fitting.fit import fit_photo
+    from fitting.params import VideoFit
+    from morph3d.io.media import read_image
+    from morph3d.neural.completion import INFERENCE_VERSION, complete_texture, load_completion_net
+
+    t = time.perf_counter()
+    completion = "classic"
+    if options.refine in ("neural", "auto"):
+        net = load_completion_net()  # warns and returns None when the weights are missing
+        if net is not None:
+            completion = (f"neural-{net.manifest.get('sha256', 'user')[:12]}"
+                          f"-v{INFERENCE_VERSION}")
+        else:
+            summary.notes.append("texture-completion weights missing: used the classical "
+                                 "completion")
+    key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
+                                   options.backend, f"w{WORK_FORMAT}", f"s{SOURCE_FORMAT}",
+                                   completion]
+                                  ).encode()).hexdigest()[:20]
+    path = work_directory(options) / f"source-{key}.npz"
+    fit = load_cached(path, VideoFit.load, "source fit", summary)
+    if fit is not None:
+        summary.cached.append("fit source")
+    else:
+        # `first_photo`: sources[0] already decoded by the caller (a large photo's decoding
+        # costs several times its pixels: once per job).
+        images = [first_photo if k == 0 and first_photo is not None else read_image(s)
+                  for k, s in enumerate(sources)]
+        landmarks = []
+        for img, src in zip(images, sources, strict=True):
+            faces = detect_faces_bounded(img, options.backend)  # bounded cost for any size
+            if not len(faces):
+                raise Morph3dError(f"no face found in source photo {src}")
+            if len(faces) > 1:
+                summary.notes.append(
+                    f"{src.name}: {len(faces)} faces found, using the largest")
+            best = int(np.argmax(faces.areas()))
+            landmarks.append({k: v[best].astype(np.float64) for k, v in faces.landmarks.items()})
+        # No corrective deformation (`Identity.offset`): the swap carries the identity over
+        # by its coefficients, so the texture must come from that same shape.
+        fits = fit_photo(images if len(images) > 1 else images[0], model,
+                         landmarks=landmarks if len(images) > 1 else landmarks[0],
+                         backend=options.backend, corrective=False)
+        fit = fits[0] if isinstance(fits, list) else fits
+        if fit.identity.texture is not None:
+            hide_openings(fit, model, landmarks[:fit.num_frames])
+            hide_forehead_occluders(fit, model)
+            done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, model,
+                                       "neural" if completion != "classic" else "classic")
+            fit.identity.texture = done.texture.astype(np.float32)
+        fit.save(path)
+    summary.seconds["fit source"] = time.perf_counter() - t
+    return fit
+
+
+def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
+                  min_opening: float = 0.04) -> int:
+    """Set the texture confidence to 0 where the photo showed what lies behind the face's
+    openings on the skin around them (returns the number of texels hidden).
+
+    - Mouth: an open-mouthed photo puts its teeth and mouth darkness on the model's lips
+      (the fitted lips part, their inner surfaces look straight at the teeth); rendered with
+      the actor's closed mouth the swapped lips showed teeth. Lip and mouth triangles whose
+      vertices all project inside the photo's inner-lip outline (iBUG 60-67) are hidden
+      when the mouth is open (inner-lip height over mouth width >= `min_opening`).
+    - Eyes: where the fitted lids reach into the photo's eye opening (iBUG 36-41, 42-47)
+      they took the white of the eye, which drew pale "goggle" rings around the swapped
+      eyes. Eye-region triangles other than the eyeballs' inside the opening are hidden.
+    The completion then fills them from the visible skin and lip."""
+    from fitting.fit import project, vertex_positions
+
+    texture, confidence = fit.identity.texture, fit.identity.confidence
+    if texture is None or confidence is None:
+        return 0
+    mouth = model.region("lips") | model.region("mouth_interior") | model.region("teeth")
+    lids = model.region("eyes") & ~model.region("eyeballs")
+    triangles = np.asarray(model.data.triangles)
+    hidden = np.zeros(confidence.shape[:2], np.uint8)
+    for k, points in enumerate(landmarks):
+        ibug = points.get("ibug68")
+        if ibug is None or not np.isfinite(ibug).all():
+            continue
+        outlines = [(ibug[36:42], lids), (ibug[42:48], lids)]
+        inner = ibug[60:68]
+        width = float(np.linalg.norm(ibug[54] - ibug[48]))
+        height = float(np.linalg.norm(inner[[5, 6, 7]] - inner[[3, 2, 1]], axis=1).mean())
+        if width > 0 and height / width >= min_opening:
+            outlines.append((inner, mouth))
+        f = fit.faces
+        verts = vertex_positions(model, fit.identity.coefficients.astype(np.float64),
+                                 f.expression[k].astype(np.float64))
+        pixels = project(verts, f.rotation[k].astype(np.float64),
+                         f.translation[k].astype(np.float64), fit.camera)
+        for outline, allowed in outlines:
+            polygon = outline.astype(np.float32)
+            inside = np.zeros(len(verts), bool)
+            for v in np.flatnonzero(allowed):
+                inside[v] = cv2.pointPolygonTest(
+                    polygon, (float(pixels[v, 0]), float(pixels[v, 1])), False) >= 0
+            _fill_uv_triangles(hidden, model, np.flatnonzero(inside[triangles].all(1)))
+    return _hide_texels(fit, hidden.astype(bool))
+
+
+def _fill_uv_triangles(canvas: np.ndarray, model, triangle_ids: np.ndarray) -> None:
+    """Set the texels of the given model triangles to 1 on a T x T uint8 UV canvas."""
+    uv_triangles = np.asarray(model.data.uv_triangles)
+    uv = np.asarray(model.data.uv_coords)
+    size = canvas.shape[0]
+    for t in triangle_ids:
+        corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
+        cv2.fillConvexPoly(canvas, np.round(corners * 16).astype(np.int32), 1,
+                           lineType=cv2.LINE_8, shift=4)
+
+
+def hide_forehead_occluders(fit, model, margin_mm: float = 4.0, sigmas: float = 6.0) -> int:
+    """Set the texture confidence to 0 on forehead texels whose colour is not the photo's
+    skin (returns the number hidden): a hat brim, fringe or glasses frame above the brows.
+
+    The swap's face mask takes a band of the source's forehead (`CompositorConfig.
+    forehead_margin`); what the photo had there (Grace Hopper's cap in `make demo`) was
+    pasted onto the actor as a dark stripe. The skin model is fitted on the cheek texels
+    the photo saw (`composite.skin_model_from_samples`, albedo, so shading is mostly out),
+    the test is the compositor's occluder score (`non_skin_score` above `sigmas`); texels
+    above the brows by `margin_mm` on the mean head are tested, and the completion then
+    fills the hidden ones from the skin below and beside them.
+    """
+    from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
+
+    texture, confidence = fit.identity.texture, fit.identity.confidence
+    if texture is None or confidence is None:
+        return 0
+    data = model.data
+    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
+    ibug = data.landmarks["ibug68"].positions(mean, triangles)
+    skin = model.region("face_skin") & ~model.region("eyes") & ~model.region("lips")
+    brows_top = float(ibug[17:27, 1].max())
+    forehead = skin & (mean[:, 1] > brows_top + margin_mm)
+    # cheeks: beside the nose, from under the eyes down to the nose base
+    eyes_low = float(ibug[[40, 41, 46, 47], 1].min())
+    nose_half = 0.5 * float(abs(ibug[35, 0] - ibug[31, 0]))
+    outer = 0.5 * float(abs(ibug[45, 0] - ibug[36, 0]))
+    cheeks = (skin & (mean[:, 1] < eyes_low - 4.0) & (mean[:, 1] > ibug[33, 1])
+              & (np.abs(mean[:, 0]) > nose_half + 4.0) & (np.abs(mean[:, 0]) < outer))
+    size = confidence.shape[0]
+    masks = []
+    for vertices in (forehead, cheeks):
+        canvas = np.zeros((size, size), np.uint8)
+        _fill_uv_triangles(canvas, model, np.flatnonzero(vertices[triangles].all(1)))
+        masks.append(canvas.astype(bool))
+    forehead_texels, cheek_texels = masks
+    level = confidence.reshape(size, size, -1)[..., 0]
+    seen = level >= 0.5
+    tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
+    skin_model = skin_model_from_samples(_ycrcb(tex)[cheek_texels & seen])
+    if skin_model is None:
+        return 0
+    hidden = forehead_texels & (level > 0)
+    # dark: 2.5 std below the cheeks' luma (and under 45 % of it), not the compositor's 5:
+    # the albedo has its shading divided out, and a dark brim has almost no chroma to tell
+    hidden &= non_skin_score(tex, skin_model, dark_sigmas=2.5) > sigmas
+    return _hide_texels(fit, hidden)
+
+
+def _hide_texels(fit, hidden: np.ndarray) -> int:
+    """Set the fit's texture confidence to 0 on the T x T bool `hidden`; returns how many."""
+    confidence = fit.identity.confidence
+    shape = confidence.shape
+    flat = confidence.reshape(shape[0], shape[1], -1)
+    flat[hidden] = 0.0
+    fit.identity.confidence = flat.reshape(shape)
+    return int(hidden.sum())

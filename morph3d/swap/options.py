@@ -1,0 +1,147 @@
+"""The swap's options and summary, and the checks on its paths done before any work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from morph3d.errors import InputError
+from morph3d.io.paths import sha256_file
+
+if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
+    pass
+
+
+# Cache format of the work folder. 2: landmarks carry the shot cuts, fits are keyed by the
+# model build; 3: repeated frames are held.
+WORK_FORMAT = 3
+# Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`);
+# 3: highlights toned down in the albedo (`fitting.fit.compress_highlights`).
+SOURCE_FORMAT = 3
+VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
+
+
+@dataclass
+class SwapOptions:
+    target_face: str = "largest"  # "largest" or "index:N" (N-th largest track, 0-based)
+    target_face_ref: Path | None = None  # a photo of the person to replace
+    model: str = "default"
+    backend: str = "mediapipe"  # landmark backend
+    device: str = "cpu"
+    renderer: str | None = None  # render backend (None: MORPH3D_RENDERER or auto)
+    refine: str = "auto"  # neural | classic | none | auto (= neural; each net when it loads)
+    work_resolution: int = 256  # rendered face crop size in pixels before upscaling
+    # H.264 quality of a video output (x264 CRF, 0 = lossless, 51 = worst). 14 keeps the
+    # detail that CRF 18 took from bearded / textured faces (BENCHMARKS.md, swap benchmark):
+    # mark.jpg on orig.webm scores identity 0.386 instead of 0.390, at 1.30 MB for the clip
+    # whose original is 1.39 MB (CRF 18: 0.81 MB).
+    crf: int = 14
+    # Kept for the CLI's --resume: finished stages are always reused from the work directory
+    # (keyed by content, so a changed input is never mistaken for the old one); the render
+    # pass itself starts again.
+    resume: bool = False
+    quiet: bool = False
+    preview: Path | None = None
+    max_frames: int | None = None
+    work_dir: Path | None = None
+
+    def validate(self) -> SwapOptions:
+        """Check every option as the command line does, in one line each (`InputError`),
+        without any work: for options built from text that argparse never saw (a batch
+        manifest). Returns `self`."""
+        from fitting.faces import BACKEND_NAMES
+
+        def whole(name: str, value: object, low: int, high: int | None = None) -> None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{name} must be a whole number, got {value!r}")
+            if value < low or (high is not None and value > high):
+                limit = f"between {low} and {high}" if high is not None else f"at least {low}"
+                raise InputError(f"{name} must be {limit}, got {value}")
+
+        face = str(self.target_face)
+        if face != "largest" and not (face.startswith("index:") and face[6:].isdigit()):
+            raise InputError(f"target_face takes 'largest' or a number (0 = largest), "
+                             f"not {self.target_face!r}")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise InputError(f"model must be a name or a file, got {self.model!r}")
+        backend = str(self.backend).strip().lower().replace("_", "-")
+        if backend not in (*BACKEND_NAMES, "fan"):
+            raise InputError(f"unknown landmark backend {self.backend!r} "
+                             f"(choose one of {', '.join(BACKEND_NAMES)})")
+        kind, _, index = str(self.device).strip().lower().partition(":")
+        if not ((kind == "cpu" and not index)
+                or (kind == "cuda" and (not index or index.isdigit()))):
+            raise InputError(f"unknown device {self.device!r} (cpu, cuda or cuda:N)")
+        if self.renderer is not None and str(self.renderer).strip().lower() != "auto":
+            from render.backends import BACKEND_NAMES as RENDERERS
+
+            if str(self.renderer).strip().lower() not in RENDERERS:
+                raise InputError(f"unknown renderer {self.renderer!r} "
+                                 f"(choose one of {', '.join(RENDERERS)} or auto)")
+        if self.refine not in ("auto", "neural", "classic", "none"):
+            raise InputError(f"refine takes auto, neural, classic or none, not {self.refine!r}")
+        whole("work_resolution", self.work_resolution, 1)
+        whole("crf", self.crf, 0, 51)
+        if self.max_frames is not None:
+            whole("max_frames", self.max_frames, 1)
+        return self
+
+
+@dataclass
+class SwapSummary:
+    output: str
+    frames: int = 0
+    frames_swapped: int = 0
+    frames_without_face: int = 0
+    frames_skipped_corrupt: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+    fps: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    refine: str = "classic"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def file_digest(path: Path) -> str:
+    """A short content key for cache folder names (the first 20 hex digits of SHA-256)."""
+    return sha256_file(path)[:20]
+
+
+def check_paths(sources: list[Path], target: Path, output: Path,
+                inputs: tuple[Path, ...] = (), outputs: tuple[Path, ...] = ()) -> None:
+    """Fail early, in one line, on anything that would fail later (after minutes of fitting).
+
+    `inputs`: other files read (a reference photo); `outputs`: other files written (preview,
+    summary). The outputs go through the one guard, `morph3d.io.outputs.check_outputs`: none
+    may be an input (symlinks and hard links included), each folder must exist and be
+    writable."""
+    from morph3d.io.outputs import check_outputs
+
+    all_inputs = [*sources, target, *inputs]
+    for p in all_inputs:
+        if not p.exists():
+            raise InputError(f"input not found: {p}")
+        if p.is_dir():
+            raise InputError(f"input is a folder, not a file: {p}")
+    check_outputs(all_inputs, (output, *outputs))
+
+
+def output_kind(target_is_image: bool, output: Path) -> None:
+    from morph3d.io.media import is_image_path
+
+    if target_is_image and not is_image_path(output):
+        raise InputError(f"the target is an image, so the output must be one too: {output}")
+    if not target_is_image and is_image_path(output):
+        raise InputError(f"the target is a video, so the output must be a video: {output}")
+    if not target_is_image and output.suffix.lower() not in VIDEO_OUTPUT_SUFFIXES:
+        raise InputError(f"unsupported video output extension '{output.suffix}' "
+                         f"({', '.join(VIDEO_OUTPUT_SUFFIXES)}): {output}")

@@ -1,0 +1,63 @@
+"""The face window of a frame: the crop box around the face, the crop's camera, pasting a
+window back; and the region channels every face render carries.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
+    pass
+
+
+REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
+
+
+def face_crop_box(points: np.ndarray, frame_shape: tuple[int, int], scale: float = 1.7
+                  ) -> tuple[float, float, float]:
+    """A square (x0, y0, side) in continuous pixel coordinates around the face."""
+    lo, hi = points.min(0), points.max(0)
+    centre = (lo + hi) / 2
+    side = float(max(hi - lo) * scale)
+    return float(centre[0] - side / 2), float(centre[1] - side / 2), max(side, 8.0)
+
+
+def crop_camera(camera, box: tuple[float, float, float], size: int):
+    """The camera seeing only the crop `box`, at `size` x `size` pixels.
+
+    A crop pixel j has its centre at frame position x0 + (j + 0.5) * side / size - 0.5
+    (pixel centres at integers), hence fx' = fx * s and cx' = (cx - x0 + 0.5) * s - 0.5.
+    """
+    from dataclasses import replace
+
+    x0, y0, side = box
+    s = size / side
+    return replace(camera, fx=camera.fx * s, fy=camera.fy * s,
+                   cx=(camera.cx - x0 + 0.5) * s - 0.5, cy=(camera.cy - y0 + 0.5) * s - 0.5,
+                   width=size, height=size)
+
+
+def paste_window(crop: np.ndarray, box: tuple[float, float, float],
+                 frame_shape: tuple[int, int], interpolation: int = cv2.INTER_CUBIC
+                 ) -> tuple[np.ndarray, tuple[int, int]]:
+    """Resample a square crop (H x W x C) back to frame pixels: the frame window the box
+    covers (clipped to the frame) and the window's top-left frame pixel (x, y)."""
+    x0, y0, side = box
+    size = crop.shape[0]
+    s = size / side
+    h, w = frame_shape
+    channels = crop.shape[2] if crop.ndim == 3 else 1
+    left, top = min(max(int(np.floor(x0)), 0), w), min(max(int(np.floor(y0)), 0), h)
+    right, bottom = min(int(np.ceil(x0 + side)) + 1, w), min(int(np.ceil(y0 + side)) + 1, h)
+    if right <= left or bottom <= top:
+        return np.zeros((0, 0, channels), np.float32), (left, top)
+    # ROI pixel (q + left) -> crop j = (q + left - x0 + 0.5) * s - 0.5
+    m = np.array([[s, 0, (left - x0 + 0.5) * s - 0.5], [0, s, (top - y0 + 0.5) * s - 0.5]],
+                 np.float64)
+    roi = cv2.warpAffine(crop.astype(np.float32), m, (right - left, bottom - top),
+                         flags=interpolation | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return roi.reshape(bottom - top, right - left, channels), (left, top)
