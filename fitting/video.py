@@ -6,7 +6,7 @@ Steps (`fit_video`):
    one face (largest by default), smooth its landmarks without lag (`fitting.smooth`).
    Only the landmark arrays are kept, never the frames (bounded memory).
 2. `select_identity_frames`: ~20 well-spread frames with near-frontal poses.
-3. `fitting.fit.fit_landmarks` on them jointly: one identity (and the focal length).
+3. `fitting.photo.fit_landmarks` on them jointly: one identity (and the focal length).
 4. `track_frame` per frame: warm-started from the previous frame's pose and expression,
    a jaw-contour update and a few bounded Gauss-Newton steps with a temporal prior
    (penalising change from the previous frame); a few ms per frame in numpy.
@@ -31,21 +31,18 @@ from fitting.fit import (
     FrameState,
     LandmarkSet,
     Priors,
-    _as_float_image,
     _vertex_normals,
     estimate_pose_pnp,
-    fit_landmarks,
-    fit_lighting_and_texture,
     gauss_newton,
-    head_pose_degrees,
     landmark_set,
     model_arrays,
     rotation_matrix,
-    sh_basis_np,
     single_threaded,
     update_jaw_contour,
 )
+from fitting.lighting import _as_float_image, fit_lighting_and_texture, sh_basis_np
 from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
+from fitting.photo import fit_landmarks, head_pose_degrees
 from morph3d.errors import Morph3dError
 
 

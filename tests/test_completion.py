@@ -134,7 +134,7 @@ def test_missing_weights_fall_back_to_classic(tmp_path, model) -> None:
 def heldout_fit(model, media_dir):
     """khabenskii.jpg (held out of training) fitted with its landmarks, as the swap does."""
     from fitting.faces import detect_faces
-    from fitting.fit import fit_photo
+    from fitting.photo import fit_photo
     from morph3d.io.media import read_image
 
     image = read_image(media_dir / "khabenskii.jpg")
@@ -246,7 +246,7 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
     import matplotlib.cbook
 
     from fitting.faces import detect_faces
-    from fitting.fit import fit_photo
+    from fitting.photo import fit_photo
     from morph3d.composite.occluders import _ycrcb
     from morph3d.io.media import read_image
     from morph3d.swap.fits import hide_forehead_occluders

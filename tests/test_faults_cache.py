@@ -409,8 +409,8 @@ def test_face_crop_maps_points_and_cameras_back_to_the_full_image() -> None:
     """A crop scaled by 1/4: a point drawn in the full image is found at the mapped place in
     the crop, and the crop's camera projects like the full camera followed by the map."""
     from fitting.faces import face_crop
-    from fitting.fit import photometric_view
     from fitting.params import CameraParams
+    from fitting.photo import photometric_view
 
     image = np.zeros((3000, 4000, 3), np.uint8)
     image[1498:1503, 2198:2203] = 255  # a 5 x 5 dot centred on (2200, 1500)

@@ -12,6 +12,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from fitting import fit as F
+from fitting import lighting as FL
+from fitting import photo as FP
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
 from morph3d.errors import Morph3dError
 from morph3d.model.geometry import median_aligned_distance
@@ -35,7 +37,7 @@ def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1
     yaw = rng.uniform(-30, 30) if yaw_deg is None else yaw_deg
     head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
                                degrees=True).as_matrix()
-    state = F.FrameState(F.axis_angle(F.FRONT @ head),
+    state = F.FrameState(F.axis_angle(FP.FRONT @ head),
                          np.array([rng.uniform(-30, 30), rng.uniform(-30, 30), 600.0]), beta)
     camera = CameraParams.default_for(640, 480, 800.0)
     landmarks = {}
@@ -68,7 +70,7 @@ def test_synthetic_landmark_fit(model):
     vertex, pose = [], []
     for _ in range(4):
         alpha, state, camera, lms = synthetic_face(model, rng)
-        ident, states, _, _ = F.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx)
+        ident, states, _, _ = FP.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx)
         vertex.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
                                          state.expression))
         pose.append(pose_error_deg(states[0].rotation, state.rotation))
@@ -92,7 +94,7 @@ def test_joint_refinement_beats_block_alternation(model):
     for _ in range(6):  # single faces can go either way (3 faces: ratio 0.9 +- 0.1)
         alpha, state, camera, lms = synthetic_face(model, rng)
         for steps in errors:
-            ident, states, _, _ = F.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx,
+            ident, states, _, _ = FP.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx,
                                                   refine_steps=steps)
             errors[steps].append(rigid_vertex_error(model, ident, states[0].expression, alpha,
                                                     state.expression))
@@ -120,7 +122,7 @@ def test_contour_handling_helps_jaw_at_yaw_40(model):
     for _ in range(2):
         alpha, state, camera, lms = synthetic_face(model, rng, yaw_deg=40.0, noise_px=0.5)
         for contour, out in ((True, jaw_with), (False, jaw_without)):
-            ident, states, cams, lss = F.fit_landmarks(model, [lms], [(480, 640)],
+            ident, states, cams, lss = FP.fit_landmarks(model, [lms], [(480, 640)],
                                                        focal=camera.fx, contour=contour,
                                                        refine_steps=0)
             res = F._residuals(lss[0], ident, states[0], cams[0])[0]
@@ -150,7 +152,7 @@ def test_outlier_robustness(model):
     bad = {k: v.copy() for k, v in lms.items()}
     for i in (30, 36, 48, 57, 19):  # nose, eye, mouth, brow: shifted by 40 px
         bad["ibug68"][i] += rng.normal(size=2) / np.sqrt(2) * 40.0 + 20.0
-    _, states, _, _ = F.fit_landmarks(model, [bad], [(480, 640)], focal=camera.fx)
+    _, states, _, _ = FP.fit_landmarks(model, [bad], [(480, 640)], focal=camera.fx)
     assert pose_error_deg(states[0].rotation, state.rotation) < 3.0
 
 
@@ -170,8 +172,8 @@ def test_multi_photo_joint_fit_shares_identity(model):
             F.update_jaw_contour(ls, alpha, s2, camera)
         l2[scheme] = F.project(ls.positions(alpha, s2.expression), s2.rotation, s2.translation,
                                camera) + s2_rng.normal(0, 1.5, (len(ids), 2))
-    joint, states, _, _ = F.fit_landmarks(model, [l1, l2], [(480, 640)] * 2, focal=camera.fx)
-    single, sst, _, _ = F.fit_landmarks(model, [l1], [(480, 640)], focal=camera.fx)
+    joint, states, _, _ = FP.fit_landmarks(model, [l1, l2], [(480, 640)] * 2, focal=camera.fx)
+    single, sst, _, _ = FP.fit_landmarks(model, [l1], [(480, 640)], focal=camera.fx)
     assert len(states) == 2
     e_joint = rigid_vertex_error(model, joint, states[0].expression, alpha, s1.expression)
     e_single = rigid_vertex_error(model, single, sst[0].expression, alpha, s1.expression)
@@ -200,10 +202,10 @@ def test_save_load_round_trip(tmp_path):
 
 def test_head_pose_angles_convention():
     # Nose turned towards image right -> positive yaw; chin down -> positive pitch.
-    yaw = F.head_pose_degrees(F.axis_angle(F.FRONT @ Rotation.from_euler(
+    yaw = FP.head_pose_degrees(F.axis_angle(FP.FRONT @ Rotation.from_euler(
         "Y", 20, degrees=True).as_matrix()))
     assert yaw[0] == pytest.approx(20, abs=1e-6) and abs(yaw[1]) < 1e-6
-    pitch = F.head_pose_degrees(F.axis_angle(F.FRONT @ Rotation.from_euler(
+    pitch = FP.head_pose_degrees(F.axis_angle(FP.FRONT @ Rotation.from_euler(
         "X", 10, degrees=True).as_matrix()))
     assert pitch[1] == pytest.approx(10, abs=1e-6)
 
@@ -234,8 +236,8 @@ def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
 
     image = read_image(media_dir / "mark.jpg")
     detected = F.detect_landmarks(image, "mediapipe")
-    fit = F.fit_photo(image, model, landmarks=detected, photometric=True, photometric_steps=5)
-    summary = F.fit_summary(fit, model)
+    fit = FP.fit_photo(image, model, landmarks=detected, photometric=True, photometric_steps=5)
+    summary = FP.fit_summary(fit, model)
     lm = np.array(summary["frames"][0]["landmarks68"])
     det = detected["ibug68"]
     iod = np.linalg.norm(det[36] - det[45])
@@ -267,8 +269,8 @@ def test_annotated_nme_close_to_dlib(model, media_dir, name):
     for key, lms in (("mediapipe", {"mediapipe478": landmarks["mediapipe478"],
                                     "ibug68": F.detect_landmarks(image)["ibug68"]}),
                      ("dlib+mediapipe", landmarks)):
-        fit = F.fit_photo(image, model, landmarks=lms, photometric=False, backend=key)
-        nme[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
+        fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=key)
+        nme[key] = _nme(FP.projected_landmarks(fit, model)[0], truth)
     # dlib's points are matched to the model's annotation-convention iBUG table
     # (fitting.fit.ibug68_table): takeo ~3.3 % vs dlib 3.2 %, lenna ~3.9 % vs 3.4 % of IOD
     # (4.0 / 4.7 % when they were matched to the render-derived table). mediapipe input,
@@ -312,7 +314,7 @@ def test_highlights_are_toned_down_in_the_albedo():
     albedo[2:6, 2:6] = (0.95, 0.95, 0.95)  # bright, but outside the skin mask (an eye white)
     skin = np.ones((64, 64), bool)
     skin[:8, :8] = False
-    out = F.compress_highlights(albedo, skin)
+    out = FL.compress_highlights(albedo, skin)
     spot = out[31, 31]
     assert spot.mean() < 0.7  # down to about the skin's brightest
     assert spot[0] > spot[1] > spot[2]  # and skin-coloured, not a white or blue glint

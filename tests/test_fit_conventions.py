@@ -7,6 +7,7 @@ import pytest
 from test_fit import synthetic_face
 
 from fitting import fit as F
+from fitting import photo as FP
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +76,10 @@ def test_matching_table_fits_annotation_points_better(model):
         lms = {"ibug68": truth + rng.normal(0, 1.0, truth.shape),
                "mediapipe478": np.full((478, 2), np.nan)}
         for convention in errors:
-            fit = F.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks=lms,
+            fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks=lms,
                               focal=camera.fx, photometric=False,
                               backend="mediapipe" if convention == F.MEDIAPIPE else "dlib")
-            pred = F.projected_landmarks(fit, model)[0]
+            pred = FP.projected_landmarks(fit, model)[0]
             errors[convention].append(float(np.linalg.norm(pred - truth, axis=1).mean()))
     # measured: 0.7-0.9 px vs 2.9 px (1 px noise)
     assert np.mean(errors[F.ANNOTATION]) < 1.3, errors

@@ -7,6 +7,7 @@ import pytest
 from test_fit import synthetic_face
 
 from fitting import fit as F
+from fitting import photo as FP
 from fitting.params import VideoFit
 
 
@@ -37,13 +38,13 @@ def test_corrective_reaches_points_the_model_cannot(model):
     moved = np.array([30, 19, 24, 48, 54])  # nose tip, mid brows, mouth corners
     target[moved] += np.array([[6.0, 0.0], [0.0, -5.0], [0.0, -5.0], [-4.0, 0.0], [4.0, 0.0]])
     image = np.zeros((480, 640, 3), np.uint8)
-    fits = {corr: F.fit_photo(image, model, landmarks={"ibug68": target}, backend="dlib",
+    fits = {corr: FP.fit_photo(image, model, landmarks={"ibug68": target}, backend="dlib",
                               focal=camera.fx, photometric=False, corrective=corr)
             for corr in (False, True)}
     assert fits[False].identity.offset is None
     offset = fits[True].identity.offset
     assert offset is not None and offset.shape == (model.num_vertices, 3)
-    err = {corr: np.linalg.norm(F.projected_landmarks(fit, model)[0] - target, axis=1)
+    err = {corr: np.linalg.norm(FP.projected_landmarks(fit, model)[0] - target, axis=1)
            for corr, fit in fits.items()}
     # The 3DMM smooths the moved points away; the deformation follows most of the way
     # (measured: 2.9 -> 0.8 px at the moved points, 0.6 -> 0.2 px elsewhere).
@@ -64,7 +65,7 @@ def test_corrective_is_small_where_the_model_fits(model):
     # Points the model can reach (no noise; only the prior keeps the fit off them): little
     # to correct (measured: at most 0.8 mm; 2.9 mm for the face with moved points above).
     points, camera = annotation_face(model, 6)
-    fit = F.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
+    fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
                       backend="dlib", focal=camera.fx, photometric=False)
     assert np.linalg.norm(fit.identity.offset, axis=1).max() < 1.2
 
@@ -72,37 +73,37 @@ def test_corrective_is_small_where_the_model_fits(model):
 def test_mediapipe_backend_fits_stay_pure_3dmm(model):
     rng = np.random.default_rng(7)
     _, _, camera, lms = synthetic_face(model, rng)
-    fit = F.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks=lms,
+    fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks=lms,
                       backend="mediapipe", focal=camera.fx, photometric=False)
     assert fit.identity.offset is None
 
 
 def test_offset_is_saved_and_used(model, tmp_path):
     points, camera = annotation_face(model, 8, noise_px=1.5)
-    fit = F.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
+    fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
                       backend="dlib", focal=camera.fx, photometric=False)
     path = tmp_path / "fit.npz"
     fit.save(path)
     loaded = VideoFit.load(path)
     assert np.array_equal(loaded.identity.offset, fit.identity.offset)
-    assert np.array_equal(F.projected_landmarks(loaded, model),
-                          F.projected_landmarks(fit, model))
+    assert np.array_equal(FP.projected_landmarks(loaded, model),
+                          FP.projected_landmarks(fit, model))
     loaded.identity.offset = None
-    assert not np.allclose(F.projected_landmarks(loaded, model),
-                           F.projected_landmarks(fit, model))
+    assert not np.allclose(FP.projected_landmarks(loaded, model),
+                           FP.projected_landmarks(fit, model))
 
 
 def test_fixed_identity_and_offset_refit_the_same_face(model):
     # Another photo of a fitted person: identity and offset held, pose and expression
     # fitted. On the same points it lands where the photo fit did.
     points, camera = annotation_face(model, 9, noise_px=1.5)
-    fit = F.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
+    fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
                       backend="dlib", focal=camera.fx, photometric=False)
     alpha = fit.identity.coefficients.astype(np.float64)
-    reported = F.projected_landmarks(fit, model)[0]
+    reported = FP.projected_landmarks(fit, model)[0]
     errors = {}
     for key, offset in (("with", fit.identity.offset), ("without", None)):
-        a, st, cams, ls = F.fit_landmarks(model, [{"ibug68": points}], [(480, 640)],
+        a, st, cams, ls = FP.fit_landmarks(model, [{"ibug68": points}], [(480, 640)],
                                           focal=camera.fx, identity=alpha, offset=offset)
         rows = ls[0].scheme_slices["ibug68"]
         pred = F.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,

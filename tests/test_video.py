@@ -46,7 +46,7 @@ def test_scene_cut_survives_save_and_load(tmp_path):
 def test_fit_restarts_at_the_cut(media_dir):
     """nggyup.mp4 cuts to another shot at frame 22: the fitted landmarks must sit on the
     detected ones right after the cut, not several frames later."""
-    from fitting.fit import projected_landmarks
+    from fitting.photo import projected_landmarks
     from fitting.video import fit_video, video_landmarks
     from morph3d.model.registry import load_model
 

@@ -92,12 +92,13 @@ def synthetic_case(model, rng: np.random.Generator,
     from test_fit import synthetic_face
 
     from fitting import fit as F
+    from fitting import photo as FP
 
     alpha, state, camera, _ = synthetic_face(model, rng)
     yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
     head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
                                degrees=True).as_matrix()
-    state.rotation = F.axis_angle(F.FRONT @ head)
+    state.rotation = F.axis_angle(FP.FRONT @ head)
     arrays = F.model_arrays(model)
     convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
     lms, clean = {}, {}
@@ -151,6 +152,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
     from test_fit import pose_error_deg, rigid_vertex_error
 
     from fitting import fit as F
+    from fitting import photo as FP
 
     rng = np.random.default_rng(0)
     verts_err, sim_err, pose_err, missed, seconds, focal_err = [], [], [], 0, [], []
@@ -169,7 +171,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
                 missed += 1
                 continue
         t0 = time.perf_counter()
-        ident, states, cams, ls_list = F.fit_landmarks(
+        ident, states, cams, ls_list = FP.fit_landmarks(
             model, [lms], [(480, 640)], focal=camera.fx if given_focal else None,
             convention=None if rendered else convention)
         focal_err.append(abs(cams[0].fx / camera.fx - 1.0))
@@ -181,7 +183,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
             faces.expression[0], faces.valid[0] = states[0].expression, True
             for off, key in ((None, "points_px"), (offset, "points_px_off")):
                 fit = F.VideoFit(F.Identity(ident, offset=off), faces, cams[0])
-                pred = F.projected_landmarks(fit, model)[0]
+                pred = FP.projected_landmarks(fit, model)[0]
                 corrective[key].append(float(np.linalg.norm(pred - clean["ibug68"],
                                                              axis=1).mean()))
             face = F.model_arrays(model).face_vertices
@@ -230,6 +232,7 @@ def real_nme(model) -> dict:
     from test_fit import _nme
 
     from fitting import fit as F
+    from fitting import photo as FP
     from morph3d.io.media import read_image
 
     folder = MEDIA / "annotated"
@@ -248,9 +251,9 @@ def real_nme(model) -> dict:
                                      ("fitted_dlib_mediapipe", both, None),
                                      ("fitted_dlib_mediapipe_no_corrective", both, False)):
             backend = "mediapipe" if key == "fitted_mediapipe" else "dlib+mediapipe"
-            fit = F.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend,
+            fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend,
                               corrective=corrective)
-            fitted[key] = _nme(F.projected_landmarks(fit, model)[0], truth)
+            fitted[key] = _nme(FP.projected_landmarks(fit, model)[0], truth)
         out[name] = {**fitted, "dlib": _nme(dlib, truth), "mediapipe": _nme(mp["ibug68"], truth)}
     return out
 
@@ -261,7 +264,7 @@ def video(model, max_frames: int | None) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fitting import fit as F
+    from fitting import photo as FP
     from fitting.video import fit_video, video_landmarks
 
     path = MEDIA / "nggyup.mp4"
@@ -274,7 +277,7 @@ def video(model, max_frames: int | None) -> dict:
     fit = fit_video(path, model, landmarks=smoothed, max_frames=max_frames, progress=False,
                     timings=timings)
     total = time.perf_counter() - t0
-    fitted = F.projected_landmarks(fit, model)
+    fitted = FP.projected_landmarks(fit, model)
     det = raw["ibug68"]
     both = fit.faces.valid[1:] & fit.faces.valid[:-1] & np.isfinite(det).all(axis=(1, 2))[1:] \
         & np.isfinite(det).all(axis=(1, 2))[:-1]
@@ -300,6 +303,7 @@ def video(model, max_frames: int | None) -> dict:
 
 def photo_seconds(model) -> dict:
     from fitting import fit as F
+    from fitting import photo as FP
     from morph3d.io.media import read_image
 
     image = read_image(MEDIA / "mark.jpg")
@@ -308,18 +312,19 @@ def photo_seconds(model) -> dict:
     for key, photometric in (("landmarks_only", False), ("photometric_first_call", True),
                              ("photometric", True)):
         t0 = time.perf_counter()
-        F.fit_photo(image, model, landmarks=lms, photometric=photometric)
+        FP.fit_photo(image, model, landmarks=lms, photometric=photometric)
         out["photo_fit_s_" + key] = time.perf_counter() - t0
     # The annotation path (dlib's 68 + mediapipe's 478): + the corrective deformation.
     both = F.detect_landmarks(image, "dlib+mediapipe")
     t0 = time.perf_counter()
-    F.fit_photo(image, model, landmarks=both, backend="dlib+mediapipe")
+    FP.fit_photo(image, model, landmarks=both, backend="dlib+mediapipe")
     out["photo_fit_s_dlib_mediapipe_photometric"] = time.perf_counter() - t0
     return out
 
 
 def corrective_transfer(model, pairs_per_clip: int = 72) -> dict:
     from fitting import fit as F
+    from fitting import photo as FP
 
     cache = ROOT / "out" / "derive_ibug68_detections.npz"
     if not cache.is_file():
@@ -335,11 +340,11 @@ def corrective_transfer(model, pairs_per_clip: int = 72) -> dict:
         return tuple(int(v) for v in z["sizes"][i])
 
     def source(i: int) -> tuple[np.ndarray, np.ndarray]:
-        a, st, cams, ls = F.fit_landmarks(model, [lms(i)], [size(i)], convention=F.ANNOTATION)
+        a, st, cams, ls = FP.fit_landmarks(model, [lms(i)], [size(i)], convention=F.ANNOTATION)
         return a, F.fit_corrective(ls, a, st, cams, F.Priors())
 
     def error(i: int, alpha: np.ndarray, offset: np.ndarray | None) -> float:
-        a, st, cams, ls = F.fit_landmarks(model, [lms(i)], [size(i)], identity=alpha,
+        a, st, cams, ls = FP.fit_landmarks(model, [lms(i)], [size(i)], identity=alpha,
                                           convention=F.ANNOTATION, offset=offset)
         rows = ls[0].scheme_slices["ibug68"]
         pred = F.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,

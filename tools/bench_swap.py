@@ -229,6 +229,7 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
     import dataclasses
 
     from fitting import fit as F
+    from fitting import photo as FP
     from fitting.params import Identity, VideoFit
     from morph3d.evaluate.metrics import added_motion
     from morph3d.model.registry import load_model
@@ -238,8 +239,8 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
     actor = VideoFit.load(clip_fit)
     source = VideoFit.load(source_fit)
     swapped = dataclasses.replace(actor, identity=Identity(source.identity.coefficients))
-    a = F.projected_landmarks(actor, model, convention=F.MEDIAPIPE)
-    b = F.projected_landmarks(swapped, model, convention=F.MEDIAPIPE)
+    a = FP.projected_landmarks(actor, model, convention=F.MEDIAPIPE)
+    b = FP.projected_landmarks(swapped, model, convention=F.MEDIAPIPE)
     valid = actor.faces.valid
     values = []
     for t in range(len(a) - 1):

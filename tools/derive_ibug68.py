@@ -122,6 +122,7 @@ def fit_faces(model, det: dict[str, np.ndarray], with_dlib: bool = False,
     """F x V x 2: every model vertex projected under each face's fit to mediapipe's points
     (and dlib's 68 with the model's ibug68 points if `with_dlib`); faces not in `use` NaN."""
     from fitting import fit as F
+    from fitting import photo as FP
 
     out = np.full((len(det["dlib"]), model.num_vertices, 2), np.nan)
     nan68 = np.full((68, 2), np.nan)
@@ -133,7 +134,7 @@ def fit_faces(model, det: dict[str, np.ndarray], with_dlib: bool = False,
         lms = {"ibug68": dl if with_dlib else nan68, "mediapipe478": mp}
         # dlib's points: the annotation convention (the model's ibug68_annotation table, as
         # photos with dlib's points are fitted); without them, the mediapipe fit.
-        alpha, states, cams, _ = F.fit_landmarks(
+        alpha, states, cams, _ = FP.fit_landmarks(
             model, [lms], [tuple(size)], convention=F.ANNOTATION if with_dlib else F.MEDIAPIPE)
         st = states[0]
         verts = F.vertex_positions(model, alpha, st.expression)

@@ -214,17 +214,18 @@ def raw_photo_texture(ctx: Context, source_png: Path, texture_size: int) -> np.n
     uses (resized), so only the resolution and the hidden openings differ from f0."""
     import torch
 
-    from fitting import fit as F
+    from fitting import lighting as FL
+    from fitting import photo as FP
     from morph3d.io.media import read_image
 
-    original = F.fit_lighting_and_texture
-    F.fit_lighting_and_texture = functools.partial(original, texture_size=texture_size)
+    original = FL.fit_lighting_and_texture
+    FL.fit_lighting_and_texture = functools.partial(original, texture_size=texture_size)
     try:
         with torch.enable_grad():
-            photo = F.fit_photo(read_image(source_png), ctx.model,
+            photo = FP.fit_photo(read_image(source_png), ctx.model,
                                 landmarks=ctx.detected, backend="mediapipe", corrective=False)
     finally:
-        F.fit_lighting_and_texture = original
+        FL.fit_lighting_and_texture = original
     raw, seen = photo.identity.texture, photo.identity.confidence > 0
     filled = cv2.resize(np.asarray(ctx.source_fit.identity.texture, np.float32),
                         raw.shape[1::-1], interpolation=cv2.INTER_CUBIC)
@@ -238,6 +239,7 @@ def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
     import torch
 
     from fitting import fit as F
+    from fitting import lighting as FL
     from fitting.params import FaceParams, Identity, VideoFit
     from morph3d.neural.completion import complete_texture
     from morph3d.swap.fits import hide_forehead_occluders, hide_openings
@@ -248,7 +250,7 @@ def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
                          np.asarray(c.faces.translation[k], np.float64),
                          np.asarray(c.faces.expression[k], np.float64))
     with torch.enable_grad():
-        states, texture, confidence = F.fit_lighting_and_texture(
+        states, texture, confidence = FL.fit_lighting_and_texture(
             ctx.model, [ctx.frame], identity, [state], [c.camera])
     faces = FaceParams.empty(1, ctx.model.num_expression)
     faces.rotation[0], faces.translation[0] = state.rotation, state.translation

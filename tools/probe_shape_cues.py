@@ -124,6 +124,7 @@ def main() -> None:
     from test_fit import pose_error_deg
 
     from fitting import fit as F
+    from fitting import photo as FP
     from morph3d.model.registry import load_model
 
     torch.set_num_threads(1)
@@ -142,7 +143,7 @@ def main() -> None:
     for i in range(args.faces):
         alpha, state, camera, lms, _ = synthetic_case(model, rng)
         image = render_synthetic(model, alpha, state, camera)
-        ident, states, cams, ls_list = F.fit_landmarks(model, [lms], [image.shape[:2]],
+        ident, states, cams, ls_list = FP.fit_landmarks(model, [lms], [image.shape[:2]],
                                                        focal=camera.fx)
         st = states[0]
         rows["landmarks"].append(errors(ident, st.expression, st.rotation, alpha, state))

@@ -3,7 +3,7 @@
 Usage: python tools/train_completion.py --data ../shared/media --steps 2000 \
            --out morph3d/weights/completion.npz [--resume]
 
-Every photo and every --frame-step-th video frame under --data is fitted (fitting.fit.fit_photo)
+Every photo and every --frame-step-th video frame under --data is fitted (fitting.photo.fit_photo)
 and its UV texture and visibility extracted; --masks synthetic visibility maps per texture
 (the head turned to other poses, random occluding blobs) hide texels the photo saw, which
 become the targets. Fitted textures are cached in the user cache (never in the repository).

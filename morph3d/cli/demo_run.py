@@ -56,7 +56,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     """Fit the astronaut photo and re-animate it into a short clip with audio."""
     import av
 
-    from fitting.fit import fit_photo
+    from fitting.photo import fit_photo
     from morph3d.io.media import read_image
     from render import render_mesh
     from render.camera import axis_angle_to_matrix
@@ -184,7 +184,7 @@ def run_demo(out_dir: Path, real: bool = False, quiet: bool = False) -> dict:
         make_target_clip(target, model, log)
         output, preview = out_dir / "demo.mp4", out_dir / "demo_preview.png"
         log("demo: fitting Grace Hopper's photo and exporting the mesh to demo.glb / demo.obj")
-        from fitting.fit import fit_photo
+        from fitting.photo import fit_photo
 
         fit = fit_photo(source, model)
         export_fit(fit, model, out_dir / "demo.glb")

@@ -77,7 +77,7 @@ def check_fit_paths(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from fitting.fit import fit_photo, fit_summary
+    from fitting.photo import fit_photo, fit_summary
     from morph3d.io.media import is_image_path, probe_video, read_image
     from morph3d.model.registry import load_model
 
@@ -127,7 +127,8 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame:
     import cv2
     import torch
 
-    from fitting.fit import projected_landmarks, vertex_positions
+    from fitting.fit import vertex_positions
+    from fitting.photo import projected_landmarks
     from morph3d.io.media import write_image
     from render.helpers import render_mesh
 

@@ -12,7 +12,7 @@ last layer starts at zero, so an untrained net is exactly the classical completi
 
 Training (`morph3d.neural.training.completion`) is self-supervised on textures the tool
 extracts itself:
-every photo and every few video frames of a folder are fitted (`fitting.fit.fit_photo`), and
+every photo and every few video frames of a folder are fitted (`fitting.photo.fit_photo`), and
 synthetic visibility masks are made by unprojecting the fitted head turned by another yaw /
 pitch (what a camera at that pose would see) plus random UV blobs (hair, glasses),
 intersected with the real visibility: the texels the real photo saw but the synthetic view

@@ -123,8 +123,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     uses the classical fill: an uncompleted texture has black holes wherever the photo did
     not see the head."""
     from fitting.faces import detect_faces_bounded
-    from fitting.fit import fit_photo
     from fitting.params import VideoFit
+    from fitting.photo import fit_photo
     from morph3d.io.media import read_image
     from morph3d.neural.completion import INFERENCE_VERSION, complete_texture, load_completion_net
 

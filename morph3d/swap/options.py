@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well 
 # model build; 3: repeated frames are held.
 WORK_FORMAT = 3
 # Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`);
-# 3: highlights toned down in the albedo (`fitting.fit.compress_highlights`).
+# 3: highlights toned down in the albedo (`fitting.lighting.compress_highlights`).
 SOURCE_FORMAT = 3
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 

@@ -170,7 +170,7 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
     openings in each confidence as the swap does (`morph3d.swap.fits.hide_openings`), so the
     net is trained on the holes it will fill and never on lids that took the eye's white.
     Cached in the user cache (``completion_data/``), never in the repository."""
-    from fitting.fit import fit_photo
+    from fitting.photo import fit_photo
     from morph3d.io.paths import cache_dir
 
     root = Path(data_dir)
