@@ -8,15 +8,12 @@ import hashlib
 import json
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from morph3d.errors import InputError, Morph3dError
 from morph3d.io.paths import cache_dir
-
-if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
-    pass
 from morph3d.swap.options import WORK_FORMAT, SwapOptions, SwapSummary, file_digest
 
 # ---------------------------------------------------------------------------------------------

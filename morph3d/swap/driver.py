@@ -18,16 +18,12 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from morph3d.errors import InputError, Morph3dError
 from morph3d.io.paths import cache_dir
-
-if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
-    pass
 from morph3d.swap.cache import work_directory
 from morph3d.swap.fits import face_selection, fit_clip, fit_source
 from morph3d.swap.options import SwapOptions, SwapSummary, check_paths, file_digest, output_kind

@@ -7,15 +7,11 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from morph3d.errors import InputError, Morph3dError
-
-if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
-    pass
 from morph3d.swap.cache import (
     _load_npz,
     _save_npz,

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from morph3d.errors import InputError
 from morph3d.io.paths import sha256_file
-
-if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
-    pass
-
 
 # Cache format of the work folder. 2: landmarks carry the shot cuts, fits are keyed by the
 # model build; 3: repeated frames are held.

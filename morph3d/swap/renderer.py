@@ -1,6 +1,5 @@
-"""The face renderer: the model rendered into a face window (crop box and camera) of a frame,
-and pasted back.
-"""
+"""Stage 5 of the swap, per frame: the swapped face rendered (or made from the actor's own
+pixels by `morph3d.swap.transfer`) in a face window of the frame, with its region masks."""
 
 from __future__ import annotations
 
@@ -10,10 +9,11 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
-    import torch
 from morph3d.swap.options import SwapOptions
 from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
+
+if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
+    import torch
 
 # ---------------------------------------------------------------------------------------------
 # Stage 5: rendering the swapped face

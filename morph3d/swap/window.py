@@ -4,14 +4,8 @@ window back; and the region channels every face render carries.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import cv2
 import numpy as np
-
-if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
-    pass
-
 
 REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
 
