@@ -76,8 +76,8 @@ def fit_landmarks(model, landmarks: list[dict[str, np.ndarray]], sizes: list[tup
 
 
 def _as_image_list(images) -> tuple[list[np.ndarray], list[str]]:
+    from morph3d.io.images import read_image
     from morph3d.io.limits import check_image_pixels
-    from morph3d.io.media import read_image
 
     if isinstance(images, (str, bytes)) or hasattr(images, "__fspath__"):
         images = [images]

@@ -135,7 +135,7 @@ def heldout_fit(model, media_dir):
     """khabenskii.jpg (held out of training) fitted with its landmarks, as the swap does."""
     from fitting.faces import detect_faces
     from fitting.photo import fit_photo
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     image = read_image(media_dir / "khabenskii.jpg")
     faces = detect_faces(image, "mediapipe")
@@ -248,7 +248,7 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
     from fitting.faces import detect_faces
     from fitting.photo import fit_photo
     from morph3d.composite.occluders import _ycrcb
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
     from morph3d.swap.fits import hide_forehead_occluders
 
     image = read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))

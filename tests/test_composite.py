@@ -639,7 +639,7 @@ def test_pull_push_fills_holes_smoothly() -> None:
 @pytest.fixture(scope="module")
 def mark(media_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     from fitting.faces import detect_faces
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     image = read_image(media_dir / "mark.jpg").astype(np.float32) / 255.0
     faces = detect_faces(image, "mediapipe")

@@ -268,7 +268,7 @@ def test_still_images_pair_as_one_frame_and_json_has_no_nan(media_dir, tmp_path)
 
 
 def test_appearance_on_a_real_frame_blurred_and_tinted(media_dir, tmp_path):
-    from morph3d.io.media import read_image, write_image
+    from morph3d.io.images import read_image, write_image
 
     target = media_dir / "aligned_target1.png"
     rgb = read_image(target)
@@ -286,7 +286,8 @@ def test_appearance_on_a_real_frame_blurred_and_tinted(media_dir, tmp_path):
 
 
 def test_blank_output_fails_with_one_line(media_dir, tmp_path, capsys):
-    from morph3d.io.media import VideoWriter, probe_video
+    from morph3d.io.media import probe_video
+    from morph3d.io.video_writer import VideoWriter
 
     blank = tmp_path / "blank.mkv"
     info = probe_video(media_dir / "orig.webm")
@@ -303,7 +304,7 @@ def test_blank_output_fails_with_one_line(media_dir, tmp_path, capsys):
 
 
 def test_faceless_inputs_fail_clearly(media_dir, tmp_path):
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
 
     grey = tmp_path / "grey.png"
     write_image(grey, np.full((200, 200, 3), 128, np.uint8))

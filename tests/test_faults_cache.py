@@ -101,7 +101,7 @@ def test_torn_work_folder_entries_are_recomputed(media_dir: Path, cache: Path,
         assert f"morph3d: note: cached {what} could not be read" in second.stderr
         with np.load(path) as z:  # rewritten whole
             assert z.files
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     assert np.array_equal(read_image(tmp_path / "first.png"),
                           read_image(tmp_path / "second.png"))
@@ -332,7 +332,8 @@ def test_read_image_and_probe_refuse_a_huge_image_before_decoding(tmp_path: Path
     import warnings
 
     from morph3d.errors import InputError
-    from morph3d.io.media import probe_video, read_image
+    from morph3d.io.images import read_image
+    from morph3d.io.media import probe_video
 
     path = _png_header_only(tmp_path / "huge.png", *size)
     said = f"{size[0]}x{size[1]} (120 MP)" if size[0] == 12000 else "over 179 MP"
@@ -350,7 +351,8 @@ def test_an_image_under_the_limit_raises_no_pillow_warning(tmp_path: Path) -> No
     import warnings
 
     from morph3d.errors import InputError
-    from morph3d.io.media import probe_video, read_image
+    from morph3d.io.images import read_image
+    from morph3d.io.media import probe_video
 
     path = _png_header_only(tmp_path / "big.png", 10000, 9500)
     with warnings.catch_warnings():
@@ -366,7 +368,8 @@ def test_read_image_makes_no_full_size_copy_of_an_upright_rgb_photo(
     more (`Image.copy` counted, still run); a turned one still comes back upright."""
     from PIL import Image
 
-    from morph3d.io.media import probe_video, read_image
+    from morph3d.io.images import read_image
+    from morph3d.io.media import probe_video
 
     rgb = np.random.default_rng(0).integers(0, 256, (30, 40, 3), np.uint8)
     Image.fromarray(rgb).save(tmp_path / "plain.png")
@@ -466,7 +469,7 @@ def test_bounded_detection_is_detect_faces_up_to_the_limit_and_close_above(
     import cv2
 
     from fitting.faces import DETECT_MAX_SIDE, detect_faces, detect_faces_bounded
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     photo = read_image(media_dir / "mark.jpg")
     plain, bounded = detect_faces(photo), detect_faces_bounded(photo)
@@ -491,7 +494,7 @@ def test_swap_between_large_images_works_on_the_face_and_keeps_the_rest(
     import cv2
 
     from fitting.faces import DETECT_MAX_SIDE, detect_faces
-    from morph3d.io.media import read_image, write_image
+    from morph3d.io.images import read_image, write_image
 
     source = cv2.resize(read_image(media_dir / "mark.jpg"), None, fx=3, fy=3,
                         interpolation=cv2.INTER_CUBIC)

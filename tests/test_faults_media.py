@@ -19,8 +19,9 @@ import av
 import numpy as np
 import pytest
 
-from morph3d.io.media import VideoWriter, iter_frames, probe_video
+from morph3d.io.media import iter_frames, probe_video
 from morph3d.io.native_stderr import native_stderr_captured
+from morph3d.io.video_writer import VideoWriter
 
 REPO = Path(__file__).resolve().parents[1]
 FPS = 25

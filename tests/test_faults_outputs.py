@@ -25,8 +25,9 @@ from PIL import Image
 
 from morph3d.cli import main
 from morph3d.errors import InputError
-from morph3d.io.media import VideoInfo, VideoWriter
+from morph3d.io.media import VideoInfo
 from morph3d.io.outputs import check_outputs, remove_stale_temps
+from morph3d.io.video_writer import VideoWriter
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -232,7 +232,7 @@ def _nme(pred: np.ndarray, truth: np.ndarray) -> float:
 
 @pytest.mark.media
 def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     image = read_image(media_dir / "mark.jpg")
     detected = F.detect_landmarks(image, "mediapipe")
@@ -251,7 +251,7 @@ def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
 @pytest.mark.media
 @pytest.mark.parametrize("name", ["takeo", "lenna"])
 def test_annotated_nme_close_to_dlib(model, media_dir, name):
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     folder = media_dir / "annotated"
     if name == "takeo":
@@ -294,7 +294,7 @@ def test_video_first_frames(model, media_dir):
 
 
 def test_cli_no_face_is_one_line_error(tmp_path):
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
 
     blank = tmp_path / "blank.png"
     write_image(blank, np.full((200, 200, 3), 90, np.uint8))

@@ -15,17 +15,9 @@ from PIL import Image
 
 from morph3d import __version__
 from morph3d.errors import InputError
-from morph3d.io.media import (
-    DecodeReport,
-    VideoInfo,
-    VideoWriter,
-    is_image_path,
-    iter_frames,
-    probe_video,
-    read_image,
-    synthetic_metadata,
-    write_image,
-)
+from morph3d.io.images import is_image_path, read_image, synthetic_metadata, write_image
+from morph3d.io.media import DecodeReport, VideoInfo, iter_frames, probe_video
+from morph3d.io.video_writer import VideoWriter
 
 pytestmark = pytest.mark.media
 

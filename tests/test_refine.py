@@ -93,7 +93,8 @@ def test_untrained_net_is_bicubic(tmp_path) -> None:
 def test_beats_bicubic_on_heldout_real_faces(resolver, media_dir) -> None:
     """nggyup.mp4's singer and khabenskii.jpg are held out of training (see refine.py)."""
     from fitting.faces import get_landmark_backend
-    from morph3d.io.media import iter_frames, read_image
+    from morph3d.io.images import read_image
+    from morph3d.io.media import iter_frames
 
     # Start, middle and end of the clip (seeked, so cheap); the full held-out set, hazy
     # soft-focus shots included, is scored by tools/bench_refine.py.

@@ -23,7 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from morph3d.io.media import VideoInfo, VideoWriter, iter_frames, probe_video, read_image
+from morph3d.io.images import read_image
+from morph3d.io.media import VideoInfo, iter_frames, probe_video
+from morph3d.io.video_writer import VideoWriter
 
 pytestmark = [pytest.mark.media, pytest.mark.slow]
 

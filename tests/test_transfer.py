@@ -125,7 +125,8 @@ def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
     back (grey SSIM inside the jaw+brow hull; the re-rendered face scored about 0.75)."""
     from fitting.faces import IBUG68, detect_faces
     from morph3d.evaluate.measures import face_appearance
-    from morph3d.io.media import iter_frames, write_image
+    from morph3d.io.images import write_image
+    from morph3d.io.media import iter_frames
     from morph3d.swap.driver import swap
     from morph3d.swap.options import SwapOptions
 

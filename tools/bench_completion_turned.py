@@ -65,7 +65,7 @@ def photo_yaw_deg(path: Path) -> tuple[float, float]:
     from fitting.faces import IBUG68, detect_faces
     from morph3d.evaluate.measures import head_pose_deg
     from morph3d.evaluate.runner import LANDMARK_BACKEND
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     image = read_image(path)
     faces = detect_faces(image, LANDMARK_BACKEND)

@@ -233,7 +233,7 @@ def real_nme(model) -> dict:
 
     from fitting import fit as F
     from fitting import photo as FP
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     folder = MEDIA / "annotated"
     takeo = np.array((folder / "takeo.pts").read_text().split("{")[1].split("}")[0].split(),
@@ -304,7 +304,7 @@ def video(model, max_frames: int | None) -> dict:
 def photo_seconds(model) -> dict:
     from fitting import fit as F
     from fitting import photo as FP
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     image = read_image(MEDIA / "mark.jpg")
     lms = F.detect_landmarks(image)

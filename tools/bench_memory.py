@@ -227,7 +227,7 @@ def large_image_runs(clips_dir: Path) -> dict[str, dict[str, Any]]:
 
     import cv2
 
-    from morph3d.io.media import read_image, write_image
+    from morph3d.io.images import read_image, write_image
 
     big = clips_dir / f"mark_{LARGE_SIDE}.png"
     if not big.is_file():

@@ -43,7 +43,7 @@ import cv2
 import numpy as np
 import torch
 
-from morph3d.io.media import write_image
+from morph3d.io.images import write_image
 from morph3d.neural.refine import DEFAULT_WEIGHTS, bicubic_upscale, load_super_resolver
 from morph3d.neural.training.refine import collect_face_crops, degrade, evaluate, psnr
 
@@ -120,7 +120,7 @@ def side_by_side(resolver, crops: list[np.ndarray], sources: list[str], out: Pat
 def bundled_face_crops() -> tuple[list[np.ndarray], list[str]]:
     """Face crops of matplotlib's grace_hopper.jpg and scikit-image's astronaut.png."""
     from fitting.faces import get_landmark_backend
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
     from morph3d.io.paths import bundled_source, bundled_target_photo
     from morph3d.neural.training.refine import face_crops_in_image
 

@@ -290,7 +290,7 @@ def face_crop(rgb: np.ndarray, box: list[float], side_px: int) -> np.ndarray:
 def source_cell(source: Path, side: int) -> np.ndarray:
     from fitting.faces import MEDIAPIPE478, detect_faces, landmark_box
     from morph3d.evaluate.plots import label_cell
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     rgb = read_image(source)
     faces = detect_faces(rgb, "mediapipe")
@@ -396,7 +396,7 @@ def write_picture(path: Path, rgb: np.ndarray) -> Path:
 
 def write_source_frame(target: Path, index: int, path: Path) -> Path:
     """Frame `index` of `target` as a PNG (lossless: the source is exactly that frame)."""
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
 
     frames = read_frames(target, [index])
     if index not in frames:

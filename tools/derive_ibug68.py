@@ -47,7 +47,8 @@ VIDEOS = (("nggyup.mp4", 2), ("orig.webm", 1))
 
 def images():
     """(name, RGB uint8) of every real frame used (never the annotated test images)."""
-    from morph3d.io.media import iter_frames, read_image
+    from morph3d.io.images import read_image
+    from morph3d.io.media import iter_frames
 
     for name in PHOTOS:
         yield name, read_image(MEDIA / name)

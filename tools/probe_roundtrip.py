@@ -90,7 +90,7 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     import torch
 
     from fitting.faces import detect_faces
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
     from morph3d.model.registry import load_model
     from morph3d.neural.completion import REGION_CHANNELS
     from morph3d.swap.driver import make_upscaler
@@ -216,7 +216,7 @@ def raw_photo_texture(ctx: Context, source_png: Path, texture_size: int) -> np.n
 
     from fitting import lighting as FL
     from fitting import photo as FP
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     original = FL.fit_lighting_and_texture
     FL.fit_lighting_and_texture = functools.partial(original, texture_size=texture_size)
@@ -267,7 +267,8 @@ def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
 
 def encode_only(ctx: Context, crf: int = 14) -> np.ndarray:
     """Frame k through the swap's H.264 encoder (`VideoWriter`, CRF 14) and back."""
-    from morph3d.io.media import VideoWriter, iter_frames, probe_video
+    from morph3d.io.media import iter_frames, probe_video
+    from morph3d.io.video_writer import VideoWriter
 
     info = probe_video(ctx.target)
     with tempfile.TemporaryDirectory(prefix="probe-rt-") as tmp:
@@ -335,7 +336,7 @@ def main() -> int:
     from morph3d.composite.compositor import CompositorConfig
     from morph3d.evaluate.measures import face_appearance
     from morph3d.evaluate.plots import label_cell
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
 
     torch.set_num_threads(1)
     _, default_k, default_frames = CLIPS[args.clip]

@@ -18,7 +18,7 @@ import torch
 
 from morph3d.builders.parts import vertex_parts
 from morph3d.builders.preview import render_preview, rotation_yaw_pitch
-from morph3d.io.media import write_image
+from morph3d.io.images import write_image
 from morph3d.model.registry import load_model
 
 SKIN = np.array([0.85, 0.70, 0.60])

@@ -57,7 +57,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     import av
 
     from fitting.photo import fit_photo
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
     from render import render_mesh
     from render.camera import axis_angle_to_matrix
 

@@ -67,7 +67,7 @@ def check_fit_paths(args: argparse.Namespace) -> None:
                                f"{', '.join(SUFFIXES)} file name")
         outputs += export_outputs(export)
     if args.preview:
-        from morph3d.io.media import is_image_path
+        from morph3d.io.images import is_image_path
 
         if not is_image_path(args.preview):
             raise InputError(f"--preview must be an image file name (.png, .jpg, ...): "
@@ -78,7 +78,8 @@ def check_fit_paths(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from fitting.photo import fit_photo, fit_summary
-    from morph3d.io.media import is_image_path, probe_video, read_image
+    from morph3d.io.images import is_image_path, read_image
+    from morph3d.io.media import probe_video
     from morph3d.model.registry import load_model
 
     check_fit_paths(args)
@@ -129,7 +130,7 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame:
 
     from fitting.fit import vertex_positions
     from fitting.photo import projected_landmarks
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
     from render.helpers import render_mesh
 
     img = np.asarray(image)

@@ -111,7 +111,7 @@ def write_plots(records: Sequence[FrameRecord], folder: Path, *, source_rgb: np.
     `folder` (created if missing); returns their paths."""
     from matplotlib.figure import Figure
 
-    from morph3d.io.media import write_image
+    from morph3d.io.images import write_image
 
     if folder.exists() and not folder.is_dir():
         raise InputError(f"plots path is not a folder: {folder}")

@@ -270,7 +270,9 @@ def source_face_embedding(source: PathLike) -> tuple[np.ndarray, np.ndarray, np.
 def _reencode(target: Path, stop: int | None, folder: Path) -> tuple[Path, str] | None:
     """(path, codec description) of the target's first frames re-encoded with H.264 at
     CRF 23 (or FFmpeg's fallback encoder without libx264); None for a still image."""
-    from morph3d.io.media import VideoWriter, is_image_path, iter_frames, probe_video
+    from morph3d.io.images import is_image_path
+    from morph3d.io.media import iter_frames, probe_video
+    from morph3d.io.video_writer import VideoWriter
 
     if is_image_path(target):
         return None

@@ -5,7 +5,7 @@ uint8 pixels (3 bytes each); above this limit even that, and the decoder's own b
 more than a photo of a face needs. Pillow's decompression-bomb check would only warn up to
 twice its own limit (about 179 million pixels) and then read the whole picture, so the
 limit is checked on the size in the file's header, before any pixel is decoded
-(`morph3d.io.media.read_image` does it on every read; `check_image_pixels` alone does it
+(`morph3d.io.images.read_image` does it on every read; `check_image_pixels` alone does it
 for commands that want to refuse before other work).
 """
 

@@ -208,7 +208,7 @@ def parse_options(text: str, base: Path) -> dict[str, str]:
 
 
 def _check_row(job: Job) -> None:
-    from morph3d.io.media import is_image_path
+    from morph3d.io.images import is_image_path
 
     name = job.output
     if not name or "/" in name or "\\" in name or name.startswith(".") or name in ("..",):

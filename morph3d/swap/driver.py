@@ -119,7 +119,8 @@ def _swap_large_image(sources, target, output, options, summary, t0) -> SwapSumm
 
     from fitting.faces import DETECT_MAX_SIDE, face_crop, scaled_copy
     from fitting.video import video_landmarks
-    from morph3d.io.media import probe_video, read_image, synthetic_metadata, write_image
+    from morph3d.io.images import read_image, synthetic_metadata, write_image
+    from morph3d.io.media import probe_video
 
     folder = work_directory(options) / f"image-{file_digest(target)}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -207,14 +208,9 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
     from tqdm import tqdm
 
     from morph3d.composite.compositor import FaceCompositor, FrameInputs
-    from morph3d.io.media import (
-        DecodeReport,
-        VideoWriter,
-        iter_frames,
-        read_image,
-        synthetic_metadata,
-        write_image,
-    )
+    from morph3d.io.images import read_image, synthetic_metadata, write_image
+    from morph3d.io.media import DecodeReport, iter_frames
+    from morph3d.io.video_writer import VideoWriter
     from morph3d.model.registry import load_model
     from morph3d.swap.transfer import compositor_config as transfer_compositor
 
@@ -340,7 +336,7 @@ def map_ahead(function, items, depth: int = 2):
 
 def write_preview(path: Path, source: Path, original: np.ndarray, swapped: np.ndarray) -> None:
     """A side-by-side strip: source | original frame | swapped frame (same height)."""
-    from morph3d.io.media import read_image, write_image
+    from morph3d.io.images import read_image, write_image
 
     h = original.shape[0]
     src = read_image(source)

@@ -29,7 +29,7 @@ def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
     if options.target_face_ref is None:
         return options.target_face, None
     from fitting.track import reference_embedding
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
 
     reference = read_image(options.target_face_ref)
     try:
@@ -121,7 +121,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     from fitting.faces import detect_faces_bounded
     from fitting.params import VideoFit
     from fitting.photo import fit_photo
-    from morph3d.io.media import read_image
+    from morph3d.io.images import read_image
     from morph3d.neural.completion import INFERENCE_VERSION, complete_texture, load_completion_net
 
     t = time.perf_counter()

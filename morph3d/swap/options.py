@@ -131,7 +131,7 @@ def check_paths(sources: list[Path], target: Path, output: Path,
 
 
 def output_kind(target_is_image: bool, output: Path) -> None:
-    from morph3d.io.media import is_image_path
+    from morph3d.io.images import is_image_path
 
     if target_is_image and not is_image_path(output):
         raise InputError(f"the target is an image, so the output must be one too: {output}")
