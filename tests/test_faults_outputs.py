@@ -449,7 +449,8 @@ _HOLD_WRITER = textwrap.dedent("""
     from fractions import Fraction
     from pathlib import Path
     import numpy as np
-    from morph3d.io.media import VideoInfo, VideoWriter
+    from morph3d.io.media import VideoInfo
+    from morph3d.io.video_writer import VideoWriter
     like = VideoInfo(path=Path("synthetic"), width=32, height=32, fps=Fraction(25),
                      frame_count=50, duration_s=2.0, video_codec="h264", has_audio=False)
     writer = VideoWriter(sys.argv[1], like=like)
