@@ -50,7 +50,7 @@ def load_meshes() -> tuple[str, list[tuple[str, torch.Tensor, torch.Tensor]]]:
         source = "morph3d.model.registry.load_model('default')"
         meshes.append(("default head", model.vertices().detach()[0], model.triangles))
         try:
-            dense = model.subdivided()
+            dense = load_model("default", subdivided=True)
             meshes.append(("subdivided head", dense.vertices().detach()[0], dense.triangles))
         except Exception as exc:  # noqa: BLE001 - optional
             print(f"(subdivided model unavailable: {exc})", file=sys.stderr)
