@@ -153,6 +153,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
 
     from fitting import fit as F
     from fitting import photo as FP
+    from fitting.params import FaceParams, Identity, VideoFit
 
     rng = np.random.default_rng(0)
     verts_err, sim_err, pose_err, missed, seconds, focal_err = [], [], [], 0, [], []
@@ -178,11 +179,11 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
         seconds.append(time.perf_counter() - t0)
         if not rendered and convention == F.ANNOTATION:
             offset = F.fit_corrective(ls_list, ident, states, cams, F.Priors())
-            faces = F.FaceParams.empty(1, model.num_expression)
+            faces = FaceParams.empty(1, model.num_expression)
             faces.rotation[0], faces.translation[0] = states[0].rotation, states[0].translation
             faces.expression[0], faces.valid[0] = states[0].expression, True
             for off, key in ((None, "points_px"), (offset, "points_px_off")):
-                fit = F.VideoFit(F.Identity(ident, offset=off), faces, cams[0])
+                fit = VideoFit(Identity(ident, offset=off), faces, cams[0])
                 pred = FP.projected_landmarks(fit, model)[0]
                 corrective[key].append(float(np.linalg.norm(pred - clean["ibug68"],
                                                              axis=1).mean()))
