@@ -144,3 +144,124 @@ def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
     assert scores["face_ssim"] > 0.9, scores
     assert scores["face_lab_delta"] < 2.0, scores
     assert cv2.PSNR(original, swapped) > 30.0
+
+
+# --------------------------------------------------------------------- light and skin colour
+
+
+def skin_patch(t: float, lightness: float = 0.3, seed: int = 4) -> np.ndarray:
+    """48 x 48 x 3 linear RGB skin at fraction `t` along the skin locus (0: the light-skin
+    end, 1: the dark-skin end), with a little per-pixel texture."""
+    from morph3d.transfer import _LOCUS_DARK, _LOCUS_LIGHT
+
+    chroma = _LOCUS_LIGHT + t * (_LOCUS_DARK - _LOCUS_LIGHT)
+    rgb = np.exp(np.float32([chroma[0], 0.0, chroma[1]]))
+    rgb = rgb * lightness / float(rgb @ np.float32([0.2126, 0.7152, 0.0722]))
+    texture = 1 + 0.05 * np.random.default_rng(seed).standard_normal((48, 48, 1))
+    return (rgb * texture).astype(np.float32)
+
+
+def unit_luminance(gains: np.ndarray) -> np.ndarray:
+    gains = np.asarray(gains, np.float32)
+    return gains / float(gains @ np.float32([0.2126, 0.7152, 0.0722]))
+
+
+@pytest.mark.parametrize("t, tint", [
+    (0.5, (1.1, 0.92, 1.35)),  # pink stage light on mid skin: off the locus
+    (0.5, (0.9, 1.05, 0.8)),  # a green-yellow cast
+    (1.0, (1.5, 0.9, 0.8)),  # a red light on the darkest skin: beyond the locus' end
+])
+def test_skin_illuminant_recovers_a_light_tint_on_a_skin_patch(t: float, tint) -> None:
+    from morph3d.transfer import skin_illuminant
+
+    skin = skin_patch(t)
+    weight = np.ones(skin.shape[:2], np.float32)
+    assert np.allclose(skin_illuminant(skin, weight), 1.0, atol=0.01)
+    recovered = skin_illuminant(skin * np.float32(tint), weight)
+    assert np.allclose(recovered, unit_luminance(tint), atol=0.03), recovered
+
+
+def test_skin_along_the_locus_is_skin_not_light() -> None:
+    """Between the light-skin and dark-skin ends a change of chromaticity is another skin:
+    no light is read into it (the ratio keeps a darker skin's warmth)."""
+    from morph3d.transfer import skin_illuminant
+
+    weight = np.ones((48, 48), np.float32)
+    for t in (0.0, 0.3, 1.0):
+        assert np.allclose(skin_illuminant(skin_patch(t, 0.1), weight), 1.0, atol=0.01)
+
+
+def test_tone_ratio_of_a_picture_against_itself_under_another_light_is_one() -> None:
+    from morph3d.composite import linear_to_srgb
+
+    skin = skin_patch(0.4)
+    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
+    actor = linear_to_srgb(skin * np.float32([1.12, 0.93, 1.3]))  # under a pink light
+    source = linear_to_srgb(skin)
+    ratio = tone_ratio(source, actor, weight, sigma=2.0)
+    assert np.allclose(ratio[weight > 0], 1.0, atol=0.02), ratio[weight > 0].mean(0)
+    # a darker skin along the locus under the same light keeps its own colour
+    darker = linear_to_srgb(skin_patch(0.9, 0.15))
+    ratio = tone_ratio(darker, actor, weight, sigma=2.0)
+    expected = np.median(skin_patch(0.9, 0.15) / skin, (0, 1))
+    assert np.allclose(np.median(ratio[weight > 0], 0), expected, rtol=0.05)
+
+
+def crop_face(size: int = 256):
+    """A synthetic face crop: skin, dark brows, the crop's landmarks and region channels."""
+    from test_composite import synthetic_ibug68
+
+    points = synthetic_ibug68()
+    seen = np.empty((size, size, 3), np.float32)
+    seen[:] = (0.85, 0.62, 0.52)
+    seen += 0.01 * np.random.default_rng(5).standard_normal(seen.shape).astype(np.float32)
+    regions = {"eyes": np.zeros((size, size), np.float32),
+               "lips": np.zeros((size, size), np.float32)}
+    return points, np.clip(seen, 0, 1), regions
+
+
+def test_a_fringe_over_the_brows_is_kept_and_the_actors_own_brows_are_not() -> None:
+    """The ratio leaves a fringe reaching down into the brows' band alone (it would paint
+    the source's brows onto hair), but an actor's brow, an island in skin, takes it."""
+    from morph3d.composite import fit_skin_model
+    from morph3d.transfer import actor_non_skin
+
+    size = 256
+    points, seen, regions = crop_face(size)
+    left, right = points[17:22], points[22:27]
+    cv2.polylines(seen, [np.round(right).astype(np.int32)], False, (0.2, 0.15, 0.12), 6)
+    hair = np.zeros((size, size), np.uint8)  # a grey fringe from the top over the left brow
+    x0, x1 = int(left[:, 0].min()) - 5, int(left[:, 0].max()) + 5
+    hair[: int(left[:, 1].max()) + 4, x0:x1] = 1
+    seen[hair > 0] = (0.45, 0.45, 0.47)
+    covered = np.ones((size, size), bool)
+    model = fit_skin_model(seen, {"ibug68": points})
+    iod = float(np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0)))
+    keep = actor_non_skin(seen, covered, model, regions, points, (0.0, 0.0, float(size)),
+                          size, iod)
+    brow_pixels = np.zeros((size, size), np.uint8)
+    cv2.polylines(brow_pixels, [np.round(right).astype(np.int32)], False, 1, 3)
+    assert not keep[brow_pixels > 0].any()
+    left_band = np.zeros((size, size), np.uint8)
+    cv2.polylines(left_band, [np.round(left).astype(np.int32)], False, 1, 3)
+    assert keep[(left_band > 0) & (hair > 0)].mean() > 0.95
+    assert keep[hair > 0].mean() > 0.95
+
+
+def test_surround_takes_the_skin_around_the_face_not_hair_or_background() -> None:
+    from morph3d.composite import fit_skin_model
+    from morph3d.transfer import surround_strength
+
+    size = 256
+    points, plain, _ = crop_face(size)
+    face = disk((size, size), (128, 140), 50)
+    plain[:, :30] = (0.2, 0.4, 0.6)  # background at the left
+    plain[:40] = (0.15, 0.1, 0.08)  # hair at the top
+    model = fit_skin_model(plain, {"ibug68": points})
+    inner = np.zeros((size, size), bool)
+    weight = surround_strength(plain, model, face, inner, reach=40.0, smooth=2.0)
+    assert weight[face].min() > 0.95  # skin at the face
+    assert 0.2 < weight[140, 128 + 50 + 20] < 0.8  # skin beside it, fading with distance
+    assert weight[140, 128 + 50 + 42] == 0.0  # beyond the reach
+    assert weight[:34].max() < 0.05 and weight[:, :24].max() < 0.05  # hair, background
+    assert weight[-1].max() == 0.0 and weight[:, -1].max() == 0.0  # the crop's border

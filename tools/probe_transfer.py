@@ -1,14 +1,17 @@
 """Probe: identity transfer on the actor's pixels vs today's re-rendered face, single frames.
 
 Cases: the round trip (a clip frame written as PNG is the source, swapped into the same clip
-at that frame and at others) and cross-identity swaps. For each, today's pipeline
+at that frame and at others: nggyup.mp4 frame 150 at `--frames`, orig.webm frame 10 at 10
+and 30) and cross-identity swaps. For each, today's pipeline
 (`FaceRenderer.render` + `FaceCompositor`) and the transfer (`morph3d.swap.transfer`) are scored
 inside the original's dlib jaw+brow hull (`morph3d.evaluate.measures.face_appearance`: grey SSIM,
-PSNR, detail ratio, mean-Lab distance) and by the dlib identity distance to the source
-photo; contact sheets (original | today | transfer, face crops) go to out/transfer/.
+PSNR, detail ratio, mean-Lab distance), by the dlib identity distance to the source
+photo and by the tone seam at the face's edge (`seam_delta`); contact sheets (original |
+variants, face crops) go to out/transfer/.
 
     .venv/bin/python tools/probe_transfer.py [--cases roundtrip,cross] [--frames 150,60,100]
-                                             [--variants transfer,warp_only,ratio_only]
+        [--variants today,transfer,warp_only,ratio_only] [--sources mark.jpg,woman.png]
+        [--tag _name]
 
 Fits come from the swap's work folder (`fit_clip`: nggyup.mp4 with --max-frames 160,
 orig.webm with 40). Results: out/transfer/results.json and the sheets beside it.
@@ -67,6 +70,30 @@ def crop_of(img: np.ndarray, ibug: np.ndarray, side: int = 320) -> np.ndarray:
                       if y1 - y0 > side else cv2.INTER_CUBIC)
 
 
+def seam_delta(original: np.ndarray, output: np.ndarray, ibug68: np.ndarray,
+               inside: float = 0.1, outside: float = 0.2) -> float:
+    """The tone seam at the face's edge: the Lab distance (CIE76) between the mean colour of
+    a band just inside the original's jaw+brow hull (`inside` IOD deep) and one just outside
+    it (`outside` IOD wide), both on the original frame's skin only (its skin model,
+    `non_skin_score` under 3 sigmas; the same pixels for every output), so hair and
+    background do not count. The original itself scores its natural contrast."""
+    from morph3d.composite import face_geometry, fit_skin_model, non_skin_score
+    from morph3d.evaluate import face_hull_mask
+
+    hull = face_hull_mask(ibug68, original.shape[:2])
+    iod = face_geometry({"ibug68": ibug68}).iod
+    depth_in = cv2.distanceTransform(hull.astype(np.uint8), cv2.DIST_L2, 5)
+    depth_out = cv2.distanceTransform((~hull).astype(np.uint8), cv2.DIST_L2, 5)
+    model = fit_skin_model(original.astype(np.float32) / 255.0, {"ibug68": ibug68})
+    skin = non_skin_score(original.astype(np.float32) / 255.0, model) < 3.0
+    band_in = hull & (depth_in <= inside * iod) & skin
+    band_out = ~hull & (depth_out <= outside * iod) & skin
+    if band_in.sum() < 20 or band_out.sum() < 20:
+        return float("nan")
+    lab = cv2.cvtColor(output.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    return float(np.linalg.norm(lab[band_in].mean(0) - lab[band_out].mean(0)))
+
+
 def label(img: np.ndarray, text: str) -> np.ndarray:
     out = img.copy()
     cv2.putText(out, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 3, cv2.LINE_AA)
@@ -90,6 +117,9 @@ TRANSFER_VARIANTS: dict[str, dict] = {
     "s06": {"ratio_sigma": 0.06},
     "frame_light": {"light_reference": None},
     "noalign": {"alignment": None},
+    "nosurround": {"surround": 0.0},
+    "sur04": {"surround": 0.4},
+    "sur15": {"surround": 1.5},
     "warp_only": {"ratio_on": False},
     "ratio_only": {"warp_on": False},
 }
@@ -126,8 +156,11 @@ def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, ph
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="roundtrip,cross")
-    parser.add_argument("--variants", default="transfer,warp_only,ratio_only",
-                        help=f"comma-separated, of: {', '.join(TRANSFER_VARIANTS)}")
+    parser.add_argument("--variants", default="today,transfer,warp_only,ratio_only",
+                        help=f"comma-separated, of: today, {', '.join(TRANSFER_VARIANTS)}")
+    parser.add_argument("--sources", default="mark.jpg,man_dark_skin.png,woman.png,"
+                        "khabenskii.jpg", help="cross cases' source photos (media folder)")
+    parser.add_argument("--tag", default="", help="suffix of the sheets' and results' names")
     parser.add_argument("--frames", default="150,60,100,200")
     args = parser.parse_args()
 
@@ -153,14 +186,18 @@ def main() -> None:
     src150 = OUT / "nggyup_f150.png"
     if not src150.exists():
         cv2.imwrite(str(src150), cv2.cvtColor(read_frame(ng, k), cv2.COLOR_RGB2BGR))
+    src10 = OUT / "orig_f10.png"
+    if not src10.exists():
+        cv2.imwrite(str(src10), cv2.cvtColor(read_frame(orig, 10), cv2.COLOR_RGB2BGR))
     clips = {"nggyup": (ng, SwapOptions(max_frames=160 if max(
         int(f) for f in args.frames.split(",")) < 160 else 210, quiet=True)),
         "orig": (orig, SwapOptions(max_frames=40, quiet=True))}
     cases = []
     if "roundtrip" in args.cases:
         cases += [("roundtrip", src150, "nggyup", int(f)) for f in args.frames.split(",")]
+        cases += [("roundtrip", src10, "orig", 10), ("roundtrip", src10, "orig", 30)]
     if "cross" in args.cases:
-        for src in ("mark.jpg", "man_dark_skin.png"):
+        for src in args.sources.split(","):
             cases += [(f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 150),
                       (f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 0),
                       (f"cross-{src.split('.')[0]}", MEDIA / src, "orig", 30)]
@@ -170,9 +207,11 @@ def main() -> None:
     for name, source, clip, index in cases:
         path, opts = clips[clip]
         if clip not in fits:
-            fits[clip] = fit_clip(path, model, opts, summary)
+            with torch.enable_grad():
+                fits[clip] = fit_clip(path, model, opts, summary)
         clip_fit = fits[clip]
-        source_fit = fit_source([source], model, SwapOptions(), summary)
+        with torch.enable_grad():  # a photo not fitted yet is fitted by gradient descent
+            source_fit = fit_source([source], model, SwapOptions(), summary)
         src_rgb = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB)
         src_pts = dlib_face(src_rgb)
         src_emb = face_embedding(src_rgb, src_pts)
@@ -183,16 +222,20 @@ def main() -> None:
                                        make_upscaler(SwapOptions(), summary))
         outputs = {}
         t = time.perf_counter()
-        rendered = renderer.render(clip_fit.camera, f.rotation[index], f.translation[index],
-                                   f.expression[index], f.sh[index], frame.shape[:2])
-        out, _ = FaceCompositor().process(FrameInputs(
-            frame=frame, render=rendered["image"], coverage=rendered["coverage"],
-            actor_landmarks=actor_lms,
-            swapped_landmarks={"ibug68": rendered["ibug68"],
-                               "mediapipe478": rendered["mediapipe478"]},
-            regions=rendered["regions"], window=rendered["window"]))
-        outputs["today"] = (out, time.perf_counter() - t)
+        if "today" in args.variants.split(","):
+            rendered = renderer.render(clip_fit.camera, f.rotation[index],
+                                       f.translation[index], f.expression[index], f.sh[index],
+                                       frame.shape[:2])
+            out, _ = FaceCompositor().process(FrameInputs(
+                frame=frame, render=rendered["image"], coverage=rendered["coverage"],
+                actor_landmarks=actor_lms,
+                swapped_landmarks={"ibug68": rendered["ibug68"],
+                                   "mediapipe478": rendered["mediapipe478"]},
+                regions=rendered["regions"], window=rendered["window"]))
+            outputs["today"] = (out, time.perf_counter() - t)
         for variant in args.variants.split(","):
+            if variant == "today":
+                continue
             t = time.perf_counter()
             out = transfer_swap(model, source_fit, clip_fit, index, frame, src_rgb,
                                 **TRANSFER_VARIANTS[variant])
@@ -205,19 +248,21 @@ def main() -> None:
         for key, (out, seconds) in outputs.items():
             m = face_appearance(frame, out, ref)
             m["id_dist"] = identity_distance(out, src_emb)
+            m["seam"] = seam_delta(frame, out, ref)
             m["seconds"] = seconds
             row[key] = {a: round(float(b), 4) for a, b in m.items()}
             cells.append(label(crop_of(out, ref), f"{key} ssim {m['face_ssim']:.3f} "
-                               f"id {m['id_dist']:.3f}"))
+                               f"id {m['id_dist']:.3f} seam {m['seam']:.1f}"))
         m = face_appearance(frame, frame, ref)
         row["original_id_dist"] = round(identity_distance(frame, src_emb), 4)
+        row["original_seam"] = round(seam_delta(frame, frame, ref), 2)
         results.append(row)
         print(json.dumps(row), flush=True)
         sheet = np.concatenate(cells, 1)
         sheets.append(sheet)
-        cv2.imwrite(str(OUT / f"sheet_{name}_{clip}_{index}.png"),
+        cv2.imwrite(str(OUT / f"sheet_{name}_{clip}_{index}{args.tag}.png"),
                     cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    (OUT / "results.json").write_text(json.dumps(results, indent=1))
+    (OUT / f"results{args.tag}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,12 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    from the source while the frame's own pores, blur, grain and real shading stay.
    What either side does not show as skin does not vote (the photo's unseen side, the
    actor's fringe or microphone, highlights), and the actor's forehead above the brows
-   fades back to itself (fringes, hats).
+   fades back to itself (fringes, hats). Each picture's light colour is estimated from its
+   skin's offset from a skin locus and divided out of its side (`skin_illuminant`), so the
+   source's skin appears under the clip's light, not the photo's.
+3. Surround: the face's overall tone also goes onto the actor's skin around the face (ears,
+   neck, forehead between strands of hair), fading with distance (`surround_strength`), so a
+   skin tone unlike the actor's reads as the person's skin, not as a mask.
 
 The actor's eyeballs and mouth interior are kept, warped, unchanged (ratio 1). Units:
 pixels (frame pixels unless named crop), colours float32 RGB in [0, 1] (sRGB-encoded
@@ -103,9 +108,37 @@ def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
     return cv2.remap(frame, map_x, map_y, interpolation, borderMode=cv2.BORDER_REFLECT)
 
 
+# The skin locus in linear-RGB log-chromaticity (log R/G, log B/G): the segment from the
+# ColorChecker's "light skin" to its "dark skin" patch (sRGB 194, 150, 130 and 115, 82, 68:
+# measured skin reflectances under D65). Under one light, skins of all tones differ mostly in
+# lightness, their chromaticities only along this short segment (melanin: darker skin is
+# redder, less blue); a light's tint moves the whole picture's skin off it. What lies beyond
+# the segment's ends is light too; a tint along the segment cannot be told from another skin.
+_LOCUS_LIGHT = np.float32([0.5703, -0.3121])
+_LOCUS_DARK = np.float32([0.7090, -0.3782])
+_LUMA = np.float32([0.2126, 0.7152, 0.0722])
+
+
+def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(3,) the colour of the light on a picture's skin, as linear-RGB gains of unit luminance:
+    the offset of the skin's median chromaticity (linear H x W x 3, weight H x W: where it is
+    skin) from the nearest point of the skin locus. Ones when fewer than 20 skin pixels."""
+    weight = np.asarray(weight, np.float32)
+    keep = weight > 0.5 * float(weight.max()) if weight.size and weight.max() > 0 else None
+    if keep is None or keep.sum() < 20:
+        return np.ones(3, np.float32)
+    rgb = np.maximum(np.median(linear[keep], 0), 1e-4)
+    chroma = np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]]))
+    span = _LOCUS_DARK - _LOCUS_LIGHT
+    t = min(max(float((chroma - _LOCUS_LIGHT) @ span / (span @ span)), 0.0), 1.0)
+    off = chroma - (_LOCUS_LIGHT + t * span)
+    gains = np.exp(np.float32([off[0], 0.0, off[1]]))
+    return (gains / float(gains @ _LUMA)).astype(np.float32)
+
+
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
                min_support: float = 0.3, max_spread: float = 2.0,
-               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0
+               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0,
                ) -> np.ndarray:
     """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
 
@@ -117,9 +150,15 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     the overall one (darker; `max_brighten` times brighter) are left out, and the local
     ratio stays within those factors of it. `light`: the share (exponent) of the overall
     lightness ratio applied (chroma is applied in full): how light a skin looks in a photo
-    is its exposure as much as the skin, and one photo cannot tell the two apart."""
+    is its exposure as much as the skin, and one photo cannot tell the two apart.
+
+    Each side is first divided by its light's colour (`skin_illuminant`), so the ratio is
+    (source skin / source light) / (actor skin / actor light): the source's skin under the
+    clip's light, not under the photo's."""
     s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
     w = np.asarray(weight, np.float32)
+    s_lin = s_lin / skin_illuminant(s_lin, w)
+    a_lin = a_lin / skin_illuminant(a_lin, w)
     total = float(w.sum())
     if total < 1.0:
         return np.ones(source.shape, np.float32)
@@ -205,18 +244,20 @@ def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) ->
     return mask.astype(bool)
 
 
-def actor_non_skin(seen: np.ndarray, trust: np.ndarray, regions: dict, lm68: np.ndarray,
+def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
+                   lm68: np.ndarray,
                    box: tuple[float, float, float], size: int, crop_iod: float,
                    sigmas: float = 6.0) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
     microphone) and not where the face has features of its own (eyes, lips, a band around
     the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
 
-    seen: the frame's colours at the surface points (crop, float RGB); trust: where they are
-    skin the actor shows; lm68: the source mesh's 68 points in frame pixels."""
-    from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
+    seen: the frame's colours at the surface points (crop, float RGB), covered: where there
+    are surface points (bool); model: the actor's skin
+    colour (`composite.SkinModel`, None: none); lm68: the source mesh's 68 points in frame
+    pixels."""
+    from morph3d.composite.occluders import non_skin_score
 
-    model = skin_model_from_samples(_ycrcb(seen)[trust > 0.5])
     if model is None:
         return np.zeros(seen.shape[:2], bool)
     x0, y0, side = box
@@ -226,7 +267,47 @@ def actor_non_skin(seen: np.ndarray, trust: np.ndarray, regions: dict, lm68: np.
         cv2.polylines(band, [np.round(part * 16).astype(np.int32)], False, 1,
                       thickness=max(1, round(0.25 * crop_iod)), lineType=cv2.LINE_8, shift=4)
     features = (band > 0) | (regions["eyes"] > 0.5) | (regions["lips"] > 0.5)
-    return (non_skin_score(seen, model) > sigmas) & ~features
+    score = np.where(covered, non_skin_score(seen, model), 0.0)
+    # Hysteresis: what is off the skin by half as much and joined to a clear non-skin pixel
+    # (a strand of hair over the forehead) is one piece with it.
+    count, labels = cv2.connectedComponents((score > sigmas / 2).astype(np.uint8),
+                                            connectivity=8)
+    clear = np.bincount(labels[score > sigmas], minlength=count) > 0
+    # In the brows' band a piece is hair when more of it lies well above the brows than in
+    # the band (a fringe or hat reaching down into it); the actor's own brows are islands in
+    # skin, or joined to the hair at the temples beside them.
+    above = forehead_fade(lm68, box, size, crop_iod, 0.2) < 0.5
+    hair = (np.bincount(labels[above], minlength=count)
+            > np.bincount(labels[features], minlength=count)) & clear
+    clear[0] = hair[0] = False
+    return np.where(features, hair[labels], clear[labels])
+
+
+def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndarray,
+                      reach: float, smooth: float, low: float = 3.0, high: float = 6.0
+                      ) -> np.ndarray:
+    """Crop H x W weight in [0, 1]: the actor's skin around the face (ears, neck, forehead
+    between the strands of a fringe) that takes the face's overall tone, so a source of
+    another skin tone reads as the person's skin, not as a mask on a face.
+
+    plain: the frame on the crop's grid (float RGB); model: the actor's skin colour
+    (`composite.SkinModel`); face: bool, the face surface the ratio covers; inner: where the
+    actor's own eyes and mouth stay. Skin is a colour within `low` sigmas of the model, fading
+    out by `high`, low-passed at `smooth` px (a per-pixel test on a noisy frame would speckle
+    the tone); the weight falls (cosine) from 1 at the face to 0 `reach` px beyond it and to 0
+    at the crop's border (the window ends there)."""
+    from morph3d.composite import non_skin_score
+
+    if model is None or reach <= 0:
+        return np.zeros(plain.shape[:2], np.float32)
+    score = non_skin_score(plain, model)
+    skin = np.clip((high - score) / (high - low), 0.0, 1.0).astype(np.float32)
+    skin = cv2.GaussianBlur(skin, (0, 0), max(smooth, 0.5))
+    size = plain.shape[0]
+    border = np.minimum.reduce(np.meshgrid(np.arange(size), np.arange(size))
+                               + np.meshgrid(np.arange(size)[::-1], np.arange(size)[::-1]))
+    edge = np.clip(border / (0.08 * size), 0.0, 1.0)
+    return (skin * fade(face, reach) * edge * (1 - inner)).astype(np.float32)
 
 
 def cap_highlights(albedo: np.ndarray, weight: np.ndarray, sigma: float,
@@ -400,7 +481,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light: float = 0.7,
                   light_reference: np.ndarray | None = None, forehead: float = 0.35,
-                  highlight_cap: float = 0.15) -> dict:
+                  highlight_cap: float = 0.15, surround: float = 0.8) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 4 torch tensor (source albedo RGB, its confidence); region_channels:
@@ -425,8 +506,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     import torch
 
     from morph3d.composite.masks import face_geometry
-    from morph3d.neural.completion import REGION_CHANNELS
-    from morph3d.swap.window import crop_camera, face_crop_box, paste_window
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
     from render.backends import rasterize
     from render.ops import (
         interpolate,
@@ -491,8 +572,13 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                      borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
     actor_albedo = seen / np.maximum(attrs[..., k:k + 3], 0.05)
     trust = np.clip(attrs[..., k + 3] / 0.3, 0, 1) * tex[..., 3] * skin
+    # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
+    # hair near the skin's colour would widen a model fitted on all the face to the hair
+    skin_model = fit_skin_model(seen, {"ibug68": (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5},
+                                exclude=trust <= 0.5)
     if protect:
-        keep_actor = actor_non_skin(seen, trust, regions, lm68, box, size, crop_iod)
+        keep_actor = actor_non_skin(seen, covered, skin_model, regions, lm68, box, size,
+                                    crop_iod)
         trust = trust * ~keep_actor
         soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
@@ -508,8 +594,20 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     flow = extend_flow(flow, covered & (face > 0.5))
     strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
     strength = strength * (1 - inner) * forehead_fade(lm68, box, size, crop_iod, forehead)
+    # The face's overall tone (its ratio's median) also goes onto the actor's skin around it
+    plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
+                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
+    around = surround_strength(plain, skin_model, covered & (face > 0.5), inner > 0.5,
+                               surround * crop_iod, 0.03 * crop_iod)
+    tone = np.median(ratio[trust > 0.5], 0) if (trust > 0.5).sum() > 20 else np.ones(3)
+    # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
+    around = around * (1 - strength)
+    total = strength + around
+    ratio = np.where(total[..., None] > 1e-6, (strength[..., None] * ratio + around[..., None]
+                     * tone.astype(np.float32)) / np.maximum(total, 1e-6)[..., None], 1.0)
     stack = np.concatenate([flow, ratio, strength[..., None],
-                            np.stack([regions[n] for n in REGION_CHANNELS], -1)], -1)
+                            np.stack([regions[n] for n in REGION_CHANNELS], -1),
+                            total[..., None]], -1)
     window, origin = paste_window(stack, box, (h, w), cv2.INTER_LINEAR)
     wh, ww = window.shape[:2]
     actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
@@ -518,9 +616,11 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     weight = fade(hull, reach * swapped.iod)
     flow_w = window[..., :2] * weight[..., None] if warp_on else np.zeros_like(window[..., :2])
     warped = warp_window(frame, flow_w, origin)
-    image = apply_ratio(warped, window[..., 2:5], window[..., 5] * weight)
+    # the face's strength ends with the warp's fade, the surrounding skin's does not
+    strength = window[..., -1] - window[..., 5] * (1 - weight)
+    image = apply_ratio(warped, window[..., 2:5], np.clip(strength, 0, 1))
     return {
-        "image": image, "coverage": (weight > 0).astype(np.float32),
+        "image": image, "coverage": ((weight > 0) | (strength > 0)).astype(np.float32),
         "regions": {n: window[..., 6 + i] > 0.5 for i, n in enumerate(REGION_CHANNELS)},
         "window": origin, "ibug68": lm68, "mediapipe478": lm478[0],
     }
