@@ -617,8 +617,11 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     flow_w = window[..., :2] * weight[..., None] if warp_on else np.zeros_like(window[..., :2])
     warped = warp_window(frame, flow_w, origin)
     # the face's strength ends with the warp's fade, the surrounding skin's does not
-    strength = window[..., -1] - window[..., 5] * (1 - weight)
-    image = apply_ratio(warped, window[..., 2:5], np.clip(strength, 0, 1))
+    strength = np.clip(window[..., -1] - window[..., 5] * (1 - weight), 0, 1)
+    # the surround's long tails change no grey level (under 0.4 %): left out, they would
+    # double the pixels the ratio is applied to
+    strength[strength < 0.004] = 0.0
+    image = apply_ratio(warped, window[..., 2:5], strength)
     return {
         "image": image, "coverage": ((weight > 0) | (strength > 0)).astype(np.float32),
         "regions": {n: window[..., 6 + i] > 0.5 for i, n in enumerate(REGION_CHANNELS)},
