@@ -27,7 +27,7 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
 
 The actor's eyeballs and mouth interior are kept, warped, unchanged (ratio 1). Units:
 pixels (frame pixels unless named crop), colours float32 RGB in [0, 1] (sRGB-encoded
-unless named linear), model space in mm. `FaceRenderer` (morph3d.swap.driver) holds the per-job
+unless named linear), model space in mm. `FaceRenderer` (morph3d.swap) holds the per-job
 constants (`prepare_transfer`) and calls `transfer_face` per frame.
 """
 
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
+from morph3d.composite import linear_to_srgb, srgb_to_linear
 
 
 def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float
@@ -124,8 +124,8 @@ def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
     the offset of the skin's median chromaticity (linear H x W x 3, weight H x W: where it is
     skin) from the nearest point of the skin locus. Ones when fewer than 20 skin pixels."""
     weight = np.asarray(weight, np.float32)
-    keep = weight > 0.5 * float(weight.max()) if weight.size and weight.max() > 0 else None
-    if keep is None or keep.sum() < 20:
+    keep = weight > 0.5 * float(weight.max(initial=0.0))
+    if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
         return np.ones(3, np.float32)
     rgb = np.maximum(np.median(linear[keep], 0), 1e-4)
     chroma = np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]]))
@@ -138,7 +138,7 @@ def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
                min_support: float = 0.3, max_spread: float = 2.0,
-               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0,
+               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0
                ) -> np.ndarray:
     """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
 
@@ -245,18 +245,17 @@ def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) ->
 
 
 def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
-                   lm68: np.ndarray,
-                   box: tuple[float, float, float], size: int, crop_iod: float,
-                   sigmas: float = 6.0) -> np.ndarray:
+                   lm68: np.ndarray, box: tuple[float, float, float], size: int,
+                   crop_iod: float, sigmas: float = 6.0) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
     microphone) and not where the face has features of its own (eyes, lips, a band around
     the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
 
-    seen: the frame's colours at the surface points (crop, float RGB), covered: where there
-    are surface points (bool); model: the actor's skin
-    colour (`composite.SkinModel`, None: none); lm68: the source mesh's 68 points in frame
-    pixels."""
-    from morph3d.composite.occluders import non_skin_score
+    seen: the frame's colours at the surface points (crop, float RGB); covered: where there
+    are surface points (bool); model: the actor's skin colour (`composite.SkinModel`, None:
+    none); lm68: the source mesh's 68 points in frame pixels. Non-skin is more than `sigmas`
+    from the model, or more than half of it and joined to such a pixel."""
+    from morph3d.composite import non_skin_score
 
     if model is None:
         return np.zeros(seen.shape[:2], bool)
@@ -329,7 +328,7 @@ def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
     `reach` IOD higher, along the face's up direction. The forehead above is where an
     actor's fringe or hat sits: there the ratio would paint hair as skin. `reach` <= 0:
     ones."""
-    from morph3d.composite.masks import face_geometry
+    from morph3d.composite import face_geometry
 
     if reach <= 0:
         return np.ones((size, size), np.float32)
@@ -485,14 +484,15 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 4 torch tensor (source albedo RGB, its confidence); region_channels:
-    V x len(REGION_CHANNELS) torch tensor (morph3d.swap.driver);
+    V x len(REGION_CHANNELS) torch tensor (morph3d.swap);
     sh: the actor's 9 x 3 SH lighting of the frame; source_factor: V x 3 torch tensor
     (`source_albedo_factor`); alignment: `identity_alignment` (None: none); frame: H x W x 3
     uint8; actor_landmarks: the actor's detected points of this frame (composite
     `Landmarks`). Lengths: `ratio_sigma` (the tone ratio's low-pass) and `reach` (how far
     beyond both faces' outlines the warp fades to nothing) in IOD of the swapped face,
     `size` the crop's side in pixels; `light`: the share of the skins' overall lightness
-    ratio applied (`tone_ratio`).
+    ratio applied (`tone_ratio`); `surround`: how far (IOD) beyond the face the actor's skin
+    takes the face's overall tone (`surround_strength`; 0: nowhere).
 
     The actor's albedo is the frame itself divided by its SH shading over the clip's
     typical light level `light_reference` (`clip_light_level`; None: this frame's own
@@ -500,14 +500,13 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     (`source_albedo_factor`): the ratio compares the two skins as their pictures show
     them, less the directional shading, and the clip's changes of light pass through.
     Returns what `FaceRenderer.render` returns: image (h x w x 3 float), coverage (h x w:
-    where the image is the warped frame), regions, window (x, y of its top-left frame
-    pixel), ibug68 and mediapipe478 of the source mesh.
+    where the image is the warped frame or the toned skin around it), regions, window (x, y
+    of its top-left frame pixel), ibug68 and mediapipe478 of the source mesh.
     """
     import torch
 
-    from morph3d.composite.masks import face_geometry
-    from morph3d.composite.occluders import fit_skin_model
-    from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
+    from morph3d.composite import face_geometry, fit_skin_model
+    from morph3d.swap import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
     from render.backends import rasterize
     from render.ops import (
         interpolate,
@@ -675,7 +674,7 @@ def compositor_config():
     (it meets the frame at its edge); the actor's eyes, mouth and brows are already in the
     warped frame where the source's face has them, and the ratio carries the tone, so the
     steps that restore or match those are off. Occluders are still cut."""
-    from morph3d.composite.compositor import CompositorConfig
+    from morph3d.composite import CompositorConfig
 
     return CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
                             colour_match=False, remove_brows=False, adapt_width=False)
