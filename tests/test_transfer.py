@@ -152,7 +152,7 @@ def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
 def skin_patch(t: float, lightness: float = 0.3, seed: int = 4) -> np.ndarray:
     """48 x 48 x 3 linear RGB skin at fraction `t` along the skin locus (0: the light-skin
     end, 1: the dark-skin end), with a little per-pixel texture."""
-    from morph3d.transfer import _LOCUS_DARK, _LOCUS_LIGHT
+    from morph3d.swap.transfer import _LOCUS_DARK, _LOCUS_LIGHT
 
     chroma = _LOCUS_LIGHT + t * (_LOCUS_DARK - _LOCUS_LIGHT)
     rgb = np.exp(np.float32([chroma[0], 0.0, chroma[1]]))
@@ -172,7 +172,7 @@ def unit_luminance(gains: np.ndarray) -> np.ndarray:
     (1.0, (1.5, 0.9, 0.8)),  # a red light on the darkest skin: beyond the locus' end
 ])
 def test_skin_illuminant_recovers_a_light_tint_on_a_skin_patch(t: float, tint) -> None:
-    from morph3d.transfer import skin_illuminant
+    from morph3d.swap.transfer import skin_illuminant
 
     skin = skin_patch(t)
     weight = np.ones(skin.shape[:2], np.float32)
@@ -184,7 +184,7 @@ def test_skin_illuminant_recovers_a_light_tint_on_a_skin_patch(t: float, tint) -
 def test_skin_along_the_locus_is_skin_not_light() -> None:
     """Between the light-skin and dark-skin ends a change of chromaticity is another skin:
     no light is read into it (the ratio keeps a darker skin's warmth)."""
-    from morph3d.transfer import skin_illuminant
+    from morph3d.swap.transfer import skin_illuminant
 
     weight = np.ones((48, 48), np.float32)
     for t in (0.0, 0.3, 1.0):
@@ -192,7 +192,7 @@ def test_skin_along_the_locus_is_skin_not_light() -> None:
 
 
 def test_tone_ratio_of_a_picture_against_itself_under_another_light_is_one() -> None:
-    from morph3d.composite import linear_to_srgb
+    from morph3d.composite.colour import linear_to_srgb
 
     skin = skin_patch(0.4)
     weight = disk((48, 48), (24, 24), 18).astype(np.float32)
@@ -223,8 +223,8 @@ def crop_face(size: int = 256):
 def test_a_fringe_over_the_brows_is_kept_and_the_actors_own_brows_are_not() -> None:
     """The ratio leaves a fringe reaching down into the brows' band alone (it would paint
     the source's brows onto hair), but an actor's brow, an island in skin, takes it."""
-    from morph3d.composite import fit_skin_model
-    from morph3d.transfer import actor_non_skin
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.transfer import actor_non_skin
 
     size = 256
     points, seen, regions = crop_face(size)
@@ -249,8 +249,8 @@ def test_a_fringe_over_the_brows_is_kept_and_the_actors_own_brows_are_not() -> N
 
 
 def test_surround_takes_the_skin_around_the_face_not_hair_or_background() -> None:
-    from morph3d.composite import fit_skin_model
-    from morph3d.transfer import surround_strength
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.transfer import surround_strength
 
     size = 256
     points, plain, _ = crop_face(size)

@@ -92,10 +92,10 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     from fitting.faces import detect_faces
     from morph3d.io.images import write_image
     from morph3d.model.registry import load_model
-    from morph3d.neural.completion import REGION_CHANNELS
     from morph3d.swap.driver import make_upscaler
     from morph3d.swap.fits import fit_clip, fit_source
     from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.window import REGION_CHANNELS
 
     target = MEDIA / CLIPS[clip][0]
     if not target.is_file():

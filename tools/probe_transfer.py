@@ -77,8 +77,9 @@ def seam_delta(original: np.ndarray, output: np.ndarray, ibug68: np.ndarray,
     it (`outside` IOD wide), both on the original frame's skin only (its skin model,
     `non_skin_score` under 3 sigmas; the same pixels for every output), so hair and
     background do not count. The original itself scores its natural contrast."""
-    from morph3d.composite import face_geometry, fit_skin_model, non_skin_score
-    from morph3d.evaluate import face_hull_mask
+    from morph3d.composite.masks import face_geometry
+    from morph3d.composite.occluders import fit_skin_model, non_skin_score
+    from morph3d.evaluate.measures import face_hull_mask
 
     hull = face_hull_mask(ibug68, original.shape[:2])
     iod = face_geometry({"ibug68": ibug68}).iod
@@ -132,8 +133,8 @@ def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, ph
     import torch
 
     from morph3d.composite.compositor import FaceCompositor, FrameInputs
-    from morph3d.neural.completion import REGION_CHANNELS
     from morph3d.swap.transfer import compositor_config, prepare_transfer, transfer_face
+    from morph3d.swap.window import REGION_CHANNELS
 
     setup = prepare_transfer(model, source_fit, clip_fit, photo)
     channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from morph3d.composite import linear_to_srgb, srgb_to_linear
+from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
 
 
 def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float
@@ -255,7 +255,7 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     are surface points (bool); model: the actor's skin colour (`composite.SkinModel`, None:
     none); lm68: the source mesh's 68 points in frame pixels. Non-skin is more than `sigmas`
     from the model, or more than half of it and joined to such a pixel."""
-    from morph3d.composite import non_skin_score
+    from morph3d.composite.occluders import non_skin_score
 
     if model is None:
         return np.zeros(seen.shape[:2], bool)
@@ -295,7 +295,7 @@ def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndar
     out by `high`, low-passed at `smooth` px (a per-pixel test on a noisy frame would speckle
     the tone); the weight falls (cosine) from 1 at the face to 0 `reach` px beyond it and to 0
     at the crop's border (the window ends there)."""
-    from morph3d.composite import non_skin_score
+    from morph3d.composite.occluders import non_skin_score
 
     if model is None or reach <= 0:
         return np.zeros(plain.shape[:2], np.float32)
@@ -328,7 +328,7 @@ def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
     `reach` IOD higher, along the face's up direction. The forehead above is where an
     actor's fringe or hat sits: there the ratio would paint hair as skin. `reach` <= 0:
     ones."""
-    from morph3d.composite import face_geometry
+    from morph3d.composite.masks import face_geometry
 
     if reach <= 0:
         return np.ones((size, size), np.float32)
@@ -505,8 +505,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     """
     import torch
 
-    from morph3d.composite import face_geometry, fit_skin_model
-    from morph3d.swap import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
+    from morph3d.composite.masks import face_geometry
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
     from render.backends import rasterize
     from render.ops import (
         interpolate,
@@ -674,7 +675,7 @@ def compositor_config():
     (it meets the frame at its edge); the actor's eyes, mouth and brows are already in the
     warped frame where the source's face has them, and the ratio carries the tone, so the
     steps that restore or match those are off. Occluders are still cut."""
-    from morph3d.composite import CompositorConfig
+    from morph3d.composite.compositor import CompositorConfig
 
     return CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
                             colour_match=False, remove_brows=False, adapt_width=False)
