@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from fitting.choice import FaceChoice, choose_box, parse_face_choice
 from fitting.embedding import (
     EMBEDDING_SIZE,
     SAME_PERSON_THRESHOLD,
@@ -529,18 +530,17 @@ def reference_embedding(image: np.ndarray, backend: str = "mediapipe") -> np.nda
     return face_embedding(image, faces.boxes[0])
 
 
-def select_track(tracks: Tracks, how: str | np.ndarray) -> int:
-    """One entry point: "largest", "index:N" / "index N" / "N", or a (128,) reference
-    embedding."""
-    if not isinstance(how, str):
+def select_track(tracks: Tracks, how: str | FaceChoice | np.ndarray) -> int:
+    """One entry point: a target-face choice (`fitting.choice`: largest, N, center, X,Y;
+    text or parsed) or a (128,) reference embedding. Over a clip a track's size is its mean
+    box area and its place its mean box centre."""
+    if isinstance(how, np.ndarray):
         return select_by_reference(tracks, how)
-    text = how.strip().lower()
-    if text == "largest":
-        return select_largest(tracks)
-    for prefix in ("index:", "index "):
-        if text.startswith(prefix):
-            text = text[len(prefix):].strip()
-    try:
-        return select_index(tracks, int(text))
-    except ValueError:
-        raise Morph3dError(f"unknown face selection {how!r}: use largest or index:N") from None
+    choice = parse_face_choice(how)
+    if choice.rule in ("largest", "index"):
+        return select_index(tracks, choice.index)
+    ranked = tracks_by_size(tracks)
+    if not ranked:
+        raise Morph3dError("no face was found in the clip")
+    mean_boxes = np.array([np.nanmean(tracks.track_boxes(t), axis=0) for t in ranked])
+    return ranked[choose_box(mean_boxes, tracks.image_size, choice)]

@@ -90,6 +90,61 @@ def test_read_jobs_rows_options_and_problems(tmp_path):
         read_jobs(tmp_path / "cols.csv")
 
 
+def test_job_options_are_the_user_settable_swap_options(tmp_path):
+    """The manifest's options are SwapOptions' fields less the batch's own; options are
+    frozen and checked when made; every target-face form of the grammar reads from a row."""
+    import dataclasses
+
+    from fitting.choice import FaceChoice, parse_face_choice
+    from morph3d.swap.batch import JOB_OPTIONS
+    from morph3d.swap.options import SwapOptions
+
+    names = [f.name for f in dataclasses.fields(SwapOptions)]
+    assert list(JOB_OPTIONS) == [n for n in names if n not in ("quiet", "preview", "work_dir")]
+    assert "resume" not in names
+    assert JOB_OPTIONS["target_face"] is parse_face_choice and JOB_OPTIONS["crf"] is int
+    options = SwapOptions(target_face="2")
+    assert options.target_face == FaceChoice("index", 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.crf = 3  # type: ignore[misc]
+    assert dataclasses.replace(options, target_face="center").target_face == FaceChoice("center")
+    with pytest.raises(InputError, match="crf must be between"):
+        dataclasses.replace(options, crf=99)
+    with pytest.raises(InputError, match="target face takes"):
+        SwapOptions(target_face="biggest")
+    (tmp_path / "me.jpg").write_bytes(b"x")
+    faces = ("largest", "1", "center", "10,20", "two")
+    manifest = write_csv(tmp_path / "jobs.csv", [("me.jpg", "clip.mp4", f"{k}.mp4",
+                                                  f"target_face={face}")
+                                                 for k, face in enumerate(faces)])
+    problems = [job.problem for job in read_jobs(manifest)]
+    assert problems[:4] == ["", "", "", ""]
+    assert "target face takes largest, N (0 = largest), center" in problems[4]
+
+
+@pytest.mark.parametrize("command", ["swap", "template"])
+def test_cli_target_face_grammar(tmp_path, capsys, command):
+    """`swap` and `template build` read --target-face with the one grammar: a bad one fails
+    in one line before any work, a good one (center) goes on to the inputs."""
+    from morph3d.cli import main
+
+    for name in ("me.jpg", "clip.mp4"):
+        (tmp_path / name).write_bytes(b"not media")
+    args = (["swap", "-s", str(tmp_path / "me.jpg"), "-t", str(tmp_path / "clip.mp4"),
+             "-o", str(tmp_path / "out.mp4"), "--quiet"] if command == "swap" else
+            ["template", "build", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "c.m3dt"),
+             "--quiet", "--work-dir", str(tmp_path / "work")])
+    assert main([*args, "--target-face", "biggest"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("morph3d: error: target face takes largest, N (0 = largest), center or a "
+                   "pixel X,Y, not 'biggest'")
+    assert main([*args, "--target-face", "center"]) == 2  # the clip is not media
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("morph3d: error:") and "target face" not in err
+    assert "\n" not in err
+    assert not (tmp_path / "out.mp4").exists() and not (tmp_path / "c.m3dt").exists()
+
+
 def test_failing_rows_are_reported_without_running_anything(tmp_path):
     manifest = write_csv(tmp_path / "jobs.csv", [
         ("missing.jpg", "missing.mp4", "a.mp4", ""),

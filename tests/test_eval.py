@@ -24,7 +24,7 @@ from morph3d.evaluate.measures import (
     head_pose_deg,
 )
 from morph3d.evaluate.metrics import jitter_by_region, landmark_jitter, pearson
-from morph3d.evaluate.runner import choose_face, evaluate, parse_target_face
+from morph3d.evaluate.runner import evaluate
 
 # ------------------------------------------------------------------------ synthetic checks
 
@@ -128,15 +128,16 @@ def test_gaze_offset_in_eye_widths():
     np.testing.assert_allclose(gaze_offset(mesh), [0.25, 0.1], atol=1e-12)
 
 
-def test_target_face_choice():
-    boxes = np.array([[0, 0, 50, 50], [300, 200, 340, 240], [100, 100, 260, 260]], float)
-    assert choose_face(boxes, (480, 640), "largest") == 2
-    assert choose_face(boxes, (480, 640), "center") == 1
-    assert choose_face(boxes, (480, 640), parse_target_face("10, 20")) == 0
-    for bad in ("biggest", "1,2,3", "x,y", "nan,1"):
-        with pytest.raises(Morph3dError):
-            parse_target_face(bad)
+def test_eval_target_face_is_checked_before_any_work(tmp_path, capsys):
+    """`morph3d eval --target-face` takes the swap's grammar and fails in one line."""
 
+    for name in ("source.jpg", "target.mp4", "output.mp4"):
+        (tmp_path / name).write_bytes(b"not media")
+    args = ["eval", "--source", str(tmp_path / "source.jpg"), "--target",
+            str(tmp_path / "target.mp4"), "--output", str(tmp_path / "output.mp4")]
+    assert main([*args, "--target-face", "biggest"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("morph3d: error: target face takes largest, N") and "\n" not in err
 
 def _face_picture() -> tuple[np.ndarray, np.ndarray]:
     """scikit-image's astronaut (a real face with skin, hair and fabric texture) and 68

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from fitting.choice import FaceChoice, choose_box, parse_face_choice
 from fitting.embedding import SAME_PERSON_THRESHOLD
 from fitting.faces import IBUG68, MEDIAPIPE478
 from fitting.track import (
@@ -161,3 +162,44 @@ def test_selection_on_an_empty_clip_is_a_clear_error():
         select_largest(empty)
     with pytest.raises(Morph3dError, match="no face track has an identity"):
         select_by_reference(empty, np.zeros(128))
+
+
+def test_face_choice_grammar():
+    """The one grammar of every --target-face: largest, N, center, X,Y (and index:N, as
+    cache keys and template manifests spell N); str() parses back to the same choice."""
+    assert parse_face_choice("largest") == parse_face_choice(" Largest ") == FaceChoice()
+    assert parse_face_choice("0") == parse_face_choice("index:0") == FaceChoice()
+    assert parse_face_choice("2") == parse_face_choice("index:2") == FaceChoice("index", 2)
+    assert parse_face_choice("centre") == parse_face_choice("center") == FaceChoice("center")
+    assert parse_face_choice("10, 20.5") == FaceChoice("point", point=(10.0, 20.5))
+    for text in ("largest", "3", "center", "-4,7.25"):
+        choice = parse_face_choice(text)
+        assert parse_face_choice(str(choice)) == choice
+    for bad in ("biggest", "two", "index:", "-1", "1.5", "1,2,3", "x,y", "nan,1", "inf,0"):
+        with pytest.raises(InputError) as err:
+            parse_face_choice(bad)
+        assert str(err.value).startswith("target face takes largest, N (0 = largest), center")
+        assert "\n" not in str(err.value)
+
+
+def test_face_choice_among_boxes_and_tracks():
+    boxes = np.array([[0, 0, 50, 50], [300, 200, 340, 240], [100, 100, 260, 260]], float)
+    size = (480, 640)
+    assert choose_box(boxes, size, parse_face_choice("largest")) == 2
+    assert choose_box(boxes, size, parse_face_choice("1")) == 0
+    assert choose_box(boxes, size, parse_face_choice("2")) == 1
+    assert choose_box(boxes, size, parse_face_choice("3")) == -1  # fewer faces than asked
+    assert choose_box(boxes, size, parse_face_choice("center")) == 1
+    assert choose_box(boxes, size, parse_face_choice("10,20")) == 0
+    # Over a clip: sizes are mean areas over all frames (track 0, in frame 0 only, ranks
+    # below track 1), places mean box centres.
+    rows = [(0, 0, boxes[0]), (0, 1, boxes[1]), (1, 1, boxes[1] + 4), (1, 2, boxes[2])]
+    tracks = Tracks(n_frames=2, image_size=size, frame_index=[r[0] for r in rows],
+                    track_id=[r[1] for r in rows], boxes=np.array([r[2] for r in rows]),
+                    scores=np.ones(4), landmarks={}, embeddings=np.zeros((4, 128)))
+    assert select_track(tracks, "largest") == select_track(tracks, FaceChoice()) == 2
+    assert select_track(tracks, "1") == 1
+    assert select_track(tracks, "center") == 1
+    assert select_track(tracks, "5,5") == 0
+    with pytest.raises(Morph3dError, match="face index 3"):
+        select_track(tracks, "3")

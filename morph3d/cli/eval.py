@@ -78,7 +78,8 @@ def register(subparsers: argparse._SubParsersAction, name: str = "eval") -> None
     parser.add_argument("--max-frames", type=_positive_int, default=None,
                         help="score only the first N frames")
     parser.add_argument("--target-face", default="largest",
-                        help="which face of the original: largest (default), center, or X,Y")
+                        help="which face of the original: largest (default), N (0 = largest), "
+                        "center, or the face nearest pixel X,Y")
     parser.add_argument("--no-noise-floor", action="store_true",
                         help="skip scoring an H.264 CRF-23 re-encode of the original")
     parser.set_defaults(func=cmd_eval)

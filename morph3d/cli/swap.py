@@ -16,7 +16,8 @@ def register(subparsers, name: str) -> None:
                    help="clip, image or clip template (.m3dt) whose face is replaced")
     p.add_argument("-o", "--output", required=True, type=Path, help="output video or image")
     p.add_argument("--target-face", default="largest",
-                   help="which face to replace: 'largest' (default) or N (0 = largest)")
+                   help="which face to replace: largest (default), N (0 = largest), center, "
+                   "or the face nearest pixel X,Y")
     p.add_argument("--target-face-ref", type=Path,
                    help="photo of the person to replace (matched by identity embedding)")
     p.add_argument("--model", default="default", help="default | bfm | path to a .npz")
@@ -31,6 +32,8 @@ def register(subparsers, name: str) -> None:
                    help="rendered face size in pixels before upscaling")
     p.add_argument("--crf", type=int, default=14,
                    help="H.264 quality of a video output: 0 (lossless) .. 51; lower is larger")
+    # Accepted and ignored: finished stages are always reused from the work directory (keyed
+    # by content); README's resumed runs still name it.
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: always on (its landmarks and fits are "
                    "reused from the work directory); the render pass starts again")
@@ -64,17 +67,10 @@ def run(args: argparse.Namespace) -> int:
                 outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
     check_device(args.device)
 
-    target_face = args.target_face
-    if target_face != "largest":
-        if not target_face.isdigit():
-            from morph3d.errors import InputError
-
-            raise InputError("--target-face takes 'largest' or a number (0 = largest)")
-        target_face = f"index:{int(target_face)}"
     options = SwapOptions(
-        target_face=target_face, target_face_ref=args.target_face_ref, model=args.model,
+        target_face=args.target_face, target_face_ref=args.target_face_ref, model=args.model,
         backend=args.backend, device=args.device, renderer=args.renderer, refine=args.refine,
-        work_resolution=args.work_resolution, crf=args.crf, resume=args.resume, quiet=args.quiet,
+        work_resolution=args.work_resolution, crf=args.crf, quiet=args.quiet,
         preview=args.preview, max_frames=args.max_frames, work_dir=args.work_dir)
     summary = swap(args.source, args.target, args.output, options)
     if args.summary_json:

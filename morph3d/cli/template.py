@@ -15,7 +15,8 @@ def register(subparsers, name: str) -> None:
     build.add_argument("clip", type=Path, help="target clip (or image)")
     build.add_argument("-o", "--output", required=True, type=Path, help="template (.m3dt)")
     build.add_argument("--target-face", default="largest",
-                       help="which face: 'largest' (default) or N (0 = largest)")
+                       help="which face: largest (default), N (0 = largest), center, or the "
+                       "face nearest pixel X,Y")
     build.add_argument("--target-face-ref", type=Path,
                        help="photo of the person to track (matched by identity embedding)")
     build.add_argument("--model", default="default", help="default | bfm | path to a .npz")
@@ -40,7 +41,7 @@ def run_build(args: argparse.Namespace) -> int:
     from morph3d.io.outputs import check_creatable_dir, check_outputs
     from morph3d.io.paths import cache_dir
     from morph3d.swap.options import SwapOptions
-    from morph3d.swap.template import build_template, parse_target_face
+    from morph3d.swap.template import build_template
 
     # Before the clip is fitted: the template may be neither the clip nor the reference
     # photo, its folder must exist and be writable, and so must the work folder.
@@ -49,7 +50,7 @@ def run_build(args: argparse.Namespace) -> int:
             raise InputError(f"{what} not found: {path}")
     check_outputs((args.clip, args.target_face_ref), (args.output,))
     check_creatable_dir(args.work_dir or cache_dir() / "work", "work folder")
-    options = SwapOptions(target_face=parse_target_face(args.target_face),
+    options = SwapOptions(target_face=args.target_face,
                           target_face_ref=args.target_face_ref, model=args.model,
                           backend=args.backend, max_frames=args.max_frames,
                           work_dir=args.work_dir, quiet=args.quiet)

@@ -58,7 +58,6 @@ Frames are streamed; only small per-frame measurements are kept.
 from __future__ import annotations
 
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Iterator
@@ -69,6 +68,7 @@ from typing import Any
 
 import numpy as np
 
+from fitting.choice import choose_box, parse_face_choice
 from morph3d.errors import InputError, Morph3dError
 from morph3d.evaluate.measures import (
     FrameRecord,
@@ -99,41 +99,6 @@ class ChunkJob:
     source_embedding: np.ndarray
     target_face: str
     target_size: tuple[int, int]  # (H, W)
-
-
-def parse_target_face(spec: str) -> str | tuple[float, float]:
-    """``largest`` | ``center`` (``centre``) | ``X,Y`` (the face whose box centre is nearest
-    this pixel) -> a normalised selector; a bad spec raises Morph3dError."""
-    key = str(spec).strip().lower()
-    if key in ("largest", "center", "centre"):
-        return "center" if key == "centre" else key
-    parts = key.split(",")
-    if len(parts) == 2:
-        try:
-            x, y = float(parts[0]), float(parts[1])
-        except ValueError:
-            pass
-        else:
-            if math.isfinite(x) and math.isfinite(y):
-                return (x, y)
-    raise Morph3dError(f"bad target face {spec!r}: use largest, center or a pixel X,Y")
-
-
-def choose_face(boxes: np.ndarray, image_size: tuple[int, int],
-                selector: str | tuple[float, float]) -> int:
-    """Index of the chosen face among (N>0, 4) boxes (ties go to the first)."""
-    from fitting.faces import box_areas
-
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    if selector == "largest":
-        return int(np.argmax(box_areas(boxes)))
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    if selector == "center":
-        h, w = image_size
-        point = np.array([(w - 1) / 2, (h - 1) / 2])
-    else:
-        point = np.asarray(selector, np.float64)
-    return int(np.argmin(np.linalg.norm(centres - point, axis=1)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,7 +163,7 @@ def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
     from fitting.faces import IBUG68, MEDIAPIPE478, get_landmark_backend
     from morph3d.io.media import iter_frames
 
-    selector = parse_target_face(job.target_face)
+    choice = parse_face_choice(job.target_face)
     size = job.target_size
     records: list[FrameRecord] = []
     with get_landmark_backend(LANDMARK_BACKEND) as detector:
@@ -218,9 +183,9 @@ def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
             record = FrameRecord(index=frame.index, original_faces=len(original["boxes"]),
                                  output_faces=len(swapped["boxes"]))
             records.append(record)
-            if not record.original_faces:
+            k = choose_box(original["boxes"], size, choice) if record.original_faces else -1
+            if k < 0:  # no face, or fewer than the N-th largest asks for
                 continue
-            k = choose_face(original["boxes"], size, selector)
             record.original = measure_face(original[MEDIAPIPE478][k], original[IBUG68][k], size)
             record.appearance = face_appearance(frame.rgb, out_frame.rgb,
                                                 original["ibug68_native"][k])
@@ -327,10 +292,10 @@ def evaluate(source: PathLike, target: PathLike, output: PathLike, *, workers: i
 
     Frames are paired by index; `max_frames` keeps the first N. `workers` > 1 analyses frame
     chunks in that many spawned processes (same numbers as 1 worker; call this from under
-    ``if __name__ == "__main__":`` in scripts). `target_face`: ``largest``, ``center`` or a
-    pixel ``X,Y`` of the original. `noise_floor`: also score an H.264 CRF-23 re-encode of the
-    original (videos only) for `jitter_noise_floor`. `plots_dir`: write PNG plots and a
-    contact sheet there.
+    ``if __name__ == "__main__":`` in scripts). `target_face`: ``largest``, ``N`` (0 =
+    largest), ``center`` or a pixel ``X,Y`` of the original (`fitting.choice`).
+    `noise_floor`: also score an H.264 CRF-23 re-encode of the original (videos only) for
+    `jitter_noise_floor`. `plots_dir`: write PNG plots and a contact sheet there.
 
     Returns the aggregated metrics at the top level (see the module docstring), `noise_floor`
     (the same metrics for the re-encode, or None), `inputs`, `settings`, `seconds`, and
@@ -342,7 +307,7 @@ def evaluate(source: PathLike, target: PathLike, output: PathLike, *, workers: i
 
     started = time.perf_counter()
     source, target, output = Path(source), Path(target), Path(output)
-    parse_target_face(target_face)
+    target_face = str(parse_face_choice(target_face))
     if int(workers) < 1:
         raise Morph3dError(f"workers must be at least 1, got {workers}")
     if max_frames is not None and int(max_frames) < 1:

@@ -55,7 +55,7 @@ import traceback
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,27 +71,37 @@ REPORT_CSV = "batch-report.csv"
 COLUMNS = ("source", "target", "output")
 _REPORT_FIELDS = ["row", "output", "status", "seconds", "attempts", "error", "sha256", "log"]
 
-# Job options: the `SwapOptions` field of that name -> the parser of its text. Only options
-# that change the output: nothing here may name a place to write or steer the batch itself.
-JOB_OPTIONS: dict[str, Callable[[str], Any]] = {
-    "target_face": lambda v: _target_face(v),
-    "target_face_ref": Path,
-    "model": str,
-    "backend": str,
-    "device": str,
-    "renderer": str,
-    "refine": str,
-    "work_resolution": int,
-    "crf": int,
-    "max_frames": int,
-}
-_PATH_OPTIONS = ("target_face_ref",)
+# SwapOptions fields a manifest row may not set: nothing a row names may be a place to write
+# or steer the batch itself (the batch sets these).
+_NOT_JOB_OPTIONS = ("quiet", "preview", "work_dir")
 
 
-def _target_face(value: str) -> str:
-    from morph3d.swap.template import parse_target_face
+def _job_options() -> dict[str, Callable[[str], Any]]:
+    """The `SwapOptions` fields a row may set -> the parser of their text, from each field's
+    type (a `FaceChoice` by its grammar, an optional value by its inner type)."""
+    import typing
 
-    return parse_target_face(value)
+    from fitting.choice import FaceChoice, parse_face_choice
+    from morph3d.swap.options import SwapOptions
+
+    parsers: dict[Any, Callable[[str], Any]] = {FaceChoice: parse_face_choice, Path: Path,
+                                                str: str, int: int}
+    hints = typing.get_type_hints(SwapOptions)
+    table = {}
+    for f in fields(SwapOptions):
+        if f.name in _NOT_JOB_OPTIONS:
+            continue
+        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
+                 if t is not type(None)]
+        if len(kinds) != 1 or kinds[0] not in parsers:
+            raise TypeError(f"SwapOptions.{f.name}: no manifest parser for {hints[f.name]}")
+        table[f.name] = parsers[kinds[0]]
+    return table
+
+
+# Job options: the `SwapOptions` field of that name -> the parser of its text.
+JOB_OPTIONS: dict[str, Callable[[str], Any]] = _job_options()
+_PATH_OPTIONS = tuple(k for k, parse in JOB_OPTIONS.items() if parse is Path)
 
 
 @dataclass

@@ -34,7 +34,7 @@ def model_key(model) -> str:
 
 
 def clip_key(target: Path, options: SwapOptions, ref_digest: str | None) -> str:
-    parts = [file_digest(target), options.model, options.backend, options.target_face,
+    parts = [file_digest(target), options.model, options.backend, str(options.target_face),
              ref_digest or "", str(options.max_frames), f"w{WORK_FORMAT}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 

@@ -27,7 +27,7 @@ def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
     """Which of the target's faces to take, as `fitting.video.video_landmarks` wants it (a
     rule, or the reference photo's face embedding), and the reference photo's digest."""
     if options.target_face_ref is None:
-        return options.target_face, None
+        return str(options.target_face), None
     from fitting.track import reference_embedding
     from morph3d.io.images import read_image
 

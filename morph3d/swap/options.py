@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from fitting.choice import FaceChoice, parse_face_choice
 from morph3d.errors import InputError
 from morph3d.io.paths import sha256_file
 
@@ -18,9 +19,13 @@ SOURCE_FORMAT = 3
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 
 
-@dataclass
+@dataclass(frozen=True)
 class SwapOptions:
-    target_face: str = "largest"  # "largest" or "index:N" (N-th largest track, 0-based)
+    """Every option of one swap, checked when made (`validate`): a bad value never reaches
+    any work. Frozen: a changed copy is `dataclasses.replace(options, ...)`, checked again.
+    `target_face` may be given as text (`fitting.choice` grammar); it is kept parsed."""
+
+    target_face: FaceChoice = field(default_factory=FaceChoice)
     target_face_ref: Path | None = None  # a photo of the person to replace
     model: str = "default"
     backend: str = "mediapipe"  # landmark backend
@@ -33,19 +38,19 @@ class SwapOptions:
     # mark.jpg on orig.webm scores identity 0.386 instead of 0.390, at 1.30 MB for the clip
     # whose original is 1.39 MB (CRF 18: 0.81 MB).
     crf: int = 14
-    # Kept for the CLI's --resume: finished stages are always reused from the work directory
-    # (keyed by content, so a changed input is never mistaken for the old one); the render
-    # pass itself starts again.
-    resume: bool = False
     quiet: bool = False
     preview: Path | None = None
     max_frames: int | None = None
     work_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_face", parse_face_choice(self.target_face))
+        self.validate()
+
     def validate(self) -> SwapOptions:
         """Check every option as the command line does, in one line each (`InputError`),
-        without any work: for options built from text that argparse never saw (a batch
-        manifest). Returns `self`."""
+        without any work (options may come from text argparse never saw: a batch manifest).
+        Runs on construction; returns `self`."""
         from fitting.faces import BACKEND_NAMES
 
         def whole(name: str, value: object, low: int, high: int | None = None) -> None:
@@ -55,10 +60,8 @@ class SwapOptions:
                 limit = f"between {low} and {high}" if high is not None else f"at least {low}"
                 raise InputError(f"{name} must be {limit}, got {value}")
 
-        face = str(self.target_face)
-        if face != "largest" and not (face.startswith("index:") and face[6:].isdigit()):
-            raise InputError(f"target_face takes 'largest' or a number (0 = largest), "
-                             f"not {self.target_face!r}")
+        if not isinstance(self.target_face, FaceChoice):
+            raise InputError(f"target face takes a choice, not {self.target_face!r}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise InputError(f"model must be a name or a file, got {self.model!r}")
         backend = str(self.backend).strip().lower().replace("_", "-")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from fitting.choice import FaceChoice
 from morph3d import __version__
 from morph3d.errors import InputError
 from morph3d.io.atomic import atomic_write
@@ -137,7 +138,7 @@ def build_template(clip: str | os.PathLike, output: str | os.PathLike, options=N
         "morph3d_version": __version__,
         "model": model_signature(model),
         "fit": {"member": FIT_MEMBER, "frames": frames, "backend": options.backend,
-                "target_face": options.target_face, "target_face_ref_sha256": ref_sha,
+                "target_face": str(options.target_face), "target_face_ref_sha256": ref_sha,
                 "max_frames": options.max_frames, "seconds": summary.seconds},
         "video": video,
         "clip": {"name": clip.name, "size": clip.stat().st_size, "sha256": clip_sha,
@@ -353,7 +354,7 @@ def template_for_swap(path: Path, options):
     """
     template = open_template(path, options.work_dir)
     notes = []
-    if options.target_face != "largest" or options.target_face_ref is not None:
+    if options.target_face != FaceChoice() or options.target_face_ref is not None:
         notes.append("--target-face/--target-face-ref ignored: the template's face was "
                      "chosen when it was built")
     limit = template.manifest["fit"]["max_frames"]
@@ -362,13 +363,3 @@ def template_for_swap(path: Path, options):
         max_frames = template.frames
         notes.append(f"template covers the first {template.frames} frames only")
     return template, replace(options, max_frames=max_frames), notes
-
-
-def parse_target_face(text: str) -> str:
-    """'largest' or N (0 = largest) as the command line takes it -> SwapOptions.target_face."""
-    text = str(text).strip()
-    if text in ("largest", "") or text.startswith("index:"):
-        return text or "largest"
-    if not text.isdigit():
-        raise InputError(f"target face takes 'largest' or a number (0 = largest), not {text!r}")
-    return f"index:{int(text)}"
