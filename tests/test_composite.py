@@ -1,4 +1,5 @@
-"""Compositing (morph3d.composite) and UV texture completion (morph3d.neural.texture_completion).
+"""Compositing the transferred face (morph3d.composite) and UV texture completion
+(morph3d.neural.texture_completion).
 
 The synthetic scenes are cartoon faces drawn from 68 iBUG landmarks: an ellipse of skin with
 a forehead, eyes, brows, lips and an optional open mouth, anti-aliased by drawing at 4x.
@@ -11,20 +12,8 @@ import numpy as np
 import pytest
 
 from morph3d.composite.blend import composite
-from morph3d.composite.colour import LUMINANCE, ColourState, apply_gains, match_colour, rgb_to_lab
 from morph3d.composite.compositor import CompositorConfig, FaceCompositor, FrameInputs
-from morph3d.composite.features import (
-    brow_band,
-    close_rendered_eyes,
-    eye_keep_mask,
-    keep_actor_eyes,
-    keep_actor_mouth,
-    mouth_keep_mask,
-    mouth_openness,
-    remove_double_brows,
-    rendered_mouth_opening,
-)
-from morph3d.composite.masks import adaptive_face_mask, face_geometry, face_mask, face_region
+from morph3d.composite.masks import face_geometry, face_mask, face_region
 from morph3d.composite.occluders import detect_occluders
 from morph3d.errors import InputError
 from morph3d.neural.texture_completion import atlas_mirror_index, complete_uv_texture, pull_push
@@ -144,21 +133,17 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def test_face_mask_covers_the_face_and_stops_at_jaw_and_forehead() -> None:
+def test_face_mask_fills_its_region_and_is_zero_outside_it() -> None:
     _, _, coverage, _, lm_s = scene()
-    mask = face_mask(coverage, lm_s)
+    region = face_region(coverage.shape, lm_s)
+    mask = face_mask(coverage, lm_s, region)
     g = face_geometry(lm_s)
     assert mask.dtype == np.float32 and mask.min() >= 0 and mask.max() <= 1
     nose = np.round(g.ibug[30]).astype(int)
     cheek = np.round(0.5 * (g.ibug[3] + g.ibug[30])).astype(int)
     assert mask[nose[1], nose[0]] == 1.0 and mask[cheek[1], cheek[0]] == 1.0
     assert (mask[coverage == 0] == 0).all()
-    chin_y = int(g.ibug[8, 1])
-    assert (mask[chin_y + 1:] == 0).all()  # nothing below the jaw (neck)
-    brow_top = g.ibug[17:27, 1].min()
-    forehead_cut = int(np.ceil(brow_top - 0.35 * g.iod))
-    assert (mask[:forehead_cut - 1] == 0).all()  # hair area above the brows stays
-    assert mask[int(brow_top) - 2, 128] == 1.0  # but the brows are under the mask
+    assert (mask[~region] == 0).all()  # the edge lies inside the region
 
 
 def test_face_mask_edge_width_scales_with_face_size() -> None:
@@ -166,29 +151,9 @@ def test_face_mask_edge_width_scales_with_face_size() -> None:
     for iod in (40.0, 80.0):
         lm = synthetic_ibug68(iod=iod, eye_y=100)
         _, coverage = draw_face(lm, SWAP_SKIN, iod=iod)
-        row = face_mask(coverage, lm)[int(lm[30, 1])]
+        row = face_mask(coverage, lm, coverage >= 0.5)[int(lm[30, 1])]
         widths.append(int(((row > 0.05) & (row < 0.95)).sum()))
     assert widths[1] == pytest.approx(2 * widths[0], rel=0.35)
-
-
-def test_mask_grows_when_swapped_face_is_wider_and_shrinks_when_narrower() -> None:
-    _, _, coverage, lm_a, lm_s = scene()
-    base, report = adaptive_face_mask(coverage, lm_s, lm_a)
-    assert report.width_ratio == pytest.approx(1.0)
-    assert report.grow_px == 0 and report.shrink_px == 0
-
-    narrow_actor = synthetic_ibug68(half_width=0.85)
-    grown, report = adaptive_face_mask(coverage, lm_s, narrow_actor)
-    assert report.width_ratio > 1.05 and report.grow_px > 0 and report.shrink_px == 0
-    assert grown.sum() > base.sum() + 200
-    assert (grown >= base - 1e-6).all()
-
-    wide_actor = synthetic_ibug68(half_width=1.08)
-    shrunk, report = adaptive_face_mask(coverage, lm_s, wide_actor)
-    assert report.width_ratio < 0.95 and report.shrink_px > 0 and report.grow_px == 0
-    assert report.feather_px > 0.05 * 60.0  # blurred more than the default edge
-    assert shrunk.sum() < base.sum() - 200
-    assert (shrunk[coverage == 0] == 0).all()
 
 
 # ------------------------------------------------------------------------------------------
@@ -200,7 +165,6 @@ def test_pixels_outside_the_mask_are_bit_identical() -> None:
     frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
     out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
     assert out.shape == frame.shape and out.dtype == np.float32
-    assert report.brows.inpainted_px == 0
     outside = ~dilate(report.alpha > 0, 1)
     assert outside.sum() > 0.5 * outside.size
     assert np.array_equal(out[outside], frame[outside])
@@ -209,98 +173,18 @@ def test_pixels_outside_the_mask_are_bit_identical() -> None:
     assert np.abs(out - frame)[report.alpha > 0.99].mean() > 0.02  # the face did change
 
 
-def test_composite_alpha_and_poisson() -> None:
+def test_composite_is_an_alpha_blend() -> None:
     frame, render, coverage, lm_a, lm_s = scene()
-    mask = face_mask(coverage, lm_s)
+    mask = face_mask(coverage, lm_s, coverage >= 0.5)
     inside = mask == 1
-    for method in ("alpha", "poisson"):
-        out = composite(frame, render, mask, method=method)
-        assert np.array_equal(out[mask == 0], frame[mask == 0])
-        assert np.abs(out[inside] - frame[inside]).mean() > 0.02
-    # Poisson keeps the render's detail (gradients) while moving its colour to the frame's
-    poisson = composite(frame, render, mask, method="poisson")
-    gy = np.diff(poisson, axis=0)[inside[1:] & inside[:-1]]
-    gy_render = np.diff(render, axis=0)[inside[1:] & inside[:-1]]
-    assert np.corrcoef(gy.ravel(), gy_render.ravel())[0, 1] > 0.8
-    blended = composite(frame, render, mask)
-    assert np.allclose(blended[mask == 1], render[mask == 1])
+    out = composite(frame, render, mask)
+    assert np.array_equal(out[mask == 0], frame[mask == 0])
+    assert np.allclose(out[inside], render[inside])
+    half = (mask > 0.3) & (mask < 0.7)
+    a = mask[half][:, None]
+    assert np.allclose(out[half], frame[half] * (1 - a) + render[half] * a)
     with pytest.raises(InputError):
         composite(frame, render[:10], mask)
-
-
-def test_colour_matching_moves_the_face_towards_the_actor_skin() -> None:
-    frame, render, coverage, lm_a, lm_s = scene()
-    inputs = FrameInputs(frame, render, coverage, lm_a, lm_s)
-    matched, report = FaceCompositor().process(inputs)
-    plain, _ = FaceCompositor(CompositorConfig(colour_match=False)).process(inputs)
-    toned, _ = FaceCompositor(CompositorConfig(  # keeps part of the source's skin tone
-        colour_keep_chroma=0.5)).process(inputs)
-    skin = (report.alpha > 0.99) & ~dilate(face_region(frame.shape[:2], lm_a) == 0, 3)
-    skin &= ~dilate(np.any(np.abs(frame - np.array(ACTOR_SKIN)) > 0.2, axis=-1), 2)
-    actor = rgb_to_lab(frame)[skin].mean(0)
-    err_matched = np.linalg.norm(rgb_to_lab(matched)[skin].mean(0) - actor)
-    err_plain = np.linalg.norm(rgb_to_lab(plain)[skin].mean(0) - actor)
-    assert err_plain > 8.0 and err_matched < 0.25 * err_plain
-    assert report.colour_gain is not None
-    toned_lab = rgb_to_lab(toned)[skin].mean(0)
-    assert abs(toned_lab[0] - actor[0]) < 0.25 * err_plain  # lightness follows the actor
-    chroma = lambda lab: np.linalg.norm(lab[1:] - actor[1:])  # noqa: E731
-    assert chroma(toned_lab) > chroma(rgb_to_lab(matched)[skin].mean(0)) + 1.0
-
-
-def test_colour_transfer_keeps_the_asked_share_of_the_source_skin_tone() -> None:
-    actor, render = np.array([0.40, 0.30, 0.25]), np.array([0.20, 0.12, 0.08])
-    state = ColourState(actor_median=actor, render_median=render)
-    tone = lambda rgb: rgb / (LUMINANCE @ rgb)  # noqa: E731  (chromaticity, lightness removed)
-    for keep, expected_tone in ((0.0, tone(actor)), (1.0, tone(render))):
-        new = state.gains(keep_chroma=keep) * render  # the skin's new median
-        assert np.isclose(LUMINANCE @ new, LUMINANCE @ actor)  # lightness follows the actor
-        assert np.allclose(tone(new), expected_tone)
-    half = tone(state.gains(keep_chroma=0.5) * render)
-    assert np.all((half - tone(actor)) * (tone(render) - half) >= 0)  # in between
-
-
-def test_colour_transfer_keeps_dark_features_in_their_hue() -> None:
-    # A reddish source skin matched to a pale actor: an additive Lab shift of the skin's
-    # chroma turned a source's dark brown brows teal; per-channel gains keep them brown.
-    skin_render, skin_actor = (0.75, 0.50, 0.42), (0.85, 0.75, 0.70)
-    render = np.full((40, 40, 3), skin_render, np.float32)
-    render[:8] = (0.25, 0.17, 0.12)  # dark brown brows
-    frame = np.full((40, 40, 3), skin_actor, np.float32)
-    skin = np.zeros((40, 40), bool)
-    skin[10:] = True
-    out, state = match_colour(render, frame, skin)
-    assert state is not None
-    assert np.allclose(out[20, 20], skin_actor, atol=0.01)  # the skin took the actor's colour
-    r, g, b = out[4, 4]
-    assert r > g > b  # still brown
-    assert out[4, 4].mean() < 0.5 * out[20, 20].mean()  # still dark
-
-
-def test_brightened_highlights_roll_off_instead_of_clipping() -> None:
-    ramp = np.linspace(0.0, 0.6, 61, dtype=np.float32)
-    render = np.repeat(ramp[:, None, None], 3, axis=2)  # a grey ramp, 4 x brighter below
-    out = apply_gains(render, np.full(3, 4.0))[:, 0, 0]
-    assert np.all(np.diff(out) > 0)  # still a ramp: no flat white patch
-    assert out.max() < 1.0
-    assert np.allclose(out[:30], apply_gains(render[:30], np.full(3, 4.0), knee=1.0)[:, 0, 0])
-
-
-def test_colour_state_is_a_moving_average() -> None:
-    frame, render, coverage, lm_a, lm_s = scene()
-    skin = face_mask(coverage, lm_s) > 0.5
-    _, state = match_colour(render, frame, skin)
-    assert state is not None and state.frames == 1
-    brighter = np.clip(frame * 1.2, 0, 1)
-    _, jumped = match_colour(render, brighter, skin)
-    _, smoothed = match_colour(render, brighter, skin, state=state, momentum=0.8)
-    assert smoothed.frames == 2
-    # the averaged actor mean moves 20 % of the way to the new frame's
-    expected = 0.8 * state.actor_median + 0.2 * jumped.actor_median
-    assert np.allclose(smoothed.actor_median, expected)
-    assert np.allclose(ColourState(np.full(3, 0.3), np.full(3, 0.3)).gains(), 1)
-    unchanged, none = match_colour(render, frame, np.zeros_like(skin))
-    assert none is None and unchanged is render
 
 
 @pytest.mark.parametrize("colour", [(0.15, 0.3, 0.85), (0.08, 0.08, 0.09)],
@@ -341,158 +225,6 @@ def test_clean_synthetic_face_has_no_occluders() -> None:
     assert detect_occluders(frame, lm_a).sum() == 0
 
 
-def test_render_disagreement_finds_skin_coloured_hand() -> None:
-    frame, render, coverage, lm_a, lm_s = scene()
-    actor_render, actor_cov = draw_face(lm_a, ACTOR_SKIN, seed=3)
-    hand = np.zeros(frame.shape[:2], bool)
-    hand[126:156, 84:110] = True
-    frame[hand] = (0.95, 0.55, 0.40)  # skin-like, but not this face's skin
-    assert detect_occluders(frame, lm_a)[hand].mean() < 0.5  # colour alone misses it
-    occ = detect_occluders(frame, lm_a, actor_render=actor_render, actor_coverage=actor_cov)
-    assert occ[hand].mean() > 0.95
-    assert (occ & ~dilate(hand, 4)).sum() == 0
-
-
-def test_open_mouth_interior_comes_from_the_actor() -> None:
-    frame, render, coverage, lm_a, lm_s = scene(mouth_open=0.35)
-    assert mouth_openness(lm_a) == pytest.approx(0.35, abs=0.01)
-    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
-    assert report.mouth_weight == 1.0
-    inner = cv2.erode(mouth_keep_mask(frame.shape[:2], lm_a).astype(np.float32),
-                      np.ones((3, 3))) == 1.0
-    assert inner.sum() > 60
-    assert np.array_equal(out[inner], frame[inner])
-    # closed mouth: nothing is cut
-    mask = np.ones(frame.shape[:2], np.float32)
-    closed, weight = keep_actor_mouth(mask, synthetic_ibug68())
-    assert weight == 0.0 and closed is mask
-
-
-def test_rendered_teeth_option_keeps_the_render_teeth() -> None:
-    frame, render, coverage, lm_a, lm_s = scene(mouth_open=0.35)
-    mask = np.ones(frame.shape[:2], np.float32)
-    teeth = np.zeros_like(mask)
-    teeth[int(lm_a[62, 1]) - 2:int(lm_a[62, 1]) + 3, 100:156] = 1.0
-    cut, weight = keep_actor_mouth(mask, lm_a, teeth_region=teeth)
-    assert weight == 1.0
-    assert (cut[teeth == 1] == 1.0).all()
-    assert (cut[int(lm_a[66, 1]) - 7, 120:136] == 0).all()
-
-
-def test_actor_mouth_is_kept_only_inside_the_swapped_opening() -> None:
-    """A swapped mouth lower than the actor's: the actor's interior shows only where the
-    render's own mouth is open, not over the swapped upper lip."""
-    frame, render, coverage, lm_a, lm_s = scene(mouth_open=0.35)
-    mask = np.ones(frame.shape[:2], np.float32)
-    keep_all = 1.0 - keep_actor_mouth(mask, lm_a)[0]
-    rows = np.nonzero(keep_all.max(1) == 1.0)[0]
-    middle = rows.max() - (rows.max() - rows.min()) // 3
-    lining = np.zeros(frame.shape[:2], bool)  # the render's opening: the lower third only
-    lining[middle:, :] = keep_all[middle:, :] > 0
-    width = float(np.linalg.norm(lm_a[54] - lm_a[48]))
-    within = rendered_mouth_opening({"mouth_interior": lining, "lips": ~lining}, width)
-    cut, weight = keep_actor_mouth(mask, lm_a, within=within)
-    assert weight == 1.0
-    deep = cv2.erode(lining.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0
-    assert deep.sum() > 30 and (cut[deep & (keep_all == 1.0)] == 0.0).all()  # actor there
-    upper = rows.min()
-    assert (cut[upper][keep_all[upper] == 1.0] == 1.0).all()  # render over the upper lip
-    assert rendered_mouth_opening({"mouth_interior": np.zeros((8, 8), bool)}, 40.0).max() == 0
-
-
-def test_actor_eyes_are_kept() -> None:
-    frame, render, coverage, lm_a, lm_s = scene()
-    mask = np.ones(frame.shape[:2], np.float32)
-    cut = keep_actor_eyes(mask, lm_a)
-    for e0 in (36, 42):
-        opening = np.zeros(frame.shape[:2], np.uint8)
-        cv2.fillPoly(opening, [np.round(lm_a[e0:e0 + 6]).astype(np.int32)], 1)
-        opening = cv2.erode(opening, np.ones((3, 3), np.uint8))  # rounded corner pixels
-        assert (cut[opening > 0] == 0).all()
-    assert cut[int(lm_a[30, 1]), int(lm_a[30, 0])] == 1.0  # the nose is not touched
-    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
-    # the opening between the upper lid points 37, 38 and the lower 41, 40 is the actor's
-    eye = (slice(int(np.ceil(lm_a[[37, 38], 1].max())), int(lm_a[[40, 41], 1].min()) + 1),
-           slice(int(np.ceil(lm_a[37, 0])), int(lm_a[38, 0]) + 1))
-    assert out[eye].size > 0 and np.array_equal(out[eye], frame[eye])
-
-
-def test_rendered_eyes_open_wider_than_the_actors_are_closed_with_skin() -> None:
-    """A wide-eyed render on a narrow-eyed actor: the rendered eyeballs that stick out of
-    the actor's kept opening become skin; inside the opening the render is untouched (the
-    actor's frame is shown there anyway)."""
-    _, render, _, lm_a, _ = scene()
-    keep = eye_keep_mask(render.shape[:2], lm_a)
-    eyeballs = np.zeros(render.shape[:2], np.float32)
-    for e0 in (36, 42):
-        centre = lm_a[e0:e0 + 6].mean(0)
-        cv2.circle(eyeballs, (int(centre[0]), int(centre[1])), 12, 1.0, -1)  # a tall eyeball
-    dark = render.copy()
-    dark[eyeballs > 0] = (0.1, 0.1, 0.2)
-    closed = close_rendered_eyes(dark, eyeballs, keep)
-    outside = (eyeballs > 0) & (keep < 0.01)
-    inside = (eyeballs > 0) & (keep > 0.99)
-    assert outside.sum() > 50 and inside.sum() > 20
-    # skin-coloured (the drawn face's lid lines pull it a little darker), not the dark eyeball
-    np.testing.assert_allclose(closed[outside].mean(0), SWAP_SKIN, atol=0.12)
-    assert closed[outside].mean() > 3 * dark[outside].mean()
-    np.testing.assert_array_equal(closed[inside], dark[inside])
-    far = cv2.erode((eyeballs == 0).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
-    np.testing.assert_array_equal(closed[far], dark[far])
-    # nothing exposed: the same array back
-    assert close_rendered_eyes(dark, np.zeros_like(eyeballs), keep) is dark
-    # the compositor applies it when asked (off by default)
-    frame, render, coverage, lm_a, lm_s = scene()
-    render[eyeballs > 0] = (0.1, 0.1, 0.2)
-    regions = {"eyeballs": eyeballs}
-    for on in (False, True):
-        out, _ = FaceCompositor(CompositorConfig(close_rendered_eyes=on, colour_match=False)
-                                ).process(FrameInputs(frame, render, coverage, lm_a, lm_s,
-                                                      regions=regions))
-        spots = outside & (out.sum(axis=2) < 0.6)
-        assert (spots.sum() > 0.5 * outside.sum()) != on
-
-
-def test_double_brows_are_removed() -> None:
-    # The actor's brows sit well above the swapped face's, above the mask's top edge.
-    frame, render, coverage, lm_a, lm_s = scene(actor_brow_lift=0.62, swap_brow_lift=0.25)
-    mask, _ = adaptive_face_mask(coverage, lm_s, lm_a)
-    band = brow_band(frame.shape[:2], lm_a, thickness=0.1, margin=0.0)
-    assert (mask[band] < 0.95).mean() > 0.5  # exposed before
-
-    base, new_mask, report = remove_double_brows(frame, mask, coverage, lm_a, lm_s)
-    assert report.exposed_px > 0 and report.covered_px > 0
-    assert (new_mask >= mask - 1e-6).all()
-    # no dip between the old mask and its extension over the brows
-    column = new_mask[int(lm_a[19, 1]):int(lm_s[19, 1]), 100]
-    assert (column > 0.99).all()
-    out, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
-    forehead_l = rgb_to_lab(frame[60:70, 120:136])[..., 0].mean()
-    _, actor_face = draw_face(lm_a, ACTOR_SKIN)
-    inside_face = ~dilate(actor_face < 1, 3)  # (the brow tails run off this cartoon's head)
-    brow_pixels = brow_band(frame.shape[:2], lm_a, thickness=0.06, margin=0.0) & inside_face
-    assert rgb_to_lab(frame)[brow_pixels][:, 0].mean() < 0.5 * forehead_l  # dark brows before
-    after = rgb_to_lab(out)[brow_pixels][:, 0]
-    assert after.mean() > 0.9 * forehead_l and after.min() > 0.7 * forehead_l  # skin after
-    # the swapped face's own brows are there
-    swap_brows = brow_band(frame.shape[:2], lm_s, thickness=0.06, margin=0.0)
-    assert rgb_to_lab(out)[swap_brows][:, 0].mean() < 0.6 * forehead_l
-
-
-def test_brows_outside_the_render_are_inpainted() -> None:
-    frame, render, coverage, lm_a, lm_s = scene(actor_brow_lift=0.62, swap_brow_lift=0.25)
-    coverage = coverage.copy()
-    coverage[: int(lm_s[17:27, 1].min()) - 6] = 0.0  # the render stops just above its brows
-    mask, _ = adaptive_face_mask(coverage, lm_s, lm_a)
-    base, new_mask, report = remove_double_brows(frame, mask, coverage, lm_a)
-    assert report.inpainted_px > 0
-    brow_pixels = brow_band(frame.shape[:2], lm_a, thickness=0.06, margin=0.0)
-    forehead_l = rgb_to_lab(frame[60:70, 120:136])[..., 0].mean()
-    assert rgb_to_lab(base)[brow_pixels][:, 0].mean() > 0.85 * forehead_l
-    changed = np.any(base != frame, axis=-1)
-    assert not (changed & ~dilate(brow_band(frame.shape[:2], lm_a), 8)).any()
-
-
 def test_compositor_carries_state_between_frames() -> None:
     compositor = FaceCompositor()
     frame, render, coverage, lm_a, lm_s = scene()
@@ -506,14 +238,16 @@ def test_compositor_carries_state_between_frames() -> None:
 
     out, second = compositor.process(FrameInputs(move(frame), move(render), move(coverage),
                                                  lm_a + [3, 2], lm_s + [3, 2]))
-    assert second.mask_smoothed and compositor.colour_state.frames == 2
+    assert second.mask_smoothed
     # the warped previous mask agrees with the current one, so smoothing barely changes it
     fresh = FaceCompositor().process(FrameInputs(move(frame), move(render), move(coverage),
                                                  lm_a + [3, 2], lm_s + [3, 2]))[1].alpha
     assert np.abs(second.alpha - fresh).mean() < 0.01
-    assert set(second.summary()) >= {"roi", "mask", "brows", "occluder_px", "mouth_weight"}
+    assert set(second.summary()) == {"roi", "feather_px", "occluder_px", "mask_smoothed"}
     compositor.reset()
-    assert compositor.colour_state is None
+    _, after_reset = compositor.process(FrameInputs(move(frame), move(render), move(coverage),
+                                                    lm_a + [3, 2], lm_s + [3, 2]))
+    assert not after_reset.mask_smoothed
 
 
 def test_bad_inputs_raise_input_error() -> None:
@@ -543,7 +277,7 @@ def test_mediapipe_landmarks_are_accepted() -> None:
     mesh = np.random.default_rng(0).uniform(50, 200, (478, 2))
     g = face_geometry({"mediapipe478": mesh})
     assert g.ibug.shape == (68, 2) and g.mesh is not None
-    assert g.inner_lip.shape == (20, 2) and g.eye_contours[0].shape == (16, 2)
+    assert g.eye_contours[0].shape == (16, 2)
     assert face_geometry(mesh[None]).mesh is not None
 
 
@@ -664,8 +398,6 @@ def test_real_clean_face_has_no_big_occluders(mark) -> None:
     found = detect_occluders(occluded, landmarks)
     assert found[rect].mean() > 0.98
     assert (found & ~dilate(rect, int(0.05 * g.iod) + 3)).sum() < 0.005 * region.sum()
-    # and the open mouth (teeth showing) is detected as open
-    assert mouth_openness(landmarks) > 0.15
 
 
 @pytest.mark.media
@@ -708,40 +440,3 @@ def test_uint8_frame_and_render_window_give_the_float_result() -> None:
         frame_u8, render[window], coverage[window], lm_a, lm_s, window=(int(x0), int(y0))))
     assert out.dtype == np.uint8 and out.shape == frame_u8.shape
     assert np.abs(out.astype(np.float32) / 255 - full).max() < 2.5 / 255
-
-
-def test_rendered_mouth_interior_shows_the_actor() -> None:
-    """Where the render shows its mouth lining, teeth or tongue, an open mouth's blend mask
-    is 0 (the actor's frame shows); a closed mouth's lips stay swapped."""
-    from morph3d.composite.features import drop_rendered_mouth
-
-    frame, render, coverage, lm_a, lm_s = scene(swap_width=1.02)
-    g = face_geometry(lm_s)
-    interior = np.zeros(coverage.shape, bool)
-    mouth = np.round(g.ibug[[48, 54]].mean(0)).astype(int)
-    interior[mouth[1] - 2:mouth[1] + 3, mouth[0] - 8:mouth[0] + 9] = True
-    regions = {"mouth_interior": interior, "teeth": np.zeros_like(interior)}
-    mask = np.ones(coverage.shape, np.float32)
-    dropped = drop_rendered_mouth(mask, regions)
-    assert (dropped[interior] < 0.03).all()
-    assert dropped[mouth[1] - 8, mouth[0]] == 1.0  # the lips above are still swapped
-    assert np.allclose(drop_rendered_mouth(mask, regions, strength=0.5)[interior], 0.5, atol=0.02)
-    # the scene's actor has a closed mouth: the compositor leaves the render's lips alone
-    _, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s,
-                                                     regions=regions))
-    assert report.mouth_weight == 0 and (report.alpha[interior] > 0.9).all()
-
-
-def test_compositor_takes_a_forehead_band_above_the_brows_but_not_the_hair() -> None:
-    frame, render, coverage, lm_a, lm_s = scene()
-    _, report = FaceCompositor().process(FrameInputs(frame, render, coverage, lm_a, lm_s))
-    g = face_geometry(lm_s)
-    brow_top = g.ibug[17:27, 1].min()
-    col = int(round(g.ibug[27, 0]))
-    alpha = report.alpha[:, col]
-    # 0.4 IOD above the brows is forehead the swap must show (the old 0.35 IOD band left it
-    # to the actor); from 0.85 IOD above (still under the render's coverage) the actor's hair
-    # stays.
-    assert alpha[int(round(brow_top - 0.4 * g.iod))] > 0.9
-    assert alpha[: int(round(brow_top - 0.85 * g.iod))].max() == 0.0
-    assert coverage[int(round(brow_top - 0.85 * g.iod)), col] > 0.9

@@ -17,7 +17,6 @@ from morph3d.neural.refine import (
     bicubic_upscale,
     build_net,
     load_super_resolver,
-    upscale_face,
 )
 from morph3d.neural.training.refine import (
     FaceCrops,
@@ -67,12 +66,12 @@ def test_forward_pass_is_deterministic_and_shaped(resolver) -> None:
     assert 0.0 <= first.min() and first.max() <= 1.0
     x4 = resolver.upscale(image, 4)
     assert x4.shape == (160, 208, 3) and np.array_equal(x4, resolver.upscale(image, 4))
-    u8 = upscale_face((image * 255).astype(np.uint8), 2)
+    u8 = resolver.upscale((image * 255).astype(np.uint8), 2)
     assert u8.dtype == np.uint8 and u8.shape == (80, 104, 3)
     with pytest.raises(InputError):
         resolver.upscale(image, 3)
     with pytest.raises(InputError):
-        upscale_face(image[..., 0], 2)
+        resolver.upscale(image[..., 0], 2)
 
 
 def test_untrained_net_is_bicubic(tmp_path) -> None:
@@ -123,15 +122,10 @@ def test_corrupt_weights_raise_model_error(tmp_path) -> None:
         load_super_resolver(junk)
 
 
-def test_missing_weights_fall_back_to_bicubic(tmp_path) -> None:
+def test_missing_weights_warn_and_load_nothing(tmp_path) -> None:
     missing = tmp_path / "none.npz"
-    image = smooth_image(24, 20, seed=2)
     with pytest.warns(RuntimeWarning, match="not found"):
         assert load_super_resolver(missing) is None
-    with pytest.warns(RuntimeWarning, match="bicubic"):
-        out = upscale_face(image, 2, weights=missing)
-    assert np.array_equal(out, bicubic_upscale(image, 2))
-    assert np.array_equal(upscale_face(image, 4, method="bicubic"), bicubic_upscale(image, 4))
 
 
 def test_degradations_are_seeded_and_sized() -> None:

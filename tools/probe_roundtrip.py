@@ -14,25 +14,16 @@ with a fresh compositor (no moving averages from earlier frames).
 Variants (the pipeline itself is not changed: the pieces of `morph3d.swap.driver` and
 `morph3d.composite` are called with other inputs or `CompositorConfig` knobs):
 
-a   today: the photo's identity and completed texture, the actor's SH relit to the photo's
-    ambient level (`FaceRenderer.relight`), 256 px crop + x2 super-resolver, default compositor.
-b   the clip's own fit of frame k as the source: the clip's identity, and a texture unprojected
-    through the clip's fit of frame k (same photometric fit, opening hiding and completion as
-    the photo's): photo fit and clip fit no longer disagree.
-c   the photo's texture on the clip's identity (geometry from the clip, texture from the photo).
-d1  colour matching off; d2 the photo's own SH instead of the relit actor SH; d3 both.
-e1  256 px, bicubic x2 (no super-resolver); e2 rendered at the face's own pixel size (no x2).
+a   today: the identity transfer onto frame k's own pixels (`FaceRenderer` with the photo
+    fit, the clip fit and the photo), the swap's compositor.
 f*  texture round trips, no compositor (render pasted by its coverage): a fit's texture
     rendered with that same fit onto frame k at full resolution. f0 the photo fit, its
     completed texture (what the swap uses); f1 the texels the photo saw as unprojected (no
     hiding of the eye and mouth openings; the unseen ones from f0); f2 the same unprojected
-    at 1024 texels instead of 512; fb the clip fit's texture of variant b.
-g1  the render's eyes (no `keep_actor_eyes`); g2 the render's mouth (no `keep_actor_mouth`);
-    g3 both.
+    at 1024 texels instead of 512; fb a one-frame fit with the clip's geometry of frame k,
+    its texture unprojected and completed as the photo's.
 h1  hard mask edge (feather 0); h2 twice the feather.
-i   occluder cut and double-brow removal off.
-z   combinations: z0 b + d2 (z0n without colour matching), z3 d2 + e2, z1 b + d2 + e2,
-    z2 z1 + g3.
+i   occluder cut off.
 enc the original frame k through H.264 at the swap's CRF 14 alone (what the encoder costs).
 """
 
@@ -72,8 +63,7 @@ class Context:
     source_fit: Any
     eval_ibug68: np.ndarray  # the evaluator's 68 points on frame k
     detected: dict[str, np.ndarray]  # mediapipe 478 + derived 68 on frame k (float64)
-    upscaler: Any
-    groups: Any  # V x regions one-hot (torch)
+    renderer: Any  # the swap's FaceRenderer for this photo and clip
     target: Path
 
 
@@ -92,10 +82,9 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     from fitting.faces import detect_faces
     from morph3d.io.images import write_image
     from morph3d.model.registry import load_model
-    from morph3d.swap.driver import make_upscaler
     from morph3d.swap.fits import fit_clip, fit_source
     from morph3d.swap.options import SwapOptions, SwapSummary
-    from morph3d.swap.window import REGION_CHANNELS
+    from morph3d.swap.renderer import FaceRenderer
 
     target = MEDIA / CLIPS[clip][0]
     if not target.is_file():
@@ -116,10 +105,9 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     faces = detect_faces(frame, "mediapipe")
     best = int(np.argmax(faces.areas()))
     detected = {s: np.asarray(v[best], np.float64) for s, v in faces.landmarks.items()}
-    channels = np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32)
+    renderer = FaceRenderer.create(model, source_fit, clip_fit, frame, options)
     return Context(model=model, frame=frame, k=k, clip_fit=clip_fit, source_fit=source_fit,
-                   eval_ibug68=detected["ibug68"], detected=detected,
-                   upscaler=make_upscaler(options, summary), groups=torch.from_numpy(channels),
+                   eval_ibug68=detected["ibug68"], detected=detected, renderer=renderer,
                    target=target)
 
 
@@ -128,37 +116,26 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
 # --------------------------------------------------------------------------------------------
 
 
-def swap_frame(ctx: Context, *, identity: np.ndarray, texture: np.ndarray,
-               ambient: np.ndarray, sh: np.ndarray | None = None, work_resolution: int = 256,
-               upscaler: Any = "default", config: Any = None) -> np.ndarray:
+def swap_frame(ctx: Context, config: Any = None) -> np.ndarray:
     """Frame k through the swap's render + composite stages (`FaceRenderer.render`,
-    `FaceCompositor.process`) with the given source identity / texture / ambient level.
-    `sh`: render under these SH instead of `FaceRenderer.relight(actor SH)`."""
+    `FaceCompositor.process`), with `config` (default: the swap's) for the compositor."""
     import torch
 
     from morph3d.composite.compositor import FaceCompositor, FrameInputs
-    from morph3d.swap.renderer import FaceRenderer
+    from morph3d.swap.transfer import compositor_config
 
-    renderer = FaceRenderer(ctx.model, np.asarray(identity, np.float32),
-                            torch.from_numpy(np.ascontiguousarray(texture, np.float32)),
-                            ctx.groups, work_resolution, None,
-                            ctx.upscaler if upscaler == "default" else upscaler,
-                            np.asarray(ambient, np.float32))
-    if sh is not None:
-        fixed = np.asarray(sh, np.float32)
-        renderer.relight = lambda _actor_sh: fixed  # type: ignore[method-assign]
     f, k = ctx.clip_fit.faces, ctx.k
-    with torch.inference_mode():
-        rendered = renderer.render(ctx.clip_fit.camera, f.rotation[k], f.translation[k],
-                                   f.expression[k], f.sh[k], ctx.frame.shape[:2])
     lms = ctx.clip_fit.landmarks
+    actor = {s: lms[s][k] for s in lms}
+    with torch.inference_mode():
+        rendered = ctx.renderer.render(ctx.clip_fit.camera, f.rotation[k], f.translation[k],
+                                       f.expression[k], f.sh[k], ctx.frame, actor)
     inputs = FrameInputs(frame=ctx.frame, render=rendered["image"],
-                         coverage=rendered["coverage"],
-                         actor_landmarks={s: lms[s][k] for s in lms},
+                         coverage=rendered["coverage"], actor_landmarks=actor,
                          swapped_landmarks={"ibug68": rendered["ibug68"],
                                             "mediapipe478": rendered["mediapipe478"]},
                          regions=rendered["regions"], window=rendered["window"])
-    out, _ = FaceCompositor(config).process(inputs)
+    out, _ = FaceCompositor(config or compositor_config()).process(inputs)
     return out
 
 
@@ -223,7 +200,7 @@ def raw_photo_texture(ctx: Context, source_png: Path, texture_size: int) -> np.n
     try:
         with torch.enable_grad():
             photo = FP.fit_photo(read_image(source_png), ctx.model,
-                                landmarks=ctx.detected, backend="mediapipe", corrective=False)
+                                landmarks=ctx.detected, backend="mediapipe", corrective=False)[0]
     finally:
         FL.fit_lighting_and_texture = original
     raw, seen = photo.identity.texture, photo.identity.confidence > 0
@@ -233,7 +210,7 @@ def raw_photo_texture(ctx: Context, source_png: Path, texture_size: int) -> np.n
 
 
 def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
-    """Variant b's source: a one-frame fit with the clip's identity, pose, expression and
+    """Variant fb's source: a one-frame fit with the clip's identity, pose, expression and
     camera of frame k, its SH and texture fitted on frame k as `fit_photo` does, then the
     swap's opening hiding and completion (`morph3d.swap.fits.fit_source`'s steps)."""
     import torch
@@ -257,7 +234,7 @@ def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
     faces.expression[0], faces.sh[0], faces.valid[0] = state.expression, states[0].sh, True
     fit = VideoFit(identity=Identity(identity, texture, confidence), faces=faces,
                    camera=c.camera, model_name=ctx.model.name)
-    hide_openings(fit, ctx.model, [ctx.detected])
+    hide_openings([fit], ctx.model, [ctx.detected])
     hide_forehead_occluders(fit, ctx.model)
     done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, ctx.model,
                                "neural")
@@ -333,10 +310,10 @@ def main() -> int:
 
     import torch
 
-    from morph3d.composite.compositor import CompositorConfig
     from morph3d.evaluate.measures import face_appearance
     from morph3d.evaluate.plots import label_cell
     from morph3d.io.images import write_image
+    from morph3d.swap.transfer import compositor_config
 
     torch.set_num_threads(1)
     _, default_k, default_frames = CLIPS[args.clip]
@@ -348,65 +325,32 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     ctx = load_context(args.clip, k, max_frames, work_dir, out)
     src = ctx.source_fit
-    photo_id, photo_tex = src.identity.coefficients, src.identity.texture
-    photo_amb, photo_sh = src.faces.sh[0, 0], src.faces.sh[0]
+    photo_tex = src.identity.texture
     source_png = work_dir.parent / f"roundtrip_{args.clip}_source_f{k}.png"
 
-    print("[probe] fitting variant b's texture (clip geometry)", flush=True)
+    print("[probe] fitting variant fb's texture (clip geometry)", flush=True)
     clip_src, _ = clip_fit_texture(ctx)
-    clip_id, clip_tex = clip_src.identity.coefficients, clip_src.identity.texture
-    clip_amb, clip_sh = clip_src.faces.sh[0, 0], clip_src.faces.sh[0]
-    side = face_side(ctx, photo_id)
+    clip_tex = clip_src.identity.texture
+    side = face_side(ctx, src.identity.coefficients)
     print(f"[probe] face crop side at frame {k}: {side} px (working size 256)", flush=True)
 
-    cfg = CompositorConfig()
-    base = dict(identity=photo_id, texture=photo_tex, ambient=photo_amb)
-    b = dict(identity=clip_id, texture=clip_tex, ambient=clip_amb)
+    cfg = compositor_config()
     variants: list[tuple[str, str, Any]] = [
-        ("a", "today", lambda: swap_frame(ctx, **base)),
-        ("b", "clip's fit of frame k as the source (identity + texture)",
-         lambda: swap_frame(ctx, **b)),
-        ("c", "photo texture on the clip's identity",
-         lambda: swap_frame(ctx, identity=clip_id, texture=photo_tex, ambient=photo_amb)),
-        ("d1", "colour matching off",
-         lambda: swap_frame(ctx, **base, config=dataclasses.replace(cfg, colour_match=False))),
-        ("d2", "photo's own SH (no relighting)", lambda: swap_frame(ctx, **base, sh=photo_sh)),
-        ("d3", "d1 + d2", lambda: swap_frame(
-            ctx, **base, sh=photo_sh, config=dataclasses.replace(cfg, colour_match=False))),
-        ("e1", "256 px, bicubic x2 (no SR)", lambda: swap_frame(ctx, **base, upscaler=None)),
-        ("e2", f"rendered at the face's size ({side} px, no SR)",
-         lambda: swap_frame(ctx, **base, work_resolution=side, upscaler=None)),
+        ("a", "today", lambda: swap_frame(ctx)),
         ("f0", "texture round trip: photo fit, completed 512 texture, no compositor",
          lambda: texture_round_trip(ctx, src, 0, photo_tex)),
         ("f1", "texture round trip: photo fit, 512 texture, seen texels unhidden",
          lambda: texture_round_trip(ctx, src, 0, raw_photo_texture(ctx, source_png, 512))),
         ("f2", "texture round trip: photo fit, 1024 texture, seen texels unhidden",
          lambda: texture_round_trip(ctx, src, 0, raw_photo_texture(ctx, source_png, 1024))),
-        ("fb", "texture round trip: clip fit (b's texture)",
+        ("fb", "texture round trip: a one-frame fit with the clip's geometry",
          lambda: texture_round_trip(ctx, clip_src, 0, clip_tex)),
-        ("g1", "render's eyes (keep_eyes off)",
-         lambda: swap_frame(ctx, **base, config=dataclasses.replace(cfg, keep_eyes=False))),
-        ("g2", "render's mouth (keep_mouth off)",
-         lambda: swap_frame(ctx, **base, config=dataclasses.replace(cfg, keep_mouth=False))),
-        ("g3", "g1 + g2", lambda: swap_frame(ctx, **base, config=dataclasses.replace(
-            cfg, keep_eyes=False, keep_mouth=False))),
         ("h1", "hard mask edge (feather 0)",
-         lambda: swap_frame(ctx, **base, config=dataclasses.replace(cfg, feather=0.0))),
-        ("h2", f"feather x2 ({2 * cfg.feather:g} IOD)", lambda: swap_frame(
-            ctx, **base, config=dataclasses.replace(cfg, feather=2 * cfg.feather))),
-        ("i", "occluder cut + double-brow removal off", lambda: swap_frame(
-            ctx, **base, config=dataclasses.replace(cfg, occluders=False, remove_brows=False))),
-        ("z0", "b + d2 (clip fit with its own SH)",
-         lambda: swap_frame(ctx, **b, sh=clip_sh)),
-        ("z0n", "z0, colour matching off", lambda: swap_frame(
-            ctx, **b, sh=clip_sh, config=dataclasses.replace(cfg, colour_match=False))),
-        ("z3", "d2 + e2 (photo fit, its own SH, face-size render)", lambda: swap_frame(
-            ctx, **base, sh=photo_sh, work_resolution=side, upscaler=None)),
-        ("z1", "b + d2 + e2 (clip fit, its own SH, face-size render)", lambda: swap_frame(
-            ctx, **b, sh=clip_sh, work_resolution=side, upscaler=None)),
-        ("z2", "z1 + g3 (render's eyes and mouth)", lambda: swap_frame(
-            ctx, **b, sh=clip_sh, work_resolution=side, upscaler=None,
-            config=dataclasses.replace(cfg, keep_eyes=False, keep_mouth=False))),
+         lambda: swap_frame(ctx, dataclasses.replace(cfg, feather=0.0))),
+        ("h2", f"feather x2 ({2 * cfg.feather:g} IOD)",
+         lambda: swap_frame(ctx, dataclasses.replace(cfg, feather=2 * cfg.feather))),
+        ("i", "occluder cut off",
+         lambda: swap_frame(ctx, dataclasses.replace(cfg, occluders=False))),
         ("enc", "the original through H.264 CRF 14 only", lambda: encode_only(ctx)),
     ]
     rows: list[dict[str, Any]] = []

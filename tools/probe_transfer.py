@@ -1,16 +1,16 @@
-"""Probe: identity transfer on the actor's pixels vs today's re-rendered face, single frames.
+"""Probe: the identity transfer on the actor's pixels and its variants, single frames.
 
 Cases: the round trip (a clip frame written as PNG is the source, swapped into the same clip
 at that frame and at others: nggyup.mp4 frame 150 at `--frames`, orig.webm frame 10 at 10
-and 30) and cross-identity swaps. For each, today's pipeline
-(`FaceRenderer.render` + `FaceCompositor`) and the transfer (`morph3d.swap.transfer`) are scored
+and 30) and cross-identity swaps. For each, the transfer (`morph3d.swap.transfer`, as the swap runs
+it) and the variants asked for (`TRANSFER_VARIANTS`: one of its parts off or changed) are scored
 inside the original's dlib jaw+brow hull (`morph3d.evaluate.measures.face_appearance`: grey SSIM,
 PSNR, detail ratio, mean-Lab distance), by the dlib identity distance to the source
 photo and by the tone seam at the face's edge (`seam_delta`); contact sheets (original |
 variants, face crops) go to out/transfer/.
 
     .venv/bin/python tools/probe_transfer.py [--cases roundtrip,cross] [--frames 150,60,100]
-        [--variants today,transfer,warp_only,ratio_only] [--sources mark.jpg,woman.png]
+        [--variants transfer,warp_only,ratio_only] [--sources mark.jpg,woman.png]
         [--tag _name]
 
 Fits come from the swap's work folder (`fit_clip`: nggyup.mp4 with --max-frames 160,
@@ -157,8 +157,8 @@ def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, ph
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default="roundtrip,cross")
-    parser.add_argument("--variants", default="today,transfer,warp_only,ratio_only",
-                        help=f"comma-separated, of: today, {', '.join(TRANSFER_VARIANTS)}")
+    parser.add_argument("--variants", default="transfer,warp_only,ratio_only",
+                        help=f"comma-separated, of: {', '.join(TRANSFER_VARIANTS)}")
     parser.add_argument("--sources", default="mark.jpg,man_dark_skin.png,woman.png,"
                         "khabenskii.jpg", help="cross cases' source photos (media folder)")
     parser.add_argument("--tag", default="", help="suffix of the sheets' and results' names")
@@ -168,13 +168,10 @@ def main() -> None:
     import torch
 
     from fitting.embedding import face_embedding
-    from morph3d.composite.compositor import FaceCompositor, FrameInputs
     from morph3d.evaluate.measures import face_appearance
     from morph3d.model.registry import load_model
-    from morph3d.swap.driver import make_upscaler
     from morph3d.swap.fits import fit_clip, fit_source
     from morph3d.swap.options import SwapOptions, SwapSummary
-    from morph3d.swap.renderer import FaceRenderer
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
@@ -217,26 +214,11 @@ def main() -> None:
         src_pts = dlib_face(src_rgb)
         src_emb = face_embedding(src_rgb, src_pts)
         frame = read_frame(path, index)
-        f = clip_fit.faces
-        actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
-        renderer = FaceRenderer.create(model, source_fit, SwapOptions(),
-                                       make_upscaler(SwapOptions(), summary))
         outputs = {}
-        t = time.perf_counter()
-        if "today" in args.variants.split(","):
-            rendered = renderer.render(clip_fit.camera, f.rotation[index],
-                                       f.translation[index], f.expression[index], f.sh[index],
-                                       frame.shape[:2])
-            out, _ = FaceCompositor().process(FrameInputs(
-                frame=frame, render=rendered["image"], coverage=rendered["coverage"],
-                actor_landmarks=actor_lms,
-                swapped_landmarks={"ibug68": rendered["ibug68"],
-                                   "mediapipe478": rendered["mediapipe478"]},
-                regions=rendered["regions"], window=rendered["window"]))
-            outputs["today"] = (out, time.perf_counter() - t)
         for variant in args.variants.split(","):
-            if variant == "today":
-                continue
+            if variant not in TRANSFER_VARIANTS:
+                raise SystemExit(f"unknown variant {variant!r} "
+                                 f"(of: {', '.join(TRANSFER_VARIANTS)})")
             t = time.perf_counter()
             out = transfer_swap(model, source_fit, clip_fit, index, frame, src_rgb,
                                 **TRANSFER_VARIANTS[variant])

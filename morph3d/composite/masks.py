@@ -1,5 +1,5 @@
 """The face's alpha mask: landmark geometry, the face region with a Gaussian edge scaled
-by the inter-ocular distance, and its width adapted to the actor's face.
+by the inter-ocular distance, and the features expected not to look like skin.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ Landmarks = Mapping[str, np.ndarray] | np.ndarray
 MP_EYE_IMAGE_LEFT = (33, 7, 163, 144, 145, 153, 154, 155, 133, 173, 157, 158, 159, 160, 161, 246)
 MP_EYE_IMAGE_RIGHT = (263, 249, 390, 373, 374, 380, 381, 382, 362, 398, 384, 385, 386, 387,
                       388, 466)
-MP_INNER_LIPS = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308, 415, 310, 311, 312, 13, 82,
-                 81, 80, 191)
-
 # Region masks (rendered from the model) that are expected not to look like skin.
 NON_SKIN_REGIONS = ("eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
 
@@ -122,28 +119,8 @@ class FaceGeometry:
         return self.ibug[17:22], self.ibug[22:27]
 
     @property
-    def inner_lip(self) -> np.ndarray:
-        return self.mesh[list(MP_INNER_LIPS)] if self.mesh is not None else self.ibug[60:68]
-
-    @property
     def outer_lip(self) -> np.ndarray:
         return self.ibug[48:60]
-
-    @property
-    def mouth_width(self) -> float:
-        return max(float(np.linalg.norm(self.ibug[54] - self.ibug[48])), 1.0)
-
-    @property
-    def mouth_opening(self) -> float:
-        """Gap between the inner lips at the middle, in pixels."""
-        if self.mesh is not None:
-            return float(np.linalg.norm(self.mesh[14] - self.mesh[13]))
-        return float(np.linalg.norm(self.ibug[66] - self.ibug[62]))
-
-    def width_along(self, axis: np.ndarray) -> float:
-        """Extent of the jaw outline along `axis` (a unit vector), in pixels."""
-        proj = self.jaw @ axis
-        return float(proj.max() - proj.min())
 
     def face_polygon(self, forehead_margin: float) -> np.ndarray:
         """Convex outline of the face: the jaw, and the brows lifted by `forehead_margin` IOD.
@@ -263,7 +240,7 @@ def _check_mask(name: str, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarr
 
 
 # --------------------------------------------------------------------------------------------
-# 1-2. Face mask, landmark-adaptive
+# Face mask
 # --------------------------------------------------------------------------------------------
 
 
@@ -273,83 +250,21 @@ def face_region(shape: tuple[int, int], landmarks: Landmarks | FaceGeometry,
     return _fill_polygon(shape, face_geometry(landmarks).face_polygon(forehead_margin))
 
 
-def face_mask(coverage: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
-              forehead_margin: float = 0.35, feather: float = 0.05, inset: float = 2.5,
-              grow_px: float = 0.0, extra_sigma_px: float = 0.0,
-              region: np.ndarray | None = None) -> np.ndarray:
-    """Blend alpha of the rendered face, limited to the face region, with a Gaussian edge.
+def face_mask(coverage: np.ndarray, landmarks: Landmarks | FaceGeometry, region: np.ndarray,
+              *, feather: float = 0.05, inset: float = 2.5) -> np.ndarray:
+    """Blend alpha of the warped face inside `region` (bool H x W), with a Gaussian edge.
 
-    coverage: H x W render coverage; landmarks: the swapped face's projected landmarks.
-    The edge has sigma = `feather` IOD (+ `extra_sigma_px`), so it looks the same at every
-    face size; its 50 % line sits `inset` sigmas inside the region (minus `grow_px`), so
-    alpha reaches zero at the region's boundary and never shows the render's rim. Alpha is
-    also multiplied by the coverage, so it is exactly 0 wherever the render is absent.
+    coverage: H x W coverage of the warp; landmarks: the swapped face's projected landmarks
+    (they give the face's size). The edge has sigma = `feather` IOD, so it looks the same at
+    every face size; its 50 % line sits `inset` sigmas inside the region, so alpha reaches
+    zero at the region's boundary and never shows the warp's rim. Alpha is also multiplied
+    by the coverage, so it is exactly 0 wherever the warp is absent.
     """
     coverage = np.clip(np.asarray(coverage, np.float32), 0.0, 1.0)
-    geometry = face_geometry(landmarks)
-    if region is None:
-        region = face_region(coverage.shape, geometry, forehead_margin)
-    hard = region & (coverage >= 0.5)
-    sigma = feather * geometry.iod + extra_sigma_px
-    alpha = _feather(hard, inset * sigma - grow_px, sigma)
+    hard = np.asarray(region, bool) & (coverage >= 0.5)
+    sigma = feather * face_geometry(landmarks).iod
+    alpha = _feather(hard, inset * sigma, sigma)
     return _clean_alpha(alpha * coverage)
-
-
-@dataclass
-class MaskReport:
-    """How `adaptive_face_mask` changed the mask: width_ratio = swapped / actor face width
-    (along the eye line); grow_px / shrink_px move the mask edge; feather_px is its sigma."""
-
-    width_ratio: float
-    grow_px: float
-    shrink_px: float
-    feather_px: float
-
-
-def face_width_ratio(swapped: Landmarks | FaceGeometry, actor: Landmarks | FaceGeometry
-                     ) -> float:
-    """Width of the swapped face's jaw outline over the actor's, measured along the actor's
-    eye line (so head roll does not count)."""
-    swapped, actor = face_geometry(swapped), face_geometry(actor)
-    axis = actor.x_axis
-    return swapped.width_along(axis) / max(actor.width_along(axis), 1.0)
-
-
-def adaptive_face_mask(coverage: np.ndarray, swapped_landmarks: Landmarks | FaceGeometry,
-                       actor_landmarks: Landmarks | FaceGeometry, *,
-                       forehead_margin: float = 0.35, feather: float = 0.05,
-                       inset: float = 2.5, tolerance: float = 0.01, shrink_gain: float = 1.0,
-                       blur_gain: float = 0.5, max_shrink: float = 0.25,
-                       width_ratio: float | None = None) -> tuple[np.ndarray, MaskReport]:
-    """`face_mask` adapted to the difference in face width between the two faces.
-
-    Wider swapped face: the mask's edge moves out by the width difference per side, up to
-    the inset (`grow_px`), so the mask is fully on over the actor's outline and the new,
-    wider outline (the render's own anti-aliased silhouette, via the coverage) replaces the
-    actor's instead of fading into it. Narrower swapped face: the edge moves in by the width
-    difference per side (`shrink_px`, at most `max_shrink` IOD) and is blurred more, so the
-    swapped face's own outline dissolves inside the actor's wider cheeks instead of drawing a
-    second jaw line. `width_ratio` overrides the measured ratio (the compositor passes a
-    time-smoothed one).
-    """
-    swapped, actor = face_geometry(swapped_landmarks), face_geometry(actor_landmarks)
-    coverage = np.asarray(coverage, np.float32)
-    if width_ratio is None:
-        width_ratio = face_width_ratio(swapped, actor)
-    actor_width = actor.width_along(actor.x_axis)
-    per_side_px = 0.5 * (width_ratio - 1.0) * actor_width
-    sigma = feather * swapped.iod
-    grow = shrink = extra_sigma = 0.0
-    if width_ratio > 1.0 + tolerance:
-        grow = min(per_side_px, inset * sigma)
-    elif width_ratio < 1.0 - tolerance:
-        shrink = min(-per_side_px * shrink_gain, max_shrink * actor.iod)
-        extra_sigma = blur_gain * shrink
-    mask = face_mask(coverage, swapped, forehead_margin=forehead_margin, feather=feather,
-                     inset=inset, grow_px=grow - shrink, extra_sigma_px=extra_sigma)
-    report = MaskReport(width_ratio=float(width_ratio), grow_px=float(grow),
-                        shrink_px=float(shrink), feather_px=float(sigma + extra_sigma))
-    return mask, report
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,13 +10,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from morph3d.composite.colour import rgb_to_lab, robust_stats
+from morph3d.composite.colour import robust_stats
 from morph3d.composite.masks import (
     _EDGE_Z,
     FaceGeometry,
     Landmarks,
     _check_image,
-    _check_mask,
     _clean_alpha,
     _dilate,
     _disk,
@@ -132,58 +131,30 @@ def non_skin_pixels(frame: np.ndarray, model: SkinModel, *, chroma_sigmas: float
     return non_skin_score(frame, model, **options) > chroma_sigmas
 
 
-def render_disagreement(frame: np.ndarray, actor_render: np.ndarray, valid: np.ndarray,
-                        reference: np.ndarray, *, threshold: float = 22.0,
-                        blur_px: float = 1.5) -> np.ndarray:
-    """Bool H x W: where the actor's own fitted render does not explain the frame.
-
-    The render is first shifted by the Lab median difference on `reference` (skin pixels),
-    so a global lighting/albedo error of the fit does not count; then pixels with
-    sqrt((dL / 2)^2 + da^2 + db^2) > `threshold` inside `valid` are flagged. L counts half
-    because shading detail is what the fit gets wrong most.
-    """
-    if blur_px > 0:
-        frame = cv2.GaussianBlur(frame, (0, 0), blur_px)
-        actor_render = cv2.GaussianBlur(actor_render, (0, 0), blur_px)
-    lab_f, lab_r = rgb_to_lab(frame), rgb_to_lab(actor_render)
-    ref = reference & valid
-    if ref.sum() >= 50:
-        lab_r = lab_r + (np.median(lab_f[ref], 0) - np.median(lab_r[ref], 0)).astype(np.float32)
-    diff = (lab_f - lab_r) * np.array([0.5, 1.0, 1.0], np.float32)
-    return (np.sqrt((diff ** 2).sum(-1)) > threshold) & valid
-
-
 def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometry, *,
                      search_region: np.ndarray | None = None,
                      expected: np.ndarray | None = None,
                      regions: Mapping[str, np.ndarray] | None = None,
-                     actor_render: np.ndarray | None = None,
-                     actor_coverage: np.ndarray | None = None,
                      seed_sigmas: float = 12.0, grow_sigmas: float = 6.0,
-                     disagreement_threshold: float = 22.0,
                      extend_region: np.ndarray | None = None, extend: float = 0.15,
                      min_edge_contrast: float = 20.0, min_sharp_fraction: float = 0.5,
                      min_area: float = 0.004, open_radius: float = 0.025,
                      close_radius: float = 0.05, grow: float = 0.02) -> np.ndarray:
     """Bool H x W: things in front of the face (hands, hair, microphones) to leave untouched.
 
-    Two cues, OR-ed. (a) Colour: blobs of pixels more than `grow_sigmas` off the actor's
-    skin model (`fit_skin_model`, `non_skin_score`) that hold pixels more than
-    `seed_sigmas` off (or much darker than skin) and have a sharp outline (`_keep_sharp`);
-    both tests are needed because coloured light and shadows change skin colour too, but
-    less and smoothly. Grey or skin-toned occluders are left to cue (b): when the caller
-    gives the render of the actor's OWN fit (`actor_render`, `actor_coverage`), pixels
-    where it disagrees with the frame (`render_disagreement`), which also catches
-    skin-coloured hands. Only pixels in `search_region` (default: the actor's face region,
-    shrunk by 0.04 IOD so the background at its rim does not count) are searched, and never
-    those expected to be non-skin (`expected`, default `expected_non_skin` of the actor's
-    landmarks and `regions`). The result is cleaned with an opening (`open_radius` IOD) and
-    a closing (`close_radius` IOD), blobs smaller than `min_area` of the search region are
-    dropped; detected occluders then grow up to `extend` IOD further into `extend_region`
-    (e.g. the blend mask beyond the actor's outline) through connected candidate pixels,
-    and are
-    grown by `grow` IOD to cover their anti-aliased rim. Thresholds of (a) were tuned on
-    the clips and photos in the shared test media; those of (b) only on synthetic scenes.
+    Blobs of pixels more than `grow_sigmas` off the actor's skin model (`fit_skin_model`,
+    `non_skin_score`) that hold pixels more than `seed_sigmas` off (or much darker than
+    skin) and have a sharp outline (`_keep_sharp`); both tests are needed because coloured
+    light and shadows change skin colour too, but less and smoothly. Only pixels in
+    `search_region` (default: the actor's face region, shrunk by 0.04 IOD so the background
+    at its rim does not count) are searched, and never those expected to be non-skin
+    (`expected`, default `expected_non_skin` of the actor's landmarks and `regions`). The
+    result is cleaned with an opening (`open_radius` IOD) and a closing (`close_radius`
+    IOD), blobs smaller than `min_area` of the search region are dropped; detected
+    occluders then grow up to `extend` IOD further into `extend_region` (e.g. the blend
+    mask beyond the actor's outline) through connected candidate pixels, and are grown by
+    `grow` IOD to cover their anti-aliased rim. The thresholds were tuned on the clips and
+    photos in the shared test media.
     """
     frame = _check_image("frame", frame)
     shape = frame.shape[:2]
@@ -222,14 +193,6 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
         seeded[0] = False
         occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
                           min_edge_contrast, min_sharp_fraction)
-    if actor_render is not None:
-        actor_render = _check_image("actor_render", actor_render, shape)
-        valid = (np.ones(shape, bool) if actor_coverage is None
-                 else _check_mask("actor_coverage", actor_coverage, shape) > 0.5)
-        valid = cv2.erode(valid.astype(np.uint8), _disk(0.02 * iod + 1)).astype(bool)
-        reference = _fill_polygon(shape, g.central_skin_polygon()) & ~expected
-        occ |= clean(render_disagreement(frame, actor_render, valid, reference,
-                                         threshold=disagreement_threshold))
     if extend_region is not None and occ.any():
         # follow an occluder a little beyond the face outline (a hand entering from the side):
         # geodesic growth through connected candidate pixels, never into expected features

@@ -1,4 +1,7 @@
-"""Face-crop super-resolution (inference): upscale a rendered or composited face crop x2 or x4.
+"""Face-crop super-resolution (inference): upscale a face crop x2 or x4.
+
+The swap makes its face from the actor's own pixels at the frame's resolution, so it does
+not call this net; `morph3d train sr` trains it and `tools/bench_refine.py` scores it.
 
 The network is a small ESPCN-like residual net: plain 3x3 convolutions at the low
 resolution, a PixelShuffle to the output size, added to the bicubic upscale of the input.
@@ -7,8 +10,8 @@ detail, which keeps it tiny (32-43 k parameters per scale) and fast on a CPU.
 
 Shipped weights: ``morph3d/weights/sr.npz`` with a manifest ``sr.json`` beside it that holds
 the file's sha256, how it was trained and its held-out metrics (see weights/README.md).
-`load_super_resolver` returns None with a warning when the weights are missing (callers fall
-back to bicubic) and raises `ModelError` when they are corrupt.
+`load_super_resolver` returns None with a warning when the weights are missing and raises
+`ModelError` when they are corrupt.
 
 Training (`morph3d.neural.training.refine`, run by ``morph3d train sr`` and
 ``tools/train_sr.py``) builds its data from any folder of face photos and videos: faces are
@@ -20,7 +23,6 @@ people stay on one side.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -185,12 +187,12 @@ def _build_nets(arch: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[int
 def load_super_resolver(path: str | os.PathLike | None = None) -> SuperResolver | None:
     """The super-resolver at `path` (default: the shipped weights).
 
-    Missing file: warns and returns None (the caller falls back to bicubic). A file whose
+    Missing file: warns and returns None. A file whose
     sha256 does not match its manifest (``<name>.json`` beside it; required for the shipped
     weights), or that cannot be read as weights, raises `ModelError`.
     """
     loaded = load_verified(path, DEFAULT_WEIGHTS, FORMAT, _build_nets, label="super-resolver",
-                           manifest_label="super-resolver", fallback="using bicubic upscaling",
+                           manifest_label="super-resolver", fallback="nothing loaded",
                            retrain="morph3d train sr")
     if loaded is None:
         return None
@@ -199,35 +201,3 @@ def load_super_resolver(path: str | os.PathLike | None = None) -> SuperResolver 
         p = Path(path) if path is not None else DEFAULT_WEIGHTS
         raise ModelError(f"super-resolver weights {p} contain no network")
     return SuperResolver(nets, manifest)
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_resolver(path: str) -> SuperResolver:
-    resolver = load_super_resolver(path)
-    if resolver is None:  # not cached: lru_cache does not store exceptions
-        raise FileNotFoundError(path)
-    return resolver
-
-
-def upscale_face(crop: np.ndarray, scale: int = 2, method: str = "neural",
-                 weights: str | os.PathLike | None = None) -> np.ndarray:
-    """Upscale an (H, W, 3) face crop by 2 or 4 with the learned net or bicubic.
-
-    ``method="neural"`` uses the weights at `weights` (default: the shipped ones, loaded once
-    per process) and falls back to bicubic with a warning when they are missing.
-    Float [0, 1] in gives float32 out; uint8 in gives uint8 out.
-    """
-    crop = _check_image(crop)
-    if scale not in SCALES:
-        raise InputError(f"super-resolution scale must be one of {SCALES}, got {scale}")
-    if method == "bicubic":
-        return bicubic_upscale(crop, scale)
-    if method != "neural":
-        raise InputError(f"unknown upscaling method {method!r}; use 'neural' or 'bicubic'")
-    path = str(Path(weights) if weights is not None else DEFAULT_WEIGHTS)
-    try:
-        resolver = _cached_resolver(path)
-    except FileNotFoundError:
-        return bicubic_upscale(crop, scale)
-    return resolver.upscale(crop, scale)
-

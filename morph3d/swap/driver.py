@@ -30,24 +30,15 @@ from morph3d.swap.options import SwapOptions, SwapSummary, check_paths, file_dig
 from morph3d.swap.renderer import FaceRenderer
 
 
-def make_upscaler(options: SwapOptions, summary: SwapSummary):
-    """The neural super-resolver when wanted and available; else None (bicubic)."""
-    if options.refine in ("none", "classic"):
-        summary.refine = options.refine
-        return None
-    try:
-        from morph3d.neural.refine import load_super_resolver
-    except ImportError:
-        summary.refine = "classic"
-        return None
-    resolver = load_super_resolver()
-    if resolver is None:
-        if options.refine == "neural":
-            summary.notes.append("neural refinement weights missing: fell back to bicubic")
-        summary.refine = "classic"
-        return None
-    summary.refine = "neural"
-    return lambda img: resolver.upscale(img, 2)
+def completion_used(options: SwapOptions) -> str:
+    """What filled the source texture's unseen texels (`fit_source`): "neural" when the
+    completion net was asked for and its weights are there (`fit_source` fails on weights
+    that do not load), else "classic"."""
+    if options.refine not in ("neural", "auto"):
+        return "classic"
+    from morph3d.neural.completion import DEFAULT_WEIGHTS
+
+    return "neural" if DEFAULT_WEIGHTS.is_file() else "classic"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,12 +216,12 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         source_fit = fit_source(sources, model, options, summary, first_photo=photo)
         clip_fit = template.fit if template else fit_clip(target, model, options, summary)
 
+    summary.refine = completion_used(options)
     t = time.perf_counter()
     # The face is made from the actor's own pixels (morph3d.swap.transfer); the first source
     # photo gives the source's colours as seen (the texture's shading model is the fit's).
-    renderer = FaceRenderer.create(model, source_fit, options, make_upscaler(options, summary),
-                                   clip_fit=clip_fit, photo=photo)
-    compositor = FaceCompositor(transfer_compositor() if renderer.transfer else None)
+    renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options)
+    compositor = FaceCompositor(transfer_compositor())
     faces = clip_fit.faces
     valid = faces.valid.copy()
     valid[clip_fit.faceless[clip_fit.faceless < len(valid)]] = False
@@ -262,9 +253,8 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
             with torch.inference_mode():
                 rendered = renderer.render(clip_fit.camera, faces.rotation[i],
                                            faces.translation[i], faces.expression[i],
-                                           faces.sh[i], frame.rgb.shape[:2], frame=frame.rgb,
-                                           actor_landmarks={s: actor_lms[s][i]
-                                                            for s in actor_lms})
+                                           faces.sh[i], frame.rgb,
+                                           {s: actor_lms[s][i] for s in actor_lms})
             return frame, rendered
 
         frames = iter_frames(target, stop=options.max_frames, report=report)

@@ -671,11 +671,8 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray) -> Transfer
 
 
 def compositor_config():
-    """The compositor's settings for a transferred face: the mask is the warp's own region
-    (it meets the frame at its edge); the actor's eyes, mouth and brows are already in the
-    warped frame where the source's face has them, and the ratio carries the tone, so the
-    steps that restore or match those are off. Occluders are still cut."""
+    """The compositor's settings for a transferred face: its defaults (the mask is the
+    warp's own region, which meets the frame at its edge; occluders are cut)."""
     from morph3d.composite.compositor import CompositorConfig
 
-    return CompositorConfig(region="coverage", keep_eyes=False, keep_mouth=False,
-                            colour_match=False, remove_brows=False, adapt_width=False)
+    return CompositorConfig()
