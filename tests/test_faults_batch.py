@@ -345,7 +345,7 @@ def test_manifest_options_are_swap_options_only_and_checked(tmp_path):
         "kill.mp4": (f"kill_worker_once={marker}", "bad job option"),
         "work.mp4": (f"work_dir={elsewhere}", "bad job option"),
         "frames.mp4": ("max_frames=0", "max_frames must be at least 1"),
-        "refine.mp4": ("refine=bogus", "refine takes auto"),
+        "refine.mp4": ("refine=bogus", "refine takes neural or classic"),
         "crf.mp4": ("crf=99", "crf must be between 0 and 51"),
         "res.mp4": ("work_resolution=0", "work_resolution must be at least 1"),
         "device.mp4": ("device=tpu", "unknown device"),
@@ -368,7 +368,7 @@ def test_swap_options_validate_matches_the_command_line():
 
     assert SwapOptions().validate() == SwapOptions()
     SwapOptions(target_face="index:2", device="cuda:1", backend="dlib", renderer="torch",
-                refine="none", crf=0, max_frames=1, work_resolution=1).validate()
+                refine="classic", crf=0, max_frames=1, work_resolution=1).validate()
     for bad in [dict(max_frames=0), dict(max_frames=-3), dict(refine="bogus"), dict(crf=52),
                 dict(crf=-1), dict(work_resolution=0), dict(device="gpu"),
                 dict(device="cuda:x"), dict(backend="dlib+mediapipe"), dict(crf="14"),

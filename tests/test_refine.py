@@ -186,3 +186,19 @@ def test_cli_train_completion_needs_a_folder(capsys, tmp_path) -> None:
     assert cli_main(["train", "completion", "--data", str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("morph3d: error:") and "not a folder" in err and "\n" not in err
+
+
+def test_swap_refine_names_the_texture_completion_that_runs() -> None:
+    """`--refine` chooses the source texture's completion and nothing else (the swap calls
+    no super-resolver): two values, and the summary says which fill ran."""
+    from morph3d.neural.completion import DEFAULT_WEIGHTS as COMPLETION_WEIGHTS
+    from morph3d.swap.driver import completion_used
+    from morph3d.swap.options import SwapOptions
+
+    assert SwapOptions().refine == "neural"
+    assert COMPLETION_WEIGHTS.is_file()
+    assert completion_used(SwapOptions(refine="neural")) == "neural"
+    assert completion_used(SwapOptions(refine="classic")) == "classic"
+    for same_as_another in ("auto", "none"):
+        with pytest.raises(InputError, match="neural or classic"):
+            SwapOptions(refine=same_as_another).validate()

@@ -24,12 +24,12 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--backend", default="mediapipe", help="landmark backend: mediapipe | dlib")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--renderer", default=None, help="torch | nvdiffrast | pytorch3d")
-    p.add_argument("--refine", default="auto", choices=("auto", "neural", "classic", "none"),
-                   help="auto / neural: the super-resolver and the texture-completion net "
-                   "(each when its weights load, else bicubic / the classical fill); classic: "
-                   "bicubic + classical completion")
+    p.add_argument("--refine", default="neural", choices=("neural", "classic"),
+                   help="what fills the skin the source photo did not show: neural, the "
+                   "texture-completion net (the classical fill when its weights are missing); "
+                   "classic, mirroring from the seen side + pull-push inpainting")
     p.add_argument("--work-resolution", type=positive_int, default=256,
-                   help="rendered face size in pixels before upscaling")
+                   help="size in pixels of the face crop the transfer works at")
     p.add_argument("--crf", type=int, default=14,
                    help="H.264 quality of a video output: 0 (lossless) .. 51; lower is larger")
     # Accepted and ignored: finished stages are always reused from the work directory (keyed

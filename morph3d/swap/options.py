@@ -31,8 +31,10 @@ class SwapOptions:
     backend: str = "mediapipe"  # landmark backend
     device: str = "cpu"
     renderer: str | None = None  # render backend (None: MORPH3D_RENDERER or auto)
-    refine: str = "auto"  # neural | classic | none | auto (= neural; each net when it loads)
-    work_resolution: int = 256  # rendered face crop size in pixels before upscaling
+    # What fills the source texture's unseen texels: "neural", the completion net (the
+    # classical fill, with a note, when its weights are missing), or "classic".
+    refine: str = "neural"
+    work_resolution: int = 256  # size in pixels of the face crop the transfer works at
     # H.264 quality of a video output (x264 CRF, 0 = lossless, 51 = worst). 14 keeps the
     # detail that CRF 18 took from bearded / textured faces (BENCHMARKS.md, swap benchmark):
     # mark.jpg on orig.webm scores identity 0.386 instead of 0.390, at 1.30 MB for the clip
@@ -78,8 +80,8 @@ class SwapOptions:
             if str(self.renderer).strip().lower() not in RENDERERS:
                 raise InputError(f"unknown renderer {self.renderer!r} "
                                  f"(choose one of {', '.join(RENDERERS)} or auto)")
-        if self.refine not in ("auto", "neural", "classic", "none"):
-            raise InputError(f"refine takes auto, neural, classic or none, not {self.refine!r}")
+        if self.refine not in ("neural", "classic"):
+            raise InputError(f"refine takes neural or classic, not {self.refine!r}")
         whole("work_resolution", self.work_resolution, 1)
         whole("crf", self.crf, 0, 51)
         if self.max_frames is not None:
