@@ -1,4 +1,4 @@
-"""`morph3d swap` end to end on real media (issue 5): output geometry, audio, identity,
+"""`morph3d swap` end to end on real media: output geometry, audio, identity,
 untouched background, metadata, and one test per kind of bad input.
 
 Every run goes through the real CLI in a subprocess (`python -m morph3d swap ...`). Fits are
