@@ -99,7 +99,7 @@ class CompositorConfig:
     # Gaussian edge of the face mask: little of the actor's face is blended in at the border.
     feather: float = 0.03
     mask_momentum: float = 0.3
-    occluders: bool = True
+    occluders: bool = True  # False only to see what the cut does (tests, the probes)
     roi_pad: float = 0.6
 
 
