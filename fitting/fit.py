@@ -49,6 +49,7 @@ from scipy.optimize import lsq_linear
 from fitting.landmark_maps import ibug68_from_mediapipe478
 from fitting.params import CameraParams
 from morph3d.errors import ModelError, Morph3dError
+from morph3d.model.geometry import vertex_normals
 
 IBUG68 = "ibug68"
 MEDIAPIPE478 = "mediapipe478"
@@ -355,22 +356,13 @@ def _selected_mediapipe(arrays: ModelArrays) -> np.ndarray:
     ids, bary = arrays.landmarks[MEDIAPIPE478]
     # Keep points whose mean-shape surface faces the front: they stay visible and do not
     # slide with pose like silhouette points do.
-    normals = _vertex_normals(arrays.mean, arrays.triangles)
+    normals = vertex_normals(arrays.mean, arrays.triangles)
     n = np.einsum("lc,lcd->ld", bary, normals[ids])
     n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
     keep = n[:, 2] > 0.5
     keep[list(MEDIAPIPE_OVAL)] = False
     keep[468:] = False
     return np.flatnonzero(keep)
-
-
-def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    v0, v1, v2 = (vertices[triangles[:, i]] for i in range(3))
-    fn = np.cross(v1 - v0, v2 - v0)
-    normals = np.zeros_like(vertices)
-    for i in range(3):
-        np.add.at(normals, triangles[:, i], fn)
-    return normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12)
 
 
 def ibug68_convention(backend: str, landmarks: dict[str, np.ndarray] | None = None) -> str:

@@ -12,18 +12,18 @@ import torch
 
 from fitting.fit import (
     FrameState,
-    _vertex_normals,
     model_arrays,
     project,
     rotation_matrix,
     vertex_positions,
 )
 from fitting.params import SH_COEFFS, CameraParams
+from morph3d.model.geometry import vertex_normals
 
 
 def _lighting_normals(vertices: np.ndarray, triangles: np.ndarray, R: np.ndarray) -> np.ndarray:
     """Vertex normals in the SH lighting frame (view space, x right, y up, z to camera)."""
-    return (_vertex_normals(vertices, triangles) @ R.T) * np.array([1.0, -1.0, -1.0])
+    return (vertex_normals(vertices, triangles) @ R.T) * np.array([1.0, -1.0, -1.0])
 
 
 def sh_basis_np(normals: np.ndarray) -> np.ndarray:

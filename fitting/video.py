@@ -31,7 +31,6 @@ from fitting.fit import (
     FrameState,
     LandmarkSet,
     Priors,
-    _vertex_normals,
     estimate_pose_pnp,
     gauss_newton,
     landmark_set,
@@ -44,6 +43,7 @@ from fitting.lighting import _as_float_image, fit_lighting_and_texture, sh_basis
 from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
 from fitting.photo import fit_landmarks, head_pose_degrees
 from morph3d.errors import Morph3dError
+from morph3d.model.geometry import vertex_normals
 
 
 class ClipLandmarks(NamedTuple):
@@ -193,7 +193,7 @@ class ShSampler:
         verts = (arrays.mean[ids] + arrays.identity[ids] @ identity
                  + arrays.expression[ids] @ state.expression)
         R = rotation_matrix(state.rotation)
-        normals = (_vertex_normals(verts, self.triangles)[self.sample] @ R.T) * np.array(
+        normals = (vertex_normals(verts, self.triangles)[self.sample] @ R.T) * np.array(
             [1.0, -1.0, -1.0])
         cam = verts[self.sample] @ R.T + state.translation
         z = np.maximum(cam[:, 2], 1e-6)

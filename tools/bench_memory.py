@@ -29,6 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_swap import MEDIA, ROOT, fmt_load, machine, run_swap  # noqa: E402
 
+from morph3d.io.atomic import atomic_write  # noqa: E402
+from morph3d.io.outputs import temp_path_beside  # noqa: E402
+
 SIZE = (1920, 1080)
 TEN_MINUTES_FRAMES = 10 * 60 * 30
 
@@ -46,7 +49,7 @@ def make_clip(path: Path, frames: int, size: tuple[int, int] = SIZE) -> Path:
                 return path
     source = list(f.rgb for f in iter_frames(MEDIA / "nggyup.mp4", 0, frames))  # 720p
     order = list(range(len(source))) + list(range(len(source) - 2, 0, -1))
-    tmp = path.with_name(f".{path.stem}.tmp.mp4")
+    tmp = temp_path_beside(path, "tmp")  # PyAV writes it by name
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
@@ -103,9 +106,8 @@ def rss_plot(runs: dict[int, dict], path: Path) -> None:
                title=f"{frames} frames 1920x1080: peak {run['peak_rss_mib']:.0f} MiB")
     fig.axes[-1].set_xlabel("seconds since the process started (RSS sampled every 0.2 s)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=80)
 
 
 GROWTH_FRAMES = (120, 289)  # both past the shot cuts at frames 22 and 93

@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from morph3d.io.atomic import atomic_write_text  # noqa: E402
 from render import Camera, axis_angle_to_matrix, rasterize, render_mesh  # noqa: E402
 from render.camera import FRONT  # noqa: E402
 from render.synthetic import head_like_mesh  # noqa: E402
@@ -385,9 +386,7 @@ def main() -> None:
             "load_average": {f"{k[0]} {k[1]} b{k[2]}": v["load"] for k, v in results.items()},
             "cpu": cpu_name(),
         }
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, args.json)
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

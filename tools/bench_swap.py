@@ -380,12 +380,14 @@ def write_picture(path: Path, rgb: np.ndarray) -> Path:
     """JPEG (quality 88) or PNG by suffix, via a temp file."""
     import cv2
 
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    from morph3d.io.atomic import atomic_write_bytes
+
     params = [cv2.IMWRITE_JPEG_QUALITY, 88] if path.suffix.lower() in (".jpg", ".jpeg") else [
         cv2.IMWRITE_PNG_COMPRESSION, 9]
-    if not cv2.imwrite(str(tmp), np.ascontiguousarray(rgb[..., ::-1]), params):
+    ok, encoded = cv2.imencode(path.suffix, np.ascontiguousarray(rgb[..., ::-1]), params)
+    if not ok:
         raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, encoded.tobytes())
     return path
 
 

@@ -40,8 +40,8 @@ import io
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,8 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from morph3d.errors import InputError, Morph3dError
-from morph3d.io.atomic import default_file_mode
+from morph3d.io.atomic import atomic_write
+from morph3d.model.geometry import vertex_normals
 from morph3d.model.model import ModelData
 
 SUFFIXES = (".glb", ".obj", ".ply")
@@ -104,15 +105,11 @@ def split_uv_seams(triangles: np.ndarray, uv_triangles: np.ndarray) -> SeamSplit
     return SeamSplit(pairs[:, 0], pairs[:, 1], inverse.reshape(-1, 3).astype(np.int64))
 
 
-def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
-    """Area-weighted unit vertex normals, V x 3 (outward for counter-clockwise faces)."""
-    v0, v1, v2 = (vertices[triangles[:, i]] for i in range(3))
-    face_normals = np.cross(v1 - v0, v2 - v0)
-    normals = np.zeros_like(vertices, dtype=np.float64)
-    for i in range(3):
-        np.add.at(normals, triangles[:, i], face_normals)
-    length = np.linalg.norm(normals, axis=1, keepdims=True)
-    normals = np.where(length > 1e-12, normals / np.maximum(length, 1e-12), [0.0, 0.0, 1.0])
+def unit_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Float32 unit vertex normals V x 3 for glTF, which requires unit length: the model's
+    normals, with +z for a vertex on no (or only degenerate) triangles."""
+    normals = vertex_normals(vertices.astype(np.float64), triangles)
+    normals[~np.any(normals, axis=1)] = (0.0, 0.0, 1.0)
     return normals.astype(np.float32)
 
 
@@ -340,23 +337,14 @@ def _prepare_frames(data: ModelData, expression_frames: Any, rotations: Any,
 
 
 def _write_together(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
-    """Write every (path, bytes) to a temp file beside it, then rename them all (in order)."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for path, payload in files:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            staged.append((Path(tmp), path))
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-            os.chmod(tmp, default_file_mode())
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-        raise
-    return [path for _, path in staged]
+    """Write every (path, bytes) with `atomic_write`, renaming them only once all are
+    written (in order): a failure leaves none of the set's temp files and no new file."""
+    files = list(files)
+    with ExitStack() as stack:
+        # Entered last to first so that the stack's exits rename first to last.
+        for path, payload in reversed(files):
+            stack.enter_context(atomic_write(path)).write(payload)
+    return [path for path, _ in files]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,7 +414,7 @@ def glb_bytes(data: ModelData, identity: np.ndarray | None, texture_rgb: np.ndar
     """The .glb file for a model, identity, texture and frames (see the module docstring)."""
     split = split_uv_seams(data.triangles, data.uv_triangles)
     neutral = identity_vertices(data, identity, offset)  # mm
-    normals = vertex_normals(neutral, data.triangles)[split.vertex_ids]
+    normals = unit_normals(neutral, data.triangles)[split.vertex_ids]
     positions = (neutral[split.vertex_ids] / MM_PER_M).astype(np.float32)
     uv = data.uv_coords[split.uv_ids].astype(np.float32)
     texcoords = np.stack([uv[:, 0], 1.0 - uv[:, 1]], axis=1)  # glTF: origin top-left, v down

@@ -22,8 +22,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from morph3d import __version__
 from morph3d.errors import InputError
+from morph3d.io.atomic import atomic_write
 from morph3d.io.limits import check_image_size, too_large
-from morph3d.io.outputs import check_writable_dir, same_file, temp_path_beside
+from morph3d.io.outputs import check_writable_dir, same_file
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,6 @@ def _output_file(path: PathLike, what: str) -> Path:
 
 
 _same_file = same_file
-_temp_path_beside = temp_path_beside
 
 
 def _remove_quietly(path: Path) -> None:
@@ -220,10 +220,5 @@ def write_image(path: PathLike, rgb: np.ndarray, metadata: Mapping[str, str] | N
             if "comment" in metadata:
                 exif[0x010E] = str(metadata["comment"])  # ImageDescription
             save_kwargs["exif"] = exif.tobytes()
-    tmp = _temp_path_beside(out, "tmp")
-    try:
-        img.save(tmp, format=pil_format, **save_kwargs)
-        os.replace(tmp, out)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with atomic_write(out, parents=False) as f:
+        img.save(f, format=pil_format, **save_kwargs)

@@ -26,7 +26,6 @@ from morph3d.io.images import (
     _output_file,
     _remove_quietly,
     _same_file,
-    _temp_path_beside,
     synthetic_metadata,
 )
 from morph3d.io.media import (
@@ -37,7 +36,7 @@ from morph3d.io.media import (
     _demux_tolerant,
     _open_media,
 )
-from morph3d.io.outputs import create_locked_temp
+from morph3d.io.outputs import create_locked_temp, temp_path_beside
 
 # Output container by extension. mp4/mov get `use_metadata_tags` so arbitrary keys
 # (software, synthetic_media) survive; `faststart` puts the index first for streaming.
@@ -355,7 +354,7 @@ class VideoWriter:
         # One line for the run's notes when the audio could not be copied as it is.
         self.audio_note = self._audio.note if self._audio is not None else None
 
-        self._tmp = _temp_path_beside(out, "part")
+        self._tmp = temp_path_beside(out, "part")
         try:
             # Locked while written: a later run removes it only once this process is gone.
             self._tmp_lock = create_locked_temp(self._tmp)

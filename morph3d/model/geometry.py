@@ -27,3 +27,15 @@ def median_aligned_distance(points: np.ndarray, reference: np.ndarray,
     `procrustes_align` of the first onto the second."""
     aligned = procrustes_align(points, reference, scale=scale)
     return float(np.median(np.linalg.norm(aligned - reference, axis=1)))
+
+
+def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals V x 3 (outward for counter-clockwise triangles), in
+    the dtype of `vertices`; a vertex on no (or only degenerate) triangles gets a zero normal.
+    The numpy twin of `render.ops.vertex_normals` for the float64 fitting and export code."""
+    v0, v1, v2 = (vertices[triangles[:, i]] for i in range(3))
+    face_normals = np.cross(v1 - v0, v2 - v0)  # |n| = 2 area
+    normals = np.zeros_like(vertices)
+    for i in range(3):
+        np.add.at(normals, triangles[:, i], face_normals)
+    return normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from morph3d.errors import ModelError
+from morph3d.io.atomic import atomic_write, atomic_write_bytes
 from morph3d.io.paths import sha256_file
 
 T = TypeVar("T")
@@ -27,16 +28,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"  # morph3d/weig
 # --------------------------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """`write(f)` into a binary file that appears at `path` whole or not at all."""
-    from morph3d.io.atomic import atomic_write
-
-    with atomic_write(path, "wb") as f:
-        write(f)
-
-
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    write_atomic(path, lambda f: np.savez(f, **arrays))
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
 
 
 def manifest_path(weights: str | os.PathLike) -> Path:
@@ -59,7 +53,7 @@ def write_weights(path: str | os.PathLike, arrays: dict[str, np.ndarray], arch: 
     manifest = {"format": arch["format"], "file": path.name, "sha256": sha256_file(path),
                 "bytes": path.stat().st_size, "arch": manifest_arch, **manifest}
     text = json.dumps(manifest, indent=2) + "\n"
-    write_atomic(manifest_path(path), lambda f: f.write(text.encode()))
+    atomic_write_bytes(manifest_path(path), text.encode())
     return manifest
 
 

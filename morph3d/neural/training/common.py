@@ -29,12 +29,12 @@ from typing import Any, TypeVar
 import numpy as np
 
 from morph3d.errors import InputError
+from morph3d.io.atomic import atomic_write
 from morph3d.io.paths import sha256_file
 from morph3d.neural.weights import (
     load_verified,
     manifest_path,
     save_npz,
-    write_atomic,
     write_weights,
 )
 
@@ -43,7 +43,7 @@ __all__ = [
     "default_checkpoint", "default_trained_weights", "for_each_frame", "load_cached",
     "load_verified", "manifest_path", "matches", "media_files", "progress_bar", "save_npz",
     "seed_torch", "sha256_file", "source_weights", "split_media", "train_loop",
-    "write_atomic", "write_weights",
+    "write_weights",
 ]
 
 T = TypeVar("T")
@@ -257,7 +257,8 @@ class Checkpoint:
             state[key] = ({k: n.state_dict() for k, n in net.items()}
                           if isinstance(net, dict) else net.state_dict())
         state.update(optimizer=self.optimizer.state_dict(), rng=self.rng.bit_generator.state)
-        write_atomic(self.path, lambda f: torch.save(state, f))
+        with atomic_write(self.path) as f:
+            torch.save(state, f)
 
 
 def _first_line(exc: BaseException) -> str:
