@@ -120,9 +120,10 @@ def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
               focal: float | None = None, backend: str = "mediapipe", photometric: bool = True,
               refine_steps: int = 60, photometric_steps: int = 25, contour: bool = True,
               priors: Priors | None = None, corrective: bool | None = None
-              ) -> VideoFit | list[VideoFit]:
-    """Fit the model to one photo (-> VideoFit with one frame) or several photos of one
-    person (-> list of one-frame VideoFits sharing one Identity).
+              ) -> list[VideoFit]:
+    """Fit the model to one photo or several photos of one person: one one-frame VideoFit
+    per photo, all sharing one Identity (a list, not one N-frame fit: each photo has its own
+    camera, and a VideoFit holds one).
 
     images: path(s) or RGB array(s) (uint8 or float in [0, 1]); landmarks: per image
     {scheme: L x 2} to skip detection; focal: pixels (None = estimated). `backend` also says
@@ -132,7 +133,6 @@ def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
     None = for annotation-convention points (dlib, "dlib+mediapipe"), not for the
     "mediapipe" backend (the swap's fits stay pure 3DMM shapes).
     """
-    single = not isinstance(images, (list, tuple))
     imgs, names = _as_image_list(images)
     if landmarks is None:
         landmarks = [detect_landmarks(img, backend, name) for img, name in zip(imgs, names,
@@ -173,7 +173,7 @@ def fit_photo(images, model, landmarks: dict | list[dict] | None = None,
         fits.append(VideoFit(identity=identity, faces=faces, camera=cam, fps=0.0,
                              landmarks={k: np.asarray(v, np.float32)[None] for k, v in lm.items()},
                              model_name=model.name, source=name))
-    return fits[0] if single else fits
+    return fits
 
 
 # --------------------------------------------------------------------------------------------

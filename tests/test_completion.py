@@ -141,7 +141,7 @@ def heldout_fit(model, media_dir):
     faces = detect_faces(image, "mediapipe")
     best = int(np.argmax(faces.areas()))
     landmarks = {k: v[best].astype(np.float64) for k, v in faces.landmarks.items()}
-    return fit_photo(image, model, landmarks=landmarks), landmarks
+    return fit_photo(image, model, landmarks=landmarks)[0], landmarks
 
 
 def test_beats_classic_on_a_heldout_person(net, model, heldout_fit) -> None:
@@ -170,7 +170,7 @@ def test_keeps_the_classical_fill_where_nothing_was_seen(net, model, heldout_fit
     from morph3d.swap.fits import hide_openings
 
     fit = copy.deepcopy(heldout_fit[0])
-    assert hide_openings(fit, model, [heldout_fit[1]]) > 0
+    assert hide_openings([fit], model, [heldout_fit[1]]) > 0
     texture, confidence = fit.identity.texture, fit.identity.confidence
     classic = complete_uv_texture(texture, confidence)
     ours = net.complete(texture, confidence, model, classic).texture
@@ -255,7 +255,7 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
     faces = detect_faces(image, "mediapipe")
     best = int(np.argmax(faces.areas()))
     landmarks = {k: v[best].astype(np.float64) for k, v in faces.landmarks.items()}
-    fit = fit_photo(image, model, landmarks=landmarks)
+    fit = fit_photo(image, model, landmarks=landmarks)[0]
     plain = copy.deepcopy(fit)
     before = fit.identity.confidence.copy()
     hidden_count = hide_forehead_occluders(fit, model)

@@ -236,7 +236,7 @@ def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
 
     image = read_image(media_dir / "mark.jpg")
     detected = F.detect_landmarks(image, "mediapipe")
-    fit = FP.fit_photo(image, model, landmarks=detected, photometric=True, photometric_steps=5)
+    fit = FP.fit_photo(image, model, landmarks=detected, photometric=True, photometric_steps=5)[0]
     summary = FP.fit_summary(fit, model)
     lm = np.array(summary["frames"][0]["landmarks68"])
     det = detected["ibug68"]
@@ -269,7 +269,7 @@ def test_annotated_nme_close_to_dlib(model, media_dir, name):
     for key, lms in (("mediapipe", {"mediapipe478": landmarks["mediapipe478"],
                                     "ibug68": F.detect_landmarks(image)["ibug68"]}),
                      ("dlib+mediapipe", landmarks)):
-        fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=key)
+        fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=key)[0]
         nme[key] = _nme(FP.projected_landmarks(fit, model)[0], truth)
     # dlib's points are matched to the model's annotation-convention iBUG table
     # (fitting.fit.ibug68_table): takeo ~3.3 % vs dlib 3.2 %, lenna ~3.9 % vs 3.4 % of IOD

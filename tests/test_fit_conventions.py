@@ -78,7 +78,7 @@ def test_matching_table_fits_annotation_points_better(model):
         for convention in errors:
             fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks=lms,
                               focal=camera.fx, photometric=False,
-                              backend="mediapipe" if convention == F.MEDIAPIPE else "dlib")
+                              backend="mediapipe" if convention == F.MEDIAPIPE else "dlib")[0]
             pred = FP.projected_landmarks(fit, model)[0]
             errors[convention].append(float(np.linalg.norm(pred - truth, axis=1).mean()))
     # measured: 0.7-0.9 px vs 2.9 px (1 px noise)

@@ -39,7 +39,7 @@ def test_corrective_reaches_points_the_model_cannot(model):
     target[moved] += np.array([[6.0, 0.0], [0.0, -5.0], [0.0, -5.0], [-4.0, 0.0], [4.0, 0.0]])
     image = np.zeros((480, 640, 3), np.uint8)
     fits = {corr: FP.fit_photo(image, model, landmarks={"ibug68": target}, backend="dlib",
-                              focal=camera.fx, photometric=False, corrective=corr)
+                              focal=camera.fx, photometric=False, corrective=corr)[0]
             for corr in (False, True)}
     assert fits[False].identity.offset is None
     offset = fits[True].identity.offset
@@ -66,7 +66,7 @@ def test_corrective_is_small_where_the_model_fits(model):
     # to correct (measured: at most 0.8 mm; 2.9 mm for the face with moved points above).
     points, camera = annotation_face(model, 6)
     fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
-                      backend="dlib", focal=camera.fx, photometric=False)
+                      backend="dlib", focal=camera.fx, photometric=False)[0]
     assert np.linalg.norm(fit.identity.offset, axis=1).max() < 1.2
 
 
@@ -74,14 +74,14 @@ def test_mediapipe_backend_fits_stay_pure_3dmm(model):
     rng = np.random.default_rng(7)
     _, _, camera, lms = synthetic_face(model, rng)
     fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks=lms,
-                      backend="mediapipe", focal=camera.fx, photometric=False)
+                      backend="mediapipe", focal=camera.fx, photometric=False)[0]
     assert fit.identity.offset is None
 
 
 def test_offset_is_saved_and_used(model, tmp_path):
     points, camera = annotation_face(model, 8, noise_px=1.5)
     fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
-                      backend="dlib", focal=camera.fx, photometric=False)
+                      backend="dlib", focal=camera.fx, photometric=False)[0]
     path = tmp_path / "fit.npz"
     fit.save(path)
     loaded = VideoFit.load(path)
@@ -98,7 +98,7 @@ def test_fixed_identity_and_offset_refit_the_same_face(model):
     # fitted. On the same points it lands where the photo fit did.
     points, camera = annotation_face(model, 9, noise_px=1.5)
     fit = FP.fit_photo(np.zeros((480, 640, 3), np.uint8), model, landmarks={"ibug68": points},
-                      backend="dlib", focal=camera.fx, photometric=False)
+                      backend="dlib", focal=camera.fx, photometric=False)[0]
     alpha = fit.identity.coefficients.astype(np.float64)
     reported = FP.projected_landmarks(fit, model)[0]
     errors = {}

@@ -253,7 +253,7 @@ def real_nme(model) -> dict:
                                      ("fitted_dlib_mediapipe_no_corrective", both, False)):
             backend = "mediapipe" if key == "fitted_mediapipe" else "dlib+mediapipe"
             fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend,
-                              corrective=corrective)
+                              corrective=corrective)[0]
             fitted[key] = _nme(FP.projected_landmarks(fit, model)[0], truth)
         out[name] = {**fitted, "dlib": _nme(dlib, truth), "mediapipe": _nme(mp["ibug68"], truth)}
     return out

@@ -64,7 +64,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     photo = read_image(bundled_target_photo())
     h, w = photo.shape[:2]
     log("demo: fitting the model to scikit-image's astronaut.png")
-    fit = fit_photo(photo, model)
+    fit = fit_photo(photo, model)[0]
     base_rotation = torch.as_tensor(fit.faces.rotation[0], dtype=torch.float32)
     extra_rotation, expressions = animation()
     texture = torch.from_numpy(fit.identity.texture)
@@ -186,7 +186,7 @@ def run_demo(out_dir: Path, real: bool = False, quiet: bool = False) -> dict:
         log("demo: fitting Grace Hopper's photo and exporting the mesh to demo.glb / demo.obj")
         from fitting.photo import fit_photo
 
-        fit = fit_photo(source, model)
+        fit = fit_photo(source, model)[0]
         export_fit(fit, model, out_dir / "demo.glb")
         export_fit(fit, model, out_dir / "demo.obj")
     log(f"demo: swapping {source.name} into {target.name}")

@@ -88,7 +88,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     photometric = not args.no_photometric
     if is_image_path(source):
         frame0 = read_image(source)  # InputError for unreadable files
-        fit = fit_photo(str(source), model, backend=args.backend, photometric=photometric)
+        fit = fit_photo(str(source), model, backend=args.backend, photometric=photometric)[0]
     else:
         from fitting.video import fit_video
         from morph3d.io.media import iter_frames

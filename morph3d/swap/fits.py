@@ -159,12 +159,11 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
             landmarks.append({k: v[best].astype(np.float64) for k, v in faces.landmarks.items()})
         # No corrective deformation (`Identity.offset`): the swap carries the identity over
         # by its coefficients, so the texture must come from that same shape.
-        fits = fit_photo(images if len(images) > 1 else images[0], model,
-                         landmarks=landmarks if len(images) > 1 else landmarks[0],
-                         backend=options.backend, corrective=False)
-        fit = fits[0] if isinstance(fits, list) else fits
+        fits = fit_photo(images, model, landmarks=landmarks, backend=options.backend,
+                         corrective=False)
+        fit = fits[0]  # the identity all photos share, with the first photo's pose
         if fit.identity.texture is not None:
-            hide_openings(fit, model, landmarks[:fit.num_frames])
+            hide_openings(fits, model, landmarks)
             hide_forehead_occluders(fit, model)
             done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, model,
                                        "neural" if completion != "classic" else "classic")
@@ -174,10 +173,14 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     return fit
 
 
-def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
+def hide_openings(fits: list, model, landmarks: list[dict[str, np.ndarray]],
                   min_opening: float = 0.04) -> int:
-    """Set the texture confidence to 0 where the photo showed what lies behind the face's
+    """Set the texture confidence to 0 where a photo showed what lies behind the face's
     openings on the skin around them (returns the number of texels hidden).
+
+    `fits`: `fit_photo`'s one-frame fits, one per photo, sharing the Identity whose texture
+    is changed; `landmarks`: each photo's points. Every photo is checked: the texture mixes
+    them all, so an opening in any of them reached it.
 
     - Mouth: an open-mouthed photo puts its teeth and mouth darkness on the model's lips
       (the fitted lips part, their inner surfaces look straight at the teeth); rendered with
@@ -190,14 +193,14 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
     The completion then fills them from the visible skin and lip."""
     from fitting.fit import project, vertex_positions
 
-    texture, confidence = fit.identity.texture, fit.identity.confidence
-    if texture is None or confidence is None:
+    identity = fits[0].identity
+    if identity.texture is None or identity.confidence is None:
         return 0
     mouth = model.region("lips") | model.region("mouth_interior") | model.region("teeth")
     lids = model.region("eyes") & ~model.region("eyeballs")
     triangles = np.asarray(model.data.triangles)
-    hidden = np.zeros(confidence.shape[:2], np.uint8)
-    for k, points in enumerate(landmarks):
+    hidden = np.zeros(identity.confidence.shape[:2], np.uint8)
+    for fit, points in zip(fits, landmarks, strict=True):
         ibug = points.get("ibug68")
         if ibug is None or not np.isfinite(ibug).all():
             continue
@@ -208,10 +211,10 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
         if width > 0 and height / width >= min_opening:
             outlines.append((inner, mouth))
         f = fit.faces
-        verts = vertex_positions(model, fit.identity.coefficients.astype(np.float64),
-                                 f.expression[k].astype(np.float64))
-        pixels = project(verts, f.rotation[k].astype(np.float64),
-                         f.translation[k].astype(np.float64), fit.camera)
+        verts = vertex_positions(model, identity.coefficients.astype(np.float64),
+                                 f.expression[0].astype(np.float64))
+        pixels = project(verts, f.rotation[0].astype(np.float64),
+                         f.translation[0].astype(np.float64), fit.camera)
         for outline, allowed in outlines:
             polygon = outline.astype(np.float32)
             inside = np.zeros(len(verts), bool)
@@ -219,7 +222,7 @@ def hide_openings(fit, model, landmarks: list[dict[str, np.ndarray]],
                 inside[v] = cv2.pointPolygonTest(
                     polygon, (float(pixels[v, 0]), float(pixels[v, 1])), False) >= 0
             _fill_uv_triangles(hidden, model, np.flatnonzero(inside[triangles].all(1)))
-    return _hide_texels(fit, hidden.astype(bool))
+    return _hide_texels(fits[0], hidden.astype(bool))
 
 
 def _fill_uv_triangles(canvas: np.ndarray, model, triangle_ids: np.ndarray) -> None:
