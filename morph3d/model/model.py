@@ -29,16 +29,11 @@ from morph3d.io.atomic import atomic_write
 
 FORMAT_VERSION = 1
 LANDMARK_SCHEMES = ("ibug68", "mediapipe478")
-REGIONS = (
-    "face_skin",
-    "eyes",
-    "lips",
-    "mouth_interior",
-    "teeth",
-    "tongue",
-    "eyeballs",
-    "neck_boundary",
-)
+# The regions a face render carries as per-vertex channels, in their channel order (the
+# renderer's and the transfer's region windows); `neural.completion.NET_INPUT_REGIONS` is
+# the completion net's own order of the same names.
+REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
+REGIONS = (*REGION_CHANNELS, "neck_boundary")
 
 
 @dataclass(frozen=True)

@@ -39,15 +39,18 @@ import cv2
 import numpy as np
 
 from morph3d.errors import InputError
+from morph3d.model.model import REGION_CHANNELS
 from morph3d.neural.texture_completion import CompletedTexture, complete_uv_texture, skin_rows
 from morph3d.neural.weights import WEIGHTS_DIR, load_verified
 
 NET_SIZE = 128  # texels per side of the net's UV grid
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "completion.npz"
 FORMAT = "morph3d-completion-2"
-# Per-texel region channels of the net's input (model regions, rasterised in UV space).
-REGION_CHANNELS = ("face_skin", "lips", "eyes", "mouth_interior", "teeth", "tongue",
-                   "eyeballs")
+# Per-texel region channels of the net's input (model regions, rasterised in UV space), in
+# the order the trained weights expect: the model's REGION_CHANNELS with lips before eyes.
+NET_INPUT_REGIONS = ("face_skin", "lips", "eyes", "mouth_interior", "teeth", "tongue",
+                     "eyeballs")
+assert sorted(NET_INPUT_REGIONS) == sorted(REGION_CHANNELS), "not a permutation of the model's"
 SEEN = 0.5  # confidence at or above which a texel counts as seen (as in the classical fill)
 # Bump when `CompletionNet.complete` changes its output for the same weights: the swap's
 # source-fit cache key holds it, so cached textures completed by older code are not reused.
@@ -60,7 +63,7 @@ INFERENCE_VERSION = 3
 
 
 def uv_features(model, size: int = NET_SIZE) -> np.ndarray:
-    """(len(REGION_CHANNELS) + 3, size, size) float32: region memberships rasterised in UV
+    """(len(NET_INPUT_REGIONS) + 3, size, size) float32: region memberships rasterised in UV
     space, a 'covered by any triangle' channel, and |u - 0.5| and v of the texel centre
     (the atlas is left/right symmetric, so the net sees distance from the face's midline)."""
     return _uv_features(model.name, int(model.data.uv_coords.shape[0]), size, model)
@@ -81,7 +84,7 @@ def _uv_features(name: str, n_uv: int, size: int, model) -> np.ndarray:
     lam = raster.pixel_barycentrics.numpy()
     texel = raster.pixel_index.numpy()
     channels = []
-    for region in REGION_CHANNELS:
+    for region in NET_INPUT_REGIONS:
         mask = np.zeros(size * size, np.float32)
         if region in model.data.regions:
             per_vertex = np.asarray(model.region(region), np.float32)
@@ -120,7 +123,7 @@ class CompletionConfig:
 
     @property
     def in_channels(self) -> int:
-        return (8 if self.mirror else 4) + len(REGION_CHANNELS) + 3
+        return (8 if self.mirror else 4) + len(NET_INPUT_REGIONS) + 3
 
     def to_dict(self) -> dict[str, Any]:
         return {"widths": list(self.widths), "in_channels": self.in_channels,

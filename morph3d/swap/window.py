@@ -7,7 +7,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-REGION_CHANNELS = ("face_skin", "eyes", "lips", "mouth_interior", "teeth", "tongue", "eyeballs")
+from morph3d.model.model import REGION_CHANNELS as REGION_CHANNELS  # for the renderer
 
 
 def face_crop_box(points: np.ndarray, frame_shape: tuple[int, int], scale: float = 1.7

@@ -18,7 +18,7 @@ import numpy as np
 from morph3d.errors import InputError
 from morph3d.neural.completion import (
     FORMAT,
-    REGION_CHANNELS,
+    NET_INPUT_REGIONS,
     SEEN,
     CompletionConfig,
     CompletionNet,
@@ -205,13 +205,13 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
             if max(box[2] - box[0], box[3] - box[1]) < 60:
                 continue
             lm = {s: v[k].astype(np.float64) for s, v in faces.landmarks.items()}
-            fit = fit_photo(frame.rgb, model, landmarks=lm)[0]
+            fit = fit_photo(frame.rgb, model, landmarks=lm)
             if fit.identity.texture is None:
                 continue
             if openings:
                 from morph3d.swap.fits import hide_openings
 
-                hide_openings([fit], model, [lm])
+                hide_openings(fit, model, [lm])
             sample = TextureSample(
                 f"{name}#{frame.index}.{k}",
                 np.clip(np.rint(fit.identity.texture * 255), 0, 255).astype(np.uint8),
@@ -384,7 +384,7 @@ def _net_case(case: Case, features: np.ndarray, mirror: bool) -> _NetCase:
     visible = _area(case.visible, size)
     seen = _area(case.seen, size)
     hidden = (seen >= SEEN) & (visible < SEEN)
-    covered = features[len(REGION_CHANNELS)] > 0.5
+    covered = features[len(NET_INPUT_REGIONS)] > 0.5
     unknown = (seen < SEEN) & (visible < SEEN) & covered & skin_rows(size)[:, None]
     return _NetCase(net_input(classic, visible, features, mirror), classic.transpose(2, 0, 1),
                     correction_weight(visible)[None], _area(case.truth, size).transpose(2, 0, 1),
