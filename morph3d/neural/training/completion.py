@@ -205,13 +205,13 @@ def collect_texture_samples(data_dir: str | os.PathLike, model, *,
             if max(box[2] - box[0], box[3] - box[1]) < 60:
                 continue
             lm = {s: v[k].astype(np.float64) for s, v in faces.landmarks.items()}
-            fit = fit_photo(frame.rgb, model, landmarks=lm)
+            fit = fit_photo(frame.rgb, model, landmarks=lm)[0]
             if fit.identity.texture is None:
                 continue
             if openings:
                 from morph3d.swap.fits import hide_openings
 
-                hide_openings(fit, model, [lm])
+                hide_openings([fit], model, [lm])
             sample = TextureSample(
                 f"{name}#{frame.index}.{k}",
                 np.clip(np.rint(fit.identity.texture * 255), 0, 255).astype(np.uint8),
