@@ -269,3 +269,16 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
     # the same photo's texture with every texel at its median skin colour: nothing to hide
     plain.identity.texture[:] = np.median(plain.identity.texture[seen], axis=0)
     assert hide_forehead_occluders(plain, model) == 0
+
+
+def test_net_input_regions_are_the_models_region_channels_reordered() -> None:
+    """One list of region channels (the model's, which the renders carry); the net's input
+    order is a permutation of it by name, so a renamed or added region cannot drift apart."""
+    from morph3d.model.model import REGION_CHANNELS, REGIONS
+    from morph3d.neural.completion import NET_INPUT_REGIONS
+    from morph3d.swap import window
+
+    assert window.REGION_CHANNELS is REGION_CHANNELS
+    assert set(REGION_CHANNELS) <= set(REGIONS)
+    assert sorted(NET_INPUT_REGIONS) == sorted(REGION_CHANNELS)
+    assert len(set(NET_INPUT_REGIONS)) == len(NET_INPUT_REGIONS)
