@@ -5,18 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from morph3d.cli.arguments import positive_int
 from morph3d.errors import InputError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
 
 # The files `morph3d.evaluate.plots.write_plots` writes into the --plots folder.
 PLOT_FILES = ("identity.png", "expression.png", "pose.png", "trajectory.png",
@@ -73,9 +63,9 @@ def register(subparsers: argparse._SubParsersAction, name: str = "eval") -> None
     parser.add_argument("--output", required=True, help="the swapped video or image")
     parser.add_argument("--json", help="write all metrics and per-frame values here")
     parser.add_argument("--plots", help="folder for PNG plots and a contact sheet")
-    parser.add_argument("--workers", type=_positive_int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="worker processes for the per-frame analysis (default 1)")
-    parser.add_argument("--max-frames", type=_positive_int, default=None,
+    parser.add_argument("--max-frames", type=positive_int, default=None,
                         help="score only the first N frames")
     parser.add_argument("--target-face", default="largest",
                         help="which face of the original: largest (default), N (0 = largest), "

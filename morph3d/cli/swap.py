@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from morph3d.cli.arguments import positive_int
+
 
 def register(subparsers, name: str) -> None:
     p = subparsers.add_parser(name, help="put the face from a photo into a clip or image")
@@ -44,15 +46,6 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -112,12 +112,10 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     """Stage 4 (cached): the user's identity and completed UV albedo.
 
     The unseen texels are filled by the learned net (`morph3d.neural.completion`) when refine
-    is "neural" or "auto" and its weights load, otherwise by the classical completion
-    (mirror + pull-push). The shipped net (trained with the swap's openings hidden) is
-    closer on hidden texels and keeps the swaps' identity (BENCHMARKS.md, Refinement); the
-    session-2 net had cost identity, so "auto" used the classical fill then. "none" also
-    uses the classical fill: an uncompleted texture has black holes wherever the photo did
-    not see the head."""
+    is "neural" and its weights load (the net is closer on hidden texels than the classical
+    fill and keeps the swaps' identity: BENCHMARKS.md, Refinement), otherwise by the
+    classical completion (mirror + pull-push): an uncompleted texture would have black holes
+    wherever the photo did not see the head."""
     from fitting.faces import detect_faces_bounded
     from fitting.params import VideoFit
     from fitting.photo import fit_photo
@@ -126,7 +124,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
 
     t = time.perf_counter()
     completion = "classic"
-    if options.refine in ("neural", "auto"):
+    if options.refine == "neural":
         net = load_completion_net()  # warns and returns None when the weights are missing
         if net is not None:
             completion = (f"neural-{net.manifest.get('sha256', 'user')[:12]}"
@@ -240,9 +238,9 @@ def hide_forehead_occluders(fit, model, margin_mm: float = 4.0, sigmas: float = 
     """Set the texture confidence to 0 on forehead texels whose colour is not the photo's
     skin (returns the number hidden): a hat brim, fringe or glasses frame above the brows.
 
-    The swap's face mask takes a band of the source's forehead (`CompositorConfig.
-    forehead_margin`); what the photo had there (Grace Hopper's cap in `make demo`) was
-    pasted onto the actor as a dark stripe. The skin model is fitted on the cheek texels
+    The forehead texels feed the transfer's tone ratio below the fade above the brows; what
+    the photo had there (Grace Hopper's cap in `make demo`) would darken the actor's
+    forehead as a stripe. The skin model is fitted on the cheek texels
     the photo saw (`composite.skin_model_from_samples`, albedo, so shading is mostly out),
     the test is the compositor's occluder score (`non_skin_score` above `sigmas`); texels
     above the brows by `margin_mm` on the mean head are tested, and the completion then
