@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from morph3d.errors import InputError, Morph3dError
+from morph3d.errors import InputError
 from morph3d.io.atomic import atomic_write_text
 
 
@@ -54,13 +54,8 @@ def check_fit_paths(args: argparse.Namespace) -> None:
     outputs: list[Path | None] = [Path(p) if p else None
                                   for p in (args.json, args.save, args.preview)]
     if args.export:
-        try:
-            from morph3d.io.export import SUFFIXES
-        except ModuleNotFoundError as exc:
-            if exc.name != "morph3d.io.export":
-                raise
-            raise Morph3dError("mesh export is not available in this build "
-                               "(morph3d.io.export is missing)") from None
+        from morph3d.io.export import SUFFIXES
+
         export = Path(args.export)
         if export.suffix.lower() not in SUFFIXES:
             raise InputError(f"cannot export '{export.name}': use a "
@@ -103,13 +98,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.save:
         fit.save(args.save)
     if args.export:
-        try:
-            from morph3d.io.export import export_fit
-        except ModuleNotFoundError as exc:
-            if exc.name != "morph3d.io.export":
-                raise
-            raise Morph3dError("mesh export is not available in this build "
-                               "(morph3d.io.export is missing)") from None
+        from morph3d.io.export import export_fit
+
         export_fit(fit, model, args.export)
     if args.preview:
         write_preview(args.preview, frame0, fit, model)
