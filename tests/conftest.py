@@ -29,3 +29,25 @@ def corrupted_copy(weights: Path, manifest: Path, folder: Path) -> Path:
     data[len(data) // 2] ^= 0xFF
     copy.write_bytes(bytes(data))
     return copy
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A real folder this process cannot create files in: a read-only folder for an
+    ordinary user; for root (who ignores permission bits) sysfs's top folder."""
+    import os
+    import tempfile
+
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    for candidate in (folder, Path("/sys")):
+        if not candidate.is_dir():
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(dir=candidate)
+        except OSError:
+            return candidate
+        os.close(fd)
+        os.unlink(probe)
+    pytest.skip("no unwritable folder available to test with")

@@ -281,26 +281,6 @@ def test_batch_refuses_in_one_line_when_every_row_would_write_over_an_input(tmp_
     assert code == 2 and len(err) == 1 and "not a folder" in err[0], err
 
 
-@pytest.fixture
-def unwritable_dir(tmp_path: Path) -> Path:
-    """A real folder this process cannot create files in: a read-only folder for an
-    ordinary user; for root (who ignores permission bits) sysfs's top folder."""
-    import os
-    import tempfile
-
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    for candidate in (folder, Path("/sys")):
-        try:
-            fd, probe = tempfile.mkstemp(dir=candidate)
-        except OSError:
-            return candidate
-        os.close(fd)
-        os.unlink(probe)
-    pytest.skip("no unwritable folder available to test with")
-
-
 def test_batch_folders_are_checked_writable_before_any_job(tmp_path, capsys,
                                                             unwritable_dir):
     """The output folder, the batch's own folders an earlier run left there, and a local

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from fractions import Fraction
@@ -78,29 +77,6 @@ def files(tmp_path: Path) -> dict[str, Path]:
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((120, 100, 3), 128, np.uint8)).save(photo)
     return {"photo": photo, "clip": make_clip(tmp_path / "clip.mp4")}
-
-
-def _refuses_writes(folder: Path) -> bool:
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder)
-    except OSError:
-        return True
-    os.close(fd)
-    os.unlink(probe)
-    return False
-
-
-@pytest.fixture
-def unwritable_dir(tmp_path: Path) -> Path:
-    """A real folder this process cannot create files in: a read-only folder for an
-    ordinary user; for root (who ignores permission bits) sysfs's top folder."""
-    folder = tmp_path / "read-only"
-    folder.mkdir()
-    folder.chmod(0o555)
-    for candidate in (folder, Path("/sys")):
-        if candidate.is_dir() and _refuses_writes(candidate):
-            return candidate
-    pytest.skip("no unwritable folder available to test with")
 
 
 # ----------------------------------------------------------------------------- outputs over inputs
