@@ -95,14 +95,16 @@ def test_job_options_are_the_user_settable_swap_options(tmp_path):
     frozen and checked when made; every target-face form of the grammar reads from a row."""
     import dataclasses
 
-    from fitting.choice import FaceChoice, parse_face_choice
+    from fitting.choice import FaceChoice
     from morph3d.swap.batch import JOB_OPTIONS
     from morph3d.swap.options import SwapOptions
 
     names = [f.name for f in dataclasses.fields(SwapOptions)]
     assert list(JOB_OPTIONS) == [n for n in names if n not in ("quiet", "preview", "work_dir")]
     assert "resume" not in names
-    assert JOB_OPTIONS["target_face"] is parse_face_choice and JOB_OPTIONS["crf"] is int
+    assert JOB_OPTIONS["crf"] is int
+    assert JOB_OPTIONS["target_face"]("all") == FaceChoice("all")
+    assert JOB_OPTIONS["source_face"]("1") == FaceChoice("index", 1)
     options = SwapOptions(target_face="2")
     assert options.target_face == FaceChoice("index", 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -136,8 +138,8 @@ def test_cli_target_face_grammar(tmp_path, capsys, command):
              "--quiet", "--work-dir", str(tmp_path / "work")])
     assert main([*args, "--target-face", "biggest"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("morph3d: error: target face takes largest, N (0 = largest), center or a "
-                   "pixel X,Y, not 'biggest'")
+    assert err == ("morph3d: error: target face takes largest, N (0 = largest), center, a "
+                   "pixel X,Y, a reference photo REF.jpg or all, not 'biggest'")
     assert main([*args, "--target-face", "center"]) == 2  # the clip is not media
     err = capsys.readouterr().err.strip()
     assert err.startswith("morph3d: error:") and "target face" not in err

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction, name: str = "fit") -> None:
     p.add_argument("--backend", default="mediapipe",
                    help="landmarks: mediapipe | dlib | dlib-cnn | face-alignment; photos also "
                         "dlib+mediapipe (the 68 points closest to iBUG annotations)")
+    p.add_argument("--face", default="auto",
+                   help="which face to fit: auto (the largest, the same face for every "
+                   "backend), N (0 = largest), center, the face nearest pixel X,Y, or "
+                   "REF.jpg (the face most like the one in that photo)")
     p.add_argument("--max-frames", type=int, default=None, help="videos: fit only the start")
     p.add_argument("--no-photometric", action="store_true", help="skip lighting and texture")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -68,7 +72,22 @@ def check_fit_paths(args: argparse.Namespace) -> None:
             raise InputError(f"--preview must be an image file name (.png, .jpg, ...): "
                                f"{args.preview}")
     model_file = Path(args.model) if Path(args.model).is_file() else None
-    check_outputs((source, model_file), outputs)
+    reference = face_reference(args)
+    if reference is not None and not reference.is_file():
+        raise InputError(f"reference photo not found: {reference}")
+    check_outputs((source, model_file, reference), outputs)
+
+
+def face_choice(args: argparse.Namespace):
+    """`--face` parsed (`fitting.choice` grammar; one face, or a reference photo)."""
+    from fitting.choice import parse_face_choice
+
+    return parse_face_choice(args.face, "--face", allow=("reference",))
+
+
+def face_reference(args: argparse.Namespace) -> Path | None:
+    choice = face_choice(args)
+    return Path(choice.reference) if choice.reference is not None else None
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -79,20 +98,37 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     check_fit_paths(args)
     source = Path(args.input)
-    model = load_model(args.model)
+    choice = face_choice(args)
     photometric = not args.no_photometric
     if is_image_path(source):
+        from fitting.choice import choose_photo_face
+
         frame0 = read_image(source)  # InputError for unreadable files
-        fit = fit_photo(str(source), model, backend=args.backend, photometric=photometric)[0]
+        # The face is chosen here, once, among one detector's boxes: every backend fits it
+        # (and a choice that matches no face fails before the model loads).
+        chosen = choose_photo_face(frame0, args.backend, choice, str(source))
+        model = load_model(args.model)
+        fit = fit_photo(str(source), model, landmarks=chosen.landmarks, backend=args.backend,
+                        photometric=photometric)[0]
+        face = chosen.to_dict()
     else:
         from fitting.video import fit_video
         from morph3d.io.media import iter_frames
 
         probe_video(source)  # InputError for non-media files
-        fit = fit_video(source, model, backend=args.backend, max_frames=args.max_frames,
-                        photometric=photometric, progress=not args.quiet)
+        model = load_model(args.model)
+        select: str | np.ndarray = str(choice)
+        if choice.rule == "reference":
+            from fitting.choice import reference_embedding
+
+            select = reference_embedding(choice.reference or "")
+        fit = fit_video(source, model, backend=args.backend, select=select,
+                        max_frames=args.max_frames, photometric=photometric,
+                        progress=not args.quiet)
         frame0 = next(iter(iter_frames(source, stop=1))).rgb
+        face = video_face(fit, str(choice) if choice.rule != "largest" else "auto")
     summary = fit_summary(fit, model)
+    summary["face"] = face
     if args.json:
         _write_atomic_text(Path(args.json), json.dumps(summary, indent=1))
     if args.save:
@@ -109,7 +145,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
                  if summary["faceless_frames"] else "")
         print(f"fitted {fit.num_frames} frame(s) of {source.name}{extra}; first frame yaw "
               f"{s['yaw']:.1f} pitch {s['pitch']:.1f} roll {s['roll']:.1f} deg")
+        if face.get("faces_found") not in (None, 1):
+            b = face["box"]
+            which = "the largest" if face["choice"] == "auto" else f"face {face['choice']}"
+            print(f"{face['faces_found']} faces found: fitted {which}, at x {b['x']:g}, y "
+                  f"{b['y']:g} ({b['w']:g} x {b['h']:g} px)")
     return 0
+
+
+def video_face(fit, choice: str) -> dict:
+    """Which face a video fit followed: the box (x, y top-left pixel, w, h pixels) of the
+    landmarks it fitted in its first frame with a face; a clip's face is a track, chosen
+    among the tracks (`fitting.track.select_track`), not among one frame's boxes."""
+    from fitting.faces import IBUG68
+
+    points = fit.landmarks.get(IBUG68)
+    face: dict = {"choice": choice, "detector": "tracks", "faces_found": None, "box": None}
+    if points is None:
+        return face
+    present = np.flatnonzero(np.isfinite(points).all(axis=(1, 2)))
+    if len(present):
+        p = points[present[0]].astype(np.float64)
+        lo, hi = p.min(0), p.max(0)
+        face["frame"] = int(present[0])
+        face["box"] = {"x": round(float(lo[0]), 1), "y": round(float(lo[1]), 1),
+                       "w": round(float(hi[0] - lo[0]), 1), "h": round(float(hi[1] - lo[1]), 1)}
+    return face
 
 
 def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame: int = 0

@@ -19,9 +19,14 @@ def register(subparsers, name: str) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="output video or image")
     p.add_argument("--target-face", default="largest",
                    help="which face to replace: largest (default), N (0 = largest), center, "
-                   "or the face nearest pixel X,Y")
+                   "the face nearest pixel X,Y, REF.jpg (the person in that photo), or all "
+                   "(every face of the clip)")
     p.add_argument("--target-face-ref", type=Path,
                    help="photo of the person to replace (matched by identity embedding)")
+    p.add_argument("--face", default="auto",
+                   help="which face of the source photo(s) is the user: auto (the largest, "
+                   "the same face for every backend), N (0 = largest), center, the face "
+                   "nearest pixel X,Y, or REF.jpg (the face most like the one in that photo)")
     p.add_argument("--model", default="default", help="default | bfm | path to a .npz")
     p.add_argument("--backend", default="mediapipe", help="landmark backend: mediapipe | dlib")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -50,21 +55,21 @@ def register(subparsers, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from morph3d.devices import check_device
-    from morph3d.swap.driver import swap, write_summary
+    from morph3d.swap.driver import reference_photos, swap, write_summary
     from morph3d.swap.options import SwapOptions, check_paths
 
-    # Everything that could fail late is found out now, not after the whole run: every
-    # output (the summary too, which is written after the swap) and the device.
-    check_paths(args.source, args.target, args.output,
-                inputs=(args.target_face_ref,) if args.target_face_ref else (),
-                outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
-    check_device(args.device)
-
     options = SwapOptions(
-        target_face=args.target_face, target_face_ref=args.target_face_ref, model=args.model,
+        target_face=args.target_face, target_face_ref=args.target_face_ref,
+        source_face=args.face, model=args.model,
         backend=args.backend, device=args.device, renderer=args.renderer, refine=args.refine,
         work_resolution=args.work_resolution, crf=args.crf, quiet=args.quiet,
         preview=args.preview, max_frames=args.max_frames, work_dir=args.work_dir)
+    # Everything that could fail late is found out now, not after the whole run: every
+    # output (the summary too, which is written after the swap) and the device.
+    check_paths(args.source, args.target, args.output, inputs=reference_photos(options),
+                outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
+    check_device(args.device)
+
     summary = swap(args.source, args.target, args.output, options)
     if args.summary_json:
         write_summary(args.summary_json, summary)

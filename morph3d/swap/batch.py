@@ -22,7 +22,7 @@ job is retried up to `retries` times.
 
 Outputs never cost data. Before any job starts, a row fails alone (its reason in the report,
 the other rows run) when its output would replace any row's input (a source, a target, a
-target_face_ref) or the manifest, or a file already in the output folder that this batch did
+reference photo) or the manifest, or a file already in the output folder that this batch did
 not write (no sidecar of that name: a batch claims an output's name with its sidecar before
 the job runs, and keeps the claim while its file exists). Two rows naming one output, an
 input inside the batch's own files (reports, `logs/`, `.morph3d-batch/`), or a report name
@@ -43,6 +43,7 @@ Executors:
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -81,11 +82,10 @@ def _job_options() -> dict[str, Callable[[str], Any]]:
     type (a `FaceChoice` by its grammar, an optional value by its inner type)."""
     import typing
 
-    from fitting.choice import FaceChoice, parse_face_choice
+    from fitting.choice import ALL_FORMS, FaceChoice, parse_face_choice
     from morph3d.swap.options import SwapOptions
 
-    parsers: dict[Any, Callable[[str], Any]] = {FaceChoice: parse_face_choice, Path: Path,
-                                                str: str, int: int}
+    parsers: dict[Any, Callable[[str], Any]] = {Path: Path, str: str, int: int}
     hints = typing.get_type_hints(SwapOptions)
     table = {}
     for f in fields(SwapOptions):
@@ -93,6 +93,10 @@ def _job_options() -> dict[str, Callable[[str], Any]]:
             continue
         kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
                  if t is not type(None)]
+        if kinds == [FaceChoice]:  # any form here; SwapOptions checks which its field takes
+            table[f.name] = functools.partial(parse_face_choice, what=f.name.replace("_", " "),
+                                              allow=ALL_FORMS)
+            continue
         if len(kinds) != 1 or kinds[0] not in parsers:
             raise TypeError(f"SwapOptions.{f.name}: no manifest parser for {hints[f.name]}")
         table[f.name] = parsers[kinds[0]]
@@ -102,6 +106,7 @@ def _job_options() -> dict[str, Callable[[str], Any]]:
 # Job options: the `SwapOptions` field of that name -> the parser of its text.
 JOB_OPTIONS: dict[str, Callable[[str], Any]] = _job_options()
 _PATH_OPTIONS = tuple(k for k, parse in JOB_OPTIONS.items() if parse is Path)
+_FACE_OPTIONS = tuple(k for k, parse in JOB_OPTIONS.items() if isinstance(parse, functools.partial))
 
 
 @dataclass
@@ -210,10 +215,13 @@ def parse_options(text: str, base: Path) -> dict[str, str]:
         if not sep or key not in JOB_OPTIONS:
             raise InputError(f"bad job option {item!r} (known: {', '.join(JOB_OPTIONS)})")
         try:
-            JOB_OPTIONS[key](value)
+            parsed = JOB_OPTIONS[key](value)
         except (ValueError, InputError) as exc:
             raise InputError(f"bad value for job option {key}: {value!r} ({exc})") from None
-        options[key] = str(_resolve(base, value)) if key in _PATH_OPTIONS else value
+        reference = getattr(parsed, "reference", None)  # a face option's reference photo
+        if key in _PATH_OPTIONS or reference is not None:
+            value = str(_resolve(base, reference or value))
+        options[key] = value
     return options
 
 
@@ -268,11 +276,25 @@ def job_key(job: Job, digest: Callable[[Path], str]) -> str:
     from morph3d import __version__
 
     options = dict(sorted(job.options.items()))
-    if "target_face_ref" in options:
-        options["target_face_ref"] = digest(Path(options["target_face_ref"]))
+    for key, path in reference_options(job).items():
+        options[key] = digest(path)
     body = {"sources": [digest(s) for s in job.sources], "target": digest(job.target),
             "options": options, "morph3d": __version__}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def reference_options(job: Job) -> dict[str, Path]:
+    """The row's options that name a reference photo (target_face_ref, or a face option
+    given as a photo) -> that photo."""
+    refs = {}
+    for key, value in job.options.items():
+        if key == "target_face_ref":
+            refs[key] = Path(value)
+        elif key in _FACE_OPTIONS:
+            reference = JOB_OPTIONS[key](value).reference
+            if reference is not None:
+                refs[key] = Path(reference)
+    return refs
 
 
 def log_path(out_dir: Path, output: str) -> Path:
@@ -349,7 +371,7 @@ def _inode(path: Path) -> tuple[int, int] | None:
 def _check_outputs(jobs: list[Job], manifest: Path, out: Path) -> None:
     """Before any job starts: no output may replace an input or a file the batch did not write.
 
-    A row whose output would replace any row's source, target or target_face_ref, the
+    A row whose output would replace any row's source, target or reference photo, the
     manifest, or an existing file without this batch's sidecar gets that as its `problem`
     (it fails alone; the others run). An input among the batch's own files (reports, logs,
     sidecars) or a report name taken by a file that is not a report refuses the whole batch,
@@ -359,9 +381,8 @@ def _check_outputs(jobs: list[Job], manifest: Path, out: Path) -> None:
         entries += [(s, f"a source of row {job.row}") for s in job.sources]
         if job.target != Path():
             entries.append((job.target, f"the target of row {job.row}"))
-        if "target_face_ref" in job.options:
-            entries.append((Path(job.options["target_face_ref"]),
-                            f"the target_face_ref of row {job.row}"))
+        entries += [(path, f"the {key} of row {job.row}")
+                    for key, path in reference_options(job).items()]
     inputs = _Inputs(entries)
 
     reports = [out / REPORT_JSON, out / REPORT_CSV]

@@ -25,9 +25,15 @@ import numpy as np
 from morph3d.errors import InputError, Morph3dError
 from morph3d.io.paths import cache_dir
 from morph3d.swap.cache import work_directory
-from morph3d.swap.fits import face_selection, fit_clip, fit_source
+from morph3d.swap.fits import face_selection, fit_clips, fit_source
 from morph3d.swap.options import SwapOptions, SwapSummary, check_paths, file_digest, output_kind
 from morph3d.swap.renderer import FaceRenderer
+
+
+def reference_photos(options: SwapOptions) -> tuple[Path, ...]:
+    """The reference photos the options name (the target's person, the source's face)."""
+    refs = (options.target_face_ref, options.source_face.reference)
+    return tuple(Path(r) for r in refs if r is not None)
 
 
 def completion_used(options: SwapOptions) -> str:
@@ -58,8 +64,7 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     sources, target, output = [Path(s) for s in sources], Path(target), Path(output)
     summary = SwapSummary(output=str(output))
     t0 = time.perf_counter()
-    check_paths(sources, target, output,
-                inputs=(Path(options.target_face_ref),) if options.target_face_ref else (),
+    check_paths(sources, target, output, inputs=reference_photos(options),
                 outputs=(Path(options.preview),) if options.preview else ())
     if not 0 <= int(options.crf) <= 51:
         raise InputError(f"crf must be between 0 and 51, got {options.crf}")
@@ -92,8 +97,7 @@ def _swap(sources, target, output, options, summary, info, t0, template=None) ->
     from fitting.faces import DETECT_MAX_SIDE
     from morph3d.io.limits import check_image_pixels
 
-    refs = [options.target_face_ref] if options.target_face_ref is not None else []
-    for path in (*sources, *refs, *([target] if info.is_image else [])):
+    for path in (*sources, *reference_photos(options), *([target] if info.is_image else [])):
         check_image_pixels(path)  # before the model loads and the photos are fitted
     if template is None and info.is_image and max(info.width, info.height) > DETECT_MAX_SIDE:
         return _swap_large_image(sources, target, output, options, summary, t0)
@@ -113,6 +117,9 @@ def _swap_large_image(sources, target, output, options, summary, t0) -> SwapSumm
     from morph3d.io.images import read_image, synthetic_metadata, write_image
     from morph3d.io.media import probe_video
 
+    if options.target_face.rule == "all":
+        raise InputError(f"target face \"all\" takes images up to {DETECT_MAX_SIDE} pixels "
+                         f"on the longer side; {target} is larger: choose one face")
     folder = work_directory(options) / f"image-{file_digest(target)}"
     folder.mkdir(parents=True, exist_ok=True)
     # Read once and kept (uint8) for the paste: a second decoding at the end would cost more
@@ -214,19 +221,19 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
     photo = read_image(sources[0])
     with torch.enable_grad():
         source_fit = fit_source(sources, model, options, summary, first_photo=photo)
-        clip_fit = template.fit if template else fit_clip(target, model, options, summary)
+        clip_fits = [template.fit] if template else fit_clips(target, model, options, summary)
 
     summary.refine = completion_used(options)
     t = time.perf_counter()
-    # The face is made from the actor's own pixels (morph3d.swap.transfer); the first source
-    # photo gives the source's colours as seen (the texture's shading model is the fit's).
-    renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options)
-    compositor = FaceCompositor(transfer_compositor())
-    faces = clip_fit.faces
-    valid = faces.valid.copy()
-    valid[clip_fit.faceless[clip_fit.faceless < len(valid)]] = False
-    actor_lms = clip_fit.landmarks
-    cuts = clip_fit.scene_cut
+    # One renderer and compositor per face replaced (target face "all": every person).
+    people = []
+    for clip_fit in clip_fits:
+        # The face is made from the actor's own pixels (morph3d.swap.transfer); the first
+        # source photo gives the source's colours as seen (the texture's shading model is the
+        # fit's).
+        renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options)
+        people.append(Person(clip_fit, renderer, FaceCompositor(transfer_compositor())))
+    summary.faces = len(people)
     report = DecodeReport()
     total = info.frame_count if options.max_frames is None else min(info.frame_count,
                                                                      options.max_frames)
@@ -243,39 +250,34 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         if writer is not None:
             writer.__enter__()
         def render_frame(frame):
-            """The part of a frame's work that needs no state: runs ahead in a thread."""
-            i = frame.index
-            have_face = bool(i < len(valid) and valid[i] and all(
-                np.isfinite(actor_lms[s][i]).all() for s in ("ibug68", "mediapipe478")
-                if s in actor_lms))
-            if not have_face:
-                return frame, None
-            with torch.inference_mode():
-                rendered = renderer.render(clip_fit.camera, faces.rotation[i],
-                                           faces.translation[i], faces.expression[i],
-                                           faces.sh[i], frame.rgb,
-                                           {s: actor_lms[s][i] for s in actor_lms})
-            return frame, rendered
+            """The part of a frame's work that needs no state: runs ahead in a thread. Every
+            face is made from the frame's own pixels."""
+            return frame, [person.render(frame) for person in people]
 
         frames = iter_frames(target, stop=options.max_frames, report=report)
-        for frame, rendered in tqdm(map_ahead(render_frame, frames), total=total,
-                                    desc="rendering", unit="frame", disable=options.quiet):
+        for frame, renders in tqdm(map_ahead(render_frame, frames), total=total,
+                                   desc="rendering", unit="frame", disable=options.quiet):
             i = frame.index
-            have_face = rendered is not None
             out_u8 = frame.rgb  # untouched, bit for bit, where there is no face
-            if not have_face or (i < len(cuts) and cuts[i]):
-                compositor.reset()  # its moving averages belong to the last shot
+            for person, rendered in zip(people, renders, strict=True):
+                if rendered is None or person.cut(i):
+                    person.compositor.reset()  # its moving averages belong to the last shot
+                if rendered is not None:  # each face composited over the faces before it
+                    inputs = FrameInputs(
+                        frame=out_u8, render=rendered["image"], coverage=rendered["coverage"],
+                        actor_landmarks=person.landmarks_at(i),
+                        swapped_landmarks={"ibug68": rendered["ibug68"],
+                                           "mediapipe478": rendered["mediapipe478"]},
+                        regions=rendered["regions"], window=rendered["window"])
+                    out_u8, _ = person.compositor.process(inputs)
+            have_face = any(rendered is not None for rendered in renders)
             if have_face:
-                inputs = FrameInputs(
-                    frame=frame.rgb, render=rendered["image"], coverage=rendered["coverage"],
-                    actor_landmarks={s: actor_lms[s][i] for s in actor_lms},
-                    swapped_landmarks={"ibug68": rendered["ibug68"],
-                                       "mediapipe478": rendered["mediapipe478"]},
-                    regions=rendered["regions"], window=rendered["window"])
-                out_u8, _ = compositor.process(inputs)
                 summary.frames_swapped += 1
             else:
                 summary.frames_without_face += 1
+                reason = ("face not fitted" if any(p.found(i) for p in people) else "no face")
+                kept = summary.frames_kept_original
+                kept[reason] = kept.get(reason, 0) + 1
             if options.preview is not None and have_face and not preview_written:
                 write_preview(options.preview, sources[0], frame.rgb, out_u8)
                 preview_written = True
@@ -292,6 +294,10 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
             writer.__exit__(type(exc), exc, exc.__traceback__)
         raise
     summary.frames_skipped_corrupt = list(report.skipped_indices)
+    if summary.frames_kept_original:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(summary.frames_kept_original.items()))
+        summary.notes.append(f"{summary.frames_without_face} of {summary.frames} frame(s) kept "
+                             f"the original face ({reasons})")
     if summary.frames_swapped == 0 and summary.frames:
         output.unlink(missing_ok=True)
         raise Morph3dError(f"no face found in any frame of {target}")
@@ -301,6 +307,43 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         if summary.seconds.get(stage) and stage not in summary.cached:
             summary.fps[stage] = round(summary.frames / summary.seconds[stage], 2)
     return summary
+
+
+class Person:
+    """One face the swap replaces over the clip: its clip fit, renderer and compositor (each
+    face keeps its own moving averages), and which frames have it to replace."""
+
+    def __init__(self, fit, renderer: FaceRenderer, compositor) -> None:
+        self.fit, self.renderer, self.compositor = fit, renderer, compositor
+        self.valid = fit.faces.valid.copy()
+        self.valid[fit.faceless[fit.faceless < len(self.valid)]] = False
+
+    def found(self, i: int) -> bool:
+        """Frame `i` has this face's landmarks (the tracker found it)."""
+        lms = self.fit.landmarks
+        return bool(i < len(self.valid) and all(
+            np.isfinite(lms[s][i]).all() for s in ("ibug68", "mediapipe478") if s in lms))
+
+    def cut(self, i: int) -> bool:
+        """Frame `i` starts a new shot."""
+        return bool(i < len(self.fit.scene_cut) and self.fit.scene_cut[i])
+
+    def landmarks_at(self, i: int) -> dict[str, np.ndarray]:
+        return {s: points[i] for s, points in self.fit.landmarks.items()}
+
+    def render(self, frame) -> dict[str, np.ndarray] | None:
+        """The face made from `frame` (`FaceRenderer.render`), or None where the frame has
+        no fitted face of this person."""
+        import torch
+
+        i = frame.index
+        if not (self.found(i) and self.valid[i]):
+            return None
+        f = self.fit.faces
+        with torch.inference_mode():
+            return self.renderer.render(self.fit.camera, f.rotation[i], f.translation[i],
+                                        f.expression[i], f.sh[i], frame.rgb,
+                                        self.landmarks_at(i))
 
 
 def map_ahead(function, items, depth: int = 2):

@@ -39,11 +39,22 @@ def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
     return select, file_digest(options.target_face_ref)
 
 
+def fit_clips(target: Path, model, options: SwapOptions, summary: SwapSummary) -> list:
+    """Stages 2-3 (cached): one VideoFit per face the swap replaces: the chosen face's, or
+    with target face "all" every person's (`fit_people`)."""
+    if options.target_face.rule == "all":
+        return fit_people(target, model, options, summary)
+    return [fit_clip(target, model, options, summary)]
+
+
 def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
     from fitting.params import VideoFit
     from fitting.video import fit_video, video_landmarks
 
+    if options.target_face.rule == "all":
+        raise InputError("a clip fit (a template) holds one face: target face \"all\" is "
+                         "for the swap")
     select, ref_digest = face_selection(options)
     key = clip_key(target, options, ref_digest)
     folder = work_directory(options) / f"clip-{key}"
@@ -75,6 +86,102 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
         fit.save(fit_path)
     summary.seconds["fit clip"] = time.perf_counter() - t
     return fit
+
+
+# A person seen in fewer frames than this (or than the clip has) is left alone by target face
+# "all": a face found for a frame or two is more often a false detection, and a swapped face
+# that flashes in and out looks worse than the original.
+MIN_PERSON_FRAMES = 3
+
+
+def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary) -> list:
+    """Stages 2-3 (cached) for target face "all": every person of the clip (face tracks
+    joined where the tracker split one person, `fitting.video.same_person_tracks`), largest
+    first, each fitted as its own clip fit."""
+    from fitting.params import VideoFit
+    from fitting.video import fit_video
+
+    key = clip_key(target, options, None)
+    folder = work_directory(options) / f"clip-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    landmarks_path = folder / "people.npz"
+
+    t = time.perf_counter()
+    found = load_cached(landmarks_path, _load_npz, "landmarks", summary)
+    if found is not None:
+        summary.cached.append("landmarks")
+    else:
+        found = on_source_timeline(target, people_landmarks(target, options),
+                                   options.max_frames)
+        _save_npz(landmarks_path, found)
+    scene_cut = found.pop("scene_cut", None)
+    people = sorted({int(k.split("/", 1)[0]) for k in found})
+    summary.seconds["landmarks"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fits, cached = [], True
+    for person in people:
+        path = folder / f"fit-{model_key(model)}-{person}.npz"
+        fit = load_cached(path, VideoFit.load, "clip fit", summary)
+        if fit is None:
+            cached = False
+            landmarks = {k.split("/", 1)[1]: v for k, v in found.items()
+                         if k.startswith(f"{person}/")}
+            fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
+                            max_frames=options.max_frames, progress=not options.quiet,
+                            scene_cut=scene_cut)
+            fit.save(path)
+        fits.append(fit)
+    if cached:
+        summary.cached.append("fit clip")
+    summary.seconds["fit clip"] = time.perf_counter() - t
+    return fits
+
+
+def people_landmarks(target: Path, options: SwapOptions) -> dict[str, np.ndarray]:
+    """Every person's smoothed landmarks over the clip, as `fitting.video.video_landmarks`
+    gives one face's: {"K/scheme": F x L x 2 pixels, NaN where absent} for person K (0 =
+    largest), and "scene_cut". Morph3dError when the clip has no face."""
+    from tqdm import tqdm
+
+    from fitting.smooth import smooth_tracks
+    from fitting.track import track_faces, tracks_by_size
+    from fitting.video import same_person_tracks
+    from morph3d.io.media import iter_frames, probe_video
+
+    info = probe_video(target)
+    total = (info.frame_count if options.max_frames is None
+             else min(info.frame_count, options.max_frames))
+    frames = (f.rgb for f in tqdm(iter_frames(target, stop=options.max_frames), total=total,
+                                  desc="detecting faces", unit="frame",
+                                  disable=options.quiet, leave=False))
+    tracks = track_faces(frames, options.backend, max_frames=options.max_frames)
+    if not len(tracks):
+        raise Morph3dError(f"no face found in {target}")
+    tracks = smooth_tracks(tracks)
+    out: dict[str, np.ndarray] = {}
+    taken: set[int] = set()
+    person = 0
+    for track in tracks_by_size(tracks):
+        if track in taken:
+            continue
+        pieces = [track, *(t for t in same_person_tracks(tracks, track) if t not in taken)]
+        taken.update(pieces)
+        trajectories = {s: tracks.trajectory(track, s) for s in tracks.landmarks}
+        for other in pieces[1:]:  # the tracker may split one person at a shot cut
+            for s, points in trajectories.items():
+                piece = tracks.trajectory(other, s)
+                fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
+                points[fill] = piece[fill]
+        seen = int(np.isfinite(next(iter(trajectories.values()))).all(axis=(1, 2)).sum())
+        if seen < min(MIN_PERSON_FRAMES, total):
+            continue
+        out.update({f"{person}/{s}": p for s, p in trajectories.items()})
+        person += 1
+    if not person:
+        raise Morph3dError(f"no face found in {target}")
+    out["scene_cut"] = tracks.scene_cut.copy()
+    return out
 
 
 def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
@@ -116,7 +223,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     fill and keeps the swaps' identity: BENCHMARKS.md, Refinement), otherwise by the
     classical completion (mirror + pull-push): an uncompleted texture would have black holes
     wherever the photo did not see the head."""
-    from fitting.faces import detect_faces_bounded
+    from fitting.choice import choose_photo_face
     from fitting.params import VideoFit
     from fitting.photo import fit_photo
     from morph3d.io.images import read_image
@@ -132,9 +239,12 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
         else:
             summary.notes.append("texture-completion weights missing: used the classical "
                                  "completion")
+    choice = options.source_face
+    face = (f"face={choice}" if choice.reference is None
+            else f"face-ref={file_digest(Path(choice.reference))}")
     key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
                                    options.backend, f"w{WORK_FORMAT}", f"s{SOURCE_FORMAT}",
-                                   completion]
+                                   completion, face]
                                   ).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
     fit = load_cached(path, VideoFit.load, "source fit", summary)
@@ -147,14 +257,13 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
                   for k, s in enumerate(sources)]
         landmarks = []
         for img, src in zip(images, sources, strict=True):
-            faces = detect_faces_bounded(img, options.backend)  # bounded cost for any size
-            if not len(faces):
-                raise Morph3dError(f"no face found in source photo {src}")
-            if len(faces) > 1:
-                summary.notes.append(
-                    f"{src.name}: {len(faces)} faces found, using the largest")
-            best = int(np.argmax(faces.areas()))
-            landmarks.append({k: v[best].astype(np.float64) for k, v in faces.landmarks.items()})
+            # One detector's boxes choose the face, whatever the landmark backend (bounded
+            # cost for any size).
+            chosen = choose_photo_face(img, options.backend, choice, f"source photo {src}")
+            if chosen.faces_found > 1:
+                summary.notes.append(f"{src.name}: {chosen.faces_found} faces found, using "
+                                     f"{chosen.describe()}")
+            landmarks.append(chosen.landmarks)
         # No corrective deformation (`Identity.offset`): the swap carries the identity over
         # by its coefficients, so the texture must come from that same shape.
         fits = fit_photo(images, model, landmarks=landmarks, backend=options.backend,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fitting.choice import FaceChoice, parse_face_choice
+from fitting.choice import ALL_FORMS, FaceChoice, parse_face_choice
 from morph3d.errors import InputError
 from morph3d.io.paths import sha256_file
 
@@ -23,10 +23,15 @@ VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWrit
 class SwapOptions:
     """Every option of one swap, checked when made (`validate`): a bad value never reaches
     any work. Frozen: a changed copy is `dataclasses.replace(options, ...)`, checked again.
-    `target_face` may be given as text (`fitting.choice` grammar); it is kept parsed."""
+    `target_face` and `source_face` may be given as text (`fitting.choice` grammar); they are
+    kept parsed. A reference photo given as `target_face` is kept as `target_face_ref`."""
 
+    # Which of the target's faces to replace; "all": every face track of the clip.
     target_face: FaceChoice = field(default_factory=FaceChoice)
     target_face_ref: Path | None = None  # a photo of the person to replace
+    # Which face of each source photo is the user (the largest, N, center, X,Y or the face
+    # most like a reference photo's), chosen the same way for every landmark backend.
+    source_face: FaceChoice = field(default_factory=FaceChoice)
     model: str = "default"
     backend: str = "mediapipe"  # landmark backend
     device: str = "cpu"
@@ -46,7 +51,16 @@ class SwapOptions:
     work_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "target_face", parse_face_choice(self.target_face))
+        target = parse_face_choice(self.target_face, "target face", ALL_FORMS)
+        if target.rule == "reference":
+            if self.target_face_ref is not None:
+                raise InputError("give the target's reference photo once: as target face or "
+                                 "as target face ref")
+            object.__setattr__(self, "target_face_ref", Path(target.reference or ""))
+            target = FaceChoice()
+        object.__setattr__(self, "target_face", target)
+        object.__setattr__(self, "source_face",
+                           parse_face_choice(self.source_face, "source face", ("reference",)))
         self.validate()
 
     def validate(self) -> SwapOptions:
@@ -64,6 +78,8 @@ class SwapOptions:
 
         if not isinstance(self.target_face, FaceChoice):
             raise InputError(f"target face takes a choice, not {self.target_face!r}")
+        if not isinstance(self.source_face, FaceChoice) or self.source_face.rule == "all":
+            raise InputError(f"source face takes one face, not {self.source_face!s}")
         if not isinstance(self.model, str) or not self.model.strip():
             raise InputError(f"model must be a name or a file, got {self.model!r}")
         backend = str(self.backend).strip().lower().replace("_", "-")
@@ -101,6 +117,10 @@ class SwapSummary:
     fps: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     refine: str = "classic"
+    faces: int = 1  # face tracks swapped (more than one with target face "all")
+    # Frames that kept the original face, by why: "no face" (none of the chosen faces was
+    # found in the frame), "face not fitted" (found, but its fit failed).
+    frames_kept_original: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,199 @@
+"""Choosing faces: the one grammar of `--face` / `--target-face` (`fitting.choice`), a photo's
+face chosen once for every landmark backend (`fit --face`, the swap's source photos), and
+`swap --target-face all`. The real-media tests use ../shared/media/three_people.png (three
+people; skipped when the media is missing) at half size."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fitting.choice import ALL_FORMS, FaceChoice, choose_photo_face, parse_face_choice
+from morph3d.errors import InputError
+from morph3d.swap.options import SwapOptions
+
+BACKENDS = ("mediapipe", "dlib", "dlib+mediapipe")
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    from fitting.faces import box_iou as iou
+
+    return float(iou(a, b)[0, 0])
+
+
+def box_of(face: dict) -> np.ndarray:
+    """fit --json's face box (x, y top-left pixel, w, h) -> x0, y0, x1, y1 edges."""
+    b = face["box"]
+    return np.array([b["x"] - 0.5, b["y"] - 0.5, b["x"] - 0.5 + b["w"], b["y"] - 0.5 + b["h"]])
+
+
+# ----------------------------------------------------------------------------- the grammar
+
+
+def test_face_options_share_one_grammar():
+    """auto = largest; a still-image file name is a reference photo; "all" and reference
+    photos only where the option allows them; str() parses back; errors are one line that
+    name the option."""
+    assert parse_face_choice("auto") == parse_face_choice("largest") == FaceChoice()
+    assert parse_face_choice("ref.JPG", allow=("reference",)) == FaceChoice(
+        "reference", reference="ref.JPG")
+    assert parse_face_choice("all", allow=ALL_FORMS) == FaceChoice("all")
+    for text in ("auto", "2", "center", "3,4", "dir/me.png", "all"):
+        choice = parse_face_choice(text, allow=ALL_FORMS)
+        assert parse_face_choice(str(choice), allow=ALL_FORMS) == choice
+    for text, allow in (("all", ()), ("me.png", ()), ("all", ("reference",)),
+                        ("me.txt", ALL_FORMS)):
+        with pytest.raises(InputError) as err:
+            parse_face_choice(text, "--face", allow)
+        assert str(err.value).startswith("--face takes largest, N (0 = largest), center")
+        assert "\n" not in str(err.value)
+
+
+def test_swap_options_take_the_face_forms_each_side_allows():
+    """The target may be every face or a reference photo (kept as target_face_ref); the
+    source is one face (a reference photo allowed, "all" not)."""
+    options = SwapOptions(target_face="all", source_face="2")
+    assert options.target_face == FaceChoice("all")
+    assert options.source_face == FaceChoice("index", 2)
+    by_photo = SwapOptions(target_face="actor.png", source_face="me_alone.jpg")
+    assert by_photo.target_face == FaceChoice() and by_photo.target_face_ref == Path("actor.png")
+    assert by_photo.source_face.reference == "me_alone.jpg"
+    with pytest.raises(InputError, match="source face takes"):
+        SwapOptions(source_face="all")
+    with pytest.raises(InputError, match="once"):
+        SwapOptions(target_face="actor.png", target_face_ref=Path("other.png"))
+
+
+def test_a_template_holds_one_face(tmp_path: Path):
+    """A clip fit (what a template stores) is one face: "all" is refused in one line."""
+    from morph3d.swap.fits import fit_clip
+    from morph3d.swap.options import SwapSummary
+
+    with pytest.raises(InputError, match="holds one face"):
+        fit_clip(tmp_path / "clip.mp4", None, SwapOptions(target_face="all"),
+                 SwapSummary(output=""))
+
+
+# ----------------------------------------------------------------------------- photos
+
+
+@pytest.fixture(scope="module")
+def three(media_dir: Path, tmp_path_factory) -> tuple[Path, np.ndarray, Path]:
+    """three_people.png at half size (written to a temporary PNG), and the full image."""
+    from morph3d.io.images import read_image, write_image
+
+    full = read_image(media_dir / "three_people.png")
+    half = cv2.resize(full, (full.shape[1] // 2, full.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    path = tmp_path_factory.mktemp("three") / "three_half.png"
+    write_image(path, half)
+    return path, half, media_dir / "three_people.png"
+
+
+@pytest.mark.media
+def test_face_index_fits_three_different_faces(three):
+    _, image, _ = three
+    chosen = [choose_photo_face(image, "mediapipe", parse_face_choice(str(k))) for k in range(3)]
+    assert [c.faces_found for c in chosen] == [3, 3, 3]
+    areas = [float(np.prod(c.box[2:] - c.box[:2])) for c in chosen]
+    assert areas == sorted(areas, reverse=True)  # N-th largest
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert box_iou(chosen[a].box, chosen[b].box) == 0.0
+    with pytest.raises(InputError, match="face 3 asked for, but .* has 3 face"):
+        choose_photo_face(image, "mediapipe", parse_face_choice("3"))
+
+
+@pytest.mark.media
+@pytest.mark.parametrize("choice", ["auto", "1", "2"])
+def test_every_backend_fits_the_chosen_face(three, choice):
+    """The box is chosen among one detector's boxes; every backend's 68 points lie on that
+    face (dlib's own detector ranks these faces differently: its boxes are one size)."""
+    _, image, _ = three
+    parsed = parse_face_choice(choice)
+    chosen = {b: choose_photo_face(image, b, parsed) for b in BACKENDS}
+    box = chosen["mediapipe"].box
+    for backend, face in chosen.items():
+        np.testing.assert_array_equal(face.box, box)
+        points = face.landmarks["ibug68"]
+        centre, size = (box[:2] + box[2:]) / 2, float(box[2] - box[0])
+        assert np.linalg.norm(points.mean(0) - centre) < 0.25 * size, backend
+    assert set(chosen["dlib"].landmarks) == {"ibug68"}
+    assert set(chosen["dlib+mediapipe"].landmarks) == {"ibug68", "mediapipe478"}
+
+
+@pytest.mark.media
+def test_dlib_points_where_its_detector_misses_the_face(three):
+    """The predictor on the chosen (mediapipe) box gives about what dlib's own detection
+    gives (NME over the outer-eye-corner distance): closely on the two near-frontal faces,
+    roughly on the turned one."""
+    from fitting.choice import dlib_points_for
+    from fitting.faces import detect_faces
+
+    _, image, _ = three
+    own = detect_faces(image, "dlib")
+    for k in range(3):
+        face = choose_photo_face(image, "mediapipe", parse_face_choice(str(k)))
+        points = dlib_points_for(image, face.box)
+        j = int(np.argmin(np.linalg.norm(own.landmarks["ibug68"].mean(1) - points.mean(0), axis=1)))
+        truth = own.landmarks["ibug68"][j]
+        nme = np.linalg.norm(points - truth, axis=1).mean() / np.linalg.norm(truth[36] - truth[45])
+        assert nme < (0.05 if k < 2 else 0.25), (k, nme)
+
+
+@pytest.mark.media
+def test_reference_photo_picks_the_face_most_like_it(three, media_dir: Path, tmp_path: Path):
+    """A crop of one face from the full-size photo picks that face in the half-size copy;
+    a photo of someone else matches none (one-line error)."""
+    from morph3d.io.images import read_image, write_image
+
+    _, image, full_path = three
+    target = choose_photo_face(image, "mediapipe", parse_face_choice("2"))
+    x0, y0, x1, y1 = (target.box * 2).astype(int)
+    pad = (x1 - x0) // 2
+    full = read_image(full_path)
+    reference = tmp_path / "person.jpg"
+    write_image(reference, full[max(y0 - pad, 0):y1 + pad, max(x0 - pad, 0):x1 + pad])
+    for backend in ("mediapipe", "dlib"):
+        chosen = choose_photo_face(image, backend,
+                                   parse_face_choice(str(reference), allow=ALL_FORMS))
+        np.testing.assert_array_equal(chosen.box, target.box)
+    with pytest.raises(InputError, match="matches the reference photo") as err:
+        choose_photo_face(image, "mediapipe",
+                          parse_face_choice(str(media_dir / "mark.jpg"), allow=ALL_FORMS))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_fit_json_says_which_face_was_fitted(three, tmp_path: Path, capsys):
+    from morph3d.cli import main
+
+    path, image, _ = three
+    out = tmp_path / "fit.json"
+    assert main(["fit", str(path), "--face", "1", "--backend", "dlib", "--no-photometric",
+                 "--quiet", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    face = summary["face"]
+    assert face["faces_found"] == 3 and face["choice"] == "index:1"
+    chosen = choose_photo_face(image, "mediapipe", parse_face_choice("1"))
+    assert box_iou(box_of(face), chosen.box) > 0.99
+    points = np.array(summary["frames"][0]["landmarks68"])
+    centre, size = (chosen.box[:2] + chosen.box[2:]) / 2, float(chosen.box[2] - chosen.box[0])
+    assert np.linalg.norm(points.mean(0) - centre) < 0.25 * size
+
+
+@pytest.mark.media
+def test_fit_face_that_matches_no_face_is_one_line(three, tmp_path: Path, capsys):
+    from morph3d.cli import main
+
+    path, _, _ = three
+    for face, fragment in (("5", "face 5 asked for, but"), ("biggest", "--face takes")):
+        assert main(["fit", str(path), "--face", face, "--quiet", "--json",
+                     str(tmp_path / "f.json")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("morph3d: error: ") and fragment in err[0]
+    assert not (tmp_path / "f.json").exists()
