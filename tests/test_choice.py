@@ -197,3 +197,28 @@ def test_fit_face_that_matches_no_face_is_one_line(three, tmp_path: Path, capsys
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("morph3d: error: ") and fragment in err[0]
     assert not (tmp_path / "f.json").exists()
+
+
+def test_batch_rows_take_face_options_with_reference_photos(tmp_path: Path):
+    """A row's source_face / target_face may be a reference photo: resolved beside the
+    manifest, part of the job's key by content, and an input no output may replace."""
+    from morph3d.swap.batch import Job, job_key, parse_options, reference_options, swap_options
+
+    options = parse_options("source_face=refs/me.png;target_face=all", tmp_path)
+    assert options == {"source_face": str(tmp_path / "refs" / "me.png"), "target_face": "all"}
+    job = Job(row=1, sources=[tmp_path / "a.jpg"], target=tmp_path / "c.mp4", output="o.mp4",
+              options=options)
+    assert reference_options(job) == {"source_face": tmp_path / "refs" / "me.png"}
+    built = swap_options(job, None)
+    assert built.target_face == FaceChoice("all")
+    assert built.source_face.reference == str(tmp_path / "refs" / "me.png")
+    contents = {"me.png": "one"}
+
+    def digest(path: Path) -> str:
+        return contents.get(path.name, path.name)
+
+    first = job_key(job, digest)
+    contents["me.png"] = "two"
+    assert job_key(job, digest) != first
+    with pytest.raises(InputError, match="bad value for job option source_face"):
+        parse_options("source_face=all", tmp_path)

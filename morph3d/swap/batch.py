@@ -82,8 +82,8 @@ def _job_options() -> dict[str, Callable[[str], Any]]:
     type (a `FaceChoice` by its grammar, an optional value by its inner type)."""
     import typing
 
-    from fitting.choice import ALL_FORMS, FaceChoice, parse_face_choice
-    from morph3d.swap.options import SwapOptions
+    from fitting.choice import FaceChoice, parse_face_choice
+    from morph3d.swap.options import FACE_FORMS, SwapOptions
 
     parsers: dict[Any, Callable[[str], Any]] = {Path: Path, str: str, int: int}
     hints = typing.get_type_hints(SwapOptions)
@@ -93,9 +93,9 @@ def _job_options() -> dict[str, Callable[[str], Any]]:
             continue
         kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
                  if t is not type(None)]
-        if kinds == [FaceChoice]:  # any form here; SwapOptions checks which its field takes
+        if kinds == [FaceChoice]:  # the forms that option takes
             table[f.name] = functools.partial(parse_face_choice, what=f.name.replace("_", " "),
-                                              allow=ALL_FORMS)
+                                              allow=FACE_FORMS[f.name])
             continue
         if len(kinds) != 1 or kinds[0] not in parsers:
             raise TypeError(f"SwapOptions.{f.name}: no manifest parser for {hints[f.name]}")

@@ -17,6 +17,8 @@ WORK_FORMAT = 3
 # 3: highlights toned down in the albedo (`fitting.lighting.compress_highlights`).
 SOURCE_FORMAT = 3
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
+# The face options and the forms of `fitting.choice` each takes beyond one face by box.
+FACE_FORMS: dict[str, tuple[str, ...]] = {"target_face": ALL_FORMS, "source_face": ("reference",)}
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class SwapOptions:
     work_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        target = parse_face_choice(self.target_face, "target face", ALL_FORMS)
+        target = parse_face_choice(self.target_face, "target face", FACE_FORMS["target_face"])
         if target.rule == "reference":
             if self.target_face_ref is not None:
                 raise InputError("give the target's reference photo once: as target face or "
@@ -60,7 +62,8 @@ class SwapOptions:
             target = FaceChoice()
         object.__setattr__(self, "target_face", target)
         object.__setattr__(self, "source_face",
-                           parse_face_choice(self.source_face, "source face", ("reference",)))
+                           parse_face_choice(self.source_face, "source face",
+                                             FACE_FORMS["source_face"]))
         self.validate()
 
     def validate(self) -> SwapOptions:
