@@ -26,16 +26,14 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-MEDIA = ROOT.parent / "shared" / "media"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import MEDIA, machine, write_json  # noqa: E402
 
 
 def write_jobs(path: Path, target: Path, jobs: int, frames: int, work_root: Path,
@@ -98,8 +96,7 @@ def main() -> None:
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-batch-"))
     root.mkdir(parents=True, exist_ok=True)
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                                f"{platform.python_version()}",
+    results: dict = {"machine": machine(),
                      "jobs": args.jobs, "frames": args.frames, "workers": args.workers,
                      "clip": "orig.webm (464x560, 25 fps)", "refine": "classic"}
     try:
@@ -150,10 +147,10 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
+    results["machine"]["loadavg_end"] = os.getloadavg()
     print(json.dumps(results, indent=1))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":

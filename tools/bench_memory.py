@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_swap import MEDIA, ROOT, fmt_load, machine, run_swap  # noqa: E402
+from benchlib import MEDIA, ROOT, machine, machine_line, run_swap, write_json  # noqa: E402
 
 from morph3d.io.atomic import atomic_write  # noqa: E402
 from morph3d.io.outputs import temp_path_beside  # noqa: E402
@@ -258,12 +258,6 @@ def large_image_text(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def machine_line(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    return (f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average "
-            f"{fmt_load(m['loadavg_start'])} at the start, {fmt_load(m['loadavg_end'])} at the end")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[150, 600])
@@ -280,9 +274,9 @@ def main() -> int:
         large: dict[str, Any] = {"machine": machine()}
         large["large_images"] = large_image_runs(args.clips_dir)
         large["machine"]["loadavg_end"] = os.getloadavg()
-        print(large_image_text(large["large_images"]) + f"\n{machine_line(large)}")
+        print(large_image_text(large["large_images"]) + f"\n{machine_line(large['machine'])}")
         if args.json:
-            args.json.write_text(json.dumps(large, indent=1, default=float))
+            write_json(args.json, large)
         return 0
     if not (MEDIA / "nggyup.mp4").is_file():
         sys.exit(f"bench_memory: {MEDIA / 'nggyup.mp4'} is missing (needs ../shared/media)")
@@ -320,13 +314,13 @@ def main() -> int:
                      f"{c['process']['cpu_s']:.0f} |")
     results["machine"]["loadavg_end"] = os.getloadavg()
     text = "\n".join(lines) + "\n\n" + projection_text(runs, results) + (
-        f"\n{machine_line(results)}\n")
+        f"\n{machine_line(results['machine'])}\n")
     print(text)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         rss_plot(runs, args.plot)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+        write_json(args.json, results)
     return 0
 
 

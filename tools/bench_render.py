@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -33,9 +32,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from morph3d.io.atomic import atomic_write_text  # noqa: E402
+from benchlib import cpu_name, write_json  # noqa: E402
+
 from render import Camera, axis_angle_to_matrix, rasterize, render_mesh  # noqa: E402
 from render.camera import FRONT  # noqa: E402
 from render.synthetic import head_like_mesh  # noqa: E402
@@ -217,17 +217,6 @@ def run_kernel_probe(cache_dir: str | None) -> dict:
     return json.loads(probe.stdout.strip().splitlines()[-1])
 
 
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the headline numbers here")
@@ -386,7 +375,7 @@ def main() -> None:
             "load_average": {f"{k[0]} {k[1]} b{k[2]}": v["load"] for k, v in results.items()},
             "cpu": cpu_name(),
         }
-        atomic_write_text(args.json, json.dumps(summary, indent=2))
+        write_json(args.json, summary)
 
 
 if __name__ == "__main__":

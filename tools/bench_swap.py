@@ -15,11 +15,12 @@ the cached re-run (only its own photo fit and the rendering), which is how the p
 (fit a clip once, swap many faces into it). `nggyup_mark_classic` re-renders the fitted clip with
 `--refine classic` (bicubic upscaling instead of the neural super-resolver).
 
-Every swap runs as its own process, the CLI under light instrumentation (`--child`): the stage
-functions are wrapped to record process CPU time and peak RSS (VmHWM) at their boundaries,
-and a thread samples the resident set size, so the report has per-stage wall seconds (from the
-swap summary), per-stage CPU seconds and the memory profile. On a shared machine the CPU
-seconds are the steadier measure: wall seconds depend on what else runs.
+Every swap runs as its own process, the CLI under light instrumentation
+(`benchlib.run_swap`): the stage functions are wrapped to record process CPU time and peak
+RSS (VmHWM) at their boundaries, and a thread samples the resident set size, so the report
+has per-stage wall seconds (from the swap summary), per-stage CPU seconds and the memory
+profile. On a shared machine the CPU seconds are the steadier measure: wall seconds depend
+on what else runs.
 
 Round trip (`roundtrip_orig`, `roundtrip_nggyup`): one frame k of the clip, written as PNG,
 is the source photo and is swapped back into the same clip. A perfect pipeline gives the clip
@@ -38,164 +39,20 @@ The markdown tables go to stdout and to OUT_DIR/tables.md; the full results to -
 from __future__ import annotations
 
 import argparse
-import functools
-import json
 import math
 import os
-import platform
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-MEDIA = ROOT.parent / "shared" / "media"
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import MEDIA, ROOT, machine, machine_line, run_swap, write_json  # noqa: E402
 
 QUICK_FRAMES = 30
 CONTACT_SAMPLES = 5  # frames per case contact sheet
 CELL_PX = 200
-RSS_SAMPLE_S = 0.2
-
-
-# --------------------------------------------------------------------------------------------
-# The instrumented swap process
-# --------------------------------------------------------------------------------------------
-
-
-def _proc_status_kb(field: str) -> int:
-    """A `/proc/self/status` memory field (VmRSS, VmHWM) in KiB; 0 where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-class StageRecorder:
-    """Records (label, wall s, process CPU s, VmHWM KiB) at stage boundaries and samples VmRSS
-    every RSS_SAMPLE_S seconds with the stage running at the time."""
-
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-        self.cpu0 = time.process_time()
-        self.stage = "start-up"
-        self.marks: list[tuple[str, float, float, int]] = []
-        self.samples: list[tuple[float, int, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append((time.perf_counter() - self.t0, _proc_status_kb("VmRSS"),
-                                 self.stage))
-            self._stop.wait(RSS_SAMPLE_S)
-
-    def mark(self, label: str) -> None:
-        self.marks.append((label, time.perf_counter() - self.t0,
-                           time.process_time() - self.cpu0, _proc_status_kb("VmHWM")))
-
-    def wrap(self, module: Any, name: str, stage: str) -> None:
-        """Replace module.name by a wrapper that marks `stage` start and end."""
-        fn = getattr(module, name)
-
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            outer, self.stage = self.stage, stage
-            self.mark(f"{stage} start")
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.mark(f"{stage} end")
-                self.stage = {"fit clip": "render", "swap": "finish"}.get(stage, outer)
-
-        setattr(module, name, inner)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.mark("exit")
-
-
-def child_main(report: Path, argv: list[str]) -> int:
-    """Run `morph3d swap ARGV` in this process, instrumented; write the record to `report`."""
-    recorder = StageRecorder()
-    import fitting.video
-    import morph3d.swap.driver
-    from morph3d.cli import main
-
-    recorder.stage = "imports"
-    recorder.mark("imports end")
-    recorder.wrap(morph3d.swap.driver, "swap", "swap")
-    recorder.wrap(morph3d.swap.driver, "fit_source", "fit source")
-    recorder.wrap(morph3d.swap.driver, "fit_clip", "fit clip")
-    recorder.wrap(fitting.video, "video_landmarks", "landmarks")
-    recorder.wrap(fitting.video, "fit_video", "fit video")
-    rc = main(["swap", *argv])
-    recorder.stop()
-    report.write_text(json.dumps({"rc": rc, "marks": recorder.marks,
-                                  "rss_samples": recorder.samples,
-                                  "vmhwm_kb": _proc_status_kb("VmHWM")}))
-    return rc
-
-
-def stage_costs(marks: list[list]) -> dict[str, dict[str, float]]:
-    """Per-stage wall and CPU seconds and the VmHWM at each stage's end (MiB), from the marks.
-    render = from the end of the clip fit to the end of `swap`."""
-    at = {m[0]: m for m in marks}
-    out: dict[str, dict[str, float]] = {}
-
-    def span(name: str, start: str, end: str) -> None:
-        if start in at and end in at:
-            out[name] = {"wall_s": at[end][1] - at[start][1], "cpu_s": at[end][2] - at[start][2],
-                         "hwm_mib_at_end": at[end][3] / 1024}
-
-    out["imports"] = {"wall_s": at["imports end"][1], "cpu_s": at["imports end"][2],
-                      "hwm_mib_at_end": at["imports end"][3] / 1024}
-    for stage in ("fit source", "fit clip", "landmarks", "fit video", "swap"):
-        span(stage, f"{stage} start", f"{stage} end")
-    span("render", "fit clip end", "swap end")
-    span("process", "imports end", "exit")
-    out["process"]["wall_s"] = at["exit"][1]
-    out["process"]["cpu_s"] = at["exit"][2]
-    return out
-
-
-def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
-             max_frames: int | None, extra: list[str] | None = None) -> dict[str, Any]:
-    """`morph3d swap` in a child process; its summary plus CPU seconds and memory."""
-    summary_path = output.with_suffix(".summary.json")
-    report_path = output.with_suffix(".child.json")
-    argv = ["-s", str(source), "-t", str(target), "-o", str(output), "--work-dir", str(work_dir),
-            "--summary-json", str(summary_path), "--quiet", *(extra or [])]
-    if max_frames is not None:
-        argv += ["--max-frames", str(max_frames)]
-    load_before = os.getloadavg()
-    started = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                           str(report_path), "--", *argv], cwd=ROOT, capture_output=True,
-                          text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.exit(f"bench_swap: morph3d swap failed on {target.name} with {source.name}:\n"
-                 f"{proc.stderr[-3000:]}")
-    child = json.loads(report_path.read_text())
-    summary = json.loads(summary_path.read_text())
-    costs = stage_costs(child["marks"])
-    return {"command": "morph3d swap " + " ".join(argv), "summary": summary, "costs": costs,
-            "process_wall_s": wall, "peak_rss_mib": child["vmhwm_kb"] / 1024,
-            "output_mb": output.stat().st_size / 1e6, "target_mb": target.stat().st_size / 1e6,
-            "marks": child["marks"],
-            "rss_samples": child["rss_samples"], "loadavg_before": load_before,
-            "loadavg_after": os.getloadavg()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -593,27 +450,6 @@ def speed_table(runs: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def fmt_load(load: tuple[float, ...]) -> str:
-    return "/".join(f"{v:.1f}" for v in load)
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import torch
-
-    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
-                         capture_output=True, text=True).stdout.strip()
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "git": git, "loadavg_start": os.getloadavg()}
-
-
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -717,14 +553,11 @@ def main() -> int:
     tables = ((score_table(scores) + "\n\n" + jitter_region_table(scores) + "\n\n"
                + appearance_table(scores) + "\n\n" if scores else "")
               + roundtrip_table(roundtrips) + "\n\n"
-              + speed_table(runs) + "\n\n"
-              f"commit {m['git']}; {m['cpu']}, {m['cores']} cores; load average (1, 5, 15 min) "
-              f"{fmt_load(m['loadavg_start'])} at the start, {fmt_load(m['loadavg_end'])} "
-              "at the end\n")
+              + speed_table(runs) + "\n\n" + machine_line(m) + "\n")
     (out / "tables.md").write_text(tables)
     print(tables)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=float))
+        write_json(args.json, results)
     return 0
 
 
@@ -734,7 +567,4 @@ NGGYUP_FRAMES = [5, 30, 60, 100, 101, 150, 200, 240]
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        sep = sys.argv.index("--")
-        sys.exit(child_main(Path(sys.argv[2]), sys.argv[sep + 1:]))
     sys.exit(main())

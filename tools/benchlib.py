@@ -1,0 +1,221 @@
+"""What every benchmark in tools/ repeats: where the project and the shared media are, the
+machine's description, JSON writing, and `morph3d swap` run in a child process under light
+instrumentation (per-stage wall and CPU seconds, peak RSS, an RSS profile).
+
+    from benchlib import MEDIA, ROOT, machine, machine_line, run_swap, write_json
+
+Tools put `tools/` on `sys.path` (they run as scripts: `python tools/bench_x.py`). The child
+swap runs as `python tools/benchlib.py --child REPORT -- SWAP-ARGS`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MEDIA = ROOT.parent / "shared" / "media"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RSS_SAMPLE_S = 0.2
+
+
+# --------------------------------------------------------------------------------------------
+# The machine and the results
+# --------------------------------------------------------------------------------------------
+
+
+def cpu_name() -> str:
+    """The CPU's model name (lscpu), else what `platform` knows."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, Python, torch, the commit (``-dirty`` with local changes) and the load
+    average at the start; a benchmark adds ``loadavg_end`` when it is done."""
+    import torch
+
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                         capture_output=True, text=True).stdout.strip()
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "git": git, "loadavg_start": os.getloadavg()}
+
+
+def fmt_load(load: tuple[float, ...] | list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in load)
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    """One line for a table's footer, from `machine()` (with ``loadavg_end`` when set)."""
+    end = m.get("loadavg_end")
+    return (f"commit {m['git']}; {m['cpu']}, {m['cores']} cores, torch {m['torch']}; load "
+            f"average (1, 5, 15 min) {fmt_load(m['loadavg_start'])} at the start"
+            + (f", {fmt_load(end)} at the end" if end is not None else ""))
+
+
+def write_json(path: Path, data: Any) -> None:
+    """`data` as indented JSON, written atomically (folders made; numpy scalars as floats)."""
+    from morph3d.io.atomic import atomic_write_text
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1, default=float))
+
+
+# --------------------------------------------------------------------------------------------
+# The instrumented swap process
+# --------------------------------------------------------------------------------------------
+
+
+def _proc_status_kb(field: str) -> int:
+    """A `/proc/self/status` memory field (VmRSS, VmHWM) in KiB; 0 where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class StageRecorder:
+    """Records (label, wall s, process CPU s, VmHWM KiB) at stage boundaries and samples VmRSS
+    every RSS_SAMPLE_S seconds with the stage running at the time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.cpu0 = time.process_time()
+        self.stage = "start-up"
+        self.marks: list[tuple[str, float, float, int]] = []
+        self.samples: list[tuple[float, int, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter() - self.t0, _proc_status_kb("VmRSS"),
+                                 self.stage))
+            self._stop.wait(RSS_SAMPLE_S)
+
+    def mark(self, label: str) -> None:
+        self.marks.append((label, time.perf_counter() - self.t0,
+                           time.process_time() - self.cpu0, _proc_status_kb("VmHWM")))
+
+    def wrap(self, module: Any, name: str, stage: str) -> None:
+        """Replace module.name by a wrapper that marks `stage` start and end."""
+        fn = getattr(module, name)
+
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            outer, self.stage = self.stage, stage
+            self.mark(f"{stage} start")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.mark(f"{stage} end")
+                self.stage = {"fit clip": "render", "swap": "finish"}.get(stage, outer)
+
+        setattr(module, name, inner)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mark("exit")
+
+
+def child_main(report: Path, argv: list[str]) -> int:
+    """Run `morph3d swap ARGV` in this process, instrumented; write the record to `report`."""
+    recorder = StageRecorder()
+    import fitting.video
+    import morph3d.swap.driver
+    from morph3d.cli import main
+
+    recorder.stage = "imports"
+    recorder.mark("imports end")
+    recorder.wrap(morph3d.swap.driver, "swap", "swap")
+    recorder.wrap(morph3d.swap.driver, "fit_source", "fit source")
+    recorder.wrap(morph3d.swap.driver, "fit_clip", "fit clip")
+    recorder.wrap(fitting.video, "video_landmarks", "landmarks")
+    recorder.wrap(fitting.video, "fit_video", "fit video")
+    rc = main(["swap", *argv])
+    recorder.stop()
+    report.write_text(json.dumps({"rc": rc, "marks": recorder.marks,
+                                  "rss_samples": recorder.samples,
+                                  "vmhwm_kb": _proc_status_kb("VmHWM")}))
+    return rc
+
+
+def stage_costs(marks: list[list]) -> dict[str, dict[str, float]]:
+    """Per-stage wall and CPU seconds and the VmHWM at each stage's end (MiB), from the marks.
+    render = from the end of the clip fit to the end of `swap`."""
+    at = {m[0]: m for m in marks}
+    out: dict[str, dict[str, float]] = {}
+
+    def span(name: str, start: str, end: str) -> None:
+        if start in at and end in at:
+            out[name] = {"wall_s": at[end][1] - at[start][1], "cpu_s": at[end][2] - at[start][2],
+                         "hwm_mib_at_end": at[end][3] / 1024}
+
+    out["imports"] = {"wall_s": at["imports end"][1], "cpu_s": at["imports end"][2],
+                      "hwm_mib_at_end": at["imports end"][3] / 1024}
+    for stage in ("fit source", "fit clip", "landmarks", "fit video", "swap"):
+        span(stage, f"{stage} start", f"{stage} end")
+    span("render", "fit clip end", "swap end")
+    span("process", "imports end", "exit")
+    out["process"]["wall_s"] = at["exit"][1]
+    out["process"]["cpu_s"] = at["exit"][2]
+    return out
+
+
+def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
+             max_frames: int | None, extra: list[str] | None = None) -> dict[str, Any]:
+    """`morph3d swap` in a child process; its summary plus CPU seconds and memory."""
+    summary_path = output.with_suffix(".summary.json")
+    report_path = output.with_suffix(".child.json")
+    argv = ["-s", str(source), "-t", str(target), "-o", str(output), "--work-dir", str(work_dir),
+            "--summary-json", str(summary_path), "--quiet", *(extra or [])]
+    if max_frames is not None:
+        argv += ["--max-frames", str(max_frames)]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
+                           str(report_path), "--", *argv], cwd=ROOT, capture_output=True,
+                          text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"benchmark: morph3d swap failed on {target.name} with {source.name}:\n"
+                 f"{proc.stderr[-3000:]}")
+    child = json.loads(report_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    costs = stage_costs(child["marks"])
+    return {"command": "morph3d swap " + " ".join(argv), "summary": summary, "costs": costs,
+            "process_wall_s": wall, "peak_rss_mib": child["vmhwm_kb"] / 1024,
+            "output_mb": output.stat().st_size / 1e6, "target_mb": target.stat().st_size / 1e6,
+            "marks": child["marks"],
+            "rss_samples": child["rss_samples"], "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg()}
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        sep = sys.argv.index("--")
+        sys.exit(child_main(Path(sys.argv[2]), sys.argv[sep + 1:]))
+    sys.exit("benchlib: a module for the benchmarks (run as --child REPORT -- SWAP-ARGS)")
