@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from morph3d.composite.masks import _check_image, _check_mask
@@ -47,9 +48,26 @@ def composite(frame: np.ndarray, render: np.ndarray, mask: np.ndarray) -> np.nda
     render = _check_image("render", render, shape)
     mask = _check_mask("mask", mask, shape)
     out = frame.copy()
-    sel = mask > 0
-    if not sel.any():
-        return out
-    a = mask[sel][:, None]
-    out[sel] = frame[sel] * (1.0 - a) + render[sel] * a
+    blend_into(out, frame, render, mask)
     return out
+
+
+def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.ndarray
+               ) -> None:
+    """`composite` written into `out` (H x W x 3, float32, or uint8 rounded from [0, 1]),
+    only where the mask is above zero; every other pixel of `out` is left as it is.
+    frame, render: float32 H x W x 3 in [0, 1]; mask: float32 H x W. The arithmetic runs on
+    the mask's bounding box only (the face is a small part of a frame)."""
+    x, y, w, h = cv2.boundingRect((mask > 0).view(np.uint8))
+    if w == 0 or h == 0:
+        return
+    box = (slice(y, y + h), slice(x, x + w))
+    a = mask[box][..., None]
+    blended = frame[box] * (1.0 - a)
+    blended += render[box] * a
+    if out.dtype == np.uint8:
+        np.clip(blended, 0.0, 1.0, out=blended)
+        blended *= 255.0
+        blended += 0.5
+        blended = blended.astype(np.uint8)
+    np.copyto(out[box], blended, where=a > 0)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 import cv2
 import numpy as np
 
-from morph3d.composite.blend import composite, picture_area
+from morph3d.composite.blend import blend_into, picture_area
 from morph3d.composite.masks import (
     FaceGeometry,
     Landmarks,
@@ -203,13 +203,9 @@ class FaceCompositor:
             occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0)
             mask = cut_occluders(mask, occ)
 
-        # 4. the blend
-        out_crop = composite(f, r, mask)
+        # 4. the blend, written only where the mask is above zero (uint8: rounded)
         out = frame.copy()
-        if as_bytes:
-            out[crop] = (np.clip(out_crop, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-        else:
-            out[crop] = out_crop
+        blend_into(out[crop], f, r, mask)
         report = CompositeReport(
             roi=roi, feather_px=float(cfg.feather * s_geo.iod), occluder_px=int(occ.sum()),
             mask_smoothed=smoothed, frame_shape=shape, alpha_roi=mask, occluders_roi=occ)

@@ -48,15 +48,18 @@ def _ycrcb(image: np.ndarray) -> np.ndarray:
 
 def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
                    exclude: np.ndarray | None = None, min_chroma_std: float = 2.5,
-                   min_luma_std: float = 12.0) -> SkinModel | None:
+                   min_luma_std: float = 12.0, ycc: np.ndarray | None = None
+                   ) -> SkinModel | None:
     """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`);
-    see `skin_model_from_samples`. None when too few pixels."""
+    see `skin_model_from_samples`. None when too few pixels. `ycc`: the frame's `_ycrcb`
+    when the caller has it already."""
     g = face_geometry(landmarks)
     shape = frame.shape[:2]
     central = _fill_polygon(shape, g.central_skin_polygon())
     if exclude is not None:
         central &= ~exclude
-    return skin_model_from_samples(_ycrcb(frame)[central], min_chroma_std=min_chroma_std,
+    ycc = _ycrcb(frame) if ycc is None else ycc
+    return skin_model_from_samples(ycc[central], min_chroma_std=min_chroma_std,
                                    min_luma_std=min_luma_std)
 
 
@@ -78,9 +81,9 @@ def skin_model_from_samples(samples: np.ndarray, *, min_chroma_std: float = 2.5,
     mean, std = robust_stats(samples, min_std=0.5 * min_chroma_std)
     cov = np.diag(std ** 2) + np.diag(floor)
     keep = np.ones(len(samples), bool)
+    columns = np.ascontiguousarray(samples.T)  # Y, Cr, Cb rows: fast per-channel passes
     for _ in range(4):
-        centred = samples - mean
-        d2 = ((centred @ np.linalg.inv(cov)) * centred).sum(1)
+        d2 = _mahalanobis2(columns, mean, np.linalg.inv(cov))
         new_keep = d2 < 9.35  # chi^2, 3 dof, 97.5 %
         if new_keep.sum() < 30:
             break
@@ -94,21 +97,34 @@ def skin_model_from_samples(samples: np.ndarray, *, min_chroma_std: float = 2.5,
                      pixels=int(keep.sum()))
 
 
+def _mahalanobis2(columns: np.ndarray, mean: np.ndarray, inv: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance of 3 x N samples from `mean` under the inverse
+    covariance `inv`, written out per channel (a 3 x 3 matrix product over N rows is several
+    times slower in numpy)."""
+    c = [columns[i] - mean[i] for i in range(3)]
+    return sum(c[j] * (c[0] * inv[0, j] + c[1] * inv[1, j] + c[2] * inv[2, j])
+               for j in range(3))
+
+
 def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 5.0,
-                   dark_fraction: float = 0.45) -> np.ndarray:
+                   dark_fraction: float = 0.45, ycc: np.ndarray | None = None) -> np.ndarray:
     """Float H x W: how far each pixel's colour is from the skin model, in sigmas.
 
     The score is the chroma Mahalanobis distance (Cr, Cb): blue, green or grey objects
     against skin. Pixels much darker than skin (below both mean - `dark_sigmas` std and
     `dark_fraction` of the mean luma: dark objects, hair) score infinity. Brighter pixels
     whose chroma only moves from the skin's towards grey (specular highlights on the
-    forehead or nose) score 0.
+    forehead or nose) score 0. `ycc`: the frame's `_ycrcb` when the caller has it already.
     """
-    ycc = _ycrcb(frame)
-    dc = ycc[..., 1:] - model.mean[1:].astype(np.float32)
+    ycc = _ycrcb(frame) if ycc is None else ycc
+    y, cr, cb = cv2.split(ycc)  # contiguous planes: the arithmetic below runs in place
+    mean_c = model.mean[1:].astype(np.float32)
+    dc0, dc1 = cr - mean_c[0], cb - mean_c[1]
     inv = model.chroma_cov_inv.astype(np.float32)
-    score = np.sqrt(inv[0, 0] * dc[..., 0] ** 2 + 2.0 * inv[0, 1] * dc[..., 0] * dc[..., 1]
-                    + inv[1, 1] * dc[..., 1] ** 2)
+    score = inv[0, 0] * dc0 ** 2
+    score += 2.0 * inv[0, 1] * dc0 * dc1
+    score += inv[1, 1] * dc1 ** 2
+    np.sqrt(score, out=score)
     # A highlight keeps the hue: its chroma lies between the skin's and grey.
     skin_c = model.mean[1:] - 128.0
     norm = max(float(np.linalg.norm(skin_c)), 1e-6)
@@ -116,12 +132,12 @@ def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 
     c = ycc[..., 1:] - 128.0
     along = c @ direction
     across = np.abs(c @ np.array([-direction[1], direction[0]], np.float32))
-    highlight = ((ycc[..., 0] > model.mean[0] + 1.0 * model.std_y) & (along > -2.0)
+    highlight = ((y > model.mean[0] + 1.0 * model.std_y) & (along > -2.0)
                  & (along < norm + 4.0) & (across < 4.0 + 0.3 * norm))
-    dark = ((ycc[..., 0] < model.mean[0] - dark_sigmas * model.std_y)
-            & (ycc[..., 0] < dark_fraction * model.mean[0]))
-    score[highlight] = 0.0
-    score[dark] = np.inf
+    dark = ((y < model.mean[0] - dark_sigmas * model.std_y)
+            & (y < dark_fraction * model.mean[0]))
+    np.putmask(score, highlight, 0.0)
+    np.putmask(score, dark, np.inf)
     return score
 
 
@@ -166,7 +182,49 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
     search_region = np.asarray(search_region, bool)
     if expected is None:
         expected = expected_non_skin(shape, g, regions=regions)
-    min_pixels = min_area * max(int(search_region.sum()), 1)
+    expected = np.asarray(expected, bool)
+    if extend_region is not None:
+        extend_region = np.asarray(extend_region, bool)
+    # Every step below reaches a bounded distance from the search and extension regions
+    # (openings, closings, the outline test's blur, the final growth): working on their
+    # bounding box grown by that reach gives the same result as the whole image, for less.
+    sigma = _sharp_sigma(iod)
+    reach = int(np.ceil(2 * round(open_radius * iod) + 2 * round(close_radius * iod)
+                        + 6.0 * sigma + grow * iod)) + 8
+    cover = search_region if extend_region is None else search_region | extend_region
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(cover).view(np.uint8))
+    cx, cy, cw, ch = cv2.boundingRect(g.central_skin_polygon())  # the skin model's samples
+    if w == 0 or h == 0:
+        x, y, w, h = cx, cy, cw, ch
+    x0, y0 = max(min(x, cx) - reach, 0), max(min(y, cy) - reach, 0)
+    x1 = min(max(x + w, cx + cw) + reach, shape[1])
+    y1 = min(max(y + h, cy + ch) + reach, shape[0])
+    out = np.zeros(shape, bool)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    box = (slice(y0, y1), slice(x0, x1))
+    out[box] = _detect_in_box(
+        frame[box], g.shifted(np.array([-x0, -y0], np.float64)), search_region[box],
+        expected[box], None if extend_region is None else extend_region[box],
+        min_area * max(int(search_region.sum()), 1), seed_sigmas, grow_sigmas, extend,
+        min_edge_contrast, min_sharp_fraction, open_radius, close_radius, grow)
+    return out
+
+
+def _sharp_sigma(iod: float) -> float:
+    """The blur (pixels) of `_keep_sharp`'s inside / outside colour averages."""
+    return 0.04 * iod + 0.7
+
+
+def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray,
+                   expected: np.ndarray, extend_region: np.ndarray | None, min_pixels: float,
+                   seed_sigmas: float, grow_sigmas: float, extend: float,
+                   min_edge_contrast: float, min_sharp_fraction: float, open_radius: float,
+                   close_radius: float, grow: float) -> np.ndarray:
+    """`detect_occluders` on a box that holds everything its result depends on."""
+    shape = frame.shape[:2]
+    iod = g.iod
+    region_px = max(int(search_region.sum()), 1)
 
     def clean(candidates: np.ndarray) -> np.ndarray:
         occ = (candidates & ~expected & search_region).astype(np.uint8)
@@ -176,23 +234,23 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
 
     colour_candidates = np.zeros(shape, bool)
     occ = np.zeros(shape, bool)
-    model = fit_skin_model(frame, g, exclude=expected)
+    ycc = _ycrcb(frame)
+    model = fit_skin_model(frame, g, exclude=expected, ycc=ycc)
     if model is not None:
-        score = non_skin_score(frame, model)
+        score = non_skin_score(frame, model, ycc=ycc)
         colour_candidates = score > grow_sigmas
         blobs = clean(colour_candidates)
         # hysteresis: a blob needs a seed that is far off skin (a coloured light moves skin
         # colour by up to ~10 sigmas; paint, plastic and fabric usually go much further),
         # and the seed must be a sharp blob of its own
-        ycc = _ycrcb(frame)
         very_off = score > 2.0 * seed_sigmas
         seeds = _keep_sharp(clean(score > seed_sigmas), ycc, very_off, search_region,
-                            expected, iod, min_edge_contrast, min_sharp_fraction)
+                            expected, iod, min_edge_contrast, min_sharp_fraction, region_px)
         count, labels = cv2.connectedComponents(blobs.astype(np.uint8), connectivity=8)
         seeded = np.bincount(labels[seeds], minlength=count) > 0
         seeded[0] = False
         occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
-                          min_edge_contrast, min_sharp_fraction)
+                          min_edge_contrast, min_sharp_fraction, region_px)
     if extend_region is not None and occ.any():
         # follow an occluder a little beyond the face outline (a hand entering from the side):
         # geodesic growth through connected candidate pixels, never into expected features
@@ -210,6 +268,8 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
     return _dilate(occ, grow * iod + 1.0)
 
 
+
+
 def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
                                                                connectivity=8)
@@ -220,7 +280,7 @@ def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
 
 def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
                 search_region: np.ndarray, expected: np.ndarray, iod: float,
-                min_contrast: float, min_fraction: float) -> np.ndarray:
+                min_contrast: float, min_fraction: float, region_px: int) -> np.ndarray:
     """Keep the blobs whose outline inside the face is a sharp colour edge.
 
     A coloured light (a blue rim light on one cheek) or a deep shadow changes skin colour as
@@ -232,12 +292,13 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     (luma at half weight). Blobs with too
     little outline to judge (wedged between the face border and the brows, say) are kept if
     they cover half the face or are mostly `very_off` (far off skin or dark, like hair).
+    `region_px`: the search region's pixel count.
     """
     occ8 = occ.astype(np.uint8)
     x, y, w, h = cv2.boundingRect(occ8)
     if w == 0 or h == 0:
         return occ
-    sigma = 0.04 * iod + 0.7
+    sigma = _sharp_sigma(iod)
     pad = int(np.ceil(4.0 * sigma + 2.0))
     y0, x0 = max(y - pad, 0), max(x - pad, 0)
     box = (slice(y0, min(y + h + pad, occ.shape[0])), slice(x0, min(x + w + pad, occ.shape[1])))
@@ -262,7 +323,6 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
                            minlength=count)
     area = np.bincount(labels.ravel(), minlength=count)
     off_px = np.bincount(labels.ravel(), weights=very_off[box].ravel(), minlength=count)
-    region_px = max(int(search_region.sum()), 1)
     judged = ring_px >= 8
     keep = np.where(judged, sharp_px >= min_fraction * np.maximum(ring_px, 1),
                     (area > 0.5 * region_px) | (off_px >= 0.5 * area))
