@@ -117,14 +117,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
         probe_video(source)  # InputError for non-media files
         model = load_model(args.model)
-        select: str | np.ndarray = str(choice)
         if choice.rule == "reference":
             from fitting.choice import reference_embedding
+            from fitting.video import video_landmarks
 
-            select = reference_embedding(choice.reference or "")
-        fit = fit_video(source, model, backend=args.backend, select=select,
-                        max_frames=args.max_frames, photometric=photometric,
-                        progress=not args.quiet)
+            reference = reference_embedding(choice.reference or "")
+            found = video_landmarks(source, args.backend, reference, args.max_frames,
+                                    progress=not args.quiet)
+            check_reference_match(source, found.points, reference, choice.reference or "",
+                                  args.max_frames)
+            fit = fit_video(source, model, landmarks=found.points, backend=args.backend,
+                            max_frames=args.max_frames, photometric=photometric,
+                            progress=not args.quiet, scene_cut=found.scene_cut)
+        else:
+            fit = fit_video(source, model, backend=args.backend, select=str(choice),
+                            max_frames=args.max_frames, photometric=photometric,
+                            progress=not args.quiet)
         frame0 = next(iter(iter_frames(source, stop=1))).rgb
         face = video_face(fit, str(choice) if choice.rule != "largest" else "auto")
     summary = fit_summary(fit, model)
@@ -151,6 +159,32 @@ def cmd_fit(args: argparse.Namespace) -> int:
             print(f"{face['faces_found']} faces found: fitted {which}, at x {b['x']:g}, y "
                   f"{b['y']:g} ({b['w']:g} x {b['h']:g} px)")
     return 0
+
+
+def check_reference_match(source: Path, points: dict[str, np.ndarray], reference: np.ndarray,
+                          reference_name: str, max_frames: int | None, frames: int = 5
+                          ) -> None:
+    """A one-line InputError when the clip's face closest to the reference photo is not the
+    same person (median embedding distance over its first `frames` frames with a face at or
+    above dlib's same-person distance): the track choice itself always takes the closest."""
+    from fitting.embedding import SAME_PERSON_THRESHOLD, embedding_distance, face_embedding
+    from fitting.faces import IBUG68
+    from morph3d.io.media import iter_frames
+
+    ibug = points[IBUG68]
+    present = set(np.flatnonzero(np.isfinite(ibug).all(axis=(1, 2)))[:frames].tolist())
+    distances = []
+    for frame in iter_frames(source, stop=max_frames):
+        if frame.index in present:
+            distances.append(embedding_distance(face_embedding(frame.rgb, ibug[frame.index]),
+                                                reference))
+        if len(distances) == len(present):
+            break
+    distance = float(np.median(distances)) if distances else float("inf")
+    if distance >= SAME_PERSON_THRESHOLD:
+        raise InputError(f"no face in {source} matches the reference photo {reference_name} "
+                         f"(closest identity distance {distance:.2f}, same person below "
+                         f"{SAME_PERSON_THRESHOLD:.2f})")
 
 
 def video_face(fit, choice: str) -> dict:
