@@ -222,3 +222,18 @@ def test_batch_rows_take_face_options_with_reference_photos(tmp_path: Path):
     assert job_key(job, digest) != first
     with pytest.raises(InputError, match="bad value for job option source_face"):
         parse_options("source_face=all", tmp_path)
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_fit_video_reference_of_someone_else_is_one_line(media_dir: Path, tmp_path: Path,
+                                                          capsys):
+    """On a clip the closest track is taken; a reference photo of another person fails."""
+    from morph3d.cli import main
+
+    assert main(["fit", str(media_dir / "orig.webm"), "--max-frames", "2", "--quiet",
+                 "--no-photometric", "--face", str(media_dir / "mark.jpg"), "--json",
+                 str(tmp_path / "f.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "matches the reference photo" in err[0]
+    assert not (tmp_path / "f.json").exists()
