@@ -3,8 +3,9 @@
 Stages, in order (each with its own progress bar; the first three are cached in a work
 directory keyed by the inputs' content hashes, so a re-run or `--resume` skips them):
 1. probe      check the inputs and the output path before any work.
-2. landmarks  detect, track, select and smooth the actor's face (fitting.video).
-3. fit clip   one actor identity, per-frame pose, expression and SH lighting.
+2. landmarks  detect, track, select and smooth the actor's face (fitting.video); with target
+              face "all", every person's.
+3. fit clip   one actor identity, per-frame pose, expression and SH lighting (per person).
 4. fit source the user's identity and UV albedo from the photo(s), texture completed.
 5. render     per frame: the actor's own pixels warped into the source's face shape (source
               identity at the actor's expression and pose) and toned by the source-to-actor
