@@ -121,3 +121,33 @@ def test_source_face_picks_the_person_in_the_source_photo(media_dir: Path, tmp_p
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("morph3d")]
     assert len(err) == 1 and "face 9 asked for, but source photo" in err[0]
     assert not (tmp_path / "nine.png").exists()
+
+
+def test_target_face_all_follows_a_cut_between_two_people(media_dir: Path, work: Path,
+                                                          tmp_path: Path, capsys) -> None:
+    """A clip that cuts from one person to another: "all" swaps every frame (two people),
+    the default keeps the other person's shot and says why."""
+    import av
+
+    from morph3d.io.images import read_image
+
+    full = read_image(media_dir / "three_people.png")
+    shots = [cv2.resize(full[200:700, 450:950], (240, 240), interpolation=cv2.INTER_AREA),
+             cv2.resize(full[150:650, 950:1450], (240, 240), interpolation=cv2.INTER_AREA)]
+    clip = tmp_path / "cut.mp4"
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 240, 240, "yuv420p"
+        for k in range(6):
+            rgb = np.ascontiguousarray(np.roll(shots[k // 3], k, axis=1))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    summary, _ = swap(media_dir, clip, tmp_path / "all.mp4", work, capsys, "--target-face", "all")
+    assert (summary["faces"], summary["frames_swapped"]) == (2, 6)
+    assert summary["frames_kept_original"] == {}
+    summary, notes = swap(media_dir, clip, tmp_path / "one.mp4", work, capsys)
+    assert (summary["faces"], summary["frames_swapped"]) == (1, 3)
+    assert summary["frames_kept_original"] == {"no face": 3}
+    assert any("3 of 6 frame(s) kept the original face (3 no face)" in n for n in notes)
