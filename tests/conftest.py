@@ -17,6 +17,16 @@ def media_dir() -> Path:
     return MEDIA_DIR
 
 
+@pytest.fixture(scope="session")
+def model():
+    """The default head model (`load_model("default")`), loaded once for the whole run.
+    Shared by every test that asks for it: a test must not change it (move, retype or
+    edit it); one that needs to makes its own with `load_model`."""
+    from morph3d.model.registry import load_model
+
+    return load_model("default")
+
+
 def corrupted_copy(weights: Path, manifest: Path, folder: Path) -> Path:
     """A copy of shipped weights (and their manifest) in `folder` with one byte flipped in
     the middle: what a damaged download or disk gives. Returns the copy's path."""

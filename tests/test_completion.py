@@ -38,13 +38,6 @@ UNSEEN_MAX_CHANGE = 0.005
 
 
 @pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    return load_model("default")
-
-
-@pytest.fixture(scope="module")
 def net() -> CompletionNet:
     loaded = load_completion_net()
     assert loaded is not None, f"shipped weights missing at {DEFAULT_WEIGHTS}"

@@ -19,13 +19,6 @@ from morph3d.errors import Morph3dError
 from morph3d.model.geometry import median_aligned_distance
 
 
-@pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    return load_model("default")
-
-
 def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1.5):
     """A random face (identity ~ N(0, I), sparse expressions) at a random pose, and its
     landmarks seen by a 640 x 480 camera (f = 800 px): ibug68 with the jaw on the occluding

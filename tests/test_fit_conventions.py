@@ -10,13 +10,6 @@ from fitting import fit as F
 from fitting import photo as FP
 
 
-@pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    return load_model("default")
-
-
 def test_convention_follows_the_backend(model):
     both = {"ibug68": np.zeros((68, 2)), "mediapipe478": np.zeros((478, 2))}
     assert F.ibug68_convention("mediapipe", both) == F.MEDIAPIPE

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from test_fit import synthetic_face
 
 from fitting import fit as F
 from fitting import photo as FP
 from fitting.params import VideoFit
-
-
-@pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    return load_model("default")
 
 
 def annotation_face(model, seed: int, noise_px: float = 0.0):

@@ -11,13 +11,8 @@ import torch
 
 from morph3d.errors import ModelError
 from morph3d.model.model import ModelData, MorphableModel
-from morph3d.model.registry import load_model, load_model_data
+from morph3d.model.registry import load_model_data
 from morph3d.model.subdivision import subdivide_model
-
-
-@pytest.fixture(scope="module")
-def model() -> MorphableModel:
-    return load_model("default")
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,6 @@ from fitting import photo as FP
 from morph3d.swap.fits import hide_openings
 
 
-@pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    return load_model("default")
-
-
 def _mouth(points: dict[str, np.ndarray], opening: float) -> dict[str, np.ndarray]:
     """The photo's points with the inner lips closed (0) or the lower one dropped by
     `opening` x the mouth's width."""

@@ -43,14 +43,12 @@ def test_scene_cut_survives_save_and_load(tmp_path):
 
 
 @pytest.mark.media
-def test_fit_restarts_at_the_cut(media_dir):
+def test_fit_restarts_at_the_cut(media_dir, model):
     """nggyup.mp4 cuts to another shot at frame 22: the fitted landmarks must sit on the
     detected ones right after the cut, not several frames later."""
     from fitting.photo import projected_landmarks
     from fitting.video import fit_video, video_landmarks
-    from morph3d.model.registry import load_model
 
-    model = load_model("default")
     clip = media_dir / "nggyup.mp4"
     found = video_landmarks(clip, max_frames=40, progress=False)
     assert found.scene_cut[22] and found.scene_cut.sum() <= 2
