@@ -58,7 +58,8 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
     only where the mask is above zero; every other pixel of `out` is left as it is.
     frame, render: float32 H x W x 3 in [0, 1]; mask: float32 H x W. The arithmetic runs on
     the mask's bounding box only (the face is a small part of a frame)."""
-    x, y, w, h = cv2.boundingRect((mask > 0).view(np.uint8))
+    where = (mask > 0).view(np.uint8)
+    x, y, w, h = cv2.boundingRect(where)
     if w == 0 or h == 0:
         return
     box = (slice(y, y + h), slice(x, x + w))
@@ -70,4 +71,7 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
         blended *= 255.0
         blended += 0.5
         blended = blended.astype(np.uint8)
-    np.copyto(out[box], blended, where=a > 0)
+    target = out[box]
+    # OpenCV writes into the view itself (same size and type); where alpha is 0 it is left.
+    if cv2.copyTo(blended, where[box], target) is not target:
+        raise AssertionError("cv2.copyTo did not write in place")

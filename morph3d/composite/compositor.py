@@ -33,6 +33,7 @@ import numpy as np
 
 from morph3d.composite.blend import blend_into, picture_area
 from morph3d.composite.masks import (
+    NON_SKIN_REGIONS,
     FaceGeometry,
     Landmarks,
     _check_image,
@@ -183,9 +184,11 @@ class FaceCompositor:
         a_geo, s_geo = actor.shifted(offset), swapped.shifted(offset)
         cshape = f.shape[:2]
         regions = None
-        if inputs.regions is not None:
-            regions = {k: _in_roi(_check_mask(f"region '{k}'", v, wshape), origin, roi)
+        if inputs.regions is not None:  # every one checked; only the non-skin ones are used
+            checked = {k: _check_mask(f"region '{k}'", v, wshape)
                        for k, v in inputs.regions.items() if v is not None}
+            regions = {k: _in_roi(v, origin, roi) for k, v in checked.items()
+                       if k in NON_SKIN_REGIONS}
 
         # 1. the warp's coverage, feathered
         mask = face_mask(cov, s_geo, cov >= 0.5, feather=cfg.feather)

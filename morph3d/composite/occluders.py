@@ -239,18 +239,19 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
     if model is not None:
         score = non_skin_score(frame, model, ycc=ycc)
         colour_candidates = score > grow_sigmas
-        blobs = clean(colour_candidates)
         # hysteresis: a blob needs a seed that is far off skin (a coloured light moves skin
         # colour by up to ~10 sigmas; paint, plastic and fabric usually go much further),
         # and the seed must be a sharp blob of its own
         very_off = score > 2.0 * seed_sigmas
         seeds = _keep_sharp(clean(score > seed_sigmas), ycc, very_off, search_region,
                             expected, iod, min_edge_contrast, min_sharp_fraction, region_px)
-        count, labels = cv2.connectedComponents(blobs.astype(np.uint8), connectivity=8)
-        seeded = np.bincount(labels[seeds], minlength=count) > 0
-        seeded[0] = False
-        occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
-                          min_edge_contrast, min_sharp_fraction, region_px)
+        if seeds.any():  # most frames have none: then there are no blobs to grow either
+            blobs = clean(colour_candidates)
+            count, labels = cv2.connectedComponents(blobs.astype(np.uint8), connectivity=8)
+            seeded = np.bincount(labels[seeds], minlength=count) > 0
+            seeded[0] = False
+            occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
+                              min_edge_contrast, min_sharp_fraction, region_px)
     if extend_region is not None and occ.any():
         # follow an occluder a little beyond the face outline (a hand entering from the side):
         # geodesic growth through connected candidate pixels, never into expected features
@@ -271,6 +272,8 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
 
 
 def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
+    if not mask.any():
+        return mask
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8),
                                                                connectivity=8)
     keep = np.zeros(count, bool)
