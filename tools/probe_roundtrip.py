@@ -105,7 +105,7 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     faces = detect_faces(frame, "mediapipe")
     best = int(np.argmax(faces.areas()))
     detected = {s: np.asarray(v[best], np.float64) for s, v in faces.landmarks.items()}
-    renderer = FaceRenderer.create(model, source_fit, clip_fit, frame, options)
+    renderer = FaceRenderer.create(model, source_fit, clip_fit, frame, options, target)
     return Context(model=model, frame=frame, k=k, clip_fit=clip_fit, source_fit=source_fit,
                    eval_ibug68=detected["ibug68"], detected=detected, renderer=renderer,
                    target=target)

@@ -116,7 +116,6 @@ TRANSFER_VARIANTS: dict[str, dict] = {
     "nofore": {"forehead": 0.0},
     "s03": {"ratio_sigma": 0.03},
     "s06": {"ratio_sigma": 0.06},
-    "frame_light": {"light_reference": None},
     "noalign": {"alignment": None},
     "nosurround": {"surround": 0.0},
     "sur04": {"surround": 0.4},
@@ -126,26 +125,30 @@ TRANSFER_VARIANTS: dict[str, dict] = {
 }
 
 
-def transfer_swap(model, source_fit, clip_fit, index: int, frame: np.ndarray, photo,
-                  **params) -> np.ndarray:
-    """One frame through the swap's transfer path (`FaceRenderer` with the clip fit and the
-    photo + the transfer compositor), uint8; `params` override `transfer_face`'s keywords."""
+def region_channels(model):
     import torch
 
-    from morph3d.composite.compositor import FaceCompositor, FrameInputs
-    from morph3d.swap.transfer import compositor_config, prepare_transfer, transfer_face
     from morph3d.swap.window import REGION_CHANNELS
 
-    setup = prepare_transfer(model, source_fit, clip_fit, photo)
-    channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
-                                .astype(np.float32))
+    return torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
+                            .astype(np.float32))
+
+
+def transfer_swap(model, source_fit, clip_fit, setup, index: int, frame: np.ndarray,
+                  **params) -> np.ndarray:
+    """One frame through the swap's transfer path (`transfer_face` with the job's
+    `prepare_transfer` setup + the transfer compositor), uint8; `params` override
+    `transfer_face`'s keywords."""
+    from morph3d.composite.compositor import FaceCompositor, FrameInputs
+    from morph3d.swap.transfer import compositor_config, transfer_face
+
+    channels = region_channels(model)
     f = clip_fit.faces
     actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
-    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment,
-                "light_reference": setup.light_reference, **params}
+    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment, **params}
     out = transfer_face(model, source_fit.identity.coefficients, setup.actor_identity,
                         setup.textures, channels, clip_fit.camera, f.rotation[index],
-                        f.translation[index], f.expression[index], f.sh[index], frame,
+                        f.translation[index], f.expression[index], frame,
                         actor_lms, **keywords)
     result, _ = FaceCompositor(compositor_config()).process(FrameInputs(
         frame=frame, render=out["image"], coverage=out["coverage"], actor_landmarks=actor_lms,
@@ -172,6 +175,7 @@ def main() -> None:
     from morph3d.model.registry import load_model
     from morph3d.swap.fits import fit_clip, fit_source
     from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.transfer import prepare_transfer
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
@@ -200,6 +204,7 @@ def main() -> None:
                       (f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 0),
                       (f"cross-{src.split('.')[0]}", MEDIA / src, "orig", 30)]
     fits: dict = {}
+    setups: dict = {}
     results = []
     sheets = []
     for name, source, clip, index in cases:
@@ -214,14 +219,17 @@ def main() -> None:
         src_pts = dlib_face(src_rgb)
         src_emb = face_embedding(src_rgb, src_pts)
         frame = read_frame(path, index)
+        if (source, clip) not in setups:  # the job's constants, the actor's albedo included
+            setups[source, clip] = prepare_transfer(model, source_fit, clip_fit, src_rgb, path,
+                                                    region_channels(model))
         outputs = {}
         for variant in args.variants.split(","):
             if variant not in TRANSFER_VARIANTS:
                 raise SystemExit(f"unknown variant {variant!r} "
                                  f"(of: {', '.join(TRANSFER_VARIANTS)})")
             t = time.perf_counter()
-            out = transfer_swap(model, source_fit, clip_fit, index, frame, src_rgb,
-                                **TRANSFER_VARIANTS[variant])
+            out = transfer_swap(model, source_fit, clip_fit, setups[source, clip], index,
+                                frame, **TRANSFER_VARIANTS[variant])
             outputs[variant] = (out, time.perf_counter() - t)
         ref = dlib_face(frame)
         row = {"case": name, "clip": clip, "frame": index}

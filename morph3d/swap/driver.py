@@ -232,7 +232,7 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         # The face is made from the actor's own pixels (morph3d.swap.transfer); the first
         # source photo gives the source's colours as seen (the texture's shading model is the
         # fit's).
-        renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options)
+        renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options, target)
         people.append(Person(clip_fit, renderer, FaceCompositor(transfer_compositor())))
     summary.faces = len(people)
     report = DecodeReport()

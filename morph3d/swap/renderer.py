@@ -31,30 +31,33 @@ class FaceRenderer:
     backend: str | None = None
 
     @classmethod
-    def create(cls, model, source_fit, clip_fit, photo: np.ndarray, options: SwapOptions
-               ) -> FaceRenderer:
-        """The renderer of a job: the source fit, the clip fit and the first source photo
-        (uint8 RGB, the source's colours as seen)."""
+    def create(cls, model, source_fit, clip_fit, photo: np.ndarray, options: SwapOptions,
+               target) -> FaceRenderer:
+        """The renderer of a job: the source fit, the clip fit, the first source photo
+        (uint8 RGB, the source's colours as seen) and the clip the clip fit was fitted to
+        (path: a few of its frames give the actor's albedo, `transfer.actor_albedo`)."""
         import torch
 
         from morph3d.swap.transfer import prepare_transfer
 
-        channels = np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32)
-        return cls(model, source_fit.identity.coefficients, torch.from_numpy(channels),
-                   prepare_transfer(model, source_fit, clip_fit, photo),
+        channels = torch.from_numpy(
+            np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32))
+        return cls(model, source_fit.identity.coefficients, channels,
+                   prepare_transfer(model, source_fit, clip_fit, photo, target, channels,
+                                    quiet=options.quiet, backend=options.renderer),
                    options.work_resolution, options.renderer)
 
     def render(self, camera_params, rotation, translation, expression, sh,
                frame: np.ndarray, actor_landmarks) -> dict[str, np.ndarray]:
         """The face made from `frame` (uint8 RGB) and the actor's detected landmarks of it,
         resampled into its frame window: what `morph3d.swap.transfer.transfer_face`
-        returns."""
+        returns. `sh` (the frame's fitted lighting) is not read: the frame's own pixels
+        carry its light."""
         from morph3d.swap.transfer import transfer_face
 
         t = self.transfer
         return transfer_face(
             self.model, self.source_identity, t.actor_identity, t.textures,
-            self.region_channels, camera_params, rotation, translation, expression, sh,
+            self.region_channels, camera_params, rotation, translation, expression,
             frame, actor_landmarks, source_factor=t.source_factor,
-            alignment=t.alignment, light_reference=t.light_reference,
-            size=self.work_resolution, backend=self.backend)
+            alignment=t.alignment, size=self.work_resolution, backend=self.backend)

@@ -11,11 +11,13 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    the actor's real pixels into the source's shape; beyond both faces' outlines the flow
    fades to zero, so the warp joins the untouched frame without a seam.
 2. Appearance: an albedo ratio in linear RGB. The source's albedo (its UV texture, as the
-   photo shows it less the shading: `source_albedo_factor`) and the actor's (the frame at
-   the surface point divided by the clip's SH shading) are looked up on the same raster;
-   the warped frame is multiplied by the ratio of their low-pass versions (`tone_ratio`).
-   The low-pass is about as fine as the crop, so skin tone, brows, lips and freckles come
-   from the source while the frame's own pores, blur, grain and real shading stay.
+   photo shows it less the shading: `source_albedo_factor`) and the actor's (one UV
+   texture per clip, merged from frames spread over it, each divided by the clip fit's SH
+   shading: `actor_albedo`) are looked up on the same raster; the warped frame is
+   multiplied by the ratio of their low-pass versions (`tone_ratio`). Both albedos are
+   made once per job, so the ratio at a surface point does not change from frame to frame:
+   skin tone, brows, lips and freckles come from the source while the frame's own pores,
+   blur, grain and real shading (its light, cast shadows) stay.
    What either side does not show as skin does not vote (the photo's unseen side, the
    actor's fringe or microphone, highlights), and the actor's forehead above the brows
    fades back to itself (fringes, hats). Each picture's light colour is estimated from its
@@ -195,6 +197,30 @@ _LINEAR_STEPS = 16384  # linear-light table steps: under 0.25 grey levels in 8 b
 _U8_TO_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
 _LINEAR_TO_SRGB = linear_to_srgb(np.arange(_LINEAR_STEPS, dtype=np.float32)
                                  / (_LINEAR_STEPS - 1))
+
+
+def with_frame_detail(albedo: np.ndarray, seen: np.ndarray, weight: np.ndarray,
+                      sigma: float) -> np.ndarray:
+    """The actor's albedo on a frame's raster: the clip's albedo (`actor_albedo`, looked up:
+    H x W x 3 sRGB-encoded) at scales above `sigma` px, the frame's own pixels (`seen`, the
+    frame at the same surface points) below it, in linear RGB; sRGB-encoded out.
+
+    The frame's fine structure (brows, lids, lip edges, pores: what the ratio replaces by
+    the source's) sits exactly where the frame shows it, which a clip-wide albedo, merged
+    from frames whose fits each miss by a pixel or two, cannot match; shading is smooth, so
+    at these scales the frame's pixels are albedo. Above `sigma` the albedo is the clip's,
+    the same in every frame. Low-passes weighted by `weight` (H x W: skin both saw), so
+    hair or a microphone beside the skin does not leak into it; where the weight has no
+    support the clip's albedo stays."""
+    if sigma <= 0:
+        return albedo
+    a = srgb_to_linear(np.clip(albedo, 0, 1))
+    f = srgb_to_linear(np.clip(seen, 0, 1))
+    a_low, den = normalized_blur(a, weight, sigma)
+    f_low, _ = normalized_blur(f, weight, sigma)
+    mixed = a_low * (f + 1e-3) / (f_low + 1e-3)
+    support = np.clip(den / 0.3, 0.0, 1.0)[..., None]
+    return linear_to_srgb(np.clip(support * mixed + (1 - support) * a, 0, 1)).astype(np.float32)
 
 
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
@@ -472,33 +498,33 @@ def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
 
 
 def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray, textures,
-                  region_channels, camera_params, rotation, translation, expression, sh,
+                  region_channels, camera_params, rotation, translation, expression,
                   frame: np.ndarray, actor_landmarks, *, source_factor,
                   alignment: np.ndarray | None = None, size: int = 256, backend: str | None = None,
                   ratio_sigma: float = 0.015, reach: float = 0.35,
                   forehead_margin: float = 0.65, ratio_on: bool = True, warp_on: bool = True,
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
-                  light: float = 0.7,
-                  light_reference: np.ndarray | None = None, forehead: float = 0.35,
-                  highlight_cap: float = 0.15, surround: float = 0.8) -> dict:
+                  light: float = 0.7, forehead: float = 0.35,
+                  highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1
+                  ) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
-    textures: T x T x 4 torch tensor (source albedo RGB, its confidence); region_channels:
-    V x len(REGION_CHANNELS) torch tensor (morph3d.swap);
-    sh: the actor's 9 x 3 SH lighting of the frame; source_factor: V x 3 torch tensor
+    textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
+    RGB, its confidence: `actor_albedo`); region_channels: V x len(REGION_CHANNELS) torch
+    tensor (morph3d.swap); source_factor: V x 3 torch tensor
     (`source_albedo_factor`); alignment: `identity_alignment` (None: none); frame: H x W x 3
     uint8; actor_landmarks: the actor's detected points of this frame (composite
     `Landmarks`). Lengths: `ratio_sigma` (the tone ratio's low-pass) and `reach` (how far
     beyond both faces' outlines the warp fades to nothing) in IOD of the swapped face,
     `size` the crop's side in pixels; `light`: the share of the skins' overall lightness
     ratio applied (`tone_ratio`); `surround`: how far (IOD) beyond the face the actor's skin
-    takes the face's overall tone (`surround_strength`; 0: nowhere).
+    takes the face's overall tone (`surround_strength`; 0: nowhere); `detail`: the scale
+    (IOD) below which the actor's albedo is this frame's own (`with_frame_detail`).
 
-    The actor's albedo is the frame itself divided by its SH shading over the clip's
-    typical light level `light_reference` (`clip_light_level`; None: this frame's own
-    level), the source's the photo divided by the same kind of shading pattern
-    (`source_albedo_factor`): the ratio compares the two skins as their pictures show
-    them, less the directional shading, and the clip's changes of light pass through.
+    Both albedos are UV textures made once per job (the actor's merged from frames spread
+    over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
+    the ratio at a surface point is the same in every frame: the frame keeps its own
+    shading, cast shadows and grain, and the clip's changes of light pass through.
     Returns what `FaceRenderer.render` returns: image (h x w x 3 float), coverage (h x w:
     where the image is the warped frame or the toned skin around it), regions, window (x, y
     of its top-left frame pixel), ibug68 and mediapipe478 of the source mesh.
@@ -513,7 +539,6 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         interpolate,
         interpolate_sparse,
         scatter_pixels,
-        sh_shading,
         texture_sparse,
         vertex_normals,
     )
@@ -539,12 +564,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     actor_px = cam.project(verts[1:])[0]  # V x 2 frame pixels
     normals = torch.einsum("ij,vj->vi", cam.R.to(actor_px), vertex_normals(
         verts[1:], tris.to(torch.int64))[0]) * torch.tensor([1.0, -1.0, -1.0])
-    shade = sh_shading(normals[None], torch.from_numpy(np.asarray(sh, np.float32))[None])[0]
-    if light_reference is None:
-        shade = shade / facing_mean(shade, normals, model.region("face_skin"))
-    else:
-        shade = shade / torch.from_numpy(np.asarray(light_reference, np.float32))
-    per_vertex = torch.cat([actor_px, region_channels.to(actor_px), shade, normals[:, 2:],
+    per_vertex = torch.cat([actor_px, region_channels.to(actor_px), normals[:, 2:],
                             source_factor.to(actor_px)], 1)
     attrs = interpolate(per_vertex, raster)[0].numpy()
     uv = interpolate_sparse(model.uv_coords.to(actor_px), raster, model.uv_triangles)
@@ -552,7 +572,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     tex = scatter_pixels(looked, raster)[0].numpy()
     # Surface that faces away (the inside of the neck's far wall, seen through its open end)
     # has no place in the warp: its flow is filled in from the front surface around it.
-    covered = raster.coverage[0].numpy() & (attrs[..., 2 + len(REGION_CHANNELS) + 3] > -0.1)
+    covered = raster.coverage[0].numpy() & (attrs[..., 2 + len(REGION_CHANNELS)] > -0.1)
 
     x0, y0, side = box
     centres = (np.arange(size, dtype=np.float32) + 0.5) * (side / size) - 0.5
@@ -565,13 +585,11 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     face = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"] + inner, 0, 1)
     skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
     skin = skin * (1 - inner) * covered
-    source_albedo = tex[..., :3] * attrs[..., k + 4:k + 7]
-    # The actor's albedo from this frame itself (not the clip fit's texture): what the ratio
-    # compares the photo with is what this frame shows, cast shadows and grain included.
+    source_albedo = tex[..., :3] * attrs[..., k + 1:k + 4]
+    # the frame at the surface points: the actor's skin colour and what is not skin here
     seen = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
-    actor_albedo = seen / np.maximum(attrs[..., k:k + 3], 0.05)
-    trust = np.clip(attrs[..., k + 3] / 0.3, 0, 1) * tex[..., 3] * skin
+    trust = np.clip(attrs[..., k] / 0.3, 0, 1) * tex[..., 3] * tex[..., 7] * skin
     # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
     # hair near the skin's colour would widen a model fitted on all the face to the hair
     skin_model = fit_skin_model(seen, {"ibug68": (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5},
@@ -584,8 +602,12 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
     if highlight_cap > 0:
         source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
+    actor_albedo = with_frame_detail(tex[..., 4:7], seen, trust, detail * crop_iod)
     if ratio_on:
-        ratio = tone_ratio(source_albedo, actor_albedo, trust, ratio_sigma * crop_iod,
+        # no finer than one frame pixel: a small face (a wide shot) would get the photo's
+        # detail at a scale the frame does not have, a speckle on a blurred face
+        ratio = tone_ratio(source_albedo, actor_albedo, trust,
+                           max(ratio_sigma * crop_iod, size / side),
                            max_spread=max_spread, max_brighten=max_brighten, light=light)
     else:
         ratio = np.ones((size, size, 3), np.float32)
@@ -629,26 +651,188 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     }
 
 
+# --------------------------------------------------------------------------------------------
+# The actor's albedo, once per job
+# --------------------------------------------------------------------------------------------
+
+
+def albedo_frames(clip_fit, count: int) -> np.ndarray:
+    """Up to `count` frame indices spread evenly over the clip fit's frames that have a
+    face (valid, not faceless, landmarks finite)."""
+    f = clip_fit.faces
+    usable = np.asarray(f.valid, bool).copy()
+    faceless = np.asarray(clip_fit.faceless, int)
+    usable[faceless[faceless < len(usable)]] = False
+    for points in clip_fit.landmarks.values():
+        n = min(len(usable), len(points))
+        usable[:n] &= np.isfinite(np.asarray(points[:n], np.float64)).all(axis=(1, 2))
+    candidates = np.flatnonzero(usable)
+    if len(candidates) <= count:
+        return candidates
+    return np.unique(candidates[np.round(np.linspace(0, len(candidates) - 1, count))
+                                .astype(int)])
+
+
+def frame_albedo_texture(model, clip_fit, index: int, frame: np.ndarray,
+                         light_reference: np.ndarray, region_channels, texels: int = 256,
+                         size: int = 256, backend: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's view of the actor's albedo in UV: (T x T x 3 sRGB-encoded albedo, T x T
+    confidence in [0, 1], T = `texels`).
+
+    The frame (uint8 RGB) is read on a `size`-pixel square crop around the face and divided
+    by the clip fit's SH shading of the frame over the clip's light level `light_reference`
+    (`clip_light_level`), the convention the source's side uses (`source_albedo_factor`).
+    Confidence: the surface's facing (cos to the camera, `render.helpers.unproject_to_uv`),
+    0 where the frame shows no skin there (a fringe, a microphone: `actor_non_skin`)."""
+    import torch
+
+    from morph3d.composite.masks import face_geometry
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box
+    from render.backends import rasterize
+    from render.helpers import extract_texture
+    from render.ops import interpolate, sh_shading
+
+    f = clip_fit.faces
+    identity = np.asarray(clip_fit.identity.coefficients, np.float32)
+    verts = model.vertices(torch.from_numpy(identity[None]), torch.from_numpy(
+        np.asarray(f.expression[index], np.float32)[None]))
+    cam = clip_fit.camera.to_camera(f.rotation[index], f.translation[index])
+    lm68 = cam.project(model.landmarks(verts, "ibug68"))[0].numpy()
+    lm478 = cam.project(model.landmarks(verts, "mediapipe478"))[0].numpy()
+    box = face_crop_box(lm478, frame.shape[:2])
+    crop_cam = crop_camera(cam, box, size)
+    x0, y0, side = box
+    centres = (np.arange(size, dtype=np.float32) + 0.5) * (side / size) - 0.5
+    grid = np.stack(np.meshgrid(centres + x0, centres + y0), -1).astype(np.float32)
+    if side > 1.5 * size:  # a large face is low-passed first: the remap below point-samples
+        blur = 0.5 * side / size
+        frame = cv2.GaussianBlur(frame, (0, 0), blur)
+    seen = cv2.remap(frame, grid[..., 0], grid[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
+    normals = lighting_normals(model, identity, f.expression[index], f.rotation[index],
+                               clip_fit.camera)
+    shade = sh_shading(normals[None], torch.from_numpy(np.asarray(f.sh[index], np.float32))[None])
+    shade = shade[0] / torch.from_numpy(np.asarray(light_reference, np.float32))
+    tris = model.triangles
+    raster = rasterize(crop_cam.to_clip(verts), tris, (size, size), backend=backend)
+    attrs = interpolate(torch.cat([shade, region_channels.to(shade)], 1), raster)[0].numpy()
+    covered = raster.coverage[0].numpy()
+    regions = {n: attrs[..., 3 + i] for i, n in enumerate(REGION_CHANNELS)}
+    crop_lm68 = (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5
+    crop_iod = face_geometry({"ibug68": crop_lm68}).iod
+    skin_model = fit_skin_model(seen, {"ibug68": crop_lm68})
+    non_skin = actor_non_skin(seen, covered, skin_model, regions, lm68, box, size, crop_iod)
+    albedo = seen / np.maximum(attrs[..., :3], 0.05)
+    image = np.concatenate([albedo, (covered & ~non_skin)[..., None]], -1).astype(np.float32)
+    texture, confidence = extract_texture(
+        torch.from_numpy(image)[None], verts, tris, model.uv_coords, model.uv_triangles,
+        crop_cam, texels)
+    tex = texture[0].numpy()
+    # a texel near a non-skin pixel is partly it (bilinear): only clear skin votes
+    weight = np.clip((tex[..., 3] - 0.5) * 2.0, 0.0, 1.0)
+    return tex[..., :3].astype(np.float32), (confidence[0, ..., 0].numpy() * weight
+                                             ).astype(np.float32)
+
+
+def merge_albedos(textures: np.ndarray, confidences: np.ndarray, keep: float = 0.15
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-texel robust merge of N views of one albedo: (T x T x 3, T x T confidence).
+
+    textures N x T x T x 3, confidences N x T x T. Per texel, the confidence-weighted
+    median lightness over the views; the views whose lightness lies within `keep` (log
+    ratio) of it are averaged by confidence, the others (an occluder, a highlight, a cast
+    shadow in one frame) are left out. The merged confidence is the largest kept one."""
+    textures = np.asarray(textures, np.float32)
+    weights = np.asarray(confidences, np.float32)
+    luma = np.log(np.maximum(textures @ np.float32([0.299, 0.587, 0.114]), 1e-4))
+    order = np.argsort(luma, 0)
+    sorted_luma = np.take_along_axis(luma, order, 0)
+    sorted_w = np.take_along_axis(weights, order, 0)
+    cumulative = np.cumsum(sorted_w, 0)
+    half = 0.5 * cumulative[-1]
+    pick = np.minimum((cumulative < half[None]).sum(0), len(textures) - 1)
+    median = np.take_along_axis(sorted_luma, pick[None], 0)[0]
+    kept = weights * (np.abs(luma - median[None]) <= keep)
+    total = kept.sum(0)
+    merged = (textures * kept[..., None]).sum(0) / np.maximum(total, 1e-6)[..., None]
+    fallback = (textures * weights[..., None]).sum(0) / np.maximum(
+        weights.sum(0), 1e-6)[..., None]
+    merged = np.where(total[..., None] > 1e-6, merged, fallback)
+    return merged.astype(np.float32), kept.max(0).astype(np.float32)
+
+
+def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_channels,
+                 frames: int = 12, texels: int = 256, quiet: bool = True,
+                 backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's albedo in UV, once per clip: (T x T x 3 sRGB-encoded, T x T confidence),
+    T = `texels`: the transfer reads it only above a tenth of the eyes' distance or so (finer
+    detail is each frame's own: `with_frame_detail`), which this many texels resolve.
+
+    Up to `frames` frames spread over the clip (`albedo_frames`) are decoded from `target`
+    one at a time (a seek to each: a decode from the keyframe before it, so a long clip
+    costs no more than a short one), each turned into its view of the albedo
+    (`frame_albedo_texture`) and dropped; the views are merged by `merge_albedos`. One
+    albedo for the whole clip: a ratio against it is the same in every frame, where each
+    frame's own (its pixels over its fitted shading) would carry that frame's shading-model
+    errors into the ratio and flicker."""
+    from tqdm import tqdm
+
+    from morph3d.io.media import iter_frames
+
+    chosen = albedo_frames(clip_fit, frames)
+    blank = np.full((texels, texels, 3), 0.5, np.float32), np.zeros((texels, texels), np.float32)
+    if not len(chosen):
+        return blank
+    textures, confidences = [], []
+    stream, position = None, -1
+    with tqdm(total=len(chosen), desc="actor albedo", unit="frame", disable=quiet) as bar:
+        for index in chosen:
+            if stream is None or index - position > 8:  # further than a few frames: seek
+                stream = iter(iter_frames(target, int(index)))
+            frame = None
+            for frame in stream:
+                position = frame.index
+                if frame.index >= index:
+                    break
+            bar.update(1)
+            if frame is None or frame.index != index:  # a skipped (corrupt) frame
+                stream = None
+                continue
+            texture, confidence = frame_albedo_texture(model, clip_fit, int(index), frame.rgb,
+                                                       light_reference, region_channels,
+                                                       texels, backend=backend)
+            textures.append(texture)
+            confidences.append(confidence)
+    if not textures:
+        return blank
+    return merge_albedos(np.stack(textures), np.stack(confidences))
+
+
 @dataclass
 class TransferSetup:
     """What `transfer_face` needs that is the same for every frame of a job.
 
-    actor_identity: the clip fit's identity coefficients; textures: T x T x 4 torch tensor
-    (source albedo RGB, its confidence: 0 where the photo did not see); source_factor: V x 3
-    torch tensor (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`);
-    light_reference: (3,) (`clip_light_level`)."""
+    actor_identity: the clip fit's identity coefficients; textures: T x T x 8 torch tensor
+    (source albedo RGB, its confidence: 0 where the photo did not see; the actor's albedo
+    RGB, its confidence: `actor_albedo`); source_factor: V x 3 torch tensor
+    (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`)."""
 
     actor_identity: np.ndarray
     textures: object
     source_factor: object
     alignment: np.ndarray
-    light_reference: np.ndarray
 
 
-def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray) -> TransferSetup:
+def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
+                     region_channels, albedo_frames: int = 12, quiet: bool = True,
+                     backend: str | None = None) -> TransferSetup:
     """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
-    RGB, the one `source_fit`'s first frame was fitted to. A source fit without a texture
-    counts as unseen everywhere (the ratio is then one: only the shape is transferred)."""
+    RGB, the one `source_fit`'s first frame was fitted to; `target` the clip `clip_fit`
+    was fitted to (`albedo_frames` of its frames give the actor's albedo, `actor_albedo`;
+    `quiet`: no progress bar). A source fit without a texture counts as unseen everywhere
+    (the ratio is then one: only the shape is transferred)."""
     import torch
 
     identity = source_fit.identity
@@ -660,14 +844,22 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray) -> Transfer
         texture = np.asarray(identity.texture, np.float32)
         confidence = np.asarray(identity.confidence, np.float32).reshape(
             *texture.shape[:2], -1)[..., :1]
-    textures = torch.from_numpy(np.concatenate([texture, confidence], -1))
+    actor, actor_confidence = actor_albedo(model, clip_fit, target,
+                                           clip_light_level(model, clip_fit), region_channels,
+                                           frames=albedo_frames, quiet=quiet,
+                                           backend=backend)
+    if actor.shape[:2] != texture.shape[:2]:  # one lookup reads both: one texel grid
+        actor = cv2.resize(actor, texture.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        actor_confidence = cv2.resize(actor_confidence, texture.shape[1::-1],
+                                      interpolation=cv2.INTER_LINEAR)
+    textures = torch.from_numpy(np.concatenate(
+        [texture, confidence, actor, actor_confidence[..., None]], -1).astype(np.float32))
     return TransferSetup(
         actor_identity=np.asarray(clip_fit.identity.coefficients, np.float32),
         textures=textures,
         source_factor=torch.from_numpy(source_albedo_factor(model, source_fit, photo)),
         alignment=identity_alignment(model, source_fit.identity.coefficients,
-                                     clip_fit.identity.coefficients),
-        light_reference=clip_light_level(model, clip_fit))
+                                     clip_fit.identity.coefficients))
 
 
 def compositor_config():
