@@ -15,9 +15,12 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    texture per clip, merged from frames spread over it, each divided by the clip fit's SH
    shading: `actor_albedo`) are looked up on the same raster; the warped frame is
    multiplied by the ratio of their low-pass versions (`tone_ratio`). Both albedos are
-   made once per job, so the ratio at a surface point does not change from frame to frame:
-   skin tone, brows, lips and freckles come from the source while the frame's own pores,
-   blur, grain and real shading (its light, cast shadows) stay.
+   made once per job, so above a tenth of the eyes' distance the ratio at a surface point
+   does not change from frame to frame and no frame's shading-model error enters it; below
+   that the actor's side is the frame's own pixels (`with_frame_detail`: there shading is
+   smooth and the frame's features sit exactly where the frame shows them). Skin tone,
+   brows, lips and freckles come from the source while the frame's own light, cast
+   shadows, blur and grain stay.
    What either side does not show as skin does not vote (the photo's unseen side, the
    actor's fringe or microphone, highlights), and the actor's forehead above the brows
    fades back to itself (fringes, hats). Each picture's light colour is estimated from its
@@ -523,8 +526,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
-    the ratio at a surface point is the same in every frame: the frame keeps its own
-    shading, cast shadows and grain, and the clip's changes of light pass through.
+    above `detail` the ratio at a surface point is the same in every frame: the frame keeps
+    its own shading, cast shadows and grain, and the clip's changes of light pass through.
     Returns what `FaceRenderer.render` returns: image (h x w x 3 float), coverage (h x w:
     where the image is the warped frame or the toned skin around it), regions, window (x, y
     of its top-left frame pixel), ibug68 and mediapipe478 of the source mesh.
