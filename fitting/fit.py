@@ -62,7 +62,16 @@ ANNOTATION = "annotation"
 MEDIAPIPE = "mediapipe"
 JAW = tuple(range(17))
 CHIN = 8
-CONTOUR_JAW = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16)  # the sides; the chin region stays put
+CONTOUR_JAW = (0, 1, 2, 3, 4, 12, 13, 14, 15, 16)  # the sides: always on the contour
+# The lower jaw beside the chin: at its table point while that faces the camera, on the
+# contour once it turns away (the far side of a turned head, where annotators follow the
+# visible outline); the chin (8) stays put.
+LOWER_JAW = (5, 6, 7, 9, 10, 11)
+# Self-occlusion: a non-jaw point's weight falls linearly from 1 (its surface faces the
+# camera at least GRAZING_FACING = cos of the angle between the normal and the view ray)
+# to OCCLUDED_WEIGHT (grazing or turned away): detectors guess such points.
+GRAZING_FACING = 0.25
+OCCLUDED_WEIGHT = 0.1
 # mediapipe's face oval (silhouette points: they slide over the surface like the iBUG jaw)
 # and the 10 iris points (gaze is not modelled well enough): left out of the fit.
 MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379,
@@ -164,6 +173,7 @@ class ModelArrays:
     # of that row; each table has its own jaw heights).
     contour_edges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=dict)
+    normals: np.ndarray | None = None  # V x 3 unit smoothed normals of the mean head
 
     @property
     def num_identity(self) -> int:
@@ -194,7 +204,7 @@ def model_arrays(model) -> ModelArrays:
     regions = data.regions
     face = np.flatnonzero(regions["face_skin"]) if "face_skin" in regions else np.arange(len(mean))
     arrays = ModelArrays(mean, identity, expression, data.triangles.astype(np.int64), landmarks,
-                         {}, face)
+                         {}, face, normals=_smooth_normals(mean, data.triangles))
     for table in (IBUG68, IBUG68_ANNOTATION):
         if table in landmarks:
             arrays.contour_rows[table] = _contour_rows(arrays, regions, table)
@@ -203,6 +213,21 @@ def model_arrays(model) -> ModelArrays:
         arrays.mediapipe_selected = _selected_mediapipe(arrays)
     _ARRAYS[key] = arrays
     return arrays
+
+
+def _smooth_normals(vertices: np.ndarray, triangles: np.ndarray, radius_mm: float = 8.0
+                    ) -> np.ndarray:
+    """V x 3 unit vertex normals averaged over `radius_mm`: the orientation of the face's
+    surface around a point (which way it faces the camera), without the eyelids' and lips'
+    creases, whose own normals point sideways even on a frontal face."""
+    from scipy.spatial import cKDTree
+
+    normals = vertex_normals(vertices, triangles.astype(np.int64))
+    pairs = cKDTree(vertices).query_pairs(radius_mm, output_type="ndarray")
+    out = normals.copy()
+    np.add.at(out, pairs[:, 0], normals[pairs[:, 1]])
+    np.add.at(out, pairs[:, 1], normals[pairs[:, 0]])
+    return out / (np.linalg.norm(out, axis=1, keepdims=True) + 1e-12)
 
 
 def _contour_rows(arrays: ModelArrays, regions: dict[str, np.ndarray], table: str = IBUG68
@@ -261,17 +286,19 @@ def contour_candidates(arrays: ModelArrays, skin: np.ndarray, point: np.ndarray,
 def _contour_edges(arrays: ModelArrays, regions: dict[str, np.ndarray], table: str = IBUG68
                    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """`contour_candidates` of each iBUG jaw point (not the chin) of iBUG table `table`;
-    falls back to the vertex row where a plane crosses no edge."""
+    a side point falls back to the vertex row where a plane crosses no edge, a lower jaw
+    point (`LOWER_JAW`) to none (it keeps its table point)."""
     ids, bary = arrays.landmarks[table]
     jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
     skin = _contour_skin(arrays, regions)
     out = {}
-    for j in CONTOUR_JAW:
+    for j in CONTOUR_JAW + LOWER_JAW:
         e, w = contour_candidates(arrays, skin, jaw[j], jaw[0, 2] - 5.0)
-        if len(e) == 0:
+        if len(e) == 0 and j in CONTOUR_JAW:
             row = arrays.contour_rows[table][j]
             e, w = np.stack([row, row], 1), np.tile([1.0, 0.0], (len(row), 1))
-        out[j] = (e, w)
+        if len(e):
+            out[j] = (e, w)
     return out
 
 
@@ -311,9 +338,16 @@ class LandmarkSet:
     arrays: ModelArrays | None = None
     ibug_table: str = IBUG68
     offset: np.ndarray | None = None
+    # `weights` before the self-occlusion factor (`update_jaw_contour` sets weights from it)
+    base_weights: np.ndarray = field(init=False)
+    # L x 3 unit mean-head normals at the points as matched first (the jaw's are unused)
+    normals: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.mean, self.identity, self.expression = self._rows(self.ids, self.bary)
+        self.base_weights = np.asarray(self.weights, np.float64).copy()
+        n = np.einsum("lc,lcd->ld", self.bary, self.arrays.normals[self.ids])
+        self.normals = n / (np.linalg.norm(n, axis=1, keepdims=True) + 1e-12)
 
     def _rows(self, ids: np.ndarray, bary: np.ndarray):
         m, i, e = _basis_rows(self.arrays, ids, bary)
@@ -755,17 +789,47 @@ def estimate_pose_pnp(ls: LandmarkSet, identity: np.ndarray, expression: np.ndar
 
 def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
                        camera: CameraParams) -> None:
-    """Step 5: move each iBUG jaw point (not the chin) to the occluding contour: the point
-    of its horizontal model row (mesh edges crossing the point's height) that projects
-    farthest outwards in the image (on the face deformed by `ls.offset`, if any)."""
+    """Step 5: the correspondences that move with the pose (on the face deformed by
+    `ls.offset`, if any).
+
+    - Each iBUG side jaw point (`CONTOUR_JAW`) moves to the occluding contour: the point of
+      its horizontal model row (mesh edges crossing the point's height) that projects
+      farthest outwards in the image.
+    - Each lower jaw point (`LOWER_JAW`) does the same once its table point faces away from
+      the camera (beyond the outline of a turned head, where the annotation follows the
+      outline), else it keeps its table point. Turning away, the table point reaches the
+      outline first, so the switch barely moves it.
+    - Every other point's weight is its base weight times a self-occlusion factor: 1 where
+      its (mean-head) surface faces the camera, down to `OCCLUDED_WEIGHT` at grazing or
+      beyond (a detector guesses where hidden points are).
+    """
     arrays = ls.arrays
     offset = ls.offset
     edges = arrays.contour_edges.get(ls.ibug_table)
+    R = rotation_matrix(state.rotation)
+    pos = ls.positions(identity, state.expression) @ R.T + state.translation
+    ray = pos / (np.linalg.norm(pos, axis=1, keepdims=True) + 1e-12)
+    facing = -np.einsum("ld,ld->l", ls.normals @ R.T, ray)
+    factor = OCCLUDED_WEIGHT + (1.0 - OCCLUDED_WEIGHT) * np.clip(facing / GRAZING_FACING, 0, 1)
+    if IBUG68 in ls.scheme_slices:
+        factor[ls.scheme_slices[IBUG68].start + np.arange(17)] = 1.0
+    ls.weights = ls.base_weights * factor
     if not edges or IBUG68 not in ls.scheme_slices:
         return
     base = ls.scheme_slices[IBUG68].start
-    all_ids = np.concatenate([edges[j][0] for j in CONTOUR_JAW])
-    all_w = np.concatenate([edges[j][1] for j in CONTOUR_JAW])
+    table_ids, table_bary = arrays.landmarks[ls.ibug_table]
+    lower = [j for j in LOWER_JAW if j in edges]
+    m, i_b, e_b = ls._rows(table_ids[lower], table_bary[lower])
+    at = (m + i_b @ identity + e_b @ state.expression) @ R.T + state.translation
+    facing_lower = -np.einsum("ld,ld->l", ls.normals[base + np.array(lower, int)] @ R.T,
+                              at / np.linalg.norm(at, axis=1, keepdims=True))
+    hidden = [j for j, f in zip(lower, facing_lower, strict=True) if f <= 0.0]
+    visible = [j for j, f in zip(lower, facing_lower, strict=True) if f > 0.0]
+    if visible:
+        ls.set_points(base + np.array(visible), table_ids[visible], table_bary[visible])
+    groups = [(j, edges[j]) for j in list(CONTOUR_JAW) + hidden]
+    all_ids = np.concatenate([g[1][0] for g in groups])
+    all_w = np.concatenate([g[1][1] for g in groups])
     uniq, inv = np.unique(all_ids, return_inverse=True)
     vu = (arrays.mean[uniq] + arrays.identity[uniq] @ identity
           + arrays.expression[uniq] @ state.expression)
@@ -781,17 +845,16 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
                    state.translation, camera)[0]
     right = x_uv - c_uv
     right /= np.linalg.norm(right) + 1e-12
-    ids = np.zeros((len(CONTOUR_JAW), 3), np.int64)
-    bary = np.zeros((len(CONTOUR_JAW), 3))
+    ids = np.zeros((len(groups), 3), np.int64)
+    bary = np.zeros((len(groups), 3))
     start = 0
-    for k, j in enumerate(CONTOUR_JAW):
-        n = len(edges[j][0])
+    for k, (j, (e, _)) in enumerate(groups):
         side = 1.0 if j > CHIN else -1.0
-        best = start + int(np.argmax(uv[start:start + n] @ (side * right)))
+        best = start + int(np.argmax(uv[start:start + len(e)] @ (side * right)))
         ids[k, :2], ids[k, 2] = all_ids[best], all_ids[best, 0]
         bary[k, :2] = all_w[best]
-        start += n
-    ls.set_points(base + np.array(CONTOUR_JAW), ids, bary)
+        start += len(e)
+    ls.set_points(base + np.array([j for j, _ in groups]), ids, bary)
 
 
 def fit_identity(ls_list: list[LandmarkSet], identity: np.ndarray, states: list[FrameState],

@@ -222,9 +222,9 @@ def projected_landmarks(fit: VideoFit, model, scheme: str = IBUG68,
         st = FrameState(f.rotation[i].astype(np.float64), f.translation[i].astype(np.float64),
                         f.expression[i].astype(np.float64))
         if scheme == IBUG68 and arrays.contour_edges.get(table):
-            ls = LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
-                             {IBUG68: slice(0, len(ids))}, arrays=arrays, ibug_table=table,
-                             offset=offset)
+            ls = LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
+                             bary.copy(), {IBUG68: slice(0, len(ids))}, arrays=arrays,
+                             ibug_table=table, offset=offset)
             update_jaw_contour(ls, alpha, st, fit.camera)
             pts = ls.positions(alpha, st.expression)
         else:

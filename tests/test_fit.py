@@ -36,8 +36,8 @@ def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1
     landmarks = {}
     for scheme in ("ibug68", "mediapipe478"):
         ids, bary = arrays.landmarks[scheme]
-        ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
-                           {scheme: slice(0, len(ids))}, arrays=arrays)
+        ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
+                           bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
         if scheme == "ibug68":
             F.update_jaw_contour(ls, alpha, state, camera)
         pts = F.project(ls.positions(alpha, beta), state.rotation, state.translation, camera)
@@ -159,8 +159,8 @@ def test_multi_photo_joint_fit_shares_identity(model):
     l2 = {}
     for scheme in ("ibug68", "mediapipe478"):
         ids, bary = arrays.landmarks[scheme]
-        ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(), bary.copy(),
-                           {scheme: slice(0, len(ids))}, arrays=arrays)
+        ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
+                           bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
         if scheme == "ibug68":
             F.update_jaw_contour(ls, alpha, s2, camera)
         l2[scheme] = F.project(ls.positions(alpha, s2.expression), s2.rotation, s2.translation,

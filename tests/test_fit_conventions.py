@@ -60,7 +60,7 @@ def test_matching_table_fits_annotation_points_better(model):
     for _ in range(2):
         alpha, state, camera, _ = synthetic_face(model, rng)
         ids, bary = arrays.landmarks[F.IBUG68_ANNOTATION]
-        ls = F.LandmarkSet(np.zeros((68, 2)), np.ones(68), ids.copy(), bary.copy(),
+        ls = F.LandmarkSet(np.full((68, 2), np.nan), np.ones(68), ids.copy(), bary.copy(),
                            {"ibug68": slice(0, 68)}, arrays=arrays,
                            ibug_table=F.IBUG68_ANNOTATION)
         F.update_jaw_contour(ls, alpha, state, camera)

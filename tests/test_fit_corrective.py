@@ -16,7 +16,7 @@ def annotation_face(model, seed: int, noise_px: float = 0.0):
     alpha, state, camera, _ = synthetic_face(model, rng)
     arrays = F.model_arrays(model)
     ids, bary = arrays.landmarks[F.IBUG68_ANNOTATION]
-    ls = F.LandmarkSet(np.zeros((68, 2)), np.ones(68), ids.copy(), bary.copy(),
+    ls = F.LandmarkSet(np.full((68, 2), np.nan), np.ones(68), ids.copy(), bary.copy(),
                        {"ibug68": slice(0, 68)}, arrays=arrays, ibug_table=F.IBUG68_ANNOTATION)
     F.update_jaw_contour(ls, alpha, state, camera)
     pts = F.project(ls.positions(alpha, state.expression), state.rotation, state.translation,

@@ -105,7 +105,7 @@ def synthetic_case(model, rng: np.random.Generator,
     for scheme in ("ibug68", "mediapipe478"):
         table = F.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
         ids, bary = arrays.landmarks[table]
-        ls = F.LandmarkSet(np.zeros((len(ids), 2)), np.ones(len(ids)), ids.copy(),
+        ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
                            bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays,
                            ibug_table=table)
         if scheme == "ibug68":
@@ -377,7 +377,266 @@ def corrective_transfer(model, pairs_per_clip: int = 72) -> dict:
     return out
 
 
-PARTS = ("synthetic", "real", "video", "photo", "transfer")
+# --------------------------------------------------------------------------------------------
+# Turned heads: textured renders by yaw bin, real detectors, the photo fit
+# --------------------------------------------------------------------------------------------
+
+YAW_BINS = ((0.0, 20.0), (20.0, 40.0), (40.0, 60.0))
+# The jaw points on the side turned away from the camera: iBUG 9-16 (model x > 0) at
+# yaw > 0, 0-7 at yaw < 0 (yaw as `fitting.photo.head_pose_degrees` gives it).
+FAR_JAW = {1.0: (9, 10, 11, 12, 13, 14, 15, 16), -1.0: (0, 1, 2, 3, 4, 5, 6, 7)}
+# (backend, focal): "estimated" as `morph3d fit` does, "true" = the render's (diagnostic).
+# "glasses": a frame drawn over the render (`draw_glasses`) before detection.
+TURNED_RUNS = (("mediapipe", "estimated"), ("dlib+mediapipe", "estimated"),
+               ("mediapipe", "true"), ("dlib+mediapipe", "true"),
+               ("mediapipe", "estimated, glasses"), ("dlib+mediapipe", "estimated, glasses"))
+TEXTURE_PHOTO = "mark.jpg"
+
+
+def photo_texture(model) -> np.ndarray:
+    """A realistic albedo texture (T x T x 3 float in [0, 1]): `TEXTURE_PHOTO` fitted with
+    lighting (`fit_photo`), its unseen texels completed classically (mirror + pull-push).
+    Cached under out/ (keyed by the model's vertex count)."""
+    from fitting import photo as FP
+    from morph3d.neural.texture_completion import complete_uv_texture
+
+    cache = ROOT / "out" / f"bench_fitting_texture_{model.num_vertices}.npz"
+    if cache.is_file():
+        return np.load(cache)["texture"]
+    fit = FP.fit_photo(MEDIA / TEXTURE_PHOTO, model, photometric=True)[0]
+    texture = complete_uv_texture(fit.identity.texture, fit.identity.confidence).texture
+    cache.parent.mkdir(exist_ok=True)
+    np.savez_compressed(cache, texture=texture.astype(np.float32))
+    return texture
+
+
+def silhouette_jaw(model, alpha: np.ndarray, state, camera) -> np.ndarray:
+    """The true iBUG 68 points (L x 2 px) of a rendered face in the annotation convention
+    on a turned head, computed here from the true mesh (not by the fit's own contour code):
+    the model's annotation table, with each jaw point except the chin on the face's outline
+    where annotators put it. The outline point of a jaw point is the outermost projection
+    (along the head's projected x axis, on its side) of where the true surface crosses the
+    point's horizontal model plane (in front of the ear); the side points 0-4 / 12-16
+    always take it, the lower points 5-7 / 9-11 once their table point faces away from the
+    camera (true vertex normals), i.e. is hidden behind the outline."""
+    from fitting import fit as F
+    from morph3d.model.geometry import vertex_normals
+
+    arrays = F.model_arrays(model)
+    table = F.ibug68_table(arrays, F.ANNOTATION)
+    ids, bary = arrays.landmarks[table]
+    verts = F.vertex_positions(model, alpha, state.expression)
+    points = np.einsum("lc,lcd->ld", bary, verts[ids])
+    R = F.rotation_matrix(state.rotation)
+    normals = np.einsum("lc,lcd->ld", bary, vertex_normals(verts, arrays.triangles)[ids])
+    cam = points @ R.T + state.translation
+    facing = -np.einsum("ld,ld->l", normals @ R.T, cam / np.linalg.norm(cam, axis=1)[:, None])
+    truth = F.project(points, state.rotation, state.translation, camera)
+    mean_jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
+    skin = F._contour_skin(arrays, model.data.regions)
+    right = (F.project(np.array([[10.0, 0, 0]]), state.rotation, state.translation, camera)
+             - F.project(np.zeros((1, 3)), state.rotation, state.translation, camera))[0]
+    right /= np.linalg.norm(right)
+    for j in range(17):
+        lower = j in (5, 6, 7, 9, 10, 11)
+        if j == 8 or (lower and facing[j] > 0):
+            continue
+        edges, w = F.contour_candidates(arrays, skin, mean_jaw[j], mean_jaw[0, 2] - 5.0)
+        if not len(edges):
+            continue
+        row = w[:, :1] * verts[edges[:, 0]] + w[:, 1:] * verts[edges[:, 1]]
+        uv = F.project(row, state.rotation, state.translation, camera)
+        side = 1.0 if j > 8 else -1.0
+        truth[j] = uv[int(np.argmax(uv @ (side * right)))]
+    return truth
+
+
+def outline_distance_px(points: np.ndarray, coverage: np.ndarray) -> np.ndarray:
+    """Distance (px) of each point to the boundary of a rendered face's coverage mask."""
+    import cv2
+
+    inside = coverage.astype(np.uint8)
+    edge = inside - cv2.erode(inside, np.ones((3, 3), np.uint8))
+    dist = cv2.distanceTransform((edge == 0).astype(np.uint8), cv2.DIST_L2, 5)
+    p = np.clip(np.round(points).astype(int), 0, np.array(coverage.shape[::-1]) - 1)
+    return dist[p[:, 1], p[:, 0]]
+
+
+def draw_glasses(image: np.ndarray, model, alpha: np.ndarray, state, camera,
+                 rng: np.random.Generator) -> np.ndarray:
+    """A dark glasses frame drawn over a rendered face (a copy): two rims (ellipses, about
+    50 x 36 mm) 12 mm in front of the eyes, the bridge, and the temple on the side facing
+    the camera towards the ear, projected with the face's pose; rim 2-4 mm thick."""
+    import cv2
+
+    from fitting import fit as F
+
+    arrays = F.model_arrays(model)
+    ids, bary = arrays.landmarks[F.ibug68_table(arrays, F.ANNOTATION)]
+    pts = np.einsum("lc,lcd->ld", bary, F.vertex_positions(model, alpha, state.expression)[ids])
+    front = pts[36:48, 2].max() + 12.0
+    t = np.linspace(0, 2 * np.pi, 48)
+    f = camera.fx / state.translation[2]
+    thick = max(2, int(round(rng.uniform(2.0, 4.0) * f)))
+    colour = tuple(int(c) for c in rng.uniform(5, 60, 3))
+    out = image.copy()
+    rims = []
+    for eye in (pts[36:42], pts[42:48]):
+        c = eye.mean(0)
+        rim = np.stack([c[0] + 25.0 * np.cos(t), c[1] - 1.0 + 18.0 * np.sin(t),
+                        np.full(len(t), front)], 1)
+        rims.append(rim)
+        uv = F.project(rim, state.rotation, state.translation, camera)
+        cv2.polylines(out, [np.round(uv).astype(np.int32)], True, colour, thick, cv2.LINE_AA)
+    inner = [rims[0][np.argmax(rims[0][:, 0])], rims[1][np.argmin(rims[1][:, 0])]]
+    bridge = np.linspace(inner[0], inner[1], 8) + np.array([0, 4.0, 0])
+    lines = [bridge]
+    R = F.rotation_matrix(state.rotation)
+    near = -1.0 if R[2, 0] > 0 else 1.0  # the model-x side facing the camera
+    rim = rims[0] if near < 0 else rims[1]
+    outer = rim[np.argmax(near * rim[:, 0])]
+    ear = pts[0 if near < 0 else 16]
+    lines.append(np.linspace(outer, np.array([ear[0], outer[1], ear[2] - 5.0]), 8))
+    for line in lines:
+        uv = F.project(line, state.rotation, state.translation, camera)
+        cv2.polylines(out, [np.round(uv).astype(np.int32)], False, colour, thick, cv2.LINE_AA)
+    return out
+
+
+def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float]):
+    """One random face (identity ~ N(0, I), sparse expression) with |yaw| in `yaw_range`
+    (deg, either side), pitch +-10, roll +-5 deg, 600 mm from a 640 x 480, f = 800 px
+    camera: (identity, FrameState, camera, true 68 points L x 2 px (`silhouette_jaw`), yaw
+    deg)."""
+    from scipy.spatial.transform import Rotation
+
+    from fitting import fit as F
+    from fitting import photo as FP
+    from fitting.params import CameraParams
+
+    alpha = rng.standard_normal(model.num_identity)
+    beta = rng.uniform(0, 0.5, model.num_expression) * (rng.uniform(size=model.num_expression)
+                                                        < 0.1)
+    yaw = rng.uniform(*yaw_range) * rng.choice([-1.0, 1.0])
+    head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-10, 10), rng.uniform(-5, 5)],
+                               degrees=True).as_matrix()
+    state = F.FrameState(F.axis_angle(FP.FRONT @ head),
+                         np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
+    camera = CameraParams.default_for(640, 480, 800.0)
+    return alpha, state, camera, silhouette_jaw(model, alpha, state, camera), yaw
+
+
+def render_textured(model, texture: np.ndarray, alpha: np.ndarray, state, camera,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The face rendered with `texture` under soft SH light over a smooth random
+    background: (H x W x 3 uint8, H x W bool coverage)."""
+    import cv2
+    import torch
+
+    from fitting import fit as F
+    from render.helpers import render_mesh
+
+    h, w = camera.height, camera.width
+    noise = cv2.resize(rng.uniform(0.15, 0.6, (6, 8, 3)).astype(np.float32), (w, h),
+                       interpolation=cv2.INTER_CUBIC)
+    sh = torch.zeros(1, 9, 3)
+    sh[0, 0] = 0.9
+    sh[0, 1:4] = torch.tensor(rng.uniform(-0.25, 0.25, 3), dtype=torch.float32)[:, None]
+    data = model.data
+    verts = F.vertex_positions(model, alpha, state.expression)
+    with torch.no_grad():
+        out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None], model.triangles,
+                          camera.to_camera(state.rotation, state.translation),
+                          texture_image=torch.as_tensor(texture, dtype=torch.float32),
+                          uv_coords=torch.as_tensor(data.uv_coords, dtype=torch.float32),
+                          uv_triangles=torch.as_tensor(data.uv_triangles),
+                          sh_coeffs=sh, background=torch.as_tensor(noise)[None])
+    return ((np.clip(out.image[0].numpy(), 0, 1) * 255).astype(np.uint8),
+            out.coverage[0].numpy())
+
+
+def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict:
+    """Textured synthetic renders by yaw bin, landmarks by the real detectors, fitted as
+    `morph3d fit` fits a photo (landmarks only: lighting does not move the geometry)."""
+    import cv2
+    from test_fit import pose_error_deg
+
+    from fitting import fit as F
+    from fitting import photo as FP
+    from fitting.landmark_maps import ibug68_from_mediapipe478
+
+    texture = photo_texture(model)
+    face = F.model_arrays(model).face_vertices
+    out: dict = {"faces_per_bin": per_bin, "texture": TEXTURE_PHOTO, "seed": seed}
+    for lo, hi in YAW_BINS:
+        rng = np.random.default_rng([seed, int(lo)])
+        rows: dict = {b: {"nme_pct": [], "nme_jaw_pct": [], "nme_raw_pct": [], "pose_deg": [],
+                          "vertex_mm_rigid": [], "vertex_mm_similarity": [], "missed": 0,
+                          "far_jaw_outline_px": [], "dlib_missed_mediapipe_68_used": 0}
+                      for b in TURNED_RUNS}
+        outline = []  # the truth's far-side jaw points to the rendered outline, px
+        for k in range(per_bin):
+            alpha, state, camera, truth, yaw = turned_case(model, rng, (lo, hi))
+            image, coverage = render_textured(model, texture, alpha, state, camera, rng)
+            outline.append(float(np.median(outline_distance_px(
+                truth[list(FAR_JAW[float(np.sign(yaw))])], coverage))))
+            if save is not None:
+                save.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(save / f"yaw{int(lo):02d}_{k:02d}.png"),
+                            cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            iod = np.linalg.norm(truth[36] - truth[45])
+            true_v = F.vertex_positions(model, alpha, state.expression)[face]
+            glasses = draw_glasses(image, model, alpha, state, camera, rng)
+            if save is not None:
+                cv2.imwrite(str(save / f"yaw{int(lo):02d}_{k:02d}_glasses.png"),
+                            cv2.cvtColor(glasses, cv2.COLOR_RGB2BGR))
+            for backend, focal in TURNED_RUNS:
+                r = rows[backend, focal]
+                try:
+                    lms = F.detect_landmarks(glasses if "glasses" in focal else image, backend)
+                except Exception:
+                    r["missed"] += 1
+                    continue
+                fit = FP.fit_photo(image, model, landmarks=lms, backend=backend,
+                                   photometric=False,
+                                   focal=camera.fx if focal == "true" else None)[0]
+                pred = FP.projected_landmarks(fit, model)[0]
+                err = np.linalg.norm(pred - truth, axis=1) / iod * 100
+                r["nme_pct"].append(float(err.mean()))
+                if backend == "dlib+mediapipe" and np.allclose(
+                        lms["ibug68"], ibug68_from_mediapipe478(lms["mediapipe478"])):
+                    r["dlib_missed_mediapipe_68_used"] += 1
+                r["nme_jaw_pct"].append(float(err[:17].mean()))
+                far = FAR_JAW[float(np.sign(yaw))]
+                r["far_jaw_outline_px"].append(float(np.median(
+                    outline_distance_px(pred[list(far)], coverage))))
+                r["nme_raw_pct"].append(float(np.linalg.norm(lms["ibug68"] - truth, axis=1)
+                                              .mean() / iod * 100))
+                r["pose_deg"].append(pose_error_deg(fit.faces.rotation[0].astype(np.float64),
+                                                    state.rotation))
+                fitted_v = F.vertex_positions(model, fit.identity.coefficients.astype(np.float64),
+                                              fit.faces.expression[0].astype(np.float64),
+                                              fit.identity.offset)[face]
+                r["vertex_mm_rigid"].append(rigid_error(fitted_v, true_v))
+                r["vertex_mm_similarity"].append(sim_error(fitted_v, true_v))
+        key = f"yaw_{int(lo)}_{int(hi)}"
+        out[key] = {"truth_far_jaw_to_outline_px_median": float(np.median(outline))}
+        for (backend, focal), r in rows.items():
+            summary = {"detected": len(r["nme_pct"]), "missed_by_detector": r["missed"]}
+            if backend == "dlib+mediapipe":
+                summary["dlib_missed_mediapipe_68_used"] = r["dlib_missed_mediapipe_68_used"]
+            for name in ("nme_pct", "nme_jaw_pct", "nme_raw_pct", "pose_deg",
+                         "vertex_mm_rigid", "vertex_mm_similarity", "far_jaw_outline_px"):
+                vals = np.array(r[name])
+                summary[("mean_" if name.startswith("nme") else "median_") + name] = (
+                    float(vals.mean() if name.startswith("nme") else np.median(vals))
+                    if len(vals) else None)
+            out[key][f"{backend}, {focal} focal"] = summary
+        print(key, json.dumps(out[key]), flush=True)
+    return out
+
+
+PARTS = ("synthetic", "real", "video", "photo", "transfer", "turned")
 
 
 def main() -> None:
@@ -385,6 +644,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", required=True)
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
+    ap.add_argument("--per-bin", type=int, default=None,
+                    help="turned: faces per yaw bin (default 12, --quick 4)")
+    ap.add_argument("--save-renders", type=Path, default=None,
+                    help="turned: write the rendered faces here (PNG)")
     args = ap.parse_args()
     from morph3d.model.registry import load_model
 
@@ -412,6 +675,9 @@ def main() -> None:
             result.update(video(model, 90 if args.quick else None))
         if "photo" in args.only:
             result.update(photo_seconds(model))
+    if "turned" in args.only and MEDIA.is_dir():
+        result["turned"] = turned(model, args.per_bin or (4 if args.quick else 12),
+                                  save=args.save_renders)
     if "transfer" in args.only:
         result["corrective_transfer"] = corrective_transfer(model, 24 if args.quick else 72)
     result["load_average_end"] = os.getloadavg()
