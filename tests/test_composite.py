@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from morph3d.composite.blend import composite
+from morph3d.composite.blend import blend_into, composite
 from morph3d.composite.compositor import CompositorConfig, FaceCompositor, FrameInputs
 from morph3d.composite.masks import face_geometry, face_mask, face_region
 from morph3d.composite.occluders import detect_occluders
@@ -354,3 +354,46 @@ def test_uint8_frame_and_render_window_give_the_float_result() -> None:
         frame_u8, render[window], coverage[window], lm_a, lm_s, window=(int(x0), int(y0))))
     assert out.dtype == np.uint8 and out.shape == frame_u8.shape
     assert np.abs(out.astype(np.float32) / 255 - full).max() < 2.5 / 255
+
+
+def test_blend_into_writes_only_where_alpha_is_above_zero() -> None:
+    frame, render, coverage, _, lm_s = scene()
+    mask = face_mask(coverage, lm_s, coverage >= 0.5)
+    out = np.full(frame.shape, 7, np.uint8)  # not the frame: untouched pixels must stay 7
+    blend_into(out, frame, render, mask)
+    assert (out[mask == 0] == 7).all()
+    expected = (np.clip(composite(frame, render, mask), 0, 1) * 255 + 0.5).astype(np.uint8)
+    assert np.array_equal(out[mask > 0], expected[mask > 0])
+    floats = frame.copy()
+    blend_into(floats, frame, render, mask)
+    assert np.array_equal(floats, composite(frame, render, mask))
+
+
+@pytest.mark.parametrize("case", ["cheek", "from-the-side", "at-the-border", "no-extension"])
+def test_occluders_on_their_box_equal_the_whole_image(case: str) -> None:
+    """detect_occluders works on the regions' box grown by its steps' reach: the same mask
+    as the steps run on the whole image."""
+    from morph3d.composite.masks import FaceGeometry
+    from morph3d.composite.occluders import _detect_in_box
+
+    frame, render, coverage, lm_a, lm_s = scene(swap_width=1.08)
+    # from the side: across the swapped face's outline, out to the frame's edge
+    rect = (slice(126, 156), slice(84, 110)) if case == "cheek" else (slice(140, 165),
+                                                                      slice(0, 98))
+    frame[rect] = (0.15, 0.3, 0.85)
+    frame[40:60, 20:236] = (0.9, 0.2, 0.2)  # off-skin colour far from the face
+    if case == "at-the-border":  # the face's left side cut by the frame's edge
+        frame, lm_a = frame[:, 60:].copy(), lm_a - [60, 0]
+        coverage = coverage[:, 60:]
+    extend = None if case == "no-extension" else coverage > 0.2
+    occ = detect_occluders(frame, lm_a, extend_region=extend)
+    assert occ.any()
+    g = FaceGeometry.from_landmarks(lm_a)
+    search = cv2.erode(face_region(frame.shape[:2], g).astype(np.uint8),
+                       cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))).astype(bool)
+    from morph3d.composite.masks import expected_non_skin
+
+    expected = expected_non_skin(frame.shape[:2], g)
+    whole = _detect_in_box(frame, g, search, expected, extend, 0.004 * search.sum(), 12.0,
+                           6.0, 0.15, 20.0, 0.5, 0.025, 0.05, 0.02)
+    assert np.array_equal(occ, whole)
