@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from morph3d.cli.arguments import positive_int
+from morph3d.cli.arguments import add_clip_options, positive_int
 
 
 def register(subparsers, name: str) -> None:
@@ -17,18 +17,13 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--target", "-t", required=True, type=Path,
                    help="clip, image or clip template (.m3dt) whose face is replaced")
     p.add_argument("-o", "--output", required=True, type=Path, help="output video or image")
-    p.add_argument("--target-face", default="largest",
-                   help="which face to replace: largest (default), N (0 = largest), center, "
-                   "the face nearest pixel X,Y, REF.jpg (the person in that photo), or all "
-                   "(every face of the clip)")
-    p.add_argument("--target-face-ref", type=Path,
-                   help="photo of the person to replace (matched by identity embedding)")
+    add_clip_options(p, "which face to replace: largest (default), N (0 = largest), center, "
+                     "the face nearest pixel X,Y, REF.jpg (the person in that photo), or all "
+                     "(every face of the clip)")
     p.add_argument("--face", default="auto",
                    help="which face of the source photo(s) is the user: auto (the largest, "
                    "the same face for every backend), N (0 = largest), center, the face "
                    "nearest pixel X,Y, or REF.jpg (the face most like the one in that photo)")
-    p.add_argument("--model", default="default", help="default | bfm | path to a .npz")
-    p.add_argument("--backend", default="mediapipe", help="landmark backend: mediapipe | dlib")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--renderer", default=None, help="torch | nvdiffrast | pytorch3d")
     p.add_argument("--refine", default="neural", choices=("neural", "classic"),
@@ -44,13 +39,9 @@ def register(subparsers, name: str) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: always on (its landmarks and fits are "
                    "reused from the work directory); the render pass starts again")
-    p.add_argument("--work-dir", type=Path, help="where fits are cached (default: the cache)")
-    p.add_argument("--max-frames", type=positive_int, help="only the first N frames")
     p.add_argument("--preview", type=Path, help="write a source | original | swapped PNG")
     p.add_argument("--summary-json", type=Path, help="write the run summary as JSON")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
 
 
 def run(args: argparse.Namespace) -> int:

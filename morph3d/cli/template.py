@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from morph3d.cli.arguments import add_clip_options
+
 
 def register(subparsers, name: str) -> None:
     p = subparsers.add_parser(name, help="prebuild a clip's face track and fit (a template)")
@@ -14,19 +16,11 @@ def register(subparsers, name: str) -> None:
     build = sub.add_parser("build", help="detect, track and fit a clip's face once")
     build.add_argument("clip", type=Path, help="target clip (or image)")
     build.add_argument("-o", "--output", required=True, type=Path, help="template (.m3dt)")
-    build.add_argument("--target-face", default="largest",
-                       help="which face: largest (default), N (0 = largest), center, or the "
-                       "face nearest pixel X,Y")
-    build.add_argument("--target-face-ref", type=Path,
-                       help="photo of the person to track (matched by identity embedding)")
-    build.add_argument("--model", default="default", help="default | bfm | path to a .npz")
-    build.add_argument("--backend", default="mediapipe", help="landmark backend")
-    build.add_argument("--max-frames", type=int, help="only the first N frames")
-    build.add_argument("--work-dir", type=Path, help="where fits are cached (default: cache)")
+    add_clip_options(build, "which face: largest (default), N (0 = largest), center, the "
+                     "face nearest pixel X,Y, or REF.jpg (the person in that photo)")
     build.add_argument("--reference-clip", action="store_true",
                        help="record the clip's path and hash instead of embedding its bytes "
                             "(the clip must then be present, unchanged, at swap time)")
-    build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(func=run_build)
 
     info = sub.add_parser("info", help="verify a template and print its manifest")
