@@ -3,6 +3,7 @@
     python tools/profile_swap.py make-clips out/perf
     python tools/profile_swap.py run CLIP --source PHOTO --work-dir DIR [--max-frames N]
                                  [--output OUT.mp4] [--cprofile] [--json FILE] [--root TREE]
+    python tools/profile_swap.py codec CLIP N
     python tools/profile_swap.py compare A.mp4 B.mp4
 
 `make-clips` writes two clips made from ../shared/media (never into the repository):
@@ -21,6 +22,11 @@ fill the work folder's fits, then again: the second run's stages 2-4 are cached.
 thread, and prints each stage's top functions (cumulative time). `--root TREE` imports the
 project from another tree (e.g. an exported older commit) to compare before and after in one
 shell loop on one machine.
+
+`codec CLIP N` times the swap's decode and encode alone on the first N frames, in process CPU
+(FFmpeg's threads included): decoding, the YUV -> RGB conversion (`io.media`'s accurate
+swscale flags), and `io.video_writer.VideoWriter` (RGB -> YUV conversion plus x264), each part
+of the writer timed as well.
 
 `compare` prints the largest and mean absolute difference of the decoded frames of two clips.
 """
@@ -197,6 +203,50 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def codec(clip: Path, count: int) -> None:
+    import resource
+    from dataclasses import replace
+
+    import av
+    from av.video.reformatter import ColorRange, Colorspace
+
+    from morph3d.io.media import _SWS_ACCURATE, probe_video
+    from morph3d.io.video_writer import VideoWriter
+
+    def cpu_ms() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return 1000 * (usage.ru_utime + usage.ru_stime)
+
+    c0 = cpu_ms()
+    with av.open(str(clip)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # as io.media decodes
+        raw = []
+        for frame in container.decode(stream):
+            raw.append(frame)
+            if len(raw) >= count:
+                break
+    c1 = cpu_ms()
+    rgb = [f.to_ndarray(format="rgb24", interpolation=_SWS_ACCURATE) for f in raw]
+    c2 = cpu_ms()
+    for image in rgb:
+        av.VideoFrame.from_ndarray(image, format="rgb24").reformat(
+            format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG,
+            interpolation=_SWS_ACCURATE)
+    c3 = cpu_ms()
+    out = ROOT / "out" / "profile_codec.mp4"
+    out.parent.mkdir(exist_ok=True)
+    like = replace(probe_video(clip), has_audio=False)
+    with VideoWriter(out, like=like, crf=14) as writer:  # the swap's CRF
+        for i, image in enumerate(rgb):
+            writer.write(image, index=i)
+    c4 = cpu_ms()
+    n = len(rgb)
+    print(f"{clip.name}, {n} frames, process CPU ms/frame: decode {(c1 - c0) / n:.1f}, "
+          f"YUV->RGB {(c2 - c1) / n:.1f}, RGB->YUV {(c3 - c2) / n:.1f}, "
+          f"VideoWriter (RGB->YUV + x264) {(c4 - c3) / n:.1f}")
+
+
 def compare(a: Path, b: Path) -> None:
     import numpy as np
 
@@ -228,6 +278,9 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
     p.add_argument("--root", help="import the project from this tree")
+    p = sub.add_parser("codec")
+    p.add_argument("clip", type=Path)
+    p.add_argument("count", type=int)
     p = sub.add_parser("compare")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
@@ -236,6 +289,8 @@ def main() -> None:
         make_clips(args.folder)
     elif args.command == "run":
         run(args)
+    elif args.command == "codec":
+        codec(args.clip, args.count)
     else:
         compare(args.a, args.b)
 
