@@ -232,6 +232,8 @@ def main() -> None:
                                 frame, **TRANSFER_VARIANTS[variant])
             outputs[variant] = (out, time.perf_counter() - t)
         ref = dlib_face(frame)
+        if ref is None:  # dlib misses small faces (a wide shot): the clip fit's points
+            ref = np.asarray(clip_fit.landmarks["ibug68"][index], np.float64)
         row = {"case": name, "clip": clip, "frame": index}
         cells = [label(crop_of(frame, ref), f"{name} {clip}#{index} original")]
         if name != "roundtrip":
