@@ -169,17 +169,19 @@ class ChosenFace:
         return f"{which}, at x {b['x']:g}, y {b['y']:g} ({b['w']:g} x {b['h']:g} px)"
 
 
-def reference_embedding(path: str | Path) -> np.ndarray:
-    """(128,) identity embedding of the largest face in a reference photo (one-line
-    InputError when it has none)."""
+def reference_embedding(photo: str | Path | np.ndarray) -> np.ndarray:
+    """(128,) identity embedding of the largest face (by `CHOOSER_BACKEND`'s boxes, whatever
+    the landmark backend) in a reference photo: its file or its RGB pixels. A one-line
+    InputError when it has none."""
     from fitting.embedding import face_embedding
     from fitting.faces import IBUG68, detect_faces_bounded
     from morph3d.io.images import read_image
 
-    image = read_image(path)
+    image = photo if isinstance(photo, np.ndarray) else read_image(photo)
     faces = detect_faces_bounded(image, CHOOSER_BACKEND)
     if not len(faces):
-        raise InputError(f"no face found in the reference photo {path}")
+        where = "" if isinstance(photo, np.ndarray) else f" {photo}"
+        raise InputError(f"no face found in the reference photo{where}")
     best = int(np.argmax(faces.areas()))
     return face_embedding(image, faces.landmarks[IBUG68][best])
 

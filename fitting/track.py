@@ -14,20 +14,20 @@ or the track closest to a reference photo's embedding.
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from fitting.choice import FaceChoice, choose_box, parse_face_choice
+from fitting.choice import CHOOSER_BACKEND, FaceChoice, choose_box, parse_face_choice
 from fitting.embedding import (
     EMBEDDING_SIZE,
     SAME_PERSON_THRESHOLD,
     embedding_distance,
-    face_embedding,
     face_embeddings,
 )
 from fitting.faces import (
@@ -434,6 +434,26 @@ class FaceTracker:
         )
 
 
+def _detections(detector: LandmarkBackend, frames: Iterable[np.ndarray], video_mode: bool
+                ) -> Iterator[tuple[np.ndarray, FrameFaces]]:
+    """(frame, its faces) for each frame, from the detector's tracking mode or per frame."""
+    current: list[np.ndarray] = []
+
+    def counted() -> Iterable[np.ndarray]:
+        for frame in frames:
+            current[:] = [frame]
+            yield frame
+
+    stream = detector.detect_video(counted()) if video_mode else (
+        detector.detect(f) for f in counted())
+    for faces in stream:
+        yield current[0], faces
+
+
+def _first(frames: Iterable[np.ndarray], max_frames: int | None) -> Iterable[np.ndarray]:
+    return frames if max_frames is None else itertools.islice(frames, max_frames)
+
+
 def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "mediapipe",
                 video_mode: bool = True, max_frames: int | None = None,
                 **tracker_options: float) -> Tracks:
@@ -446,24 +466,34 @@ def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "
     own = isinstance(backend, str)
     detector = get_landmark_backend(backend) if isinstance(backend, str) else backend
     tracker = FaceTracker(**tracker_options)
-    current: list[np.ndarray] = []
-
-    def counted() -> Iterable[np.ndarray]:
-        for index, frame in enumerate(frames):
-            if max_frames is not None and index >= max_frames:
-                return
-            current[:] = [frame]
-            yield frame
-
     try:
-        stream = detector.detect_video(counted()) if video_mode else (
-            detector.detect(f) for f in counted())
-        for faces in stream:
-            tracker.update(current[0], faces)
+        for frame, faces in _detections(detector, _first(frames, max_frames), video_mode):
+            tracker.update(frame, faces)
     finally:
         if own:
             detector.close()
     return tracker.result()
+
+
+def track_clip(frames: Iterable[np.ndarray], backend: str = "mediapipe",
+               max_frames: int | None = None) -> tuple[Tracks, Tracks]:
+    """The backend's tracks and the tracks a face is chosen among (`CHOOSER_BACKEND`'s),
+    from one decoding pass; the same value when the backend is the chooser. Two trackers
+    because the backends' boxes disagree on which face is largest (as on photos,
+    `fitting.choice.choose_photo_face`)."""
+    key = backend.strip().lower().replace("_", "-")
+    if key == CHOOSER_BACKEND:
+        tracks = track_faces(frames, backend, max_frames=max_frames)
+        return tracks, tracks
+    mine, theirs = itertools.tee(_first(frames, max_frames))  # lockstep: a frame or two apart
+    trackers = FaceTracker(), FaceTracker()
+    with get_landmark_backend(backend) as own, get_landmark_backend(CHOOSER_BACKEND) as chooser:
+        for (frame, faces), (_, chosen) in zip(_detections(own, mine, True),
+                                               _detections(chooser, theirs, True),
+                                               strict=True):
+            trackers[0].update(frame, faces)
+            trackers[1].update(frame, chosen)
+    return trackers[0].result(), trackers[1].result()
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,34 +538,27 @@ def select_by_reference(tracks: Tracks, reference: np.ndarray,
                         max_distance: float | None = None) -> int:
     """The track closest to a reference embedding (median over the track's embeddings).
 
-    `max_distance` (e.g. 0.6): raise if even the closest track is farther than that."""
+    `max_distance` (e.g. `SAME_PERSON_THRESHOLD`): a one-line InputError when even the
+    closest track is that far or farther (another person)."""
     distances = reference_distances(tracks, reference)
     if not distances:
         raise Morph3dError("no face track has an identity embedding to compare with")
     best = min(distances, key=lambda t: (distances[t], t))
-    if max_distance is not None and distances[best] > max_distance:
-        raise Morph3dError(f"no face in the clip matches the reference photo (closest "
-                           f"distance {distances[best]:.2f} > {max_distance:.2f})")
+    if max_distance is not None and distances[best] >= max_distance:
+        raise InputError(f"no face in the clip matches the reference photo (closest identity "
+                         f"distance {distances[best]:.2f}, same person below "
+                         f"{max_distance:.2f})")
     return best
-
-
-def reference_embedding(image: np.ndarray, backend: str = "mediapipe") -> np.ndarray:
-    """The embedding of the largest face in a reference photo."""
-    with get_landmark_backend(backend) as detector:
-        faces = detector.detect(image).sorted_by_area()
-    if not len(faces):
-        raise InputError("no face found in the reference photo")
-    if IBUG68 in faces.landmarks:
-        return face_embedding(image, faces.landmarks[IBUG68][0])
-    return face_embedding(image, faces.boxes[0])
 
 
 def select_track(tracks: Tracks, how: str | FaceChoice | np.ndarray) -> int:
     """One entry point: a target-face choice (`fitting.choice`: largest, N, center, X,Y;
-    text or parsed) or a (128,) reference embedding. Over a clip a track's size is its mean
-    box area and its place its mean box centre."""
+    text or parsed) or a (128,) reference embedding, whose track must be the same person
+    (within dlib's same-person distance: the closest track of a clip without that person
+    is someone else). Over a clip a track's size is its mean box area and its place its
+    mean box centre."""
     if isinstance(how, np.ndarray):
-        return select_by_reference(tracks, how)
+        return select_by_reference(tracks, how, max_distance=SAME_PERSON_THRESHOLD)
     choice = parse_face_choice(how)
     if choice.rule in ("largest", "index"):
         return select_index(tracks, choice.index)
@@ -544,3 +567,104 @@ def select_track(tracks: Tracks, how: str | FaceChoice | np.ndarray) -> int:
         raise Morph3dError("no face was found in the clip")
     mean_boxes = np.array([np.nanmean(tracks.track_boxes(t), axis=0) for t in ranked])
     return ranked[choose_box(mean_boxes, tracks.image_size, choice)]
+
+
+def same_person_tracks(tracks: Tracks, track: int, max_distance: float = 0.5) -> list[int]:
+    """Other tracks whose median identity embedding is within `max_distance` of `track`'s
+    (dlib's same-person threshold is 0.6; 0.5 keeps look-alikes apart) and that never share
+    a frame with it: the pieces of one person the tracker split (at a shot cut)."""
+    own = tracks.track_embeddings(track)
+    if not len(own):
+        return []
+    distances = reference_distances(tracks, np.median(own, axis=0))
+    present = tracks.present(track)
+    return [t for t, d in sorted(distances.items(), key=lambda kv: kv[1])
+            if t != track and d < max_distance and not (tracks.present(t) & present).any()]
+
+
+def people(tracks: Tracks) -> list[list[int]]:
+    """The clip's people, largest first: each a list of track ids (its largest track, then
+    the pieces `same_person_tracks` joins to it)."""
+    out: list[list[int]] = []
+    taken: set[int] = set()
+    for track in tracks_by_size(tracks):
+        if track in taken:
+            continue
+        pieces = [track, *(t for t in same_person_tracks(tracks, track) if t not in taken)]
+        taken.update(pieces)
+        out.append(pieces)
+    return out
+
+
+def choose_clip_track(tracks: Tracks, select: str | FaceChoice | np.ndarray) -> int:
+    """The chosen face's track (`select_track`), except that "largest" ranks by box area
+    summed over the clip (mean area x frames present): a person whose track was split by a
+    tracker miss keeps the longer piece."""
+    if not isinstance(select, np.ndarray) and parse_face_choice(select).rule == "largest":
+        areas = tracks.mean_areas()
+        if not areas:
+            raise Morph3dError("no face was found in the clip")
+        return max(areas, key=lambda t: (areas[t] * tracks.present(t).sum(), -t))
+    return select_track(tracks, select)
+
+
+@dataclass
+class ChosenPerson:
+    """One person of a clip as the landmark backend measured them.
+
+    tracks: the backend's rows of that person only, under the track ids `ids` (joined in
+        that order by `joined_trajectory`: the first wins where two have a frame).
+    faces_found: how many people the chooser's tracks hold (`people`).
+    """
+
+    tracks: Tracks
+    ids: list[int]
+    faces_found: int
+
+
+def choose_person(tracks: Tracks, chooser: Tracks, select: str | FaceChoice | np.ndarray,
+                  max_shift: float = 0.25) -> ChosenPerson:
+    """The chosen person (`choose_clip_track` among `chooser`'s tracks, with the pieces
+    `same_person_tracks` joins to it) with `tracks`' landmarks (`track_clip`'s pair). When
+    the two differ, each frame of the chosen face takes the backend's face whose 68 points'
+    centre is nearest the chosen face's, within `max_shift` of its box's longer side (none:
+    the frame has no face)."""
+    track = choose_clip_track(chooser, select)
+    pieces = [track, *same_person_tracks(chooser, track)]
+    found = len(people(chooser))
+    if tracks is chooser:
+        rows = np.isin(tracks.track_id, pieces)
+        return ChosenPerson(_rows(tracks, rows, tracks.track_id[rows]), pieces, found)
+    chosen: dict[int, tuple[np.ndarray, float]] = {}
+    for t in reversed(pieces):  # the chosen track wins where pieces share a frame
+        for r in np.flatnonzero(chooser.track_id == t):
+            box = chooser.boxes[r]
+            chosen[int(chooser.frame_index[r])] = (chooser.landmarks[IBUG68][r].mean(axis=0),
+                                                   float((box[2:] - box[:2]).max()))
+    keep = np.zeros(len(tracks), bool)
+    for frame, (centre, size) in chosen.items():
+        rows = tracks.rows_in_frame(frame)
+        if len(rows):
+            shift = np.linalg.norm(tracks.landmarks[IBUG68][rows].mean(axis=1) - centre, axis=1)
+            best = int(np.argmin(shift))
+            keep[rows[best]] = shift[best] < max_shift * size
+    return ChosenPerson(_rows(tracks, keep, np.zeros(int(keep.sum()), np.int64)), [0], found)
+
+
+def _rows(tracks: Tracks, rows: np.ndarray, track_id: np.ndarray) -> Tracks:
+    """The tracks' `rows` (bool mask) only, under the given track ids."""
+    return Tracks(tracks.n_frames, tracks.image_size, tracks.frame_index[rows], track_id,
+                  tracks.boxes[rows], tracks.scores[rows],
+                  {s: p[rows] for s, p in tracks.landmarks.items()}, tracks.embeddings[rows],
+                  tracks.scene_cut, tracks.repeated)
+
+
+def joined_trajectory(tracks: Tracks, ids: list[int], scheme: str = IBUG68) -> np.ndarray:
+    """(n_frames, L, 2) landmarks of one person whose face is split over tracks `ids`: the
+    first id's trajectory, its missing frames filled from the next ids in order."""
+    points = tracks.trajectory(ids[0], scheme)
+    for other in ids[1:]:
+        piece = tracks.trajectory(other, scheme)
+        fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
+        points[fill] = piece[fill]
+    return points

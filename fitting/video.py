@@ -52,17 +52,21 @@ class ClipLandmarks(NamedTuple):
     points: dict[str, np.ndarray]  # scheme -> F x L x 2 pixels, NaN where the face is absent
     image_size: tuple[int, int]  # (H, W) pixels
     scene_cut: np.ndarray  # (F,) bool: the frame starts a new shot
+    faces_found: int = 1  # people in the clip (the chooser's face tracks, pieces joined)
 
 
-def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
+def video_landmarks(path, backend: str = "mediapipe", select: str | np.ndarray = "largest",
                     max_frames: int | None = None, smooth: bool = True,
                     progress: bool = True) -> ClipLandmarks:
     """Step 1: per-frame landmarks of the selected face, the frame size and the shot cuts
-    the tracker saw (the fit must not carry a pose across a cut)."""
+    the tracker saw (the fit must not carry a pose across a cut). The face is chosen among
+    one detector's tracks whatever the backend (`fitting.track.track_clip`), so every
+    backend fits the same person; a reference embedding that matches nobody in the clip
+    is a one-line InputError."""
     from tqdm import tqdm
 
     from fitting.smooth import smooth_tracks
-    from fitting.track import select_track, track_faces
+    from fitting.track import choose_person, joined_trajectory, track_clip
     from morph3d.io.media import iter_frames, probe_video
 
     info = probe_video(path)
@@ -70,26 +74,16 @@ def video_landmarks(path, backend: str = "mediapipe", select: str = "largest",
     frames = (f.rgb for f in tqdm(iter_frames(path, stop=max_frames), total=total,
                                   desc="detecting faces", unit="frame", disable=not progress,
                                   leave=False))
-    tracks = track_faces(frames, backend, max_frames=max_frames)
+    tracks, chooser = track_clip(frames, backend, max_frames=max_frames)
+    if not len(chooser):
+        chooser = tracks  # as on photos: the backend's own faces when the chooser saw none
     if not len(tracks):
         raise Morph3dError(f"no face found in {path}")
-    if isinstance(select, str) and select == "largest":
-        # Largest over the whole clip (mean area x frames present): a person whose track
-        # was split by a tracker miss keeps the longer piece.
-        areas = tracks.mean_areas()
-        track = max(areas, key=lambda t: (areas[t] * tracks.present(t).sum(), -t))
-    else:
-        track = select_track(tracks, select)
-    if smooth:
-        tracks = smooth_tracks(tracks)
-    trajectories = {s: tracks.trajectory(track, s) for s in tracks.landmarks}
-    for other in same_person_tracks(tracks, track):
-        # The tracker may split one person at a shot cut; take the pieces back.
-        for s, points in trajectories.items():
-            piece = tracks.trajectory(other, s)
-            fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
-            points[fill] = piece[fill]
-    return ClipLandmarks(trajectories, tuple(tracks.image_size), tracks.scene_cut.copy())
+    person = choose_person(tracks, chooser, select)
+    chosen = smooth_tracks(person.tracks) if smooth else person.tracks
+    trajectories = {s: joined_trajectory(chosen, person.ids, s) for s in chosen.landmarks}
+    return ClipLandmarks(trajectories, tuple(tracks.image_size), tracks.scene_cut.copy(),
+                         person.faces_found)
 
 
 def landmark_jumps(points: np.ndarray, max_shift: float = 0.5, max_scale: float = 1.4
@@ -111,20 +105,6 @@ def landmark_jumps(points: np.ndarray, max_shift: float = 0.5, max_scale: float 
             jumps[i] = shift > max_shift or ratio > max_scale
         prev = i
     return jumps
-
-
-def same_person_tracks(tracks, track: int, max_distance: float = 0.5) -> list[int]:
-    """Other tracks whose median identity embedding is within `max_distance` of `track`'s
-    (dlib's same-person threshold is 0.6; 0.5 keeps look-alikes apart)."""
-    from fitting.track import reference_distances
-
-    own = tracks.track_embeddings(track)
-    if not len(own):
-        return []
-    distances = reference_distances(tracks, np.median(own, axis=0))
-    present = tracks.present(track)
-    return [t for t, d in sorted(distances.items(), key=lambda kv: kv[1])
-            if t != track and d < max_distance and not (tracks.present(t) & present).any()]
 
 
 def select_identity_frames(model, landmarks: dict[str, np.ndarray], camera: CameraParams,
@@ -275,8 +255,8 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     info = probe_video(path)
     fps = float(info.fps)
     if landmarks is None:
-        landmarks, (H, W), scene_cut = video_landmarks(path, backend, select, max_frames,
-                                                       smooth, progress)
+        landmarks, (H, W), scene_cut, _ = video_landmarks(path, backend, select, max_frames,
+                                                          smooth, progress)
     else:
         landmarks = {k: np.asarray(v, np.float64) for k, v in landmarks.items()}
         H, W = info.height, info.width

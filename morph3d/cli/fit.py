@@ -112,29 +112,26 @@ def cmd_fit(args: argparse.Namespace) -> int:
                         photometric=photometric)[0]
         face = chosen.to_dict()
     else:
-        from fitting.video import fit_video
+        from fitting.video import fit_video, video_landmarks
         from morph3d.io.media import iter_frames
 
         probe_video(source)  # InputError for non-media files
         model = load_model(args.model)
+        select: str | np.ndarray = str(choice)
         if choice.rule == "reference":
             from fitting.choice import reference_embedding
-            from fitting.video import video_landmarks
 
-            reference = reference_embedding(choice.reference or "")
-            found = video_landmarks(source, args.backend, reference, args.max_frames,
-                                    progress=not args.quiet)
-            check_reference_match(source, found.points, reference, choice.reference or "",
-                                  args.max_frames)
-            fit = fit_video(source, model, landmarks=found.points, backend=args.backend,
-                            max_frames=args.max_frames, photometric=photometric,
-                            progress=not args.quiet, scene_cut=found.scene_cut)
-        else:
-            fit = fit_video(source, model, backend=args.backend, select=str(choice),
-                            max_frames=args.max_frames, photometric=photometric,
-                            progress=not args.quiet)
+            select = reference_embedding(choice.reference or "")
+        # The face is chosen among one detector's tracks, whatever the backend; a reference
+        # photo of someone not in the clip fails here (`fitting.track.select_track`).
+        found = video_landmarks(source, args.backend, select, args.max_frames,
+                                progress=not args.quiet)
+        fit = fit_video(source, model, landmarks=found.points, backend=args.backend,
+                        max_frames=args.max_frames, photometric=photometric,
+                        progress=not args.quiet, scene_cut=found.scene_cut)
         frame0 = next(iter(iter_frames(source, stop=1))).rgb
-        face = video_face(fit, str(choice) if choice.rule != "largest" else "auto")
+        face = video_face(fit, str(choice) if choice.rule != "largest" else "auto",
+                          found.faces_found)
     summary = fit_summary(fit, model)
     summary["face"] = face
     if args.json:
@@ -161,40 +158,17 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_reference_match(source: Path, points: dict[str, np.ndarray], reference: np.ndarray,
-                          reference_name: str, max_frames: int | None, frames: int = 5
-                          ) -> None:
-    """A one-line InputError when the clip's face closest to the reference photo is not the
-    same person (median embedding distance over its first `frames` frames with a face at or
-    above dlib's same-person distance): the track choice itself always takes the closest."""
-    from fitting.embedding import SAME_PERSON_THRESHOLD, embedding_distance, face_embedding
-    from fitting.faces import IBUG68
-    from morph3d.io.media import iter_frames
-
-    ibug = points[IBUG68]
-    present = set(np.flatnonzero(np.isfinite(ibug).all(axis=(1, 2)))[:frames].tolist())
-    distances = []
-    for frame in iter_frames(source, stop=max_frames):
-        if frame.index in present:
-            distances.append(embedding_distance(face_embedding(frame.rgb, ibug[frame.index]),
-                                                reference))
-        if len(distances) == len(present):
-            break
-    distance = float(np.median(distances)) if distances else float("inf")
-    if distance >= SAME_PERSON_THRESHOLD:
-        raise InputError(f"no face in {source} matches the reference photo {reference_name} "
-                         f"(closest identity distance {distance:.2f}, same person below "
-                         f"{SAME_PERSON_THRESHOLD:.2f})")
-
-
-def video_face(fit, choice: str) -> dict:
+def video_face(fit, choice: str, faces_found: int) -> dict:
     """Which face a video fit followed: the box (x, y top-left pixel, w, h pixels) of the
-    landmarks it fitted in its first frame with a face; a clip's face is a track, chosen
-    among the tracks (`fitting.track.select_track`), not among one frame's boxes."""
+    landmarks it fitted in its first frame with a face. A clip's face is a track, chosen
+    among the chooser's tracks (`fitting.track.choose_person`), not among one frame's boxes;
+    `faces_found` counts the clip's people (tracks of one person joined)."""
+    from fitting.choice import CHOOSER_BACKEND
     from fitting.faces import IBUG68
 
     points = fit.landmarks.get(IBUG68)
-    face: dict = {"choice": choice, "detector": "tracks", "faces_found": None, "box": None}
+    face: dict = {"choice": choice, "detector": f"{CHOOSER_BACKEND} tracks",
+                  "faces_found": int(faces_found), "box": None}
     if points is None:
         return face
     present = np.flatnonzero(np.isfinite(points).all(axis=(1, 2)))

@@ -28,15 +28,9 @@ def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
     rule, or the reference photo's face embedding), and the reference photo's digest."""
     if options.target_face_ref is None:
         return str(options.target_face), None
-    from fitting.track import reference_embedding
-    from morph3d.io.images import read_image
+    from fitting.choice import reference_embedding
 
-    reference = read_image(options.target_face_ref)
-    try:
-        select = reference_embedding(reference, options.backend)
-    except InputError as exc:
-        raise InputError(f"{exc} {options.target_face_ref}") from None
-    return select, file_digest(options.target_face_ref)
+    return reference_embedding(options.target_face_ref), file_digest(options.target_face_ref)
 
 
 def fit_clips(target: Path, model, options: SwapOptions, summary: SwapSummary) -> list:
@@ -96,7 +90,7 @@ MIN_PERSON_FRAMES = 3
 
 def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary) -> list:
     """Stages 2-3 (cached) for target face "all": every person of the clip (face tracks
-    joined where the tracker split one person, `fitting.video.same_person_tracks`), largest
+    joined where the tracker split one person, `fitting.track.people`), largest
     first, each fitted as its own clip fit."""
     from fitting.params import VideoFit
     from fitting.video import fit_video
@@ -145,8 +139,7 @@ def people_landmarks(target: Path, options: SwapOptions) -> dict[str, np.ndarray
     from tqdm import tqdm
 
     from fitting.smooth import smooth_tracks
-    from fitting.track import track_faces, tracks_by_size
-    from fitting.video import same_person_tracks
+    from fitting.track import joined_trajectory, people, track_faces
     from morph3d.io.media import iter_frames, probe_video
 
     info = probe_video(target)
@@ -160,19 +153,9 @@ def people_landmarks(target: Path, options: SwapOptions) -> dict[str, np.ndarray
         raise Morph3dError(f"no face found in {target}")
     tracks = smooth_tracks(tracks)
     out: dict[str, np.ndarray] = {}
-    taken: set[int] = set()
     person = 0
-    for track in tracks_by_size(tracks):
-        if track in taken:
-            continue
-        pieces = [track, *(t for t in same_person_tracks(tracks, track) if t not in taken)]
-        taken.update(pieces)
-        trajectories = {s: tracks.trajectory(track, s) for s in tracks.landmarks}
-        for other in pieces[1:]:  # the tracker may split one person at a shot cut
-            for s, points in trajectories.items():
-                piece = tracks.trajectory(other, s)
-                fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
-                points[fill] = piece[fill]
+    for pieces in people(tracks):  # the tracker may split one person at a shot cut
+        trajectories = {s: joined_trajectory(tracks, pieces, s) for s in tracks.landmarks}
         seen = int(np.isfinite(next(iter(trajectories.values()))).all(axis=(1, 2)).sum())
         if seen < min(MIN_PERSON_FRAMES, total):
             continue
