@@ -152,7 +152,7 @@ def child_main(report: Path, argv: list[str]) -> int:
     recorder.mark("imports end")
     recorder.wrap(morph3d.swap.driver, "swap", "swap")
     recorder.wrap(morph3d.swap.driver, "fit_source", "fit source")
-    recorder.wrap(morph3d.swap.driver, "fit_clip", "fit clip")
+    recorder.wrap(morph3d.swap.driver, "fit_clips", "fit clip")  # every person's clip fit
     recorder.wrap(fitting.video, "video_landmarks", "landmarks")
     recorder.wrap(fitting.video, "fit_video", "fit video")
     rc = main(["swap", *argv])
