@@ -21,15 +21,9 @@ import numpy as np
 import pytest
 
 from morph3d.errors import InputError
-from morph3d.swap.batch import (
-    REPORT_CSV,
-    REPORT_JSON,
-    STATE_DIR,
-    _remove_partial,
-    log_path,
-    read_jobs,
-    run_batch,
-)
+from morph3d.swap.batch import run_batch
+from morph3d.swap.batch_manifest import read_jobs
+from morph3d.swap.batch_outputs import REPORT_CSV, REPORT_JSON, STATE_DIR, log_path, remove_partial
 from morph3d.swap.template import _template_id, build_template, open_template, read_manifest
 
 FRAMES = 8
@@ -96,7 +90,7 @@ def test_job_options_are_the_user_settable_swap_options(tmp_path):
     import dataclasses
 
     from fitting.choice import FaceChoice
-    from morph3d.swap.batch import JOB_OPTIONS
+    from morph3d.swap.batch_manifest import JOB_OPTIONS
     from morph3d.swap.options import SwapOptions
 
     names = [f.name for f in dataclasses.fields(SwapOptions)]
@@ -166,7 +160,7 @@ def test_partial_outputs_are_removed(tmp_path):
     keep = ["a.mp4", ".ab.0123456789.part.mp4", "b.mp4"]
     for name in leftovers + keep:
         (tmp_path / name).write_bytes(b"x")
-    _remove_partial(tmp_path, "a.mp4")
+    remove_partial(tmp_path, "a.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)
 
 

@@ -202,7 +202,13 @@ def test_fit_face_that_matches_no_face_is_one_line(three, tmp_path: Path, capsys
 def test_batch_rows_take_face_options_with_reference_photos(tmp_path: Path):
     """A row's source_face / target_face may be a reference photo: resolved beside the
     manifest, part of the job's key by content, and an input no output may replace."""
-    from morph3d.swap.batch import Job, job_key, parse_options, reference_options, swap_options
+    from morph3d.swap.batch_manifest import (
+        Job,
+        job_key,
+        parse_options,
+        reference_options,
+        swap_options,
+    )
 
     options = parse_options("source_face=refs/me.png;target_face=all", tmp_path)
     assert options == {"source_face": str(tmp_path / "refs" / "me.png"), "target_face": "all"}

@@ -180,7 +180,8 @@ def test_batch_output_never_replaces_an_input_or_a_foreign_file(tmp_path):
     source. Row 2 fails alone before any job starts; row 3 runs on the untouched photo (its
     worker is killed once through the test-only hook and the job retried: fault injection
     reaches a worker without any manifest option)."""
-    from morph3d.swap.batch import REPORT_JSON, run_batch
+    from morph3d.swap.batch import run_batch
+    from morph3d.swap.batch_outputs import REPORT_JSON
 
     folder = tmp_path / "media"
     folder.mkdir()
@@ -216,7 +217,8 @@ def test_batch_output_never_replaces_an_input_or_a_foreign_file(tmp_path):
 def test_batch_outputs_it_wrote_stay_its_own(tmp_path):
     """An existing output with the batch's sidecar is the batch's to redo or skip; without
     one it is refused; a claim written before a job runs keeps the name the batch's."""
-    from morph3d.swap.batch import STATE_DIR, _check_outputs, _claim, read_jobs
+    from morph3d.swap.batch_manifest import read_jobs
+    from morph3d.swap.batch_outputs import STATE_DIR, check_batch_outputs, claim_output
 
     for name in ("me.jpg", "clip.mp4"):
         (tmp_path / name).write_bytes(b"x")
@@ -226,11 +228,11 @@ def test_batch_outputs_it_wrote_stay_its_own(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.mp4").write_bytes(b"an earlier output of this batch")
-    _claim(out, "a.mp4", "key")
+    claim_output(out, "a.mp4", "key")
     (out / "b.mp4").write_bytes(b"somebody's own video")
     (out / "c.mp4").symlink_to(tmp_path / "clip.mp4")  # a link to an input
     jobs = read_jobs(manifest)
-    _check_outputs(jobs, manifest, out)
+    check_batch_outputs(jobs, manifest, out)
     assert jobs[0].problem == ""
     assert "already exists and this batch did not write it" in jobs[1].problem
     assert f"no {STATE_DIR}/b.mp4.json" in jobs[1].problem

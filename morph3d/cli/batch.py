@@ -36,7 +36,8 @@ def register(subparsers, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from morph3d.swap.batch import REPORT_JSON, run_batch
+    from morph3d.swap.batch import run_batch
+    from morph3d.swap.batch_outputs import REPORT_JSON
 
     report = run_batch(args.manifest, args.out_dir, workers=args.workers,
                        ray_address=args.ray, work_dir=args.work_dir, retries=args.retries,

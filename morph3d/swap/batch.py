@@ -1,17 +1,8 @@
 """Batch renders: many swaps from a CSV manifest, on local worker processes or a Ray cluster.
 
-Manifest (`jobs.csv`, paths relative to the manifest's folder):
-
-    source,target,output,options
-    me.jpg,clips/dance.m3dt,me_dance.mp4,
-    a.jpg;b.jpg,clips/talk.mp4,ab_talk.mp4,target_face=1;refine=classic;max_frames=100
-
-`source` is one photo or several of the same person separated by `;`; `target` a clip,
-image or template (`.m3dt`); `output` a file name inside the output folder; `options`
-(optional) `key=value` pairs separated by `;`: the swap options of `JOB_OPTIONS` only, each
-checked by `SwapOptions.validate` as the command line checks it. A manifest may come from
-someone else, so it can name nothing but inputs, an output name and swap options: where fits
-are cached is the batch's `--work-dir`, not a row's.
+The manifest (`jobs.csv`: source, target, output, options) and its checks are
+`batch_manifest`; the batch's own files (sidecars, logs, reports) and the guards on outputs
+are `batch_outputs`; one job inside a worker is `batch_worker`; this module runs the jobs.
 
 Reliability: every job runs alone and reports its own failure (a bad photo fails that job,
 the others finish). Each finished output gets a sidecar (`.morph3d-batch/<output>.json`) with
@@ -20,13 +11,8 @@ manifest skips outputs whose file still matches, and redoes the others. Outputs 
 atomically. A worker process that dies (killed, out of memory) costs its job one attempt; the
 job is retried up to `retries` times.
 
-Outputs never cost data. Before any job starts, a row fails alone (its reason in the report,
-the other rows run) when its output would replace any row's input (a source, a target, a
-reference photo) or the manifest, or a file already in the output folder that this batch did
-not write (no sidecar of that name: a batch claims an output's name with its sidecar before
-the job runs, and keeps the claim while its file exists). Two rows naming one output, an
-input inside the batch's own files (reports, `logs/`, `.morph3d-batch/`), or a report name
-taken by another file refuse the whole batch in one line, before anything is written.
+Outputs never cost data: no output may replace an input or a file the batch did not write
+(`batch_outputs.check_batch_outputs`, before any job starts).
 
 Executors:
 - local (default): `concurrent.futures.ProcessPoolExecutor` with spawned workers, one torch
@@ -42,536 +28,34 @@ Executors:
 
 from __future__ import annotations
 
-import csv
-import functools
-import hashlib
-import json
 import logging
 import os
-import re
-import socket
-import sys
 import time
-import traceback
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from morph3d.errors import InputError, Morph3dError
-from morph3d.io.atomic import atomic_write, atomic_write_bytes, atomic_write_text
-from morph3d.io.outputs import check_creatable_dir, check_outputs, check_writable_dir, same_file
-from morph3d.io.paths import sha256_file
-
-STATE_DIR = ".morph3d-batch"  # per-output sidecars (checksum + job key) inside out_dir
-LOG_DIR = "logs"
-REPORT_JSON = "batch-report.json"
-REPORT_CSV = "batch-report.csv"
-COLUMNS = ("source", "target", "output")
-_REPORT_FIELDS = ["row", "output", "status", "seconds", "attempts", "error", "sha256", "log"]
-
-# SwapOptions fields a manifest row may not set: nothing a row names may be a place to write
-# or steer the batch itself (the batch sets these).
-_NOT_JOB_OPTIONS = ("quiet", "preview", "work_dir")
-
-
-def _job_options() -> dict[str, Callable[[str], Any]]:
-    """The `SwapOptions` fields a row may set -> the parser of their text, from each field's
-    type (a `FaceChoice` by its grammar, an optional value by its inner type)."""
-    import typing
-
-    from fitting.choice import FaceChoice, parse_face_choice
-    from morph3d.swap.options import FACE_FORMS, SwapOptions
-
-    parsers: dict[Any, Callable[[str], Any]] = {Path: Path, str: str, int: int}
-    hints = typing.get_type_hints(SwapOptions)
-    table = {}
-    for f in fields(SwapOptions):
-        if f.name in _NOT_JOB_OPTIONS:
-            continue
-        kinds = [t for t in typing.get_args(hints[f.name]) or (hints[f.name],)
-                 if t is not type(None)]
-        if kinds == [FaceChoice]:  # the forms that option takes
-            table[f.name] = functools.partial(parse_face_choice, what=f.name.replace("_", " "),
-                                              allow=FACE_FORMS[f.name])
-            continue
-        if len(kinds) != 1 or kinds[0] not in parsers:
-            raise TypeError(f"SwapOptions.{f.name}: no manifest parser for {hints[f.name]}")
-        table[f.name] = parsers[kinds[0]]
-    return table
-
-
-# Job options: the `SwapOptions` field of that name -> the parser of its text.
-JOB_OPTIONS: dict[str, Callable[[str], Any]] = _job_options()
-_PATH_OPTIONS = tuple(k for k, parse in JOB_OPTIONS.items() if parse is Path)
-_FACE_OPTIONS = tuple(k for k, parse in JOB_OPTIONS.items() if isinstance(parse, functools.partial))
-
-
-@dataclass
-class Job:
-    """One row of the manifest. `problem` is why it cannot run (reported as its failure)."""
-
-    row: int
-    sources: list[Path]
-    target: Path
-    output: str
-    options: dict[str, str] = field(default_factory=dict)
-    problem: str = ""
-
-
-@dataclass
-class JobResult:
-    row: int
-    output: str
-    status: str  # done | skipped | failed
-    seconds: float = 0.0
-    attempts: int = 0
-    error: str = ""
-    sha256: str = ""
-    log: str = ""
-
-
-@dataclass
-class BatchReport:
-    manifest: str
-    out_dir: str
-    executor: str
-    seconds: float
-    results: list[JobResult]
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(Counter(r.status for r in self.results))
-
-    @property
-    def failed(self) -> list[JobResult]:
-        return [r for r in self.results if r.status == "failed"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"manifest": self.manifest, "out_dir": self.out_dir, "executor": self.executor,
-                "seconds": round(self.seconds, 3), "counts": self.counts,
-                "jobs": [asdict(r) for r in self.results]}
-
-
-# ---------------------------------------------------------------------------------------------
-# Manifest
-# ---------------------------------------------------------------------------------------------
-
-
-def read_jobs(path: str | os.PathLike) -> list[Job]:
-    """Parse a manifest; structural problems (columns, duplicate outputs) raise InputError,
-    a bad row becomes a job with a `problem`."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"job manifest not found: {path}")
-    base = path.resolve().parent
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read job manifest {path}: {exc}") from None
-    reader = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
-    header = [h.strip() for h in reader.fieldnames or []]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-        raise InputError(f"job manifest {path} lacks the column(s) {', '.join(missing)} "
-                         f"(it needs source,target,output[,options])")
-    jobs: list[Job] = []
-    seen: dict[str, int] = {}
-    for row_number, raw in enumerate(reader, start=2):
-        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-        if not any(row.values()):
-            continue
-        job = Job(row=row_number, sources=[], target=Path(), output=row["output"])
-        job.sources = [_resolve(base, s) for s in row["source"].split(";") if s.strip()]
-        job.target = _resolve(base, row["target"]) if row["target"] else Path()
-        try:
-            job.options = parse_options(row.get("options", ""), base)
-            swap_options(job, None).validate()
-            _check_row(job)
-        except InputError as exc:
-            job.problem = str(exc)
-        if job.output in seen:
-            raise InputError(f"job manifest {path}: rows {seen[job.output]} and {row_number} "
-                             f"both write {job.output}")
-        seen[job.output] = row_number
-        jobs.append(job)
-    if not jobs:
-        raise InputError(f"job manifest {path} has no jobs")
-    return jobs
-
-
-def _resolve(base: Path, text: str) -> Path:
-    p = Path(os.path.expanduser(text.strip()))
-    return p if p.is_absolute() else base / p
-
-
-def parse_options(text: str, base: Path) -> dict[str, str]:
-    """`key=value;key=value` -> {key: value}, every key and value checked."""
-    options: dict[str, str] = {}
-    for item in filter(None, (s.strip() for s in (text or "").split(";"))):
-        key, sep, value = (s.strip() for s in item.partition("="))
-        if not sep or key not in JOB_OPTIONS:
-            raise InputError(f"bad job option {item!r} (known: {', '.join(JOB_OPTIONS)})")
-        try:
-            parsed = JOB_OPTIONS[key](value)
-        except (ValueError, InputError) as exc:
-            raise InputError(f"bad value for job option {key}: {value!r} ({exc})") from None
-        reference = getattr(parsed, "reference", None)  # a face option's reference photo
-        if key in _PATH_OPTIONS or reference is not None:
-            value = str(_resolve(base, reference or value))
-        options[key] = value
-    return options
-
-
-def _check_row(job: Job) -> None:
-    from morph3d.io.images import is_image_path
-
-    name = job.output
-    if not name or "/" in name or "\\" in name or name.startswith(".") or name in ("..",):
-        raise InputError(f"output {name!r} must be a plain file name inside the output folder")
-    if Path(name).suffix.lower() not in (".mp4", ".m4v", ".mov", ".mkv") and not \
-            is_image_path(name):
-        raise InputError(f"output {name!r} must end in .mp4, .mov, .mkv or an image suffix")
-    if not job.sources:
-        raise InputError("no source photo given")
-    if job.target == Path():
-        raise InputError("no target given")
-
-
-def swap_options(job: Job, work_dir: Path | None, device: str | None = None):
-    """The job's `SwapOptions` (quiet; fits cached in the batch's work dir)."""
-    from morph3d.swap.options import SwapOptions
-
-    kwargs: dict[str, Any] = {"quiet": True, "work_dir": work_dir}
-    if device:
-        kwargs["device"] = device
-    for key, value in job.options.items():
-        kwargs[key] = JOB_OPTIONS[key](value)
-    return SwapOptions(**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# Resumability: job keys and sidecars
-# ---------------------------------------------------------------------------------------------
-
-
-class _Digests:
-    """Content hashes of input files, each file hashed once per batch."""
-
-    def __init__(self) -> None:
-        self._cache: dict[Path, str] = {}
-
-    def __call__(self, path: Path) -> str:
-        if path not in self._cache:
-            if not path.is_file():
-                raise InputError(f"input not found: {path}")
-            self._cache[path] = sha256_file(path)
-        return self._cache[path]
-
-
-def job_key(job: Job, digest: Callable[[Path], str]) -> str:
-    """What the output depends on: input contents, options, morph3d version."""
-    from morph3d import __version__
-
-    options = dict(sorted(job.options.items()))
-    for key, path in reference_options(job).items():
-        options[key] = digest(path)
-    body = {"sources": [digest(s) for s in job.sources], "target": digest(job.target),
-            "options": options, "morph3d": __version__}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def reference_options(job: Job) -> dict[str, Path]:
-    """The row's options that name a reference photo (target_face_ref, or a face option
-    given as a photo) -> that photo."""
-    refs = {}
-    for key, value in job.options.items():
-        if key == "target_face_ref":
-            refs[key] = Path(value)
-        elif key in _FACE_OPTIONS:
-            reference = JOB_OPTIONS[key](value).reference
-            if reference is not None:
-                refs[key] = Path(reference)
-    return refs
-
-
-def log_path(out_dir: Path, output: str) -> Path:
-    """The job's log, `logs/<output>.log` (odd characters of a bad name replaced)."""
-    return out_dir / LOG_DIR / (re.sub(r"[^\w.-]", "_", output).lstrip(".") + ".log")
-
-
-def _sidecar(out_dir: Path, output: str) -> Path:
-    return out_dir / STATE_DIR / f"{output}.json"
-
-
-def finished_sha(out_dir: Path, output: str, key: str) -> str | None:
-    """The output's checksum when it is finished for this key and unchanged since; else None."""
-    sidecar, out = _sidecar(out_dir, output), out_dir / output
-    if not (sidecar.is_file() and out.is_file()):
-        return None
-    try:
-        record = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if record.get("key") != key or record.get("size") != out.stat().st_size:
-        return None
-    sha = sha256_file(out)
-    return sha if sha == record.get("sha256") else None
-
-
-def _record_finished(out_dir: Path, output: str, key: str, seconds: float) -> str:
-    out = out_dir / output
-    sha = sha256_file(out)
-    atomic_write_text(_sidecar(out_dir, output), json.dumps(
-        {"output": output, "key": key, "sha256": sha, "size": out.stat().st_size,
-         "seconds": round(seconds, 3), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-        indent=1))
-    return sha
-
-
-def _claim(out_dir: Path, output: str, key: str) -> None:
-    """Mark `output` as this batch's before its job runs: a sidecar without a checksum (never
-    taken for a finished output), so the name stays the batch's while its file exists."""
-    atomic_write_text(_sidecar(out_dir, output), json.dumps(
-        {"output": output, "key": key, "state": "running",
-         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1))
-
-
-class _Inputs:
-    """Every file the batch reads, with who reads it, indexed by what `same_file` compares
-    (resolved path; device and inode of an existing file) so that each output is compared
-    with the few inputs it could be rather than with all of them."""
-
-    def __init__(self, entries: list[tuple[Path, str]]) -> None:
-        self.entries = entries
-        self._by_path: dict[Path, list[int]] = {}
-        self._by_inode: dict[tuple[int, int], list[int]] = {}
-        for i, (path, _) in enumerate(entries):
-            self._by_path.setdefault(path.resolve(), []).append(i)
-            if (inode := _inode(path)) is not None:
-                self._by_inode.setdefault(inode, []).append(i)
-
-    def candidates(self, path: Path) -> list[tuple[Path, str]]:
-        found = set(self._by_path.get(path.resolve(), []))
-        if (inode := _inode(path)) is not None:
-            found.update(self._by_inode.get(inode, []))
-        return [self.entries[i] for i in sorted(found)]
-
-
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        st = path.stat()
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino
-
-
-def _check_outputs(jobs: list[Job], manifest: Path, out: Path) -> None:
-    """Before any job starts: no output may replace an input or a file the batch did not write.
-
-    A row whose output would replace any row's source, target or reference photo, the
-    manifest, or an existing file without this batch's sidecar gets that as its `problem`
-    (it fails alone; the others run). An input among the batch's own files (reports, logs,
-    sidecars) or a report name taken by a file that is not a report refuses the whole batch,
-    since every row would write there."""
-    entries: list[tuple[Path, str]] = [(manifest, "the manifest")]
-    for job in jobs:
-        entries += [(s, f"a source of row {job.row}") for s in job.sources]
-        if job.target != Path():
-            entries.append((job.target, f"the target of row {job.row}"))
-        entries += [(path, f"the {key} of row {job.row}")
-                    for key, path in reference_options(job).items()]
-    inputs = _Inputs(entries)
-
-    reports = [out / REPORT_JSON, out / REPORT_CSV]
-    for report in reports:
-        hits = inputs.candidates(report)
-        try:
-            check_outputs([p for p, _ in hits], [report])
-        except InputError as exc:
-            if not hits:
-                raise
-            raise InputError(f"the batch report {report} would replace {hits[0][1]} "
-                             f"({hits[0][0]}): choose another --out-dir") from exc
-        if os.path.lexists(report) and not _is_report(report):
-            raise InputError(f"{report} exists and is not a batch report: move it away or "
-                             "choose another --out-dir")
-    for folder in (out / LOG_DIR, out / STATE_DIR):
-        for path, who in entries:
-            if same_file(path.parent, folder):
-                raise InputError(f"{who} ({path}) lies in the batch's own folder {folder}: "
-                                 "move it or choose another --out-dir")
-
-    for job in jobs:
-        if job.problem:
-            continue  # never runs, so never writes its output
-        path = out / job.output
-        hits = inputs.candidates(path)
-        try:
-            check_outputs([p for p, _ in hits], [path])
-        except InputError as exc:
-            job.problem = (f"output {job.output} would replace {hits[0][1]} ({hits[0][0]}); "
-                           "choose another output name" if hits else str(exc))
-            continue
-        if os.path.lexists(path) and not _sidecar(out, job.output).is_file():
-            job.problem = (f"output {path} already exists and this batch did not write it "
-                           f"(no {STATE_DIR}/{job.output}.json): move it away or choose "
-                           "another output name")
-
-
-def _is_report(path: Path) -> bool:
-    """Whether `path` holds a batch report (what `write_report` writes there)."""
-    try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            return isinstance(data, dict) and {"manifest", "out_dir", "jobs"} <= set(data)
-        with open(path, encoding="utf-8", newline="") as f:
-            return next(csv.reader(f), None) == _REPORT_FIELDS
-    except (OSError, ValueError):
-        return False
-
-
-def _remove_partial(out_dir: Path, output: str) -> None:
-    """Temporary files a killed job may have left beside its output (media.py and atomic.py
-    name them `.{stem}.{10 hex}.{tag}{suffix}` and `.{name}.{random}.tmp`)."""
-    out = Path(output)
-    patterns = [re.compile(rf"^\.{re.escape(out.stem)}\.[0-9a-f]{{10}}\.\w+"
-                           rf"{re.escape(out.suffix)}$"),
-                re.compile(rf"^\.{re.escape(out.name)}\.\w+\.tmp$")]
-    for p in out_dir.glob(f".{out.stem}*"):
-        if any(pat.match(p.name) for pat in patterns):
-            p.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# One job, inside a worker
-# ---------------------------------------------------------------------------------------------
-
-
-def _init_worker() -> None:
-    """Worker start: one torch thread per worker (the workers are the parallelism)."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = "1"
-    import torch
-
-    import morph3d.swap.driver  # noqa: F401  (the heavy imports, once per worker, not per job)
-
-    torch.set_num_threads(1)
-
-
-def run_job(job: dict[str, Any], output: Path, log_path: Path, work_dir: Path | None,
-            attempt: int = 1) -> dict[str, Any]:
-    """Run one swap; never raises for a failed job (returns status and error instead)."""
-    import contextlib
-
-    from morph3d.swap.driver import swap
-
-    job_obj = Job(row=job["row"], sources=[Path(s) for s in job["sources"]],
-                  target=Path(job["target"]), output=job["output"], options=job["options"])
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} attempt {attempt} "
-                  f"host {socket.gethostname()} pid {os.getpid()}\n"
-                  f"sources: {'; '.join(map(str, job_obj.sources))}\n"
-                  f"target:  {job_obj.target}\noutput:  {output}\n"
-                  f"options: {json.dumps(job_obj.options)}\n")
-        log.flush()
-        # Test-only fault injection (`run_batch(_kill_worker_once=...)`, never a manifest's):
-        # this worker SIGKILLs itself at the start of the job unless the marker file exists
-        # (it creates it first), i.e. exactly once.
-        marker = job.get("kill_worker_once")
-        if marker and not Path(marker).exists():
-            Path(marker).write_text(str(os.getpid()))
-            log.write("fault injection: killing this worker\n")
-            log.flush()
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
-        handler = logging.StreamHandler(log)
-        handler.setLevel(logging.INFO)
-        root = logging.getLogger()
-        root.addHandler(handler)
-        # Native libraries (mediapipe, FFmpeg) write to fd 2: into the log with the rest.
-        sys.stderr.flush()
-        saved_fd2 = os.dup(2)
-        os.dup2(log.fileno(), 2)
-        try:
-            with contextlib.redirect_stderr(log):
-                options = swap_options(job_obj, work_dir, job.get("device"))
-                summary = swap(job_obj.sources, job_obj.target, output, options)
-            seconds = time.perf_counter() - start
-            log.write(json.dumps(summary.to_dict(), indent=1) + f"\ndone in {seconds:.2f} s\n")
-            return {"status": "done", "seconds": seconds, "error": ""}
-        except Morph3dError as exc:
-            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        except Exception as exc:  # a bug, but it must not take the batch down
-            log.write(traceback.format_exc())
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved_fd2, 2)
-            os.close(saved_fd2)
-            root.removeHandler(handler)
-        seconds = time.perf_counter() - start
-        log.write(f"failed after {seconds:.2f} s: {error}\n")
-        return {"status": "failed", "seconds": seconds, "error": error}
-
-
-def _local_task(job: dict[str, Any], out_dir: str, work_dir: str | None, attempt: int
-                ) -> dict[str, Any]:
-    out = Path(out_dir)
-    return run_job(job, out / job["output"], log_path(out, job["output"]),
-                   Path(work_dir) if work_dir else None, attempt)
-
-
-def _ray_task(job: dict[str, Any], target_data: bytes, *source_data: bytes) -> dict[str, Any]:
-    """A job on a Ray node: inputs arrive as bytes, the output goes back as bytes."""
-    import shutil
-    import tempfile
-
-    _init_worker()
-    scratch = Path(tempfile.gettempdir()) / "morph3d-ray"
-
-    def materialise(data: bytes, name: str) -> Path:
-        path = scratch / "inputs" / hashlib.sha256(data).hexdigest()[:24] / Path(name).name
-        if not (path.is_file() and path.stat().st_size == len(data)):
-            atomic_write_bytes(path, data)
-        return path
-
-    local = dict(job)
-    local["target"] = str(materialise(target_data, job["target"]))
-    local["sources"] = [str(materialise(d, n)) for d, n in zip(source_data, job["sources"],
-                                                               strict=True)]
-    # Ray does not tell a task its attempt number: count the starts on this node.
-    attempts_file = scratch / "attempts" / f"{job.get('batch_id', '')}-{job['key']}"
-    attempts_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(attempts_file, "a") as f:
-        f.write(f"{os.getpid()}\n")
-    attempt = len(attempts_file.read_text().split())
-    folder = scratch / "jobs" / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    try:
-        work_dir = Path(job["work_dir"]) if job.get("work_dir") else scratch / "work"
-        result = run_job(local, folder / job["output"], folder / "job.log", work_dir, attempt)
-        result["attempts"] = attempt
-        for original, copy in [(job["target"], local["target"]),
-                               *zip(job["sources"], local["sources"], strict=True)]:
-            result["error"] = result["error"].replace(copy, original)  # the user's names
-        result["log"] = (folder / "job.log").read_text(encoding="utf-8", errors="replace")
-        if result["status"] == "done":
-            result["output_bytes"] = (folder / job["output"]).read_bytes()
-        attempts_file.unlink(missing_ok=True)
-        return result
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# The batch
-# ---------------------------------------------------------------------------------------------
+from morph3d.io.atomic import atomic_write_bytes, atomic_write_text
+from morph3d.io.outputs import check_creatable_dir, check_writable_dir
+from morph3d.swap.batch_manifest import Digests, Job, job_key, read_jobs
+from morph3d.swap.batch_outputs import (
+    LOG_DIR,
+    STATE_DIR,
+    BatchReport,
+    JobResult,
+    check_batch_outputs,
+    claim_output,
+    finished_sha,
+    log_path,
+    record_finished,
+    remove_partial,
+    sidecar_path,
+    write_report,
+)
+from morph3d.swap.batch_worker import init_worker, local_task, ray_task
 
 
 def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -600,7 +84,7 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
     except OSError as exc:
         raise InputError(f"cannot create the output folder {out}: {exc.strerror}") from None
     check_writable_dir(out)
-    _check_outputs(jobs, manifest, out)
+    check_batch_outputs(jobs, manifest, out)
     for folder in (out / LOG_DIR, out / STATE_DIR):
         if os.path.lexists(folder) and not folder.is_dir():
             raise InputError(f"{folder} is not a folder: the batch keeps its own files there")
@@ -613,7 +97,7 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
         check_creatable_dir(work, "work folder")
     (out / LOG_DIR).mkdir(exist_ok=True)
     workers = max(1, int(workers or os.cpu_count() or 1))
-    digest = _Digests()
+    digest = Digests()
     results: dict[str, JobResult] = {}
     pending: list[tuple[Job, str]] = []
     for job in jobs:
@@ -633,8 +117,8 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
         if sha is not None:
             results[job.output] = JobResult(job.row, job.output, "skipped", sha256=sha, log=log)
             continue
-        _claim(out, job.output, key)
-        _remove_partial(out, job.output)
+        claim_output(out, job.output, key)
+        remove_partial(out, job.output)
         pending.append((job, key))
     kill_once = ({_kill_worker_once[0]: str(_kill_worker_once[1])} if _kill_worker_once
                  else {})
@@ -646,9 +130,9 @@ def run_batch(manifest: str | os.PathLike, out_dir: str | os.PathLike, *,
                error: str = "") -> None:
         sha = ""
         if status == "done":
-            sha = _record_finished(out, job.output, key, seconds)
+            sha = record_finished(out, job.output, key, seconds)
         elif not os.path.lexists(out / job.output):
-            _sidecar(out, job.output).unlink(missing_ok=True)  # nothing left to claim
+            sidecar_path(out, job.output).unlink(missing_ok=True)  # nothing left to claim
         results[job.output] = JobResult(job.row, job.output, status, round(seconds, 3),
                                         attempts, error, sha,
                                         str(log_path(out, job.output)))
@@ -696,7 +180,7 @@ def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, wor
     context = multiprocessing.get_context("spawn")
     while queue:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=context,
-                                   initializer=_init_worker)
+                                   initializer=init_worker)
         in_flight: dict[Any, tuple[Job, str]] = {}
         broken = False
         try:
@@ -706,8 +190,8 @@ def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, wor
                 while queue and not broken and len(in_flight) < workers:
                     job, key = queue.popleft()
                     attempts[job.output] += 1
-                    _remove_partial(out, job.output)
-                    future = pool.submit(_local_task, _payload(job, key, kill_once), str(out),
+                    remove_partial(out, job.output)
+                    future = pool.submit(local_task, _payload(job, key, kill_once), str(out),
                                          str(work) if work else None, attempts[job.output])
                     in_flight[future] = (job, key)
                 if not in_flight:
@@ -719,7 +203,7 @@ def _run_local(pending: list[tuple[Job, str]], out: Path, work: Path | None, wor
                         result = future.result()
                     except BrokenProcessPool:
                         broken = True
-                        _remove_partial(out, job.output)
+                        remove_partial(out, job.output)
                         if attempts[job.output] <= retries:
                             queue.appendleft((job, key))
                         else:
@@ -759,7 +243,7 @@ def _run_ray(pending: list[tuple[Job, str]], out: Path, address: str, work: Path
         resources = ray.cluster_resources()
         executor = (f"ray ({address}; {int(resources.get('CPU', 0))} CPUs, "
                     f"{resources.get('GPU', 0):g} GPUs)")
-        task = ray.remote(_ray_task).options(num_cpus=1, num_gpus=gpus_per_job,
+        task = ray.remote(ray_task).options(num_cpus=1, num_gpus=gpus_per_job,
                                              max_retries=retries, retry_exceptions=False)
         blobs: dict[Path, Any] = {}
 
@@ -814,13 +298,3 @@ def _run_ray(pending: list[tuple[Job, str]], out: Path, address: str, work: Path
     finally:
         if started:
             ray.shutdown()
-
-
-def write_report(report: BatchReport, out_dir: Path) -> None:
-    """`batch-report.json` (everything) and `batch-report.csv` (one row per job)."""
-    atomic_write_text(out_dir / REPORT_JSON, json.dumps(report.to_dict(), indent=1))
-    with atomic_write(out_dir / REPORT_CSV, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=_REPORT_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for r in report.results:
-            writer.writerow(asdict(r))
