@@ -13,10 +13,13 @@ The solver follows eos's recipe, as named steps a reader can follow in order (ru
 3. `fit_identity`: the model is linear in identity, so given the pose the regularised
    (N(0, I) prior) least-squares fit is one linear solve.
 4. `fit_expression`: the same for expression, with the weights bounded to [0, 1].
-5. `update_jaw_contour`: the iBUG jaw points 0-16 (except the chin) lie on the occluding
+5. `update_jaw_contour`: the iBUG side jaw points (0-4, 12-16) lie on the occluding
    contour, which moves over the surface with pose: each takes the silhouette point of
    its horizontal model row (as eos does with its contour lists; the row is where mesh
-   edges cross the point's height, so the point keeps its height).
+   edges cross the point's height, so the point keeps its height); the lower jaw beside
+   the chin (5-7, 9-11) does too once it faces away from the camera (the far side of a
+   turned head). Points whose surface turns away from the camera (self-occluded) get a low
+   weight.
 6. repeat 2-5 a few times, with robust (Huber IRLS) weights against landmark outliers.
 7. `refine_joint`: everything jointly (identity, every pose and expression), bounded
    Gauss-Newton with Huber IRLS weights + priors, the jaw contour re-picked each iteration.

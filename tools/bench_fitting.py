@@ -36,7 +36,20 @@
   the reported 68 points to dlib's there (% of IOD) without the offset, with it, and with
   the other clip's person's offset: does the deformation carry over to the same face?
 
-`--only PART ...` runs some parts: synthetic, real, video, photo, transfer.
+- turned (`--per-bin N`, default 12; `--save-renders DIR`): random faces by yaw bin (0-20,
+  20-40, 40-60 deg) rendered with a photo's albedo (mark.jpg fitted, completed) under soft
+  light over a smooth random background, landmarks by the real detectors ("mediapipe",
+  "dlib+mediapipe"), fitted as `morph3d fit` fits a photo (focal estimated; also given,
+  diagnostic), also with a glasses frame drawn over the render, and the true 68 points +
+  noise fitted without a detector (the fit's own floor). Per bin: NME of the fitted 68
+  points (mean error / true outer-eye-corner distance, %; also of the jaw alone and of the
+  detector's raw 68) against the true 68 in the annotation convention (`silhouette_jaw`:
+  the jaw on the visible outline), pose error (deg), median face-region vertex error after
+  rigid and similarity (NoW-style, scale included) alignment (mm), the far-side jaw's
+  distance to the rendered outline (px), detector misses (and dlib misses, where
+  "dlib+mediapipe" used mediapipe's 68).
+
+`--only PART ...` runs some parts: synthetic, real, video, photo, transfer, turned.
 """
 
 from __future__ import annotations
@@ -386,10 +399,13 @@ YAW_BINS = ((0.0, 20.0), (20.0, 40.0), (40.0, 60.0))
 # yaw > 0, 0-7 at yaw < 0 (yaw as `fitting.photo.head_pose_degrees` gives it).
 FAR_JAW = {1.0: (9, 10, 11, 12, 13, 14, 15, 16), -1.0: (0, 1, 2, 3, 4, 5, 6, 7)}
 # (backend, focal): "estimated" as `morph3d fit` does, "true" = the render's (diagnostic).
-# "glasses": a frame drawn over the render (`draw_glasses`) before detection.
+# "glasses": a frame drawn over the render (`draw_glasses`) before detection. Backend
+# "true 68": no detector, the true 68 points + 1.5 px noise fitted as dlib's (the fit's own
+# floor on the same faces).
 TURNED_RUNS = (("mediapipe", "estimated"), ("dlib+mediapipe", "estimated"),
                ("mediapipe", "true"), ("dlib+mediapipe", "true"),
-               ("mediapipe", "estimated, glasses"), ("dlib+mediapipe", "estimated, glasses"))
+               ("mediapipe", "estimated, glasses"), ("dlib+mediapipe", "estimated, glasses"),
+               ("true 68", "estimated"), ("true 68", "true"))
 TEXTURE_PHOTO = "mark.jpg"
 
 
@@ -593,11 +609,15 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
             for backend, focal in TURNED_RUNS:
                 r = rows[backend, focal]
                 try:
-                    lms = F.detect_landmarks(glasses if "glasses" in focal else image, backend)
+                    lms = (F.detect_landmarks(glasses if "glasses" in focal else image, backend)
+                           if backend != "true 68" else {"ibug68": truth + 1.5 * np.random
+                                                         .default_rng([seed, int(lo), k])
+                                                         .standard_normal(truth.shape)})
                 except Exception:
                     r["missed"] += 1
                     continue
-                fit = FP.fit_photo(image, model, landmarks=lms, backend=backend,
+                fit = FP.fit_photo(image, model, landmarks=lms,
+                                   backend="dlib" if backend == "true 68" else backend,
                                    photometric=False,
                                    focal=camera.fx if focal == "true" else None)[0]
                 pred = FP.projected_landmarks(fit, model)[0]
