@@ -129,9 +129,9 @@ def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 
     skin_c = model.mean[1:] - 128.0
     norm = max(float(np.linalg.norm(skin_c)), 1e-6)
     direction = (skin_c / norm).astype(np.float32)
-    c = ycc[..., 1:] - 128.0
-    along = c @ direction
-    across = np.abs(c @ np.array([-direction[1], direction[0]], np.float32))
+    c0, c1 = cr - 128.0, cb - 128.0
+    along = c0 * direction[0] + c1 * direction[1]
+    across = np.abs(c0 * -direction[1] + c1 * direction[0])
     highlight = ((y > model.mean[0] + 1.0 * model.std_y) & (along > -2.0)
                  & (along < norm + 4.0) & (across < 4.0 + 0.3 * norm))
     dark = ((y < model.mean[0] - dark_sigmas * model.std_y)
