@@ -7,7 +7,6 @@ annotation convention on a turned head puts the jaw points on the face's visible
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
@@ -19,13 +18,6 @@ from morph3d.model.geometry import vertex_normals
 # The jaw points on the side turned away from the camera: iBUG 9-16 (model x > 0) at
 # yaw > 0, 0-7 at yaw < 0 (yaw as `fitting.photo.head_pose_degrees` gives it).
 FAR_JAW = {1.0: (9, 10, 11, 12, 13, 14, 15, 16), -1.0: (0, 1, 2, 3, 4, 5, 6, 7)}
-
-
-@pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    return load_model("default")
 
 
 def annotated_68(model, alpha: np.ndarray, state: F.FrameState, camera: CameraParams
