@@ -185,9 +185,10 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     # the gaps (the skin only one of them saw), the face's overall ratio beyond that: a
     # gap does not show as a patch of the overall tone.
     ratio = np.broadcast_to(overall, source.shape).astype(np.float32)
+    pair = np.concatenate([s_lin, a_lin], -1)
     for scale in (coarse, 1.0):
-        s_low, den = normalized_blur(s_lin, w, sigma * scale)
-        a_low, _ = normalized_blur(a_lin, w, sigma * scale)
+        both, den = normalized_blur(pair, w, sigma * scale)  # both sides in one pass
+        s_low, a_low = both[..., :3], both[..., 3:]
         local = (s_low + 1e-3) / (a_low + 1e-3)
         local = local * (overall / base)  # the local pattern around the applied overall
         local = np.clip(local, overall / max_spread, overall * max_brighten)
@@ -219,8 +220,8 @@ def with_frame_detail(albedo: np.ndarray, seen: np.ndarray, weight: np.ndarray,
         return albedo
     a = srgb_to_linear(np.clip(albedo, 0, 1))
     f = srgb_to_linear(np.clip(seen, 0, 1))
-    a_low, den = normalized_blur(a, weight, sigma)
-    f_low, _ = normalized_blur(f, weight, sigma)
+    both, den = normalized_blur(np.concatenate([a, f], -1), weight, sigma)  # one pass
+    a_low, f_low = both[..., :3], both[..., 3:]
     mixed = a_low * (f + 1e-3) / (f_low + 1e-3)
     support = np.clip(den / 0.3, 0.0, 1.0)[..., None]
     return linear_to_srgb(np.clip(support * mixed + (1 - support) * a, 0, 1)).astype(np.float32)
