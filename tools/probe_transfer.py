@@ -120,6 +120,9 @@ TRANSFER_VARIANTS: dict[str, dict] = {
     "nosurround": {"surround": 0.0},
     "sur04": {"surround": 0.4},
     "sur15": {"surround": 1.5},
+    "detail0": {"detail": 0.0},
+    "detail05": {"detail": 0.05},
+    "detail25": {"detail": 0.25},
     "warp_only": {"ratio_on": False},
     "ratio_only": {"warp_on": False},
 }
