@@ -4,6 +4,7 @@
     python tools/profile_swap.py run CLIP --source PHOTO --work-dir DIR [--max-frames N]
                                  [--output OUT.mp4] [--cprofile] [--json FILE] [--root TREE]
     python tools/profile_swap.py codec CLIP N
+    python tools/profile_swap.py composite INPUTS.pkl [--root TREE] [--save OUT.npy]
     python tools/profile_swap.py compare A.mp4 B.mp4
 
 `make-clips` writes two clips made from ../shared/media (never into the repository):
@@ -27,6 +28,11 @@ shell loop on one machine.
 (FFmpeg's threads included): decoding, the YUV -> RGB conversion (`io.media`'s accurate
 swscale flags), and `io.video_writer.VideoWriter` (RGB -> YUV conversion plus x264), each part
 of the writer timed as well.
+
+`run --record-composite FILE` also pickles every `FaceCompositor.process` input (about 14 MB
+per 720p frame: keep FILE out of the repository); `composite FILE [--root TREE]` replays them
+through a fresh compositor and prints its thread CPU per frame, and with `--save OUT.npy` keeps
+the composited frames, to compare trees bit for bit without the rest of the swap.
 
 `compare` prints the largest and mean absolute difference of the decoded frames of two clips.
 """
@@ -147,11 +153,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     clock.wrap_iterator(morph3d.io.media, "iter_frames", "decode")
     clock.wrap_method(FaceRenderer, "render", "render")
     clock.wrap_method(FaceCompositor, "process", "composite")
+    recorded: list = []
+    if args.record_composite:
+        process = FaceCompositor.process
+
+        def record(self, inputs):
+            recorded.append(inputs)
+            return process(self, inputs)
+
+        FaceCompositor.process = record
     clock.wrap_method(VideoWriter, "write", "encode")
     clock.wrap_method(VideoWriter, "close", "encode")  # the encoder's flush
     output = Path(args.output or Path(args.work_dir) / "profile_out.mp4")
     options = SwapOptions(work_dir=Path(args.work_dir), max_frames=args.max_frames, quiet=True)
     summary = swap([Path(args.source)], Path(args.clip), output, options)
+    if args.record_composite:
+        import pickle
+
+        with open(args.record_composite, "wb") as f:
+            pickle.dump(recorded, f)
     loop_cpu = time.process_time() - clock.started_cpu
     frames = summary.frames
     render_s = summary.seconds["render"]
@@ -247,6 +267,29 @@ def codec(clip: Path, count: int) -> None:
           f"VideoWriter (RGB->YUV + x264) {(c4 - c3) / n:.1f}")
 
 
+def composite(args: argparse.Namespace) -> None:
+    import pickle
+
+    sys.path.insert(0, str(Path(args.root).resolve() if args.root else ROOT))
+    import numpy as np
+
+    from morph3d.composite.compositor import FaceCompositor
+    from morph3d.swap.transfer import compositor_config
+
+    with open(args.inputs, "rb") as f:
+        inputs = pickle.load(f)
+    compositor = FaceCompositor(compositor_config())
+    outputs = []
+    c0, w0 = time.thread_time(), time.perf_counter()
+    for frame_inputs in inputs:
+        outputs.append(compositor.process(frame_inputs)[0])
+    cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
+    print(f"{args.root or ROOT}: {len(inputs)} frames, composite {1000 * cpu / len(inputs):.1f} "
+          f"ms thread CPU per frame ({1000 * wall / len(inputs):.1f} wall)")
+    if args.save:
+        np.save(args.save, np.stack(outputs))
+
+
 def compare(a: Path, b: Path) -> None:
     import numpy as np
 
@@ -278,6 +321,11 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
     p.add_argument("--root", help="import the project from this tree")
+    p.add_argument("--record-composite", help="pickle the compositor's inputs here")
+    p = sub.add_parser("composite")
+    p.add_argument("inputs", type=Path)
+    p.add_argument("--root", help="import the project from this tree")
+    p.add_argument("--save", type=Path, help="keep the composited frames (npy)")
     p = sub.add_parser("codec")
     p.add_argument("clip", type=Path)
     p.add_argument("count", type=int)
@@ -289,6 +337,8 @@ def main() -> None:
         make_clips(args.folder)
     elif args.command == "run":
         run(args)
+    elif args.command == "composite":
+        composite(args)
     elif args.command == "codec":
         codec(args.clip, args.count)
     else:
