@@ -810,7 +810,9 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     offset = ls.offset
     edges = arrays.contour_edges.get(ls.ibug_table)
     R = rotation_matrix(state.rotation)
-    pos = ls.positions(identity, state.expression) @ R.T + state.translation
+    # View rays to the points of the mean face: a face's shape moves them by a few mm at a
+    # distance of hundreds, and skipping identity and expression keeps this cheap.
+    pos = ls.mean @ R.T + state.translation
     ray = pos / (np.linalg.norm(pos, axis=1, keepdims=True) + 1e-12)
     facing = -np.einsum("ld,ld->l", ls.normals @ R.T, ray)
     factor = OCCLUDED_WEIGHT + (1.0 - OCCLUDED_WEIGHT) * np.clip(facing / GRAZING_FACING, 0, 1)
@@ -822,13 +824,13 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     base = ls.scheme_slices[IBUG68].start
     table_ids, table_bary = arrays.landmarks[ls.ibug_table]
     lower = [j for j in LOWER_JAW if j in edges]
-    m, i_b, e_b = ls._rows(table_ids[lower], table_bary[lower])
-    at = (m + i_b @ identity + e_b @ state.expression) @ R.T + state.translation
+    at = np.einsum("lc,lcd->ld", table_bary[lower], arrays.mean[table_ids[lower]]) @ R.T \
+        + state.translation
     facing_lower = -np.einsum("ld,ld->l", ls.normals[base + np.array(lower, int)] @ R.T,
                               at / np.linalg.norm(at, axis=1, keepdims=True))
     hidden = [j for j, f in zip(lower, facing_lower, strict=True) if f <= 0.0]
     visible = [j for j, f in zip(lower, facing_lower, strict=True) if f > 0.0]
-    if visible:
+    if visible and not np.array_equal(ls.ids[base + np.array(visible)], table_ids[visible]):
         ls.set_points(base + np.array(visible), table_ids[visible], table_bary[visible])
     groups = [(j, edges[j]) for j in list(CONTOUR_JAW) + hidden]
     all_ids = np.concatenate([g[1][0] for g in groups])
