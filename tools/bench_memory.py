@@ -96,7 +96,7 @@ def rss_plot(runs: dict[int, dict], path: Path) -> None:
         rss = np.array([s[1] for s in run["rss_samples"]]) / 1024
         ax.plot(t, rss, lw=1)
         starts = {"fit source start": "fit source", "landmarks start": "landmarks",
-                  "fit video start": "fit clip", "fit clip end": "render", "exit": "exit"}
+                  "fit clip start": "fit clip", "prepare start": "render", "exit": "exit"}
         for label, wall, _, _ in run["marks"]:
             if label in starts:
                 ax.axvline(wall, color="grey", lw=0.6, ls=":")

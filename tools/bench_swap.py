@@ -16,8 +16,8 @@ the cached re-run (only its own photo fit and the rendering), which is how the p
 `--refine classic` (bicubic upscaling instead of the neural super-resolver).
 
 Every swap runs as its own process, the CLI under light instrumentation
-(`benchlib.run_swap`): the stage functions are wrapped to record process CPU time and peak
-RSS (VmHWM) at their boundaries, and a thread samples the resident set size, so the report
+(`benchlib.run_swap`): the swap's stage hook records process CPU time and peak
+RSS (VmHWM) at the stages' boundaries, and a thread samples the resident set size, so the report
 has per-stage wall seconds (from the swap summary), per-stage CPU seconds and the memory
 profile. On a shared machine the CPU seconds are the steadier measure: wall seconds depend
 on what else runs.

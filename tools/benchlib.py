@@ -1,6 +1,7 @@
 """What every benchmark in tools/ repeats: where the project and the shared media are, the
 machine's description, JSON writing, and `morph3d swap` run in a child process under light
-instrumentation (per-stage wall and CPU seconds, peak RSS, an RSS profile).
+instrumentation (per-stage wall and CPU seconds, peak RSS, an RSS profile), through the swap's
+stage hook (`morph3d.swap.stages`).
 
     from benchlib import MEDIA, ROOT, machine, machine_line, run_swap, write_json
 
@@ -10,7 +11,6 @@ swap runs as `python tools/benchlib.py --child REPORT -- SWAP-ARGS`.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -96,13 +96,18 @@ def _proc_status_kb(field: str) -> int:
 
 
 class StageRecorder:
-    """Records (label, wall s, process CPU s, VmHWM KiB) at stage boundaries and samples VmRSS
-    every RSS_SAMPLE_S seconds with the stage running at the time."""
+    """A swap stage hook (`morph3d.swap.stages.StageHook`): records (label, wall s, process
+    CPU s, VmHWM KiB) at the once-per-swap stages' boundaries ("<stage> start", "<stage>
+    end") and samples VmRSS every RSS_SAMPLE_S seconds with the stage running at the time
+    ("render" for the frame loop: its per-frame stages are not marked, they would be
+    thousands of marks and run on two threads at once)."""
 
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
         self.stage = "start-up"
+        self._outer: list[str] = []
+        self.per_frame: tuple[str, ...] = ()  # morph3d.swap.stages.PER_FRAME, once imported
         self.marks: list[tuple[str, float, float, int]] = []
         self.samples: list[tuple[float, int, str]] = []
         self._stop = threading.Event()
@@ -119,21 +124,19 @@ class StageRecorder:
         self.marks.append((label, time.perf_counter() - self.t0,
                            time.process_time() - self.cpu0, _proc_status_kb("VmHWM")))
 
-    def wrap(self, module: Any, name: str, stage: str) -> None:
-        """Replace module.name by a wrapper that marks `stage` start and end."""
-        fn = getattr(module, name)
+    def start(self, stage: str) -> None:
+        if stage in self.per_frame:
+            return
+        self._outer.append(self.stage)
+        self.stage = stage
+        self.mark(f"{stage} start")
 
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            outer, self.stage = self.stage, stage
-            self.mark(f"{stage} start")
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.mark(f"{stage} end")
-                self.stage = {"fit clip": "render", "swap": "finish"}.get(stage, outer)
-
-        setattr(module, name, inner)
+    def end(self, stage: str) -> None:
+        if stage in self.per_frame:
+            return
+        self.mark(f"{stage} end")
+        outer = self._outer.pop()
+        self.stage = {"prepare": "render", "swap": "finish"}.get(stage, outer)
 
     def stop(self) -> None:
         self._stop.set()
@@ -144,19 +147,20 @@ class StageRecorder:
 def child_main(report: Path, argv: list[str]) -> int:
     """Run `morph3d swap ARGV` in this process, instrumented; write the record to `report`."""
     recorder = StageRecorder()
-    import fitting.video
-    import morph3d.swap.driver
-    from morph3d.cli import main
+    from morph3d.cli import build_parser
+    from morph3d.cli.swap import run
+    from morph3d.swap.stages import PER_FRAME
 
+    recorder.per_frame = PER_FRAME
     recorder.stage = "imports"
     recorder.mark("imports end")
-    recorder.wrap(morph3d.swap.driver, "swap", "swap")
-    recorder.wrap(morph3d.swap.driver, "fit_source", "fit source")
-    recorder.wrap(morph3d.swap.driver, "fit_clips", "fit clip")  # every person's clip fit
-    recorder.wrap(fitting.video, "video_landmarks", "landmarks")
-    recorder.wrap(fitting.video, "fit_video", "fit video")
-    rc = main(["swap", *argv])
-    recorder.stop()
+    args = build_parser().parse_args(["swap", *argv])
+    recorder.start("swap")
+    try:
+        rc = run(args, hook=recorder)
+    finally:
+        recorder.end("swap")
+        recorder.stop()
     report.write_text(json.dumps({"rc": rc, "marks": recorder.marks,
                                   "rss_samples": recorder.samples,
                                   "vmhwm_kb": _proc_status_kb("VmHWM")}))
@@ -165,7 +169,8 @@ def child_main(report: Path, argv: list[str]) -> int:
 
 def stage_costs(marks: list[list]) -> dict[str, dict[str, float]]:
     """Per-stage wall and CPU seconds and the VmHWM at each stage's end (MiB), from the marks.
-    render = from the end of the clip fit to the end of `swap`."""
+    "fit clip" = landmarks and the clip's fit together, "fit video" = the clip's fit alone,
+    "render" = from the renderers' preparation to the end of `swap`."""
     at = {m[0]: m for m in marks}
     out: dict[str, dict[str, float]] = {}
 
@@ -176,9 +181,11 @@ def stage_costs(marks: list[list]) -> dict[str, dict[str, float]]:
 
     out["imports"] = {"wall_s": at["imports end"][1], "cpu_s": at["imports end"][2],
                       "hwm_mib_at_end": at["imports end"][3] / 1024}
-    for stage in ("fit source", "fit clip", "landmarks", "fit video", "swap"):
+    for stage in ("fit source", "landmarks", "swap"):
         span(stage, f"{stage} start", f"{stage} end")
-    span("render", "fit clip end", "swap end")
+    span("fit clip", "landmarks start", "fit clip end")
+    span("fit video", "fit clip start", "fit clip end")
+    span("render", "prepare start", "swap end")
     span("process", "imports end", "exit")
     out["process"]["wall_s"] = at["exit"][1]
     out["process"]["cpu_s"] = at["exit"][2]

@@ -12,17 +12,18 @@
 about 400 px wide, 66 frames), and `nggyup_1080.mp4`, nggyup.mp4 scaled to 1920x1080
 (its first 90 frames).
 
-`run` runs `morph3d.swap.driver.swap` in this process with the loop's four calls wrapped
-(the driver is not edited): `io.media.iter_frames` (decode, in the main thread, where
-`map_ahead` pulls the frames), `FaceRenderer.render` (render, in map_ahead's worker thread),
-`FaceCompositor.process` (composite) and `VideoWriter.write` (encode, with the flush at
-close). Each call records its wall time and its thread's CPU time (`time.thread_time`;
-FFmpeg's own decode/encode threads are not in it, the process CPU total is). Run it once to
+`run` runs `morph3d.swap.driver.swap` in this process with a stage hook
+(`morph3d.swap.stages`) that times the loop's four per-frame stages: decode (in the main
+thread, where `map_ahead` pulls the frames; once more than the frames, the last call finds the
+end), render (every face of the frame, in map_ahead's worker thread), composite and encode
+(with the encoder's flush, the "finish" stage, as one more call). Each call records its wall
+time and its thread's CPU time (`time.thread_time`; FFmpeg's own decode/encode threads are
+not in it, the process CPU total is). Run it once to
 fill the work folder's fits, then again: the second run's stages 2-4 are cached.
 `--cprofile` adds one cProfile per stage, enabled inside the wrapped call of that stage's
 thread, and prints each stage's top functions (cumulative time). `--root TREE` imports the
-project from another tree (e.g. an exported older commit) to compare before and after in one
-shell loop on one machine.
+project from another tree (e.g. an exported older commit, one with the stage hook) to compare
+before and after in one shell loop on one machine.
 
 `codec CLIP N` times the swap's decode and encode alone on the first N frames, in process CPU
 (FFmpeg's threads included): decoding, the YUV -> RGB conversion (`io.media`'s accurate
@@ -87,53 +88,40 @@ def make_clips(folder: Path) -> None:
 
 
 class StageClock:
-    """Wall and thread-CPU seconds per call of each stage, and optionally a cProfile each."""
+    """A swap stage hook (`morph3d.swap.stages.StageHook`): wall and thread-CPU seconds per
+    call of each per-frame stage, and optionally a cProfile each, enabled on the stage's own
+    thread. The encoder's flush ("finish") counts as one more encode call."""
 
     def __init__(self, cprofile: bool) -> None:
         self.calls: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.threads: dict[str, str] = {}
         self.profiles = {s: cProfile.Profile() for s in STAGES} if cprofile else {}
         self._lock = threading.Lock()
+        self._running = threading.local()  # a stage's start, on the thread that runs it
         self.started_cpu = 0.0
 
-    def timed(self, stage: str, fn, *args, **kwargs):
+    def start(self, stage: str) -> None:
+        stage = "encode" if stage == "finish" else stage
+        if stage not in STAGES:
+            return
+        self._running.start = (time.perf_counter(), time.thread_time())
         profile = self.profiles.get(stage)
-        w0, c0 = time.perf_counter(), time.thread_time()
         if profile is not None:
             profile.enable()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if profile is not None:
-                profile.disable()
-            with self._lock:
-                self.calls[stage].append((time.perf_counter() - w0, time.thread_time() - c0))
-                self.threads[stage] = threading.current_thread().name
 
-    def wrap_method(self, cls: type, name: str, stage: str) -> None:
-        fn = getattr(cls, name)
-        clock = self
-
-        def inner(*args, **kwargs):
-            return clock.timed(stage, fn, *args, **kwargs)
-
-        setattr(cls, name, inner)
-
-    def wrap_iterator(self, module: Any, name: str, stage: str) -> None:
-        fn = getattr(module, name)
-        clock = self
-
-        def inner(*args, **kwargs):
-            clock.started_cpu = time.process_time()  # the last call is the render loop's
-            iterator = iter(fn(*args, **kwargs))
-            while True:
-                try:
-                    item = clock.timed(stage, next, iterator)
-                except StopIteration:
-                    return
-                yield item
-
-        setattr(module, name, inner)
+    def end(self, stage: str) -> None:
+        if stage == "prepare":
+            self.started_cpu = time.process_time()  # the frame loop starts
+        stage = "encode" if stage == "finish" else stage
+        if stage not in STAGES:
+            return
+        profile = self.profiles.get(stage)
+        if profile is not None:
+            profile.disable()
+        w0, c0 = self._running.start
+        with self._lock:
+            self.calls[stage].append((time.perf_counter() - w0, time.thread_time() - c0))
+            self.threads[stage] = threading.current_thread().name
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -141,20 +129,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(root))
     host = machine()
     import morph3d
-    import morph3d.io.media
     from morph3d.composite.compositor import FaceCompositor
-    from morph3d.io.video_writer import VideoWriter
     from morph3d.swap.driver import swap
     from morph3d.swap.options import SwapOptions
-    from morph3d.swap.renderer import FaceRenderer
 
     assert Path(morph3d.__file__).resolve().is_relative_to(root), morph3d.__file__
     clock = StageClock(args.cprofile)
-    clock.wrap_iterator(morph3d.io.media, "iter_frames", "decode")
-    clock.wrap_method(FaceRenderer, "render", "render")
-    clock.wrap_method(FaceCompositor, "process", "composite")
     recorded: list = []
     if args.record_composite:
+        # The compositor's inputs are data, not a stage's time: the one thing the hook does
+        # not carry, so the recording wraps the compositor's method.
         process = FaceCompositor.process
 
         def record(self, inputs):
@@ -162,11 +146,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return process(self, inputs)
 
         FaceCompositor.process = record
-    clock.wrap_method(VideoWriter, "write", "encode")
-    clock.wrap_method(VideoWriter, "close", "encode")  # the encoder's flush
     output = Path(args.output or Path(args.work_dir) / "profile_out.mp4")
     options = SwapOptions(work_dir=Path(args.work_dir), max_frames=args.max_frames, quiet=True)
-    summary = swap([Path(args.source)], Path(args.clip), output, options)
+    summary = swap([Path(args.source)], Path(args.clip), output, options, hook=clock)
     if args.record_composite:
         import pickle
 
@@ -175,11 +157,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     loop_cpu = time.process_time() - clock.started_cpu
     frames = summary.frames
     render_s = summary.seconds["render"]
-    decode_calls = clock.calls["decode"]  # fit stages decode too when not cached
-    decode_calls = decode_calls[-(frames + 1):]
     rows = {}
     for stage in STAGES:
-        calls = decode_calls if stage == "decode" else clock.calls[stage]
+        calls = clock.calls[stage]
         wall = sum(c[0] for c in calls)
         cpu = sum(c[1] for c in calls)
         rows[stage] = {"thread": "worker" if "render" in clock.threads.get(stage, "") else "main",

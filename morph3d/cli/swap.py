@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from morph3d.cli.arguments import add_clip_options, positive_int
+from morph3d.swap.stages import StageHook
 
 
 def register(subparsers, name: str) -> None:
@@ -44,7 +45,8 @@ def register(subparsers, name: str) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, hook: StageHook | None = None) -> int:
+    """`hook`: a `morph3d.swap.stages.StageHook` for tools that measure the stages."""
     from morph3d.devices import check_device
     from morph3d.swap.driver import reference_photos, swap, write_summary
     from morph3d.swap.options import SwapOptions, check_paths
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
     check_device(args.device)
 
-    summary = swap(args.source, args.target, args.output, options)
+    summary = swap(args.source, args.target, args.output, options, hook=hook)
     if args.summary_json:
         write_summary(args.summary_json, summary)
     for note in summary.notes:

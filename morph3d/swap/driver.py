@@ -11,6 +11,9 @@ directory keyed by the inputs' content hashes, so a re-run or `--resume` skips t
               identity at the actor's expression and pose) and toned by the source-to-actor
               albedo ratio (morph3d.swap.transfer), composited (morph3d.composite), encoded with
               the audio copied.
+
+Each stage is a function that returns what it made; the summary is put together from those
+values. A tool that measures the stages passes a `morph3d.swap.stages.StageHook` to `swap`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -29,6 +34,7 @@ from morph3d.swap.cache import work_directory
 from morph3d.swap.fits import face_selection, fit_clips, fit_source
 from morph3d.swap.options import SwapOptions, SwapSummary, check_paths, file_digest, output_kind
 from morph3d.swap.renderer import FaceRenderer
+from morph3d.swap.stages import StageHook, each, stage
 
 
 def reference_photos(options: SwapOptions) -> tuple[Path, ...]:
@@ -53,9 +59,10 @@ def completion_used(options: SwapOptions) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions | None = None
-         ) -> SwapSummary:
-    """Run every stage; returns the summary (also written by the CLI as JSON)."""
+def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions | None = None,
+         hook: StageHook | None = None) -> SwapSummary:
+    """Run every stage; returns the summary (also written by the CLI as JSON). `hook` sees
+    each stage start and end (`morph3d.swap.stages`)."""
     from morph3d.devices import check_device
     from morph3d.io.media import probe_video
     from morph3d.io.outputs import check_creatable_dir
@@ -88,24 +95,26 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _swap(sources, target, output, options, summary, info, t0, template)
+        return _swap(sources, target, output, options, summary, info, t0, template, hook)
     finally:
         torch.set_num_threads(threads)
         torch.set_grad_enabled(True)
 
 
-def _swap(sources, target, output, options, summary, info, t0, template=None) -> SwapSummary:
+def _swap(sources, target, output, options, summary, info, t0, template=None, hook=None
+          ) -> SwapSummary:
     from fitting.faces import DETECT_MAX_SIDE
     from morph3d.io.limits import check_image_pixels
 
     for path in (*sources, *reference_photos(options), *([target] if info.is_image else [])):
         check_image_pixels(path)  # before the model loads and the photos are fitted
     if template is None and info.is_image and max(info.width, info.height) > DETECT_MAX_SIDE:
-        return _swap_large_image(sources, target, output, options, summary, t0)
-    return _swap_frames(sources, target, output, options, summary, info, t0, template)
+        return _swap_large_image(sources, target, output, options, summary, t0, hook)
+    return _swap_frames(sources, target, output, options, summary, info, t0, template, hook)
 
 
-def _swap_large_image(sources, target, output, options, summary, t0) -> SwapSummary:
+def _swap_large_image(sources, target, output, options, summary, t0, hook=None
+                      ) -> SwapSummary:
     """A still target larger than `fitting.faces.DETECT_MAX_SIDE`: the whole swap runs on a
     crop around the chosen face (the face at most `FACE_MAX_WIDTH` wide; the face is found
     on a scaled-down copy), then only the pixels the swap changed are pasted back into the
@@ -154,7 +163,7 @@ def _swap_large_image(sources, target, output, options, summary, t0) -> SwapSumm
     swapped_path = folder / f".swapped-{os.getpid()}.png"
     try:
         _swap_frames(sources, crop_path, swapped_path, inner, summary, probe_video(crop_path),
-                     t0)
+                     t0, hook=hook)
         swapped = read_image(swapped_path)
     finally:
         swapped_path.unlink(missing_ok=True)
@@ -201,17 +210,12 @@ def paste_back(full: np.ndarray, crop, swapped: np.ndarray, band: int = 256) -> 
         region[take] = np.rint(region[take] * (1.0 - a) + image[take] * a).astype(np.uint8)
 
 
-def _swap_frames(sources, target, output, options, summary, info, t0, template=None
+def _swap_frames(sources, target, output, options, summary, info, t0, template=None, hook=None
                  ) -> SwapSummary:
     import torch
-    from tqdm import tqdm
 
-    from morph3d.composite.compositor import FaceCompositor, FrameInputs
-    from morph3d.io.images import read_image, synthetic_metadata, write_image
-    from morph3d.io.media import DecodeReport, iter_frames
-    from morph3d.io.video_writer import VideoWriter
+    from morph3d.io.images import read_image
     from morph3d.model.registry import load_model
-    from morph3d.swap.transfer import compositor_config as transfer_compositor
 
     model = load_model(options.model).to(options.device)
     if template is not None:
@@ -221,12 +225,39 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
     # below both use it.
     photo = read_image(sources[0])
     with torch.enable_grad():
-        source_fit = fit_source(sources, model, options, summary, first_photo=photo)
-        clip_fits = [template.fit] if template else fit_clips(target, model, options, summary)
+        with stage(hook, "fit source"):
+            source_fit = fit_source(sources, model, options, summary, first_photo=photo)
+        clip_fits = ([template.fit] if template
+                     else fit_clips(target, model, options, summary, hook=hook))
 
     summary.refine = completion_used(options)
     t = time.perf_counter()
-    # One renderer and compositor per face replaced (target face "all": every person).
+    with stage(hook, "prepare"):
+        people = prepare_people(model, source_fit, clip_fits, photo, options, target)
+    summary.faces = len(people)
+    tally = render_clip(people, sources, target, output, options, info, hook)
+    summary.frames = tally.frames
+    summary.frames_swapped = tally.frames_swapped
+    summary.frames_without_face = tally.frames - tally.frames_swapped
+    summary.frames_kept_original = tally.frames_kept_original
+    summary.frames_skipped_corrupt = tally.frames_skipped_corrupt
+    summary.notes.extend(tally.notes)
+    if summary.frames_swapped == 0 and summary.frames:
+        output.unlink(missing_ok=True)
+        raise Morph3dError(f"no face found in any frame of {target}")
+    summary.seconds["render"] = time.perf_counter() - t
+    summary.seconds["total"] = time.perf_counter() - t0
+    for name in ("landmarks", "fit clip", "render"):
+        if summary.seconds.get(name) and name not in summary.cached:
+            summary.fps[name] = round(summary.frames / summary.seconds[name], 2)
+    return summary
+
+
+def prepare_people(model, source_fit, clip_fits, photo, options, target) -> list[Person]:
+    """One renderer and compositor per face replaced (target face "all": every person)."""
+    from morph3d.composite.compositor import FaceCompositor
+    from morph3d.swap.transfer import compositor_config as transfer_compositor
+
     people = []
     for clip_fit in clip_fits:
         # The face is made from the actor's own pixels (morph3d.swap.transfer); the first
@@ -234,7 +265,33 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         # fit's).
         renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options, target)
         people.append(Person(clip_fit, renderer, FaceCompositor(transfer_compositor())))
-    summary.faces = len(people)
+    return people
+
+
+@dataclass
+class FrameTally:
+    """What the render pass did with the clip's frames (`render_clip`)."""
+
+    frames: int = 0
+    frames_swapped: int = 0
+    # Frames that kept the original face, by why (`SwapSummary.frames_kept_original`).
+    frames_kept_original: dict[str, int] = field(default_factory=dict)
+    frames_skipped_corrupt: list[int] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def render_clip(people: list[Person], sources, target, output, options, info,
+                hook: StageHook | None = None) -> FrameTally:
+    """Stage 5: every frame decoded, its faces rendered (ahead, in a thread), composited over
+    the frame and encoded (a still target: written as an image). A failure removes the
+    partial output (`VideoWriter` discards it when its block fails)."""
+    from tqdm import tqdm
+
+    from morph3d.io.images import synthetic_metadata, write_image
+    from morph3d.io.media import DecodeReport, iter_frames
+    from morph3d.io.video_writer import VideoWriter
+
+    tally = FrameTally()
     report = DecodeReport()
     total = info.frame_count if options.max_frames is None else min(info.frame_count,
                                                                      options.max_frames)
@@ -242,72 +299,70 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
     # marker); still images get them here.
     metadata = synthetic_metadata()
     preview_written = False
-    writer = None if info.is_image else VideoWriter(
-        output, like=info, audio_from=target if info.has_audio else None,
-        inputs=[*sources, target], crf=int(options.crf))
-    if writer is not None and writer.audio_note:
-        summary.notes.append(writer.audio_note)  # audio re-encoded (or left out), not copied
-    try:
-        if writer is not None:
-            writer.__enter__()
-        def render_frame(frame):
-            """The part of a frame's work that needs no state: runs ahead in a thread. Every
-            face is made from the frame's own pixels."""
+
+    def render_frame(frame):
+        """The part of a frame's work that needs no state: runs ahead in a thread. Every
+        face is made from the frame's own pixels."""
+        with stage(hook, "render"):
             return frame, [person.render(frame) for person in people]
 
-        frames = iter_frames(target, stop=options.max_frames, report=report)
+    with ExitStack() as stack:
+        writer = None if info.is_image else stack.enter_context(VideoWriter(
+            output, like=info, audio_from=target if info.has_audio else None,
+            inputs=[*sources, target], crf=int(options.crf)))
+        if writer is not None and writer.audio_note:
+            tally.notes.append(writer.audio_note)  # audio re-encoded (or left out), not copied
+        frames = each(hook, "decode", iter_frames(target, stop=options.max_frames,
+                                                  report=report))
         for frame, renders in tqdm(map_ahead(render_frame, frames), total=total,
                                    desc="rendering", unit="frame", disable=options.quiet):
             i = frame.index
-            out_u8 = frame.rgb  # untouched, bit for bit, where there is no face
-            for person, rendered in zip(people, renders, strict=True):
-                if rendered is None or person.cut(i):
-                    person.compositor.reset()  # its moving averages belong to the last shot
-                if rendered is not None:  # each face composited over the faces before it
-                    inputs = FrameInputs(
-                        frame=out_u8, render=rendered["image"], coverage=rendered["coverage"],
-                        actor_landmarks=person.landmarks_at(i),
-                        swapped_landmarks={"ibug68": rendered["ibug68"],
-                                           "mediapipe478": rendered["mediapipe478"]},
-                        regions=rendered["regions"], window=rendered["window"])
-                    out_u8, _ = person.compositor.process(inputs)
-            have_face = any(rendered is not None for rendered in renders)
-            if have_face:
-                summary.frames_swapped += 1
+            with stage(hook, "composite"):
+                out_u8 = composite_frame(people, frame, renders)
+            if any(rendered is not None for rendered in renders):
+                tally.frames_swapped += 1
+                if options.preview is not None and not preview_written:
+                    write_preview(options.preview, sources[0], frame.rgb, out_u8)
+                    preview_written = True
             else:
-                summary.frames_without_face += 1
                 reason = ("face not fitted" if any(p.found(i) for p in people) else "no face")
-                kept = summary.frames_kept_original
+                kept = tally.frames_kept_original
                 kept[reason] = kept.get(reason, 0) + 1
-            if options.preview is not None and have_face and not preview_written:
-                write_preview(options.preview, sources[0], frame.rgb, out_u8)
-                preview_written = True
-            if writer is not None:
-                writer.write(out_u8, index=i)
-            else:
-                write_image(output, out_u8, metadata=metadata)
-            summary.frames += 1
+            with stage(hook, "encode"):
+                if writer is not None:
+                    writer.write(out_u8, index=i)
+                else:
+                    write_image(output, out_u8, metadata=metadata)
+            tally.frames += 1
         if writer is not None:
-            writer.__exit__(None, None, None)
-            writer = None
-    except BaseException as exc:
-        if writer is not None:
-            writer.__exit__(type(exc), exc, exc.__traceback__)
-        raise
-    summary.frames_skipped_corrupt = list(report.skipped_indices)
-    if summary.frames_kept_original:
-        reasons = ", ".join(f"{n} {why}" for why, n in sorted(summary.frames_kept_original.items()))
-        summary.notes.append(f"{summary.frames_without_face} of {summary.frames} frame(s) kept "
-                             f"the original face ({reasons})")
-    if summary.frames_swapped == 0 and summary.frames:
-        output.unlink(missing_ok=True)
-        raise Morph3dError(f"no face found in any frame of {target}")
-    summary.seconds["render"] = time.perf_counter() - t
-    summary.seconds["total"] = time.perf_counter() - t0
-    for stage in ("landmarks", "fit clip", "render"):
-        if summary.seconds.get(stage) and stage not in summary.cached:
-            summary.fps[stage] = round(summary.frames / summary.seconds[stage], 2)
-    return summary
+            with stage(hook, "finish"):
+                stack.close()  # the encoder's flush, the audio, the move into place
+    tally.frames_skipped_corrupt = list(report.skipped_indices)
+    if tally.frames_kept_original:
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(tally.frames_kept_original.items()))
+        tally.notes.append(f"{tally.frames - tally.frames_swapped} of {tally.frames} frame(s) "
+                           f"kept the original face ({reasons})")
+    return tally
+
+
+def composite_frame(people: list[Person], frame, renders: list) -> np.ndarray:
+    """`frame` with each rendered face composited over the faces before it (uint8 RGB)."""
+    from morph3d.composite.compositor import FrameInputs
+
+    i = frame.index
+    out_u8 = frame.rgb  # untouched, bit for bit, where there is no face
+    for person, rendered in zip(people, renders, strict=True):
+        if rendered is None or person.cut(i):
+            person.compositor.reset()  # its moving averages belong to the last shot
+        if rendered is not None:
+            inputs = FrameInputs(
+                frame=out_u8, render=rendered["image"], coverage=rendered["coverage"],
+                actor_landmarks=person.landmarks_at(i),
+                swapped_landmarks={"ibug68": rendered["ibug68"],
+                                   "mediapipe478": rendered["mediapipe478"]},
+                regions=rendered["regions"], window=rendered["window"])
+            out_u8, _ = person.compositor.process(inputs)
+    return out_u8
 
 
 class Person:

@@ -21,6 +21,7 @@ from morph3d.swap.cache import (
     work_directory,
 )
 from morph3d.swap.options import SOURCE_FORMAT, WORK_FORMAT, SwapOptions, SwapSummary, file_digest
+from morph3d.swap.stages import StageHook, stage
 
 
 def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
@@ -33,15 +34,18 @@ def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
     return reference_embedding(options.target_face_ref), file_digest(options.target_face_ref)
 
 
-def fit_clips(target: Path, model, options: SwapOptions, summary: SwapSummary) -> list:
+def fit_clips(target: Path, model, options: SwapOptions, summary: SwapSummary,
+              hook: StageHook | None = None) -> list:
     """Stages 2-3 (cached): one VideoFit per face the swap replaces: the chosen face's, or
-    with target face "all" every person's (`fit_people`)."""
+    with target face "all" every person's (`fit_people`). `hook` sees the stages
+    "landmarks" and "fit clip" (`morph3d.swap.stages`)."""
     if options.target_face.rule == "all":
-        return fit_people(target, model, options, summary)
-    return [fit_clip(target, model, options, summary)]
+        return fit_people(target, model, options, summary, hook)
+    return [fit_clip(target, model, options, summary, hook)]
 
 
-def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
+def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary,
+             hook: StageHook | None = None):
     """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
     from fitting.params import VideoFit
     from fitting.video import fit_video, video_landmarks
@@ -57,27 +61,29 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
     fit_path = folder / f"fit-{model_key(model)}.npz"
 
     t = time.perf_counter()
-    landmarks = load_cached(landmarks_path, _load_npz, "landmarks", summary)
-    if landmarks is not None:
-        summary.cached.append("landmarks")
-    else:
-        found = video_landmarks(target, options.backend, select, options.max_frames,
-                                progress=not options.quiet)
-        landmarks = on_source_timeline(target, {**found.points, "scene_cut": found.scene_cut},
-                                       options.max_frames)
-        _save_npz(landmarks_path, landmarks)
+    with stage(hook, "landmarks"):
+        landmarks = load_cached(landmarks_path, _load_npz, "landmarks", summary)
+        if landmarks is not None:
+            summary.cached.append("landmarks")
+        else:
+            found = video_landmarks(target, options.backend, select, options.max_frames,
+                                    progress=not options.quiet)
+            landmarks = on_source_timeline(
+                target, {**found.points, "scene_cut": found.scene_cut}, options.max_frames)
+            _save_npz(landmarks_path, landmarks)
     scene_cut = landmarks.pop("scene_cut", None)
     summary.seconds["landmarks"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    fit = load_cached(fit_path, VideoFit.load, "clip fit", summary)
-    if fit is not None:
-        summary.cached.append("fit clip")
-    else:
-        fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
-                        max_frames=options.max_frames, progress=not options.quiet,
-                        scene_cut=scene_cut)
-        fit.save(fit_path)
+    with stage(hook, "fit clip"):
+        fit = load_cached(fit_path, VideoFit.load, "clip fit", summary)
+        if fit is not None:
+            summary.cached.append("fit clip")
+        else:
+            fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
+                            max_frames=options.max_frames, progress=not options.quiet,
+                            scene_cut=scene_cut)
+            fit.save(fit_path)
     summary.seconds["fit clip"] = time.perf_counter() - t
     return fit
 
@@ -88,7 +94,8 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary):
 MIN_PERSON_FRAMES = 3
 
 
-def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary) -> list:
+def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary,
+               hook: StageHook | None = None) -> list:
     """Stages 2-3 (cached) for target face "all": every person of the clip (face tracks
     joined where the tracker split one person, `fitting.track.people`), largest
     first, each fitted as its own clip fit."""
@@ -101,31 +108,33 @@ def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary) 
     landmarks_path = folder / "people.npz"
 
     t = time.perf_counter()
-    found = load_cached(landmarks_path, _load_npz, "landmarks", summary)
-    if found is not None:
-        summary.cached.append("landmarks")
-    else:
-        found = on_source_timeline(target, people_landmarks(target, options),
-                                   options.max_frames)
-        _save_npz(landmarks_path, found)
+    with stage(hook, "landmarks"):
+        found = load_cached(landmarks_path, _load_npz, "landmarks", summary)
+        if found is not None:
+            summary.cached.append("landmarks")
+        else:
+            found = on_source_timeline(target, people_landmarks(target, options),
+                                       options.max_frames)
+            _save_npz(landmarks_path, found)
     scene_cut = found.pop("scene_cut", None)
     people = sorted({int(k.split("/", 1)[0]) for k in found})
     summary.seconds["landmarks"] = time.perf_counter() - t
 
     t = time.perf_counter()
     fits, cached = [], True
-    for person in people:
-        path = folder / f"fit-{model_key(model)}-{person}.npz"
-        fit = load_cached(path, VideoFit.load, "clip fit", summary)
-        if fit is None:
-            cached = False
-            landmarks = {k.split("/", 1)[1]: v for k, v in found.items()
-                         if k.startswith(f"{person}/")}
-            fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
-                            max_frames=options.max_frames, progress=not options.quiet,
-                            scene_cut=scene_cut)
-            fit.save(path)
-        fits.append(fit)
+    with stage(hook, "fit clip"):
+        for person in people:
+            path = folder / f"fit-{model_key(model)}-{person}.npz"
+            fit = load_cached(path, VideoFit.load, "clip fit", summary)
+            if fit is None:
+                cached = False
+                landmarks = {k.split("/", 1)[1]: v for k, v in found.items()
+                             if k.startswith(f"{person}/")}
+                fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
+                                max_frames=options.max_frames, progress=not options.quiet,
+                                scene_cut=scene_cut)
+                fit.save(path)
+            fits.append(fit)
     if cached:
         summary.cached.append("fit clip")
     summary.seconds["fit clip"] = time.perf_counter() - t
