@@ -1,4 +1,4 @@
-"""The actor's albedo made once per clip (morph3d.swap.transfer: frame_albedo_texture,
+"""The actor's albedo made once per clip (morph3d.swap.albedo: frame_albedo_texture,
 merge_albedos, actor_albedo) and the tone ratio built on it (transfer_face): synthetic frames
 of the model rendered with a known albedo under known lights."""
 
@@ -12,13 +12,8 @@ import pytest
 import torch
 
 from morph3d.composite.colour import srgb_to_linear
-from morph3d.swap.transfer import (
-    actor_albedo,
-    albedo_frames,
-    frame_albedo_texture,
-    merge_albedos,
-    transfer_face,
-)
+from morph3d.swap.albedo import actor_albedo, albedo_frames, frame_albedo_texture, merge_albedos
+from morph3d.swap.transfer import transfer_face
 
 SIZE = 320  # frame side, pixels
 

@@ -176,9 +176,9 @@ def main() -> None:
     from fitting.embedding import face_embedding
     from morph3d.evaluate.measures import face_appearance
     from morph3d.model.registry import load_model
+    from morph3d.swap.albedo import prepare_transfer
     from morph3d.swap.fits import fit_clip, fit_source
     from morph3d.swap.options import SwapOptions, SwapSummary
-    from morph3d.swap.transfer import prepare_transfer
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from morph3d.swap.window import REGION_CHANNELS
 if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well under 1 s
     import torch
 
-    from morph3d.swap.transfer import TransferSetup
+    from morph3d.swap.albedo import TransferSetup
 
 
 @dataclass
@@ -35,10 +35,10 @@ class FaceRenderer:
                target) -> FaceRenderer:
         """The renderer of a job: the source fit, the clip fit, the first source photo
         (uint8 RGB, the source's colours as seen) and the clip the clip fit was fitted to
-        (path: a few of its frames give the actor's albedo, `transfer.actor_albedo`)."""
+        (path: a few of its frames give the actor's albedo, `albedo.actor_albedo`)."""
         import torch
 
-        from morph3d.swap.transfer import prepare_transfer
+        from morph3d.swap.albedo import prepare_transfer
 
         channels = torch.from_numpy(
             np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32))

@@ -1,0 +1,355 @@
+"""What the identity transfer prepares once per job (`prepare_transfer`): both sides' albedos
+in the same convention, and the source's shape at the actor's size and place.
+
+- The actor's albedo in UV (`actor_albedo`): a dozen frames spread over the clip, each
+  divided by its fitted SH shading over the clip's light level (`clip_light_level`),
+  merged robustly per texel (`merge_albedos`), so the ratio `transfer_face` applies is the
+  same in every frame.
+- The source's albedo: the source fit's UV texture times `source_albedo_factor`, which puts
+  it under the same kind of shading model the clip's frames are divided by.
+- `identity_alignment`: the similarity that puts the source's neutral face on the actor's.
+
+Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], model space mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from morph3d.swap.transfer import actor_non_skin
+
+
+def clip_light_level(model, clip_fit, samples: int = 40) -> np.ndarray:
+    """(3,) the clip's typical light level: the median over up to `samples` frames of the
+    mean SH shading (the clip fit's per-frame SH, which include the light's level) over
+    the face skin facing the camera (`facing_mean`)."""
+    import torch
+
+    f = clip_fit.faces
+    frames = np.flatnonzero(np.asarray(f.valid, bool))
+    if not len(frames):
+        return np.ones(3, np.float32)
+    from render.ops import sh_shading
+
+    skin = model.region("face_skin")
+    levels = []
+    for i in frames[np.linspace(0, len(frames) - 1, min(samples, len(frames))).astype(int)]:
+        normals = lighting_normals(model, clip_fit.identity.coefficients, f.expression[i],
+                                   f.rotation[i], clip_fit.camera)
+        shade = sh_shading(normals[None], torch.from_numpy(
+            np.asarray(f.sh[i], np.float32))[None])[0]
+        levels.append(facing_mean(shade, normals, skin).numpy())
+    return np.median(levels, 0).astype(np.float32)
+
+
+def identity_alignment(model, source_identity: np.ndarray, actor_identity: np.ndarray
+                       ) -> np.ndarray:
+    """3 x 4 similarity (s R | t, model space mm) that puts the source's neutral face onto
+    the actor's (Umeyama on the 68 landmarks in 3D).
+
+    Two fits fix a face's size, its place relative to the model's origin and its tilt only
+    up to what the pictures show: a photo fit of one frame of a clip comes out about a
+    fifth larger than the clip's fit of the same person and sits about 0.1 IOD higher on
+    the head. Those differences are not identity, and a warp by them would move the
+    actor's whole face; the swap transfers the source's shape at the actor's size, place
+    and tilt."""
+    import torch
+
+    ident = torch.from_numpy(np.stack([source_identity, actor_identity]).astype(np.float32))
+    points = model.landmarks(model.vertices(ident), "ibug68").numpy().astype(np.float64)
+    src, dst = points[0], points[1]
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    cov = (src - mu_s).T @ (dst - mu_d) / len(src)
+    u, singular, vt = np.linalg.svd(cov)
+    d = np.array([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rotation = (u @ np.diag(d) @ vt).T  # column-vector form: x' = s R x + t
+    scale = (singular * d).sum() / ((src - mu_s) ** 2).sum(1).mean()
+    return np.concatenate([scale * rotation, (mu_d - scale * rotation @ mu_s)[:, None]], 1)
+
+
+def lighting_normals(model, identity: np.ndarray, expression: np.ndarray, rotation,
+                     camera_params):
+    """V x 3 torch unit vertex normals of a posed mesh in the SH lighting frame."""
+    import torch
+
+    from render.ops import vertex_normals
+
+    verts = model.vertices(torch.from_numpy(np.asarray(identity, np.float32)[None]),
+                           torch.from_numpy(np.asarray(expression, np.float32)[None]))
+    cam = camera_params.to_camera(rotation, np.zeros(3, np.float32))
+    normals = vertex_normals(verts, model.triangles)[0]
+    return torch.einsum("ij,vj->vi", cam.R.to(normals), normals) * torch.tensor(
+        [1.0, -1.0, -1.0])
+
+
+def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2000
+                         ) -> np.ndarray:
+    """V x 3 per-vertex factor that turns the source fit's UV albedo into the photo's
+    colours divided by the same kind of shading the clip's frames are divided by.
+
+    The source albedo was divided by the photo fit's SH shading (a photometric fit); the
+    clip's per-frame SH come from `fitting.video.ShSampler` (a regularised linear solve
+    with albedo 1), whose directional terms can differ wildly from the photo fit's for the
+    same picture. A ratio of albedos made under two shading models carries their
+    disagreement, so the source side is re-divided: albedo x photo-fit shading (= the
+    photo's colour) / the sampler's shading pattern of the photo (its SH over their
+    ambient term)."""
+    import torch
+
+    from fitting.fit import FrameState
+    from fitting.params import CameraParams
+    from fitting.video import ShSampler
+    from render.ops import sh_shading
+
+    f = source_fit.faces
+    state = FrameState(f.rotation[0].astype(np.float64), f.translation[0].astype(np.float64),
+                       f.expression[0].astype(np.float64))
+    coefficients = source_fit.identity.coefficients.astype(np.float64)
+    camera = source_fit.camera
+    h, w = photo.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale < 1.0:  # the sampler reads 400 points: a large photo is read scaled down
+        small = cv2.resize(photo, (max(1, round(w * scale)), max(1, round(h * scale))),
+                           interpolation=cv2.INTER_AREA)
+        sy, sx = small.shape[0] / h, small.shape[1] / w
+        camera = CameraParams(camera.fx * sx, camera.fy * sy, (camera.cx + 0.5) * sx - 0.5,
+                              (camera.cy + 0.5) * sy - 0.5, small.shape[1], small.shape[0])
+        photo = small
+    sampled = ShSampler.for_model(model).estimate(photo, model, coefficients, state, camera)
+    dc = np.where(np.abs(sampled[0]) > 1e-3, sampled[0], 1.0)
+    normals = lighting_normals(model, coefficients, f.expression[0], f.rotation[0],
+                               source_fit.camera)
+    fitted = sh_shading(normals[None], torch.from_numpy(
+        np.asarray(f.sh[0], np.float32))[None])[0]
+    pattern = sh_shading(normals[None], torch.from_numpy(
+        (sampled / dc).astype(np.float32))[None])[0]
+    pattern = pattern / facing_mean(pattern, normals, model.region("face_skin"))
+    factor = (fitted.clamp_min(0.05) / pattern.clamp_min(0.05)).numpy().astype(np.float32)
+    # near grazing angles either shading is a guess: keep the factor near its typical value
+    typical = np.median(factor[model.region("face_skin")], 0)
+    return np.clip(factor, typical / 2, typical * 2).astype(np.float32)
+
+
+def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
+    """Per-channel mean (torch, 3) of per-vertex `shading` over the face-skin vertices
+    (`skin`, V bool) that face the camera (lighting-frame normal z >= `min_facing`).
+
+    Shading patterns are normalised by this, not by their SH ambient term: with strong
+    directional terms the ambient term is far from what the visible face receives, and
+    the albedos' ratio would carry that. Normalised so, an albedo's mean over the visible
+    face is the picture's mean skin colour."""
+    import torch
+
+    keep = torch.from_numpy(np.asarray(skin, bool)) & (normals[:, 2] >= min_facing)
+    if int(keep.sum()) < 10:
+        return torch.ones(3)
+    return shading[keep].mean(0).clamp_min(0.05)
+
+
+def albedo_frames(clip_fit, count: int) -> np.ndarray:
+    """Up to `count` frame indices spread evenly over the clip fit's frames that have a
+    face (valid, not faceless, landmarks finite)."""
+    f = clip_fit.faces
+    usable = np.asarray(f.valid, bool).copy()
+    faceless = np.asarray(clip_fit.faceless, int)
+    usable[faceless[faceless < len(usable)]] = False
+    for points in clip_fit.landmarks.values():
+        n = min(len(usable), len(points))
+        usable[:n] &= np.isfinite(np.asarray(points[:n], np.float64)).all(axis=(1, 2))
+    candidates = np.flatnonzero(usable)
+    if len(candidates) <= count:
+        return candidates
+    return np.unique(candidates[np.round(np.linspace(0, len(candidates) - 1, count))
+                                .astype(int)])
+
+
+def frame_albedo_texture(model, clip_fit, index: int, frame: np.ndarray,
+                         light_reference: np.ndarray, region_channels, texels: int = 256,
+                         size: int = 256, backend: str | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """One frame's view of the actor's albedo in UV: (T x T x 3 sRGB-encoded albedo, T x T
+    confidence in [0, 1], T = `texels`).
+
+    The frame (uint8 RGB) is read on a `size`-pixel square crop around the face and divided
+    by the clip fit's SH shading of the frame over the clip's light level `light_reference`
+    (`clip_light_level`), the convention the source's side uses (`source_albedo_factor`).
+    Confidence: the surface's facing (cos to the camera, `render.helpers.unproject_to_uv`),
+    0 where the frame shows no skin there (a fringe, a microphone: `actor_non_skin`)."""
+    import torch
+
+    from morph3d.composite.masks import face_geometry
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box
+    from render.backends import rasterize
+    from render.helpers import extract_texture
+    from render.ops import interpolate, sh_shading
+
+    f = clip_fit.faces
+    identity = np.asarray(clip_fit.identity.coefficients, np.float32)
+    verts = model.vertices(torch.from_numpy(identity[None]), torch.from_numpy(
+        np.asarray(f.expression[index], np.float32)[None]))
+    cam = clip_fit.camera.to_camera(f.rotation[index], f.translation[index])
+    lm68 = cam.project(model.landmarks(verts, "ibug68"))[0].numpy()
+    lm478 = cam.project(model.landmarks(verts, "mediapipe478"))[0].numpy()
+    box = face_crop_box(lm478, frame.shape[:2])
+    crop_cam = crop_camera(cam, box, size)
+    x0, y0, side = box
+    centres = (np.arange(size, dtype=np.float32) + 0.5) * (side / size) - 0.5
+    grid = np.stack(np.meshgrid(centres + x0, centres + y0), -1).astype(np.float32)
+    if side > 1.5 * size:  # a large face is low-passed first: the remap below point-samples
+        blur = 0.5 * side / size
+        frame = cv2.GaussianBlur(frame, (0, 0), blur)
+    seen = cv2.remap(frame, grid[..., 0], grid[..., 1], cv2.INTER_LINEAR,
+                     borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
+    normals = lighting_normals(model, identity, f.expression[index], f.rotation[index],
+                               clip_fit.camera)
+    shade = sh_shading(normals[None], torch.from_numpy(np.asarray(f.sh[index], np.float32))[None])
+    shade = shade[0] / torch.from_numpy(np.asarray(light_reference, np.float32))
+    tris = model.triangles
+    raster = rasterize(crop_cam.to_clip(verts), tris, (size, size), backend=backend)
+    attrs = interpolate(torch.cat([shade, region_channels.to(shade)], 1), raster)[0].numpy()
+    covered = raster.coverage[0].numpy()
+    regions = {n: attrs[..., 3 + i] for i, n in enumerate(REGION_CHANNELS)}
+    crop_lm68 = (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5
+    crop_iod = face_geometry({"ibug68": crop_lm68}).iod
+    skin_model = fit_skin_model(seen, {"ibug68": crop_lm68})
+    non_skin = actor_non_skin(seen, covered, skin_model, regions, lm68, box, size, crop_iod)
+    albedo = seen / np.maximum(attrs[..., :3], 0.05)
+    image = np.concatenate([albedo, (covered & ~non_skin)[..., None]], -1).astype(np.float32)
+    texture, confidence = extract_texture(
+        torch.from_numpy(image)[None], verts, tris, model.uv_coords, model.uv_triangles,
+        crop_cam, texels)
+    tex = texture[0].numpy()
+    # a texel near a non-skin pixel is partly it (bilinear): only clear skin votes
+    weight = np.clip((tex[..., 3] - 0.5) * 2.0, 0.0, 1.0)
+    return tex[..., :3].astype(np.float32), (confidence[0, ..., 0].numpy() * weight
+                                             ).astype(np.float32)
+
+
+def merge_albedos(textures: np.ndarray, confidences: np.ndarray, keep: float = 0.15
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-texel robust merge of N views of one albedo: (T x T x 3, T x T confidence).
+
+    textures N x T x T x 3, confidences N x T x T. Per texel, the confidence-weighted
+    median lightness over the views; the views whose lightness lies within `keep` (log
+    ratio) of it are averaged by confidence, the others (an occluder, a highlight, a cast
+    shadow in one frame) are left out. The merged confidence is the largest kept one."""
+    textures = np.asarray(textures, np.float32)
+    weights = np.asarray(confidences, np.float32)
+    luma = np.log(np.maximum(textures @ np.float32([0.299, 0.587, 0.114]), 1e-4))
+    order = np.argsort(luma, 0)
+    sorted_luma = np.take_along_axis(luma, order, 0)
+    sorted_w = np.take_along_axis(weights, order, 0)
+    cumulative = np.cumsum(sorted_w, 0)
+    half = 0.5 * cumulative[-1]
+    pick = np.minimum((cumulative < half[None]).sum(0), len(textures) - 1)
+    median = np.take_along_axis(sorted_luma, pick[None], 0)[0]
+    kept = weights * (np.abs(luma - median[None]) <= keep)
+    total = kept.sum(0)
+    merged = (textures * kept[..., None]).sum(0) / np.maximum(total, 1e-6)[..., None]
+    fallback = (textures * weights[..., None]).sum(0) / np.maximum(
+        weights.sum(0), 1e-6)[..., None]
+    merged = np.where(total[..., None] > 1e-6, merged, fallback)
+    return merged.astype(np.float32), kept.max(0).astype(np.float32)
+
+
+def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_channels,
+                 frames: int = 12, texels: int = 256, quiet: bool = True,
+                 backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The actor's albedo in UV, once per clip: (T x T x 3 sRGB-encoded, T x T confidence),
+    T = `texels`: the transfer reads it only above a tenth of the eyes' distance or so (finer
+    detail is each frame's own: `with_frame_detail`), which this many texels resolve.
+
+    Up to `frames` frames spread over the clip (`albedo_frames`) are decoded from `target`
+    one at a time (a seek to each: a decode from the keyframe before it, so a long clip
+    costs no more than a short one), each turned into its view of the albedo
+    (`frame_albedo_texture`) and dropped; the views are merged by `merge_albedos`. One
+    albedo for the whole clip: a ratio against it is the same in every frame, where each
+    frame's own (its pixels over its fitted shading) would carry that frame's shading-model
+    errors into the ratio and flicker."""
+    from tqdm import tqdm
+
+    from morph3d.io.media import iter_frames
+
+    chosen = albedo_frames(clip_fit, frames)
+    blank = np.full((texels, texels, 3), 0.5, np.float32), np.zeros((texels, texels), np.float32)
+    if not len(chosen):
+        return blank
+    textures, confidences = [], []
+    stream, position = None, -1
+    with tqdm(total=len(chosen), desc="actor albedo", unit="frame", disable=quiet) as bar:
+        for index in chosen:
+            if stream is None or index - position > 8:  # further than a few frames: seek
+                stream = iter(iter_frames(target, int(index)))
+            frame = None
+            for frame in stream:
+                position = frame.index
+                if frame.index >= index:
+                    break
+            bar.update(1)
+            if frame is None or frame.index != index:  # a skipped (corrupt) frame
+                stream = None
+                continue
+            texture, confidence = frame_albedo_texture(model, clip_fit, int(index), frame.rgb,
+                                                       light_reference, region_channels,
+                                                       texels, backend=backend)
+            textures.append(texture)
+            confidences.append(confidence)
+    if not textures:
+        return blank
+    return merge_albedos(np.stack(textures), np.stack(confidences))
+
+
+@dataclass
+class TransferSetup:
+    """What `transfer_face` needs that is the same for every frame of a job.
+
+    actor_identity: the clip fit's identity coefficients; textures: T x T x 8 torch tensor
+    (source albedo RGB, its confidence: 0 where the photo did not see; the actor's albedo
+    RGB, its confidence: `actor_albedo`); source_factor: V x 3 torch tensor
+    (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`)."""
+
+    actor_identity: np.ndarray
+    textures: object
+    source_factor: object
+    alignment: np.ndarray
+
+
+def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
+                     region_channels, albedo_frames: int = 12, quiet: bool = True,
+                     backend: str | None = None) -> TransferSetup:
+    """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
+    RGB, the one `source_fit`'s first frame was fitted to; `target` the clip `clip_fit`
+    was fitted to (`albedo_frames` of its frames give the actor's albedo, `actor_albedo`;
+    `quiet`: no progress bar). A source fit without a texture counts as unseen everywhere
+    (the ratio is then one: only the shape is transferred)."""
+    import torch
+
+    identity = source_fit.identity
+    if identity.texture is None or identity.confidence is None:
+        size = int(model.data.texture_size)
+        texture = np.full((size, size, 3), 0.5, np.float32)
+        confidence = np.zeros((size, size, 1), np.float32)
+    else:
+        texture = np.asarray(identity.texture, np.float32)
+        confidence = np.asarray(identity.confidence, np.float32).reshape(
+            *texture.shape[:2], -1)[..., :1]
+    actor, actor_confidence = actor_albedo(model, clip_fit, target,
+                                           clip_light_level(model, clip_fit), region_channels,
+                                           frames=albedo_frames, quiet=quiet,
+                                           backend=backend)
+    if actor.shape[:2] != texture.shape[:2]:  # one lookup reads both: one texel grid
+        actor = cv2.resize(actor, texture.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+        actor_confidence = cv2.resize(actor_confidence, texture.shape[1::-1],
+                                      interpolation=cv2.INTER_LINEAR)
+    textures = torch.from_numpy(np.concatenate(
+        [texture, confidence, actor, actor_confidence[..., None]], -1).astype(np.float32))
+    return TransferSetup(
+        actor_identity=np.asarray(clip_fit.identity.coefficients, np.float32),
+        textures=textures,
+        source_factor=torch.from_numpy(source_albedo_factor(model, source_fit, photo)),
+        alignment=identity_alignment(model, source_fit.identity.coefficients,
+                                     clip_fit.identity.coefficients))
