@@ -38,11 +38,11 @@ The entry points run numpy and torch single-threaded (`single_threaded`): small 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -108,47 +108,24 @@ CORRECTIVE_REGULARISE = 0.1
 # ~100 ms with OpenBLAS threads under a load average of 10 on 2 cores).
 # --------------------------------------------------------------------------------------------
 
-_OPENBLAS_SYMBOLS = (("openblas_get_num_threads", "openblas_set_num_threads"),
-                     ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                     ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"))
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the BLAS libraries loaded in this process, made once (at the
+    first fit: numpy's and scipy's are loaded by then)."""
+    from threadpoolctl import ThreadpoolController
 
-
-def _openblas_controls() -> list[tuple[object, object]]:
-    """(get, set) thread-count functions of every OpenBLAS loaded in this process (Linux)."""
-    import ctypes
-
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return []
-    controls = []
-    for lib in sorted({line.split()[-1] for line in maps.splitlines()
-                       if "openblas" in line.lower() and line.split()[-1].startswith("/")}):
-        try:
-            handle = ctypes.CDLL(lib)
-        except OSError:
-            continue
-        for get_name, set_name in _OPENBLAS_SYMBOLS:
-            if hasattr(handle, get_name) and hasattr(handle, set_name):
-                controls.append((getattr(handle, get_name), getattr(handle, set_name)))
-                break
-    return controls
+    return ThreadpoolController()
 
 
 @contextmanager
 def single_threaded() -> Iterator[None]:
-    """Run numpy/scipy (OpenBLAS) and torch single-threaded inside the block, then restore."""
-    controls = _openblas_controls()
-    before = [get() for get, _ in controls]
+    """Run numpy/scipy (BLAS) and torch single-threaded inside the block, then restore."""
     torch_before = torch.get_num_threads()
     try:
-        for _, set_threads in controls:
-            set_threads(1)
-        torch.set_num_threads(1)
-        yield
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            torch.set_num_threads(1)
+            yield
     finally:
-        for (_, set_threads), n in zip(controls, before, strict=True):
-            set_threads(max(1, int(n)))
         torch.set_num_threads(torch_before)
 
 
