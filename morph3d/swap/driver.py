@@ -12,8 +12,10 @@ directory keyed by the inputs' content hashes, so a re-run or `--resume` skips t
               albedo ratio (morph3d.swap.transfer), composited (morph3d.composite), encoded with
               the audio copied.
 
-Each stage is a function that returns what it made; the summary is put together from those
-values. A tool that measures the stages passes a `morph3d.swap.stages.StageHook` to `swap`.
+The render pass (`render_clip`) returns what it did (`FrameTally`) and the summary is built
+from it; the fits (`morph3d.swap.fits`) record their times, cache hits and notes in the
+summary they are given. A tool that measures the stages passes a
+`morph3d.swap.stages.StageHook` to `swap`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Once per swap, in order: "fit source", "landmarks", "fit clip" (both skipped for
 template; with target face "all" once for every person together), "prepare" (the renderers
 and compositors). Then per frame (`PER_FRAME`): "decode" and "composite" and "encode" on the
 calling thread, "render" (every face of the frame) on the render-ahead thread, so a frame's
-"render" may start before the previous frame's "composite" ends. Last, once, "finish" (the
+"render" may start before the previous frame's "composite" ends; "decode" runs once more than
+the frames (the last call finds the end of the clip). Last, once, "finish" (the
 video encoder's flush and the move into place; a still image has no "finish").
 """
 
