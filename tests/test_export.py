@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pygltflib
 import pytest
+import trimesh
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
@@ -294,21 +295,20 @@ def test_obj_writes_one_posed_frame_with_material_and_texture(data, tmp_path):
     assert "map_Kd head_texture.png" in (tmp_path / "head.mtl").read_text()
     png = np.asarray(Image.open(tmp_path / "head_texture.png"))
     np.testing.assert_array_equal(png, np.round(texture * 255).astype(np.uint8))
+    # an independent reader sees the same triangles, UVs and material
+    mesh = trimesh.load(out, process=False)
+    np.testing.assert_allclose(mesh.vertices[mesh.faces], v[data.triangles], atol=1e-6)
+    np.testing.assert_allclose(mesh.visual.uv[mesh.faces], data.uv_coords[data.uv_triangles],
+                               atol=2e-6)
+    assert mesh.visual.material.image.size == (texture.shape[1], texture.shape[0])
 
 
 def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    raw = path.read_bytes()
-    end = raw.index(b"end_header\n") + len(b"end_header\n")
-    header = raw[:end].decode("ascii").splitlines()
-    assert header[:2] == ["ply", "format binary_little_endian 1.0"]
-    counts = {line.split()[1]: int(line.split()[2]) for line in header
-              if line.startswith("element")}
-    vertices = np.frombuffer(raw, "<f4", counts["vertex"] * 3, end).reshape(-1, 3)
-    face_dtype = np.dtype([("n", "u1"), ("v", "<i4", (3,))])
-    faces = np.frombuffer(raw, face_dtype, counts["face"], end + vertices.nbytes)
-    assert (faces["n"] == 3).all()
-    assert end + vertices.nbytes + faces.nbytes == len(raw)
-    return vertices, faces["v"]
+    """(vertices, faces) as trimesh, an independent reader, loads them."""
+    assert path.read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+    mesh = trimesh.load(path, process=False)
+    assert isinstance(mesh, trimesh.Trimesh)
+    return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces)
 
 
 def test_ply_single_frame_and_sequence(data, tmp_path):
