@@ -38,16 +38,42 @@ def _write_atomic_text(path: Path, text: str) -> None:
     atomic_write_text(path, text, parents=False)
 
 
-def export_outputs(path: Path) -> list[Path]:
-    """The files `--export path` writes that are known before the fit: an .obj brings its
-    material and texture beside it (a video's .ply sequence is numbered by frame)."""
-    if path.suffix.lower() == ".obj":
+def export_outputs(path: Path, frame_count: int = 1) -> list[Path]:
+    """The files `--export path` writes for a fit of `frame_count` frames: an .obj brings
+    its material and texture beside it; a .ply of several frames is a numbered sequence
+    (`morph3d.io.export.ply_sequence_paths`)."""
+    suffix = path.suffix.lower()
+    if suffix == ".obj":
         return [path, path.with_suffix(".mtl"), path.with_name(f"{path.stem}_texture.png")]
+    if suffix == ".ply" and frame_count > 1:
+        from morph3d.io.export import ply_sequence_paths
+
+        return ply_sequence_paths(path, frame_count)
     return [path]
 
 
-def check_fit_paths(args: argparse.Namespace) -> None:
-    """Everything about the paths that could only fail after the fit, checked before it."""
+def fit_frame_count(source: Path, max_frames: int | None) -> int:
+    """How many frames a fit of `source` has: 1 for a photo, else the video's frame count
+    (probed; `InputError` for a file that is not media) up to `max_frames`."""
+    from morph3d.io.images import is_image_path
+    from morph3d.io.media import probe_video
+
+    if is_image_path(source):
+        return 1
+    count = probe_video(source).frame_count
+    return count if max_frames is None else max(1, min(count, max_frames))
+
+
+def fit_inputs(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
+    """The files a fit reads: the photo or video, a model file, a reference photo."""
+    model_file = Path(args.model) if Path(args.model).is_file() else None
+    return Path(args.input), model_file, face_reference(args)
+
+
+def check_fit_paths(args: argparse.Namespace) -> int:
+    """Everything about the paths that could only fail after the fit, checked before it.
+    Returns the number of frames the fit will have as far as the export's file names need
+    it (a video is probed only for a .ply export, whose sequence is named by frame)."""
     from morph3d.io.outputs import check_outputs
 
     source = Path(args.input)
@@ -55,8 +81,7 @@ def check_fit_paths(args: argparse.Namespace) -> None:
         raise InputError(f"input not found: {source}")
     if source.is_dir():
         raise InputError(f"input is a folder, not a file: {source}")
-    outputs: list[Path | None] = [Path(p) if p else None
-                                  for p in (args.json, args.save, args.preview)]
+    frame_count = 1
     if args.export:
         from morph3d.io.export import SUFFIXES
 
@@ -64,18 +89,29 @@ def check_fit_paths(args: argparse.Namespace) -> None:
         if export.suffix.lower() not in SUFFIXES:
             raise InputError(f"cannot export '{export.name}': use a "
                                f"{', '.join(SUFFIXES)} file name")
-        outputs += export_outputs(export)
+        if export.suffix.lower() == ".ply":
+            frame_count = fit_frame_count(source, args.max_frames)
     if args.preview:
         from morph3d.io.images import is_image_path
 
         if not is_image_path(args.preview):
             raise InputError(f"--preview must be an image file name (.png, .jpg, ...): "
                                f"{args.preview}")
-    model_file = Path(args.model) if Path(args.model).is_file() else None
-    reference = face_reference(args)
+    inputs = fit_inputs(args)
+    reference = inputs[2]
     if reference is not None and not reference.is_file():
         raise InputError(f"reference photo not found: {reference}")
-    check_outputs((source, model_file, reference), outputs)
+    check_outputs(inputs, fit_outputs(args, frame_count))
+    return frame_count
+
+
+def fit_outputs(args: argparse.Namespace, frame_count: int) -> list[Path | None]:
+    """Every file the fit writes (None for options not given), for `frame_count` frames."""
+    outputs: list[Path | None] = [Path(p) if p else None
+                                  for p in (args.json, args.save, args.preview)]
+    if args.export:
+        outputs += export_outputs(Path(args.export), frame_count)
+    return outputs
 
 
 def face_choice(args: argparse.Namespace):
@@ -96,7 +132,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from morph3d.io.media import probe_video
     from morph3d.model.registry import load_model
 
-    check_fit_paths(args)
+    frame_count = check_fit_paths(args)
     source = Path(args.input)
     choice = face_choice(args)
     photometric = not args.no_photometric
@@ -132,6 +168,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
         frame0 = next(iter(iter_frames(source, stop=1))).rgb
         face = video_face(fit, str(choice) if choice.rule != "largest" else "auto",
                           found.faces_found)
+    if fit_outputs(args, fit.num_frames) != fit_outputs(args, frame_count):
+        # The fit has another frame count than the probe said (a header that lies): the
+        # sequence's own file names get the same guard before anything is written.
+        from morph3d.io.outputs import check_outputs
+
+        check_outputs(fit_inputs(args), fit_outputs(args, fit.num_frames))
     summary = fit_summary(fit, model)
     summary["face"] = face
     if args.json:
