@@ -1,0 +1,204 @@
+"""The render stage alone: `transfer_face` replayed on recorded frames, a baseline and the
+working tree's code interleaved in one process.
+
+    python tools/bench_transfer.py record CLIP --source PHOTO --work-dir DIR --max-frames N
+                                   --out FILE.pkl
+    python tools/bench_transfer.py replay FILE.pkl [--baseline COMMIT] [--repeat R]
+                                   [--cprofile] [--top K] [--json OUT]
+
+`record` runs `morph3d.swap.driver.swap` in this process (fill DIR's fits first: a second
+run then has them cached) and pickles the face renderer and every `FaceRenderer.render`
+call's arguments (about 3 MB a 720p frame: keep FILE out of the repository).
+
+`replay` calls `transfer_face` on every recorded frame, the baseline's (the module
+`morph3d/swap/transfer.py` of COMMIT, loaded from `git show` under another name, so both
+run in one process on the same inputs) and the working tree's, alternating frame by frame
+and repeated R times (after one untimed call each), with one torch thread and no autograd as
+the swap driver runs it, so a shared machine's load falls on both alike. It prints each side's
+thread CPU per frame (`time.thread_time`), the render-stage fps that gives, and the largest
+and mean absolute difference of the rendered images (0-255 grey levels, over the window
+both cover) and of the region masks and coverage. `--cprofile` prints both sides' top
+functions (own time and cumulative) over the replay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import importlib.util
+import io
+import pickle
+import pstats
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import ROOT, machine, machine_line, write_json  # noqa: E402
+
+
+def record(args: argparse.Namespace) -> None:
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
+    from morph3d.swap.renderer import FaceRenderer
+
+    calls: list = []
+    renderers: list = []
+    render = FaceRenderer.render
+
+    def recording(self, *a, **k):  # the inputs are data, not a stage: wrap the method
+        if not renderers:
+            renderers.append(self)
+        calls.append((a, k))
+        return render(self, *a, **k)
+
+    FaceRenderer.render = recording
+    output = Path(args.work_dir) / "bench_transfer_out.mp4"
+    options = SwapOptions(work_dir=Path(args.work_dir), max_frames=args.max_frames, quiet=True)
+    swap([Path(args.source)], Path(args.clip), output, options)
+    FaceRenderer.render = render
+    with open(args.out, "wb") as f:
+        pickle.dump({"renderer": renderers[0], "calls": calls, "clip": str(args.clip)}, f)
+    print(f"{args.out}: {len(calls)} render calls")
+
+
+def load_baseline(commit: str):
+    """`morph3d.swap.transfer` as it was at `commit`, as a module of its own."""
+    text = subprocess.run(["git", "show", f"{commit}:morph3d/swap/transfer.py"], cwd=ROOT,
+                          check=True, capture_output=True, text=True).stdout
+    path = Path("/tmp") / f"transfer_baseline_{commit}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(f"transfer_baseline_{commit}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def call(module, renderer, a: tuple, k: dict) -> dict:
+    """What `FaceRenderer.render` does, with `module`'s `transfer_face`."""
+    camera_params, rotation, translation, expression, _sh, frame, landmarks = a
+    t = renderer.transfer
+    return module.transfer_face(
+        renderer.model, renderer.source_identity, t.actor_identity, t.textures,
+        renderer.region_channels, camera_params, rotation, translation, expression,
+        frame, landmarks, source_factor=t.source_factor, alignment=t.alignment,
+        size=renderer.work_resolution, backend=renderer.backend)
+
+
+def difference(old: dict, new: dict) -> dict[str, float]:
+    import numpy as np
+
+    assert old["window"] == new["window"], (old["window"], new["window"])
+    a = np.asarray(old["image"], np.float64) * 255
+    b = np.asarray(new["image"], np.float64) * 255
+    d = np.abs(a - b)
+    regions = [np.mean(old["regions"][n] != new["regions"].get(n, old["regions"][n]))
+               for n in old["regions"]]
+    return {"image_max": float(d.max()), "image_mean": float(d.mean()),
+            "pixels_over_1": float(np.mean(d.max(-1) > 1.0)),
+            "region_mismatch": float(max(regions)),
+            "coverage_max": float(np.abs(old["coverage"] - new["coverage"]).max())}
+
+
+def profile_table(profile: cProfile.Profile, top: int, order: str = "tottime") -> str:
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats(order).print_stats(top)
+    return "\n".join(line for line in text.getvalue().splitlines()
+                     if line.strip() and "Ordered by" not in line)
+
+
+def replay(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    from morph3d.swap import transfer
+
+    torch.set_grad_enabled(False)  # as the swap driver runs the render stage
+    torch.set_num_threads(1)
+    with open(args.recording, "rb") as f:
+        data = pickle.load(f)
+    renderer, calls = data["renderer"], data["calls"]
+    sides = {"new": transfer}
+    if args.baseline:
+        sides = {"old": load_baseline(args.baseline), "new": transfer}
+    cpu = {s: [] for s in sides}
+    profiles = {s: cProfile.Profile() for s in sides} if args.cprofile else {}
+    diffs = []
+    for module in sides.values():  # imports and compiled kernels load outside the timing
+        call(module, renderer, *calls[0])
+    for r in range(args.repeat):
+        for a, k in calls:
+            outs = {}
+            for side, module in sides.items():
+                profile = profiles.get(side)
+                if profile is not None:
+                    profile.enable()
+                c0 = time.thread_time()
+                outs[side] = call(module, renderer, a, k)
+                cpu[side].append(time.thread_time() - c0)
+                if profile is not None:
+                    profile.disable()
+            if r == 0 and "old" in outs:
+                diffs.append(difference(outs["old"], outs["new"]))
+    result: dict[str, Any] = {"recording": str(args.recording), "clip": data["clip"],
+                              "frames": len(calls), "repeat": args.repeat,
+                              "baseline": args.baseline, "machine": machine()}
+    lines = [f"{data['clip']}: {len(calls)} frames x {args.repeat}, window "
+             f"{calls and call_window(renderer, calls[0])}"]
+    for side, values in cpu.items():
+        ms = 1000 * float(np.mean(values))
+        median = 1000 * float(np.median(values))
+        result[side] = {"thread_cpu_ms_per_frame": ms, "median_ms": median,
+                        "fps_cpu": 1000 / ms}
+        lines.append(f"{side}: {ms:.1f} ms thread CPU per frame (median {median:.1f}), "
+                     f"{1000 / ms:.1f} fps")
+    if diffs:
+        worst = {key: max(d[key] for d in diffs) for key in diffs[0]}
+        mean = float(np.mean([d["image_mean"] for d in diffs]))
+        result["difference"] = {"worst": worst, "image_mean_over_frames": mean}
+        lines.append(f"old vs new over {len(diffs)} frames: image max {worst['image_max']:.2f}, "
+                     f"mean {mean:.4f} grey levels, pixels > 1 level {worst['pixels_over_1']:.4%}"
+                     f", region masks differ {worst['region_mismatch']:.4%}, coverage max "
+                     f"{worst['coverage_max']:.3f}")
+        speedup = (result["old"]["thread_cpu_ms_per_frame"]
+                   / result["new"]["thread_cpu_ms_per_frame"])
+        lines.append(f"old / new thread CPU: {speedup:.2f}")
+    print("\n".join(lines) + "\n" + machine_line(result["machine"]))
+    for side, profile in profiles.items():
+        for order in ("tottime", "cumulative"):
+            print(f"\n## cProfile ({side}, {len(cpu[side])} calls, by {order})\n"
+                  + profile_table(profile, args.top, order))
+    if args.json:
+        write_json(Path(args.json), result)
+    return result
+
+
+def call_window(renderer, recorded) -> str:
+    frame = recorded[0][5]
+    return f"frame {frame.shape[1]}x{frame.shape[0]}, crop {renderer.work_resolution} px"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("record")
+    p.add_argument("clip")
+    p.add_argument("--source", required=True)
+    p.add_argument("--work-dir", required=True)
+    p.add_argument("--max-frames", type=int, default=12)
+    p.add_argument("--out", required=True)
+    p = sub.add_parser("replay")
+    p.add_argument("recording")
+    p.add_argument("--baseline")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--cprofile", action="store_true")
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--json")
+    args = parser.parse_args()
+    record(args) if args.command == "record" else replay(args)
+
+
+if __name__ == "__main__":
+    main()
