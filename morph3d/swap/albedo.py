@@ -133,6 +133,57 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2
     return np.clip(factor, typical / 2, typical * 2).astype(np.float32)
 
 
+def vertex_texels(model, image: np.ndarray, count: int) -> np.ndarray:
+    """count x C: a UV image (T x T x C, the renderer's convention: row 0 is v = 1) read at
+    each of the model's `count` vertices' UV coordinate (bilinear; a vertex on a UV seam
+    takes one of its UV copies)."""
+    size_v, size_u = image.shape[:2]
+    uv = np.zeros((count, 2), np.float32)
+    uv[model.triangles.numpy().ravel()] = model.uv_coords.numpy()[
+        model.uv_triangles.numpy().ravel()]
+    cols = (uv[:, 0] * size_u - 0.5).astype(np.float32)[None]
+    rows = ((1.0 - uv[:, 1]) * size_v - 0.5).astype(np.float32)[None]
+    out = cv2.remap(np.asarray(image, np.float32), cols, rows, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)[0]
+    return out.reshape(len(uv), -1)
+
+
+def mirror_seen_side(model, texture: np.ndarray, confidence: np.ndarray, factor: np.ndarray,
+                     share: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The source albedo where the photo did not see it taken from the mirror of where it
+    did: (T x T x 3 texture, T x T confidence, V x 3 factor).
+
+    A photo of a turned head sees one half of the face; the other half's texels have low
+    confidence and would leave the ratio to a coarse or overall tone there, a band down
+    the nose where the seen half ends. A face is nearly symmetric, so an unseen texel takes
+    its mirror texel's colour (`complete_uv_texture`'s mirror step: the atlas's skin is
+    laid out symmetric around u = 0.5) and votes with `share` times the confidence the
+    mirror added, below a texel truly seen. The per-vertex `source_albedo_factor` (V x 3)
+    is mirrored the same way (`model.data.mirror`, weighted by each vertex's texel
+    confidence), so a mirrored texel keeps the factor of the surface it was seen on."""
+    from morph3d.neural.texture_completion import complete_uv_texture
+
+    conf = np.clip(np.asarray(confidence, np.float32).reshape(*texture.shape[:2], -1)[..., 0],
+                   0.0, 1.0)
+    done = complete_uv_texture(texture, conf)
+    added = np.clip(done.confidence - conf, 0.0, 1.0)
+    # the mirror's colour only where it added confidence; elsewhere the texture (and the
+    # completion's fill where nothing was seen, which keeps no vote) stays as it was
+    mixed = np.where(added[..., None] > 0, done.texture, texture)
+    out_conf = (conf + share * added).astype(np.float32)
+    factor = np.asarray(factor, np.float32)
+    mirror = model.data.mirror
+    if mirror is None:
+        return mixed.astype(np.float32), out_conf, factor
+    own = np.clip(vertex_texels(model, conf[..., None], len(factor))[:, 0], 0.0, 1.0)
+    twin = (1.0 - own) * own[mirror]
+    total = own + twin
+    mirrored = (factor * own[:, None] + factor[mirror] * twin[:, None]) / np.maximum(
+        total, 1e-6)[:, None]
+    factor = np.where(total[:, None] > 1e-6, mirrored, factor).astype(np.float32)
+    return mixed.astype(np.float32), out_conf, factor
+
+
 def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
     """Per-channel mean (torch, 3) of per-vertex `shading` over the face-skin vertices
     (`skin`, V bool) that face the camera (lighting-frame normal z >= `min_facing`).
@@ -320,12 +371,13 @@ class TransferSetup:
 
 def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
                      region_channels, albedo_frames: int = 12, quiet: bool = True,
-                     backend: str | None = None) -> TransferSetup:
+                     backend: str | None = None, mirror_share: float = 0.5) -> TransferSetup:
     """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
     RGB, the one `source_fit`'s first frame was fitted to; `target` the clip `clip_fit`
     was fitted to (`albedo_frames` of its frames give the actor's albedo, `actor_albedo`;
     `quiet`: no progress bar). A source fit without a texture counts as unseen everywhere
-    (the ratio is then one: only the shape is transferred)."""
+    (the ratio is then one: only the shape is transferred). `mirror_share`: the vote of a
+    texel the photo did not see, taken from its seen mirror (`mirror_seen_side`; 0: none)."""
     import torch
 
     identity = source_fit.identity
@@ -345,11 +397,16 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         actor = cv2.resize(actor, texture.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         actor_confidence = cv2.resize(actor_confidence, texture.shape[1::-1],
                                       interpolation=cv2.INTER_LINEAR)
+    factor = source_albedo_factor(model, source_fit, photo)
+    if mirror_share > 0:
+        texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
+                                                 mirror_share)
+        confidence = seen[..., None]
     textures = torch.from_numpy(np.concatenate(
         [texture, confidence, actor, actor_confidence[..., None]], -1).astype(np.float32))
     return TransferSetup(
         actor_identity=np.asarray(clip_fit.identity.coefficients, np.float32),
         textures=textures,
-        source_factor=torch.from_numpy(source_albedo_factor(model, source_fit, photo)),
+        source_factor=torch.from_numpy(factor),
         alignment=identity_alignment(model, source_fit.identity.coefficients,
                                      clip_fit.identity.coefficients))
