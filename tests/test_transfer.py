@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from morph3d.composite.colour import srgb_to_linear
 from morph3d.composite.compositor import FaceCompositor, FrameInputs
@@ -263,3 +264,90 @@ def test_surround_takes_the_skin_around_the_face_not_hair_or_background() -> Non
     assert weight[140, 128 + 50 + 42] == 0.0  # beyond the reach
     assert weight[:34].max() < 0.05 and weight[:, :24].max() < 0.05  # hair, background
     assert weight[-1].max() == 0.0 and weight[:, -1].max() == 0.0  # the crop's border
+
+
+# --------------------------------------------------------------------------------- devices
+
+
+def device_inputs(device: torch.device) -> tuple:
+    """`transfer_face`'s arguments for a synthetic frame, every tensor on `device`: the
+    default model at its mean identity, frontal, 700 mm away in a 320 px frame, rendered
+    with a skin albedo; the source another identity with a darker albedo."""
+    from fitting.fit import axis_angle
+    from fitting.params import CameraParams
+    from fitting.photo import FRONT
+    from morph3d.model.registry import load_model
+    from morph3d.swap.window import REGION_CHANNELS
+    from render.helpers import render_mesh
+
+    torch.set_grad_enabled(False)
+    model = load_model("default").to(device)
+    size = int(model.data.texture_size)
+    ys, xs = np.mgrid[:size, :size].astype(np.float32) / size
+    pattern = 1 + 0.12 * np.sin(9 * xs) * np.cos(7 * ys)
+    actor = np.clip(np.float32([0.78, 0.58, 0.48]) * pattern[..., None], 0, 1).astype(np.float32)
+    source = (actor * 0.8).astype(np.float32)
+    camera = CameraParams.default_for(320, 320, 800.0)
+    rotation, translation = axis_angle(FRONT), np.float32([0.0, 10.0, 700.0])
+    expression = np.zeros(model.num_expression, np.float32)
+    actor_identity = np.zeros(model.num_identity, np.float32)
+    source_identity = np.random.default_rng(5).standard_normal(model.num_identity) * 0.8
+    cam = camera.to_camera(rotation, translation)
+    verts = model.vertices(torch.zeros(1, model.num_identity, device=device),
+                           torch.zeros(1, model.num_expression, device=device))
+    sh = torch.zeros(1, 9, 3, device=device)
+    sh[0, 0] = 0.9
+    out = render_mesh(verts, model.triangles, cam,
+                      texture_image=torch.from_numpy(actor).to(device),
+                      uv_coords=model.uv_coords, uv_triangles=model.uv_triangles,
+                      sh_coeffs=sh, background=0.3)
+    frame = np.round(np.clip(out.image[0].cpu().numpy(), 0, 1) * 255).astype(np.uint8)
+    landmarks = {s: cam.project(model.landmarks(verts, s))[0].cpu().numpy()
+                 for s in ("ibug68", "mediapipe478")}
+    ones = np.ones((size, size, 1), np.float32)
+    textures = torch.from_numpy(np.concatenate([source, ones, actor, ones], -1)).to(device)
+    channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
+                                .astype(np.float32)).to(device)
+    factor = torch.ones(model.data.mean.shape[0], 3, device=device)
+    return ((model, source_identity.astype(np.float32), actor_identity, textures, channels,
+             camera, rotation, translation, expression, frame, landmarks),
+            {"source_factor": factor})
+
+
+def face_in_window(out: dict) -> np.ndarray:
+    return out["regions"]["face_skin"] & (out["coverage"] > 0)
+
+
+def test_transfer_runs_with_the_model_and_its_tensors_on_an_explicit_cpu_device() -> None:
+    from morph3d.swap.transfer import transfer_face
+
+    args, keywords = device_inputs(torch.device("cpu"))
+    frame = args[9]
+    out = transfer_face(*args, **keywords)
+    x, y = out["window"]
+    image = out["image"]
+    h, w = image.shape[:2]
+    assert isinstance(image, np.ndarray) and image.dtype == np.float32
+    assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+    assert 0 <= x and x + w <= frame.shape[1] and 0 <= y and y + h <= frame.shape[0]
+    face = face_in_window(out)
+    assert face.sum() > 1000
+    # the source's albedo is the actor's times 0.8 (sRGB): the face comes out darker
+    before = frame[y:y + h, x:x + w].astype(np.float32) / 255
+    assert np.median(image[face].mean(-1) / np.maximum(before[face].mean(-1), 1e-3)) < 0.92
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_transfer_on_cuda_matches_the_cpu() -> None:
+    from morph3d.swap.transfer import transfer_face
+
+    cpu = transfer_face(*device_inputs(torch.device("cpu"))[0],
+                        **device_inputs(torch.device("cpu"))[1])
+    args, keywords = device_inputs(torch.device("cuda"))
+    assert args[3].device.type == "cuda" and args[0].mean.device.type == "cuda"
+    gpu = transfer_face(*args, **keywords)
+    assert gpu["window"] == cpu["window"]
+    assert np.abs(gpu["image"] - cpu["image"]).max() < 3.0 / 255
+    assert np.abs(gpu["image"] - cpu["image"]).mean() < 0.2 / 255
+    for name, mask in cpu["regions"].items():
+        assert np.mean(gpu["regions"][name] != mask) < 0.005, name

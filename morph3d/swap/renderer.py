@@ -36,15 +36,22 @@ class FaceRenderer:
         """The renderer of a job: the source fit, the clip fit, the first source photo
         (uint8 RGB, the source's colours as seen) and the clip the clip fit was fitted to
         (path: a few of its frames give the actor's albedo, `albedo.actor_albedo`)."""
+        from dataclasses import replace
+
         import torch
 
         from morph3d.swap.albedo import prepare_transfer
 
-        channels = torch.from_numpy(
-            np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32))
-        return cls(model, source_fit.identity.coefficients, channels,
-                   prepare_transfer(model, source_fit, clip_fit, photo, target, channels,
-                                    quiet=options.quiet, backend=options.renderer),
+        # The per-frame tensors live on the model's device (`--device`): moved there once.
+        device = model.mean.device
+        channels = torch.as_tensor(
+            np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32),
+            device=device)
+        setup = prepare_transfer(model, source_fit, clip_fit, photo, target, channels,
+                                 quiet=options.quiet, backend=options.renderer)
+        setup = replace(setup, textures=setup.textures.to(device),
+                        source_factor=setup.source_factor.to(device))
+        return cls(model, source_fit.identity.coefficients, channels, setup,
                    options.work_resolution, options.renderer)
 
     def render(self, camera_params, rotation, translation, expression, sh,

@@ -430,19 +430,23 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         vertex_normals,
     )
 
-    ident = torch.from_numpy(np.stack([source_identity, actor_identity, source_identity])
-                             .astype(np.float32))
-    expr = torch.from_numpy(np.asarray(expression, np.float32)[None].repeat(3, 0))
+    # Every tensor on the model's device; the results come to the CPU once, as numpy, where
+    # the OpenCV part starts.
+    device = model.mean.device
+    ident = torch.as_tensor(np.stack([source_identity, actor_identity, source_identity])
+                            .astype(np.float32), device=device)
+    expr = torch.as_tensor(np.asarray(expression, np.float32)[None].repeat(3, 0),
+                           device=device)
     expr[2] = 0.0
     verts = model.vertices(ident, expr)  # source, actor, source neutral
     if alignment is not None:  # the source's shape at the actor's size and place
-        m = torch.from_numpy(np.asarray(alignment, np.float32))
+        m = torch.as_tensor(np.asarray(alignment, np.float32), device=device)
         verts = torch.stack([verts[0] - verts[2] + verts[2] @ m[:, :3].T + m[:, 3], verts[1]])
     else:
         verts = verts[:2]
     cam = camera_params.to_camera(rotation, translation)
-    lm68 = cam.project(model.landmarks(verts[:1], "ibug68"))[0].numpy()
-    lm478 = cam.project(model.landmarks(verts, "mediapipe478")).numpy()
+    lm68 = cam.project(model.landmarks(verts[:1], "ibug68"))[0].cpu().numpy()
+    lm478 = cam.project(model.landmarks(verts, "mediapipe478")).cpu().numpy()
     h, w = frame.shape[:2]
     box = face_crop_box(lm478.reshape(-1, 2), (h, w))
     crop_cam = crop_camera(cam, box, size)
@@ -450,16 +454,16 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     raster = rasterize(crop_cam.to_clip(verts[:1]), tris, (size, size), backend=backend)
     actor_px = cam.project(verts[1:])[0]  # V x 2 frame pixels
     normals = torch.einsum("ij,vj->vi", cam.R.to(actor_px), vertex_normals(
-        verts[1:], tris.to(torch.int64))[0]) * torch.tensor([1.0, -1.0, -1.0])
+        verts[1:], tris.to(torch.int64))[0]) * torch.tensor([1.0, -1.0, -1.0]).to(actor_px)
     per_vertex = torch.cat([actor_px, region_channels.to(actor_px), normals[:, 2:],
                             source_factor.to(actor_px)], 1)
-    attrs = interpolate(per_vertex, raster)[0].numpy()
+    attrs = interpolate(per_vertex, raster)[0].cpu().numpy()
     uv = interpolate_sparse(model.uv_coords.to(actor_px), raster, model.uv_triangles)
-    looked = texture_sparse(textures, uv, raster.pixel_batch())
-    tex = scatter_pixels(looked, raster)[0].numpy()
+    looked = texture_sparse(textures.to(actor_px), uv, raster.pixel_batch())
+    tex = scatter_pixels(looked, raster)[0].cpu().numpy()
     # Surface that faces away (the inside of the neck's far wall, seen through its open end)
     # has no place in the warp: its flow is filled in from the front surface around it.
-    covered = raster.coverage[0].numpy() & (attrs[..., 2 + len(REGION_CHANNELS)] > -0.1)
+    covered = raster.coverage[0].cpu().numpy() & (attrs[..., 2 + len(REGION_CHANNELS)] > -0.1)
 
     x0, y0, side = box
     centres = (np.arange(size, dtype=np.float32) + 0.5) * (side / size) - 0.5
