@@ -244,7 +244,7 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> n
     flat = out.reshape(-1, 3)  # a view: `out` is a fresh contiguous array
     pixels = np.ascontiguousarray(image).reshape(-1, 3).take(on, 0)
     linear = _U8_TO_LINEAR.take(pixels) if as_bytes else srgb_to_linear(pixels)
-    gain = np.ascontiguousarray(ratio, np.float32).reshape(-1, 3).take(on, 0)
+    gain = np.asarray(ratio, np.float32).reshape(-1, 3).take(on, 0)  # a view of a window
     gain -= 1.0
     gain *= np.clip(strength.reshape(-1).take(on), 0, 1)[:, None]
     gain += 1.0
@@ -527,8 +527,15 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
     hull = face_hull(actor, swapped, (wh, ww), forehead_margin)
     weight = fade(hull, reach * swapped.iod)
-    flow_w = window[..., :2] * weight[..., None] if warp_on else np.zeros_like(window[..., :2])
-    warped = warp_window(frame, flow_w, origin)
+    # Where the fade is 0 the flow is 0 and the warp gives the frame back exactly: only the
+    # rectangle around the fade is resampled.
+    ox, oy = origin
+    warped = np.ascontiguousarray(frame[oy:oy + wh, ox:ox + ww])
+    rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
+    if warp_on and rows.size:
+        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        flow_w = window[r0:r1, c0:c1, :2] * weight[r0:r1, c0:c1, None]
+        warped[r0:r1, c0:c1] = warp_window(frame, flow_w, (ox + c0, oy + r0))
     # the face's strength ends with the warp's fade, the surrounding skin's does not
     strength = np.clip(window[..., -1] - window[..., 5] * (1 - weight), 0, 1)
     # the surround's long tails change no grey level (under 0.4 %): left out, they would
