@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +63,19 @@ def camera_vertices(vertices_mm: np.ndarray, rotvec: np.ndarray, t_mm: np.ndarra
 def read_glb(path: Path) -> tuple[pygltflib.GLTF2, bytes]:
     gltf = pygltflib.GLTF2().load_binary(str(path))
     return gltf, gltf.binary_blob()
+
+
+def check_glb_container(payload: bytes, blob_length: int) -> None:
+    """GLB 2.0 framing: the header's length is the file's; a JSON then a BIN chunk, both a
+    multiple of 4 bytes long, the BIN chunk as long as the glTF buffer."""
+    magic, version, total = struct.unpack_from("<4sII", payload, 0)
+    assert (magic, version, total) == (b"glTF", 2, len(payload))
+    json_length, json_type = struct.unpack_from("<I4s", payload, 12)
+    assert json_type == b"JSON" and json_length % 4 == 0
+    bin_length, bin_type = struct.unpack_from("<I4s", payload, 20 + json_length)
+    assert bin_type == b"BIN\x00" and bin_length % 4 == 0 and bin_length == blob_length
+    assert 28 + json_length + bin_length == len(payload)
+    json.loads(payload[20:20 + json_length])
 
 
 def accessor_array(gltf: pygltflib.GLTF2, blob: bytes, index: int) -> np.ndarray:
@@ -144,6 +158,7 @@ def test_glb_structure_geometry_and_morph_targets(data, tmp_path):
     assert len(gltf.buffers) == 1 and gltf.buffers[0].byteLength == len(blob)
     assert all(view.byteOffset % 4 == 0 for view in gltf.bufferViews)
     assert not gltf.animations
+    check_glb_container(out.read_bytes(), len(blob))
 
     arrays = glb_mesh_arrays(gltf, blob)
     primitive = gltf.meshes[0].primitives[0]
@@ -304,8 +319,14 @@ def test_obj_writes_one_posed_frame_with_material_and_texture(data, tmp_path):
 
 
 def read_ply(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(vertices, faces) as trimesh, an independent reader, loads them."""
-    assert path.read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+    """(vertices, faces) as trimesh loads them, after checking the header's layout: float32
+    positions and uchar-counted int32 faces, nothing else (what other readers expect)."""
+    payload = path.read_bytes()
+    header = payload[:payload.index(b"end_header\n")].decode("ascii").splitlines()
+    assert header[:2] == ["ply", "format binary_little_endian 1.0"]
+    assert [line for line in header if not line.startswith(("comment", "element"))][2:] == [
+        "property float x", "property float y", "property float z",
+        "property list uchar int vertex_indices"]
     mesh = trimesh.load(path, process=False)
     assert isinstance(mesh, trimesh.Trimesh)
     return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces)

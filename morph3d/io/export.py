@@ -30,6 +30,9 @@ Formats:
 - `.ply`: binary little-endian positions (mm) and faces. Several frames write a sequence
   beside the named path: `out.ply` -> `out_0000.ply`, `out_0001.ply`, ...
 
+The .glb is assembled with pygltflib and the .ply written by trimesh; the .obj is written
+here (see `obj_files` for why).
+
 Every file is written to a temp file and renamed; a multi-file export renames only once
 all of its files are complete.
 """
@@ -37,9 +40,7 @@ all of its files are complete.
 from __future__ import annotations
 
 import io
-import json
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pygltflib
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
@@ -73,10 +75,6 @@ PUPIL_RGB = (0.03, 0.03, 0.03)
 IRIS_HALF_ANGLE_RAD = 0.42  # angular radius of the iris seen from the eyeball centre
 PUPIL_HALF_ANGLE_RAD = 0.15
 
-# glTF constants
-_FLOAT, _UINT16, _UINT32 = 5126, 5123, 5125
-_ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-_LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
 _TYPE_BY_WIDTH = {1: "SCALAR", 2: "VEC2", 3: "VEC3", 4: "VEC4"}
 
 
@@ -353,58 +351,39 @@ def _write_together(files: Iterable[tuple[Path, bytes]]) -> list[Path]:
 
 
 class _GltfBuilder:
-    """Collects buffer views and accessors into one little-endian binary buffer."""
+    """Collects pygltflib buffer views and accessors over one little-endian binary buffer."""
 
     def __init__(self) -> None:
         self.blob = bytearray()
-        self.buffer_views: list[dict[str, Any]] = []
-        self.accessors: list[dict[str, Any]] = []
+        self.buffer_views: list[pygltflib.BufferView] = []
+        self.accessors: list[pygltflib.Accessor] = []
 
     def view(self, payload: bytes, target: int | None = None) -> int:
         self.blob.extend(b"\x00" * (-len(self.blob) % 4))  # 4-byte aligned views
-        view: dict[str, Any] = {"buffer": 0, "byteOffset": len(self.blob),
-                                "byteLength": len(payload)}
-        if target is not None:
-            view["target"] = target
+        self.buffer_views.append(pygltflib.BufferView(
+            buffer=0, byteOffset=len(self.blob), byteLength=len(payload), target=target))
         self.blob.extend(payload)
-        self.buffer_views.append(view)
         return len(self.buffer_views) - 1
 
     def accessor(self, array: np.ndarray, target: int | None = None, bounds: bool = False,
                  name: str | None = None) -> int:
         """One accessor over a new tightly packed view; N x C float32 or (N,) uint indices."""
         array = np.ascontiguousarray(array)
-        component = {np.dtype(np.float32): _FLOAT, np.dtype(np.uint16): _UINT16,
-                     np.dtype(np.uint32): _UINT32}[array.dtype]
+        component = {np.dtype(np.float32): pygltflib.FLOAT,
+                     np.dtype(np.uint16): pygltflib.UNSIGNED_SHORT,
+                     np.dtype(np.uint32): pygltflib.UNSIGNED_INT}[array.dtype]
         width = 1 if array.ndim == 1 else array.shape[1]
-        accessor: dict[str, Any] = {
-            "bufferView": self.view(array.astype(array.dtype.newbyteorder("<")).tobytes(),
-                                    target),
-            "componentType": component,
-            "count": int(array.shape[0]),
-            "type": _TYPE_BY_WIDTH[width],
-        }
-        if bounds:
-            flat = array.reshape(len(array), width)
-            accessor["min"] = [float(x) for x in flat.min(axis=0)]
-            accessor["max"] = [float(x) for x in flat.max(axis=0)]
-        if name:
-            accessor["name"] = name
-        self.accessors.append(accessor)
+        flat = array.reshape(len(array), width)
+        self.accessors.append(pygltflib.Accessor(
+            bufferView=self.view(array.astype(array.dtype.newbyteorder("<")).tobytes(), target),
+            componentType=component,
+            count=int(array.shape[0]),
+            type=_TYPE_BY_WIDTH[width],
+            min=[float(x) for x in flat.min(axis=0)] if bounds else None,
+            max=[float(x) for x in flat.max(axis=0)] if bounds else None,
+            name=name,
+        ))
         return len(self.accessors) - 1
-
-
-def _glb_container(document: dict[str, Any], blob: bytes) -> bytes:
-    """GLB 2.0: 12-byte header, JSON chunk (space padded), BIN chunk (zero padded)."""
-    text = json.dumps(document, separators=(",", ":")).encode("utf-8")
-    text += b" " * (-len(text) % 4)
-    blob = blob + b"\x00" * (-len(blob) % 4)
-    total = 12 + 8 + len(text) + 8 + len(blob)
-    return b"".join([
-        struct.pack("<4sII", b"glTF", 2, total),
-        struct.pack("<I4s", len(text), b"JSON"), text,
-        struct.pack("<I4s", len(blob), b"BIN\x00"), blob,
-    ])
 
 
 def glb_bytes(data: ModelData, identity: np.ndarray | None, texture_rgb: np.ndarray,
@@ -421,18 +400,18 @@ def glb_bytes(data: ModelData, identity: np.ndarray | None, texture_rgb: np.ndar
     index_type = np.uint16 if len(positions) < 65535 else np.uint32
 
     gltf = _GltfBuilder()
-    attributes = {
-        "POSITION": gltf.accessor(positions, _ARRAY_BUFFER, bounds=True),
-        "NORMAL": gltf.accessor(normals, _ARRAY_BUFFER),
-        "TEXCOORD_0": gltf.accessor(texcoords, _ARRAY_BUFFER),
-    }
+    attributes = pygltflib.Attributes(
+        POSITION=gltf.accessor(positions, pygltflib.ARRAY_BUFFER, bounds=True),
+        NORMAL=gltf.accessor(normals, pygltflib.ARRAY_BUFFER),
+        TEXCOORD_0=gltf.accessor(texcoords, pygltflib.ARRAY_BUFFER),
+    )
     indices = gltf.accessor(split.triangles.reshape(-1).astype(index_type),
-                            _ELEMENT_ARRAY_BUFFER)
+                            pygltflib.ELEMENT_ARRAY_BUFFER)
     targets = []
     for j, name in enumerate(data.expression_names):
         deltas = (data.expression_basis[j][split.vertex_ids] / MM_PER_M).astype(np.float32)
-        targets.append({"POSITION": gltf.accessor(deltas, _ARRAY_BUFFER, bounds=True,
-                                                  name=name)})
+        targets.append(pygltflib.Attributes(
+            POSITION=gltf.accessor(deltas, pygltflib.ARRAY_BUFFER, bounds=True, name=name)))
     image_view = gltf.view(_png_bytes(texture_rgb))
 
     num_targets = len(targets)
@@ -441,50 +420,54 @@ def glb_bytes(data: ModelData, identity: np.ndarray | None, texture_rgb: np.ndar
     weights = np.zeros(num_targets)
     if frames.expression is not None and not animate:
         weights = frames.expression[shown]
-    node: dict[str, Any] = {"name": data.name, "mesh": 0}
+    node = pygltflib.Node(name=data.name, mesh=0)
     quats = None
     if frames.rotation is not None:
         quats = continuous_quaternions(frames.rotation)
-        node["rotation"] = [float(x) for x in quats[shown]]
-        node["translation"] = [float(x) for x in frames.translation[shown] / MM_PER_M]
-    primitive: dict[str, Any] = {"attributes": attributes, "indices": indices, "material": 0,
-                                 "mode": 4}
+        node.rotation = [float(x) for x in quats[shown]]
+        node.translation = [float(x) for x in frames.translation[shown] / MM_PER_M]
+    primitive = pygltflib.Primitive(attributes=attributes, indices=indices, material=0,
+                                    mode=pygltflib.TRIANGLES, targets=targets or None)
+    mesh = pygltflib.Mesh(name=data.name, primitives=[primitive])
     if targets:
-        primitive["targets"] = targets
-    mesh: dict[str, Any] = {"name": data.name, "primitives": [primitive]}
-    if targets:
-        mesh["weights"] = [float(w) for w in weights]
-        mesh["extras"] = {"targetNames": list(data.expression_names)}
-    document: dict[str, Any] = {
-        "asset": {"version": "2.0", "generator": "morph3d"},
-        "scene": 0,
-        "scenes": [{"name": "morph3d", "nodes": [0],
-                    "extras": {"fps": float(fps), "units": "metres",
-                               "frames": int(frames.count)}}],
-        "nodes": [node],
-        "meshes": [mesh],
-        "materials": [{
-            "name": "skin",
-            "pbrMetallicRoughness": {"baseColorTexture": {"index": 0}, "metallicFactor": 0.0,
-                                     "roughnessFactor": 0.6},
-            "doubleSided": True,
-        }],
-        "textures": [{"sampler": 0, "source": 0}],
-        "samplers": [{"magFilter": _LINEAR, "minFilter": _LINEAR_MIPMAP_LINEAR,
-                      "wrapS": _CLAMP_TO_EDGE, "wrapT": _CLAMP_TO_EDGE}],
-        "images": [{"name": "texture", "mimeType": "image/png", "bufferView": image_view}],
-    }
+        mesh.weights = [float(w) for w in weights]
+        mesh.extras = {"targetNames": list(data.expression_names)}
+    scene = pygltflib.Scene(name="morph3d", nodes=[0],
+                            extras={"fps": float(fps), "units": "metres",
+                                    "frames": int(frames.count)})
+    document = pygltflib.GLTF2(
+        asset=pygltflib.Asset(version="2.0", generator="morph3d"),
+        scene=0,
+        scenes=[scene],
+        nodes=[node],
+        meshes=[mesh],
+        materials=[pygltflib.Material(
+            name="skin",
+            pbrMetallicRoughness=pygltflib.PbrMetallicRoughness(
+                baseColorTexture=pygltflib.TextureInfo(index=0), metallicFactor=0.0,
+                roughnessFactor=0.6),
+            doubleSided=True,
+        )],
+        textures=[pygltflib.Texture(sampler=0, source=0)],
+        samplers=[pygltflib.Sampler(magFilter=pygltflib.LINEAR,
+                                    minFilter=pygltflib.LINEAR_MIPMAP_LINEAR,
+                                    wrapS=pygltflib.CLAMP_TO_EDGE,
+                                    wrapT=pygltflib.CLAMP_TO_EDGE)],
+        images=[pygltflib.Image(name="texture", mimeType="image/png", bufferView=image_view)],
+    )
     if camera is not None:
-        document["cameras"] = [_gltf_camera(camera)]
-        document["nodes"].append({"name": "camera", "camera": 0})  # at the origin, looking -z
-        document["scenes"][0]["nodes"].append(1)
-        document["scenes"][0]["extras"]["camera"] = camera
+        document.cameras = [_gltf_camera(camera)]
+        document.nodes.append(pygltflib.Node(name="camera", camera=0))  # origin, looking -z
+        scene.nodes.append(1)
+        scene.extras["camera"] = camera
     if animate:
-        document["animations"] = [_animation(gltf, frames, quats, fps, num_targets)]
-    document["accessors"] = gltf.accessors
-    document["bufferViews"] = gltf.buffer_views
-    document["buffers"] = [{"byteLength": len(gltf.blob) + (-len(gltf.blob) % 4)}]
-    return _glb_container(document, bytes(gltf.blob))
+        document.animations = [_animation(gltf, frames, quats, fps, num_targets)]
+    document.accessors = gltf.accessors
+    document.bufferViews = gltf.buffer_views
+    blob = bytes(gltf.blob) + b"\x00" * (-len(gltf.blob) % 4)  # GLB chunks are 4-byte sized
+    document.buffers = [pygltflib.Buffer(byteLength=len(blob))]
+    document.set_binary_blob(blob)
+    return b"".join(document.save_to_bytes())
 
 
 def _camera_intrinsics(camera: Any) -> dict[str, float] | None:
@@ -501,26 +484,30 @@ def _camera_intrinsics(camera: Any) -> dict[str, float] | None:
     return intrinsics
 
 
-def _gltf_camera(intrinsics: dict[str, float]) -> dict[str, Any]:
+def _gltf_camera(intrinsics: dict[str, float]) -> pygltflib.Camera:
     """A glTF perspective camera with the pinhole's fields of view (principal point: extras)."""
     yfov = 2.0 * np.arctan(intrinsics["height"] / (2.0 * intrinsics["fy"]))
     aspect = (intrinsics["width"] / intrinsics["fx"]) / (intrinsics["height"] / intrinsics["fy"])
-    return {"name": "camera", "type": "perspective", "extras": intrinsics,
-            "perspective": {"yfov": float(yfov), "aspectRatio": float(aspect),
-                            "znear": 0.01, "zfar": 100.0}}
+    return pygltflib.Camera(name="camera", type=pygltflib.PERSPECTIVE, extras=intrinsics,
+                            perspective=pygltflib.Perspective(
+                                yfov=float(yfov), aspectRatio=float(aspect), znear=0.01,
+                                zfar=100.0))
 
 
 def _animation(gltf: _GltfBuilder, frames: _Frames, quats: np.ndarray | None, fps: float,
-               num_targets: int) -> dict[str, Any]:
+               num_targets: int) -> pygltflib.Animation:
     times = (np.arange(frames.count) / fps).astype(np.float32)
     time_accessor = gltf.accessor(times, bounds=True, name="time")
-    samplers: list[dict[str, Any]] = []
-    channels: list[dict[str, Any]] = []
+    samplers: list[pygltflib.AnimationSampler] = []
+    channels: list[pygltflib.AnimationChannel] = []
 
     def channel(output: np.ndarray, path: str, name: str) -> None:
-        samplers.append({"input": time_accessor, "output": gltf.accessor(output, name=name),
-                         "interpolation": "LINEAR"})
-        channels.append({"sampler": len(samplers) - 1, "target": {"node": 0, "path": path}})
+        samplers.append(pygltflib.AnimationSampler(
+            input=time_accessor, output=gltf.accessor(output, name=name),
+            interpolation=pygltflib.ANIM_LINEAR))
+        channels.append(pygltflib.AnimationChannel(
+            sampler=len(samplers) - 1,
+            target=pygltflib.AnimationChannelTarget(node=0, path=path)))
 
     if frames.expression is not None and num_targets:
         channel(frames.expression.reshape(-1).astype(np.float32), "weights", "weights")
@@ -528,8 +515,8 @@ def _animation(gltf: _GltfBuilder, frames: _Frames, quats: np.ndarray | None, fp
         channel(quats.astype(np.float32), "rotation", "rotation")
         channel((frames.translation / MM_PER_M).astype(np.float32), "translation",
                 "translation")
-    return {"name": "fit", "channels": channels, "samplers": samplers,
-            "extras": {"fps": float(fps), "frames": int(frames.count)}}
+    return pygltflib.Animation(name="fit", channels=channels, samplers=samplers,
+                               extras={"fps": float(fps), "frames": int(frames.count)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +526,13 @@ def _animation(gltf: _GltfBuilder, frames: _Frames, quats: np.ndarray | None, fp
 
 def obj_files(path: Path, data: ModelData, vertices: np.ndarray,
               texture_rgb: np.ndarray) -> list[tuple[Path, bytes]]:
-    """(path, bytes) of `<stem>_texture.png`, `<stem>.mtl` and the .obj, in that order."""
+    """(path, bytes) of `<stem>_texture.png`, `<stem>.mtl` and the .obj, in that order.
+
+    Written by hand, not by trimesh's OBJ exporter: a trimesh mesh has one UV per vertex, so
+    its OBJ repeats every seam vertex (positions no longer one per model vertex, in the
+    model's order, as `f v/vt` with separate UV indices keeps them), and it names the
+    texture after the material (`skin.png`) instead of `<stem>_texture.png`.
+    """
     texture_path = path.with_name(f"{path.stem}_texture.png")
     mtl_path = path.with_suffix(".mtl")
     mtl = (
@@ -563,23 +556,15 @@ def obj_files(path: Path, data: ModelData, vertices: np.ndarray,
             (path, obj.encode())]
 
 
-def ply_bytes(vertices: np.ndarray, triangles: np.ndarray, comment: str = "") -> bytes:
-    """Binary little-endian PLY: float32 x, y, z (mm) and uchar-counted int32 faces."""
-    header = ["ply", "format binary_little_endian 1.0"]
-    if comment:
-        header.append(f"comment {comment}")
-    header += [
-        f"element vertex {len(vertices)}",
-        "property float x", "property float y", "property float z",
-        f"element face {len(triangles)}",
-        "property list uchar int vertex_indices",
-        "end_header",
-    ]
-    faces = np.empty(len(triangles), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-    faces["n"] = 3
-    faces["v"] = triangles
-    return ("\n".join(header) + "\n").encode("ascii") + \
-        vertices.astype("<f4").tobytes() + faces.tobytes()
+def ply_bytes(vertices: np.ndarray, triangles: np.ndarray) -> bytes:
+    """Binary little-endian PLY by trimesh: float32 x, y, z (mm) and uchar-counted int32
+    faces, vertices in the model's order (no merging: `process=False`)."""
+    import trimesh  # imported here: only .ply export needs it, and it is slow to import
+
+    mesh = trimesh.Trimesh(vertices=np.asarray(vertices, np.float64), faces=triangles,
+                           process=False, validate=False)
+    return trimesh.exchange.ply.export_ply(mesh, encoding="binary", vertex_normal=False,
+                                           include_attributes=False)
 
 
 def ply_sequence_paths(path: Path, count: int) -> list[Path]:
@@ -667,11 +652,9 @@ def export_mesh(
 
     triangles = data.triangles.astype(np.int32)
     if frame is not None or frames.count <= 1:
-        k = frame or 0
-        return _write_together([(path, ply_bytes(frame_vertices(k), triangles,
-                                                 f"morph3d {data.name} mm frame {k}"))])
+        return _write_together([(path, ply_bytes(frame_vertices(frame or 0), triangles))])
     return _write_together(
-        (out, ply_bytes(frame_vertices(k), triangles, f"morph3d {data.name} mm frame {k}"))
+        (out, ply_bytes(frame_vertices(k), triangles))
         for k, out in enumerate(ply_sequence_paths(path, frames.count))
     )
 
