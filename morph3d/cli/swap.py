@@ -48,19 +48,24 @@ def register(subparsers, name: str) -> None:
 def run(args: argparse.Namespace, hook: StageHook | None = None) -> int:
     """`hook`: a `morph3d.swap.stages.StageHook` for tools that measure the stages."""
     from morph3d.devices import check_device
-    from morph3d.swap.driver import reference_photos, swap, write_summary
+    from morph3d.swap.driver import swap, write_summary
     from morph3d.swap.options import SwapOptions, check_paths
 
+    # Everything that could fail late is found out now, not after the whole run: every
+    # output (the summary too, which is written after the swap), the options, the device.
+    # The outputs first: their guard also clears what a killed run left, whatever else is
+    # wrong with this one. A file the face options name is an input, whatever it turns
+    # out to be.
+    named = tuple(Path(v) for v in (args.target_face_ref, args.face)
+                  if v is not None and Path(v).is_file())
+    check_paths(args.source, args.target, args.output, inputs=named,
+                outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
     options = SwapOptions(
         target_face=args.target_face, target_face_ref=args.target_face_ref,
         source_face=args.face, model=args.model,
         backend=args.backend, device=args.device, renderer=args.renderer, refine=args.refine,
         work_resolution=args.work_resolution, crf=args.crf, quiet=args.quiet,
         preview=args.preview, max_frames=args.max_frames, work_dir=args.work_dir)
-    # Everything that could fail late is found out now, not after the whole run: every
-    # output (the summary too, which is written after the swap) and the device.
-    check_paths(args.source, args.target, args.output, inputs=reference_photos(options),
-                outputs=tuple(p for p in (args.preview, args.summary_json) if p is not None))
     check_device(args.device)
 
     summary = swap(args.source, args.target, args.output, options, hook=hook)
