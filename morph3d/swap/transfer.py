@@ -45,25 +45,51 @@ import numpy as np
 from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
 
 
-def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
+                    reduce: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Weighted Gaussian low-pass: (blur(values * weight) / blur(weight), blur(weight)).
 
     values H x W x C (or H x W), weight H x W >= 0, sigma in pixels. Where the blurred weight
     is 0 the result is 0. Pixels outside the weight's support get the weighted average of
-    their surroundings, so the low-pass does not darken at the support's border."""
+    their surroundings, so the low-pass does not darken at the support's border.
+
+    `reduce`: from sigma = 2 x `_REDUCE_PER_SIGMA` px on, the blur runs on a raster reduced
+    by up to `_MAX_REDUCE` (area-averaged; the averaging's variance taken off the blur) and
+    the quotient comes back bilinearly, within a few thousandths of the full-size one: what
+    a low-pass keeps, a reduced raster holds, at a fraction of the kernel's cost. Not for a
+    quotient that divides fine detail (`with_frame_detail`), which amplifies the error."""
     w = np.asarray(weight, np.float32)
     v = np.asarray(values, np.float32)
-    vw = v * (w[..., None] if v.ndim == 3 else w)
-    ksize = (0, 0)
-    num = cv2.GaussianBlur(vw, ksize, sigma, borderType=cv2.BORDER_REPLICATE)
-    den = cv2.GaussianBlur(w, ksize, sigma, borderType=cv2.BORDER_REPLICATE)
-    if num.ndim == 2 and v.ndim == 3:  # OpenCV drops a single channel axis
-        num = num[..., None]
-    safe = np.maximum(den, 1e-6)
-    out = num / (safe[..., None] if v.ndim == 3 else safe)
-    out[den <= 1e-6] = 0.0
-    return out, den
+    flat = v.ndim == 2
+    h, width = w.shape
+    vw = np.concatenate([(v * w if flat else v * w[..., None]).reshape(h, width, -1),
+                         w[..., None]], -1)  # values and weight in one pass
+    f = int(min(max(sigma // _REDUCE_PER_SIGMA, 1), _MAX_REDUCE)) if reduce else 1
+    if f > 1:
+        small = cv2.resize(vw, (-(-width // f), -(-h // f)), interpolation=cv2.INTER_AREA)
+        s = np.sqrt(max(sigma ** 2 - (f ** 2 - 1) / 12.0, 0.25 * f ** 2)) / f
+        both = _divided(cv2.GaussianBlur(small, (0, 0), s, borderType=cv2.BORDER_REPLICATE))
+        # the quotient, not numerator and denominator, is interpolated: where the weight's
+        # tail falls by orders of magnitude between two reduced pixels their quotient would not
+        both = cv2.resize(both, (width, h), interpolation=cv2.INTER_LINEAR).reshape(h, width, -1)
+    else:
+        both = _divided(cv2.GaussianBlur(vw, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+                        .reshape(h, width, -1))
+    out, den = both[..., :-1], both[..., -1]
+    return (out[..., 0] if flat else out), den
+
+
+def _divided(both: np.ndarray) -> np.ndarray:
+    """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight), in place."""
+    den = both[..., -1:]
+    num = both[..., :-1]
+    num /= np.maximum(den, 1e-6)
+    num[np.broadcast_to(den <= 1e-6, num.shape)] = 0.0
+    return both
+
+
+_REDUCE_PER_SIGMA = 2.0  # one step of raster reduction per this many pixels of sigma
+_MAX_REDUCE = 4
 
 
 def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> np.ndarray:
@@ -186,7 +212,7 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     ratio = np.broadcast_to(overall, source.shape).astype(np.float32)
     pair = np.concatenate([s_lin, a_lin], -1)
     for scale in (coarse, 1.0):
-        both, den = normalized_blur(pair, w, sigma * scale)  # both sides in one pass
+        both, den = normalized_blur(pair, w, sigma * scale, reduce=True)  # both sides at once
         s_low, a_low = both[..., :3], both[..., 3:]
         local = (s_low + 1e-3) / (a_low + 1e-3)
         local = local * (overall / base)  # the local pattern around the applied overall
@@ -355,7 +381,7 @@ def cap_highlights(albedo: np.ndarray, weight: np.ndarray, sigma: float,
     its weighted low-pass at `sigma` px (colour kept): a photo's specular highlights
     (nose ridge, forehead) survive the division by a diffuse shading and would be carried
     onto the actor as pale streaks."""
-    low, _ = normalized_blur(albedo, weight, sigma)
+    low, _ = normalized_blur(albedo, weight, sigma, reduce=True)
     luma = albedo @ np.float32([0.299, 0.587, 0.114])
     limit = headroom * (low @ np.float32([0.299, 0.587, 0.114]))
     scale = np.where(luma > limit, limit / np.maximum(luma, 1e-6), 1.0)
