@@ -85,8 +85,8 @@ def lighting_normals(model, identity: np.ndarray, expression: np.ndarray, rotati
         [1.0, -1.0, -1.0])
 
 
-def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2000
-                         ) -> np.ndarray:
+def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2000,
+                         seen: np.ndarray | None = None) -> np.ndarray:
     """V x 3 per-vertex factor that turns the source fit's UV albedo into the photo's
     colours divided by the same kind of shading the clip's frames are divided by.
 
@@ -95,8 +95,11 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2
     with albedo 1), whose directional terms can differ wildly from the photo fit's for the
     same picture. A ratio of albedos made under two shading models carries their
     disagreement, so the source side is re-divided: albedo x photo-fit shading (= the
-    photo's colour) / the sampler's shading pattern of the photo (its SH over their
-    ambient term)."""
+    photo's colour) / the sampler's shading pattern of the photo, normalised by its mean
+    over the face skin the photo saw (`seen`: V bool, the texels' confidence; None: the
+    skin facing the camera). The sampler's SH are solved from the seen side only and can
+    be far off on a turned head's far side: a mean over it would set the source's whole
+    albedo lighter or darker than the photo shows the skin."""
     import torch
 
     from fitting.fit import FrameState
@@ -126,10 +129,13 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2
         np.asarray(f.sh[0], np.float32))[None])[0]
     pattern = sh_shading(normals[None], torch.from_numpy(
         (sampled / dc).astype(np.float32))[None])[0]
-    pattern = pattern / facing_mean(pattern, normals, model.region("face_skin"))
+    skin = model.region("face_skin")
+    if seen is not None and int((skin & seen).sum()) >= 10:
+        skin = skin & seen
+    pattern = pattern / facing_mean(pattern, normals, skin)
     factor = (fitted.clamp_min(0.05) / pattern.clamp_min(0.05)).numpy().astype(np.float32)
     # near grazing angles either shading is a guess: keep the factor near its typical value
-    typical = np.median(factor[model.region("face_skin")], 0)
+    typical = np.median(factor[skin], 0)
     return np.clip(factor, typical / 2, typical * 2).astype(np.float32)
 
 
@@ -397,7 +403,8 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         actor = cv2.resize(actor, texture.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         actor_confidence = cv2.resize(actor_confidence, texture.shape[1::-1],
                                       interpolation=cv2.INTER_LINEAR)
-    factor = source_albedo_factor(model, source_fit, photo)
+    seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.5
+    factor = source_albedo_factor(model, source_fit, photo, seen=seen)
     if mirror_share > 0:
         texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
                                                  mirror_share)
