@@ -278,7 +278,10 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> n
     linear *= _LINEAR_STEPS - 1
     linear += 0.5
     np.clip(linear, 0, _LINEAR_STEPS - 1, out=linear)
-    flat[on] = _LINEAR_TO_SRGB.take(linear.astype(np.int32))
+    # one 12-byte item per pixel: a row scatter that numpy copies whole
+    pixel = np.dtype((np.void, 12))
+    np.put(flat.view(pixel).reshape(-1), on,
+           np.ascontiguousarray(_LINEAR_TO_SRGB.take(linear.astype(np.int32))).view(pixel))
     return out
 
 
