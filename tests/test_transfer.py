@@ -351,3 +351,23 @@ def test_transfer_on_cuda_matches_the_cpu() -> None:
     assert np.abs(gpu["image"] - cpu["image"]).mean() < 0.2 / 255
     for name, mask in cpu["regions"].items():
         assert np.mean(gpu["regions"][name] != mask) < 0.005, name
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (250, 243), (96, 120)])
+def test_reduced_low_pass_stays_within_a_hundredth_of_the_full_size_one(shape) -> None:
+    from morph3d.swap.transfer import normalized_blur
+
+    rng = np.random.default_rng(7)
+    h, w = shape
+    ys, xs = np.mgrid[:h, :w].astype(np.float32)
+    values = np.stack([0.5 + 0.3 * np.sin(xs / 9 + k) * np.cos(ys / 11) for k in range(6)], -1)
+    values += 0.05 * rng.standard_normal(values.shape).astype(np.float32)
+    weight = disk((h, w), (w / 2, h / 2), min(h, w) / 3).astype(np.float32)
+    for sigma in (4.5, 7.7, 12.0):
+        full, full_den = normalized_blur(values, weight, sigma)
+        low, low_den = normalized_blur(values, weight, sigma, reduce=True)
+        support = full_den > 0.3  # where the quotient is used at full weight
+        assert np.abs(low - full)[support].max() < 0.01, sigma
+        assert np.abs(low_den - full_den).max() < 0.02, sigma
+        two_d, _ = normalized_blur(values[..., 0], weight, sigma, reduce=True)
+        assert two_d.shape == (h, w) and np.allclose(two_d, low[..., 0], atol=1e-5)

@@ -55,7 +55,7 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
 
     `reduce`: from sigma = 2 x `_REDUCE_PER_SIGMA` px on, the blur runs on a raster reduced
     by up to `_MAX_REDUCE` (area-averaged; the averaging's variance taken off the blur) and
-    the quotient comes back bilinearly, within a few thousandths of the full-size one: what
+    the quotient comes back bilinearly, within about a hundredth of the full-size one: what
     a low-pass keeps, a reduced raster holds, at a fraction of the kernel's cost. Not for a
     quotient that divides fine detail (`with_frame_detail`), which amplifies the error."""
     w = np.asarray(weight, np.float32)
@@ -65,8 +65,10 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
     vw = np.concatenate([(v * w if flat else v * w[..., None]).reshape(h, width, -1),
                          w[..., None]], -1)  # values and weight in one pass
     f = int(min(max(sigma // _REDUCE_PER_SIGMA, 1), _MAX_REDUCE)) if reduce else 1
+    while h % f or width % f:  # OpenCV's area reduction of many channels: whole blocks only
+        f -= 1
     if f > 1:
-        small = cv2.resize(vw, (-(-width // f), -(-h // f)), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(vw, (width // f, h // f), interpolation=cv2.INTER_AREA)
         s = np.sqrt(max(sigma ** 2 - (f ** 2 - 1) / 12.0, 0.25 * f ** 2)) / f
         both = _divided(cv2.GaussianBlur(small, (0, 0), s, borderType=cv2.BORDER_REPLICATE))
         # the quotient, not numerator and denominator, is interpolated: where the weight's
