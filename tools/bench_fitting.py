@@ -36,18 +36,21 @@
   the reported 68 points to dlib's there (% of IOD) without the offset, with it, and with
   the other clip's person's offset: does the deformation carry over to the same face?
 
-- turned (`--per-bin N`, default 12; `--save-renders DIR`): random faces by yaw bin (0-20,
-  20-40, 40-60 deg) rendered with a photo's albedo (mark.jpg fitted, completed) under soft
-  light over a smooth random background, landmarks by the real detectors ("mediapipe",
+- turned (`--per-bin N`, default 12; `--seed S`, default 0; `--save-renders DIR`): random faces by
+  yaw bin (0-20, 20-40, 40-60 deg) rendered with a photo's albedo (mark.jpg fitted, completed)
+  under soft light over a smooth random background, landmarks by the real detectors ("mediapipe",
   "dlib+mediapipe"), fitted as `morph3d fit` fits a photo (focal estimated; also given,
-  diagnostic), also with a glasses frame drawn over the render, and the true 68 points +
-  noise fitted without a detector (the fit's own floor). Per bin: NME of the fitted 68
-  points (mean error / true outer-eye-corner distance, %; also of the jaw alone and of the
-  detector's raw 68) against the true 68 in the annotation convention (`silhouette_jaw`:
-  the jaw on the visible outline), pose error (deg), median face-region vertex error after
-  rigid and similarity (NoW-style, scale included) alignment (mm), the far-side jaw's
-  distance to the rendered outline (px), detector misses (and dlib misses, where
-  "dlib+mediapipe" used mediapipe's 68).
+  diagnostic), also with a glasses frame drawn over the render, the true 68 points + noise fitted
+  without a detector (the fit's own floor), and the model's own embedded 478 points at the true
+  pose fitted as mediapipe's ("embedded 478": the mediapipe path's correspondence floor, no
+  detector). Per bin: NME of the fitted 68 points (mean error / true outer-eye-corner distance, %;
+  also of the jaw alone and of the detector's raw 68) against the true 68 in the annotation
+  convention (`silhouette_jaw`: the jaw on the visible outline), pose error (deg), median
+  face-region vertex error after rigid and similarity (NoW-style, scale included) alignment (mm),
+  the signed pitch error and yaw towards frontal (deg), the raw 68 points' mean offset from the
+  truth per group (jaw, brows, nose, eyes, mouth; mm at the face), the far-side jaw's distance to
+  the rendered outline (px), detector misses (and dlib misses, where "dlib+mediapipe" used
+  mediapipe's 68).
 
 `--only PART ...` runs some parts: synthetic, real, video, photo, transfer, turned.
 """
@@ -402,10 +405,19 @@ FAR_JAW = {1.0: (9, 10, 11, 12, 13, 14, 15, 16), -1.0: (0, 1, 2, 3, 4, 5, 6, 7)}
 # "glasses": a frame drawn over the render (`draw_glasses`) before detection. Backend
 # "true 68": no detector, the true 68 points + 1.5 px noise fitted as dlib's (the fit's own
 # floor on the same faces).
+# Backend "embedded 478": no detector, the model's own mediapipe478 points projected at the
+# true pose (and the 68 derived from them by `fitting.landmark_maps`), fitted as the
+# "mediapipe" backend's points: a perfect detector as the model's correspondences define
+# it, so its error is the mediapipe path's correspondence floor (its 478 embedding, the map
+# and the iBUG table the derived 68 are matched to).
 TURNED_RUNS = (("mediapipe", "estimated"), ("dlib+mediapipe", "estimated"),
                ("mediapipe", "true"), ("dlib+mediapipe", "true"),
                ("mediapipe", "estimated, glasses"), ("dlib+mediapipe", "estimated, glasses"),
-               ("true 68", "estimated"), ("true 68", "true"))
+               ("true 68", "estimated"), ("true 68", "true"),
+               ("embedded 478", "estimated"), ("embedded 478", "true"))
+# iBUG-68 point groups for the detectors' signed offsets from the truth.
+IBUG68_GROUPS = {"jaw": range(0, 17), "brows": range(17, 27), "nose": range(27, 36),
+                 "eyes": range(36, 48), "mouth": range(48, 68)}
 TEXTURE_PHOTO = "mark.jpg"
 
 
@@ -519,6 +531,33 @@ def draw_glasses(image: np.ndarray, model, alpha: np.ndarray, state, camera,
     return out
 
 
+def signed_pose_error_deg(fitted: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """(pitch, yaw towards frontal) of a fitted head rotation against the true one (axis-angle,
+    model -> camera), deg, in the head's own yaw-pitch-roll angles (`turned_case`'s "YXZ"):
+    pitch > 0 = the fitted head is tilted more chin-down (the top of the head towards the
+    camera) than the true one; yaw towards frontal > 0 = the fitted |yaw| is smaller."""
+    from scipy.spatial.transform import Rotation
+
+    from fitting import fit as F
+    from fitting import photo as FP
+
+    def angles(r: np.ndarray) -> np.ndarray:
+        return Rotation.from_matrix(FP.FRONT.T @ F.rotation_matrix(r)).as_euler(
+            "YXZ", degrees=True)
+
+    a, b = angles(fitted), angles(true)
+    return float(a[1] - b[1]), float(abs(b[0]) - abs(a[0]))
+
+
+def projected_table(model, table: str, alpha: np.ndarray, state, camera) -> np.ndarray:
+    """L x 2 px: the model's landmark table `table` on the true face at the true pose."""
+    from fitting import fit as F
+
+    ids, bary = F.model_arrays(model).landmarks[table]
+    points = np.einsum("lc,lcd->ld", bary, F.vertex_positions(model, alpha, state.expression)[ids])
+    return F.project(points, state.rotation, state.translation, camera)
+
+
 def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float]):
     """One random face (identity ~ N(0, I), sparse expression) with |yaw| in `yaw_range`
     (deg, either side), pitch +-10, roll +-5 deg, 600 mm from a 640 x 480, f = 800 px
@@ -588,7 +627,8 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
         rng = np.random.default_rng([seed, int(lo)])
         rows: dict = {b: {"nme_pct": [], "nme_jaw_pct": [], "nme_raw_pct": [], "pose_deg": [],
                           "vertex_mm_rigid": [], "vertex_mm_similarity": [], "missed": 0,
-                          "far_jaw_outline_px": [], "dlib_missed_mediapipe_68_used": 0}
+                          "far_jaw_outline_px": [], "dlib_missed_mediapipe_68_used": 0,
+                          "pitch_deg": [], "yaw_towards_frontal_deg": [], "offset_mm": []}
                       for b in TURNED_RUNS}
         outline = []  # the truth's far-side jaw points to the rendered outline, px
         for k in range(per_bin):
@@ -609,15 +649,21 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
             for backend, focal in TURNED_RUNS:
                 r = rows[backend, focal]
                 try:
-                    lms = (F.detect_landmarks(glasses if "glasses" in focal else image, backend)
-                           if backend != "true 68" else {"ibug68": truth + 1.5 * np.random
-                                                         .default_rng([seed, int(lo), k])
-                                                         .standard_normal(truth.shape)})
+                    if backend == "true 68":
+                        lms = {"ibug68": truth + 1.5 * np.random.default_rng(
+                            [seed, int(lo), k]).standard_normal(truth.shape)}
+                    elif backend == "embedded 478":
+                        mp = projected_table(model, "mediapipe478", alpha, state, camera)
+                        lms = {"mediapipe478": mp, "ibug68": ibug68_from_mediapipe478(mp)}
+                    else:
+                        lms = F.detect_landmarks(glasses if "glasses" in focal else image,
+                                                 backend)
                 except Exception:
                     r["missed"] += 1
                     continue
                 fit = FP.fit_photo(image, model, landmarks=lms,
-                                   backend="dlib" if backend == "true 68" else backend,
+                                   backend={"true 68": "dlib", "embedded 478": "mediapipe"}
+                                   .get(backend, backend),
                                    photometric=False,
                                    focal=camera.fx if focal == "true" else None)[0]
                 pred = FP.projected_landmarks(fit, model)[0]
@@ -634,6 +680,16 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
                                               .mean() / iod * 100))
                 r["pose_deg"].append(pose_error_deg(fit.faces.rotation[0].astype(np.float64),
                                                     state.rotation))
+                pitch, towards = signed_pose_error_deg(fit.faces.rotation[0].astype(np.float64),
+                                                       state.rotation)
+                r["pitch_deg"].append(pitch)
+                r["yaw_towards_frontal_deg"].append(towards)
+                # The raw 68 points' offset from the truth, mm at the face (x mirrored to
+                # yaw > 0, y down): per-group means that stay put across faces and poses are
+                # a convention / correspondence difference, not detector noise.
+                off = (lms["ibug68"] - truth) * state.translation[2] / camera.fx
+                off[:, 0] *= np.sign(yaw)
+                r["offset_mm"].append(off)
                 fitted_v = F.vertex_positions(model, fit.identity.coefficients.astype(np.float64),
                                               fit.faces.expression[0].astype(np.float64),
                                               fit.identity.offset)[face]
@@ -645,8 +701,16 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
             summary = {"detected": len(r["nme_pct"]), "missed_by_detector": r["missed"]}
             if backend == "dlib+mediapipe":
                 summary["dlib_missed_mediapipe_68_used"] = r["dlib_missed_mediapipe_68_used"]
-            for name in ("nme_pct", "nme_jaw_pct", "nme_raw_pct", "pose_deg",
-                         "vertex_mm_rigid", "vertex_mm_similarity", "far_jaw_outline_px"):
+            if r["offset_mm"]:
+                off = np.array(r["offset_mm"])
+                summary["raw_68_offset_mm_by_group"] = {
+                    g: {"x_mean": float(off[:, list(ix), 0].mean()),
+                        "y_mean": float(off[:, list(ix), 1].mean()),
+                        "y_sd_across_faces": float(off[:, list(ix), 1].mean(1).std())}
+                    for g, ix in IBUG68_GROUPS.items()}
+            for name in ("nme_pct", "nme_jaw_pct", "nme_raw_pct", "pose_deg", "pitch_deg",
+                         "yaw_towards_frontal_deg", "vertex_mm_rigid", "vertex_mm_similarity",
+                         "far_jaw_outline_px"):
                 vals = np.array(r[name])
                 summary[("mean_" if name.startswith("nme") else "median_") + name] = (
                     float(vals.mean() if name.startswith("nme") else np.median(vals))
@@ -666,6 +730,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--per-bin", type=int, default=None,
                     help="turned: faces per yaw bin (default 12, --quick 4)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="turned: the faces' seed (choose settings on one, report on another)")
     ap.add_argument("--save-renders", type=Path, default=None,
                     help="turned: write the rendered faces here (PNG)")
     args = ap.parse_args()
@@ -697,7 +763,7 @@ def main() -> None:
             result.update(photo_seconds(model))
     if "turned" in args.only and MEDIA.is_dir():
         result["turned"] = turned(model, args.per_bin or (4 if args.quick else 12),
-                                  save=args.save_renders)
+                                  seed=args.seed, save=args.save_renders)
     if "transfer" in args.only:
         result["corrective_transfer"] = corrective_transfer(model, 24 if args.quick else 72)
     result["load_average_end"] = os.getloadavg()
