@@ -96,10 +96,10 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2
     same picture. A ratio of albedos made under two shading models carries their
     disagreement, so the source side is re-divided: albedo x photo-fit shading (= the
     photo's colour) / the sampler's shading pattern of the photo, normalised by its mean
-    over the face skin the photo saw (`seen`: V bool, the texels' confidence; None: the
-    skin facing the camera). The sampler's SH are solved from the seen side only and can
-    be far off on a turned head's far side: a mean over it would set the source's whole
-    albedo lighter or darker than the photo shows the skin."""
+    over the face skin facing the camera that the photo saw at all (`seen`: V bool, from
+    the texels' confidence; None: all of it). The sampler's SH are solved from the seen
+    side only and can be far off on a turned head's far side: a mean over it would set the
+    source's whole albedo lighter or darker than the photo shows the skin."""
     import torch
 
     from fitting.fit import FrameState
@@ -403,7 +403,7 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         actor = cv2.resize(actor, texture.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         actor_confidence = cv2.resize(actor_confidence, texture.shape[1::-1],
                                       interpolation=cv2.INTER_LINEAR)
-    seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.5
+    seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.05
     factor = source_albedo_factor(model, source_fit, photo, seen=seen)
     if mirror_share > 0:
         texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
