@@ -323,7 +323,10 @@ def test_transfer_runs_with_the_model_and_its_tensors_on_an_explicit_cpu_device(
 
     args, keywords = device_inputs(torch.device("cpu"))
     frame = args[9]
+    frame.flags.writeable = False  # as a decoded image target comes; it must stay untouched
+    before_call = frame.copy()
     out = transfer_face(*args, **keywords)
+    assert np.array_equal(frame, before_call)
     x, y = out["window"]
     image = out["image"]
     h, w = image.shape[:2]

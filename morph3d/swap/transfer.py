@@ -561,7 +561,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # Where the fade is 0 the flow is 0 and the warp gives the frame back exactly: only the
     # rectangle around the fade is resampled.
     ox, oy = origin
-    warped = np.ascontiguousarray(frame[oy:oy + wh, ox:ox + ww])
+    warped = frame[oy:oy + wh, ox:ox + ww].copy()  # never a view: the frame stays as it is
     rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
     if warp_on and rows.size:
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
