@@ -36,6 +36,7 @@ class FaceRenderer:
         """The renderer of a job: the source fit, the clip fit, the first source photo
         (uint8 RGB, the source's colours as seen) and the clip the clip fit was fitted to
         (path: a few of its frames give the actor's albedo, `albedo.actor_albedo`)."""
+        import copy
         from dataclasses import replace
 
         import torch
@@ -47,8 +48,13 @@ class FaceRenderer:
         channels = torch.as_tensor(
             np.stack([model.region(n) for n in REGION_CHANNELS], 1).astype(np.float32),
             device=device)
-        setup = prepare_transfer(model, source_fit, clip_fit, photo, target, channels,
-                                 quiet=options.quiet, backend=options.renderer)
+        # The per-job preparation mixes torch with numpy and OpenCV throughout and runs once:
+        # it runs on the CPU (a copy of the model there when the model is elsewhere, with the
+        # rasterizer that runs there).
+        on_cpu = device.type == "cpu"
+        host = model if on_cpu else copy.deepcopy(model).cpu()
+        setup = prepare_transfer(host, source_fit, clip_fit, photo, target, channels.cpu(),
+                                 quiet=options.quiet, backend=options.renderer if on_cpu else None)
         setup = replace(setup, textures=setup.textures.to(device),
                         source_factor=setup.source_factor.to(device))
         return cls(model, source_fit.identity.coefficients, channels, setup,
