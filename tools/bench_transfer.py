@@ -78,7 +78,7 @@ def load_baseline(commit: str):
 
 def call(module, renderer, a: tuple, k: dict) -> dict:
     """What `FaceRenderer.render` does, with `module`'s `transfer_face`."""
-    camera_params, rotation, translation, expression, _sh, frame, landmarks = a
+    camera_params, rotation, translation, expression, frame, landmarks = a
     t = renderer.transfer
     return module.transfer_face(
         renderer.model, renderer.source_identity, t.actor_identity, t.textures,

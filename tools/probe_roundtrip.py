@@ -129,7 +129,7 @@ def swap_frame(ctx: Context, config: Any = None) -> np.ndarray:
     actor = {s: lms[s][k] for s in lms}
     with torch.inference_mode():
         rendered = ctx.renderer.render(ctx.clip_fit.camera, f.rotation[k], f.translation[k],
-                                       f.expression[k], f.sh[k], ctx.frame, actor)
+                                       f.expression[k], ctx.frame, actor)
     inputs = FrameInputs(frame=ctx.frame, render=rendered["image"],
                          coverage=rendered["coverage"], actor_landmarks=actor,
                          swapped_landmarks={"ibug68": rendered["ibug68"],

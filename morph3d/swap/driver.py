@@ -400,7 +400,7 @@ class Person:
         f = self.fit.faces
         with torch.inference_mode():
             return self.renderer.render(self.fit.camera, f.rotation[i], f.translation[i],
-                                        f.expression[i], f.sh[i], frame.rgb,
+                                        f.expression[i], frame.rgb,
                                         self.landmarks_at(i))
 
 

@@ -60,12 +60,11 @@ class FaceRenderer:
         return cls(model, source_fit.identity.coefficients, channels, setup,
                    options.work_resolution, options.renderer)
 
-    def render(self, camera_params, rotation, translation, expression, sh,
+    def render(self, camera_params, rotation, translation, expression,
                frame: np.ndarray, actor_landmarks) -> dict[str, np.ndarray]:
         """The face made from `frame` (uint8 RGB) and the actor's detected landmarks of it,
         resampled into its frame window: what `morph3d.swap.transfer.transfer_face`
-        returns. `sh` (the frame's fitted lighting) is not read: the frame's own pixels
-        carry its light."""
+        returns. No lighting is passed: the frame's own pixels carry its light."""
         from morph3d.swap.transfer import transfer_face
 
         t = self.transfer
