@@ -41,6 +41,25 @@ def corrupted_copy(weights: Path, manifest: Path, folder: Path) -> Path:
     return copy
 
 
+def grey_clip(path: Path, frames: int = 4, size: int = 64) -> Path:
+    """A short H.264 clip of flat grey frames (no face: a fit of it fails after decoding),
+    written to `path`."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    from morph3d.io.media import VideoInfo
+    from morph3d.io.video_writer import VideoWriter
+
+    like = VideoInfo(path=Path("synthetic"), width=size, height=size, fps=Fraction(25),
+                     frame_count=frames, duration_s=frames / 25, video_codec="h264",
+                     has_audio=False)
+    with VideoWriter(path, like=like) as writer:
+        for i in range(frames):
+            writer.write(np.full((size, size, 3), 40 * i, np.uint8), i)
+    return path
+
+
 @pytest.fixture
 def unwritable_dir(tmp_path: Path) -> Path:
     """A real folder this process cannot create files in: a read-only folder for an

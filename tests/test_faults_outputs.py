@@ -15,18 +15,16 @@ import subprocess
 import sys
 import textwrap
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import grey_clip
 from PIL import Image
 
 from morph3d.cli import main
 from morph3d.errors import InputError
-from morph3d.io.media import VideoInfo
 from morph3d.io.outputs import check_outputs, remove_stale_temps
-from morph3d.io.video_writer import VideoWriter
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,15 +52,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def make_clip(path: Path, frames: int = 4, size: int = 64) -> Path:
-    like = VideoInfo(path=Path("synthetic"), width=size, height=size, fps=Fraction(25),
-                     frame_count=frames, duration_s=frames / 25, video_codec="h264",
-                     has_audio=False)
-    with VideoWriter(path, like=like) as writer:
-        for i in range(frames):
-            writer.write(np.full((size, size, 3), 40 * i, np.uint8), i)
-    return path
-
 
 def age(path: Path, seconds: float = 600) -> Path:
     """Set `path`'s modification time `seconds` into the past."""
@@ -76,7 +65,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     """A grey photo (no face: a command that fits it fails) and a short synthetic clip."""
     photo = tmp_path / "photo.png"
     Image.fromarray(np.full((120, 100, 3), 128, np.uint8)).save(photo)
-    return {"photo": photo, "clip": make_clip(tmp_path / "clip.mp4")}
+    return {"photo": photo, "clip": grey_clip(tmp_path / "clip.mp4")}
 
 
 # ----------------------------------------------------------------------------- outputs over inputs

@@ -4,27 +4,13 @@ checked with every other output before any work (`morph3d.io.outputs.check_outpu
 from __future__ import annotations
 
 import hashlib
-from fractions import Fraction
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import grey_clip
 
 from morph3d.cli import main
 from morph3d.cli.fit import export_outputs
-from morph3d.io.media import VideoInfo
-from morph3d.io.video_writer import VideoWriter
-
-
-def make_clip(path: Path, frames: int = 4, size: int = 64) -> Path:
-    """A short grey clip with no face (a fit of it would fail after decoding)."""
-    like = VideoInfo(path=Path("synthetic"), width=size, height=size, fps=Fraction(25),
-                     frame_count=frames, duration_s=frames / 25, video_codec="h264",
-                     has_audio=False)
-    with VideoWriter(path, like=like) as writer:
-        for i in range(frames):
-            writer.write(np.full((size, size, 3), 40 * i, np.uint8), i)
-    return path
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], args: list[object], *fragments: str
@@ -48,7 +34,7 @@ def test_export_outputs_name_the_ply_sequence(tmp_path: Path) -> None:
 
 def test_fit_refuses_a_ply_sequence_member_that_is_the_input(capsys, tmp_path: Path) -> None:
     # The video itself is named like the third file of the sequence `--export x.ply` writes.
-    clip = make_clip(tmp_path / "clip.mp4").rename(tmp_path / "x_0002.ply")
+    clip = grey_clip(tmp_path / "clip.mp4").rename(tmp_path / "x_0002.ply")
     before = hashlib.sha256(clip.read_bytes()).hexdigest()
     one_line_error(capsys, ["fit", clip, "--export", tmp_path / "x.ply", "--quiet"],
                    "one of the inputs", "x_0002.ply")
@@ -57,7 +43,7 @@ def test_fit_refuses_a_ply_sequence_member_that_is_the_input(capsys, tmp_path: P
 
 
 def test_fit_refuses_a_ply_sequence_member_that_is_a_folder(capsys, tmp_path: Path) -> None:
-    clip = make_clip(tmp_path / "clip.mp4")
+    clip = grey_clip(tmp_path / "clip.mp4")
     (tmp_path / "x_0003.ply").mkdir()
     one_line_error(capsys, ["fit", clip, "--export", tmp_path / "x.ply", "--quiet"],
                    "output path is a folder", "x_0003.ply")
@@ -66,7 +52,7 @@ def test_fit_refuses_a_ply_sequence_member_that_is_a_folder(capsys, tmp_path: Pa
 def test_fit_checks_only_the_frames_it_fits(capsys, tmp_path: Path) -> None:
     # With --max-frames 2 the sequence is x_0000.ply, x_0001.ply: a folder named x_0003.ply
     # is no output, so the run goes on to the fit (which finds no face in the grey clip).
-    clip = make_clip(tmp_path / "clip.mp4")
+    clip = grey_clip(tmp_path / "clip.mp4")
     (tmp_path / "x_0003.ply").mkdir()
     rc = main([str(a) for a in ("fit", clip, "--export", tmp_path / "x.ply",
                                 "--max-frames", "2", "--quiet")])
