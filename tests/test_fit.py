@@ -15,47 +15,8 @@ from fitting import fit as F
 from fitting import lighting as FL
 from fitting import photo as FP
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
+from fitting.synthetic import nme, pose_error_deg, rigid_vertex_error, synthetic_face
 from morph3d.errors import Morph3dError
-from morph3d.model.geometry import median_aligned_distance
-
-
-def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1.5):
-    """A random face (identity ~ N(0, I), sparse expressions) at a random pose, and its
-    landmarks seen by a 640 x 480 camera (f = 800 px): ibug68 with the jaw on the occluding
-    contour (where annotators put it) and mediapipe478, plus Gaussian pixel noise."""
-    arrays = F.model_arrays(model)
-    alpha = rng.standard_normal(model.num_identity)
-    beta = rng.uniform(0, 0.6, model.num_expression) * (rng.uniform(size=model.num_expression)
-                                                        < 0.15)
-    yaw = rng.uniform(-30, 30) if yaw_deg is None else yaw_deg
-    head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
-                               degrees=True).as_matrix()
-    state = F.FrameState(F.axis_angle(FP.FRONT @ head),
-                         np.array([rng.uniform(-30, 30), rng.uniform(-30, 30), 600.0]), beta)
-    camera = CameraParams.default_for(640, 480, 800.0)
-    landmarks = {}
-    for scheme in ("ibug68", "mediapipe478"):
-        ids, bary = arrays.landmarks[scheme]
-        ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
-                           bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
-        if scheme == "ibug68":
-            F.update_jaw_contour(ls, alpha, state, camera)
-        pts = F.project(ls.positions(alpha, beta), state.rotation, state.translation, camera)
-        landmarks[scheme] = pts + rng.normal(0, noise_px, pts.shape)
-    return alpha, state, camera, landmarks
-
-
-def rigid_vertex_error(model, a_id, a_ex, b_id, b_ex, offset=None) -> float:
-    """Median face-region vertex distance (mm) after the best rigid alignment (`offset`:
-    a corrective deformation of the first shape)."""
-    face = F.model_arrays(model).face_vertices
-    return median_aligned_distance(F.vertex_positions(model, a_id, a_ex, offset)[face],
-                                   F.vertex_positions(model, b_id, b_ex)[face])
-
-
-def pose_error_deg(r1, r2) -> float:
-    d = F.rotation_matrix(r1) @ F.rotation_matrix(r2).T
-    return float(np.degrees(np.linalg.norm(F.axis_angle(d))))
 
 
 def test_synthetic_landmark_fit(model):
@@ -222,11 +183,6 @@ def test_model_without_landmarks_is_a_clear_error(model):
 # -------------------------------------------------------------------------------- real media
 
 
-def _nme(pred: np.ndarray, truth: np.ndarray) -> float:
-    iod = np.linalg.norm(truth[36] - truth[45])
-    return float(np.linalg.norm(pred - truth, axis=1).mean() / iod)
-
-
 @pytest.mark.media
 def test_mark_photo_landmarks_agree_with_detector(model, media_dir):
     from morph3d.io.images import read_image
@@ -262,18 +218,18 @@ def test_annotated_nme_close_to_dlib(model, media_dir, name):
     landmarks = F.detect_landmarks(image, "dlib+mediapipe")
     dlib = F.detect_landmarks(image, "dlib")["ibug68"]
     assert np.array_equal(landmarks["ibug68"], dlib)
-    nme = {}
+    fitted = {}
     for key, lms in (("mediapipe", {"mediapipe478": landmarks["mediapipe478"],
                                     "ibug68": F.detect_landmarks(image)["ibug68"]}),
                      ("dlib+mediapipe", landmarks)):
         fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=key)[0]
-        nme[key] = _nme(FP.projected_landmarks(fit, model)[0], truth)
+        fitted[key] = nme(FP.projected_landmarks(fit, model)[0], truth)
     # dlib's points are matched to the model's annotation-convention iBUG table
     # (fitting.fit.ibug68_table): takeo ~3.3 % vs dlib 3.2 %, lenna ~3.9 % vs 3.4 % of IOD
     # (4.0 / 4.7 % when they were matched to the render-derived table). mediapipe input,
     # reported in the annotation convention: ~4.5 / 5.5 % (BENCHMARKS.md).
-    assert nme["mediapipe"] < _nme(dlib, truth) + 0.03, (nme, _nme(dlib, truth))
-    assert nme["dlib+mediapipe"] < _nme(dlib, truth) + 0.008, (nme, _nme(dlib, truth))
+    assert fitted["mediapipe"] < nme(dlib, truth) + 0.03, (fitted, nme(dlib, truth))
+    assert fitted["dlib+mediapipe"] < nme(dlib, truth) + 0.008, (fitted, nme(dlib, truth))
 
 
 @pytest.mark.media

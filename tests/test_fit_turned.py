@@ -13,56 +13,11 @@ from scipy.spatial.transform import Rotation
 from fitting import fit as F
 from fitting import photo as FP
 from fitting.params import CameraParams
-from morph3d.model.geometry import vertex_normals
+from fitting.synthetic import annotated_68, outline_distance_px, pose_error_deg
 
 # The jaw points on the side turned away from the camera: iBUG 9-16 (model x > 0) at
 # yaw > 0, 0-7 at yaw < 0 (yaw as `fitting.photo.head_pose_degrees` gives it).
 FAR_JAW = {1.0: (9, 10, 11, 12, 13, 14, 15, 16), -1.0: (0, 1, 2, 3, 4, 5, 6, 7)}
-
-
-def annotated_68(model, alpha: np.ndarray, state: F.FrameState, camera: CameraParams
-                 ) -> np.ndarray:
-    """The true iBUG 68 points (68 x 2 px) of a face in the annotation convention: the
-    model's annotation table, each jaw point except the chin on the face's outline. The
-    outline point of a jaw point is the outermost projection (along the head's projected x
-    axis, on its side) of where the true surface crosses the point's horizontal model plane
-    (in front of the ear); the side points 0-4 / 12-16 always take it, the lower points
-    5-7 / 9-11 once their table point faces away from the camera (true vertex normals)."""
-    arrays = F.model_arrays(model)
-    ids, bary = arrays.landmarks[F.ibug68_table(arrays, F.ANNOTATION)]
-    verts = F.vertex_positions(model, alpha, state.expression)
-    points = np.einsum("lc,lcd->ld", bary, verts[ids])
-    R = F.rotation_matrix(state.rotation)
-    normals = np.einsum("lc,lcd->ld", bary, vertex_normals(verts, arrays.triangles)[ids])
-    cam = points @ R.T + state.translation
-    facing = -np.einsum("ld,ld->l", normals @ R.T, cam / np.linalg.norm(cam, axis=1)[:, None])
-    truth = F.project(points, state.rotation, state.translation, camera)
-    mean_jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
-    skin = F._contour_skin(arrays, model.data.regions)
-    right = (F.project(np.array([[10.0, 0, 0]]), state.rotation, state.translation, camera)
-             - F.project(np.zeros((1, 3)), state.rotation, state.translation, camera))[0]
-    right /= np.linalg.norm(right)
-    for j in range(17):
-        if j == 8 or (j in (5, 6, 7, 9, 10, 11) and facing[j] > 0):
-            continue
-        edges, w = F.contour_candidates(arrays, skin, mean_jaw[j], mean_jaw[0, 2] - 5.0)
-        if not len(edges):
-            continue
-        row = w[:, :1] * verts[edges[:, 0]] + w[:, 1:] * verts[edges[:, 1]]
-        uv = F.project(row, state.rotation, state.translation, camera)
-        truth[j] = uv[int(np.argmax(uv @ ((1.0 if j > 8 else -1.0) * right)))]
-    return truth
-
-
-def outline_distance_px(points: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Distance (px) of each point to the boundary of a rendered face's coverage mask."""
-    import cv2
-
-    inside = coverage.astype(np.uint8)
-    edge = inside - cv2.erode(inside, np.ones((3, 3), np.uint8))
-    dist = cv2.distanceTransform((edge == 0).astype(np.uint8), cv2.DIST_L2, 5)
-    p = np.clip(np.round(points).astype(int), 0, np.array(coverage.shape[::-1]) - 1)
-    return dist[p[:, 1], p[:, 0]]
 
 
 def turned_face(model, rng: np.random.Generator, yaw_deg: float):
@@ -76,11 +31,6 @@ def turned_face(model, rng: np.random.Generator, yaw_deg: float):
     state = F.FrameState(F.axis_angle(FP.FRONT @ head),
                          np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
     return alpha, state, CameraParams.default_for(640, 480, 800.0)
-
-
-def pose_error_deg(r1: np.ndarray, r2: np.ndarray) -> float:
-    d = F.rotation_matrix(r1) @ F.rotation_matrix(r2).T
-    return float(np.degrees(np.linalg.norm(F.axis_angle(d))))
 
 
 def test_far_jaw_follows_the_rendered_outline_at_yaw_45(model):

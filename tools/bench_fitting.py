@@ -45,7 +45,7 @@
   pose fitted as mediapipe's ("embedded 478": the mediapipe path's correspondence floor, no
   detector). Per bin: NME of the fitted 68 points (mean error / true outer-eye-corner distance, %;
   also of the jaw alone and of the detector's raw 68) against the true 68 in the annotation
-  convention (`silhouette_jaw`: the jaw on the visible outline), pose error (deg), median
+  convention (`annotated_68`: the jaw on the visible outline), pose error (deg), median
   face-region vertex error after rigid and similarity (NoW-style, scale included) alignment (mm),
   the signed pitch error and yaw towards frontal (deg), the raw 68 points' mean offset from the
   truth per group (jaw, brows, nose, eyes, mouth; mm at the face), the far-side jaw's distance to
@@ -69,7 +69,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 MEDIA = ROOT.parent / "shared" / "media"
 
 from morph3d.model.geometry import median_aligned_distance  # noqa: E402
@@ -105,10 +104,10 @@ def synthetic_case(model, rng: np.random.Generator,
     fitting.fit.ibug68_table): "ibug68" next to mediapipe478, the annotation one alone; the
     iBUG jaw lies on the occluding contour."""
     from scipy.spatial.transform import Rotation
-    from test_fit import synthetic_face
 
     from fitting import fit as F
     from fitting import photo as FP
+    from fitting.synthetic import synthetic_face
 
     alpha, state, camera, _ = synthetic_face(model, rng)
     yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
@@ -165,11 +164,10 @@ def render_synthetic(model, alpha: np.ndarray, state, camera) -> np.ndarray:
 def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
               noise_px: float = 1.5, schemes: tuple[str, ...] = ("ibug68", "mediapipe478")
               ) -> dict:
-    from test_fit import pose_error_deg, rigid_vertex_error
-
     from fitting import fit as F
     from fitting import photo as FP
     from fitting.params import FaceParams, Identity, VideoFit
+    from fitting.synthetic import pose_error_deg, rigid_vertex_error
 
     rng = np.random.default_rng(0)
     verts_err, sim_err, pose_err, missed, seconds, focal_err = [], [], [], 0, [], []
@@ -246,10 +244,9 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
 
 
 def real_nme(model) -> dict:
-    from test_fit import _nme
-
     from fitting import fit as F
     from fitting import photo as FP
+    from fitting.synthetic import nme
     from morph3d.io.images import read_image
 
     folder = MEDIA / "annotated"
@@ -270,8 +267,8 @@ def real_nme(model) -> dict:
             backend = "mediapipe" if key == "fitted_mediapipe" else "dlib+mediapipe"
             fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend,
                               corrective=corrective)[0]
-            fitted[key] = _nme(FP.projected_landmarks(fit, model)[0], truth)
-        out[name] = {**fitted, "dlib": _nme(dlib, truth), "mediapipe": _nme(mp["ibug68"], truth)}
+            fitted[key] = nme(FP.projected_landmarks(fit, model)[0], truth)
+        out[name] = {**fitted, "dlib": nme(dlib, truth), "mediapipe": nme(mp["ibug68"], truth)}
     return out
 
 
@@ -438,58 +435,6 @@ def photo_texture(model) -> np.ndarray:
     return texture
 
 
-def silhouette_jaw(model, alpha: np.ndarray, state, camera) -> np.ndarray:
-    """The true iBUG 68 points (L x 2 px) of a rendered face in the annotation convention
-    on a turned head, computed here from the true mesh (not by the fit's own contour code):
-    the model's annotation table, with each jaw point except the chin on the face's outline
-    where annotators put it. The outline point of a jaw point is the outermost projection
-    (along the head's projected x axis, on its side) of where the true surface crosses the
-    point's horizontal model plane (in front of the ear); the side points 0-4 / 12-16
-    always take it, the lower points 5-7 / 9-11 once their table point faces away from the
-    camera (true vertex normals), i.e. is hidden behind the outline."""
-    from fitting import fit as F
-    from morph3d.model.geometry import vertex_normals
-
-    arrays = F.model_arrays(model)
-    table = F.ibug68_table(arrays, F.ANNOTATION)
-    ids, bary = arrays.landmarks[table]
-    verts = F.vertex_positions(model, alpha, state.expression)
-    points = np.einsum("lc,lcd->ld", bary, verts[ids])
-    R = F.rotation_matrix(state.rotation)
-    normals = np.einsum("lc,lcd->ld", bary, vertex_normals(verts, arrays.triangles)[ids])
-    cam = points @ R.T + state.translation
-    facing = -np.einsum("ld,ld->l", normals @ R.T, cam / np.linalg.norm(cam, axis=1)[:, None])
-    truth = F.project(points, state.rotation, state.translation, camera)
-    mean_jaw = np.einsum("lc,lcd->ld", bary[:17], arrays.mean[ids[:17]])
-    skin = F._contour_skin(arrays, model.data.regions)
-    right = (F.project(np.array([[10.0, 0, 0]]), state.rotation, state.translation, camera)
-             - F.project(np.zeros((1, 3)), state.rotation, state.translation, camera))[0]
-    right /= np.linalg.norm(right)
-    for j in range(17):
-        lower = j in (5, 6, 7, 9, 10, 11)
-        if j == 8 or (lower and facing[j] > 0):
-            continue
-        edges, w = F.contour_candidates(arrays, skin, mean_jaw[j], mean_jaw[0, 2] - 5.0)
-        if not len(edges):
-            continue
-        row = w[:, :1] * verts[edges[:, 0]] + w[:, 1:] * verts[edges[:, 1]]
-        uv = F.project(row, state.rotation, state.translation, camera)
-        side = 1.0 if j > 8 else -1.0
-        truth[j] = uv[int(np.argmax(uv @ (side * right)))]
-    return truth
-
-
-def outline_distance_px(points: np.ndarray, coverage: np.ndarray) -> np.ndarray:
-    """Distance (px) of each point to the boundary of a rendered face's coverage mask."""
-    import cv2
-
-    inside = coverage.astype(np.uint8)
-    edge = inside - cv2.erode(inside, np.ones((3, 3), np.uint8))
-    dist = cv2.distanceTransform((edge == 0).astype(np.uint8), cv2.DIST_L2, 5)
-    p = np.clip(np.round(points).astype(int), 0, np.array(coverage.shape[::-1]) - 1)
-    return dist[p[:, 1], p[:, 0]]
-
-
 def draw_glasses(image: np.ndarray, model, alpha: np.ndarray, state, camera,
                  rng: np.random.Generator) -> np.ndarray:
     """A dark glasses frame drawn over a rendered face (a copy): two rims (ellipses, about
@@ -561,13 +506,14 @@ def projected_table(model, table: str, alpha: np.ndarray, state, camera) -> np.n
 def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float]):
     """One random face (identity ~ N(0, I), sparse expression) with |yaw| in `yaw_range`
     (deg, either side), pitch +-10, roll +-5 deg, 600 mm from a 640 x 480, f = 800 px
-    camera: (identity, FrameState, camera, true 68 points L x 2 px (`silhouette_jaw`), yaw
+    camera: (identity, FrameState, camera, true 68 points L x 2 px (`annotated_68`), yaw
     deg)."""
     from scipy.spatial.transform import Rotation
 
     from fitting import fit as F
     from fitting import photo as FP
     from fitting.params import CameraParams
+    from fitting.synthetic import annotated_68
 
     alpha = rng.standard_normal(model.num_identity)
     beta = rng.uniform(0, 0.5, model.num_expression) * (rng.uniform(size=model.num_expression)
@@ -578,7 +524,7 @@ def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float])
     state = F.FrameState(F.axis_angle(FP.FRONT @ head),
                          np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
     camera = CameraParams.default_for(640, 480, 800.0)
-    return alpha, state, camera, silhouette_jaw(model, alpha, state, camera), yaw
+    return alpha, state, camera, annotated_68(model, alpha, state, camera), yaw
 
 
 def render_textured(model, texture: np.ndarray, alpha: np.ndarray, state, camera,
@@ -614,11 +560,11 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
     """Textured synthetic renders by yaw bin, landmarks by the real detectors, fitted as
     `morph3d fit` fits a photo (landmarks only: lighting does not move the geometry)."""
     import cv2
-    from test_fit import pose_error_deg
 
     from fitting import fit as F
     from fitting import photo as FP
     from fitting.landmark_maps import ibug68_from_mediapipe478
+    from fitting.synthetic import outline_distance_px, pose_error_deg
 
     texture = photo_texture(model)
     face = F.model_arrays(model).face_vertices

@@ -31,7 +31,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tools"))
 
 PHOTO_WEIGHT = 1.0  # per squared RGB difference summed over pixels, next to the landmark loss
@@ -121,10 +120,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     from bench_fitting import render_synthetic, rigid_error, sim_error, synthetic_case
-    from test_fit import pose_error_deg
 
     from fitting import fit as F
     from fitting import photo as FP
+    from fitting.synthetic import pose_error_deg
     from morph3d.model.registry import load_model
 
     torch.set_num_threads(1)
