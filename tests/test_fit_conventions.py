@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_fit import synthetic_face
 
 from fitting import fit as F
 from fitting import photo as FP
+from fitting.synthetic import synthetic_face
 
 
 def test_convention_follows_the_backend(model):

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from test_fit import synthetic_face
 
 from fitting import fit as F
 from fitting import photo as FP
 from fitting.params import VideoFit
+from fitting.synthetic import synthetic_face
 
 
 def annotation_face(model, seed: int, noise_px: float = 0.0):

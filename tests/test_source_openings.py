@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_fit import synthetic_face
 
 from fitting import photo as FP
+from fitting.synthetic import synthetic_face
 from morph3d.swap.fits import hide_openings
 
 
