@@ -41,6 +41,18 @@ def corrupted_copy(weights: Path, manifest: Path, folder: Path) -> Path:
     return copy
 
 
+def one_line_error(rc: int, stderr: str, *fragments: str) -> str:
+    """Assert a command failed the way users are promised: exit status 2, no traceback,
+    exactly one `morph3d: error: ...` line holding every fragment. Returns that line."""
+    assert "Traceback" not in stderr, stderr
+    assert rc == 2, stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("morph3d")]
+    assert len(lines) == 1 and lines[0].startswith("morph3d: error: "), stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 def grey_clip(path: Path, frames: int = 4, size: int = 64) -> Path:
     """A short H.264 clip of flat grey frames (no face: a fit of it fails after decoding),
     written to `path`."""

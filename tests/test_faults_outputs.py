@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import grey_clip
+from conftest import grey_clip, one_line_error
 from PIL import Image
 
 from morph3d.cli import main
@@ -36,16 +36,6 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str
     """`morph3d ARGS` in this process: (exit status, stderr)."""
     rc = main([str(a) for a in args])
     return rc, capsys.readouterr().err
-
-
-def one_line_error(rc: int, stderr: str, *fragments: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    assert rc == 2, stderr
-    lines = [line for line in stderr.splitlines() if line.startswith("morph3d")]
-    assert len(lines) == 1 and lines[0].startswith("morph3d: error: "), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def sha256(path: Path) -> str:

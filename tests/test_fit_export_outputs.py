@@ -7,22 +7,16 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import grey_clip
+from conftest import grey_clip, one_line_error
 
 from morph3d.cli import main
 from morph3d.cli.fit import export_outputs
 
 
-def one_line_error(capsys: pytest.CaptureFixture[str], args: list[object], *fragments: str
-                   ) -> None:
+def fails_in_one_line(capsys: pytest.CaptureFixture[str], args: list[object],
+                      *fragments: str) -> None:
     rc = main([str(a) for a in args])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    assert rc == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("morph3d")]
-    assert len(lines) == 1 and lines[0].startswith("morph3d: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    one_line_error(rc, capsys.readouterr().err, *fragments)
 
 
 def test_export_outputs_name_the_ply_sequence(tmp_path: Path) -> None:
@@ -36,7 +30,7 @@ def test_fit_refuses_a_ply_sequence_member_that_is_the_input(capsys, tmp_path: P
     # The video itself is named like the third file of the sequence `--export x.ply` writes.
     clip = grey_clip(tmp_path / "clip.mp4").rename(tmp_path / "x_0002.ply")
     before = hashlib.sha256(clip.read_bytes()).hexdigest()
-    one_line_error(capsys, ["fit", clip, "--export", tmp_path / "x.ply", "--quiet"],
+    fails_in_one_line(capsys, ["fit", clip, "--export", tmp_path / "x.ply", "--quiet"],
                    "one of the inputs", "x_0002.ply")
     assert hashlib.sha256(clip.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x_0002.ply"]
@@ -45,7 +39,7 @@ def test_fit_refuses_a_ply_sequence_member_that_is_the_input(capsys, tmp_path: P
 def test_fit_refuses_a_ply_sequence_member_that_is_a_folder(capsys, tmp_path: Path) -> None:
     clip = grey_clip(tmp_path / "clip.mp4")
     (tmp_path / "x_0003.ply").mkdir()
-    one_line_error(capsys, ["fit", clip, "--export", tmp_path / "x.ply", "--quiet"],
+    fails_in_one_line(capsys, ["fit", clip, "--export", tmp_path / "x.ply", "--quiet"],
                    "output path is a folder", "x_0003.ply")
 
 
