@@ -23,7 +23,6 @@ def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1
     landmarks seen by a 640 x 480 camera (f = 800 px): ibug68 with the jaw on the occluding
     contour (where annotators put it) and mediapipe478, plus Gaussian pixel noise.
     Returns (identity, FrameState, camera, {scheme: L x 2 px})."""
-    arrays = F.model_arrays(model)
     alpha = rng.standard_normal(model.num_identity)
     beta = rng.uniform(0, 0.6, model.num_expression) * (rng.uniform(size=model.num_expression)
                                                         < 0.15)
@@ -33,16 +32,26 @@ def synthetic_face(model, rng, yaw_deg: float | None = None, noise_px: float = 1
     state = F.FrameState(F.axis_angle(FP.FRONT @ head),
                          np.array([rng.uniform(-30, 30), rng.uniform(-30, 30), 600.0]), beta)
     camera = CameraParams.default_for(640, 480, 800.0)
-    landmarks = {}
+    landmarks = {scheme: pts + rng.normal(0, noise_px, pts.shape)
+                 for scheme, pts in true_landmarks(model, alpha, state, camera).items()}
+    return alpha, state, camera, landmarks
+
+
+def true_landmarks(model, alpha: np.ndarray, state, camera: CameraParams
+                   ) -> dict[str, np.ndarray]:
+    """The model's ibug68 (jaw on the occluding contour) and mediapipe478 points of the
+    face `alpha` in `state`, projected with `camera`: scheme -> N x 2 pixels, no noise."""
+    arrays = F.model_arrays(model)
+    points = {}
     for scheme in ("ibug68", "mediapipe478"):
         ids, bary = arrays.landmarks[scheme]
         ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
                            bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
         if scheme == "ibug68":
             F.update_jaw_contour(ls, alpha, state, camera)
-        pts = F.project(ls.positions(alpha, beta), state.rotation, state.translation, camera)
-        landmarks[scheme] = pts + rng.normal(0, noise_px, pts.shape)
-    return alpha, state, camera, landmarks
+        points[scheme] = F.project(ls.positions(alpha, state.expression), state.rotation,
+                                   state.translation, camera)
+    return points
 
 
 def annotated_68(model, alpha: np.ndarray, state: F.FrameState, camera: CameraParams

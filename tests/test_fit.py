@@ -15,7 +15,13 @@ from fitting import fit as F
 from fitting import lighting as FL
 from fitting import photo as FP
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
-from fitting.synthetic import nme, pose_error_deg, rigid_vertex_error, synthetic_face
+from fitting.synthetic import (
+    nme,
+    pose_error_deg,
+    rigid_vertex_error,
+    synthetic_face,
+    true_landmarks,
+)
 from morph3d.errors import Morph3dError
 
 
@@ -120,16 +126,8 @@ def test_multi_photo_joint_fit_shares_identity(model):
     s2_rng = np.random.default_rng(12)
     a2, s2, _, _ = synthetic_face(model, s2_rng, yaw_deg=25)
     # Same person (alpha) in a second pose: reproject with alpha.
-    arrays = F.model_arrays(model)
-    l2 = {}
-    for scheme in ("ibug68", "mediapipe478"):
-        ids, bary = arrays.landmarks[scheme]
-        ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
-                           bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays)
-        if scheme == "ibug68":
-            F.update_jaw_contour(ls, alpha, s2, camera)
-        l2[scheme] = F.project(ls.positions(alpha, s2.expression), s2.rotation, s2.translation,
-                               camera) + s2_rng.normal(0, 1.5, (len(ids), 2))
+    l2 = {scheme: pts + s2_rng.normal(0, 1.5, pts.shape)
+          for scheme, pts in true_landmarks(model, alpha, s2, camera).items()}
     joint, states, _, _ = FP.fit_landmarks(model, [l1, l2], [(480, 640)] * 2, focal=camera.fx)
     single, sst, _, _ = FP.fit_landmarks(model, [l1], [(480, 640)], focal=camera.fx)
     assert len(states) == 2
