@@ -44,6 +44,21 @@ def fit_clips(target: Path, model, options: SwapOptions, summary: SwapSummary,
     return [fit_clip(target, model, options, summary, hook)]
 
 
+def landmarks_stage(path: Path, compute, summary: SwapSummary, hook) -> dict[str, np.ndarray]:
+    """The landmarks stage: the clip's landmarks read from `path` in the work folder, or
+    `compute()`d and saved there; its seconds and cache hit go into the summary."""
+    t = time.perf_counter()
+    with stage(hook, "landmarks"):
+        landmarks = load_cached(path, _load_npz, "landmarks", summary)
+        if landmarks is not None:
+            summary.cached.append("landmarks")
+        else:
+            landmarks = compute()
+            _save_npz(path, landmarks)
+    summary.seconds["landmarks"] = time.perf_counter() - t
+    return landmarks
+
+
 def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary,
              hook: StageHook | None = None):
     """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
@@ -60,19 +75,14 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary,
     landmarks_path = folder / "landmarks.npz"
     fit_path = folder / f"fit-{model_key(model)}.npz"
 
-    t = time.perf_counter()
-    with stage(hook, "landmarks"):
-        landmarks = load_cached(landmarks_path, _load_npz, "landmarks", summary)
-        if landmarks is not None:
-            summary.cached.append("landmarks")
-        else:
-            found = video_landmarks(target, options.backend, select, options.max_frames,
-                                    progress=not options.quiet)
-            landmarks = on_source_timeline(
-                target, {**found.points, "scene_cut": found.scene_cut}, options.max_frames)
-            _save_npz(landmarks_path, landmarks)
+    def track() -> dict[str, np.ndarray]:
+        found = video_landmarks(target, options.backend, select, options.max_frames,
+                                progress=not options.quiet)
+        return on_source_timeline(target, {**found.points, "scene_cut": found.scene_cut},
+                                  options.max_frames)
+
+    landmarks = landmarks_stage(landmarks_path, track, summary, hook)
     scene_cut = landmarks.pop("scene_cut", None)
-    summary.seconds["landmarks"] = time.perf_counter() - t
 
     t = time.perf_counter()
     with stage(hook, "fit clip"):
@@ -107,18 +117,10 @@ def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary,
     folder.mkdir(parents=True, exist_ok=True)
     landmarks_path = folder / "people.npz"
 
-    t = time.perf_counter()
-    with stage(hook, "landmarks"):
-        found = load_cached(landmarks_path, _load_npz, "landmarks", summary)
-        if found is not None:
-            summary.cached.append("landmarks")
-        else:
-            found = on_source_timeline(target, people_landmarks(target, options),
-                                       options.max_frames)
-            _save_npz(landmarks_path, found)
+    found = landmarks_stage(landmarks_path, lambda: on_source_timeline(
+        target, people_landmarks(target, options), options.max_frames), summary, hook)
     scene_cut = found.pop("scene_cut", None)
     people = sorted({int(k.split("/", 1)[0]) for k in found})
-    summary.seconds["landmarks"] = time.perf_counter() - t
 
     t = time.perf_counter()
     fits, cached = [], True
