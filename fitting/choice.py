@@ -173,8 +173,9 @@ def reference_embedding(photo: str | Path | np.ndarray) -> np.ndarray:
     """(128,) identity embedding of the largest face (by `CHOOSER_BACKEND`'s boxes, whatever
     the landmark backend) in a reference photo: its file or its RGB pixels. A one-line
     InputError when it has none."""
+    from fitting.detection import detect_faces_bounded
     from fitting.embedding import face_embedding
-    from fitting.faces import IBUG68, detect_faces_bounded
+    from fitting.faces import IBUG68
     from morph3d.io.images import read_image
 
     image = photo if isinstance(photo, np.ndarray) else read_image(photo)
@@ -221,7 +222,8 @@ def choose_photo_face(image: np.ndarray, backend: str, choice: FaceChoice,
     predictor on the chosen box where dlib's detector misses it). Only
     when the chooser finds no face are the backend's own boxes chosen among.
     Morph3dError when no face is found; InputError when the choice matches none."""
-    from fitting.faces import IBUG68, detect_faces_bounded
+    from fitting.detection import detect_faces_bounded
+    from fitting.faces import IBUG68
 
     if choice.rule == "all":
         raise InputError("a photo fit takes one face: choose one, not all")
@@ -283,7 +285,8 @@ DLIB_BOX_SCALE = 1.1
 def dlib_points_for(image: np.ndarray, box: np.ndarray) -> np.ndarray:
     """dlib's 68 points of a face its detector missed (a turned head), from the chooser's
     box of the face ((4,) x0, y0, x1, y1 edges, pixels)."""
-    from fitting.faces import as_rgb_uint8, dlib_rectangle, dlib_shape_predictor
+    from fitting.dlib_backend import dlib_rectangle, dlib_shape_predictor
+    from fitting.faces import as_rgb_uint8
 
     box = np.asarray(box, np.float64)
     centre, half = (box[:2] + box[2:]) / 2, (box[2:] - box[:2]) / 2 * DLIB_BOX_SCALE

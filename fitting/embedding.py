@@ -13,14 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from fitting.faces import (
-    _import_dlib,
-    as_rgb_uint8,
-    dlib_model_path,
-    dlib_rectangle,
-    dlib_shape_predictor,
-    landmark_box,
-)
+from fitting.dlib_backend import _import_dlib, dlib_model_path, dlib_rectangle, dlib_shape_predictor
+from fitting.faces import as_rgb_uint8, landmark_box
 
 EMBEDDING_SIZE = 128
 SAME_PERSON_THRESHOLD = 0.6

@@ -471,7 +471,7 @@ def detect_landmarks(image: np.ndarray, backend: str = "mediapipe",
     mediapipe face; mediapipe's derived 68 if dlib misses it). dlib's 68 follow the iBUG
     annotation convention (jaw, brows) more closely: fitted real-photo NME ~4 % vs ~5 %.
     """
-    from fitting.faces import detect_faces_bounded
+    from fitting.detection import detect_faces_bounded
 
     if backend == "dlib+mediapipe":
         out = detect_landmarks(image, "mediapipe", source)

@@ -102,7 +102,8 @@ def photometric_view(image: np.ndarray, landmarks: dict[str, np.ndarray], camera
     at most `FACE_MAX_WIDTH` wide) seen by the same camera moved into the crop's pixels, so
     the fitted pose and the reported points stay in the full photo's pixels while the
     renders and the float copies stay small."""
-    from fitting.faces import DETECT_MAX_SIDE, face_crop
+    from fitting.detection import DETECT_MAX_SIDE
+    from fitting.faces import face_crop
 
     if max(image.shape[:2]) <= DETECT_MAX_SIDE:
         return image, camera

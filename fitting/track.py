@@ -24,6 +24,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from fitting.choice import CHOOSER_BACKEND, FaceChoice, choose_box, parse_face_choice
+from fitting.detection import get_landmark_backend
 from fitting.embedding import (
     EMBEDDING_SIZE,
     SAME_PERSON_THRESHOLD,
@@ -39,7 +40,6 @@ from fitting.faces import (
     as_rgb_uint8,
     box_areas,
     box_iou,
-    get_landmark_backend,
     save_npz_atomic,
 )
 from morph3d.errors import InputError, Morph3dError

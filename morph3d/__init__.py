@@ -1,6 +1,6 @@
 """morph3d: open 3D-morphable-model face swap.
 
-Data flows one way: frames -> landmarks (`fitting.faces`) -> parameters (`fitting.fit`)
+Data flows one way: frames -> landmarks (`fitting.detection`) -> parameters (`fitting.fit`)
 -> renders and identity transfer (`render`, `morph3d.swap`) -> composite (`morph3d.composite`).
 """
 

@@ -131,7 +131,7 @@ def test_dlib_points_where_its_detector_misses_the_face(three):
     gives (NME over the outer-eye-corner distance): closely on the two near-frontal faces,
     roughly on the turned one."""
     from fitting.choice import dlib_points_for
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
 
     _, image, _ = three
     own = detect_faces(image, "dlib")

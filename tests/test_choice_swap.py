@@ -48,7 +48,7 @@ def work(tmp_path_factory) -> Path:
 
 def face_boxes(image: np.ndarray) -> np.ndarray:
     """The people's boxes in a frame, left to right (x0, y0, x1, y1 pixels)."""
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
 
     faces = detect_faces(image, "mediapipe")
     return faces.boxes[np.argsort(faces.boxes[:, 0])]

@@ -126,7 +126,7 @@ def test_missing_weights_fall_back_to_classic(tmp_path, model) -> None:
 @pytest.fixture(scope="module")
 def heldout_fit(model, media_dir):
     """khabenskii.jpg (held out of training) fitted with its landmarks, as the swap does."""
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
     from fitting.photo import fit_photo
     from morph3d.io.images import read_image
 
@@ -238,7 +238,7 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
 
     import matplotlib.cbook
 
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
     from fitting.photo import fit_photo
     from morph3d.composite.occluders import _ycrcb
     from morph3d.io.images import read_image

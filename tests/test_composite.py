@@ -286,7 +286,7 @@ def test_mediapipe_landmarks_are_accepted() -> None:
 
 @pytest.fixture(scope="module")
 def mark(media_dir: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
     from morph3d.io.images import read_image
 
     image = read_image(media_dir / "mark.jpg").astype(np.float32) / 255.0
@@ -317,7 +317,7 @@ def test_real_clean_face_has_no_big_occluders(mark) -> None:
 @pytest.mark.media
 def test_coloured_rim_light_is_not_an_occluder(media_dir: Path) -> None:
     """nggyup frame 204: a strong blue light on one cheek, with a sharp terminator."""
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
     from morph3d.io.media import iter_frames
 
     frame = next(iter(iter_frames(media_dir / "nggyup.mp4", start=204, stop=205)))

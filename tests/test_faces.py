@@ -12,21 +12,15 @@ import cv2
 import numpy as np
 import pytest
 
+from fitting.detection import get_landmark_backend
 from fitting.embedding import (
     SAME_PERSON_THRESHOLD,
     embedding_distance,
     face_embedding,
     face_embeddings,
 )
-from fitting.faces import (
-    IBUG68,
-    MEDIAPIPE478,
-    FrameFaces,
-    box_iou,
-    find_cached_weights,
-    get_landmark_backend,
-    landmark_box,
-)
+from fitting.face_alignment_backend import find_cached_weights
+from fitting.faces import IBUG68, MEDIAPIPE478, FrameFaces, box_iou, landmark_box
 from fitting.landmark_maps import IBUG68_FROM_MEDIAPIPE478_MATRIX, ibug68_from_mediapipe478
 from morph3d.errors import Morph3dError
 

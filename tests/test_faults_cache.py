@@ -468,7 +468,7 @@ def test_bounded_detection_is_detect_faces_up_to_the_limit_and_close_above(
         media_dir: Path) -> None:
     import cv2
 
-    from fitting.faces import DETECT_MAX_SIDE, detect_faces, detect_faces_bounded
+    from fitting.detection import DETECT_MAX_SIDE, detect_faces, detect_faces_bounded
     from morph3d.io.images import read_image
 
     photo = read_image(media_dir / "mark.jpg")
@@ -493,7 +493,7 @@ def test_swap_between_large_images_works_on_the_face_and_keeps_the_rest(
     swapped where the face is and bit for bit the same away from it."""
     import cv2
 
-    from fitting.faces import DETECT_MAX_SIDE, detect_faces
+    from fitting.detection import DETECT_MAX_SIDE, detect_faces
     from morph3d.io.images import read_image, write_image
 
     source = cv2.resize(read_image(media_dir / "mark.jpg"), None, fx=3, fy=3,

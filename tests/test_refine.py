@@ -91,7 +91,7 @@ def test_untrained_net_is_bicubic(tmp_path) -> None:
 
 def test_beats_bicubic_on_heldout_real_faces(resolver, media_dir) -> None:
     """nggyup.mp4's singer and khabenskii.jpg are held out of training (see refine.py)."""
-    from fitting.faces import get_landmark_backend
+    from fitting.detection import get_landmark_backend
     from morph3d.io.images import read_image
     from morph3d.io.media import iter_frames
 

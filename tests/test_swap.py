@@ -95,7 +95,7 @@ def mean_diff(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def largest_face(image: np.ndarray) -> dict[str, np.ndarray]:
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
 
     faces = detect_faces(image, "mediapipe")
     assert len(faces), "no face detected"
@@ -353,7 +353,7 @@ def test_image_target_gives_an_image_of_the_same_size(media_dir: Path, work_dir:
 @pytest.fixture(scope="module")
 def three_people(media_dir: Path) -> tuple[np.ndarray, list[np.ndarray]]:
     """The image and its faces' mediapipe points, largest face first."""
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
 
     image = read_image(media_dir / "three_people.png")
     faces = detect_faces(image, "mediapipe")
@@ -421,7 +421,7 @@ def test_several_faces_in_the_source_uses_the_largest_and_says_so(media_dir: Pat
 
 def test_faceless_frames_are_passed_through_and_counted(media_dir: Path, work_dir: Path,
                                                         tmp_path: Path, orig_frames) -> None:
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
 
     faceless = (4, 5, 6)
     frames = [rgb.copy() for rgb in orig_frames[:10]]

@@ -122,7 +122,8 @@ def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
                                                          tmp_path: Path) -> None:
     """Frame k of a clip as the source photo, swapped into the same clip: frame k comes
     back (grey SSIM inside the jaw+brow hull; the re-rendered face scored about 0.75)."""
-    from fitting.faces import IBUG68, detect_faces
+    from fitting.detection import detect_faces
+    from fitting.faces import IBUG68
     from morph3d.evaluate.measures import face_appearance
     from morph3d.io.images import write_image
     from morph3d.io.media import iter_frames

@@ -62,7 +62,8 @@ def extract_frames(video: Path, indices: list[int], folder: Path, prefix: str
 
 def photo_yaw_deg(path: Path) -> tuple[float, float]:
     """(yaw, pitch) in degrees of the largest face in a photo (`morph3d.evaluate`'s pose)."""
-    from fitting.faces import IBUG68, detect_faces
+    from fitting.detection import detect_faces
+    from fitting.faces import IBUG68
     from morph3d.evaluate.measures import head_pose_deg
     from morph3d.evaluate.runner import LANDMARK_BACKEND
     from morph3d.io.images import read_image

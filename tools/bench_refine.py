@@ -119,7 +119,7 @@ def side_by_side(resolver, crops: list[np.ndarray], sources: list[str], out: Pat
 
 def bundled_face_crops() -> tuple[list[np.ndarray], list[str]]:
     """Face crops of matplotlib's grace_hopper.jpg and scikit-image's astronaut.png."""
-    from fitting.faces import get_landmark_backend
+    from fitting.detection import get_landmark_backend
     from morph3d.io.images import read_image
     from morph3d.io.paths import bundled_source, bundled_target_photo
     from morph3d.neural.training.refine import face_crops_in_image

@@ -145,7 +145,8 @@ def face_crop(rgb: np.ndarray, box: list[float], side_px: int) -> np.ndarray:
 
 
 def source_cell(source: Path, side: int) -> np.ndarray:
-    from fitting.faces import MEDIAPIPE478, detect_faces, landmark_box
+    from fitting.detection import detect_faces
+    from fitting.faces import MEDIAPIPE478, landmark_box
     from morph3d.evaluate.plots import label_cell
     from morph3d.io.images import read_image
 

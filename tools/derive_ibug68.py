@@ -66,7 +66,7 @@ def images():
 
 def collect(cache: Path) -> dict[str, np.ndarray]:
     """dlib 68 + mediapipe 478 of the faces found by both (image and its mirror)."""
-    from fitting.faces import get_landmark_backend
+    from fitting.detection import get_landmark_backend
 
     dl, mp, sizes, names = [], [], [], []
     with get_landmark_backend("mediapipe") as mpd, get_landmark_backend("dlib") as dld:

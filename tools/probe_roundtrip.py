@@ -79,7 +79,7 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
                  out_dir: Path) -> Context:
     import torch
 
-    from fitting.faces import detect_faces
+    from fitting.detection import detect_faces
     from morph3d.io.images import write_image
     from morph3d.model.registry import load_model
     from morph3d.swap.fits import fit_clip, fit_source

@@ -43,7 +43,8 @@ def read_frame(path: Path, index: int) -> np.ndarray:
 
 
 def dlib_face(img: np.ndarray) -> np.ndarray | None:
-    from fitting.faces import IBUG68, detect_faces
+    from fitting.detection import detect_faces
+    from fitting.faces import IBUG68
 
     faces = detect_faces(img, "dlib")
     if not len(faces):

@@ -175,7 +175,7 @@ def detect_ibug68(image: np.ndarray) -> np.ndarray | None:
 def detect_mediapipe478(image: np.ndarray) -> np.ndarray | None:
     import mediapipe as mp
 
-    from fitting.faces import started_solution
+    from fitting.mediapipe_backend import started_solution
     from morph3d.io.native_stderr import native_stderr_captured
 
     with native_stderr_captured():  # the graph's TFLite/absl start-up lines

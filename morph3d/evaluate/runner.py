@@ -159,8 +159,9 @@ def _faces_in(detector: Any, rgb: np.ndarray, to_size: tuple[int, int]) -> dict[
 
 def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
     """Analyse the paired frames with index in [job.start, job.stop). Runs in a worker."""
+    from fitting.detection import get_landmark_backend
     from fitting.embedding import face_embedding
-    from fitting.faces import IBUG68, MEDIAPIPE478, get_landmark_backend
+    from fitting.faces import IBUG68, MEDIAPIPE478
     from morph3d.io.media import iter_frames
 
     choice = parse_face_choice(job.target_face)
@@ -217,8 +218,9 @@ def analyse_chunk(job: ChunkJob) -> list[FrameRecord]:
 def source_face_embedding(source: PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(embedding, mesh box, first frame) of the largest face in the source photo (or the
     first frame of a source video)."""
+    from fitting.detection import detect_faces
     from fitting.embedding import face_embedding
-    from fitting.faces import IBUG68, MEDIAPIPE478, detect_faces, landmark_box
+    from fitting.faces import IBUG68, MEDIAPIPE478, landmark_box
     from morph3d.io.media import iter_frames
 
     first = next(iter(iter_frames(source, 0, 1)), None)

@@ -105,7 +105,7 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
 
 def _swap(sources, target, output, options, summary, info, t0, template=None, hook=None
           ) -> SwapSummary:
-    from fitting.faces import DETECT_MAX_SIDE
+    from fitting.detection import DETECT_MAX_SIDE
     from morph3d.io.limits import check_image_pixels
 
     for path in (*sources, *reference_photos(options), *([target] if info.is_image else [])):
@@ -117,14 +117,15 @@ def _swap(sources, target, output, options, summary, info, t0, template=None, ho
 
 def _swap_large_image(sources, target, output, options, summary, t0, hook=None
                       ) -> SwapSummary:
-    """A still target larger than `fitting.faces.DETECT_MAX_SIDE`: the whole swap runs on a
+    """A still target larger than `fitting.detection.DETECT_MAX_SIDE`: the whole swap runs on a
     crop around the chosen face (the face at most `FACE_MAX_WIDTH` wide; the face is found
     on a scaled-down copy), then only the pixels the swap changed are pasted back into the
     full image. Fitting, rendering and compositing cost what they cost for a normal photo;
     the full image is held as uint8 only, to be read and written."""
     from dataclasses import replace
 
-    from fitting.faces import DETECT_MAX_SIDE, face_crop, scaled_copy
+    from fitting.detection import DETECT_MAX_SIDE
+    from fitting.faces import face_crop, scaled_copy
     from fitting.video import video_landmarks
     from morph3d.io.images import read_image, synthetic_metadata, write_image
     from morph3d.io.media import probe_video

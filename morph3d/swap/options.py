@@ -71,7 +71,7 @@ class SwapOptions:
         """Check every option as the command line does, in one line each (`InputError`),
         without any work (options may come from text argparse never saw: a batch manifest).
         Runs on construction; returns `self`."""
-        from fitting.faces import BACKEND_NAMES
+        from fitting.detection import BACKEND_NAMES
 
         def whole(name: str, value: object, low: int, high: int | None = None) -> None:
             if isinstance(value, bool) or not isinstance(value, int):

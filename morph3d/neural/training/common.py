@@ -113,7 +113,7 @@ def for_each_frame(files: Sequence[Path], names: Sequence[str], held: Sequence[b
     """`visit(frame, name, held, detector)` for every photo and every `frame_step`-th video
     frame of `files` (`morph3d.io.media.iter_frames`), with one MediaPipe face detector open,
     under a progress bar. A file that raises one of `skip` is skipped with a warning."""
-    from fitting.faces import get_landmark_backend
+    from fitting.detection import get_landmark_backend
     from morph3d.io.media import iter_frames
 
     bar = progress_bar(total=len(files), desc=desc, enabled=progress)
