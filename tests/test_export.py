@@ -18,15 +18,10 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from morph3d.errors import InputError, Morph3dError
-from morph3d.io.export import (
-    OPENCV_TO_SCENE,
-    continuous_quaternions,
-    default_texture,
-    export_fit,
-    export_mesh,
-    identity_vertices,
-    split_uv_seams,
-)
+from morph3d.io.export import export_fit, export_mesh
+from morph3d.io.export_scene import OPENCV_TO_SCENE, identity_vertices
+from morph3d.io.export_texture import default_texture
+from morph3d.io.gltf import continuous_quaternions, split_uv_seams
 from morph3d.model.model import ModelData, MorphableModel
 from morph3d.model.registry import load_model_data
 

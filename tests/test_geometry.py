@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from morph3d.io.export import unit_normals
+from morph3d.io.gltf import unit_normals
 from morph3d.model.geometry import median_aligned_distance, procrustes_align, vertex_normals
 from render.ops import vertex_normals as torch_vertex_normals
 
