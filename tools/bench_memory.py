@@ -1,18 +1,22 @@
 """Peak memory of `morph3d swap` against clip length (issue 5: memory stays bounded).
 
-    python tools/bench_memory.py [--frames 150 600] [--clips-dir /tmp/morph3d_bench_memory]
+    python tools/bench_memory.py [--frames 150 600] [--size 1920x1080] [--skip-growth]
+                                 [--clips-dir /tmp/morph3d_bench_memory]
                                  [--json FILE] [--plot docs/bench_memory_rss.png]
 
 `--large-images` instead swaps 8000 x 8000 stills (mark.jpg upscaled, under --clips-dir): one
 as the source photo (target mark.jpg), one as the target image (source mark.jpg), each in a
 fresh work directory, and reports their peak RSS and wall time.
 
-Makes 1920x1080 test clips of the given lengths from nggyup.mp4 (upscaled; played forwards
-then backwards so the motion has no cut; no audio) under --clips-dir (never in the repository),
-runs the instrumented `morph3d swap` of tools/bench_swap.py on each with mark.jpg and a fresh
-work directory, and reports the peak RSS (VmHWM) overall and at the end of each stage, plus the
-size per frame of the per-frame arrays the pipeline keeps (the cached landmarks and clip fit:
-the only thing that grows with length), and a projection for a 10-minute 1080p clip.
+Makes test clips of the given lengths and `--size` from nggyup.mp4 (1280x720, re-encoded at
+`--size`; played forwards then backwards past its 289 frames so the motion has no cut; no
+audio) under --clips-dir (never in the repository), runs the instrumented
+`morph3d swap` of tools/bench_swap.py on each with mark.jpg and a fresh work directory, and
+reports the peak RSS (VmHWM) overall and at the end of each stage, each stage's own peak RSS
+(the kernel's high-water mark reset at every stage boundary: a stage whose peak stays below an
+earlier stage's is seen too), the size per frame of the per-frame arrays the pipeline keeps
+(the cached landmarks and clip fit), and a projection for a 10-minute 1080p clip. Unless
+`--skip-growth`, the fitting stages' heap growth per frame is measured first (tracemalloc).
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ def rss_plot(runs: dict[int, dict], path: Path) -> None:
                 ax.text(wall, top * 0.97, " " + starts[label], fontsize=7, va="top",
                         color="dimgrey")
         ax.set(ylabel="RSS (MiB)", ylim=(0, top),
-               title=f"{frames} frames 1920x1080: peak {run['peak_rss_mib']:.0f} MiB")
+               title=f"{frames} frames: peak {run['peak_rss_mib']:.0f} MiB")
     fig.axes[-1].set_xlabel("seconds since the process started (RSS sampled every 0.2 s)")
     fig.tight_layout()
     with atomic_write(path) as f:
@@ -171,7 +175,7 @@ def projection_text(runs: dict[int, dict], results: dict[str, Any]) -> str:
     longest = runs[lengths[-1]]
     arrays = longest["arrays"]["arrays"]
     per_frame = longest["arrays"]["total_per_frame"]
-    kept = sum(v for k, v in arrays.items() if k.startswith("fit/"))  # the VideoFit
+    kept = sum(v for k, v in arrays.items() if k.startswith("fit"))  # fit-<key>: the VideoFit
     extra = TEN_MINUTES_FRAMES - lengths[-1]
     projection: dict[str, Any] = {
         "frames": TEN_MINUTES_FRAMES, "cached_arrays_mib": per_frame * TEN_MINUTES_FRAMES / 2**20,
@@ -213,13 +217,39 @@ def projection_text(runs: dict[int, dict], results: dict[str, Any]) -> str:
                                  - a["costs"][stage]["hwm_mib_at_end"])
         change["peak"] = b["peak_rss_mib"] - a["peak_rss_mib"]
         projection["measured_change_mib"] = change
-        lines.append(f"change of the peak from {lengths[0]} to {lengths[-1]} frames (MiB): "
+        lines.append(f"change of the high-water mark at each stage's end from {lengths[0]} to "
+                     f"{lengths[-1]} frames (MiB): "
                      + ", ".join(f"{k} {v:+.0f}" for k, v in change.items()))
+        own = {k: b["stage_peaks_mib"][k] - a["stage_peaks_mib"][k]
+               for k in STAGE_PEAKS if k in a["stage_peaks_mib"] and k in b["stage_peaks_mib"]}
+        projection["stage_peak_change_mib"] = own
+        lines.append(f"change of each stage's own peak from {lengths[0]} to {lengths[-1]} "
+                     "frames (MiB): " + ", ".join(f"{k} {v:+.0f}" for k, v in own.items()))
     results["projection_10min_1080p"] = projection
     return "\n".join(lines)
 
 
 LARGE_SIDE = 8000
+# The stretches of a swap with their own peak (benchlib.StageRecorder's labels, in order):
+# "swap" is the driver's work between its stages, "render" the frame loop, "finish" the
+# encoder's flush, the output checks and the summary.
+STAGE_PEAKS = ("imports", "fit source", "landmarks", "fit clip", "prepare", "render", "finish",
+               "swap")
+
+
+def stage_peak_table(runs: dict[int, dict], size: tuple[int, int]) -> str:
+    """Each stage's own peak RSS and, after "+", its rise above the RSS it started from
+    (MiB), against clip length, one row per length."""
+    lines = [f"| frames ({size[0]}x{size[1]}) | " + " | ".join(STAGE_PEAKS)
+             + " | process peak | wall s | CPU s |",
+             "| --- " * (len(STAGE_PEAKS) + 4) + "|"]
+    for frames, run in sorted(runs.items()):
+        own, rise = run["stage_peaks_mib"], run["stage_rises_mib"]
+        lines.append(f"| {frames} | " + " | ".join(f"{own[k]:.0f} +{rise[k]:.0f}" if k in own
+                                                    else "n/a" for k in STAGE_PEAKS)
+                     + f" | {run['peak_rss_mib']:.0f} | {run['process_wall_s']:.0f} | "
+                     f"{run['costs']['process']['cpu_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def large_image_runs(clips_dir: Path) -> dict[str, dict[str, Any]]:
@@ -261,6 +291,9 @@ def large_image_text(runs: dict[str, dict[str, Any]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[150, 600])
+    parser.add_argument("--size", default="1920x1080", help="the clips' WIDTHxHEIGHT, pixels")
+    parser.add_argument("--skip-growth", action="store_true",
+                        help="skip the tracemalloc heap growth of the fitting stages")
     parser.add_argument("--clips-dir", type=Path, default=Path("/tmp/morph3d_bench_memory"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_memory_rss.png")
@@ -284,12 +317,20 @@ def main() -> int:
         sys.exit("bench_memory: keep the test clips out of the repository (--clips-dir)")
     args.clips_dir.mkdir(parents=True, exist_ok=True)
 
-    results: dict[str, Any] = {"machine": machine(), "runs": {}}
-    print("[bench_memory] heap growth of the fitting stages", flush=True)
-    results["growth"] = measure_growth()
+    try:
+        size = tuple(int(v) for v in args.size.lower().split("x"))
+        assert len(size) == 2 and min(size) > 0
+    except (ValueError, AssertionError):
+        sys.exit(f"bench_memory: --size takes WIDTHxHEIGHT in pixels, not {args.size!r}")
+
+    results: dict[str, Any] = {"machine": machine(), "size": size, "runs": {}}
+    if not args.skip_growth:
+        print("[bench_memory] heap growth of the fitting stages", flush=True)
+        results["growth"] = measure_growth()
     runs: dict[int, dict] = {}
     for frames in args.frames:
-        clip = make_clip(args.clips_dir / f"nggyup_1080p_{frames}.mp4", frames)
+        clip = make_clip(args.clips_dir / f"nggyup_{size[0]}x{size[1]}_{frames}.mp4", frames,
+                         size)
         work = args.clips_dir / f"work_{frames}"
         if work.exists():
             import shutil
@@ -297,13 +338,14 @@ def main() -> int:
             shutil.rmtree(work)
         print(f"[bench_memory] swap {frames} frames", flush=True)
         run = run_swap(MEDIA / "mark.jpg", clip, args.clips_dir / f"swapped_{frames}.mp4",
-                       work, None)
+                       work, None, stage_peaks=True)
         run["arrays"] = per_frame_bytes(work, frames)
         runs[frames] = run
         results["runs"][frames] = {k: v for k, v in run.items() if k != "rss_samples"}
 
-    lines = ["| frames (1920x1080) | peak RSS MiB | at end of: imports / fit source / landmarks "
-             "/ fit clip / render (MiB) | per-frame arrays, bytes/frame | wall s | CPU s |",
+    lines = [f"| frames ({size[0]}x{size[1]}) | peak RSS MiB | at end of: imports / fit source "
+             "/ landmarks / fit clip / render (MiB) | per-frame arrays, bytes/frame | wall s "
+             "| CPU s |",
              "| --- | --- | --- | --- | --- | --- |"]
     for frames, run in sorted(runs.items()):
         c = run["costs"]
@@ -313,8 +355,10 @@ def main() -> int:
                      f"{run['arrays']['total_per_frame']} | {run['process_wall_s']:.0f} | "
                      f"{c['process']['cpu_s']:.0f} |")
     results["machine"]["loadavg_end"] = os.getloadavg()
-    text = "\n".join(lines) + "\n\n" + projection_text(runs, results) + (
-        f"\n{machine_line(results['machine'])}\n")
+    text = ("\n".join(lines) + "\n\neach stage's own peak RSS +its rise above its start "
+            "(MiB):\n"
+            + stage_peak_table(runs, size) + "\n\n" + projection_text(runs, results)
+            + f"\n{machine_line(results['machine'])}\n")
     print(text)
     if args.plot:
         args.plot.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ stage hook (`morph3d.swap.stages`).
     from benchlib import MEDIA, ROOT, machine, machine_line, run_swap, write_json
 
 Tools put `tools/` on `sys.path` (they run as scripts: `python tools/bench_x.py`). The child
-swap runs as `python tools/benchlib.py --child REPORT -- SWAP-ARGS`.
+swap runs as `python tools/benchlib.py --child REPORT [--stage-peaks] -- SWAP-ARGS`.
 """
 
 from __future__ import annotations
@@ -95,14 +95,34 @@ def _proc_status_kb(field: str) -> int:
     return 0
 
 
+def reset_hwm() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux: "5" to /proc/self/clear_refs);
+    False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 class StageRecorder:
     """A swap stage hook (`morph3d.swap.stages.StageHook`): records (label, wall s, process
     CPU s, VmHWM KiB) at the once-per-swap stages' boundaries ("<stage> start", "<stage>
     end") and samples VmRSS every RSS_SAMPLE_S seconds with the stage running at the time
     ("render" for the frame loop: its per-frame stages are not marked, they would be
-    thousands of marks and run on two threads at once)."""
+    thousands of marks and run on two threads at once).
 
-    def __init__(self) -> None:
+    With `stage_peaks`, each stretch between two boundaries gets its own exact peak RSS: the
+    kernel's VmHWM is read and reset at every boundary, and the stretch's peak is credited to
+    the stage running in it (`peaks`, KiB; "render" is the frame loop, "swap" the driver's
+    own work between its stages), with the most it climbed above the RSS it started from
+    (`rises`: what the stage itself allocated, not what earlier stages left). VmHWM alone is
+    the process's high-water mark, so a stage whose peak stays below an earlier stage's
+    cannot be seen growing. The marks keep the process's high-water mark either way (the
+    maximum over the resets)."""
+
+    def __init__(self, stage_peaks: bool = False) -> None:
         self.t0 = time.perf_counter()
         self.cpu0 = time.process_time()
         self.stage = "start-up"
@@ -110,6 +130,11 @@ class StageRecorder:
         self.per_frame: tuple[str, ...] = ()  # morph3d.swap.stages.PER_FRAME, once imported
         self.marks: list[tuple[str, float, float, int]] = []
         self.samples: list[tuple[float, int, str]] = []
+        self.peaks: dict[str, int] = {}
+        self.rises: dict[str, int] = {}
+        self._process_hwm = 0
+        self._stage_peaks = stage_peaks and reset_hwm()
+        self._stretch_rss = _proc_status_kb("VmRSS")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -120,13 +145,29 @@ class StageRecorder:
                                  self.stage))
             self._stop.wait(RSS_SAMPLE_S)
 
+    def hwm_kb(self) -> int:
+        """The process's peak RSS so far (KiB), across the resets of `stage_peaks`."""
+        return max(self._process_hwm, _proc_status_kb("VmHWM"))
+
+    def _close_stretch(self) -> None:
+        """Credit the peak since the last boundary to the running stage, and reset it."""
+        if not self._stage_peaks:
+            return
+        hwm = _proc_status_kb("VmHWM")
+        self._process_hwm = max(self._process_hwm, hwm)
+        self.peaks[self.stage] = max(self.peaks.get(self.stage, 0), hwm)
+        self.rises[self.stage] = max(self.rises.get(self.stage, 0), hwm - self._stretch_rss)
+        reset_hwm()
+        self._stretch_rss = _proc_status_kb("VmRSS")
+
     def mark(self, label: str) -> None:
         self.marks.append((label, time.perf_counter() - self.t0,
-                           time.process_time() - self.cpu0, _proc_status_kb("VmHWM")))
+                           time.process_time() - self.cpu0, self.hwm_kb()))
 
     def start(self, stage: str) -> None:
         if stage in self.per_frame:
             return
+        self._close_stretch()
         self._outer.append(self.stage)
         self.stage = stage
         self.mark(f"{stage} start")
@@ -134,6 +175,7 @@ class StageRecorder:
     def end(self, stage: str) -> None:
         if stage in self.per_frame:
             return
+        self._close_stretch()
         self.mark(f"{stage} end")
         outer = self._outer.pop()
         self.stage = {"prepare": "render", "swap": "finish"}.get(stage, outer)
@@ -141,12 +183,13 @@ class StageRecorder:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._close_stretch()
         self.mark("exit")
 
 
-def child_main(report: Path, argv: list[str]) -> int:
+def child_main(report: Path, argv: list[str], stage_peaks: bool = False) -> int:
     """Run `morph3d swap ARGV` in this process, instrumented; write the record to `report`."""
-    recorder = StageRecorder()
+    recorder = StageRecorder(stage_peaks)
     # The swap's heavy modules imported here: their import time is the "imports" stage's,
     # not the first stage's.
     import fitting.video  # noqa: F401
@@ -157,6 +200,7 @@ def child_main(report: Path, argv: list[str]) -> int:
 
     recorder.per_frame = PER_FRAME
     recorder.stage = "imports"
+    recorder._close_stretch()
     recorder.mark("imports end")
     args = build_parser().parse_args(["swap", *argv])
     recorder.start("swap")
@@ -167,7 +211,9 @@ def child_main(report: Path, argv: list[str]) -> int:
         recorder.stop()
     report.write_text(json.dumps({"rc": rc, "marks": recorder.marks,
                                   "rss_samples": recorder.samples,
-                                  "vmhwm_kb": _proc_status_kb("VmHWM")}))
+                                  "stage_peaks_kb": recorder.peaks,
+                                  "stage_rises_kb": recorder.rises,
+                                  "vmhwm_kb": recorder.hwm_kb()}))
     return rc
 
 
@@ -197,8 +243,10 @@ def stage_costs(marks: list[list]) -> dict[str, dict[str, float]]:
 
 
 def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
-             max_frames: int | None, extra: list[str] | None = None) -> dict[str, Any]:
-    """`morph3d swap` in a child process; its summary plus CPU seconds and memory."""
+             max_frames: int | None, extra: list[str] | None = None,
+             stage_peaks: bool = False) -> dict[str, Any]:
+    """`morph3d swap` in a child process; its summary plus CPU seconds and memory
+    (`stage_peaks`: also each stage's own peak RSS, `stage_peaks_mib`)."""
     summary_path = output.with_suffix(".summary.json")
     report_path = output.with_suffix(".child.json")
     argv = ["-s", str(source), "-t", str(target), "-o", str(output), "--work-dir", str(work_dir),
@@ -208,8 +256,8 @@ def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
     load_before = os.getloadavg()
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                           str(report_path), "--", *argv], cwd=ROOT, capture_output=True,
-                          text=True)
+                           str(report_path), *(["--stage-peaks"] if stage_peaks else []),
+                           "--", *argv], cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         sys.exit(f"benchmark: morph3d swap failed on {target.name} with {source.name}:\n"
@@ -221,6 +269,8 @@ def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
             "process_wall_s": wall, "peak_rss_mib": child["vmhwm_kb"] / 1024,
             "output_mb": output.stat().st_size / 1e6, "target_mb": target.stat().st_size / 1e6,
             "marks": child["marks"],
+            "stage_peaks_mib": {k: v / 1024 for k, v in child.get("stage_peaks_kb", {}).items()},
+            "stage_rises_mib": {k: v / 1024 for k, v in child.get("stage_rises_kb", {}).items()},
             "rss_samples": child["rss_samples"], "loadavg_before": load_before,
             "loadavg_after": os.getloadavg()}
 
@@ -228,5 +278,7 @@ def run_swap(source: Path, target: Path, output: Path, work_dir: Path,
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         sep = sys.argv.index("--")
-        sys.exit(child_main(Path(sys.argv[2]), sys.argv[sep + 1:]))
-    sys.exit("benchlib: a module for the benchmarks (run as --child REPORT -- SWAP-ARGS)")
+        sys.exit(child_main(Path(sys.argv[2]), sys.argv[sep + 1:],
+                            "--stage-peaks" in sys.argv[3:sep]))
+    sys.exit("benchlib: a module for the benchmarks "
+             "(run as --child REPORT [--stage-peaks] -- SWAP-ARGS)")
