@@ -10,14 +10,9 @@ import cv2
 import numpy as np
 import torch
 
-from fitting.fit import (
-    FrameState,
-    model_arrays,
-    project,
-    rotation_matrix,
-    vertex_positions,
-)
+from fitting.model_arrays import model_arrays, vertex_positions
 from fitting.params import SH_COEFFS, CameraParams
+from fitting.pose import FrameState, project, rotation_matrix
 from morph3d.model.geometry import vertex_normals
 
 

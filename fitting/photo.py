@@ -10,30 +10,20 @@ import math
 
 import numpy as np
 
-from fitting.fit import (
+from fitting.correspondence import (
     ANNOTATION,
-    IBUG68,
-    FrameState,
     LandmarkSet,
-    Priors,
-    _alternate,
-    _basis_rows,
-    detect_landmarks,
-    estimate_focal,
-    fit_corrective,
     ibug68_convention,
     ibug68_table,
     landmark_set,
-    model_arrays,
-    offset_at,
-    project,
-    refine_joint,
-    rotation_matrix,
-    single_threaded,
     update_jaw_contour,
 )
+from fitting.fit import _alternate, detect_landmarks, estimate_focal, fit_corrective, refine_joint
 from fitting.lighting import fit_lighting_and_texture
+from fitting.model_arrays import IBUG68, _basis_rows, model_arrays, offset_at
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
+from fitting.pose import FrameState, project, rotation_matrix
+from fitting.solvers import Priors, single_threaded
 from morph3d.errors import ModelError
 
 # --------------------------------------------------------------------------------------------

@@ -26,22 +26,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fitting.fit import (
-    IBUG68,
-    FrameState,
-    LandmarkSet,
-    Priors,
-    estimate_pose_pnp,
-    gauss_newton,
-    landmark_set,
-    model_arrays,
-    rotation_matrix,
-    single_threaded,
-    update_jaw_contour,
-)
+from fitting.correspondence import LandmarkSet, landmark_set, update_jaw_contour
+from fitting.fit import estimate_pose_pnp
 from fitting.lighting import _as_float_image, fit_lighting_and_texture, sh_basis_np
+from fitting.model_arrays import IBUG68, model_arrays
 from fitting.params import SH_COEFFS, CameraParams, FaceParams, Identity, VideoFit
 from fitting.photo import fit_landmarks, head_pose_degrees
+from fitting.pose import FrameState, rotation_matrix
+from fitting.solvers import Priors, gauss_newton, single_threaded
 from morph3d.errors import Morph3dError
 from morph3d.model.geometry import vertex_normals
 

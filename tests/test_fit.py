@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from fitting import correspondence as FC
 from fitting import fit as F
 from fitting import lighting as FL
+from fitting import model_arrays as FM
 from fitting import photo as FP
+from fitting import pose as FPose
+from fitting import solvers as FS
 from fitting.params import CameraParams, FaceParams, Identity, VideoFit
 from fitting.synthetic import (
     nme,
@@ -73,7 +77,7 @@ def test_single_threaded_restores_thread_counts():
 
     before, blas_before = torch.get_num_threads(), blas_threads()
     assert blas_before, "numpy's BLAS is not visible to threadpoolctl"
-    with F.single_threaded():
+    with FS.single_threaded():
         assert torch.get_num_threads() == 1
         assert blas_threads() == [1] * len(blas_before)
     assert torch.get_num_threads() == before
@@ -89,8 +93,8 @@ def test_contour_handling_helps_jaw_at_yaw_40(model):
             ident, states, cams, lss = FP.fit_landmarks(model, [lms], [(480, 640)],
                                                        focal=camera.fx, contour=contour,
                                                        refine_steps=0)
-            res = F._residuals(lss[0], ident, states[0], cams[0])[0]
-            out.append(float(np.linalg.norm(res[list(F.CONTOUR_JAW)], axis=1).mean()))
+            res = FS._residuals(lss[0], ident, states[0], cams[0])[0]
+            out.append(float(np.linalg.norm(res[list(FM.CONTOUR_JAW)], axis=1).mean()))
     assert np.mean(jaw_with) < 0.7 * np.mean(jaw_without), (jaw_with, jaw_without)
 
 
@@ -99,13 +103,13 @@ def test_jaw_contour_points_keep_their_row_height(model):
     # point's height on the mean), so its height does not jump with the silhouette vertex.
     rng = np.random.default_rng(9)
     alpha, state, camera, lms = synthetic_face(model, rng, yaw_deg=35.0)
-    arrays = F.model_arrays(model)
+    arrays = FM.model_arrays(model)
     ids, bary = arrays.landmarks["ibug68"]
     height = np.einsum("lc,lc->l", bary, arrays.mean[ids, 1])
-    ls = F.landmark_set(model, lms)
-    before = ls.mean[list(F.CONTOUR_JAW)].copy()
-    F.update_jaw_contour(ls, alpha, state, camera)
-    jaw = list(F.CONTOUR_JAW)
+    ls = FC.landmark_set(model, lms)
+    before = ls.mean[list(FM.CONTOUR_JAW)].copy()
+    FC.update_jaw_contour(ls, alpha, state, camera)
+    jaw = list(FM.CONTOUR_JAW)
     assert np.allclose(ls.mean[jaw, 1], height[jaw], atol=1e-6)
     assert np.abs(ls.mean[jaw, 2] - before[:, 2]).max() > 1.0  # yaw 35: they did slide
 
@@ -158,10 +162,10 @@ def test_save_load_round_trip(tmp_path):
 
 def test_head_pose_angles_convention():
     # Nose turned towards image right -> positive yaw; chin down -> positive pitch.
-    yaw = FP.head_pose_degrees(F.axis_angle(FP.FRONT @ Rotation.from_euler(
+    yaw = FP.head_pose_degrees(FPose.axis_angle(FP.FRONT @ Rotation.from_euler(
         "Y", 20, degrees=True).as_matrix()))
     assert yaw[0] == pytest.approx(20, abs=1e-6) and abs(yaw[1]) < 1e-6
-    pitch = FP.head_pose_degrees(F.axis_angle(FP.FRONT @ Rotation.from_euler(
+    pitch = FP.head_pose_degrees(FPose.axis_angle(FP.FRONT @ Rotation.from_euler(
         "X", 10, degrees=True).as_matrix()))
     assert pitch[1] == pytest.approx(10, abs=1e-6)
 
@@ -175,7 +179,7 @@ def test_model_without_landmarks_is_a_clear_error(model):
     data = copy.copy(model.data)
     data.landmarks = {}
     with pytest.raises(ModelError, match="no ibug68 landmarks"):
-        F.landmark_set(MorphableModel(data), {"ibug68": np.zeros((68, 2))})
+        FC.landmark_set(MorphableModel(data), {"ibug68": np.zeros((68, 2))})
 
 
 # -------------------------------------------------------------------------------- real media
@@ -223,9 +227,9 @@ def test_annotated_nme_close_to_dlib(model, media_dir, name):
         fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=key)[0]
         fitted[key] = nme(FP.projected_landmarks(fit, model)[0], truth)
     # dlib's points are matched to the model's annotation-convention iBUG table
-    # (fitting.fit.ibug68_table): takeo ~3.3 % vs dlib 3.2 %, lenna ~3.9 % vs 3.4 % of IOD
-    # (4.0 / 4.7 % when they were matched to the render-derived table). mediapipe input,
-    # reported in the annotation convention: ~4.5 / 5.5 % (BENCHMARKS.md).
+    # (fitting.correspondence.ibug68_table): takeo ~3.3 % vs dlib 3.2 %, lenna ~3.9 % vs
+    # 3.4 % of IOD (4.0 / 4.7 % when they were matched to the render-derived table).
+    # mediapipe input, reported in the annotation convention: ~4.5 / 5.5 % (BENCHMARKS.md).
     assert fitted["mediapipe"] < nme(dlib, truth) + 0.03, (fitted, nme(dlib, truth))
     assert fitted["dlib+mediapipe"] < nme(dlib, truth) + 0.008, (fitted, nme(dlib, truth))
 

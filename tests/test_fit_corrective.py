@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fitting import fit as F
+from fitting import correspondence as FC
+from fitting import model_arrays as FM
 from fitting import photo as FP
+from fitting import pose as FPose
 from fitting.params import VideoFit
 from fitting.synthetic import synthetic_face
 
@@ -14,13 +16,13 @@ def annotation_face(model, seed: int, noise_px: float = 0.0):
     """A synthetic face's 68 points projected from the annotation table (as dlib's are)."""
     rng = np.random.default_rng(seed)
     alpha, state, camera, _ = synthetic_face(model, rng)
-    arrays = F.model_arrays(model)
-    ids, bary = arrays.landmarks[F.IBUG68_ANNOTATION]
-    ls = F.LandmarkSet(np.full((68, 2), np.nan), np.ones(68), ids.copy(), bary.copy(),
-                       {"ibug68": slice(0, 68)}, arrays=arrays, ibug_table=F.IBUG68_ANNOTATION)
-    F.update_jaw_contour(ls, alpha, state, camera)
-    pts = F.project(ls.positions(alpha, state.expression), state.rotation, state.translation,
-                    camera)
+    arrays = FM.model_arrays(model)
+    ids, bary = arrays.landmarks[FM.IBUG68_ANNOTATION]
+    ls = FC.LandmarkSet(np.full((68, 2), np.nan), np.ones(68), ids.copy(), bary.copy(),
+                        {"ibug68": slice(0, 68)}, arrays=arrays, ibug_table=FM.IBUG68_ANNOTATION)
+    FC.update_jaw_contour(ls, alpha, state, camera)
+    pts = FPose.project(ls.positions(alpha, state.expression), state.rotation, state.translation,
+                        camera)
     return pts + rng.normal(0, 1.0, pts.shape) * noise_px, camera
 
 
@@ -45,8 +47,8 @@ def test_corrective_reaches_points_the_model_cannot(model):
     # Local: vertices far (> 45 mm) from every landmark barely move (the scalp, the back
     # of the head); the largest offset is a few mm.
     size = np.linalg.norm(offset, axis=1)
-    arrays = F.model_arrays(model)
-    ids, bary = arrays.landmarks[F.IBUG68_ANNOTATION]
+    arrays = FM.model_arrays(model)
+    ids, bary = arrays.landmarks[FM.IBUG68_ANNOTATION]
     marks = np.einsum("lc,lcd->ld", bary, arrays.mean[ids])
     far = np.linalg.norm(arrays.mean[:, None] - marks[None], axis=2).min(1) > 45.0
     assert far.sum() > 300 and size[far].max() < 0.01
@@ -98,8 +100,8 @@ def test_fixed_identity_and_offset_refit_the_same_face(model):
         a, st, cams, ls = FP.fit_landmarks(model, [{"ibug68": points}], [(480, 640)],
                                           focal=camera.fx, identity=alpha, offset=offset)
         rows = ls[0].scheme_slices["ibug68"]
-        pred = F.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,
-                         st[0].translation, cams[0])
+        pred = FPose.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,
+                             st[0].translation, cams[0])
         errors[key] = float(np.linalg.norm(pred - reported, axis=1).mean())
     # measured: 0.22 px with the offset, 1.14 px without
     assert errors["with"] < 0.4, errors

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from scipy.spatial.transform import Rotation
 
-from fitting import fit as F
+from fitting import correspondence as FC
+from fitting import model_arrays as FM
 from fitting import photo as FP
+from fitting import pose as FPose
 from fitting.params import CameraParams
 from fitting.synthetic import annotated_68, outline_distance_px, pose_error_deg
 
@@ -28,8 +30,8 @@ def turned_face(model, rng: np.random.Generator, yaw_deg: float):
                                                         < 0.1)
     head = Rotation.from_euler("YXZ", [yaw_deg, rng.uniform(-10, 10), rng.uniform(-5, 5)],
                                degrees=True).as_matrix()
-    state = F.FrameState(F.axis_angle(FP.FRONT @ head),
-                         np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
+    state = FPose.FrameState(FPose.axis_angle(FP.FRONT @ head),
+                             np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
     return alpha, state, CameraParams.default_for(640, 480, 800.0)
 
 
@@ -46,7 +48,7 @@ def test_far_jaw_follows_the_rendered_outline_at_yaw_45(model):
     for yaw in (-45.0, 45.0, -45.0):
         alpha, state, camera = turned_face(model, rng, yaw)
         truth = annotated_68(model, alpha, state, camera)
-        verts = F.vertex_positions(model, alpha, state.expression)
+        verts = FM.vertex_positions(model, alpha, state.expression)
         with torch.no_grad():
             coverage = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None],
                                    model.triangles,
@@ -71,14 +73,14 @@ def test_self_occluded_points_get_low_weight(model):
     rng = np.random.default_rng(3)
     alpha, state, camera = turned_face(model, rng, 60.0)
     truth = annotated_68(model, alpha, state, camera)
-    ls = F.landmark_set(model, {"ibug68": truth})
-    F.update_jaw_contour(ls, alpha, state, camera)
+    ls = FC.landmark_set(model, {"ibug68": truth})
+    FC.update_jaw_contour(ls, alpha, state, camera)
     relative = ls.weights[:68] / ls.base_weights[:68]
     # yaw > 0: model x > 0 (iBUG 9-16, the subject's left: brow 22-26, nose wing 35) turns
     # away
     assert relative[26] < 0.5 and relative[35] < 0.5, relative[[26, 35]]
     assert relative[36] == 1.0 and relative[17] == 1.0 and relative[31] == 1.0
     assert np.all(relative[:17] == 1.0)  # the jaw follows the outline instead
-    state.rotation = F.axis_angle(FP.FRONT)  # frontal: every point at its base weight
-    F.update_jaw_contour(ls, alpha, state, camera)
+    state.rotation = FPose.axis_angle(FP.FRONT)  # frontal: every point at its base weight
+    FC.update_jaw_contour(ls, alpha, state, camera)
     assert np.allclose(ls.weights, ls.base_weights)

@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from fitting import fit as F
+from fitting import model_arrays as FM
 from fitting.landmark_maps import ibug68_from_mediapipe478
 
 GROUPS = {"brows": range(17, 27), "nose": range(27, 36), "eyes": range(36, 48),
           "mouth": range(48, 68)}  # the jaw is matched to the outline, not to the table
 
 
-def _table_mm(arrays: F.ModelArrays, table: str) -> np.ndarray:
+def _table_mm(arrays: FM.ModelArrays, table: str) -> np.ndarray:
     ids, bary = arrays.landmarks[table]
     return np.einsum("lc,lcd->ld", bary, arrays.mean[ids])
 
 
 def test_map_of_embedded_478_lands_on_the_annotation_table(model):
-    arrays = F.model_arrays(model)
-    assert F.IBUG68_ANNOTATION in arrays.landmarks and F.MEDIAPIPE478 in arrays.landmarks
-    derived = ibug68_from_mediapipe478(_table_mm(arrays, F.MEDIAPIPE478))
-    diff = derived - _table_mm(arrays, F.IBUG68_ANNOTATION)  # mm on the mean head, y up
+    arrays = FM.model_arrays(model)
+    assert FM.IBUG68_ANNOTATION in arrays.landmarks and FM.MEDIAPIPE478 in arrays.landmarks
+    derived = ibug68_from_mediapipe478(_table_mm(arrays, FM.MEDIAPIPE478))
+    diff = derived - _table_mm(arrays, FM.IBUG68_ANNOTATION)  # mm on the mean head, y up
     for group, rows in GROUPS.items():
         d = diff[list(rows), :2]  # the image plane of a frontal face
         assert np.linalg.norm(d, axis=1).mean() < 2.0, group

@@ -274,9 +274,9 @@ def device_inputs(device: torch.device) -> tuple:
     """`transfer_face`'s arguments for a synthetic frame, every tensor on `device`: the
     default model at its mean identity, frontal, 700 mm away in a 320 px frame, rendered
     with a skin albedo; the source another identity with a darker albedo."""
-    from fitting.fit import axis_angle
     from fitting.params import CameraParams
     from fitting.photo import FRONT
+    from fitting.pose import axis_angle
     from morph3d.model.registry import load_model
     from morph3d.swap.window import REGION_CHANNELS
     from render.helpers import render_mesh

@@ -54,9 +54,9 @@ def skin_albedo(size: int, seed: int = 0) -> np.ndarray:
 def clip_fit_of(model, sh: list[np.ndarray]):
     """A frontal clip fit (mean identity, neutral expression, 700 mm away) of len(sh)
     frames, frame i lit by sh[i]; its 68 and 478 points projected from the model."""
-    from fitting.fit import axis_angle
     from fitting.params import CameraParams, FaceParams, Identity, VideoFit
     from fitting.photo import FRONT
+    from fitting.pose import axis_angle
 
     n = len(sh)
     camera = CameraParams.default_for(SIZE, SIZE, 800.0)

@@ -101,32 +101,34 @@ def synthetic_case(model, rng: np.random.Generator,
     landmarks {scheme: L x 2 px} for `schemes`, noise-free landmarks for both schemes).
 
     The ibug68 points come from the table the fit matches them to (see
-    fitting.fit.ibug68_table): "ibug68" next to mediapipe478, the annotation one alone; the
-    iBUG jaw lies on the occluding contour."""
+    fitting.correspondence.ibug68_table): "ibug68" next to mediapipe478, the annotation one
+    alone; the iBUG jaw lies on the occluding contour."""
     from scipy.spatial.transform import Rotation
 
-    from fitting import fit as F
+    from fitting import correspondence as FC
+    from fitting import model_arrays as FM
     from fitting import photo as FP
+    from fitting import pose as FPose
     from fitting.synthetic import synthetic_face
 
     alpha, state, camera, _ = synthetic_face(model, rng)
     yaw = rng.uniform(-60, 60)  # re-pose with the wide yaw range
     head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-12, 12), rng.uniform(-8, 8)],
                                degrees=True).as_matrix()
-    state.rotation = F.axis_angle(FP.FRONT @ head)
-    arrays = F.model_arrays(model)
-    convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
+    state.rotation = FPose.axis_angle(FP.FRONT @ head)
+    arrays = FM.model_arrays(model)
+    convention = FC.MEDIAPIPE if "mediapipe478" in schemes else FC.ANNOTATION
     lms, clean = {}, {}
     for scheme in ("ibug68", "mediapipe478"):
-        table = F.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
+        table = FC.ibug68_table(arrays, convention) if scheme == "ibug68" else scheme
         ids, bary = arrays.landmarks[table]
-        ls = F.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
-                           bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays,
-                           ibug_table=table)
+        ls = FC.LandmarkSet(np.full((len(ids), 2), np.nan), np.ones(len(ids)), ids.copy(),
+                            bary.copy(), {scheme: slice(0, len(ids))}, arrays=arrays,
+                            ibug_table=table)
         if scheme == "ibug68":
-            F.update_jaw_contour(ls, alpha, state, camera)
-        pts = F.project(ls.positions(alpha, state.expression), state.rotation,
-                        state.translation, camera)
+            FC.update_jaw_contour(ls, alpha, state, camera)
+        pts = FPose.project(ls.positions(alpha, state.expression), state.rotation,
+                            state.translation, camera)
         noise = rng.normal(0, 1.0, pts.shape) * noise_px  # drawn for both: same faces
         clean[scheme] = pts
         if scheme in schemes:
@@ -148,10 +150,10 @@ def render_synthetic(model, alpha: np.ndarray, state, camera) -> np.ndarray:
     """The face rendered grey-skin shaded over a plain background: H x W x 3 uint8."""
     import torch
 
-    from fitting import fit as F
+    from fitting import model_arrays as FM
     from render.helpers import render_mesh
 
-    verts = F.vertex_positions(model, alpha, state.expression)
+    verts = FM.vertex_positions(model, alpha, state.expression)
     skin = torch.tensor(SYNTHETIC_SKIN).expand(len(verts), 3)
     with torch.no_grad():
         out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None], model.triangles,
@@ -164,8 +166,11 @@ def render_synthetic(model, alpha: np.ndarray, state, camera) -> np.ndarray:
 def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
               noise_px: float = 1.5, schemes: tuple[str, ...] = ("ibug68", "mediapipe478")
               ) -> dict:
+    from fitting import correspondence as FC
     from fitting import fit as F
+    from fitting import model_arrays as FM
     from fitting import photo as FP
+    from fitting import solvers as FS
     from fitting.params import FaceParams, Identity, VideoFit
     from fitting.synthetic import pose_error_deg, rigid_vertex_error
 
@@ -177,7 +182,7 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
     corrective = {"vertex": [], "similarity": [], "points_px": [], "points_px_off": []}
     for _ in range(n):
         alpha, state, camera, lms, clean = synthetic_case(model, rng, schemes, noise_px)
-        convention = F.MEDIAPIPE if "mediapipe478" in schemes else F.ANNOTATION
+        convention = FC.MEDIAPIPE if "mediapipe478" in schemes else FC.ANNOTATION
         if rendered:
             image = render_synthetic(model, alpha, state, camera)
             try:
@@ -191,8 +196,8 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
             convention=None if rendered else convention)
         focal_err.append(abs(cams[0].fx / camera.fx - 1.0))
         seconds.append(time.perf_counter() - t0)
-        if not rendered and convention == F.ANNOTATION:
-            offset = F.fit_corrective(ls_list, ident, states, cams, F.Priors())
+        if not rendered and convention == FC.ANNOTATION:
+            offset = F.fit_corrective(ls_list, ident, states, cams, FS.Priors())
             faces = FaceParams.empty(1, model.num_expression)
             faces.rotation[0], faces.translation[0] = states[0].rotation, states[0].translation
             faces.expression[0], faces.valid[0] = states[0].expression, True
@@ -201,18 +206,18 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
                 pred = FP.projected_landmarks(fit, model)[0]
                 corrective[key].append(float(np.linalg.norm(pred - clean["ibug68"],
                                                              axis=1).mean()))
-            face = F.model_arrays(model).face_vertices
-            fitted = F.vertex_positions(model, ident, states[0].expression, offset)
-            true_v = F.vertex_positions(model, alpha, state.expression)
+            face = FM.model_arrays(model).face_vertices
+            fitted = FM.vertex_positions(model, ident, states[0].expression, offset)
+            true_v = FM.vertex_positions(model, alpha, state.expression)
             corrective["vertex"].append(rigid_vertex_error(model, ident, states[0].expression,
                                                            alpha, state.expression,
                                                            offset=offset))
             corrective["similarity"].append(sim_error(fitted[face], true_v[face]))
         verts_err.append(rigid_vertex_error(model, ident, states[0].expression, alpha,
                                             state.expression))
-        face = F.model_arrays(model).face_vertices
-        fitted_v = F.vertex_positions(model, ident, states[0].expression)[face]
-        true_v = F.vertex_positions(model, alpha, state.expression)[face]
+        face = FM.model_arrays(model).face_vertices
+        fitted_v = FM.vertex_positions(model, ident, states[0].expression)[face]
+        true_v = FM.vertex_positions(model, alpha, state.expression)[face]
         sim_err.append(sim_error(fitted_v, true_v))
         ratio = rms_size(fitted_v) / rms_size(true_v)
         size_ratio.append(ratio)
@@ -337,8 +342,11 @@ def photo_seconds(model) -> dict:
 
 
 def corrective_transfer(model, pairs_per_clip: int = 72) -> dict:
+    from fitting import correspondence as FC
     from fitting import fit as F
     from fitting import photo as FP
+    from fitting import pose as FPose
+    from fitting import solvers as FS
 
     cache = ROOT / "out" / "derive_ibug68_detections.npz"
     if not cache.is_file():
@@ -354,15 +362,15 @@ def corrective_transfer(model, pairs_per_clip: int = 72) -> dict:
         return tuple(int(v) for v in z["sizes"][i])
 
     def source(i: int) -> tuple[np.ndarray, np.ndarray]:
-        a, st, cams, ls = FP.fit_landmarks(model, [lms(i)], [size(i)], convention=F.ANNOTATION)
-        return a, F.fit_corrective(ls, a, st, cams, F.Priors())
+        a, st, cams, ls = FP.fit_landmarks(model, [lms(i)], [size(i)], convention=FC.ANNOTATION)
+        return a, F.fit_corrective(ls, a, st, cams, FS.Priors())
 
     def error(i: int, alpha: np.ndarray, offset: np.ndarray | None) -> float:
         a, st, cams, ls = FP.fit_landmarks(model, [lms(i)], [size(i)], identity=alpha,
-                                          convention=F.ANNOTATION, offset=offset)
+                                          convention=FC.ANNOTATION, offset=offset)
         rows = ls[0].scheme_slices["ibug68"]
-        pred = F.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,
-                         st[0].translation, cams[0])
+        pred = FPose.project(ls[0].positions(a, st[0].expression)[rows], st[0].rotation,
+                             st[0].translation, cams[0])
         dlib = lms(i)["ibug68"]
         iod = np.linalg.norm(dlib[36] - dlib[45])
         return float(np.linalg.norm(pred - dlib, axis=1).mean() / iod * 100)
@@ -442,11 +450,13 @@ def draw_glasses(image: np.ndarray, model, alpha: np.ndarray, state, camera,
     the camera towards the ear, projected with the face's pose; rim 2-4 mm thick."""
     import cv2
 
-    from fitting import fit as F
+    from fitting import correspondence as FC
+    from fitting import model_arrays as FM
+    from fitting import pose as FPose
 
-    arrays = F.model_arrays(model)
-    ids, bary = arrays.landmarks[F.ibug68_table(arrays, F.ANNOTATION)]
-    pts = np.einsum("lc,lcd->ld", bary, F.vertex_positions(model, alpha, state.expression)[ids])
+    arrays = FM.model_arrays(model)
+    ids, bary = arrays.landmarks[FC.ibug68_table(arrays, FC.ANNOTATION)]
+    pts = np.einsum("lc,lcd->ld", bary, FM.vertex_positions(model, alpha, state.expression)[ids])
     front = pts[36:48, 2].max() + 12.0
     t = np.linspace(0, 2 * np.pi, 48)
     f = camera.fx / state.translation[2]
@@ -459,19 +469,19 @@ def draw_glasses(image: np.ndarray, model, alpha: np.ndarray, state, camera,
         rim = np.stack([c[0] + 25.0 * np.cos(t), c[1] - 1.0 + 18.0 * np.sin(t),
                         np.full(len(t), front)], 1)
         rims.append(rim)
-        uv = F.project(rim, state.rotation, state.translation, camera)
+        uv = FPose.project(rim, state.rotation, state.translation, camera)
         cv2.polylines(out, [np.round(uv).astype(np.int32)], True, colour, thick, cv2.LINE_AA)
     inner = [rims[0][np.argmax(rims[0][:, 0])], rims[1][np.argmin(rims[1][:, 0])]]
     bridge = np.linspace(inner[0], inner[1], 8) + np.array([0, 4.0, 0])
     lines = [bridge]
-    R = F.rotation_matrix(state.rotation)
+    R = FPose.rotation_matrix(state.rotation)
     near = -1.0 if R[2, 0] > 0 else 1.0  # the model-x side facing the camera
     rim = rims[0] if near < 0 else rims[1]
     outer = rim[np.argmax(near * rim[:, 0])]
     ear = pts[0 if near < 0 else 16]
     lines.append(np.linspace(outer, np.array([ear[0], outer[1], ear[2] - 5.0]), 8))
     for line in lines:
-        uv = F.project(line, state.rotation, state.translation, camera)
+        uv = FPose.project(line, state.rotation, state.translation, camera)
         cv2.polylines(out, [np.round(uv).astype(np.int32)], False, colour, thick, cv2.LINE_AA)
     return out
 
@@ -483,11 +493,11 @@ def signed_pose_error_deg(fitted: np.ndarray, true: np.ndarray) -> tuple[float, 
     camera) than the true one; yaw towards frontal > 0 = the fitted |yaw| is smaller."""
     from scipy.spatial.transform import Rotation
 
-    from fitting import fit as F
     from fitting import photo as FP
+    from fitting import pose as FPose
 
     def angles(r: np.ndarray) -> np.ndarray:
-        return Rotation.from_matrix(FP.FRONT.T @ F.rotation_matrix(r)).as_euler(
+        return Rotation.from_matrix(FP.FRONT.T @ FPose.rotation_matrix(r)).as_euler(
             "YXZ", degrees=True)
 
     a, b = angles(fitted), angles(true)
@@ -496,11 +506,12 @@ def signed_pose_error_deg(fitted: np.ndarray, true: np.ndarray) -> tuple[float, 
 
 def projected_table(model, table: str, alpha: np.ndarray, state, camera) -> np.ndarray:
     """L x 2 px: the model's landmark table `table` on the true face at the true pose."""
-    from fitting import fit as F
+    from fitting import model_arrays as FM
+    from fitting import pose as FPose
 
-    ids, bary = F.model_arrays(model).landmarks[table]
-    points = np.einsum("lc,lcd->ld", bary, F.vertex_positions(model, alpha, state.expression)[ids])
-    return F.project(points, state.rotation, state.translation, camera)
+    ids, bary = FM.model_arrays(model).landmarks[table]
+    points = np.einsum("lc,lcd->ld", bary, FM.vertex_positions(model, alpha, state.expression)[ids])
+    return FPose.project(points, state.rotation, state.translation, camera)
 
 
 def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float]):
@@ -510,8 +521,8 @@ def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float])
     deg)."""
     from scipy.spatial.transform import Rotation
 
-    from fitting import fit as F
     from fitting import photo as FP
+    from fitting import pose as FPose
     from fitting.params import CameraParams
     from fitting.synthetic import annotated_68
 
@@ -521,8 +532,8 @@ def turned_case(model, rng: np.random.Generator, yaw_range: tuple[float, float])
     yaw = rng.uniform(*yaw_range) * rng.choice([-1.0, 1.0])
     head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-10, 10), rng.uniform(-5, 5)],
                                degrees=True).as_matrix()
-    state = F.FrameState(F.axis_angle(FP.FRONT @ head),
-                         np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
+    state = FPose.FrameState(FPose.axis_angle(FP.FRONT @ head),
+                             np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), 600.0]), beta)
     camera = CameraParams.default_for(640, 480, 800.0)
     return alpha, state, camera, annotated_68(model, alpha, state, camera), yaw
 
@@ -534,7 +545,7 @@ def render_textured(model, texture: np.ndarray, alpha: np.ndarray, state, camera
     import cv2
     import torch
 
-    from fitting import fit as F
+    from fitting import model_arrays as FM
     from render.helpers import render_mesh
 
     h, w = camera.height, camera.width
@@ -544,7 +555,7 @@ def render_textured(model, texture: np.ndarray, alpha: np.ndarray, state, camera
     sh[0, 0] = 0.9
     sh[0, 1:4] = torch.tensor(rng.uniform(-0.25, 0.25, 3), dtype=torch.float32)[:, None]
     data = model.data
-    verts = F.vertex_positions(model, alpha, state.expression)
+    verts = FM.vertex_positions(model, alpha, state.expression)
     with torch.no_grad():
         out = render_mesh(torch.as_tensor(verts, dtype=torch.float32)[None], model.triangles,
                           camera.to_camera(state.rotation, state.translation),
@@ -562,12 +573,13 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
     import cv2
 
     from fitting import fit as F
+    from fitting import model_arrays as FM
     from fitting import photo as FP
     from fitting.landmark_maps import ibug68_from_mediapipe478
     from fitting.synthetic import outline_distance_px, pose_error_deg
 
     texture = photo_texture(model)
-    face = F.model_arrays(model).face_vertices
+    face = FM.model_arrays(model).face_vertices
     out: dict = {"faces_per_bin": per_bin, "texture": TEXTURE_PHOTO, "seed": seed}
     for lo, hi in YAW_BINS:
         rng = np.random.default_rng([seed, int(lo)])
@@ -587,7 +599,7 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
                 cv2.imwrite(str(save / f"yaw{int(lo):02d}_{k:02d}.png"),
                             cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             iod = np.linalg.norm(truth[36] - truth[45])
-            true_v = F.vertex_positions(model, alpha, state.expression)[face]
+            true_v = FM.vertex_positions(model, alpha, state.expression)[face]
             glasses = draw_glasses(image, model, alpha, state, camera, rng)
             if save is not None:
                 cv2.imwrite(str(save / f"yaw{int(lo):02d}_{k:02d}_glasses.png"),
@@ -636,9 +648,9 @@ def turned(model, per_bin: int, seed: int = 0, save: Path | None = None) -> dict
                 off = (lms["ibug68"] - truth) * state.translation[2] / camera.fx
                 off[:, 0] *= np.sign(yaw)
                 r["offset_mm"].append(off)
-                fitted_v = F.vertex_positions(model, fit.identity.coefficients.astype(np.float64),
-                                              fit.faces.expression[0].astype(np.float64),
-                                              fit.identity.offset)[face]
+                fitted_v = FM.vertex_positions(model, fit.identity.coefficients.astype(np.float64),
+                                               fit.faces.expression[0].astype(np.float64),
+                                               fit.identity.offset)[face]
                 r["vertex_mm_rigid"].append(rigid_error(fitted_v, true_v))
                 r["vertex_mm_similarity"].append(sim_error(fitted_v, true_v))
         key = f"yaw_{int(lo)}_{int(hi)}"

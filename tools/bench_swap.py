@@ -85,7 +85,7 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
     pair of fitted frames, over the actor's inter-ocular distance (eye centres)."""
     import dataclasses
 
-    from fitting import fit as F
+    from fitting import correspondence as FC
     from fitting import photo as FP
     from fitting.params import Identity, VideoFit
     from morph3d.evaluate.metrics import added_motion
@@ -96,8 +96,8 @@ def jitter_from_shape(work_dir: Path, source_fit: Path) -> float:
     actor = VideoFit.load(clip_fit)
     source = VideoFit.load(source_fit)
     swapped = dataclasses.replace(actor, identity=Identity(source.identity.coefficients))
-    a = FP.projected_landmarks(actor, model, convention=F.MEDIAPIPE)
-    b = FP.projected_landmarks(swapped, model, convention=F.MEDIAPIPE)
+    a = FP.projected_landmarks(actor, model, convention=FC.MEDIAPIPE)
+    b = FP.projected_landmarks(swapped, model, convention=FC.MEDIAPIPE)
     valid = actor.faces.valid
     values = []
     for t in range(len(a) - 1):

@@ -16,14 +16,15 @@ ibug68 input left empty, so the fit does not depend on the table being derived);
 iBUG point, the frontally visible mean-head surface point near the old (render-derived)
 point whose projection agrees best with dlib's over all faces (mean squared distance / dlib's
 outer-eye-corner distance, clipped) is picked; the jaw-side points 0-4 and 12-16, which the
-fit moves to the occluding contour (`fitting.fit.update_jaw_contour`), are searched over the
-height of their contour row instead. Pass 2 does the same from fits to dlib's 68 +
-mediapipe with the pass-1 points as the model's annotation table (as photos with dlib's
-points are fitted, `fitting.fit.ibug68_table`; these fits know the jaw line). The result is
-made left/right symmetric and printed as `IBUG68_MEAN_MM` for `morph3d.builders.landmarks`
-(68 x 3 mm on the mean head): only those numbers go into the code, nothing from the media.
-The build pins them as the "ibug68_annotation" table (the "ibug68" table, matched to
-mediapipe's derived 68 points in the swap, stays render-derived: see BENCHMARKS.md).
+fit moves to the occluding contour (`fitting.correspondence.update_jaw_contour`), are
+searched over the height of their contour row instead. Pass 2 does the same from fits to
+dlib's 68 + mediapipe with the pass-1 points as the model's annotation table (as photos with
+dlib's points are fitted, `fitting.correspondence.ibug68_table`; these fits know the jaw
+line). The result is made left/right symmetric and printed as `IBUG68_MEAN_MM` for
+`morph3d.builders.landmarks` (68 x 3 mm on the mean head): only those numbers go into the
+code, nothing from the media. The build pins them as the "ibug68_annotation" table (the
+"ibug68" table, matched to mediapipe's derived 68 points in the swap, stays render-derived:
+see BENCHMARKS.md).
 A held-out check (tables from the nggyup frames, scored on the rest) is printed first.
 Detections and fits are cached under out/ (git-ignored).
 """
@@ -122,8 +123,10 @@ def fit_faces(model, det: dict[str, np.ndarray], with_dlib: bool = False,
               use: np.ndarray | None = None) -> np.ndarray:
     """F x V x 2: every model vertex projected under each face's fit to mediapipe's points
     (and dlib's 68 with the model's ibug68 points if `with_dlib`); faces not in `use` NaN."""
-    from fitting import fit as F
+    from fitting import correspondence as FC
+    from fitting import model_arrays as FM
     from fitting import photo as FP
+    from fitting import pose as FPose
 
     out = np.full((len(det["dlib"]), model.num_vertices, 2), np.nan)
     nan68 = np.full((68, 2), np.nan)
@@ -136,10 +139,10 @@ def fit_faces(model, det: dict[str, np.ndarray], with_dlib: bool = False,
         # dlib's points: the annotation convention (the model's ibug68_annotation table, as
         # photos with dlib's points are fitted); without them, the mediapipe fit.
         alpha, states, cams, _ = FP.fit_landmarks(
-            model, [lms], [tuple(size)], convention=F.ANNOTATION if with_dlib else F.MEDIAPIPE)
+            model, [lms], [tuple(size)], convention=FC.ANNOTATION if with_dlib else FC.MEDIAPIPE)
         st = states[0]
-        verts = F.vertex_positions(model, alpha, st.expression)
-        out[i] = F.project(verts, st.rotation, st.translation, cams[0])
+        verts = FM.vertex_positions(model, alpha, st.expression)
+        out[i] = FPose.project(verts, st.rotation, st.translation, cams[0])
     return out
 
 
@@ -189,17 +192,17 @@ def best_contour_height(model, vproj: np.ndarray, target: np.ndarray, iod: np.nd
                         w: np.ndarray, start: np.ndarray, back: float
                         ) -> tuple[np.ndarray, float]:
     """The jaw-contour point: the row height whose per-face occluding-contour point (where
-    the fit's `fitting.fit.contour_candidates` row projects farthest outwards) agrees best
+    the fit's `fitting.model_arrays.contour_candidates` row projects farthest outwards) agrees best
     with dlib; returned as that row's outermost point on the mean (a frontal view's)."""
-    from fitting import fit as F
+    from fitting import model_arrays as FM
 
-    arrays = F.model_arrays(model)
-    skin = F._contour_skin(arrays, model.data.regions)
+    arrays = FM.model_arrays(model)
+    skin = FM._contour_skin(arrays, model.data.regions)
     best = (np.inf, start)
     side = np.sign(start[0])
     for y in np.arange(start[1] - 30.0, start[1] + 20.0, 1.0):
         point = np.array([start[0], y, start[2]])
-        ids, wts = F.contour_candidates(arrays, skin, point, back)
+        ids, wts = FM.contour_candidates(arrays, skin, point, back)
         if len(ids) < 3:
             continue
         p = wts[None, :, :1] * vproj[:, ids[:, 0]] + wts[None, :, 1:] * vproj[:, ids[:, 1]]
@@ -229,7 +232,7 @@ def derive(model, det: dict[str, np.ndarray], vproj: np.ndarray, start: np.ndarr
            use: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """68 x 3 mean-head points (mm) from the faces `use` (all by default), searched near
     `start` (68 x 3 mm), and per-point scores (weighted mean squared error / IOD)."""
-    from fitting.fit import CONTOUR_JAW
+    from fitting.model_arrays import CONTOUR_JAW
     from morph3d.builders.landmarks import (
         IBUG68_LOWER_INNER_LIP,
         IBUG68_UPPER_INNER_LIP,
@@ -271,20 +274,20 @@ def derive(model, det: dict[str, np.ndarray], vproj: np.ndarray, start: np.ndarr
 def projected_table(model, vproj: np.ndarray, points: np.ndarray) -> np.ndarray:
     """F x 68 x 2: a 68-point table (mm on the mean) projected under each face's fit, the
     jaw-side points at their row's occluding contour (image x outwards)."""
-    from fitting import fit as F
-    from fitting.fit import CONTOUR_JAW
+    from fitting import model_arrays as FM
+    from fitting.model_arrays import CONTOUR_JAW
     from morph3d.builders.landmarks import closest_surface_points
     from morph3d.builders.parts import vertex_parts
 
-    arrays = F.model_arrays(model)
+    arrays = FM.model_arrays(model)
     tris = model.data.triangles
     skin_tris = (vertex_parts(model.data)[tris] == 0).all(1)
     snap = closest_surface_points(points, model.data.mean, tris, skin_tris)
     corners = vproj[:, tris[snap.triangles]]  # F x 68 x 3 x 2
     out = np.einsum("lc,flcd->fld", snap.barycentrics.astype(np.float64), corners)
-    skin = F._contour_skin(arrays, model.data.regions)
+    skin = FM._contour_skin(arrays, model.data.regions)
     for k in CONTOUR_JAW:
-        ids, wts = F.contour_candidates(arrays, skin, points[k], points[0, 2] - 5.0)
+        ids, wts = FM.contour_candidates(arrays, skin, points[k], points[0, 2] - 5.0)
         p = wts[None, :, :1] * vproj[:, ids[:, 0]] + wts[None, :, 1:] * vproj[:, ids[:, 1]]
         out[:, k] = p[np.arange(len(p)), np.argmax(np.sign(points[k, 0]) * p[..., 0], axis=1)]
     return out
@@ -312,23 +315,23 @@ def two_passes(model, det: dict[str, np.ndarray], vproj_mp: np.ndarray, start: n
     """Pass 1 from the mediapipe-only fits; pass 2 from fits to dlib's 68 + mediapipe (as a
     photo is fitted) with the pass-1 points in the model, which also know the jaw line.
     Returns (pass-1 points, pass-2 points, pass-2 scores), all from the faces `use`."""
-    from fitting import fit as F
+    from fitting import model_arrays as FM
     from morph3d.builders.landmarks import pin_ibug68
     from morph3d.builders.parts import vertex_parts
 
     first, _ = derive(model, det, vproj_mp, start, use)
-    saved = model.data.landmarks.get(F.IBUG68_ANNOTATION)
-    model.data.landmarks[F.IBUG68_ANNOTATION] = pin_ibug68(model.data, first,
-                                                           vertex_parts(model.data))
-    F._ARRAYS.pop(id(model), None)
+    saved = model.data.landmarks.get(FM.IBUG68_ANNOTATION)
+    model.data.landmarks[FM.IBUG68_ANNOTATION] = pin_ibug68(model.data, first,
+                                                            vertex_parts(model.data))
+    FM._ARRAYS.pop(id(model), None)
     try:
         vproj = fit_faces(model, det, with_dlib=True, use=use)
     finally:
         if saved is None:
-            del model.data.landmarks[F.IBUG68_ANNOTATION]
+            del model.data.landmarks[FM.IBUG68_ANNOTATION]
         else:
-            model.data.landmarks[F.IBUG68_ANNOTATION] = saved
-        F._ARRAYS.pop(id(model), None)
+            model.data.landmarks[FM.IBUG68_ANNOTATION] = saved
+        FM._ARRAYS.pop(id(model), None)
     second, scores = derive(model, det, vproj, start, use)
     return first, second, scores
 

@@ -215,17 +215,17 @@ def clip_fit_texture(ctx: Context) -> tuple[Any, np.ndarray]:
     swap's opening hiding and completion (`morph3d.swap.fits.fit_source`'s steps)."""
     import torch
 
-    from fitting import fit as F
     from fitting import lighting as FL
+    from fitting import pose as FPose
     from fitting.params import FaceParams, Identity, VideoFit
     from morph3d.neural.completion import complete_texture
     from morph3d.swap.fits import hide_forehead_occluders, hide_openings
 
     c, k = ctx.clip_fit, ctx.k
     identity = np.asarray(c.identity.coefficients, np.float64)
-    state = F.FrameState(np.asarray(c.faces.rotation[k], np.float64),
-                         np.asarray(c.faces.translation[k], np.float64),
-                         np.asarray(c.faces.expression[k], np.float64))
+    state = FPose.FrameState(np.asarray(c.faces.rotation[k], np.float64),
+                             np.asarray(c.faces.translation[k], np.float64),
+                             np.asarray(c.faces.expression[k], np.float64))
     with torch.enable_grad():
         states, texture, confidence = FL.fit_lighting_and_texture(
             ctx.model, [ctx.frame], identity, [state], [c.camera])

@@ -55,17 +55,18 @@ def refine(model, image: np.ndarray, ls, identity: np.ndarray, state, camera, cu
     import torch
     from bench_fitting import SYNTHETIC_BACKGROUND
 
-    from fitting import fit as F
+    from fitting import model_arrays as FM
+    from fitting import solvers as FS
     from render.camera import Camera
     from render.helpers import render_mesh
 
-    arrays = F.model_arrays(model)
+    arrays = FM.model_arrays(model)
     triangles = torch.as_tensor(arrays.triangles)
     face = np.zeros(len(arrays.mean), np.float32)
     face[arrays.face_vertices] = 1.0
     face_colour = torch.as_tensor(face)[:, None].expand(-1, 3)
     target = torch.as_tensor(image.astype(np.float32) / 255.0)[None]
-    sigma = max(F.Priors.min_sigma_px, F.Priors.sigma_fraction * F.face_scale(ls.points))
+    sigma = max(FS.Priors.min_sigma_px, FS.Priors.sigma_fraction * FS.face_scale(ls.points))
     points = torch.tensor(ls.points)
     weights = torch.tensor(ls.weights)
     mean, id_rows, ex_rows = (torch.tensor(a) for a in (ls.mean, ls.identity, ls.expression))
@@ -89,8 +90,8 @@ def refine(model, image: np.ndarray, ls, identity: np.ndarray, state, camera, cu
         uv = torch.stack([c.fx * cam_pts[:, 0] / cam_pts[:, 2] + c.cx,
                           c.fy * cam_pts[:, 1] / cam_pts[:, 2] + c.cy], 1)
         loss = (weights * ((uv - points) ** 2).sum(1)).sum() / sigma ** 2
-        loss = loss + F.Priors.identity * (alpha ** 2).sum()
-        loss = loss + F.Priors.expression * (expression ** 2).sum()
+        loss = loss + FS.Priors.identity * (alpha ** 2).sum()
+        loss = loss + FS.Priors.expression * (expression ** 2).sum()
         verts = model.vertices(alpha[None].float(), expression[None].float())
         view = Camera(c.fx, c.fy, c.cx, c.cy, c.width, c.height, R=R.float(),
                       t=translation.float())
@@ -121,19 +122,19 @@ def main() -> None:
     import torch
     from bench_fitting import render_synthetic, rigid_error, sim_error, synthetic_case
 
-    from fitting import fit as F
+    from fitting import model_arrays as FM
     from fitting import photo as FP
     from fitting.synthetic import pose_error_deg
     from morph3d.model.registry import load_model
 
     torch.set_num_threads(1)
     model = load_model("default")
-    face = F.model_arrays(model).face_vertices
+    face = FM.model_arrays(model).face_vertices
     rng = np.random.default_rng(0)  # the same faces as bench_fitting's synthetic part
 
     def errors(identity, expression, rotation, alpha, state) -> tuple[float, float, float]:
-        fitted = F.vertex_positions(model, identity, expression)[face]
-        true = F.vertex_positions(model, alpha, state.expression)[face]
+        fitted = FM.vertex_positions(model, identity, expression)[face]
+        true = FM.vertex_positions(model, alpha, state.expression)[face]
         return (rigid_error(fitted, true), sim_error(fitted, true),
                 pose_error_deg(rotation, state.rotation))
 

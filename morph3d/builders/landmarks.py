@@ -6,9 +6,9 @@ detected pixel is mapped back to a triangle + barycentrics through the render's 
 buffer; several slightly different views are averaged in 3D and snapped back onto the
 surface, and the iBUG points are made left/right symmetric.
 
-The model carries two iBUG-68 tables (`fitting.fit.ibug68_table` says which fit uses which):
-"ibug68" from those renders, matched to the 68 points derived from mediapipe's mesh (the
-swap's default input; its compositor reads this table too), and "ibug68_annotation",
+The model carries two iBUG-68 tables (`fitting.correspondence.ibug68_table` says which fit
+uses which): "ibug68" from those renders, matched to the 68 points derived from mediapipe's
+mesh (the swap's default input; its compositor reads this table too), and "ibug68_annotation",
 `IBUG68_MEAN_MM`, derived from dlib on real faces (`tools/derive_ibug68.py`): the iBUG 300-W
 annotation convention, matched to dlib's points and used for the reported 68 points.
 """

@@ -229,7 +229,7 @@ def write_preview(path: str | os.PathLike, image: np.ndarray, fit, model, frame:
     import cv2
     import torch
 
-    from fitting.fit import vertex_positions
+    from fitting.model_arrays import vertex_positions
     from fitting.photo import projected_landmarks
     from morph3d.io.images import write_image
     from render.helpers import render_mesh

@@ -102,8 +102,8 @@ def source_albedo_factor(model, source_fit, photo: np.ndarray, max_side: int = 2
     source's whole albedo lighter or darker than the photo shows the skin."""
     import torch
 
-    from fitting.fit import FrameState
     from fitting.params import CameraParams
+    from fitting.pose import FrameState
     from fitting.video import ShSampler
     from render.ops import sh_shading
 

@@ -292,7 +292,8 @@ def hide_openings(fits: list, model, landmarks: list[dict[str, np.ndarray]],
       they took the white of the eye, which drew pale "goggle" rings around the swapped
       eyes. Eye-region triangles other than the eyeballs' inside the opening are hidden.
     The completion then fills them from the visible skin and lip."""
-    from fitting.fit import project, vertex_positions
+    from fitting.model_arrays import vertex_positions
+    from fitting.pose import project
 
     identity = fits[0].identity
     if identity.texture is None or identity.confidence is None:

@@ -101,8 +101,9 @@ def _turned_visibility(model, fit, yaw: float, pitch: float, size: int,
     centre, seen by the fit's camera (at most `max_side` px: visibility only)."""
     import torch
 
-    from fitting.fit import axis_angle, rotation_matrix, vertex_positions
+    from fitting.model_arrays import vertex_positions
     from fitting.params import CameraParams
+    from fitting.pose import axis_angle, rotation_matrix
     from render.helpers import extract_texture
 
     verts = vertex_positions(model, fit.identity.coefficients, fit.faces.expression[0])
