@@ -71,11 +71,9 @@ def test_swap_options_take_the_face_forms_each_side_allows():
 def test_a_template_holds_one_face(tmp_path: Path):
     """A clip fit (what a template stores) is one face: "all" is refused in one line."""
     from morph3d.swap.fits import fit_clip
-    from morph3d.swap.options import SwapSummary
 
     with pytest.raises(InputError, match="holds one face"):
-        fit_clip(tmp_path / "clip.mp4", None, SwapOptions(target_face="all"),
-                 SwapSummary(output=""))
+        fit_clip(tmp_path / "clip.mp4", None, SwapOptions(target_face="all"))
 
 
 # ----------------------------------------------------------------------------- photos

@@ -108,30 +108,27 @@ def test_torn_work_folder_entries_are_recomputed(media_dir: Path, cache: Path,
     # Each entry was rewritten whole where a run looks it up: the swap's own loaders hit it.
     from fitting.params import VideoFit
     from morph3d.swap.cache import _load_npz, load_cached
-    from morph3d.swap.options import SwapSummary
 
     loaders = {"landmarks": _load_npz, "clip fit": VideoFit.load, "source fit": VideoFit.load}
-    hits = SwapSummary(output="x")
     for what, path in entries.items():
-        assert load_cached(path, loaders[what], what, hits) is not None, what
-    assert hits.notes == []
+        value, note = load_cached(path, loaders[what], what)
+        assert value is not None and note is None, what
 
 
 def test_load_cached_deletes_an_unreadable_entry_and_notes_it(tmp_path: Path) -> None:
     from fitting.params import VideoFit
     from morph3d.swap.cache import _load_npz, _save_npz, load_cached
-    from morph3d.swap.options import SwapSummary
 
     path = tmp_path / "landmarks.npz"
     _save_npz(path, {"ibug68": np.zeros((3, 68, 2), np.float32)})
-    summary = SwapSummary(output="x")
-    assert set(load_cached(path, _load_npz, "landmarks", summary)) == {"ibug68"}
+    value, note = load_cached(path, _load_npz, "landmarks")
+    assert set(value) == {"ibug68"} and note is None
     _tear(path)
-    assert load_cached(path, _load_npz, "landmarks", summary) is None
-    assert not path.exists()
-    assert len(summary.notes) == 1 and "landmarks" in summary.notes[0]
-    assert load_cached(tmp_path / "missing.npz", VideoFit.load, "clip fit", summary) is None
-    assert len(summary.notes) == 1  # a plain miss is not noted
+    value, note = load_cached(path, _load_npz, "landmarks")
+    assert value is None and not path.exists()
+    assert note is not None and note.startswith("cached landmarks could not be read")
+    # a plain miss is not noted
+    assert load_cached(tmp_path / "missing.npz", VideoFit.load, "clip fit") == (None, None)
 
 
 @pytest.mark.media

@@ -315,7 +315,7 @@ def main() -> None:
 
     from morph3d.model.registry import load_model
     from morph3d.swap.fits import fit_source
-    from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.options import SwapOptions
 
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench-batch-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -335,8 +335,7 @@ def main() -> None:
             t = time.perf_counter()
             # The jobs' own options: the photo's cache key includes the texture completion.
             fit_source([MEDIA / photo], model,
-                       SwapOptions(work_dir=seed, refine="classic", quiet=True),
-                       SwapSummary(output=""))
+                       SwapOptions(work_dir=seed, refine="classic", quiet=True))
             results[f"source_fit_seconds_{photo}"] = round(time.perf_counter() - t, 2)
         print({k: v for k, v in results.items()}, flush=True)
         if args.case != "orig":

@@ -83,7 +83,7 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     from morph3d.io.images import write_image
     from morph3d.model.registry import load_model
     from morph3d.swap.fits import fit_clip, fit_source
-    from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.options import SwapOptions
     from morph3d.swap.renderer import FaceRenderer
 
     target = MEDIA / CLIPS[clip][0]
@@ -96,12 +96,12 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
         source.parent.mkdir(parents=True, exist_ok=True)
         write_image(source, frame)
     options = SwapOptions(max_frames=max_frames, work_dir=work_dir, quiet=True)
-    summary = SwapSummary(output=str(out_dir / "probe.mp4"))
     model = load_model("default")
     with torch.enable_grad():
-        source_fit = fit_source([source], model, options, summary)
-        clip_fit = fit_clip(target, model, options, summary)
-    print(f"[probe] fits: cached {summary.cached}", flush=True)
+        source_fit, source_run = fit_source([source], model, options)
+        clip_fit, clip_runs = fit_clip(target, model, options)
+    cached = [run.name for run in (source_run, *clip_runs) if run.cached]
+    print(f"[probe] fits: cached {cached}", flush=True)
     faces = detect_faces(frame, "mediapipe")
     best = int(np.argmax(faces.areas()))
     detected = {s: np.asarray(v[best], np.float64) for s, v in faces.landmarks.items()}

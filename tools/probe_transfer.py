@@ -179,13 +179,12 @@ def main() -> None:
     from morph3d.model.registry import load_model
     from morph3d.swap.albedo import prepare_transfer
     from morph3d.swap.fits import fit_clip, fit_source
-    from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.options import SwapOptions
 
     torch.set_grad_enabled(False)
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
     model = load_model("default")
-    summary = SwapSummary(output="probe")
     k = 150
     ng = MEDIA / "nggyup.mp4"
     orig = MEDIA / "orig.webm"
@@ -215,10 +214,10 @@ def main() -> None:
         path, opts = clips[clip]
         if clip not in fits:
             with torch.enable_grad():
-                fits[clip] = fit_clip(path, model, opts, summary)
+                fits[clip], _ = fit_clip(path, model, opts)
         clip_fit = fits[clip]
         with torch.enable_grad():  # a photo not fitted yet is fitted by gradient descent
-            source_fit = fit_source([source], model, SwapOptions(), summary)
+            source_fit, _ = fit_source([source], model, SwapOptions())
         src_rgb = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB)
         src_pts = dlib_face(src_rgb)
         src_emb = face_embedding(src_rgb, src_pts)

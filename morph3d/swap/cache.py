@@ -7,14 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from morph3d.errors import InputError, Morph3dError
 from morph3d.io.paths import cache_dir
-from morph3d.swap.options import WORK_FORMAT, SwapOptions, SwapSummary, file_digest
+from morph3d.swap.options import WORK_FORMAT, SwapOptions, file_digest
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
 # Stages 2-4: cached fits
@@ -56,22 +59,22 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"{path} is corrupt ({exc})") from None
 
 
-def load_cached(path: Path, load, what: str, summary: SwapSummary):
-    """`load(path)` for a work-folder cache entry, or None when there is none.
+def load_cached(path: Path, load: Callable[[Path], T], what: str) -> tuple[T | None, str | None]:
+    """`load(path)` for a work-folder cache entry, or None when there is none; and the note
+    for the user when the entry was there but unusable (else None).
 
     The entries are morph3d's own (written atomically, so normally whole); one that cannot
-    be read (torn by a full disk or a copy, damaged on disk) is a cache miss: noted in the
-    summary, deleted, and computed again, instead of failing every later run."""
+    be read (torn by a full disk or a copy, damaged on disk) is a cache miss: noted,
+    deleted, and computed again, instead of failing every later run."""
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return load(path)
+        return load(path), None
     except (Morph3dError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        summary.notes.append(f"cached {what} could not be read ({reason}): deleted it and "
-                             "computed it again")
         path.unlink(missing_ok=True)
-        return None
+        return None, (f"cached {what} could not be read ({reason}): deleted it and computed "
+                      "it again")
 
 
 def model_signature(model) -> dict[str, Any]:

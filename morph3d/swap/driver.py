@@ -12,9 +12,9 @@ directory keyed by the inputs' content hashes, so a re-run or `--resume` skips t
               albedo ratio (morph3d.swap.transfer), composited (morph3d.composite), encoded with
               the audio copied.
 
-The render pass (`render_clip`) returns what it did (`FrameTally`) and the summary is built
-from it; the fits (`morph3d.swap.fits`) record their times, cache hits and notes in the
-summary they are given. A tool that measures the stages passes a
+Every stage returns what it did and the summary is built here from that: the fits
+(`morph3d.swap.fits`) return a `StageRun` each (seconds, cache hit, notes), the render pass
+(`render_clip`) a `FrameTally`. A tool that measures the stages passes a
 `morph3d.swap.stages.StageHook` to `swap`.
 """
 
@@ -33,7 +33,7 @@ import numpy as np
 from morph3d.errors import InputError, Morph3dError
 from morph3d.io.paths import cache_dir
 from morph3d.swap.cache import work_directory
-from morph3d.swap.fits import face_selection, fit_clips, fit_source
+from morph3d.swap.fits import StageRun, face_selection, fit_clips, fit_source
 from morph3d.swap.options import SwapOptions, SwapSummary, check_paths, file_digest, output_kind
 from morph3d.swap.renderer import FaceRenderer
 from morph3d.swap.stages import StageHook, each, stage
@@ -229,9 +229,10 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
     photo = read_image(sources[0])
     with torch.enable_grad():
         with stage(hook, "fit source"):
-            source_fit = fit_source(sources, model, options, summary, first_photo=photo)
-        clip_fits = ([template.fit] if template
-                     else fit_clips(target, model, options, summary, hook=hook))
+            source_fit, source_run = fit_source(sources, model, options, first_photo=photo)
+        clip_fits, clip_runs = (([template.fit], ()) if template
+                                else fit_clips(target, model, options, hook=hook))
+    record_runs(summary, (source_run, *clip_runs))
 
     summary.refine = completion_used(options)
     t = time.perf_counter()
@@ -254,6 +255,16 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         if summary.seconds.get(name) and name not in summary.cached:
             summary.fps[name] = round(summary.frames / summary.seconds[name], 2)
     return summary
+
+
+def record_runs(summary: SwapSummary, runs: tuple[StageRun, ...]) -> None:
+    """The fitting stages' runs, in the order they ran, into the summary: their notes,
+    seconds and cache hits."""
+    for run in runs:
+        summary.notes.extend(run.notes)
+        summary.seconds[run.name] = run.seconds
+        if run.cached:
+            summary.cached.append(run.name)
 
 
 def prepare_people(model, source_fit, clip_fits, photo, options, target) -> list[Person]:

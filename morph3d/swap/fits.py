@@ -1,11 +1,15 @@
 """Stages 2-4 of the swap: the clip's fit (landmarks, identity, per-frame parameters) and the
 source's fit (identity and UV albedo from the photo(s), openings and occluders hidden).
+
+Each stage returns its result with a `StageRun` (its seconds, whether the work folder had
+it, its notes); the driver puts those into the swap's summary.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -20,8 +24,20 @@ from morph3d.swap.cache import (
     model_key,
     work_directory,
 )
-from morph3d.swap.options import SOURCE_FORMAT, WORK_FORMAT, SwapOptions, SwapSummary, file_digest
+from morph3d.swap.options import SOURCE_FORMAT, WORK_FORMAT, SwapOptions, file_digest
 from morph3d.swap.stages import StageHook, stage
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """What one fitting stage did, for the swap's summary: its name (the summary's key),
+    wall time in seconds, whether its result was read from the work folder, and its notes
+    for the user, in the order they arose."""
+
+    name: str
+    seconds: float
+    cached: bool
+    notes: tuple[str, ...] = ()
 
 
 def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
@@ -34,34 +50,39 @@ def face_selection(options: SwapOptions) -> tuple[str | np.ndarray, str | None]:
     return reference_embedding(options.target_face_ref), file_digest(options.target_face_ref)
 
 
-def fit_clips(target: Path, model, options: SwapOptions, summary: SwapSummary,
-              hook: StageHook | None = None) -> list:
+def fit_clips(target: Path, model, options: SwapOptions, hook: StageHook | None = None
+              ) -> tuple[list, tuple[StageRun, StageRun]]:
     """Stages 2-3 (cached): one VideoFit per face the swap replaces: the chosen face's, or
-    with target face "all" every person's (`fit_people`). `hook` sees the stages
-    "landmarks" and "fit clip" (`morph3d.swap.stages`)."""
+    with target face "all" every person's (`fit_people`), and the two stages' runs
+    ("landmarks", "fit clip"). `hook` sees those stages (`morph3d.swap.stages`)."""
     if options.target_face.rule == "all":
-        return fit_people(target, model, options, summary, hook)
-    return [fit_clip(target, model, options, summary, hook)]
+        return fit_people(target, model, options, hook)
+    fit, runs = fit_clip(target, model, options, hook)
+    return [fit], runs
 
 
-def landmarks_stage(path: Path, compute, summary: SwapSummary, hook) -> dict[str, np.ndarray]:
+def landmarks_stage(path: Path, compute, hook: StageHook | None
+                    ) -> tuple[dict[str, np.ndarray], StageRun]:
     """The landmarks stage: the clip's landmarks read from `path` in the work folder, or
-    `compute()`d and saved there; its seconds and cache hit go into the summary."""
+    `compute()`d and saved there, and the stage's run."""
     t = time.perf_counter()
     with stage(hook, "landmarks"):
-        landmarks = load_cached(path, _load_npz, "landmarks", summary)
-        if landmarks is not None:
-            summary.cached.append("landmarks")
-        else:
+        landmarks, note = load_cached(path, _load_npz, "landmarks")
+        cached = landmarks is not None
+        if not cached:
             landmarks = compute()
             _save_npz(path, landmarks)
-    summary.seconds["landmarks"] = time.perf_counter() - t
-    return landmarks
+    return landmarks, StageRun("landmarks", time.perf_counter() - t, cached, _notes(note))
 
 
-def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary,
-             hook: StageHook | None = None):
-    """Stages 2-3 (cached): the actor's landmarks and VideoFit."""
+def _notes(*notes: str | None) -> tuple[str, ...]:
+    return tuple(n for n in notes if n is not None)
+
+
+def fit_clip(target: Path, model, options: SwapOptions, hook: StageHook | None = None
+             ) -> tuple[object, tuple[StageRun, StageRun]]:
+    """Stages 2-3 (cached): the actor's VideoFit (from its landmarks), and the runs of the
+    stages "landmarks" and "fit clip"."""
     from fitting.params import VideoFit
     from fitting.video import fit_video, video_landmarks
 
@@ -81,21 +102,20 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary,
         return on_source_timeline(target, {**found.points, "scene_cut": found.scene_cut},
                                   options.max_frames)
 
-    landmarks = landmarks_stage(landmarks_path, track, summary, hook)
+    landmarks, landmarks_run = landmarks_stage(landmarks_path, track, hook)
     scene_cut = landmarks.pop("scene_cut", None)
 
     t = time.perf_counter()
     with stage(hook, "fit clip"):
-        fit = load_cached(fit_path, VideoFit.load, "clip fit", summary)
-        if fit is not None:
-            summary.cached.append("fit clip")
-        else:
+        fit, note = load_cached(fit_path, VideoFit.load, "clip fit")
+        cached = fit is not None
+        if not cached:
             fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
                             max_frames=options.max_frames, progress=not options.quiet,
                             scene_cut=scene_cut)
             fit.save(fit_path)
-    summary.seconds["fit clip"] = time.perf_counter() - t
-    return fit
+    return fit, (landmarks_run,
+                 StageRun("fit clip", time.perf_counter() - t, cached, _notes(note)))
 
 
 # A person seen in fewer frames than this (or than the clip has) is left alone by target face
@@ -104,11 +124,12 @@ def fit_clip(target: Path, model, options: SwapOptions, summary: SwapSummary,
 MIN_PERSON_FRAMES = 3
 
 
-def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary,
-               hook: StageHook | None = None) -> list:
+def fit_people(target: Path, model, options: SwapOptions, hook: StageHook | None = None
+               ) -> tuple[list, tuple[StageRun, StageRun]]:
     """Stages 2-3 (cached) for target face "all": every person of the clip (face tracks
     joined where the tracker split one person, `fitting.track.people`), largest
-    first, each fitted as its own clip fit."""
+    first, each fitted as its own clip fit; and the two stages' runs ("fit clip" is cached
+    when every person's fit was)."""
     from fitting.params import VideoFit
     from fitting.video import fit_video
 
@@ -117,17 +138,18 @@ def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary,
     folder.mkdir(parents=True, exist_ok=True)
     landmarks_path = folder / "people.npz"
 
-    found = landmarks_stage(landmarks_path, lambda: on_source_timeline(
-        target, people_landmarks(target, options), options.max_frames), summary, hook)
+    found, landmarks_run = landmarks_stage(landmarks_path, lambda: on_source_timeline(
+        target, people_landmarks(target, options), options.max_frames), hook)
     scene_cut = found.pop("scene_cut", None)
     people = sorted({int(k.split("/", 1)[0]) for k in found})
 
     t = time.perf_counter()
-    fits, cached = [], True
+    fits, cached, notes = [], True, []
     with stage(hook, "fit clip"):
         for person in people:
             path = folder / f"fit-{model_key(model)}-{person}.npz"
-            fit = load_cached(path, VideoFit.load, "clip fit", summary)
+            fit, note = load_cached(path, VideoFit.load, "clip fit")
+            notes.extend(_notes(note))
             if fit is None:
                 cached = False
                 landmarks = {k.split("/", 1)[1]: v for k, v in found.items()
@@ -137,10 +159,8 @@ def fit_people(target: Path, model, options: SwapOptions, summary: SwapSummary,
                                 scene_cut=scene_cut)
                 fit.save(path)
             fits.append(fit)
-    if cached:
-        summary.cached.append("fit clip")
-    summary.seconds["fit clip"] = time.perf_counter() - t
-    return fits
+    return fits, (landmarks_run,
+                  StageRun("fit clip", time.perf_counter() - t, cached, tuple(notes)))
 
 
 def people_landmarks(target: Path, options: SwapOptions) -> dict[str, np.ndarray]:
@@ -208,9 +228,10 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
     return placed
 
 
-def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSummary,
-               first_photo: np.ndarray | None = None):
-    """Stage 4 (cached): the user's identity and completed UV albedo.
+def fit_source(sources: list[Path], model, options: SwapOptions,
+               first_photo: np.ndarray | None = None) -> tuple[object, StageRun]:
+    """Stage 4 (cached): the user's identity and completed UV albedo, and the stage's run
+    ("fit source").
 
     The unseen texels are filled by the learned net (`morph3d.neural.completion`) when refine
     is "neural" and its weights load (the net is closer on hidden texels than the classical
@@ -224,6 +245,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
     from morph3d.neural.completion import INFERENCE_VERSION, complete_texture, load_completion_net
 
     t = time.perf_counter()
+    notes: list[str] = []
     completion = "classic"
     if options.refine == "neural":
         net = load_completion_net()  # warns and returns None when the weights are missing
@@ -231,8 +253,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
             completion = (f"neural-{net.manifest.get('sha256', 'user')[:12]}"
                           f"-v{INFERENCE_VERSION}")
         else:
-            summary.notes.append("texture-completion weights missing: used the classical "
-                                 "completion")
+            notes.append("texture-completion weights missing: used the classical "
+                         "completion")
     choice = options.source_face
     face = (f"face={choice}" if choice.reference is None
             else f"face-ref={file_digest(Path(choice.reference))}")
@@ -241,10 +263,10 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
                                    completion, face]
                                   ).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
-    fit = load_cached(path, VideoFit.load, "source fit", summary)
-    if fit is not None:
-        summary.cached.append("fit source")
-    else:
+    fit, note = load_cached(path, VideoFit.load, "source fit")
+    notes.extend(_notes(note))
+    cached = fit is not None
+    if not cached:
         # `first_photo`: sources[0] already decoded by the caller (a large photo's decoding
         # costs several times its pixels: once per job).
         images = [first_photo if k == 0 and first_photo is not None else read_image(s)
@@ -255,8 +277,8 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
             # cost for any size).
             chosen = choose_photo_face(img, options.backend, choice, f"source photo {src}")
             if chosen.faces_found > 1:
-                summary.notes.append(f"{src.name}: {chosen.faces_found} faces found, using "
-                                     f"{chosen.describe()}")
+                notes.append(f"{src.name}: {chosen.faces_found} faces found, using "
+                             f"{chosen.describe()}")
             landmarks.append(chosen.landmarks)
         # No corrective deformation (`Identity.offset`): the swap carries the identity over
         # by its coefficients, so the texture must come from that same shape.
@@ -270,8 +292,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions, summary: SwapSu
                                        "neural" if completion != "classic" else "classic")
             fit.identity.texture = done.texture.astype(np.float32)
         fit.save(path)
-    summary.seconds["fit source"] = time.perf_counter() - t
-    return fit
+    return fit, StageRun("fit source", time.perf_counter() - t, cached, tuple(notes))
 
 
 def hide_openings(fits: list, model, landmarks: list[dict[str, np.ndarray]],

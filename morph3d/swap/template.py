@@ -102,7 +102,7 @@ def build_template(clip: str | os.PathLike, output: str | os.PathLike, options=N
     from morph3d.io.media import probe_video
     from morph3d.model.registry import load_model
     from morph3d.swap.fits import fit_clip
-    from morph3d.swap.options import SwapOptions, SwapSummary
+    from morph3d.swap.options import SwapOptions
 
     options = options or SwapOptions()
     clip, output = Path(clip), Path(output)
@@ -118,8 +118,7 @@ def build_template(clip: str | os.PathLike, output: str | os.PathLike, options=N
         raise InputError(f"output path {output} is the clip itself")
     info = probe_video(clip)
     model = load_model(options.model)
-    summary = SwapSummary(output=str(output))
-    fit = fit_clip(clip, model, options, summary)
+    fit, runs = fit_clip(clip, model, options)
     frames = fit.num_frames
 
     fit_bytes = io.BytesIO()
@@ -139,7 +138,7 @@ def build_template(clip: str | os.PathLike, output: str | os.PathLike, options=N
         "model": model_signature(model),
         "fit": {"member": FIT_MEMBER, "frames": frames, "backend": options.backend,
                 "target_face": str(options.target_face), "target_face_ref_sha256": ref_sha,
-                "max_frames": options.max_frames, "seconds": summary.seconds},
+                "max_frames": options.max_frames, "seconds": {r.name: r.seconds for r in runs}},
         "video": video,
         "clip": {"name": clip.name, "size": clip.stat().st_size, "sha256": clip_sha,
                  "embedded": embed_clip, "member": clip_member if embed_clip else None,
