@@ -57,8 +57,9 @@ def video_landmarks(path, backend: str = "mediapipe", select: str | np.ndarray =
     is a one-line InputError."""
     from tqdm import tqdm
 
+    from fitting.people import choose_person, joined_trajectory
     from fitting.smooth import smooth_tracks
-    from fitting.track import choose_person, joined_trajectory, track_clip
+    from fitting.track import track_clip
     from morph3d.io.media import iter_frames, probe_video
 
     info = probe_video(path)

@@ -12,15 +12,14 @@ import pytest
 from fitting.choice import FaceChoice, choose_box, parse_face_choice, reference_embedding
 from fitting.embedding import SAME_PERSON_THRESHOLD
 from fitting.faces import IBUG68, MEDIAPIPE478
-from fitting.track import (
-    Tracks,
+from fitting.people import (
     reference_distances,
     select_by_reference,
     select_index,
     select_largest,
     select_track,
-    track_faces,
 )
+from fitting.track import Tracks, track_faces
 from morph3d.errors import InputError, Morph3dError
 
 

@@ -159,7 +159,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
             select = reference_embedding(choice.reference or "")
         # The face is chosen among one detector's tracks, whatever the backend; a reference
-        # photo of someone not in the clip fails here (`fitting.track.select_track`).
+        # photo of someone not in the clip fails here (`fitting.people.select_track`).
         found = video_landmarks(source, args.backend, select, args.max_frames,
                                 progress=not args.quiet)
         fit = fit_video(source, model, landmarks=found.points, backend=args.backend,
@@ -203,7 +203,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def video_face(fit, choice: str, faces_found: int) -> dict:
     """Which face a video fit followed: the box (x, y top-left pixel, w, h pixels) of the
     landmarks it fitted in its first frame with a face. A clip's face is a track, chosen
-    among the chooser's tracks (`fitting.track.choose_person`), not among one frame's boxes;
+    among the chooser's tracks (`fitting.people.choose_person`), not among one frame's boxes;
     `faces_found` counts the clip's people (tracks of one person joined)."""
     from fitting.choice import CHOOSER_BACKEND
     from fitting.faces import IBUG68

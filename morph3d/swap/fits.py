@@ -127,7 +127,7 @@ MIN_PERSON_FRAMES = 3
 def fit_people(target: Path, model, options: SwapOptions, hook: StageHook | None = None
                ) -> tuple[list, tuple[StageRun, StageRun]]:
     """Stages 2-3 (cached) for target face "all": every person of the clip (face tracks
-    joined where the tracker split one person, `fitting.track.people`), largest
+    joined where the tracker split one person, `fitting.people.people`), largest
     first, each fitted as its own clip fit; and the two stages' runs ("fit clip" is cached
     when every person's fit was)."""
     from fitting.params import VideoFit
@@ -169,8 +169,9 @@ def people_landmarks(target: Path, options: SwapOptions) -> dict[str, np.ndarray
     largest), and "scene_cut". Morph3dError when the clip has no face."""
     from tqdm import tqdm
 
+    from fitting.people import joined_trajectory, people
     from fitting.smooth import smooth_tracks
-    from fitting.track import joined_trajectory, people, track_faces
+    from fitting.track import track_faces
     from morph3d.io.media import iter_frames, probe_video
 
     info = probe_video(target)
