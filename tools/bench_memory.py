@@ -237,17 +237,31 @@ STAGE_PEAKS = ("imports", "fit source", "landmarks", "fit clip", "prepare", "ren
                "swap")
 
 
+def render_tail_change(run: dict[str, Any]) -> float | None:
+    """RSS change (MiB) over the second half of the render stage, by the RSS samples taken
+    in it (about the second half of the frames): what a frame loop that keeps something
+    per frame would show, whatever the content; None for a render too short to sample."""
+    rss = [kb for _, kb, stage in run["rss_samples"] if stage == "render"]
+    if len(rss) < 10:
+        return None
+    tail = rss[len(rss) // 2:]
+    return (tail[-1] - tail[0]) / 1024
+
+
 def stage_peak_table(runs: dict[int, dict], size: tuple[int, int]) -> str:
     """Each stage's own peak RSS and, after "+", its rise above the RSS it started from
-    (MiB), against clip length, one row per length."""
+    (MiB), and the RSS change over the render's second half, against clip length, one row
+    per length."""
     lines = [f"| frames ({size[0]}x{size[1]}) | " + " | ".join(STAGE_PEAKS)
-             + " | process peak | wall s | CPU s |",
-             "| --- " * (len(STAGE_PEAKS) + 4) + "|"]
+             + " | process peak | render's 2nd half | wall s | CPU s |",
+             "| --- " * (len(STAGE_PEAKS) + 5) + "|"]
     for frames, run in sorted(runs.items()):
         own, rise = run["stage_peaks_mib"], run["stage_rises_mib"]
+        change = render_tail_change(run)
+        tail = "n/a" if change is None else f"{change:+.0f}"
         lines.append(f"| {frames} | " + " | ".join(f"{own[k]:.0f} +{rise[k]:.0f}" if k in own
                                                     else "n/a" for k in STAGE_PEAKS)
-                     + f" | {run['peak_rss_mib']:.0f} | {run['process_wall_s']:.0f} | "
+                     + f" | {run['peak_rss_mib']:.0f} | {tail} | {run['process_wall_s']:.0f} | "
                      f"{run['costs']['process']['cpu_s']:.0f} |")
     return "\n".join(lines)
 
@@ -340,6 +354,7 @@ def main() -> int:
         run = run_swap(MEDIA / "mark.jpg", clip, args.clips_dir / f"swapped_{frames}.mp4",
                        work, None, stage_peaks=True)
         run["arrays"] = per_frame_bytes(work, frames)
+        run["render_second_half_change_mib"] = render_tail_change(run)
         runs[frames] = run
         results["runs"][frames] = {k: v for k, v in run.items() if k != "rss_samples"}
 
