@@ -69,6 +69,10 @@ def test_flow_fill_keeps_the_surface_and_fills_the_rest_without_steps() -> None:
 
 
 def test_tone_ratio_of_equal_albedos_is_one_and_of_a_scaled_one_is_the_scale() -> None:
+    """A copy at half the light is half as light and, being the darker skin, a step
+    redder along the skin locus (`skin_lights`)."""
+    from morph3d.swap.transfer import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
+
     rng = np.random.default_rng(2)
     actor = np.clip(0.4 + 0.1 * rng.standard_normal((48, 48, 3)), 0.05, 0.95).astype(np.float32)
     weight = disk((48, 48), (24, 24), 18).astype(np.float32)
@@ -78,8 +82,11 @@ def test_tone_ratio_of_equal_albedos_is_one_and_of_a_scaled_one_is_the_scale() -
     from morph3d.composite.colour import linear_to_srgb
 
     half = linear_to_srgb(0.5 * srgb_to_linear(darker))
-    ratio = tone_ratio(half, actor, weight, sigma=2.0)
-    assert np.allclose(ratio[weight > 0], 0.5, atol=0.02)
+    ratio = tone_ratio(half, actor, weight, sigma=2.0)[weight > 0]
+    assert np.allclose(ratio @ np.float32([0.2126, 0.7152, 0.0722]), 0.5, atol=0.02)
+    shift = np.log(2.0) / _LOCUS_LIGHTNESS * (_LOCUS_DARK - _LOCUS_LIGHT)
+    chroma = np.log(np.stack([ratio[:, 0] / ratio[:, 1], ratio[:, 2] / ratio[:, 1]], 1))
+    assert np.allclose(chroma, shift, atol=0.01), (np.median(chroma, 0), shift)
 
 
 def test_ratio_of_one_or_strength_zero_leaves_the_pixels() -> None:
@@ -375,3 +382,35 @@ def test_reduced_low_pass_stays_within_a_hundredth_of_the_full_size_one(shape) -
         assert np.abs(low_den - full_den).max() < 0.02, sigma
         two_d, _ = normalized_blur(values[..., 0], weight, sigma, reduce=True)
         assert two_d.shape == (h, w) and np.allclose(two_d, low[..., 0], atol=1e-5)
+
+
+def test_a_darker_source_is_never_bluer_than_the_actor_whose_skin_lies_past_the_locus() -> None:
+    """An actor's graded skin beyond the locus' dark end and a darker source measured near
+    its light end: placed independently, the source's place on the locus would make the
+    output bluer than both pictures. The lightness order holds it at least as far along
+    the locus as the actor (redder, no bluer), and by about as much as it is darker."""
+    from morph3d.composite.colour import linear_to_srgb
+    from morph3d.swap.transfer import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
+
+    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
+    actor = skin_patch(1.0, 0.2) * np.float32([1.6, 1.0, 1.25])  # past the dark end
+    source = skin_patch(0.1, 0.07, seed=5)  # darker, but measured near the light end
+    ratio = tone_ratio(linear_to_srgb(source), linear_to_srgb(actor), weight, sigma=2.0)
+    r = np.median(ratio[weight > 0], 0)
+    chroma = np.log([r[0] / r[1], r[2] / r[1]])
+    assert chroma[1] <= 0.0 and chroma[0] >= 0.0, chroma  # no bluer, no less red
+    span = _LOCUS_DARK - _LOCUS_LIGHT
+    darker = np.log(0.2 / 0.07) / _LOCUS_LIGHTNESS  # locus steps its lightness says
+    assert np.allclose(chroma, darker * span, atol=0.02), (chroma, darker * span)
+
+
+def test_a_lighter_source_is_never_redder_than_the_actor() -> None:
+    from morph3d.composite.colour import linear_to_srgb
+
+    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
+    actor = skin_patch(0.0, 0.1) * np.float32([0.8, 1.0, 1.3])  # past the light end
+    source = skin_patch(0.9, 0.3, seed=5)  # lighter, but measured near the dark end
+    ratio = tone_ratio(linear_to_srgb(source), linear_to_srgb(actor), weight, sigma=2.0)
+    r = np.median(ratio[weight > 0], 0)
+    chroma = np.log([r[0] / r[1], r[2] / r[1]])
+    assert chroma[1] >= 0.0 and chroma[0] <= 0.0, chroma

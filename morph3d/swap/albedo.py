@@ -190,6 +190,74 @@ def mirror_seen_side(model, texture: np.ndarray, confidence: np.ndarray, factor:
     return mixed.astype(np.float32), out_conf, factor
 
 
+def uv_vertex_mask(model, vertices: np.ndarray, size: int) -> np.ndarray:
+    """T x T bool (T = `size`, the renderer's UV convention: row 0 is v = 1): the texels of
+    the model triangles whose vertices are all in `vertices` (V bool)."""
+    triangles = np.asarray(model.data.triangles)
+    uv_triangles = np.asarray(model.data.uv_triangles)
+    uv = np.asarray(model.data.uv_coords)
+    canvas = np.zeros((size, size), np.uint8)
+    for t in np.flatnonzero(np.asarray(vertices, bool)[triangles].all(1)):
+        corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
+        cv2.fillConvexPoly(canvas, np.round(corners * 16).astype(np.int32), 1,
+                           lineType=cv2.LINE_8, shift=4)
+    return canvas.astype(bool)
+
+
+def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
+                     sigmas: float = 6.0, light_sigmas: float = 3.0, brow_mm: float = 9.0
+                     ) -> np.ndarray:
+    """T x T weight in [0, 1]: how far each texel of the photo's albedo may vote as skin.
+
+    What the photo shows on the face that is not its skin (a specular highlight the
+    diffuse shading did not divide out, hair, a dark frame or strap) would be carried onto
+    the actor as streaks and rings; those texels do not vote, and the ratio there comes
+    from the skin around them, as on the photo's unseen side. The skin's colour is modelled
+    on the cheek texels the photo saw (`composite.skin_model_from_samples`); a texel is not
+    skin when its colour is more than `sigmas` off it (`non_skin_score`: chroma, and dark
+    things), or when it is lighter than the cheeks by more than `light_sigmas` of their
+    luma spread: the albedo has the photo's shading divided out, so its skin is nowhere
+    much lighter than the cheeks but where a highlight was left in it. The brows (within
+    `brow_mm` of their line on the mean face) and the lips are features, not occluders,
+    and always vote. Each test fades in from half its threshold."""
+    from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
+
+    size = texture.shape[0]
+    conf = np.clip(np.asarray(confidence, np.float32).reshape(size, size, -1)[..., 0], 0, 1)
+    data = model.data
+    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
+    ibug = data.landmarks["ibug68"].positions(mean, triangles)
+    lips = model.region("lips")
+    skin = model.region("face_skin") & ~lips
+    eyes_low = float(ibug[[40, 41, 46, 47], 1].min())
+    nose_half = 0.5 * float(abs(ibug[35, 0] - ibug[31, 0]))
+    outer = 0.5 * float(abs(ibug[45, 0] - ibug[36, 0]))
+    cheeks = (skin & ~model.region("eyes") & (mean[:, 1] < eyes_low - 4.0)
+              & (mean[:, 1] > ibug[33, 1]) & (np.abs(mean[:, 0]) > nose_half + 4.0)
+              & (np.abs(mean[:, 0]) < outer))
+    tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
+    ycc = _ycrcb(tex)
+    seen = conf >= 0.5
+    skin_model = skin_model_from_samples(ycc[uv_vertex_mask(model, cheeks, size) & seen])
+    if skin_model is None:
+        return np.ones((size, size), np.float32)
+    # features: the brows' band (distance of each vertex to the brow polylines) and lips
+    brows = np.zeros(len(mean), bool)
+    for line in (ibug[17:22], ibug[22:27]):
+        for a, b in zip(line[:-1], line[1:], strict=True):
+            ab = b - a
+            t = np.clip(((mean - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+            brows |= np.linalg.norm(mean - (a + t[:, None] * ab), axis=1) < brow_mm
+    features = uv_vertex_mask(model, lips | brows, size)
+    score = non_skin_score(tex, skin_model, dark_sigmas=2.5, ycc=ycc)
+    light = (ycc[..., 0] - skin_model.mean[0]) / max(skin_model.std_y, 1e-6)
+    off = np.maximum(np.clip((score - sigmas / 2) / (sigmas / 2), 0.0, 1.0),
+                     np.clip((light - light_sigmas / 2) / (light_sigmas / 2), 0.0, 1.0))
+    vote = 1.0 - off
+    vote[features] = 1.0
+    return vote.astype(np.float32)
+
+
 def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
     """Per-channel mean (torch, 3) of per-vertex `shading` over the face-skin vertices
     (`skin`, V bool) that face the camera (lighting-frame normal z >= `min_facing`).
@@ -377,7 +445,8 @@ class TransferSetup:
 
 def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
                      region_channels, albedo_frames: int = 12, quiet: bool = True,
-                     backend: str | None = None, mirror_share: float = 0.5) -> TransferSetup:
+                     backend: str | None = None, mirror_share: float = 0.5,
+                     source_skin: bool = True) -> TransferSetup:
     """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
     RGB, the one `source_fit`'s first frame was fitted to; `target` the clip `clip_fit`
     was fitted to (`albedo_frames` of its frames give the actor's albedo, `actor_albedo`;
@@ -403,6 +472,8 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         actor = cv2.resize(actor, texture.shape[1::-1], interpolation=cv2.INTER_LINEAR)
         actor_confidence = cv2.resize(actor_confidence, texture.shape[1::-1],
                                       interpolation=cv2.INTER_LINEAR)
+    if source_skin:
+        confidence = confidence * source_skin_vote(model, texture, confidence)[..., None]
     seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.05
     factor = source_albedo_factor(model, source_fit, photo, seen=seen)
     if mirror_share > 0:

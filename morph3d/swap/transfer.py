@@ -24,7 +24,7 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    What either side does not show as skin does not vote (the photo's unseen side, the
    actor's fringe or microphone, highlights), and the actor's forehead above the brows
    fades back to itself (fringes, hats). Each picture's light colour is estimated from its
-   skin's offset from a skin locus and divided out of its side (`skin_illuminant`), so the
+   skin's offset from a skin locus and divided out of its side (`skin_lights`), so the
    source's skin appears under the clip's light, not the photo's.
 3. Surround: the face's overall tone also goes onto the actor's skin around the face (ears,
    neck, forehead between strands of hair), fading with distance (`surround_strength`), so a
@@ -149,23 +149,71 @@ def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
 _LOCUS_LIGHT = np.float32([0.5703, -0.3121])
 _LOCUS_DARK = np.float32([0.7090, -0.3782])
 _LUMA = np.float32([0.2126, 0.7152, 0.0722])
+# log of the linear luma ratio of the locus' two patches (0.349 / 0.101): how much darker
+# the dark-skin end is than the light-skin end
+_LOCUS_LIGHTNESS = 1.24
+
+
+def skin_chroma(linear: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """A picture's skin colour: ((log R/G, log B/G) of its median linear RGB, its linear
+    luma) over where `weight` (H x W) is over half its maximum; None when that is fewer
+    than 20 pixels."""
+    weight = np.asarray(weight, np.float32)
+    keep = weight > 0.5 * float(weight.max(initial=0.0))
+    if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
+        return None
+    rgb = np.maximum(np.median(linear[keep], 0), 1e-4)
+    return np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]])), float(rgb @ _LUMA)
+
+
+def locus_position(chroma: np.ndarray) -> float:
+    """Where a skin chromaticity lies along the skin locus: 0 at the light-skin end, 1 at
+    the dark-skin end (the nearest point, clamped to the segment)."""
+    span = _LOCUS_DARK - _LOCUS_LIGHT
+    return min(max(float((chroma - _LOCUS_LIGHT) @ span / (span @ span)), 0.0), 1.0)
+
+
+def light_gains(chroma: np.ndarray, t: float) -> np.ndarray:
+    """(3,) linear-RGB gains of unit luminance that move the locus point at `t` to
+    `chroma`: the light a skin at `t` appears under."""
+    off = chroma - (_LOCUS_LIGHT + t * (_LOCUS_DARK - _LOCUS_LIGHT))
+    gains = np.exp(np.float32([off[0], 0.0, off[1]]))
+    return (gains / float(gains @ _LUMA)).astype(np.float32)
 
 
 def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """(3,) the colour of the light on a picture's skin, as linear-RGB gains of unit luminance:
     the offset of the skin's median chromaticity (linear H x W x 3, weight H x W: where it is
     skin) from the nearest point of the skin locus. Ones when fewer than 20 skin pixels."""
-    weight = np.asarray(weight, np.float32)
-    keep = weight > 0.5 * float(weight.max(initial=0.0))
-    if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
+    measured = skin_chroma(linear, weight)
+    if measured is None:
         return np.ones(3, np.float32)
-    rgb = np.maximum(np.median(linear[keep], 0), 1e-4)
-    chroma = np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]]))
-    span = _LOCUS_DARK - _LOCUS_LIGHT
-    t = min(max(float((chroma - _LOCUS_LIGHT) @ span / (span @ span)), 0.0), 1.0)
-    off = chroma - (_LOCUS_LIGHT + t * span)
-    gains = np.exp(np.float32([off[0], 0.0, off[1]]))
-    return (gains / float(gains @ _LUMA)).astype(np.float32)
+    return light_gains(measured[0], locus_position(measured[0]))
+
+
+def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The light on each side's skin ((3,) gains each, as `skin_illuminant`), the source's
+    place on the skin locus held in the order of the two skins' lightness.
+
+    Melanin makes skin both darker and redder, less blue: under one light a darker skin
+    lies further along the locus towards its dark end, never less far, by about its log
+    lightness ratio over `_LOCUS_LIGHTNESS` (the locus' two patches). Each side alone is
+    placed at its nearest locus point, and a picture whose skin lies beyond an end (a
+    graded clip, a tinted photo) is taken as the end's skin under a tinted light; the
+    output's place on the locus is then the source's, its offset the actor's light. A
+    source placed less far from the actor along the locus than its lightness says (or on
+    the wrong side: a darker source placed paler, whose output would be bluer than both
+    pictures) is put where its lightness says instead."""
+    s, a = skin_chroma(source, weight), skin_chroma(actor, weight)
+    if s is None or a is None:
+        return (np.ones(3, np.float32) if s is None else light_gains(s[0], locus_position(s[0])),
+                np.ones(3, np.float32) if a is None else light_gains(a[0], locus_position(a[0])))
+    t_s, t_a = locus_position(s[0]), locus_position(a[0])
+    darker = np.log(max(a[1], 1e-6) / max(s[1], 1e-6))  # > 0: the source is the darker
+    least = darker / _LOCUS_LIGHTNESS  # the least shift along the locus that darkness means
+    t_s = t_a + (max(t_s - t_a, least) if darker > 0 else min(t_s - t_a, least))
+    return light_gains(s[0], t_s), light_gains(a[0], t_a)
 
 
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
@@ -184,13 +232,14 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     lightness ratio applied (chroma is applied in full): how light a skin looks in a photo
     is its exposure as much as the skin, and one photo cannot tell the two apart.
 
-    Each side is first divided by its light's colour (`skin_illuminant`), so the ratio is
+    Each side is first divided by its light's colour (`skin_lights`), so the ratio is
     (source skin / source light) / (actor skin / actor light): the source's skin under the
     clip's light, not under the photo's."""
     s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
     w = np.asarray(weight, np.float32)
-    s_lin = s_lin / skin_illuminant(s_lin, w)
-    a_lin = a_lin / skin_illuminant(a_lin, w)
+    s_light, a_light = skin_lights(s_lin, a_lin, w)
+    s_lin = s_lin / s_light
+    a_lin = a_lin / a_light
     total = float(w.sum())
     if total < 1.0:
         return np.ones(source.shape, np.float32)
