@@ -13,7 +13,8 @@ have one job:
    already in it where the source's face has them, and its tone is the albedo ratio's.
 2. the previous frame's mask, moved by the actor's motion, averaged in (no shimmering edge),
    and nothing on a letterbox or pillarbox bar (`picture_area`).
-3. `detect_occluders` / `cut_occluders`: hands, hair, microphones in front of the face stay.
+3. `detect_occluders` / `cut_occluders`: hands, hair, microphones in front of the face stay;
+   a hand has the actor's skin colour, so hands are also found by shape (`HandOccluders`).
 4. `composite`: alpha blend; pixels where the final alpha is zero are bit-identical to the
    input frame.
 
@@ -32,6 +33,7 @@ import cv2
 import numpy as np
 
 from morph3d.composite.blend import blend_into, picture_area
+from morph3d.composite.learned_occluders import HandOccluders
 from morph3d.composite.masks import (
     NON_SKIN_REGIONS,
     FaceGeometry,
@@ -101,6 +103,9 @@ class CompositorConfig:
     feather: float = 0.03
     mask_momentum: float = 0.3
     occluders: bool = True  # False only to see what the cut does (tests, the probes)
+    # Hands found by mediapipe's hand landmarks are occluders too (the colour cues miss a
+    # hand: it has the face's skin colour).
+    hands: bool = True
     roi_pad: float = 0.6
 
 
@@ -142,14 +147,23 @@ class CompositeReport:
 class FaceCompositor:
     """Composites one face track, frame after frame, carrying the per-clip state: the
     previous mask (warped by the actor's landmark motion and averaged in, so the mask edge
-    does not shimmer)."""
+    does not shimmer) and the hand tracker (started on the first frame; `close` ends it)."""
 
     def __init__(self, config: CompositorConfig | None = None) -> None:
         self.config = config or CompositorConfig()
+        self._hands: HandOccluders | None = None
         self.reset()
+
+    def close(self) -> None:
+        """End the hand tracker's graph (the compositor starts a new one if used again)."""
+        if self._hands is not None:
+            self._hands.close()
+            self._hands = None
 
     def reset(self) -> None:
         """Forget the clip's state (call at a shot cut or a new track)."""
+        if self._hands is not None:
+            self._hands.reset()
         self._previous_mask: np.ndarray | None = None  # the last ROI's mask
         self._previous_origin: tuple[int, int] = (0, 0)  # its top-left frame pixel
         self._previous_landmarks: np.ndarray | None = None  # actor ibug68, full frame
@@ -204,6 +218,10 @@ class FaceCompositor:
         if cfg.occluders:
             expected = expected_non_skin(cshape, a_geo, s_geo, regions=regions)
             occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0)
+            if cfg.hands:
+                if self._hands is None:
+                    self._hands = HandOccluders()
+                occ |= self._hands.hulls(frame, actor, roi) & (mask > 0)
             mask = cut_occluders(mask, occ)
 
         # 4. the blend, written only where the mask is above zero (uint8: rounded)
