@@ -1,12 +1,13 @@
 """Benchmark batch renders: templates vs none, local worker processes vs Ray.
 
     python tools/bench_batch.py --json out/bench_batch.json [--case all|orig|720p]
-                                [--jobs 20] [--frames 16] [--jobs-720p 6] [--frames-720p 48]
+                                [--jobs 20] [--frames 16] [--jobs-720p 4] [--frames-720p 48]
                                 [--workers 2] [--skip-cold] [--skip-ray]
 
 Two cases: "orig" (below) and "720p" (`--case 720p` runs it alone): `--jobs-720p` swaps into
 the first `--frames-720p` frames of nggyup.mp4 (1280x720, 30 fps), warm, with and without a
-template of those frames (built once), local workers only (keys `720p_...`).
+template of those frames (built once), local workers only (keys `720p_...`); ~8 minutes
+under a load average of 10 on 2 cores.
 
 Every set of jobs also reports its CPU time and memory, from the kernel's accounting rather
 than the wall clock, so that they hold on a machine shared with other work: CPU seconds =
@@ -300,7 +301,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--case", choices=("all", "orig", "720p"), default="all",
                         help="orig.webm's sets, nggyup.mp4's 720p sets, or both")
-    parser.add_argument("--jobs-720p", type=int, default=6)
+    parser.add_argument("--jobs-720p", type=int, default=4)
     parser.add_argument("--frames-720p", type=int, default=48)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--frames", type=int, default=16)
