@@ -6,8 +6,7 @@
 
 Two cases: "orig" (below) and "720p" (`--case 720p` runs it alone): `--jobs-720p` swaps into
 the first `--frames-720p` frames of nggyup.mp4 (1280x720, 30 fps), warm, with and without a
-template of those frames (built once), local workers only (keys `720p_...`); ~8 minutes
-under a load average of 10 on 2 cores.
+template of those frames (built once), local workers only (keys `720p_...`).
 
 Every set of jobs also reports its CPU time and memory, from the kernel's accounting rather
 than the wall clock, so that they hold on a machine shared with other work: CPU seconds =
