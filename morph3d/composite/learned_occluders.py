@@ -4,8 +4,10 @@ The colour cues (`morph3d.composite.occluders`) find what is not skin-coloured; 
 the actor's own skin colour and slips through them. mediapipe's legacy Hands graph (palm
 detector + 21 hand landmarks, both shipped inside the mediapipe 0.10.14 wheel) finds it by
 shape. It runs on a small square crop around the actor's face, in tracking mode (the palm
-detector runs only while no hand is tracked), once per frame; one graph per clip, closed
-with `close`.
+detector runs only while no hand is tracked): on every frame while a hand is in the crop,
+on every `idle_every`-th frame while none is (most frames of most clips: the palm detector
+is most of the cost, and a hand enters the crop at its edge, away from the face). One
+graph per clip, closed with `close`.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class HandOccluders:
     """
 
     def __init__(self, *, crop_scale: float = 1.6, crop_size: int = 192,
-                 min_confidence: float = 0.5, grow: float = 0.08) -> None:
+                 min_confidence: float = 0.5, grow: float = 0.08, idle_every: int = 2) -> None:
         try:
             import mediapipe as mp
         except ImportError as exc:
@@ -53,6 +55,8 @@ class HandOccluders:
         from morph3d.io.native_stderr import native_stderr_captured
 
         self.crop_scale, self.crop_size, self.grow = float(crop_scale), int(crop_size), grow
+        self.idle_every = max(int(idle_every), 1)
+        self._idle = 0  # frames since the last one run while no hand was in the crop
         with native_stderr_captured():  # the graph's TFLite/absl start-up lines
             self._graph: Any = started_solution(mp.solutions.hands.Hands(
                 static_image_mode=False, max_num_hands=2, model_complexity=0,
@@ -65,6 +69,7 @@ class HandOccluders:
         if self._tracking:
             self._graph.reset()
             self._tracking = False
+        self._idle = 0
 
     def close(self) -> None:
         self._graph.close()
@@ -77,6 +82,9 @@ class HandOccluders:
 
         x0, y0, x1, y1 = roi
         out = np.zeros((y1 - y0, x1 - x0), bool)
+        if self._idle % self.idle_every:
+            self._idle += 1
+            return out
         pts = actor.ibug
         lo, hi = pts.min(0), pts.max(0)
         side = max(int(round(self.crop_scale * float(max(hi - lo)))), 8)
@@ -96,6 +104,7 @@ class HandOccluders:
         result = _process(self._graph, np.ascontiguousarray(small))
         self._tracking = True
         hands = result.multi_hand_landmarks or []
+        self._idle = 0 if hands else 1
         if not hands:
             return out
         mask = np.zeros_like(out, np.uint8)
