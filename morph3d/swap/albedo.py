@@ -6,7 +6,8 @@ in the same convention, and the source's shape at the actor's size and place.
   merged robustly per texel (`merge_albedos`), so the ratio `transfer_face` applies is the
   same in every frame.
 - The source's albedo: the source fit's UV texture times `source_albedo_factor`, which puts
-  it under the same kind of shading model the clip's frames are divided by.
+  it under the same kind of shading model the clip's frames are divided by; what on the
+  photo is not its skin (highlights, occluders' colours) does not vote (`source_skin_vote`).
 - `identity_alignment`: the similarity that puts the source's neutral face on the actor's.
 
 Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], model space mm.
