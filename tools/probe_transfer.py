@@ -124,6 +124,7 @@ TRANSFER_VARIANTS: dict[str, dict] = {
     "detail0": {"detail": 0.0},
     "detail05": {"detail": 0.05},
     "detail25": {"detail": 0.25},
+    "nosharp": {"sharpness": False},
     "warp_only": {"ratio_on": False},
     "ratio_only": {"warp_on": False},
 }

@@ -472,8 +472,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   forehead_margin: float = 0.65, ratio_on: bool = True, warp_on: bool = True,
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light: float = 0.7, forehead: float = 0.35,
-                  highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1
-                  ) -> dict:
+                  highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1,
+                  sharpness: bool = True) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
@@ -486,7 +486,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     `size` the crop's side in pixels; `light`: the share of the skins' overall lightness
     ratio applied (`tone_ratio`); `surround`: how far (IOD) beyond the face the actor's skin
     takes the face's overall tone (`surround_strength`; 0: nowhere); `detail`: the scale
-    (IOD) below which the actor's albedo is this frame's own (`with_frame_detail`).
+    (IOD) below which the actor's albedo is this frame's own (`with_frame_detail`);
+    `sharpness`: the source's albedo blurred to the frame's sharpness (`match_blur`).
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
@@ -500,6 +501,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
 
     from morph3d.composite.masks import face_geometry
     from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.sharpness import match_blur
     from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
     from render.backends import rasterize
     from render.ops import (
@@ -573,6 +575,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
     if highlight_cap > 0:
         source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
+    if sharpness:  # the blur comes from the frame, the identity from the photo
+        source_albedo, _ = match_blur(source_albedo, seen, trust)
     actor_albedo = with_frame_detail(tex[..., 4:7], seen, trust, detail * crop_iod)
     if ratio_on:
         # no finer than one frame pixel: a small face (a wide shot) would get the photo's

@@ -1,0 +1,98 @@
+"""The frame's sharpness on the source's side of the tone ratio (morph3d.swap.sharpness): the
+blur estimate from a picture's own edges, the match, and the transfer on a blurred frame."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from morph3d.swap.sharpness import edge_blur, extra_blur, match_blur
+
+
+def shapes(size: int = 256, seed: int = 0) -> np.ndarray:
+    """Disks and lines of random contrast on grey: edges of every direction (H x W x 3)."""
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size), 0.5, np.float32)
+    for _ in range(40):
+        centre = tuple(int(v) for v in rng.integers(0, size, 2))
+        cv2.circle(img, centre, int(rng.integers(5, 40)), float(rng.uniform(0.1, 0.9)), -1)
+    for _ in range(20):
+        p = [int(v) for v in rng.integers(0, size, 4)]
+        cv2.line(img, p[:2], p[2:], float(rng.uniform(0.1, 0.9)), int(rng.integers(1, 4)))
+    return np.repeat(img[..., None], 3, -1)
+
+
+def blurred(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0 else img.copy()
+
+
+def test_the_blur_grows_with_the_pictures_blur_whatever_its_contrast() -> None:
+    img = shapes()
+    sharp = edge_blur(img)
+    estimates = [edge_blur(blurred(img, s)) for s in (1.0, 2.0, 3.0, 4.0)]
+    assert sharp < estimates[0] < estimates[1] < estimates[2] < estimates[3]
+    # the extra blur over the sharp picture is recovered within a fifth
+    for s, e in zip((1.0, 2.0, 3.0, 4.0), estimates, strict=True):
+        assert extra_blur(sharp, e) == pytest.approx(s, rel=0.2)
+    # a faint picture (dark brows against faint ones) reads as blurred as a strong one
+    faint = 0.5 + 0.15 * (blurred(img, 2.0) - 0.5)
+    assert edge_blur(faint) == pytest.approx(estimates[1], abs=0.05)
+
+
+def test_a_sharp_source_is_blurred_to_a_blurred_frame_and_left_on_a_sharp_one() -> None:
+    source = shapes(seed=1)
+    frame = blurred(shapes(seed=2), 2.5)
+    trust = np.ones(source.shape[:2], np.float32)
+    out, sigma = match_blur(source, frame, trust)
+    assert sigma == pytest.approx(2.5, rel=0.2)
+    assert edge_blur(out) == pytest.approx(edge_blur(frame), abs=0.3)
+    same, none = match_blur(source, shapes(seed=2), trust)
+    assert none == 0.0 and same is source
+
+
+def laplacian_std(img: np.ndarray, mask: np.ndarray) -> float:
+    """Std of the grey Laplacian inside `mask` (`img` float in [0, 1])."""
+    grey = cv2.cvtColor(np.asarray(img, np.float32), cv2.COLOR_RGB2GRAY)
+    return float(cv2.Laplacian(grey, cv2.CV_32F)[mask].std())
+
+
+def freckles(shape: tuple[int, int], count: int, seed: int) -> np.ndarray:
+    """H x W float: one-pixel dots (1) at random places, 0 elsewhere."""
+    dots = np.zeros(shape, np.float32)
+    rng = np.random.default_rng(seed)
+    dots[rng.integers(0, shape[0], count), rng.integers(0, shape[1], count)] = 1.0
+    return dots
+
+
+def transferred_detail(sigma: float, sharpness: bool = True) -> float:
+    """Laplacian std inside the swapped face, output over the frame's: a source albedo
+    with sharp freckles onto an actor frame with freckles of its own, the frame blurred by
+    `sigma` frame pixels (0: as rendered)."""
+    from morph3d.swap.transfer import transfer_face
+    from tests.test_transfer import device_inputs, face_in_window
+
+    args, keywords = device_inputs(torch.device("cpu"))
+    textures = args[3].clone()
+    size = textures.shape[0]
+    dots = freckles((size, size), size * size // 200, seed=3)
+    textures[..., :3] *= torch.from_numpy(1 - 0.6 * dots)[..., None]
+    frame = args[9].astype(np.float32)
+    frame *= 1 - 0.4 * freckles(frame.shape[:2], frame.size // 150, seed=4)[..., None]
+    soft = np.round(blurred(frame, sigma)).astype(np.uint8)
+    out = transfer_face(*args[:3], textures, *args[4:9], soft, args[10],
+                        sharpness=sharpness, **keywords)
+    x, y = out["window"]
+    h, w = out["image"].shape[:2]
+    face = cv2.erode(face_in_window(out).astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+    before = soft[y:y + h, x:x + w].astype(np.float32) / 255
+    return laplacian_std(out["image"], face) / laplacian_std(before, face)
+
+
+def test_the_swapped_faces_detail_follows_a_blurred_frames() -> None:
+    """On the frame blurred by 2.5 px the source's freckles come as blurred as the frame:
+    the output's fine detail stays near the frame's instead of the sharp photo's."""
+    sharp, soft = transferred_detail(0.0), transferred_detail(2.5)
+    assert 0.5 < sharp < 1.6
+    assert 0.7 < soft < 1.15  # the photo's sharpness on the blurred frame: about 1.3
