@@ -15,7 +15,7 @@ from morph3d.composite.compositor import (  # noqa: E402
     FaceCompositor,
     FrameInputs,
 )
-from morph3d.composite.masks import face_region  # noqa: E402
+from morph3d.composite.masks import face_geometry, face_region  # noqa: E402
 
 # The raised hand at the viewer's left in orig.webm frame 0: the convex hull of its 21
 # mediapipe hand landmarks (pixels), and its palm centre (wrist and finger bases).
@@ -93,3 +93,23 @@ def test_no_hand_no_change(hand_over_face):
     target, _, ibug, _ = hand_over_face
     np.testing.assert_array_equal(_alpha(target, ibug, hands=True),
                                   _alpha(target, ibug, hands=False))
+
+
+def test_restart_after_a_cut_is_quiet(hand_over_face, capfd):
+    """A shot cut restarts the tracker's graph, which logs its start-up to fd 2 again: that
+    must stay off the terminal like the first start."""
+    from morph3d.composite.learned_occluders import HandOccluders
+
+    _, pasted, ibug, _ = hand_over_face
+    h, w = pasted.shape[:2]
+    geometry = face_geometry({"ibug68": ibug})
+    hands = HandOccluders()
+    try:
+        capfd.readouterr()
+        first = hands.hulls(pasted, geometry, (0, 0, w, h))
+        hands.reset()
+        again = hands.hulls(pasted, geometry, (0, 0, w, h))
+    finally:
+        hands.close()
+    assert first.any() and np.array_equal(first, again)
+    assert capfd.readouterr().err.strip() == ""

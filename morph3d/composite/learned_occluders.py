@@ -67,12 +67,20 @@ class HandOccluders:
     def reset(self) -> None:
         """Forget the tracked hands (a shot cut, a new track); free when nothing was seen."""
         if self._tracking:
-            self._graph.reset()
+            from fitting.mediapipe_backend import started_solution
+            from morph3d.io.native_stderr import native_stderr_captured
+
+            with native_stderr_captured():  # the restarted graph logs its start-up again
+                self._graph.reset()
+                started_solution(self._graph)
             self._tracking = False
         self._idle = 0
 
     def close(self) -> None:
-        self._graph.close()
+        """End the graph; a second call does nothing."""
+        if self._graph is not None:
+            self._graph.close()
+            self._graph = None
 
     def hulls(self, frame: np.ndarray, actor: FaceGeometry,
               roi: tuple[int, int, int, int]) -> np.ndarray:
