@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from morph3d.swap.sharpness import edge_blur, extra_blur, match_blur
+from morph3d.swap.sharpness import edge_blur, edge_weight, extra_blur, match_blur, soft_cut
 
 
 def shapes(size: int = 256, seed: int = 0) -> np.ndarray:
@@ -45,11 +45,21 @@ def test_a_sharp_source_is_blurred_to_a_blurred_frame_and_left_on_a_sharp_one() 
     source = shapes(seed=1)
     frame = blurred(shapes(seed=2), 2.5)
     trust = np.ones(source.shape[:2], np.float32)
-    out, sigma = match_blur(source, frame, trust)
+    out, sigma, frame_blur = match_blur(source, frame, trust)
     assert sigma == pytest.approx(2.5, rel=0.2)
     assert edge_blur(out) == pytest.approx(edge_blur(frame), abs=0.3)
-    same, none = match_blur(source, shapes(seed=2), trust)
+    assert frame_blur == pytest.approx(edge_blur(frame, edge_weight(trust)))
+    same, none, _ = match_blur(source, shapes(seed=2), trust)
     assert none == 0.0 and same is source
+
+
+def test_the_cut_around_kept_eyes_is_as_soft_as_the_frame() -> None:
+    disk = np.zeros((128, 128), np.float32)
+    cv2.circle(disk, (64, 64), 30, 1.0, -1)
+    assert np.array_equal(soft_cut(disk, 0.0), disk)
+    cut = soft_cut(disk, 2.0)
+    assert extra_blur(edge_blur(disk), edge_blur(cut)) == pytest.approx(2.0, rel=0.25)
+    assert cut.min() >= 0 and cut.max() <= 1
 
 
 def laplacian_std(img: np.ndarray, mask: np.ndarray) -> float:

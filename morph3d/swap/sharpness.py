@@ -84,27 +84,37 @@ def extra_blur(source_blur: float, frame_blur: float) -> float:
 
 
 def match_blur(source: np.ndarray, frame: np.ndarray, trust: np.ndarray,
-               min_blur: float = 0.3) -> tuple[np.ndarray, float]:
+               min_blur: float = 0.3) -> tuple[np.ndarray, float, float]:
     """`source` (H x W x 3, the source albedo on the crop) blurred to the frame's sharpness
     (`frame`: the frame's pixels on the same raster), both measured inside `trust` (H x W:
     skin both pictures saw). The blur is normalised by `trust` so what is not skin does not
-    bleed into the skin. Returns the blurred source and the blur applied (sigma, pixels;
-    under `min_blur` nothing is done)."""
+    bleed into the skin. Returns the blurred source, the blur applied and the frame's own
+    (sigma, pixels; under `min_blur` nothing is applied; the frame's 0 where unknown)."""
     weight = edge_weight(trust)
     grey, target = _grey(source), edge_blur(frame, weight)
+    known = float(target) if np.isfinite(target) else 0.0
     sigma = extra_blur(edge_blur(grey, weight), target)
     if sigma < min_blur:
-        return source, 0.0
+        return source, 0.0, known
     # One correction on the source blurred by the first guess: the estimate is exact for
     # step edges only, and lines (lids, lip lines) read a little blurrier than they are.
     reached = edge_blur(cv2.GaussianBlur(grey, (0, 0), sigma), weight)
     if reached < MAX_BLUR:
         sigma = float(np.sqrt(max(sigma ** 2 + target ** 2 - reached ** 2, 0.0)))
     if sigma < min_blur:
-        return source, 0.0
+        return source, 0.0, known
     w = np.asarray(trust, np.float32)
     both = cv2.GaussianBlur(np.concatenate([source * w[..., None], w[..., None]], -1),
                             (0, 0), sigma)
     low = both[..., :3] / np.maximum(both[..., 3:], 1e-4)
     keep = np.clip(both[..., 3:] / 0.3, 0.0, 1.0)  # no support nearby: as it was
-    return (keep * low + (1 - keep) * source).astype(np.float32), sigma
+    return (keep * low + (1 - keep) * source).astype(np.float32), sigma, known
+
+
+def soft_cut(mask: np.ndarray, blur: float, min_blur: float = 0.3) -> np.ndarray:
+    """A region the gain leaves out (H x W in [0, 1]: the eyeballs, the mouth's inside)
+    blurred by the frame's own blur (sigma, pixels) so the gain's step at its edge is no
+    sharper than the frame: a hard step on a blurred face draws crisp lids around kept
+    eyes."""
+    mask = np.asarray(mask, np.float32)
+    return cv2.GaussianBlur(mask, (0, 0), blur) if blur >= min_blur else mask

@@ -487,7 +487,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     ratio applied (`tone_ratio`); `surround`: how far (IOD) beyond the face the actor's skin
     takes the face's overall tone (`surround_strength`; 0: nowhere); `detail`: the scale
     (IOD) below which the actor's albedo is this frame's own (`with_frame_detail`);
-    `sharpness`: the source's albedo blurred to the frame's sharpness (`match_blur`).
+    `sharpness`: the source's albedo blurred to the frame's sharpness (`match_blur`), and
+    the gain's cut around the kept eyeballs and mouth no sharper than the frame (`soft_cut`).
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
@@ -501,7 +502,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
 
     from morph3d.composite.masks import face_geometry
     from morph3d.composite.occluders import fit_skin_model
-    from morph3d.swap.sharpness import match_blur
+    from morph3d.swap.sharpness import match_blur, soft_cut
     from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
     from render.backends import rasterize
     from render.ops import (
@@ -575,8 +576,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
     if highlight_cap > 0:
         source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
+    frame_blur = 0.0  # crop pixels
     if sharpness:  # the blur comes from the frame, the identity from the photo
-        source_albedo, _ = match_blur(source_albedo, seen, trust)
+        source_albedo, _, frame_blur = match_blur(source_albedo, seen, trust)
     actor_albedo = with_frame_detail(tex[..., 4:7], seen, trust, detail * crop_iod)
     if ratio_on:
         # no finer than one frame pixel: a small face (a wide shot) would get the photo's
@@ -590,7 +592,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # fitted to faces differ by more than the faces do and would drag the collar along
     flow = extend_flow(flow, covered & (face > 0.5))
     strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
-    strength = strength * (1 - inner) * forehead_fade(lm68, box, size, crop_iod, forehead)
+    strength = strength * (1 - soft_cut(inner, frame_blur)) * forehead_fade(
+        lm68, box, size, crop_iod, forehead)
     # The face's overall tone (its ratio's median) also goes onto the actor's skin around it
     plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
