@@ -1,8 +1,14 @@
 """Peak memory of `morph3d swap` against clip length (issue 5: memory stays bounded).
 
+    python tools/bench_memory.py --repeat-jobs 8 --frames 8
     python tools/bench_memory.py [--frames 150 600] [--size 1920x1080] [--skip-growth]
                                  [--clips-dir /tmp/morph3d_bench_memory]
                                  [--json FILE] [--plot docs/bench_memory_rss.png]
+
+`--repeat-jobs N` instead runs one batch worker's life: the same template job (the first
+`--frames` frames of nggyup.mp4, mark.jpg, `refine=classic`, one torch thread) N times in one
+process, and reports RSS, VmHWM and the live mediapipe graphs after each job: what a job
+leaves behind accumulates in a worker that runs hundreds.
 
 `--large-images` instead swaps 8000 x 8000 stills (mark.jpg upscaled, under --clips-dir): one
 as the source photo (target mark.jpg), one as the target image (source mark.jpg), each in a
@@ -302,6 +308,77 @@ def large_image_text(runs: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def repeat_child(folder: Path, frames: int, jobs: int) -> None:
+    """`jobs` template swaps in this process (a batch worker's life); one JSON line per job."""
+    import gc
+    import time
+
+    import torch
+
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
+
+    def status_mib(field: str) -> float:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field))
+
+    torch.set_num_threads(1)
+    try:
+        from mediapipe.python.solution_base import SolutionBase
+    except ImportError:
+        SolutionBase = None  # noqa: N806
+
+    for i in range(jobs):
+        cpu = time.process_time()
+        swap([MEDIA / "mark.jpg"], folder / "clip.m3dt", folder / f"out{i}.mp4",
+             SwapOptions(max_frames=frames, refine="classic", work_dir=folder / "work",
+                         quiet=True))
+        gc.collect()  # what is still referenced, not garbage in cycles
+        graphs = (sum(isinstance(o, SolutionBase) for o in gc.get_objects())
+                  if SolutionBase is not None else 0)
+        print(json.dumps({"job": i, "cpu_s": time.process_time() - cpu,
+                          "rss_mib": status_mib("VmRSS:"), "hwm_mib": status_mib("VmHWM:"),
+                          "mediapipe_graphs": graphs}), flush=True)
+
+
+def repeat_jobs(clips_dir: Path, frames: int, jobs: int) -> dict[str, Any]:
+    """The template (built here, outside the measured process) and the worker's jobs."""
+    import shutil
+    import subprocess
+
+    from morph3d.swap.options import SwapOptions
+    from morph3d.swap.template import build_template
+
+    folder = clips_dir / f"repeat_{frames}"
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    build_template(MEDIA / "nggyup.mp4", folder / "clip.m3dt",
+                   SwapOptions(max_frames=frames, work_dir=folder / "work", quiet=True))
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--repeat-child",
+                           str(folder), str(frames), str(jobs)], capture_output=True,
+                          text=True, cwd=ROOT, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"bench_memory: the repeated jobs failed:\n{proc.stderr[-2000:]}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    half = rows[len(rows) // 2:]
+    per_job = ((half[-1]["rss_mib"] - half[0]["rss_mib"]) / max(len(half) - 1, 1)
+               if len(half) > 1 else 0.0)
+    return {"frames": frames, "jobs": rows, "rss_mib_per_job_second_half": per_job}
+
+
+def repeat_text(result: dict[str, Any]) -> str:
+    lines = ["| job | CPU s | RSS MiB | VmHWM MiB | live mediapipe graphs |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in result["jobs"]:
+        lines.append(f"| {r['job']} | {r['cpu_s']:.1f} | {r['rss_mib']:.0f} | "
+                     f"{r['hwm_mib']:.0f} | {r['mediapipe_graphs']} |")
+    lines.append(f"RSS growth per job over the second half: "
+                 f"{result['rss_mib_per_job_second_half']:+.1f} MiB")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[150, 600])
@@ -313,7 +390,19 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_memory_rss.png")
     parser.add_argument("--large-images", action="store_true",
                         help="swap 8000x8000 stills (as source, as target) instead of clips")
+    parser.add_argument("--repeat-jobs", type=int, metavar="N",
+                        help="one worker's N template jobs of the first --frames frames")
     args = parser.parse_args()
+    if args.repeat_jobs:
+        if args.clips_dir.resolve().is_relative_to(ROOT):
+            sys.exit("bench_memory: keep the test files out of the repository (--clips-dir)")
+        repeated: dict[str, Any] = {"machine": machine()}
+        repeated["repeat_jobs"] = repeat_jobs(args.clips_dir, args.frames[0], args.repeat_jobs)
+        repeated["machine"]["loadavg_end"] = os.getloadavg()
+        print(repeat_text(repeated["repeat_jobs"]) + f"\n{machine_line(repeated['machine'])}")
+        if args.json:
+            write_json(args.json, repeated)
+        return 0
     if args.large_images:
         if args.clips_dir.resolve().is_relative_to(ROOT):
             sys.exit("bench_memory: keep the test images out of the repository (--clips-dir)")
@@ -391,5 +480,10 @@ if __name__ == "__main__":
         import mediapipe  # noqa: F401
 
         print(json.dumps(growth_child(int(sys.argv[2]))))
+        sys.exit(0)
+    if len(sys.argv) == 5 and sys.argv[1] == "--repeat-child":
+        import mediapipe  # noqa: F401  (as above)
+
+        repeat_child(Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
         sys.exit(0)
     sys.exit(main())
