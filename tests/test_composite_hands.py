@@ -113,3 +113,27 @@ def test_restart_after_a_cut_is_quiet(hand_over_face, capfd):
         hands.close()
     assert first.any() and np.array_equal(first, again)
     assert capfd.readouterr().err.strip() == ""
+
+
+def test_an_ear_is_not_a_hand(media_dir):
+    """nggyup.mp4's close-up, frames 10-21: the hand detector takes the actor's ear (at the
+    face's side, half the size of a hand held at the face) for a hand; it must not be cut."""
+    from fitting.mediapipe_backend import MediapipeBackend
+    from morph3d.composite.learned_occluders import HandOccluders
+
+    frames = _frames(media_dir / "nggyup.mp4", set(range(22)))
+    backend = MediapipeBackend()
+    try:
+        tracked = list(backend.detect_video([frames[i] for i in range(22)]))
+    finally:
+        backend.close()
+    hands = HandOccluders()
+    try:
+        found = []
+        for i in range(10, 22):
+            h, w = frames[i].shape[:2]
+            geometry = face_geometry({"ibug68": tracked[i].landmarks["ibug68"][0]})
+            found.append(int(hands.hulls(frames[i], geometry, (0, 0, w, h)).sum()))
+    finally:
+        hands.close()
+    assert found == [0] * len(found)
