@@ -45,7 +45,7 @@ class HandOccluders:
 
     def __init__(self, *, crop_scale: float = 1.6, crop_size: int = 192,
                  min_confidence: float = 0.5, grow: float = 0.08, min_palm: float = 0.7,
-                 idle_every: int = 2) -> None:
+                 idle_every: int = 4) -> None:
         try:
             import mediapipe as mp
         except ImportError as exc:
