@@ -9,6 +9,7 @@ Units: millimetres.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,14 +65,16 @@ class ModelArrays:
         return self.expression.shape[2]
 
 
-_ARRAYS: dict[int, ModelArrays] = {}
+# Keyed weakly by the model object: a batch worker loads a model per job, and an entry keyed
+# by id() would outlive its model (and could be handed to a later model at the same address).
+_ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def model_arrays(model) -> ModelArrays:
     """`ModelArrays` of a `MorphableModel` (cached per model object)."""
-    key = id(model)
-    if key in _ARRAYS and _ARRAYS[key].mean.shape[0] == model.num_vertices:
-        return _ARRAYS[key]
+    cached = _ARRAYS.get(model)
+    if cached is not None and cached.mean.shape[0] == model.num_vertices:
+        return cached
     data = model.data
     mean = data.mean.astype(np.float64)
     identity = np.ascontiguousarray(
@@ -91,7 +94,7 @@ def model_arrays(model) -> ModelArrays:
             arrays.contour_edges[table] = _contour_edges(arrays, regions, table)
     if MEDIAPIPE478 in landmarks:
         arrays.mediapipe_selected = _selected_mediapipe(arrays)
-    _ARRAYS[key] = arrays
+    _ARRAYS[model] = arrays
     return arrays
 
 

@@ -323,7 +323,7 @@ def two_passes(model, det: dict[str, np.ndarray], vproj_mp: np.ndarray, start: n
     saved = model.data.landmarks.get(FM.IBUG68_ANNOTATION)
     model.data.landmarks[FM.IBUG68_ANNOTATION] = pin_ibug68(model.data, first,
                                                             vertex_parts(model.data))
-    FM._ARRAYS.pop(id(model), None)
+    FM._ARRAYS.pop(model, None)
     try:
         vproj = fit_faces(model, det, with_dlib=True, use=use)
     finally:
@@ -331,7 +331,7 @@ def two_passes(model, det: dict[str, np.ndarray], vproj_mp: np.ndarray, start: n
             del model.data.landmarks[FM.IBUG68_ANNOTATION]
         else:
             model.data.landmarks[FM.IBUG68_ANNOTATION] = saved
-        FM._ARRAYS.pop(id(model), None)
+        FM._ARRAYS.pop(model, None)
     second, scores = derive(model, det, vproj, start, use)
     return first, second, scores
 
