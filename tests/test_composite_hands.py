@@ -137,3 +137,17 @@ def test_an_ear_is_not_a_hand(media_dir):
     finally:
         hands.close()
     assert found == [0] * len(found)
+
+
+def test_the_swap_option():
+    """`--occluders hands` reaches the options (a manifest row may set it too); anything
+    else is one InputError."""
+    from morph3d.errors import InputError
+    from morph3d.swap.batch_manifest import JOB_OPTIONS
+    from morph3d.swap.options import SwapOptions
+
+    assert SwapOptions().occluders == "colour"
+    assert SwapOptions(occluders="hands").occluders == "hands"
+    assert JOB_OPTIONS["occluders"]("hands") == "hands"
+    with pytest.raises(InputError, match="occluders takes colour or hands"):
+        SwapOptions(occluders="hand")

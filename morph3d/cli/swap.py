@@ -33,6 +33,10 @@ def register(subparsers, name: str) -> None:
                    "classic, mirroring from the seen side + pull-push inpainting")
     p.add_argument("--work-resolution", type=positive_int, default=256,
                    help="size in pixels of the face crop the transfer works at")
+    p.add_argument("--occluders", default="colour", choices=("colour", "hands"),
+                   help="what in front of the face is kept: colour, what is not skin-coloured "
+                   "(hair, microphones); hands, also hands found by shape (about a quarter "
+                   "more CPU per frame)")
     p.add_argument("--crf", type=int, default=14,
                    help="H.264 quality of a video output: 0 (lossless) .. 51; lower is larger")
     # Accepted and ignored: finished stages are always reused from the work directory (keyed
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace, hook: StageHook | None = None) -> int:
         target_face=args.target_face, target_face_ref=args.target_face_ref,
         source_face=args.face, model=args.model,
         backend=args.backend, device=args.device, renderer=args.renderer, refine=args.refine,
-        work_resolution=args.work_resolution, crf=args.crf, quiet=args.quiet,
+        work_resolution=args.work_resolution, occluders=args.occluders,
+        crf=args.crf, quiet=args.quiet,
         preview=args.preview, max_frames=args.max_frames, work_dir=args.work_dir)
     check_device(args.device)
 

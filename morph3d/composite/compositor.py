@@ -104,8 +104,9 @@ class CompositorConfig:
     mask_momentum: float = 0.3
     occluders: bool = True  # False only to see what the cut does (tests, the probes)
     # Hands found by mediapipe's hand landmarks are occluders too (the colour cues miss a
-    # hand: it has the face's skin colour).
-    hands: bool = True
+    # hand: it has the face's skin colour). Off by default for its CPU cost (the swap's
+    # `hand_occluders` option).
+    hands: bool = False
     roi_pad: float = 0.6
 
 

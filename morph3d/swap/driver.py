@@ -269,6 +269,8 @@ def record_runs(summary: SwapSummary, runs: tuple[StageRun, ...]) -> None:
 
 def prepare_people(model, source_fit, clip_fits, photo, options, target) -> list[Person]:
     """One renderer and compositor per face replaced (target face "all": every person)."""
+    from dataclasses import replace
+
     from morph3d.composite.compositor import FaceCompositor
     from morph3d.swap.transfer import compositor_config as transfer_compositor
 
@@ -278,7 +280,8 @@ def prepare_people(model, source_fit, clip_fits, photo, options, target) -> list
         # source photo gives the source's colours as seen (the texture's shading model is the
         # fit's).
         renderer = FaceRenderer.create(model, source_fit, clip_fit, photo, options, target)
-        people.append(Person(clip_fit, renderer, FaceCompositor(transfer_compositor())))
+        config = replace(transfer_compositor(), hands=options.occluders == "hands")
+        people.append(Person(clip_fit, renderer, FaceCompositor(config)))
     return people
 
 

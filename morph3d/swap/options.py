@@ -43,6 +43,11 @@ class SwapOptions:
     # classical fill, with a note, when its weights are missing), or "classic".
     refine: str = "neural"
     work_resolution: int = 256  # size in pixels of the face crop the transfer works at
+    # What in front of the face is kept: "colour", what is not skin-coloured (hair,
+    # microphones, ...); "hands", also hands found by shape (mediapipe's hand landmarks: a
+    # hand has the face's skin colour). Not the default: it costs about a quarter more CPU
+    # per frame, and a clip without a hand over a face comes out the same.
+    occluders: str = "colour"
     # H.264 quality of a video output (x264 CRF, 0 = lossless, 51 = worst). 14 keeps the
     # detail that CRF 18 took from bearded / textured faces (BENCHMARKS.md, swap benchmark):
     # mark.jpg on orig.webm scores identity 0.386 instead of 0.390, at 1.30 MB for the clip
@@ -102,6 +107,8 @@ class SwapOptions:
                                  f"(choose one of {', '.join(RENDERERS)} or auto)")
         if self.refine not in ("neural", "classic"):
             raise InputError(f"refine takes neural or classic, not {self.refine!r}")
+        if self.occluders not in ("colour", "hands"):
+            raise InputError(f"occluders takes colour or hands, not {self.occluders!r}")
         whole("work_resolution", self.work_resolution, 1)
         whole("crf", self.crf, 0, 51)
         if self.max_frames is not None:
