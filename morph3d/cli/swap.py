@@ -35,8 +35,7 @@ def register(subparsers, name: str) -> None:
                    help="size in pixels of the face crop the transfer works at")
     p.add_argument("--occluders", default="colour", choices=("colour", "hands"),
                    help="what in front of the face is kept: colour, what is not skin-coloured "
-                   "(hair, microphones); hands, also hands found by shape (about a quarter "
-                   "more CPU per frame)")
+                   "(hair, microphones); hands, also hands found by shape (slower)")
     p.add_argument("--crf", type=int, default=14,
                    help="H.264 quality of a video output: 0 (lossless) .. 51; lower is larger")
     # Accepted and ignored: finished stages are always reused from the work directory (keyed

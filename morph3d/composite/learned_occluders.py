@@ -39,8 +39,8 @@ class HandOccluders:
     hand's outline). A hand in front of the face is at least as near the camera as the face,
     so its palm (the longer of wrist to middle knuckle and index to little knuckle) spans at
     least `min_palm` IOD; smaller "hands" are something else (an ear at the face's side is
-    the detector's usual mistake: about 0.5 IOD, against 0.86 for a real hand held at the
-    face, both in the shared clips) and are ignored.
+    the detector's usual mistake, about half as big as a hand held at the face) and are
+    ignored.
     """
 
     def __init__(self, *, crop_scale: float = 1.6, crop_size: int = 192,

@@ -45,8 +45,9 @@ class SwapOptions:
     work_resolution: int = 256  # size in pixels of the face crop the transfer works at
     # What in front of the face is kept: "colour", what is not skin-coloured (hair,
     # microphones, ...); "hands", also hands found by shape (mediapipe's hand landmarks: a
-    # hand has the face's skin colour). Not the default: it costs about a quarter more CPU
-    # per frame, and a clip without a hand over a face comes out the same.
+    # hand has the face's skin colour). Not the default: it costs more CPU per frame than
+    # the render loop may lose (BENCHMARKS.md), and a clip without a hand over a face comes
+    # out the same.
     occluders: str = "colour"
     # H.264 quality of a video output (x264 CRF, 0 = lossless, 51 = worst). 14 keeps the
     # detail that CRF 18 took from bearded / textured faces (BENCHMARKS.md, swap benchmark):
