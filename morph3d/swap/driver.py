@@ -324,6 +324,8 @@ def render_clip(people: list[Person], sources, target, output, options, info,
             return frame, [person.render(frame) for person in people]
 
     with ExitStack() as stack:
+        for person in people:  # the hand tracker's graph is not freed with its compositor
+            stack.callback(person.compositor.close)
         writer = None if info.is_image else stack.enter_context(VideoWriter(
             output, like=info, audio_from=target if info.has_audio else None,
             inputs=[*sources, target], crf=int(options.crf)))
