@@ -5,7 +5,9 @@ albedo / actor albedo. The actor's side carries the frame's own blur (its fine s
 frame's pixels), the source's the photo's: a sharp photo on a soft clip puts crisp brows,
 lids and lip lines on a blurred head. So the source's albedo is first blurred by what the
 frame has more of (Gaussian blurs add in quadrature): the identity comes from the photo,
-the blur from the frame.
+the blur from the frame. The gain stops at the kept eyeballs and mouth interior; that cut
+is blurred by the frame's own blur too (`soft_cut`), or the brightened lids end in a line
+sharper than anything in the frame.
 
 Both blurs are estimated on the same raster (the transfer's face crop), each picture from
 itself, by re-blurring: a step edge blurred by s (Gaussian sigma, pixels) has Laplacian
@@ -13,10 +15,10 @@ energy (sum of squared second derivatives across it) proportional to its contras
 over s^3, so the ratio of the energies at two known extra blurs a < b,
 ((s^2 + b^2) / (s^2 + a^2))^(3/2), gives s whatever the edges' contrast or number. Second
 derivatives leave out smooth shading (a cheek's gradient does not fall with blur and would
-read as blur). A blur
-measured from detail energy alone would read a photo with strong features (dark brows, made-up
-lids) as sharper than a frame with faint ones and blur it too much. Units: pixels of the raster
-the images are on.
+read as blur and over-blur the source, which costs the identity). A blur measured from
+detail energy alone would read a photo with strong features (dark brows, made-up lids) as
+sharper than a frame with faint ones and blur it too much. Units: pixels of the raster the
+images are on.
 """
 
 from __future__ import annotations
