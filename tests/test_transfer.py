@@ -13,11 +13,11 @@ import torch
 from morph3d.composite.colour import srgb_to_linear
 from morph3d.composite.compositor import FaceCompositor, FrameInputs
 from morph3d.composite.masks import face_geometry
+from morph3d.swap.tone import tone_ratio
 from morph3d.swap.transfer import (
     apply_ratio,
     compositor_config,
     extend_flow,
-    tone_ratio,
     warp_window,
 )
 
@@ -71,7 +71,7 @@ def test_flow_fill_keeps_the_surface_and_fills_the_rest_without_steps() -> None:
 def test_tone_ratio_of_equal_albedos_is_one_and_of_a_scaled_one_is_the_scale() -> None:
     """A copy at half the light is half as light and, being the darker skin, a step
     redder along the skin locus (`skin_lights`)."""
-    from morph3d.swap.transfer import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
+    from morph3d.swap.tone import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
 
     rng = np.random.default_rng(2)
     actor = np.clip(0.4 + 0.1 * rng.standard_normal((48, 48, 3)), 0.05, 0.95).astype(np.float32)
@@ -159,7 +159,7 @@ def test_round_trip_of_a_clip_frame_gives_the_frame_back(media_dir: Path,
 def skin_patch(t: float, lightness: float = 0.3, seed: int = 4) -> np.ndarray:
     """48 x 48 x 3 linear RGB skin at fraction `t` along the skin locus (0: the light-skin
     end, 1: the dark-skin end), with a little per-pixel texture."""
-    from morph3d.swap.transfer import _LOCUS_DARK, _LOCUS_LIGHT
+    from morph3d.swap.tone import _LOCUS_DARK, _LOCUS_LIGHT
 
     chroma = _LOCUS_LIGHT + t * (_LOCUS_DARK - _LOCUS_LIGHT)
     rgb = np.exp(np.float32([chroma[0], 0.0, chroma[1]]))
@@ -179,7 +179,7 @@ def unit_luminance(gains: np.ndarray) -> np.ndarray:
     (1.0, (1.5, 0.9, 0.8)),  # a red light on the darkest skin: beyond the locus' end
 ])
 def test_skin_illuminant_recovers_a_light_tint_on_a_skin_patch(t: float, tint) -> None:
-    from morph3d.swap.transfer import skin_illuminant
+    from morph3d.swap.tone import skin_illuminant
 
     skin = skin_patch(t)
     weight = np.ones(skin.shape[:2], np.float32)
@@ -191,7 +191,7 @@ def test_skin_illuminant_recovers_a_light_tint_on_a_skin_patch(t: float, tint) -
 def test_skin_along_the_locus_is_skin_not_light() -> None:
     """Between the light-skin and dark-skin ends a change of chromaticity is another skin:
     no light is read into it (the ratio keeps a darker skin's warmth)."""
-    from morph3d.swap.transfer import skin_illuminant
+    from morph3d.swap.tone import skin_illuminant
 
     weight = np.ones((48, 48), np.float32)
     for t in (0.0, 0.3, 1.0):
@@ -366,7 +366,7 @@ def test_transfer_on_cuda_matches_the_cpu() -> None:
 
 @pytest.mark.parametrize("shape", [(256, 256), (250, 243), (96, 120)])
 def test_reduced_low_pass_stays_within_a_hundredth_of_the_full_size_one(shape) -> None:
-    from morph3d.swap.transfer import normalized_blur
+    from morph3d.swap.tone import normalized_blur
 
     rng = np.random.default_rng(7)
     h, w = shape
@@ -390,7 +390,7 @@ def test_a_darker_source_is_never_bluer_than_the_actor_whose_skin_lies_past_the_
     output bluer than both pictures. The lightness order holds it at least as far along
     the locus as the actor (redder, no bluer), and by about as much as it is darker."""
     from morph3d.composite.colour import linear_to_srgb
-    from morph3d.swap.transfer import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
+    from morph3d.swap.tone import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
 
     weight = disk((48, 48), (24, 24), 18).astype(np.float32)
     actor = skin_patch(1.0, 0.2) * np.float32([1.6, 1.0, 1.25])  # past the dark end

@@ -228,7 +228,7 @@ def test_ratio_is_the_same_in_every_frame_whatever_their_light(model, channels) 
     with the clip's albedo alone (`detail` 0), and above `detail` with the frame's own fine
     structure; it darkens as the source's albedo is darker."""
     from morph3d.composite.masks import face_geometry
-    from morph3d.swap.transfer import normalized_blur
+    from morph3d.swap.tone import normalized_blur
 
     size = int(model.data.texture_size)
     actor = skin_albedo(size)

@@ -1,6 +1,6 @@
 """The frame's sharpness on the source's side of the tone ratio.
 
-The tone ratio (`morph3d.swap.transfer.tone_ratio`) multiplies the actor's pixels by source
+The tone ratio (`morph3d.swap.tone.tone_ratio`) multiplies the actor's pixels by source
 albedo / actor albedo. The actor's side carries the frame's own blur (its fine scale is the
 frame's pixels), the source's the photo's: a sharp photo on a soft clip puts crisp brows,
 lids and lip lines on a blurred head. So the source's albedo is first blurred by what the

@@ -1,0 +1,197 @@
+"""The tone ratio of the identity transfer (`morph3d.swap.transfer`): the source's skin albedo
+over the actor's, low-passed with confidence weights (`normalized_blur`), each side with its
+own picture's light colour divided out (`skin_lights`, from the skin's offset from a skin
+locus), so the source's skin tone appears under the clip's light.
+
+Colours are float32 RGB in [0, 1], sRGB-encoded unless named linear; sigmas in pixels of the
+raster they are given.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from morph3d.composite.colour import srgb_to_linear
+
+
+def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
+                    reduce: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted Gaussian low-pass: (blur(values * weight) / blur(weight), blur(weight)).
+
+    values H x W x C (or H x W), weight H x W >= 0, sigma in pixels. Where the blurred weight
+    is 0 the result is 0. Pixels outside the weight's support get the weighted average of
+    their surroundings, so the low-pass does not darken at the support's border.
+
+    `reduce`: from sigma = 2 x `_REDUCE_PER_SIGMA` px on, the blur runs on a raster reduced
+    by up to `_MAX_REDUCE` (area-averaged; the averaging's variance taken off the blur) and
+    the quotient comes back bilinearly, within about a hundredth of the full-size one: what
+    a low-pass keeps, a reduced raster holds, at a fraction of the kernel's cost. Not for a
+    quotient that divides fine detail (`with_frame_detail`), which amplifies the error."""
+    w = np.asarray(weight, np.float32)
+    v = np.asarray(values, np.float32)
+    flat = v.ndim == 2
+    h, width = w.shape
+    vw = np.concatenate([(v * w if flat else v * w[..., None]).reshape(h, width, -1),
+                         w[..., None]], -1)  # values and weight in one pass
+    f = int(min(max(sigma // _REDUCE_PER_SIGMA, 1), _MAX_REDUCE)) if reduce else 1
+    while h % f or width % f:  # OpenCV's area reduction of many channels: whole blocks only
+        f -= 1
+    if f > 1:
+        small = cv2.resize(vw, (width // f, h // f), interpolation=cv2.INTER_AREA)
+        s = np.sqrt(max(sigma ** 2 - (f ** 2 - 1) / 12.0, 0.25 * f ** 2)) / f
+        both = _divided(cv2.GaussianBlur(small, (0, 0), s, borderType=cv2.BORDER_REPLICATE))
+        # the quotient, not numerator and denominator, is interpolated: where the weight's
+        # tail falls by orders of magnitude between two reduced pixels their quotient would not
+        both = cv2.resize(both, (width, h), interpolation=cv2.INTER_LINEAR).reshape(h, width, -1)
+    else:
+        both = _divided(cv2.GaussianBlur(vw, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+                        .reshape(h, width, -1))
+    out, den = both[..., :-1], both[..., -1]
+    return (out[..., 0] if flat else out), den
+
+
+def _divided(both: np.ndarray) -> np.ndarray:
+    """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight), in place."""
+    den = both[..., -1:]
+    num = both[..., :-1]
+    num /= np.maximum(den, 1e-6)
+    num[np.broadcast_to(den <= 1e-6, num.shape)] = 0.0
+    return both
+
+
+_REDUCE_PER_SIGMA = 2.0  # one step of raster reduction per this many pixels of sigma
+_MAX_REDUCE = 4
+
+
+# The skin locus in linear-RGB log-chromaticity (log R/G, log B/G): the segment from the
+# ColorChecker's "light skin" to its "dark skin" patch (sRGB 194, 150, 130 and 115, 82, 68:
+# measured skin reflectances under D65). Under one light, skins of all tones differ mostly in
+# lightness, their chromaticities only along this short segment (melanin: darker skin is
+# redder, less blue); a light's tint moves the whole picture's skin off it. What lies beyond
+# the segment's ends is light too; a tint along the segment cannot be told from another skin.
+_LOCUS_LIGHT = np.float32([0.5703, -0.3121])
+_LOCUS_DARK = np.float32([0.7090, -0.3782])
+_LUMA = np.float32([0.2126, 0.7152, 0.0722])
+# log of the linear luma ratio of the locus' two patches (0.349 / 0.101): how much darker
+# the dark-skin end is than the light-skin end
+_LOCUS_LIGHTNESS = 1.24
+
+
+def skin_chroma(linear: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, float] | None:
+    """A picture's skin colour: ((log R/G, log B/G) of its median linear RGB, its linear
+    luma) over where `weight` (H x W) is over half its maximum; None when that is fewer
+    than 20 pixels."""
+    weight = np.asarray(weight, np.float32)
+    keep = weight > 0.5 * float(weight.max(initial=0.0))
+    if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
+        return None
+    rgb = np.maximum(np.median(linear[keep], 0), 1e-4)
+    return np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]])), float(rgb @ _LUMA)
+
+
+def locus_position(chroma: np.ndarray) -> float:
+    """Where a skin chromaticity lies along the skin locus: 0 at the light-skin end, 1 at
+    the dark-skin end (the nearest point, clamped to the segment)."""
+    span = _LOCUS_DARK - _LOCUS_LIGHT
+    return min(max(float((chroma - _LOCUS_LIGHT) @ span / (span @ span)), 0.0), 1.0)
+
+
+def light_gains(chroma: np.ndarray, t: float) -> np.ndarray:
+    """(3,) linear-RGB gains of unit luminance that move the locus point at `t` to
+    `chroma`: the light a skin at `t` appears under."""
+    off = chroma - (_LOCUS_LIGHT + t * (_LOCUS_DARK - _LOCUS_LIGHT))
+    gains = np.exp(np.float32([off[0], 0.0, off[1]]))
+    return (gains / float(gains @ _LUMA)).astype(np.float32)
+
+
+def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """(3,) the colour of the light on a picture's skin, as linear-RGB gains of unit luminance:
+    the offset of the skin's median chromaticity (linear H x W x 3, weight H x W: where it is
+    skin) from the nearest point of the skin locus. Ones when fewer than 20 skin pixels."""
+    measured = skin_chroma(linear, weight)
+    if measured is None:
+        return np.ones(3, np.float32)
+    return light_gains(measured[0], locus_position(measured[0]))
+
+
+def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The light on each side's skin ((3,) gains each, as `skin_illuminant`), the source's
+    place on the skin locus held in the order of the two skins' lightness.
+
+    Melanin makes skin both darker and redder, less blue: under one light a darker skin
+    lies further along the locus towards its dark end, never less far, by about its log
+    lightness ratio over `_LOCUS_LIGHTNESS` (the locus' two patches). Each side alone is
+    placed at its nearest locus point, and a picture whose skin lies beyond an end (a
+    graded clip, a tinted photo) is taken as the end's skin under a tinted light; the
+    output's place on the locus is then the source's, its offset the actor's light. A
+    source placed less far from the actor along the locus than its lightness says (or on
+    the wrong side: a darker source placed paler, whose output would be bluer than both
+    pictures) is put where its lightness says instead."""
+    s, a = skin_chroma(source, weight), skin_chroma(actor, weight)
+    if s is None or a is None:
+        return (np.ones(3, np.float32) if s is None else light_gains(s[0], locus_position(s[0])),
+                np.ones(3, np.float32) if a is None else light_gains(a[0], locus_position(a[0])))
+    t_s, t_a = locus_position(s[0]), locus_position(a[0])
+    darker = np.log(max(a[1], 1e-6) / max(s[1], 1e-6))  # > 0: the source is the darker
+    least = darker / _LOCUS_LIGHTNESS  # the least shift along the locus that darkness means
+    t_s = t_a + (max(t_s - t_a, least) if darker > 0 else min(t_s - t_a, least))
+    return light_gains(s[0], t_s), light_gains(a[0], t_a)
+
+
+def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
+               min_support: float = 0.3, max_spread: float = 2.0,
+               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0
+               ) -> np.ndarray:
+    """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
+
+    source, actor: H x W x 3 sRGB-encoded albedo looked up on the same raster; weight H x W:
+    where both are trusted (skin the photo and the clip saw). Both are low-passed with the
+    same weights at `sigma` px; where the weights' support is under `min_support` the ratio
+    falls back to the face's overall ratio (the median: the skin tone), which the support
+    then blends into smoothly. Pixels whose own ratio is more than `max_spread` times off
+    the overall one (darker; `max_brighten` times brighter) are left out, and the local
+    ratio stays within those factors of it. `light`: the share (exponent) of the overall
+    lightness ratio applied (chroma is applied in full): how light a skin looks in a photo
+    is its exposure as much as the skin, and one photo cannot tell the two apart.
+
+    Each side is first divided by its light's colour (`skin_lights`), so the ratio is
+    (source skin / source light) / (actor skin / actor light): the source's skin under the
+    clip's light, not under the photo's."""
+    s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
+    w = np.asarray(weight, np.float32)
+    s_light, a_light = skin_lights(s_lin, a_lin, w)
+    s_lin = s_lin / s_light
+    a_lin = a_lin / a_light
+    total = float(w.sum())
+    if total < 1.0:
+        return np.ones(source.shape, np.float32)
+    max_brighten = max_spread if max_brighten is None else max_brighten
+    keep = w > 0.5 * float(w.max())
+    overall = np.median((s_lin[keep] + 1e-3) / (a_lin[keep] + 1e-3), 0) if keep.sum() > 20 \
+        else ((s_lin * w[..., None]).sum((0, 1)) + 1e-4) / ((a_lin * w[..., None]).sum((0, 1))
+                                                           + 1e-4)
+    # what is not skin on either side (a fringe, a shadow the shading does not explain, a
+    # highlight) has a ratio far from the face's: it does not vote
+    luma = ((s_lin + 1e-3) / (a_lin + 1e-3)) @ np.float32([0.2126, 0.7152, 0.0722])
+    luma_overall = float(overall @ np.float32([0.2126, 0.7152, 0.0722]))
+    off = np.log(np.maximum(luma, 1e-6) / luma_overall)
+    w = w * (off < np.log(max_brighten)) * (off > -np.log(max_spread))
+    base = overall
+    if light != 1.0:
+        overall = overall * np.float32(max(luma_overall, 1e-6) ** (light - 1.0))
+    # Fine scale where both pictures saw the skin, a coarse one (`coarse` x sigma) over
+    # the gaps (the skin only one of them saw), the face's overall ratio beyond that: a
+    # gap does not show as a patch of the overall tone.
+    ratio = np.broadcast_to(overall, source.shape).astype(np.float32)
+    pair = np.concatenate([s_lin, a_lin], -1)
+    for scale in (coarse, 1.0):
+        both, den = normalized_blur(pair, w, sigma * scale, reduce=True)  # both sides at once
+        s_low, a_low = both[..., :3], both[..., 3:]
+        local = (s_low + 1e-3) / (a_low + 1e-3)
+        local = local * (overall / base)  # the local pattern around the applied overall
+        local = np.clip(local, overall / max_spread, overall * max_brighten)
+        trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
+        ratio = trust * local + (1 - trust) * ratio
+    return ratio.astype(np.float32)
