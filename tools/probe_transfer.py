@@ -139,14 +139,57 @@ def region_channels(model):
                             .astype(np.float32))
 
 
+_MASKS: dict = {}  # the last frame's masks, for --masks
+
+
+def write_masks(out: np.ndarray, frame: np.ndarray, masks: dict, path: Path) -> None:
+    """The output beside the frame with the transfer's kept-actor pixels (red, on the
+    frame) and the compositor's occluders (blue), cut to the face's neighbourhood."""
+    occ = masks.get("occluders")
+    view = frame.copy()
+    if occ is not None and occ.shape == frame.shape[:2]:
+        view[occ] = (0.5 * view[occ] + [0, 0, 127]).astype(np.uint8)
+    keep = masks.get("keep")
+    if keep is not None:
+        k, (x0, y0, side) = keep
+        full = cv2.resize(k.astype(np.uint8), (int(round(side)), int(round(side))),
+                          interpolation=cv2.INTER_NEAREST)
+        canvas = np.zeros(frame.shape[:2], np.uint8)
+        xa, ya = int(round(x0)), int(round(y0))
+        xs, ys = max(xa, 0), max(ya, 0)
+        xe, ye = min(xa + full.shape[1], frame.shape[1]), min(ya + full.shape[0], frame.shape[0])
+        canvas[ys:ye, xs:xe] = full[ys - ya:ye - ya, xs - xa:xe - xa]
+        on = canvas > 0
+        view[on] = (0.5 * view[on] + [127, 0, 0]).astype(np.uint8)
+    ys, xs = np.nonzero(masks.get("face", np.ones(frame.shape[:2], bool)))
+    y0, y1 = max(ys.min() - 40, 0), ys.max() + 40
+    x0, x1 = max(xs.min() - 40, 0), xs.max() + 40
+    sheet = np.concatenate([frame[y0:y1, x0:x1], view[y0:y1, x0:x1], out[y0:y1, x0:x1]], 1)
+    sheet = cv2.resize(sheet, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+def _record_keep(function):
+    """`actor_non_skin` that also keeps its result (crop grid and box) for --masks."""
+    def wrapped(seen, covered, model, regions, lm68, box, size, crop_iod, **kw):
+        keep = function(seen, covered, model, regions, lm68, box, size, crop_iod, **kw)
+        _MASKS["keep"] = (keep, box)
+        return keep
+    return wrapped
+
+
 def transfer_swap(model, source_fit, clip_fit, setup, index: int, frame: np.ndarray,
                   **params) -> np.ndarray:
     """One frame through the swap's transfer path (`transfer_face` with the job's
     `prepare_transfer` setup + the transfer compositor), uint8; `params` override
     `transfer_face`'s keywords."""
+    import morph3d.swap.transfer as transfer
     from morph3d.composite.compositor import FaceCompositor, FrameInputs
     from morph3d.swap.transfer import compositor_config, transfer_face
 
+    if not getattr(transfer.actor_non_skin, "_probe", False):
+        transfer.actor_non_skin = _record_keep(transfer.actor_non_skin)
+        transfer.actor_non_skin._probe = True
     channels = region_channels(model)
     f = clip_fit.faces
     actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
@@ -155,10 +198,12 @@ def transfer_swap(model, source_fit, clip_fit, setup, index: int, frame: np.ndar
                         setup.textures, channels, clip_fit.camera, f.rotation[index],
                         f.translation[index], f.expression[index], frame,
                         actor_lms, **keywords)
-    result, _ = FaceCompositor(compositor_config()).process(FrameInputs(
+    result, info = FaceCompositor(compositor_config()).process(FrameInputs(
         frame=frame, render=out["image"], coverage=out["coverage"], actor_landmarks=actor_lms,
         swapped_landmarks={"ibug68": out["ibug68"], "mediapipe478": out["mediapipe478"]},
         regions=out["regions"], window=out["window"]))
+    _MASKS["occluders"] = info.occluders
+    _MASKS["face"] = info.alpha > 0.05
     return result
 
 
@@ -171,6 +216,13 @@ def main() -> None:
                         "khabenskii.jpg", help="cross cases' source photos (media folder)")
     parser.add_argument("--tag", default="", help="suffix of the sheets' and results' names")
     parser.add_argument("--frames", default="150,60,100,200")
+    parser.add_argument("--cross-frames", default="nggyup:150,0;orig:30",
+                        help="cross cases' frames per clip, e.g. 'orig:0,16,32;nggyup:0,60'")
+    parser.add_argument("--orig-roundtrip", default="",
+                        help="orig.webm frames swapped with themselves as the source, e.g. 28")
+    parser.add_argument("--masks", action="store_true",
+                        help="also write the kept-actor mask (transfer) and the compositor's "
+                        "occluders over each variant's output")
     args = parser.parse_args()
 
     import torch
@@ -202,11 +254,17 @@ def main() -> None:
     if "roundtrip" in args.cases:
         cases += [("roundtrip", src150, "nggyup", int(f)) for f in args.frames.split(",")]
         cases += [("roundtrip", src10, "orig", 10), ("roundtrip", src10, "orig", 30)]
+    for f in filter(None, args.orig_roundtrip.split(",")):
+        src = OUT / f"orig_f{int(f)}.png"
+        if not src.exists():
+            cv2.imwrite(str(src), cv2.cvtColor(read_frame(orig, int(f)), cv2.COLOR_RGB2BGR))
+        cases.append(("roundtrip", src, "orig", int(f)))
     if "cross" in args.cases:
         for src in args.sources.split(","):
-            cases += [(f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 150),
-                      (f"cross-{src.split('.')[0]}", MEDIA / src, "nggyup", 0),
-                      (f"cross-{src.split('.')[0]}", MEDIA / src, "orig", 30)]
+            for spec in args.cross_frames.split(";"):
+                clip, frames = spec.split(":")
+                cases += [(f"cross-{src.split('.')[0]}", MEDIA / src, clip, int(f))
+                          for f in frames.split(",")]
     fits: dict = {}
     setups: dict = {}
     results = []
@@ -235,6 +293,9 @@ def main() -> None:
             out = transfer_swap(model, source_fit, clip_fit, setups[source, clip], index,
                                 frame, **TRANSFER_VARIANTS[variant])
             outputs[variant] = (out, time.perf_counter() - t)
+            if args.masks:
+                write_masks(out, frame, dict(_MASKS),
+                            OUT / f"masks_{name}_{clip}_{index}_{variant}{args.tag}.png")
         ref = dlib_face(frame)
         if ref is None:  # dlib misses small faces (a wide shot): the clip fit's points
             ref = np.asarray(clip_fit.landmarks["ibug68"][index], np.float64)

@@ -185,7 +185,8 @@ def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) ->
 
 def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                    lm68: np.ndarray, box: tuple[float, float, float], size: int,
-                   crop_iod: float, sigmas: float = 6.0) -> np.ndarray:
+                   crop_iod: float, sigmas: float = 6.0, fringe_sigmas: float = 1.5,
+                   fringe_blur: float = 0.05) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
     microphone) and not where the face has features of its own (eyes, lips, a band around
     the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
@@ -193,7 +194,9 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     seen: the frame's colours at the surface points (crop, float RGB); covered: where there
     are surface points (bool); model: the actor's skin colour (`composite.SkinModel`, None:
     none); lm68: the source mesh's 68 points in frame pixels. Non-skin is more than `sigmas`
-    from the model, or more than half of it and joined to such a pixel."""
+    from the model, or more than half of it and joined to such a pixel; above the brows also
+    where the score low-passed at `fringe_blur` IOD passes `fringe_sigmas` (a fringe's light
+    hair between its strands) and is joined to kept hair."""
     from morph3d.composite.occluders import non_skin_score
 
     if model is None:
@@ -218,7 +221,20 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     hair = (np.bincount(labels[above], minlength=count)
             > np.bincount(labels[features], minlength=count)) & clear
     clear[0] = hair[0] = False
-    return np.where(features, hair[labels], clear[labels])
+    kept = np.where(features, hair[labels], clear[labels])
+    # Above the brows a fringe of light hair is only a few sigmas off the skin, strand by
+    # strand, and a per-pixel test keeps the strands with holes between them (skin-toned
+    # holes in the fringe). The score low-passed over a strand's spacing separates a fringe
+    # from bare forehead skin; what passes and is joined to the kept hair is hair.
+    above = (brow_height(lm68, box, size) / crop_iod > 0) & covered & ~features
+    # a pixel far off the skin (the score is unbounded, infinite on black) counts as `sigmas`
+    blurred = cv2.GaussianBlur(np.clip(np.nan_to_num(score, posinf=sigmas), 0, sigmas),
+                               (0, 0), fringe_blur * crop_iod)
+    fringe = above & (blurred > fringe_sigmas)
+    count, labels = cv2.connectedComponents((fringe | kept).astype(np.uint8), connectivity=8)
+    joined = np.bincount(labels[kept], minlength=count) > 0
+    joined[0] = False
+    return kept | (fringe & joined[labels])
 
 
 def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndarray,
@@ -261,24 +277,29 @@ def cap_highlights(albedo: np.ndarray, weight: np.ndarray, sigma: float,
     return (albedo * np.where(limit > 0, scale, 1.0)[..., None]).astype(np.float32)
 
 
+def brow_height(lm68: np.ndarray, box: tuple[float, float, float], size: int) -> np.ndarray:
+    """Crop H x W float: each pixel's height in crop pixels over the brows' highest point,
+    along the face's up direction (negative below it)."""
+    from morph3d.composite.masks import face_geometry
+
+    x0, y0, side = box
+    points = (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5
+    g = face_geometry({"ibug68": points})
+    centres = np.arange(size, dtype=np.float32)
+    xs, ys = np.meshgrid(centres, centres)
+    top = float((points[17:27] @ g.up).max())
+    return (xs * g.up[0] + ys * g.up[1] - top).astype(np.float32)
+
+
 def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
                   crop_iod: float, reach: float) -> np.ndarray:
     """Crop H x W weight: 1 up to a little above the brows (0.15 IOD), falling (cosine) to 0
     `reach` IOD higher, along the face's up direction. The forehead above is where an
     actor's fringe or hat sits: there the ratio would paint hair as skin. `reach` <= 0:
     ones."""
-    from morph3d.composite.masks import face_geometry
-
     if reach <= 0:
         return np.ones((size, size), np.float32)
-    x0, y0, side = box
-    points = (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5
-    g = face_geometry({"ibug68": points})
-    centres = np.arange(size, dtype=np.float32)
-    xs, ys = np.meshgrid(centres, centres)
-    brows = points[17:27]
-    top = float((brows @ g.up).max())  # the brows' highest point along `up`
-    height = (xs * g.up[0] + ys * g.up[1] - top) / crop_iod - 0.15
+    height = brow_height(lm68, box, size) / crop_iod - 0.15
     t = np.clip(height / reach, 0.0, 1.0)
     return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
