@@ -11,7 +11,11 @@ variants, face crops) go to out/transfer/.
 
     .venv/bin/python tools/probe_transfer.py [--cases roundtrip,cross] [--frames 150,60,100]
         [--variants transfer,warp_only,ratio_only] [--sources mark.jpg,woman.png]
-        [--tag _name]
+        [--tag _name] [--cross-frames "orig:0,16,32;nggyup:0,60"] [--orig-roundtrip 28]
+        [--masks]
+
+`--masks` also writes, per case and variant, the frame | the transfer's kept-actor pixels (red)
+and the compositor's occluders (blue) | the output (masks_*.png).
 
 Fits come from the swap's work folder (`fit_clip`: nggyup.mp4 with --max-frames 160,
 orig.webm with 40). Results: out/transfer/results.json and the sheets beside it.
