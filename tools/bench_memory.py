@@ -1,4 +1,4 @@
-"""Peak memory of `morph3d swap` against clip length (issue 5: memory stays bounded).
+"""Peak memory of `morph3d swap` against clip length.
 
     python tools/bench_memory.py --repeat-jobs 8 --frames 8
     python tools/bench_memory.py [--frames 150 600] [--size 1920x1080] [--skip-growth]

@@ -3,7 +3,7 @@ synthetic faces of `tools/bench_fitting.py`?
 
     python tools/probe_shape_cues.py [--faces 40] [--steps 100] [--json FILE]
 
-An experiment behind a fitting decision (issue 4), not a pipeline step. Each synthetic face
+An experiment behind a fitting decision, not a pipeline step. Each synthetic face
 (bench_fitting's: identity ~ N(0, I), yaw within +-60 deg, 1.5 px landmark noise) is rendered
 grey-skin shaded over a plain background, fitted to its landmarks (`fit_landmarks`, true
 focal), then refined by Adam on identity, expression, rotation, translation, SH lighting and a
