@@ -384,20 +384,26 @@ def test_reduced_low_pass_stays_within_a_hundredth_of_the_full_size_one(shape) -
         assert two_d.shape == (h, w) and np.allclose(two_d, low[..., 0], atol=1e-5)
 
 
+def ratio_chroma(source_linear: np.ndarray, actor_linear: np.ndarray) -> np.ndarray:
+    """(log R/G, log B/G) of the median tone ratio of two linear skin patches over a disk."""
+    from morph3d.composite.colour import linear_to_srgb
+
+    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
+    ratio = tone_ratio(linear_to_srgb(source_linear), linear_to_srgb(actor_linear), weight,
+                       sigma=2.0)
+    r = np.median(ratio[weight > 0], 0)
+    return np.log([r[0] / r[1], r[2] / r[1]])
+
 def test_a_darker_source_is_never_bluer_than_the_actor_whose_skin_lies_past_the_locus() -> None:
     """An actor's graded skin beyond the locus' dark end and a darker source measured near
     its light end: placed independently, the source's place on the locus would make the
     output bluer than both pictures. The lightness order holds it at least as far along
     the locus as the actor (redder, no bluer), and by about as much as it is darker."""
-    from morph3d.composite.colour import linear_to_srgb
     from morph3d.swap.tone import _LOCUS_DARK, _LOCUS_LIGHT, _LOCUS_LIGHTNESS
 
-    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
     actor = skin_patch(1.0, 0.2) * np.float32([1.6, 1.0, 1.25])  # past the dark end
     source = skin_patch(0.1, 0.07, seed=5)  # darker, but measured near the light end
-    ratio = tone_ratio(linear_to_srgb(source), linear_to_srgb(actor), weight, sigma=2.0)
-    r = np.median(ratio[weight > 0], 0)
-    chroma = np.log([r[0] / r[1], r[2] / r[1]])
+    chroma = ratio_chroma(source, actor)
     assert chroma[1] <= 0.0 and chroma[0] >= 0.0, chroma  # no bluer, no less red
     span = _LOCUS_DARK - _LOCUS_LIGHT
     darker = np.log(0.2 / 0.07) / _LOCUS_LIGHTNESS  # locus steps its lightness says
@@ -405,12 +411,7 @@ def test_a_darker_source_is_never_bluer_than_the_actor_whose_skin_lies_past_the_
 
 
 def test_a_lighter_source_is_never_redder_than_the_actor() -> None:
-    from morph3d.composite.colour import linear_to_srgb
-
-    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
     actor = skin_patch(0.0, 0.1) * np.float32([0.8, 1.0, 1.3])  # past the light end
     source = skin_patch(0.9, 0.3, seed=5)  # lighter, but measured near the dark end
-    ratio = tone_ratio(linear_to_srgb(source), linear_to_srgb(actor), weight, sigma=2.0)
-    r = np.median(ratio[weight > 0], 0)
-    chroma = np.log([r[0] / r[1], r[2] / r[1]])
+    chroma = ratio_chroma(source, actor)
     assert chroma[1] >= 0.0 and chroma[0] <= 0.0, chroma
