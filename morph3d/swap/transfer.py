@@ -226,7 +226,7 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     # strand, and a per-pixel test keeps the strands with holes between them (skin-toned
     # holes in the fringe). The score low-passed over a strand's spacing separates a fringe
     # from bare forehead skin; what passes and is joined to the kept hair is hair.
-    above = (brow_height(lm68, box, size) / crop_iod > 0) & covered & ~features
+    above = (brow_height(lm68, box, size) > 0) & covered & ~features
     # a pixel far off the skin (the score is unbounded, infinite on black) counts as `sigmas`
     blurred = cv2.GaussianBlur(np.clip(np.nan_to_num(score, posinf=sigmas), 0, sigmas),
                                (0, 0), fringe_blur * crop_iod)
