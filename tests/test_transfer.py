@@ -255,6 +255,41 @@ def test_a_fringe_over_the_brows_is_kept_and_the_actors_own_brows_are_not() -> N
     assert keep[hair > 0].mean() > 0.95
 
 
+def test_skin_under_a_coloured_light_is_swapped_and_a_darker_object_is_kept() -> None:
+    """A blue rim light on one cheek is off the skin's colour but lighter than the skin: with
+    `lit_skin` the ratio takes it (no cut between the swapped face and the lit cheek); a
+    darker blue thing on the other cheek stays the actor's either way."""
+    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.swap.transfer import actor_non_skin, surround_strength
+
+    size = 256
+    points, seen, regions = crop_face(size)
+    lit = np.zeros((size, size), bool)
+    lit[120:160, 160:182] = True
+    thing = np.zeros((size, size), bool)
+    thing[120:160, 74:96] = True
+    seen[lit] = (0.80, 0.75, 0.95)
+    seen[thing] = (0.30, 0.35, 0.60)
+    covered = np.ones((size, size), bool)
+    model = fit_skin_model(seen, {"ibug68": points})
+    iod = float(np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0)))
+    box = (0.0, 0.0, float(size))
+    plain_keep = actor_non_skin(seen, covered, model, regions, points, box, size, iod)
+    lit_keep = actor_non_skin(seen, covered, model, regions, points, box, size, iod,
+                              lit_skin=True)
+    assert plain_keep[lit].mean() > 0.95 and plain_keep[thing].mean() > 0.95
+    assert lit_keep[lit].mean() < 0.05
+    assert lit_keep[thing].mean() > 0.95
+    # around the face the lit skin of the head takes the face's tone too
+    face = disk((size, size), (128, 130), 25)
+    inner = np.zeros((size, size), bool)
+    plain = surround_strength(seen, model, face, inner, reach=80.0, smooth=2.0)
+    head = surround_strength(seen, model, face, inner, reach=80.0, smooth=2.0, head=covered)
+    assert plain[135:145, 165:177].max() < 0.05
+    assert head[135:145, 165:177].min() > 0.3
+    assert head[135:145, 79:91].max() < 0.05
+
+
 def test_surround_takes_the_skin_around_the_face_not_hair_or_background() -> None:
     from morph3d.composite.occluders import fit_skin_model
     from morph3d.swap.transfer import surround_strength

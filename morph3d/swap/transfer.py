@@ -186,7 +186,7 @@ def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) ->
 def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                    lm68: np.ndarray, box: tuple[float, float, float], size: int,
                    crop_iod: float, sigmas: float = 6.0, fringe_sigmas: float = 1.5,
-                   fringe_blur: float = 0.05) -> np.ndarray:
+                   fringe_blur: float = 0.05, lit_skin: bool = False) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
     microphone) and not where the face has features of its own (eyes, lips, a band around
     the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
@@ -196,7 +196,8 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     none); lm68: the source mesh's 68 points in frame pixels. Non-skin is more than `sigmas`
     from the model, or more than half of it and joined to such a pixel; above the brows also
     where the score low-passed at `fringe_blur` IOD passes `fringe_sigmas` (a fringe's light
-    hair between its strands) and is joined to kept hair."""
+    hair between its strands) and is joined to kept hair. `lit_skin`: below the brows, what is
+    off the skin's colour but at least as light as the skin is skin under a coloured light."""
     from morph3d.composite.occluders import non_skin_score
 
     if model is None:
@@ -234,12 +235,20 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     count, labels = cv2.connectedComponents((fringe | kept).astype(np.uint8), connectivity=8)
     joined = np.bincount(labels[kept], minlength=count) > 0
     joined[0] = False
-    return kept | (fringe & joined[labels])
+    kept = kept | (fringe & joined[labels])
+    if lit_skin:
+        # Below the brows, a piece off the skin's colour but as light as the skin or lighter
+        # is the skin under a light of another colour (a blue rim light on the far cheek):
+        # hair, a beard's shadow or a dark microphone are darker than the lit skin beside
+        # them, and the grey of a highlight already scores as skin.
+        luma = seen @ np.float32([0.299, 0.587, 0.114]) * 255.0
+        kept &= ~(~above & ~features & np.isfinite(score) & (luma >= model.mean[0]))
+    return kept
 
 
 def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndarray,
-                      reach: float, smooth: float, low: float = 3.0, high: float = 6.0
-                      ) -> np.ndarray:
+                      reach: float, smooth: float, low: float = 3.0, high: float = 6.0,
+                      head: np.ndarray | None = None) -> np.ndarray:
     """Crop H x W weight in [0, 1]: the actor's skin around the face (ears, neck, forehead
     between the strands of a fringe) that takes the face's overall tone, so a source of
     another skin tone reads as the person's skin, not as a mask on a face.
@@ -256,6 +265,9 @@ def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndar
         return np.zeros(plain.shape[:2], np.float32)
     score = non_skin_score(plain, model)
     skin = np.clip((high - score) / (high - low), 0.0, 1.0).astype(np.float32)
+    if head is not None:  # the head's skin under a light of another colour (`actor_non_skin`)
+        luma = plain @ np.float32([0.299, 0.587, 0.114]) * 255.0
+        skin[head & np.isfinite(score) & (luma >= model.mean[0])] = 1.0
     skin = cv2.GaussianBlur(skin, (0, 0), max(smooth, 0.5))
     size = plain.shape[0]
     border = np.minimum.reduce(np.meshgrid(np.arange(size), np.arange(size))
@@ -410,7 +422,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                                 exclude=trust <= 0.5)
     if protect:
         keep_actor = actor_non_skin(seen, covered, skin_model, regions, lm68, box, size,
-                                    crop_iod)
+                                    crop_iod, lit_skin=True)
         trust = trust * ~keep_actor
         soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
@@ -438,7 +450,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
     around = surround_strength(plain, skin_model, covered & (face > 0.5), inner > 0.5,
-                               surround * crop_iod, 0.03 * crop_iod)
+                               surround * crop_iod, 0.03 * crop_iod, head=covered)
     tone = np.median(ratio[trust > 0.5], 0) if (trust > 0.5).sum() > 20 else np.ones(3)
     # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
     around = around * (1 - strength)
