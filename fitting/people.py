@@ -19,6 +19,8 @@ from fitting.faces import IBUG68
 from fitting.track import Tracks
 from morph3d.errors import InputError, Morph3dError
 
+_BLOCK_ROWS = 64  # rows copied at a time where a whole copy would only be a temporary
+
 
 def tracks_by_size(tracks: Tracks) -> list[int]:
     """Track ids, largest mean box area over the clip first (ties: lower id first)."""
@@ -153,7 +155,8 @@ def choose_person(tracks: Tracks, chooser: Tracks, select: str | FaceChoice | np
     found = len(people(chooser))
     if tracks is chooser:
         rows = np.isin(tracks.track_id, pieces)
-        return ChosenPerson(_rows(tracks, rows, tracks.track_id[rows]), pieces, found)
+        ids = tracks.track_id if rows.all() else tracks.track_id[rows]
+        return ChosenPerson(_rows(tracks, rows, ids), pieces, found)
     chosen: dict[int, tuple[np.ndarray, float]] = {}
     for t in reversed(pieces):  # the chosen track wins where pieces share a frame
         for r in np.flatnonzero(chooser.track_id == t):
@@ -171,7 +174,12 @@ def choose_person(tracks: Tracks, chooser: Tracks, select: str | FaceChoice | np
 
 
 def _rows(tracks: Tracks, rows: np.ndarray, track_id: np.ndarray) -> Tracks:
-    """The tracks' `rows` (bool mask) only, under the given track ids."""
+    """The tracks' `rows` (bool mask) only, under the given track ids; every row (one
+    person's clip) shares the tracks' arrays instead of copying them."""
+    if rows.all():
+        return Tracks(tracks.n_frames, tracks.image_size, tracks.frame_index, track_id,
+                      tracks.boxes, tracks.scores, tracks.landmarks, tracks.embeddings,
+                      tracks.scene_cut, tracks.repeated)
     return Tracks(tracks.n_frames, tracks.image_size, tracks.frame_index[rows], track_id,
                   tracks.boxes[rows], tracks.scores[rows],
                   {s: p[rows] for s, p in tracks.landmarks.items()}, tracks.embeddings[rows],
@@ -182,8 +190,16 @@ def joined_trajectory(tracks: Tracks, ids: list[int], scheme: str = IBUG68) -> n
     """(n_frames, L, 2) landmarks of one person whose face is split over tracks `ids`: the
     first id's trajectory, its missing frames filled from the next ids in order."""
     points = tracks.trajectory(ids[0], scheme)
+    values = tracks.landmarks[scheme]
     for other in ids[1:]:
-        piece = tracks.trajectory(other, scheme)
-        fill = ~np.isfinite(points).all(axis=(1, 2)) & np.isfinite(piece).all(axis=(1, 2))
-        points[fill] = piece[fill]
+        # From the other track's rows a block at a time, not via its own (n_frames, L, 2)
+        # trajectory: that would be a second copy of the clip's points.
+        rows = np.flatnonzero(tracks.track_id == other)
+        for start in range(0, len(rows), _BLOCK_ROWS):
+            block = rows[start:start + _BLOCK_ROWS]
+            frames = tracks.frame_index[block]
+            piece = values[block]
+            fill = ~np.isfinite(points[frames]).all(axis=(1, 2)) & np.isfinite(piece).all(
+                axis=(1, 2))
+            points[frames[fill]] = piece[fill]
     return points

@@ -25,7 +25,7 @@ from collections.abc import Hashable, Iterable
 import cv2
 import numpy as np
 
-from fitting.faces import IBUG68, MEDIAPIPE478, as_rgb_uint8
+from fitting.faces import IBUG68, MEDIAPIPE478, SCHEME_SIZES, as_rgb_uint8
 from fitting.landmark_maps import ibug68_from_mediapipe478
 from fitting.track import Tracks
 
@@ -226,35 +226,148 @@ def _rts_gains(n: int, measurement_var: float, accel_var: float) -> tuple[np.nda
     return gains, smoother
 
 
-def _rts_segment(values: np.ndarray, measurement_var: float, accel_var: float,
-                 two_sided: bool = True) -> np.ndarray:
-    """Smooth (T, K) values (T consecutive frames, K coordinates) with one shared model."""
-    n = len(values)
-    if n < 3:
-        return values.copy()
-    gains, smoother = _rts_gains(n, measurement_var, accel_var)
-    state = np.zeros((n, 2, values.shape[1]))
-    x = np.stack([values[0], np.zeros(values.shape[1])])
+# Smoothing reads the landmark arrays a block at a time, so that its temporaries keep one
+# size whatever the clip's length: a float64 copy of a whole trajectory, and the smoother's
+# state (two values per coordinate and frame), would each be several times the float32
+# landmarks the stage keeps.
+_BLOCK_ROWS = 64  # rows converted to float64 at a time for the per-frame statistics
+# Landmarks smoothed together: an even number of coordinates, a power of two, so that every
+# coordinate meets the same BLAS kernel path in the backward pass's small matrix products as
+# it would with all coordinates at once (the results do not depend on the block size).
+_BLOCK_POINTS = 32
+
+
+def _rts_smooth(values: np.ndarray, gains: np.ndarray, smoother: np.ndarray,
+                two_sided: bool = True) -> np.ndarray:
+    """Smooth (T, K) values (T consecutive frames, K coordinates) with one shared model's
+    `_rts_gains`; the backward pass overwrites the forward pass's states in place."""
+    n, k = values.shape
+    state = np.zeros((n, 2, k))
+    x = np.stack([values[0], np.zeros(k)])
     for t in range(n):
         if t > 0:
             x = np.stack([state[t - 1, 0] + state[t - 1, 1], state[t - 1, 1]])
         innovation = values[t] - x[0]
         state[t] = x + gains[t][:, None] * innovation[None, :]
-    if not two_sided:
-        return state[:, 0]
-    smoothed = state.copy()
-    for t in range(n - 2, -1, -1):
-        predicted = np.stack([state[t, 0] + state[t, 1], state[t, 1]])
-        smoothed[t] = state[t] + smoother[t] @ (smoothed[t + 1] - predicted)
-    return smoothed[:, 0]
+    if two_sided:
+        for t in range(n - 2, -1, -1):
+            predicted = np.stack([state[t, 0] + state[t, 1], state[t, 1]])
+            state[t] += smoother[t] @ (state[t + 1] - predicted)
+    return state[:, 0]
 
 
-def present_runs(present: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) index pairs of the runs of True in a (T,) bool array."""
-    present = np.asarray(present, bool)
-    edges = np.diff(np.concatenate([[0], present.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(),
-                    strict=True))
+def _frame_stats(values: np.ndarray, rows: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of the (L, 2) point sets values[rows]: whether all its points are finite,
+    its `face_size` (pixels) and its mean point (pixels), float64."""
+    present = np.zeros(len(rows), bool)
+    sizes = np.zeros(len(rows))
+    centres = np.zeros((len(rows), 2))
+    for start in range(0, len(rows), _BLOCK_ROWS):
+        block = np.asarray(values[rows[start:start + _BLOCK_ROWS]], np.float64)
+        part = slice(start, start + len(block))
+        present[part] = np.isfinite(block).all(axis=(1, 2))
+        sizes[part] = face_size(np.where(present[part, None, None], block, 0.0))
+        centres[part] = block.mean(axis=1)
+    return present, sizes, centres
+
+
+def _runs(values: np.ndarray, rows: np.ndarray, position: np.ndarray,
+          breaks: np.ndarray | None, max_jump: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The runs (see `segments`) of the point sets values[rows] at strictly increasing
+    positions `position` on a timeline: for each, its indices into `rows` and its face sizes
+    (pixels). A run holds finite point sets at consecutive positions, unbroken by `breaks`
+    (indexed by position) and by jumps."""
+    present, sizes, centres = _frame_stats(values, rows)
+    seen = np.flatnonzero(present)
+    position, sizes, centres = position[seen], sizes[seen], centres[seen]
+    start = np.ones(len(seen), bool)
+    start[1:] = np.diff(position) != 1
+    if breaks is not None:
+        start[1:] |= np.asarray(breaks, bool)[position[1:]]
+    if values.shape[1] > 1:
+        jump = np.linalg.norm(np.diff(centres, axis=0), axis=1) / np.maximum(sizes[:-1], 1e-6)
+        growth = np.abs(np.log(np.maximum(sizes[1:], 1e-6) / np.maximum(sizes[:-1], 1e-6)))
+        start[1:] |= (jump > max_jump) | (growth > np.log1p(max_jump))
+    starts = np.flatnonzero(start)
+    stops = np.r_[starts[1:], len(seen)].astype(np.int64)
+    return [(seen[a:b], sizes[a:b]) for a, b in zip(starts, stops, strict=True)]
+
+
+def _smooth_rows(values: np.ndarray, rows: np.ndarray, frames: np.ndarray, count: int,
+                 repeated: np.ndarray | None, breaks: np.ndarray | None, out: np.ndarray,
+                 measurement_noise: float, motion_noise: float, causal: bool = False,
+                 max_jump: float = 0.5) -> None:
+    """Smooth one face's point sets values[rows] ((L, 2) pixels each) into out[rows]
+    (float32, NaN beforehand), read and written in place, a block at a time.
+
+    frames: (R,) the frame of each row, strictly increasing, in [0, count); frames without
+        a row are gaps.
+    repeated, breaks: (count,) bool or None, as in `smooth_unique_frames`.
+    Rows in no run (non-finite points) keep their NaN, unless a repeated frame copies its
+    predecessor into them.
+    """
+    frames = np.asarray(frames, np.int64)
+    if np.any(np.diff(frames) <= 0):
+        raise ValueError("a face has at most one row per frame, in frame order")
+    repeated = None if repeated is None else np.asarray(repeated, bool)[:count]
+    if repeated is not None and not repeated.any():
+        repeated = None
+    if repeated is None:
+        kept, position = np.arange(len(rows)), frames
+    else:
+        # Smoothed over the frames that are not repeats; a cut on a dropped frame starts
+        # the shot at the next unique frame.
+        unique = np.flatnonzero(~repeated)
+        kept = np.flatnonzero(~repeated[frames])
+        position = np.searchsorted(unique, frames[kept])
+        if breaks is not None and len(unique):
+            cuts_so_far = np.cumsum(np.asarray(breaks, bool)[:count])
+            unique_breaks = np.zeros(len(unique), bool)
+            unique_breaks[0] = bool(cuts_so_far[unique[0]])
+            unique_breaks[1:] = np.diff(cuts_so_far[unique]) > 0
+            breaks = unique_breaks
+    for run, sizes in _runs(values, rows[kept], position, breaks, max_jump):
+        where = rows[kept[run]]
+        n = len(where)
+        if n < 3:
+            out[where] = values[where]
+            continue
+        size = float(np.median(sizes)) if values.shape[1] > 1 else 1.0
+        gains, smoother = _rts_gains(n, (measurement_noise * size) ** 2,
+                                     (motion_noise * size) ** 2)
+        for first in range(0, values.shape[1], _BLOCK_POINTS):
+            block = np.asarray(values[where, first:first + _BLOCK_POINTS], np.float64)
+            smoothed = _rts_smooth(block.reshape(n, -1), gains, smoother, not causal)
+            out[where, first:first + _BLOCK_POINTS] = smoothed.reshape(block.shape)
+    if repeated is None:
+        return
+    # A repeated frame takes its predecessor's smoothed points (a frame without this face
+    # passes on what its own predecessor had, if it is a repeat too); with none there, it
+    # keeps its own detection.
+    for r in np.flatnonzero(repeated[frames]):
+        frame = int(frames[r]) - 1
+        while frame >= 0 and repeated[frame] and not _has_row(frames, frame):
+            frame -= 1
+        previous = (out[rows[np.searchsorted(frames, frame)]]
+                    if frame >= 0 and _has_row(frames, frame) else None)
+        finite = previous is not None and bool(np.isfinite(previous).all())
+        out[rows[r]] = previous if finite else values[rows[r]]
+
+
+def _has_row(frames: np.ndarray, frame: int) -> bool:
+    i = int(np.searchsorted(frames, frame))
+    return i < len(frames) and int(frames[i]) == frame
+
+
+def _trajectory(points: np.ndarray) -> np.ndarray:
+    """(T, L, 2) float32 or float64 points, as given when they are."""
+    points = np.asarray(points)
+    if points.dtype not in (np.float32, np.float64):
+        points = points.astype(np.float64)
+    if points.ndim != 3 or points.shape[-1] != 2:
+        raise ValueError(f"expected (T, L, 2) points, got {points.shape}")
+    return points
 
 
 def segments(points: np.ndarray, breaks: np.ndarray | None = None,
@@ -263,21 +376,10 @@ def segments(points: np.ndarray, breaks: np.ndarray | None = None,
     points, split at `breaks` (True where a frame starts a new shot) and where the face
     jumps by more than `max_jump` face sizes or changes size by more than that fraction
     between consecutive frames (a cut the caller did not flag)."""
-    points = np.asarray(points, np.float64)
-    present = np.isfinite(points).all(axis=(1, 2))
-    split = np.zeros(len(points), bool) if breaks is None else np.asarray(breaks, bool).copy()
-    if points.shape[1] > 1:
-        sizes = face_size(np.where(present[:, None, None], points, 0.0))
-        centres = points.mean(axis=1)
-        both = present[1:] & present[:-1]
-        jump = np.linalg.norm(np.diff(centres, axis=0), axis=1) / np.maximum(sizes[:-1], 1e-6)
-        growth = np.abs(np.log(np.maximum(sizes[1:], 1e-6) / np.maximum(sizes[:-1], 1e-6)))
-        split[1:] |= both & ((jump > max_jump) | (growth > np.log1p(max_jump)))
-    runs = []
-    for start, stop in present_runs(present):
-        cuts = [start] + [t for t in range(start + 1, stop) if split[t]] + [stop]
-        runs.extend(zip(cuts[:-1], cuts[1:], strict=True))
-    return runs
+    points = _trajectory(points)
+    every = np.arange(len(points))
+    return [(int(run[0]), int(run[-1]) + 1)
+            for run, _ in _runs(points, every, every, breaks, max_jump)]
 
 
 def smooth_trajectory(points: np.ndarray, measurement_noise: float = 0.006,
@@ -293,20 +395,13 @@ def smooth_trajectory(points: np.ndarray, measurement_noise: float = 0.006,
         for comparison; it lags behind motion.
     breaks, max_jump: where to split besides gaps; see `segments`.
 
-    Each run (see `segments`) is smoothed on its own; gaps stay NaN.
+    Each run (see `segments`) is smoothed on its own; gaps stay NaN. Returns float32.
     """
-    points = np.asarray(points, np.float64)
-    if points.ndim != 3 or points.shape[-1] != 2:
-        raise ValueError(f"expected (T, L, 2) points, got {points.shape}")
+    points = _trajectory(points)
     out = np.full(points.shape, np.nan, np.float32)
-    for start, stop in segments(points, breaks, max_jump):
-        segment = points[start:stop]
-        size = float(np.median(face_size(segment))) if segment.shape[1] > 1 else 1.0
-        measurement_var = (measurement_noise * size) ** 2
-        accel_var = (motion_noise * size) ** 2
-        flat = segment.reshape(stop - start, -1)
-        out[start:stop] = _rts_segment(flat, measurement_var, accel_var,
-                                       two_sided=not causal).reshape(segment.shape)
+    every = np.arange(len(points))
+    _smooth_rows(points, every, every, len(points), None, breaks, out, measurement_noise,
+                 motion_noise, causal, max_jump)
     return out
 
 
@@ -322,26 +417,21 @@ def smooth_unique_frames(points: np.ndarray, repeated: np.ndarray | None,
     that was most of the swap's added jitter. A repeat's own detection is dropped (it saw
     the same picture).
     """
-    points = np.asarray(points, np.float64)
-    count = len(points)
-    if repeated is None or not np.any(repeated[:count]):
-        return smooth_trajectory(points, measurement_noise, motion_noise, breaks=breaks)
-    repeated = np.asarray(repeated, bool)[:count]
-    unique = np.flatnonzero(~repeated)
-    unique_breaks = None
-    if breaks is not None:
-        # A cut on a dropped frame starts the shot at the next unique frame.
-        cuts_so_far = np.cumsum(np.asarray(breaks, bool)[:count])
-        unique_breaks = np.zeros(len(unique), bool)
-        unique_breaks[0] = bool(cuts_so_far[unique[0]])
-        unique_breaks[1:] = np.diff(cuts_so_far[unique]) > 0
+    points = _trajectory(points)
     out = np.full(points.shape, np.nan, np.float32)
-    out[unique] = smooth_trajectory(points[unique], measurement_noise, motion_noise,
-                                    breaks=unique_breaks)
-    for i in np.flatnonzero(repeated):
-        copy = out[i - 1] if i > 0 else np.full(points.shape[1:], np.nan, np.float32)
-        # No predecessor with the face: keep the frame's own (unsmoothed) detection.
-        out[i] = copy if np.isfinite(copy).all() else points[i]
+    every = np.arange(len(points))
+    _smooth_rows(points, every, every, len(points), repeated, breaks, out, measurement_noise,
+                 motion_noise)
+    return out
+
+
+def _ibug68_from_mesh(mesh: np.ndarray) -> np.ndarray:
+    """`ibug68_from_mediapipe478` of (M, 478, 2) float32 points, a block of rows at a time
+    (it works in float64)."""
+    out = np.empty((len(mesh), SCHEME_SIZES[IBUG68], 2), np.float32)
+    for start in range(0, len(mesh), _BLOCK_ROWS):
+        out[start:start + _BLOCK_ROWS] = ibug68_from_mediapipe478(
+            mesh[start:start + _BLOCK_ROWS])
     return out
 
 
@@ -357,16 +447,15 @@ def smooth_tracks(tracks: Tracks, measurement_noise: float = 0.004,
     motion followed best with them (mar_corr 0.90 vs 0.88-0.89). The second differences on
     the near-still shot after the cut drop to 0.80 of the raw ones (0.71 with 0.008 / 0.02).
     """
-    landmarks = {s: p.copy() for s, p in tracks.landmarks.items()}
     schemes = _refined_schemes(tracks)
+    smoothed = {s: np.full(tracks.landmarks[s].shape, np.nan, np.float32) for s in schemes}
     for track_id in tracks.ids:
         rows = np.flatnonzero(tracks.track_id == track_id)
         frames = tracks.frame_index[rows]
         for scheme in schemes:
-            trajectory = tracks.trajectory(int(track_id), scheme)
-            smoothed = smooth_unique_frames(trajectory, tracks.repeated, measurement_noise,
-                                            motion_noise, breaks=tracks.scene_cut)
-            landmarks[scheme][rows] = smoothed[frames]
-    if MEDIAPIPE478 in landmarks and IBUG68 in landmarks:
-        landmarks[IBUG68] = ibug68_from_mediapipe478(landmarks[MEDIAPIPE478])
-    return tracks.with_landmarks(landmarks)
+            _smooth_rows(tracks.landmarks[scheme], rows, frames, tracks.n_frames,
+                         tracks.repeated, tracks.scene_cut, smoothed[scheme],
+                         measurement_noise, motion_noise)
+    if MEDIAPIPE478 in smoothed and IBUG68 in tracks.landmarks:
+        smoothed[IBUG68] = _ibug68_from_mesh(smoothed[MEDIAPIPE478])
+    return tracks.with_landmarks(smoothed)

@@ -45,6 +45,7 @@ from fitting.faces import (
 from morph3d.errors import InputError
 
 FORMAT_VERSION = 1
+_BLOCK_ROWS = 64  # rows copied at a time where a whole copy would only be a temporary
 
 
 @dataclass
@@ -129,7 +130,10 @@ class Tracks:
         rows = np.flatnonzero(self.track_id == track_id)
         out = np.full((self.n_frames,) + values.shape[1:], np.nan, np.float32)
         # If a track had two faces in one frame (it cannot, by construction) the last wins.
-        out[self.frame_index[rows]] = values[rows]
+        # A block of rows at a time: `values[rows]` at once would be a second copy of them.
+        for start in range(0, len(rows), _BLOCK_ROWS):
+            block = rows[start:start + _BLOCK_ROWS]
+            out[self.frame_index[block]] = values[block]
         return out
 
     def trajectory(self, track_id: int, scheme: str = IBUG68) -> np.ndarray:
@@ -157,12 +161,14 @@ class Tracks:
                 for t in self.ids}
 
     def with_landmarks(self, landmarks: dict[str, np.ndarray]) -> Tracks:
-        """A copy with some landmark sets replaced (e.g. smoothed), same rows."""
+        """The same rows with some landmark sets replaced (e.g. smoothed). The other arrays
+        are shared, not copied: a clip's tracks are several kilobytes per frame, and no
+        code modifies a Tracks' arrays in place."""
         merged = dict(self.landmarks)
         merged.update(landmarks)
-        return Tracks(self.n_frames, self.image_size, self.frame_index.copy(),
-                      self.track_id.copy(), self.boxes.copy(), self.scores.copy(), merged,
-                      self.embeddings.copy(), self.scene_cut.copy(), self.repeated.copy())
+        return Tracks(self.n_frames, self.image_size, self.frame_index, self.track_id,
+                      self.boxes, self.scores, merged, self.embeddings, self.scene_cut,
+                      self.repeated)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write an npz atomically."""
