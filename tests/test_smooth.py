@@ -9,7 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from fitting.faces import IBUG68
+from fitting.faces import IBUG68, MEDIAPIPE478
+from fitting.landmark_maps import ibug68_from_mediapipe478
+from fitting.people import choose_person, joined_trajectory
 from fitting.smooth import (
     FlowRefiner,
     face_size,
@@ -20,7 +22,7 @@ from fitting.smooth import (
     smooth_trajectory,
     smooth_unique_frames,
 )
-from fitting.track import track_faces
+from fitting.track import Tracks, track_faces
 
 
 def moving_face_trajectory(frames: int = 120, noise_px: float = 1.5, seed: int = 0):
@@ -227,3 +229,77 @@ def test_smoothing_reduces_jitter_on_real_video(media_dir: Path):
     # the first frame after the cut stays near its own detection, not pulled to the old shot
     assert np.abs(out[22] - raw[22]).max() < 0.05 * size
     assert smoothed.landmarks[IBUG68].shape == tracks.landmarks[IBUG68].shape
+
+
+def mesh_tracks(frames: int, seed: int = 0, tracks: int = 1) -> Tracks:
+    """A clip's tracks with mediapipe meshes (and their iBUG points): `tracks` faces moving
+    in small random steps, each seen in a random ~80% of the frames (the first in all but
+    a few, split into two tracks at frame `frames` // 3, a cut, and joined again by their
+    identity embeddings), every 6th frame a repeat."""
+    rng = np.random.default_rng(seed)
+    present = rng.random((tracks, frames)) < 0.8
+    present[0] = rng.random(frames) < 0.97
+    rows = sorted((f, t) for t in range(tracks) for f in np.flatnonzero(present[t]))
+    frame = np.array([f for f, _ in rows], np.int64)
+    face = np.array([t for _, t in rows], np.int64)
+    track_id = np.where(face == 0, (frame >= frames // 3).astype(np.int64), face + 1)
+    walk = rng.normal(0, 2, (tracks, frames, 2)).cumsum(axis=1)
+    mesh = (rng.uniform(-80, 80, (tracks, 478, 2))[face] + walk[face, frame][:, None]
+            + rng.normal(0, 1, (len(rows), 478, 2)) + 400 * (face + 1)[:, None, None])
+    mesh = mesh.astype(np.float32)
+    mesh[rng.random(len(rows)) < 0.02] = np.nan  # a detection with no usable points
+    cut = np.zeros(frames, bool)
+    cut[frames // 3] = True
+    embeddings = np.full((len(rows), 128), np.nan)
+    every = np.arange(len(rows)) % 15 == 0  # one person's identity, on both sides of the cut
+    embeddings[every] = rng.normal(0, 0.1, (tracks, 128))[face[every]]
+    return Tracks(frames, (720, 1280), frame, track_id, np.tile([0, 0, 100, 100], (len(rows), 1)),
+                  np.ones(len(rows)), {MEDIAPIPE478: mesh, IBUG68: ibug68_from_mediapipe478(mesh)},
+                  embeddings, cut, np.arange(frames) % 6 == 5)
+
+
+def test_smooth_tracks_smooths_each_track_as_its_trajectory():
+    """Rows smoothed in place, track by track, are the tracks' trajectories smoothed on
+    their own (`smooth_unique_frames`: gaps, cuts and repeats, a repeat after a frame
+    without the face included), bit for bit; iBUG points follow the smoothed mesh."""
+    tracks = mesh_tracks(300, seed=3, tracks=3)
+    smoothed = smooth_tracks(tracks)
+    for t in tracks.ids:
+        expected = smooth_unique_frames(tracks.trajectory(int(t), MEDIAPIPE478), tracks.repeated,
+                                        0.004, 0.02, breaks=tracks.scene_cut)
+        rows = tracks.track_id == t
+        np.testing.assert_array_equal(smoothed.landmarks[MEDIAPIPE478][rows],
+                                      expected[tracks.frame_index[rows]])
+    np.testing.assert_array_equal(smoothed.landmarks[IBUG68],
+                                  ibug68_from_mediapipe478(smoothed.landmarks[MEDIAPIPE478]))
+    assert np.isfinite(smoothed.landmarks[MEDIAPIPE478]).all(axis=(1, 2)).mean() > 0.9
+
+
+def test_landmark_pass_memory_grows_only_by_what_it_keeps():
+    """Choosing the person, smoothing their tracks and making their trajectories (what
+    `fitting.video.video_landmarks` does after tracking) raise the heap's peak per frame by
+    about the two results it holds, the smoothed rows and the trajectories (each one copy
+    of the landmarks), not by float64 copies of whole trajectories. tracemalloc counts
+    numpy's allocations exactly, so this is deterministic (unlike RSS)."""
+    import tracemalloc
+
+    def peak(frames: int) -> tuple[int, int]:
+        tracks = mesh_tracks(frames)
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            person = choose_person(tracks, tracks, "largest")
+            chosen = smooth_tracks(person.tracks)
+            trajectories = {s: joined_trajectory(chosen, person.ids, s)
+                            for s in chosen.landmarks}
+            assert np.isfinite(trajectories[IBUG68]).all(axis=(1, 2)).mean() > 0.9
+            return tracemalloc.get_traced_memory()[1] - start, len(tracks)
+        finally:
+            tracemalloc.stop()
+
+    peak(30)  # what the first call allocates once (imports, caches) is not growth
+    (short, short_rows), (long, long_rows) = peak(300), peak(900)
+    row = sum(p[0].nbytes for p in mesh_tracks(3).landmarks.values())  # bytes per frame
+    growth = (long - short) / (long_rows - short_rows)
+    print(f"\npeak growth {growth:.0f} bytes per frame, landmarks {row} bytes per frame")
+    assert growth < 3.0 * row
