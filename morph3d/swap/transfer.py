@@ -22,8 +22,9 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    them). Skin tone, brows, lips and freckles come from the source while the frame's own
    light, cast shadows, blur and grain stay.
    What either side does not show as skin does not vote (the photo's unseen side, the
-   actor's fringe or microphone, highlights), and the actor's forehead above the brows
-   fades back to itself (fringes, hats). Each picture's light colour is estimated from its
+   actor's fringe or microphone, highlights; skin under a light of another colour, such as
+   a rim light on the far cheek, is skin), and the actor's forehead above the brows fades
+   back to itself (fringes, hats). Each picture's light colour is estimated from its
    skin's offset from a skin locus and divided out of its side (`tone.skin_lights`), so the
    source's skin appears under the clip's light, not the photo's.
 3. Surround: the face's overall tone also goes onto the actor's skin around the face (ears,
