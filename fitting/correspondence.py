@@ -120,7 +120,10 @@ class LandmarkSet:
 
     def positions(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
         """L x 3 model-space positions (mm)."""
-        return self.mean + self.identity @ identity + self.expression @ expression
+        # As 2-D matrix-vector products (one BLAS call each, not one per point).
+        n = len(self.mean)
+        return (self.mean + (self.identity.reshape(3 * n, -1) @ identity).reshape(n, 3)
+                + (self.expression.reshape(3 * n, -1) @ expression).reshape(n, 3))
 
     def copy_for(self, points: np.ndarray) -> LandmarkSet:
         """The same correspondences for new 2D points (same layout)."""
@@ -243,7 +246,7 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     """
     arrays = ls.arrays
     offset = ls.offset
-    edges = arrays.contour_edges.get(ls.ibug_table)
+    gather = arrays.contour_gather.get(ls.ibug_table)
     R = rotation_matrix(state.rotation)
     # View rays to the points of the mean face: a face's shape moves them by a few mm at a
     # distance of hundreds, and skipping identity and expression keeps this cheap.
@@ -254,11 +257,11 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     if IBUG68 in ls.scheme_slices:
         factor[ls.scheme_slices[IBUG68].start + np.arange(17)] = 1.0
     ls.weights = ls.base_weights * factor
-    if not edges or IBUG68 not in ls.scheme_slices:
+    if gather is None or IBUG68 not in ls.scheme_slices:
         return
     base = ls.scheme_slices[IBUG68].start
     table_ids, table_bary = arrays.landmarks[ls.ibug_table]
-    lower = [j for j in LOWER_JAW if j in edges]
+    lower = [j for j in LOWER_JAW if j in gather.jaw]
     at = np.einsum("lc,lcd->ld", table_bary[lower], arrays.mean[table_ids[lower]]) @ R.T \
         + state.translation
     facing_lower = -np.einsum("ld,ld->l", ls.normals[base + np.array(lower, int)] @ R.T,
@@ -267,31 +270,32 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     visible = [j for j, f in zip(lower, facing_lower, strict=True) if f > 0.0]
     if visible and not np.array_equal(ls.ids[base + np.array(visible)], table_ids[visible]):
         ls.set_points(base + np.array(visible), table_ids[visible], table_bary[visible])
-    groups = [(j, edges[j]) for j in list(CONTOUR_JAW) + hidden]
-    all_ids = np.concatenate([g[1][0] for g in groups])
-    all_w = np.concatenate([g[1][1] for g in groups])
-    uniq, inv = np.unique(all_ids, return_inverse=True)
-    vu = (arrays.mean[uniq] + arrays.identity[uniq] @ identity
-          + arrays.expression[uniq] @ state.expression)
+    jaw = [j for j in CONTOUR_JAW if j in gather.jaw] + hidden
+    rows, sizes = gather.rows(jaw)
+    # Every candidate vertex (a few hundred), then the candidates (points on mesh edges).
+    vu = gather.vertices(identity, state.expression)
     if offset is not None:
-        vu = vu + offset[uniq]
-    inv = inv.reshape(all_ids.shape)
-    verts = all_w[:, :1] * vu[inv[:, 0]] + all_w[:, 1:] * vu[inv[:, 1]]
+        vu = vu + offset[gather.vertex_ids]
+    local, w = gather.local[rows], gather.edge_weights[rows]
+    verts = w[:, :1] * vu[local[:, 0]] + w[:, 1:] * vu[local[:, 1]]
     uv = project(verts, state.rotation, state.translation, camera)
     # Outward direction in the image: the model's x axis (sign by side), projected.
     centre = verts.mean(0)
-    c_uv = project(centre[None], state.rotation, state.translation, camera)[0]
-    x_uv = project((centre + np.array([10.0, 0.0, 0.0]))[None], state.rotation,
-                   state.translation, camera)[0]
-    right = x_uv - c_uv
+    ends = project(np.stack([centre, centre + np.array([10.0, 0.0, 0.0])]), state.rotation,
+                   state.translation, camera)
+    right = ends[1] - ends[0]
     right /= np.linalg.norm(right) + 1e-12
-    ids = np.zeros((len(groups), 3), np.int64)
-    bary = np.zeros((len(groups), 3))
-    start = 0
-    for k, (j, (e, _)) in enumerate(groups):
-        side = 1.0 if j > CHIN else -1.0
-        best = start + int(np.argmax(uv[start:start + len(e)] @ (side * right)))
-        ids[k, :2], ids[k, 2] = all_ids[best], all_ids[best, 0]
-        bary[k, :2] = all_w[best]
-        start += len(e)
-    ls.set_points(base + np.array([j for j, _ in groups]), ids, bary)
+    # Each jaw point takes its group's candidate farthest out on its side (the first of ties).
+    side = np.repeat(np.where(np.array(jaw) > CHIN, 1.0, -1.0), sizes)
+    score = (uv @ right) * side
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    group = np.repeat(np.arange(len(jaw)), sizes)
+    top = score == np.maximum.reduceat(score, starts)[group]
+    best = rows[np.flatnonzero(top)[np.searchsorted(group[top], np.arange(len(jaw)))]]
+    ids = np.zeros((len(jaw), 3), np.int64)
+    bary = np.zeros((len(jaw), 3))
+    ids[:, :2], ids[:, 2] = gather.edge_ids[best], gather.edge_ids[best, 0]
+    bary[:, :2] = gather.edge_weights[best]
+    target = base + np.array(jaw)
+    if not (np.array_equal(ls.ids[target], ids) and np.array_equal(ls.bary[target], bary)):
+        ls.set_points(target, ids, bary)

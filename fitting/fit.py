@@ -58,6 +58,7 @@ from fitting.pose import FrameState, axis_angle, rotation_matrix
 from fitting.solvers import (
     Priors,
     _bounded_solve,
+    _chain,
     _point_jacobians,
     _residuals,
     face_scale,
@@ -147,7 +148,7 @@ def fit_identity(ls_list: list[LandmarkSet], identity: np.ndarray, states: list[
         dproj = np.zeros((len(x), 2, 3))
         dproj[:, 0, 0], dproj[:, 0, 2] = cam.fx / z, -cam.fx * x / z ** 2
         dproj[:, 1, 1], dproj[:, 1, 2] = cam.fy / z, -cam.fy * y / z ** 2
-        Jm = (dproj @ R) @ ls.identity[ok]
+        Jm = _chain(dproj @ R, ls.identity, ok)
         sw = np.sqrt(w[ok])[:, None] / sig
         rows_A.append((Jm * sw[:, :, None]).reshape(-1, K))
         rows_b.append(-(res[ok] * sw).reshape(-1))

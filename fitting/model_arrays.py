@@ -36,6 +36,57 @@ MEDIAPIPE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397
 
 
 @dataclass
+class ContourGather:
+    """The contour candidates of one iBUG table's jaw points (`ModelArrays.contour_edges`)
+    in flat arrays, with the model's bases at the vertices they touch, so that a pose's
+    contour (`fitting.correspondence.update_jaw_contour`, several times per frame) costs a
+    small matrix product instead of gathers from the V x 3 x K bases.
+
+    Candidate rows are grouped by jaw point: point `jaw[k]`'s rows are
+    `starts[k]:starts[k + 1]`."""
+
+    jaw: tuple[int, ...]  # iBUG jaw indices that have candidates
+    starts: np.ndarray  # len(jaw) + 1 row offsets
+    edge_ids: np.ndarray  # C x 2 vertex ids
+    edge_weights: np.ndarray  # C x 2
+    local: np.ndarray  # C x 2 rows into the vertex arrays below
+    vertex_ids: np.ndarray  # U distinct vertex ids the candidates touch
+    mean: np.ndarray  # U x 3 mm
+    identity: np.ndarray  # 3U x K (mm per std), rows x, y, z of each vertex in turn
+    expression: np.ndarray  # 3U x J
+    _neutral: tuple[np.ndarray, np.ndarray] | None = None  # (identity, U x 3 mm) last made
+
+    @classmethod
+    def gather(cls, arrays: ModelArrays, edges: dict[int, tuple[np.ndarray, np.ndarray]]
+               ) -> ContourGather:
+        jaw = tuple(j for j in CONTOUR_JAW + LOWER_JAW if j in edges)
+        ids = np.concatenate([edges[j][0] for j in jaw]).astype(np.int64)
+        weights = np.concatenate([edges[j][1] for j in jaw]).astype(np.float64)
+        starts = np.cumsum([0] + [len(edges[j][0]) for j in jaw])
+        uniq, inv = np.unique(ids, return_inverse=True)
+        return cls(jaw, starts, ids, weights, inv.reshape(ids.shape), uniq,
+                   np.ascontiguousarray(arrays.mean[uniq]),
+                   arrays.identity[uniq].reshape(3 * len(uniq), -1),
+                   arrays.expression[uniq].reshape(3 * len(uniq), -1))
+
+    def vertices(self, identity: np.ndarray, expression: np.ndarray) -> np.ndarray:
+        """U x 3 mm: the candidate vertices of a face. The neutral shape of the last identity
+        is kept: a clip's frames share one."""
+        n = len(self.vertex_ids)
+        neutral = self._neutral
+        if neutral is None or not np.array_equal(neutral[0], identity):
+            neutral = (identity.copy(), self.mean + (self.identity @ identity).reshape(n, 3))
+            self._neutral = neutral
+        return neutral[1] + (self.expression @ expression).reshape(n, 3)
+
+    def rows(self, jaw: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The candidate rows of jaw points `jaw` (in that order) and their group sizes."""
+        at = {j: k for k, j in enumerate(self.jaw)}
+        parts = [np.arange(self.starts[at[j]], self.starts[at[j] + 1]) for j in jaw]
+        return np.concatenate(parts), np.array([len(p) for p in parts])
+
+
+@dataclass
 class ModelArrays:
     """Per-vertex arrays of a model for the linear solvers: V x 3, V x 3 x K (mm per std),
     V x 3 x J (mm per unit weight)."""
@@ -55,6 +106,9 @@ class ModelArrays:
     contour_edges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = field(
         default_factory=dict)
     normals: np.ndarray | None = None  # V x 3 unit smoothed normals of the mean head
+    edges: np.ndarray | None = None  # E x 2 the mesh's edges (vertex ids, sorted), when made
+    # iBUG table -> `contour_edges` of every jaw point gathered into flat arrays
+    contour_gather: dict[str, ContourGather] = field(default_factory=dict)
 
     @property
     def num_identity(self) -> int:
@@ -92,6 +146,9 @@ def model_arrays(model) -> ModelArrays:
         if table in landmarks:
             arrays.contour_rows[table] = _contour_rows(arrays, regions, table)
             arrays.contour_edges[table] = _contour_edges(arrays, regions, table)
+            if arrays.contour_edges[table]:
+                arrays.contour_gather[table] = ContourGather.gather(
+                    arrays, arrays.contour_edges[table])
     if MEDIAPIPE478 in landmarks:
         arrays.mediapipe_selected = _selected_mediapipe(arrays)
     _ARRAYS[model] = arrays
@@ -197,10 +254,11 @@ def contour_candidates(arrays: ModelArrays, skin: np.ndarray, point: np.ndarray,
     near &= v[:, 2] > max(back, point[2] - 25.0)
     near &= np.abs(v[:, 0]) > 0.5 * abs(point[0])
     near &= skin
-    tri = arrays.triangles
-    edges = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
-    edges = np.unique(np.sort(edges, axis=1), axis=0)
-    edges = edges[near[edges].all(1)]
+    if arrays.edges is None:  # the mesh's edges, made once (a unique over all of them)
+        tri = arrays.triangles
+        edges = np.concatenate([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]])
+        arrays.edges = np.unique(np.sort(edges, axis=1), axis=0)
+    edges = arrays.edges[near[arrays.edges].all(1)]
     ya, yb = v[edges[:, 0], 1] - point[1], v[edges[:, 1], 1] - point[1]
     cross = (ya * yb <= 0) & (ya != yb)
     edges, ya, yb = edges[cross], ya[cross], yb[cross]

@@ -132,59 +132,51 @@ def gauss_newton(
             skew[:, 2, 0], skew[:, 2, 1] = rp[:, 1], -rp[:, 0]
             blocks.append(dproj @ skew)
             blocks.append(dproj)
+        dR = dproj @ R
         if solve_identity:
-            blocks.append((dproj @ R) @ ls.identity[ok])
+            blocks.append(_chain(dR, ls.identity, ok))
         if expression:
-            blocks.append((dproj @ R) @ ls.expression[ok])
+            blocks.append(_chain(dR, ls.expression, ok))
         Jm = np.concatenate(blocks, 2)  # L x 2 x P
         sw = np.sqrt(w[ok])[:, None] / sig
         A = (Jm * sw[:, :, None]).reshape(-1, Jm.shape[2])
         b = -(res[ok] * sw).reshape(-1)
-        data_cost = float(b @ b)
-        rows_A, rows_b = [A], [b]
+        # The normal equations of the landmark rows, then of each prior's rows: a prior is a
+        # row per unknown (weight `scale`, target `target`), so it adds scale^2 to H's
+        # diagonal and scale * target to the gradient.
+        H, g = A.T @ A, A.T @ b
+        cost = float(b @ b)
         P = Jm.shape[2]
+        diagonal = np.diagonal(H).copy()
+        prior = functools.partial(_add_prior, diagonal, g)
         col = 0
         lo, hi = np.full(P, -np.inf), np.full(P, np.inf)
-        prior_cost = 0.0
         if pose:
             if previous is not None and priors.temporal_pose > 0:
                 # Change of rotation (rad) and translation (cm) from the previous frame.
                 dr = axis_angle(rotation_matrix(state.rotation)
                                 @ rotation_matrix(previous.rotation).T)
                 dt = (state.translation - previous.translation) / 10.0
-                reg = np.zeros((6, P))
-                reg[:3, 0:3] = np.eye(3) * priors.temporal_pose
-                reg[3:, 3:6] = np.eye(3) * priors.temporal_pose / 10.0
-                rows_A.append(reg)
-                rows_b.append(-np.concatenate([dr, dt]) * priors.temporal_pose)
-                prior_cost += float(rows_b[-1] @ rows_b[-1])
+                scale = np.repeat([priors.temporal_pose, priors.temporal_pose / 10.0], 3)
+                cost += prior(slice(0, 6), scale,
+                              -np.concatenate([dr, dt]) * priors.temporal_pose)
             col = 6
         if solve_identity:
-            reg = np.zeros((K, P))
-            reg[:, col:col + K] = np.eye(K) * math.sqrt(priors.identity)
-            rows_A.append(reg)
-            rows_b.append(-identity * math.sqrt(priors.identity))
-            prior_cost += float(rows_b[-1] @ rows_b[-1])
+            root = math.sqrt(priors.identity)
+            cost += prior(slice(col, col + K), root, -identity * root)
             col += K
         if expression:
-            reg = np.zeros((J, P))
-            reg[:, col:col + J] = np.eye(J) * math.sqrt(priors.expression)
-            rows_A.append(reg)
-            rows_b.append(-state.expression * math.sqrt(priors.expression))
-            prior_cost += float(rows_b[-1] @ rows_b[-1])
+            e = slice(col, col + J)
+            root = math.sqrt(priors.expression)
+            cost += prior(e, root, -state.expression * root)
             if previous is not None and priors.temporal_expression > 0:
-                reg = np.zeros((J, P))
-                reg[:, col:col + J] = np.eye(J) * priors.temporal_expression
-                rows_A.append(reg)
-                rows_b.append(-(state.expression - previous.expression)
+                cost += prior(e, priors.temporal_expression,
+                              -(state.expression - previous.expression)
                               * priors.temporal_expression)
-                prior_cost += float(rows_b[-1] @ rows_b[-1])
-            lo[col:col + J] = -state.expression
-            hi[col:col + J] = 1.0 - state.expression
-        cost = data_cost + prior_cost
-        A = np.concatenate(rows_A)
-        b = np.concatenate(rows_b)
-        delta = _bounded_lstsq(A, b, lo, hi)
+            lo[e] = -state.expression
+            hi[e] = 1.0 - state.expression
+        H[np.diag_indices_from(H)] = diagonal
+        delta = _bounded_solve(H, g, lo, hi)
         col = 0
         if pose:
             state.rotation = axis_angle(rotation_matrix(delta[:3]) @ R)
@@ -198,9 +190,14 @@ def gauss_newton(
     return identity, state, cost
 
 
-def _bounded_lstsq(A: np.ndarray, b: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """min ||A x - b|| with lo <= x <= hi (see `_bounded_solve`)."""
-    return _bounded_solve(A.T @ A, A.T @ b, lo, hi)
+def _add_prior(diagonal: np.ndarray, g: np.ndarray, cols: slice, scale: float | np.ndarray,
+               target: np.ndarray) -> float:
+    """Rows `scale` * I on the unknowns `cols` with right-hand side `target`, added to normal
+    equations (their diagonal and gradient, in place); returns the rows' cost at the current
+    point, |target|^2."""
+    diagonal[cols] += scale * scale
+    g[cols] += scale * target
+    return float(target @ target)
 
 
 def _solve_arrow(H: np.ndarray, rhs: np.ndarray, free: np.ndarray, shared: int,
@@ -246,7 +243,12 @@ def _bounded_solve(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     H = H.copy()
     H[np.diag_indices_from(H)] += 1e-9 * (np.trace(H) / len(H) + 1.0)
     x = np.zeros(len(g))
-    free = np.ones(len(g), bool)
+    # Unknowns that start on a bound (an expression weight at 0 or 1: its step's bound is 0)
+    # start fixed there, x = 0 on the bound; the loop releases those the gradient pulls
+    # inside. Most of them stay there from one step (or frame) to the next, so this starts
+    # the loop near its final active set: the same solution in a few iterations instead of
+    # one iteration per change of the set.
+    free = (lo != 0) & (hi != 0)
     for _ in range(min(4 * len(g) // 10 + 10, 60)):
         fixed = ~free
         rhs = g[free] - H[np.ix_(free, fixed)] @ x[fixed]
@@ -286,4 +288,12 @@ def _point_jacobians(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     skew[:, 2, 0], skew[:, 2, 1] = rp[:, 1], -rp[:, 0]
     pose = np.concatenate([dproj @ skew, dproj], 2)
     dR = dproj @ R
-    return res[ok], pose, dR @ ls.identity[ok], dR @ ls.expression[ok]
+    return res[ok], pose, _chain(dR, ls.identity, ok), _chain(dR, ls.expression, ok)
+
+
+def _chain(d_point: np.ndarray, basis: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """d(u, v)/d(coefficients), n x 2 x N: the pixels' derivative by the model point
+    (n x 2 x 3) times the `ok` points' basis rows (L x 3 x N), as one einsum (a stacked
+    matmul of n tiny matrices costs several times more)."""
+    rows = basis if ok.all() else basis[ok]
+    return np.einsum("lrk,lkj->lrj", d_point, rows)

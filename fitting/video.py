@@ -35,7 +35,6 @@ from fitting.photo import fit_landmarks, head_pose_degrees
 from fitting.pose import FrameState, rotation_matrix
 from fitting.solvers import Priors, gauss_newton, single_threaded
 from morph3d.errors import Morph3dError
-from morph3d.model.geometry import vertex_normals
 
 
 class ClipLandmarks(NamedTuple):
@@ -129,12 +128,18 @@ def select_identity_frames(model, landmarks: dict[str, np.ndarray], camera: Came
 @dataclass
 class ShSampler:
     """Front-facing face-skin vertices for per-frame SH estimation: a subsample of vertices
-    with their incident triangles (re-indexed), so normals are cheap."""
+    with their incident triangles (re-indexed), so normals are cheap, and the model's bases
+    at those vertices (gathered once: gathering them from the whole model every frame cost
+    more than the estimate)."""
 
     vertex_ids: np.ndarray  # all vertices the local triangles touch
     triangles: np.ndarray  # local indices into vertex_ids
     sample: np.ndarray  # local indices of the sampled vertices
     albedo: np.ndarray  # sample x 3 (1 when unknown)
+    mean: np.ndarray  # U x 3 mm, the model's mean at vertex_ids
+    identity: np.ndarray  # 3U x K (mm per std), rows x, y, z of each vertex in turn
+    expression: np.ndarray  # 3U x J
+    _neutral: tuple[np.ndarray, np.ndarray] | None = None  # (identity, U x 3 mm) last used
 
     @classmethod
     def for_model(cls, model, count: int = 400, seed: int = 0) -> ShSampler:
@@ -145,7 +150,9 @@ class ShSampler:
         tris = arrays.triangles[np.isin(arrays.triangles, sample).any(1)]
         ids, local = np.unique(tris, return_inverse=True)
         return cls(ids, local.reshape(-1, 3), np.searchsorted(ids, sample),
-                   np.ones((len(sample), 3)))
+                   np.ones((len(sample), 3)), np.ascontiguousarray(arrays.mean[ids]),
+                   arrays.identity[ids].reshape(3 * len(ids), -1),
+                   arrays.expression[ids].reshape(3 * len(ids), -1))
 
     def set_albedo_from_texture(self, model, texture: np.ndarray) -> None:
         """Per-sample albedo looked up in a UV texture (nearest texel)."""
@@ -158,15 +165,19 @@ class ShSampler:
         row = np.clip(((1 - uv[:, 1]) * T).astype(int), 0, T - 1)
         self.albedo = np.clip(texture[row, col].astype(np.float64), 0.05, 1.0)
 
-    def estimate(self, image: np.ndarray, model, identity: np.ndarray, state: FrameState,
-                 camera: CameraParams, regularise: float = 0.05) -> np.ndarray:
+    def estimate(self, image: np.ndarray | Yuv420Pixels, model, identity: np.ndarray,
+                 state: FrameState, camera: CameraParams, regularise: float = 0.05
+                 ) -> np.ndarray:
         """9 x 3 SH lighting from the frame's colours at the visible sampled vertices."""
-        arrays = model_arrays(model)
-        ids = self.vertex_ids
-        verts = (arrays.mean[ids] + arrays.identity[ids] @ identity
-                 + arrays.expression[ids] @ state.expression)
+        n = len(self.vertex_ids)
+        neutral = self._neutral
+        if neutral is None or not np.array_equal(neutral[0], identity):
+            # A clip has one identity: its neutral shape is made once.
+            neutral = (identity.copy(), self.mean + (self.identity @ identity).reshape(n, 3))
+            self._neutral = neutral
+        verts = neutral[1] + (self.expression @ state.expression).reshape(n, 3)
         R = rotation_matrix(state.rotation)
-        normals = (vertex_normals(verts, self.triangles)[self.sample] @ R.T) * np.array(
+        normals = (_vertex_normals(verts, self.triangles)[self.sample] @ R.T) * np.array(
             [1.0, -1.0, -1.0])
         cam = verts[self.sample] @ R.T + state.translation
         z = np.maximum(cam[:, 2], 1e-6)
@@ -178,8 +189,12 @@ class ShSampler:
         sh[0] = 1.0
         if keep.sum() < 30:
             return sh
-        colors = image[np.round(v[keep]).astype(int), np.round(u[keep]).astype(int)]
-        colors = colors.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
+        rows, cols = np.round(v[keep]).astype(int), np.round(u[keep]).astype(int)
+        if isinstance(image, Yuv420Pixels):
+            colors = image.at(rows, cols).astype(np.float64) / 255.0
+        else:
+            colors = image[rows, cols]
+            colors = colors.astype(np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
         basis = sh_basis_np(normals[keep])
         reg = regularise * keep.sum()
         for c in range(3):
@@ -187,6 +202,69 @@ class ShSampler:
             H = A.T @ A + reg * np.eye(SH_COEFFS)
             sh[:, c] = np.linalg.solve(H, A.T @ colors[:, c] + reg * sh[:, c])
         return sh
+
+
+class Yuv420Pixels:
+    """RGB (uint8) of chosen pixels of a decoded 4:2:0 video frame, converted only where
+    read: the SH estimate reads a few hundred pixels per frame, and converting the whole
+    frame (`morph3d.io.media.frame_rgb`) costs more than decoding it.
+
+    The conversion is the one swscale's accurate path gives an untagged clip (BT.601 limited
+    range, chroma sited left and interpolated bilinearly, rounded): `matches` checks a frame
+    against the full conversion, and the fit uses this only where the clip's first frame
+    agrees."""
+
+    def __init__(self, frame) -> None:
+        self.frame = frame  # keeps the planes' memory alive
+        self.shape = (frame.height, frame.width, 3)
+        self.planes = [np.frombuffer(p, np.uint8).reshape(-1, p.line_size) for p in frame.planes]
+
+    @staticmethod
+    def possible(frame) -> bool:
+        return frame.format.name == "yuv420p" and not frame.rotation
+
+    def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """N x 3 uint8 RGB at pixels (rows, cols)."""
+        Y, U, V = self.planes
+        h, w = (self.shape[0] + 1) // 2, (self.shape[1] + 1) // 2
+        xs, ys = cols / 2.0, np.maximum(rows - 0.5, 0.0) / 2.0  # chroma plane coordinates
+        x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+        fx, fy = xs - x0, ys - y0
+        x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+
+        def chroma(P: np.ndarray) -> np.ndarray:
+            top = P[y0, x0] * (1.0 - fx) + P[y0, x1] * fx
+            bottom = P[y1, x0] * (1.0 - fx) + P[y1, x1] * fx
+            return top * (1.0 - fy) + bottom * fy - 128.0
+
+        y = (Y[rows, cols] - 16.0) * (255.0 / 219.0)
+        u, v = chroma(U) * (255.0 / 224.0), chroma(V) * (255.0 / 224.0)
+        kr, kb = 0.299, 0.114
+        kg = 1.0 - kr - kb
+        rgb = np.stack([y + 2.0 * (1.0 - kr) * v,
+                        y - 2.0 * (1.0 - kb) * kb / kg * u - 2.0 * (1.0 - kr) * kr / kg * v,
+                        y + 2.0 * (1.0 - kb) * u], 1)
+        return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
+
+    def matches(self, rgb: np.ndarray, step: int = 7) -> bool:
+        """Whether these pixels are the full conversion `rgb`'s (every `step`-th row and
+        column): within 1 level everywhere and equal on 99 % of them."""
+        rows, cols = np.meshgrid(np.arange(0, self.shape[0], step),
+                                 np.arange(0, self.shape[1], step), indexing="ij")
+        mine = self.at(rows.ravel(), cols.ravel()).astype(int)
+        theirs = rgb[rows.ravel(), cols.ravel()].astype(int)
+        return bool(np.abs(mine - theirs).max() <= 1 and (mine == theirs).mean() >= 0.99)
+
+
+def _vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """`morph3d.model.geometry.vertex_normals` with the corner sums as one bincount per
+    axis (the same sums in the same order as its `np.add.at`, several times faster)."""
+    v0, v1, v2 = (vertices[triangles[:, i]] for i in range(3))
+    face_normals = np.cross(v1 - v0, v2 - v0)  # |n| = 2 area
+    corners = triangles.T.reshape(-1)  # every triangle's first corner, then second, third
+    normals = np.stack([np.bincount(corners, np.tile(face_normals[:, k], 3), len(vertices))
+                        for k in range(3)], 1)
+    return normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12)
 
 
 def track_frame(ls: LandmarkSet, identity: np.ndarray, previous: FrameState | None,
@@ -243,7 +321,7 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     """
     from tqdm import tqdm
 
-    from morph3d.io.media import iter_frames, probe_video
+    from morph3d.io.media import frame_rgb, iter_frames, probe_video
 
     info = probe_video(path)
     fps = float(info.fps)
@@ -285,8 +363,9 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
                                     for s, p in landmarks.items()})
     rows = {s: (np.arange(68) if s == IBUG68 else model_arrays(model).mediapipe_selected)
             for s in template.scheme_slices}  # the template's point order
-    frames = (iter_frames(path, stop=max_frames) if photometric else
+    frames = (iter_frames(path, stop=max_frames, rgb=False) if photometric else
               ({"index": i} for i in range(n_frames)))
+    fast: bool | None = None  # whether the clip's frames are read with Yuv420Pixels
     previous: FrameState | None = None
     for item in tqdm(frames, total=n_frames, desc="fitting", unit="frame", disable=not progress,
                      leave=False):
@@ -301,7 +380,13 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
         ls = template.copy_for(np.concatenate([landmarks[s][i][rows[s]] for s in rows]))
         state = track_frame(ls, identity, previous, camera, track_priors)
         if sampler is not None:
-            state.sh = sampler.estimate(item.rgb, model, identity, state, camera)
+            decoded = item.decoded
+            if item.rgb is None and fast is None:
+                fast = (Yuv420Pixels.possible(decoded)
+                        and Yuv420Pixels(decoded).matches(frame_rgb(decoded)))
+            image = (item.rgb if item.rgb is not None else
+                     Yuv420Pixels(decoded) if fast else frame_rgb(decoded))
+            state.sh = sampler.estimate(image, model, identity, state, camera)
         if timings is not None:
             timings.append((time.perf_counter() - start) * 1000.0)
         faces.rotation[i], faces.translation[i] = state.rotation, state.translation
@@ -310,7 +395,7 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
             faces.sh[i] = state.sh
         faces.valid[i] = True
         if i in frontal:
-            texture_frames[i] = item.rgb
+            texture_frames[i] = item.rgb if item.rgb is not None else frame_rgb(item.decoded)
         if on_frame is not None:
             on_frame(i, state)
         previous = state

@@ -321,7 +321,8 @@ class Frame:
     index: int
     pts: int | None
     time_s: float
-    rgb: np.ndarray  # H x W x 3 uint8
+    rgb: np.ndarray | None  # H x W x 3 uint8; None from iter_frames(rgb=False) on a video
+    decoded: Any = None  # iter_frames(rgb=False) on a video: the av.VideoFrame (`frame_rgb`)
 
 
 @dataclass
@@ -356,13 +357,16 @@ def iter_frames(
     start: int = 0,
     stop: int | None = None,
     report: DecodeReport | None = None,
+    rgb: bool = True,
 ) -> Iterator[Frame]:
     """Stream upright RGB frames with index in ``[start, stop)`` from a video or image.
 
     Decoding is streaming (one frame in memory at a time). Corrupt packets and frames are
     skipped, the run continues, and the skipped indices are recorded in `report`.
     A still image yields one frame with index 0. Opening errors raise `InputError` here,
-    before iteration starts.
+    before iteration starts. rgb=False: a video's frames come unconverted (`Frame.rgb`
+    None, the decoder's frame in `Frame.decoded`; `frame_rgb` converts one), for a reader
+    of a few pixels per frame (the RGB conversion costs more than decoding).
     """
     if start < 0:
         raise ValueError(f"start must be >= 0, got {start}")
@@ -378,7 +382,7 @@ def iter_frames(
     if fps is None or fps <= 0 or vs.time_base is None:
         container.close()
         raise InputError(f"cannot determine the frame rate of {p}")
-    return _video_frames(container, vs, fps, start, stop, report)
+    return _video_frames(container, vs, fps, start, stop, report, rgb)
 
 
 def _image_frames(
@@ -389,6 +393,15 @@ def _image_frames(
         yield Frame(index=0, pts=0, time_s=0.0, rgb=rgb)
 
 
+def frame_rgb(frame: Any) -> np.ndarray:
+    """A decoded av.VideoFrame as the upright H x W x 3 uint8 RGB `iter_frames` yields."""
+    rgb = frame.to_ndarray(format="rgb24", interpolation=_SWS_ACCURATE)
+    rotation = _normalise_rotation(frame.rotation)
+    if rotation:
+        rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+    return rgb
+
+
 def _video_frames(
     container: Any,
     vs: Any,
@@ -396,6 +409,7 @@ def _video_frames(
     start: int,
     stop: int | None,
     report: DecodeReport,
+    rgb: bool = True,
 ) -> Iterator[Frame]:
     tb: Fraction = vs.time_base
     origin_pts = vs.start_time or 0
@@ -442,10 +456,7 @@ def _video_frames(
                     next_index = index + 1
                     continue
                 report.skipped_indices.extend(range(next_index, index))
-                rgb = frame.to_ndarray(format="rgb24", interpolation=_SWS_ACCURATE)
-                rotation = _normalise_rotation(frame.rotation)
-                if rotation:
-                    rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+                pixels = frame_rgb(frame) if rgb else None
                 last_index = index
                 next_index = index + 1
                 report.frames_yielded += 1
@@ -454,7 +465,8 @@ def _video_frames(
                     if frame.pts is not None
                     else (index / float(fps))
                 )
-                yield Frame(index=index, pts=frame.pts, time_s=time_s, rgb=rgb)
+                yield Frame(index=index, pts=frame.pts, time_s=time_s, rgb=pixels,
+                            decoded=None if rgb else frame)
             if finished:
                 break
         # Frames missing at the end of the requested range (only when the count is known).
