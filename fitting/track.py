@@ -212,6 +212,53 @@ def _points_array(scheme: str, points: object, rows: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+class _Columns:
+    """Rows appended to one growing array per field (the tracker's detections, several
+    kilobytes per face): no Python objects per row, and the arrays are handed out as they
+    are, not copied. A full array is enlarged in place by an eighth (numpy's resize
+    reallocates: big arrays move without a second copy) and trimmed in place when handed
+    out; after that, the next enlargement copies, so the arrays handed out never change."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, np.ndarray] = {}
+        self.count = 0
+        self._handed_out = False
+
+    def append(self, values: dict[str, np.ndarray]) -> None:
+        """Append the rows of `values` (equal lengths; the same keys, row shapes and dtypes
+        at every call)."""
+        n = len(next(iter(values.values())))
+        if not n:
+            return
+        if not self._arrays:
+            self._arrays = {k: np.empty((max(n, 64), *v.shape[1:]), v.dtype)
+                            for k, v in values.items()}
+        capacity = len(next(iter(self._arrays.values())))
+        if self.count + n > capacity:
+            self._resize(max(self.count + n, capacity + capacity // 8))
+        for key, value in values.items():
+            self._arrays[key][self.count:self.count + n] = value
+        self.count += n
+
+    def _resize(self, capacity: int) -> None:
+        for key, array in self._arrays.items():
+            if self._handed_out:
+                grown = np.empty((capacity, *array.shape[1:]), array.dtype)
+                grown[:self.count] = array[:self.count]
+                self._arrays[key] = grown
+            else:  # no view of the array exists: it is private until handed out
+                array.resize((capacity, *array.shape[1:]), refcheck=False)
+        self._handed_out = False
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The rows so far, by field (none before the first row); later appends leave the
+        returned arrays as they are."""
+        if self._arrays and not self._handed_out:
+            self._resize(self.count)
+        self._handed_out = True
+        return dict(self._arrays)
+
+
 @dataclass
 class _TrackState:
     track_id: int
@@ -289,8 +336,7 @@ class FaceTracker:
         self._thumbnail: np.ndarray | None = None
         self._small: np.ndarray | None = None  # quarter-size grey frame, for repeats
         self._states: list[_TrackState] = []
-        self._rows: list[tuple[int, int, np.ndarray, float, dict[str, np.ndarray],
-                               np.ndarray]] = []
+        self._rows = _Columns()
         self._frame = 0
         self._cuts: list[bool] = []
         self._repeats: list[bool] = []
@@ -408,8 +454,10 @@ class FaceTracker:
             state.box, state.last_frame = box, frame
             if np.all(np.isfinite(embeddings[i])):
                 state.add_embedding(embeddings[i].astype(np.float64), frame)
-            self._rows.append((frame, int(ids[i]), faces.boxes[i], float(faces.scores[i]),
-                               {s: p[i] for s, p in faces.landmarks.items()}, embeddings[i]))
+        self._rows.append({"frame_index": np.full(n, frame, np.int64), "track_id": ids.copy(),
+                           "boxes": faces.boxes, "scores": faces.scores,
+                           "embeddings": embeddings,
+                           **{f"landmarks/{s}": p for s, p in faces.landmarks.items()}})
         return ids
 
     def skip_frame(self, image_size: tuple[int, int] | None = None) -> None:
@@ -423,18 +471,15 @@ class FaceTracker:
 
     def result(self) -> Tracks:
         """Everything tracked so far as a Tracks value."""
-        schemes = self._schemes or ()
-        m = len(self._rows)
+        rows = self._rows.arrays()
+        none = np.zeros(0, np.float32)
         return Tracks(
             n_frames=self._frame,
             image_size=self._image_size or (0, 0),
-            frame_index=np.array([r[0] for r in self._rows], np.int64),
-            track_id=np.array([r[1] for r in self._rows], np.int64),
-            boxes=np.array([r[2] for r in self._rows], np.float32).reshape(m, 4),
-            scores=np.array([r[3] for r in self._rows], np.float32),
-            landmarks={s: _points_array(s, [r[4][s] for r in self._rows], m) for s in schemes},
-            embeddings=np.array([r[5] for r in self._rows], np.float32).reshape(
-                m, EMBEDDING_SIZE),
+            frame_index=rows.get("frame_index", none), track_id=rows.get("track_id", none),
+            boxes=rows.get("boxes", none), scores=rows.get("scores", none),
+            landmarks={s: rows.get(f"landmarks/{s}", none) for s in self._schemes or ()},
+            embeddings=rows.get("embeddings", none),
             scene_cut=np.array(self._cuts, bool),
             repeated=np.array(self._repeats, bool),
         )

@@ -203,3 +203,54 @@ def test_face_choice_among_boxes_and_tracks():
     assert select_track(tracks, "5,5") == 0
     with pytest.raises(Morph3dError, match="face index 3"):
         select_track(tracks, "3")
+
+
+def test_tracker_rows_grow_in_place_and_stay_put_once_handed_out():
+    """The tracker's row store: rows appended in batches of any size come back in order;
+    arrays handed out mid-clip keep their rows while more are appended (past the capacity,
+    so the store must copy instead of resizing them); the final arrays are exactly the
+    rows, no spare capacity."""
+    from fitting.track import _Columns
+
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(int(n), 478, 2)).astype(np.float32)
+               for n in rng.integers(0, 4, 300)]
+    store = _Columns()
+    snapshot = None
+    for k, batch in enumerate(batches):
+        store.append({"points": batch, "frame": np.full(len(batch), k, np.int64)})
+        if k == 40:
+            snapshot = store.arrays()
+            kept = {key: value.copy() for key, value in snapshot.items()}
+    for key in kept:
+        np.testing.assert_array_equal(snapshot[key], kept[key])
+    final = store.arrays()
+    np.testing.assert_array_equal(final["points"], np.concatenate(batches))
+    np.testing.assert_array_equal(final["frame"], np.concatenate(
+        [np.full(len(b), k) for k, b in enumerate(batches)]))
+    assert final["points"].base is None  # owns exactly its rows
+    assert _Columns().arrays() == {}
+
+
+@pytest.mark.media
+def test_tracker_result_mid_clip_is_a_snapshot(singer, media_dir):
+    """Replaying the singer's faces frame by frame gives track_faces' tracks again, and a
+    result taken half-way is not changed by the frames that follow."""
+    from fitting.track import FaceTracker
+
+    tracker = FaceTracker()
+    half = None
+    for k, frame in enumerate(first_frames(media_dir / "nggyup.mp4", 40)):
+        tracker.update(frame, singer.frame_faces(k))
+        if k == 19:
+            half = tracker.result()
+            before = half.landmarks[MEDIAPIPE478].copy()
+    final = tracker.result()
+    for name in ("frame_index", "track_id", "boxes", "scores", "scene_cut", "repeated"):
+        np.testing.assert_array_equal(getattr(final, name), getattr(singer, name))
+    np.testing.assert_array_equal(final.embeddings, singer.embeddings)
+    for scheme in (IBUG68, MEDIAPIPE478):
+        np.testing.assert_array_equal(final.landmarks[scheme], singer.landmarks[scheme])
+    assert half.n_frames == 20 and len(half) == 20
+    np.testing.assert_array_equal(half.landmarks[MEDIAPIPE478], before)
+    np.testing.assert_array_equal(before, singer.landmarks[MEDIAPIPE478][:20])
