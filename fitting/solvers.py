@@ -246,8 +246,9 @@ def _bounded_solve(H: np.ndarray, g: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     # Unknowns that start on a bound (an expression weight at 0 or 1: its step's bound is 0)
     # start fixed there, x = 0 on the bound; the loop releases those the gradient pulls
     # inside. Most of them stay there from one step (or frame) to the next, so this starts
-    # the loop near its final active set: the same solution in a few iterations instead of
-    # one iteration per change of the set.
+    # the loop near its final active set: the same solution in a few iterations, where a
+    # start with every unknown free can take dozens (on a clip's joint refinement, past the
+    # cap, whose clipped answer is not the minimum).
     free = (lo != 0) & (hi != 0)
     for _ in range(min(4 * len(g) // 10 + 10, 60)):
         fixed = ~free
