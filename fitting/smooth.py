@@ -242,17 +242,20 @@ def _rts_smooth(values: np.ndarray, gains: np.ndarray, smoother: np.ndarray,
     """Smooth (T, K) values (T consecutive frames, K coordinates) with one shared model's
     `_rts_gains`; the backward pass overwrites the forward pass's states in place."""
     n, k = values.shape
-    state = np.zeros((n, 2, k))
-    x = np.stack([values[0], np.zeros(k)])
+    state = np.zeros((n, 2, k))  # position, velocity
+    position, velocity = values[0], np.zeros(k)
     for t in range(n):
         if t > 0:
-            x = np.stack([state[t - 1, 0] + state[t - 1, 1], state[t - 1, 1]])
-        innovation = values[t] - x[0]
-        state[t] = x + gains[t][:, None] * innovation[None, :]
+            position, velocity = state[t - 1, 0] + state[t - 1, 1], state[t - 1, 1]
+        innovation = values[t] - position
+        state[t, 0] = position + gains[t, 0] * innovation
+        state[t, 1] = velocity + gains[t, 1] * innovation
     if two_sided:
+        error = np.empty((2, k))  # the smoothed next state minus its prediction
         for t in range(n - 2, -1, -1):
-            predicted = np.stack([state[t, 0] + state[t, 1], state[t, 1]])
-            state[t] += smoother[t] @ (state[t + 1] - predicted)
+            np.subtract(state[t + 1, 0], state[t, 0] + state[t, 1], out=error[0])
+            np.subtract(state[t + 1, 1], state[t, 1], out=error[1])
+            state[t] += smoother[t] @ error
     return state[:, 0]
 
 
