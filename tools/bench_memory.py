@@ -1,6 +1,7 @@
 """Peak memory of `morph3d swap` against clip length.
 
     python tools/bench_memory.py --repeat-jobs 8 --frames 8
+    python tools/bench_memory.py --landmark-growth 600 1200 [--clips-dir DIR] [--json FILE]
     python tools/bench_memory.py [--frames 150 600] [--size 1920x1080] [--skip-growth]
                                  [--clips-dir /tmp/morph3d_bench_memory]
                                  [--json FILE] [--plot docs/bench_memory_rss.png]
@@ -9,6 +10,11 @@
 `--frames` frames of nggyup.mp4, mark.jpg, `refine=classic`, one torch thread) N times in one
 process, and reports RSS, VmHWM and the live mediapipe graphs after each job: what a job
 leaves behind accumulates in a worker that runs hundreds.
+
+`--landmark-growth A B` instead measures only the landmark stage's heap growth per frame
+(tracemalloc, as the default run's first step does for all fitting stages) between the first
+A and B frames of a 1280x720 ping-pong clip of nggyup.mp4 (made under --clips-dir), for
+lengths past the 289 frames of nggyup.mp4 itself.
 
 `--large-images` instead swaps 8000 x 8000 stills (mark.jpg upscaled, under --clips-dir): one
 as the source photo (target mark.jpg), one as the target image (source mark.jpg), each in a
@@ -123,46 +129,52 @@ def rss_plot(runs: dict[int, dict], path: Path) -> None:
 GROWTH_FRAMES = (120, 289)  # both past the shot cuts at frames 22 and 93
 
 
-def growth_child(frames: int) -> dict[str, int]:
+def growth_child(frames: int, clip: Path | None = None) -> dict[str, int]:
     """Python/numpy heap (tracemalloc) of the clip-fitting stages on the first `frames` frames
     of nggyup.mp4: the peak during landmark detection, the landmarks kept, the peak during the
     clip fit and the fit kept. Run in a fresh process; deterministic, unlike RSS. Both lengths
     must include the same shot cuts: a cut makes a second track, whose identity check loads
-    the dlib models once (a constant that would otherwise look like growth)."""
+    the dlib models once (a constant that would otherwise look like growth). With `clip`,
+    only the landmark detection, on that clip."""
     import gc
     import tracemalloc
 
     from fitting.video import fit_video, video_landmarks
     from morph3d.model.registry import load_model
 
-    model = load_model("default")
-    clip = MEDIA / "nggyup.mp4"
+    model = load_model("default") if clip is None else None
+    source = MEDIA / "nggyup.mp4" if clip is None else clip
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    landmarks = video_landmarks(clip, "mediapipe", "largest", frames, progress=False).points
+    landmarks = video_landmarks(source, "mediapipe", "largest", frames, progress=False).points
     peak_landmarks = tracemalloc.get_traced_memory()[1]
     gc.collect()  # what is still referenced, not garbage in cycles
     kept_landmarks = tracemalloc.get_traced_memory()[0]
+    found = {"frames": frames, "peak_landmarks": peak_landmarks - base,
+             "kept_landmarks": kept_landmarks - base}
+    if model is None:
+        return found
     tracemalloc.reset_peak()
-    fit = fit_video(clip, model, landmarks=landmarks, max_frames=frames, progress=False)
+    fit = fit_video(source, model, landmarks=landmarks, max_frames=frames, progress=False)
     del landmarks
     peak_fit = tracemalloc.get_traced_memory()[1]
     gc.collect()
     kept_fit = tracemalloc.get_traced_memory()[0]
     assert fit.faces.valid.any()
-    return {"frames": frames, "peak_landmarks": peak_landmarks - base,
-            "kept_landmarks": kept_landmarks - base, "peak_fit": peak_fit - base,
-            "kept_fit": kept_fit - base}
+    return {**found, "peak_fit": peak_fit - base, "kept_fit": kept_fit - base}
 
 
-def measure_growth() -> dict[str, Any]:
-    """Bytes per frame that each fitting stage's heap peak and kept state grow by."""
+def measure_growth(lengths: tuple[int, int] = GROWTH_FRAMES, clip: Path | None = None
+                   ) -> dict[str, Any]:
+    """Bytes per frame that each fitting stage's heap peak and kept state grow by (with
+    `clip`: the landmark stage's only, on that clip)."""
     import subprocess
 
     rows = []
-    for frames in GROWTH_FRAMES:
+    for frames in lengths:
+        extra = [] if clip is None else [str(clip)]
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--growth-child",
-                               str(frames)], capture_output=True, text=True, cwd=ROOT)
+                               str(frames), *extra], capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             sys.exit(f"bench_memory: the growth measurement failed:\n{proc.stderr[-2000:]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -170,6 +182,16 @@ def measure_growth() -> dict[str, Any]:
     span = b["frames"] - a["frames"]
     slopes = {k: (b[k] - a[k]) / span for k in a if k != "frames"}
     return {"rows": rows, "bytes_per_frame": slopes}
+
+
+def landmark_growth(lengths: tuple[int, int], clips_dir: Path) -> dict[str, Any]:
+    """`measure_growth` of the landmark stage alone on the first frames of a 1280x720
+    ping-pong clip of nggyup.mp4 (`make_clip`), for lengths past its 289 frames: the stage's
+    peak is the tracking pass's (the detector's buffers) on short clips and what follows it
+    on long ones, so only lengths past that crossover give the growth a long clip sees."""
+    clip = make_clip(clips_dir / f"nggyup_1280x720_{max(lengths)}.mp4", max(lengths),
+                     (1280, 720))
+    return {"clip": str(clip), **measure_growth(lengths, clip)}
 
 
 def projection_text(runs: dict[int, dict], results: dict[str, Any]) -> str:
@@ -390,6 +412,9 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "bench_memory_rss.png")
     parser.add_argument("--large-images", action="store_true",
                         help="swap 8000x8000 stills (as source, as target) instead of clips")
+    parser.add_argument("--landmark-growth", type=int, nargs=2, metavar=("A", "B"),
+                        help="only the landmark stage's heap growth (tracemalloc) between "
+                        "the first A and B frames of a 1280x720 ping-pong clip")
     parser.add_argument("--repeat-jobs", type=int, metavar="N",
                         help="one worker's N template jobs of the first --frames frames")
     args = parser.parse_args()
@@ -402,6 +427,21 @@ def main() -> int:
         print(repeat_text(repeated["repeat_jobs"]) + f"\n{machine_line(repeated['machine'])}")
         if args.json:
             write_json(args.json, repeated)
+        return 0
+    if args.landmark_growth:
+        if args.clips_dir.resolve().is_relative_to(ROOT):
+            sys.exit("bench_memory: keep the test clips out of the repository (--clips-dir)")
+        args.clips_dir.mkdir(parents=True, exist_ok=True)
+        found: dict[str, Any] = {"machine": machine()}
+        found["landmark_growth"] = landmark_growth(tuple(args.landmark_growth), args.clips_dir)
+        found["machine"]["loadavg_end"] = os.getloadavg()
+        rows, slope = found["landmark_growth"]["rows"], found["landmark_growth"]["bytes_per_frame"]
+        print("\n".join(f"{r['frames']} frames: landmark stage peak {r['peak_landmarks']} "
+                        f"bytes, kept {r['kept_landmarks']} bytes" for r in rows)
+              + f"\nper frame: peak {slope['peak_landmarks']:.0f} bytes, kept "
+              f"{slope['kept_landmarks']:.0f} bytes\n{machine_line(found['machine'])}")
+        if args.json:
+            write_json(args.json, found)
         return 0
     if args.large_images:
         if args.clips_dir.resolve().is_relative_to(ROOT):
@@ -473,13 +513,14 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--growth-child":
+    if len(sys.argv) in (3, 4) and sys.argv[1] == "--growth-child":
         # mediapipe 0.10.14 keeps the exception of its failed optional `import sounddevice`
         # (audio_record.sd_error), whose traceback pins every frame on the stack at the
         # first `import mediapipe`: import it here, where no frame holds anything large.
         import mediapipe  # noqa: F401
 
-        print(json.dumps(growth_child(int(sys.argv[2]))))
+        print(json.dumps(growth_child(int(sys.argv[2]),
+                                      Path(sys.argv[3]) if len(sys.argv) == 4 else None)))
         sys.exit(0)
     if len(sys.argv) == 5 and sys.argv[1] == "--repeat-child":
         import mediapipe  # noqa: F401  (as above)
