@@ -19,7 +19,7 @@ from fitting.people import (
     select_largest,
     select_track,
 )
-from fitting.track import Tracks, track_faces
+from fitting.track import Tracks, frame_grey, track_faces
 from morph3d.errors import InputError, Morph3dError
 
 
@@ -254,3 +254,25 @@ def test_tracker_result_mid_clip_is_a_snapshot(singer, media_dir):
     assert half.n_frames == 20 and len(half) == 20
     np.testing.assert_array_equal(half.landmarks[MEDIAPIPE478], before)
     np.testing.assert_array_equal(before, singer.landmarks[MEDIAPIPE478][:20])
+
+
+def test_frame_grey_is_the_channel_mean_bit_for_bit():
+    """The tracker's grey equals numpy's float32 channel mean exactly, on every sum of three
+    bytes and on the other image forms the tracker takes (RGBA, grey, [0, 1] float)."""
+    rng = np.random.default_rng(0)
+    values = np.arange(256, dtype=np.uint8)
+    every_sum = np.stack(np.meshgrid(values, values, values, indexing="ij"), axis=-1)
+    images = [every_sum.reshape(256, 256 * 256, 3)[:, ::7],  # a strided view
+              rng.integers(0, 256, (721, 1283, 4), dtype=np.uint8),
+              rng.integers(0, 256, (5, 9), dtype=np.uint8),
+              rng.random((33, 17, 3), dtype=np.float32)]
+    for image in images:
+        rgb = np.ascontiguousarray(np.asarray(image)[..., :3]) if np.ndim(image) == 3 else image
+        if rgb.dtype != np.uint8:
+            rgb = np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[..., None], 3, axis=2)
+        expected = rgb.mean(axis=2, dtype=np.float32)
+        grey = frame_grey(image)
+        assert grey.dtype == np.float32 and grey.shape == expected.shape
+        assert np.array_equal(grey, expected)
