@@ -282,14 +282,36 @@ class _TrackState:
         self.last_embedding_frame = frame
 
 
-def frame_grey(image: np.ndarray) -> np.ndarray:
+class GreyBuffers:
+    """Whole-frame arrays that `frame_grey` reuses from frame to frame: a fresh array per
+    frame costs the kernel's zeroed pages, several times what the sums themselves cost."""
+
+    def __init__(self) -> None:
+        self.planes: list[np.ndarray] = []
+        self.grey = np.empty((0, 0), np.float32)
+
+    def fit(self, height: int, width: int) -> None:
+        if self.grey.shape != (height, width):
+            self.planes = [np.empty((height, width), np.uint8) for _ in range(3)]
+            self.grey = np.empty((height, width), np.float32)
+
+
+def frame_grey(image: np.ndarray, buffers: GreyBuffers | None = None) -> np.ndarray:
     """(H, W) float32 mean of an image's R, G and B: the same array as
     ``as_rgb_uint8(image).mean(axis=2, dtype=np.float32)``, bit for bit (a sum of three bytes
     is exact in float32, and the one division rounds as the mean's does). OpenCV adds the
     planes in one pass each, where numpy's reduction over a 3-long axis or its strided channel
-    views cost several times more on a whole video frame."""
-    red, green, blue = cv2.split(as_rgb_uint8(image))
-    return cv2.add(cv2.add(red, green, dtype=cv2.CV_32F), blue, dtype=cv2.CV_32F) / 3
+    views cost several times more on a whole video frame. With `buffers` the result is
+    `buffers.grey`, overwritten by the next call with the same buffers."""
+    rgb = as_rgb_uint8(image)
+    buffers = buffers if buffers is not None else GreyBuffers()
+    buffers.fit(*rgb.shape[:2])
+    red, green, blue = cv2.split(rgb, buffers.planes)
+    grey = buffers.grey
+    cv2.add(red, green, dst=grey, dtype=cv2.CV_32F)
+    cv2.add(grey, blue, dst=grey, dtype=cv2.CV_32F)
+    np.divide(grey, 3, out=grey)
+    return grey
 
 
 def block_difference(a: np.ndarray, b: np.ndarray, block: int = 8) -> float:
@@ -345,6 +367,7 @@ class FaceTracker:
         self.repeat_threshold = float(repeat_threshold)
         self._thumbnail: np.ndarray | None = None
         self._small: np.ndarray | None = None  # quarter-size grey frame, for repeats
+        self._grey_buffers = GreyBuffers()
         self._states: list[_TrackState] = []
         self._rows = _Columns()
         self._frame = 0
@@ -364,7 +387,7 @@ class FaceTracker:
 
     def _frame_change(self, image: np.ndarray) -> tuple[bool, bool]:
         """(scene cut, repeat of the previous frame) for the next frame."""
-        grey = frame_grey(image)
+        grey = frame_grey(image, self._grey_buffers)
         height, width = grey.shape
         small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
                            interpolation=cv2.INTER_AREA)

@@ -19,7 +19,7 @@ from fitting.people import (
     select_largest,
     select_track,
 )
-from fitting.track import Tracks, frame_grey, track_faces
+from fitting.track import GreyBuffers, Tracks, frame_grey, track_faces
 from morph3d.errors import InputError, Morph3dError
 
 
@@ -276,3 +276,9 @@ def test_frame_grey_is_the_channel_mean_bit_for_bit():
         grey = frame_grey(image)
         assert grey.dtype == np.float32 and grey.shape == expected.shape
         assert np.array_equal(grey, expected)
+        # through reused buffers (the tracker's), after a frame of another size and content
+        buffers = GreyBuffers()
+        frame_grey(rng.integers(0, 256, (7, 3, 3), dtype=np.uint8), buffers)
+        frame_grey(255 - rgb, buffers)
+        grey = frame_grey(image, buffers)
+        assert grey is buffers.grey and np.array_equal(grey, expected)
