@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -538,6 +541,64 @@ def _first(frames: Iterable[np.ndarray], max_frames: int | None) -> Iterable[np.
     return frames if max_frames is None else itertools.islice(frames, max_frames)
 
 
+class _Failed(NamedTuple):
+    error: BaseException
+
+
+_END = object()
+
+
+def prefetched(frames: Iterable[np.ndarray], depth: int = 2) -> Iterator[np.ndarray]:
+    """The same frames in the same order, produced by a background thread up to `depth`
+    frames ahead of the consumer. Decoding and colour conversion (which release the GIL)
+    then run on one core while the detector and the tracker run on another; the results do
+    not change. The producer's exception is raised here, at the frame where it happened;
+    a consumer that stops early stops the producer and closes the source (a decoder) in
+    the producer's thread."""
+    items: queue.Queue = queue.Queue(maxsize=max(int(depth), 1))
+    stop = threading.Event()
+
+    def produce() -> None:
+        source = iter(frames)
+        try:
+            for frame in source:
+                while not stop.is_set():
+                    try:
+                        items.put(frame, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(_Failed(exc))
+            return
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+        items.put(_END)
+
+    worker = threading.Thread(target=produce, name="frame-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting to put, let it finish
+            try:
+                items.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        worker.join()
+
+
 def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "mediapipe",
                 video_mode: bool = True, max_frames: int | None = None,
                 **tracker_options: float) -> Tracks:
@@ -551,7 +612,8 @@ def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "
     detector = get_landmark_backend(backend) if isinstance(backend, str) else backend
     tracker = FaceTracker(**tracker_options)
     try:
-        for frame, faces in _detections(detector, _first(frames, max_frames), video_mode):
+        for frame, faces in _detections(detector, prefetched(_first(frames, max_frames)),
+                                        video_mode):
             tracker.update(frame, faces)
     finally:
         if own:
@@ -569,7 +631,8 @@ def track_clip(frames: Iterable[np.ndarray], backend: str = "mediapipe",
     if key == CHOOSER_BACKEND:
         tracks = track_faces(frames, backend, max_frames=max_frames)
         return tracks, tracks
-    mine, theirs = itertools.tee(_first(frames, max_frames))  # lockstep: a frame or two apart
+    # lockstep: a frame or two apart
+    mine, theirs = itertools.tee(prefetched(_first(frames, max_frames)))
     trackers = FaceTracker(), FaceTracker()
     with get_landmark_backend(backend) as own, get_landmark_backend(CHOOSER_BACKEND) as chooser:
         for (frame, faces), (_, chosen) in zip(_detections(own, mine, True),

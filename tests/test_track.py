@@ -19,7 +19,7 @@ from fitting.people import (
     select_largest,
     select_track,
 )
-from fitting.track import GreyBuffers, Tracks, frame_grey, track_faces
+from fitting.track import GreyBuffers, Tracks, frame_grey, prefetched, track_faces
 from morph3d.errors import InputError, Morph3dError
 
 
@@ -282,3 +282,43 @@ def test_frame_grey_is_the_channel_mean_bit_for_bit():
         frame_grey(255 - rgb, buffers)
         grey = frame_grey(image, buffers)
         assert grey is buffers.grey and np.array_equal(grey, expected)
+
+
+def test_prefetched_frames_keep_order_errors_and_early_stops():
+    """The background reader hands over every frame in order, raises the source's error at
+    its frame, and a consumer that stops early closes the source and ends the thread."""
+    import threading
+
+    frames = [np.full((2, 2, 3), k, np.uint8) for k in range(50)]
+    got = list(prefetched(iter(frames), depth=3))
+    assert len(got) == 50 and all(a is b for a, b in zip(got, frames, strict=True))
+    assert list(prefetched(iter([]))) == []
+
+    def failing():
+        yield frames[0]
+        yield frames[1]
+        raise InputError("frame 2 is broken")
+
+    seen = []
+    with pytest.raises(InputError, match="frame 2 is broken"):
+        for frame in prefetched(failing()):
+            seen.append(frame)
+    assert len(seen) == 2
+
+    closed = []
+
+    def endless():
+        try:
+            k = 0
+            while True:
+                yield np.full((2, 2, 3), k % 256, np.uint8)
+                k += 1
+        finally:
+            closed.append(threading.current_thread().name)
+
+    before = threading.active_count()
+    stream = prefetched(endless(), depth=2)
+    assert [int(next(stream)[0, 0, 0]) for _ in range(5)] == [0, 1, 2, 3, 4]
+    stream.close()
+    assert closed == ["frame-prefetch"]  # closed in the reader's thread, which has ended
+    assert threading.active_count() == before
