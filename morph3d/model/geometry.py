@@ -35,7 +35,15 @@ def vertex_normals(vertices: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     The numpy twin of `render.ops.vertex_normals` for the float64 fitting and export code."""
     v0, v1, v2 = (vertices[triangles[:, i]] for i in range(3))
     face_normals = np.cross(v1 - v0, v2 - v0)  # |n| = 2 area
-    normals = np.zeros_like(vertices)
-    for i in range(3):
-        np.add.at(normals, triangles[:, i], face_normals)
+    if vertices.dtype == np.float64:
+        # One bincount per axis over every triangle's first corner, then second, then
+        # third: the sums np.add.at makes, in its order (bit for bit), several times faster.
+        # bincount sums in float64, so other dtypes keep np.add.at.
+        corners = triangles.T.reshape(-1)
+        normals = np.stack([np.bincount(corners, np.tile(face_normals[:, k], 3),
+                                        len(vertices)) for k in range(3)], 1)
+    else:
+        normals = np.zeros_like(vertices)
+        for i in range(3):
+            np.add.at(normals, triangles[:, i], face_normals)
     return normals / (np.linalg.norm(normals, axis=1, keepdims=True) + 1e-12)
