@@ -17,7 +17,7 @@ stage pays in a fresh process, numba's kernels loaded from their cache included;
 second is warm) and reports wall seconds, process CPU seconds (steadier than wall on a
 shared machine) and frames per second of each.
 `--with-landmarks` also runs the landmark stage in the child first (decode + detect +
-track + smooth), for the landmarks + fit CPU seconds per frame. `--profile DIR` writes each
+track + smooth), for the landmarks + fit CPU and wall seconds per frame. `--profile DIR` writes each
 tree's cProfile of its first round's cold fit (DIR/NAME.prof) and prints its top functions.
 
 `--save-dir` (default out/bench_clip_fit) keeps each tree's first fit (NAME.npz, a
@@ -199,8 +199,9 @@ def main() -> int:
 
     print("\n| tree | round | load (1 min) | frames | cold fit: wall s (fps) | cold fit: CPU s "
           "(ms/frame) | warm fit: CPU s (ms/frame) | landmarks: CPU ms/frame | landmarks + "
-          "cold fit: CPU ms/frame (fps) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "cold fit: CPU ms/frame (fps) | landmarks: wall ms/frame | landmarks + cold fit: "
+          "wall ms/frame (fps) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         for r, rec in enumerate(results[name]):
             n = rec["frames"]
@@ -209,10 +210,14 @@ def main() -> int:
             lm_ms = f"{lm['cpu_s'] / n * 1000:.1f}" if lm else "-"
             both = (f"{(lm['cpu_s'] + cold['cpu_s']) / n * 1000:.1f} "
                     f"({n / (lm['cpu_s'] + cold['cpu_s']):.1f})" if lm else "-")
+            lm_wall = f"{lm['wall_s'] / n * 1000:.1f}" if lm else "-"
+            both_wall = (f"{(lm['wall_s'] + cold['wall_s']) / n * 1000:.1f} "
+                         f"({n / (lm['wall_s'] + cold['wall_s']):.1f})" if lm else "-")
             print(f"| {name} | {r} | {rec['load_1min']:.1f} | {n} | {cold['wall_s']:.2f} "
                   f"({n / cold['wall_s']:.1f}) | {cold['cpu_s']:.2f} "
                   f"({cold['cpu_s'] / n * 1000:.1f}) | {warm['cpu_s']:.2f} "
-                  f"({warm['cpu_s'] / n * 1000:.1f}) | {lm_ms} | {both} |")
+                  f"({warm['cpu_s'] / n * 1000:.1f}) | {lm_ms} | {both} | {lm_wall} | "
+                  f"{both_wall} |")
     for n, d in diffs.items():
         print(f"\nlargest |{n} - {names[0]}|: " + ", ".join(f"{k} {v:.3g}" for k, v in d.items()))
     print("\n" + machine_line(info))
