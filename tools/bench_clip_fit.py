@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import MEDIA, ROOT, machine, machine_line, write_json  # noqa: E402
+from benchlib import (  # noqa: E402
+    MEDIA,
+    ROOT,
+    machine,
+    machine_line,
+    print_profile,
+    run_tree_child,
+    write_json,
+)
 
 OUT = ROOT / "out" / "bench_clip_fit"
 
@@ -106,24 +113,14 @@ def child(args: argparse.Namespace) -> int:
 
 
 def run_child(tree: Path, args: argparse.Namespace, name: str, first: bool) -> dict[str, Any]:
-    report = args.save_dir / f"{name}.child.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(report),
-           "--tree-dir", str(tree),
-           "--clip", str(args.clip), "--landmarks", str(args.landmarks)]
+    argv = ["--clip", str(args.clip), "--landmarks", str(args.landmarks)]
     if args.with_landmarks:
-        cmd.append("--with-landmarks")
+        argv.append("--with-landmarks")
     if first:
-        cmd += ["--save-fit", str(args.save_dir / f"{name}.npz")]
+        argv += ["--save-fit", str(args.save_dir / f"{name}.npz")]
         if args.profile:
-            cmd += ["--profile-out", str(args.profile / f"{name}.prof")]
-    env = {**os.environ, "PYTHONPATH": str(tree)}  # for any subprocess of the child
-    load = os.getloadavg()[0]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench_clip_fit: the child for {name} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(report.read_text())
-    out["load_1min"] = load
-    return out
+            argv += ["--profile-out", str(args.profile / f"{name}.prof")]
+    return run_tree_child(__file__, tree, args.save_dir / f"{name}.child.json", argv, name)
 
 
 def fit_differences(a_path: Path, b_path: Path) -> dict[str, float]:
@@ -141,13 +138,6 @@ def fit_differences(a_path: Path, b_path: Path) -> dict[str, float]:
         out["texture"] = float(np.abs(a.identity.texture.astype(np.float64)
                                       - b.identity.texture.astype(np.float64)).max())
     return out
-
-
-def print_profile(path: Path, top: int = 25) -> None:
-    import pstats
-
-    print(f"\n### cProfile of the cold fit: {path.name}")
-    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
 
 
 def main() -> int:
@@ -223,7 +213,7 @@ def main() -> int:
     print("\n" + machine_line(info))
     if args.profile:
         for name in names:
-            print_profile(args.profile / f"{name}.prof")
+            print_profile(args.profile / f"{name}.prof", "the cold fit")
     if args.json:
         write_json(args.json, {"machine": info, "clip": str(args.clip), "trees":
                                {k: str(v) for k, v in trees.items()}, "runs": results,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,15 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import MEDIA, ROOT, machine, machine_line, write_json  # noqa: E402
+from benchlib import (  # noqa: E402
+    MEDIA,
+    ROOT,
+    machine,
+    machine_line,
+    print_profile,
+    run_tree_child,
+    write_json,
+)
 
 OUT = ROOT / "out" / "bench_landmarks"
 WARM_FRAMES = 5
@@ -73,21 +80,12 @@ def child(args: argparse.Namespace) -> int:
 
 
 def run_child(tree: Path, args: argparse.Namespace, name: str, first: bool) -> dict[str, Any]:
-    report = args.save_dir / f"{name}.child.json"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(report),
-           "--tree-dir", str(tree), "--clip", str(args.clip), "--frames", str(args.frames)]
+    argv = ["--clip", str(args.clip), "--frames", str(args.frames)]
     if first:
-        cmd += ["--save", str(args.save_dir / f"{name}.npz")]
+        argv += ["--save", str(args.save_dir / f"{name}.npz")]
         if args.profile:
-            cmd += ["--profile-out", str(args.profile / f"{name}.prof")]
-    env = {**os.environ, "PYTHONPATH": str(tree)}  # for any subprocess of the child
-    load = os.getloadavg()[0]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"bench_landmarks: the child for {name} failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(report.read_text())
-    out["load_1min"] = load
-    return out
+            argv += ["--profile-out", str(args.profile / f"{name}.prof")]
+    return run_tree_child(__file__, tree, args.save_dir / f"{name}.child.json", argv, name)
 
 
 def landmark_differences(a_path: Path, b_path: Path) -> str:
@@ -104,13 +102,6 @@ def landmark_differences(a_path: Path, b_path: Path) -> str:
                 diff = np.abs(x.astype(np.float64) - y.astype(np.float64))
                 differ.append(f"{key} up to {np.nanmax(diff):.3g}")
     return "identical" if not differ else "; ".join(differ)
-
-
-def print_profile(path: Path, top: int = 25) -> None:
-    import pstats
-
-    print(f"\n### cProfile of the landmark stage: {path.name}")
-    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
 
 
 def main() -> int:
@@ -171,7 +162,7 @@ def main() -> int:
     print("\n" + machine_line(info))
     if args.profile:
         for name in names:
-            print_profile(args.profile / f"{name}.prof")
+            print_profile(args.profile / f"{name}.prof", "the landmark stage")
     if args.json:
         write_json(args.json, {"machine": info, "clip": str(args.clip), "frames": args.frames,
                                "trees": {k: str(v) for k, v in trees.items()},

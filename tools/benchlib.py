@@ -282,3 +282,29 @@ if __name__ == "__main__":
                             "--stage-peaks" in sys.argv[3:sep]))
     sys.exit("benchlib: a module for the benchmarks "
              "(run as --child REPORT [--stage-peaks] -- SWAP-ARGS)")
+
+
+def run_tree_child(script: str, tree: Path, report: Path, argv: list[str], label: str
+                   ) -> dict[str, Any]:
+    """`script --child REPORT --tree-dir TREE ARGV...` in a fresh process (`script`: the
+    calling tool's file) with TREE first on the path, for benchmarks that alternate source
+    trees in one run; its JSON report with the 1-minute load average at its start."""
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", str(report),
+           "--tree-dir", str(tree), *argv]
+    env = {**os.environ, "PYTHONPATH": str(tree)}  # for any subprocess of the child
+    load = os.getloadavg()[0]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{Path(script).stem}: the child for {label} failed:\n{proc.stderr[-3000:]}")
+    out = json.loads(report.read_text())
+    out["load_1min"] = load
+    return out
+
+
+def print_profile(path: Path, what: str, top: int = 25) -> None:
+    """The `top` functions by own time of a cProfile dump."""
+    import pstats
+
+    print(f"\n### cProfile of {what}: {path.name}")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(top)
+
