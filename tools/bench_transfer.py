@@ -178,7 +178,7 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def call_window(renderer, recorded) -> str:
-    frame = recorded[0][5]
+    frame = recorded[0][4]  # render(camera_params, rotation, translation, expression, frame, ..)
     return f"frame {frame.shape[1]}x{frame.shape[0]}, crop {renderer.work_resolution} px"
 
 
