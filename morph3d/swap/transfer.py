@@ -187,7 +187,8 @@ def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) ->
 def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                    lm68: np.ndarray, box: tuple[float, float, float], size: int,
                    crop_iod: float, sigmas: float = 6.0, fringe_sigmas: float = 1.5,
-                   fringe_blur: float = 0.05, lit_skin: bool = False) -> np.ndarray:
+                   fringe_blur: float = 0.05, lit_skin: bool = False,
+                   height: np.ndarray | None = None) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
     microphone) and not where the face has features of its own (eyes, lips, a band around
     the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
@@ -198,7 +199,8 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     from the model, or more than half of it and joined to such a pixel; above the brows also
     where the score low-passed at `fringe_blur` IOD passes `fringe_sigmas` (a fringe's light
     hair between its strands) and is joined to kept hair. `lit_skin`: below the brows, what is
-    off the skin's colour but at least as light as the skin is skin under a coloured light."""
+    off the skin's colour but at least as light as the skin is skin under a coloured light.
+    `height`: `brow_height` of the same crop when the caller has it."""
     from morph3d.composite.occluders import non_skin_score
 
     if model is None:
@@ -219,7 +221,8 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     # In the brows' band a piece is hair when more of it lies well above the brows than in
     # the band (a fringe or hat reaching down into it); the actor's own brows are islands in
     # skin, or joined to the hair at the temples beside them.
-    above = forehead_fade(lm68, box, size, crop_iod, 0.2) < 0.5
+    height = brow_height(lm68, box, size) if height is None else height
+    above = forehead_fade(lm68, box, size, crop_iod, 0.2, height) < 0.5
     hair = (np.bincount(labels[above], minlength=count)
             > np.bincount(labels[features], minlength=count)) & clear
     clear[0] = hair[0] = False
@@ -228,7 +231,7 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     # strand, and a per-pixel test keeps the strands with holes between them (skin-toned
     # holes in the fringe). The score low-passed over a strand's spacing separates a fringe
     # from bare forehead skin; what passes and is joined to the kept hair is hair.
-    above = (brow_height(lm68, box, size) > 0) & covered & ~features
+    above = (height > 0) & covered & ~features
     # a pixel far off the skin (the score is unbounded, infinite on black) counts as `sigmas`
     blurred = cv2.GaussianBlur(np.clip(np.nan_to_num(score, posinf=sigmas), 0, sigmas),
                                (0, 0), fringe_blur * crop_iod)
@@ -305,14 +308,15 @@ def brow_height(lm68: np.ndarray, box: tuple[float, float, float], size: int) ->
 
 
 def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
-                  crop_iod: float, reach: float) -> np.ndarray:
+                  crop_iod: float, reach: float, height: np.ndarray | None = None
+                  ) -> np.ndarray:
     """Crop H x W weight: 1 up to a little above the brows (0.15 IOD), falling (cosine) to 0
     `reach` IOD higher, along the face's up direction. The forehead above is where an
     actor's fringe or hat sits: there the ratio would paint hair as skin. `reach` <= 0:
     ones."""
     if reach <= 0:
         return np.ones((size, size), np.float32)
-    height = brow_height(lm68, box, size) / crop_iod - 0.15
+    height = (brow_height(lm68, box, size) if height is None else height) / crop_iod - 0.15
     t = np.clip(height / reach, 0.0, 1.0)
     return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)
 
@@ -421,9 +425,10 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # hair near the skin's colour would widen a model fitted on all the face to the hair
     skin_model = fit_skin_model(seen, {"ibug68": (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5},
                                 exclude=trust <= 0.5)
+    height = brow_height(lm68, box, size)  # crop pixels above the brows
     if protect:
         keep_actor = actor_non_skin(seen, covered, skin_model, regions, lm68, box, size,
-                                    crop_iod, lit_skin=True)
+                                    crop_iod, lit_skin=True, height=height)
         trust = trust * ~keep_actor
         soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
@@ -446,7 +451,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     flow = extend_flow(flow, covered & (face > 0.5))
     strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
     strength = strength * (1 - soft_cut(inner, frame_blur)) * forehead_fade(
-        lm68, box, size, crop_iod, forehead)
+        lm68, box, size, crop_iod, forehead, height)
     # The face's overall tone (its ratio's median) also goes onto the actor's skin around it
     plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
