@@ -401,6 +401,32 @@ def repeat_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def keep_outside(folder: Path, what: str) -> None:
+    """Stop when the benchmark's scratch `folder` lies inside the repository."""
+    if folder.resolve().is_relative_to(ROOT):
+        sys.exit(f"bench_memory: keep the test {what} out of the repository (--clips-dir)")
+
+
+def run_mode(key: str, compute, text, json_path: Path | None) -> int:
+    """One of the single-purpose modes: its result under `key` beside the machine (load at
+    both ends), printed by `text` and written to `json_path` when given."""
+    result: dict[str, Any] = {"machine": machine()}
+    result[key] = compute()
+    result["machine"]["loadavg_end"] = os.getloadavg()
+    print(text(result[key]) + f"\n{machine_line(result['machine'])}")
+    if json_path:
+        write_json(json_path, result)
+    return 0
+
+
+def landmark_growth_text(found: dict[str, Any]) -> str:
+    rows, slope = found["rows"], found["bytes_per_frame"]
+    return ("\n".join(f"{r['frames']} frames: landmark stage peak {r['peak_landmarks']} "
+                      f"bytes, kept {r['kept_landmarks']} bytes" for r in rows)
+            + f"\nper frame: peak {slope['peak_landmarks']:.0f} bytes, kept "
+            f"{slope['kept_landmarks']:.0f} bytes")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, nargs="+", default=[150, 600])
@@ -419,45 +445,22 @@ def main() -> int:
                         help="one worker's N template jobs of the first --frames frames")
     args = parser.parse_args()
     if args.repeat_jobs:
-        if args.clips_dir.resolve().is_relative_to(ROOT):
-            sys.exit("bench_memory: keep the test files out of the repository (--clips-dir)")
-        repeated: dict[str, Any] = {"machine": machine()}
-        repeated["repeat_jobs"] = repeat_jobs(args.clips_dir, args.frames[0], args.repeat_jobs)
-        repeated["machine"]["loadavg_end"] = os.getloadavg()
-        print(repeat_text(repeated["repeat_jobs"]) + f"\n{machine_line(repeated['machine'])}")
-        if args.json:
-            write_json(args.json, repeated)
-        return 0
+        keep_outside(args.clips_dir, "files")
+        return run_mode("repeat_jobs", lambda: repeat_jobs(
+            args.clips_dir, args.frames[0], args.repeat_jobs), repeat_text, args.json)
     if args.landmark_growth:
-        if args.clips_dir.resolve().is_relative_to(ROOT):
-            sys.exit("bench_memory: keep the test clips out of the repository (--clips-dir)")
+        keep_outside(args.clips_dir, "clips")
         args.clips_dir.mkdir(parents=True, exist_ok=True)
-        found: dict[str, Any] = {"machine": machine()}
-        found["landmark_growth"] = landmark_growth(tuple(args.landmark_growth), args.clips_dir)
-        found["machine"]["loadavg_end"] = os.getloadavg()
-        rows, slope = found["landmark_growth"]["rows"], found["landmark_growth"]["bytes_per_frame"]
-        print("\n".join(f"{r['frames']} frames: landmark stage peak {r['peak_landmarks']} "
-                        f"bytes, kept {r['kept_landmarks']} bytes" for r in rows)
-              + f"\nper frame: peak {slope['peak_landmarks']:.0f} bytes, kept "
-              f"{slope['kept_landmarks']:.0f} bytes\n{machine_line(found['machine'])}")
-        if args.json:
-            write_json(args.json, found)
-        return 0
+        return run_mode("landmark_growth", lambda: landmark_growth(
+            tuple(args.landmark_growth), args.clips_dir), landmark_growth_text, args.json)
     if args.large_images:
-        if args.clips_dir.resolve().is_relative_to(ROOT):
-            sys.exit("bench_memory: keep the test images out of the repository (--clips-dir)")
+        keep_outside(args.clips_dir, "images")
         args.clips_dir.mkdir(parents=True, exist_ok=True)
-        large: dict[str, Any] = {"machine": machine()}
-        large["large_images"] = large_image_runs(args.clips_dir)
-        large["machine"]["loadavg_end"] = os.getloadavg()
-        print(large_image_text(large["large_images"]) + f"\n{machine_line(large['machine'])}")
-        if args.json:
-            write_json(args.json, large)
-        return 0
+        return run_mode("large_images", lambda: large_image_runs(args.clips_dir),
+                        large_image_text, args.json)
     if not (MEDIA / "nggyup.mp4").is_file():
         sys.exit(f"bench_memory: {MEDIA / 'nggyup.mp4'} is missing (needs ../shared/media)")
-    if args.clips_dir.resolve().is_relative_to(ROOT):
-        sys.exit("bench_memory: keep the test clips out of the repository (--clips-dir)")
+    keep_outside(args.clips_dir, "clips")
     args.clips_dir.mkdir(parents=True, exist_ok=True)
 
     try:
