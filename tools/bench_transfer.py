@@ -10,22 +10,26 @@ working tree's code interleaved in one process.
 run then has them cached) and pickles the face renderer and every `FaceRenderer.render`
 call's arguments (about 3 MB a 720p frame: keep FILE out of the repository).
 
-`replay` calls `transfer_face` on every recorded frame, the baseline's (the module
-`morph3d/swap/transfer.py` of COMMIT, loaded from `git show` under another name, so both
-run in one process on the same inputs) and the working tree's, alternating frame by frame
+`replay` calls `transfer_face` on every recorded frame, the baseline's and the working
+tree's, alternating frame by frame
 and repeated R times (after one untimed call each), with one torch thread and no autograd as
 the swap driver runs it, so a shared machine's load falls on both alike. It prints each side's
 thread CPU per frame (`time.thread_time`), the render-stage fps that gives, and the largest
 and mean absolute difference of the rendered images (0-255 grey levels, over the window
 both cover) and of the region masks and coverage. `--cprofile` prints both sides' top
 functions (own and cumulative thread CPU) over the replay.
+
+The baseline is a snapshot of COMMIT in the same process: the modules the render stage runs
+through (`SNAPSHOT_MODULES`, plus any other module of `morph3d/swap`, `morph3d/composite` or
+`render` that differs from the working tree) are imported from `git show COMMIT:PATH` under
+their own names into a separate set, and that set stands in `sys.modules` while the baseline
+runs, so its imports inside functions find the baseline's modules too.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib.util
 import io
 import pickle
 import pstats
@@ -64,16 +68,86 @@ def record(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(calls)} render calls")
 
 
-def load_baseline(commit: str):
-    """`morph3d.swap.transfer` as it was at `commit`, as a module of its own."""
-    text = subprocess.run(["git", "show", f"{commit}:morph3d/swap/transfer.py"], cwd=ROOT,
-                          check=True, capture_output=True, text=True).stdout
-    path = Path("/tmp") / f"transfer_baseline_{commit}.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location(f"transfer_baseline_{commit}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# what `transfer_face` runs through, taken whole from the baseline commit
+SNAPSHOT_MODULES = ("morph3d/swap/transfer.py", "morph3d/swap/tone.py",
+                    "morph3d/swap/sharpness.py", "morph3d/swap/window.py",
+                    "morph3d/composite/colour.py", "morph3d/composite/occluders.py",
+                    "morph3d/composite/masks.py")
+
+
+class Snapshot:
+    """Modules of a commit imported under their own names beside the working tree's."""
+
+    def __init__(self, commit: str) -> None:
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True,
+                                  text=True).stdout
+
+        changed = [p for p in git("diff", "--name-only", commit, "--", "morph3d/swap",
+                                  "morph3d/composite", "render").split()
+                   if p.endswith(".py") and not p.endswith("__init__.py")
+                   and (ROOT / p).exists()]
+        self.paths = sorted(set(SNAPSHOT_MODULES) | set(changed))
+        folder = Path("/tmp") / f"bench_transfer_{commit}"
+        self.files = {}
+        for path in self.paths:
+            name = path[:-3].replace("/", ".")
+            target = folder / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(git("show", f"{commit}:{path}"))
+            self.files[name] = target
+        self.modules: dict[str, Any] = {}
+
+    def load(self) -> Any:
+        """Import the snapshot (after the working tree's modules are loaded) and return its
+        `morph3d.swap.transfer`."""
+        import importlib
+        import importlib.abc
+        import importlib.util
+
+        files = self.files
+
+        class Finder(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                return (importlib.util.spec_from_file_location(name, files[name])
+                        if name in files else None)
+
+        saved = {n: sys.modules.pop(n) for n in files if n in sys.modules}
+        finder = Finder()
+        sys.meta_path.insert(0, finder)
+        try:
+            for name in files:
+                importlib.import_module(name)
+            self.modules = {n: sys.modules[n] for n in files}
+        finally:
+            sys.meta_path.remove(finder)
+            for name in files:
+                sys.modules.pop(name, None)
+            self.restore(saved)
+        return self.modules["morph3d.swap.transfer"]
+
+    @staticmethod
+    def restore(modules: dict[str, Any]) -> None:
+        """Put `modules` in `sys.modules` and as their packages' attributes."""
+        for name, module in modules.items():
+            sys.modules[name] = module
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, module)
+
+    def active(self):
+        """Context: the snapshot's modules stand in `sys.modules` meanwhile."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def swapped():
+            saved = {n: sys.modules[n] for n in self.modules if n in sys.modules}
+            self.restore(self.modules)
+            try:
+                yield
+            finally:
+                self.restore(saved)
+        return swapped()
 
 
 def call(module, renderer, a: tuple, k: dict) -> dict:
@@ -120,16 +194,24 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     with open(args.recording, "rb") as f:
         data = pickle.load(f)
     renderer, calls = data["renderer"], data["calls"]
+    from contextlib import nullcontext
+
     sides = {"new": transfer}
-    if args.baseline:
-        sides = {"old": load_baseline(args.baseline), "new": transfer}
+    contexts = {"new": nullcontext}
+    snapshot = Snapshot(args.baseline) if args.baseline else None
+    if snapshot is not None:
+        call(transfer, renderer, *calls[0])  # every module the working tree's side imports
+        sides = {"old": snapshot.load(), "new": transfer}
+        contexts["old"] = snapshot.active
+        print(f"baseline {args.baseline}: " + ", ".join(snapshot.paths))
     cpu = {s: [] for s in sides}
     # thread CPU, not wall: on a shared machine the wall clock mostly measures the others
     profiles = ({s: cProfile.Profile(time.thread_time) for s in sides} if args.cprofile
                 else {})
     diffs = []
-    for module in sides.values():  # imports and compiled kernels load outside the timing
-        call(module, renderer, *calls[0])
+    for side, module in sides.items():  # imports and compiled kernels load outside the timing
+        with contexts[side]():
+            call(module, renderer, *calls[0])
     for r in range(args.repeat):
         for a, k in calls:
             outs = {}
@@ -137,9 +219,10 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                 profile = profiles.get(side)
                 if profile is not None:
                     profile.enable()
-                c0 = time.thread_time()
-                outs[side] = call(module, renderer, a, k)
-                cpu[side].append(time.thread_time() - c0)
+                with contexts[side]():
+                    c0 = time.thread_time()
+                    outs[side] = call(module, renderer, a, k)
+                    cpu[side].append(time.thread_time() - c0)
                 if profile is not None:
                     profile.disable()
             if r == 0 and "old" in outs:
