@@ -127,32 +127,33 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> n
     """image (sRGB-encoded, uint8 or float [0, 1]) times the gain 1 + strength x (ratio - 1)
     in linear RGB; float32 sRGB in [0, 1] out.
 
-    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. uint8 images go through
-    lookup tables both ways (the window is large, the sRGB curve costly per pixel); only the
-    pixels with strength > 0 are touched, by flat index (a boolean mask over three channels
-    costs several times more)."""
+    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. Only the rectangle around
+    the pixels with strength > 0 is converted, whole (dense array operations cost less per
+    pixel than gathering the toned pixels by index); uint8 images go to linear light through
+    a lookup table, and back through a finer one (the window is large, the sRGB curve costly
+    per pixel)."""
     as_bytes = image.dtype == np.uint8
     out = image.astype(np.float32)
     if as_bytes:
         out /= 255.0
-    on = np.flatnonzero(strength > 0)
-    if not on.size:
+    on = strength > 0
+    rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
+    if not rows.size:
         return out
-    flat = out.reshape(-1, 3)  # a view: `out` is a fresh contiguous array
-    pixels = np.ascontiguousarray(image).reshape(-1, 3).take(on, 0)
-    linear = _U8_TO_LINEAR.take(pixels) if as_bytes else srgb_to_linear(pixels)
-    gain = np.asarray(ratio, np.float32).reshape(-1, 3).take(on, 0)  # a view of a window
-    gain -= 1.0
-    gain *= np.clip(strength.reshape(-1).take(on), 0, 1)[:, None]
+    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    pixels = image[box]
+    linear = (cv2.LUT(np.ascontiguousarray(pixels), _U8_TO_LINEAR) if as_bytes
+              else srgb_to_linear(pixels))
+    gain = np.asarray(ratio[box], np.float32) - np.float32(1.0)
+    gain *= np.clip(strength[box], 0, 1)[..., None]
     gain += 1.0
     linear *= gain
     linear *= _LINEAR_STEPS - 1
     linear += 0.5
     np.clip(linear, 0, _LINEAR_STEPS - 1, out=linear)
-    # one 12-byte item per pixel: a row scatter that numpy copies whole
-    pixel = np.dtype((np.void, 12))
-    np.put(flat.view(pixel).reshape(-1), on,
-           np.ascontiguousarray(_LINEAR_TO_SRGB.take(linear.astype(np.int32))).view(pixel))
+    index = np.empty(linear.shape, np.int32)
+    np.copyto(index, linear, casting="unsafe")
+    np.copyto(out[box], _LINEAR_TO_SRGB[index], where=on[box][..., None])
     return out
 
 
@@ -463,11 +464,16 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     total = strength + around
     ratio = np.where(total[..., None] > 1e-6, (strength[..., None] * ratio + around[..., None]
                      * tone.astype(np.float32)) / np.maximum(total, 1e-6)[..., None], 1.0)
-    stack = np.concatenate([flow, ratio, strength[..., None],
-                            np.stack([regions[n] for n in REGION_CHANNELS], -1),
-                            total[..., None]], -1)
-    window, origin = paste_window(stack, box, (h, w), cv2.INTER_LINEAR)
-    wh, ww = window.shape[:2]
+    # pasted in groups of at most four channels, each through OpenCV's vectorised path (one
+    # array of all channels takes its generic path, several times slower)
+    fields, origin = paste_window(np.dstack([flow, strength, total]), box, (h, w),
+                                  cv2.INTER_LINEAR)
+    ratio_w = paste_window(ratio, box, (h, w), cv2.INTER_LINEAR)[0]
+    wh, ww = fields.shape[:2]
+    masks = np.empty((len(REGION_CHANNELS), wh, ww), bool)
+    for i, n in enumerate(REGION_CHANNELS):
+        np.greater(paste_window(regions[n], box, (h, w), cv2.INTER_LINEAR)[0][..., 0], 0.5,
+                   out=masks[i])
     actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
     swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
     hull = face_hull(actor, swapped, (wh, ww), forehead_margin)
@@ -479,16 +485,15 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
     if warp_on and rows.size:
         r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        flow_w = window[r0:r1, c0:c1, :2] * weight[r0:r1, c0:c1, None]
+        flow_w = fields[r0:r1, c0:c1, :2] * weight[r0:r1, c0:c1, None]
         warped[r0:r1, c0:c1] = warp_window(frame, flow_w, (ox + c0, oy + r0))
     # the face's strength ends with the warp's fade, the surrounding skin's does not
-    strength = np.clip(window[..., -1] - window[..., 5] * (1 - weight), 0, 1)
+    strength = fields[..., 3] - fields[..., 2] * (1 - weight)
+    np.clip(strength, 0, 1, out=strength)
     # the surround's long tails change no grey level (under 0.4 %): left out, they would
     # double the pixels the ratio is applied to
     strength[strength < 0.004] = 0.0
-    image = apply_ratio(warped, window[..., 2:5], strength)
-    # all region masks in one pass over the window, each then made contiguous
-    masks = np.moveaxis(window[..., 6:6 + len(REGION_CHANNELS)] > 0.5, -1, 0).copy()
+    image = apply_ratio(warped, ratio_w, strength)
     return {
         "image": image, "coverage": ((weight > 0) | (strength > 0)).astype(np.float32),
         "regions": dict(zip(REGION_CHANNELS, masks, strict=True)),
