@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 
@@ -19,11 +20,21 @@ def robust_stats(samples: np.ndarray, min_std: float = 1.0) -> tuple[np.ndarray,
 
 
 def srgb_to_linear(image: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light (the IEC 61966-2-1 curve)."""
+    """sRGB-encoded values in [0, 1] -> linear light (the IEC 61966-2-1 curve), float32.
+    The power runs through OpenCV (vectorised, several times numpy's float power)."""
     x = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+    flat = x.reshape(-1, 1)  # any shape as one OpenCV column
+    y = cv2.pow((flat + np.float32(0.055)) / np.float32(1.055), 2.4)
+    np.copyto(y, flat / np.float32(12.92), where=flat <= 0.04045)
+    return y.reshape(x.shape)
 
 
 def linear_to_srgb(image: np.ndarray) -> np.ndarray:
+    """Linear light in [0, 1] -> sRGB-encoded values, float32 (the inverse curve)."""
     x = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
-    return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
+    flat = x.reshape(-1, 1)
+    y = cv2.pow(flat, 1 / 2.4)
+    y *= np.float32(1.055)
+    y -= np.float32(0.055)
+    np.copyto(y, flat * np.float32(12.92), where=flat <= 0.0031308)
+    return y.reshape(x.shape)

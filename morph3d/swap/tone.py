@@ -142,11 +142,12 @@ def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray
 
 def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma: float,
                min_support: float = 0.3, max_spread: float = 2.0,
-               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0
-               ) -> np.ndarray:
+               max_brighten: float | None = None, coarse: float = 6.0, light: float = 1.0,
+               linear: bool = False) -> np.ndarray:
     """Low-pass albedo ratio source / actor, per linear-RGB channel (H x W x 3).
 
-    source, actor: H x W x 3 sRGB-encoded albedo looked up on the same raster; weight H x W:
+    source, actor: H x W x 3 sRGB-encoded albedo (`linear`: linear RGB in [0, 1]) looked up
+    on the same raster; weight H x W:
     where both are trusted (skin the photo and the clip saw). Both are low-passed with the
     same weights at `sigma` px; where the weights' support is under `min_support` the ratio
     falls back to the face's overall ratio (the median: the skin tone), which the support
@@ -159,7 +160,10 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     Each side is first divided by its light's colour (`skin_lights`), so the ratio is
     (source skin / source light) / (actor skin / actor light): the source's skin under the
     clip's light, not under the photo's."""
-    s_lin, a_lin = srgb_to_linear(np.clip(source, 0, 1)), srgb_to_linear(np.clip(actor, 0, 1))
+    if linear:
+        s_lin, a_lin = np.asarray(source, np.float32), np.asarray(actor, np.float32)
+    else:
+        s_lin, a_lin = srgb_to_linear(source), srgb_to_linear(actor)
     w = np.asarray(weight, np.float32)
     s_light, a_light = skin_lights(s_lin, a_lin, w)
     s_lin = s_lin / s_light

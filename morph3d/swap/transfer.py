@@ -100,10 +100,11 @@ _LINEAR_TO_SRGB = linear_to_srgb(np.arange(_LINEAR_STEPS, dtype=np.float32)
 
 
 def with_frame_detail(albedo: np.ndarray, seen: np.ndarray, weight: np.ndarray,
-                      sigma: float) -> np.ndarray:
+                      sigma: float, linear: bool = False) -> np.ndarray:
     """The actor's albedo on a frame's raster: the clip's albedo (`actor_albedo`, looked up:
     H x W x 3 sRGB-encoded) at scales above `sigma` px, the frame's own pixels (`seen`, the
-    frame at the same surface points) below it, in linear RGB; sRGB-encoded out.
+    frame at the same surface points: uint8, or float sRGB in [0, 1]) below it, in linear
+    RGB; sRGB-encoded out (`linear`: linear RGB out, for `tone_ratio(..., linear=True)`).
 
     The frame's fine structure (brows, lids, lip edges, pores: what the ratio replaces by
     the source's) sits exactly where the frame shows it, which a clip-wide albedo, merged
@@ -112,15 +113,17 @@ def with_frame_detail(albedo: np.ndarray, seen: np.ndarray, weight: np.ndarray,
     the same in every frame. Low-passes weighted by `weight` (H x W: skin both saw), so
     hair or a microphone beside the skin does not leak into it; where the weight has no
     support the clip's albedo stays."""
+    a = srgb_to_linear(albedo)
     if sigma <= 0:
-        return albedo
-    a = srgb_to_linear(np.clip(albedo, 0, 1))
-    f = srgb_to_linear(np.clip(seen, 0, 1))
+        return a if linear else np.asarray(albedo, np.float32)
+    f = (cv2.LUT(seen, _U8_TO_LINEAR) if seen.dtype == np.uint8
+         else srgb_to_linear(seen))
     both, den = normalized_blur(np.concatenate([a, f], -1), weight, sigma)  # one pass
     a_low, f_low = both[..., :3], both[..., 3:]
     mixed = a_low * (f + 1e-3) / (f_low + 1e-3)
     support = np.clip(den / 0.3, 0.0, 1.0)[..., None]
-    return linear_to_srgb(np.clip(support * mixed + (1 - support) * a, 0, 1)).astype(np.float32)
+    out = np.clip(support * mixed + (1 - support) * a, 0, 1)
+    return out.astype(np.float32) if linear else linear_to_srgb(out)
 
 
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
@@ -419,8 +422,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     skin = skin * (1 - inner) * covered
     source_albedo = tex[..., :3] * attrs[..., k + 1:k + 4]
     # the frame at the surface points: the actor's skin colour and what is not skin here
-    seen = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255.0
+    seen_bytes = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
+    seen = seen_bytes.astype(np.float32) / 255.0
     trust = np.clip(attrs[..., k] / 0.3, 0, 1) * tex[..., 3] * tex[..., 7] * skin
     # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
     # hair near the skin's colour would widen a model fitted on all the face to the hair
@@ -438,13 +442,15 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     frame_blur = 0.0  # crop pixels
     if sharpness:  # the blur comes from the frame, the identity from the photo
         source_albedo, _, frame_blur = match_blur(source_albedo, seen, trust)
-    actor_albedo = with_frame_detail(tex[..., 4:7], seen, trust, detail * crop_iod)
     if ratio_on:
+        actor_albedo = with_frame_detail(tex[..., 4:7], seen_bytes, trust, detail * crop_iod,
+                                         linear=True)
         # no finer than one frame pixel: a small face (a wide shot) would get the photo's
         # detail at a scale the frame does not have, a speckle on a blurred face
-        ratio = tone_ratio(source_albedo, actor_albedo, trust,
+        ratio = tone_ratio(srgb_to_linear(source_albedo), actor_albedo, trust,
                            max(ratio_sigma * crop_iod, size / side),
-                           max_spread=max_spread, max_brighten=max_brighten, light=light)
+                           max_spread=max_spread, max_brighten=max_brighten, light=light,
+                           linear=True)
     else:
         ratio = np.ones((size, size, 3), np.float32)
     # the flow comes from the face's own surface; the neck, ears and scalp of two heads
