@@ -32,32 +32,42 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
     v = np.asarray(values, np.float32)
     flat = v.ndim == 2
     h, width = w.shape
-    vw = np.concatenate([(v * w if flat else v * w[..., None]).reshape(h, width, -1),
-                         w[..., None]], -1)  # values and weight in one pass
+    channels = 1 if flat else v.shape[-1]
+    # values x weight and the weight in one contiguous array: one blur for all
+    vw = np.empty((h, width, channels + 1), np.float32)
+    np.multiply(v.reshape(h, width, channels), w[..., None], out=vw[..., :channels])
+    vw[..., channels] = w
     f = int(min(max(sigma // _REDUCE_PER_SIGMA, 1), _MAX_REDUCE)) if reduce else 1
     while h % f or width % f:  # OpenCV's area reduction of many channels: whole blocks only
         f -= 1
     if f > 1:
         small = cv2.resize(vw, (width // f, h // f), interpolation=cv2.INTER_AREA)
         s = np.sqrt(max(sigma ** 2 - (f ** 2 - 1) / 12.0, 0.25 * f ** 2)) / f
-        both = _divided(cv2.GaussianBlur(small, (0, 0), s, borderType=cv2.BORDER_REPLICATE))
+        both = _divided(cv2.GaussianBlur(small, (0, 0), s, borderType=cv2.BORDER_REPLICATE)
+                        .reshape(h // f, width // f, -1))
         # the quotient, not numerator and denominator, is interpolated: where the weight's
         # tail falls by orders of magnitude between two reduced pixels their quotient would not
         both = cv2.resize(both, (width, h), interpolation=cv2.INTER_LINEAR).reshape(h, width, -1)
+        out, den = both[..., :-1], both[..., -1]
     else:
-        both = _divided(cv2.GaussianBlur(vw, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
-                        .reshape(h, width, -1))
-    out, den = both[..., :-1], both[..., -1]
+        both = cv2.GaussianBlur(vw, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+        den = np.ascontiguousarray(both.reshape(h, width, -1)[..., -1])
+        out = _quotient(both.reshape(h, width, -1)[..., :-1], den)
     return (out[..., 0] if flat else out), den
 
 
+def _quotient(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den (H x W x C over H x W) as a new contiguous array, 0 where den <= 1e-6."""
+    out = np.empty(num.shape, np.float32)
+    np.divide(num, np.maximum(den, 1e-6)[..., None], out=out)
+    out *= (den > 1e-6)[..., None]
+    return out
+
+
 def _divided(both: np.ndarray) -> np.ndarray:
-    """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight), in place."""
-    den = both[..., -1:]
-    num = both[..., :-1]
-    num /= np.maximum(den, 1e-6)
-    num[np.broadcast_to(den <= 1e-6, num.shape)] = 0.0
-    return both
+    """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight)."""
+    den = np.ascontiguousarray(both[..., -1])
+    return np.concatenate([_quotient(both[..., :-1], den), den[..., None]], -1)
 
 
 _REDUCE_PER_SIGMA = 2.0  # one step of raster reduction per this many pixels of sigma

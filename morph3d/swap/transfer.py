@@ -41,6 +41,7 @@ calls `transfer_face` per frame.
 from __future__ import annotations
 
 import cv2
+import numba
 import numpy as np
 
 from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
@@ -130,34 +131,51 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> n
     """image (sRGB-encoded, uint8 or float [0, 1]) times the gain 1 + strength x (ratio - 1)
     in linear RGB; float32 sRGB in [0, 1] out.
 
-    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. Only the rectangle around
-    the pixels with strength > 0 is converted, whole (dense array operations cost less per
-    pixel than gathering the toned pixels by index); uint8 images go to linear light through
-    a lookup table, and back through a finer one (the window is large, the sRGB curve costly
-    per pixel)."""
-    as_bytes = image.dtype == np.uint8
-    out = image.astype(np.float32)
-    if as_bytes:
-        out /= 255.0
-    on = strength > 0
-    rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
-    if not rows.size:
+    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. uint8 images (the swap's)
+    go through one compiled pass (`_toned_bytes`: the window is large, and a dozen numpy
+    passes over it cost several times one loop); float images through numpy."""
+    strength = np.asarray(strength, np.float32)
+    if image.dtype == np.uint8:
+        out = np.empty(image.shape, np.float32)
+        _toned_bytes(np.ascontiguousarray(image), np.asarray(ratio, np.float32), strength,
+                     _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out)
         return out
-    box = np.s_[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    pixels = image[box]
-    linear = (cv2.LUT(np.ascontiguousarray(pixels), _U8_TO_LINEAR) if as_bytes
-              else srgb_to_linear(pixels))
-    gain = np.asarray(ratio[box], np.float32) - np.float32(1.0)
-    gain *= np.clip(strength[box], 0, 1)[..., None]
+    out = image.astype(np.float32)
+    on = strength > 0
+    if not on.any():
+        return out
+    gain = np.asarray(ratio, np.float32) - np.float32(1.0)
+    gain *= np.clip(strength, 0, 1)[..., None]
     gain += 1.0
-    linear *= gain
-    linear *= _LINEAR_STEPS - 1
-    linear += 0.5
-    np.clip(linear, 0, _LINEAR_STEPS - 1, out=linear)
-    index = np.empty(linear.shape, np.int32)
-    np.copyto(index, linear, casting="unsafe")
-    np.copyto(out[box], _LINEAR_TO_SRGB[index], where=on[box][..., None])
+    toned = linear_to_srgb(srgb_to_linear(out) * gain)
+    np.copyto(out, toned, where=on[..., None])
     return out
+
+
+_U8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _toned_bytes(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
+                 to_linear: np.ndarray, to_srgb: np.ndarray, to_unit: np.ndarray,
+                 out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32:
+    linear light from the 256-entry table, times the gain, back through the fine table
+    (index rounded, clamped to its ends); untouched pixels are the byte over 255."""
+    top = np.float32(to_srgb.shape[0] - 1)
+    one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
+    for y in range(image.shape[0]):
+        for x in range(image.shape[1]):
+            s = strength[y, x]
+            if s > zero:
+                s = min(s, one)
+                for c in range(3):
+                    v = to_linear[image[y, x, c]] * ((ratio[y, x, c] - one) * s + one)
+                    v = min(max(v * top + half, zero), top)
+                    out[y, x, c] = to_srgb[int(v)]
+            else:
+                for c in range(3):
+                    out[y, x, c] = to_unit[image[y, x, c]]
 
 
 def fade(hard: np.ndarray, reach: float) -> np.ndarray:
