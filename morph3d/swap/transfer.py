@@ -40,6 +40,8 @@ calls `transfer_face` per frame.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numba
 import numpy as np
@@ -176,6 +178,57 @@ def _toned_bytes(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
             else:
                 for c in range(3):
                     out[y, x, c] = to_unit[image[y, x, c]]
+
+
+@numba.njit(cache=True, nogil=True)
+def _window_fields(outside: np.ndarray, reach: np.float32, fields: np.ndarray, ox: int,
+                   oy: int, warp: bool):  # pragma: no cover - compiled
+    """The window's per-pixel tail of `transfer_face`, in float32 as numpy would: the warp's
+    fade (`fade` of the hull from its distance `outside`, px), the strength (`fields`: flow
+    x, y, the face's strength, the total strength; the face's part ends with the fade, the
+    surround's does not; under 0.004 it changes no grey level and is 0) and the coverage
+    (fade or strength above 0). `warp`: also the remap's maps (frame pixels, H' x W' x 2)
+    over the rectangle where the fade is above 0, with its top-left (row, column).
+    Returns coverage, strength, maps, (row, column)."""
+    h, w = outside.shape
+    weight = np.empty((h, w), np.float32)
+    strength = np.empty((h, w), np.float32)
+    coverage = np.empty((h, w), np.float32)
+    one, zero, cut = np.float32(1.0), np.float32(0.0), np.float32(0.004)
+    r0, r1, c0, c1 = h, 0, w, 0
+    for y in range(h):
+        first, last = w, -1
+        for x in range(w):
+            d = outside[y, x]
+            if d <= zero:
+                f = one
+            elif reach <= zero or d >= reach:
+                f = zero
+            else:
+                f = np.float32(0.5) + np.float32(0.5) * np.float32(
+                    math.cos(np.float32(np.pi) * (d / reach)))
+            weight[y, x] = f
+            s = fields[y, x, 3] - fields[y, x, 2] * (one - f)
+            s = min(max(s, zero), one)
+            if s < cut:
+                s = zero
+            strength[y, x] = s
+            coverage[y, x] = one if (f > zero or s > zero) else zero
+            if f > zero:
+                last = x
+                if first == w:
+                    first = x
+        if last >= 0:
+            r0, r1, c0, c1 = min(r0, y), y + 1, min(c0, first), max(c1, last + 1)
+    if not warp or r1 <= r0:
+        return coverage, strength, np.zeros((0, 0, 2), np.float32), (0, 0)
+    maps = np.empty((r1 - r0, c1 - c0, 2), np.float32)
+    for y in range(r0, r1):
+        for x in range(c0, c1):
+            f = weight[y, x]
+            maps[y - r0, x - c0, 0] = np.float32(ox + x) + fields[y, x, 0] * f
+            maps[y - r0, x - c0, 1] = np.float32(oy + y) + fields[y, x, 1] * f
+    return coverage, strength, maps, (r0, c0)
 
 
 def fade(hard: np.ndarray, reach: float) -> np.ndarray:
@@ -501,25 +554,20 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
     swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
     hull = face_hull(actor, swapped, (wh, ww), forehead_margin)
-    weight = fade(hull, reach * swapped.iod)
-    # Where the fade is 0 the flow is 0 and the warp gives the frame back exactly: only the
-    # rectangle around the fade is resampled.
+    # the warp's fade, the final strength and the coverage in one compiled pass; the warp
+    # maps only over the rectangle where the fade is above 0 (a zero flow gives the frame
+    # back exactly)
+    outside = cv2.distanceTransform((~hull).astype(np.uint8), cv2.DIST_L2, 5)
     ox, oy = origin
+    coverage, strength, maps, (r0, c0) = _window_fields(
+        outside, np.float32(reach * swapped.iod), fields, ox, oy, warp_on)
     warped = frame[oy:oy + wh, ox:ox + ww].copy()  # never a view: the frame stays as it is
-    rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
-    if warp_on and rows.size:
-        r0, r1, c0, c1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-        flow_w = fields[r0:r1, c0:c1, :2] * weight[r0:r1, c0:c1, None]
-        warped[r0:r1, c0:c1] = warp_window(frame, flow_w, (ox + c0, oy + r0))
-    # the face's strength ends with the warp's fade, the surrounding skin's does not
-    strength = fields[..., 3] - fields[..., 2] * (1 - weight)
-    np.clip(strength, 0, 1, out=strength)
-    # the surround's long tails change no grey level (under 0.4 %): left out, they would
-    # double the pixels the ratio is applied to
-    strength[strength < 0.004] = 0.0
+    if maps.size:
+        warped[r0:r0 + maps.shape[0], c0:c0 + maps.shape[1]] = cv2.remap(
+            frame, maps, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     image = apply_ratio(warped, ratio_w, strength)
     return {
-        "image": image, "coverage": ((weight > 0) | (strength > 0)).astype(np.float32),
+        "image": image, "coverage": coverage,
         "regions": dict(zip(REGION_CHANNELS, masks, strict=True)),
         "window": origin, "ibug68": lm68, "mediapipe478": lm478[0],
     }
