@@ -10,6 +10,7 @@ raster they are given.
 from __future__ import annotations
 
 import cv2
+import numba
 import numpy as np
 
 from morph3d.composite.colour import srgb_to_linear
@@ -32,11 +33,8 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
     v = np.asarray(values, np.float32)
     flat = v.ndim == 2
     h, width = w.shape
-    channels = 1 if flat else v.shape[-1]
     # values x weight and the weight in one contiguous array: one blur for all
-    vw = np.empty((h, width, channels + 1), np.float32)
-    np.multiply(v.reshape(h, width, channels), w[..., None], out=vw[..., :channels])
-    vw[..., channels] = w
+    vw = _weighted(np.ascontiguousarray(v.reshape(h, width, -1)), np.ascontiguousarray(w))
     f = int(min(max(sigma // _REDUCE_PER_SIGMA, 1), _MAX_REDUCE)) if reduce else 1
     while h % f or width % f:  # OpenCV's area reduction of many channels: whole blocks only
         f -= 1
@@ -50,24 +48,47 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
         both = cv2.resize(both, (width, h), interpolation=cv2.INTER_LINEAR).reshape(h, width, -1)
         out, den = both[..., :-1], both[..., -1]
     else:
-        both = cv2.GaussianBlur(vw, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
-        den = np.ascontiguousarray(both.reshape(h, width, -1)[..., -1])
-        out = _quotient(both.reshape(h, width, -1)[..., :-1], den)
+        out, den = _quotient(cv2.GaussianBlur(vw, (0, 0), sigma,
+                                              borderType=cv2.BORDER_REPLICATE)
+                             .reshape(h, width, -1))
     return (out[..., 0] if flat else out), den
 
 
-def _quotient(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den (H x W x C over H x W) as a new contiguous array, 0 where den <= 1e-6."""
-    out = np.empty(num.shape, np.float32)
-    np.divide(num, np.maximum(den, 1e-6)[..., None], out=out)
-    out *= (den > 1e-6)[..., None]
+@numba.njit(cache=True, nogil=True)
+def _weighted(values: np.ndarray, weight: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """H x W x (C + 1): values (H x W x C) times weight (H x W), then the weight."""
+    h, w, c = values.shape
+    out = np.empty((h, w, c + 1), np.float32)
+    for y in range(h):
+        for x in range(w):
+            k = weight[y, x]
+            for i in range(c):
+                out[y, x, i] = values[y, x, i] * k
+            out[y, x, c] = k
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _quotient(both: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
+    """H x W x (C + 1) blurred (values x weight, weight) -> values (H x W x C, 0 where the
+    weight is <= 1e-6) and weight (H x W), as new contiguous arrays."""
+    h, w, c1 = both.shape
+    out = np.empty((h, w, c1 - 1), np.float32)
+    den = np.empty((h, w), np.float32)
+    tiny, zero = np.float32(1e-6), np.float32(0.0)
+    for y in range(h):
+        for x in range(w):
+            d = both[y, x, c1 - 1]
+            den[y, x] = d
+            for i in range(c1 - 1):
+                out[y, x, i] = both[y, x, i] / max(d, tiny) if d > tiny else zero
+    return out, den
 
 
 def _divided(both: np.ndarray) -> np.ndarray:
     """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight)."""
-    den = np.ascontiguousarray(both[..., -1])
-    return np.concatenate([_quotient(both[..., :-1], den), den[..., None]], -1)
+    out, den = _quotient(np.ascontiguousarray(both))
+    return np.concatenate([out, den[..., None]], -1)
 
 
 _REDUCE_PER_SIGMA = 2.0  # one step of raster reduction per this many pixels of sigma
@@ -200,12 +221,29 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     # gap does not show as a patch of the overall tone.
     ratio = np.broadcast_to(overall, source.shape).astype(np.float32)
     pair = np.concatenate([s_lin, a_lin], -1)
+    overall = np.asarray(overall, np.float32)
     for scale in (coarse, 1.0):
         both, den = normalized_blur(pair, w, sigma * scale, reduce=True)  # both sides at once
-        s_low, a_low = both[..., :3], both[..., 3:]
-        local = (s_low + 1e-3) / (a_low + 1e-3)
-        local = local * (overall / base)  # the local pattern around the applied overall
-        local = np.clip(local, overall / max_spread, overall * max_brighten)
-        trust = np.clip(den / min_support, 0.0, 1.0)[..., None]
-        ratio = trust * local + (1 - trust) * ratio
-    return ratio.astype(np.float32)
+        # the local pattern around the applied overall, within its limits, blended in by
+        # the weights' support
+        _blend_local(np.ascontiguousarray(both), np.ascontiguousarray(den),
+                     (overall / base).astype(np.float32), overall / np.float32(max_spread),
+                     overall * np.float32(max_brighten), np.float32(min_support), ratio)
+    return ratio
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_local(both: np.ndarray, den: np.ndarray, scale: np.ndarray, low: np.ndarray,
+                 high: np.ndarray, min_support: np.float32,
+                 ratio: np.ndarray) -> None:  # pragma: no cover - compiled
+    """ratio (H x W x 3, in place) <- trust x local + (1 - trust) x ratio, where local is
+    the low-passed source over actor (`both`: H x W x 6) times `scale`, clipped to [low,
+    high], and trust the support `den` over `min_support`, clipped to [0, 1]."""
+    eps, zero, one = np.float32(1e-3), np.float32(0.0), np.float32(1.0)
+    for y in range(both.shape[0]):
+        for x in range(both.shape[1]):
+            t = min(max(den[y, x] / min_support, zero), one)
+            for c in range(3):
+                local = (both[y, x, c] + eps) / (both[y, x, c + 3] + eps) * scale[c]
+                local = min(max(local, low[c]), high[c])
+                ratio[y, x, c] = t * local + (one - t) * ratio[y, x, c]
