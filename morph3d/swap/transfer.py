@@ -122,11 +122,26 @@ def with_frame_detail(albedo: np.ndarray, seen: np.ndarray, weight: np.ndarray,
     f = (cv2.LUT(seen, _U8_TO_LINEAR) if seen.dtype == np.uint8
          else srgb_to_linear(seen))
     both, den = normalized_blur(np.concatenate([a, f], -1), weight, sigma)  # one pass
-    a_low, f_low = both[..., :3], both[..., 3:]
-    mixed = a_low * (f + 1e-3) / (f_low + 1e-3)
-    support = np.clip(den / 0.3, 0.0, 1.0)[..., None]
-    out = np.clip(support * mixed + (1 - support) * a, 0, 1)
-    return out.astype(np.float32) if linear else linear_to_srgb(out)
+    out = _detail_mixed(np.ascontiguousarray(a), np.ascontiguousarray(f), both, den)
+    return out if linear else linear_to_srgb(out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _detail_mixed(a: np.ndarray, f: np.ndarray, both: np.ndarray,
+                  den: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """`with_frame_detail`'s per-pixel mix in linear light, float32 as numpy would: the
+    clip's low-pass times the frame's detail (f over its low-pass; `both`: a's and f's
+    low-passes, H x W x 6), blended into the clip's albedo `a` by the support `den` over
+    0.3, clipped to [0, 1]."""
+    eps, zero, one = np.float32(1e-3), np.float32(0.0), np.float32(1.0)
+    out = np.empty(a.shape, np.float32)
+    for y in range(a.shape[0]):
+        for x in range(a.shape[1]):
+            t = min(max(den[y, x] / np.float32(0.3), zero), one)
+            for c in range(3):
+                mixed = both[y, x, c] * (f[y, x, c] + eps) / (both[y, x, c + 3] + eps)
+                out[y, x, c] = min(max(t * mixed + (one - t) * a[y, x, c], zero), one)
+    return out
 
 
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
