@@ -19,6 +19,14 @@ and mean absolute difference of the rendered images (0-255 grey levels, over the
 both cover) and of the region masks and coverage. `--cprofile` prints both sides' top
 functions (own and cumulative thread CPU) over the replay.
 
+    python tools/bench_transfer.py composite FILE.pkl --baseline COMMIT [--repeat R]
+
+`composite` does the same for the compositor (`FaceCompositor.process`) on the inputs that
+`tools/profile_swap.py run CLIP --record-composite FILE.pkl` pickles: a baseline compositor
+and the working tree's, each with its own per-clip state, fed the recorded frames in turn;
+it prints each side's thread CPU per frame and the largest and mean absolute difference of
+the composited frames.
+
 The baseline is a snapshot of COMMIT in the same process: the modules the render stage runs
 through (`SNAPSHOT_MODULES`, plus any other module of `morph3d/swap`, `morph3d/composite` or
 `render` that differs from the working tree) are imported from `git show COMMIT:PATH` under
@@ -68,11 +76,10 @@ def record(args: argparse.Namespace) -> None:
     print(f"{args.out}: {len(calls)} render calls")
 
 
-# what `transfer_face` runs through, taken whole from the baseline commit
+# what `transfer_face` and the compositor run through, taken whole from the baseline commit
+# (with every module of morph3d/composite)
 SNAPSHOT_MODULES = ("morph3d/swap/transfer.py", "morph3d/swap/tone.py",
-                    "morph3d/swap/sharpness.py", "morph3d/swap/window.py",
-                    "morph3d/composite/colour.py", "morph3d/composite/occluders.py",
-                    "morph3d/composite/masks.py")
+                    "morph3d/swap/sharpness.py", "morph3d/swap/window.py")
 
 
 class Snapshot:
@@ -87,7 +94,10 @@ class Snapshot:
                                   "morph3d/composite", "render").split()
                    if p.endswith(".py") and not p.endswith("__init__.py")
                    and (ROOT / p).exists()]
-        self.paths = sorted(set(SNAPSHOT_MODULES) | set(changed))
+        composite = [p for p in git("ls-tree", "--name-only", f"{commit}:morph3d/composite")
+                     .split() if p.endswith(".py") and p != "__init__.py"]
+        self.paths = sorted(set(SNAPSHOT_MODULES) | set(changed)
+                            | {f"morph3d/composite/{p}" for p in composite})
         folder = Path("/tmp") / f"bench_transfer_{commit}"
         self.files = {}
         for path in self.paths:
@@ -260,6 +270,61 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def composite(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from morph3d.composite.compositor import FaceCompositor
+    from morph3d.swap import transfer
+
+    with open(args.recording, "rb") as f:
+        inputs = pickle.load(f)
+    FaceCompositor(transfer.compositor_config()).process(inputs[0])  # imports, untimed
+    snapshot = Snapshot(args.baseline)
+    old = snapshot.load()
+    print(f"baseline {args.baseline}: " + ", ".join(snapshot.paths))
+    with snapshot.active():
+        FaceCompositor_old = sys.modules["morph3d.composite.compositor"].FaceCompositor
+        FaceCompositor_old(old.compositor_config()).process(inputs[0])
+    cpu: dict[str, list[float]] = {"old": [], "new": []}
+    worst, total, count = 0.0, 0.0, 0
+    for _ in range(args.repeat):
+        with snapshot.active():
+            sides = {"old": FaceCompositor_old(old.compositor_config())}
+        sides["new"] = FaceCompositor(transfer.compositor_config())
+        for frame_inputs in inputs:
+            outs = {}
+            for side, compositor in sides.items():
+                with snapshot.active() if side == "old" else _nothing():
+                    c0 = time.thread_time()
+                    outs[side] = compositor.process(frame_inputs)[0]
+                    cpu[side].append(time.thread_time() - c0)
+            d = np.abs(outs["old"].astype(np.float64) - outs["new"].astype(np.float64))
+            worst, total, count = max(worst, float(d.max())), total + float(d.sum()), count + d.size
+    result: dict[str, Any] = {"recording": str(args.recording), "frames": len(inputs),
+                              "repeat": args.repeat, "baseline": args.baseline,
+                              "machine": machine(), "frame_max": worst,
+                              "frame_mean": total / max(count, 1)}
+    lines = []
+    for side, values in cpu.items():
+        ms = 1000 * float(np.mean(values))
+        result[side] = {"thread_cpu_ms_per_frame": ms}
+        lines.append(f"{side}: {ms:.1f} ms thread CPU per frame (composite)")
+    speedup = (result["old"]["thread_cpu_ms_per_frame"]
+               / result["new"]["thread_cpu_ms_per_frame"])
+    lines.append(f"old vs new: frames differ by max {worst:.2f}, mean {result['frame_mean']:.5f}"
+                 f"; old / new thread CPU {speedup:.2f}")
+    print("\n".join(lines) + "\n" + machine_line(result["machine"]))
+    if args.json:
+        write_json(Path(args.json), result)
+    return result
+
+
+def _nothing():
+    from contextlib import nullcontext
+
+    return nullcontext()
+
+
 def call_window(renderer, recorded) -> str:
     frame = recorded[0][4]  # render(camera_params, rotation, translation, expression, frame, ..)
     return f"frame {frame.shape[1]}x{frame.shape[0]}, crop {renderer.work_resolution} px"
@@ -281,8 +346,13 @@ def main() -> None:
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
+    p = sub.add_parser("composite")
+    p.add_argument("recording")
+    p.add_argument("--baseline", required=True)
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--json")
     args = parser.parse_args()
-    record(args) if args.command == "record" else replay(args)
+    {"record": record, "replay": replay, "composite": composite}[args.command](args)
 
 
 if __name__ == "__main__":
