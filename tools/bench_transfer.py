@@ -41,6 +41,7 @@ import cProfile
 import io
 import pickle
 import pstats
+import shutil
 import subprocess
 import sys
 import time
@@ -98,7 +99,11 @@ class Snapshot:
                      .split() if p.endswith(".py") and p != "__init__.py"]
         self.paths = sorted(set(SNAPSHOT_MODULES) | set(changed)
                             | {f"morph3d/composite/{p}" for p in composite})
-        folder = Path("/tmp") / f"bench_transfer_{commit}"
+        # a fresh folder per commit: numba's on-disk cache of the snapshot's kernels must
+        # not outlive the files it was compiled from
+        sha = git("rev-parse", commit).strip()
+        folder = Path("/tmp") / f"bench_transfer_{sha[:12]}"
+        shutil.rmtree(folder, ignore_errors=True)
         self.files = {}
         for path in self.paths:
             name = path[:-3].replace("/", ".")

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 
 from morph3d.composite.colour import robust_stats
@@ -116,29 +117,48 @@ def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 
     whose chroma only moves from the skin's towards grey (specular highlights on the
     forehead or nose) score 0. `ycc`: the frame's `_ycrcb` when the caller has it already.
     """
-    ycc = _ycrcb(frame) if ycc is None else ycc
-    y, cr, cb = cv2.split(ycc)  # contiguous planes: the arithmetic below runs in place
-    mean_c = model.mean[1:].astype(np.float32)
-    dc0, dc1 = cr - mean_c[0], cb - mean_c[1]
+    ycc = np.ascontiguousarray(_ycrcb(frame) if ycc is None else ycc, np.float32)
     inv = model.chroma_cov_inv.astype(np.float32)
-    score = inv[0, 0] * dc0 ** 2
-    score += 2.0 * inv[0, 1] * dc0 * dc1
-    score += inv[1, 1] * dc1 ** 2
-    np.sqrt(score, out=score)
     # A highlight keeps the hue: its chroma lies between the skin's and grey.
     skin_c = model.mean[1:] - 128.0
     norm = max(float(np.linalg.norm(skin_c)), 1e-6)
     direction = (skin_c / norm).astype(np.float32)
-    c0, c1 = cr - 128.0, cb - 128.0
-    along = c0 * direction[0] + c1 * direction[1]
-    across = np.abs(c0 * -direction[1] + c1 * direction[0])
-    highlight = ((y > model.mean[0] + 1.0 * model.std_y) & (along > -2.0)
-                 & (along < norm + 4.0) & (across < 4.0 + 0.3 * norm))
-    dark = ((y < model.mean[0] - dark_sigmas * model.std_y)
-            & (y < dark_fraction * model.mean[0]))
-    np.putmask(score, highlight, 0.0)
-    np.putmask(score, dark, np.inf)
+    y_mean = float(model.mean[0])
+    score = np.empty(ycc.shape[:2], np.float32)
+    _score_kernel(ycc, model.mean[1:].astype(np.float32), inv[0, 0], np.float32(2.0 * inv[0, 1]),
+                  inv[1, 1], direction, y_mean + model.std_y, np.float32(norm + 4.0),
+                  np.float32(4.0 + 0.3 * norm), y_mean - dark_sigmas * model.std_y,
+                  dark_fraction * y_mean, score)
     return score
+
+
+@numba.njit(cache=True, nogil=True)
+def _score_kernel(ycc: np.ndarray, mean_c: np.ndarray, inv00: np.float32, inv01x2: np.float32,
+                  inv11: np.float32, direction: np.ndarray, bright: float,
+                  along_max: np.float32, across_max: np.float32, dark: float,
+                  darker: float, score: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`non_skin_score` pixel by pixel, float32 as numpy would (the luma thresholds, in
+    float64 there too): the chroma Mahalanobis distance, 0 on a highlight (brighter than
+    `bright`, chroma between the skin's and grey), infinity below both `dark` and
+    `darker`."""
+    grey, low = np.float32(128.0), np.float32(-2.0)
+    for i in range(ycc.shape[0]):
+        for j in range(ycc.shape[1]):
+            y, cr, cb = ycc[i, j, 0], ycc[i, j, 1], ycc[i, j, 2]
+            if y < dark and y < darker:
+                score[i, j] = np.inf
+                continue
+            c0, c1 = cr - grey, cb - grey
+            along = c0 * direction[0] + c1 * direction[1]
+            across = abs(c0 * -direction[1] + c1 * direction[0])
+            if y > bright and along > low and along < along_max and across < across_max:
+                score[i, j] = np.float32(0.0)
+                continue
+            d0, d1 = cr - mean_c[0], cb - mean_c[1]
+            s = inv00 * (d0 * d0)
+            s += inv01x2 * d0 * d1
+            s += inv11 * (d1 * d1)
+            score[i, j] = np.sqrt(s)
 
 
 def non_skin_pixels(frame: np.ndarray, model: SkinModel, *, chroma_sigmas: float = 6.0,
