@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import cv2
+import numba
 import numpy as np
 
 from morph3d.composite.masks import _check_image, _check_mask
@@ -58,6 +59,10 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
     only where the mask is above zero; every other pixel of `out` is left as it is.
     frame, render: float32 H x W x 3 in [0, 1]; mask: float32 H x W. The arithmetic runs on
     the mask's bounding box only (the face is a small part of a frame)."""
+    if out.dtype == np.uint8:  # the swap's frames: one compiled pass, the same bytes
+        _blend_bytes(out, np.asarray(frame, np.float32), np.asarray(render, np.float32),
+                     np.asarray(mask, np.float32))
+        return
     where = (mask > 0).view(np.uint8)
     x, y, w, h = cv2.boundingRect(where)
     if w == 0 or h == 0:
@@ -66,12 +71,24 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
     a = mask[box][..., None]
     blended = frame[box] * (1.0 - a)
     blended += render[box] * a
-    if out.dtype == np.uint8:
-        np.clip(blended, 0.0, 1.0, out=blended)
-        blended *= 255.0
-        blended += 0.5
-        blended = blended.astype(np.uint8)
     target = out[box]
     # OpenCV writes into the view itself (same size and type); where alpha is 0 it is left.
     if cv2.copyTo(blended, where[box], target) is not target:
         raise AssertionError("cv2.copyTo did not write in place")
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_bytes(out: np.ndarray, frame: np.ndarray, render: np.ndarray,
+                 mask: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`blend_into` a uint8 `out`, pixel by pixel in float32: frame (1 - a) + render a,
+    clipped to [0, 1], rounded to a byte; pixels with alpha 0 are not written."""
+    zero, one, scale, half = (np.float32(0.0), np.float32(1.0), np.float32(255.0),
+                              np.float32(0.5))
+    for y in range(mask.shape[0]):
+        for x in range(mask.shape[1]):
+            a = mask[y, x]
+            if a > zero:
+                b = one - a
+                for c in range(3):
+                    v = frame[y, x, c] * b + render[y, x, c] * a
+                    out[y, x, c] = np.uint8(min(max(v, zero), one) * scale + half)
