@@ -13,9 +13,12 @@ def robust_stats(samples: np.ndarray, min_std: float = 1.0) -> tuple[np.ndarray,
     Medians ignore the freckles, specular highlights, stubble and stray hair that pull a
     plain mean; the std is floored at `min_std` so a flat patch cannot give a zero spread.
     """
-    samples = np.asarray(samples, np.float64).reshape(len(samples), -1)
-    median = np.median(samples, axis=0)
-    mad = np.median(np.abs(samples - median), axis=0)
+    columns = np.array(np.asarray(samples, np.float64).reshape(len(samples), -1).T,
+                       order="C")  # one contiguous row per column: faster partitions
+    median = np.median(columns, axis=1)
+    columns -= median[:, None]
+    np.abs(columns, out=columns)
+    mad = np.median(columns, axis=1)
     return median, np.maximum(1.4826 * mad, min_std)
 
 

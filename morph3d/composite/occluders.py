@@ -81,30 +81,55 @@ def skin_model_from_samples(samples: np.ndarray, *, min_chroma_std: float = 2.5,
     # microphone), then refine with the full covariance of the inliers
     mean, std = robust_stats(samples, min_std=0.5 * min_chroma_std)
     cov = np.diag(std ** 2) + np.diag(floor)
-    keep = np.ones(len(samples), bool)
-    columns = np.ascontiguousarray(samples.T)  # Y, Cr, Cb rows: fast per-channel passes
+    kept = len(samples)
+    samples = np.ascontiguousarray(samples)
     for _ in range(4):
-        d2 = _mahalanobis2(columns, mean, np.linalg.inv(cov))
-        new_keep = d2 < 9.35  # chi^2, 3 dof, 97.5 %
-        if new_keep.sum() < 30:
+        count, inlier_mean, inlier_cov = _inliers(samples, mean, np.linalg.inv(cov), 9.35)
+        if count < 30:  # 9.35: chi^2, 3 dof, 97.5 %
             break
-        keep = new_keep
-        mean = samples[keep].mean(0)
+        kept, mean = count, inlier_mean
         # x 1.1: the variance a 97.5 % truncation removes from a 3-D Gaussian
-        cov = 1.1 * np.cov(samples[keep].T) + np.diag(floor)
+        cov = 1.1 * inlier_cov + np.diag(floor)
     chroma_cov = cov[1:, 1:] + np.eye(2) * min_chroma_std ** 2
     std_y = float(max(np.sqrt(cov[0, 0]), min_luma_std))
     return SkinModel(mean=mean, std_y=std_y, chroma_cov_inv=np.linalg.inv(chroma_cov),
-                     pixels=int(keep.sum()))
+                     pixels=int(kept))
 
 
-def _mahalanobis2(columns: np.ndarray, mean: np.ndarray, inv: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance of 3 x N samples from `mean` under the inverse
-    covariance `inv`, written out per channel (a 3 x 3 matrix product over N rows is several
-    times slower in numpy)."""
-    c = [columns[i] - mean[i] for i in range(3)]
-    return sum(c[j] * (c[0] * inv[0, j] + c[1] * inv[1, j] + c[2] * inv[2, j])
-               for j in range(3))
+@numba.njit(cache=True, nogil=True)
+def _inliers(samples: np.ndarray, mean: np.ndarray, inv: np.ndarray,
+             limit: float) -> tuple[int, np.ndarray, np.ndarray]:  # pragma: no cover
+    """The N x 3 samples within squared Mahalanobis distance `limit` of `mean` (under the
+    inverse covariance `inv`): their count, mean and covariance (N - 1 normalised), in two
+    passes over the samples (the covariance about the inliers' mean)."""
+    n = samples.shape[0]
+    keep = np.zeros(n, np.bool_)
+    total = np.zeros(3)
+    count = 0
+    for i in range(n):
+        c0, c1, c2 = (samples[i, 0] - mean[0], samples[i, 1] - mean[1],
+                      samples[i, 2] - mean[2])
+        d2 = (c0 * (c0 * inv[0, 0] + c1 * inv[1, 0] + c2 * inv[2, 0])
+              + c1 * (c0 * inv[0, 1] + c1 * inv[1, 1] + c2 * inv[2, 1])
+              + c2 * (c0 * inv[0, 2] + c1 * inv[1, 2] + c2 * inv[2, 2]))
+        if d2 < limit:
+            keep[i] = True
+            count += 1
+            for k in range(3):
+                total[k] += samples[i, k]
+    inlier_mean = total / max(count, 1)
+    cov = np.zeros((3, 3))
+    for i in range(n):
+        if keep[i]:
+            for a in range(3):
+                da = samples[i, a] - inlier_mean[a]
+                for b in range(a, 3):
+                    cov[a, b] += da * (samples[i, b] - inlier_mean[b])
+    for a in range(3):
+        for b in range(a, 3):
+            cov[a, b] /= max(count - 1, 1)
+            cov[b, a] = cov[a, b]
+    return count, inlier_mean, cov
 
 
 def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 5.0,
