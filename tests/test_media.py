@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import stat
 from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
@@ -286,6 +288,24 @@ def test_gaps_are_filled_by_repeating_frames(orig_roundtrip, tmp_path: Path) -> 
     assert info.frame_count == 6 and info.duration_s == pytest.approx(6 / 25, abs=1 / 25)
     decoded = [f.rgb for f in iter_frames(out)]
     assert _mean_abs_diff(decoded[4], frames[2]) < _mean_abs_diff(decoded[4], frames[4])
+
+
+def test_finished_video_gets_the_usual_permissions(tmp_path: Path) -> None:
+    from morph3d.io.atomic import default_file_mode
+
+    like = VideoInfo(path=tmp_path / "input.mp4", width=64, height=48, fps=Fraction(25),
+                     frame_count=3, duration_s=0.12, video_codec="h264", has_audio=False)
+    out = tmp_path / "out.mp4"
+    old = os.umask(0o027)
+    try:
+        with VideoWriter(out, like=like) as w:
+            for i in range(3):
+                w.write(np.full((48, 64, 3), 40 * i, np.uint8), i)
+        mode = stat.S_IMODE(out.stat().st_mode)
+        assert mode == default_file_mode() == 0o640  # not the temp file's private 0600
+    finally:
+        os.umask(old)
+    assert probe_video(out).frame_count == 3
 
 
 def test_writer_rejects_missing_folder_and_bad_extension(orig_roundtrip, tmp_path: Path) -> None:

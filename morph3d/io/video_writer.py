@@ -20,6 +20,7 @@ from av.video.reformatter import ColorRange, Colorspace
 
 from morph3d import __version__
 from morph3d.errors import InputError, Morph3dError
+from morph3d.io.atomic import default_file_mode
 from morph3d.io.images import (
     _check_rgb_uint8,
     _input_file,
@@ -485,6 +486,9 @@ class VideoWriter:
                 self._audio.finish(self._out)
             self._out.close()
             self._close_audio_source()
+            # the temp file was made private (0600) while incomplete; the finished video gets
+            # what any new file would (0666 less the umask), as `atomic_write` gives
+            os.chmod(self._tmp, default_file_mode())
             os.replace(self._tmp, self.out_path)
             self._release_tmp_lock()
             self._closed = True
