@@ -196,6 +196,32 @@ def _toned_bytes(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
+def _with_surround(flow: np.ndarray, strength: np.ndarray, around: np.ndarray,
+                   ratio: np.ndarray, tone: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """The face's gain and the surround's in one, per crop pixel, float32 as numpy would:
+    the surround's strength where the face's leaves room (around x (1 - strength)), the
+    total, and the ratio that gives 1 + total (ratio' - 1) = 1 + strength (ratio - 1) +
+    around' (tone - 1) (1 where the total is 0). Returns H x W x 4 (flow x, y, strength,
+    total) and the ratio (H x W x 3)."""
+    h, w = strength.shape
+    fields = np.empty((h, w, 4), np.float32)
+    out = np.empty((h, w, 3), np.float32)
+    one, tiny = np.float32(1.0), np.float32(1e-6)
+    for y in range(h):
+        for x in range(w):
+            s = strength[y, x]
+            a = around[y, x] * (one - s)
+            t = s + a
+            fields[y, x, 0], fields[y, x, 1] = flow[y, x, 0], flow[y, x, 1]
+            fields[y, x, 2], fields[y, x, 3] = s, t
+            for c in range(3):
+                out[y, x, c] = ((s * ratio[y, x, c] + a * tone[c]) / max(t, tiny) if t > tiny
+                                else one)
+    return fields, out
+
+
+@numba.njit(cache=True, nogil=True)
 def _window_fields(outside: np.ndarray, reach: np.float32, fields: np.ndarray, ox: int,
                    oy: int, warp: bool):  # pragma: no cover - compiled
     """The window's per-pixel tail of `transfer_face`, in float32 as numpy would: the warp's
@@ -552,14 +578,12 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                                surround * crop_iod, 0.03 * crop_iod, head=covered)
     tone = np.median(ratio[trust > 0.5], 0) if (trust > 0.5).sum() > 20 else np.ones(3)
     # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
-    around = around * (1 - strength)
-    total = strength + around
-    ratio = np.where(total[..., None] > 1e-6, (strength[..., None] * ratio + around[..., None]
-                     * tone.astype(np.float32)) / np.maximum(total, 1e-6)[..., None], 1.0)
+    crop_fields, ratio = _with_surround(flow, np.asarray(strength, np.float32),
+                                        np.asarray(around, np.float32),
+                                        np.asarray(ratio, np.float32), tone.astype(np.float32))
     # pasted in groups of at most four channels, each through OpenCV's vectorised path (one
     # array of all channels takes its generic path, several times slower)
-    fields, origin = paste_window(np.dstack([flow, strength, total]), box, (h, w),
-                                  cv2.INTER_LINEAR)
+    fields, origin = paste_window(crop_fields, box, (h, w), cv2.INTER_LINEAR)
     ratio_w = paste_window(ratio, box, (h, w), cv2.INTER_LINEAR)[0]
     wh, ww = fields.shape[:2]
     masks = np.empty((len(REGION_CHANNELS), wh, ww), bool)
