@@ -55,8 +55,9 @@ def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> 
     elsewhere (pull-push: a weighted image pyramid down to one pixel, then each level's
     holes filled from the level above), continuous with the covered values at their edge,
     so a warp has no hole or step where the surface the flow came from ends."""
+    flow = np.ascontiguousarray(flow, np.float32)
     weight = covered.astype(np.float32)
-    values = flow.astype(np.float32) * weight[..., None]
+    values = flow * weight[..., None]
     levels = [(values, weight)]
     while min(levels[-1][1].shape) > 1:
         v, w = levels[-1]
@@ -67,19 +68,52 @@ def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> 
                                else estimate, v.shape).astype(np.float32)
     for v, w in reversed(levels[:-1]):
         up = cv2.resize(estimate, (w.shape[1], w.shape[0]), interpolation=cv2.INTER_LINEAR)
-        here = v / np.maximum(w, 1e-6)[..., None]
-        a = np.clip(w * 2.0, 0.0, 1.0)[..., None]
-        estimate = (a * here + (1 - a) * up).astype(np.float32)
+        estimate = _pushed(v, w, up)
     # Pull-push alone continues the surface's mean, not its edge: near the edge the flow
     # takes its nearest edge value, fading into the pull-push over `edge_px`, so the warp
     # neither steps nor tears where the surface ends.
     if covered.any() and not covered.all():
         distance, labels = cv2.distanceTransformWithLabels(
             (~covered).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-        nearest = flow[covered][np.clip(labels - 1, 0, int(covered.sum()) - 1)]
-        w = np.exp(-distance / max(edge_px, 1e-6))[..., None]
-        estimate = (w * nearest + (1 - w) * estimate).astype(np.float32)
+        near = np.exp(-distance / max(edge_px, 1e-6))
+        return _edge_filled(flow, covered, flow[covered], labels, near, estimate)
     return np.where(covered[..., None], flow, estimate).astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pushed(v: np.ndarray, w: np.ndarray, up: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """One pull-push level, float32 as numpy would: the level's own average (v over w)
+    where its weight w is 1/2 or more, blending into the coarser estimate `up` below."""
+    out = np.empty(up.shape, np.float32)
+    zero, one, two, tiny = np.float32(0.0), np.float32(1.0), np.float32(2.0), np.float32(1e-6)
+    for y in range(w.shape[0]):
+        for x in range(w.shape[1]):
+            k = w[y, x]
+            a = min(max(k * two, zero), one)
+            for c in range(2):
+                out[y, x, c] = a * (v[y, x, c] / max(k, tiny)) + (one - a) * up[y, x, c]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_filled(flow: np.ndarray, covered: np.ndarray, points: np.ndarray,
+                 labels: np.ndarray, near: np.ndarray,
+                 estimate: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """The flow where covered; elsewhere its nearest covered value (`points`: the covered
+    flows in raster order, `labels`: each pixel's nearest one, from 1) weighted by `near`,
+    and the pull-push `estimate` by the rest."""
+    out = np.empty(flow.shape, np.float32)
+    one, last = np.float32(1.0), points.shape[0] - 1
+    for y in range(flow.shape[0]):
+        for x in range(flow.shape[1]):
+            if covered[y, x]:
+                out[y, x, 0], out[y, x, 1] = flow[y, x, 0], flow[y, x, 1]
+                continue
+            i = min(max(labels[y, x] - 1, 0), last)
+            k = near[y, x]
+            for c in range(2):
+                out[y, x, c] = k * points[i, c] + (one - k) * estimate[y, x, c]
+    return out
 
 
 def warp_window(frame: np.ndarray, flow: np.ndarray, origin: tuple[int, int],
