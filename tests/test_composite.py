@@ -397,3 +397,48 @@ def test_occluders_on_their_box_equal_the_whole_image(case: str) -> None:
     whole = _detect_in_box(frame, g, search, expected, extend, 0.004 * search.sum(), 12.0,
                            6.0, 0.15, 20.0, 0.5, 0.025, 0.05, 0.02)
     assert np.array_equal(occ, whole)
+
+
+def test_skin_score_and_model_match_their_numpy_definitions() -> None:
+    """The compiled non-skin score equals its numpy formula bit for bit (highlights 0, dark
+    pixels infinite); the skin model's trimmed refit equals numpy's mean and covariance."""
+    from morph3d.composite.occluders import (
+        SkinModel,
+        _inliers,
+        _ycrcb,
+        non_skin_score,
+        skin_model_from_samples,
+    )
+
+    rng = np.random.default_rng(11)
+    ycc = _ycrcb(rng.random((60, 70, 3)).astype(np.float32))
+    model = SkinModel(mean=np.array([120.0, 150.0, 112.0]), std_y=14.0,
+                      chroma_cov_inv=np.array([[0.05, 0.01], [0.01, 0.04]]), pixels=100)
+    y, cr, cb = (ycc[..., i] for i in range(3))
+    mean_c, inv = model.mean[1:].astype(np.float32), model.chroma_cov_inv.astype(np.float32)
+    dc0, dc1 = cr - mean_c[0], cb - mean_c[1]
+    expected = np.sqrt(inv[0, 0] * dc0 ** 2 + 2.0 * inv[0, 1] * dc0 * dc1 + inv[1, 1] * dc1 ** 2)
+    skin_c = model.mean[1:] - 128.0
+    norm = float(np.linalg.norm(skin_c))
+    direction = (skin_c / norm).astype(np.float32)
+    c0, c1 = cr - 128.0, cb - 128.0
+    along = c0 * direction[0] + c1 * direction[1]
+    across = np.abs(c0 * -direction[1] + c1 * direction[0])
+    expected[(y > model.mean[0] + model.std_y) & (along > -2.0) & (along < norm + 4.0)
+             & (across < 4.0 + 0.3 * norm)] = 0.0
+    expected[(y < model.mean[0] - 5.0 * model.std_y) & (y < 0.45 * model.mean[0])] = np.inf
+    score = non_skin_score(None, model, ycc=ycc)
+    assert np.isinf(score).any() and (score == 0).any()
+    assert np.array_equal(score, expected)
+
+    samples = np.concatenate([rng.normal([150, 150, 110], [15, 4, 3], (3000, 3)),
+                              rng.uniform(0, 255, (800, 3))])
+    mean, inv3 = samples.mean(0), np.linalg.inv(np.cov(samples.T))
+    count, inlier_mean, cov = _inliers(samples, mean, inv3, 9.35)
+    c = samples - mean
+    keep = np.einsum("ni,ij,nj->n", c, inv3, c) < 9.35
+    assert count == keep.sum()
+    assert np.allclose(inlier_mean, samples[keep].mean(0), rtol=0, atol=1e-9)
+    assert np.allclose(cov, np.cov(samples[keep].T), rtol=1e-9, atol=1e-9)
+    fitted = skin_model_from_samples(samples)
+    assert fitted is not None and 2900 < fitted.pixels < 3100

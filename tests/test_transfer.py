@@ -450,3 +450,48 @@ def test_a_lighter_source_is_never_redder_than_the_actor() -> None:
     source = skin_patch(0.9, 0.3, seed=5)  # lighter, but measured near the dark end
     chroma = ratio_chroma(source, actor)
     assert chroma[1] >= 0.0 and chroma[0] <= 0.0, chroma
+
+
+def test_full_size_low_pass_is_the_weighted_blur_quotient() -> None:
+    """The compiled weighting and division give numpy's blur(v w) / blur(w) bit for bit."""
+    from morph3d.swap.tone import normalized_blur
+
+    rng = np.random.default_rng(3)
+    values = rng.random((40, 50, 6), np.float32)
+    weight = (rng.random((40, 50)) > 0.6).astype(np.float32)
+    weight[:, :12] = 0.0  # a band without support: 0 there
+    low, den = normalized_blur(values, weight, 1.5)
+    both = cv2.GaussianBlur(np.concatenate([values * weight[..., None], weight[..., None]], -1),
+                            (0, 0), 1.5, borderType=cv2.BORDER_REPLICATE)
+    expected = both[..., :6] / np.maximum(both[..., 6:], 1e-6)
+    expected[np.broadcast_to(both[..., 6:] <= 1e-6, expected.shape)] = 0.0
+    assert np.array_equal(den, both[..., 6]) and np.array_equal(low, expected)
+
+
+def test_srgb_curve_matches_its_formula() -> None:
+    from morph3d.composite.colour import linear_to_srgb
+
+    x = np.linspace(-0.1, 1.1, 20001, dtype=np.float32)
+    c = np.clip(x, 0, 1).astype(np.float64)
+    to_linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    to_srgb = np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+    assert np.abs(srgb_to_linear(x) - to_linear).max() < 1e-6
+    assert np.abs(linear_to_srgb(x) - to_srgb).max() < 1e-6
+    assert srgb_to_linear(np.zeros((2, 3, 5))).shape == (2, 3, 5)
+
+
+def test_ratio_on_bytes_is_the_gain_in_linear_light() -> None:
+    """apply_ratio's compiled uint8 path: the gain 1 + s (r - 1) in linear light, to the
+    lookup table's steps; pixels with strength 0 are the bytes over 255 exactly."""
+    from morph3d.composite.colour import linear_to_srgb
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (30, 40, 3), np.uint8)
+    ratio = rng.uniform(0.2, 3.0, (30, 40, 3)).astype(np.float32)
+    strength = np.clip(rng.uniform(-0.5, 1.5, (30, 40)), 0, None).astype(np.float32)
+    out = apply_ratio(image, ratio, strength)
+    gain = 1 + np.clip(strength, 0, 1)[..., None] * (ratio - 1)
+    expected = linear_to_srgb(srgb_to_linear(image / 255.0) * gain)
+    on = strength > 0
+    assert np.abs(out - expected)[on].max() < 0.3 / 255
+    assert np.array_equal(out[~on], image[~on].astype(np.float32) / 255)
