@@ -12,7 +12,14 @@ import pytest
 import torch
 
 from morph3d.composite.colour import srgb_to_linear
-from morph3d.swap.albedo import actor_albedo, albedo_frames, frame_albedo_texture, merge_albedos
+from morph3d.swap.albedo import (
+    actor_albedo,
+    albedo_frames,
+    frame_albedo_texture,
+    merge_albedos,
+    prepare_transfer,
+    scene_exposure,
+)
 from morph3d.swap.transfer import transfer_face
 
 SIZE = 320  # frame side, pixels
@@ -163,12 +170,61 @@ def test_actor_albedo_reads_the_target_file(model, channels, tmp_path: Path) -> 
     fit = clip_fit_of(model, [LIGHT_RIGHT])
     target = tmp_path / "still.png"
     write_image(target, render_frame(model, fit, truth, LIGHT_RIGHT))
-    albedo, confidence = actor_albedo(model, fit, target, np.ones(3, np.float32), channels)
+    albedo, confidence, exposure = actor_albedo(model, fit, target, np.ones(3, np.float32),
+                                                channels)
+    assert exposure == pytest.approx(scene_exposure(render_frame(model, fit, truth, LIGHT_RIGHT)))
     size = len(albedo)
     truth = cv2.resize(truth, (size, size), interpolation=cv2.INTER_AREA)
     seen = (confidence > 0.5) & (model_face_texels(model, size) > 0)
     assert seen.sum() > 0.05 * size * size
     assert np.median(np.abs(albedo[seen] - truth[seen])) < 0.02
+
+
+def darker(rgb: np.ndarray, gain: float) -> np.ndarray:
+    """uint8 RGB with its linear light times `gain`."""
+    from morph3d.composite.colour import linear_to_srgb
+
+    linear = srgb_to_linear(rgb.astype(np.float32) / 255.0) * gain
+    return np.round(linear_to_srgb(linear) * 255.0).astype(np.uint8)
+
+
+def test_scene_exposure_follows_linear_light_and_skips_black_bars() -> None:
+    rng = np.random.default_rng(0)
+    picture = rng.integers(30, 230, (120, 160, 3)).astype(np.uint8)
+    level = scene_exposure(picture)
+    assert 0.05 < level < 0.6
+    assert scene_exposure(darker(picture, 0.25)) == pytest.approx(0.25 * level, rel=0.03)
+    letterboxed = np.pad(picture, ((30, 30), (0, 0), (0, 0)))  # black bars above and below
+    assert scene_exposure(letterboxed) == pytest.approx(level, rel=1e-6)
+    assert scene_exposure(np.zeros_like(picture)) == 0.0
+
+
+def test_a_darker_clip_takes_half_the_exposure_ratio_off_the_source(model, channels,
+                                                                     tmp_path: Path) -> None:
+    """The source's albedo factor follows the clip's exposure to the power of
+    `exposure_share`: a clip four times darker in linear light gives half the factor."""
+    from fitting.params import Identity
+    from morph3d.io.images import write_image
+
+    size = int(model.data.texture_size)
+    truth = skin_albedo(size, seed=2)
+    fit = clip_fit_of(model, [LIGHT_LEFT])
+    photo = render_frame(model, fit, truth, LIGHT_LEFT)
+    source = clip_fit_of(model, [LIGHT_LEFT])
+    source.identity = Identity(source.identity.coefficients, texture=truth,
+                               confidence=np.ones((size, size, 1), np.float32))
+    factors = {}
+    for name, gain in (("same", 1.0), ("dim", 0.25)):
+        target = tmp_path / f"{name}.png"
+        write_image(target, darker(photo, gain))
+        for share in (0.0, 0.5):
+            setup = prepare_transfer(model, source, fit, photo, target, channels,
+                                     albedo_frames=1, exposure_share=share)
+            factors[name, share] = setup.source_factor.numpy()
+    skin = model.region("face_skin")
+    assert np.allclose(factors["same", 0.5], factors["same", 0.0], rtol=0.02)
+    ratio = np.median(factors["dim", 0.5][skin] / factors["dim", 0.0][skin])
+    assert ratio == pytest.approx(0.5, rel=0.05)
 
 
 # ------------------------------------------------------------------------------- the ratio

@@ -275,6 +275,24 @@ def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
     return shading[keep].mean(0).clamp_min(0.05)
 
 
+def scene_exposure(rgb: np.ndarray) -> float:
+    """A picture's exposure level: the mean linear luma (0-1) of the picture (uint8 RGB)
+    less its black bars (pixels with every channel at or under 4 of 255: letterboxing, a
+    frame's black border), what a camera's auto-exposure holds near middle grey. A picture
+    twice as bright in linear light reads twice as high; what the scene holds (a white
+    wall, a dark room) moves it too, which is why the transfer trusts it only in part.
+    0 for an all-black picture."""
+    from morph3d.composite.colour import srgb_to_linear
+
+    pixels = np.asarray(rgb, np.uint8).reshape(-1, 3)
+    lit = pixels[pixels.max(1) > 4]
+    if not len(lit):
+        return 0.0
+    luma = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)[lit] @ np.float32(
+        [0.2126, 0.7152, 0.0722])
+    return float(luma.mean())
+
+
 def albedo_frames(clip_fit, count: int) -> np.ndarray:
     """Up to `count` frame indices spread evenly over the clip fit's frames that have a
     face (valid, not faceless, landmarks finite)."""
@@ -384,8 +402,9 @@ def merge_albedos(textures: np.ndarray, confidences: np.ndarray, keep: float = 0
 
 def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_channels,
                  frames: int = 12, texels: int = 256, quiet: bool = True,
-                 backend: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The actor's albedo in UV, once per clip: (T x T x 3 sRGB-encoded, T x T confidence),
+                 backend: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """The actor's albedo in UV, once per clip: (T x T x 3 sRGB-encoded, T x T confidence,
+    the clip's exposure: the median `scene_exposure` of the frames read; 0 when none),
     T = `texels`: the transfer reads it only above a tenth of the eyes' distance or so (finer
     detail is each frame's own: `with_frame_detail`), which this many texels resolve.
 
@@ -401,10 +420,11 @@ def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_ch
     from morph3d.io.media import iter_frames
 
     chosen = albedo_frames(clip_fit, frames)
-    blank = np.full((texels, texels, 3), 0.5, np.float32), np.zeros((texels, texels), np.float32)
+    blank = (np.full((texels, texels, 3), 0.5, np.float32),
+             np.zeros((texels, texels), np.float32), 0.0)
     if not len(chosen):
         return blank
-    textures, confidences = [], []
+    textures, confidences, exposures = [], [], []
     stream, position = None, -1
     with tqdm(total=len(chosen), desc="actor albedo", unit="frame", disable=quiet) as bar:
         for index in chosen:
@@ -419,6 +439,7 @@ def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_ch
             if frame is None or frame.index != index:  # a skipped (corrupt) frame
                 stream = None
                 continue
+            exposures.append(scene_exposure(frame.rgb))
             texture, confidence = frame_albedo_texture(model, clip_fit, int(index), frame.rgb,
                                                        light_reference, region_channels,
                                                        texels, backend=backend)
@@ -426,7 +447,9 @@ def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_ch
             confidences.append(confidence)
     if not textures:
         return blank
-    return merge_albedos(np.stack(textures), np.stack(confidences))
+    lit = [e for e in exposures if e > 0]
+    return (*merge_albedos(np.stack(textures), np.stack(confidences)),
+            float(np.median(lit)) if lit else 0.0)
 
 
 @dataclass
@@ -447,13 +470,21 @@ class TransferSetup:
 def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
                      region_channels, albedo_frames: int = 12, quiet: bool = True,
                      backend: str | None = None, mirror_share: float = 0.5,
-                     source_skin: bool = True) -> TransferSetup:
+                     source_skin: bool = True, exposure_share: float = 0.5) -> TransferSetup:
     """The per-job constants of the transfer: `photo` is the (first) source photo, uint8
     RGB, the one `source_fit`'s first frame was fitted to; `target` the clip `clip_fit`
     was fitted to (`albedo_frames` of its frames give the actor's albedo, `actor_albedo`;
     `quiet`: no progress bar). A source fit without a texture counts as unseen everywhere
     (the ratio is then one: only the shape is transferred). `mirror_share`: the vote of a
-    texel the photo did not see, taken from its seen mirror (`mirror_seen_side`; 0: none)."""
+    texel the photo did not see, taken from its seen mirror (`mirror_seen_side`; 0: none).
+
+    Both albedos keep their picture's brightness, so their ratio holds the two pictures'
+    exposures as well as the two skins: a photo lit for a portrait against a dim clip would
+    give a face that glows in the clip, brighter than the actor's neck and ears. The ratio
+    of the two pictures' exposure levels (`scene_exposure`: the photo's, the clip's median)
+    is divided out of the source's albedo to the power `exposure_share`: half, because that
+    level also follows what the scene holds (a dark stage or a white wall), as the skins'
+    own lightness ratio follows the exposure; each measure alone is off by about as much."""
     import torch
 
     identity = source_fit.identity
@@ -465,7 +496,7 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         texture = np.asarray(identity.texture, np.float32)
         confidence = np.asarray(identity.confidence, np.float32).reshape(
             *texture.shape[:2], -1)[..., :1]
-    actor, actor_confidence = actor_albedo(model, clip_fit, target,
+    actor, actor_confidence, clip_exposure = actor_albedo(model, clip_fit, target,
                                            clip_light_level(model, clip_fit), region_channels,
                                            frames=albedo_frames, quiet=quiet,
                                            backend=backend)
@@ -477,6 +508,9 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         confidence = confidence * source_skin_vote(model, texture, confidence)[..., None]
     seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.05
     factor = source_albedo_factor(model, source_fit, photo, seen=seen)
+    photo_exposure = scene_exposure(photo)
+    if exposure_share > 0 and clip_exposure > 0 and photo_exposure > 0:
+        factor = factor * np.float32((clip_exposure / photo_exposure) ** exposure_share)
     if mirror_share > 0:
         texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
                                                  mirror_share)
