@@ -8,6 +8,9 @@ in the same convention, and the source's shape at the actor's size and place.
 - The source's albedo: the source fit's UV texture times `source_albedo_factor`, which puts
   it under the same kind of shading model the clip's frames are divided by; what on the
   photo is not its skin (highlights, occluders' colours) does not vote (`source_skin_vote`).
+- The two pictures' exposures: half their ratio (`scene_exposure`: the photo's, the clip's
+  median) is taken off the source's albedo, so a photo's brightness does not pass into the
+  clip as the skin's.
 - `identity_alignment`: the similarity that puts the source's neutral face on the actor's.
 
 Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], model space mm.
