@@ -442,3 +442,34 @@ def test_skin_score_and_model_match_their_numpy_definitions() -> None:
     assert np.allclose(cov, np.cov(samples[keep].T), rtol=1e-9, atol=1e-9)
     fitted = skin_model_from_samples(samples)
     assert fitted is not None and 2900 < fitted.pixels < 3100
+
+
+def test_morphology_on_the_support_box_equals_the_whole_image() -> None:
+    """The occluder steps (erosion, opening then closing, dropping small blobs) run on the
+    candidates' box grown by their reach: the same mask as on the whole image, blobs at
+    the image's border included."""
+    from morph3d.composite.masks import _disk
+    from morph3d.composite.occluders import _drop_small, _on_support
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((120, 150), np.uint8)
+    for x, y, r in [(30, 40, 9), (3, 100, 7), (140, 60, 12), (80, 115, 6), (95, 50, 3)]:
+        cv2.circle(mask, (x, y), r, 1, -1)
+    mask |= (rng.random(mask.shape) > 0.97).astype(np.uint8)
+    opening, closing = _disk(4), _disk(8)
+
+    def steps(m: np.ndarray) -> np.ndarray:
+        m = cv2.morphologyEx(m, cv2.MORPH_CLOSE, closing)
+        m = cv2.morphologyEx(cv2.morphologyEx(m, cv2.MORPH_OPEN, opening), cv2.MORPH_CLOSE,
+                             closing)
+        return _drop_small(m.astype(bool), 40).view(np.uint8)
+
+    for region in (mask, mask * (np.arange(150) > 70)):
+        region = region.astype(bool)
+        whole = steps(region.astype(np.uint8)) > 0
+        assert whole.any()
+        margin = 2 * closing.shape[0] + opening.shape[0]
+        assert np.array_equal(_on_support(region, margin, steps), whole)
+        eroded = cv2.erode(region.astype(np.uint8), closing) > 0
+        assert np.array_equal(_on_support(region, closing.shape[0] // 2 + 1,
+                                          lambda m: cv2.erode(m, closing)), eroded)

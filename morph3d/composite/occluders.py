@@ -222,8 +222,9 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
     g = face_geometry(actor_landmarks)
     iod = g.iod
     if search_region is None:
-        search_region = cv2.erode(face_region(shape, g).astype(np.uint8),
-                                  _disk(0.04 * iod)).astype(bool)
+        disk = _disk(0.04 * iod)  # an erosion reads its radius beyond the region's box
+        search_region = _on_support(face_region(shape, g), disk.shape[0] // 2 + 1,
+                                    lambda m: cv2.erode(m, disk))
     search_region = np.asarray(search_region, bool)
     if expected is None:
         expected = expected_non_skin(shape, g, regions=regions)
@@ -271,11 +272,18 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
     iod = g.iod
     region_px = max(int(search_region.sum()), 1)
 
+    opening, closing = _disk(open_radius * iod), _disk(close_radius * iod)
+    # the closing reaches its radius beyond the opened pixels, and its erosion looks as far
+    # again: twice both radii around the candidates hold everything the steps read
+    margin = opening.shape[0] + closing.shape[0]
+
     def clean(candidates: np.ndarray) -> np.ndarray:
-        occ = (candidates & ~expected & search_region).astype(np.uint8)
-        occ = cv2.morphologyEx(occ, cv2.MORPH_OPEN, _disk(open_radius * iod))
-        occ = cv2.morphologyEx(occ, cv2.MORPH_CLOSE, _disk(close_radius * iod))
-        return _drop_small(occ.astype(bool), min_pixels)
+        def steps(occ: np.ndarray) -> np.ndarray:
+            occ = cv2.morphologyEx(occ, cv2.MORPH_OPEN, opening)
+            occ = cv2.morphologyEx(occ, cv2.MORPH_CLOSE, closing)
+            return _drop_small(occ.astype(bool), min_pixels).view(np.uint8)
+
+        return _on_support(candidates & ~expected & search_region, margin, steps)
 
     colour_candidates = np.zeros(shape, bool)
     occ = np.zeros(shape, bool)
@@ -314,6 +322,21 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
     return _dilate(occ, grow * iod + 1.0)
 
 
+
+
+def _on_support(mask: np.ndarray, margin: int, step) -> np.ndarray:
+    """Bool: `step` (uint8 H x W -> uint8 or bool H x W, 0 wherever its input is 0 beyond
+    `margin` pixels) run on the mask's bounding box grown by `margin` (clipped to the
+    image), zeros elsewhere: the same as on the whole image when nothing the step reads lies
+    further out, for the box's cost."""
+    mask8 = np.ascontiguousarray(mask, bool).view(np.uint8)
+    out = np.zeros(mask8.shape, bool)
+    x, y, w, h = cv2.boundingRect(mask8)
+    if w == 0 or h == 0:
+        return out
+    box = (slice(max(y - margin, 0), y + h + margin), slice(max(x - margin, 0), x + w + margin))
+    out[box] = step(np.ascontiguousarray(mask8[box])) > 0
+    return out
 
 
 def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
@@ -362,7 +385,13 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     outer = cv2.GaussianBlur(ycc_b * outside[..., None], (0, 0), sigma) / np.maximum(
         outer_w, 1e-6)[..., None]
     contrast = np.sqrt((((inner - outer) * weights) ** 2).sum(-1))
-    interior = cv2.erode(search_region.astype(np.uint8), _disk(2.0 * sigma))[box].astype(bool)
+    disk = _disk(2.0 * sigma)
+    r = disk.shape[0] // 2 + 1  # the erosion's reach: only the box grown by it is read
+    grown = (slice(max(box[0].start - r, 0), box[0].stop + r),
+             slice(max(box[1].start - r, 0), box[1].stop + r))
+    interior = cv2.erode(search_region[grown].astype(np.uint8), disk)[
+        box[0].start - grown[0].start:box[0].stop - grown[0].start,
+        box[1].start - grown[1].start:box[1].stop - grown[1].start].astype(bool)
     outline = occ_b & ~cv2.erode(occ8[box], _disk(1)).astype(bool) & interior
     outline &= outer_w > 0.2  # skip outline along eyes, brows, mouth: nothing to compare
     ring_labels = labels[outline]
