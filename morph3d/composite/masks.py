@@ -165,9 +165,21 @@ def _disk(radius: float) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Bool: the mask dilated by a disk, computed on the mask's bounding box grown by the
+    disk's radius (nothing further out can be reached; a face's features are a small part of
+    the frame)."""
     if radius < 0.5:
         return mask.astype(bool)
-    return cv2.dilate(mask.astype(np.uint8), _disk(radius)).astype(bool)
+    disk = _disk(radius)
+    mask8 = np.ascontiguousarray(mask).astype(np.uint8)
+    out = np.zeros(mask8.shape, bool)
+    x, y, w, h = cv2.boundingRect(mask8)
+    if w == 0 or h == 0:
+        return out
+    r = disk.shape[0] // 2 + 1
+    box = (slice(max(y - r, 0), y + h + r), slice(max(x - r, 0), x + w + r))
+    out[box] = cv2.dilate(mask8[box], disk) > 0
+    return out
 
 
 def _signed_distance(hard: np.ndarray) -> np.ndarray:

@@ -44,7 +44,11 @@ class SkinModel:
 
 
 def _ycrcb(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32), cv2.COLOR_RGB2YCrCb) * 255.0
+    """Float32 YCrCb in 0..255 of an RGB image in [0, 1] (clipped), without extra copies."""
+    ycc = cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False),
+                       cv2.COLOR_RGB2YCrCb)
+    ycc *= 255.0
+    return ycc
 
 
 def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
