@@ -75,6 +75,19 @@ class FrameInputs:
     window: tuple[int, int] | None = None
 
 
+def _check_region(name: str, mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A region mask checked like `_check_mask`; a bool mask (the renderer's) stays bool
+    (what `expected_non_skin` thresholds it to anyway), other types become float32."""
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        return _check_mask(name, mask, shape)
+    if mask.ndim == 3 and mask.shape[2] == 1:
+        mask = mask[..., 0]
+    if mask.shape != shape:
+        raise InputError(f"{name} is {mask.shape}, expected {shape}")
+    return mask
+
+
 def _in_roi(array: np.ndarray, origin: tuple[int, int], roi: tuple[int, int, int, int]
             ) -> np.ndarray:
     """The part of `array` (whose top-left pixel sits at frame position `origin`) under the
@@ -200,7 +213,7 @@ class FaceCompositor:
         cshape = f.shape[:2]
         regions = None
         if inputs.regions is not None:  # every one checked; only the non-skin ones are used
-            checked = {k: _check_mask(f"region '{k}'", v, wshape)
+            checked = {k: _check_region(f"region '{k}'", v, wshape)
                        for k, v in inputs.regions.items() if v is not None}
             regions = {k: _in_roi(v, origin, roi) for k, v in checked.items()
                        if k in NON_SKIN_REGIONS}

@@ -316,5 +316,9 @@ def expected_non_skin(shape: tuple[int, int], *landmarks: Landmarks | FaceGeomet
         out |= feature_mask(shape, lm, margin=margin)
     for name in NON_SKIN_REGIONS:
         if regions is not None and name in regions and regions[name] is not None:
-            out |= _check_mask(f"region '{name}'", regions[name], shape) > 0.5
+            region = np.asarray(regions[name])
+            if region.dtype == bool and region.shape == shape:  # thresholded already
+                out |= region
+            else:
+                out |= _check_mask(f"region '{name}'", region, shape) > 0.5
     return out
