@@ -89,6 +89,21 @@ def test_tone_ratio_of_equal_albedos_is_one_and_of_a_scaled_one_is_the_scale() -
     assert np.allclose(chroma, shift, atol=0.01), (np.median(chroma, 0), shift)
 
 
+def test_tone_ratio_of_two_grey_pictures_is_grey() -> None:
+    """Black-and-white pictures have no light colour and no place on the skin locus: a
+    copy at half the light gives half, in every channel alike (no step redder)."""
+    from morph3d.composite.colour import linear_to_srgb
+
+    rng = np.random.default_rng(4)
+    grey = np.clip(0.45 + 0.1 * rng.standard_normal((48, 48, 1)), 0.05, 0.95)
+    actor = np.repeat(grey, 3, -1).astype(np.float32)
+    weight = disk((48, 48), (24, 24), 18).astype(np.float32)
+    half = linear_to_srgb(0.5 * srgb_to_linear(actor))
+    ratio = tone_ratio(half, actor, weight, sigma=2.0)[weight > 0]
+    assert np.allclose(ratio, 0.5, atol=0.02)
+    assert np.abs(ratio - ratio.mean(-1, keepdims=True)).max() < 1e-4
+
+
 def test_ratio_of_one_or_strength_zero_leaves_the_pixels() -> None:
     image = random_frame(16, 16, seed=3)
     ratio = np.full((16, 16, 3), 0.3, np.float32)

@@ -18,7 +18,7 @@ from morph3d.swap.albedo import (
     frame_albedo_texture,
     merge_albedos,
     prepare_transfer,
-    scene_exposure,
+    scene_levels,
 )
 from morph3d.swap.transfer import transfer_face
 
@@ -172,7 +172,7 @@ def test_actor_albedo_reads_the_target_file(model, channels, tmp_path: Path) -> 
     write_image(target, render_frame(model, fit, truth, LIGHT_RIGHT))
     albedo, confidence, exposure = actor_albedo(model, fit, target, np.ones(3, np.float32),
                                                 channels)
-    assert exposure == pytest.approx(scene_exposure(render_frame(model, fit, truth, LIGHT_RIGHT)))
+    assert exposure == scene_levels(render_frame(model, fit, truth, LIGHT_RIGHT))
     size = len(albedo)
     truth = cv2.resize(truth, (size, size), interpolation=cv2.INTER_AREA)
     seen = (confidence > 0.5) & (model_face_texels(model, size) > 0)
@@ -188,15 +188,18 @@ def darker(rgb: np.ndarray, gain: float) -> np.ndarray:
     return np.round(linear_to_srgb(linear) * 255.0).astype(np.uint8)
 
 
-def test_scene_exposure_follows_linear_light_and_skips_black_bars() -> None:
+def test_scene_levels_follow_linear_light_skip_black_bars_and_see_grey() -> None:
     rng = np.random.default_rng(0)
     picture = rng.integers(30, 230, (120, 160, 3)).astype(np.uint8)
-    level = scene_exposure(picture)
-    assert 0.05 < level < 0.6
-    assert scene_exposure(darker(picture, 0.25)) == pytest.approx(0.25 * level, rel=0.03)
+    level = scene_levels(picture)
+    assert 0.05 < level.exposure < 0.6 and level.colour > 20
+    assert scene_levels(darker(picture, 0.25)).exposure == pytest.approx(0.25 * level.exposure,
+                                                                         rel=0.03)
     letterboxed = np.pad(picture, ((30, 30), (0, 0), (0, 0)))  # black bars above and below
-    assert scene_exposure(letterboxed) == pytest.approx(level, rel=1e-6)
-    assert scene_exposure(np.zeros_like(picture)) == 0.0
+    assert scene_levels(letterboxed) == pytest.approx(level, rel=1e-6)
+    grey = np.repeat(picture[..., :1], 3, -1)
+    assert scene_levels(grey).colour == 0.0 < scene_levels(grey).exposure
+    assert scene_levels(np.zeros_like(picture)) == (0.0, 0.0)
 
 
 def test_a_darker_clip_takes_half_the_exposure_ratio_off_the_source(model, channels,
@@ -225,6 +228,43 @@ def test_a_darker_clip_takes_half_the_exposure_ratio_off_the_source(model, chann
     assert np.allclose(factors["same", 0.5], factors["same", 0.0], rtol=0.02)
     ratio = np.median(factors["dim", 0.5][skin] / factors["dim", 0.0][skin])
     assert ratio == pytest.approx(0.5, rel=0.05)
+
+
+def test_a_black_and_white_clip_stays_black_and_white(model, channels, tmp_path: Path) -> None:
+    """A colour photo into a grey clip: the source's albedo goes in grey and the swapped face
+    has no colour; the same photo into the colour clip does change the face's colour."""
+    from fitting.params import Identity
+    from morph3d.io.images import write_image
+
+    size = int(model.data.texture_size)
+    truth = skin_albedo(size, seed=3)
+    fit = clip_fit_of(model, [LIGHT_LEFT])
+    colour = render_frame(model, fit, truth, LIGHT_LEFT)
+    grey = np.repeat(np.round(colour.astype(np.float32) @ np.float32([0.299, 0.587, 0.114]))
+                     .clip(0, 255).astype(np.uint8)[..., None], 3, -1)
+    source = clip_fit_of(model, [LIGHT_LEFT])
+    pinker = np.clip(truth * np.float32([1.1, 0.9, 0.85]), 0, 1)  # another skin than the actor's
+    source.identity = Identity(source.identity.coefficients, texture=pinker,
+                               confidence=np.ones((size, size, 1), np.float32))
+    spread = {}
+    for name, frame in (("grey", grey), ("colour", colour)):
+        target = tmp_path / f"{name}.png"
+        write_image(target, frame)
+        setup = prepare_transfer(model, source, fit, colour, target, channels, albedo_frames=1)
+        f = fit.faces
+        out = transfer_face(model, source.identity.coefficients, setup.actor_identity,
+                            setup.textures, channels, fit.camera, f.rotation[0],
+                            f.translation[0], f.expression[0], frame,
+                            {s: fit.landmarks[s][0] for s in fit.landmarks},
+                            source_factor=setup.source_factor, alignment=setup.alignment)
+        image = out["image"]
+        spread[name] = float((image.max(-1) - image.min(-1)).max())
+        changed = np.abs(image - frame[out["window"][1]:out["window"][1] + len(image),
+                                       out["window"][0]:out["window"][0] + image.shape[1]]
+                         / 255.0).max()
+        assert changed > 0.03  # the face was changed either way
+    assert spread["grey"] <= 1.5 / 255
+    assert spread["colour"] > 0.1
 
 
 # ------------------------------------------------------------------------------- the ratio

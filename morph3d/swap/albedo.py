@@ -8,9 +8,9 @@ in the same convention, and the source's shape at the actor's size and place.
 - The source's albedo: the source fit's UV texture times `source_albedo_factor`, which puts
   it under the same kind of shading model the clip's frames are divided by; what on the
   photo is not its skin (highlights, occluders' colours) does not vote (`source_skin_vote`).
-- The two pictures' exposures: half their ratio (`scene_exposure`: the photo's, the clip's
+- The two pictures' exposures: half their ratio (`scene_levels`: the photo's, the clip's
   median) is taken off the source's albedo, so a photo's brightness does not pass into the
-  clip as the skin's.
+  clip as the skin's; into a black-and-white clip the source's albedo goes in grey.
 - `identity_alignment`: the similarity that puts the source's neutral face on the actor's.
 
 Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], model space mm.
@@ -19,6 +19,7 @@ Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], mode
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -278,22 +279,46 @@ def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
     return shading[keep].mean(0).clamp_min(0.05)
 
 
-def scene_exposure(rgb: np.ndarray) -> float:
-    """A picture's exposure level: the mean linear luma (0-1) of the picture (uint8 RGB)
-    less its black bars (pixels with every channel at or under 4 of 255: letterboxing, a
-    frame's black border), what a camera's auto-exposure holds near middle grey. A picture
-    twice as bright in linear light reads twice as high; what the scene holds (a white
-    wall, a dark room) moves it too, which is why the transfer trusts it only in part.
-    0 for an all-black picture."""
+class SceneLevels(NamedTuple):
+    """How a picture (or a clip: the median over frames) is exposed and how colourful it is.
+
+    exposure: the mean linear luma (0-1) less black bars (pixels with every channel at or
+    under 4 of 255: letterboxing, a frame's border), what a camera's auto-exposure holds
+    near middle grey; twice the linear light reads twice as high, and what the scene holds
+    (a white wall, a dark room) moves it too. colour: the mean spread between a pixel's
+    largest and smallest channel, in 8-bit levels (0 for a black-and-white picture)."""
+
+    exposure: float
+    colour: float
+
+
+# Under this colour spread (8-bit levels) a picture is black and white: a colour picture's
+# mean spread is tens of levels, a monochrome one decoded from YUV is exactly 0.
+MONOCHROME_LEVELS = 1.5
+
+
+def scene_levels(rgb: np.ndarray) -> SceneLevels:
+    """The `SceneLevels` of a uint8 RGB picture (zeros for an all-black one)."""
     from morph3d.composite.colour import srgb_to_linear
 
     pixels = np.asarray(rgb, np.uint8).reshape(-1, 3)
     lit = pixels[pixels.max(1) > 4]
     if not len(lit):
-        return 0.0
+        return SceneLevels(0.0, 0.0)
     luma = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)[lit] @ np.float32(
         [0.2126, 0.7152, 0.0722])
-    return float(luma.mean())
+    spread = lit.max(1).astype(np.int16) - lit.min(1)
+    return SceneLevels(float(luma.mean()), float(spread.mean()))
+
+
+def colourless(texture: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A source albedo (T x T x 3 texture, V x 3 per-vertex factor) made grey: each texel and
+    each vertex's factor replaced by its luma-weighted mean, the same in every channel."""
+    weights = np.float32([0.2126, 0.7152, 0.0722])
+    grey = (np.asarray(texture, np.float32) @ weights)[..., None]
+    scale = (np.asarray(factor, np.float32) @ weights)[:, None]
+    return (np.repeat(grey, 3, -1).astype(np.float32),
+            np.repeat(scale, 3, -1).astype(np.float32))
 
 
 def albedo_frames(clip_fit, count: int) -> np.ndarray:
@@ -405,9 +430,10 @@ def merge_albedos(textures: np.ndarray, confidences: np.ndarray, keep: float = 0
 
 def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_channels,
                  frames: int = 12, texels: int = 256, quiet: bool = True,
-                 backend: str | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+                 backend: str | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, SceneLevels]:
     """The actor's albedo in UV, once per clip: (T x T x 3 sRGB-encoded, T x T confidence,
-    the clip's exposure: the median `scene_exposure` of the frames read; 0 when none),
+    the clip's `SceneLevels`: the median of the frames read; zeros when none),
     T = `texels`: the transfer reads it only above a tenth of the eyes' distance or so (finer
     detail is each frame's own: `with_frame_detail`), which this many texels resolve.
 
@@ -424,10 +450,10 @@ def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_ch
 
     chosen = albedo_frames(clip_fit, frames)
     blank = (np.full((texels, texels, 3), 0.5, np.float32),
-             np.zeros((texels, texels), np.float32), 0.0)
+             np.zeros((texels, texels), np.float32), SceneLevels(0.0, 0.0))
     if not len(chosen):
         return blank
-    textures, confidences, exposures = [], [], []
+    textures, confidences, levels = [], [], []
     stream, position = None, -1
     with tqdm(total=len(chosen), desc="actor albedo", unit="frame", disable=quiet) as bar:
         for index in chosen:
@@ -442,7 +468,7 @@ def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_ch
             if frame is None or frame.index != index:  # a skipped (corrupt) frame
                 stream = None
                 continue
-            exposures.append(scene_exposure(frame.rgb))
+            levels.append(scene_levels(frame.rgb))
             texture, confidence = frame_albedo_texture(model, clip_fit, int(index), frame.rgb,
                                                        light_reference, region_channels,
                                                        texels, backend=backend)
@@ -450,9 +476,11 @@ def actor_albedo(model, clip_fit, target, light_reference: np.ndarray, region_ch
             confidences.append(confidence)
     if not textures:
         return blank
-    lit = [e for e in exposures if e > 0]
-    return (*merge_albedos(np.stack(textures), np.stack(confidences)),
-            float(np.median(lit)) if lit else 0.0)
+    lit = [level for level in levels if level.exposure > 0]
+    clip = (SceneLevels(float(np.median([level.exposure for level in lit])),
+                        float(np.median([level.colour for level in lit])))
+            if lit else SceneLevels(0.0, 0.0))
+    return (*merge_albedos(np.stack(textures), np.stack(confidences)), clip)
 
 
 @dataclass
@@ -484,10 +512,12 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
     Both albedos keep their picture's brightness, so their ratio holds the two pictures'
     exposures as well as the two skins: a photo lit for a portrait against a dim clip would
     give a face that glows in the clip, brighter than the actor's neck and ears. The ratio
-    of the two pictures' exposure levels (`scene_exposure`: the photo's, the clip's median)
+    of the two pictures' exposure levels (`scene_levels`: the photo's, the clip's median)
     is divided out of the source's albedo to the power `exposure_share`: half, because that
     level also follows what the scene holds (a dark stage or a white wall), as the skins'
-    own lightness ratio follows the exposure; each measure alone is off by about as much."""
+    own lightness ratio follows the exposure; each measure alone is off by about as much.
+    A black-and-white clip shows no skin colour: the source's albedo goes in grey
+    (`colourless`), so the ratio changes lightness only and the face stays grey."""
     import torch
 
     identity = source_fit.identity
@@ -499,7 +529,7 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         texture = np.asarray(identity.texture, np.float32)
         confidence = np.asarray(identity.confidence, np.float32).reshape(
             *texture.shape[:2], -1)[..., :1]
-    actor, actor_confidence, clip_exposure = actor_albedo(model, clip_fit, target,
+    actor, actor_confidence, clip = actor_albedo(model, clip_fit, target,
                                            clip_light_level(model, clip_fit), region_channels,
                                            frames=albedo_frames, quiet=quiet,
                                            backend=backend)
@@ -511,9 +541,11 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         confidence = confidence * source_skin_vote(model, texture, confidence)[..., None]
     seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.05
     factor = source_albedo_factor(model, source_fit, photo, seen=seen)
-    photo_exposure = scene_exposure(photo)
-    if exposure_share > 0 and clip_exposure > 0 and photo_exposure > 0:
-        factor = factor * np.float32((clip_exposure / photo_exposure) ** exposure_share)
+    photo_exposure = scene_levels(photo).exposure
+    if exposure_share > 0 and clip.exposure > 0 and photo_exposure > 0:
+        factor = factor * np.float32((clip.exposure / photo_exposure) ** exposure_share)
+    if clip.exposure > 0 and clip.colour < MONOCHROME_LEVELS:
+        texture, factor = colourless(texture, factor)
     if mirror_share > 0:
         texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
                                                  mirror_share)

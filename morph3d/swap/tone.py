@@ -107,6 +107,8 @@ _LUMA = np.float32([0.2126, 0.7152, 0.0722])
 # log of the linear luma ratio of the locus' two patches (0.349 / 0.101): how much darker
 # the dark-skin end is than the light-skin end
 _LOCUS_LIGHTNESS = 1.24
+# a skin whose log chromaticity lies this close to (0, 0) is grey: a black-and-white picture
+_GREY = 0.01
 
 
 def skin_chroma(linear: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, float] | None:
@@ -159,11 +161,16 @@ def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray
     output's place on the locus is then the source's, its offset the actor's light. A
     source placed less far from the actor along the locus than its lightness says (or on
     the wrong side: a darker source placed paler, whose output would be bluer than both
-    pictures) is put where its lightness says instead."""
+    pictures) is put where its lightness says instead. Two grey skins have no light colour
+    (ones for both)."""
     s, a = skin_chroma(source, weight), skin_chroma(actor, weight)
     if s is None or a is None:
         return (np.ones(3, np.float32) if s is None else light_gains(s[0], locus_position(s[0])),
                 np.ones(3, np.float32) if a is None else light_gains(a[0], locus_position(a[0])))
+    if np.abs(s[0]).max() < _GREY and np.abs(a[0]).max() < _GREY:
+        # both grey (a black-and-white clip, its source albedo made grey): no light colour
+        # to divide out, and a shift along the locus would tint the clip's grey
+        return np.ones(3, np.float32), np.ones(3, np.float32)
     t_s, t_a = locus_position(s[0]), locus_position(a[0])
     darker = np.log(max(a[1], 1e-6) / max(s[1], 1e-6))  # > 0: the source is the darker
     least = darker / _LOCUS_LIGHTNESS  # the least shift along the locus that darkness means
