@@ -5,6 +5,7 @@ working tree's code interleaved in one process.
                                    --out FILE.pkl
     python tools/bench_transfer.py replay FILE.pkl [--baseline COMMIT] [--repeat R]
                                    [--cprofile] [--top K] [--json OUT]
+                                   [--through-compositor INPUTS.pkl]
 
 `record` runs `morph3d.swap.driver.swap` in this process (fill DIR's fits first: a second
 run then has them cached) and pickles the face renderer and every `FaceRenderer.render`
@@ -17,7 +18,10 @@ the swap driver runs it, so a shared machine's load falls on both alike. It prin
 thread CPU per frame (`time.thread_time`), the render-stage fps that gives, and the largest
 and mean absolute difference of the rendered images (0-255 grey levels, over the window
 both cover) and of the region masks and coverage. `--cprofile` prints both sides' top
-functions (own and cumulative thread CPU) over the replay.
+functions (own and cumulative thread CPU) over the replay. `--through-compositor`: also each
+side's render composited into its frame by the working tree's compositor (one per side; the
+other inputs from a `composite` recording of the same clip's first frames), and how far the
+final frames differ before encoding.
 
     python tools/bench_transfer.py composite FILE.pkl --baseline COMMIT [--repeat R]
 
@@ -191,6 +195,23 @@ def difference(old: dict, new: dict) -> dict[str, float]:
             "coverage_max": float(np.abs(old["coverage"] - new["coverage"]).max())}
 
 
+def composited(compositors: dict, recorded, frame, outs: dict):
+    """|old - new| of one frame composited from each side's render (uint8 H x W x 3)."""
+    import dataclasses
+
+    import numpy as np
+
+    final = {}
+    for side, render in outs.items():
+        inputs = dataclasses.replace(
+            recorded, frame=frame, render=render["image"], coverage=render["coverage"],
+            swapped_landmarks={"ibug68": render["ibug68"],
+                               "mediapipe478": render["mediapipe478"]},
+            regions=render["regions"], window=render["window"])
+        final[side] = compositors[side].process(inputs)[0].astype(np.int16)
+    return np.abs(final["old"] - final["new"]).max(-1)
+
+
 def profile_table(profile: cProfile.Profile, top: int, order: str = "tottime") -> str:
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats(order).print_stats(top)
@@ -224,6 +245,14 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
     profiles = ({s: cProfile.Profile(time.thread_time) for s in sides} if args.cprofile
                 else {})
     diffs = []
+    finals: list[np.ndarray] = []
+    through = None
+    if args.through_compositor and snapshot is not None:
+        from morph3d.composite.compositor import FaceCompositor
+
+        with open(args.through_compositor, "rb") as f:
+            recorded = pickle.load(f)
+        through = {side: FaceCompositor(transfer.compositor_config()) for side in sides}
     for side, module in sides.items():  # imports and compiled kernels load outside the timing
         with contexts[side]():
             call(module, renderer, *calls[0])
@@ -242,6 +271,8 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                     profile.disable()
             if r == 0 and "old" in outs:
                 diffs.append(difference(outs["old"], outs["new"]))
+                if through is not None and len(finals) < len(recorded):
+                    finals.append(composited(through, recorded[len(finals)], a[4], outs))
     result: dict[str, Any] = {"recording": str(args.recording), "clip": data["clip"],
                               "frames": len(calls), "repeat": args.repeat,
                               "baseline": args.baseline, "machine": machine()}
@@ -265,6 +296,12 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
         speedup = (result["old"]["thread_cpu_ms_per_frame"]
                    / result["new"]["thread_cpu_ms_per_frame"])
         lines.append(f"old / new thread CPU: {speedup:.2f}")
+    if finals:
+        d = np.stack(finals)
+        result["composited"] = {"frames": len(finals), "max": int(d.max()),
+                                "mean": float(d.mean()), "over_1": float((d > 1).mean())}
+        lines.append(f"composited frames (before encoding), {len(finals)}: max {d.max()}, mean "
+                     f"{d.mean():.4f}, pixels > 1 level {(d > 1).mean():.4%}")
     print("\n".join(lines) + "\n" + machine_line(result["machine"]))
     for side, profile in profiles.items():
         for order in ("tottime", "cumulative"):
@@ -351,6 +388,7 @@ def main() -> None:
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
+    p.add_argument("--through-compositor")
     p = sub.add_parser("composite")
     p.add_argument("recording")
     p.add_argument("--baseline", required=True)
