@@ -62,3 +62,49 @@ def test_fit_restarts_at_the_cut(media_dir, model):
     # as close on the first frames of the new shot as before the cut (measured: ~0.011 of
     # the face width before, 0.008 after; 0.038 at frame 22 without the restart)
     assert error[22:26].max() < 1.5 * np.median(error[:22]) + 0.005, error[18:28].round(3)
+
+
+def test_photo_prior_fits_the_clip_identity_as_one_photo(model, monkeypatch):
+    """A synthetic clip of one face (24 frames turning -20..20 deg of yaw, the same 2 px
+    offset on every point in every frame, as a detector's bias repeats, plus 0.5 px noise):
+    with `photo_prior` the clip's identity is the same kind of estimate as a one-photo fit of
+    one of its frames (what the swap subtracts it from); without it the repeated offset
+    outweighs the prior and the identity strays from the photo's."""
+    import types
+
+    from scipy.spatial.transform import Rotation
+
+    import morph3d.io.media as media
+    from fitting import photo as FP
+    from fitting import pose as FPose
+    from fitting.params import CameraParams
+    from fitting.synthetic import true_landmarks
+    from fitting.video import fit_video
+
+    monkeypatch.setattr(media, "probe_video",
+                        lambda path: types.SimpleNamespace(fps=25.0, height=480, width=640))
+    rng = np.random.default_rng(0)
+    alpha = rng.standard_normal(model.num_identity)
+    camera = CameraParams.default_for(640, 480, 800.0)
+    bias, frames = None, {}
+    for yaw in np.linspace(-20, 20, 24):
+        head = Rotation.from_euler("YXZ", [yaw, rng.uniform(-6, 6), 0], degrees=True)
+        state = FPose.FrameState(FPose.axis_angle(FP.FRONT @ head.as_matrix()),
+                                 np.array([0.0, 0.0, 600.0]), np.zeros(model.num_expression))
+        points = true_landmarks(model, alpha, state, camera)
+        bias = bias or {s: rng.normal(0, 2.0, p.shape) for s, p in points.items()}
+        for s, p in points.items():
+            frames.setdefault(s, []).append(p + bias[s] + rng.normal(0, 0.5, p.shape))
+    landmarks = {s: np.stack(v) for s, v in frames.items()}
+    photo, _, _, _ = FP.fit_landmarks(model, [{s: v[12] for s, v in landmarks.items()}],
+                                      [(480, 640)], focal=800.0)
+    clip = {weigh: fit_video("clip.mp4", model, landmarks=landmarks, photometric=False,
+                             smooth=False, progress=False, focal=800.0,
+                             photo_prior=weigh).identity.coefficients
+            for weigh in (False, True)}
+    # measured: |a| photo 4.54, clip 4.25 with the photo prior, 9.66 without; distance to the
+    # photo's coefficients 0.85 with, 6.90 without
+    norm = np.linalg.norm
+    assert abs(norm(clip[True]) - norm(photo)) < 0.2 * norm(photo), (norm(photo), norm(clip[True]))
+    assert norm(clip[True] - photo) < 0.35 * norm(photo), norm(clip[True] - photo)
+    assert norm(clip[False] - photo) > 3 * norm(clip[True] - photo)  # the prior is what does it
