@@ -13,8 +13,10 @@ import torch
 
 from morph3d.composite.colour import srgb_to_linear
 from morph3d.swap.albedo import (
+    EXPOSURE_TOLERANCE,
     actor_albedo,
     albedo_frames,
+    exposure_gain,
     frame_albedo_texture,
     merge_albedos,
     prepare_transfer,
@@ -202,10 +204,20 @@ def test_scene_levels_follow_linear_light_skip_black_bars_and_see_grey() -> None
     assert scene_levels(np.zeros_like(picture)) == (0.0, 0.0)
 
 
+def test_exposure_gain_reads_no_difference_within_one_shots_spread() -> None:
+    assert exposure_gain(0.2, 0.2 * EXPOSURE_TOLERANCE, 0.5) == pytest.approx(1.0)
+    assert exposure_gain(0.2, 0.2 / EXPOSURE_TOLERANCE, 0.5) == pytest.approx(1.0)
+    dim = exposure_gain(0.2, 0.02, 0.5)  # a clip ten times darker than the photo
+    assert dim == pytest.approx((10 / EXPOSURE_TOLERANCE) ** -0.5)
+    assert exposure_gain(0.02, 0.2, 0.5) == pytest.approx(1 / dim)
+    assert exposure_gain(0.2, 0.02, 0.0) == 1.0
+
+
 def test_a_darker_clip_takes_half_the_exposure_ratio_off_the_source(model, channels,
                                                                      tmp_path: Path) -> None:
-    """The source's albedo factor follows the clip's exposure to the power of
-    `exposure_share`: a clip four times darker in linear light gives half the factor."""
+    """The source's albedo factor follows the clip's exposure, beyond one shot's spread,
+    to the power of `exposure_share`: a clip four times darker in linear light gives
+    (4 / 1.25) ** -0.5 of the factor."""
     from fitting.params import Identity
     from morph3d.io.images import write_image
 
@@ -227,7 +239,7 @@ def test_a_darker_clip_takes_half_the_exposure_ratio_off_the_source(model, chann
     skin = model.region("face_skin")
     assert np.allclose(factors["same", 0.5], factors["same", 0.0], rtol=0.02)
     ratio = np.median(factors["dim", 0.5][skin] / factors["dim", 0.0][skin])
-    assert ratio == pytest.approx(0.5, rel=0.05)
+    assert ratio == pytest.approx((4 / EXPOSURE_TOLERANCE) ** -0.5, rel=0.05)
 
 
 def test_a_black_and_white_clip_stays_black_and_white(model, channels, tmp_path: Path) -> None:

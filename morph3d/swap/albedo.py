@@ -311,6 +311,21 @@ def scene_levels(rgb: np.ndarray) -> SceneLevels:
     return SceneLevels(float(luma.mean()), float(spread.mean()))
 
 
+# The frames of one shot differ in scene level by up to about this factor as things move
+# through them (hands raised, a head turning, clothes): within it, no exposure difference is
+# read between two pictures.
+EXPOSURE_TOLERANCE = 1.25
+
+
+def exposure_gain(photo: float, clip: float, share: float) -> float:
+    """The gain on the source's albedo for two exposure levels (`SceneLevels.exposure`):
+    `share` (an exponent) of their ratio clip / photo beyond `EXPOSURE_TOLERANCE` either
+    way; 1 within it."""
+    excess = np.log(clip / photo)
+    excess = np.sign(excess) * max(abs(excess) - np.log(EXPOSURE_TOLERANCE), 0.0)
+    return float(np.exp(share * excess))
+
+
 def colourless(texture: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A source albedo (T x T x 3 texture, V x 3 per-vertex factor) made grey: each texel and
     each vertex's factor replaced by its luma-weighted mean, the same in every channel."""
@@ -512,8 +527,9 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
     Both albedos keep their picture's brightness, so their ratio holds the two pictures'
     exposures as well as the two skins: a photo lit for a portrait against a dim clip would
     give a face that glows in the clip, brighter than the actor's neck and ears. The ratio
-    of the two pictures' exposure levels (`scene_levels`: the photo's, the clip's median)
-    is divided out of the source's albedo to the power `exposure_share`: half, because that
+    of the two pictures' exposure levels (`scene_levels`: the photo's, the clip's median),
+    beyond what one shot's frames differ by (`exposure_gain`), is divided out of the
+    source's albedo to the power `exposure_share`: half, because that
     level also follows what the scene holds (a dark stage or a white wall), as the skins'
     own lightness ratio follows the exposure; each measure alone is off by about as much.
     A black-and-white clip shows no skin colour: the source's albedo goes in grey
@@ -543,7 +559,8 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
     factor = source_albedo_factor(model, source_fit, photo, seen=seen)
     photo_exposure = scene_levels(photo).exposure
     if exposure_share > 0 and clip.exposure > 0 and photo_exposure > 0:
-        factor = factor * np.float32((clip.exposure / photo_exposure) ** exposure_share)
+        factor = factor * np.float32(exposure_gain(photo_exposure, clip.exposure,
+                                                   exposure_share))
     if clip.exposure > 0 and clip.colour < MONOCHROME_LEVELS:
         texture, factor = colourless(texture, factor)
     if mirror_share > 0:
