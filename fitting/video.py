@@ -6,9 +6,7 @@ Steps (`fit_video`):
    one face (largest by default), smooth its landmarks without lag (`fitting.smooth`).
    Only the landmark arrays are kept, never the frames (bounded memory).
 2. `select_identity_frames`: ~20 well-spread frames with near-frontal poses.
-3. `fitting.photo.fit_landmarks` on them jointly: one identity (and the focal length). With
-   `photo_prior` the identity prior is weighed by the number of these frames, so the data
-   and the prior balance as in a one-photo fit (the swap subtracts a photo's identity).
+3. `fitting.photo.fit_landmarks` on them jointly: one identity (and the focal length).
 4. `track_frame` per frame: warm-started from the previous frame's pose and expression,
    a jaw-contour update and a few bounded Gauss-Newton steps with a temporal prior
    (penalising change from the previous frame); a few ms per frame in numpy.
@@ -23,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -306,7 +304,7 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
               progress: bool = True, priors: Priors | None = None,
               timings: list[float] | None = None,
               on_frame: Callable[[int, FrameState], None] | None = None,
-              scene_cut: np.ndarray | None = None, photo_prior: bool = False) -> VideoFit:
+              scene_cut: np.ndarray | None = None) -> VideoFit:
     """Fit one face over a clip; see the module docstring for the steps.
 
     landmarks: precomputed {scheme: F x L x 2 pixels, NaN on faceless frames} (skips
@@ -314,10 +312,6 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     given, receives the per-frame solver time in ms (detection and decoding excluded).
     scene_cut: (F,) bool, frames that start a new shot (from `video_landmarks`); the
     per-frame fit restarts there, as it does after jumps of the face box.
-    photo_prior: the identity prior times the number of identity frames: the clip's identity
-    is then an estimate of the same kind as a one-photo fit's (near the prior, not pulled
-    away by the detector's offsets repeated over every frame), which is what the swap needs
-    when it subtracts one from the other; without it more frames weigh more.
     """
     from tqdm import tqdm
 
@@ -346,13 +340,10 @@ def fit_video(path, model, landmarks: dict[str, np.ndarray] | None = None,
     guess = CameraParams.default_for(W, H, focal)
     chosen = select_identity_frames(model, landmarks, guess, identity_frames)
     per_frame = [{s: p[i] for s, p in landmarks.items()} for i in chosen]
-    priors = priors or Priors()
-    id_priors = (replace(priors, identity=priors.identity * len(chosen)) if photo_prior
-                 else priors)
     identity, id_states, cams, _ = fit_landmarks(model, per_frame, [(H, W)] * len(chosen),
-                                                 focal=focal, refine_steps=10,
-                                                 priors=id_priors)
+                                                 focal=focal, refine_steps=10, priors=priors)
     camera = cams[0]
+    priors = priors or Priors()
     track_priors = Priors(**{**priors.__dict__, "temporal_pose": 3.0,
                              "temporal_expression": 1.0})
 

@@ -112,7 +112,7 @@ def fit_clip(target: Path, model, options: SwapOptions, hook: StageHook | None =
         if not cached:
             fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
                             max_frames=options.max_frames, progress=not options.quiet,
-                            scene_cut=scene_cut, photo_prior=True)
+                            scene_cut=scene_cut)
             fit.save(fit_path)
     return fit, (landmarks_run,
                  StageRun("fit clip", time.perf_counter() - t, cached, _notes(note)))
@@ -156,7 +156,7 @@ def fit_people(target: Path, model, options: SwapOptions, hook: StageHook | None
                              if k.startswith(f"{person}/")}
                 fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
                                 max_frames=options.max_frames, progress=not options.quiet,
-                                scene_cut=scene_cut, photo_prior=True)
+                                scene_cut=scene_cut)
                 fit.save(path)
             fits.append(fit)
     return fits, (landmarks_run,

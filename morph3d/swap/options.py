@@ -12,9 +12,8 @@ from morph3d.io.paths import sha256_file
 
 # Cache format of the work folder. 2: landmarks carry the shot cuts, fits are keyed by the
 # model build; 3: repeated frames are held; 4: a clip's face is chosen among mediapipe's
-# tracks whatever the landmark backend; 5: the clip's identity fitted with one photo's prior
-# weight (`fit_video(photo_prior=True)`).
-WORK_FORMAT = 5
+# tracks whatever the landmark backend.
+WORK_FORMAT = 4
 # Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`);
 # 3: highlights toned down in the albedo (`fitting.lighting.compress_highlights`).
 SOURCE_FORMAT = 3
