@@ -1,10 +1,13 @@
-"""Colour: the sRGB transfer curve and robust statistics.
+"""Colour: the sRGB transfer curve, luminance and robust statistics.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+# The luminance of linear sRGB / Rec. 709 RGB (Y of CIE XYZ): what `rgb @ LUMA` gives.
+LUMA = np.float32([0.2126, 0.7152, 0.0722])
 
 
 def robust_stats(samples: np.ndarray, min_std: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

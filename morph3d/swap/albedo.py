@@ -24,6 +24,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
+from morph3d.composite.colour import LUMA
 from morph3d.swap.transfer import actor_non_skin
 
 
@@ -305,8 +306,7 @@ def scene_levels(rgb: np.ndarray) -> SceneLevels:
     lit = pixels[pixels.max(1) > 4]
     if not len(lit):
         return SceneLevels(0.0, 0.0)
-    luma = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)[lit] @ np.float32(
-        [0.2126, 0.7152, 0.0722])
+    luma = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)[lit] @ LUMA
     spread = lit.max(1).astype(np.int16) - lit.min(1)
     return SceneLevels(float(luma.mean()), float(spread.mean()))
 
@@ -329,9 +329,8 @@ def exposure_gain(photo: float, clip: float, share: float) -> float:
 def colourless(texture: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A source albedo (T x T x 3 texture, V x 3 per-vertex factor) made grey: each texel and
     each vertex's factor replaced by its luma-weighted mean, the same in every channel."""
-    weights = np.float32([0.2126, 0.7152, 0.0722])
-    grey = (np.asarray(texture, np.float32) @ weights)[..., None]
-    scale = (np.asarray(factor, np.float32) @ weights)[:, None]
+    grey = (np.asarray(texture, np.float32) @ LUMA)[..., None]
+    scale = (np.asarray(factor, np.float32) @ LUMA)[:, None]
     return (np.repeat(grey, 3, -1).astype(np.float32),
             np.repeat(scale, 3, -1).astype(np.float32))
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from morph3d.composite.colour import LUMA
+
 # The two probe blurs (pixels): `a` damps pixel noise and aliasing, `b` is about the
 # largest blur a face crop shows (a soft 720p clip upsampled to the crop).
 PROBE_A = 1.0
@@ -36,7 +38,7 @@ MAX_BLUR = 8.0
 def _grey(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image, np.float32)
     if img.ndim == 3:
-        img = img @ np.float32([0.2126, 0.7152, 0.0722])
+        img = img @ LUMA
     return np.ascontiguousarray(img)
 
 

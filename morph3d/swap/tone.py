@@ -13,7 +13,7 @@ import cv2
 import numba
 import numpy as np
 
-from morph3d.composite.colour import srgb_to_linear
+from morph3d.composite.colour import LUMA, srgb_to_linear
 
 
 def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
@@ -103,7 +103,6 @@ _MAX_REDUCE = 4
 # the segment's ends is light too; a tint along the segment cannot be told from another skin.
 _LOCUS_LIGHT = np.float32([0.5703, -0.3121])
 _LOCUS_DARK = np.float32([0.7090, -0.3782])
-_LUMA = np.float32([0.2126, 0.7152, 0.0722])
 # log of the linear luma ratio of the locus' two patches (0.349 / 0.101): how much darker
 # the dark-skin end is than the light-skin end
 _LOCUS_LIGHTNESS = 1.24
@@ -120,7 +119,7 @@ def skin_chroma(linear: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, flo
     if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
         return None
     rgb = np.maximum(np.median(linear[keep], 0), 1e-4)
-    return np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]])), float(rgb @ _LUMA)
+    return np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]])), float(rgb @ LUMA)
 
 
 def locus_position(chroma: np.ndarray) -> float:
@@ -135,7 +134,7 @@ def light_gains(chroma: np.ndarray, t: float) -> np.ndarray:
     `chroma`: the light a skin at `t` appears under."""
     off = chroma - (_LOCUS_LIGHT + t * (_LOCUS_DARK - _LOCUS_LIGHT))
     gains = np.exp(np.float32([off[0], 0.0, off[1]]))
-    return (gains / float(gains @ _LUMA)).astype(np.float32)
+    return (gains / float(gains @ LUMA)).astype(np.float32)
 
 
 def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
@@ -216,8 +215,8 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
                                                            + 1e-4)
     # what is not skin on either side (a fringe, a shadow the shading does not explain, a
     # highlight) has a ratio far from the face's: it does not vote
-    luma = ((s_lin + 1e-3) / (a_lin + 1e-3)) @ np.float32([0.2126, 0.7152, 0.0722])
-    luma_overall = float(overall @ np.float32([0.2126, 0.7152, 0.0722]))
+    luma = ((s_lin + 1e-3) / (a_lin + 1e-3)) @ LUMA
+    luma_overall = float(overall @ LUMA)
     off = np.log(np.maximum(luma, 1e-6) / luma_overall)
     w = w * (off < np.log(max_brighten)) * (off > -np.log(max_spread))
     base = overall
