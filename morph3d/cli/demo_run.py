@@ -58,6 +58,7 @@ def make_target_clip(path: Path, model, log=print) -> Path:
 
     from fitting.photo import fit_photo
     from morph3d.io.images import read_image
+    from morph3d.neural.texture_completion import complete_uv_texture
     from render import render_mesh
     from render.camera import axis_angle_to_matrix
 
@@ -67,7 +68,11 @@ def make_target_clip(path: Path, model, log=print) -> Path:
     fit = fit_photo(photo, model)[0]
     base_rotation = torch.as_tensor(fit.faces.rotation[0], dtype=torch.float32)
     extra_rotation, expressions = animation()
-    texture = torch.from_numpy(fit.identity.texture)
+    # The photo saw one side of a head: the texels it did not see (behind the ears, under
+    # the jaw) are filled from their mirror and their surroundings, as the swap's own
+    # source texture is, so the head's turn shows skin there, not black.
+    texture = torch.from_numpy(complete_uv_texture(
+        fit.identity.texture, fit.identity.confidence).texture.astype(np.float32))
     ident = torch.from_numpy(fit.identity.coefficients[None])
     background = torch.from_numpy(photo.astype(np.float32) / 255.0)[None]
     # The outputs' own temporary name, locked while written: a killed demo's leftover is
