@@ -40,12 +40,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (  # noqa: E402
-    MEDIA,
     ROOT,
+    add_tree_arguments,
     machine,
     machine_line,
     print_profile,
     run_tree_child,
+    tree_folders,
     write_json,
 )
 
@@ -143,18 +144,10 @@ def fit_differences(a_path: Path, b_path: Path) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clip", type=Path, default=MEDIA / "nggyup.mp4")
+    add_tree_arguments(parser, OUT, rounds=2)
     parser.add_argument("--landmarks", type=Path, default=None)
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
-    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--with-landmarks", action="store_true")
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--save-dir", type=Path, default=OUT)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--tree-dir", default=str(ROOT), help=argparse.SUPPRESS)
     parser.add_argument("--save-fit", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.landmarks is None:
         args.landmarks = OUT / f"{args.clip.stem}_landmarks.npz"
@@ -170,10 +163,7 @@ def main() -> int:
         args.landmarks.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.landmarks, **landmarks)
         print(f"landmarks of {args.clip.name}: {wall:.1f} s wall, {cpu:.1f} s CPU")
-    trees = {}
-    for item in args.tree or [f"here={ROOT}"]:
-        name, _, folder = item.partition("=")
-        trees[name] = Path(folder).resolve()
+    trees = tree_folders(args.tree)
     info = machine()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     for r in range(args.rounds):

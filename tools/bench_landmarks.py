@@ -36,12 +36,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (  # noqa: E402
-    MEDIA,
     ROOT,
+    add_tree_arguments,
     machine,
     machine_line,
     print_profile,
     run_tree_child,
+    tree_folders,
     write_json,
 )
 
@@ -107,17 +108,9 @@ def landmark_differences(a_path: Path, b_path: Path) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clip", type=Path, default=MEDIA / "nggyup.mp4")
+    add_tree_arguments(parser, OUT, rounds=3)
     parser.add_argument("--frames", type=int, default=150)
-    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
-    parser.add_argument("--save-dir", type=Path, default=OUT)
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--tree-dir", default=str(ROOT), help=argparse.SUPPRESS)
     parser.add_argument("--save", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args)
@@ -126,10 +119,7 @@ def main() -> int:
     args.save_dir.mkdir(parents=True, exist_ok=True)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    trees = {}
-    for item in args.tree or [f"here={ROOT}"]:
-        name, _, folder = item.partition("=")
-        trees[name] = Path(folder).resolve()
+    trees = tree_folders(args.tree)
     info = machine()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     for r in range(args.rounds):

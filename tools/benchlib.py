@@ -11,6 +11,7 @@ swap runs as `python tools/benchlib.py --child REPORT [--stage-peaks] -- SWAP-AR
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -282,6 +283,31 @@ if __name__ == "__main__":
                             "--stage-peaks" in sys.argv[3:sep]))
     sys.exit("benchlib: a module for the benchmarks "
              "(run as --child REPORT [--stage-peaks] -- SWAP-ARGS)")
+
+
+def add_tree_arguments(parser: argparse.ArgumentParser, save_dir: Path, rounds: int
+                       ) -> None:
+    """The options every tree-alternating benchmark shares: the clip, the trees (NAME=DIR,
+    repeatable), the rounds, the profile, save and JSON outputs, and the hidden ones its
+    child gets from `run_tree_child`."""
+    parser.add_argument("--clip", type=Path, default=MEDIA / "nggyup.mp4")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR")
+    parser.add_argument("--save-dir", type=Path, default=save_dir)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--tree-dir", default=str(ROOT), help=argparse.SUPPRESS)
+    parser.add_argument("--profile-out", default=None, help=argparse.SUPPRESS)
+
+
+def tree_folders(items: list[str]) -> dict[str, Path]:
+    """`--tree NAME=DIR` items as {name: resolved folder}; this checkout alone by default."""
+    trees = {}
+    for item in items or [f"here={ROOT}"]:
+        name, _, folder = item.partition("=")
+        trees[name] = Path(folder).resolve()
+    return trees
 
 
 def run_tree_child(script: str, tree: Path, report: Path, argv: list[str], label: str
