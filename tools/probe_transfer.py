@@ -267,7 +267,7 @@ def main() -> None:
         for src in args.sources.split(","):
             for spec in args.cross_frames.split(";"):
                 clip, frames = spec.split(":")
-                cases += [(f"cross-{src.split('.')[0]}", MEDIA / src, clip, int(f))
+                cases += [(f"cross-{Path(src).stem}", MEDIA / src, clip, int(f))
                           for f in frames.split(",")]
     fits: dict = {}
     setups: dict = {}

@@ -9,16 +9,16 @@ the blur from the frame. The gain stops at the kept eyeballs and mouth interior;
 is blurred by the frame's own blur too (`soft_cut`), or the brightened lids end in a line
 sharper than anything in the frame.
 
-Both blurs are estimated on the same raster (the transfer's face crop), each picture from
-itself, by re-blurring: a step edge blurred by s (Gaussian sigma, pixels) has Laplacian
-energy (sum of squared second derivatives across it) proportional to its contrast squared
-over s^3, so the ratio of the energies at two known extra blurs a < b,
-((s^2 + b^2) / (s^2 + a^2))^(3/2), gives s whatever the edges' contrast or number. Second
-derivatives leave out smooth shading (a cheek's gradient does not fall with blur and would
-read as blur and over-blur the source, which costs the identity). A blur measured from
-detail energy alone would read a photo with strong features (dark brows, made-up lids) as
-sharper than a frame with faint ones and blur it too much. Units: pixels of the raster the
-images are on.
+The blur to add is matched on the same raster (the transfer's face crop), each picture
+measured on itself, by re-blurring (`blur_to_match`): a blurred edge's Laplacian energy
+falls with the probe blur p as (s^2 + p^2)^-3/2, so the ratio of a picture's energies at two
+probes a < b says how blurred it is whatever the edges' contrast or number, and the source
+is blurred until its ratio is the frame's. Second derivatives leave out smooth shading (a
+cheek's gradient does not fall with blur and would read as blur and over-blur the source,
+which costs the identity). The match runs along four directions, since a head moving during
+the exposure is smeared along its motion only (`gaussian_kernel` then applies an
+anisotropic blur). The frame's own blur (`edge_blur`, the step-edge model) softens the cut
+around the kept eyes and mouth. Units: pixels of the raster the images are on.
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ import numpy as np
 
 from morph3d.composite.colour import LUMA
 
-# The two probe blurs (pixels): `a` damps pixel noise and aliasing, `b` is about the
-# largest blur a face crop shows (a soft 720p clip upsampled to the crop).
-PROBE_A = 1.0
-PROBE_B = 3.0
+# The two probe blurs (pixels). `a` must damp the frame's grain and compression noise, whose
+# Laplacian energy falls as a^-6 while an edge's falls as (s^2 + a^2)^-3/2: with a = 1 the
+# noise of an H.264 frame outweighs the edges of a face blurred by 3 px or more, and a
+# motion-blurred frame reads as sharp. `b` is about the largest blur a face crop shows.
+PROBE_A = 2.0
+PROBE_B = 5.0
 MAX_BLUR = 8.0
+MIN_KERNEL = 0.5
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -79,37 +82,120 @@ def edge_weight(trust: np.ndarray, margin: float = 2.0) -> np.ndarray:
     return cv2.erode((np.asarray(trust) > 0.5).astype(np.uint8), kernel).astype(np.float32)
 
 
-def extra_blur(source_blur: float, frame_blur: float) -> float:
-    """The blur (sigma, pixels) that brings a picture at `source_blur` to `frame_blur`:
-    sqrt(frame^2 - source^2), 0 where the source is no sharper or either is unknown."""
-    if not (np.isfinite(source_blur) and np.isfinite(frame_blur)):
-        return 0.0
-    return float(np.sqrt(max(frame_blur ** 2 - source_blur ** 2, 0.0)))
+def _directional_energies(grey: np.ndarray, sigma: float, weight: np.ndarray) -> np.ndarray:
+    """(4,) Laplacian-like energies of `grey` blurred by `sigma` (px) inside `weight`: the
+    sums of the squared second derivative along 0, 45, 90 and 135 degrees."""
+    blurred = cv2.GaussianBlur(grey, (0, 0), sigma)
+    dxx = cv2.Sobel(blurred, cv2.CV_32F, 2, 0, ksize=1)
+    dyy = cv2.Sobel(blurred, cv2.CV_32F, 0, 2, ksize=1)
+    dxy = cv2.Sobel(blurred, cv2.CV_32F, 1, 1, ksize=3) * np.float32(0.25)
+    mean = 0.5 * (dxx + dyy)
+    return np.array([float((d * d * weight).sum())
+                     for d in (dxx, mean + dxy, dyy, mean - dxy)])
+
+
+def blur_to_match(source: np.ndarray, frame: np.ndarray, weight: np.ndarray,
+                  scales: int = 8) -> np.ndarray:
+    """2 x 2 covariance (pixels^2) of the Gaussian blur that gives `source` the frame's
+    sharpness inside `weight` (`edge_weight`), direction by direction: a head that moves
+    during the exposure is blurred along its motion and stays sharp across it, and an
+    isotropic blur matched to both would leave a brow or a lid line crisp on a face
+    smeared across it.
+
+    Matched directly rather than through `edge_blur`'s step-edge model, which reads lines,
+    dots and crowded edges (lids, freckles, a brow's hairs) as blurrier or sharper than they
+    are by up to a pixel. Gaussian blurs add in quadrature, so the source blurred by s has
+    at probe p the energy the unblurred source has at sqrt(p^2 + s^2): one energy curve of
+    the source over the probe scales gives its probe ratio E(a) / E(b) at every candidate s,
+    and the blur along each of four directions (the second derivative along it) is where
+    that ratio falls to the frame's. A direction's second derivative also sees edges
+    oblique to it, so a blur along one direction reads about three quarters as long along
+    it and about a third as long across it. Zero where the source is no sharper or either
+    picture has no edges; at most `MAX_BLUR` along any direction."""
+    weight = np.asarray(weight, np.float32)
+    none = np.zeros((2, 2))
+    if weight.sum() < 1.0:
+        return none
+    # only the weight's bounding box and the largest probe's reach around it matter
+    rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
+    m = int(np.ceil(3.0 * np.hypot(PROBE_B, MAX_BLUR)))
+    box = (slice(max(rows[0] - m, 0), rows[-1] + m + 1),
+           slice(max(cols[0] - m, 0), cols[-1] + m + 1))
+    grey, target, weight = _grey(source)[box], _grey(frame)[box], weight[box]
+    fa = _directional_energies(target, PROBE_A, weight)
+    fb = _directional_energies(target, PROBE_B, weight)
+    if min(fa.min(), fb.min()) <= 1e-30:
+        return none
+    more = _directional_match(grey, fa, fb, weight, scales)
+    if more is None:
+        return none
+    values, vectors = np.linalg.eigh(more)
+    return (vectors * np.clip(values, 0.0, MAX_BLUR ** 2)) @ vectors.T
+
+
+def _directional_match(grey: np.ndarray, fa: np.ndarray, fb: np.ndarray, weight: np.ndarray,
+                       scales: int) -> np.ndarray | None:
+    """The covariance from the blur along each direction that brings `grey`'s probe ratios
+    to the frame's (`fa`, `fb`: its energies at the probes); None where `grey` has no
+    edges."""
+    probes = np.geomspace(PROBE_A, np.hypot(PROBE_B, MAX_BLUR), scales)
+    energy = np.stack([_directional_energies(grey, q, weight) for q in probes], 1)
+    if energy.min() <= 1e-30:
+        return None
+    blur = np.linspace(0.0, MAX_BLUR, 161)
+    log_q, at_a, at_b = (np.log(probes), np.log(np.hypot(PROBE_A, blur)),
+                         np.log(np.hypot(PROBE_B, blur)))
+    along = np.zeros(4)
+    for k in range(4):
+        log_e = np.log(energy[k])
+        ratio = np.interp(at_a, log_q, log_e) - np.interp(at_b, log_q, log_e)
+        want = np.log(fa[k] / fb[k])
+        below = np.flatnonzero(ratio <= want)
+        if not len(below):
+            along[k] = MAX_BLUR
+        elif below[0] > 0:
+            i = int(below[0])
+            t = (ratio[i - 1] - want) / max(ratio[i - 1] - ratio[i], 1e-12)
+            along[k] = blur[i - 1] + t * (blur[i] - blur[i - 1])
+    # u' C u = the blur along u squared, for u at 0, 90 and the two diagonals
+    var = along ** 2
+    return np.array([[var[0], 0.5 * (var[1] - var[3])], [0.5 * (var[1] - var[3]), var[2]]])
+
+
+def gaussian_kernel(cov: np.ndarray) -> np.ndarray:
+    """The normalised 2D Gaussian kernel of covariance `cov` (2 x 2, pixels^2; x, y), no
+    narrower than `MIN_KERNEL` px along any direction: a thinner one, sampled on the pixel
+    grid, would lose most of its length as soon as it tilts off an axis."""
+    values, vectors = np.linalg.eigh(np.asarray(cov, np.float64))
+    values = np.maximum(values, MIN_KERNEL ** 2)
+    reach = int(np.ceil(3.0 * np.sqrt(values.max())))
+    ys, xs = np.mgrid[-reach:reach + 1, -reach:reach + 1].astype(np.float64)
+    points = np.stack([xs, ys], -1)
+    inverse = (vectors / values) @ vectors.T
+    kernel = np.exp(-0.5 * np.einsum("...i,ij,...j->...", points, inverse, points))
+    return (kernel / kernel.sum()).astype(np.float32)
 
 
 def match_blur(source: np.ndarray, frame: np.ndarray, trust: np.ndarray,
-               min_blur: float = 0.3) -> tuple[np.ndarray, float, float]:
+               min_blur: float = 0.3, measure: np.ndarray | None = None
+               ) -> tuple[np.ndarray, float, float]:
     """`source` (H x W x 3, the source albedo on the crop) blurred to the frame's sharpness
-    (`frame`: the frame's pixels on the same raster), both measured inside `trust` (H x W:
-    skin both pictures saw). The blur is normalised by `trust` so what is not skin does not
-    bleed into the skin. Returns the blurred source, the blur applied and the frame's own
-    (sigma, pixels; under `min_blur` nothing is applied; the frame's 0 where unknown)."""
-    weight = edge_weight(trust)
-    grey, target = _grey(source), edge_blur(frame, weight)
+    (`frame`: the frame's pixels on the same raster; `blur_to_match`), both measured inside
+    `measure` (H x W; None: `trust`, the skin both pictures saw). The blur is normalised by
+    `trust` so what is not skin does not bleed into the skin. Returns the blurred source,
+    the blur applied along its widest direction and the frame's own (`edge_blur`; sigma,
+    pixels; a blur under `min_blur` along every direction is not applied; the frame's 0
+    where unknown)."""
+    weight = edge_weight(trust if measure is None else measure)
+    target = edge_blur(frame, weight)
     known = float(target) if np.isfinite(target) else 0.0
-    sigma = extra_blur(edge_blur(grey, weight), target)
-    if sigma < min_blur:
-        return source, 0.0, known
-    # One correction on the source blurred by the first guess: the estimate is exact for
-    # step edges only, and lines (lids, lip lines) read a little blurrier than they are.
-    reached = edge_blur(cv2.GaussianBlur(grey, (0, 0), sigma), weight)
-    if reached < MAX_BLUR:
-        sigma = float(np.sqrt(max(sigma ** 2 + target ** 2 - reached ** 2, 0.0)))
+    cov = blur_to_match(source, frame, weight)
+    sigma = float(np.sqrt(max(np.linalg.eigvalsh(cov).max(), 0.0)))
     if sigma < min_blur:
         return source, 0.0, known
     w = np.asarray(trust, np.float32)
-    both = cv2.GaussianBlur(np.concatenate([source * w[..., None], w[..., None]], -1),
-                            (0, 0), sigma)
+    both = cv2.filter2D(np.concatenate([source * w[..., None], w[..., None]], -1), -1,
+                        gaussian_kernel(cov), borderType=cv2.BORDER_REFLECT)
     low = both[..., :3] / np.maximum(both[..., 3:], 1e-4)
     keep = np.clip(both[..., 3:] / 0.3, 0.0, 1.0)  # no support nearby: as it was
     return (keep * low + (1 - keep) * source).astype(np.float32), sigma, known

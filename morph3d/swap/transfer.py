@@ -587,7 +587,10 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         source_albedo = cap_highlights(source_albedo, trust, highlight_cap * crop_iod)
     frame_blur = 0.0  # crop pixels
     if sharpness:  # the blur comes from the frame, the identity from the photo
-        source_albedo, _, frame_blur = match_blur(source_albedo, seen, trust)
+        # measured over the whole face but its kept eyeballs and mouth (`skin`): the skin the
+        # ratio trusts holds few edges, the features (brows, lids, lips) hold them
+        source_albedo, _, frame_blur = match_blur(source_albedo, seen, trust,
+                                                  measure=skin > 0.5)
     if ratio_on:
         actor_albedo = with_frame_detail(tex[..., 4:7], seen_bytes, trust, detail * crop_iod,
                                          linear=True)
