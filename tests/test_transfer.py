@@ -104,6 +104,36 @@ def test_tone_ratio_of_two_grey_pictures_is_grey() -> None:
     assert np.abs(ratio - ratio.mean(-1, keepdims=True)).max() < 1e-4
 
 
+def test_flat_lightness_drops_broad_light_and_keeps_colour_and_features() -> None:
+    """A ratio carrying a side-lit photo's dark half (lightness falling across the face),
+    a redder left cheek and a dark mole: the broad fall goes to the face's overall tone,
+    the redness and the mole stay."""
+    from morph3d.composite.colour import LUMA
+    from morph3d.swap.tone import flat_lightness
+
+    size = 128
+    xs = np.mgrid[:size, :size][1] / (size - 1)
+    tone = np.array([0.8, 0.75, 0.7], np.float32)
+    side_lit = np.exp(-1.2 * xs)[..., None]  # 3.3x darker on the right
+    redder = np.stack([1.0 + 0.2 * (1 - xs), np.ones_like(xs), np.ones_like(xs)], -1)
+    mole = np.where(disk((size, size), (40, 64), 3)[..., None], 0.5, 1.0)
+    ratio = (tone * side_lit * redder * mole).astype(np.float32)
+    weight = disk((size, size), (64, 64), 60).astype(np.float32)
+    out = flat_lightness(ratio, weight, sigma=14.0, tone=tone)
+    light = np.log(out) @ LUMA
+    rows = slice(50, 78)
+    left, right = light[rows, 15:30].mean(), light[rows, 98:113].mean()
+    given = np.log(ratio) @ LUMA
+    before = given[rows, 15:30].mean() - given[rows, 98:113].mean()
+    assert before > 0.7 and abs(left - right) < 0.15 * before
+    assert abs(light[rows, 50:78].mean() - float(np.log(tone) @ LUMA)) < 0.08
+    red_over_green = out[..., 0] / out[..., 1]
+    assert red_over_green[64, 10] / red_over_green[64, 118] == pytest.approx(
+        (ratio[64, 10, 0] / ratio[64, 10, 1]) / (ratio[64, 118, 0] / ratio[64, 118, 1]), rel=1e-3)
+    depth = out[64, 40] / out[64, 52]  # the mole against the skin beside it
+    assert depth == pytest.approx(ratio[64, 40] / ratio[64, 52], rel=0.15)
+
+
 def test_ratio_of_one_or_strength_zero_leaves_the_pixels() -> None:
     image = random_frame(16, 16, seed=3)
     ratio = np.full((16, 16, 3), 0.3, np.float32)

@@ -238,6 +238,28 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     return ratio
 
 
+def flat_lightness(ratio: np.ndarray, weight: np.ndarray, sigma: float,
+                   tone: np.ndarray) -> np.ndarray:
+    """The tone ratio (H x W x 3, linear) with its lightness above `sigma` px set to the
+    face's overall tone's (`tone`, 3: the ratio's median over the skin), its colour and
+    everything finer kept.
+
+    Over a face the skin's albedo changes lightness at large scales little; what each
+    side's albedo has there is mostly the shading its model did not explain (a side-lit
+    photo's dark half, an eye socket's occlusion, the clip's rim light), and the ratio would
+    carry it onto the actor's own shading as broad light and dark blotches. Shading is
+    colourless once the lights' colours are divided out, so the colour of that pattern
+    (cheeks redder than the forehead) is albedo and stays; brows, lids, lips and moles are
+    finer than `sigma` and stay. `weight` (H x W): where the ratio is measured (the skin
+    both pictures saw), with a floor over the rest of the face so the low-pass is defined
+    there too."""
+    log_ratio = np.log(np.maximum(np.asarray(ratio, np.float32), 1e-3))
+    lightness = np.ascontiguousarray(log_ratio @ LUMA)
+    low, _ = normalized_blur(lightness, weight, sigma, reduce=True)
+    level = float(np.log(np.maximum(np.asarray(tone, np.float32), 1e-3)) @ LUMA)
+    return np.exp(log_ratio + (level - low)[..., None]).astype(np.float32)
+
+
 @numba.njit(cache=True, nogil=True)
 def _blend_local(both: np.ndarray, den: np.ndarray, scale: np.ndarray, low: np.ndarray,
                  high: np.ndarray, min_support: np.float32,

@@ -19,7 +19,9 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    surface point does not change from frame to frame and no frame's shading-model error
    enters it; below that the actor's side is the frame's own pixels (`with_frame_detail`:
    there shading is smooth and the frame's features sit exactly where the frame shows
-   them). Skin tone, brows, lips and freckles come from the source while the frame's own
+   them). Above a third of the eyes' distance the ratio's lightness is the face's overall
+   tone (`tone.flat_lightness`): there both albedos hold mostly what their shading models
+   missed. Skin tone, brows, lips and freckles come from the source while the frame's own
    light, cast shadows, blur and grain stay.
    What either side does not show as skin does not vote (the photo's unseen side, the
    actor's fringe or microphone, highlights; skin under a light of another colour, such as
@@ -47,7 +49,7 @@ import numba
 import numpy as np
 
 from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
-from morph3d.swap.tone import normalized_blur, tone_ratio
+from morph3d.swap.tone import flat_lightness, normalized_blur, tone_ratio
 
 
 def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> np.ndarray:
@@ -480,7 +482,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light: float = 0.7, forehead: float = 0.35,
                   highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1,
-                  sharpness: bool = True) -> dict:
+                  sharpness: bool = True, flatten: float = 0.3) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
@@ -495,7 +497,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     takes the face's overall tone (`surround_strength`; 0: nowhere); `detail`: the scale
     (IOD) below which the actor's albedo is this frame's own (`with_frame_detail`);
     `sharpness`: the source's albedo blurred to the frame's sharpness (`match_blur`), and
-    the gain's cut around the kept eyeballs and mouth no sharper than the frame (`soft_cut`).
+    the gain's cut around the kept eyeballs and mouth no sharper than the frame (`soft_cut`);
+    `flatten`: the scale (IOD) above which the ratio's lightness is the face's overall tone
+    (`tone.flat_lightness`: there both albedos hold their shading models' errors; 0: off).
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
@@ -614,6 +618,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     around = surround_strength(plain, skin_model, covered & (face > 0.5), inner > 0.5,
                                surround * crop_iod, 0.03 * crop_iod, head=covered)
     tone = np.median(ratio[trust > 0.5], 0) if (trust > 0.5).sum() > 20 else np.ones(3)
+    if ratio_on and flatten > 0:
+        ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * (covered & (face > 0.5)),
+                               flatten * crop_iod, tone)
     # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
     crop_fields, ratio = _with_surround(flow, np.asarray(strength, np.float32),
                                         np.asarray(around, np.float32),
