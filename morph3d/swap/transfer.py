@@ -19,7 +19,7 @@ skin), the actor's frame itself is changed in two ways that carry the source's i
    surface point does not change from frame to frame and no frame's shading-model error
    enters it; below that the actor's side is the frame's own pixels (`with_frame_detail`:
    there shading is smooth and the frame's features sit exactly where the frame shows
-   them). Above a third of the eyes' distance the ratio's lightness is the face's overall
+   them). Above 0.6 of the eyes' distance the ratio's lightness is the face's overall
    tone (`tone.flat_lightness`): there both albedos hold mostly what their shading models
    missed. Skin tone, brows, lips and freckles come from the source while the frame's own
    light, cast shadows, blur and grain stay.
@@ -482,7 +482,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light: float = 0.7, forehead: float = 0.35,
                   highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1,
-                  sharpness: bool = True, flatten: float = 0.3) -> dict:
+                  sharpness: bool = True, flatten: float = 0.6) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
