@@ -7,10 +7,13 @@ in the same convention, and the source's shape at the actor's size and place.
   same in every frame.
 - The source's albedo: the source fit's UV texture times `source_albedo_factor`, which puts
   it under the same kind of shading model the clip's frames are divided by; what on the
-  photo is not its skin (highlights, occluders' colours) does not vote (`source_skin_vote`).
+  photo is not its skin (highlights, occluders' colours, glasses) does not vote
+  (`source_skin_vote`).
 - The two pictures' exposures: half their ratio (`scene_levels`: the photo's, the clip's
   median) is taken off the source's albedo, so a photo's brightness does not pass into the
   clip as the skin's; into a black-and-white clip the source's albedo goes in grey.
+- Both sides' albedos under 1 (`headroom_gain`): the transfer reads them as colours and
+  would cut a light skin's albedo there; one gain on both keeps their ratio.
 - `identity_alignment`: the similarity that puts the source's neutral face on the actor's.
 
 Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], model space mm.
@@ -210,22 +213,172 @@ def uv_vertex_mask(model, vertices: np.ndarray, size: int) -> np.ndarray:
     return canvas.astype(bool)
 
 
+def uv_positions(model, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(T x T x 3 mean-face position in mm, T x T bool: a triangle covers the texel) on the
+    renderer's UV raster (T = `size`, row 0 is v = 1), each triangle's texels at its
+    centroid: the places where a face feature sits on any texture, to a triangle's size."""
+    data = model.data
+    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
+    uv, uv_triangles = np.asarray(data.uv_coords), np.asarray(data.uv_triangles)
+    canvas = np.zeros((size, size, 4), np.float32)
+    centres = mean[triangles].mean(1)
+    for t in range(len(triangles)):
+        corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
+        cv2.fillConvexPoly(canvas, np.round(corners * 16).astype(np.int32),
+                           (*centres[t].tolist(), 1.0), lineType=cv2.LINE_8, shift=4)
+    return canvas[..., :3], canvas[..., 3] > 0
+
+
+class EyeRings(NamedTuple):
+    """Where glasses would sit on the UV raster (T x T each, from `uv_positions`).
+
+    radius: each texel's elliptical distance from the nearer eye's centre on the mean face,
+    1 on a typical lens's rim (`LENS`); angle: its direction there (radians, 0 away from
+    the nose, pi / 2 up); side: -1 or 1, which eye; radial: T x T x 2 unit texel-space
+    direction (x, row) in which the radius grows; band: where frames and lenses lie (radius
+    up to `BAND_RADIUS` and the nose bridge between the eyes; the lids are behind the
+    lenses)."""
+
+    radius: np.ndarray
+    angle: np.ndarray
+    side: np.ndarray
+    radial: np.ndarray
+    band: np.ndarray
+
+
+# The scale of a lens round the eye: half a width and half a height in eyes' distances
+# (IOD). Lenses are 0.65 to 0.9 IOD wide and 0.45 to 0.8 high, the eye in their upper half:
+# their rims lie from about 0.55 to 1.6 of this from the eye's centre (small and large
+# lenses); the glasses' band (frames and lenses) reaches to `BAND_RADIUS`.
+LENS = (0.4, 0.33)
+FRAME_RADII = (0.55, 1.6)
+BAND_RADIUS = 1.75
+
+
+def eye_rings(model, size: int) -> EyeRings:
+    """The `EyeRings` of the model's UV raster at T = `size`."""
+    data = model.data
+    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
+    ibug = data.landmarks["ibug68"].positions(mean, triangles)
+    left, right = ibug[36:42].mean(0), ibug[42:48].mean(0)
+    iod = float(np.linalg.norm(right - left))
+    pos, covered = uv_positions(model, size)
+    # smoothed over the texels (each triangle's are at its centroid) for the radial direction
+    weight = cv2.GaussianBlur(covered.astype(np.float32), (0, 0), 2.0)
+    smooth = cv2.GaussianBlur(pos * covered[..., None], (0, 0), 2.0) / np.maximum(
+        weight, 1e-6)[..., None]
+    centre_x, centre_y = 0.5 * float(abs(right[0] - left[0])), 0.5 * float(left[1] + right[1])
+
+    def polar(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        dx = (np.abs(p[..., 0]) - centre_x) / (LENS[0] * iod)
+        dy = (p[..., 1] - centre_y) / (LENS[1] * iod)
+        return np.sqrt(dx ** 2 + dy ** 2), np.arctan2(dy, dx)
+
+    radius, angle = polar(pos)
+    grown = np.stack(np.gradient(polar(smooth)[0])[::-1], -1)  # d/dx (column), d/drow
+    radial = grown / np.maximum(np.linalg.norm(grown, axis=-1, keepdims=True), 1e-6)
+    bridge = ((np.abs(pos[..., 0]) < centre_x)
+              & (np.abs(pos[..., 1] - centre_y) < 0.2 * iod))
+    band = ((radius <= BAND_RADIUS) | bridge) & covered
+    side = np.where(pos[..., 0] < 0, -1, 1).astype(np.int8)
+    return EyeRings(radius.astype(np.float32), angle.astype(np.float32), side,
+                    radial.astype(np.float32), band)
+
+
+def line_strength(channels: np.ndarray, scales: tuple[float, ...]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """How strongly each texel lies on a thin line (a ridge or a valley) in any of
+    `channels` (C x T x T, each in units of its own spread on skin), the largest over
+    `scales` (Gaussian sigmas, texels): the scale-normalised Hessian's larger eigenvalue
+    magnitude less the smaller one, so a line scores its contrast and a blob or a smooth
+    slope (shading) scores little. Returns (T x T strength, T x T x 2 unit direction
+    across the line, (x, row))."""
+    best = np.zeros(channels.shape[1:], np.float32)
+    across = np.zeros((*channels.shape[1:], 2), np.float32)
+    for sigma in scales:
+        for channel in channels:
+            g = cv2.GaussianBlur(np.asarray(channel, np.float32), (0, 0), sigma)
+            dxx = cv2.Sobel(g, cv2.CV_32F, 2, 0, ksize=3)
+            dyy = cv2.Sobel(g, cv2.CV_32F, 0, 2, ksize=3)
+            dxy = cv2.Sobel(g, cv2.CV_32F, 1, 1, ksize=3) * 0.25
+            half = 0.5 * (dxx + dyy)
+            root = np.sqrt(np.maximum(half ** 2 - (dxx * dyy - dxy ** 2), 0.0))
+            big = np.where(half >= 0, half + root, half - root)  # the larger in magnitude
+            # |big| - |other|: a line's contrast; 0 on a blob (equal) and a saddle (opposite)
+            strength = sigma ** 2 * 2.0 * np.minimum(np.abs(half), root)
+            # its eigenvector: (dxy, big - dxx), or (big - dyy, dxy) where that is larger
+            a = np.stack([dxy, big - dxx], -1)
+            b = np.stack([big - dyy, dxy], -1)
+            vec = np.where((np.abs(a).sum(-1) >= np.abs(b).sum(-1))[..., None], a, b)
+            vec = vec / np.maximum(np.linalg.norm(vec, axis=-1, keepdims=True), 1e-9)
+            better = strength > best
+            best = np.where(better, strength, best)
+            across = np.where(better[..., None], vec, across)
+    return best, across
+
+
+def glasses_cover(rings: EyeRings, strength: np.ndarray, across: np.ndarray,
+                  usable: np.ndarray, line_sigmas: float, bins: int = 24,
+                  share: float = 0.05) -> float:
+    """The share (0-1) of the directions around the eyes in which a frame's line runs
+    round the eye: per eye, `bins` sectors of the frame's annulus (`FRAME_RADII`), less
+    the upper third (the brows: lines there are the face's own), each counted when more
+    than `share` of its `usable` texels lie on a line stronger than `line_sigmas` that runs
+    along the ring (across it: radial). Sectors with too few usable texels (what the photo
+    did not see) are not counted either way; 0 when fewer than a quarter are left.
+
+    Glasses close a ring round each eye; bare skin's lines there do not: folds under the
+    eye run along it on one side, crow's feet and a nose's side run across it."""
+    ring = usable & (rings.radius >= FRAME_RADII[0]) & (rings.radius <= FRAME_RADII[1])
+    along = ring & (strength > line_sigmas) & (
+        np.abs((across * rings.radial).sum(-1)) > 0.7)
+    sector = np.floor((rings.angle + np.pi) / (2 * np.pi) * bins).astype(int) % bins
+    centre = (np.arange(bins) + 0.5) * 2 * np.pi / bins - np.pi
+    upper = (centre > np.pi / 6) & (centre < 5 * np.pi / 6)
+    counted = found = 0
+    for side in (-1, 1):
+        mine = rings.side == side
+        total = np.bincount(sector[ring & mine], minlength=bins)
+        hits = np.bincount(sector[along & mine], minlength=bins)
+        keep = ~upper & (total >= 10)
+        counted += int(keep.sum())
+        found += int((keep & (hits > share * total)).sum())
+    lower = 2 * int((~upper).sum())
+    return found / counted if counted >= lower / 4 else 0.0
+
+
 def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
-                     sigmas: float = 6.0, light_sigmas: float = 3.0, brow_mm: float = 9.0
-                     ) -> np.ndarray:
+                     sigmas: float = 6.0, light_sigmas: float = 3.0, brow_mm: float = 9.0,
+                     line_sigmas: float = 1.5, line_mm: tuple[float, ...] = (1.2, 2.5),
+                     glasses_share: float = 0.35) -> np.ndarray:
     """T x T weight in [0, 1]: how far each texel of the photo's albedo may vote as skin.
 
     What the photo shows on the face that is not its skin (a specular highlight the
-    diffuse shading did not divide out, hair, a dark frame or strap) would be carried onto
-    the actor as streaks and rings; those texels do not vote, and the ratio there comes
-    from the skin around them, as on the photo's unseen side. The skin's colour is modelled
-    on the cheek texels the photo saw (`composite.skin_model_from_samples`); a texel is not
-    skin when its colour is more than `sigmas` off it (`non_skin_score`: chroma, and dark
-    things), or when it is lighter than the cheeks by more than `light_sigmas` of their
-    luma spread: the albedo has the photo's shading divided out, so its skin is nowhere
-    much lighter than the cheeks but where a highlight was left in it. The brows (within
-    `brow_mm` of their line on the mean face) and the lips are features, not occluders,
-    and always vote. Each test fades in from half its threshold."""
+    diffuse shading did not divide out, hair, glasses, a dark frame or strap) would be
+    carried onto the actor as streaks and rings; those texels do not vote, and the ratio
+    there comes from the skin around them, as on the photo's unseen side.
+
+    The skin's colour is modelled on the cheek texels the photo saw
+    (`composite.skin_model_from_samples`); a texel is not skin when its colour is more than
+    `sigmas` off it (`non_skin_score`: chroma, and dark things), or when it is lighter
+    than the cheeks by more than `light_sigmas` of their luma spread: the albedo has the
+    photo's shading divided out, so its skin is nowhere much lighter than the cheeks but
+    where a highlight was left in it. Each test fades in from half its threshold.
+
+    Glasses are found by their shape, not their colour (a tortoise-shell frame has the
+    skin's hue): a frame closes a ring of thin lines round each eye (`line_strength` over
+    `line_mm` scales, in mm on the mean face, stronger than `line_sigmas` of the skin's
+    spread in luma or chroma, running round the eye: `glasses_cover`). Where it does in
+    more than `glasses_share` of the directions, the band of the glasses (`EyeRings.band`:
+    frames, and the skin and lids behind the lenses, which the glass lightens, tints and
+    reflects on) does not vote, and the cheeks' skin model is fitted below the lenses; the
+    brows there, along which a frame's top often runs, vote as any skin does (by the colour
+    tests: a dark frame, or brows as dark as it, do not), not as a feature. Bare
+    skin's lines there (folds under the eye, crow's feet) run round the eye on one side at
+    most and keep their vote.
+
+    Otherwise the brows (within `brow_mm` of their line on the mean face) and the lips are
+    features, not occluders, and always vote."""
     from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
 
     size = texture.shape[0]
@@ -244,7 +397,8 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
     tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
     ycc = _ycrcb(tex)
     seen = conf >= 0.5
-    skin_model = skin_model_from_samples(ycc[uv_vertex_mask(model, cheeks, size) & seen])
+    cheeks = uv_vertex_mask(model, cheeks, size) & seen
+    skin_model = skin_model_from_samples(ycc[cheeks])
     if skin_model is None:
         return np.ones((size, size), np.float32)
     # features: the brows' band (distance of each vertex to the brow polylines) and lips
@@ -255,13 +409,74 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
             t = np.clip(((mean - a) @ ab) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
             brows |= np.linalg.norm(mean - (a + t[:, None] * ab), axis=1) < brow_mm
     features = uv_vertex_mask(model, lips | brows, size)
+    # glasses: lines in luma or in chroma (each whitened by the skin's own spread)
+    whiten = np.linalg.cholesky(skin_model.chroma_cov_inv).astype(np.float32)
+    channels = np.concatenate([
+        ((ycc[..., 0] - skin_model.mean[0]) / max(skin_model.std_y, 1e-6))[None],
+        np.moveaxis((ycc[..., 1:] - skin_model.mean[1:].astype(np.float32)) @ whiten, -1, 0)])
+    texels_per_mm = _texels_per_mm(model, size)
+    strength, across = line_strength(channels, tuple(s * texels_per_mm for s in line_mm))
+    rings = eye_rings(model, size)
+    glasses = glasses_cover(rings, strength, across, seen & ~features,
+                            line_sigmas) > glasses_share
+    if glasses:  # the lenses reach the upper cheeks: the skin is what lies below them
+        below = skin_model_from_samples(ycc[cheeks & ~rings.band])
+        skin_model = skin_model if below is None else below
     score = non_skin_score(tex, skin_model, dark_sigmas=2.5, ycc=ycc)
     light = (ycc[..., 0] - skin_model.mean[0]) / max(skin_model.std_y, 1e-6)
     off = np.maximum(np.clip((score - sigmas / 2) / (sigmas / 2), 0.0, 1.0),
                      np.clip((light - light_sigmas / 2) / (light_sigmas / 2), 0.0, 1.0))
+    if glasses:  # a frame's top runs along the brows: there only the colour tests hold
+        brow_band = uv_vertex_mask(model, brows, size) & rings.band
+        off = np.maximum(off, (rings.band & ~brow_band).astype(np.float32))
+        features = features & ~rings.band
     vote = 1.0 - off
     vote[features] = 1.0
     return vote.astype(np.float32)
+
+
+def _texels_per_mm(model, size: int) -> float:
+    """The UV raster's typical scale on the mean face: texels (T = `size`) per mm, the
+    median over the triangles' edges."""
+    data = model.data
+    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
+    uv, uv_triangles = np.asarray(data.uv_coords), np.asarray(data.uv_triangles)
+    along = np.linalg.norm(uv[uv_triangles[:, 0]] - uv[uv_triangles[:, 1]], axis=1) * size
+    edge = np.linalg.norm(mean[triangles[:, 0]] - mean[triangles[:, 1]], axis=1)
+    keep = edge > 1e-6
+    return float(np.median(along[keep] / edge[keep]))
+
+
+def headroom_gain(model, source: np.ndarray, source_confidence: np.ndarray,
+                  factor: np.ndarray, actor: np.ndarray, actor_confidence: np.ndarray,
+                  ceiling: float = 0.95, quantile: float = 99.0) -> float:
+    """The gain (<= 1) on both sides' sRGB-encoded albedos that keeps their face skin under
+    `ceiling`: `quantile` % of the face-skin vertices either side trusts (confidence over
+    1/2) have every channel under it.
+
+    An albedo is its picture's colour over a shading normalised to 1 on average, so the
+    light skin of a well-exposed photo is above 1 wherever the face is less lit than its
+    average, and the source's side (texture (`source`) x `factor`, the exposure gain in it)
+    above that again. The transfer reads both sides as colours in [0, 1]: every channel
+    over 1 would be cut to 1 there, the ratio's red flattened over half the face and all
+    three at the lit parts (pale patches, a cast against the neck). One gain on both sides'
+    encoded values keeps their linear ratio (within the sRGB curve's linear toe, a few
+    thousandths on skin) and what the ratio carries: only its ratio enters the frame."""
+    count = model.num_vertices
+    skin = np.asarray(model.region("face_skin"), bool)
+    peaks = []
+    for albedo, confidence, scale in ((source, source_confidence, factor),
+                                      (actor, actor_confidence, None)):
+        texels = vertex_texels(model, np.concatenate(
+            [albedo, np.asarray(confidence, np.float32).reshape(*albedo.shape[:2], 1)], -1),
+            count)
+        keep = skin & (texels[:, 3] > 0.5)
+        if int(keep.sum()) < 10:
+            continue
+        colour = texels[keep, :3] * (1.0 if scale is None else np.asarray(scale)[keep])
+        peaks.append(float(np.percentile(colour.max(1), quantile)))
+    peak = max(peaks, default=0.0)
+    return min(1.0, ceiling / peak) if peak > 0 else 1.0
 
 
 def facing_mean(shading, normals, skin: np.ndarray, min_facing: float = 0.3):
@@ -566,6 +781,10 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
                                                  mirror_share)
         confidence = seen[..., None]
+    # one gain on both sides: their ratio stays, no channel of either is cut at 1
+    gain = np.float32(headroom_gain(model, texture, confidence, factor, actor,
+                                    actor_confidence))
+    factor, actor = factor * gain, actor * gain
     textures = torch.from_numpy(np.concatenate(
         [texture, confidence, actor, actor_confidence[..., None]], -1).astype(np.float32))
     return TransferSetup(
