@@ -23,14 +23,6 @@ T = 256  # texels
 
 
 @pytest.fixture(scope="module")
-def model():
-    from morph3d.model.registry import load_model
-
-    torch.set_grad_enabled(False)
-    return load_model("default")
-
-
-@pytest.fixture(scope="module")
 def places(model):
     """The mean-face position (mm) of each texel, the eyes' centres and their distance."""
     pos, covered = uv_positions(model, T)
@@ -153,21 +145,14 @@ def test_a_light_skin_brightened_for_a_brighter_clip_is_not_cut_at_one(model, tm
     from morph3d.io.images import write_image
     from morph3d.swap.albedo import prepare_transfer
     from morph3d.swap.window import REGION_CHANNELS
-    from render.helpers import render_mesh
+    from tests.test_transfer_albedo import render_frame
 
     size = int(model.data.texture_size)
     channels = torch.from_numpy(np.stack([model.region(n) for n in REGION_CHANNELS], 1)
                                 .astype(np.float32))
     truth = np.full((size, size, 3), np.float32([0.90, 0.72, 0.62]))
     fit = source_fit_of(model, 320)
-    f = fit.faces
-    verts = model.vertices(torch.from_numpy(fit.identity.coefficients[None]),
-                           torch.from_numpy(f.expression[:1]))
-    cam = fit.camera.to_camera(f.rotation[0], f.translation[0])
-    rendered = render_mesh(verts, model.triangles, cam, texture_image=torch.from_numpy(truth),
-                           uv_coords=model.uv_coords, uv_triangles=model.uv_triangles,
-                           sh_coeffs=torch.from_numpy(f.sh[:1]), background=0.3)
-    clip = np.round(np.clip(rendered.image[0].numpy(), 0, 1) * 255).astype(np.uint8)
+    clip = render_frame(model, fit, truth, fit.faces.sh[0])
     photo = np.round(linear_to_srgb(srgb_to_linear(clip / 255.0) * 0.25) * 255
                      ).astype(np.uint8)
     target = tmp_path / "clip.png"
