@@ -428,6 +428,44 @@ def test_transfer_runs_with_the_model_and_its_tensors_on_an_explicit_cpu_device(
     assert np.median(image[face].mean(-1) / np.maximum(before[face].mean(-1), 1e-3)) < 0.92
 
 
+@pytest.mark.parametrize("share", [0.1, 0.3])
+def test_a_pillarbox_bar_across_the_cheek_is_not_pulled_into_the_face(share: float) -> None:
+    from morph3d.swap.transfer import transfer_face
+
+    args, keywords = device_inputs(torch.device("cpu"))
+    jaw = args[10]["ibug68"][:17, 0]
+    cut = int(jaw.min() + share * (jaw.max() - jaw.min()))  # the bar ends on the cheek
+    frame = args[9].copy()
+    frame[:, :cut] = 0
+    out = transfer_face(*args[:9], frame, *args[10:], **keywords)
+    x, y = out["window"]
+    image = out["image"]
+    columns = np.arange(x, x + image.shape[1])[None, :].repeat(image.shape[0], 0)
+    in_picture = (columns >= cut) & (out["coverage"] > 0)
+    assert in_picture.sum() > 1000
+    assert (frame[y:y + image.shape[0], x:x + image.shape[1]].max(-1)[in_picture] > 40).all()
+    # the source's narrower or wider cheek samples the picture's edge, never the bar
+    assert (image.max(-1)[in_picture] > 40 / 255).all()
+
+
+def test_a_sample_moves_into_the_picture_unless_its_own_pixel_lies_outside_it() -> None:
+    from morph3d.swap.transfer import clamp_to_picture, inner_picture
+
+    frame = np.full((40, 60, 3), 120, np.uint8)
+    frame[:, :10] = 0  # a pillarbox bar 10 px wide
+    picture = inner_picture(frame)
+    assert picture == (13, 0, 60, 40)  # less the codec's smeared edge on the bar's side
+    ys, xs = np.mgrid[:40, :60].astype(np.float32)
+    # every pixel sampling 5 px to its left: inside the picture it stops at the edge
+    x, y = clamp_to_picture(xs - 5, ys, picture, (xs, ys))
+    assert np.array_equal(y, ys)
+    assert (x[:, 18:] == xs[:, 18:] - 5).all() and (x[:, 13:18] == 13).all()
+    # a pixel on the bar's edge samples itself at most: a zero flow gives every pixel back
+    assert np.array_equal(x[:, :13], xs[:, :13])
+    x, y = clamp_to_picture(xs, ys, picture, (xs, ys))
+    assert np.array_equal(x, xs) and np.array_equal(y, ys)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_transfer_on_cuda_matches_the_cpu() -> None:
     from morph3d.swap.transfer import transfer_face

@@ -251,8 +251,12 @@ def main() -> None:
     src10 = OUT / "orig_f10.png"
     if not src10.exists():
         cv2.imwrite(str(src10), cv2.cvtColor(read_frame(orig, 10), cv2.COLOR_RGB2BGR))
-    clips = {"nggyup": (ng, SwapOptions(max_frames=160 if max(
-        int(f) for f in args.frames.split(",")) < 160 else 210, quiet=True)),
+    nggyup_frames = [int(f) for f in args.frames.split(",")] + [
+        int(f) for spec in args.cross_frames.split(";") if spec.startswith("nggyup:")
+        for f in spec.split(":")[1].split(",")]
+    last = max(nggyup_frames)
+    clips = {"nggyup": (ng, SwapOptions(
+        max_frames=160 if last < 160 else 210 if last < 210 else None, quiet=True)),
         "orig": (orig, SwapOptions(max_frames=40, quiet=True))}
     cases = []
     if "roundtrip" in args.cases:

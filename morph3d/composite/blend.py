@@ -14,15 +14,12 @@ from morph3d.composite.masks import _check_image, _check_mask
 # --------------------------------------------------------------------------------------------
 
 
-def picture_area(frame: np.ndarray, roi: tuple[int, int, int, int], dark: float = 0.08
-                 ) -> np.ndarray:
-    """(ROI h x w) bool: the ROI's pixels inside the picture, i.e. not on a letterbox or
-    pillarbox bar. A bar is a run of whole frame columns (rows) from the frame's border that
-    are darker than `dark` (0..1) in every pixel. A face next to a pillarbox must stop at the
-    picture's edge instead of spilling a swapped cheek into the bar (where the occluder
-    detector would bite a black notch out of it). Dark hair or a dark scene is not dark over
-    the whole frame height."""
-    x0, y0, x1, y1 = roi
+def picture_bounds(frame: np.ndarray, dark: float = 0.08) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) frame pixels of the picture inside any letterbox or
+    pillarbox bars (right and bottom exclusive). A bar is a run of whole frame columns
+    (rows) from the frame's border that are darker than `dark` (0..1) in every pixel; dark
+    hair or a dark scene is not dark over the whole frame height. A frame with no bright
+    pixel at all is all picture."""
     limit = dark * (255.0 if frame.dtype == np.uint8 else 1.0)
 
     def span(profile: np.ndarray) -> tuple[int, int]:
@@ -33,6 +30,17 @@ def picture_area(frame: np.ndarray, roi: tuple[int, int, int, int], dark: float 
     rows = np.ascontiguousarray(frame).reshape(h, w * 3)  # fast contiguous reductions
     left, right = span(rows.max(axis=0).reshape(w, 3).max(axis=1))
     top, bottom = span(rows.max(axis=1))
+    return left, top, right, bottom
+
+
+def picture_area(frame: np.ndarray, roi: tuple[int, int, int, int], dark: float = 0.08
+                 ) -> np.ndarray:
+    """(ROI h x w) bool: the ROI's pixels inside the picture (`picture_bounds`), i.e. not
+    on a letterbox or pillarbox bar. A face next to a pillarbox must stop at the picture's
+    edge instead of spilling a swapped cheek into the bar (where the occluder detector
+    would bite a black notch out of it)."""
+    x0, y0, x1, y1 = roi
+    left, top, right, bottom = picture_bounds(frame, dark)
     ys, xs = np.arange(y0, y1)[:, None], np.arange(x0, x1)[None, :]
     return (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
 

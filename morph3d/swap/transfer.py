@@ -48,6 +48,7 @@ import cv2
 import numba
 import numpy as np
 
+from morph3d.composite.blend import picture_bounds
 from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
 from morph3d.swap.tone import flat_lightness, normalized_blur, tone_ratio
 
@@ -306,6 +307,36 @@ def _window_fields(outside: np.ndarray, reach: np.float32, fields: np.ndarray, o
             maps[y - r0, x - c0, 0] = np.float32(ox + x) + fields[y, x, 0] * f
             maps[y - r0, x - c0, 1] = np.float32(oy + y) + fields[y, x, 1] * f
     return coverage, strength, maps, (r0, c0)
+
+
+BAR_EDGE_PX = 3  # a bar's edge blurred by the codec: pixels between the bar and the picture
+
+
+def inner_picture(frame: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) frame pixels of the picture inside any letterbox or
+    pillarbox bars (`composite.blend.picture_bounds`), less `BAR_EDGE_PX` on each side that
+    has a bar: the codec smears a bar's edge into the first columns of the picture."""
+    h, w = frame.shape[:2]
+    left, top, right, bottom = picture_bounds(frame)
+    edge = BAR_EDGE_PX
+    return (left + edge if left > 0 else 0, top + edge if top > 0 else 0,
+            right - edge if right < w else w, bottom - edge if bottom < h else h)
+
+
+def clamp_to_picture(x: np.ndarray, y: np.ndarray, picture: tuple[int, int, int, int],
+                     own: tuple[np.ndarray, np.ndarray] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample positions (frame pixels, float32) moved into `picture` (`inner_picture`).
+    `own`: each sample's own pixel (x, y); a pixel that itself lies outside the picture may
+    sample as far out as itself, so a zero flow still gives every pixel back."""
+    left, top, right, bottom = picture
+    lo_x, hi_x, lo_y, hi_y = (np.float32(left), np.float32(right - 1), np.float32(top),
+                              np.float32(bottom - 1))
+    if own is not None:
+        lo_x, hi_x = np.minimum(own[0], lo_x), np.maximum(own[0], hi_x)
+        lo_y, hi_y = np.minimum(own[1], lo_y), np.maximum(own[1], hi_y)
+    return (np.clip(x, lo_x, hi_x).astype(np.float32, copy=False),
+            np.clip(y, lo_y, hi_y).astype(np.float32, copy=False))
 
 
 def fade(hard: np.ndarray, reach: float) -> np.ndarray:
@@ -571,11 +602,16 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
     skin = skin * (1 - inner) * covered
     source_albedo = tex[..., :3] * attrs[..., k + 1:k + 4]
+    # A letterbox or pillarbox bar that cuts the actor's head is not the head's surface: the
+    # frame is sampled inside its picture only, so the warp does not pull the bar into the face
+    picture = inner_picture(frame)
+    surface_x, surface_y = clamp_to_picture(attrs[..., 0], attrs[..., 1], picture)
     # the frame at the surface points: the actor's skin colour and what is not skin here
-    seen_bytes = cv2.remap(frame, attrs[..., 0], attrs[..., 1], cv2.INTER_LINEAR,
+    seen_bytes = cv2.remap(frame, surface_x, surface_y, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT)
     seen = seen_bytes.astype(np.float32) / 255.0
-    trust = np.clip(attrs[..., k] / 0.3, 0, 1) * tex[..., 3] * tex[..., 7] * skin
+    in_picture = (surface_x == attrs[..., 0]) & (surface_y == attrs[..., 1])
+    trust = np.clip(attrs[..., k] / 0.3, 0, 1) * tex[..., 3] * tex[..., 7] * skin * in_picture
     # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
     # hair near the skin's colour would widen a model fitted on all the face to the hair
     skin_model = fit_skin_model(seen, {"ibug68": (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5},
@@ -646,7 +682,12 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         outside, np.float32(reach * swapped.iod), fields, ox, oy, warp_on)
     warped = frame[oy:oy + wh, ox:ox + ww].copy()  # never a view: the frame stays as it is
     if maps.size:
-        warped[r0:r0 + maps.shape[0], c0:c0 + maps.shape[1]] = cv2.remap(
+        mh, mw = maps.shape[:2]
+        if picture != (0, 0, w, h):  # a pixel samples no further into a bar than itself
+            rows, cols = np.mgrid[oy + r0:oy + r0 + mh, ox + c0:ox + c0 + mw].astype(np.float32)
+            maps = np.stack(clamp_to_picture(maps[..., 0], maps[..., 1], picture,
+                                             (cols, rows)), -1)
+        warped[r0:r0 + mh, c0:c0 + mw] = cv2.remap(
             frame, maps, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
     image = apply_ratio(warped, ratio_w, strength)
     return {
