@@ -21,6 +21,7 @@ Units as in `morph3d.swap.transfer`: pixels, colours float32 RGB in [0, 1], mode
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -199,6 +200,48 @@ def mirror_seen_side(model, texture: np.ndarray, confidence: np.ndarray, factor:
     return mixed.astype(np.float32), out_conf, factor
 
 
+# Per-model UV rasters: they depend only on the model's mesh and the raster's size, and
+# drawing them is a Python loop over the triangles; kept while the model's data lives.
+_UV_CACHE: dict[int, dict] = {}
+
+
+def _cached(model, key: tuple, make):
+    data = model.data
+    if id(data) not in _UV_CACHE:  # dropped with the data (its id may then be reused)
+        _UV_CACHE[id(data)] = {}
+        weakref.finalize(data, _UV_CACHE.pop, id(data), None)
+    per_model = _UV_CACHE[id(data)]
+    if key not in per_model:
+        per_model[key] = make()
+    return per_model[key]
+
+
+def uv_triangle_ids(model, size: int) -> np.ndarray:
+    """T x T int32 (T = `size`, the renderer's UV convention: row 0 is v = 1): the model
+    triangle each texel lies in (the last drawn where two share an edge), -1 where none.
+    Cached per model and size; read-only."""
+    def make() -> np.ndarray:
+        uv = np.asarray(model.data.uv_coords)
+        uv_triangles = np.asarray(model.data.uv_triangles)
+        canvas = np.full((size, size), -1, np.int32)
+        for t, corners in enumerate(uv[uv_triangles] * [size, -size] + [0, size]):
+            cv2.fillConvexPoly(canvas, np.round(corners * 16).astype(np.int32), t,
+                               lineType=cv2.LINE_8, shift=4)
+        canvas.flags.writeable = False
+        return canvas
+
+    return _cached(model, ("triangle_ids", size), make)
+
+
+def uv_triangle_values(model, values: np.ndarray, size: int) -> np.ndarray:
+    """T x T x C: per-vertex `values` (V x C) on the UV raster, each texel the mean over its
+    triangle's three vertices (0 where no triangle lies)."""
+    ids = uv_triangle_ids(model, size)
+    per_triangle = np.asarray(values, np.float32)[np.asarray(model.data.triangles)].mean(1)
+    return np.where((ids >= 0)[..., None], per_triangle[np.maximum(ids, 0)], 0.0
+                    ).astype(np.float32)
+
+
 def uv_vertex_mask(model, vertices: np.ndarray, size: int) -> np.ndarray:
     """T x T bool (T = `size`, the renderer's UV convention: row 0 is v = 1): the texels of
     the model triangles whose vertices are all in `vertices` (V bool)."""
@@ -218,15 +261,10 @@ def uv_positions(model, size: int) -> tuple[np.ndarray, np.ndarray]:
     renderer's UV raster (T = `size`, row 0 is v = 1), each triangle's texels at its
     centroid: the places where a face feature sits on any texture, to a triangle's size."""
     data = model.data
-    mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
-    uv, uv_triangles = np.asarray(data.uv_coords), np.asarray(data.uv_triangles)
-    canvas = np.zeros((size, size, 4), np.float32)
-    centres = mean[triangles].mean(1)
-    for t in range(len(triangles)):
-        corners = uv[uv_triangles[t]] * [size, -size] + [0, size]  # texel x, row
-        cv2.fillConvexPoly(canvas, np.round(corners * 16).astype(np.int32),
-                           (*centres[t].tolist(), 1.0), lineType=cv2.LINE_8, shift=4)
-    return canvas[..., :3], canvas[..., 3] > 0
+    ids = uv_triangle_ids(model, size)
+    centres = np.asarray(data.mean)[np.asarray(data.triangles)].mean(1).astype(np.float32)
+    covered = ids >= 0
+    return np.where(covered[..., None], centres[np.maximum(ids, 0)], 0.0), covered
 
 
 class EyeRings(NamedTuple):
@@ -256,7 +294,11 @@ BAND_RADIUS = 1.75
 
 
 def eye_rings(model, size: int) -> EyeRings:
-    """The `EyeRings` of the model's UV raster at T = `size`."""
+    """The `EyeRings` of the model's UV raster at T = `size` (cached per model and size)."""
+    return _cached(model, ("eye_rings", size), lambda: _eye_rings(model, size))
+
+
+def _eye_rings(model, size: int) -> EyeRings:
     data = model.data
     mean, triangles = np.asarray(data.mean), np.asarray(data.triangles)
     ibug = data.landmarks["ibug68"].positions(mean, triangles)
