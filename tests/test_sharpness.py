@@ -160,3 +160,26 @@ def test_the_swapped_faces_detail_follows_a_blurred_frames() -> None:
     sharp, soft = transferred_detail(0.0), transferred_detail(2.5)
     assert 0.5 < sharp < 1.6
     assert 0.7 < soft < 1.15  # the photo's sharpness on the blurred frame: about 1.3
+
+
+def test_the_compiled_energies_are_the_sobel_and_laplacian_sums() -> None:
+    """One pass gives the four directional second-derivative energies and the Laplacian's
+    as OpenCV's Sobel and Laplacian (reflected borders, weight on the border too) give
+    them, to float32 rounding."""
+    from morph3d.swap.sharpness import _energies
+
+    rng = np.random.default_rng(2)
+    grey = cv2.GaussianBlur(rng.random((90, 70)).astype(np.float32), (0, 0), 1.0)
+    weight = (rng.random(grey.shape) > 0.4).astype(np.float32) * rng.random(grey.shape)
+    weight[:, 0] = weight[-1] = 1.0
+    for sigma in (2.0, 5.0):
+        b = cv2.GaussianBlur(grey, (0, 0), sigma)
+        dxx = cv2.Sobel(b, cv2.CV_32F, 2, 0, ksize=1)
+        dyy = cv2.Sobel(b, cv2.CV_32F, 0, 2, ksize=1)
+        dxy = cv2.Sobel(b, cv2.CV_32F, 1, 1, ksize=3) * np.float32(0.25)
+        mean = 0.5 * (dxx + dyy)
+        lap = cv2.Laplacian(b, cv2.CV_32F)
+        expected = [float((d * d * weight).sum(dtype=np.float64))
+                    for d in (dxx, mean + dxy, dyy, mean - dxy, lap)]
+        assert np.allclose(_energies(grey, sigma, weight.astype(np.float32)), expected,
+                           rtol=1e-5, atol=0)

@@ -542,13 +542,33 @@ def test_full_size_low_pass_is_the_weighted_blur_quotient() -> None:
     rng = np.random.default_rng(3)
     values = rng.random((40, 50, 6), np.float32)
     weight = (rng.random((40, 50)) > 0.6).astype(np.float32)
-    weight[:, :12] = 0.0  # a band without support: 0 there
+    weight[:, 3:12] = 0.0  # a band without support: 0 there
     low, den = normalized_blur(values, weight, 1.5)
     both = cv2.GaussianBlur(np.concatenate([values * weight[..., None], weight[..., None]], -1),
                             (0, 0), 1.5, borderType=cv2.BORDER_REPLICATE)
     expected = both[..., :6] / np.maximum(both[..., 6:], 1e-6)
     expected[np.broadcast_to(both[..., 6:] <= 1e-6, expected.shape)] = 0.0
     assert np.array_equal(den, both[..., 6]) and np.array_equal(low, expected)
+
+
+@pytest.mark.parametrize("reduce", [False, True])
+def test_low_pass_of_a_small_support_is_the_whole_rasters(reduce: bool) -> None:
+    """Only the support's box grown by the blur's reach is blurred; the result is the whole
+    raster's (to float32 rounding) and exactly 0 beyond the box, reduced raster included."""
+    from morph3d.swap.tone import _blurred_quotient, normalized_blur
+
+    rng = np.random.default_rng(5)
+    values = rng.random((120, 96, 6), np.float32)
+    weight = np.zeros((120, 96), np.float32)
+    weight[30:57, 41:70] = rng.random((27, 29)) > 0.3
+    for sigma in (1.5, 4.5, 7.7):
+        f = int(min(max(sigma // 2.0, 1), 4)) if reduce else 1
+        whole, whole_den = _blurred_quotient(values, weight, sigma, f)
+        low, den = normalized_blur(values, weight, sigma, reduce=reduce)
+        assert np.allclose(low, whole, rtol=1e-5, atol=1e-6), sigma
+        assert np.allclose(den, whole_den, rtol=1e-5, atol=1e-9), sigma
+        assert np.array_equal(low == 0, whole == 0) and np.array_equal(den == 0, whole_den == 0)
+        assert (whole_den[:, :2] == 0).all() and (den[:, :2] == 0).all()
 
 
 def test_srgb_curve_matches_its_formula() -> None:

@@ -33,11 +33,35 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
     v = np.asarray(values, np.float32)
     flat = v.ndim == 2
     h, width = w.shape
-    # values x weight and the weight in one contiguous array: one blur for all
-    vw = _weighted(np.ascontiguousarray(v.reshape(h, width, -1)), np.ascontiguousarray(w))
+    v = v.reshape(h, width, -1)
     f = int(min(max(sigma // _REDUCE_PER_SIGMA, 1), _MAX_REDUCE)) if reduce else 1
     while h % f or width % f:  # OpenCV's area reduction of many channels: whole blocks only
         f -= 1
+    # Beyond the weight's support grown by the blur's reach both blurs are exactly 0 (and
+    # so the result): only that box is blurred, on whole blocks of the reduction, its
+    # border (replicated) being zeros as the whole raster's are there.
+    box = _support_box(w, int(np.ceil(4.0 * sigma)) + 4 * f, f)
+    if box is None:
+        return (np.zeros((h, width) if flat else v.shape, np.float32),
+                np.zeros((h, width), np.float32))
+    if box == (0, h, 0, width):
+        out, den = _blurred_quotient(v, w, sigma, f)
+    else:
+        r0, r1, c0, c1 = box
+        low, low_den = _blurred_quotient(v[r0:r1, c0:c1], w[r0:r1, c0:c1], sigma, f)
+        out = np.zeros(v.shape, np.float32)
+        out[r0:r1, c0:c1] = low
+        den = np.zeros((h, width), np.float32)
+        den[r0:r1, c0:c1] = low_den
+    return (out[..., 0] if flat else out), den
+
+
+def _blurred_quotient(v: np.ndarray, w: np.ndarray, sigma: float, f: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """`normalized_blur` of v (H x W x C) on the raster reduced by `f` (1: full size)."""
+    h, width = w.shape
+    # values x weight and the weight in one contiguous array: one blur for all
+    vw = _weighted(np.ascontiguousarray(v), np.ascontiguousarray(w))
     if f > 1:
         small = cv2.resize(vw, (width // f, h // f), interpolation=cv2.INTER_AREA)
         s = np.sqrt(max(sigma ** 2 - (f ** 2 - 1) / 12.0, 0.25 * f ** 2)) / f
@@ -51,7 +75,21 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
         out, den = _quotient(cv2.GaussianBlur(vw, (0, 0), sigma,
                                               borderType=cv2.BORDER_REPLICATE)
                              .reshape(h, width, -1))
-    return (out[..., 0] if flat else out), den
+    return out, den
+
+
+def _support_box(weight: np.ndarray, reach: int, block: int
+                 ) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of where `weight` is not 0, grown by `reach` pixels and
+    out to whole `block`s, within the raster; None where the weight is 0 everywhere."""
+    h, w = weight.shape
+    rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
+    if not len(rows):
+        return None
+    return (max(rows[0] - reach, 0) // block * block, min(-(-(rows[-1] + 1 + reach) // block)
+                                                          * block, h),
+            max(cols[0] - reach, 0) // block * block, min(-(-(cols[-1] + 1 + reach) // block)
+                                                          * block, w))
 
 
 @numba.njit(cache=True, nogil=True)
