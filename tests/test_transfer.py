@@ -598,3 +598,20 @@ def test_ratio_on_bytes_is_the_gain_in_linear_light() -> None:
     on = strength > 0
     assert np.abs(out - expected)[on].max() < 0.3 / 255
     assert np.array_equal(out[~on], image[~on].astype(np.float32) / 255)
+
+
+def test_a_pasted_mask_is_the_pasted_channel_over_its_level() -> None:
+    """`paste_mask` pastes only around the crop pixels above the level and gives what the
+    whole window's bilinear paste gives, crops beyond the frame's edges included."""
+    from morph3d.swap.window import paste_mask, paste_window
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        crop = np.zeros((64, 64), np.float32)
+        centre = tuple(int(v) for v in rng.integers(-5, 69, 2))
+        cv2.circle(crop, centre, int(rng.integers(2, 20)), 1.0, -1)
+        crop = cv2.GaussianBlur(crop, (0, 0), float(rng.uniform(0.3, 2.0)))
+        box = (float(rng.uniform(-150, 300)), float(rng.uniform(-150, 200)),
+               float(rng.uniform(30, 400)))
+        whole = paste_window(crop, box, (240, 320), cv2.INTER_LINEAR)[0][..., 0] > 0.5
+        assert np.array_equal(paste_mask(crop, box, (240, 320)), whole)

@@ -545,7 +545,13 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     from morph3d.composite.masks import face_geometry
     from morph3d.composite.occluders import fit_skin_model
     from morph3d.swap.sharpness import match_blur, soft_cut
-    from morph3d.swap.window import REGION_CHANNELS, crop_camera, face_crop_box, paste_window
+    from morph3d.swap.window import (
+        REGION_CHANNELS,
+        crop_camera,
+        face_crop_box,
+        paste_mask,
+        paste_window,
+    )
     from render.backends import rasterize
     from render.ops import (
         interpolate,
@@ -666,10 +672,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     fields, origin = paste_window(crop_fields, box, (h, w), cv2.INTER_LINEAR)
     ratio_w = paste_window(ratio, box, (h, w), cv2.INTER_LINEAR)[0]
     wh, ww = fields.shape[:2]
-    masks = np.empty((len(REGION_CHANNELS), wh, ww), bool)
-    for i, n in enumerate(REGION_CHANNELS):
-        np.greater(paste_window(regions[n], box, (h, w), cv2.INTER_LINEAR)[0][..., 0], 0.5,
-                   out=masks[i])
+    masks = [paste_mask(regions[n], box, (h, w)) for n in REGION_CHANNELS]
     actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
     swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
     hull = face_hull(actor, swapped, (wh, ww), forehead_margin)

@@ -55,3 +55,43 @@ def paste_window(crop: np.ndarray, box: tuple[float, float, float],
                          flags=interpolation | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return roi.reshape(bottom - top, right - left, channels), (left, top)
+
+
+def paste_mask(crop: np.ndarray, box: tuple[float, float, float],
+               frame_shape: tuple[int, int], level: float = 0.5) -> np.ndarray:
+    """Bool mask of the frame window `paste_window` gives (its shape; same origin): where
+    the crop's channel (H x W), pasted bilinearly, is above `level` (>= 0). Only the
+    window pixels whose samples fall beside a crop pixel above `level` are pasted: a
+    bilinear sample exceeds `level` only next to one, and a feature's region (an eye, the
+    teeth) covers a small part of the window."""
+    x0, y0, side = box
+    size = crop.shape[0]
+    s = size / side
+    h, w = frame_shape
+    left, top = min(max(int(np.floor(x0)), 0), w), min(max(int(np.floor(y0)), 0), h)
+    right, bottom = min(int(np.ceil(x0 + side)) + 1, w), min(int(np.ceil(y0 + side)) + 1, h)
+    if right <= left or bottom <= top:
+        return np.zeros((0, 0), bool)
+    out = np.zeros((bottom - top, right - left), bool)
+    above = crop > level
+    rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
+    if not len(rows):
+        return out
+
+    def span(lo: int, hi: int, origin: float, start: int, n: int) -> tuple[int, int]:
+        # window pixel q samples crop position (q + start - origin + 0.5) s - 0.5
+        a = int(np.floor((lo - 1 + 0.5) / s - 0.5 + origin - start)) - 1
+        b = int(np.ceil((hi + 1 + 0.5) / s - 0.5 + origin - start)) + 2
+        return min(max(a, 0), n), min(max(b, 0), n)
+
+    qy0, qy1 = span(rows[0], rows[-1], y0, top, out.shape[0])
+    qx0, qx1 = span(cols[0], cols[-1], x0, left, out.shape[1])
+    if qy1 <= qy0 or qx1 <= qx0:
+        return out
+    m = np.array([[s, 0, (left + qx0 - x0 + 0.5) * s - 0.5],
+                  [0, s, (top + qy0 - y0 + 0.5) * s - 0.5]], np.float64)
+    roi = cv2.warpAffine(np.asarray(crop, np.float32), m, (qx1 - qx0, qy1 - qy0),
+                         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    np.greater(roi, level, out=out[qy0:qy1, qx0:qx1])
+    return out
