@@ -615,3 +615,24 @@ def test_a_pasted_mask_is_the_pasted_channel_over_its_level() -> None:
                float(rng.uniform(30, 400)))
         whole = paste_window(crop, box, (240, 320), cv2.INTER_LINEAR)[0][..., 0] > 0.5
         assert np.array_equal(paste_mask(crop, box, (240, 320)), whole)
+
+
+def test_the_compiled_vote_and_lit_pair_are_their_numpy_formulas() -> None:
+    """`tone_ratio`'s compiled steps: each side over its light, and the weight left where
+    the pixel's lightness ratio lies within the limits, as numpy computes them."""
+    from morph3d.composite.colour import LUMA
+    from morph3d.swap.tone import _lit_pair, _voting
+
+    rng = np.random.default_rng(4)
+    s, a = rng.random((30, 40, 3), np.float32), rng.random((30, 40, 3), np.float32)
+    s_light, a_light = np.float32([0.9, 1.0, 1.2]), np.float32([1.1, 1.0, 0.8])
+    pair = _lit_pair(s, a, s_light, a_light)
+    assert np.array_equal(pair, np.concatenate([s / s_light, a / a_light], -1))
+    weight = rng.random((30, 40), np.float32)
+    luma = ((pair[..., :3] + 1e-3) / (pair[..., 3:] + 1e-3)) @ LUMA
+    off = np.log(np.maximum(luma, 1e-6) / np.float32(0.8))
+    expected = weight * (off < np.log(2.0)) * (off > -np.log(2.0))
+    got = _voting(pair, weight, LUMA, np.float32(0.8), np.float32(np.log(2.0)),
+                  np.float32(-np.log(2.0)))
+    assert 0 < (got > 0).sum() < got.size
+    assert np.array_equal(got, expected)
