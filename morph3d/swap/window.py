@@ -73,19 +73,15 @@ def paste_mask(crop: np.ndarray, box: tuple[float, float, float],
     if right <= left or bottom <= top:
         return np.zeros((0, 0), bool)
     out = np.zeros((bottom - top, right - left), bool)
-    above = crop > level
-    rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
-    if not len(rows):
+    cx, cy, cw, ch = cv2.boundingRect(np.greater(crop, level).view(np.uint8))
+    if not cw:
         return out
-
-    def span(lo: int, hi: int, origin: float, start: int, n: int) -> tuple[int, int]:
-        # window pixel q samples crop position (q + start - origin + 0.5) s - 0.5
-        a = int(np.floor((lo - 1 + 0.5) / s - 0.5 + origin - start)) - 1
-        b = int(np.ceil((hi + 1 + 0.5) / s - 0.5 + origin - start)) + 2
-        return min(max(a, 0), n), min(max(b, 0), n)
-
-    qy0, qy1 = span(rows[0], rows[-1], y0, top, out.shape[0])
-    qx0, qx1 = span(cols[0], cols[-1], x0, left, out.shape[1])
+    # window pixel q samples crop position (q + start - origin + 0.5) s - 0.5: the window
+    # span whose samples fall within a pixel of the crop's span, a pixel more each side
+    qx0 = min(max(int(np.floor((cx - 0.5) / s + x0 - left)) - 2, 0), out.shape[1])
+    qx1 = min(max(int(np.ceil((cx + cw + 0.5) / s + x0 - left)) + 2, 0), out.shape[1])
+    qy0 = min(max(int(np.floor((cy - 0.5) / s + y0 - top)) - 2, 0), out.shape[0])
+    qy1 = min(max(int(np.ceil((cy + ch + 0.5) / s + y0 - top)) + 2, 0), out.shape[0])
     if qy1 <= qy0 or qx1 <= qx0:
         return out
     m = np.array([[s, 0, (left + qx0 - x0 + 0.5) * s - 0.5],
