@@ -473,3 +473,21 @@ def test_morphology_on_the_support_box_equals_the_whole_image() -> None:
         eroded = cv2.erode(region.astype(np.uint8), closing) > 0
         assert np.array_equal(_on_support(region, closing.shape[0] // 2 + 1,
                                           lambda m: cv2.erode(m, closing)), eroded)
+
+
+def test_an_inset_feather_reads_only_the_inside_distance_and_gives_the_same_edge() -> None:
+    """An edge whose 0 lies inside the mask needs no outside distance: the feather equals the
+    one from the full signed distance, and the outside is exactly 0."""
+    from morph3d.composite.masks import _EDGE_Z, _feather, _gaussian_edge, _signed_distance
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = np.zeros((120, 150), np.uint8)
+        cv2.ellipse(m, (int(rng.integers(0, 150)), int(rng.integers(0, 120))),
+                    (int(rng.integers(4, 60)), int(rng.integers(4, 60))),
+                    float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        for inset, sigma in ((2.5, 3.0), (2.5, 0.4), (2.4, 6.0)):
+            assert inset * sigma - _EDGE_Z * sigma >= -0.4
+            expected = _gaussian_edge(_signed_distance(m), inset * sigma, sigma)
+            got = _feather(m > 0, inset * sigma, sigma)
+            assert np.array_equal(got, expected) and not got[m == 0].any()
