@@ -156,7 +156,7 @@ def skin_chroma(linear: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, flo
     keep = weight > 0.5 * float(weight.max(initial=0.0))
     if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
         return None
-    rgb = np.maximum(_column_median(linear[keep]), 1e-4)
+    rgb = np.maximum(column_median(linear[keep]), 1e-4)
     return np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]])), float(rgb @ LUMA)
 
 
@@ -250,7 +250,7 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
         return np.ones(source.shape, np.float32)
     max_brighten = max_spread if max_brighten is None else max_brighten
     keep = w > 0.5 * float(w.max())
-    overall = _column_median((s_lin[keep] + 1e-3) / (a_lin[keep] + 1e-3)) \
+    overall = column_median((s_lin[keep] + 1e-3) / (a_lin[keep] + 1e-3)) \
         if keep.sum() > 20 \
         else ((s_lin * w[..., None]).sum((0, 1)) + 1e-4) / ((a_lin * w[..., None]).sum((0, 1))
                                                            + 1e-4)
@@ -277,7 +277,7 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     return ratio
 
 
-def _column_median(samples: np.ndarray) -> np.ndarray:
+def column_median(samples: np.ndarray) -> np.ndarray:
     """np.median(samples, 0) of N x C samples, over contiguous columns (the same values,
     faster partitions)."""
     return np.median(np.ascontiguousarray(samples.T), axis=1)

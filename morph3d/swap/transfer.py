@@ -42,6 +42,7 @@ calls `transfer_face` per frame.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -50,7 +51,7 @@ import numpy as np
 
 from morph3d.composite.blend import picture_bounds
 from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
-from morph3d.swap.tone import flat_lightness, normalized_blur, tone_ratio
+from morph3d.swap.tone import column_median, flat_lightness, normalized_blur, tone_ratio
 
 
 def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> np.ndarray:
@@ -456,11 +457,19 @@ def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndar
         luma = plain @ np.float32([0.299, 0.587, 0.114]) * 255.0
         skin[head & np.isfinite(score) & (luma >= model.mean[0])] = 1.0
     skin = cv2.GaussianBlur(skin, (0, 0), max(smooth, 0.5))
-    size = plain.shape[0]
-    border = np.minimum.reduce(np.meshgrid(np.arange(size), np.arange(size))
-                               + np.meshgrid(np.arange(size)[::-1], np.arange(size)[::-1]))
-    edge = np.clip(border / (0.08 * size), 0.0, 1.0)
-    return (skin * fade(face, reach) * edge * (1 - inner)).astype(np.float32)
+    return (skin * fade(face, reach) * _border_ramp(plain.shape[0])
+            * (1 - inner)).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _border_ramp(size: int) -> np.ndarray:
+    """size x size: 0 at the crop's border rising to 1 at 0.08 of its side inside (float64,
+    read-only; the same for every frame)."""
+    ramp = np.arange(size)
+    ramp = np.minimum(ramp, ramp[::-1])
+    edge = np.clip(np.minimum(ramp[:, None], ramp[None, :]) / (0.08 * size), 0.0, 1.0)
+    edge.flags.writeable = False
+    return edge
 
 
 def cap_highlights(albedo: np.ndarray, weight: np.ndarray, sigma: float,
@@ -485,9 +494,8 @@ def brow_height(lm68: np.ndarray, box: tuple[float, float, float], size: int) ->
     points = (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5
     g = face_geometry({"ibug68": points})
     centres = np.arange(size, dtype=np.float32)
-    xs, ys = np.meshgrid(centres, centres)
     top = float((points[17:27] @ g.up).max())
-    return (xs * g.up[0] + ys * g.up[1] - top).astype(np.float32)
+    return (centres[None, :] * g.up[0] + centres[:, None] * g.up[1] - top).astype(np.float32)
 
 
 def forehead_fade(lm68: np.ndarray, box: tuple[float, float, float], size: int,
@@ -659,7 +667,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
     around = surround_strength(plain, skin_model, covered & (face > 0.5), inner > 0.5,
                                surround * crop_iod, 0.03 * crop_iod, head=covered)
-    tone = np.median(ratio[trust > 0.5], 0) if (trust > 0.5).sum() > 20 else np.ones(3)
+    tone = column_median(ratio[trust > 0.5]) if (trust > 0.5).sum() > 20 else np.ones(3)
     if ratio_on and flatten > 0:
         ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * (covered & (face > 0.5)),
                                flatten * crop_iod, tone)
