@@ -233,15 +233,6 @@ def uv_triangle_ids(model, size: int) -> np.ndarray:
     return _cached(model, ("triangle_ids", size), make)
 
 
-def uv_triangle_values(model, values: np.ndarray, size: int) -> np.ndarray:
-    """T x T x C: per-vertex `values` (V x C) on the UV raster, each texel the mean over its
-    triangle's three vertices (0 where no triangle lies)."""
-    ids = uv_triangle_ids(model, size)
-    per_triangle = np.asarray(values, np.float32)[np.asarray(model.data.triangles)].mean(1)
-    return np.where((ids >= 0)[..., None], per_triangle[np.maximum(ids, 0)], 0.0
-                    ).astype(np.float32)
-
-
 def uv_vertex_mask(model, vertices: np.ndarray, size: int) -> np.ndarray:
     """T x T bool (T = `size`, the renderer's UV convention: row 0 is v = 1): the texels of
     the model triangles whose vertices are all in `vertices` (V bool)."""
