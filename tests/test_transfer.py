@@ -636,3 +636,25 @@ def test_the_compiled_vote_and_lit_pair_are_their_numpy_formulas() -> None:
                   np.float32(-np.log(2.0)))
     assert 0 < (got > 0).sum() < got.size
     assert np.array_equal(got, expected)
+
+
+def test_the_hulls_distance_over_its_box_is_the_whole_windows() -> None:
+    """`hull_distance` measures only around the hull, and gives the distance transform of
+    the whole window up to the fade's reach (beyond it, at least the reach), hulls cut by
+    the window's edge included."""
+    from morph3d.composite.masks import face_geometry
+    from morph3d.swap.transfer import face_hull, hull_distance
+
+    rng = np.random.default_rng(8)
+    for _ in range(12):
+        centre, size = rng.uniform(-40, 260, 2), rng.uniform(30, 140)
+        faces = [face_geometry({"ibug68": centre + rng.uniform(-1, 1, (68, 2)) * size})
+                 for _ in range(2)]
+        reach = float(rng.uniform(5, 60))
+        whole = cv2.distanceTransform((~face_hull(*faces, (220, 260), 0.65)).astype(np.uint8),
+                                      cv2.DIST_L2, 5)
+        got = hull_distance(*faces, (220, 260), 0.65, reach)
+        near = whole < reach
+        # the same chamfer sums, added in another order on some paths: float32 rounding
+        assert np.allclose(got[near], whole[near], rtol=1e-6, atol=0)
+        assert (got[~near] >= reach).all()

@@ -368,6 +368,35 @@ def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) ->
     return mask.astype(bool)
 
 
+def hull_distance(actor, swapped, shape: tuple[int, int], forehead_margin: float,
+                  reach: float) -> np.ndarray:
+    """H x W float32: each pixel's distance (px, OpenCV's 5 x 5 chamfer L2) outside
+    `face_hull` (0 inside), exact up to `reach`; `reach` or more beyond it.
+
+    Measured only over the hull's bounding box grown by `reach`: a chamfer distance's
+    shortest path runs monotonically from the pixel to its nearest hull pixel, inside the
+    box holding both, so the box gives the whole window's distances there."""
+    points = np.concatenate([actor.face_polygon(forehead_margin),
+                             swapped.face_polygon(forehead_margin)])
+    hull = cv2.convexHull(np.round(points * 16).astype(np.int32))
+    h, w = shape
+    far = np.float32(max(reach, 0.0) + 1.0)
+    out = np.full(shape, far, np.float32)
+    x, y, bw, bh = cv2.boundingRect(hull)  # in 1/16 pixels
+    grow = int(np.ceil(max(reach, 0.0))) + 2
+    x0, y0 = max(x // 16 - grow, 0), max(y // 16 - grow, 0)
+    x1, y1 = min((x + bw) // 16 + 1 + grow, w), min((y + bh) // 16 + 1 + grow, h)
+    if x1 <= x0 or y1 <= y0:
+        return out
+    outside = np.ones((y1 - y0, x1 - x0), np.uint8)
+    cv2.fillConvexPoly(outside, hull - np.int32([x0 * 16, y0 * 16]), 0, lineType=cv2.LINE_8,
+                       shift=4)
+    if outside.all():  # the hull misses the window
+        return out
+    out[y0:y1, x0:x1] = np.minimum(cv2.distanceTransform(outside, cv2.DIST_L2, 5), far)
+    return out
+
+
 def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                    lm68: np.ndarray, box: tuple[float, float, float], size: int,
                    crop_iod: float, sigmas: float = 6.0, fringe_sigmas: float = 1.5,
@@ -683,14 +712,14 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     masks = [paste_mask(regions[n], box, (h, w)) for n in REGION_CHANNELS]
     actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
     swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
-    hull = face_hull(actor, swapped, (wh, ww), forehead_margin)
+    fade_px = reach * swapped.iod
     # the warp's fade, the final strength and the coverage in one compiled pass; the warp
     # maps only over the rectangle where the fade is above 0 (a zero flow gives the frame
     # back exactly)
-    outside = cv2.distanceTransform((~hull).astype(np.uint8), cv2.DIST_L2, 5)
+    outside = hull_distance(actor, swapped, (wh, ww), forehead_margin, fade_px)
     ox, oy = origin
     coverage, strength, maps, (r0, c0) = _window_fields(
-        outside, np.float32(reach * swapped.iod), fields, ox, oy, warp_on)
+        outside, np.float32(fade_px), fields, ox, oy, warp_on)
     warped = frame[oy:oy + wh, ox:ox + ww].copy()  # never a view: the frame stays as it is
     if maps.size:
         mh, mw = maps.shape[:2]
