@@ -658,3 +658,18 @@ def test_the_hulls_distance_over_its_box_is_the_whole_windows() -> None:
         # the same chamfer sums, added in another order on some paths: float32 rounding
         assert np.allclose(got[near], whole[near], rtol=1e-6, atol=0)
         assert (got[~near] >= reach).all()
+
+
+def test_channel_rects_are_opencvs_bounding_rectangles() -> None:
+    from morph3d.swap.window import channel_rects
+
+    rng = np.random.default_rng(9)
+    fields = np.zeros((50, 60, 9), np.float32)
+    for c in range(1, 8):  # channel 4 stays empty
+        if c != 4:
+            y, x = rng.integers(0, 45), rng.integers(0, 55)
+            fields[y:y + rng.integers(1, 6), x:x + rng.integers(1, 6), c] = rng.uniform(0.4, 1)
+    rects = channel_rects(fields, 1, 7, 0.5)
+    for i in range(7):
+        above = np.ascontiguousarray(fields[..., 1 + i] > 0.5).view(np.uint8)
+        assert tuple(rects[i]) == cv2.boundingRect(above), i

@@ -584,6 +584,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     from morph3d.swap.sharpness import match_blur, soft_cut
     from morph3d.swap.window import (
         REGION_CHANNELS,
+        channel_rects,
         crop_camera,
         face_crop_box,
         paste_mask,
@@ -709,7 +710,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     fields, origin = paste_window(crop_fields, box, (h, w), cv2.INTER_LINEAR)
     ratio_w = paste_window(ratio, box, (h, w), cv2.INTER_LINEAR)[0]
     wh, ww = fields.shape[:2]
-    masks = [paste_mask(regions[n], box, (h, w)) for n in REGION_CHANNELS]
+    rects = channel_rects(attrs, 2, len(REGION_CHANNELS), 0.5)
+    masks = [paste_mask(regions[n], box, (h, w), rect=tuple(int(v) for v in rects[i]))
+             for i, n in enumerate(REGION_CHANNELS)]
     actor = face_geometry(actor_landmarks).shifted(-np.asarray(origin, np.float64))
     swapped = face_geometry({"ibug68": lm68}).shifted(-np.asarray(origin, np.float64))
     fade_px = reach * swapped.iod

@@ -5,6 +5,7 @@ window back; and the region channels every face render carries.
 from __future__ import annotations
 
 import cv2
+import numba
 import numpy as np
 
 from morph3d.model.model import REGION_CHANNELS as REGION_CHANNELS  # for the renderer
@@ -58,12 +59,14 @@ def paste_window(crop: np.ndarray, box: tuple[float, float, float],
 
 
 def paste_mask(crop: np.ndarray, box: tuple[float, float, float],
-               frame_shape: tuple[int, int], level: float = 0.5) -> np.ndarray:
+               frame_shape: tuple[int, int], level: float = 0.5,
+               rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
     """Bool mask of the frame window `paste_window` gives (its shape; same origin): where
     the crop's channel (H x W), pasted bilinearly, is above `level` (>= 0). Only the
     window pixels whose samples fall beside a crop pixel above `level` are pasted: a
     bilinear sample exceeds `level` only next to one, and a feature's region (an eye, the
-    teeth) covers a small part of the window."""
+    teeth) covers a small part of the window. `rect`: the crop pixels' bounding rectangle
+    (x, y, width, height; `channel_rects`) when the caller has it."""
     x0, y0, side = box
     size = crop.shape[0]
     s = size / side
@@ -73,7 +76,8 @@ def paste_mask(crop: np.ndarray, box: tuple[float, float, float],
     if right <= left or bottom <= top:
         return np.zeros((0, 0), bool)
     out = np.zeros((bottom - top, right - left), bool)
-    cx, cy, cw, ch = cv2.boundingRect(np.greater(crop, level).view(np.uint8))
+    cx, cy, cw, ch = (cv2.boundingRect(np.greater(crop, level).view(np.uint8)) if rect is None
+                      else rect)
     if not cw:
         return out
     # window pixel q samples crop position (q + start - origin + 0.5) s - 0.5: the window
@@ -90,4 +94,31 @@ def paste_mask(crop: np.ndarray, box: tuple[float, float, float],
                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     np.greater(roi, level, out=out[qy0:qy1, qx0:qx1])
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def channel_rects(fields: np.ndarray, first: int, count: int,
+                  level: float) -> np.ndarray:  # pragma: no cover - compiled
+    """(count, 4) int: for channels first .. first + count - 1 of `fields` (H x W x C), the
+    bounding rectangle (x, y, width, height; zeros where none) of the pixels above `level`,
+    as `cv2.boundingRect` gives it, in one pass over the interleaved channels."""
+    h, w = fields.shape[:2]
+    lo_x = np.full(count, w, np.int64)
+    lo_y = np.full(count, h, np.int64)
+    hi_x = np.full(count, -1, np.int64)
+    hi_y = np.full(count, -1, np.int64)
+    for y in range(h):
+        for x in range(w):
+            for i in range(count):
+                if fields[y, x, first + i] > level:
+                    lo_x[i] = min(lo_x[i], x)
+                    hi_x[i] = max(hi_x[i], x)
+                    lo_y[i] = min(lo_y[i], y)
+                    hi_y[i] = y
+    out = np.zeros((count, 4), np.int64)
+    for i in range(count):
+        if hi_x[i] >= 0:
+            out[i, 0], out[i, 1] = lo_x[i], lo_y[i]
+            out[i, 2], out[i, 3] = hi_x[i] - lo_x[i] + 1, hi_y[i] - lo_y[i] + 1
     return out
