@@ -384,11 +384,8 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     outside = (~occ_b & region_b & ~expected[box]).astype(np.float32)
     outer_w = cv2.GaussianBlur(outside, (0, 0), sigma)
     ycc_b = ycc[box]
-    inner = cv2.GaussianBlur(ycc_b * occ_b[..., None], (0, 0), sigma) / np.maximum(
-        inner_w, 1e-6)[..., None]
-    outer = cv2.GaussianBlur(ycc_b * outside[..., None], (0, 0), sigma) / np.maximum(
-        outer_w, 1e-6)[..., None]
-    contrast = np.sqrt((((inner - outer) * weights) ** 2).sum(-1))
+    inner_sum = cv2.GaussianBlur(ycc_b * occ_b[..., None], (0, 0), sigma)
+    outer_sum = cv2.GaussianBlur(ycc_b * outside[..., None], (0, 0), sigma)
     disk = _disk(2.0 * sigma)
     r = disk.shape[0] // 2 + 1  # the erosion's reach: only the box grown by it is read
     grown = (slice(max(box[0].start - r, 0), box[0].stop + r),
@@ -400,8 +397,11 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     outline &= outer_w > 0.2  # skip outline along eyes, brows, mouth: nothing to compare
     ring_labels = labels[outline]
     ring_px = np.bincount(ring_labels, minlength=count)
-    sharp_px = np.bincount(ring_labels, weights=contrast[outline] > min_contrast,
-                           minlength=count)
+    # the colours' contrast only where it is read: on the outline
+    inner = inner_sum[outline] / np.maximum(inner_w[outline], 1e-6)[:, None]
+    outer = outer_sum[outline] / np.maximum(outer_w[outline], 1e-6)[:, None]
+    contrast = np.sqrt((((inner - outer) * weights) ** 2).sum(-1))
+    sharp_px = np.bincount(ring_labels, weights=contrast > min_contrast, minlength=count)
     area = np.bincount(labels.ravel(), minlength=count)
     off_px = np.bincount(labels.ravel(), weights=very_off[box].ravel(), minlength=count)
     judged = ring_px >= 8
