@@ -154,9 +154,15 @@ def face_geometry(landmarks: Landmarks | FaceGeometry) -> FaceGeometry:
 def _fill_polygon(shape: tuple[int, int], polygon: np.ndarray) -> np.ndarray:
     """Bool mask of a polygon with sub-pixel vertices (fixed-point, 4 fractional bits)."""
     out = np.zeros(shape, np.uint8)
+    _draw_polygon(out, polygon)
+    return out.view(bool)
+
+
+def _draw_polygon(out: np.ndarray, polygon: np.ndarray) -> None:
+    """`_fill_polygon`'s pixels set to 1 in `out` (uint8 H x W) in place: the union with
+    what it holds, without a mask per polygon."""
     pts = np.round(np.asarray(polygon, np.float64).reshape(-1, 1, 2) * 16).astype(np.int32)
     cv2.fillPoly(out, [pts], 1, lineType=cv2.LINE_8, shift=4)
-    return out.astype(bool)
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -305,14 +311,14 @@ def feature_mask(shape: tuple[int, int], landmarks: Landmarks | FaceGeometry, *,
     out = np.zeros(shape, np.uint8)
     for eye in g.eye_contours:
         centre = eye.mean(0)
-        out |= _fill_polygon(shape, centre + 1.25 * (eye - centre)).astype(np.uint8)
+        _draw_polygon(out, centre + 1.25 * (eye - centre))
     for brow in g.brows:
         pts = np.round(brow * 16).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(out, [pts], False, 1, thickness=max(int(round(0.16 * iod)), 1),
                       lineType=cv2.LINE_8, shift=4)
-    out |= _fill_polygon(shape, g.outer_lip).astype(np.uint8)
+    _draw_polygon(out, g.outer_lip)
     nostrils = np.concatenate([g.ibug[31:36], g.ibug[[30]]])
-    out |= _fill_polygon(shape, cv2.convexHull(nostrils.astype(np.float32))).astype(np.uint8)
+    _draw_polygon(out, cv2.convexHull(nostrils.astype(np.float32)))
     return _dilate(out, margin * iod)
 
 
