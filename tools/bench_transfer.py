@@ -19,10 +19,11 @@ thread CPU per frame (`time.thread_time`), the render-stage fps that gives, its 
 (`time.process_time`: OpenCV's worker threads included), and the largest
 and mean absolute difference of the rendered images (0-255 grey levels, over the window
 both cover) and of the region masks and coverage. `--cprofile` prints both sides' top
-functions (own and cumulative thread CPU) over the replay. `--through-compositor`: also each
-side's render composited into its frame by the working tree's compositor (one per side; the
-other inputs from a `composite` recording of the same clip's first frames), and how far the
-final frames differ before encoding.
+functions (own and cumulative thread CPU) over the replay (`--steps transfer_face,...`: the
+direct calls of those functions instead, the stage's per-step table). `--through-compositor`:
+also each side's render composited into its frame by the working tree's compositor (one per
+side; the other inputs from a `composite` recording of the same clip's first frames), and how
+far the final frames differ before encoding.
 
     python tools/bench_transfer.py composite FILE.pkl --baseline COMMIT [--repeat R]
 
@@ -220,6 +221,29 @@ def profile_table(profile: cProfile.Profile, top: int, order: str = "tottime") -
                      if line.strip() and "Ordered by" not in line)
 
 
+def step_table(profile: cProfile.Profile, frames: int, function: str = "transfer_face",
+               least_ms: float = 0.1) -> str:
+    """The calls `function` makes itself, each with its cumulative and own thread CPU (ms
+    per frame) and calls per frame, largest first: the stage's steps, one level down."""
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    target = next((key for key in stats if key[2] == function), None)
+    if target is None:
+        return f"({function} not called)"
+    rows = []
+    for key, (_, _, _, _, callers) in stats.items():
+        if target in callers:
+            calls, _, own, cumulative = callers[target]
+            rows.append((1000 * cumulative / frames, 1000 * own / frames, calls / frames,
+                         f"{Path(key[0]).name}:{key[2]}"))
+    rows.sort(reverse=True)
+    total = 1000 * stats[target][3] / frames
+    lines = [f"{function}: {total:.2f} ms/frame (own lines {1000 * stats[target][2] / frames:.2f})",
+             "| step | cumulative ms/frame | own | calls/frame |", "| --- | --- | --- | --- |"]
+    lines += [f"| {name} | {cum:.2f} | {own:.2f} | {n:.1f} |" for cum, own, n, name in rows
+              if cum >= least_ms]
+    return "\n".join(lines)
+
+
 def replay(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import torch
@@ -311,8 +335,18 @@ def replay(args: argparse.Namespace) -> dict[str, Any]:
                                 "mean": float(d.mean()), "over_1": float((d > 1).mean())}
         lines.append(f"composited frames (before encoding), {len(finals)}: max {d.max()}, mean "
                      f"{d.mean():.4f}, pixels > 1 level {(d > 1).mean():.4%}")
+    import resource
+
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines.append(f"peak RSS of the process (both sides and the recording): "
+                 f"{result['peak_rss_mb']:.0f} MB")
     print("\n".join(lines) + "\n" + machine_line(result["machine"]))
     for side, profile in profiles.items():
+        if args.steps:
+            for function in args.steps.split(","):
+                print(f"\n## steps ({side}, cProfile)\n"
+                      + step_table(profile, len(cpu[side]), function))
+            continue
         for order in ("tottime", "cumulative"):
             print(f"\n## cProfile ({side}, {len(cpu[side])} calls, by {order})\n"
                   + profile_table(profile, args.top, order))
@@ -402,6 +436,9 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
     p.add_argument("--through-compositor")
+    p.add_argument("--steps", help="with --cprofile: instead of the top functions, the "
+                   "steps (direct calls) of these functions, comma-separated "
+                   "(transfer_face, match_blur, ...)")
     p = sub.add_parser("composite")
     p.add_argument("recording")
     p.add_argument("--baseline", required=True)
