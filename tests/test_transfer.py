@@ -673,3 +673,33 @@ def test_channel_rects_are_opencvs_bounding_rectangles() -> None:
     for i in range(7):
         above = np.ascontiguousarray(fields[..., 1 + i] > 0.5).view(np.uint8)
         assert tuple(rects[i]) == cv2.boundingRect(above), i
+
+
+def test_the_compiled_crop_fields_are_their_numpy_formulas() -> None:
+    """`_crop_fields` gives transfer_face's per-pixel fields bit for bit as numpy did."""
+    from morph3d.swap.transfer import INNER_REGIONS, _crop_fields
+    from morph3d.swap.window import REGION_CHANNELS
+
+    rng = np.random.default_rng(12)
+    h, w, k = 30, 40, 2 + len(REGION_CHANNELS)
+    attrs = rng.uniform(-0.3, 1.2, (h, w, k + 4)).astype(np.float32)
+    attrs[..., :2] *= 500.0
+    raster = rng.random((h, w)) > 0.2
+    tex = rng.random((h, w, 8), np.float32)
+    grid = rng.uniform(0, 500, (h, w, 2)).astype(np.float32)
+    regions = {n: attrs[..., 2 + i] for i, n in enumerate(REGION_CHANNELS)}
+    covered = raster & (attrs[..., k] > -0.1)
+    flow = np.where(covered[..., None], attrs[..., :2] - grid, 0.0).astype(np.float32)
+    inner = np.clip(sum(regions[n] for n in INNER_REGIONS), 0, 1) * covered
+    face = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"] + inner, 0, 1)
+    skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
+    skin = skin * (1 - inner) * covered
+    albedo = tex[..., :3] * attrs[..., k + 1:k + 4]
+    trust = np.clip(attrs[..., k] / 0.3, 0, 1) * tex[..., 3] * tex[..., 7] * skin
+    got = _crop_fields(attrs, raster, tex, grid,
+                       np.array([2 + REGION_CHANNELS.index(n)
+                                 for n in ("face_skin", "lips", "eyes")]),
+                       np.array([2 + REGION_CHANNELS.index(n) for n in INNER_REGIONS]), k)
+    for name, a, b in zip(("covered", "flow", "inner", "face", "skin", "albedo", "trust"),
+                          got, (covered, flow, inner, face, skin, albedo, trust), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b), name

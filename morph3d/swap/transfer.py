@@ -357,6 +357,51 @@ def fade(hard: np.ndarray, reach: float) -> np.ndarray:
 INNER_REGIONS = ("mouth_interior", "teeth", "tongue", "eyeballs")  # the actor's own pixels
 
 
+@numba.njit(cache=True, nogil=True)
+def _crop_fields(attrs: np.ndarray, raster_covered: np.ndarray, tex: np.ndarray,
+                 grid: np.ndarray, skin_channels: np.ndarray, inner_channels: np.ndarray,
+                 k: int):  # pragma: no cover - compiled
+    """`transfer_face`'s per-pixel fields of the crop from the interpolated attributes
+    (`attrs`: surface x, y in frame pixels, the region channels, the normal's z at `k`, the
+    source factor after it) and the texture lookups (`tex`: source albedo, its confidence,
+    actor albedo, its confidence), in one pass, float32 as numpy computes them:
+    covered (front surface), the flow to the surface (0 off it), inner (eyes and mouth
+    kept: the sum of `inner_channels`), face (`skin_channels` and inner), skin (not inner),
+    the source's albedo (texture times factor) and the trust before the picture test
+    (normal, both confidences, skin)."""
+    h, w = raster_covered.shape
+    covered = np.empty((h, w), np.bool_)
+    flow = np.empty((h, w, 2), np.float32)
+    inner = np.empty((h, w), np.float32)
+    face = np.empty((h, w), np.float32)
+    skin = np.empty((h, w), np.float32)
+    albedo = np.empty((h, w, 3), np.float32)
+    trust = np.empty((h, w), np.float32)
+    zero, one, cut, third = (np.float32(0.0), np.float32(1.0), np.float32(-0.1),
+                             np.float32(0.3))
+    for y in range(h):
+        for x in range(w):
+            c = raster_covered[y, x] and attrs[y, x, k] > cut
+            covered[y, x] = c
+            flow[y, x, 0] = attrs[y, x, 0] - grid[y, x, 0] if c else zero
+            flow[y, x, 1] = attrs[y, x, 1] - grid[y, x, 1] if c else zero
+            t = zero
+            for i in inner_channels:
+                t += attrs[y, x, i]
+            t = min(max(t, zero), one) if c else zero
+            inner[y, x] = t
+            s = attrs[y, x, skin_channels[0]] + attrs[y, x, skin_channels[1]]
+            s += attrs[y, x, skin_channels[2]]
+            face[y, x] = min(max(s + t, zero), one)
+            s = min(max(s, zero), one) * (one - t) if c else zero
+            skin[y, x] = s
+            for ch in range(3):
+                albedo[y, x, ch] = tex[y, x, ch] * attrs[y, x, k + 1 + ch]
+            n = min(max(attrs[y, x, k] / third, zero), one)
+            trust[y, x] = n * tex[y, x, 3] * tex[y, x, 7] * s
+    return covered, flow, inner, face, skin, albedo, trust
+
+
 def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) -> np.ndarray:
     """Bool H x W: the convex hull of both faces' outlines (jaw, brows lifted by
     `forehead_margin` IOD), `composite.FaceGeometry`s in the same pixel frame."""
@@ -632,20 +677,16 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     tex = scatter_pixels(looked, raster)[0].cpu().numpy()
     # Surface that faces away (the inside of the neck's far wall, seen through its open end)
     # has no place in the warp: its flow is filled in from the front surface around it.
-    covered = raster.coverage[0].cpu().numpy() & (attrs[..., 2 + len(REGION_CHANNELS)] > -0.1)
-
     x0, y0, side = box
     centres = (np.arange(size, dtype=np.float32) + 0.5) * (side / size) - 0.5
     grid = np.stack(np.meshgrid(centres + x0, centres + y0), -1)
-    flow = np.where(covered[..., None], attrs[..., :2] - grid, 0.0).astype(np.float32)
     crop_iod = face_geometry({"ibug68": lm68}).iod * size / side
     regions = {n: attrs[..., 2 + i] for i, n in enumerate(REGION_CHANNELS)}
     k = 2 + len(REGION_CHANNELS)
-    inner = np.clip(sum(regions[n] for n in INNER_REGIONS), 0, 1) * covered
-    face = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"] + inner, 0, 1)
-    skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
-    skin = skin * (1 - inner) * covered
-    source_albedo = tex[..., :3] * attrs[..., k + 1:k + 4]
+    covered, flow, inner, face, skin, source_albedo, trust = _crop_fields(
+        attrs, raster.coverage[0].cpu().numpy(), np.ascontiguousarray(tex), grid,
+        np.array([2 + REGION_CHANNELS.index(n) for n in ("face_skin", "lips", "eyes")]),
+        np.array([2 + REGION_CHANNELS.index(n) for n in INNER_REGIONS]), k)
     # A letterbox or pillarbox bar that cuts the actor's head is not the head's surface: the
     # frame is sampled inside its picture only, so the warp does not pull the bar into the face
     picture = inner_picture(frame)
@@ -654,8 +695,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     seen_bytes = cv2.remap(frame, surface_x, surface_y, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT)
     seen = seen_bytes.astype(np.float32) / 255.0
-    in_picture = (surface_x == attrs[..., 0]) & (surface_y == attrs[..., 1])
-    trust = np.clip(attrs[..., k] / 0.3, 0, 1) * tex[..., 3] * tex[..., 7] * skin * in_picture
+    trust *= (surface_x == attrs[..., 0]) & (surface_y == attrs[..., 1])  # in the picture
     # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
     # hair near the skin's colour would widen a model fitted on all the face to the hair
     skin_model = fit_skin_model(seen, {"ibug68": (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5},
