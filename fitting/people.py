@@ -90,10 +90,13 @@ def select_track(tracks: Tracks, how: str | FaceChoice | np.ndarray) -> int:
     return ranked[choose_box(mean_boxes, tracks.image_size, choice)]
 
 
-def same_person_tracks(tracks: Tracks, track: int, max_distance: float = 0.5) -> list[int]:
+def same_person_tracks(tracks: Tracks, track: int,
+                       max_distance: float = SAME_PERSON_THRESHOLD) -> list[int]:
     """Other tracks whose median identity embedding is within `max_distance` of `track`'s
-    (dlib's same-person threshold is 0.6; 0.5 keeps look-alikes apart) and that never share
-    a frame with it: the pieces of one person the tracker split (at a shot cut)."""
+    (dlib's same-person threshold) and that never share a frame with it: the pieces of one
+    person the tracker split (at a shot cut). A track's median rests on a few embeddings
+    (one every few frames) of faces seen small, blurred or in a dim and noisy shot, which
+    move one person's pieces apart by more than the tracker's frame-to-frame threshold."""
     own = tracks.track_embeddings(track)
     if not len(own):
         return []

@@ -347,6 +347,9 @@ class FaceTracker:
     cut_threshold: mean absolute difference (0..255) between 32x32 grey thumbnails of
         consecutive frames above which a frame counts as a scene cut; at a cut every face is
         embedded and checked against its track, since boxes say nothing across a cut.
+        A dim or flat picture changes less at a cut: there the threshold is `cut_contrast`
+        times the thumbnails' contrast (their mean standard deviation), if lower, but not
+        under `cut_floor` (a nearly black frame's noise is no cut).
     repeat_threshold: a frame whose every 32 x 32-pixel block differs from the previous
         frame's by at most this mean absolute grey difference (0..255) repeats it. On
         nggyup.mp4 the duplicates differ by at most 1.1, real frames by at least 21 (a
@@ -359,6 +362,7 @@ class FaceTracker:
     def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15, embed_every: int = 15,
                  reid_threshold: float = 0.5, embedding_weight: float = 1.0,
                  switch_threshold: float = 0.7, cut_threshold: float = 30.0,
+                 cut_contrast: float = 0.5, cut_floor: float = 6.0,
                  repeat_threshold: float = 2.0) -> None:
         self.iou_threshold = float(iou_threshold)
         self.max_gap = int(max_gap)
@@ -367,6 +371,8 @@ class FaceTracker:
         self.embedding_weight = float(embedding_weight)
         self.switch_threshold = float(switch_threshold)
         self.cut_threshold = float(cut_threshold)
+        self.cut_contrast = float(cut_contrast)
+        self.cut_floor = float(cut_floor)
         self.repeat_threshold = float(repeat_threshold)
         self._thumbnail: np.ndarray | None = None
         self._small: np.ndarray | None = None  # quarter-size grey frame, for repeats
@@ -399,7 +405,9 @@ class FaceTracker:
         previous_small, self._small = self._small, small
         if previous is None or previous_small is None:
             return False, False
-        if float(np.abs(thumbnail - previous).mean()) > self.cut_threshold:
+        contrast = 0.5 * (float(thumbnail.std()) + float(previous.std()))
+        threshold = max(self.cut_floor, min(self.cut_threshold, self.cut_contrast * contrast))
+        if float(np.abs(thumbnail - previous).mean()) > threshold:
             return True, False
         return False, bool(block_difference(small, previous_small) <= self.repeat_threshold)
 

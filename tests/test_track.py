@@ -13,6 +13,7 @@ from fitting.choice import FaceChoice, choose_box, parse_face_choice, reference_
 from fitting.embedding import SAME_PERSON_THRESHOLD
 from fitting.faces import IBUG68, MEDIAPIPE478
 from fitting.people import (
+    people,
     reference_distances,
     select_by_reference,
     select_index,
@@ -58,6 +59,38 @@ def test_singer_keeps_one_track_id(singer):
     assert 2 <= embedded.sum() <= 8
     assert select_largest(singer) == 0
     assert set(singer.landmarks) == {IBUG68, MEDIAPIPE478}
+
+
+@pytest.mark.media
+def test_a_cut_in_a_dim_noisy_clip_is_seen_and_one_person_stays_one(media_dir):
+    """The singer's clip at a third of its light with sensor noise: the cut to the wide shot
+    changes the picture less than the clip's own threshold, and the two shots' faces are
+    further apart by identity than in the bright clip; still one cut and one person."""
+    rng = np.random.default_rng(0)
+    dim = [np.clip(f.astype(np.float32) * 0.35 + rng.normal(0.0, 6.0, f.shape), 0, 255)
+           .astype(np.uint8) for f in first_frames(media_dir / "nggyup.mp4", 40)]
+    tracks = track_faces(dim)
+    assert np.flatnonzero(tracks.scene_cut).tolist() == [22]
+    assert len(np.unique(tracks.frame_index)) >= 38  # a face in (nearly) every frame
+    assert [sorted(person) for person in people(tracks)] == [tracks.ids.tolist()]
+
+
+def test_pieces_of_one_person_join_within_dlibs_threshold_and_others_stay_apart():
+    """Three tracks one after the other: the second's identity lies 0.55 from the first's
+    (one person across a cut into a dim shot), the third's 0.65 (someone else)."""
+    rng = np.random.default_rng(1)
+    first = rng.normal(size=128).astype(np.float32)
+    first /= np.linalg.norm(first)
+    basis, _ = np.linalg.qr(np.stack([first, *rng.normal(size=(2, 128))], 1))
+    frames = np.arange(30)
+    track = frames // 10
+    # the second and third move off the first in two orthogonal directions
+    moves = np.stack([np.zeros(128), 0.55 * basis[:, 1], 0.65 * basis[:, 2]])
+    embeddings = (first[None] + moves[track]).astype(np.float32)
+    boxes = np.tile(np.float32([100, 100, 200, 220]), (30, 1))
+    tracks = Tracks(30, (480, 640), frames, track, boxes, np.ones(30, np.float32),
+                    {IBUG68: np.zeros((30, 68, 2), np.float32)}, embeddings)
+    assert [sorted(p) for p in people(tracks)] == [[0, 1], [2]]
 
 
 @pytest.mark.media
