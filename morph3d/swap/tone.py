@@ -83,13 +83,11 @@ def _support_box(weight: np.ndarray, reach: int, block: int
     """(top, bottom, left, right) of where `weight` is not 0, grown by `reach` pixels and
     out to whole `block`s, within the raster; None where the weight is 0 everywhere."""
     h, w = weight.shape
-    rows, cols = np.flatnonzero(weight.any(1)), np.flatnonzero(weight.any(0))
-    if not len(rows):
+    x, y, bw, bh = cv2.boundingRect(np.not_equal(weight, 0).view(np.uint8))
+    if not bw:
         return None
-    return (max(rows[0] - reach, 0) // block * block, min(-(-(rows[-1] + 1 + reach) // block)
-                                                          * block, h),
-            max(cols[0] - reach, 0) // block * block, min(-(-(cols[-1] + 1 + reach) // block)
-                                                          * block, w))
+    return (max(y - reach, 0) // block * block, min(-(-(y + bh + reach) // block) * block, h),
+            max(x - reach, 0) // block * block, min(-(-(x + bw + reach) // block) * block, w))
 
 
 @numba.njit(cache=True, nogil=True)
