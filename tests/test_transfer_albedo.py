@@ -279,6 +279,52 @@ def test_a_black_and_white_clip_stays_black_and_white(model, channels, tmp_path:
     assert spread["colour"] > 0.1
 
 
+@pytest.mark.parametrize("lighter_by", [1.0, 1.25])
+def test_a_black_and_white_photo_changes_the_face_lightness_not_its_colour(
+        model, channels, tmp_path: Path, lighter_by: float) -> None:
+    """A grey photo of the actor's skin, or of a lighter one, into a colour clip: the face
+    keeps the actor's colours (a grey skin is not a colour the clip's light could be divided
+    out of) and takes the photo's lightness."""
+    from fitting.params import Identity
+    from morph3d.io.images import write_image
+
+    size = int(model.data.texture_size)
+    truth = skin_albedo(size, seed=3)
+    fit = clip_fit_of(model, [LIGHT_LEFT])
+    colour = render_frame(model, fit, truth, LIGHT_LEFT)
+    target = tmp_path / "colour.png"
+    write_image(target, colour)
+    luma = np.float32([0.299, 0.587, 0.114])
+    photo = np.repeat((colour.astype(np.float32) @ luma).round().clip(0, 255)
+                      .astype(np.uint8)[..., None], 3, -1)
+    lighter = np.repeat((np.clip(truth * lighter_by, 0, 1) @ luma)[..., None], 3, -1)
+    source = clip_fit_of(model, [LIGHT_LEFT])
+    source.identity = Identity(source.identity.coefficients, texture=lighter,
+                               confidence=np.ones((size, size, 1), np.float32))
+    setup = prepare_transfer(model, source, fit, photo, target, channels, albedo_frames=1)
+    f = fit.faces
+    out = transfer_face(model, source.identity.coefficients, setup.actor_identity,
+                        setup.textures, channels, fit.camera, f.rotation[0], f.translation[0],
+                        f.expression[0], colour, {s: fit.landmarks[s][0] for s in fit.landmarks},
+                        source_factor=setup.source_factor, alignment=setup.alignment)
+    x, y = out["window"]
+    image = out["image"]
+    before = colour[y:y + len(image), x:x + image.shape[1]].astype(np.float32) / 255
+    face = out["regions"]["face_skin"] & (out["coverage"] > 0) & (before.min(-1) > 0.1)
+    assert face.sum() > 1000
+    lightness = float(np.median(image[face] @ luma / (before[face] @ luma)))
+
+    def chroma(rgb: np.ndarray) -> np.ndarray:  # linear light: a gain keeps it
+        linear = srgb_to_linear(rgb)
+        return linear / linear.sum(-1, keepdims=True)
+
+    moved = float(np.median(np.abs(chroma(image[face]) - chroma(before[face])).max(-1)))
+    if lighter_by == 1.0:
+        assert abs(lightness - 1.0) < 0.03 and moved < 0.005
+    else:  # lighter; a lighter skin is also a little less red (`tone.skin_lights`)
+        assert lightness > 1.04 and moved < 0.025
+
+
 # ------------------------------------------------------------------------------- the ratio
 
 

@@ -574,6 +574,30 @@ def exposure_gain(photo: float, clip: float, share: float) -> float:
     return float(np.exp(share * excess))
 
 
+def with_actor_colour(model, texture: np.ndarray, actor: np.ndarray,
+                      actor_confidence: np.ndarray) -> np.ndarray:
+    """A grey source albedo (T x T x 3, sRGB-encoded, equal channels) given the actor's
+    albedo's colour (T x T x 3 sRGB-encoded, its confidence T x T) at the same lightness.
+
+    A black-and-white photo says how light each part of the face is, not its colour:
+    taken as grey, the ratio would paint the actor's lips, cheeks and the clip's tint
+    over with one flat skin colour. Each texel keeps its lightness and takes the actor's
+    chromaticity there (linear RGB over luma), or the actor's median skin chromaticity
+    where the clip did not see it, so the transfer changes lightness only."""
+    from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
+
+    size = texture.shape[0]
+    actor_linear = srgb_to_linear(np.asarray(actor, np.float32))
+    chroma = actor_linear / np.maximum(actor_linear @ LUMA, 1e-4)[..., None]
+    conf = np.clip(np.asarray(actor_confidence, np.float32).reshape(size, size), 0.0, 1.0)
+    skin = uv_vertex_mask(model, model.region("face_skin") & ~model.region("lips"), size)
+    seen = skin & (conf >= 0.5)
+    typical = (np.median(chroma[seen], 0) if seen.sum() >= 20 else np.ones(3, np.float32))
+    chroma = conf[..., None] * chroma + (1.0 - conf[..., None]) * typical
+    grey = srgb_to_linear(np.asarray(texture, np.float32)) @ LUMA
+    return linear_to_srgb(np.clip(grey[..., None] * chroma, 0.0, 1.0)).astype(np.float32)
+
+
 def colourless(texture: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A source albedo (T x T x 3 texture, V x 3 per-vertex factor) made grey: each texel and
     each vertex's factor replaced by its luma-weighted mean, the same in every channel."""
@@ -804,16 +828,20 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         confidence = confidence * source_skin_vote(model, texture, confidence)[..., None]
     seen = vertex_texels(model, confidence, model.num_vertices)[:, 0] > 0.05
     factor = source_albedo_factor(model, source_fit, photo, seen=seen)
-    photo_exposure = scene_levels(photo).exposure
-    if exposure_share > 0 and clip.exposure > 0 and photo_exposure > 0:
-        factor = factor * np.float32(exposure_gain(photo_exposure, clip.exposure,
+    photo_levels = scene_levels(photo)
+    if exposure_share > 0 and clip.exposure > 0 and photo_levels.exposure > 0:
+        factor = factor * np.float32(exposure_gain(photo_levels.exposure, clip.exposure,
                                                    exposure_share))
-    if clip.exposure > 0 and clip.colour < MONOCHROME_LEVELS:
+    grey_clip = clip.exposure > 0 and clip.colour < MONOCHROME_LEVELS
+    if grey_clip:
         texture, factor = colourless(texture, factor)
     if mirror_share > 0:
         texture, seen, factor = mirror_seen_side(model, texture, confidence, factor,
                                                  mirror_share)
         confidence = seen[..., None]
+    if photo_levels.exposure > 0 and photo_levels.colour < MONOCHROME_LEVELS and not grey_clip:
+        texture, factor = colourless(texture, factor)
+        texture = with_actor_colour(model, texture, actor, actor_confidence)
     # one gain on both sides: their ratio stays, no channel of either is cut at 1
     gain = np.float32(headroom_gain(model, texture, confidence, factor, actor,
                                     actor_confidence))
