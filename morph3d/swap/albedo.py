@@ -11,7 +11,8 @@ in the same convention, and the source's shape at the actor's size and place.
   (`source_skin_vote`).
 - The two pictures' exposures: half their ratio (`scene_levels`: the photo's, the clip's
   median) is taken off the source's albedo, so a photo's brightness does not pass into the
-  clip as the skin's; into a black-and-white clip the source's albedo goes in grey.
+  clip as the skin's; into a black-and-white clip the source's albedo goes in grey, and a
+  black-and-white photo's albedo takes the actor's colours (`with_actor_colour`).
 - Both sides' albedos under 1 (`headroom_gain`): the transfer reads them as colours and
   would cut a light skin's albedo there; one gain on both keeps their ratio.
 - `identity_alignment`: the similarity that puts the source's neutral face on the actor's.
