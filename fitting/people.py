@@ -90,13 +90,18 @@ def select_track(tracks: Tracks, how: str | FaceChoice | np.ndarray) -> int:
     return ranked[choose_box(mean_boxes, tracks.image_size, choice)]
 
 
+# How far apart two tracks' median identities may be to be one person's pieces. A track's
+# median rests on a few embeddings (one every few frames) of faces seen small, blurred or in
+# a dim and noisy shot, which move one person's pieces apart by more than the tracker's
+# frame-to-frame 0.5; two different people can come within a little of dlib's own 0.6.
+JOIN_DISTANCE = 0.55
+
+
 def same_person_tracks(tracks: Tracks, track: int,
-                       max_distance: float = SAME_PERSON_THRESHOLD) -> list[int]:
+                       max_distance: float = JOIN_DISTANCE) -> list[int]:
     """Other tracks whose median identity embedding is within `max_distance` of `track`'s
-    (dlib's same-person threshold) and that never share a frame with it: the pieces of one
-    person the tracker split (at a shot cut). A track's median rests on a few embeddings
-    (one every few frames) of faces seen small, blurred or in a dim and noisy shot, which
-    move one person's pieces apart by more than the tracker's frame-to-frame threshold."""
+    and that never share a frame with it: the pieces of one person the tracker split (at a
+    shot cut)."""
     own = tracks.track_embeddings(track)
     if not len(own):
         return []
