@@ -18,6 +18,15 @@ from morph3d.swap.sharpness import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode_restored():
+    """`test_transfer.device_inputs` turns autograd off as the swap driver does; the next
+    test file (the renderer's gradient checks) must find it as it was."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 def shapes(size: int = 256, seed: int = 0) -> np.ndarray:
     """Disks and lines of random contrast on grey: edges of every direction (H x W x 3)."""
     rng = np.random.default_rng(seed)

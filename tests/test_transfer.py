@@ -357,6 +357,15 @@ def test_surround_takes_the_skin_around_the_face_not_hair_or_background() -> Non
 # --------------------------------------------------------------------------------- devices
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode_restored():
+    """`device_inputs` turns autograd off as the swap driver does; the next test file
+    (the renderer's gradient checks) must find it as it was."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 def device_inputs(device: torch.device) -> tuple:
     """`transfer_face`'s arguments for a synthetic frame, every tensor on `device`: the
     default model at its mean identity, frontal, 700 mm away in a 320 px frame, rendered
