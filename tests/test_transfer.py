@@ -641,8 +641,8 @@ def test_the_compiled_vote_and_lit_pair_are_their_numpy_formulas() -> None:
     luma = ((pair[..., :3] + 1e-3) / (pair[..., 3:] + 1e-3)) @ LUMA
     off = np.log(np.maximum(luma, 1e-6) / np.float32(0.8))
     expected = weight * (off < np.log(2.0)) * (off > -np.log(2.0))
-    got = _voting(pair, weight, LUMA, np.float32(0.8), np.float32(np.log(2.0)),
-                  np.float32(-np.log(2.0)))
+    got = _voting(pair, weight, LUMA, np.float32(0.8), float(np.log(2.0)),
+                  float(-np.log(2.0)))
     assert 0 < (got > 0).sum() < got.size
     assert np.array_equal(got, expected)
 

@@ -255,8 +255,8 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     # what is not skin on either side (a fringe, a shadow the shading does not explain, a
     # highlight) has a ratio far from the face's: it does not vote
     luma_overall = float(overall @ LUMA)
-    w = _voting(pair, w, LUMA, np.float32(luma_overall), np.float32(np.log(max_brighten)),
-                np.float32(-np.log(max_spread)))
+    w = _voting(pair, w, LUMA, np.float32(luma_overall), float(np.log(max_brighten)),
+                float(-np.log(max_spread)))
     base = overall
     if light != 1.0:
         overall = overall * np.float32(max(luma_overall, 1e-6) ** (light - 1.0))
@@ -298,10 +298,11 @@ def _lit_pair(source: np.ndarray, actor: np.ndarray, s_light: np.ndarray,
 
 @numba.njit(cache=True, nogil=True)
 def _voting(pair: np.ndarray, weight: np.ndarray, luma: np.ndarray, overall: np.float32,
-            high: np.float32, low: np.float32) -> np.ndarray:  # pragma: no cover - compiled
+            high: float, low: float) -> np.ndarray:  # pragma: no cover - compiled
     """The weight (H x W) left where the log of the pixel's lightness ratio ((s + 1e-3) /
     (a + 1e-3) through `luma`; `pair`: H x W x 6 source, actor) over `overall` lies
-    between `low` and `high`, 0 elsewhere; float32 as numpy."""
+    between `low` and `high`, 0 elsewhere; float32 as numpy (the limits float64, as numpy
+    compares a float32 array with np.log's float64)."""
     h, w = weight.shape
     out = np.empty((h, w), np.float32)
     eps, tiny, zero = np.float32(1e-3), np.float32(1e-6), np.float32(0.0)
