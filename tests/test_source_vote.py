@@ -172,3 +172,40 @@ def test_a_light_skin_brightened_for_a_brighter_clip_is_not_cut_at_one(model, tm
     # the source is the lighter: its ratio to the actor is above one, not cut to it
     ratio = np.median(srgb_to_linear(source) / np.maximum(srgb_to_linear(actor), 1e-4), 0)
     assert ratio.min() > 1.2, ratio
+
+
+def test_a_light_coloured_patch_is_tempered_and_the_skins_own_colour_kept(model, places) -> None:
+    """A red-orange patch (light through the skin in a shadowed fold) far off the skin's
+    colour comes back nearer it at the same lightness; a mildly redder cheek is kept."""
+    from morph3d.composite.colour import LUMA, srgb_to_linear
+    from morph3d.swap.albedo import CHROMA_SLOPE, CHROMA_SPREAD, tempered_chroma
+
+    pos, covered, left, right, iod = places
+    skin = uv_vertex_mask(model, model.region("face_skin") & ~model.region("lips"), T) & covered
+    texture = skin_texture()
+    below_left_eye = np.linalg.norm(pos[..., :2] - (left[:2] + [0.0, -0.6 * iod]), axis=-1)
+    below_right_eye = np.linalg.norm(pos[..., :2] - (right[:2] + [0.0, -0.6 * iod]), axis=-1)
+    patch = skin & (below_left_eye < 0.2 * iod)
+    cheek = skin & (below_right_eye < 0.2 * iod)
+    texture[patch] *= np.float32([1.25, 0.8, 0.6])  # far redder: log R/G +0.8 in linear
+    texture[cheek] *= np.float32([1.03, 0.99, 0.98])  # a little redder
+    confidence = np.ones((T, T, 1), np.float32)
+    factor = np.full((model.num_vertices, 3), 0.9, np.float32)  # the albedo: texture x 0.9
+    out = tempered_chroma(model, texture, confidence, factor)
+
+    def chroma(tex: np.ndarray) -> np.ndarray:
+        linear = srgb_to_linear(np.clip(tex * 0.9, 0, 1))
+        logs = np.log(linear)
+        return np.stack([logs[..., 0] - logs[..., 1], logs[..., 2] - logs[..., 1]], -1)
+
+    median = np.median(chroma(texture)[skin], 0)
+    before = np.linalg.norm(chroma(texture)[patch] - median, axis=-1)
+    after = np.linalg.norm(chroma(out)[patch] - median, axis=-1)
+    assert np.median(before) > 0.6
+    expected = CHROMA_SPREAD + (before - CHROMA_SPREAD) * CHROMA_SLOPE
+    assert np.allclose(after, expected, atol=0.03)
+    luma = (srgb_to_linear(np.clip(out * 0.9, 0, 1)) @ LUMA)[patch]
+    assert np.allclose(luma, (srgb_to_linear(np.clip(texture * 0.9, 0, 1)) @ LUMA)[patch],
+                       rtol=0.02)
+    assert np.allclose(out[cheek], texture[cheek], atol=1e-4)  # within the skin's own spread
+    assert np.array_equal(out[~skin], texture[~skin])

@@ -8,7 +8,8 @@ in the same convention, and the source's shape at the actor's size and place.
 - The source's albedo: the source fit's UV texture times `source_albedo_factor`, which puts
   it under the same kind of shading model the clip's frames are divided by; what on the
   photo is not its skin (highlights, occluders' colours, glasses) does not vote
-  (`source_skin_vote`).
+  (`source_skin_vote`), and skin coloured far off its median by light (a shadowed fold's
+  red) is brought nearer it (`tempered_chroma`).
 - The two pictures' exposures: half their ratio (`scene_levels`: the photo's, the clip's
   median) is taken off the source's albedo, so a photo's brightness does not pass into the
   clip as the skin's; into a black-and-white clip the source's albedo goes in grey, and a
@@ -232,6 +233,15 @@ def uv_triangle_ids(model, size: int) -> np.ndarray:
         return canvas
 
     return _cached(model, ("triangle_ids", size), make)
+
+
+def uv_triangle_values(model, values: np.ndarray, size: int) -> np.ndarray:
+    """T x T x C: per-vertex `values` (V x C) on the UV raster, each texel the mean over its
+    triangle's three vertices (1 where no triangle lies)."""
+    ids = uv_triangle_ids(model, size)
+    per_triangle = np.asarray(values, np.float32)[np.asarray(model.data.triangles)].mean(1)
+    return np.where((ids >= 0)[..., None], per_triangle[np.maximum(ids, 0)], 1.0
+                    ).astype(np.float32)
 
 
 def uv_vertex_mask(model, vertices: np.ndarray, size: int) -> np.ndarray:
@@ -599,6 +609,46 @@ def with_actor_colour(model, texture: np.ndarray, actor: np.ndarray,
     return linear_to_srgb(np.clip(grey[..., None] * chroma, 0.0, 1.0)).astype(np.float32)
 
 
+# How far (log R/G, log B/G) the photo's skin colour may stray from its median before its
+# stray is compressed, and the slope beyond: the spread of a face's own colour (cheeks, nose,
+# the beard's shadow) stays, the excess is mostly light.
+CHROMA_SPREAD = 0.2
+CHROMA_SLOPE = 0.3
+
+
+def tempered_chroma(model, texture: np.ndarray, confidence: np.ndarray, factor: np.ndarray,
+                    spread: float = CHROMA_SPREAD, slope: float = CHROMA_SLOPE) -> np.ndarray:
+    """The source texture (T x T x 3, sRGB-encoded; its albedo is texture x the per-vertex
+    `factor`) with each face-skin texel's chromaticity kept within about `spread` of the
+    skin's median: beyond it the distance grows at `slope` only; lightness is kept.
+
+    A photo's skin colour strays far from its median where light, not skin, coloured it:
+    the red of light through the skin in a shadowed fold or under the nose, a coloured wall's
+    bounce on the shadow side. The shading model divides out lightness, not that colour, so
+    the ratio would paint it on the actor as a saturated patch (red-orange beside the mouth)."""
+    from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
+
+    size = texture.shape[0]
+    scale = uv_triangle_values(model, factor, size)
+    linear = srgb_to_linear(np.clip(np.asarray(texture, np.float32) * scale, 0.0, 1.0))
+    conf = np.clip(np.asarray(confidence, np.float32).reshape(size, size, -1)[..., 0], 0, 1)
+    skin = uv_vertex_mask(model, model.region("face_skin") & ~model.region("lips"), size)
+    if (skin & (conf >= 0.5)).sum() < 20:
+        return texture
+    logs = np.log(np.maximum(linear, 1e-4))
+    chroma = np.stack([logs[..., 0] - logs[..., 1], logs[..., 2] - logs[..., 1]], -1)
+    stray = chroma - np.median(chroma[skin & (conf >= 0.5)], 0)
+    far = np.linalg.norm(stray, axis=-1, keepdims=True)
+    kept = np.where(far > spread, stray * (spread + (far - spread) * slope)
+                    / np.maximum(far, 1e-6), stray)
+    moved = np.where(skin[..., None], kept - stray, 0.0)
+    gains = np.exp(np.stack([moved[..., 0], np.zeros(moved.shape[:2]), moved[..., 1]], -1))
+    moved_linear = linear * gains
+    moved_linear *= ((linear @ LUMA) / np.maximum(moved_linear @ LUMA, 1e-6))[..., None]
+    tempered = linear_to_srgb(np.clip(moved_linear, 0.0, 1.0)) / np.maximum(scale, 1e-4)
+    return np.where(skin[..., None], tempered, texture).astype(np.float32)
+
+
 def colourless(texture: np.ndarray, factor: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A source albedo (T x T x 3 texture, V x 3 per-vertex factor) made grey: each texel and
     each vertex's factor replaced by its luma-weighted mean, the same in every channel."""
@@ -843,6 +893,8 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
     if photo_levels.exposure > 0 and photo_levels.colour < MONOCHROME_LEVELS and not grey_clip:
         texture, factor = colourless(texture, factor)
         texture = with_actor_colour(model, texture, actor, actor_confidence)
+    elif not grey_clip:
+        texture = tempered_chroma(model, texture, confidence, factor)
     # one gain on both sides: their ratio stays, no channel of either is cut at 1
     gain = np.float32(headroom_gain(model, texture, confidence, factor, actor,
                                     actor_confidence))
