@@ -491,3 +491,21 @@ def test_an_inset_feather_reads_only_the_inside_distance_and_gives_the_same_edge
             expected = _gaussian_edge(_signed_distance(m), inset * sigma, sigma)
             got = _feather(m > 0, inset * sigma, sigma)
             assert np.array_equal(got, expected) and not got[m == 0].any()
+
+
+def test_face_measures_are_computed_once_and_cannot_be_altered() -> None:
+    """The eye centres, IOD and axes are read dozens of times a frame: each is made once per
+    geometry, read-only, and equal to its formula."""
+    rng = np.random.default_rng(2)
+    ibug = rng.uniform(100, 300, (68, 2))
+    g = face_geometry({"ibug68": ibug})
+    centres = np.stack([ibug[36:42].mean(0), ibug[42:48].mean(0)])
+    assert g.eye_centres is g.eye_centres and np.array_equal(g.eye_centres, centres)
+    assert g.iod == max(float(np.linalg.norm(centres[1] - centres[0])), 1.0)
+    assert g.up is g.up and g.x_axis is g.x_axis
+    assert abs(float(g.up @ g.x_axis)) < 1e-12
+    for value in (g.eye_centres, g.up, g.x_axis):
+        with pytest.raises(ValueError):
+            value += 1.0
+    shifted = g.shifted(np.array([5.0, -3.0]))
+    assert np.allclose(shifted.eye_centres, centres + [5.0, -3.0])

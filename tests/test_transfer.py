@@ -712,3 +712,37 @@ def test_the_compiled_crop_fields_are_their_numpy_formulas() -> None:
     for name, a, b in zip(("covered", "flow", "inner", "face", "skin", "albedo", "trust"),
                           got, (covered, flow, inner, face, skin, albedo, trust), strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b), name
+
+
+def test_the_compiled_surface_lookup_is_torchs_interpolate_and_texture() -> None:
+    """`surface_lookup` gives render.ops' interpolate and bilinear texture lookup bit for bit
+    on the model's own raster, uv seams and the texture's border included."""
+    from fitting.params import CameraParams
+    from fitting.photo import FRONT
+    from fitting.pose import axis_angle
+    from morph3d.model.registry import load_model
+    from morph3d.swap.transfer import surface_lookup
+    from render.backends import rasterize
+    from render.ops import interpolate, interpolate_sparse, scatter_pixels, texture_sparse
+
+    torch.set_grad_enabled(False)
+    model = load_model("default")
+    verts = model.vertices(torch.zeros(1, model.num_identity),
+                           torch.zeros(1, model.num_expression))
+    cam = CameraParams.default_for(120, 96, 300.0).to_camera(
+        axis_angle(FRONT), np.float32([0.0, 10.0, 700.0]))
+    raster = rasterize(cam.to_clip(verts), model.triangles, (96, 120), backend="torch")
+    rng = np.random.default_rng(3)
+    per_vertex = torch.from_numpy(rng.uniform(-500, 900, (verts.shape[1], 7))
+                                  .astype(np.float32))
+    texture = torch.from_numpy(rng.random((64, 48, 5), np.float32))
+    uv = model.uv_coords.clone()
+    uv[:50] = torch.from_numpy(rng.uniform(-0.2, 1.2, (50, 2)).astype(np.float32))  # borders
+    attrs, tex = surface_lookup(per_vertex, raster, uv, model.uv_triangles, texture)
+    want_attrs = interpolate(per_vertex, raster)[0].numpy()
+    looked = texture_sparse(texture, interpolate_sparse(uv, raster, model.uv_triangles),
+                            raster.pixel_batch())
+    want_tex = scatter_pixels(looked, raster)[0].numpy()
+    assert raster.pixel_index.numel() > 2000
+    assert attrs.dtype == tex.dtype == np.float32
+    assert np.array_equal(attrs, want_attrs) and np.array_equal(tex, want_tex)

@@ -4,6 +4,7 @@ by the inter-ocular distance, and the features expected not to look like skin.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -83,31 +84,39 @@ class FaceGeometry:
             return self.mesh[list(MP_EYE_IMAGE_LEFT)], self.mesh[list(MP_EYE_IMAGE_RIGHT)]
         return self.ibug[36:42], self.ibug[42:48]
 
-    @property
+    # The measures below are read dozens of times per frame by the masks and occluder tests;
+    # the points do not change after construction, so each is computed once per instance
+    # (arrays read-only, so no caller can alter the cached value).
+    @functools.cached_property
     def eye_centres(self) -> np.ndarray:
         """(2, 2): centres of the image-left and image-right eyes."""
-        return np.stack([self.ibug[36:42].mean(0), self.ibug[42:48].mean(0)])
+        centres = np.stack([self.ibug[36:42].mean(0), self.ibug[42:48].mean(0)])
+        centres.flags.writeable = False
+        return centres
 
-    @property
+    @functools.cached_property
     def iod(self) -> float:
         """Inter-ocular distance (eye centre to eye centre) in pixels: the face's size unit."""
         left, right = self.eye_centres
         return max(float(np.linalg.norm(right - left)), 1.0)
 
-    @property
+    @functools.cached_property
     def x_axis(self) -> np.ndarray:
         """Unit vector from the image-left eye to the image-right eye."""
         left, right = self.eye_centres
         d = right - left
-        return d / max(float(np.linalg.norm(d)), 1e-9)
+        d = d / max(float(np.linalg.norm(d)), 1e-9)
+        d.flags.writeable = False
+        return d
 
-    @property
+    @functools.cached_property
     def up(self) -> np.ndarray:
         """Unit vector towards the top of the head (perpendicular to the eye line)."""
         x = self.x_axis
         up = np.array([x[1], -x[0]])
         if np.dot(up, self.eye_centres.mean(0) - self.ibug[48:60].mean(0)) < 0:
             up = -up
+        up.flags.writeable = False
         return up
 
     @property

@@ -402,6 +402,80 @@ def _crop_fields(attrs: np.ndarray, raster_covered: np.ndarray, tex: np.ndarray,
     return covered, flow, inner, face, skin, albedo, trust
 
 
+def surface_lookup(per_vertex, raster, uv_coords, uv_triangles, textures
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`render.ops`' interpolate of `per_vertex` (V x C float32 torch, CPU) and bilinear
+    texture lookup of `textures` (T x T x K) at the interpolated `uv_coords` over one
+    raster's covered pixels, dense H x W x C and H x W x K float32 numpy (0 off the
+    surface): the same float32 arithmetic as torch's interpolate and `grid_sample`
+    (border padding, align_corners False) in one compiled pass, fused multiply-adds where
+    torch's vectorised CPU kernels use them (on a CPU without FMA torch rounds some sums
+    differently, by an ulp)."""
+    import torch
+
+    h, w = raster.size
+    bary = raster.pixel_barycentrics.detach()
+    attrs = np.zeros((h, w, per_vertex.shape[1]), np.float32)
+    tex = np.zeros((h, w, textures.shape[-1]), np.float32)
+    _lookup(per_vertex.detach().to(torch.float32).contiguous().numpy(),
+            raster.triangles.numpy(), uv_coords.detach().float().contiguous().numpy(),
+            uv_triangles.numpy(), textures.detach().float().contiguous().numpy(),
+            raster.pixel_index.numpy(), raster.pixel_triangle.numpy(),
+            bary.float().numpy(), attrs.reshape(h * w, -1), tex.reshape(h * w, -1))
+    return attrs, tex
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _fma(a: np.float32, b: np.float32, c: np.float32) -> np.float32:  # pragma: no cover
+    """a b + c rounded once to float32, as torch's addcmul forms it: the float32 product is
+    exact in float64 (the sum's one float64 rounding before float32's differs from a fused
+    one only in ties far rarer than one a frame)."""
+    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+
+
+@numba.njit(cache=True, nogil=True)
+def _lookup(attr: np.ndarray, tris: np.ndarray, uv: np.ndarray, uv_tris: np.ndarray,
+            image: np.ndarray, pixel_index: np.ndarray, pixel_triangle: np.ndarray,
+            bary: np.ndarray, out: np.ndarray, tex: np.ndarray) -> None:  # pragma: no cover
+    """`surface_lookup`'s pass: per covered pixel m, out[pixel] = b0 a0 + b1 a1 + b2 a2
+    (summed in that order with fused multiply-adds, as torch's interpolate) and tex[pixel]
+    the bilinear texel mix at the pixel's uv, weights and sum as `grid_sample` forms them
+    (a neighbour past the texture's last row or column weighs nothing; the texture must be
+    finite)."""
+    th, tw = image.shape[0], image.shape[1]
+    one, two, half, zero = np.float32(1.0), np.float32(2.0), np.float32(0.5), np.float32(0.0)
+    sx, sy = np.float32(tw / 2), np.float32(th / 2)
+    mx, my = np.float32(tw - 1), np.float32(th - 1)
+    for m in range(pixel_index.shape[0]):
+        p, t = pixel_index[m], pixel_triangle[m]
+        b0, b1, b2 = bary[m, 0], bary[m, 1], bary[m, 2]
+        v0, v1, v2 = tris[t, 0], tris[t, 1], tris[t, 2]
+        for c in range(attr.shape[1]):
+            out[p, c] = _fma(b2, attr[v2, c], _fma(b1, attr[v1, c], b0 * attr[v0, c]))
+        u0, u1, u2 = uv_tris[t, 0], uv_tris[t, 1], uv_tris[t, 2]
+        u = _fma(b2, uv[u2, 0], _fma(b1, uv[u1, 0], b0 * uv[u0, 0]))
+        v = _fma(b2, uv[u2, 1], _fma(b1, uv[u1, 1], b0 * uv[u0, 1]))
+        x = _fma((u * two - one) + one, sx, -half)
+        y = _fma((one - v * two) + one, sy, -half)
+        x = min(mx, max(x, zero))
+        y = min(my, max(y, zero))
+        xw, yn = np.floor(x), np.floor(y)
+        we = x - xw
+        ea = one - we
+        n = y - yn
+        s = one - n
+        nw, ne, sw, se = s * ea, s * we, n * ea, n * we
+        # past the last row or column the position is on it and the neighbour's weight is
+        # 0: the texel there (finite) times 0 adds the 0 grid_sample's mask gives
+        i, j = int(yn), int(xw)
+        i1, j1 = min(i + 1, th - 1), min(j + 1, tw - 1)
+        for c in range(image.shape[2]):
+            a = image[i, j, c] * nw
+            a = _fma(image[i, j1, c], ne, a)
+            a = _fma(image[i1, j, c], sw, a)
+            tex[p, c] = _fma(image[i1, j1, c], se, a)
+
+
 def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) -> np.ndarray:
     """Bool H x W: the convex hull of both faces' outlines (jaw, brows lifted by
     `forehead_margin` IOD), `composite.FaceGeometry`s in the same pixel frame."""
@@ -671,10 +745,14 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         verts[1:], tris.to(torch.int64))[0]) * torch.tensor([1.0, -1.0, -1.0]).to(actor_px)
     per_vertex = torch.cat([actor_px, region_channels.to(actor_px), normals[:, 2:],
                             source_factor.to(actor_px)], 1)
-    attrs = interpolate(per_vertex, raster)[0].cpu().numpy()
-    uv = interpolate_sparse(model.uv_coords.to(actor_px), raster, model.uv_triangles)
-    looked = texture_sparse(textures.to(actor_px), uv, raster.pixel_batch())
-    tex = scatter_pixels(looked, raster)[0].cpu().numpy()
+    if per_vertex.device.type == "cpu":  # one compiled pass, no M x C temporaries
+        attrs, tex = surface_lookup(per_vertex, raster, model.uv_coords, model.uv_triangles,
+                                    textures)
+    else:
+        attrs = interpolate(per_vertex, raster)[0].cpu().numpy()
+        uv = interpolate_sparse(model.uv_coords.to(actor_px), raster, model.uv_triangles)
+        looked = texture_sparse(textures.to(actor_px), uv, raster.pixel_batch())
+        tex = scatter_pixels(looked, raster)[0].cpu().numpy()
     # Surface that faces away (the inside of the neck's far wall, seen through its open end)
     # has no place in the warp: its flow is filled in from the front surface around it.
     x0, y0, side = box
