@@ -409,6 +409,74 @@ def _pack_table(ox, oy, a0, a1, a2, b0, b1, b2, c0, c1, c2, za, zb, zc):
     return t
 
 
+@_jit
+def _plane_table_kernel(sx, sy, iw, zw, tris, pixel_index, pixel_triangle, HW, B, V, W, H):
+    """The plane table of `barycentric_fields` (N x 14, float64, the same operations in the
+    same order) for the triangle instances that own a pixel, in instance order, and each
+    pixel's row in it. sx, sy, iw, zw: flattened B*V screen values of the culled-safe clip."""
+    F = tris.shape[0]
+    n_inst = B * F
+    compact = np.full(n_inst, -1, dtype=np.int64)
+    for m in range(pixel_index.shape[0]):
+        compact[pixel_triangle[m] + (pixel_index[m] // HW) * F] = 0
+    n = 0
+    for i in range(n_inst):
+        if compact[i] == 0:
+            compact[i] = n
+            n += 1
+    rows = np.empty(pixel_index.shape[0], dtype=np.int64)
+    for m in range(pixel_index.shape[0]):
+        rows[m] = compact[pixel_triangle[m] + (pixel_index[m] // HW) * F]
+    t = np.empty((n, 14), dtype=np.float64)
+    for inst in range(n_inst):
+        r = compact[inst]
+        if r < 0:
+            continue
+        f = inst % F
+        off = (inst // F) * V
+        c0, c1, c2 = tris[f, 0] + off, tris[f, 1] + off, tris[f, 2] + off
+        x0, x1, x2 = sx[c0], sx[c1], sx[c2]
+        y0, y1, y2 = sy[c0], sy[c1], sy[c2]
+        ox = np.rint(min(max((x0 + x1 + x2) / 3.0, -float(W)), 2.0 * W))
+        oy = np.rint(min(max((y0 + y1 + y2) / 3.0, -float(H)), 2.0 * H))
+        x0, x1, x2 = x0 - ox, x1 - ox, x2 - ox
+        y0, y1, y2 = y0 - oy, y1 - oy, y2 - oy
+        ea0, ea1, ea2 = y1 - y2, y2 - y0, y0 - y1
+        eb0, eb1, eb2 = x2 - x1, x0 - x2, x1 - x0
+        ec0, ec1, ec2 = x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0
+        area2 = ec0 + ec1 + ec2
+        inv_area = 1.0 / (1.0 if area2 == 0.0 else area2)
+        s0, s1, s2 = iw[c0] * inv_area, iw[c1] * inv_area, iw[c2] * inv_area
+        z0, z1, z2 = zw[c0], zw[c1], zw[c2]
+        t[r, 0], t[r, 1], t[r, 2] = ea0 * s0, ea1 * s1, ea2 * s2
+        t[r, 3], t[r, 4], t[r, 5] = eb0 * s0, eb1 * s1, eb2 * s2
+        t[r, 6], t[r, 7], t[r, 8] = ec0 * s0, ec1 * s1, ec2 * s2
+        t[r, 9] = (ea0 * z0 + ea1 * z1 + ea2 * z2) * inv_area
+        t[r, 10] = (eb0 * z0 + eb1 * z1 + eb2 * z2) * inv_area
+        t[r, 11] = (ec0 * z0 + ec1 * z1 + ec2 * z2) * inv_area
+        t[r, 12], t[r, 13] = ox, oy
+    return t, rows
+
+
+def barycentrics_no_grad(sx: torch.Tensor, sy: torch.Tensor, inv_w: torch.Tensor,
+                         zw: torch.Tensor, triangles: torch.Tensor, H: int, W: int,
+                         pixel_index: torch.Tensor, pixel_triangle: torch.Tensor,
+                         dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """`barycentric_fields` without autograd (CPU float64 screen values B x V): its planes and
+    their per-pixel evaluation in two compiled passes, the same numbers as its torch ops and
+    `BarycentricEval` -> (bary 3 x M, depth M) in `dtype`."""
+    B, V = sx.shape
+    table, rows = _plane_table_kernel(
+        *(v.reshape(-1).contiguous().numpy() for v in (sx, sy, inv_w, zw)),
+        triangles.contiguous().numpy(), pixel_index.contiguous().numpy(),
+        pixel_triangle.contiguous().numpy(), H * W, B, V, W, H)
+    M = pixel_index.shape[0]
+    bary = np.empty((3, M), dtype=np.float64)
+    depth = np.empty(M, dtype=np.float64)
+    _bary_forward(table, pixel_index.contiguous().numpy(), rows, H * W, W, bary, depth)
+    return torch.from_numpy(bary).to(dtype), torch.from_numpy(depth).to(dtype)
+
+
 class BarycentricEval(torch.autograd.Function):
     """Per-pixel evaluation of the planes of `barycentric_fields` -> (bary 3 x M, depth M)
     in `dtype`: one compiled pass each way instead of ~30 tensor ops (and their backward).

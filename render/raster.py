@@ -370,7 +370,8 @@ def barycentric_fields(
     ~W * 6e-8 px, i.e. up to ~1e-4 in the weights of slivers).
     The barycentrics come back as a transposed view of a 3 x M tensor (columns contiguous).
     On CPU with numba the per-pixel part (both directions) is one compiled pass
-    (`render.kernels.BarycentricEval`, float64 arithmetic).
+    (`render.kernels.BarycentricEval`, float64 arithmetic); with nothing to differentiate the
+    planes are too (`render.kernels.barycentrics_no_grad`, the same numbers).
     """
     B = clip.shape[0]
     F = triangles.shape[0]
@@ -384,6 +385,14 @@ def barycentric_fields(
     sx = (c[..., 0] * inv_w + 1) * (W * 0.5) - 0.5
     sy = (c[..., 1] * inv_w + 1) * (H * 0.5) - 0.5
     zw = c[..., 2] * inv_w
+    if (c.device.type == "cpu" and kernels_available()
+            and not (torch.is_grad_enabled() and clip.requires_grad)):
+        # nothing to differentiate: the planes too in one compiled pass
+        from render.kernels import barycentrics_no_grad  # noqa: PLC0415
+
+        bary, depth = barycentrics_no_grad(sx, sy, inv_w, zw, triangles, H, W, pixel_index,
+                                           pixel_triangle, out_dtype)
+        return bary.t(), depth
     # Planes only for the U (batch, triangle) instances that own a pixel (about 40 % of a
     # head's triangles are visible), per corner as contiguous (U,) tensors gathered from
     # the flattened B*V vertex values (cheap 1-D gathers, no U x 3 reductions).

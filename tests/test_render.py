@@ -649,3 +649,32 @@ def test_compiled_kernels_match_the_pure_torch_path(monkeypatch):
     for a, b in zip(fast_grads, pure_grads, strict=True):
         assert a.abs().sum() > 0
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * b.abs().max())
+
+
+@pytest.mark.skipif(not HAVE_KERNELS, reason="numba missing: no compiled planes")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_planes_without_autograd_are_the_differentiable_ones_bit_for_bit(head, monkeypatch,
+                                                                         dtype):
+    """With nothing to differentiate, `barycentric_fields` computes its planes in the
+    compiled pass (`barycentrics_no_grad`), giving the torch planes' numbers exactly, in a
+    batch too (culled vertices behind the eye included)."""
+    import render.kernels
+
+    H, W = 48, 64
+    clips = torch.cat([posed_camera(W, H, p).to_clip(head.vertices)
+                       for p in ((0.0, 0.0, 0.0), (0.0, 0.8, 0.1))]).to(dtype)
+    clips[1, :5, 3] = -1.0  # behind the eye: culled
+    calls = []
+    compiled = render.kernels.barycentrics_no_grad
+    monkeypatch.setattr(render.kernels, "barycentrics_no_grad",
+                        lambda *a: calls.append(1) or compiled(*a))
+    with torch.no_grad():
+        fast = rasterize(clips, head.triangles, (H, W), backend="torch")
+    slow = rasterize(clips.clone().requires_grad_(True), head.triangles, (H, W),
+                     backend="torch")
+    assert calls == [1]
+    assert fast.pixel_index.numel() > 500
+    assert torch.equal(fast.pixel_index, slow.pixel_index)
+    assert fast.pixel_barycentrics.dtype == dtype
+    assert torch.equal(fast.pixel_barycentrics, slow.pixel_barycentrics.detach())
+    assert torch.equal(fast.pixel_depth, slow.pixel_depth.detach())
