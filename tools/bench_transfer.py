@@ -103,8 +103,14 @@ class Snapshot:
                    and (ROOT / p).exists()]
         composite = [p for p in git("ls-tree", "--name-only", f"{commit}:morph3d/composite")
                      .split() if p.endswith(".py") and p != "__init__.py"]
+        # a changed renderer module is taken with the whole package: its modules bind each
+        # other's names at import and at call time, so one side must not mix both commits
+        render = ([p for p in git("ls-tree", "--name-only", f"{commit}:render").split()
+                   if p.endswith(".py") and p != "__init__.py"]
+                  if any(p.startswith("render/") for p in changed) else [])
         self.paths = sorted(set(SNAPSHOT_MODULES) | set(changed)
-                            | {f"morph3d/composite/{p}" for p in composite})
+                            | {f"morph3d/composite/{p}" for p in composite}
+                            | {f"render/{p}" for p in render})
         # a fresh folder per commit: numba's on-disk cache of the snapshot's kernels must
         # not outlive the files it was compiled from
         sha = git("rev-parse", commit).strip()
