@@ -47,6 +47,7 @@ import math
 
 import cv2
 import numba
+import numba.extending
 import numpy as np
 
 from morph3d.composite.blend import picture_bounds
@@ -425,12 +426,20 @@ def surface_lookup(per_vertex, raster, uv_coords, uv_triangles, textures
     return attrs, tex
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _fma(a: np.float32, b: np.float32, c: np.float32) -> np.float32:  # pragma: no cover
-    """a b + c rounded once to float32, as torch's addcmul forms it: the float32 product is
-    exact in float64 (the sum's one float64 rounding before float32's differs from a fused
-    one only in ties far rarer than one a frame)."""
-    return np.float32(np.float64(a) * np.float64(b) + np.float64(c))
+@numba.extending.intrinsic
+def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
+    """a b + c (float32) rounded once, LLVM's fma: as torch's vectorised addcmul and
+    grid_sample form it (one instruction where the CPU has FMA)."""
+    from llvmlite import ir
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fma = builder.module.declare_intrinsic("llvm.fma", [f32],
+                                               ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fma, [context.cast(builder, v, t, numba.float32)
+                                  for v, t in zip(args, signature.args, strict=True)])
+
+    return numba.float32(a, b, c), codegen
 
 
 @numba.njit(cache=True, nogil=True)
