@@ -258,6 +258,17 @@ def uv_vertex_mask(model, vertices: np.ndarray, size: int) -> np.ndarray:
     return canvas.astype(bool)
 
 
+def face_skin_texels(model, size: int) -> np.ndarray:
+    """T x T bool: the face skin's texels less the lips (`uv_vertex_mask`), cached per model
+    and size; read-only."""
+    def make() -> np.ndarray:
+        mask = uv_vertex_mask(model, model.region("face_skin") & ~model.region("lips"), size)
+        mask.flags.writeable = False
+        return mask
+
+    return _cached(model, ("face_skin_texels", size), make)
+
+
 def uv_positions(model, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(T x T x 3 mean-face position in mm, T x T bool: a triangle covers the texel) on the
     renderer's UV raster (T = `size`, row 0 is v = 1), each triangle's texels at its
@@ -601,7 +612,7 @@ def with_actor_colour(model, texture: np.ndarray, actor: np.ndarray,
     actor_linear = srgb_to_linear(np.asarray(actor, np.float32))
     chroma = actor_linear / np.maximum(actor_linear @ LUMA, 1e-4)[..., None]
     conf = np.clip(np.asarray(actor_confidence, np.float32).reshape(size, size), 0.0, 1.0)
-    skin = uv_vertex_mask(model, model.region("face_skin") & ~model.region("lips"), size)
+    skin = face_skin_texels(model, size)
     seen = skin & (conf >= 0.5)
     typical = (np.median(chroma[seen], 0) if seen.sum() >= 20 else np.ones(3, np.float32))
     chroma = conf[..., None] * chroma + (1.0 - conf[..., None]) * typical
@@ -632,7 +643,7 @@ def tempered_chroma(model, texture: np.ndarray, confidence: np.ndarray, factor: 
     scale = uv_triangle_values(model, factor, size)
     linear = srgb_to_linear(np.clip(np.asarray(texture, np.float32) * scale, 0.0, 1.0))
     conf = np.clip(np.asarray(confidence, np.float32).reshape(size, size, -1)[..., 0], 0, 1)
-    skin = uv_vertex_mask(model, model.region("face_skin") & ~model.region("lips"), size)
+    skin = face_skin_texels(model, size)
     if (skin & (conf >= 0.5)).sum() < 20:
         return texture
     logs = np.log(np.maximum(linear, 1e-4))
