@@ -485,12 +485,17 @@ def _lookup(attr: np.ndarray, tris: np.ndarray, uv: np.ndarray, uv_tris: np.ndar
             tex[p, c] = _fma(image[i1, j1, c], se, a)
 
 
-def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) -> np.ndarray:
-    """Bool H x W: the convex hull of both faces' outlines (jaw, brows lifted by
-    `forehead_margin` IOD), `composite.FaceGeometry`s in the same pixel frame."""
+def _hull(actor, swapped, forehead_margin: float) -> np.ndarray:
+    """The convex hull of both faces' outlines (jaw, brows lifted by `forehead_margin` IOD)
+    in 1/16 pixels (OpenCV's `shift` 4), `composite.FaceGeometry`s in the same pixel frame."""
     points = np.concatenate([actor.face_polygon(forehead_margin),
                              swapped.face_polygon(forehead_margin)])
-    hull = cv2.convexHull(np.round(points * 16).astype(np.int32))
+    return cv2.convexHull(np.round(points * 16).astype(np.int32))
+
+
+def face_hull(actor, swapped, shape: tuple[int, int], forehead_margin: float) -> np.ndarray:
+    """Bool H x W: `_hull` filled (the whole window's reference for `hull_distance`)."""
+    hull = _hull(actor, swapped, forehead_margin)
     mask = np.zeros(shape, np.uint8)
     cv2.fillConvexPoly(mask, hull, 1, lineType=cv2.LINE_8, shift=4)
     return mask.astype(bool)
@@ -504,9 +509,7 @@ def hull_distance(actor, swapped, shape: tuple[int, int], forehead_margin: float
     Measured only over the hull's bounding box grown by `reach`: a chamfer distance's
     shortest path runs monotonically from the pixel to its nearest hull pixel, inside the
     box holding both, so the box gives the whole window's distances there."""
-    points = np.concatenate([actor.face_polygon(forehead_margin),
-                             swapped.face_polygon(forehead_margin)])
-    hull = cv2.convexHull(np.round(points * 16).astype(np.int32))
+    hull = _hull(actor, swapped, forehead_margin)
     h, w = shape
     far = np.float32(max(reach, 0.0) + 1.0)
     out = np.full(shape, far, np.float32)
