@@ -30,7 +30,7 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 
-from morph3d.composite.colour import LUMA
+from morph3d.composite.colour import LUMA, linear_to_srgb, srgb_to_linear
 from morph3d.swap.transfer import actor_non_skin
 
 
@@ -570,8 +570,6 @@ MONOCHROME_LEVELS = 1.5
 
 def scene_levels(rgb: np.ndarray) -> SceneLevels:
     """The `SceneLevels` of a uint8 RGB picture (zeros for an all-black one)."""
-    from morph3d.composite.colour import srgb_to_linear
-
     pixels = np.asarray(rgb, np.uint8).reshape(-1, 3)
     lit = pixels[pixels.max(1) > 4]
     if not len(lit):
@@ -606,8 +604,6 @@ def with_actor_colour(model, texture: np.ndarray, actor: np.ndarray,
     over with one flat skin colour. Each texel keeps its lightness and takes the actor's
     chromaticity there (linear RGB over luma), or the actor's median skin chromaticity
     where the clip did not see it, so the transfer changes lightness only."""
-    from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
-
     size = texture.shape[0]
     actor_linear = srgb_to_linear(np.asarray(actor, np.float32))
     chroma = actor_linear / np.maximum(actor_linear @ LUMA, 1e-4)[..., None]
@@ -637,8 +633,6 @@ def tempered_chroma(model, texture: np.ndarray, confidence: np.ndarray, factor: 
     the red of light through the skin in a shadowed fold or under the nose, a coloured wall's
     bounce on the shadow side. The shading model divides out lightness, not that colour, so
     the ratio would paint it on the actor as a saturated patch (red-orange beside the mouth)."""
-    from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
-
     size = texture.shape[0]
     scale = uv_triangle_values(model, factor, size)
     linear = srgb_to_linear(np.clip(np.asarray(texture, np.float32) * scale, 0.0, 1.0))
