@@ -100,6 +100,44 @@ def compress_highlights(albedo: np.ndarray, skin: np.ndarray, sigmas: float = 3.
     return np.where(over[..., None], (1.0 - blend) * scaled + blend * flat, albedo)
 
 
+class Adam:
+    """`torch.optim.Adam(params, lr)` with its defaults (betas 0.9, 0.999, eps 1e-8, no
+    weight decay), on CPU tensors: the same operations in the same order as torch's
+    single-tensor step, so the same numbers bit for bit. torch's optimizers import
+    `torch._dynamo` on first use, about 2 CPU-seconds per process, more than this fit's steps
+    cost."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, betas: tuple[float, float] = (
+            0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params, self.lr, self.betas, self.eps = list(params), float(lr), betas, float(eps)
+        self.steps = [0] * len(self.params)
+        self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                        for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format)
+                           for p in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            grad, exp_avg, exp_avg_sq = p.grad, self.exp_avg[i], self.exp_avg_sq[i]
+            self.steps[i] += 1
+            # torch counts steps in a float32 tensor and reads them back as Python floats
+            step = float(self.steps[i])
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            step_size = self.lr / (1 - beta1**step)
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+
+
 def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarray,
                              states: list[FrameState], cameras: list[CameraParams],
                              steps: int = 25, max_side: int = 256, texture_size: int | None = None,
@@ -149,7 +187,7 @@ def fit_lighting_and_texture(model, images: list[np.ndarray], identity: np.ndarr
             skin_mask = render_mesh(v_t, tris, camera, vertex_colors=skin_t,
                                     antialias=False).image[..., :1] > 0.99
         if steps > 0 and int(skin_mask.sum()) > 50:
-            opt = torch.optim.Adam([sh_t, albedo_t], lr=0.03)
+            opt = Adam([sh_t, albedo_t], lr=0.03)
             for _ in range(steps):
                 opt.zero_grad()
                 out = render_mesh(v_t, tris, camera, vertex_colors=albedo_t[None].expand(

@@ -261,6 +261,48 @@ def test_cli_no_face_is_one_line_error(tmp_path):
     assert errors == [f"morph3d: error: no face found in {blank}"], proc.stderr
 
 
+def test_lighting_adam_steps_as_torch_adam_does():
+    """The lighting fit's own Adam gives torch.optim.Adam's numbers bit for bit (a parameter
+    without a gradient skipped, as torch skips it)."""
+    import torch
+
+    def run(make):
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(9, 3, generator=gen, requires_grad=True)
+        b = torch.rand(3, generator=gen, requires_grad=True)
+        target = torch.randn(9, 3, generator=gen)
+        opt = make([a, b])
+        for k in range(25):
+            opt.zero_grad()
+            loss = torch.sqrt(((a * b - target) ** 2).sum(-1) + 1e-6).sum()
+            (loss if k % 5 else (a ** 2).sum()).backward()  # b has no grad every 5th step
+            opt.step()
+            with torch.no_grad():
+                b.clamp_(0.02, 1.0)
+        return a.detach(), b.detach()
+
+    ours = run(lambda p: FL.Adam(p, lr=0.03))
+    theirs = run(lambda p: torch.optim.Adam(p, lr=0.03))
+    assert all(torch.equal(x, y) for x, y in zip(ours, theirs, strict=True))
+    assert not torch.equal(ours[1], run(lambda p: FL.Adam(p, lr=0.01))[1])
+
+
+def test_lighting_adam_does_not_import_dynamo():
+    """torch's optimizers import torch._dynamo (seconds of CPU) on first use; the lighting
+    fit's steps do not."""
+    code = ("import sys, torch\n"
+            "from fitting.lighting import Adam\n"
+            "p = torch.zeros(3, requires_grad=True)\n"
+            "opt = Adam([p], lr=0.03)\n"
+            "(p - 1).pow(2).sum().backward()\n"
+            "opt.step()\n"
+            "assert 'torch._dynamo' not in sys.modules\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_highlights_are_toned_down_in_the_albedo():
     rng = np.random.default_rng(0)
     skin_colour = np.array([0.62, 0.45, 0.38])
