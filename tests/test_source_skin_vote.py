@@ -77,3 +77,37 @@ def test_a_skin_lit_unevenly_but_of_one_colour_votes_everywhere(model) -> None:
 def test_without_cheeks_seen_every_texel_votes(model) -> None:
     vote = source_skin_vote(model, skin_texture(), np.zeros((T, T), np.float32))
     assert np.all(vote == 1.0)
+
+
+def forehead_rows(model, low_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(T x T bool: the face's skin more than `low_mm` above the brows' line on the mean
+    face, T x T float: each texel's height in mm on the mean face, for stripes)."""
+    from morph3d.swap.albedo import above_brows, uv_triangle_values
+
+    data = model.data
+    mean = np.asarray(data.mean)
+    ibug = data.landmarks["ibug68"].positions(mean, np.asarray(data.triangles))
+    region = above_brows(mean, ibug, low_mm) & model.region("face_skin")
+    heights = uv_triangle_values(model, mean[:, 1:2].astype(np.float32), T)[..., 0]
+    return uv_vertex_mask(model, region, T), heights
+
+
+def test_a_fringe_of_hair_near_the_skins_colour_does_not_vote_bare_forehead_lines_do(
+        model) -> None:
+    """A blond fringe has the skin's hue and is darker only strand by strand: hair all the
+    same. Forehead lines, a few thin darker lines on skin, are skin."""
+    texture = skin_texture()
+    fringe, heights = forehead_rows(model, 15.0)
+    strands = np.where(np.floor(heights / 1.5) % 2 == 0, 0.62, 0.8).astype(np.float32)
+    hair = texture * strands[..., None]
+    texture_fringe = np.where(fringe[..., None], hair, texture).astype(np.float32)
+    vote = source_skin_vote(model, texture_fringe, np.ones((T, T), np.float32))
+    assert fringe.sum() > 200
+    assert (vote[fringe] < 0.5).mean() > 0.9, (vote[fringe] < 0.5).mean()
+
+    lines = texture.copy()
+    wrinkle = fringe & (np.abs(heights % 8.0 - 4.0) < 0.5)  # 1 mm lines every 8 mm
+    lines[wrinkle] *= 0.8
+    vote = source_skin_vote(model, lines, np.ones((T, T), np.float32))
+    assert wrinkle.sum() > 20
+    assert (vote[fringe] > 0.5).mean() > 0.95, (vote[fringe] > 0.5).mean()

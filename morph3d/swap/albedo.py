@@ -402,10 +402,17 @@ def glasses_cover(rings: EyeRings, strength: np.ndarray, across: np.ndarray,
     return found / counted if counted >= lower / 4 else 0.0
 
 
+# a bare forehead's albedo differs from the cheeks' by up to about this share of their
+# lightness: the floor of the spread the fringe's darkness is measured in, for a photo whose
+# cheeks are smoother than that (retouched, or rendered)
+FOREHEAD_SPREAD = 0.1
+
+
 def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
                      sigmas: float = 6.0, light_sigmas: float = 3.0, brow_mm: float = 9.0,
                      line_sigmas: float = 1.5, line_mm: tuple[float, ...] = (1.2, 2.5),
-                     glasses_share: float = 0.35) -> np.ndarray:
+                     glasses_share: float = 0.35, fringe_sigmas: float = 1.5,
+                     fringe_mm: float = 3.0, fringe_low_mm: float = 3.0) -> np.ndarray:
     """T x T weight in [0, 1]: how far each texel of the photo's albedo may vote as skin.
 
     What the photo shows on the face that is not its skin (a specular highlight the
@@ -431,6 +438,14 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
     tests: a dark frame, or brows as dark as it, do not), not as a feature. Bare
     skin's lines there (folds under the eye, crow's feet) run round the eye on one side at
     most and keep their vote.
+
+    Above the brows (more than `fringe_low_mm` above their line, the brows' band included)
+    a fringe of hair near the skin's colour (blond, light brown) is off the skin by only a
+    few sigmas strand by strand, and so is the shadow it casts: what is darker than the
+    cheeks by more than `fringe_sigmas` of their luma spread (at least `FOREHEAD_SPREAD` of
+    their luma), low-passed at `fringe_mm` (a strand's spacing), does not vote either. The
+    albedo has the photo's shading divided out: a bare forehead is about as light as the
+    cheeks.
 
     Otherwise the brows (within `brow_mm` of their line on the mean face) and the lips are
     features, not occluders, and always vote."""
@@ -481,13 +496,42 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
     light = (ycc[..., 0] - skin_model.mean[0]) / max(skin_model.std_y, 1e-6)
     off = np.maximum(np.clip((score - sigmas / 2) / (sigmas / 2), 0.0, 1.0),
                      np.clip((light - light_sigmas / 2) / (light_sigmas / 2), 0.0, 1.0))
+    # a fringe's hair, however near the skin's colour, and the shadow it casts are darker
+    # than the cheeks' skin over a strand's spacing; bare forehead skin is not
+    above = uv_vertex_mask(model, above_brows(mean, ibug, fringe_low_mm), size) & seen
+    spread = max(skin_model.std_y, FOREHEAD_SPREAD * float(skin_model.mean[0]))
+    shade = -low_pass_within(np.minimum(ycc[..., 0] - skin_model.mean[0], 0.0) / spread, above,
+                             fringe_mm * texels_per_mm)
+    fringe = np.clip((shade - fringe_sigmas / 2) / (fringe_sigmas / 2), 0.0, 1.0)
     if glasses:  # a frame's top runs along the brows: there only the colour tests hold
         brow_band = uv_vertex_mask(model, brows, size) & rings.band
         off = np.maximum(off, (rings.band & ~brow_band).astype(np.float32))
         features = features & ~rings.band
     vote = 1.0 - off
     vote[features] = 1.0
+    vote = np.minimum(vote, 1.0 - fringe)
     return vote.astype(np.float32)
+
+
+def above_brows(mean: np.ndarray, ibug: np.ndarray, margin: float) -> np.ndarray:
+    """V bool: the mean face's vertices higher than the brows' line (the 68 points 17-26,
+    mm, y up; linear between them, level beyond their ends) plus `margin` mm: the forehead
+    and the temples, where a fringe hangs."""
+    brows = ibug[17:27]
+    order = np.argsort(brows[:, 0])
+    line = np.interp(mean[:, 0], brows[order, 0], brows[order, 1])
+    return mean[:, 1] > line + margin
+
+
+def low_pass_within(values: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
+    """T x T: `values` low-passed (Gaussian, `sigma` texels) over the texels of `inside`
+    (bool) alone, 0 outside it: texels outside (the brows, what the photo did not see)
+    do not pull the low-pass at its edge."""
+    inside = np.asarray(inside, bool)
+    low = cv2.GaussianBlur(np.where(inside, values, 0.0).astype(np.float32), (0, 0), sigma)
+    share = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), sigma)
+    return np.where(inside & (share > 1e-3), low / np.maximum(share, 1e-3), 0.0
+                    ).astype(np.float32)
 
 
 def _texels_per_mm(model, size: int) -> float:
