@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from morph3d.composite.colour import LUMA, linear_to_srgb, srgb_to_linear
+from morph3d.swap.tone import normalized_blur
 from morph3d.swap.transfer import actor_non_skin
 
 
@@ -500,9 +501,11 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
     # than the cheeks' skin over a strand's spacing; bare forehead skin is not
     above = uv_vertex_mask(model, above_brows(mean, ibug, fringe_low_mm), size) & seen
     spread = max(skin_model.std_y, FOREHEAD_SPREAD * float(skin_model.mean[0]))
-    shade = -low_pass_within(np.minimum(ycc[..., 0] - skin_model.mean[0], 0.0) / spread, above,
-                             fringe_mm * texels_per_mm)
-    fringe = np.clip((shade - fringe_sigmas / 2) / (fringe_sigmas / 2), 0.0, 1.0)
+    # low-passed over the forehead alone: the brows and what the photo did not see beside it
+    # do not pull its edge
+    shade = -normalized_blur(np.minimum(ycc[..., 0] - skin_model.mean[0], 0.0) / spread,
+                             above.astype(np.float32), fringe_mm * texels_per_mm)[0]
+    fringe = np.clip((shade - fringe_sigmas / 2) / (fringe_sigmas / 2), 0.0, 1.0) * above
     if glasses:  # a frame's top runs along the brows: there only the colour tests hold
         brow_band = uv_vertex_mask(model, brows, size) & rings.band
         off = np.maximum(off, (rings.band & ~brow_band).astype(np.float32))
@@ -521,17 +524,6 @@ def above_brows(mean: np.ndarray, ibug: np.ndarray, margin: float) -> np.ndarray
     order = np.argsort(brows[:, 0])
     line = np.interp(mean[:, 0], brows[order, 0], brows[order, 1])
     return mean[:, 1] > line + margin
-
-
-def low_pass_within(values: np.ndarray, inside: np.ndarray, sigma: float) -> np.ndarray:
-    """T x T: `values` low-passed (Gaussian, `sigma` texels) over the texels of `inside`
-    (bool) alone, 0 outside it: texels outside (the brows, what the photo did not see)
-    do not pull the low-pass at its edge."""
-    inside = np.asarray(inside, bool)
-    low = cv2.GaussianBlur(np.where(inside, values, 0.0).astype(np.float32), (0, 0), sigma)
-    share = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), sigma)
-    return np.where(inside & (share > 1e-3), low / np.maximum(share, 1e-3), 0.0
-                    ).astype(np.float32)
 
 
 def _texels_per_mm(model, size: int) -> float:
