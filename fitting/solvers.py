@@ -30,8 +30,11 @@ from fitting.pose import FrameState, axis_angle, rotation_matrix
 
 @functools.cache
 def _blas_controller():
-    """threadpoolctl's view of the BLAS libraries loaded in this process, made once (at the
-    first fit: numpy's and scipy's are loaded by then)."""
+    """threadpoolctl's view of the BLAS libraries loaded in this process, made once. It sees
+    only the libraries loaded when it is made: numpy's, scipy's and OpenCV's own are loaded
+    first, whoever asks first (the swap asks before anything has imported scipy)."""
+    import cv2  # noqa: F401 - its wheel brings its own OpenBLAS
+    import scipy.linalg  # noqa: F401
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController()

@@ -101,3 +101,48 @@ def test_failure_while_encoding_leaves_no_output(media_dir: Path, work: Path,
         swap([media_dir / "mark.jpg"], media_dir / "orig.webm", output, options, hook=hook)
     assert list(tmp_path.iterdir()) == []  # neither the output nor the writer's temporary
     assert "finish" not in [name for _, name, _ in hook.events]
+
+
+class ThreadCounts(Recorder):
+    """At every stage's start: OpenCV's, torch's and each BLAS library's thread counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: list[tuple[str, int, int, tuple[int, ...]]] = []
+
+    def start(self, name: str) -> None:
+        import cv2
+        import torch
+        from threadpoolctl import threadpool_info
+
+        blas = tuple(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas")
+        self.counts.append((name, cv2.getNumThreads(), torch.get_num_threads(), blas))
+
+
+@pytest.mark.media
+@pytest.mark.slow
+def test_every_stage_runs_with_one_thread_per_pool(media_dir: Path, work: Path,
+                                                    tmp_path: Path) -> None:
+    """Worker pools only spin against the swap's own two threads: torch, OpenCV and every
+    BLAS library run one thread during every stage, and get their counts back after."""
+    import cv2
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from morph3d.swap.driver import swap
+    from morph3d.swap.options import SwapOptions
+
+    def counts() -> tuple[int, int, tuple[int, ...]]:
+        return (cv2.getNumThreads(), torch.get_num_threads(),
+                tuple(d["num_threads"] for d in threadpool_info() if d["user_api"] == "blas"))
+
+    before = counts()
+    hook = ThreadCounts()
+    options = SwapOptions(work_dir=work, max_frames=FRAMES, quiet=True)
+    swap([media_dir / "mark.jpg"], media_dir / "orig.webm", tmp_path / "out.mp4", options,
+         hook=hook)
+    assert {name for name, *_ in hook.counts} >= {"fit source", "landmarks", "render"}
+    for name, cv_threads, torch_threads, blas in hook.counts:
+        assert (cv_threads, torch_threads) == (1, 1) and set(blas) == {1}, name
+    assert counts()[:2] == before[:2]
+    assert all(n > 1 for n in counts()[2]) == all(n > 1 for n in before[2])

@@ -91,15 +91,21 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
     summary.seconds["probe"] = time.perf_counter() - t0
     import torch
 
+    from fitting.solvers import single_threaded
+
     torch.set_grad_enabled(False)
-    # Rendering works on small tensors where thread start-up and contention cost more than
-    # they give: one thread is steadier (and on a busy 2-core machine many times faster).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # torch, numpy's BLAS and OpenCV each keep a pool of worker threads. The swap works on
+    # small arrays (a face crop, a solve of a few hundred unknowns) where thread start-up and
+    # contention cost more than they give, and its own two threads (the frame loop and the
+    # render-ahead thread) already fill two cores: the pools' workers would mostly spin,
+    # waiting for work. One thread each is steadier, and the pictures are the same.
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
     try:
-        return _swap(sources, target, output, options, summary, info, t0, template, hook)
+        with single_threaded():
+            return _swap(sources, target, output, options, summary, info, t0, template, hook)
     finally:
-        torch.set_num_threads(threads)
+        cv2.setNumThreads(cv_threads)
         torch.set_grad_enabled(True)
 
 
