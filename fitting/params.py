@@ -174,8 +174,10 @@ class VideoFit:
         return len(self.faces)
 
     # -- storage -------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
-        """Write an npz atomically (temp file in the same folder, then rename)."""
+    def save(self, path: str | os.PathLike, compress: bool = True) -> None:
+        """Write an npz atomically (temp file in the same folder, then rename). `compress`
+        False: stored as it is, for a cache the same machine reads back (a swap's work
+        folder): deflating the texture costs more CPU than the third of the file it saves."""
         arrays: dict[str, np.ndarray] = {
             "format_version": np.array(FIT_FORMAT_VERSION),
             "kind": np.array("morph3d.VideoFit"),
@@ -200,7 +202,7 @@ class VideoFit:
         for scheme, points in self.landmarks.items():
             arrays[f"landmarks/{scheme}"] = points
         with atomic_write(path) as f:
-            np.savez_compressed(f, **arrays)
+            (np.savez_compressed if compress else np.savez)(f, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VideoFit:

@@ -160,6 +160,24 @@ def test_save_load_round_trip(tmp_path):
         VideoFit.load(tmp_path / "bad.npz")
 
 
+def test_save_uncompressed_for_a_cache(tmp_path):
+    """A work folder's fit is stored, not deflated, and reads back the same."""
+    import zipfile
+
+    fit = VideoFit(Identity(np.arange(74.0), np.random.rand(8, 8, 3).astype(np.float32),
+                            np.random.rand(8, 8).astype(np.float32)),
+                   FaceParams.empty(2, 52), CameraParams.default_for(640, 480), fps=25.0)
+    fit.save(tmp_path / "kept.npz")
+    fit.save(tmp_path / "cache.npz", compress=False)
+    with zipfile.ZipFile(tmp_path / "kept.npz") as kept, \
+            zipfile.ZipFile(tmp_path / "cache.npz") as cache:
+        assert {i.compress_type for i in kept.infolist()} == {zipfile.ZIP_DEFLATED}
+        assert {i.compress_type for i in cache.infolist()} == {zipfile.ZIP_STORED}
+    back = VideoFit.load(tmp_path / "cache.npz")
+    assert np.array_equal(back.identity.texture, fit.identity.texture)
+    assert np.array_equal(back.identity.coefficients, fit.identity.coefficients)
+
+
 def test_head_pose_angles_convention():
     # Nose turned towards image right -> positive yaw; chin down -> positive pitch.
     yaw = FP.head_pose_degrees(FPose.axis_angle(FP.FRONT @ Rotation.from_euler(

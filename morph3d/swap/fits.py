@@ -113,7 +113,7 @@ def fit_clip(target: Path, model, options: SwapOptions, hook: StageHook | None =
             fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
                             max_frames=options.max_frames, progress=not options.quiet,
                             scene_cut=scene_cut)
-            fit.save(fit_path)
+            fit.save(fit_path, compress=False)
     return fit, (landmarks_run,
                  StageRun("fit clip", time.perf_counter() - t, cached, _notes(note)))
 
@@ -157,7 +157,7 @@ def fit_people(target: Path, model, options: SwapOptions, hook: StageHook | None
                 fit = fit_video(target, model, landmarks=landmarks, backend=options.backend,
                                 max_frames=options.max_frames, progress=not options.quiet,
                                 scene_cut=scene_cut)
-                fit.save(path)
+                fit.save(path, compress=False)
             fits.append(fit)
     return fits, (landmarks_run,
                   StageRun("fit clip", time.perf_counter() - t, cached, tuple(notes)))
@@ -292,7 +292,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions,
             done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, model,
                                        "neural" if completion != "classic" else "classic")
             fit.identity.texture = done.texture.astype(np.float32)
-        fit.save(path)
+        fit.save(path, compress=False)
     return fit, StageRun("fit source", time.perf_counter() - t, cached, tuple(notes))
 
 
