@@ -277,6 +277,38 @@ def test_odd_size_is_kept_exactly(orig_roundtrip, tmp_path: Path) -> None:
     assert _mean_abs_diff(decoded[0], crops[0]) < 3.0
 
 
+def test_writer_encodes_the_callers_array_without_a_new_frame(media_dir: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """The writer converts each picture from its own kept buffer (no new RGB frame per
+    picture): the same video as from fresh contiguous copies, strided views included, and
+    the same from one writer to the next."""
+    src = media_dir / "nggyup.mp4"
+    info = probe_video(src)
+    frames = [f.rgb for f in iter_frames(src, stop=4)]
+
+    def packets(path: Path) -> list[bytes]:
+        with av.open(str(path)) as container:
+            return [bytes(p) for p in container.demux(container.streams.video[0]) if p.size]
+
+    def no_new_frame(*args, **kwargs):
+        raise AssertionError("the writer made a new RGB frame for a picture")
+
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", no_new_frame)
+    written = []
+    for name in ("copies", "views", "copies again"):
+        out = tmp_path / f"{name}.mp4"
+        with VideoWriter(out, like=info) as w:
+            for rgb in frames:
+                if name == "views":
+                    padded = np.zeros((rgb.shape[0], rgb.shape[1] + 7, 3), np.uint8)
+                    padded[:, 3:-4] = rgb
+                    w.write(padded[:, 3:-4])  # a strided view of the picture
+                else:
+                    w.write(np.array(rgb, copy=True))
+        written.append(packets(out))
+    assert written[0] == written[1] == written[2]
+
+
 def test_gaps_are_filled_by_repeating_frames(orig_roundtrip, tmp_path: Path) -> None:
     src_info, frames, _ = orig_roundtrip
     out = tmp_path / "gaps.mp4"

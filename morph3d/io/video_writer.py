@@ -60,6 +60,9 @@ _AUDIO_ENCODER = "aac"
 
 # ----------------------------------------------------------------------------- writing
 
+# Zero bytes kept after the picture the encoder converts: more than swscale reads past it.
+_PICTURE_TAIL = 64 * 1024
+
 
 def _pick_video_codec(width: int, height: int, forced: str | None) -> tuple[str, str]:
     """(codec, pixel format) for an exact ``width x height`` output.
@@ -347,6 +350,9 @@ class VideoWriter:
         self._next_pts = 0
         self._last_rgb: np.ndarray | None = None
         self._closed = False
+        # The picture the encoder converts is copied here first; the zeros after it stay
+        # zero (see `_encode_rgb`).
+        self._picture = np.zeros(self.height * self.width * 3 + _PICTURE_TAIL, np.uint8)
 
         self._audio: _AudioPass | None = None
         container_format = _VIDEO_OUTPUT_FORMATS[suffix]
@@ -445,7 +451,15 @@ class VideoWriter:
         self._last_rgb = rgb
 
     def _encode_rgb(self, rgb: np.ndarray, pts: int) -> None:
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        # swscale's accurate conversion reads a little past the end of the picture at some
+        # widths (464 px; not 1280): after the picture it finds the zeros of the writer's own
+        # buffer, not whatever memory followed a fresh frame. Kept from frame to frame, the
+        # buffer also spares allocating (and faulting in) a new frame per picture. The
+        # conversion writes the encoder's own new frame (its pixel format is never rgb24):
+        # the buffer is free again when `reformat` returns.
+        picture = self._picture[:rgb.size].reshape(rgb.shape)
+        np.copyto(picture, rgb)
+        frame = av.VideoFrame.from_numpy_buffer(picture, format="rgb24")
         frame = frame.reformat(
             format=self.pix_fmt,
             dst_colorspace=Colorspace.ITU709,
