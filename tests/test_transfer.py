@@ -746,3 +746,38 @@ def test_the_compiled_surface_lookup_is_torchs_interpolate_and_texture() -> None
     assert raster.pixel_index.numel() > 2000
     assert attrs.dtype == tex.dtype == np.float32
     assert np.array_equal(attrs, want_attrs) and np.array_equal(tex, want_tex)
+
+
+def test_the_warp_takes_its_flow_from_the_face_not_the_mouths_inside(monkeypatch) -> None:
+    """Behind closed lips the mouth's inner surfaces fold away and their flow points
+    anywhere: the flow is the lips' around them, so the seam takes the lips' pixels."""
+    import morph3d.swap.transfer as transfer
+
+    args, keywords = device_inputs(torch.device("cpu"))
+    model = args[0]
+    expression = np.zeros(model.num_expression, np.float32)
+    expression[22] = 0.4  # lips apart: the mouth's inside shows on the source's surface
+    supports = []
+    original = transfer.extend_flow
+
+    def spy(flow, covered, *a, **k):
+        supports.append(covered.copy())
+        return original(flow, covered, *a, **k)
+
+    monkeypatch.setattr(transfer, "extend_flow", spy)
+    mouth_seen = []
+    regions_of = transfer.surface_lookup
+
+    def lookup(per_vertex, *a, **k):
+        attrs, tex = regions_of(per_vertex, *a, **k)
+        from morph3d.swap.window import REGION_CHANNELS
+        mouth_seen.append(sum(attrs[..., 2 + REGION_CHANNELS.index(n)]
+                              for n in ("mouth_interior", "teeth", "tongue")))
+        return attrs, tex
+
+    monkeypatch.setattr(transfer, "surface_lookup", lookup)
+    transfer.transfer_face(*args[:8], expression, *args[9:], **keywords)
+    mouth = mouth_seen[0] > 0.5
+    assert mouth.sum() > 20, mouth.sum()
+    assert not (supports[0] & mouth).any()
+    assert supports[0].sum() > 1000

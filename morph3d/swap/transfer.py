@@ -355,7 +355,8 @@ def fade(hard: np.ndarray, reach: float) -> np.ndarray:
 # One frame
 # --------------------------------------------------------------------------------------------
 
-INNER_REGIONS = ("mouth_interior", "teeth", "tongue", "eyeballs")  # the actor's own pixels
+MOUTH_REGIONS = ("mouth_interior", "teeth", "tongue")
+INNER_REGIONS = (*MOUTH_REGIONS, "eyeballs")  # the actor's own pixels
 
 
 @numba.njit(cache=True, nogil=True)
@@ -817,8 +818,11 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     else:
         ratio = np.ones((size, size, 3), np.float32)
     # the flow comes from the face's own surface; the neck, ears and scalp of two heads
-    # fitted to faces differ by more than the faces do and would drag the collar along
-    flow = extend_flow(flow, covered & (face > 0.5))
+    # fitted to faces differ by more than the faces do and would drag the collar along. The
+    # mouth's inside moves with the lips around it: behind closed lips its surfaces fold
+    # away, and their flow points anywhere (a speck of cheek pasted at the lips' corner)
+    mouth = sum(regions[n] for n in MOUTH_REGIONS)
+    flow = extend_flow(flow, covered & (face > 0.5) & (mouth < 0.5))
     strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
     strength = strength * (1 - soft_cut(inner, frame_blur)) * forehead_fade(
         lm68, box, size, crop_iod, forehead, height)
