@@ -6,6 +6,8 @@
     python tools/profile_swap.py codec CLIP N
     python tools/profile_swap.py composite INPUTS.pkl [--root TREE] [--save OUT.npy]
     python tools/profile_swap.py compare A.mp4 B.mp4
+    python tools/profile_swap.py scratch CLIP --source PHOTO --work-dir EMPTY --output OUT.mp4
+                                 [--root TREE] [--json FILE]
 
 `make-clips` writes two clips made from ../shared/media (never into the repository):
 `orig_big720.mp4`, orig.webm scaled x3.5 and cropped to 1280x720 around the face (a face
@@ -36,6 +38,14 @@ through a fresh compositor and prints its thread CPU per frame, and with `--save
 the composited frames, to compare trees bit for bit without the rest of the swap.
 
 `compare` prints the largest and mean absolute difference of the decoded frames of two clips.
+
+`scratch` runs a whole swap from scratch through the CLI's own path (`morph3d swap ...
+--quiet`; give it an empty work folder) in this process and prints each stage's process CPU
+(every thread, from `getrusage`): start-up to the project's import, the imports and the
+parser, the probe and the model, "fit source", "landmarks", "fit clip", "prepare" (the
+renderer: both albedos), the frame loop split into its per-frame stages' own thread CPU
+(decode, render, composite, encode) and the rest of the loop (FFmpeg's decoder threads,
+x264's threads, swscale), and "finish". Linux only (the thread table reads /proc).
 """
 
 from __future__ import annotations
@@ -286,6 +296,121 @@ def compare(a: Path, b: Path) -> None:
           f"mean {total / max(count, 1):.4f} (0-255)")
 
 
+class ScratchClock:
+    """A swap stage hook: process CPU at every start and end of the once-per-job stages
+    (they run on the calling thread), each per-frame stage's thread CPU summed over its
+    calls, and every thread's CPU (from /proc) when the encoder's flush starts."""
+
+    def __init__(self) -> None:
+        self.marks: dict[tuple[str, str], tuple[float, float]] = {}
+        self.frame_cpu: dict[str, float] = defaultdict(float)
+        self.threads_at_finish: dict[str, float] = {}
+        self._running = threading.local()
+        self._lock = threading.Lock()
+
+    def start(self, stage: str) -> None:
+        if stage in STAGES:
+            self._running.start = time.thread_time()
+            return
+        if stage == "finish":
+            self.threads_at_finish = _thread_cpu()
+        self.marks[("start", stage)] = (_process_cpu(), time.thread_time())
+
+    def end(self, stage: str) -> None:
+        if stage in STAGES:
+            with self._lock:
+                self.frame_cpu[stage] += time.thread_time() - self._running.start
+            return
+        self.marks[("end", stage)] = (_process_cpu(), time.thread_time())
+
+
+def _process_cpu() -> float:
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of every live thread of this process, summed by thread name."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = defaultdict(float)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        close = stat.rindex(")")
+        fields = stat[close + 2:].split()
+        out[stat[stat.index("(") + 1:close]] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
+
+
+def scratch(args: argparse.Namespace) -> dict[str, Any]:
+    started = _process_cpu()  # the interpreter and this tool's own imports
+    root = Path(args.root).resolve() if args.root else ROOT
+    sys.path.insert(0, str(root))
+    import morph3d
+    from morph3d.cli import build_parser
+
+    assert Path(morph3d.__file__).resolve().is_relative_to(root), morph3d.__file__
+    host = machine()
+    clock = ScratchClock()
+    cli = build_parser().parse_args(
+        ["swap", "--source", str(args.source), "--target", str(args.clip), "--output",
+         str(args.output), "--work-dir", str(args.work_dir), "--quiet"])
+    parsed = _process_cpu()
+    wall = time.perf_counter()
+    cli.func(cli, hook=clock)
+    wall = time.perf_counter() - wall
+    end = _process_cpu()
+    import resource
+
+    m = clock.marks
+    main_loop = m[("start", "finish")][1] - m[("end", "prepare")][1]
+    loop = m[("end", "finish")][0] - m[("end", "prepare")][0]
+    frame_cpu = dict(clock.frame_cpu)
+    main_rest = main_loop - sum(frame_cpu.get(s, 0.0) for s in ("decode", "composite", "encode"))
+    rows = {
+        "start-up (interpreter, the tool's imports)": started,
+        "imports and the CLI's parser": parsed - started,
+        "probe, model, imports up to the first stage": m[("start", "fit source")][0] - parsed,
+        **{name: m[("end", name)][0] - m[("start", name)][0]
+           for name in ("fit source", "landmarks", "fit clip", "prepare")},
+        "frame loop (all threads)": loop,
+        **{f"- {name} (its thread's CPU)": frame_cpu.get(name, 0.0) for name in STAGES},
+        "- main thread between the stages": main_rest,
+        "- other threads (FFmpeg, x264, swscale) and finish":
+            loop - sum(frame_cpu.values()) - main_rest,
+        "after the swap": end - m[("end", "finish")][0],
+        "total": end,
+    }
+    frames = probe_frames(Path(args.output))
+    result = {"clip": str(args.clip), "frames": frames, "root": str(root), "wall_s": wall,
+              "cpu_s": rows, "cpu_s_per_frame": end / frames,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "threads_at_finish": clock.threads_at_finish,
+              "machine": {**host, "loadavg_end": os.getloadavg()}}
+    print(f"{args.clip}: {frames} frames from scratch, {end:.1f} CPU-s "
+          f"({end / frames:.3f} per frame), wall {wall:.1f} s (swap only), peak RSS "
+          f"{result['peak_rss_mib']:.0f} MiB; tree {root}")
+    print("| stage | CPU s | CPU ms per frame |\n| --- | --- | --- |")
+    for name, cpu in rows.items():
+        print(f"| {name} | {cpu:.2f} | {1000 * cpu / frames:.1f} |")
+    print(machine_line(result["machine"]))
+    if args.json:
+        write_json(Path(args.json), result)
+    return result
+
+
+def probe_frames(path: Path) -> int:
+    from morph3d.io.media import probe_video
+
+    return int(probe_video(path).frame_count)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -312,8 +437,17 @@ def main() -> None:
     p = sub.add_parser("compare")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
+    p = sub.add_parser("scratch")
+    p.add_argument("clip", type=Path)
+    p.add_argument("--source", type=Path, default=MEDIA / "mark.jpg")
+    p.add_argument("--work-dir", type=Path, required=True, help="an empty folder")
+    p.add_argument("--output", type=Path, required=True)
+    p.add_argument("--json")
+    p.add_argument("--root", help="import the project from this tree")
     args = parser.parse_args()
-    if args.command == "make-clips":
+    if args.command == "scratch":
+        scratch(args)
+    elif args.command == "make-clips":
         make_clips(args.folder)
     elif args.command == "run":
         run(args)
