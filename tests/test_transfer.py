@@ -781,3 +781,34 @@ def test_the_warp_takes_its_flow_from_the_face_not_the_mouths_inside(monkeypatch
     assert mouth.sum() > 20, mouth.sum()
     assert not (supports[0] & mouth).any()
     assert supports[0].sum() > 1000
+
+
+def test_the_ratios_colour_far_from_the_faces_is_tempered_its_lightness_kept() -> None:
+    from morph3d.composite.colour import LUMA
+    from morph3d.swap.tone import RATIO_CHROMA_SLOPE, RATIO_CHROMA_SPREAD, tempered_colour
+
+    tone = np.float32([0.9, 0.8, 0.75])
+    ratio = np.broadcast_to(tone, (4, 4, 3)).copy()
+    # a cyan patch (a grey brow over a brown one, filled into a gap) and a faint redness
+    cyan = np.log(tone) + np.float32([-0.4, 0.15, 0.2])
+    ratio[0, 0] = np.exp(cyan)
+    ratio[1, 1] = tone * np.exp(np.float32([0.04, -0.01, -0.01]))
+    out = tempered_colour(ratio, tone)
+
+    assert np.allclose(out[2:, 2:], ratio[2:, 2:])  # the overall tone stays
+    assert np.allclose(out[1, 1], ratio[1, 1], rtol=1e-5)  # a small move stays
+
+    def parts(rgb: np.ndarray) -> tuple[float, np.ndarray]:
+        log = np.log(rgb)
+        light = float(log @ LUMA)
+        base = np.log(tone) - float(np.log(tone) @ LUMA)
+        return light, log - light - base
+
+    light_in, off_in = parts(ratio[0, 0])
+    light_out, off_out = parts(out[0, 0])
+    assert abs(light_out - light_in) < 1e-5
+    far = float(np.linalg.norm(off_in))
+    assert far > 0.3
+    expected = RATIO_CHROMA_SPREAD + RATIO_CHROMA_SLOPE * (far - RATIO_CHROMA_SPREAD)
+    assert abs(float(np.linalg.norm(off_out)) - expected) < 1e-4
+    assert np.allclose(off_out / np.linalg.norm(off_out), off_in / far, atol=1e-4)

@@ -338,6 +338,56 @@ def flat_lightness(ratio: np.ndarray, weight: np.ndarray, sigma: float,
     return np.exp(log_ratio + (level - low)[..., None]).astype(np.float32)
 
 
+# How far (log chroma) the ratio's colour may stray from the face's overall tone's before it is
+# tempered, and the slope beyond: two people's skins differ in colour mostly as a whole
+RATIO_CHROMA_SPREAD = 0.1
+RATIO_CHROMA_SLOPE = 0.3
+
+
+def tempered_colour(ratio: np.ndarray, tone: np.ndarray, spread: float = RATIO_CHROMA_SPREAD,
+                    slope: float = RATIO_CHROMA_SLOPE) -> np.ndarray:
+    """The tone ratio (H x W x 3, linear) with its colour's distance from the overall tone's
+    (`tone`, 3: the ratio's median over the skin), in log chromaticity, kept up to `spread`
+    and grown at `slope` beyond it; its lightness kept.
+
+    Where the ratio's colour moves far from the face's overall one locally, it is mostly
+    the two albedos' errors: a light's colour one side's shading left in (the rim of a
+    coloured light, a window's daylight on one cheek), glasses, a cast shadow, or a feature
+    (grey brows over brown ones) whose colour the fill carries into a gap beside it. On a
+    face they showed as cyan and green patches on pink skin. A skin's own colour pattern
+    (redder cheeks) is a smaller move and stays."""
+    ratio = np.ascontiguousarray(np.maximum(np.asarray(ratio, np.float32), 1e-3))
+    log_tone = np.log(np.maximum(np.asarray(tone, np.float32), 1e-3))
+    base = (log_tone - np.float32(log_tone @ LUMA)).astype(np.float32)
+    out = ratio.copy()
+    _tempered(ratio, base, LUMA, np.float32(spread), np.float32(slope), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _tempered(ratio: np.ndarray, base: np.ndarray, luma: np.ndarray, spread: np.float32,
+              slope: np.float32, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`tempered_colour` pixel by pixel into `out`, a copy of the ratio: only the pixels
+    whose colour strays beyond `spread` are rewritten."""
+    logs = np.empty(3, np.float32)
+    off = np.empty(3, np.float32)
+    for y in range(ratio.shape[0]):
+        for x in range(ratio.shape[1]):
+            light = np.float32(0.0)
+            for c in range(3):
+                logs[c] = np.log(ratio[y, x, c])
+                light += logs[c] * luma[c]
+            norm = np.float32(0.0)
+            for c in range(3):
+                off[c] = logs[c] - light - base[c]
+                norm += off[c] * off[c]
+            norm = np.sqrt(norm)
+            if norm > spread:
+                scale = (spread + slope * (norm - spread)) / norm
+                for c in range(3):
+                    out[y, x, c] = np.exp(light + base[c] + off[c] * scale)
+
+
 @numba.njit(cache=True, nogil=True)
 def _blend_local(both: np.ndarray, den: np.ndarray, scale: np.ndarray, low: np.ndarray,
                  high: np.ndarray, min_support: np.float32,

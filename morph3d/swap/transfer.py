@@ -52,7 +52,13 @@ import numpy as np
 
 from morph3d.composite.blend import picture_bounds
 from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
-from morph3d.swap.tone import column_median, flat_lightness, normalized_blur, tone_ratio
+from morph3d.swap.tone import (
+    column_median,
+    flat_lightness,
+    normalized_blur,
+    tempered_colour,
+    tone_ratio,
+)
 
 
 def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> np.ndarray:
@@ -835,6 +841,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     if ratio_on and flatten > 0:
         ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * (covered & (face > 0.5)),
                                flatten * crop_iod, tone)
+    if ratio_on:
+        ratio = tempered_colour(ratio, tone)
     # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
     crop_fields, ratio = _with_surround(flow, np.asarray(strength, np.float32),
                                         np.asarray(around, np.float32),
