@@ -204,6 +204,21 @@ def test_scene_levels_follow_linear_light_skip_black_bars_and_see_grey() -> None
     assert scene_levels(np.zeros_like(picture)) == (0.0, 0.0)
 
 
+def test_scene_levels_compiled_pass_is_its_numpy_formula() -> None:
+    from morph3d.composite.colour import LUMA, srgb_to_linear
+
+    rng = np.random.default_rng(3)
+    picture = rng.integers(0, 256, (90, 70, 3)).astype(np.uint8)
+    picture[:, :10] = rng.integers(0, 5, (90, 10, 3))  # a dark border: not lit
+    pixels = picture.reshape(-1, 3)
+    lit = pixels[pixels.max(1) > 4]
+    luma = srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)[lit] @ LUMA
+    spread = lit.max(1).astype(np.int16) - lit.min(1)
+    level = scene_levels(picture)
+    assert level.exposure == pytest.approx(float(luma.mean()), rel=1e-6)
+    assert level.colour == pytest.approx(float(spread.mean()), rel=1e-12)
+
+
 def test_exposure_gain_reads_no_difference_within_one_shots_spread() -> None:
     assert exposure_gain(0.2, 0.2 * EXPOSURE_TOLERANCE, 0.5) == pytest.approx(1.0)
     assert exposure_gain(0.2, 0.2 / EXPOSURE_TOLERANCE, 0.5) == pytest.approx(1.0)

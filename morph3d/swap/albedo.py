@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import cv2
+import numba
 import numpy as np
 
 from morph3d.composite.colour import LUMA, linear_to_srgb, srgb_to_linear
@@ -606,13 +607,30 @@ MONOCHROME_LEVELS = 1.5
 
 def scene_levels(rgb: np.ndarray) -> SceneLevels:
     """The `SceneLevels` of a uint8 RGB picture (zeros for an all-black one)."""
-    pixels = np.asarray(rgb, np.uint8).reshape(-1, 3)
-    lit = pixels[pixels.max(1) > 4]
-    if not len(lit):
+    pixels = np.ascontiguousarray(np.asarray(rgb, np.uint8).reshape(-1, 3))
+    # per channel: each 8-bit level's linear light, weighted by the channel's luma share
+    table = (srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)[:, None]
+             * LUMA[None, :]).astype(np.float64)
+    count, luma, spread = _lit_sums(pixels, table)
+    if not count:
         return SceneLevels(0.0, 0.0)
-    luma = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)[lit] @ LUMA
-    spread = lit.max(1).astype(np.int16) - lit.min(1)
-    return SceneLevels(float(luma.mean()), float(spread.mean()))
+    return SceneLevels(luma / count, spread / count)
+
+
+@numba.njit(cache=True, nogil=True)
+def _lit_sums(pixels: np.ndarray, table: np.ndarray) -> tuple[int, float, float]:
+    """Over the pixels (N x 3 uint8) whose largest channel is over 4: their count, the sum
+    of their linear luma (`table`: 256 x 3 per level and channel) and of their largest
+    minus smallest channel, in one pass."""
+    count, luma, spread = 0, 0.0, 0.0
+    for i in range(pixels.shape[0]):
+        r, g, b = pixels[i, 0], pixels[i, 1], pixels[i, 2]
+        top = max(r, g, b)
+        if top > 4:
+            count += 1
+            luma += table[r, 0] + table[g, 1] + table[b, 2]
+            spread += top - min(r, g, b)
+    return count, luma, spread
 
 
 # The frames of one shot differ in scene level by up to about this factor as things move
