@@ -345,7 +345,8 @@ RATIO_CHROMA_SLOPE = 0.3
 
 
 def tempered_colour(ratio: np.ndarray, tone: np.ndarray, spread: float = RATIO_CHROMA_SPREAD,
-                    slope: float = RATIO_CHROMA_SLOPE) -> np.ndarray:
+                    slope: float = RATIO_CHROMA_SLOPE, where: np.ndarray | None = None
+                    ) -> np.ndarray:
     """The tone ratio (H x W x 3, linear) with its colour's distance from the overall tone's
     (`tone`, 3: the ratio's median over the skin), in log chromaticity, kept up to `spread`
     and grown at `slope` beyond it; its lightness kept.
@@ -355,24 +356,30 @@ def tempered_colour(ratio: np.ndarray, tone: np.ndarray, spread: float = RATIO_C
     coloured light, a window's daylight on one cheek), glasses, a cast shadow, or a feature
     (grey brows over brown ones) whose colour the fill carries into a gap beside it. On a
     face they showed as cyan and green patches on pink skin. A skin's own colour pattern
-    (redder cheeks) is a smaller move and stays."""
+    (redder cheeks) is a smaller move and stays. `where` (H x W bool): only there (the
+    pixels the ratio is applied to); None: everywhere."""
     ratio = np.ascontiguousarray(np.maximum(np.asarray(ratio, np.float32), 1e-3))
     log_tone = np.log(np.maximum(np.asarray(tone, np.float32), 1e-3))
     base = (log_tone - np.float32(log_tone @ LUMA)).astype(np.float32)
     out = ratio.copy()
-    _tempered(ratio, base, LUMA, np.float32(spread), np.float32(slope), out)
+    where = (np.ones(ratio.shape[:2], bool) if where is None
+             else np.ascontiguousarray(where, bool))
+    _tempered(ratio, where, base, LUMA, np.float32(spread), np.float32(slope), out)
     return out
 
 
 @numba.njit(cache=True, nogil=True)
-def _tempered(ratio: np.ndarray, base: np.ndarray, luma: np.ndarray, spread: np.float32,
-              slope: np.float32, out: np.ndarray) -> None:  # pragma: no cover - compiled
+def _tempered(ratio: np.ndarray, where: np.ndarray, base: np.ndarray, luma: np.ndarray,
+              spread: np.float32, slope: np.float32,
+              out: np.ndarray) -> None:  # pragma: no cover - compiled
     """`tempered_colour` pixel by pixel into `out`, a copy of the ratio: only the pixels
-    whose colour strays beyond `spread` are rewritten."""
+    of `where` whose colour strays beyond `spread` are rewritten."""
     logs = np.empty(3, np.float32)
     off = np.empty(3, np.float32)
     for y in range(ratio.shape[0]):
         for x in range(ratio.shape[1]):
+            if not where[y, x]:
+                continue
             light = np.float32(0.0)
             for c in range(3):
                 logs[c] = np.log(ratio[y, x, c])

@@ -841,8 +841,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     if ratio_on and flatten > 0:
         ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * (covered & (face > 0.5)),
                                flatten * crop_iod, tone)
-    if ratio_on:
-        ratio = tempered_colour(ratio, tone)
+    if ratio_on:  # the ratio counts only where the face's strength is above 0
+        ratio = tempered_colour(ratio, tone, where=strength > 0)
     # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
     crop_fields, ratio = _with_surround(flow, np.asarray(strength, np.float32),
                                         np.asarray(around, np.float32),
