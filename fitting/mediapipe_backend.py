@@ -28,7 +28,10 @@ from fitting.faces import (
 )
 from fitting.landmark_maps import ibug68_from_mediapipe478
 from morph3d.errors import Morph3dError
+from morph3d.io.media import VideoPicture
 from morph3d.io.native_stderr import native_stderr_captured
+
+Picture = np.ndarray | VideoPicture  # an (H, W, 3) uint8 RGB frame, or one made on demand
 
 
 def _drop_sounddevice_traceback() -> None:
@@ -88,8 +91,9 @@ class MediapipeBackend(LandmarkBackend):
 
     # -- building blocks ----------------------------------------------------------------------
 
-    def _detect_boxes(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _detect_boxes(self, rgb: Picture) -> tuple[np.ndarray, np.ndarray]:
         """Full-range detector; the short-range one only when it finds nothing (close-ups)."""
+        rgb = np.asarray(rgb)
         h, w = rgb.shape[:2]
         detections = _process(self._full_range, rgb).detections
         if not detections:
@@ -103,7 +107,7 @@ class MediapipeBackend(LandmarkBackend):
             scores.append(det.score[0])
         return np.array(boxes, np.float32).reshape(-1, 4), np.array(scores, np.float32)
 
-    def _mesh_in_square(self, rgb: np.ndarray, centre: np.ndarray, side: float) -> list[np.ndarray]:
+    def _mesh_in_square(self, rgb: Picture, centre: np.ndarray, side: float) -> list[np.ndarray]:
         """Run the mesh on the square (centre, side) of `rgb`; meshes in image pixels."""
         h, w = rgb.shape[:2]
         side_px = max(int(round(side)), 8)
@@ -113,11 +117,12 @@ class MediapipeBackend(LandmarkBackend):
         sx1, sy1 = min(x0 + side_px, w), min(y0 + side_px, h)
         if sx1 <= sx0 or sy1 <= sy0:
             return []
+        inside = _region(rgb, sy0, sy1, sx0, sx1)
         if (sx0, sy0, sx1, sy1) == (x0, y0, x0 + side_px, y0 + side_px):
-            crop = rgb[y0:y0 + side_px, x0:x0 + side_px]
+            crop = inside
         else:  # pad with black where the square leaves the image
             crop = np.zeros((side_px, side_px, 3), np.uint8)
-            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+            crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = inside
         size = self.crop_size
         interp = cv2.INTER_AREA if side_px > size else cv2.INTER_LINEAR
         crop = cv2.resize(crop, (size, size), interpolation=interp)
@@ -129,7 +134,7 @@ class MediapipeBackend(LandmarkBackend):
             meshes.append((xy * side_px + [x0 - 0.5, y0 - 0.5]).astype(np.float32))
         return meshes
 
-    def _best_mesh(self, rgb: np.ndarray, centre: np.ndarray, side: float,
+    def _best_mesh(self, rgb: Picture, centre: np.ndarray, side: float,
                    expected_box: np.ndarray) -> np.ndarray | None:
         meshes = self._mesh_in_square(rgb, centre, side)
         if not meshes:
@@ -138,12 +143,12 @@ class MediapipeBackend(LandmarkBackend):
         best = int(np.argmax(overlaps))
         return meshes[best] if overlaps[best] > 0.1 else None
 
-    def _mesh_for_box(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    def _mesh_for_box(self, rgb: Picture, box: np.ndarray) -> np.ndarray | None:
         centre = (box[:2] + box[2:]) / 2
         side = self.CROP_SCALE_FROM_BOX * float(max(box[2] - box[0], box[3] - box[1]))
         return self._best_mesh(rgb, centre, side, box)
 
-    def _mesh_from_previous(self, rgb: np.ndarray, previous: np.ndarray) -> np.ndarray | None:
+    def _mesh_from_previous(self, rgb: Picture, previous: np.ndarray) -> np.ndarray | None:
         box = landmark_box(previous)
         centre = (box[:2] + box[2:]) / 2
         side = self.CROP_SCALE_FROM_MESH * float(max(box[2] - box[0], box[3] - box[1]))
@@ -173,19 +178,21 @@ class MediapipeBackend(LandmarkBackend):
                 meshes.append(mesh)
         return self._frame(rgb.shape[:2], kept_boxes, kept_scores, meshes)
 
-    def detect_video(self, frames: Iterable[np.ndarray], detect_every: int = 10,
+    def detect_video(self, frames: Iterable[np.ndarray | VideoPicture], detect_every: int = 10,
                      **options: Any) -> Iterator[FrameFaces]:
         """Tracking mode: between detector runs, each face's mesh crop comes from its mesh in
         the previous frame, and its box and score are carried along (the box follows the
         mesh's shift and scale). The detector runs on the first frame, every `detect_every`
         frames (to pick up new faces and refresh boxes and scores), whenever no face is being
-        tracked, and when a tracked face is lost. Deterministic: same frames, same output."""
+        tracked, and when a tracked face is lost. Deterministic: same frames, same output.
+        A `VideoPicture` frame is converted to RGB only where the graphs look: its crops
+        between detector runs, the whole picture at them (the same pixels either way)."""
         if options:
             raise TypeError(f"unexpected options {sorted(options)}")
         previous: FrameFaces | None = None
         since_detection = 0
         for frame in frames:
-            rgb = as_rgb_uint8(frame)
+            rgb = frame if isinstance(frame, VideoPicture) else as_rgb_uint8(frame)
             result = None
             if previous is not None and len(previous) and since_detection < detect_every:
                 result = self._track(rgb, previous)
@@ -196,7 +203,7 @@ class MediapipeBackend(LandmarkBackend):
             previous = result
             yield result
 
-    def _track(self, rgb: np.ndarray, previous: FrameFaces) -> FrameFaces | None:
+    def _track(self, rgb: Picture, previous: FrameFaces) -> FrameFaces | None:
         """Every previous face re-meshed from its previous mesh, or None if one is lost."""
         boxes, meshes = [], []
         for box, old in zip(previous.boxes, previous.landmarks[MEDIAPIPE478], strict=True):
@@ -207,7 +214,7 @@ class MediapipeBackend(LandmarkBackend):
             meshes.append(mesh)
         return self._frame(rgb.shape[:2], boxes, list(previous.scores), meshes)
 
-    def _redetect(self, rgb: np.ndarray, previous: FrameFaces | None) -> FrameFaces:
+    def _redetect(self, rgb: Picture, previous: FrameFaces | None) -> FrameFaces:
         """Detector boxes; a box that overlaps a previous face is meshed from that face's
         previous mesh (the same crop rule as tracked frames, so no jump at detector frames)."""
         boxes, scores = self._detect_boxes(rgb)
@@ -226,6 +233,13 @@ class MediapipeBackend(LandmarkBackend):
                 kept_scores.append(score)
                 meshes.append(mesh)
         return self._frame(rgb.shape[:2], kept_boxes, kept_scores, meshes)
+
+
+def _region(rgb: Picture, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """``rgb[y0:y1, x0:x1]`` (bounds inside the picture) as an array."""
+    if isinstance(rgb, VideoPicture):
+        return rgb.region(y0, y1, x0, x1)
+    return rgb[y0:y1, x0:x1]
 
 
 def started_solution(graph: Any) -> Any:

@@ -46,6 +46,7 @@ from fitting.faces import (
     save_npz_atomic,
 )
 from morph3d.errors import InputError
+from morph3d.io.media import VideoPicture
 
 FORMAT_VERSION = 1
 _BLOCK_ROWS = 64  # rows copied at a time where a whole copy would only be a temporary
@@ -386,16 +387,22 @@ class FaceTracker:
         self._schemes: tuple[str, ...] | None = None
         self.embeddings_computed = 0
 
-    def _embed(self, image: np.ndarray, faces: FrameFaces, indices: list[int]) -> np.ndarray:
+    def _embed(self, image: np.ndarray | VideoPicture, faces: FrameFaces, indices: list[int]
+               ) -> np.ndarray:
         if not indices:
             return np.zeros((0, EMBEDDING_SIZE), np.float32)
         self.embeddings_computed += len(indices)
         if IBUG68 in faces.landmarks:
-            return face_embeddings(image, faces.landmarks[IBUG68][indices])
-        return face_embeddings(image, faces.boxes[indices])
+            return face_embeddings(np.asarray(image), faces.landmarks[IBUG68][indices])
+        return face_embeddings(np.asarray(image), faces.boxes[indices])
 
-    def _frame_change(self, image: np.ndarray) -> tuple[bool, bool]:
-        """(scene cut, repeat of the previous frame) for the next frame."""
+    def _frame_change(self, image: np.ndarray | VideoPicture) -> tuple[bool, bool]:
+        """(scene cut, repeat of the previous frame) for the next frame. A `VideoPicture`
+        is compared on its fast conversion (`preview`: ~1 level darker, and its chroma is
+        not interpolated, so sharp colour edges differ more): every frame gets the same
+        conversion, and these tests read only differences between consecutive frames."""
+        if isinstance(image, VideoPicture):
+            image = image.preview()
         grey = frame_grey(image, self._grey_buffers)
         height, width = grey.shape
         small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
@@ -411,7 +418,7 @@ class FaceTracker:
             return True, False
         return False, bool(block_difference(small, previous_small) <= self.repeat_threshold)
 
-    def update(self, image: np.ndarray, faces: FrameFaces) -> np.ndarray:
+    def update(self, image: np.ndarray | VideoPicture, faces: FrameFaces) -> np.ndarray:
         """Link this frame's faces to tracks; returns (N,) track ids in `faces` order."""
         frame = self._frame
         self._frame += 1
@@ -612,7 +619,8 @@ def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "
                 **tracker_options: float) -> Tracks:
     """Detect and track every face of a frame stream in one pass (bounded memory).
 
-    frames: RGB frames (uint8 or [0, 1] float), e.g. decoded with PyAV.
+    frames: RGB frames (uint8 or [0, 1] float), e.g. decoded with PyAV, or
+        `morph3d.io.media.VideoPicture`s (converted to RGB only where they are read).
     backend: a backend or its name; `video_mode` uses its tracking mode (mediapipe).
     tracker_options: passed to FaceTracker.
     """

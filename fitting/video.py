@@ -60,13 +60,13 @@ def video_landmarks(path, backend: str = "mediapipe", select: str | np.ndarray =
     from fitting.people import choose_person, joined_trajectory
     from fitting.smooth import smooth_tracks
     from fitting.track import track_clip
-    from morph3d.io.media import iter_frames, probe_video
+    from morph3d.io.media import iter_pictures, probe_video
 
     info = probe_video(path)
     total = info.frame_count if max_frames is None else min(info.frame_count, max_frames)
-    frames = (f.rgb for f in tqdm(iter_frames(path, stop=max_frames), total=total,
-                                  desc="detecting faces", unit="frame", disable=not progress,
-                                  leave=False))
+    # pictures converted to RGB where the detectors look (the same pixels as whole frames')
+    frames = tqdm(iter_pictures(path, stop=max_frames), total=total, desc="detecting faces",
+                  unit="frame", disable=not progress, leave=False)
     tracks, chooser = track_clip(frames, backend, max_frames=max_frames)
     if not len(chooser):
         chooser = tracks  # as on photos: the backend's own faces when the chooser saw none

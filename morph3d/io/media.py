@@ -402,6 +402,131 @@ def frame_rgb(frame: Any) -> np.ndarray:
     return rgb
 
 
+class RegionConverter:
+    """Converts parts of one stream's decoded frames to RGB, each the same bytes as that part
+    of `frame_rgb`'s whole picture: a reader of a face-sized square (the landmark stage's
+    mesh crops) pays for its pixels only, not the whole frame's accurate conversion.
+
+    The part, widened by `MARGIN` pixels (swscale's filters reach a pixel or two; nearer the
+    cut-out's edge the output differs) and aligned to the chroma grid, is copied into a kept
+    frame and converted with `frame_rgb`'s flags. The kept frames descend from the stream's
+    own frames (`reformat` copies a frame's colour tags, chroma siting included; PyAV cannot
+    set the siting, and a new frame's differs and moves the colours). Planar 4:2:0 only,
+    unrotated, even sizes (`supports`). Not thread-safe: one per thread.
+    """
+
+    MARGIN = 8  # pixels: 4 was the least that gave equal bytes at every tested part
+    _STEP = 16  # kept frames' sides are rounded up to this: a face's crop changes by pixels
+    _KEEP = 16  # kept frames at most
+
+    def __init__(self) -> None:
+        self._frames: dict[tuple, Any] = {}
+
+    @staticmethod
+    def supports(frame: Any) -> bool:
+        return (frame.format.name == "yuv420p" and not _normalise_rotation(frame.rotation)
+                and frame.width % 2 == 0 and frame.height % 2 == 0)
+
+    def _kept(self, frame: Any, width: int, height: int) -> Any:
+        tags = (frame.colorspace, frame.color_range, frame.color_trc, frame.color_primaries)
+        kept = self._frames.get((width, height, tags))
+        if kept is None:
+            base = self._frames.get((0, 0, tags))
+            if base is None:  # one whole-frame scale per stream; the rest descend from it
+                base = self._frames[(0, 0, tags)] = frame.reformat(width=16, height=16)
+            if len(self._frames) > self._KEEP:
+                del self._frames[next(k for k in self._frames if k[0])]
+            kept = self._frames[(width, height, tags)] = base.reformat(width=width,
+                                                                       height=height)
+        return kept
+
+    def convert(self, frame: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """(y1 - y0, x1 - x0, 3) uint8: ``frame_rgb(frame)[y0:y1, x0:x1]`` (bounds inside
+        the frame, non-empty) for a frame `supports` accepts."""
+        height, width = frame.height, frame.width
+        top = max(y0 - self.MARGIN, 0) // 2 * 2
+        left = max(x0 - self.MARGIN, 0) // 2 * 2
+        bottom = min(-(-(y1 + self.MARGIN) // 2) * 2, height)
+        right = min(-(-(x1 + self.MARGIN) // 2) * 2, width)
+        size_x = min(-(-(right - left) // self._STEP) * self._STEP, width)
+        size_y = min(-(-(bottom - top) // self._STEP) * self._STEP, height)
+        if (size_x, size_y) == (width, height):
+            return frame_rgb(frame)[y0:y1, x0:x1]
+        # a kept frame larger than the widened part holds more of the picture around it
+        right, bottom = min(left + size_x, width), min(top + size_y, height)
+        left, top = right - size_x, bottom - size_y
+        kept = self._kept(frame, size_x, size_y)
+        for plane, dst, sub in zip(frame.planes, kept.planes, (1, 2, 2), strict=True):
+            src = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+            out = np.frombuffer(dst, np.uint8).reshape(-1, dst.line_size)
+            rows, cols = size_y // sub, size_x // sub
+            out[:rows, :cols] = src[top // sub:top // sub + rows, left // sub:left // sub + cols]
+        rgb = kept.to_ndarray(format="rgb24", interpolation=_SWS_ACCURATE, threads=1)
+        return rgb[y0 - top:y1 - top, x0 - left:x1 - left]
+
+
+class VideoPicture:
+    """A decoded video frame whose RGB is made when and where it is read: `rgb()` the whole
+    upright picture (`frame_rgb`, made once), `region` a part of it with the same bytes,
+    `preview()` the whole picture on swscale's fast path (within a level or two of the
+    accurate one; for tests of change between frames, not for pixels anyone keeps).
+    ``np.asarray(picture)`` is `rgb()`."""
+
+    def __init__(self, frame: Any, converter: RegionConverter | None = None) -> None:
+        self.frame = frame
+        self._converter = converter if RegionConverter.supports(frame) else None
+        self._rgb: np.ndarray | None = None
+        self._preview: np.ndarray | None = None
+        rotated = _normalise_rotation(frame.rotation) in (90, 270)
+        h, w = (frame.width, frame.height) if rotated else (frame.height, frame.width)
+        self.shape = (h, w, 3)
+
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            self._rgb = frame_rgb(self.frame)
+        return self._rgb
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        rgb = self.rgb()
+        return rgb if dtype is None else rgb.astype(dtype)
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """``rgb()[y0:y1, x0:x1]`` (bounds clipped to the picture), converting only that
+        part when the whole picture has not been made."""
+        h, w = self.shape[:2]
+        y0, y1 = min(max(y0, 0), h), min(max(y1, 0), h)
+        x0, x1 = min(max(x0, 0), w), min(max(x1, 0), w)
+        if self._rgb is not None or self._converter is None or y1 <= y0 or x1 <= x0:
+            return self.rgb()[y0:y1, x0:x1]
+        return self._converter.convert(self.frame, y0, y1, x0, x1)
+
+    def preview(self) -> np.ndarray:
+        """The fast path always, even once `rgb()` is made: consecutive previews compare."""
+        if self._preview is None:
+            rgb = self.frame.to_ndarray(format="rgb24")
+            rotation = _normalise_rotation(self.frame.rotation)
+            if rotation:
+                rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
+            self._preview = rgb
+        return self._preview
+
+
+def iter_pictures(path: PathLike, stop: int | None = None
+                  ) -> Iterator[np.ndarray | VideoPicture]:
+    """The frames of `iter_frames(path, stop=stop)` for readers of parts of each picture: a
+    still image's RGB array, a video's frames as `VideoPicture`s sharing one
+    `RegionConverter` (so their `region` calls belong to one thread), each with its
+    `preview` made here, in the thread that iterates (a reader thread, with the decoding)."""
+    converter = RegionConverter()
+    for frame in iter_frames(path, stop=stop, rgb=False):
+        if frame.rgb is not None:
+            yield frame.rgb
+            continue
+        picture = VideoPicture(frame.decoded, converter)
+        picture.preview()
+        yield picture
+
+
 def _video_frames(
     container: Any,
     vs: Any,

@@ -172,14 +172,13 @@ def people_landmarks(target: Path, options: SwapOptions) -> dict[str, np.ndarray
     from fitting.people import joined_trajectory, people
     from fitting.smooth import smooth_tracks
     from fitting.track import track_faces
-    from morph3d.io.media import iter_frames, probe_video
+    from morph3d.io.media import iter_pictures, probe_video
 
     info = probe_video(target)
     total = (info.frame_count if options.max_frames is None
              else min(info.frame_count, options.max_frames))
-    frames = (f.rgb for f in tqdm(iter_frames(target, stop=options.max_frames), total=total,
-                                  desc="detecting faces", unit="frame",
-                                  disable=options.quiet, leave=False))
+    frames = tqdm(iter_pictures(target, stop=options.max_frames), total=total,
+                  desc="detecting faces", unit="frame", disable=options.quiet, leave=False)
     tracks = track_faces(frames, options.backend, max_frames=options.max_frames)
     if not len(tracks):
         raise Morph3dError(f"no face found in {target}")
