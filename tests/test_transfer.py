@@ -609,6 +609,32 @@ def test_ratio_on_bytes_is_the_gain_in_linear_light() -> None:
     assert np.array_equal(out[~on], image[~on].astype(np.float32) / 255)
 
 
+def test_the_gain_keeps_the_frames_grain() -> None:
+    """With `grain_px` the gain moves the image's low-pass and leaves the finer rest as it
+    is (in encoded values): a skin made darker or lighter keeps the clip's grain. Without
+    it the grain scales with the gain."""
+    rng = np.random.default_rng(8)
+    flat = np.full((64, 64, 3), 150.0)
+    image = np.clip(flat + rng.normal(0, 6, flat.shape), 0, 255).astype(np.uint8)
+    ones = np.ones((64, 64), np.float32)
+
+    def grain(picture: np.ndarray) -> float:
+        grey = picture.mean(-1)
+        return float((grey - cv2.GaussianBlur(grey, (0, 0), 3))[8:-8, 8:-8].std())
+
+    before = grain(image / 255.0)
+    for gain in (0.35, 2.0):
+        ratio = np.full((64, 64, 3), gain, np.float32)
+        kept = apply_ratio(image, ratio, ones, grain_px=1.0)
+        scaled = apply_ratio(image, ratio, ones)
+        level = float(np.median(scaled)) / (150 / 255)  # the encoded gain on the level
+        assert float(np.median(kept)) == pytest.approx(float(np.median(scaled)), abs=1 / 255)
+        assert abs(grain(kept) / before - 1) < 0.2 * abs(level - 1)
+        assert grain(scaled) / before == pytest.approx(level, rel=0.1)
+    out = apply_ratio(image, np.ones((64, 64, 3), np.float32), ones, grain_px=1.0)
+    assert np.abs(out * 255.0 - image).max() < 0.6  # the tables' steps on the low-pass
+
+
 def test_a_pasted_mask_is_the_pasted_channel_over_its_level() -> None:
     """`paste_mask` pastes only around the crop pixels above the level and gives what the
     whole window's bilinear paste gives, crops beyond the frame's edges included."""

@@ -189,18 +189,25 @@ def _detail_mixed(a: np.ndarray, f: np.ndarray, both: np.ndarray,
     return out
 
 
-def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray) -> np.ndarray:
+def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
+                grain_px: float = 0.0) -> np.ndarray:
     """image (sRGB-encoded, uint8 or float [0, 1]) times the gain 1 + strength x (ratio - 1)
     in linear RGB; float32 sRGB in [0, 1] out.
 
-    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. uint8 images (the swap's)
-    go through one compiled pass (`_toned_bytes`: the window is large, and a dozen numpy
+    strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. `grain_px` > 0 (uint8
+    images only): the gain goes onto the image's low-pass (a Gaussian of that sigma, px)
+    and the finer rest is added back as it is, in sRGB-encoded values: a camera's grain is
+    about as strong in encoded values on dark skin as on light, so a face made lighter or
+    darker keeps the clip's grain instead of scaling it. uint8 images (the swap's) go
+    through one compiled pass (`_toned_bytes`: the window is large, and a dozen numpy
     passes over it cost several times one loop); float images through numpy."""
     strength = np.asarray(strength, np.float32)
     if image.dtype == np.uint8:
+        image = np.ascontiguousarray(image)
+        low = cv2.GaussianBlur(image, (0, 0), grain_px) if grain_px > 0 else image
         out = np.empty(image.shape, np.float32)
-        _toned_bytes(np.ascontiguousarray(image), np.asarray(ratio, np.float32), strength,
-                     _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out)
+        _toned_bytes(image, np.ascontiguousarray(low), np.asarray(ratio, np.float32),
+                     strength, _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out)
         return out
     out = image.astype(np.float32)
     on = strength > 0
@@ -218,12 +225,14 @@ _U8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
 @numba.njit(cache=True, nogil=True)
-def _toned_bytes(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
-                 to_linear: np.ndarray, to_srgb: np.ndarray, to_unit: np.ndarray,
-                 out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32:
-    linear light from the 256-entry table, times the gain, back through the fine table
-    (index rounded, clamped to its ends); untouched pixels are the byte over 255."""
+def _toned_bytes(image: np.ndarray, low: np.ndarray, ratio: np.ndarray,
+                 strength: np.ndarray, to_linear: np.ndarray, to_srgb: np.ndarray,
+                 to_unit: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32: its
+    low-pass `low` (uint8; the image itself for no grain) in linear light from the
+    256-entry table, times the gain, back through the fine table (index rounded, clamped to
+    its ends), plus the image's own difference from `low`, clipped to [0, 1]; untouched
+    pixels are the byte over 255."""
     top = np.float32(to_srgb.shape[0] - 1)
     one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
     for y in range(image.shape[0]):
@@ -232,9 +241,10 @@ def _toned_bytes(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
             if s > zero:
                 s = min(s, one)
                 for c in range(3):
-                    v = to_linear[image[y, x, c]] * ((ratio[y, x, c] - one) * s + one)
+                    v = to_linear[low[y, x, c]] * ((ratio[y, x, c] - one) * s + one)
                     v = min(max(v * top + half, zero), top)
-                    out[y, x, c] = to_srgb[int(v)]
+                    t = to_srgb[int(v)] + (to_unit[image[y, x, c]] - to_unit[low[y, x, c]])
+                    out[y, x, c] = min(max(t, zero), one)
             else:
                 for c in range(3):
                     out[y, x, c] = to_unit[image[y, x, c]]
@@ -688,7 +698,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light: float = 0.7, forehead: float = 0.35,
                   highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1,
-                  sharpness: bool = True, flatten: float = 0.6) -> dict:
+                  sharpness: bool = True, flatten: float = 0.6, grain_px: float = 1.0) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
@@ -705,7 +715,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     `sharpness`: the source's albedo blurred to the frame's sharpness (`match_blur`), and
     the gain's cut around the kept eyeballs and mouth no sharper than the frame (`soft_cut`);
     `flatten`: the scale (IOD) above which the ratio's lightness is the face's overall tone
-    (`tone.flat_lightness`: there both albedos hold their shading models' errors; 0: off).
+    (`tone.flat_lightness`: there both albedos hold their shading models' errors; 0: off);
+    `grain_px`: the frame's detail below this sigma (frame pixels) is kept as it is, not
+    scaled by the gain (`apply_ratio`; 0: scaled).
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
@@ -874,7 +886,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                                              (cols, rows)), -1)
         warped[r0:r0 + mh, c0:c0 + mw] = cv2.remap(
             frame, maps, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    image = apply_ratio(warped, ratio_w, strength)
+    image = apply_ratio(warped, ratio_w, strength, grain_px)
     return {
         "image": image, "coverage": coverage,
         "regions": dict(zip(REGION_CHANNELS, masks, strict=True)),
