@@ -49,6 +49,7 @@ from morph3d.errors import InputError
 from morph3d.io.media import VideoPicture
 
 FORMAT_VERSION = 1
+CHANGE_IMAGES = "fitting.track.change_images"  # a VideoPicture's note: its `change_images`
 _BLOCK_ROWS = 64  # rows copied at a time where a whole copy would only be a temporary
 
 
@@ -318,6 +319,32 @@ def frame_grey(image: np.ndarray, buffers: GreyBuffers | None = None) -> np.ndar
     return grey
 
 
+def change_images(image: np.ndarray | VideoPicture, buffers: GreyBuffers | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The grey pictures `FaceTracker` compares between consecutive frames: the frame's grey
+    (`frame_grey`) at a quarter of its size and as a 32 x 32 thumbnail, float32. A
+    `VideoPicture`'s come from its fast conversion (`preview`)."""
+    if isinstance(image, VideoPicture):
+        image = image.preview()
+    grey = frame_grey(image, buffers)
+    height, width = grey.shape
+    small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
+                       interpolation=cv2.INTER_AREA)
+    return small, cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA)
+
+
+def with_change_images(frames: Iterable[np.ndarray | VideoPicture]
+                       ) -> Iterator[np.ndarray | VideoPicture]:
+    """The same frames, each `VideoPicture` with its `change_images` made (in
+    ``notes[CHANGE_IMAGES]``) as it passes: in `prefetched`'s reader thread, beside the
+    decoding, rather than in the tracker's."""
+    buffers = GreyBuffers()
+    for frame in frames:
+        if isinstance(frame, VideoPicture):
+            frame.notes[CHANGE_IMAGES] = change_images(frame, buffers)
+        yield frame
+
+
 def block_difference(a: np.ndarray, b: np.ndarray, block: int = 8) -> float:
     """Largest mean absolute difference over `block` x `block` tiles of two equal-size grey
     images: one moving part (a mouth) shows even when the rest of the frame is still."""
@@ -401,13 +428,11 @@ class FaceTracker:
         is compared on its fast conversion (`preview`: ~1 level darker, and its chroma is
         not interpolated, so sharp colour edges differ more): every frame gets the same
         conversion, and these tests read only differences between consecutive frames."""
-        if isinstance(image, VideoPicture):
-            image = image.preview()
-        grey = frame_grey(image, self._grey_buffers)
-        height, width = grey.shape
-        small = cv2.resize(grey, (max(width // 4, 1), max(height // 4, 1)),
-                           interpolation=cv2.INTER_AREA)
-        thumbnail = cv2.resize(small, (32, 32), interpolation=cv2.INTER_AREA)
+        made = image.notes.get(CHANGE_IMAGES) if isinstance(image, VideoPicture) else None
+        if made is not None:
+            small, thumbnail = made
+        else:
+            small, thumbnail = change_images(image, self._grey_buffers)
         previous, self._thumbnail = self._thumbnail, thumbnail
         previous_small, self._small = self._small, small
         if previous is None or previous_small is None:
@@ -628,8 +653,8 @@ def track_faces(frames: Iterable[np.ndarray], backend: LandmarkBackend | str = "
     detector = get_landmark_backend(backend) if isinstance(backend, str) else backend
     tracker = FaceTracker(**tracker_options)
     try:
-        for frame, faces in _detections(detector, prefetched(_first(frames, max_frames)),
-                                        video_mode):
+        frames = prefetched(with_change_images(_first(frames, max_frames)))
+        for frame, faces in _detections(detector, frames, video_mode):
             tracker.update(frame, faces)
     finally:
         if own:
@@ -648,7 +673,7 @@ def track_clip(frames: Iterable[np.ndarray], backend: str = "mediapipe",
         tracks = track_faces(frames, backend, max_frames=max_frames)
         return tracks, tracks
     # lockstep: a frame or two apart
-    mine, theirs = itertools.tee(prefetched(_first(frames, max_frames)))
+    mine, theirs = itertools.tee(prefetched(with_change_images(_first(frames, max_frames))))
     trackers = FaceTracker(), FaceTracker()
     with get_landmark_backend(backend) as own, get_landmark_backend(CHOOSER_BACKEND) as chooser:
         for (frame, faces), (_, chosen) in zip(_detections(own, mine, True),

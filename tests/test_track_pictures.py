@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fitting.track import track_faces
+from fitting.track import CHANGE_IMAGES, track_faces
 from morph3d.io.media import VideoPicture, iter_frames, iter_pictures
 
 
@@ -25,6 +25,8 @@ def test_pictures_give_the_tracks_of_whole_frames(media_dir):
 
     parts = track_faces(pictures())
     assert len(made) == 40
+    # the cut test's grey pictures were made as the frames were read
+    assert all(CHANGE_IMAGES in p.notes for p in made)
     # most frames were never converted whole (the detector's every 10th and dlib's were)
     assert sum(p._rgb is not None for p in made) <= 15
     np.testing.assert_array_equal(parts.scene_cut, whole.scene_cut)

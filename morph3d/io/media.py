@@ -477,6 +477,9 @@ class VideoPicture:
         self._converter = converter if RegionConverter.supports(frame) else None
         self._rgb: np.ndarray | None = None
         self._preview: np.ndarray | None = None
+        # what readers made of this picture, kept with it (some made ahead, in the thread
+        # that decodes): name -> value
+        self.notes: dict[str, Any] = {}
         rotated = _normalise_rotation(frame.rotation) in (90, 270)
         h, w = (frame.width, frame.height) if rotated else (frame.height, frame.width)
         self.shape = (h, w, 3)
