@@ -168,7 +168,7 @@ def test_appearance_of_the_original_against_itself():
     rgb, points = _face_picture()
     scores = face_appearance(rgb, rgb.copy(), points)
     assert scores == {"face_ssim": 1.0, "face_psnr": PSNR_CAP_DB, "detail_ratio": 1.0,
-                      "face_lab_delta": 0.0}
+                      "detail_ratio_relative": 1.0, "face_lab_delta": 0.0}
 
 
 def test_appearance_blur_lowers_ssim_and_detail():
@@ -178,6 +178,7 @@ def test_appearance_blur_lowers_ssim_and_detail():
     a, b = face_appearance(rgb, light, points), face_appearance(rgb, heavy, points)
     assert 0 < b["face_ssim"] < a["face_ssim"] < 0.99
     assert 0 < b["detail_ratio"] < a["detail_ratio"] < 0.9
+    assert 0 < b["detail_ratio_relative"] < a["detail_ratio_relative"] < 0.9
     assert b["face_psnr"] < a["face_psnr"] < PSNR_CAP_DB
     assert a["face_lab_delta"] < 1.0  # a blur keeps the mean colour
 
@@ -190,6 +191,8 @@ def test_appearance_colour_shift_raises_lab_delta_only():
     assert a["face_lab_delta"] > 5 and b["face_lab_delta"] > 5
     # a colour shift keeps the grey structure: SSIM stays high, the detail changes little
     assert a["face_ssim"] > 0.97 and 0.95 < a["detail_ratio"] < 1.05
+    # a darker face scales its texture with its level: the relative ratio does not count it
+    assert b["detail_ratio"] < 0.85 and abs(b["detail_ratio_relative"] - 1) < 0.03
     # the change outside the face does not count
     outside = rgb.copy()
     mask = face_hull_mask(points, rgb.shape[:2])

@@ -64,8 +64,8 @@ METRIC_KEYS = ("coverage", "id_dist_source", "id_swap_rate", "id_dist_target",
                "mar_corr", "ear_corr", "gaze_err", "jitter_added", "jitter_noise_floor",
                "jitter_original", "jitter_from_shape", "jitter_added_regions",
                "jitter_noise_floor_regions", "face_ssim", "face_psnr", "detail_ratio",
-               "face_lab_delta", "frames", "frames_original_face", "frames_matched",
-               "seconds")
+               "detail_ratio_relative", "face_lab_delta", "frames", "frames_original_face",
+               "frames_matched", "seconds")
 
 # Round-trip cases: clip -> (frame k used as the source photo, frames swapped and scored).
 ROUNDTRIP = {"orig": (28, None), "nggyup": (150, 180)}
@@ -278,6 +278,7 @@ def roundtrip_scores(result: dict[str, Any], k: int) -> dict[str, Any]:
         "roundtrip_face_ssim": result.get("face_ssim"),
         "roundtrip_face_psnr": result.get("face_psnr"),
         "detail_ratio": result.get("detail_ratio"),
+        "detail_ratio_relative": result.get("detail_ratio_relative"),
         "face_lab_delta": result.get("face_lab_delta"),
         "frames_scored": sum(1 for r in result["per_frame"] if r.get("face_ssim") is not None),
         # what an H.264 CRF-23 re-encode of the original alone scores (the floor of any
@@ -362,11 +363,13 @@ def roundtrip_table(results: dict[str, Any]) -> str:
 def appearance_table(rows: list[tuple[str, str, dict]]) -> str:
     """Cross-identity cases: how much of the original's face the swap changes (not a loss
     here: another person's face should differ) and whether it keeps the detail."""
-    head = "| case | method | face SSIM | face PSNR (dB) | detail ratio | Lab delta |"
+    head = ("| case | method | face SSIM | face PSNR (dB) | detail ratio | detail ratio over "
+            "the grey level | Lab delta |")
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for case, method, m in rows:
         lines.append(f"| {case} | {method} | {fmt(m.get('face_ssim'))} | "
                      f"{fmt(m.get('face_psnr'), 2)} | {fmt(m.get('detail_ratio'))} | "
+                     f"{fmt(m.get('detail_ratio_relative'))} | "
                      f"{fmt(m.get('face_lab_delta'), 2)} |")
     return "\n".join(lines)
 

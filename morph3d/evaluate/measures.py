@@ -17,7 +17,8 @@ IBUG68_REGIONS = {"jaw": slice(0, 17), "brows": slice(17, 27), "nose": slice(27,
 FACE_HULL_POINTS = slice(0, 27)  # iBUG jaw (0-16) and brows (17-26): the face's outline
 PSNR_CAP_DB = 100.0  # identical pixels (MSE 0): a finite number, so clip means stay finite
 SSIM_WINDOW = 7  # scikit-image's default Gaussian-free window
-APPEARANCE_KEYS = ("face_ssim", "face_psnr", "detail_ratio", "face_lab_delta")
+APPEARANCE_KEYS = ("face_ssim", "face_psnr", "detail_ratio", "detail_ratio_relative",
+                   "face_lab_delta")
 
 # Generic 3D face: iBUG points of the project's default head model (MakeHuman-based, mean
 # identity, neutral expression; `load_model("default")`, ``model.landmarks(model.vertices(),
@@ -222,11 +223,16 @@ def appearance_metrics(original: np.ndarray, output: np.ndarray,
     lap_a = cv2.Laplacian(grey_a, cv2.CV_64F, ksize=3)[m].std()
     lap_b = cv2.Laplacian(grey_b, cv2.CV_64F, ksize=3)[m].std()
     detail = float(lap_b / lap_a) if lap_a > 0 else math.nan
+    # each side's detail over its own grey level: a lighter face shows its texture (and a
+    # ratio-scaled frame its grain) proportionally stronger, which this one does not count
+    level_a, level_b = grey_a[m].mean(), grey_b[m].mean()
+    relative = (float(detail * level_a / level_b) if lap_a > 0 and level_b > 0
+                else math.nan)
     lab_a = cv2.cvtColor(a.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[m].mean(axis=0)
     lab_b = cv2.cvtColor(b.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[m].mean(axis=0)
     lab = float(np.linalg.norm(lab_a.astype(np.float64) - lab_b.astype(np.float64)))
     return {"face_ssim": ssim, "face_psnr": psnr, "detail_ratio": detail,
-            "face_lab_delta": lab}
+            "detail_ratio_relative": relative, "face_lab_delta": lab}
 
 
 def face_appearance(original: np.ndarray, output: np.ndarray,

@@ -292,7 +292,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"expression: mar_corr {f('mar_corr')} (mad {f('mar_mad')}), ear_corr "
         f"{f('ear_corr')} (mad {f('ear_mad')}); gaze_err {f('gaze_err')} eye widths",
         f"appearance in the face (jaw + brow hull): face_ssim {f('face_ssim')}, face_psnr "
-        f"{f('face_psnr', 2)} dB, detail_ratio {f('detail_ratio')}, face_lab_delta "
+        f"{f('face_psnr', 2)} dB, detail_ratio {f('detail_ratio')} (over the grey level "
+        f"{f('detail_ratio_relative')}), face_lab_delta "
         f"{f('face_lab_delta', 2)}" + (
             f" (re-encoded original: ssim {f('face_ssim', 3, floor)}, psnr "
             f"{f('face_psnr', 2, floor)} dB, detail {f('detail_ratio', 3, floor)}, lab "

@@ -39,6 +39,9 @@ appearance pixel agreement inside the original's face: the convex hull of its 68
            of the RGB pixels inside the hull (dB, 8-bit peak; identical pixels give
            `PSNR_CAP_DB`); `detail_ratio`: the standard deviation of the grey 3 x 3 Laplacian
            inside the hull, output over original (1: as sharp, < 1: smoother, waxy);
+           `detail_ratio_relative`: the same with each side's over its mean grey level in
+           the hull (a lighter face's texture is proportionally stronger: this one reads
+           sharpness apart from lightness);
            `face_lab_delta`: the Euclidean distance of the mean CIELAB colour inside the hull
            (D65; about 1 is a just-noticeable difference, 0 the same mean colour). Only
            meaningful where the output should equal the original pixel for pixel (a round
