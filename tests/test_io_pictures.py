@@ -115,3 +115,25 @@ def test_a_region_of_a_whole_frame_size_is_the_whole_conversion(tmp_path, size):
     whole = frame_rgb(frame)
     part = RegionConverter().convert(frame, 0, size[1], 1, size[0] - 1)
     np.testing.assert_array_equal(part, whole[:, 1:-1])
+
+
+def test_a_rotated_clips_pictures_are_upright_and_converted_whole(tmp_path):
+    """A phone's portrait tag: the picture's shape, its regions and its preview are upright,
+    and the same as `iter_frames`' frames."""
+    rng = np.random.default_rng(2)
+    stored = rng.integers(0, 256, (96, 64, 3), np.uint8).repeat(2, 0).repeat(2, 1)
+    path = tmp_path / "rotated.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 128, 192, "yuv420p"
+        stream.set_display_rotation(90)
+        for pts in range(2):
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    for picture, frame in zip(iter_pictures(path), iter_frames(path), strict=True):
+        assert not RegionConverter.supports(picture.frame)
+        assert picture.shape == frame.rgb.shape == (128, 192, 3)
+        np.testing.assert_array_equal(picture.region(5, 100, 17, 150), frame.rgb[5:100, 17:150])
+        assert picture.preview().shape == (128, 192, 3)
