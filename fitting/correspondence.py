@@ -230,12 +230,16 @@ def landmark_set(model, landmarks: dict[str, np.ndarray], convention: str | None
 
 def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
                        camera: CameraParams) -> None:
-    """Step 5: the correspondences that move with the pose (on the face deformed by
-    `ls.offset`, if any).
+    """Step 5: the correspondences that move with the pose.
 
     - Each iBUG side jaw point (`CONTOUR_JAW`) moves to the occluding contour: the point of
       its horizontal model row (mesh edges crossing the point's height) that projects
-      farthest outwards in the image.
+      farthest outwards in the image. The point is picked on the 3DMM face (identity and
+      expression), not on the face deformed by `ls.offset`: the corrective offset
+      (`fitting.fit.fit_corrective`) is solved at the contour points picked while fitting,
+      when there was no offset yet, and moves them onto the detector's points; picked again
+      on the deformed face, a point could jump to another part of its row (a corner of the
+      chin, the neck side) and land far from where the offset put it.
     - Each lower jaw point (`LOWER_JAW`) does the same once its table point faces away from
       the camera (beyond the outline of a turned head, where the annotation follows the
       outline), else it keeps its table point. Turning away, the table point reaches the
@@ -245,7 +249,6 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
       beyond (a detector guesses where hidden points are).
     """
     arrays = ls.arrays
-    offset = ls.offset
     gather = arrays.contour_gather.get(ls.ibug_table)
     R = rotation_matrix(state.rotation)
     # View rays to the points of the mean face: a face's shape moves them by a few mm at a
@@ -274,8 +277,6 @@ def update_jaw_contour(ls: LandmarkSet, identity: np.ndarray, state: FrameState,
     rows, sizes = gather.rows(jaw)
     # Every candidate vertex (a few hundred), then the candidates (points on mesh edges).
     vu = gather.vertices(identity, state.expression)
-    if offset is not None:
-        vu = vu + offset[gather.vertex_ids]
     local, w = gather.local[rows], gather.edge_weights[rows]
     verts = w[:, :1] * vu[local[:, 0]] + w[:, 1:] * vu[local[:, 1]]
     uv = project(verts, state.rotation, state.translation, camera)

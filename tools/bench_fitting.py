@@ -24,7 +24,11 @@
 - real photos: NME (mean error / outer-eye-corner distance) of the fitted model's 68
   landmarks vs the annotation, fitted to mediapipe's 478 (+ derived 68) and to dlib's 68 +
   mediapipe's 478 (backend "dlib+mediapipe"; with its corrective deformation, the default,
-  and without), next to raw dlib and raw mediapipe.
+  and without), next to raw dlib and raw mediapipe; also dlib's shape predictor on
+  mediapipe's box of the face (`fitting.choice.dlib_points_for`: the "dlib" backend's points
+  where dlib's detector misses a face), raw and fitted through the "dlib+mediapipe" path; and
+  mediapipe's own points fitted through the "dlib+mediapipe" path (what it fits where dlib
+  misses the face).
 - video: nggyup.mp4: mean frame-to-frame motion of the fitted projected landmarks relative
   to the raw detector's, a trajectory plot (docs/fitting_trajectory.png), per-frame solver
   ms (detection excluded); photo fit seconds (mark.jpg, detection excluded; the first
@@ -251,6 +255,8 @@ def synthetic(model, n: int, rendered: bool, given_focal: bool = True,
 def real_nme(model) -> dict:
     from fitting import fit as F
     from fitting import photo as FP
+    from fitting.choice import dlib_points_for
+    from fitting.detection import detect_faces_bounded
     from fitting.synthetic import nme
     from morph3d.io.images import read_image
 
@@ -265,15 +271,21 @@ def real_nme(model) -> dict:
         dlib = F.detect_landmarks(image, "dlib")["ibug68"]
         mp = F.detect_landmarks(image, "mediapipe")
         both = {"ibug68": dlib, "mediapipe478": mp["mediapipe478"]}  # = "dlib+mediapipe"
+        mp_faces = detect_faces_bounded(image, "mediapipe")
+        on_box = dlib_points_for(image, mp_faces.boxes[int(np.argmax(mp_faces.areas()))])
+        missed = {"ibug68": on_box, "mediapipe478": mp["mediapipe478"]}
         fitted = {}
         for key, lms, corrective in (("fitted_mediapipe", mp, None),
                                      ("fitted_dlib_mediapipe", both, None),
-                                     ("fitted_dlib_mediapipe_no_corrective", both, False)):
+                                     ("fitted_dlib_mediapipe_no_corrective", both, False),
+                                     ("fitted_dlib_predictor_on_mediapipe_box", missed, None),
+                                     ("fitted_dlib_mediapipe_if_dlib_missed", mp, None)):
             backend = "mediapipe" if key == "fitted_mediapipe" else "dlib+mediapipe"
             fit = FP.fit_photo(image, model, landmarks=lms, photometric=False, backend=backend,
                               corrective=corrective)[0]
             fitted[key] = nme(FP.projected_landmarks(fit, model)[0], truth)
-        out[name] = {**fitted, "dlib": nme(dlib, truth), "mediapipe": nme(mp["ibug68"], truth)}
+        out[name] = {**fitted, "dlib": nme(dlib, truth), "mediapipe": nme(mp["ibug68"], truth),
+                     "dlib_predictor_on_mediapipe_box": nme(on_box, truth)}
     return out
 
 
