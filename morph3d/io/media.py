@@ -5,7 +5,8 @@ the path checks; `morph3d.io.video_writer` writes videos. Together they are the 
 pixels enter or leave morph3d as files.
 
 * Every array crossing this border is ``H x W x 3`` ``uint8`` RGB (the pipeline converts to
-  float32 in [0, 1] itself).
+  float32 in [0, 1] itself). A reader of parts of each frame (the landmark stage) takes
+  `VideoPicture`s (`iter_pictures`): the same bytes, made only where they are read.
 * Frames are yielded upright: a stream's display rotation (phone videos) is applied on
   decode, and `VideoInfo.width/height` are the upright size, so
   ``frame.rgb.shape == (info.height, info.width, 3)``. The writer writes upright pixels and
