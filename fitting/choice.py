@@ -243,9 +243,7 @@ def choose_photo_face(image: np.ndarray, backend: str, choice: FaceChoice,
         j = nearest_face(own, landmarks[IBUG68], faces.boxes[k])
         if j >= 0:
             points = own.landmarks[IBUG68][j].astype(np.float64)
-        elif key == "dlib+mediapipe":
-            points = landmarks[IBUG68]  # mediapipe's derived 68, as before dlib missed it
-        elif key.startswith("dlib"):
+        elif key.startswith("dlib"):  # a turned head: the predictor still finds its outline
             points = dlib_points_for(image, faces.boxes[k])
         else:
             raise Morph3dError(f"the {backend} backend finds no face at the chosen face in "

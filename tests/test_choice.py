@@ -124,6 +124,28 @@ def test_every_backend_fits_the_chosen_face(three, choice):
 
 
 @pytest.mark.media
+def test_dlib_backends_use_the_predictor_where_dlibs_detector_misses(media_dir: Path):
+    """With the lower face hidden dlib's detector finds no face where mediapipe's does: both
+    dlib backends then take dlib's shape predictor on the chosen box (mediapipe's derived 68
+    are much further off on a turned head), and "dlib+mediapipe" keeps mediapipe's mesh."""
+    from fitting.choice import dlib_points_for
+    from fitting.detection import detect_faces
+    from morph3d.io.images import read_image
+
+    image = read_image(media_dir / "mark.jpg").copy()
+    box = detect_faces(image, "mediapipe").boxes[0]
+    image[int((box[1] + box[3]) / 2):int(box[3]) + 5] = 0
+    assert len(detect_faces(image, "dlib")) == 0
+    auto = parse_face_choice("auto")
+    both = choose_photo_face(image, "dlib+mediapipe", auto)
+    alone = choose_photo_face(image, "dlib", auto)
+    predicted = dlib_points_for(image, both.box)
+    np.testing.assert_array_equal(both.landmarks["ibug68"], predicted)
+    np.testing.assert_array_equal(alone.landmarks["ibug68"], predicted)
+    assert set(both.landmarks) == {"ibug68", "mediapipe478"}
+
+
+@pytest.mark.media
 def test_dlib_points_where_its_detector_misses_the_face(three):
     """The predictor on the chosen (mediapipe) box gives about what dlib's own detection
     gives (NME over the outer-eye-corner distance): closely on the two near-frontal faces,
