@@ -84,27 +84,16 @@ def detect_landmarks(image: np.ndarray, backend: str = "mediapipe",
                      source: str = "image") -> dict[str, np.ndarray]:
     """Step 1: the largest face's landmarks {scheme: L x 2} (pixels); Morph3dError if none.
 
-    backend "dlib+mediapipe": mediapipe's 478 points with dlib's 68 (closest to the
-    mediapipe face; mediapipe's derived 68 if dlib misses it). dlib's 68 follow the iBUG
-    annotation convention (jaw, brows) more closely: fitted real-photo NME ~4 % vs ~5 %.
+    The face is chosen as `morph3d fit` chooses it (`fitting.choice.choose_photo_face`: one
+    detector's boxes for every backend, so every backend measures the same face). Backend
+    "dlib+mediapipe": mediapipe's 478 points with dlib's 68 of that face, which follow the
+    iBUG annotation convention (jaw, brows) more closely (fitted real-photo NME ~4 % vs
+    ~5 %); where dlib's detector misses the face (a turned head), dlib's shape predictor on
+    the chosen box, far closer than mediapipe's derived 68 on real turned faces.
     """
-    from fitting.detection import detect_faces_bounded
+    from fitting.choice import choose_photo_face, parse_face_choice
 
-    if backend == "dlib+mediapipe":
-        out = detect_landmarks(image, "mediapipe", source)
-        dlib = detect_faces_bounded(image, "dlib")
-        if len(dlib):
-            centres = dlib.landmarks[IBUG68].mean(1)
-            own = out[IBUG68].mean(0)
-            best = int(np.argmin(np.linalg.norm(centres - own, axis=1)))
-            if np.linalg.norm(centres[best] - own) < 0.25 * face_scale(out[IBUG68]):
-                out[IBUG68] = dlib.landmarks[IBUG68][best].astype(np.float64)
-        return out
-    faces = detect_faces_bounded(image, backend)
-    if not len(faces):
-        raise Morph3dError(f"no face found in {source}")
-    best = int(np.argmax(faces.areas()))
-    return {scheme: points[best].astype(np.float64) for scheme, points in faces.landmarks.items()}
+    return choose_photo_face(image, backend, parse_face_choice("auto"), source).landmarks
 
 
 # --------------------------------------------------------------------------------------------

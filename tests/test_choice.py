@@ -143,6 +143,11 @@ def test_dlib_backends_use_the_predictor_where_dlibs_detector_misses(media_dir: 
     np.testing.assert_array_equal(both.landmarks["ibug68"], predicted)
     np.testing.assert_array_equal(alone.landmarks["ibug68"], predicted)
     assert set(both.landmarks) == {"ibug68", "mediapipe478"}
+    # the fit's own step 1 (`fit_photo` without landmarks) chooses and measures the same
+    from fitting.fit import detect_landmarks
+
+    np.testing.assert_array_equal(detect_landmarks(image, "dlib+mediapipe")["ibug68"],
+                                  predicted)
 
 
 @pytest.mark.media
