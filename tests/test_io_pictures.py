@@ -137,3 +137,13 @@ def test_a_rotated_clips_pictures_are_upright_and_converted_whole(tmp_path):
         assert picture.shape == frame.rgb.shape == (128, 192, 3)
         np.testing.assert_array_equal(picture.region(5, 100, 17, 150), frame.rgb[5:100, 17:150])
         assert picture.preview().shape == (128, 192, 3)
+
+
+def test_a_copy_asked_of_a_picture_leaves_its_rgb_alone(tmp_path):
+    picture = next(iter_pictures(colour_clip(tmp_path / "c.mp4", frames=1)))
+    kept = picture.rgb().copy()
+    changed = np.array(picture)  # numpy asks for a copy
+    changed[:] = 0
+    np.testing.assert_array_equal(picture.rgb(), kept)
+    assert np.asarray(picture) is picture.rgb()
+    assert np.asarray(picture, np.float32).dtype == np.float32

@@ -491,8 +491,10 @@ class VideoPicture:
         return self._rgb
 
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
-        rgb = self.rgb()
-        return rgb if dtype is None else rgb.astype(dtype)
+        rgb = self.rgb()  # kept for the picture's later readers: a copy when one is asked
+        if dtype is not None and np.dtype(dtype) != rgb.dtype:
+            return rgb.astype(dtype)
+        return rgb.copy() if copy else rgb
 
     def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """``rgb()[y0:y1, x0:x1]`` (bounds clipped to the picture), converting only that
