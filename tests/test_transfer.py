@@ -633,6 +633,15 @@ def test_the_gain_keeps_the_frames_grain() -> None:
         assert grain(scaled) / before == pytest.approx(level, rel=0.1)
     out = apply_ratio(image, np.ones((64, 64, 3), np.float32), ones, grain_px=1.0)
     assert np.abs(out * 255.0 - image).max() < 0.6  # the tables' steps on the low-pass
+    # an edge is far above the grain: it is scaled whole, its profile as without grain kept
+    step = np.full((64, 64, 3), 60.0)
+    step[:, 32:] = 160.0
+    step = np.clip(step + rng.normal(0, 2, step.shape), 0, 255).astype(np.uint8)
+    ratio = np.full((64, 64, 3), 1.8, np.float32)
+    kept = apply_ratio(step, ratio, ones, grain_px=1.0)
+    scaled = apply_ratio(step, ratio, ones)
+    edge = np.abs(kept - scaled)[:, 29:35] * 255
+    assert edge.max() < 6 and edge.mean() < 2
 
 
 def test_a_pasted_mask_is_the_pasted_channel_over_its_level() -> None:

@@ -195,18 +195,23 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
     in linear RGB; float32 sRGB in [0, 1] out.
 
     strength H x W in [0, 1]: 0 leaves a pixel exactly as it is. `grain_px` > 0 (uint8
-    images only): the gain goes onto the image's low-pass (a Gaussian of that sigma, px)
-    and the finer rest is added back as it is, in sRGB-encoded values: a camera's grain is
-    about as strong in encoded values on dark skin as on light, so a face made lighter or
-    darker keeps the clip's grain instead of scaling it. uint8 images (the swap's) go
-    through one compiled pass (`_toned_bytes`: the window is large, and a dozen numpy
-    passes over it cost several times one loop); float images through numpy."""
+    images only): the image's grain, its difference from a Gaussian low-pass of that sigma
+    (px) up to `GRAIN_SIGMAS` times its robust spread over the face, is added back as it is
+    in sRGB-encoded values, and the gain goes onto the rest. A camera's grain is about as
+    strong in encoded values on dark skin as on light, so a face made lighter or darker
+    keeps the clip's grain instead of scaling it; an edge (lips, lids) is far above the
+    grain's spread and is scaled whole, so its profile does not change. uint8 images (the
+    swap's) go through one compiled pass (`_toned_bytes`: the window is large, and a dozen
+    numpy passes over it cost several times one loop); float images through numpy."""
     strength = np.asarray(strength, np.float32)
     if image.dtype == np.uint8:
         image = np.ascontiguousarray(image)
-        low = cv2.GaussianBlur(image, (0, 0), grain_px) if grain_px > 0 else image
+        low, limit = image, np.float32(0.0)
+        if grain_px > 0:
+            low = cv2.GaussianBlur(image, (0, 0), grain_px)
+            limit = grain_limit(image, low, strength)
         out = np.empty(image.shape, np.float32)
-        _toned_bytes(image, np.ascontiguousarray(low), np.asarray(ratio, np.float32),
+        _toned_bytes(image, np.ascontiguousarray(low), limit, np.asarray(ratio, np.float32),
                      strength, _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out)
         return out
     out = image.astype(np.float32)
@@ -222,29 +227,52 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
 
 
 _U8_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+# How far (in robust standard deviations of the fine band over the face) a pixel's difference
+# from its low-pass still counts as grain
+GRAIN_SIGMAS = 2.5
+
+
+def grain_limit(image: np.ndarray, low: np.ndarray, strength: np.ndarray,
+                sigmas: float = GRAIN_SIGMAS) -> np.float32:
+    """The largest difference from the low-pass (grey levels) that counts as grain:
+    `sigmas` x the fine band's robust spread (1.4826 x the median absolute difference) over
+    the pixels the gain touches, read on every third row and column, at least half a
+    level."""
+    on = strength[::3, ::3] > 0
+    if not on.any():
+        return np.float32(0.5)
+    diff = np.abs(image[::3, ::3].astype(np.int16) - low[::3, ::3])[on]
+    return np.float32(max(0.5, sigmas * 1.4826 * float(np.median(diff))))
 
 
 @numba.njit(cache=True, nogil=True)
-def _toned_bytes(image: np.ndarray, low: np.ndarray, ratio: np.ndarray,
+def _toned_bytes(image: np.ndarray, low: np.ndarray, limit: np.float32, ratio: np.ndarray,
                  strength: np.ndarray, to_linear: np.ndarray, to_srgb: np.ndarray,
                  to_unit: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32: its
-    low-pass `low` (uint8; the image itself for no grain) in linear light from the
-    256-entry table, times the gain, back through the fine table (index rounded, clamped to
-    its ends), plus the image's own difference from `low`, clipped to [0, 1]; untouched
-    pixels are the byte over 255."""
+    """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32: the
+    grain (the image less its low-pass `low`, uint8, clipped to +-`limit` levels; none for
+    a limit of 0) taken off, the rest in linear light (the 256-entry table, interpolated),
+    times the gain, back through the fine table (index rounded, clamped to its ends), the
+    grain added back, clipped to [0, 1]; untouched pixels are the byte over 255."""
     top = np.float32(to_srgb.shape[0] - 1)
     one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
+    level = np.float32(255.0)
     for y in range(image.shape[0]):
         for x in range(image.shape[1]):
             s = strength[y, x]
             if s > zero:
                 s = min(s, one)
                 for c in range(3):
-                    v = to_linear[low[y, x, c]] * ((ratio[y, x, c] - one) * s + one)
+                    byte = image[y, x, c]
+                    grain = min(max(np.float32(np.int16(byte) - np.int16(low[y, x, c])),
+                                    -limit), limit)
+                    base = min(max(np.float32(byte) - grain, zero), level)
+                    i = min(int(base), 254)
+                    f = base - np.float32(i)
+                    lin = to_linear[i] + f * (to_linear[i + 1] - to_linear[i])
+                    v = lin * ((ratio[y, x, c] - one) * s + one)
                     v = min(max(v * top + half, zero), top)
-                    t = to_srgb[int(v)] + (to_unit[image[y, x, c]] - to_unit[low[y, x, c]])
-                    out[y, x, c] = min(max(t, zero), one)
+                    out[y, x, c] = min(max(to_srgb[int(v)] + grain / level, zero), one)
             else:
                 for c in range(3):
                     out[y, x, c] = to_unit[image[y, x, c]]
