@@ -740,8 +740,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     the gain's cut around the kept eyeballs and mouth no sharper than the frame (`soft_cut`);
     `flatten`: the scale (IOD) above which the ratio's lightness is the face's overall tone
     (`tone.flat_lightness`: there both albedos hold their shading models' errors; 0: off);
-    `grain_px`: the frame's detail below this sigma (frame pixels) is kept as it is, not
-    scaled by the gain (`apply_ratio`; 0: scaled).
+    `grain_px`: the frame's grain (its small differences from a low-pass of this sigma,
+    frame pixels) is kept as it is, not scaled by the gain (`apply_ratio`; 0: scaled).
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
