@@ -223,8 +223,8 @@ def appearance_metrics(original: np.ndarray, output: np.ndarray,
     lap_a = cv2.Laplacian(grey_a, cv2.CV_64F, ksize=3)[m].std()
     lap_b = cv2.Laplacian(grey_b, cv2.CV_64F, ksize=3)[m].std()
     detail = float(lap_b / lap_a) if lap_a > 0 else math.nan
-    # each side's detail over its own grey level: a lighter face shows its texture (and a
-    # ratio-scaled frame its grain) proportionally stronger, which this one does not count
+    # each side's detail over its own grey level: a lighter face shows its texture
+    # proportionally stronger, which this one does not count
     level_a, level_b = grey_a[m].mean(), grey_b[m].mean()
     relative = (float(detail * level_a / level_b) if lap_a > 0 and level_b > 0
                 else math.nan)
