@@ -28,6 +28,7 @@ import numba
 import numpy as np
 
 from morph3d.composite.colour import LUMA
+from morph3d.swap.tone import _weighted
 
 # The two probe blurs (pixels). `a` must damp the frame's grain and compression noise, whose
 # Laplacian energy falls as a^-6 while an edge's falls as (s^2 + a^2)^-3/2: with a = 1 the
@@ -253,13 +254,31 @@ def match_blur(source: np.ndarray, frame: np.ndarray, trust: np.ndarray,
     r = kernel.shape[0] // 2
     box = (slice(max(rows[0] - r, 0), rows[-1] + r + 1),
            slice(max(cols[0] - r, 0), cols[-1] + r + 1))
-    part, wp = out[box], w[box]
-    both = cv2.filter2D(np.concatenate([part * wp[..., None], wp[..., None]], -1), -1,
-                        kernel, borderType=cv2.BORDER_REFLECT)
-    low = both[..., :3] / np.maximum(both[..., 3:], 1e-4)
-    keep = np.clip(both[..., 3:] / 0.3, 0.0, 1.0)  # no support nearby: as it was
-    out[box] = keep * low + (1 - keep) * part
+    part = np.ascontiguousarray(out[box])
+    both = cv2.filter2D(_weighted(part, np.ascontiguousarray(w[box])), -1, kernel,
+                        borderType=cv2.BORDER_REFLECT)
+    out[box] = _normalized_mix(both, part)  # no support nearby: as it was
     return out, sigma, known
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalized_mix(both: np.ndarray, part: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """H x W x 3: the blurred values over the blurred weight (`both`: H x W x 4, weight
+    floored at 1e-4) blended into `part` by that weight over 0.3 (clipped to [0, 1]),
+    float32 in numpy's order of operations."""
+    h, w = part.shape[:2]
+    out = np.empty((h, w, 3), np.float32)
+    floor, support = np.float32(1e-4), np.float32(0.3)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for y in range(h):
+        for x in range(w):
+            d = both[y, x, 3]
+            den = d if d > floor else floor
+            keep = d / support
+            keep = zero if keep < zero else (one if keep > one else keep)
+            for c in range(3):
+                out[y, x, c] = keep * (both[y, x, c] / den) + (one - keep) * part[y, x, c]
+    return out
 
 
 def soft_cut(mask: np.ndarray, blur: float, min_blur: float = 0.3) -> np.ndarray:

@@ -44,37 +44,46 @@ def normalized_blur(values: np.ndarray, weight: np.ndarray, sigma: float,
     if box is None:
         return (np.zeros((h, width) if flat else v.shape, np.float32),
                 np.zeros((h, width), np.float32))
-    if box == (0, h, 0, width):
-        out, den = _blurred_quotient(v, w, sigma, f)
-    else:
-        r0, r1, c0, c1 = box
-        low, low_den = _blurred_quotient(v[r0:r1, c0:c1], w[r0:r1, c0:c1], sigma, f)
-        out = np.zeros(v.shape, np.float32)
-        out[r0:r1, c0:c1] = low
-        den = np.zeros((h, width), np.float32)
-        den[r0:r1, c0:c1] = low_den
+    out, den = _blurred_into(v, w, sigma, f, box)
     return (out[..., 0] if flat else out), den
 
 
 def _blurred_quotient(v: np.ndarray, w: np.ndarray, sigma: float, f: int
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """`normalized_blur` of v (H x W x C) on the raster reduced by `f` (1: full size)."""
+    """`normalized_blur` of v (H x W x C) on the raster reduced by `f` (1: full size), over
+    the whole raster."""
+    return _blurred_into(v, w, sigma, f, (0, w.shape[0], 0, w.shape[1]))
+
+
+def _blurred_into(v: np.ndarray, w: np.ndarray, sigma: float, f: int,
+                  box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """`normalized_blur` of v (H x W x C) over `box` (top, bottom, left, right; whole
+    blocks of `f`) into whole-raster arrays, zeros beyond the box: (H x W x C, H x W).
+    The box is read and written in place by compiled passes (no copies of its slices)."""
     h, width = w.shape
+    r0, r1, c0, c1 = box
+    bh, bw = r1 - r0, c1 - c0
     # values x weight and the weight in one contiguous array: one blur for all
-    vw = _weighted(np.ascontiguousarray(v), np.ascontiguousarray(w))
+    vw = _weighted_box(v, w, r0, r1, c0, c1)
     if f > 1:
-        small = cv2.resize(vw, (width // f, h // f), interpolation=cv2.INTER_AREA)
+        small = cv2.resize(vw, (bw // f, bh // f), interpolation=cv2.INTER_AREA)
         s = np.sqrt(max(sigma ** 2 - (f ** 2 - 1) / 12.0, 0.25 * f ** 2)) / f
-        both = _divided(cv2.GaussianBlur(small, (0, 0), s, borderType=cv2.BORDER_REPLICATE)
-                        .reshape(h // f, width // f, -1))
+        both = _quotient_joined(cv2.GaussianBlur(small, (0, 0), s,
+                                                 borderType=cv2.BORDER_REPLICATE)
+                                .reshape(bh // f, bw // f, -1))
         # the quotient, not numerator and denominator, is interpolated: where the weight's
         # tail falls by orders of magnitude between two reduced pixels their quotient would not
-        both = cv2.resize(both, (width, h), interpolation=cv2.INTER_LINEAR).reshape(h, width, -1)
-        out, den = both[..., :-1], both[..., -1]
+        both = cv2.resize(both, (bw, bh), interpolation=cv2.INTER_LINEAR).reshape(bh, bw, -1)
+        if (bh, bw) == (h, width):  # the whole raster: its two parts as they are
+            return both[..., :-1], both[..., -1]
+        out = np.zeros((h, width, v.shape[2]), np.float32)
+        den = np.zeros((h, width), np.float32)
+        _split_into(both, r0, c0, out, den)
     else:
-        out, den = _quotient(cv2.GaussianBlur(vw, (0, 0), sigma,
-                                              borderType=cv2.BORDER_REPLICATE)
-                             .reshape(h, width, -1))
+        out = np.zeros((h, width, v.shape[2]), np.float32)
+        den = np.zeros((h, width), np.float32)
+        _quotient_into(cv2.GaussianBlur(vw, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+                       .reshape(bh, bw, -1), r0, c0, out, den)
     return out, den
 
 
@@ -105,26 +114,62 @@ def _weighted(values: np.ndarray, weight: np.ndarray) -> np.ndarray:  # pragma: 
 
 
 @numba.njit(cache=True, nogil=True)
-def _quotient(both: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover
-    """H x W x (C + 1) blurred (values x weight, weight) -> values (H x W x C, 0 where the
-    weight is <= 1e-6) and weight (H x W), as new contiguous arrays."""
+def _weighted_box(values: np.ndarray, weight: np.ndarray, r0: int, r1: int, c0: int,
+                  c1: int) -> np.ndarray:  # pragma: no cover - compiled
+    """`_weighted` of rows r0 .. r1 - 1 and columns c0 .. c1 - 1 (any memory layout)."""
+    c = values.shape[2]
+    out = np.empty((r1 - r0, c1 - c0, c + 1), np.float32)
+    for y in range(r0, r1):
+        for x in range(c0, c1):
+            k = weight[y, x]
+            for i in range(c):
+                out[y - r0, x - c0, i] = values[y, x, i] * k
+            out[y - r0, x - c0, c] = k
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _quotient_joined(both: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight): values 0
+    where the weight is <= 1e-6."""
     h, w, c1 = both.shape
-    out = np.empty((h, w, c1 - 1), np.float32)
-    den = np.empty((h, w), np.float32)
+    out = np.empty((h, w, c1), np.float32)
     tiny, zero = np.float32(1e-6), np.float32(0.0)
     for y in range(h):
         for x in range(w):
             d = both[y, x, c1 - 1]
-            den[y, x] = d
+            out[y, x, c1 - 1] = d
             for i in range(c1 - 1):
                 out[y, x, i] = both[y, x, i] / max(d, tiny) if d > tiny else zero
-    return out, den
+    return out
 
 
-def _divided(both: np.ndarray) -> np.ndarray:
-    """H x W x (C + 1) blurred (values x weight, weight) -> (values, weight)."""
-    out, den = _quotient(np.ascontiguousarray(both))
-    return np.concatenate([out, den[..., None]], -1)
+@numba.njit(cache=True, nogil=True)
+def _quotient_into(both: np.ndarray, r0: int, c0: int, out: np.ndarray,
+                   den: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`_quotient_joined` of `both` (H' x W' x (C + 1)) written into out (H x W x C) and
+    den (H x W) from row r0, column c0."""
+    h, w, c1 = both.shape
+    tiny, zero = np.float32(1e-6), np.float32(0.0)
+    for y in range(h):
+        for x in range(w):
+            d = both[y, x, c1 - 1]
+            den[y + r0, x + c0] = d
+            for i in range(c1 - 1):
+                out[y + r0, x + c0, i] = both[y, x, i] / max(d, tiny) if d > tiny else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _split_into(both: np.ndarray, r0: int, c0: int, out: np.ndarray,
+                den: np.ndarray) -> None:  # pragma: no cover - compiled
+    """(values, weight) (H' x W' x (C + 1)) written into out (H x W x C) and den (H x W)
+    from row r0, column c0."""
+    h, w, c1 = both.shape
+    for y in range(h):
+        for x in range(w):
+            for i in range(c1 - 1):
+                out[y + r0, x + c0, i] = both[y, x, i]
+            den[y + r0, x + c0] = both[y, x, c1 - 1]
 
 
 _REDUCE_PER_SIGMA = 2.0  # one step of raster reduction per this many pixels of sigma
@@ -154,8 +199,60 @@ def skin_chroma(linear: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, flo
     keep = weight > 0.5 * float(weight.max(initial=0.0))
     if float(weight.max(initial=0.0)) <= 0 or keep.sum() < 20:
         return None
-    rgb = np.maximum(column_median(linear[keep]), 1e-4)
+    return _chroma_of(column_median(linear[keep]))
+
+
+def _chroma_of(median: np.ndarray) -> tuple[np.ndarray, float]:
+    """`skin_chroma` from the skin's median linear RGB (3,)."""
+    rgb = np.maximum(median, 1e-4)
     return np.log(np.float32([rgb[0] / rgb[1], rgb[2] / rgb[1]])), float(rgb @ LUMA)
+
+
+def _skin_samples(source: np.ndarray, actor: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """6 x N float32: both sides' linear RGB (H x W x 3 float32 each; source rows first)
+    at the N pixels where `weight` (H x W float32) is over half its maximum (`skin_chroma`'s
+    pixels), one contiguous row per channel for the medians; N = 0 where it is 0."""
+    top = float(weight.max(initial=0.0))
+    if top <= 0:
+        return np.zeros((6, 0), np.float32)
+    return _gathered(source, actor, weight, np.float32(0.5 * top))
+
+
+@numba.njit(cache=True, nogil=True)
+def _gathered(source: np.ndarray, actor: np.ndarray, weight: np.ndarray,
+              level: np.float32) -> np.ndarray:  # pragma: no cover - compiled
+    """`_skin_samples`' rows: the pixels where weight > level, in raster order."""
+    h, w = weight.shape
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if weight[y, x] > level:
+                n += 1
+    out = np.empty((6, n), np.float32)
+    i = 0
+    for y in range(h):
+        for x in range(w):
+            if weight[y, x] > level:
+                for c in range(3):
+                    out[c, i] = source[y, x, c]
+                    out[c + 3, i] = actor[y, x, c]
+                i += 1
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _sample_ratios(samples: np.ndarray, s_light: np.ndarray,
+                   a_light: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """3 x N: (source / its light + 1e-3) / (actor / its light + 1e-3) of `_skin_samples`,
+    float32 as `_lit_pair` and numpy give them."""
+    n = samples.shape[1]
+    out = np.empty((3, n), np.float32)
+    eps = np.float32(1e-3)
+    for c in range(3):
+        for i in range(n):
+            out[c, i] = ((samples[c, i] / s_light[c] + eps)
+                         / (samples[c + 3, i] / a_light[c] + eps))
+    return out
 
 
 def locus_position(chroma: np.ndarray) -> float:
@@ -183,8 +280,8 @@ def skin_illuminant(linear: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return light_gains(measured[0], locus_position(measured[0]))
 
 
-def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray
-                ) -> tuple[np.ndarray, np.ndarray]:
+def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray,
+                samples: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The light on each side's skin ((3,) gains each, as `skin_illuminant`), the source's
     place on the skin locus held in the order of the two skins' lightness.
 
@@ -197,8 +294,15 @@ def skin_lights(source: np.ndarray, actor: np.ndarray, weight: np.ndarray
     source placed less far from the actor along the locus than its lightness says (or on
     the wrong side: a darker source placed paler, whose output would be bluer than both
     pictures) is put where its lightness says instead. Two grey skins have no light colour
-    (ones for both)."""
-    s, a = skin_chroma(source, weight), skin_chroma(actor, weight)
+    (ones for both). `samples`: `_skin_samples` of the same pictures and weight when the
+    caller has them (both medians from one gather)."""
+    if samples is None:
+        s, a = skin_chroma(source, weight), skin_chroma(actor, weight)
+    elif samples.shape[1] < 20:
+        s = a = None
+    else:
+        median = np.median(samples, axis=1)  # per row: `column_median`'s values
+        s, a = _chroma_of(median[:3]), _chroma_of(median[3:])
     if s is None or a is None:
         return (np.ones(3, np.float32) if s is None else light_gains(s[0], locus_position(s[0])),
                 np.ones(3, np.float32) if a is None else light_gains(a[0], locus_position(a[0])))
@@ -238,7 +342,9 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     else:
         s_lin, a_lin = srgb_to_linear(source), srgb_to_linear(actor)
     w = np.ascontiguousarray(weight, np.float32)
-    s_light, a_light = skin_lights(s_lin, a_lin, w)
+    # the skin pixels both medians read, gathered once
+    samples = _skin_samples(np.ascontiguousarray(s_lin), np.ascontiguousarray(a_lin), w)
+    s_light, a_light = skin_lights(s_lin, a_lin, w, samples)
     # both sides under their lights in one H x W x 6 array, as the low-passes take them
     pair = _lit_pair(np.ascontiguousarray(s_lin), np.ascontiguousarray(a_lin),
                      s_light.astype(np.float32), a_light.astype(np.float32))
@@ -247,9 +353,10 @@ def tone_ratio(source: np.ndarray, actor: np.ndarray, weight: np.ndarray, sigma:
     if total < 1.0:
         return np.ones(source.shape, np.float32)
     max_brighten = max_spread if max_brighten is None else max_brighten
-    keep = w > 0.5 * float(w.max())
-    overall = column_median((s_lin[keep] + 1e-3) / (a_lin[keep] + 1e-3)) \
-        if keep.sum() > 20 \
+    # the median of the lit pair's ratio over the skin (`_lit_pair`'s divisions, per sample)
+    overall = np.median(_sample_ratios(samples, s_light.astype(np.float32),
+                                       a_light.astype(np.float32)), axis=1) \
+        if samples.shape[1] > 20 \
         else ((s_lin * w[..., None]).sum((0, 1)) + 1e-4) / ((a_lin * w[..., None]).sum((0, 1))
                                                            + 1e-4)
     # what is not skin on either side (a fringe, a shadow the shading does not explain, a
