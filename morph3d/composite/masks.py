@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import cv2
+import numba
 import numpy as np
 from scipy.special import ndtr
 
@@ -221,12 +222,48 @@ _EDGE_Z = 2.33  # ndtr(2.33) = 0.99: where the rescaled edge reaches exactly 0 a
 def _gaussian_edge(distance: np.ndarray, centre: float, sigma: float) -> np.ndarray:
     """The profile a Gaussian blur of sigma gives a straight edge at `centre`, rescaled so it
     is exactly 0 below centre - 2.33 sigma and exactly 1 above centre + 2.33 sigma."""
-    z = (distance - centre) / max(sigma, 1e-3)
-    out = (z >= _EDGE_Z).astype(np.float32)
-    band = np.abs(z) < _EDGE_Z
-    edge = (ndtr(z[band]) - _EDGE_EPS) / (1.0 - 2.0 * _EDGE_EPS)
-    out[band] = np.clip(edge, 0.0, 1.0)
+    z = np.ascontiguousarray((distance - centre) / max(sigma, 1e-3))
+    # the thresholds and the rescaling in z's own dtype, as numpy's scalars would be
+    consts = np.array([_EDGE_Z, _EDGE_EPS, 1.0 - 2.0 * _EDGE_EPS, 0.0, 1.0], z.dtype)
+    out = np.empty(z.shape, np.float32)
+    band = _edge_band(z.reshape(-1), consts, out.reshape(-1))
+    _edge_fill(z.reshape(-1), ndtr(band), consts, out.reshape(-1))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_band(z: np.ndarray, consts: np.ndarray,
+               out: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """`_gaussian_edge`'s step (out: 1 where z >= consts[0], else 0) and its band's z
+    values (|z| < consts[0]) in order, contiguous for one vectorised `ndtr`."""
+    limit = consts[0]
+    n = 0
+    for i in range(z.size):
+        v = z[i]
+        out[i] = np.float32(1.0) if v >= limit else np.float32(0.0)
+        if abs(v) < limit:
+            n += 1
+    band = np.empty(n, z.dtype)
+    n = 0
+    for i in range(z.size):
+        if abs(z[i]) < limit:
+            band[n] = z[i]
+            n += 1
+    return band
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_fill(z: np.ndarray, cdf: np.ndarray, consts: np.ndarray,
+               out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """The band's pixels of `out` <- (cdf - consts[1]) / consts[2] clipped to [0, 1], in
+    the band's order (`_edge_band`); consts[3], consts[4]: 0 and 1 in z's dtype."""
+    limit, eps, scale, zero, one = consts[0], consts[1], consts[2], consts[3], consts[4]
+    n = 0
+    for i in range(z.size):
+        if abs(z[i]) < limit:
+            e = (cdf[n] - eps) / scale
+            out[i] = zero if e < zero else (one if e > one else e)
+            n += 1
 
 
 def _feather(hard: np.ndarray, centre: float, sigma: float) -> np.ndarray:

@@ -52,7 +52,7 @@ def paste_window(crop: np.ndarray, box: tuple[float, float, float],
     # ROI pixel (q + left) -> crop j = (q + left - x0 + 0.5) * s - 0.5
     m = np.array([[s, 0, (left - x0 + 0.5) * s - 0.5], [0, s, (top - y0 + 0.5) * s - 0.5]],
                  np.float64)
-    roi = cv2.warpAffine(crop.astype(np.float32), m, (right - left, bottom - top),
+    roi = cv2.warpAffine(np.ascontiguousarray(crop, np.float32), m, (right - left, bottom - top),
                          flags=interpolation | cv2.WARP_INVERSE_MAP,
                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return roi.reshape(bottom - top, right - left, channels), (left, top)
