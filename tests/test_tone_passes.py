@@ -126,3 +126,13 @@ def test_sharpness_mix_is_the_numpy_blend() -> None:
     want = keep * low + (1 - keep) * part
     got = _normalized_mix(both, part)
     assert want.dtype == np.float32 and np.array_equal(got, want)
+
+
+def test_frame_detail_channels_side_by_side_are_the_concatenation() -> None:
+    from morph3d.swap.transfer import _side_by_side
+
+    rng = np.random.default_rng(6)
+    a = rng.random((23, 19, 3), np.float32)
+    f = rng.random((23, 38, 3), np.float32)[:, ::2]  # a strided view
+    got = _side_by_side(a, f)
+    assert got.flags.c_contiguous and np.array_equal(got, np.concatenate([a, f], -1))

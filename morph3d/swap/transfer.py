@@ -166,9 +166,23 @@ def with_frame_detail(albedo: np.ndarray, seen: np.ndarray, weight: np.ndarray,
         return a if linear else np.asarray(albedo, np.float32)
     f = (cv2.LUT(seen, _U8_TO_LINEAR) if seen.dtype == np.uint8
          else srgb_to_linear(seen))
-    both, den = normalized_blur(np.concatenate([a, f], -1), weight, sigma)  # one pass
+    both, den = normalized_blur(_side_by_side(a, f), weight, sigma)  # one pass
     out = _detail_mixed(np.ascontiguousarray(a), np.ascontiguousarray(f), both, den)
     return out if linear else linear_to_srgb(out)
+
+
+@numba.njit(cache=True, nogil=True)
+def _side_by_side(a: np.ndarray, f: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """H x W x 6: a's three channels, then f's (`np.concatenate([a, f], -1)` of two
+    float32 H x W x 3 arrays in one pass; numpy's copies along the last axis are slow)."""
+    h, w = a.shape[:2]
+    out = np.empty((h, w, 6), np.float32)
+    for y in range(h):
+        for x in range(w):
+            for c in range(3):
+                out[y, x, c] = a[y, x, c]
+                out[y, x, c + 3] = f[y, x, c]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
