@@ -35,3 +35,27 @@ def test_gaussian_edge_is_the_numpy_formula(centre: float, sigma: float) -> None
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     band = np.abs((distance - centre) / max(sigma, 1e-3)) < masks._EDGE_Z
     assert band.sum() > 100 or sigma < 1  # the ndtr band is exercised
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clean_alpha_is_the_numpy_formula(dtype: type) -> None:
+    """The compiled clean-up against numpy's clip, cast and floors, at the floors' limits,
+    NaN and -0 included; other dtypes take numpy's path."""
+    floor = masks._ALPHA_FLOOR
+
+    def numpy_clean(alpha: np.ndarray) -> np.ndarray:
+        alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+        alpha[alpha < floor] = 0.0
+        alpha[alpha > 1.0 - floor] = 1.0
+        return alpha
+
+    rng = np.random.default_rng(9)
+    alpha = rng.uniform(-0.2, 1.2, (60, 70)).astype(dtype)
+    alpha[0, :10] = [np.nan, -0.0, 0.0, floor, np.nextafter(floor, 0), 1 - floor,
+                     np.nextafter(1 - floor, 2), 1.0, 1e-300, np.float32(floor) * 0.99999]
+    for a in (alpha, alpha[:, ::3]):
+        got, want = masks._clean_alpha(a), numpy_clean(a)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32),
+                                                          want.view(np.uint32))
+    ones = masks._clean_alpha(np.ones((3, 2), bool))
+    assert ones.dtype == np.float32 and (ones == 1).all()

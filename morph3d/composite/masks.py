@@ -287,10 +287,38 @@ def _feather(hard: np.ndarray, centre: float, sigma: float) -> np.ndarray:
 
 
 def _clean_alpha(alpha: np.ndarray) -> np.ndarray:
-    alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
-    alpha[alpha < _ALPHA_FLOOR] = 0.0
-    alpha[alpha > 1.0 - _ALPHA_FLOOR] = 1.0
-    return alpha
+    """Alpha clipped to [0, 1] in its own precision, as float32, with what lies within
+    `_ALPHA_FLOOR` of 0 or 1 set to it; float arrays in one compiled pass."""
+    alpha = np.asarray(alpha)
+    if alpha.dtype not in (np.float32, np.float64):
+        alpha = np.clip(alpha, 0.0, 1.0).astype(np.float32)
+        alpha[alpha < _ALPHA_FLOOR] = 0.0
+        alpha[alpha > 1.0 - _ALPHA_FLOOR] = 1.0
+        return alpha
+    out = np.empty(alpha.shape, np.float32)
+    _cleaned(np.ascontiguousarray(alpha).reshape(-1), np.float32(_ALPHA_FLOOR),
+             np.float32(1.0 - _ALPHA_FLOOR), out.reshape(-1))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _cleaned(alpha: np.ndarray, low: np.float32, high: np.float32,
+             out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """`_clean_alpha` element by element: the clip in alpha's dtype (NaN kept, as
+    `np.clip`), then float32 and the floors (float32 limits, as numpy compares them)."""
+    zero, one = alpha.dtype.type(0.0), alpha.dtype.type(1.0)
+    for i in range(alpha.size):
+        v = alpha[i]
+        if v < zero:
+            v = zero
+        elif v > one:
+            v = one
+        f = np.float32(v)
+        if f < low:
+            f = np.float32(0.0)
+        elif f > high:
+            f = np.float32(1.0)
+        out[i] = f
 
 
 def _check_image(name: str, image: np.ndarray, shape: tuple[int, int] | None = None
