@@ -59,3 +59,21 @@ def test_clean_alpha_is_the_numpy_formula(dtype: type) -> None:
                                                           want.view(np.uint32))
     ones = masks._clean_alpha(np.ones((3, 2), bool))
     assert ones.dtype == np.float32 and (ones == 1).all()
+
+
+def test_frame_bytes_to_unit_by_table_is_the_division() -> None:
+    """The compositor's crop of a uint8 frame through its table: `astype / 255` exactly,
+    on a non-contiguous crop too."""
+    import cv2
+
+    from morph3d.composite.compositor import _BYTE_TO_UNIT
+
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    frame[0, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16)[:, :3]
+    frame[1, :16] = np.arange(256, dtype=np.uint8).reshape(16, 16)[:, 3:6]
+    for part in (frame, frame[5:30, 7:41]):
+        got = cv2.LUT(part, _BYTE_TO_UNIT)
+        want = part.astype(np.float32) / 255.0
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32),
+                                                          want.view(np.uint32))

@@ -48,6 +48,9 @@ from morph3d.composite.masks import (
 from morph3d.composite.occluders import cut_occluders, detect_occluders
 from morph3d.errors import InputError
 
+# byte -> float32 in [0, 1], as `bytes.astype(np.float32) / 255.0` gives it: one table lookup
+_BYTE_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
 # --------------------------------------------------------------------------------------------
 # Per-clip driver
 # --------------------------------------------------------------------------------------------
@@ -206,7 +209,7 @@ class FaceCompositor:
                 occluders_roi=np.zeros((y1 - y0, x1 - x0), bool))
         crop = (slice(y0, y1), slice(x0, x1))
         offset = np.array([-x0, -y0], np.float64)
-        f = frame[crop].astype(np.float32) / 255.0 if as_bytes else frame[crop]
+        f = cv2.LUT(frame[crop], _BYTE_TO_UNIT) if as_bytes else frame[crop]
         r = _in_roi(render, origin, roi)
         cov = np.clip(_in_roi(coverage, origin, roi), 0.0, 1.0)
         a_geo, s_geo = actor.shifted(offset), swapped.shifted(offset)
