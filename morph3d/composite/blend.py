@@ -69,7 +69,7 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
     the mask's bounding box only (the face is a small part of a frame)."""
     if out.dtype == np.uint8:  # the swap's frames: one compiled pass, the same bytes
         _blend_bytes(out, np.asarray(frame, np.float32), np.asarray(render, np.float32),
-                     np.asarray(mask, np.float32))
+                     np.asarray(mask, np.float32), 0, 0)
         return
     where = (mask > 0).view(np.uint8)
     x, y, w, h = cv2.boundingRect(where)
@@ -85,18 +85,32 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
         raise AssertionError("cv2.copyTo did not write in place")
 
 
+def blend_window_into(out: np.ndarray, frame: np.ndarray, window: np.ndarray,
+                      offset: tuple[int, int], mask: np.ndarray) -> None:
+    """`blend_into` a uint8 `out` with the render given as a window (H' x W' x 3 float32)
+    whose pixel (i, j) lies under out's (i - row offset, j - column offset): read in place,
+    zeros beyond it, as a copy of its part under `out` would be."""
+    _blend_bytes(out, np.asarray(frame, np.float32), np.asarray(window, np.float32),
+                 np.asarray(mask, np.float32), int(offset[0]), int(offset[1]))
+
+
 @numba.njit(cache=True, nogil=True)
 def _blend_bytes(out: np.ndarray, frame: np.ndarray, render: np.ndarray,
-                 mask: np.ndarray) -> None:  # pragma: no cover - compiled
+                 mask: np.ndarray, dy: int, dx: int) -> None:  # pragma: no cover - compiled
     """`blend_into` a uint8 `out`, pixel by pixel in float32: frame (1 - a) + render a,
-    clipped to [0, 1], rounded to a byte; pixels with alpha 0 are not written."""
+    clipped to [0, 1], rounded to a byte; pixels with alpha 0 are not written. The render's
+    pixel for out's (y, x) is (y + dy, x + dx), 0 beyond it."""
     zero, one, scale, half = (np.float32(0.0), np.float32(1.0), np.float32(255.0),
                               np.float32(0.5))
+    rh, rw = render.shape[0], render.shape[1]
     for y in range(mask.shape[0]):
         for x in range(mask.shape[1]):
             a = mask[y, x]
             if a > zero:
                 b = one - a
+                ry, rx = y + dy, x + dx
+                inside = 0 <= ry < rh and 0 <= rx < rw
                 for c in range(3):
-                    v = frame[y, x, c] * b + render[y, x, c] * a
+                    r = render[ry, rx, c] if inside else zero
+                    v = frame[y, x, c] * b + r * a
                     out[y, x, c] = np.uint8(min(max(v, zero), one) * scale + half)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field, fields
 import cv2
 import numpy as np
 
-from morph3d.composite.blend import blend_into, picture_area
+from morph3d.composite.blend import blend_into, blend_window_into, picture_area
 from morph3d.composite.learned_occluders import HandOccluders
 from morph3d.composite.masks import (
     NON_SKIN_REGIONS,
@@ -210,7 +210,6 @@ class FaceCompositor:
         crop = (slice(y0, y1), slice(x0, x1))
         offset = np.array([-x0, -y0], np.float64)
         f = cv2.LUT(frame[crop], _BYTE_TO_UNIT) if as_bytes else frame[crop]
-        r = _in_roi(render, origin, roi)
         cov = np.clip(_in_roi(coverage, origin, roi), 0.0, 1.0)
         a_geo, s_geo = actor.shifted(offset), swapped.shifted(offset)
         cshape = f.shape[:2]
@@ -243,7 +242,10 @@ class FaceCompositor:
 
         # 4. the blend, written only where the mask is above zero (uint8: rounded)
         out = frame.copy()
-        blend_into(out[crop], f, r, mask)
+        if as_bytes:  # the render read in place from its window
+            blend_window_into(out[crop], f, render, (y0 - origin[1], x0 - origin[0]), mask)
+        else:
+            blend_into(out[crop], f, _in_roi(render, origin, roi), mask)
         report = CompositeReport(
             roi=roi, feather_px=float(cfg.feather * s_geo.iod), occluder_px=int(occ.sum()),
             mask_smoothed=smoothed, frame_shape=shape, alpha_roi=mask, occluders_roi=occ)
