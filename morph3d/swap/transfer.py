@@ -616,16 +616,12 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     # (a strand of hair over the forehead) is one piece with it.
     count, labels = cv2.connectedComponents((score > sigmas / 2).astype(np.uint8),
                                             connectivity=8)
-    clear = np.bincount(labels[score > sigmas], minlength=count) > 0
     # In the brows' band a piece is hair when more of it lies well above the brows than in
     # the band (a fringe or hat reaching down into it); the actor's own brows are islands in
     # skin, or joined to the hair at the temples beside them.
     height = brow_height(lm68, box, size) if height is None else height
     above = forehead_fade(lm68, box, size, crop_iod, 0.2, height) < 0.5
-    hair = (np.bincount(labels[above], minlength=count)
-            > np.bincount(labels[features], minlength=count)) & clear
-    clear[0] = hair[0] = False
-    kept = np.where(features, hair[labels], clear[labels])
+    kept = _kept_pieces(labels, count, score, np.float32(sigmas), features, above)
     # Above the brows a fringe of light hair is only a few sigmas off the skin, strand by
     # strand, and a per-pixel test keeps the strands with holes between them (skin-toned
     # holes in the fringe). The score low-passed over a strand's spacing separates a fringe
@@ -636,9 +632,7 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                                (0, 0), fringe_blur * crop_iod)
     fringe = above & (blurred > fringe_sigmas)
     count, labels = cv2.connectedComponents((fringe | kept).astype(np.uint8), connectivity=8)
-    joined = np.bincount(labels[kept], minlength=count) > 0
-    joined[0] = False
-    kept = kept | (fringe & joined[labels])
+    kept = _with_joined(labels, count, kept, fringe)
     if lit_skin:
         # Below the brows, a piece off the skin's colour but as light as the skin or lighter
         # is the skin under a light of another colour (a blue rim light on the far cheek):
@@ -647,6 +641,56 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
         luma = seen @ np.float32([0.299, 0.587, 0.114]) * 255.0
         kept &= ~(~above & ~features & np.isfinite(score) & (luma >= model.mean[0]))
     return kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _kept_pieces(labels: np.ndarray, count: int, score: np.ndarray, clear_above: np.float32,
+                 features: np.ndarray, above: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """`actor_non_skin`'s first pieces, counted in one pass: a piece (`labels`, 0: none) is
+    clear with a pixel scoring above `clear_above`, hair when clear and more of it lies
+    `above` than on the `features`; kept is hair on the features, clear elsewhere."""
+    clear = np.zeros(count, np.bool_)
+    up = np.zeros(count, np.int64)
+    on_features = np.zeros(count, np.int64)
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            piece = labels[y, x]
+            if score[y, x] > clear_above:
+                clear[piece] = True
+            if above[y, x]:
+                up[piece] += 1
+            if features[y, x]:
+                on_features[piece] += 1
+    hair = np.empty(count, np.bool_)
+    for i in range(count):
+        hair[i] = up[i] > on_features[i] and clear[i]
+    clear[0] = hair[0] = False
+    kept = np.empty((h, w), np.bool_)
+    for y in range(h):
+        for x in range(w):
+            piece = labels[y, x]
+            kept[y, x] = hair[piece] if features[y, x] else clear[piece]
+    return kept
+
+
+@numba.njit(cache=True, nogil=True)
+def _with_joined(labels: np.ndarray, count: int, kept: np.ndarray,
+                 fringe: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+    """kept, and the `fringe` pixels of every piece (`labels`, 0: none) holding a kept
+    pixel."""
+    joined = np.zeros(count, np.bool_)
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            if kept[y, x]:
+                joined[labels[y, x]] = True
+    joined[0] = False
+    out = np.empty((h, w), np.bool_)
+    for y in range(h):
+        for x in range(w):
+            out[y, x] = kept[y, x] or (fringe[y, x] and joined[labels[y, x]])
+    return out
 
 
 def surround_strength(plain: np.ndarray, model, face: np.ndarray, inner: np.ndarray,
