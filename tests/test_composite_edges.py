@@ -97,3 +97,22 @@ def test_blend_from_the_render_window_is_the_blend_of_its_copy() -> None:
         blend_into(want, frame, _in_roi(window, origin, roi), mask)
         blend_window_into(got, frame, window, (-origin[1], -origin[0]), mask)
         assert np.array_equal(got, want), origin
+
+
+def test_keep_sharp_sides_are_the_numpy_products() -> None:
+    """The outline test's two weights and weighted colours from one pass: numpy's bool and
+    float32 products, bit for bit (a strided colour box, NaN and negative colours
+    included)."""
+    from morph3d.composite.occluders import _sides
+
+    rng = np.random.default_rng(10)
+    occ = rng.random((40, 36)) < 0.4
+    region = rng.random((40, 36)) < 0.8
+    expected = rng.random((40, 36)) < 0.2
+    ycc = rng.uniform(-5, 255, (44, 40, 3)).astype(np.float32)[2:-2, 2:-2]
+    ycc[0, 0] = [np.nan, -1.0, np.inf]
+    outside = (~occ & region & ~expected).astype(np.float32)
+    want = (occ.astype(np.float32), outside, ycc * occ[..., None], ycc * outside[..., None])
+    for got, w in zip(_sides(occ, region, expected, ycc), want, strict=True):
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32),
+                                                          w.view(np.uint32))

@@ -380,12 +380,12 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     occ_b, region_b = occ[box], search_region[box]
     count, labels = cv2.connectedComponents(occ8[box], connectivity=8)
     weights = np.array([0.5, 1.0, 1.0], np.float32)
-    inner_w = cv2.GaussianBlur(occ_b.astype(np.float32), (0, 0), sigma)
-    outside = (~occ_b & region_b & ~expected[box]).astype(np.float32)
+    # both sides' weights and weighted colours in one pass, then their blurs
+    inside_f, outside, inner_c, outer_c = _sides(occ_b, region_b, expected[box], ycc[box])
+    inner_w = cv2.GaussianBlur(inside_f, (0, 0), sigma)
     outer_w = cv2.GaussianBlur(outside, (0, 0), sigma)
-    ycc_b = ycc[box]
-    inner_sum = cv2.GaussianBlur(ycc_b * occ_b[..., None], (0, 0), sigma)
-    outer_sum = cv2.GaussianBlur(ycc_b * outside[..., None], (0, 0), sigma)
+    inner_sum = cv2.GaussianBlur(inner_c, (0, 0), sigma)
+    outer_sum = cv2.GaussianBlur(outer_c, (0, 0), sigma)
     disk = _disk(2.0 * sigma)
     r = disk.shape[0] // 2 + 1  # the erosion's reach: only the box grown by it is read
     grown = (slice(max(box[0].start - r, 0), box[0].stop + r),
@@ -411,6 +411,29 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     out = np.zeros_like(occ)
     out[box] = keep[labels]
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _sides(occ: np.ndarray, region: np.ndarray, expected: np.ndarray, ycc: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # pragma: no cover
+    """`_keep_sharp`'s two sides of a blob's outline (H x W bools, ycc H x W x 3 float32):
+    the blob as float32, the search region outside it and not expected non-skin as
+    float32, and ycc times each (numpy's float32 products with a bool or 0/1 weight)."""
+    h, w = occ.shape
+    inside = np.empty((h, w), np.float32)
+    outside = np.empty((h, w), np.float32)
+    inner = np.empty((h, w, 3), np.float32)
+    outer = np.empty((h, w, 3), np.float32)
+    for y in range(h):
+        for x in range(w):
+            a = np.float32(1.0) if occ[y, x] else np.float32(0.0)
+            b = (np.float32(1.0) if (not occ[y, x]) and region[y, x] and not expected[y, x]
+                 else np.float32(0.0))
+            inside[y, x], outside[y, x] = a, b
+            for c in range(3):
+                inner[y, x, c] = ycc[y, x, c] * a
+                outer[y, x, c] = ycc[y, x, c] * b
+    return inside, outside, inner, outer
 
 
 def cut_occluders(mask: np.ndarray, occluders: np.ndarray, *, feather_px: float = 1.5
