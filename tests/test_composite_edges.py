@@ -20,7 +20,8 @@ def _edge_numpy(distance: np.ndarray, centre: float, sigma: float) -> np.ndarray
 
 
 @pytest.mark.parametrize("centre,sigma", [(3.0, 2.5), (np.float64(4.1), np.float64(1.7)),
-                                          (0.0, 1e-5), (np.float32(2.0), 3.0)])
+                                          (0.0, 1e-5), (np.float32(2.0), 3.0),
+                                          (np.float32(2.5), np.float64(1.3)), (1, 2)])
 def test_gaussian_edge_is_the_numpy_formula(centre: float, sigma: float) -> None:
     """float32 distances with python, float64 (z in float64) and float32 scalars; the
     band's limits, non-finite distances and a non-contiguous distance map included."""

@@ -222,13 +222,33 @@ _EDGE_Z = 2.33  # ndtr(2.33) = 0.99: where the rescaled edge reaches exactly 0 a
 def _gaussian_edge(distance: np.ndarray, centre: float, sigma: float) -> np.ndarray:
     """The profile a Gaussian blur of sigma gives a straight edge at `centre`, rescaled so it
     is exactly 0 below centre - 2.33 sigma and exactly 1 above centre + 2.33 sigma."""
-    z = np.ascontiguousarray((distance - centre) / max(sigma, 1e-3))
+    # z = (distance - centre) / sigma in one pass, each step in the dtype numpy gives it
+    # (a python float centre or sigma takes the distance's dtype, a numpy float64 its own)
+    distance = np.ascontiguousarray(distance)
+    spread = max(sigma, 1e-3)
+    diff = np.result_type(distance, centre)
+    centred = np.array([centre], diff)
+    scale = np.array([spread], np.result_type(np.empty(0, diff), spread))
+    z = np.empty(distance.shape, scale.dtype)
+    _edge_z(distance.reshape(-1), centred, scale, z.reshape(-1))
     # the thresholds and the rescaling in z's own dtype, as numpy's scalars would be
     consts = np.array([_EDGE_Z, _EDGE_EPS, 1.0 - 2.0 * _EDGE_EPS, 0.0, 1.0], z.dtype)
     out = np.empty(z.shape, np.float32)
     band = _edge_band(z.reshape(-1), consts, out.reshape(-1))
     _edge_fill(z.reshape(-1), ndtr(band), consts, out.reshape(-1))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _edge_z(distance: np.ndarray, centre: np.ndarray, sigma: np.ndarray,
+            z: np.ndarray) -> None:  # pragma: no cover - compiled
+    """z <- (distance - centre[0]) / sigma[0]: the difference in centre's dtype, the
+    quotient in sigma's (and z's)."""
+    step = np.empty(1, centre.dtype)
+    for i in range(distance.size):
+        step[0] = distance[i]
+        z[i] = step[0] - centre[0]
+        z[i] = z[i] / sigma[0]
 
 
 @numba.njit(cache=True, nogil=True)
