@@ -119,3 +119,23 @@ def test_keep_sharp_sides_are_the_numpy_products() -> None:
     for got, w in zip(_sides(occ, region, expected, ycc), want, strict=True):
         assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32),
                                                           w.view(np.uint32))
+
+
+def test_ycrcb_skips_only_a_clip_that_changes_nothing() -> None:
+    """A float32 image inside [0, 1] goes unclipped, anything else through the clip: the
+    same YCrCb as the clipped image's either way (-0, 0, 1, NaN and values outside)."""
+    import cv2
+
+    from morph3d.composite.occluders import _in_unit_range, _ycrcb
+
+    rng = np.random.default_rng(13)
+    inside = rng.random((20, 30, 3), np.float32)
+    inside[0, 0] = [-0.0, 0.0, 1.0]
+    outside = inside.copy()
+    outside[1, 1] = [1.5, -0.2, np.nan]
+    assert _in_unit_range(inside.reshape(-1)) and not _in_unit_range(outside.reshape(-1))
+    for image in (inside, outside, inside[:, ::2], inside.astype(np.float64)):
+        want = cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False),
+                            cv2.COLOR_RGB2YCrCb) * np.float32(255.0)
+        got = _ycrcb(image)
+        assert got.dtype == np.float32 and np.array_equal(got, want, equal_nan=True)

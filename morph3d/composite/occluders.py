@@ -44,11 +44,28 @@ class SkinModel:
 
 
 def _ycrcb(image: np.ndarray) -> np.ndarray:
-    """Float32 YCrCb in 0..255 of an RGB image in [0, 1] (clipped), without extra copies."""
-    ycc = cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False),
-                       cv2.COLOR_RGB2YCrCb)
+    """Float32 YCrCb in 0..255 of an RGB image in [0, 1] (clipped), without extra copies:
+    a float32 image already inside [0, 1] (the frames' bytes over 255) is not clipped, the
+    clip would give it back unchanged."""
+    image = np.asarray(image)
+    if not (image.dtype == np.float32 and image.flags.c_contiguous
+            and _in_unit_range(image.reshape(-1))):
+        image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
+    ycc = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
     ycc *= 255.0
     return ycc
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_unit_range(values: np.ndarray) -> bool:  # pragma: no cover - compiled
+    """Whether every value lies in [0, 1] (NaN does not), read until the first that does
+    not."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for i in range(values.size):
+        v = values[i]
+        if not (v >= zero and v <= one):
+            return False
+    return True
 
 
 def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
