@@ -885,7 +885,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # the frame at the surface points: the actor's skin colour and what is not skin here
     seen_bytes = cv2.remap(frame, surface_x, surface_y, cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT)
-    seen = seen_bytes.astype(np.float32) / 255.0
+    seen = cv2.LUT(seen_bytes, _U8_TO_UNIT)  # bytes / 255 in float32, by a table
     trust *= (surface_x == attrs[..., 0]) & (surface_y == attrs[..., 1])  # in the picture
     # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
     # hair near the skin's colour would widen a model fitted on all the face to the hair
@@ -928,7 +928,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         lm68, box, size, crop_iod, forehead, height)
     # The face's overall tone (its ratio's median) also goes onto the actor's skin around it
     plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
-                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32) / 255
+                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    plain = cv2.LUT(plain, _U8_TO_UNIT)
     around = surround_strength(plain, skin_model, covered & (face > 0.5), inner > 0.5,
                                surround * crop_iod, 0.03 * crop_iod, head=covered)
     tone = column_median(ratio[trust > 0.5]) if (trust > 0.5).sum() > 20 else np.ones(3)
