@@ -40,6 +40,17 @@ def srgb_to_linear(image: np.ndarray) -> np.ndarray:
     return y.reshape(x.shape)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def clip_unit(v, zero, one):  # pragma: no cover - compiled
+    """v clipped to [zero, one] in v's own type, NaN kept (as `np.clip`): for compiled
+    passes that must give numpy's numbers."""
+    if v < zero:
+        return zero
+    if v > one:
+        return one
+    return v
+
+
 @numba.njit(cache=True, nogil=True)
 def _srgb_base(x: np.ndarray, clipped: np.ndarray,
                base: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -47,11 +58,7 @@ def _srgb_base(x: np.ndarray, clipped: np.ndarray,
     zero, one = np.float32(0.0), np.float32(1.0)
     offset, scale = np.float32(0.055), np.float32(1.055)
     for i in range(x.size):
-        v = x[i]
-        if v < zero:
-            v = zero
-        elif v > one:
-            v = one
+        v = clip_unit(x[i], zero, one)
         clipped[i] = v
         base[i] = (v + offset) / scale
 

@@ -14,6 +14,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from fitting.landmark_maps import ibug68_from_mediapipe478
+from morph3d.composite.colour import clip_unit
 from morph3d.errors import InputError
 
 Landmarks = Mapping[str, np.ndarray] | np.ndarray
@@ -328,12 +329,7 @@ def _cleaned(alpha: np.ndarray, low: np.float32, high: np.float32,
     `np.clip`), then float32 and the floors (float32 limits, as numpy compares them)."""
     zero, one = alpha.dtype.type(0.0), alpha.dtype.type(1.0)
     for i in range(alpha.size):
-        v = alpha[i]
-        if v < zero:
-            v = zero
-        elif v > one:
-            v = one
-        f = np.float32(v)
+        f = np.float32(clip_unit(alpha[i], zero, one))
         if f < low:
             f = np.float32(0.0)
         elif f > high:
