@@ -394,9 +394,11 @@ def _image_frames(
         yield Frame(index=0, pts=0, time_s=0.0, rgb=rgb)
 
 
-def frame_rgb(frame: Any) -> np.ndarray:
-    """A decoded av.VideoFrame as the upright H x W x 3 uint8 RGB `iter_frames` yields."""
-    rgb = frame.to_ndarray(format="rgb24", interpolation=_SWS_ACCURATE)
+def frame_rgb(frame: Any, accurate: bool = True) -> np.ndarray:
+    """A decoded av.VideoFrame as the upright H x W x 3 uint8 RGB `iter_frames` yields
+    (`accurate` False: swscale's default, fast conversion instead)."""
+    rgb = (frame.to_ndarray(format="rgb24", interpolation=_SWS_ACCURATE) if accurate
+           else frame.to_ndarray(format="rgb24"))
     rotation = _normalise_rotation(frame.rotation)
     if rotation:
         rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
@@ -509,11 +511,7 @@ class VideoPicture:
     def preview(self) -> np.ndarray:
         """The fast path always, even once `rgb()` is made: consecutive previews compare."""
         if self._preview is None:
-            rgb = self.frame.to_ndarray(format="rgb24")
-            rotation = _normalise_rotation(self.frame.rotation)
-            if rotation:
-                rgb = np.ascontiguousarray(np.rot90(rgb, k=rotation // 90))
-            self._preview = rgb
+            self._preview = frame_rgb(self.frame, accurate=False)
         return self._preview
 
 
