@@ -240,7 +240,7 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
 
     from fitting.detection import detect_faces
     from fitting.photo import fit_photo
-    from morph3d.composite.occluders import _ycrcb
+    from morph3d.composite.occluders import ycrcb
     from morph3d.io.images import read_image
     from morph3d.swap.fits import hide_forehead_occluders
 
@@ -254,7 +254,7 @@ def test_a_hat_above_the_brows_is_hidden_before_completion(model) -> None:
     hidden_count = hide_forehead_occluders(fit, model)
     hidden = (before > 0) & (fit.identity.confidence == 0)
     assert hidden_count == hidden.sum() > 5000
-    luma = _ycrcb(np.clip(fit.identity.texture, 0, 1))[..., 0]
+    luma = ycrcb(np.clip(fit.identity.texture, 0, 1))[..., 0]
     seen = before >= 0.5
     assert np.median(luma[hidden]) < 0.4 * np.median(luma[seen & ~hidden])  # the dark cap
     rows = np.nonzero(hidden.any(1))[0]

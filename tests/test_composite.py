@@ -405,13 +405,13 @@ def test_skin_score_and_model_match_their_numpy_definitions() -> None:
     from morph3d.composite.occluders import (
         SkinModel,
         _inliers,
-        _ycrcb,
         non_skin_score,
         skin_model_from_samples,
+        ycrcb,
     )
 
     rng = np.random.default_rng(11)
-    ycc = _ycrcb(rng.random((60, 70, 3)).astype(np.float32))
+    ycc = ycrcb(rng.random((60, 70, 3)).astype(np.float32))
     model = SkinModel(mean=np.array([120.0, 150.0, 112.0]), std_y=14.0,
                       chroma_cov_inv=np.array([[0.05, 0.01], [0.01, 0.04]]), pixels=100)
     y, cr, cb = (ycc[..., i] for i in range(3))

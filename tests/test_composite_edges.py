@@ -126,7 +126,7 @@ def test_ycrcb_skips_only_a_clip_that_changes_nothing() -> None:
     same YCrCb as the clipped image's either way (-0, 0, 1, NaN and values outside)."""
     import cv2
 
-    from morph3d.composite.occluders import _in_unit_range, _ycrcb
+    from morph3d.composite.occluders import _in_unit_range, ycrcb
 
     rng = np.random.default_rng(13)
     inside = rng.random((20, 30, 3), np.float32)
@@ -137,5 +137,5 @@ def test_ycrcb_skips_only_a_clip_that_changes_nothing() -> None:
     for image in (inside, outside, inside[:, ::2], inside.astype(np.float64)):
         want = cv2.cvtColor(np.clip(image, 0.0, 1.0).astype(np.float32, copy=False),
                             cv2.COLOR_RGB2YCrCb) * np.float32(255.0)
-        got = _ycrcb(image)
+        got = ycrcb(image)
         assert got.dtype == np.float32 and np.array_equal(got, want, equal_nan=True)

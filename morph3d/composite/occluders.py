@@ -43,7 +43,7 @@ class SkinModel:
     pixels: int
 
 
-def _ycrcb(image: np.ndarray) -> np.ndarray:
+def ycrcb(image: np.ndarray) -> np.ndarray:
     """Float32 YCrCb in 0..255 of an RGB image in [0, 1] (clipped), without extra copies:
     a float32 image already inside [0, 1] (the frames' bytes over 255) is not clipped, the
     clip would give it back unchanged."""
@@ -73,14 +73,14 @@ def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
                    min_luma_std: float = 12.0, ycc: np.ndarray | None = None
                    ) -> SkinModel | None:
     """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`);
-    see `skin_model_from_samples`. None when too few pixels. `ycc`: the frame's `_ycrcb`
+    see `skin_model_from_samples`. None when too few pixels. `ycc`: the frame's `ycrcb`
     when the caller has it already."""
     g = face_geometry(landmarks)
     shape = frame.shape[:2]
     central = _fill_polygon(shape, g.central_skin_polygon())
     if exclude is not None:
         central &= ~exclude
-    ycc = _ycrcb(frame) if ycc is None else ycc
+    ycc = ycrcb(frame) if ycc is None else ycc
     return skin_model_from_samples(ycc[central], min_chroma_std=min_chroma_std,
                                    min_luma_std=min_luma_std)
 
@@ -161,9 +161,9 @@ def non_skin_score(frame: np.ndarray, model: SkinModel, *, dark_sigmas: float = 
     against skin. Pixels much darker than skin (below both mean - `dark_sigmas` std and
     `dark_fraction` of the mean luma: dark objects, hair) score infinity. Brighter pixels
     whose chroma only moves from the skin's towards grey (specular highlights on the
-    forehead or nose) score 0. `ycc`: the frame's `_ycrcb` when the caller has it already.
+    forehead or nose) score 0. `ycc`: the frame's `ycrcb` when the caller has it already.
     """
-    ycc = np.ascontiguousarray(_ycrcb(frame) if ycc is None else ycc, np.float32)
+    ycc = np.ascontiguousarray(ycrcb(frame) if ycc is None else ycc, np.float32)
     inv = model.chroma_cov_inv.astype(np.float32)
     # A highlight keeps the hue: its chroma lies between the skin's and grey.
     skin_c = model.mean[1:] - 128.0
@@ -308,7 +308,7 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
 
     colour_candidates = np.zeros(shape, bool)
     occ = np.zeros(shape, bool)
-    ycc = _ycrcb(frame)
+    ycc = ycrcb(frame)
     model = fit_skin_model(frame, g, exclude=expected, ycc=ycc)
     if model is not None:
         score = non_skin_score(frame, model, ycc=ycc)

@@ -451,7 +451,7 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
 
     Otherwise the brows (within `brow_mm` of their line on the mean face) and the lips are
     features, not occluders, and always vote."""
-    from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
+    from morph3d.composite.occluders import non_skin_score, skin_model_from_samples, ycrcb
 
     size = texture.shape[0]
     conf = np.clip(np.asarray(confidence, np.float32).reshape(size, size, -1)[..., 0], 0, 1)
@@ -467,7 +467,7 @@ def source_skin_vote(model, texture: np.ndarray, confidence: np.ndarray,
               & (mean[:, 1] > ibug[33, 1]) & (np.abs(mean[:, 0]) > nose_half + 4.0)
               & (np.abs(mean[:, 0]) < outer))
     tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
-    ycc = _ycrcb(tex)
+    ycc = ycrcb(tex)
     seen = conf >= 0.5
     cheeks = uv_vertex_mask(model, cheeks, size) & seen
     skin_model = skin_model_from_samples(ycc[cheeks])

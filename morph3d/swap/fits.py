@@ -371,7 +371,7 @@ def hide_forehead_occluders(fit, model, margin_mm: float = 4.0, sigmas: float = 
     above the brows by `margin_mm` on the mean head are tested, and the completion then
     fills the hidden ones from the skin below and beside them.
     """
-    from morph3d.composite.occluders import _ycrcb, non_skin_score, skin_model_from_samples
+    from morph3d.composite.occluders import non_skin_score, skin_model_from_samples, ycrcb
 
     texture, confidence = fit.identity.texture, fit.identity.confidence
     if texture is None or confidence is None:
@@ -398,7 +398,7 @@ def hide_forehead_occluders(fit, model, margin_mm: float = 4.0, sigmas: float = 
     level = confidence.reshape(size, size, -1)[..., 0]
     seen = level >= 0.5
     tex = np.clip(np.asarray(texture, np.float32), 0.0, 1.0)
-    skin_model = skin_model_from_samples(_ycrcb(tex)[cheek_texels & seen])
+    skin_model = skin_model_from_samples(ycrcb(tex)[cheek_texels & seen])
     if skin_model is None:
         return 0
     hidden = forehead_texels & (level > 0)

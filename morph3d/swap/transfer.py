@@ -587,7 +587,8 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                    lm68: np.ndarray, box: tuple[float, float, float], size: int,
                    crop_iod: float, sigmas: float = 6.0, fringe_sigmas: float = 1.5,
                    fringe_blur: float = 0.05, lit_skin: bool = False,
-                   height: np.ndarray | None = None) -> np.ndarray:
+                   height: np.ndarray | None = None, ycc: np.ndarray | None = None
+                   ) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
     microphone) and not where the face has features of its own (eyes, lips, a band around
     the brows). The ratio leaves them alone: hair times a skin-over-hair ratio is skin.
@@ -599,7 +600,8 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     where the score low-passed at `fringe_blur` IOD passes `fringe_sigmas` (a fringe's light
     hair between its strands) and is joined to kept hair. `lit_skin`: below the brows, what is
     off the skin's colour but at least as light as the skin is skin under a coloured light.
-    `height`: `brow_height` of the same crop when the caller has it."""
+    `height`: `brow_height` of the same crop and `ycc`: `seen`'s `occluders.ycrcb`, when the
+    caller has them."""
     from morph3d.composite.occluders import non_skin_score
 
     if model is None:
@@ -611,7 +613,7 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
         cv2.polylines(band, [np.round(part * 16).astype(np.int32)], False, 1,
                       thickness=max(1, round(0.25 * crop_iod)), lineType=cv2.LINE_8, shift=4)
     features = (band > 0) | (regions["eyes"] > 0.5) | (regions["lips"] > 0.5)
-    score = np.where(covered, non_skin_score(seen, model), 0.0)
+    score = np.where(covered, non_skin_score(seen, model, ycc=ycc), 0.0)
     # Hysteresis: what is off the skin by half as much and joined to a clear non-skin pixel
     # (a strand of hair over the forehead) is one piece with it.
     count, labels = cv2.connectedComponents((score > sigmas / 2).astype(np.uint8),
@@ -812,7 +814,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     import torch
 
     from morph3d.composite.masks import face_geometry
-    from morph3d.composite.occluders import fit_skin_model
+    from morph3d.composite.occluders import fit_skin_model, ycrcb
     from morph3d.swap.sharpness import match_blur, soft_cut
     from morph3d.swap.window import (
         REGION_CHANNELS,
@@ -889,12 +891,13 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     trust *= (surface_x == attrs[..., 0]) & (surface_y == attrs[..., 1])  # in the picture
     # the actor's skin colour from the cheeks, nose and chin: a forehead under a fringe of
     # hair near the skin's colour would widen a model fitted on all the face to the hair
+    seen_ycc = ycrcb(seen)  # one conversion for the skin model and the non-skin test
     skin_model = fit_skin_model(seen, {"ibug68": (lm68 - [x0, y0] + 0.5) * (size / side) - 0.5},
-                                exclude=trust <= 0.5)
+                                exclude=trust <= 0.5, ycc=seen_ycc)
     height = brow_height(lm68, box, size)  # crop pixels above the brows
     if protect:
         keep_actor = actor_non_skin(seen, covered, skin_model, regions, lm68, box, size,
-                                    crop_iod, lit_skin=True, height=height)
+                                    crop_iod, lit_skin=True, height=height, ycc=seen_ycc)
         trust = trust * ~keep_actor
         soft = cv2.GaussianBlur(keep_actor.astype(np.float32), (0, 0), 0.03 * crop_iod)
         skin = skin * (1 - np.clip(2 * soft, 0, 1))
