@@ -70,9 +70,12 @@ from morph3d.errors import Morph3dError
 # Photo fits to annotation-convention points end with a corrective deformation
 # (`fit_corrective`): a Gaussian RBF over the neutral face (length scale in mm) through the
 # offsets that would put the model's 68 points on the detector's, regularised (kernel
-# ridge, relative to the kernel's peak 1) so it follows the detector only part of the way.
+# ridge, relative to the kernel's peak 1) so it follows the detector only part of the way
+# (a point alone: 1 / (1 + regularise) of the way). The regularisation is the smallest that
+# follows detector noise no more than the synthetic renders allow (chosen on renders, not
+# on the annotated photos; BENCHMARKS.md).
 CORRECTIVE_LENGTH_MM = 8.0
-CORRECTIVE_REGULARISE = 0.1
+CORRECTIVE_REGULARISE = 0.15
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,14 +326,19 @@ def fit_corrective(ls_list: list[LandmarkSet], identity: np.ndarray, states: lis
     to a model-space offset parallel to the image plane at the point's depth, and the
     offsets are interpolated over the neutral fitted face by a Gaussian RBF (kernel
     ridge: `regularise` relative to the kernel's peak, divided by each point's Huber
-    weight so outliers move the surface less). mediapipe's points do not enter: the
+    weight so outliers move the surface less). A point moves by its triangle's barycentric
+    mix of the deformation at the triangle's vertices, not by the deformation at the point,
+    so the solve is posed for that mix: where the mesh is coarse (the temples, the jaw's
+    sides) a vertex can sit a good part of a length scale from the point, and a solve for
+    the field at the points alone moves those points less than `regularise` says, by an
+    amount set by the mesh, not by the face. mediapipe's points do not enter: the
     reported 68 points follow the annotation convention. Several photos: all their points
     in one solve. Vertices beyond 4 length scales from every point keep 0 (exp(-8) there).
     Landmark sets that carry an offset already (`LandmarkSet.offset`) get an increment.
     """
     arrays = ls_list[0].arrays
     neutral = arrays.mean + arrays.identity @ identity
-    centres, offsets, lams = [], [], []
+    centres, offsets, lams, ids, bary = [], [], [], [], []
     for ls, st, cam in zip(ls_list, states, cameras, strict=True):
         s = ls.scheme_slices.get(IBUG68)
         if s is None:
@@ -346,14 +354,19 @@ def fit_corrective(ls_list: list[LandmarkSet], identity: np.ndarray, states: lis
         r = -res[rows]
         cam_off = np.stack([r[:, 0] * z / cam.fx, r[:, 1] * z / cam.fy, np.zeros(len(rows))], 1)
         centres.append(np.einsum("lc,lcd->ld", ls.bary[rows], neutral[ls.ids[rows]]))
+        ids.append(ls.ids[rows]), bary.append(ls.bary[rows])
         offsets.append(cam_off @ R)  # camera -> model axes
         lams.append(regularise / np.maximum(rel, 1e-3))
     if not centres:
         return np.zeros_like(neutral)
     X, D, lam = np.concatenate(centres), np.concatenate(offsets), np.concatenate(lams)
+    ids, bary = np.concatenate(ids), np.concatenate(bary)
     gauss = -0.5 / length_mm ** 2
-    K = np.exp(gauss * ((X[:, None] - X[None]) ** 2).sum(-1))
-    beta = np.linalg.solve(K + np.diag(lam), D)
+    # L x L: how far point l moves per unit weight of the kernel at point j (the kernel at
+    # l's three vertices, mixed by l's barycentrics).
+    at_vertices = np.exp(gauss * ((neutral[ids][:, :, None] - X[None, None]) ** 2).sum(-1))
+    moves = np.einsum("lc,lcj->lj", bary, at_vertices)
+    beta = np.linalg.solve(moves + np.diag(lam), D)
     d2 = np.maximum((neutral ** 2).sum(1)[:, None] + (X ** 2).sum(1)[None]
                     - 2.0 * neutral @ X.T, 0.0)  # V x L squared distances, mm^2
     near = d2.min(1) < (4.0 * length_mm) ** 2
