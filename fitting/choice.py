@@ -153,14 +153,18 @@ class ChosenFace:
     faces_found: int
     detector: str
     choice: str
+    turns: int = 0  # quarter turns (counter-clockwise) the photo was measured upright in
 
     def to_dict(self) -> dict:
-        """JSON-ready: the box as x, y (its top-left pixel) and w, h (pixels)."""
+        """JSON-ready: the box as x, y (its top-left pixel) and w, h (pixels);
+        `upright_turn_deg`: how far (counter-clockwise) the photo was turned for its faces
+        to be measured upright (0 when it was upright)."""
         x0, y0, x1, y1 = (float(v) for v in self.box)
         return {"choice": self.choice, "detector": self.detector,
                 "faces_found": self.faces_found,
                 "box": {"x": round(x0 + 0.5, 1), "y": round(y0 + 0.5, 1),
-                        "w": round(x1 - x0, 1), "h": round(y1 - y0, 1)}}
+                        "w": round(x1 - x0, 1), "h": round(y1 - y0, 1)},
+                "upright_turn_deg": 90 * self.turns}
 
     def describe(self) -> str:
         """In words, e.g. "the largest face, at x 526, y 132 (145 x 145 px)"."""
@@ -214,6 +218,55 @@ def choose_face(faces: FrameFaces, image: np.ndarray, choice: FaceChoice,
     return k
 
 
+def upright_turns(image: np.ndarray) -> int:
+    """Quarter turns (`np.rot90`'s k, counter-clockwise) that stand a photo's faces upright.
+
+    A phone photo whose orientation tag was lost arrives sideways or upside down; mediapipe
+    still boxes an upside-down face, but its mesh then reads it as an upright one (the eyes
+    where the mouth is), and the fit and the texture are nonsense. dlib's HOG detector finds
+    upright faces only: when it finds none in the photo as it is but does in exactly one
+    turn of it, on a face `CHOOSER_BACKEND` finds too (its centre inside one of those
+    boxes, which are found at any turn), that turn is upright. A photo dlib finds no face
+    in at any turn (a head turned far aside) is taken as it is."""
+    from fitting.detection import detect_faces_bounded
+
+    if len(detect_faces_bounded(image, "dlib")):
+        return 0
+    chooser = detect_faces_bounded(image, CHOOSER_BACKEND).boxes.reshape(-1, 2, 2)
+    found = []
+    for k in (1, 2, 3):
+        turned = np.ascontiguousarray(np.rot90(image, k))
+        boxes = detect_faces_bounded(turned, "dlib").boxes.reshape(-1, 2, 2)
+        centres = points_before_turns(boxes.mean(1), k, turned.shape)
+        if len(boxes) and (not len(chooser) or any(
+                np.all((c >= b[0]) & (c <= b[1])) for c in centres for b in chooser)):
+            found.append(k)
+    return found[0] if len(found) == 1 else 0
+
+
+def points_before_turns(points: np.ndarray, turns: int, turned_shape: tuple[int, ...]
+                        ) -> np.ndarray:
+    """Pixel positions (..., 2: x, y; pixel centres at whole numbers) in
+    ``np.rot90(image, turns)``, whose shape is `turned_shape`, as positions in `image`."""
+    p = np.asarray(points, np.float64)
+    h, w = turned_shape[:2]
+    for _ in range(turns % 4):  # undo one counter-clockwise turn
+        p = np.stack([h - 1 - p[..., 1], p[..., 0]], -1)
+        h, w = w, h
+    return p
+
+
+def points_after_turns(points: np.ndarray, turns: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Pixel positions (..., 2: x, y) in an image of `shape` as positions in
+    ``np.rot90(image, turns)``."""
+    p = np.asarray(points, np.float64)
+    h, w = shape[:2]
+    for _ in range(turns % 4):  # one counter-clockwise turn
+        p = np.stack([p[..., 1], w - 1 - p[..., 0]], -1)
+        h, w = w, h
+    return p
+
+
 def choose_photo_face(image: np.ndarray, backend: str, choice: FaceChoice,
                       source: str = "the photo") -> ChosenFace:
     """The chosen face of a photo with the landmarks of `backend` (any landmark backend, or
@@ -221,12 +274,32 @@ def choose_photo_face(image: np.ndarray, backend: str, choice: FaceChoice,
     backend measures that face (its own detection nearest the chosen face; dlib's shape
     predictor on the chosen box where dlib's detector misses it). Only
     when the chooser finds no face are the backend's own boxes chosen among.
+    A photo lying sideways or upside down (`upright_turns`) is measured turned upright;
+    the landmarks and box are given in the photo's own pixels all the same.
     Morph3dError when no face is found; InputError when the choice matches none."""
+    if choice.rule == "all":
+        raise InputError("a photo fit takes one face: choose one, not all")
+    turns = upright_turns(image)
+    if not turns:
+        return _chosen_face(image, backend, choice, source)
+    turned = np.ascontiguousarray(np.rot90(image, turns))
+    if choice.rule == "point" and choice.point is not None:
+        x, y = points_after_turns(np.array(choice.point), turns, image.shape)
+        choice = FaceChoice("point", point=(float(x), float(y)))
+    chosen = _chosen_face(turned, backend, choice, source)
+    corners = points_before_turns(chosen.box.reshape(2, 2), turns, turned.shape)
+    return ChosenFace({s: points_before_turns(p, turns, turned.shape)
+                       for s, p in chosen.landmarks.items()},
+                      np.concatenate([corners.min(0), corners.max(0)]), chosen.faces_found,
+                      chosen.detector, chosen.choice, turns)
+
+
+def _chosen_face(image: np.ndarray, backend: str, choice: FaceChoice, source: str
+                 ) -> ChosenFace:
+    """`choose_photo_face` on a photo as it is."""
     from fitting.detection import detect_faces_bounded
     from fitting.faces import IBUG68
 
-    if choice.rule == "all":
-        raise InputError("a photo fit takes one face: choose one, not all")
     key = backend.strip().lower().replace("_", "-")
     detector = CHOOSER_BACKEND
     faces = detect_faces_bounded(image, CHOOSER_BACKEND)

@@ -268,3 +268,76 @@ def test_fit_video_reference_of_someone_else_is_one_line(media_dir: Path, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "matches the reference photo" in err[0]
     assert not (tmp_path / "f.json").exists()
+
+
+# ----------------------------------------------------------------------------- turned photos
+
+
+def test_turn_helpers_follow_numpys_quarter_turns():
+    """A pixel marked in an image is where `points_after_turns` puts it in np.rot90's turned
+    copy, and `points_before_turns` brings it back."""
+    from fitting.choice import points_after_turns, points_before_turns
+
+    image = np.zeros((4, 7), int)
+    image[2, 5] = 1  # x 5, y 2
+    for k in range(5):
+        turned = np.rot90(image, k)
+        y, x = np.argwhere(turned == 1)[0]
+        np.testing.assert_array_equal(points_after_turns(np.array([5, 2]), k, image.shape),
+                                      [x, y])
+        np.testing.assert_array_equal(points_before_turns(np.array([x, y]), k, turned.shape),
+                                      [5, 2])
+
+
+@pytest.mark.media
+def test_a_sideways_or_upside_down_photo_is_measured_upright(media_dir: Path):
+    """mark.jpg turned by each quarter turn: its face is measured turned back upright, so its
+    landmarks are the upright photo's, carried into the turned photo's pixels (mediapipe's
+    mesh reads an upside-down face as an upright one: its eyes would lie below its mouth)."""
+    from fitting.choice import points_after_turns
+    from morph3d.io.images import read_image
+
+    photo = read_image(media_dir / "mark.jpg")
+    auto = parse_face_choice("auto")
+    for backend in ("mediapipe", "dlib+mediapipe"):
+        upright = choose_photo_face(photo, backend, auto)
+        assert upright.turns == 0 and upright.to_dict()["upright_turn_deg"] == 0
+        for k in (1, 2, 3):
+            turned = np.ascontiguousarray(np.rot90(photo, k))
+            chosen = choose_photo_face(turned, backend, auto)
+            assert chosen.to_dict()["upright_turn_deg"] == 90 * (4 - k)
+            for scheme, points in upright.landmarks.items():
+                np.testing.assert_allclose(chosen.landmarks[scheme],
+                                           points_after_turns(points, k, photo.shape),
+                                           atol=1e-9)
+            corners = points_after_turns(upright.box.reshape(2, 2), k, photo.shape)
+            np.testing.assert_allclose(chosen.box, [*corners.min(0), *corners.max(0)],
+                                       atol=1e-9)
+    upside_down = choose_photo_face(np.ascontiguousarray(np.rot90(photo, 2)), "mediapipe",
+                                    auto).landmarks["ibug68"]
+    assert upside_down[48:68, 1].mean() < upside_down[36:48, 1].mean()  # mouth above eyes
+
+
+@pytest.mark.media
+def test_fit_of_an_upside_down_photo_is_the_upright_fit_turned(media_dir: Path,
+                                                                tmp_path: Path):
+    """`morph3d fit` on mark.jpg upside down: the same head, rolled half a turn; its 68 points
+    are the upright fit's in the turned photo's pixels, and the JSON says the turn."""
+    from fitting.choice import points_after_turns
+    from morph3d.cli import main
+    from morph3d.io.images import read_image, write_image
+
+    photo = read_image(media_dir / "mark.jpg")
+    turned = tmp_path / "upside_down.png"
+    write_image(turned, np.ascontiguousarray(np.rot90(photo, 2)))
+    fits = {}
+    for name, path in (("upright", media_dir / "mark.jpg"), ("turned", turned)):
+        out = tmp_path / f"{name}.json"
+        assert main(["fit", str(path), "--no-photometric", "--quiet", "--json", str(out)]) == 0
+        fits[name] = json.loads(out.read_text())
+    assert fits["turned"]["face"]["upright_turn_deg"] == 180
+    upright, down = fits["upright"]["frames"][0], fits["turned"]["frames"][0]
+    assert abs(abs(down["roll"] - upright["roll"]) - 180) < 1.0
+    np.testing.assert_allclose(np.array(down["landmarks68"]),
+                               points_after_turns(np.array(upright["landmarks68"]), 2,
+                                                  photo.shape), atol=0.5)

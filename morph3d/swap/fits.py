@@ -279,6 +279,9 @@ def fit_source(sources: list[Path], model, options: SwapOptions,
             if chosen.faces_found > 1:
                 notes.append(f"{src.name}: {chosen.faces_found} faces found, using "
                              f"{chosen.describe()}")
+            if chosen.turns:
+                notes.append(f"{src.name}: the photo lies sideways or upside down; its face "
+                             f"was measured turned upright ({90 * chosen.turns} deg)")
             landmarks.append(chosen.landmarks)
         # No corrective deformation (`Identity.offset`): the swap carries the identity over
         # by its coefficients, so the texture must come from that same shape.

@@ -15,8 +15,9 @@ from morph3d.io.paths import sha256_file
 # tracks whatever the landmark backend.
 WORK_FORMAT = 4
 # Source fits only. 2: non-skin texels above the brows hidden (`hide_forehead_occluders`);
-# 3: highlights toned down in the albedo (`fitting.lighting.compress_highlights`).
-SOURCE_FORMAT = 3
+# 3: highlights toned down in the albedo (`fitting.lighting.compress_highlights`);
+# 4: a sideways or upside-down photo measured upright (`fitting.choice.upright_turns`).
+SOURCE_FORMAT = 4
 VIDEO_OUTPUT_SUFFIXES = (".mkv", ".m4v", ".mov", ".mp4")  # what media.VideoWriter writes
 # The face options and the forms of `fitting.choice` each takes beyond one face by box.
 FACE_FORMS: dict[str, tuple[str, ...]] = {"target_face": ALL_FORMS, "source_face": ("reference",)}
