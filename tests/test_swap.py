@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from morph3d.io.images import read_image
+from morph3d.io.images import read_image, write_image
 from morph3d.io.media import VideoInfo, iter_frames, probe_video
 from morph3d.io.video_writer import VideoWriter
 from morph3d.swap.options import SwapOptions
@@ -348,6 +348,34 @@ def test_image_target_gives_an_image_of_the_same_size(media_dir: Path, work_dir:
         assert img.format == "PNG"
         assert SYNTHETIC_MARKER in img.info.get("comment", "")
         assert img.info.get("synthetic_media") == "true"
+
+
+def test_sideways_and_upside_down_photos_are_swapped_upright(media_dir: Path, work_dir: Path,
+                                                             tmp_path: Path) -> None:
+    """A source photo and a target photo lying upside down or sideways (a lost orientation
+    tag) give the upright swap, turned as the target lies, to a grey level; mediapipe
+    alone read the upside-down faces as upright ones and pasted a scrambled face."""
+    source, target = read_image(media_dir / "aligned_source1.png"), read_image(
+        media_dir / "aligned_target1.png")
+    upright = tmp_path / "upright.png"
+    proc = run_swap("--source", media_dir / "aligned_source1.png", "--target",
+                    media_dir / "aligned_target1.png", "-o", upright, "--work-dir", work_dir)
+    assert_succeeded(proc)
+    for source_turns, target_turns in ((2, 2), (1, 0)):
+        turned_source, turned_target = tmp_path / "source.png", tmp_path / "target.png"
+        write_image(turned_source, np.ascontiguousarray(np.rot90(source, source_turns)))
+        write_image(turned_target, np.ascontiguousarray(np.rot90(target, target_turns)))
+        output = tmp_path / f"swapped_{source_turns}_{target_turns}.png"
+        summary = tmp_path / "summary.json"
+        proc = run_swap("--source", turned_source, "--target", turned_target, "-o", output,
+                        "--work-dir", work_dir, "--summary-json", summary)
+        assert_succeeded(proc)
+        diff = pixel_diff(np.rot90(read_image(output), -target_turns), read_image(upright))
+        # the turned photo's fit sums in another order: a grey level here and there
+        assert diff.max() <= 2 and (diff > 0).mean() < 0.001, (diff.max(), (diff > 0).mean())
+        notes = " ".join(json.loads(summary.read_text())["notes"])
+        assert "source.png: the photo lies sideways or upside down" in notes
+        assert ("target image lies sideways or upside down" in notes) == bool(target_turns)
 
 
 @pytest.fixture(scope="module")

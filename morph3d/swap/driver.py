@@ -111,14 +111,64 @@ def swap(sources: list[Path], target: Path, output: Path, options: SwapOptions |
 
 def _swap(sources, target, output, options, summary, info, t0, template=None, hook=None
           ) -> SwapSummary:
-    from fitting.detection import DETECT_MAX_SIDE
     from morph3d.io.limits import check_image_pixels
 
     for path in (*sources, *reference_photos(options), *([target] if info.is_image else [])):
         check_image_pixels(path)  # before the model loads and the photos are fitted
+    if template is None and info.is_image:
+        turned = _swap_turned_image(sources, target, output, options, summary, t0, hook)
+        if turned is not None:
+            return turned
+    return _swap_upright(sources, target, output, options, summary, info, t0, template, hook)
+
+
+def _swap_upright(sources, target, output, options, summary, info, t0, template=None,
+                  hook=None) -> SwapSummary:
+    from fitting.detection import DETECT_MAX_SIDE
+
     if template is None and info.is_image and max(info.width, info.height) > DETECT_MAX_SIDE:
         return _swap_large_image(sources, target, output, options, summary, t0, hook)
     return _swap_frames(sources, target, output, options, summary, info, t0, template, hook)
+
+
+def _swap_turned_image(sources, target, output, options, summary, t0, hook=None
+                       ) -> SwapSummary | None:
+    """A still target lying sideways or upside down (`fitting.choice.upright_turns`: a phone
+    photo whose orientation tag was lost) is swapped turned upright, and the result turned
+    back; the landmark backends read an upside-down face as an upright one. None when the
+    target is upright."""
+    from dataclasses import replace
+
+    from fitting.choice import FaceChoice, points_after_turns, upright_turns
+    from morph3d.io.images import read_image, synthetic_metadata, write_image
+    from morph3d.io.media import probe_video
+
+    image = read_image(target)
+    turns = upright_turns(image)
+    if not turns:
+        return None
+    choice = options.target_face
+    if choice.rule == "point" and choice.point is not None:  # given in the target's pixels
+        x, y = points_after_turns(np.array(choice.point), turns, image.shape)
+        options = replace(options, target_face=FaceChoice("point", point=(float(x), float(y))))
+    folder = work_directory(options) / f"image-{file_digest(target)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    upright_path = folder / f"upright-{90 * turns}.png"
+    write_image(upright_path, np.ascontiguousarray(np.rot90(image, turns)))
+    del image
+    summary.notes.append(f"target image lies sideways or upside down: swapped turned upright "
+                         f"({90 * turns} deg) and turned back")
+    swapped_path = folder / f".swapped-{os.getpid()}.png"
+    try:
+        _swap_upright(sources, upright_path, swapped_path, options, summary,
+                      probe_video(upright_path), t0, hook=hook)
+        swapped = read_image(swapped_path)
+    finally:
+        swapped_path.unlink(missing_ok=True)
+    write_image(output, np.ascontiguousarray(np.rot90(swapped, -turns)),
+                metadata=synthetic_metadata())
+    summary.seconds["total"] = time.perf_counter() - t0
+    return summary
 
 
 def _swap_large_image(sources, target, output, options, summary, t0, hook=None
