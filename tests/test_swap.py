@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -376,6 +377,25 @@ def test_sideways_and_upside_down_photos_are_swapped_upright(media_dir: Path, wo
         notes = " ".join(json.loads(summary.read_text())["notes"])
         assert "source.png: the photo lies sideways or upside down" in notes
         assert ("target image lies sideways or upside down" in notes) == bool(target_turns)
+
+
+def test_a_small_source_face_is_noted(media_dir: Path, work_dir: Path, tmp_path: Path) -> None:
+    """A source photo whose eyes are under `SMALL_SOURCE_EYES_PX` apart still swaps, and the
+    summary says the face will be as blurred; the photo at full size says nothing of it."""
+    from morph3d.swap.fits import SMALL_SOURCE_EYES_PX
+
+    photo = read_image(media_dir / "aligned_source1.png")  # eyes ~60 px apart
+    small = tmp_path / "small.png"
+    write_image(small, cv2.resize(photo, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
+    for source, noted in ((small, True), (media_dir / "aligned_source1.png", False)):
+        summary = tmp_path / "summary.json"
+        proc = run_swap("--source", source, "--target", media_dir / "aligned_target1.png",
+                        "-o", tmp_path / f"out_{noted}.png", "--work-dir", work_dir,
+                        "--summary-json", summary)
+        assert_succeeded(proc)
+        notes = " ".join(json.loads(summary.read_text())["notes"])
+        assert ("the face is small" in notes) == noted, notes
+        assert (f"{SMALL_SOURCE_EYES_PX}+ px between the eyes" in notes) == noted
 
 
 @pytest.fixture(scope="module")

@@ -228,6 +228,20 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
     return placed
 
 
+# Below this many pixels between the eye centres (a face under about 100 px wide) a source
+# photo holds well under half the detail of the source texture (about 95 texels between the
+# eyes on the embedded model's 512 px texture) and of a 720p talking head: the swap says so.
+SMALL_SOURCE_EYES_PX = 40
+
+
+def eye_distance_px(landmarks: dict[str, np.ndarray]) -> float:
+    """Pixels between the eye centres of a face's 68 points (`fitting.faces.IBUG68`)."""
+    from fitting.faces import IBUG68
+
+    points = np.asarray(landmarks[IBUG68], np.float64)
+    return float(np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0)))
+
+
 def fit_source(sources: list[Path], model, options: SwapOptions,
                first_photo: np.ndarray | None = None) -> tuple[object, StageRun]:
     """Stage 4 (cached): the user's identity and completed UV albedo, and the stage's run
@@ -282,6 +296,11 @@ def fit_source(sources: list[Path], model, options: SwapOptions,
             if chosen.turns:
                 notes.append(f"{src.name}: the photo lies sideways or upside down; its face "
                              f"was measured turned upright ({90 * chosen.turns} deg)")
+            eyes_px = eye_distance_px(chosen.landmarks)
+            if eyes_px < SMALL_SOURCE_EYES_PX:
+                notes.append(f"{src.name}: the face is small ({eyes_px:.0f} px between the "
+                             f"eyes): the swapped face will be as blurred; a photo with "
+                             f"{SMALL_SOURCE_EYES_PX}+ px between the eyes gives a sharper one")
             landmarks.append(chosen.landmarks)
         # No corrective deformation (`Identity.offset`): the swap carries the identity over
         # by its coefficients, so the texture must come from that same shape.
