@@ -115,53 +115,60 @@ def _swap(sources, target, output, options, summary, info, t0, template=None, ho
 
     for path in (*sources, *reference_photos(options), *([target] if info.is_image else [])):
         check_image_pixels(path)  # before the model loads and the photos are fitted
-    if template is None and info.is_image:
-        turned = _swap_turned_image(sources, target, output, options, summary, t0, hook)
-        if turned is not None:
-            return turned
-    return _swap_upright(sources, target, output, options, summary, info, t0, template, hook)
+    if template is not None or not info.is_image:
+        return _swap_frames(sources, target, output, options, summary, info, t0, template,
+                            hook)
+    from fitting.choice import upright_turns
+    from morph3d.io.images import read_image, write_image
+
+    # Read once: a large target is pasted into these bytes (writable: the reader's array may
+    # not be)
+    image = np.array(read_image(target))
+    turns = upright_turns(image)
+    if not turns:
+        return _swap_upright(sources, target, output, options, summary, info, t0, hook, image)
+    folder = work_directory(options) / f"image-{file_digest(target)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    upright = folder / f"upright-{90 * turns}.png"
+    write_image(upright, np.ascontiguousarray(np.rot90(image, turns)))
+    shape = image.shape
+    del image  # the swap reads the upright copy
+    return _swap_turned_image(sources, upright, shape, turns, output, options, summary, t0,
+                              hook)
 
 
-def _swap_upright(sources, target, output, options, summary, info, t0, template=None,
-                  hook=None) -> SwapSummary:
+def _swap_upright(sources, target, output, options, summary, info, t0, hook=None,
+                  image: np.ndarray | None = None) -> SwapSummary:
+    """A still target that stands upright; `image`: its pixels when read already."""
     from fitting.detection import DETECT_MAX_SIDE
 
-    if template is None and info.is_image and max(info.width, info.height) > DETECT_MAX_SIDE:
-        return _swap_large_image(sources, target, output, options, summary, t0, hook)
-    return _swap_frames(sources, target, output, options, summary, info, t0, template, hook)
+    if max(info.width, info.height) > DETECT_MAX_SIDE:
+        return _swap_large_image(sources, target, output, options, summary, t0, hook, image)
+    return _swap_frames(sources, target, output, options, summary, info, t0, hook=hook)
 
 
-def _swap_turned_image(sources, target, output, options, summary, t0, hook=None
-                       ) -> SwapSummary | None:
+def _swap_turned_image(sources, upright: Path, shape: tuple[int, ...], turns: int, output,
+                       options, summary, t0, hook=None) -> SwapSummary:
     """A still target lying sideways or upside down (`fitting.choice.upright_turns`: a phone
-    photo whose orientation tag was lost) is swapped turned upright, and the result turned
-    back; the landmark backends read an upside-down face as an upright one. None when the
-    target is upright."""
+    photo whose orientation tag was lost; the landmark backends read an upside-down face as
+    an upright one): its copy turned upright (`upright`, `turns` quarter turns of the
+    target, whose shape is `shape`) is swapped, and the result turned back."""
     from dataclasses import replace
 
-    from fitting.choice import FaceChoice, points_after_turns, upright_turns
+    from fitting.choice import FaceChoice, points_after_turns
     from morph3d.io.images import read_image, synthetic_metadata, write_image
     from morph3d.io.media import probe_video
 
-    image = read_image(target)
-    turns = upright_turns(image)
-    if not turns:
-        return None
     choice = options.target_face
     if choice.rule == "point" and choice.point is not None:  # given in the target's pixels
-        x, y = points_after_turns(np.array(choice.point), turns, image.shape)
+        x, y = points_after_turns(np.array(choice.point), turns, shape)
         options = replace(options, target_face=FaceChoice("point", point=(float(x), float(y))))
-    folder = work_directory(options) / f"image-{file_digest(target)}"
-    folder.mkdir(parents=True, exist_ok=True)
-    upright_path = folder / f"upright-{90 * turns}.png"
-    write_image(upright_path, np.ascontiguousarray(np.rot90(image, turns)))
-    del image
     summary.notes.append(f"target image lies sideways or upside down: swapped turned upright "
                          f"({90 * turns} deg) and turned back")
-    swapped_path = folder / f".swapped-{os.getpid()}.png"
+    swapped_path = upright.parent / f".swapped-{os.getpid()}.png"
     try:
-        _swap_upright(sources, upright_path, swapped_path, options, summary,
-                      probe_video(upright_path), t0, hook=hook)
+        _swap_upright(sources, upright, swapped_path, options, summary, probe_video(upright),
+                      t0, hook)
         swapped = read_image(swapped_path)
     finally:
         swapped_path.unlink(missing_ok=True)
@@ -171,8 +178,8 @@ def _swap_turned_image(sources, target, output, options, summary, t0, hook=None
     return summary
 
 
-def _swap_large_image(sources, target, output, options, summary, t0, hook=None
-                      ) -> SwapSummary:
+def _swap_large_image(sources, target, output, options, summary, t0, hook=None,
+                      full: np.ndarray | None = None) -> SwapSummary:
     """A still target larger than `fitting.detection.DETECT_MAX_SIDE`: the whole swap runs on a
     crop around the chosen face (the face at most `FACE_MAX_WIDTH` wide; the face is found
     on a scaled-down copy), then only the pixels the swap changed are pasted back into the
@@ -193,7 +200,8 @@ def _swap_large_image(sources, target, output, options, summary, t0, hook=None
     folder.mkdir(parents=True, exist_ok=True)
     # Read once and kept (uint8) for the paste: a second decoding at the end would cost more
     # memory, with the model and the detectors loaded, than holding these bytes.
-    full = np.array(read_image(target))  # writable (the reader's array may not be)
+    if full is None:  # writable (the reader's array may not be)
+        full = np.array(read_image(target))
     height, width = full.shape[:2]
     small = scaled_copy(full, DETECT_MAX_SIDE)
     small_path = folder / "scaled.png"
