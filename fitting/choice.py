@@ -175,14 +175,17 @@ class ChosenFace:
 
 def reference_embedding(photo: str | Path | np.ndarray) -> np.ndarray:
     """(128,) identity embedding of the largest face (by `CHOOSER_BACKEND`'s boxes, whatever
-    the landmark backend) in a reference photo: its file or its RGB pixels. A one-line
-    InputError when it has none."""
+    the landmark backend) in a reference photo: its file or its RGB pixels, measured upright
+    (`upright_turns`). A one-line InputError when it has none."""
     from fitting.detection import detect_faces_bounded
     from fitting.embedding import face_embedding
     from fitting.faces import IBUG68
     from morph3d.io.images import read_image
 
     image = photo if isinstance(photo, np.ndarray) else read_image(photo)
+    turns = upright_turns(image)
+    if turns:
+        image = np.ascontiguousarray(np.rot90(image, turns))
     faces = detect_faces_bounded(image, CHOOSER_BACKEND)
     if not len(faces):
         where = "" if isinstance(photo, np.ndarray) else f" {photo}"

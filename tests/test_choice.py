@@ -316,6 +316,11 @@ def test_a_sideways_or_upside_down_photo_is_measured_upright(media_dir: Path):
     upside_down = choose_photo_face(np.ascontiguousarray(np.rot90(photo, 2)), "mediapipe",
                                     auto).landmarks["ibug68"]
     assert upside_down[48:68, 1].mean() < upside_down[36:48, 1].mean()  # mouth above eyes
+    # a reference photo (--face REF.jpg, --target-face-ref) is read upright too
+    from fitting.choice import reference_embedding
+
+    np.testing.assert_allclose(reference_embedding(np.ascontiguousarray(np.rot90(photo, 2))),
+                               reference_embedding(photo), atol=1e-6)
 
 
 @pytest.mark.media
