@@ -325,9 +325,10 @@ def test_a_sideways_or_upside_down_photo_is_measured_upright(media_dir: Path):
 
 @pytest.mark.media
 def test_fit_of_an_upside_down_photo_is_the_upright_fit_turned(media_dir: Path,
-                                                                tmp_path: Path):
+                                                                tmp_path: Path, capsys):
     """`morph3d fit` on mark.jpg upside down: the same head, rolled half a turn; its 68 points
-    are the upright fit's in the turned photo's pixels, and the JSON says the turn."""
+    are the upright fit's in the turned photo's pixels, and the JSON and the report say the
+    turn."""
     from fitting.choice import points_after_turns
     from morph3d.cli import main
     from morph3d.io.images import read_image, write_image
@@ -338,8 +339,10 @@ def test_fit_of_an_upside_down_photo_is_the_upright_fit_turned(media_dir: Path,
     fits = {}
     for name, path in (("upright", media_dir / "mark.jpg"), ("turned", turned)):
         out = tmp_path / f"{name}.json"
-        assert main(["fit", str(path), "--no-photometric", "--quiet", "--json", str(out)]) == 0
+        assert main(["fit", str(path), "--no-photometric", "--json", str(out)]) == 0
         fits[name] = json.loads(out.read_text())
+        said = "measured turned upright (180 deg)" in capsys.readouterr().out
+        assert said == (name == "turned")
     assert fits["turned"]["face"]["upright_turn_deg"] == 180
     upright, down = fits["upright"]["frames"][0], fits["turned"]["frames"][0]
     assert abs(abs(down["roll"] - upright["roll"]) - 180) < 1.0

@@ -192,6 +192,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
                  if summary["faceless_frames"] else "")
         print(f"fitted {fit.num_frames} frame(s) of {source.name}{extra}; first frame yaw "
               f"{s['yaw']:.1f} pitch {s['pitch']:.1f} roll {s['roll']:.1f} deg")
+        if face.get("upright_turn_deg"):
+            print(f"the photo lies sideways or upside down: its face was measured turned "
+                  f"upright ({face['upright_turn_deg']} deg); the points are in the photo's "
+                  f"own pixels")
         if face.get("faces_found") not in (None, 1):
             b = face["box"]
             which = "the largest" if face["choice"] == "auto" else f"face {face['choice']}"
