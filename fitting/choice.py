@@ -221,7 +221,7 @@ def choose_face(faces: FrameFaces, image: np.ndarray, choice: FaceChoice,
     return k
 
 
-def upright_turns(image: np.ndarray) -> int:
+def upright_turns(image: np.ndarray, upright: FrameFaces | None = None) -> int:
     """Quarter turns (`np.rot90`'s k, counter-clockwise) that stand a photo's faces upright.
 
     A phone photo whose orientation tag was lost arrives sideways or upside down; mediapipe
@@ -230,10 +230,11 @@ def upright_turns(image: np.ndarray) -> int:
     upright faces only: when it finds none in the photo as it is but does in exactly one
     turn of it, on a face `CHOOSER_BACKEND` finds too (its centre inside one of those
     boxes, which are found at any turn), that turn is upright. A photo dlib finds no face
-    in at any turn (a head turned far aside) is taken as it is."""
+    in at any turn (a head turned far aside) is taken as it is. `upright`: dlib's faces in
+    the photo as it is, when the caller has them."""
     from fitting.detection import detect_faces_bounded
 
-    if len(detect_faces_bounded(image, "dlib")):
+    if len(detect_faces_bounded(image, "dlib") if upright is None else upright):
         return 0
     chooser = detect_faces_bounded(image, CHOOSER_BACKEND).boxes.reshape(-1, 2, 2)
     found = []
@@ -280,11 +281,14 @@ def choose_photo_face(image: np.ndarray, backend: str, choice: FaceChoice,
     A photo lying sideways or upside down (`upright_turns`) is measured turned upright;
     the landmarks and box are given in the photo's own pixels all the same.
     Morph3dError when no face is found; InputError when the choice matches none."""
+    from fitting.detection import detect_faces_bounded
+
     if choice.rule == "all":
         raise InputError("a photo fit takes one face: choose one, not all")
-    turns = upright_turns(image)
+    dlib_faces = detect_faces_bounded(image, "dlib")  # the turn test's, and dlib's landmarks
+    turns = upright_turns(image, dlib_faces)
     if not turns:
-        return _chosen_face(image, backend, choice, source)
+        return _chosen_face(image, backend, choice, source, dlib_faces)
     turned = np.ascontiguousarray(np.rot90(image, turns))
     if choice.rule == "point" and choice.point is not None:
         x, y = points_after_turns(np.array(choice.point), turns, image.shape)
@@ -297,9 +301,9 @@ def choose_photo_face(image: np.ndarray, backend: str, choice: FaceChoice,
                       chosen.detector, chosen.choice, turns)
 
 
-def _chosen_face(image: np.ndarray, backend: str, choice: FaceChoice, source: str
-                 ) -> ChosenFace:
-    """`choose_photo_face` on a photo as it is."""
+def _chosen_face(image: np.ndarray, backend: str, choice: FaceChoice, source: str,
+                 dlib_faces: FrameFaces | None = None) -> ChosenFace:
+    """`choose_photo_face` on a photo as it is (`dlib_faces`: dlib's, when found already)."""
     from fitting.detection import detect_faces_bounded
     from fitting.faces import IBUG68
 
@@ -315,7 +319,8 @@ def _chosen_face(image: np.ndarray, backend: str, choice: FaceChoice, source: st
     landmarks = {s: p[k].astype(np.float64) for s, p in faces.landmarks.items()}
     if key not in (detector, "mediapipe"):
         own_backend = "dlib" if key == "dlib+mediapipe" else key
-        own = detect_faces_bounded(image, own_backend)
+        own = (dlib_faces if own_backend == "dlib" and dlib_faces is not None
+               else detect_faces_bounded(image, own_backend))
         j = nearest_face(own, landmarks[IBUG68], faces.boxes[k])
         if j >= 0:
             points = own.landmarks[IBUG68][j].astype(np.float64)
