@@ -497,9 +497,23 @@ def test_faceless_frames_are_passed_through_and_counted(media_dir: Path, work_di
             assert worst >= 25, (i, worst)
 
 
+def yuv420_bytes(rgb: np.ndarray) -> np.ndarray:
+    """Limited-range BT.601 I420 planes (H * 3 / 2 x W uint8) of an even-sized RGB frame, in
+    integer arithmetic: the same bytes on every machine (swscale's SIMD paths differ)."""
+    r, g, b = (rgb[..., k].astype(np.int32) for k in range(3))
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128
+    v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128
+    h, w = y.shape
+    half = [(c.reshape(h // 2, 2, w // 2, 2).sum((1, 3)) + 2) >> 2 for c in (u, v)]
+    return np.concatenate([y.ravel(), half[0].ravel(), half[1].ravel()]).astype(
+        np.uint8).reshape(h * 3 // 2, w)
+
+
 def write_intra_clip(path: Path, frames: list[np.ndarray], fps: int = 25) -> None:
-    """Every frame a keyframe, one encoder thread: damage to one frame's bytes stays in
-    that frame, and the file's bytes do not depend on the machine."""
+    """Every frame a keyframe, one encoder thread, the colour conversion done here: damage
+    to one frame's bytes stays in that frame, and the file's bytes do not depend on the
+    machine."""
     import av
 
     with av.open(str(path), "w") as container:
@@ -508,7 +522,7 @@ def write_intra_clip(path: Path, frames: list[np.ndarray], fps: int = 25) -> Non
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         for pts, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame = av.VideoFrame.from_ndarray(yuv420_bytes(rgb), format="yuv420p")
             frame.pts = pts
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
