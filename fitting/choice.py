@@ -221,6 +221,13 @@ def choose_face(faces: FrameFaces, image: np.ndarray, choice: FaceChoice,
     return k
 
 
+# How far (mean distance over the eyes' outer-corner distance) dlib's 68 points on a face
+# may lie from mediapipe's for the two to be one upright face: upright faces agree within
+# 0.02-0.21 (photos, clip frames, renders up to 60 deg of yaw), dlib's rare false faces in a
+# turned copy lie 0.9 off or beside any mediapipe face
+UPRIGHT_AGREEMENT = 0.3
+
+
 def upright_turns(image: np.ndarray, upright: FrameFaces | None = None) -> int:
     """Quarter turns (`np.rot90`'s k, counter-clockwise) that stand a photo's faces upright.
 
@@ -228,23 +235,28 @@ def upright_turns(image: np.ndarray, upright: FrameFaces | None = None) -> int:
     still boxes an upside-down face, but its mesh then reads it as an upright one (the eyes
     where the mouth is), and the fit and the texture are nonsense. dlib's HOG detector finds
     upright faces only: when it finds none in the photo as it is but does in exactly one
-    turn of it, on a face `CHOOSER_BACKEND` finds too (its centre inside one of those
-    boxes, which are found at any turn), that turn is upright. A photo dlib finds no face
-    in at any turn (a head turned far aside) is taken as it is. `upright`: dlib's faces in
-    the photo as it is, when the caller has them."""
+    turn of it, with its 68 points on a face `CHOOSER_BACKEND` measures there too
+    (`UPRIGHT_AGREEMENT`), that turn is upright. A photo dlib finds no face in at any turn
+    (a head turned far aside) is taken as it is. `upright`: dlib's faces in the photo as it
+    is, when the caller has them."""
     from fitting.detection import detect_faces_bounded
+    from fitting.faces import IBUG68
 
     if len(detect_faces_bounded(image, "dlib") if upright is None else upright):
         return 0
-    chooser = detect_faces_bounded(image, CHOOSER_BACKEND).boxes.reshape(-1, 2, 2)
     found = []
     for k in (1, 2, 3):
         turned = np.ascontiguousarray(np.rot90(image, k))
-        boxes = detect_faces_bounded(turned, "dlib").boxes.reshape(-1, 2, 2)
-        centres = points_before_turns(boxes.mean(1), k, turned.shape)
-        if len(boxes) and (not len(chooser) or any(
-                np.all((c >= b[0]) & (c <= b[1])) for c in centres for b in chooser)):
-            found.append(k)
+        dlib_faces = detect_faces_bounded(turned, "dlib")
+        if not len(dlib_faces):
+            continue
+        measured = detect_faces_bounded(turned, CHOOSER_BACKEND).landmarks.get(IBUG68, [])
+        for points in dlib_faces.landmarks[IBUG68]:
+            corners = float(np.linalg.norm(points[36] - points[45]))
+            if any(np.linalg.norm(other - points, axis=1).mean() < UPRIGHT_AGREEMENT * corners
+                   for other in measured):
+                found.append(k)
+                break
     return found[0] if len(found) == 1 else 0
 
 
