@@ -222,9 +222,9 @@ def choose_face(faces: FrameFaces, image: np.ndarray, choice: FaceChoice,
 
 
 # How far (mean distance over the eyes' outer-corner distance) dlib's 68 points on a face
-# may lie from mediapipe's for the two to be one upright face: upright faces agree within
-# 0.02-0.21 (photos, clip frames, renders up to 60 deg of yaw), dlib's rare false faces in a
-# turned copy lie 0.9 off or beside any mediapipe face
+# may lie from mediapipe's for the two to be one upright face: the two detectors' points on
+# an upright face, turned far aside too, agree well within it; dlib's rare false faces in a
+# turned copy lie far off or beside any face mediapipe measures (BENCHMARKS.md)
 UPRIGHT_AGREEMENT = 0.3
 
 
