@@ -263,13 +263,9 @@ def upright_turns(image: np.ndarray, upright: FrameFaces | None = None) -> int:
 def points_before_turns(points: np.ndarray, turns: int, turned_shape: tuple[int, ...]
                         ) -> np.ndarray:
     """Pixel positions (..., 2: x, y; pixel centres at whole numbers) in
-    ``np.rot90(image, turns)``, whose shape is `turned_shape`, as positions in `image`."""
-    p = np.asarray(points, np.float64)
-    h, w = turned_shape[:2]
-    for _ in range(turns % 4):  # undo one counter-clockwise turn
-        p = np.stack([h - 1 - p[..., 1], p[..., 0]], -1)
-        h, w = w, h
-    return p
+    ``np.rot90(image, turns)``, whose shape is `turned_shape`, as positions in `image`
+    (the turns that complete the full turn)."""
+    return points_after_turns(points, -turns, turned_shape)
 
 
 def points_after_turns(points: np.ndarray, turns: int, shape: tuple[int, ...]) -> np.ndarray:

@@ -127,14 +127,21 @@ def _swap(sources, target, output, options, summary, info, t0, template=None, ho
     turns = upright_turns(image)
     if not turns:
         return _swap_upright(sources, target, output, options, summary, info, t0, hook, image)
-    folder = work_directory(options) / f"image-{file_digest(target)}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = image_folder(options, target)
     upright = folder / f"upright-{90 * turns}.png"
     write_image(upright, np.ascontiguousarray(np.rot90(image, turns)))
     shape = image.shape
     del image  # the swap reads the upright copy
     return _swap_turned_image(sources, upright, shape, turns, output, options, summary, t0,
                               hook)
+
+
+def image_folder(options: SwapOptions, target: Path) -> Path:
+    """The work folder of a still target (its upright copy, a large one's face crop),
+    named by its content; created."""
+    folder = work_directory(options) / f"image-{file_digest(target)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _swap_upright(sources, target, output, options, summary, info, t0, hook=None,
@@ -196,8 +203,7 @@ def _swap_large_image(sources, target, output, options, summary, t0, hook=None,
     if options.target_face.rule == "all":
         raise InputError(f"target face \"all\" takes images up to {DETECT_MAX_SIDE} pixels "
                          f"on the longer side; {target} is larger: choose one face")
-    folder = work_directory(options) / f"image-{file_digest(target)}"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = image_folder(options, target)
     # Read once and kept (uint8) for the paste: a second decoding at the end would cost more
     # memory, with the model and the detectors loaded, than holding these bytes.
     if full is None:  # writable (the reader's array may not be)

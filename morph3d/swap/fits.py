@@ -234,14 +234,6 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
 SMALL_SOURCE_EYES_PX = 40
 
 
-def eye_distance_px(landmarks: dict[str, np.ndarray]) -> float:
-    """Pixels between the eye centres of a face's 68 points (`fitting.faces.IBUG68`)."""
-    from fitting.faces import IBUG68
-
-    points = np.asarray(landmarks[IBUG68], np.float64)
-    return float(np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0)))
-
-
 def fit_source(sources: list[Path], model, options: SwapOptions,
                first_photo: np.ndarray | None = None) -> tuple[object, StageRun]:
     """Stage 4 (cached): the user's identity and completed UV albedo, and the stage's run
@@ -255,6 +247,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions,
     from fitting.choice import choose_photo_face
     from fitting.params import VideoFit
     from fitting.photo import fit_photo
+    from morph3d.composite.masks import face_geometry
     from morph3d.io.images import read_image
     from morph3d.neural.completion import INFERENCE_VERSION, complete_texture, load_completion_net
 
@@ -296,7 +289,7 @@ def fit_source(sources: list[Path], model, options: SwapOptions,
             if chosen.turns:
                 notes.append(f"{src.name}: the photo lies sideways or upside down; its face "
                              f"was measured turned upright ({90 * chosen.turns} deg)")
-            eyes_px = eye_distance_px(chosen.landmarks)
+            eyes_px = face_geometry(chosen.landmarks).iod
             if eyes_px < SMALL_SOURCE_EYES_PX:
                 notes.append(f"{src.name}: the face is small ({eyes_px:.0f} px between the "
                              f"eyes): the swapped face will be as blurred; a photo with "
