@@ -586,7 +586,7 @@ def hull_distance(actor, swapped, shape: tuple[int, int], forehead_margin: float
 def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                    lm68: np.ndarray, box: tuple[float, float, float], size: int,
                    crop_iod: float, sigmas: float = 6.0, fringe_sigmas: float = 1.5,
-                   fringe_blur: float = 0.05, lit_skin: bool = False,
+                   fringe_blur: float = 0.05, scalp_reach: float = 0.3, lit_skin: bool = False,
                    height: np.ndarray | None = None, ycc: np.ndarray | None = None
                    ) -> np.ndarray:
     """Bool crop mask: the actor's pixels on the face that are not skin (a fringe, a hat, a
@@ -598,10 +598,11 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
     none); lm68: the source mesh's 68 points in frame pixels. Non-skin is more than `sigmas`
     from the model, or more than half of it and joined to such a pixel; above the brows also
     where the score low-passed at `fringe_blur` IOD passes `fringe_sigmas` (a fringe's light
-    hair between its strands) and is joined to kept hair. `lit_skin`: below the brows, what is
-    off the skin's colour but at least as light as the skin is skin under a coloured light.
-    `height`: `brow_height` of the same crop and `ycc`: `seen`'s `occluders.ycrcb`, when the
-    caller has them."""
+    hair between its strands) and is joined to kept hair or reaches the head's outline more
+    than `scalp_reach` IOD above the brows (a fringe hanging from the scalp's hair).
+    `lit_skin`: below the brows, what is off the skin's colour but at least as light as the
+    skin is skin under a coloured light. `height`: `brow_height` of the same crop and `ycc`:
+    `seen`'s `occluders.ycrcb`, when the caller has them."""
     from morph3d.composite.occluders import non_skin_score
 
     if model is None:
@@ -634,7 +635,14 @@ def actor_non_skin(seen: np.ndarray, covered: np.ndarray, model, regions: dict,
                                (0, 0), fringe_blur * crop_iod)
     fringe = above & (blurred > fringe_sigmas)
     count, labels = cv2.connectedComponents((fringe | kept).astype(np.uint8), connectivity=8)
-    kept = _with_joined(labels, count, kept, fringe)
+    # A fringe whose hair is near the skin's colour throughout (blond, light brown) has no
+    # clear pixel to join; it hangs from the hair over the scalp, so a fringe piece that
+    # reaches the head's outline (or the crop's edge) well above the brows is hair too. A
+    # forehead's own marks are islands in the skin and reach no outline.
+    outline = covered & ~cv2.erode(covered.astype(np.uint8), np.ones((3, 3), np.uint8),
+                                   borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    hanging = fringe & outline & (height > scalp_reach * crop_iod)
+    kept = _with_joined(labels, count, kept | hanging, fringe)
     if lit_skin:
         # Below the brows, a piece off the skin's colour but as light as the skin or lighter
         # is the skin under a light of another colour (a blue rim light on the far cheek):
