@@ -67,7 +67,7 @@ def test_frame_bytes_to_unit_by_table_is_the_division() -> None:
     on a non-contiguous crop too."""
     import cv2
 
-    from morph3d.composite.compositor import _BYTE_TO_UNIT
+    from morph3d.composite.colour import BYTE_TO_UNIT as _BYTE_TO_UNIT
 
     rng = np.random.default_rng(1)
     frame = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
@@ -81,22 +81,23 @@ def test_frame_bytes_to_unit_by_table_is_the_division() -> None:
 
 
 def test_blend_from_the_render_window_is_the_blend_of_its_copy() -> None:
-    """The render read in place from its window (partly beyond the crop on every side)
-    gives the bytes `blend_into` gives with the window's part copied under the crop."""
+    """The render read in place from its window (partly beyond the crop on every side) and
+    the frame read from out's own bytes: the bytes `blend_into` gives with the window's part
+    copied under the crop and the frame's bytes / 255."""
     from morph3d.composite.blend import blend_into, blend_window_into
     from morph3d.composite.compositor import _in_roi
 
     rng = np.random.default_rng(8)
-    frame = rng.random((50, 60, 3), np.float32)
+    frame = (rng.random((50, 60, 3)) * 255).astype(np.uint8)
     window = rng.random((30, 70, 3), np.float32)
     mask = rng.random((50, 60)).astype(np.float32)
     mask[mask < 0.3] = 0.0
     for origin in ((-5, 10), (3, -4), (20, 30), (-10, -10)):  # window's frame (x, y)
         roi = (0, 0, 60, 50)
-        want = (frame * 200).astype(np.uint8)
-        got = want.copy()
-        blend_into(want, frame, _in_roi(window, origin, roi), mask)
-        blend_window_into(got, frame, window, (-origin[1], -origin[0]), mask)
+        want = frame.copy()
+        blend_into(want, frame.astype(np.float32) / 255.0, _in_roi(window, origin, roi), mask)
+        got = frame.copy()
+        blend_window_into(got, window, (-origin[1], -origin[0]), mask)
         assert np.array_equal(got, want), origin
 
 

@@ -26,12 +26,15 @@ side; the other inputs from a `composite` recording of the same clip's first fra
 far the final frames differ before encoding.
 
     python tools/bench_transfer.py composite FILE.pkl --baseline COMMIT [--repeat R]
+                                   [--cprofile] [--top K] [--json OUT]
 
 `composite` does the same for the compositor (`FaceCompositor.process`) on the inputs that
 `tools/profile_swap.py run CLIP --record-composite FILE.pkl` pickles: a baseline compositor
 and the working tree's, each with its own per-clip state, fed the recorded frames in turn;
 it prints each side's thread CPU per frame and the largest and mean absolute difference of
-the composited frames.
+the composited frames (over the whole frames, and the mean, 99.9th percentile and largest
+over the pixels either side changed, each pixel's largest channel); `--cprofile` both
+sides' top functions.
 
 The baseline is a snapshot of COMMIT in the same process: the modules the render stage runs
 through (`SNAPSHOT_MODULES`, plus any other module of `morph3d/swap`, `morph3d/composite` or
@@ -378,7 +381,10 @@ def composite(args: argparse.Namespace) -> dict[str, Any]:
         FaceCompositor_old(old.compositor_config()).process(inputs[0])
     cpu: dict[str, list[float]] = {"old": [], "new": []}
     process: dict[str, list[float]] = {"old": [], "new": []}  # OpenCV's workers included
+    profiles = ({s: cProfile.Profile(time.thread_time) for s in cpu} if args.cprofile
+                else {})
     worst, total, count = 0.0, 0.0, 0
+    changed_hist = np.zeros(256, np.int64)  # |old - new| over the pixels either side changed
     for _ in range(args.repeat):
         with snapshot.active():
             sides = {"old": FaceCompositor_old(old.compositor_config())}
@@ -387,17 +393,38 @@ def composite(args: argparse.Namespace) -> dict[str, Any]:
             outs = {}
             for side, compositor in sides.items():
                 with snapshot.active() if side == "old" else _nothing():
+                    if side in profiles:
+                        profiles[side].enable()
                     c0, p0 = time.thread_time(), time.process_time()
                     outs[side] = compositor.process(frame_inputs)[0]
                     cpu[side].append(time.thread_time() - c0)
                     process[side].append(time.process_time() - p0)
+                    if side in profiles:
+                        profiles[side].disable()
             d = np.abs(outs["old"].astype(np.float64) - outs["new"].astype(np.float64))
             worst, total, count = max(worst, float(d.max())), total + float(d.sum()), count + d.size
+            frame = np.asarray(frame_inputs.frame)
+            if outs["old"].dtype == np.uint8 and frame.dtype == np.uint8:
+                changed = (outs["old"] != frame).any(-1) | (outs["new"] != frame).any(-1)
+                changed_hist += np.bincount(d.max(-1)[changed].astype(np.int64),
+                                            minlength=256)[:256]
     result: dict[str, Any] = {"recording": str(args.recording), "frames": len(inputs),
                               "repeat": args.repeat, "baseline": args.baseline,
                               "machine": machine(), "frame_max": worst,
                               "frame_mean": total / max(count, 1)}
     lines = []
+    if changed_hist.sum():
+        levels = np.arange(256)
+        cumulative = np.cumsum(changed_hist) / changed_hist.sum()
+        result["changed"] = {
+            "pixels": int(changed_hist.sum()),
+            "mean": float((levels * changed_hist).sum() / changed_hist.sum()),
+            "p99_9": int(np.searchsorted(cumulative, 0.999)),
+            "max": int(levels[changed_hist > 0].max())}
+        c = result["changed"]
+        lines.append(f"over the {c['pixels']} pixels either side changed: mean "
+                     f"{c['mean']:.4f}, 99.9th percentile {c['p99_9']}, max {c['max']} "
+                     "grey levels")
     for side, values in cpu.items():
         ms = 1000 * float(np.mean(values))
         process_ms = 1000 * float(np.mean(process[side]))
@@ -409,6 +436,10 @@ def composite(args: argparse.Namespace) -> dict[str, Any]:
     lines.append(f"old vs new: frames differ by max {worst:.2f}, mean {result['frame_mean']:.5f}"
                  f"; old / new thread CPU {speedup:.2f}")
     print("\n".join(lines) + "\n" + machine_line(result["machine"]))
+    for side, profile in profiles.items():
+        print(f"\n{side} (thread CPU, {len(cpu[side])} calls):\n"
+              + profile_table(profile, args.top)
+              + "\n" + profile_table(profile, args.top, "cumulative"))
     if args.json:
         write_json(Path(args.json), result)
     return result
@@ -449,6 +480,8 @@ def main() -> None:
     p.add_argument("recording")
     p.add_argument("--baseline", required=True)
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--cprofile", action="store_true")
+    p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
     args = parser.parse_args()
     {"record": record, "replay": replay, "composite": composite}[args.command](args)

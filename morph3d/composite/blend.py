@@ -7,6 +7,7 @@ import cv2
 import numba
 import numpy as np
 
+from morph3d.composite.colour import BYTE_TO_UNIT
 from morph3d.composite.masks import _check_image, _check_mask
 
 # --------------------------------------------------------------------------------------------
@@ -85,13 +86,36 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
         raise AssertionError("cv2.copyTo did not write in place")
 
 
-def blend_window_into(out: np.ndarray, frame: np.ndarray, window: np.ndarray,
-                      offset: tuple[int, int], mask: np.ndarray) -> None:
-    """`blend_into` a uint8 `out` with the render given as a window (H' x W' x 3 float32)
-    whose pixel (i, j) lies under out's (i - row offset, j - column offset): read in place,
-    zeros beyond it, as a copy of its part under `out` would be."""
-    _blend_bytes(out, np.asarray(frame, np.float32), np.asarray(window, np.float32),
-                 np.asarray(mask, np.float32), int(offset[0]), int(offset[1]))
+def blend_window_into(out: np.ndarray, window: np.ndarray, offset: tuple[int, int],
+                      mask: np.ndarray) -> None:
+    """`blend_into` a uint8 `out` that holds the frame's bytes, with the render given as a
+    window (H' x W' x 3 float32) whose pixel (i, j) lies under out's (i - row offset,
+    j - column offset): the render read in place, zeros beyond it, as a copy of its part
+    under `out` would be; each frame byte read as `BYTE_TO_UNIT` gives it, so the frame is
+    never converted to float as a whole."""
+    _blend_bytes_over(out, BYTE_TO_UNIT, np.asarray(window, np.float32),
+                      np.asarray(mask, np.float32), int(offset[0]), int(offset[1]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _blend_bytes_over(out: np.ndarray, table: np.ndarray, render: np.ndarray,
+                      mask: np.ndarray, dy: int, dx: int) -> None:  # pragma: no cover
+    """`_blend_bytes` with the frame's value of each pixel being `table` of out's own byte,
+    read before it is written."""
+    zero, one, scale, half = (np.float32(0.0), np.float32(1.0), np.float32(255.0),
+                              np.float32(0.5))
+    rh, rw = render.shape[0], render.shape[1]
+    for y in range(mask.shape[0]):
+        for x in range(mask.shape[1]):
+            a = mask[y, x]
+            if a > zero:
+                b = one - a
+                ry, rx = y + dy, x + dx
+                inside = 0 <= ry < rh and 0 <= rx < rw
+                for c in range(3):
+                    r = render[ry, rx, c] if inside else zero
+                    v = table[out[y, x, c]] * b + r * a
+                    out[y, x, c] = np.uint8(min(max(v, zero), one) * scale + half)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -7,6 +7,9 @@ import cv2
 import numba
 import numpy as np
 
+# byte -> float32 in [0, 1], as `bytes.astype(np.float32) / 255.0` gives it: one table lookup
+BYTE_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
 # The luminance of linear sRGB / Rec. 709 RGB (Y of CIE XYZ): what `rgb @ LUMA` gives.
 LUMA = np.float32([0.2126, 0.7152, 0.0722])
 

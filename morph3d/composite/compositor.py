@@ -19,7 +19,8 @@ have one job:
    input frame.
 
 `FaceCompositor` runs these steps on a crop around the face and carries the per-clip state
-(the previous mask). All images are float32 RGB in [0, 1], H x W x 3; masks are float32
+(the previous mask); a big face's mask edge is computed on a reduced copy of the crop
+(`CompositorConfig.mask_iod`). All images are float32 RGB in [0, 1], H x W x 3; masks are float32
 H x W in [0, 1]; landmarks are pixels (OpenCV convention), given as
 ``{"ibug68": (68, 2), "mediapipe478": (478, 2)}`` (either or both) or one array.
 """
@@ -32,7 +33,12 @@ from dataclasses import dataclass, field, fields
 import cv2
 import numpy as np
 
-from morph3d.composite.blend import blend_into, blend_window_into, picture_area
+from morph3d.composite.blend import (
+    blend_into,
+    blend_window_into,
+    picture_area,
+    picture_bounds,
+)
 from morph3d.composite.learned_occluders import HandOccluders
 from morph3d.composite.masks import (
     NON_SKIN_REGIONS,
@@ -41,15 +47,13 @@ from morph3d.composite.masks import (
     _check_image,
     _check_mask,
     _clean_alpha,
+    _covered_alpha,
     expected_non_skin,
     face_geometry,
     face_mask,
 )
 from morph3d.composite.occluders import cut_occluders, detect_occluders
 from morph3d.errors import InputError
-
-# byte -> float32 in [0, 1], as `bytes.astype(np.float32) / 255.0` gives it: one table lookup
-_BYTE_TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 # --------------------------------------------------------------------------------------------
 # Per-clip driver
@@ -108,6 +112,23 @@ def _in_roi(array: np.ndarray, origin: tuple[int, int], roi: tuple[int, int, int
     return out
 
 
+def _expected(shape: tuple[int, int], actor: FaceGeometry, swapped: FaceGeometry,
+              non_skin: np.ndarray | None) -> np.ndarray:
+    """`expected_non_skin` of both faces with the non-skin regions given as their union
+    (bool, ROI)."""
+    expected = expected_non_skin(shape, actor, swapped)
+    if non_skin is not None:
+        expected |= non_skin
+    return expected
+
+
+def _resampling(factor: tuple[float, float]) -> np.ndarray:
+    """3 x 3: ROI pixel -> pixel of the ROI resampled by `factor` (x, y), as `cv2.resize`
+    places pixel centres."""
+    sx, sy = factor
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
 @dataclass
 class CompositorConfig:
     """Knobs of `FaceCompositor`; lengths are in IOD (inter-ocular distances). Momenta are
@@ -124,6 +145,13 @@ class CompositorConfig:
     # `hand_occluders` option).
     hands: bool = False
     roi_pad: float = 0.6
+    # A bigger face (the larger IOD, pixels) has its mask's edge and temporal average
+    # computed on a copy of the crop resampled to this IOD, and its skin colour model
+    # sampled on a grid of about that density: both vary over a fraction of an IOD, so a
+    # big face gains nothing from its pixels there, while their cost grows with the
+    # crop's area. The occluder search, the coverage, the picture's edge and the blend stay
+    # at full resolution. None: everything at full resolution.
+    mask_iod: float | None = 100.0
 
 
 @dataclass
@@ -183,6 +211,7 @@ class FaceCompositor:
             self._hands.reset()
         self._previous_mask: np.ndarray | None = None  # the last ROI's mask
         self._previous_origin: tuple[int, int] = (0, 0)  # its top-left frame pixel
+        self._previous_scale: tuple[float, float] = (1.0, 1.0)  # its pixels per ROI pixel
         self._previous_landmarks: np.ndarray | None = None  # actor ibug68, full frame
 
     def process(self, inputs: FrameInputs) -> tuple[np.ndarray, CompositeReport]:
@@ -209,47 +238,121 @@ class FaceCompositor:
                 occluders_roi=np.zeros((y1 - y0, x1 - x0), bool))
         crop = (slice(y0, y1), slice(x0, x1))
         offset = np.array([-x0, -y0], np.float64)
-        f = cv2.LUT(frame[crop], _BYTE_TO_UNIT) if as_bytes else frame[crop]
+        f = frame[crop]  # bytes stay bytes: each step reads them / 255 where it needs them
         cov = np.clip(_in_roi(coverage, origin, roi), 0.0, 1.0)
         a_geo, s_geo = actor.shifted(offset), swapped.shifted(offset)
-        cshape = f.shape[:2]
-        regions = None
+        non_skin = None  # the union of the non-skin regions (all `expected_non_skin` reads)
         if inputs.regions is not None:  # every one checked; only the non-skin ones are used
             checked = {k: _check_region(f"region '{k}'", v, wshape)
                        for k, v in inputs.regions.items() if v is not None}
-            regions = {k: _in_roi(v, origin, roi) for k, v in checked.items()
-                       if k in NON_SKIN_REGIONS}
+            parts = [v if v.dtype == bool else v > 0.5 for k, v in checked.items()
+                     if k in NON_SKIN_REGIONS]
+            if parts:
+                union = parts[0].copy()
+                for part in parts[1:]:
+                    union |= part
+                non_skin = _in_roi(union, origin, roi)
 
-        # 1. the warp's coverage, feathered
-        mask = face_mask(cov, s_geo, cov >= 0.5, feather=cfg.feather)
-
-        # 2. temporal smoothing of the mask edge (before the cuts, which must stay exact)
-        mask, smoothed = self._smooth_mask(mask, actor, (x0, y0), cov)
-        mask = mask * picture_area(frame, roi)
-        self._previous_mask, self._previous_origin = mask.copy(), (x0, y0)
-        self._previous_landmarks = actor.ibug.copy()
-
-        # 3. occluders
-        occ = np.zeros(cshape, bool)
-        if cfg.occluders:
-            expected = expected_non_skin(cshape, a_geo, s_geo, regions=regions)
-            occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0)
-            if cfg.hands:
-                if self._hands is None:
-                    self._hands = HandOccluders()
-                occ |= self._hands.hulls(frame, actor, roi) & (mask > 0)
-            mask = cut_occluders(mask, occ)
+        scale = self._work_scale(actor, swapped)
+        if scale < 1.0:
+            mask, occ, smoothed = self._reduced_mask(frame, f, cov, actor, a_geo, s_geo,
+                                                     non_skin, roi, scale)
+        else:
+            mask, occ, smoothed = self._full_mask(frame, f, cov, actor, a_geo, s_geo, non_skin,
+                                                  roi)
 
         # 4. the blend, written only where the mask is above zero (uint8: rounded)
         out = frame.copy()
         if as_bytes:  # the render read in place from its window
-            blend_window_into(out[crop], f, render, (y0 - origin[1], x0 - origin[0]), mask)
+            blend_window_into(out[crop], render, (y0 - origin[1], x0 - origin[0]), mask)
         else:
             blend_into(out[crop], f, _in_roi(render, origin, roi), mask)
         report = CompositeReport(
             roi=roi, feather_px=float(cfg.feather * s_geo.iod), occluder_px=int(occ.sum()),
             mask_smoothed=smoothed, frame_shape=shape, alpha_roi=mask, occluders_roi=occ)
         return out, report
+
+    def _work_scale(self, actor: FaceGeometry, swapped: FaceGeometry) -> float:
+        """Pixels of the mask's working copy per ROI pixel (1: the ROI itself)."""
+        limit = self.config.mask_iod
+        if limit is None:
+            return 1.0
+        return min(1.0, float(limit) / max(actor.iod, swapped.iod))
+
+    def _full_mask(self, frame: np.ndarray, f: np.ndarray, cov: np.ndarray,
+                   actor: FaceGeometry, a_geo: FaceGeometry, s_geo: FaceGeometry,
+                   non_skin: np.ndarray | None, roi: tuple[int, int, int, int]
+                   ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Steps 1-3 on the ROI itself: (alpha, occluders, whether the mask was smoothed)."""
+        cfg = self.config
+        x0, y0 = roi[:2]
+        cshape = f.shape[:2]
+        # 1. the warp's coverage, feathered
+        mask = face_mask(cov, s_geo, cov >= 0.5, feather=cfg.feather)
+
+        # 2. temporal smoothing of the mask edge (before the cuts, which must stay exact)
+        mask, smoothed = self._smooth_mask(mask, actor, (x0, y0), (1.0, 1.0), cov)
+        mask = mask * picture_area(frame, roi)
+        self._previous_mask, self._previous_origin = mask.copy(), (x0, y0)
+        self._previous_scale = (1.0, 1.0)
+        self._previous_landmarks = actor.ibug.copy()
+
+        # 3. occluders
+        occ = np.zeros(cshape, bool)
+        if cfg.occluders:
+            expected = _expected(cshape, a_geo, s_geo, non_skin)
+            occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0)
+            if cfg.hands:
+                if self._hands is None:
+                    self._hands = HandOccluders()
+                occ |= self._hands.hulls(frame, actor, roi) & (mask > 0)
+            mask = cut_occluders(mask, occ)
+        return mask, occ, smoothed
+
+    def _reduced_mask(self, frame: np.ndarray, f: np.ndarray, cov: np.ndarray,
+                      actor: FaceGeometry, a_geo: FaceGeometry, s_geo: FaceGeometry,
+                      non_skin: np.ndarray | None, roi: tuple[int, int, int, int],
+                      scale: float) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Steps 1-3 with the mask's edge and its temporal average on a copy of the ROI
+        resampled by `scale` (a big face): the edge varies over several of that copy's
+        pixels, so linear interpolation brings it back. The coverage and the picture's edge
+        are applied at full resolution, so the alpha is still exactly 0 where the warp is
+        absent and on a bar. The occluders are found and cut at full resolution (whether a
+        blob of hair counts as one turns on details a reduced copy does not keep); only
+        their skin colour model takes every n-th pixel of every n-th row (n = 1 / scale,
+        rounded)."""
+        cfg = self.config
+        x0, y0, x1, y1 = roi
+        h, w = y1 - y0, x1 - x0
+        low = (max(int(round(w * scale)), 2), max(int(round(h * scale)), 2))
+        factor = (low[0] / w, low[1] / h)
+        cov_low = cv2.resize(cov, low, interpolation=cv2.INTER_LINEAR)
+
+        # 1. the warp's coverage, feathered (the edge's width is in IOD, so in either raster)
+        s_low = s_geo.resampled(np.zeros(2), factor)
+        mask_low = face_mask(cov_low, s_low, cov_low >= 0.5, feather=cfg.feather)
+
+        # 2. temporal smoothing, on the working copy (the state is kept in that raster)
+        mask_low, smoothed = self._smooth_mask(mask_low, actor, (x0, y0), factor, cov_low)
+        self._previous_mask, self._previous_origin = mask_low, (x0, y0)
+        self._previous_scale = factor
+        self._previous_landmarks = actor.ibug.copy()
+        left, top, right, bottom = picture_bounds(frame)
+        mask = _covered_alpha(cv2.resize(mask_low, (w, h), interpolation=cv2.INTER_LINEAR),
+                              cov, (top - y0, bottom - y0), (left - x0, right - x0))
+
+        # 3. occluders
+        occ = np.zeros((h, w), bool)
+        if cfg.occluders:
+            expected = _expected((h, w), a_geo, s_geo, non_skin)
+            occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0,
+                                   skin_step=int(round(1.0 / scale)))
+            if cfg.hands:
+                if self._hands is None:
+                    self._hands = HandOccluders()
+                occ |= self._hands.hulls(frame, actor, roi) & (mask > 0)
+            mask = cut_occluders(mask, occ)
+        return mask, occ, smoothed
 
     def _roi(self, shape: tuple[int, int], actor: FaceGeometry, swapped: FaceGeometry
              ) -> tuple[int, int, int, int]:
@@ -266,10 +369,12 @@ class FaceCompositor:
         return x0, y0, x1, y1
 
     def _smooth_mask(self, mask: np.ndarray, actor: FaceGeometry, origin: tuple[int, int],
-                     coverage: np.ndarray) -> tuple[np.ndarray, bool]:
+                     factor: tuple[float, float], coverage: np.ndarray
+                     ) -> tuple[np.ndarray, bool]:
         """Average in the previous mask, moved by the similarity transform that best maps the
         previous actor landmarks onto the current ones. Skipped after a jump (residual over
-        0.05 IOD or scale change over 15 %) so a cut or a fast turn does not leave a ghost."""
+        0.05 IOD or scale change over 15 %) so a cut or a fast turn does not leave a ghost.
+        `factor`: (x, y) pixels of `mask` per ROI pixel (the previous mask has its own)."""
         k = self.config.mask_momentum
         if k <= 0 or self._previous_mask is None or self._previous_landmarks is None:
             return mask, False
@@ -287,6 +392,10 @@ class FaceCompositor:
         # previous ROI pixel -> frame -> moved -> current ROI pixel
         matrix[:, 2] += matrix[:, :2] @ np.asarray(self._previous_origin, np.float64)
         matrix[:, 2] -= origin
+        if factor != (1.0, 1.0) or self._previous_scale != (1.0, 1.0):
+            # and from / to the resampled rasters (pixel centres on pixel centres)
+            matrix = (_resampling(factor) @ np.vstack([matrix, [0.0, 0.0, 1.0]])
+                      @ np.linalg.inv(_resampling(self._previous_scale)))[:2]
         h, w = mask.shape
         warped = cv2.warpAffine(self._previous_mask, matrix, (w, h), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)

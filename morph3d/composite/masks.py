@@ -79,6 +79,15 @@ class FaceGeometry:
         offset = np.asarray(offset, np.float64)
         return FaceGeometry(self.ibug + offset, None if self.mesh is None else self.mesh + offset)
 
+    def resampled(self, offset: np.ndarray, scale: tuple[float, float]) -> FaceGeometry:
+        """The same face in a raster resampled by `scale` (x, y) after a shift by `offset`
+        (x, y) pixels: pixel centres map to pixel centres, p -> (p + offset + 0.5) * scale
+        - 0.5, as `cv2.resize` places them."""
+        s = np.asarray(scale, np.float64)
+        shift = (np.asarray(offset, np.float64) + 0.5) * s - 0.5
+        return FaceGeometry(self.ibug * s + shift,
+                            None if self.mesh is None else self.mesh * s + shift)
+
     @property
     def eye_contours(self) -> tuple[np.ndarray, np.ndarray]:
         """Closed contours of the image-left and image-right eye openings."""
@@ -335,6 +344,36 @@ def _cleaned(alpha: np.ndarray, low: np.float32, high: np.float32,
         elif f > high:
             f = np.float32(1.0)
         out[i] = f
+
+
+def _covered_alpha(alpha: np.ndarray, coverage: np.ndarray, rows: tuple[int, int],
+                   cols: tuple[int, int]) -> np.ndarray:
+    """`_clean_alpha` of float32 `alpha` where `coverage` is above 0 inside the rows and
+    columns [start, stop), exactly 0 elsewhere: the alpha brought back from a reduced copy
+    made exact again where the warp is absent and off the picture, in one pass."""
+    out = np.empty(alpha.shape, np.float32)
+    _covered(np.ascontiguousarray(alpha, np.float32), np.ascontiguousarray(coverage),
+             int(rows[0]), int(rows[1]), int(cols[0]), int(cols[1]), np.float32(_ALPHA_FLOOR),
+             np.float32(1.0 - _ALPHA_FLOOR), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _covered(alpha: np.ndarray, coverage: np.ndarray, r0: int, r1: int, c0: int, c1: int,
+             low: np.float32, high: np.float32, out: np.ndarray) -> None:  # pragma: no cover
+    """`_covered_alpha` pixel by pixel (the clean-up as `_cleaned` does it)."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for i in range(alpha.shape[0]):
+        for j in range(alpha.shape[1]):
+            if not (r0 <= i < r1 and c0 <= j < c1 and coverage[i, j] > 0):
+                out[i, j] = zero
+                continue
+            f = clip_unit(alpha[i, j], zero, one)
+            if f < low:
+                f = zero
+            elif f > high:
+                f = one
+            out[i, j] = f
 
 
 def _check_image(name: str, image: np.ndarray, shape: tuple[int, int] | None = None

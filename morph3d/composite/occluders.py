@@ -11,7 +11,7 @@ import cv2
 import numba
 import numpy as np
 
-from morph3d.composite.colour import robust_stats
+from morph3d.composite.colour import BYTE_TO_UNIT, robust_stats
 from morph3d.composite.masks import (
     _EDGE_Z,
     FaceGeometry,
@@ -26,6 +26,7 @@ from morph3d.composite.masks import (
     face_geometry,
     face_region,
 )
+from morph3d.errors import InputError
 
 # --------------------------------------------------------------------------------------------
 # 4. Occluders
@@ -43,13 +44,15 @@ class SkinModel:
     pixels: int
 
 
-def ycrcb(image: np.ndarray) -> np.ndarray:
+def ycrcb(image: np.ndarray, in_unit_range: bool = False) -> np.ndarray:
     """Float32 YCrCb in 0..255 of an RGB image in [0, 1] (clipped), without extra copies:
     a float32 image already inside [0, 1] (the frames' bytes over 255) is not clipped, the
-    clip would give it back unchanged."""
+    clip would give it back unchanged. `in_unit_range`: the caller knows it is (a float32
+    image made from bytes), so it is not read to check."""
     image = np.asarray(image)
-    if not (image.dtype == np.float32 and image.flags.c_contiguous
-            and _in_unit_range(image.reshape(-1))):
+    if not (image.dtype == np.float32
+            and (in_unit_range or (image.flags.c_contiguous
+                                   and _in_unit_range(image.reshape(-1))))):
         image = np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)
     ycc = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb)
     ycc *= 255.0
@@ -70,19 +73,25 @@ def _in_unit_range(values: np.ndarray) -> bool:  # pragma: no cover - compiled
 
 def fit_skin_model(frame: np.ndarray, landmarks: Landmarks | FaceGeometry, *,
                    exclude: np.ndarray | None = None, min_chroma_std: float = 2.5,
-                   min_luma_std: float = 12.0, ycc: np.ndarray | None = None
+                   min_luma_std: float = 12.0, ycc: np.ndarray | None = None,
+                   step: int = 1, box: tuple[slice, slice] | None = None
                    ) -> SkinModel | None:
     """Fit the actor's skin colour on the cheeks, nose and chin (`central_skin_polygon`);
     see `skin_model_from_samples`. None when too few pixels. `ycc`: the frame's `ycrcb`
-    when the caller has it already."""
+    when the caller has it already. `step`: the samples are every `step`-th pixel of every
+    `step`-th row (the model is a statistic of the whole cheek: a big face holds many more
+    samples than its medians and covariance need, and each costs). `box`: the part of the
+    frame that `ycc` covers, which holds the polygon (default: all of it)."""
     g = face_geometry(landmarks)
     shape = frame.shape[:2]
-    central = _fill_polygon(shape, g.central_skin_polygon())
+    step = max(int(step), 1)
+    box = (slice(None), slice(None)) if box is None else box
+    central = _fill_polygon(shape, g.central_skin_polygon())[box][::step, ::step]
     if exclude is not None:
-        central &= ~exclude
-    ycc = ycrcb(frame) if ycc is None else ycc
-    return skin_model_from_samples(ycc[central], min_chroma_std=min_chroma_std,
-                                   min_luma_std=min_luma_std)
+        central &= ~exclude[box][::step, ::step]
+    ycc = ycrcb(frame[box]) if ycc is None else ycc
+    return skin_model_from_samples(ycc[::step, ::step][central],
+                                   min_chroma_std=min_chroma_std, min_luma_std=min_luma_std)
 
 
 def skin_model_from_samples(samples: np.ndarray, *, min_chroma_std: float = 2.5,
@@ -221,7 +230,8 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
                      extend_region: np.ndarray | None = None, extend: float = 0.15,
                      min_edge_contrast: float = 20.0, min_sharp_fraction: float = 0.5,
                      min_area: float = 0.004, open_radius: float = 0.025,
-                     close_radius: float = 0.05, grow: float = 0.02) -> np.ndarray:
+                     close_radius: float = 0.05, grow: float = 0.02, skin_step: int = 1
+                     ) -> np.ndarray:
     """Bool H x W: things in front of the face (hands, hair, microphones) to leave untouched.
 
     Blobs of pixels more than `grow_sigmas` off the actor's skin model (`fit_skin_model`,
@@ -236,9 +246,14 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
     occluders then grow up to `extend` IOD further into `extend_region` (e.g. the blend
     mask beyond the actor's outline) through connected candidate pixels, and are grown by
     `grow` IOD to cover their anti-aliased rim. The thresholds were tuned on the clips and
-    photos in the shared test media.
+    photos in the shared test media. `skin_step`: `fit_skin_model`'s `step`. A uint8 frame
+    is read as bytes / 255 where its colours are needed (only around the face).
     """
-    frame = _check_image("frame", frame)
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8:
+        frame = _check_image("frame", frame)
+    elif frame.ndim != 3 or frame.shape[2] != 3:
+        raise InputError(f"frame must be H x W x 3, got {frame.shape}")
     shape = frame.shape[:2]
     g = face_geometry(actor_landmarks)
     iod = g.iod
@@ -274,8 +289,16 @@ def detect_occluders(frame: np.ndarray, actor_landmarks: Landmarks | FaceGeometr
         frame[box], g.shifted(np.array([-x0, -y0], np.float64)), search_region[box],
         expected[box], None if extend_region is None else extend_region[box],
         min_area * max(int(search_region.sum()), 1), seed_sigmas, grow_sigmas, extend,
-        min_edge_contrast, min_sharp_fraction, open_radius, close_radius, grow)
+        min_edge_contrast, min_sharp_fraction, open_radius, close_radius, grow, skin_step)
     return out
+
+
+def _ycrcb_of(frame: np.ndarray) -> np.ndarray:
+    """`ycrcb` of a float32 frame, or of a uint8 frame's bytes / 255 (by `BYTE_TO_UNIT`,
+    inside [0, 1] by construction, so not read to check)."""
+    if frame.dtype == np.uint8:
+        return ycrcb(cv2.LUT(frame, BYTE_TO_UNIT), in_unit_range=True)
+    return ycrcb(frame)
 
 
 def _sharp_sigma(iod: float) -> float:
@@ -287,7 +310,7 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
                    expected: np.ndarray, extend_region: np.ndarray | None, min_pixels: float,
                    seed_sigmas: float, grow_sigmas: float, extend: float,
                    min_edge_contrast: float, min_sharp_fraction: float, open_radius: float,
-                   close_radius: float, grow: float) -> np.ndarray:
+                   close_radius: float, grow: float, skin_step: int = 1) -> np.ndarray:
     """`detect_occluders` on a box that holds everything its result depends on."""
     shape = frame.shape[:2]
     iod = g.iod
@@ -308,38 +331,69 @@ def _detect_in_box(frame: np.ndarray, g: FaceGeometry, search_region: np.ndarray
 
     colour_candidates = np.zeros(shape, bool)
     occ = np.zeros(shape, bool)
-    ycc = ycrcb(frame)
-    model = fit_skin_model(frame, g, exclude=expected, ycc=ycc)
+    # The seeds and blobs lie in the search region (the closing adds at most its radius),
+    # the skin model reads the central polygon, and the outline test weighs colours by
+    # masks that are 0 elsewhere: the colours and scores are computed on their box only
+    # (zeros beyond it are never read with a weight); the growth past the outline, the one
+    # step that reads further, computes its own around the occluders.
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(search_region).view(np.uint8))
+    cx, cy, cw, ch = cv2.boundingRect(g.central_skin_polygon())
+    if w == 0 or h == 0:
+        x, y, w, h = cx, cy, cw, ch
+    reach = closing.shape[0] + 1
+    cbox = (slice(max(min(y, cy) - reach, 0), min(max(y + h, cy + ch) + reach, shape[0])),
+            slice(max(min(x, cx) - reach, 0), min(max(x + w, cx + cw) + reach, shape[1])))
+    ycc = _ycrcb_of(frame[cbox])
+    colours = (ycc, (cbox[0].start, cbox[1].start))
+    model = fit_skin_model(frame, g, exclude=expected, ycc=ycc, step=skin_step, box=cbox)
     if model is not None:
-        score = non_skin_score(frame, model, ycc=ycc)
-        colour_candidates = score > grow_sigmas
+        score = non_skin_score(frame[cbox], model, ycc=ycc)
+
+        def above(limit: float) -> np.ndarray:
+            out = np.zeros(shape, bool)
+            out[cbox] = score > limit
+            return out
+
+        colour_candidates = above(grow_sigmas)
         # hysteresis: a blob needs a seed that is far off skin (a coloured light moves skin
         # colour by up to ~10 sigmas; paint, plastic and fabric usually go much further),
         # and the seed must be a sharp blob of its own
-        very_off = score > 2.0 * seed_sigmas
-        seeds = _keep_sharp(clean(score > seed_sigmas), ycc, very_off, search_region,
+        very_off = above(2.0 * seed_sigmas)
+        seeds = _keep_sharp(clean(above(seed_sigmas)), colours, very_off, search_region,
                             expected, iod, min_edge_contrast, min_sharp_fraction, region_px)
         if seeds.any():  # most frames have none: then there are no blobs to grow either
             blobs = clean(colour_candidates)
             count, labels = cv2.connectedComponents(blobs.astype(np.uint8), connectivity=8)
             seeded = np.bincount(labels[seeds], minlength=count) > 0
             seeded[0] = False
-            occ = _keep_sharp(seeded[labels], ycc, very_off, search_region, expected, iod,
+            occ = _keep_sharp(seeded[labels], colours, very_off, search_region, expected, iod,
                               min_edge_contrast, min_sharp_fraction, region_px)
-    if extend_region is not None and occ.any():
+    if extend_region is not None and occ.any() and model is not None:
         # follow an occluder a little beyond the face outline (a hand entering from the side):
-        # geodesic growth through connected candidate pixels, never into expected features
+        # geodesic growth through connected candidate pixels, never into expected features.
+        # It reaches `steps` pixels from the occluders, and the opening of the candidates
+        # reads its disk's diameter further: only that box is read.
+        steps = int(round(extend * iod))
+        disk = _disk(open_radius * iod)
+        x, y, w, h = cv2.boundingRect(np.ascontiguousarray(occ).view(np.uint8))
+        m = steps + disk.shape[0] + 2
+        gbox = (slice(max(y - m, 0), min(y + h + m, shape[0])),
+                slice(max(x - m, 0), min(x + w + m, shape[1])))
+        part = frame[gbox]
+        colour_candidates = non_skin_score(part, model, ycc=_ycrcb_of(part)) > grow_sigmas
         allowed = cv2.morphologyEx(colour_candidates.astype(np.uint8), cv2.MORPH_OPEN,
-                                   _disk(open_radius * iod)).astype(bool)
-        allowed = (allowed & np.asarray(extend_region, bool) & ~expected).astype(np.uint8)
-        grown = occ.astype(np.uint8)
+                                   disk).astype(bool)
+        allowed = (allowed & np.asarray(extend_region, bool)[gbox]
+                   & ~expected[gbox]).astype(np.uint8)
+        grown = occ[gbox].astype(np.uint8)
         cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-        for _ in range(int(round(extend * iod))):
+        for _ in range(steps):
             step = cv2.dilate(grown, cross) & (allowed | grown)
             if np.array_equal(step, grown):
                 break
             grown = step
-        occ = grown.astype(bool)
+        occ = occ.copy()
+        occ[gbox] = grown.astype(bool)
     return _dilate(occ, grow * iod + 1.0)
 
 
@@ -370,7 +424,8 @@ def _drop_small(mask: np.ndarray, min_pixels: float) -> np.ndarray:
     return keep[labels]
 
 
-def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
+def _keep_sharp(occ: np.ndarray, colours: tuple[np.ndarray, tuple[int, int]],
+                very_off: np.ndarray,
                 search_region: np.ndarray, expected: np.ndarray, iod: float,
                 min_contrast: float, min_fraction: float, region_px: int) -> np.ndarray:
     """Keep the blobs whose outline inside the face is a sharp colour edge.
@@ -384,7 +439,9 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     (luma at half weight). Blobs with too
     little outline to judge (wedged between the face border and the brows, say) are kept if
     they cover half the face or are mostly `very_off` (far off skin or dark, like hair).
-    `region_px`: the search region's pixel count.
+    `region_px`: the search region's pixel count; `colours`: the YCrCb image (H' x W' x 3)
+    and the (row, column) of its top-left pixel, covering every pixel of the search region
+    and the blobs (zeros are read beyond it).
     """
     occ8 = occ.astype(np.uint8)
     x, y, w, h = cv2.boundingRect(occ8)
@@ -398,7 +455,8 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     count, labels = cv2.connectedComponents(occ8[box], connectivity=8)
     weights = np.array([0.5, 1.0, 1.0], np.float32)
     # both sides' weights and weighted colours in one pass, then their blurs
-    inside_f, outside, inner_c, outer_c = _sides(occ_b, region_b, expected[box], ycc[box])
+    inside_f, outside, inner_c, outer_c = _sides(occ_b, region_b, expected[box],
+                                                 _placed(*colours, box))
     inner_w = cv2.GaussianBlur(inside_f, (0, 0), sigma)
     outer_w = cv2.GaussianBlur(outside, (0, 0), sigma)
     inner_sum = cv2.GaussianBlur(inner_c, (0, 0), sigma)
@@ -427,6 +485,23 @@ def _keep_sharp(occ: np.ndarray, ycc: np.ndarray, very_off: np.ndarray,
     keep[0] = False
     out = np.zeros_like(occ)
     out[box] = keep[labels]
+    return out
+
+
+def _placed(values: np.ndarray, origin: tuple[int, int], box: tuple[slice, slice]
+            ) -> np.ndarray:
+    """The part of `values` (whose top-left pixel is at (row, column) `origin`) under `box`
+    (slices with explicit starts and stops), zeros where it does not reach; a view when it
+    covers the box."""
+    oy, ox = origin
+    y0, y1, x0, x1 = box[0].start, box[0].stop, box[1].start, box[1].stop
+    h, w = values.shape[:2]
+    if oy <= y0 and ox <= x0 and y1 <= oy + h and x1 <= ox + w:
+        return values[y0 - oy:y1 - oy, x0 - ox:x1 - ox]
+    out = np.zeros((y1 - y0, x1 - x0, *values.shape[2:]), values.dtype)
+    ay0, ax0, ay1, ax1 = max(y0, oy), max(x0, ox), min(y1, oy + h), min(x1, ox + w)
+    if ay1 > ay0 and ax1 > ax0:
+        out[ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = values[ay0 - oy:ay1 - oy, ax0 - ox:ax1 - ox]
     return out
 
 
