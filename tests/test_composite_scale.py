@@ -16,7 +16,8 @@ ZOOM = 2.5  # the synthetic scene's IOD is 60 px: 150 px here, above the default
 
 def big_scene(shift: float = 0.0, occluder: bool = True):
     """(frame, render, coverage, actor landmarks, swapped landmarks) of the synthetic scene
-    enlarged ZOOM times and moved `shift` pixels right, with a blue patch on the cheek."""
+    enlarged ZOOM times and moved `shift` pixels right, with a blue patch on the cheek and
+    a one-pixel hole in the coverage on the other cheek."""
     frame, render, coverage, lm_a, lm_s = scene(swap_width=1.08)
     if occluder:
         frame[126:156, 84:110] = (0.15, 0.3, 0.85)
@@ -27,18 +28,22 @@ def big_scene(shift: float = 0.0, occluder: bool = True):
         return cv2.warpAffine(image, move, (size, size), flags=cv2.INTER_LINEAR,
                               borderMode=cv2.BORDER_REPLICATE)
 
-    return (grow(frame), grow(render), np.clip(grow(coverage), 0, 1),
+    coverage = np.clip(grow(coverage), 0, 1)
+    coverage[330, int(400 + shift)] = 0.0  # the warp missing one pixel
+    return (grow(frame), grow(render), coverage,
             lm_a * ZOOM + [shift + 0.5 * ZOOM - 0.5, 0.5 * ZOOM - 0.5],
             lm_s * ZOOM + [shift + 0.5 * ZOOM - 0.5, 0.5 * ZOOM - 0.5])
 
 
 def test_big_face_mask_at_reduced_scale_stays_near_full_resolution() -> None:
     """Over three moving frames (the temporal average between reduced copies included):
-    the same occluders, the alpha within 0.12 everywhere and 0.002 on average of the
-    full-resolution one, exactly 0 where the warp is absent and on the occluders, and the
-    composited bytes within 6 grey levels (this scene's render and frame differ by about
-    a quarter of the range at the mask's edge, where both alphas follow the staircase of
-    the hard region their distance transform starts from, each at its own pixel size)."""
+    the same occluders; the alpha within 0.12 of the full-resolution one away from the
+    coverage's one-pixel hole and within 0.2 around it (the reduced copy's samples alone
+    would miss the hole and its ~20 px soft disk), 0.002 on average; exactly 0 where the
+    warp is absent and on the occluders; the composited bytes within 6 grey levels away
+    from the hole and 10 around it. This scene's render and frame differ by about a
+    quarter of the range at the mask's edge, where both alphas follow the staircase of the
+    hard region their distance transform starts from, each at its own pixel size."""
     full = FaceCompositor(CompositorConfig(mask_iod=None))
     reduced = FaceCompositor(CompositorConfig())
     for shift in (0.0, 1.5, 3.0):
@@ -50,11 +55,15 @@ def test_big_face_mask_at_reduced_scale_stays_near_full_resolution() -> None:
         assert reduced._previous_scale[0] < 0.7  # the reduced path ran
         assert want_report.occluder_px > 500
         assert np.array_equal(got_report.occluders, want_report.occluders)
+        hole = np.zeros(coverage.shape, bool)
+        hole[300:361, 370 + int(shift):431 + int(shift)] = True
+        assert want_report.alpha[hole].min() == 0 and want_report.alpha[hole].max() > 0.9
         d = np.abs(got_report.alpha - want_report.alpha)
-        assert d.max() < 0.12 and d.mean() < 0.002, (d.max(), d.mean())
+        assert d[~hole].max() < 0.12 and d[hole].max() < 0.2 and d.mean() < 0.002
         assert (got_report.alpha[coverage == 0] == 0).all()
         assert (got_report.alpha[got_report.occluders] == 0).all()
-        assert np.abs(got.astype(int) - want).max() <= 6
+        b = np.abs(got.astype(int) - want).max(-1)
+        assert b[~hole].max() <= 6 and b[hole].max() <= 10
     assert reduced.process(inputs)[1].mask_smoothed
 
 

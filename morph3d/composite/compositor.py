@@ -328,9 +328,16 @@ class FaceCompositor:
         factor = (low[0] / w, low[1] / h)
         cov_low = cv2.resize(cov, low, interpolation=cv2.INTER_LINEAR)
 
-        # 1. the warp's coverage, feathered (the edge's width is in IOD, so in either raster)
+        # 1. the warp's coverage, feathered (the edge's width is in IOD, so in either raster).
+        # A hole of a pixel or two in the coverage can fall between the copy's samples: the
+        # coverage's 3 x 3 minimum, sampled alike, marks it wherever it lies a pixel inside
+        # the region (the outline itself stays where the coverage's own samples put it).
+        region = cov_low >= 0.5
+        square = np.ones((3, 3), np.uint8)
+        low_min = cv2.resize(cv2.erode(cov, square), low, interpolation=cv2.INTER_LINEAR)
+        region &= ~((low_min < 0.5) & cv2.erode(region.view(np.uint8), square).view(bool))
         s_low = s_geo.resampled(np.zeros(2), factor)
-        mask_low = face_mask(cov_low, s_low, cov_low >= 0.5, feather=cfg.feather)
+        mask_low = face_mask(cov_low, s_low, region, feather=cfg.feather)
 
         # 2. temporal smoothing, on the working copy (the state is kept in that raster)
         mask_low, smoothed = self._smooth_mask(mask_low, actor, (x0, y0), factor, cov_low)
