@@ -286,7 +286,6 @@ class FaceCompositor:
         """Steps 1-3 on the ROI itself: (alpha, occluders, whether the mask was smoothed)."""
         cfg = self.config
         x0, y0 = roi[:2]
-        cshape = f.shape[:2]
         # 1. the warp's coverage, feathered
         mask = face_mask(cov, s_geo, cov >= 0.5, feather=cfg.feather)
 
@@ -298,15 +297,7 @@ class FaceCompositor:
         self._previous_landmarks = actor.ibug.copy()
 
         # 3. occluders
-        occ = np.zeros(cshape, bool)
-        if cfg.occluders:
-            expected = _expected(cshape, a_geo, s_geo, non_skin)
-            occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0)
-            if cfg.hands:
-                if self._hands is None:
-                    self._hands = HandOccluders()
-                occ |= self._hands.hulls(frame, actor, roi) & (mask > 0)
-            mask = cut_occluders(mask, occ)
+        mask, occ = self._cut_occluders(frame, f, actor, a_geo, s_geo, non_skin, roi, mask)
         return mask, occ, smoothed
 
     def _reduced_mask(self, frame: np.ndarray, f: np.ndarray, cov: np.ndarray,
@@ -349,17 +340,29 @@ class FaceCompositor:
                               cov, (top - y0, bottom - y0), (left - x0, right - x0))
 
         # 3. occluders
-        occ = np.zeros((h, w), bool)
+        mask, occ = self._cut_occluders(frame, f, actor, a_geo, s_geo, non_skin, roi, mask,
+                                        skin_step=int(round(1.0 / scale)))
+        return mask, occ, smoothed
+
+    def _cut_occluders(self, frame: np.ndarray, f: np.ndarray, actor: FaceGeometry,
+                       a_geo: FaceGeometry, s_geo: FaceGeometry, non_skin: np.ndarray | None,
+                       roi: tuple[int, int, int, int], mask: np.ndarray, skin_step: int = 1
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Step 3 on the ROI's alpha `mask`: (the alpha with the occluders cut, the
+        occluders); `skin_step`: the skin colour model's sampling step
+        (`detect_occluders`)."""
+        cfg = self.config
+        occ = np.zeros(mask.shape, bool)
         if cfg.occluders:
-            expected = _expected((h, w), a_geo, s_geo, non_skin)
+            expected = _expected(mask.shape, a_geo, s_geo, non_skin)
             occ = detect_occluders(f, a_geo, expected=expected, extend_region=mask > 0,
-                                   skin_step=int(round(1.0 / scale)))
+                                   skin_step=skin_step)
             if cfg.hands:
                 if self._hands is None:
                     self._hands = HandOccluders()
                 occ |= self._hands.hulls(frame, actor, roi) & (mask > 0)
             mask = cut_occluders(mask, occ)
-        return mask, occ, smoothed
+        return mask, occ
 
     def _roi(self, shape: tuple[int, int], actor: FaceGeometry, swapped: FaceGeometry
              ) -> tuple[int, int, int, int]:
