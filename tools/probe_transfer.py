@@ -197,7 +197,8 @@ def transfer_swap(model, source_fit, clip_fit, setup, index: int, frame: np.ndar
     channels = region_channels(model)
     f = clip_fit.faces
     actor_lms = {s: clip_fit.landmarks[s][index] for s in clip_fit.landmarks}
-    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment, **params}
+    keywords = {"source_factor": setup.source_factor, "alignment": setup.alignment,
+                "eye_openness": setup.eye_openness, **params}
     out = transfer_face(model, source_fit.identity.coefficients, setup.actor_identity,
                         setup.textures, channels, clip_fit.camera, f.rotation[index],
                         f.translation[index], f.expression[index], frame,

@@ -33,7 +33,7 @@ import numpy as np
 
 from morph3d.composite.colour import LUMA, linear_to_srgb, srgb_to_linear
 from morph3d.swap.tone import normalized_blur
-from morph3d.swap.transfer import actor_non_skin
+from morph3d.swap.transfer import actor_non_skin, eye_openness
 
 
 def clip_light_level(model, clip_fit, samples: int = 40) -> np.ndarray:
@@ -886,12 +886,14 @@ class TransferSetup:
     actor_identity: the clip fit's identity coefficients; textures: T x T x 8 torch tensor
     (source albedo RGB, its confidence: 0 where the photo did not see; the actor's albedo
     RGB, its confidence: `actor_albedo`); source_factor: V x 3 torch tensor
-    (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`)."""
+    (`source_albedo_factor`); alignment: 3 x 4 (`identity_alignment`); eye_openness: (2,)
+    the actor's usual opening of each eye (`usual_eye_openness`)."""
 
     actor_identity: np.ndarray
     textures: object
     source_factor: object
     alignment: np.ndarray
+    eye_openness: np.ndarray | None = None
 
 
 def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
@@ -965,4 +967,19 @@ def prepare_transfer(model, source_fit, clip_fit, photo: np.ndarray, target,
         textures=textures,
         source_factor=torch.from_numpy(factor),
         alignment=identity_alignment(model, source_fit.identity.coefficients,
-                                     clip_fit.identity.coefficients))
+                                     clip_fit.identity.coefficients),
+        eye_openness=usual_eye_openness(clip_fit))
+
+
+def usual_eye_openness(clip_fit) -> np.ndarray | None:
+    """(2,) the median `transfer.eye_openness` of each eye over the clip's frames with
+    mediapipe's points: the lids' state the actor's albedo, merged from frames spread over
+    the clip, mostly holds. None without such frames."""
+    points = clip_fit.landmarks.get("mediapipe478")
+    if points is None or not len(points):
+        return None
+    points = np.asarray(points, np.float64)
+    found = np.isfinite(points).all(axis=(1, 2))
+    if not found.any():
+        return None
+    return np.median(eye_openness(points[found]), axis=0).astype(np.float32)

@@ -72,4 +72,5 @@ class FaceRenderer:
             self.model, self.source_identity, t.actor_identity, t.textures,
             self.region_channels, camera_params, rotation, translation, expression,
             frame, actor_landmarks, source_factor=t.source_factor,
-            alignment=t.alignment, size=self.work_resolution, backend=self.backend)
+            alignment=t.alignment, size=self.work_resolution, backend=self.backend,
+            eye_openness=t.eye_openness)

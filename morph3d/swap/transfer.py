@@ -51,7 +51,7 @@ import numba.extending
 import numpy as np
 
 from morph3d.composite.blend import picture_bounds
-from morph3d.composite.colour import linear_to_srgb, srgb_to_linear
+from morph3d.composite.colour import LUMA, linear_to_srgb, srgb_to_linear
 from morph3d.swap.tone import (
     column_median,
     flat_lightness,
@@ -201,6 +201,78 @@ def _detail_mixed(a: np.ndarray, f: np.ndarray, both: np.ndarray,
                 mixed = both[y, x, c] * (f[y, x, c] + eps) / (both[y, x, c + 3] + eps)
                 out[y, x, c] = min(max(t * mixed + (one - t) * a[y, x, c], zero), one)
     return out
+
+
+# mediapipe's 478 points of each eye (the subject's right, then left): outer and inner
+# corner, upper and lower lid at the middle
+EYE_POINTS = ((33, 133, 159, 145), (263, 362, 386, 374))
+
+
+def eye_openness(points: np.ndarray) -> np.ndarray:
+    """(..., 2) each eye's opening in mediapipe's 478 points (..., 478, 2): the lids' distance
+    at the middle over the corners' distance. mediapipe's own lid points follow a blink (the
+    68 derived from them keep a blurred closed eye partly open)."""
+    p = np.asarray(points, np.float64)
+    out = [np.linalg.norm(p[..., up, :] - p[..., low, :], axis=-1)
+           / np.maximum(np.linalg.norm(p[..., outer, :] - p[..., inner, :], axis=-1), 1e-9)
+           for outer, inner, up, low in EYE_POINTS]
+    return np.stack(out, -1)
+
+
+# Eyes count as closing from this share of their usual opening down, closed at the second
+CLOSING_FROM = (0.85, 0.65)
+# An eye's lids: half an ellipse above the line through its corners and half below,
+# semi-axes along the eye, up (the upper lid and its crease, below the brow) and down (IOD)
+LID_AXES = (0.45, 0.45, 0.15)
+
+
+def closed_lids(points: np.ndarray, usual: np.ndarray | None,
+                box: tuple[float, float, float], size: int, crop_iod: float
+                ) -> np.ndarray | None:
+    """Crop (size x size) weight in [0, 1]: the lids of eyes closed further than the actor's
+    `usual` opening (`albedo.usual_eye_openness`), or None when they are not.
+
+    The actor's albedo is merged from frames spread over the clip, where the eyes are mostly
+    open: at a lid it holds the open eye's lashes, crease and socket shadow. When the actor
+    blinks or squints, the lid spreads over that dark albedo, and a ratio of the source's
+    lid over it lights the closed lid up as a glowing patch. Both eyes close together and
+    their detections disagree on blurred frames, so the more closed eye sets both. points:
+    this frame's mediapipe 478 (frame pixels); box: the crop's (x, y, side) in frame pixels.
+    Each eye's lids (`LID_AXES`, cosine edge from 0.7 of them) are weighted by how far it is
+    closed (`CLOSING_FROM`)."""
+    points = np.asarray(points, np.float64)
+    if usual is None or points.shape != (478, 2) or not np.isfinite(points).all():
+        return None
+    x0, y0, side = box
+    share = float((eye_openness(points) / np.maximum(np.asarray(usual, np.float64),
+                                                      1e-9)).min())
+    start, end = CLOSING_FROM
+    closing = min(max((start - share) / (start - end), 0.0), 1.0)
+    if closing <= 0.0:
+        return None
+    rows, cols = np.mgrid[:size, :size].astype(np.float32)
+    out = np.zeros((size, size), np.float32)
+    for outer, inner, _, _ in EYE_POINTS:
+        corners = (points[[outer, inner]] - [x0, y0] + 0.5) * (size / side) - 0.5
+        a, b = sorted(corners, key=lambda c: c[0])  # left, right in the crop
+        axis = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+        cx, cy = (a + b) / 2.0
+        along = (cols - cx) * axis[0] + (rows - cy) * axis[1]
+        up = (cols - cx) * axis[1] - (rows - cy) * axis[0]  # towards the brow
+        reach = np.where(up > 0, LID_AXES[1], LID_AXES[2]) * crop_iod
+        radius = np.sqrt((along / (LID_AXES[0] * crop_iod)) ** 2 + (up / reach) ** 2)
+        edge = np.clip((radius - 0.7) / 0.3, 0.0, 1.0)
+        out = np.maximum(out, (0.5 + 0.5 * np.cos(np.pi * edge)) * (radius < 1.0))
+    return (np.float32(closing) * out).astype(np.float32)
+
+
+def capped_lightness(ratio: np.ndarray, where: np.ndarray, level: float) -> np.ndarray:
+    """The ratio (H x W x 3, linear) with its lightness held to at most `level` by the
+    weight `where` (H x W in [0, 1]), colour kept."""
+    luma = np.maximum(ratio @ LUMA, np.float32(1e-6))
+    scale = np.minimum(np.float32(1.0), np.float32(level) / luma)
+    keep = 1.0 - where + where * scale
+    return (ratio * keep[..., None]).astype(np.float32)
 
 
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
@@ -790,7 +862,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   max_spread: float = 8.0, protect: bool = True, max_brighten: float = 5.0,
                   light: float = 0.7, forehead: float = 0.35,
                   highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1,
-                  sharpness: bool = True, flatten: float = 0.6, grain_px: float = 1.0) -> dict:
+                  sharpness: bool = True, flatten: float = 0.6, grain_px: float = 1.0,
+                  eye_openness: np.ndarray | None = None) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
@@ -809,7 +882,10 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     `flatten`: the scale (IOD) above which the ratio's lightness is the face's overall tone
     (`tone.flat_lightness`: there both albedos hold their shading models' errors; 0: off);
     `grain_px`: the frame's grain (its small differences from a low-pass of this sigma,
-    frame pixels) is kept as it is, not scaled by the gain (`apply_ratio`; 0: scaled).
+    frame pixels) is kept as it is, not scaled by the gain (`apply_ratio`; 0: scaled);
+    `eye_openness`: the actor's usual opening of the eyes (`TransferSetup.eye_openness`):
+    in a blink the closed lids do not vote and their ratio is held to the face's tone
+    (`closed_lids`); None: not looked for.
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
@@ -917,12 +993,16 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         # ratio trusts holds few edges, the features (brows, lids, lips) hold them
         source_albedo, _, frame_blur = match_blur(source_albedo, seen, trust,
                                                   measure=skin > 0.5)
+    lids = None  # the closed lids' weight (`closed_lids`), in a blink
     if ratio_on:
         actor_albedo = with_frame_detail(tex[..., 4:7], seen_bytes, trust, detail * crop_iod,
                                          linear=True)
+        lids = closed_lids(actor_landmarks.get("mediapipe478", np.zeros(0)), eye_openness,
+                           box, size, crop_iod)
+        vote = trust if lids is None else trust * (1.0 - lids)
         # no finer than one frame pixel: a small face (a wide shot) would get the photo's
         # detail at a scale the frame does not have, a speckle on a blurred face
-        ratio = tone_ratio(srgb_to_linear(source_albedo), actor_albedo, trust,
+        ratio = tone_ratio(srgb_to_linear(source_albedo), actor_albedo, vote,
                            max(ratio_sigma * crop_iod, size / side),
                            max_spread=max_spread, max_brighten=max_brighten, light=light,
                            linear=True)
@@ -947,6 +1027,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     if ratio_on and flatten > 0:
         ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * (covered & (face > 0.5)),
                                flatten * crop_iod, tone)
+    if ratio_on and lids is not None:  # after the flattening, which would lift them again
+        ratio = capped_lightness(ratio, lids, float(tone @ LUMA))
     if ratio_on:  # the ratio counts only where the face's strength is above 0
         ratio = tempered_colour(ratio, tone, where=strength > 0)
     # one gain 1 + s (r - 1) = 1 + strength (ratio - 1) + around' (tone - 1)
