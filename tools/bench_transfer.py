@@ -181,14 +181,19 @@ class Snapshot:
 
 
 def call(module, renderer, a: tuple, k: dict) -> dict:
-    """What `FaceRenderer.render` does, with `module`'s `transfer_face`."""
+    """What `FaceRenderer.render` does, with `module`'s `transfer_face` (the eyes' usual
+    opening passed where that `transfer_face` takes it and the recording holds it)."""
+    import inspect
+
     camera_params, rotation, translation, expression, frame, landmarks = a
     t = renderer.transfer
+    extra = ({"eye_openness": getattr(t, "eye_openness", None)}
+             if "eye_openness" in inspect.signature(module.transfer_face).parameters else {})
     return module.transfer_face(
         renderer.model, renderer.source_identity, t.actor_identity, t.textures,
         renderer.region_channels, camera_params, rotation, translation, expression,
         frame, landmarks, source_factor=t.source_factor, alignment=t.alignment,
-        size=renderer.work_resolution, backend=renderer.backend)
+        size=renderer.work_resolution, backend=renderer.backend, **extra)
 
 
 def difference(old: dict, new: dict) -> dict[str, float]:
