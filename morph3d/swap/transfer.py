@@ -238,8 +238,9 @@ def closed_lids(points: np.ndarray, usual: np.ndarray | None,
     lid over it lights the closed lid up as a glowing patch. Both eyes close together and
     their detections disagree on blurred frames, so the more closed eye sets both. points:
     this frame's mediapipe 478 (frame pixels); box: the crop's (x, y, side) in frame pixels.
-    Each eye's lids (`LID_AXES`, cosine edge from 0.7 of them; up is the crop's up, as the
-    crop holds an upright face) are weighted by how far the eyes close (`CLOSING_FROM`)."""
+    Each eye's lids (`LID_AXES`, cosine edge from 0.7 of them; up: across the line through
+    its corners, towards the crop's top, for a face rolled less than a quarter turn) are
+    weighted by how far the eyes close (`CLOSING_FROM`)."""
     points = np.asarray(points, np.float64)
     if usual is None or points.shape != (478, 2) or not np.isfinite(points).all():
         return None
