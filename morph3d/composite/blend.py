@@ -69,8 +69,8 @@ def blend_into(out: np.ndarray, frame: np.ndarray, render: np.ndarray, mask: np.
     frame, render: float32 H x W x 3 in [0, 1]; mask: float32 H x W. The arithmetic runs on
     the mask's bounding box only (the face is a small part of a frame)."""
     if out.dtype == np.uint8:  # the swap's frames: one compiled pass, the same bytes
-        _blend_bytes(out, np.asarray(frame, np.float32), np.asarray(render, np.float32),
-                     np.asarray(mask, np.float32), 0, 0)
+        _blend_bytes(out, np.asarray(frame, np.float32), BYTE_TO_UNIT,
+                     np.asarray(render, np.float32), np.asarray(mask, np.float32), 0, 0)
         return
     where = (mask > 0).view(np.uint8)
     x, y, w, h = cv2.boundingRect(where)
@@ -93,40 +93,23 @@ def blend_window_into(out: np.ndarray, window: np.ndarray, offset: tuple[int, in
     j - column offset): the render read in place, zeros beyond it, as a copy of its part
     under `out` would be; each frame byte read as `BYTE_TO_UNIT` gives it, so the frame is
     never converted to float as a whole."""
-    _blend_bytes_over(out, BYTE_TO_UNIT, np.asarray(window, np.float32),
-                      np.asarray(mask, np.float32), int(offset[0]), int(offset[1]))
+    _blend_bytes(out, np.zeros((0, 0, 3), np.float32), BYTE_TO_UNIT,
+                 np.asarray(window, np.float32), np.asarray(mask, np.float32), int(offset[0]),
+                 int(offset[1]))
 
 
 @numba.njit(cache=True, nogil=True)
-def _blend_bytes_over(out: np.ndarray, table: np.ndarray, render: np.ndarray,
-                      mask: np.ndarray, dy: int, dx: int) -> None:  # pragma: no cover
-    """`_blend_bytes` with the frame's value of each pixel being `table` of out's own byte,
-    read before it is written."""
-    zero, one, scale, half = (np.float32(0.0), np.float32(1.0), np.float32(255.0),
-                              np.float32(0.5))
-    rh, rw = render.shape[0], render.shape[1]
-    for y in range(mask.shape[0]):
-        for x in range(mask.shape[1]):
-            a = mask[y, x]
-            if a > zero:
-                b = one - a
-                ry, rx = y + dy, x + dx
-                inside = 0 <= ry < rh and 0 <= rx < rw
-                for c in range(3):
-                    r = render[ry, rx, c] if inside else zero
-                    v = table[out[y, x, c]] * b + r * a
-                    out[y, x, c] = np.uint8(min(max(v, zero), one) * scale + half)
-
-
-@numba.njit(cache=True, nogil=True)
-def _blend_bytes(out: np.ndarray, frame: np.ndarray, render: np.ndarray,
+def _blend_bytes(out: np.ndarray, frame: np.ndarray, table: np.ndarray, render: np.ndarray,
                  mask: np.ndarray, dy: int, dx: int) -> None:  # pragma: no cover - compiled
     """`blend_into` a uint8 `out`, pixel by pixel in float32: frame (1 - a) + render a,
     clipped to [0, 1], rounded to a byte; pixels with alpha 0 are not written. The render's
-    pixel for out's (y, x) is (y + dy, x + dx), 0 beyond it."""
+    pixel for out's (y, x) is (y + dy, x + dx), 0 beyond it. The frame's value is `frame`'s
+    (float32 H x W x 3), or with an empty `frame` `table` of out's own byte, read before it
+    is written."""
     zero, one, scale, half = (np.float32(0.0), np.float32(1.0), np.float32(255.0),
                               np.float32(0.5))
     rh, rw = render.shape[0], render.shape[1]
+    own = frame.size == 0
     for y in range(mask.shape[0]):
         for x in range(mask.shape[1]):
             a = mask[y, x]
@@ -136,5 +119,6 @@ def _blend_bytes(out: np.ndarray, frame: np.ndarray, render: np.ndarray,
                 inside = 0 <= ry < rh and 0 <= rx < rw
                 for c in range(3):
                     r = render[ry, rx, c] if inside else zero
-                    v = frame[y, x, c] * b + r * a
+                    f = table[out[y, x, c]] if own else frame[y, x, c]
+                    v = f * b + r * a
                     out[y, x, c] = np.uint8(min(max(v, zero), one) * scale + half)
