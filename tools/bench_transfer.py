@@ -11,19 +11,20 @@ working tree's code interleaved in one process.
 run then has them cached) and pickles the face renderer and every `FaceRenderer.render`
 call's arguments (about 3 MB a 720p frame: keep FILE out of the repository).
 
-`replay` calls `transfer_face` on every recorded frame, the baseline's and the working
-tree's, alternating frame by frame
-and repeated R times (after one untimed call each), with one torch thread and no autograd as
-the swap driver runs it, so a shared machine's load falls on both alike. It prints each side's
-thread CPU per frame (`time.thread_time`), the render-stage fps that gives, its process CPU
-(`time.process_time`: OpenCV's worker threads included), and the largest
-and mean absolute difference of the rendered images (0-255 grey levels, over the window
-both cover) and of the region masks and coverage. `--cprofile` prints both sides' top
-functions (own and cumulative thread CPU) over the replay (`--steps transfer_face,...`: the
-direct calls of those functions instead, the stage's per-step table). `--through-compositor`:
-also each side's render composited into its frame by the working tree's compositor (one per
-side; the other inputs from a `composite` recording of the same clip's first frames), and how
-far the final frames differ before encoding.
+`replay` calls `transfer_face` on every recorded frame, the baseline's and the working tree's,
+alternating frame by frame and repeated R times (after one untimed call each), with one torch
+thread, one OpenCV thread, no autograd and the swap's malloc settings
+(`renderer.keep_freed_memory`; `--malloc-defaults`: glibc's own) as the swap runs it, so a
+shared machine's load falls on both alike. It prints each side's thread CPU per frame
+(`time.thread_time`), the render-stage fps that gives, its process CPU (`time.process_time`:
+OpenCV's worker threads included, where a caller gives it any), and the largest and mean
+absolute difference of the rendered images (0-255 grey levels, over the window both cover) and
+of the region masks and coverage. `--cprofile` prints both sides' top functions (own and
+cumulative thread CPU) over the replay (`--steps transfer_face,...`: the direct calls of those
+functions instead, the stage's per-step table). `--through-compositor`: also each side's render
+composited into its frame by the working tree's compositor (one per side; the other inputs from
+a `composite` recording of the same clip's first frames), and how far the final frames differ
+before encoding.
 
     python tools/bench_transfer.py composite FILE.pkl --baseline COMMIT [--repeat R]
                                    [--cprofile] [--top K] [--json OUT]
@@ -488,7 +489,19 @@ def main() -> None:
     p.add_argument("--cprofile", action="store_true")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--json")
+    for p in sub.choices["replay"], sub.choices["composite"]:
+        p.add_argument("--malloc-defaults", action="store_true",
+                       help="glibc's own malloc settings, not the swap's "
+                       "(`renderer.keep_freed_memory`)")
     args = parser.parse_args()
+    if args.command != "record":
+        import cv2
+
+        cv2.setNumThreads(1)  # as the swap driver runs every stage
+        if not args.malloc_defaults:
+            from morph3d.swap.renderer import keep_freed_memory
+
+            keep_freed_memory()  # as `FaceRenderer.create` sets it for the swap's process
     {"record": record, "replay": replay, "composite": composite}[args.command](args)
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,36 @@ if TYPE_CHECKING:  # torch is imported where it is used: bad paths fail in well 
     import torch
 
     from morph3d.swap.albedo import TransferSetup
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64 bits
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_MAX = 32 << 20  # bytes
+# freed heap memory above this (bytes) is handed back to the kernel
+TRIM_THRESHOLD = 512 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Let the process reuse the memory it frees instead of handing it back to the kernel
+    (glibc's malloc; elsewhere nothing is done). True when both settings were taken.
+
+    The render stage and the compositor allocate and free frame- and window-sized arrays
+    (megabytes) every frame. By default glibc serves each block above its mmap threshold
+    by a fresh mapping that it unmaps on free, and trims the heap's free top once it passes
+    a few times that: the next frame's arrays are then page-faulted and zeroed afresh by the
+    kernel, thousands of faults a frame for a big face, which cost as much CPU as a large
+    step of the transfer. Blocks up to `MMAP_THRESHOLD_MAX` now come from the heap, and up to
+    `TRIM_THRESHOLD` of it stays mapped when free (the peak a frame needs is held anyway)."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is None:
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)
+                & mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 @dataclass
@@ -42,6 +74,8 @@ class FaceRenderer:
         import torch
 
         from morph3d.swap.albedo import prepare_transfer
+
+        keep_freed_memory()  # for every frame to come, the compositor's too
 
         # The per-frame tensors live on the model's device (`--device`): moved there once.
         device = model.mean.device

@@ -324,13 +324,28 @@ def grain_limit(image: np.ndarray, low: np.ndarray, strength: np.ndarray,
     """The largest difference from the low-pass (whole grey levels) that counts as grain:
     `sigmas` x the fine band's robust spread (1.4826 x the median absolute difference) over
     the pixels the gain touches, read on every third row and column, rounded, at least 1."""
-    on = strength[::3, ::3] > 0
-    if not on.any():
+    counts = _grain_histogram(image, low, strength, 3)  # bytes: a histogram's median
+    if not counts.any():
         return 1
-    diff = cv2.absdiff(image[::3, ::3], low[::3, ::3])[on]  # uint8: a histogram's median
-    counts = np.cumsum(np.bincount(diff.ravel(), minlength=256))
+    counts = np.cumsum(counts)
     median = int(np.searchsorted(counts, (counts[-1] + 1) // 2))
     return max(1, round(sigmas * 1.4826 * median))
+
+
+@numba.njit(cache=True, nogil=True)
+def _grain_histogram(image: np.ndarray, low: np.ndarray, strength: np.ndarray,
+                     step: int) -> np.ndarray:  # pragma: no cover - compiled
+    """(256,) counts of |image - low| (uint8 H x W x 3 each) over the channels of the
+    pixels on every `step`-th row and column whose strength (H x W) is above 0, read in
+    place (strided slices, a mask and its gather would copy each)."""
+    counts = np.zeros(256, np.int64)
+    zero = np.float32(0.0)
+    for y in range(0, image.shape[0], step):
+        for x in range(0, image.shape[1], step):
+            if strength[y, x] > zero:
+                for c in range(3):
+                    counts[abs(np.int32(image[y, x, c]) - np.int32(low[y, x, c]))] += 1
+    return counts
 
 
 @numba.njit(cache=True, nogil=True)
