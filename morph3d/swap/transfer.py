@@ -277,7 +277,7 @@ def capped_lightness(ratio: np.ndarray, where: np.ndarray, level: float) -> np.n
 
 
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
-                grain_px: float = 0.0) -> np.ndarray:
+                grain_px: float = 0.0, grain_from: np.ndarray | None = None) -> np.ndarray:
     """image (sRGB-encoded, uint8 or float [0, 1]) times the gain 1 + strength x (ratio - 1)
     in linear RGB; float32 sRGB in [0, 1] out.
 
@@ -287,7 +287,11 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
     in sRGB-encoded values, and the gain goes onto the rest. A camera's grain is about as
     strong in encoded values on dark skin as on light, so a face made lighter or darker
     keeps the clip's grain instead of scaling it; an edge (lips, lids) is far above the
-    grain's spread and is scaled whole, so its profile does not change. uint8 images (the
+    grain's spread and is scaled whole, so its profile does not change. `grain_from` (uint8,
+    the image's shape): the pixels whose grain is added back in place of the image's own:
+    the swap passes the frame itself at the warped image's place, because a camera's grain
+    belongs to the sensor's pixels, not to the face's surface; warped with the face it
+    would be moved and resampled (smoothed) with it. uint8 images (the
     swap's) go through one compiled pass (`_toned_bytes`: the window is large, and a dozen
     numpy passes over it cost several times one loop); float images through numpy."""
     strength = np.asarray(strength, np.float32)
@@ -297,9 +301,14 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
         if grain_px > 0:
             low = cv2.GaussianBlur(image, (0, 0), grain_px)
             limit = grain_limit(image, low, strength)
+        grainy, grainy_low = image, low
+        if grain_px > 0 and grain_from is not None:
+            grainy = np.ascontiguousarray(grain_from)
+            grainy_low = cv2.GaussianBlur(grainy, (0, 0), grain_px)
         out = np.empty(image.shape, np.float32)
         _toned_bytes(image, np.ascontiguousarray(low), limit, np.asarray(ratio, np.float32),
-                     strength, _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out)
+                     strength, _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out,
+                     grainy, np.ascontiguousarray(grainy_low))
         return out
     out = image.astype(np.float32)
     on = strength > 0
@@ -351,12 +360,14 @@ def _grain_histogram(image: np.ndarray, low: np.ndarray, strength: np.ndarray,
 @numba.njit(cache=True, nogil=True)
 def _toned_bytes(image: np.ndarray, low: np.ndarray, limit: int, ratio: np.ndarray,
                  strength: np.ndarray, to_linear: np.ndarray, to_srgb: np.ndarray,
-                 to_unit: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+                 to_unit: np.ndarray, out: np.ndarray, grainy: np.ndarray,
+                 grainy_low: np.ndarray) -> None:  # pragma: no cover - compiled
     """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32: the
     grain (the image less its low-pass `low`, uint8, clipped to +-`limit` whole levels; none
     for a limit of 0) taken off, the rest in linear light from the 256-entry table, times the
-    gain, back through the fine table (index rounded, clamped to its ends), the grain added
-    back, clipped to [0, 1]; untouched pixels are the byte over 255."""
+    gain, back through the fine table (index rounded, clamped to its ends), the grain of
+    `grainy` (less `grainy_low`, clipped alike; the image and `low` themselves give the image's
+    own) added, clipped to [0, 1]; untouched pixels are the byte over 255."""
     top = np.float32(to_srgb.shape[0] - 1)
     one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
     for y in range(image.shape[0]):
@@ -369,7 +380,9 @@ def _toned_bytes(image: np.ndarray, low: np.ndarray, limit: int, ratio: np.ndarr
                     grain = min(max(byte - np.int32(low[y, x, c]), -limit), limit)
                     v = to_linear[byte - grain] * ((ratio[y, x, c] - one) * s + one)
                     v = min(max(v * top + half, zero), top)
-                    t = to_srgb[int(v)] + (to_unit[byte] - to_unit[byte - grain])
+                    kept = np.int32(grainy[y, x, c])
+                    fine = min(max(kept - np.int32(grainy_low[y, x, c]), -limit), limit)
+                    t = to_srgb[int(v)] + (to_unit[kept] - to_unit[kept - fine])
                     out[y, x, c] = min(max(t, zero), one)
             else:
                 for c in range(3):
