@@ -721,7 +721,7 @@ def test_channel_rects_are_opencvs_bounding_rectangles() -> None:
 
 def test_the_compiled_crop_fields_are_their_numpy_formulas() -> None:
     """`_crop_fields` gives transfer_face's per-pixel fields bit for bit as numpy did."""
-    from morph3d.swap.transfer import INNER_REGIONS, _crop_fields
+    from morph3d.swap.transfer import INNER_REGIONS, MOUTH_REGIONS, _crop_fields
     from morph3d.swap.window import REGION_CHANNELS
 
     rng = np.random.default_rng(12)
@@ -736,6 +736,8 @@ def test_the_compiled_crop_fields_are_their_numpy_formulas() -> None:
     flow = np.where(covered[..., None], attrs[..., :2] - grid, 0.0).astype(np.float32)
     inner = np.clip(sum(regions[n] for n in INNER_REGIONS), 0, 1) * covered
     face = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"] + inner, 0, 1)
+    on_face = covered & (face > 0.5)
+    moving = on_face & (sum(regions[n] for n in MOUTH_REGIONS) < 0.5)
     skin = np.clip(regions["face_skin"] + regions["lips"] + regions["eyes"], 0, 1)
     skin = skin * (1 - inner) * covered
     albedo = tex[..., :3] * attrs[..., k + 1:k + 4]
@@ -743,9 +745,12 @@ def test_the_compiled_crop_fields_are_their_numpy_formulas() -> None:
     got = _crop_fields(attrs, raster, tex, grid,
                        np.array([2 + REGION_CHANNELS.index(n)
                                  for n in ("face_skin", "lips", "eyes")]),
-                       np.array([2 + REGION_CHANNELS.index(n) for n in INNER_REGIONS]), k)
-    for name, a, b in zip(("covered", "flow", "inner", "face", "skin", "albedo", "trust"),
-                          got, (covered, flow, inner, face, skin, albedo, trust), strict=True):
+                       np.array([2 + REGION_CHANNELS.index(n) for n in INNER_REGIONS]),
+                       np.array([2 + REGION_CHANNELS.index(n) for n in MOUTH_REGIONS]), k)
+    for name, a, b in zip(("covered", "flow", "inner", "on_face", "moving", "skin", "albedo",
+                           "trust"), got,
+                          (covered, flow, inner, on_face, moving, skin, albedo, trust),
+                          strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b), name
 
 

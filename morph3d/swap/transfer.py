@@ -67,8 +67,7 @@ def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> 
     holes filled from the level above), continuous with the covered values at their edge,
     so a warp has no hole or step where the surface the flow came from ends."""
     flow = np.ascontiguousarray(flow, np.float32)
-    weight = covered.astype(np.float32)
-    values = flow * weight[..., None]
+    values, weight = _masked_flow(flow, np.ascontiguousarray(covered, np.bool_))
     levels = [(values, weight)]
     while min(levels[-1][1].shape) > 1:
         v, w = levels[-1]
@@ -89,6 +88,24 @@ def extend_flow(flow: np.ndarray, covered: np.ndarray, edge_px: float = 6.0) -> 
         near = np.exp(-distance / max(edge_px, 1e-6))
         return _edge_filled(flow, covered, flow[covered], labels, near, estimate)
     return np.where(covered[..., None], flow, estimate).astype(np.float32)
+
+
+@numba.njit(cache=True, nogil=True)
+def _masked_flow(flow: np.ndarray, covered: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
+    """The pull-push's first level in one pass: flow (H x W x 2) times `covered` as 0 or 1,
+    and that weight (H x W float32); numpy's broadcast product over a last axis of two
+    runs its slow strided loop."""
+    h, w = covered.shape
+    values = np.empty((h, w, 2), np.float32)
+    weight = np.empty((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            k = np.float32(1.0) if covered[y, x] else np.float32(0.0)
+            weight[y, x] = k
+            values[y, x, 0] = flow[y, x, 0] * k
+            values[y, x, 1] = flow[y, x, 1] * k
+    return values, weight
 
 
 @numba.njit(cache=True, nogil=True)
@@ -517,25 +534,28 @@ INNER_REGIONS = (*MOUTH_REGIONS, "eyeballs")  # the actor's own pixels
 @numba.njit(cache=True, nogil=True)
 def _crop_fields(attrs: np.ndarray, raster_covered: np.ndarray, tex: np.ndarray,
                  grid: np.ndarray, skin_channels: np.ndarray, inner_channels: np.ndarray,
-                 k: int):  # pragma: no cover - compiled
+                 mouth_channels: np.ndarray, k: int):  # pragma: no cover - compiled
     """`transfer_face`'s per-pixel fields of the crop from the interpolated attributes
     (`attrs`: surface x, y in frame pixels, the region channels, the normal's z at `k`, the
     source factor after it) and the texture lookups (`tex`: source albedo, its confidence,
     actor albedo, its confidence), in one pass, float32 as numpy computes them:
     covered (front surface), the flow to the surface (0 off it), inner (eyes and mouth
-    kept: the sum of `inner_channels`), face (`skin_channels` and inner), skin (not inner),
-    the source's albedo (texture times factor) and the trust before the picture test
-    (normal, both confidences, skin)."""
+    kept: the sum of `inner_channels`), on_face (covered, where the face, `skin_channels`
+    and inner, is above 1/2), moving (on_face but where the sum of `mouth_channels`, the
+    mouth's inside, is 1/2 or more: the flow's support), skin (not inner), the source's
+    albedo (texture times factor) and the trust before the picture test (normal, both
+    confidences, skin)."""
     h, w = raster_covered.shape
     covered = np.empty((h, w), np.bool_)
     flow = np.empty((h, w, 2), np.float32)
     inner = np.empty((h, w), np.float32)
-    face = np.empty((h, w), np.float32)
+    on_face = np.empty((h, w), np.bool_)
+    moving = np.empty((h, w), np.bool_)
     skin = np.empty((h, w), np.float32)
     albedo = np.empty((h, w, 3), np.float32)
     trust = np.empty((h, w), np.float32)
-    zero, one, cut, third = (np.float32(0.0), np.float32(1.0), np.float32(-0.1),
-                             np.float32(0.3))
+    zero, one, cut, third, half = (np.float32(0.0), np.float32(1.0), np.float32(-0.1),
+                                   np.float32(0.3), np.float32(0.5))
     for y in range(h):
         for x in range(w):
             c = raster_covered[y, x] and attrs[y, x, k] > cut
@@ -549,14 +569,19 @@ def _crop_fields(attrs: np.ndarray, raster_covered: np.ndarray, tex: np.ndarray,
             inner[y, x] = t
             s = attrs[y, x, skin_channels[0]] + attrs[y, x, skin_channels[1]]
             s += attrs[y, x, skin_channels[2]]
-            face[y, x] = min(max(s + t, zero), one)
+            f = c and min(max(s + t, zero), one) > half
+            on_face[y, x] = f
+            m = zero
+            for i in mouth_channels:
+                m += attrs[y, x, i]
+            moving[y, x] = f and m < half
             s = min(max(s, zero), one) * (one - t) if c else zero
             skin[y, x] = s
             for ch in range(3):
                 albedo[y, x, ch] = tex[y, x, ch] * attrs[y, x, k + 1 + ch]
             n = min(max(attrs[y, x, k] / third, zero), one)
             trust[y, x] = n * tex[y, x, 3] * tex[y, x, 7] * s
-    return covered, flow, inner, face, skin, albedo, trust
+    return covered, flow, inner, on_face, moving, skin, albedo, trust
 
 
 def surface_lookup(per_vertex, raster, uv_coords, uv_triangles, textures
@@ -989,10 +1014,16 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     crop_iod = face_geometry({"ibug68": lm68}).iod * size / side
     regions = {n: attrs[..., 2 + i] for i, n in enumerate(REGION_CHANNELS)}
     k = 2 + len(REGION_CHANNELS)
-    covered, flow, inner, face, skin, source_albedo, trust = _crop_fields(
+    # the flow comes from the face's own surface (`moving`); the neck, ears and scalp of two
+    # heads fitted to faces differ by more than the faces do and would drag the collar
+    # along. The mouth's inside moves with the lips around it: behind closed lips its
+    # surfaces fold away, and their flow points anywhere (a speck of cheek pasted at the
+    # lips' corner)
+    covered, flow, inner, on_face, moving, skin, source_albedo, trust = _crop_fields(
         attrs, raster.coverage[0].cpu().numpy(), np.ascontiguousarray(tex), grid,
         np.array([2 + REGION_CHANNELS.index(n) for n in ("face_skin", "lips", "eyes")]),
-        np.array([2 + REGION_CHANNELS.index(n) for n in INNER_REGIONS]), k)
+        np.array([2 + REGION_CHANNELS.index(n) for n in INNER_REGIONS]),
+        np.array([2 + REGION_CHANNELS.index(n) for n in MOUTH_REGIONS]), k)
     # A letterbox or pillarbox bar that cuts the actor's head is not the head's surface: the
     # frame is sampled inside its picture only, so the warp does not pull the bar into the face
     picture = inner_picture(frame)
@@ -1037,12 +1068,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                            linear=True)
     else:
         ratio = np.ones((size, size, 3), np.float32)
-    # the flow comes from the face's own surface; the neck, ears and scalp of two heads
-    # fitted to faces differ by more than the faces do and would drag the collar along. The
-    # mouth's inside moves with the lips around it: behind closed lips its surfaces fold
-    # away, and their flow points anywhere (a speck of cheek pasted at the lips' corner)
-    mouth = sum(regions[n] for n in MOUTH_REGIONS)
-    flow = extend_flow(flow, covered & (face > 0.5) & (mouth < 0.5))
+    flow = extend_flow(flow, moving)
     strength = cv2.GaussianBlur(skin.astype(np.float32), (0, 0), 0.02 * crop_iod)
     strength = strength * (1 - soft_cut(inner, frame_blur)) * forehead_fade(
         lm68, box, size, crop_iod, forehead, height)
@@ -1050,11 +1076,11 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     plain = cv2.LUT(plain, _U8_TO_UNIT)
-    around = surround_strength(plain, skin_model, covered & (face > 0.5), inner > 0.5,
+    around = surround_strength(plain, skin_model, on_face, inner > 0.5,
                                surround * crop_iod, 0.03 * crop_iod, head=covered)
     tone = column_median(ratio[trust > 0.5]) if (trust > 0.5).sum() > 20 else np.ones(3)
     if ratio_on and flatten > 0:
-        ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * (covered & (face > 0.5)),
+        ratio = flat_lightness(ratio, np.clip(2 * trust, 0.05, 1) * on_face,
                                flatten * crop_iod, tone)
     if ratio_on and lids is not None:  # after the flattening, which would lift them again
         ratio = capped_lightness(ratio, lids, float(tone @ LUMA))
