@@ -936,7 +936,8 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     `flatten`: the scale (IOD) above which the ratio's lightness is the face's overall tone
     (`tone.flat_lightness`: there both albedos hold their shading models' errors; 0: off);
     `grain_px`: the frame's grain (its small differences from a low-pass of this sigma,
-    frame pixels) is kept as it is, not scaled by the gain (`apply_ratio`; 0: scaled);
+    frame pixels) is kept as it is, not scaled by the gain, and taken from the frame at
+    its own pixels, not from the warped image (`apply_ratio`; 0: scaled with the rest);
     `eye_openness`: the actor's usual opening of the eyes (`TransferSetup.eye_openness`):
     in a blink the closed lids do not vote and their ratio is held to the face's tone
     (`closed_lids`); None: not looked for.
@@ -1117,7 +1118,10 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                                              (cols, rows)), -1)
         warped[r0:r0 + mh, c0:c0 + mw] = cv2.remap(
             frame, maps, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-    image = apply_ratio(warped, ratio_w, strength, grain_px)
+    # the grain added back is the frame's own at these very pixels: a camera's grain
+    # belongs to the sensor, and warped with the face it would be moved and smoothed
+    image = apply_ratio(warped, ratio_w, strength, grain_px,
+                        grain_from=frame[oy:oy + wh, ox:ox + ww])
     return {
         "image": image, "coverage": coverage,
         "regions": dict(zip(REGION_CHANNELS, masks, strict=True)),
