@@ -4,7 +4,8 @@
 predicted box) and uses dlib's 128-D identity embedding where overlap cannot decide: when
 a face could belong to more than one track, when a face appears with no overlapping track
 (re-identification after an occlusion, a cut or a detector miss), and every `embed_every`
-frames per track to keep an identity model. Embeddings cost ~80 ms per face on this CPU, so
+frames per track (`embed_every_alone` for a face alone in the picture, once its identity
+has settled) to keep an identity model. Embeddings cost ~80 ms per face on this CPU, so
 they are computed sparsely, never for every face of every frame.
 
 The result is a `Tracks` value (flat numpy arrays, one row per detected face, with save/load
@@ -367,6 +368,13 @@ class FaceTracker:
         its identity embedding can bring it back.
     embed_every: frames between identity embeddings of a tracked face (also computed for every
         new or ambiguous face).
+    embed_every_alone: the same for a face that has the frame to itself (no other track seen
+        within `max_gap` frames) once its track's identity is the mean of
+        `settled_embeddings` embeddings: there a switch the boxes cannot see needs a cut the
+        cut test missed as well, and one more embedding moves a settled mean little, so its
+        refreshes are sparser (embeddings are most of the tracker's cost). A young identity
+        is refreshed every `embed_every` frames: the re-identification after the next cut
+        compares against it.
     reid_threshold: largest embedding distance to give an unlinked face an old track's id;
         stricter than dlib's 0.6 so two people are not merged.
     switch_threshold: embedding distance from its track's identity at which a face linked by
@@ -384,17 +392,21 @@ class FaceTracker:
         small mouth movement alone moves a block by several levels).
 
     An identity switch that the boxes cannot see and that is not at a detected cut is caught
-    at the next refresh, so up to `embed_every` frames may carry the wrong id.
+    at the next refresh, so up to `embed_every` frames (`embed_every_alone` for a settled face
+    alone in the picture) may carry the wrong id.
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_gap: int = 15, embed_every: int = 15,
                  reid_threshold: float = 0.5, embedding_weight: float = 1.0,
                  switch_threshold: float = 0.7, cut_threshold: float = 30.0,
                  cut_contrast: float = 0.5, cut_floor: float = 6.0,
-                 repeat_threshold: float = 2.0) -> None:
+                 repeat_threshold: float = 2.0, embed_every_alone: int = 30,
+                 settled_embeddings: int = 3) -> None:
         self.iou_threshold = float(iou_threshold)
         self.max_gap = int(max_gap)
         self.embed_every = int(embed_every)
+        self.embed_every_alone = int(embed_every_alone)
+        self.settled_embeddings = int(settled_embeddings)
         self.reid_threshold = float(reid_threshold)
         self.embedding_weight = float(embedding_weight)
         self.switch_threshold = float(switch_threshold)
@@ -496,9 +508,15 @@ class FaceTracker:
         # due a refresh; a refresh far from the track's identity unlinks the face (an identity
         # switch the boxes could not see, e.g. two people trading places across a cut).
         states = {s.track_id: s for s in self._states}
+        alone = n == 1 and all(s.track_id == ids[0] for s in active)
+
+        def every(state: _TrackState) -> int:
+            settled = state.embedding_count >= self.settled_embeddings
+            return self.embed_every_alone if alone and settled else self.embed_every
+
         due = [i for i in range(n) if not np.all(np.isfinite(embeddings[i])) and (
             cut or ids[i] < 0
-            or frame - states[ids[i]].last_embedding_frame >= self.embed_every)]
+            or frame - states[ids[i]].last_embedding_frame >= every(states[ids[i]]))]
         embeddings[due] = self._embed(image, faces, due)
         switch = SAME_PERSON_THRESHOLD if cut else self.switch_threshold
         for i in due:
