@@ -129,6 +129,7 @@ TRANSFER_VARIANTS: dict[str, dict] = {
     "detail05": {"detail": 0.05},
     "detail25": {"detail": 0.25},
     "nosharp": {"sharpness": False},
+    "noblack": {"black": False},
     "warp_only": {"ratio_on": False},
     "ratio_only": {"warp_on": False},
 }

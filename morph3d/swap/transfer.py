@@ -293,8 +293,35 @@ def capped_lightness(ratio: np.ndarray, where: np.ndarray, level: float) -> np.n
     return (ratio * keep[..., None]).astype(np.float32)
 
 
+# The share of the face crop's darkest pixels (per channel) whose level is the frame's black
+BLACK_SHARE = 0.005
+
+
+def black_level(pixels: np.ndarray, share: float = BLACK_SHARE) -> np.ndarray:
+    """(3,) linear RGB: the frame's black level around the face, each channel's `share`
+    quantile (the darkest byte with at least that share of the pixels at or below it) of
+    `pixels` (uint8 H x W x 3: the frame on the face crop, face and surroundings).
+
+    Flare, haze or a lifted grade add light evenly over a region of the frame: a black
+    jacket beside the face reads dark grey, and the face's own dark features (brows, lash
+    lines, nostrils) are lifted by as much. The gain acts above this level
+    (`apply_ratio(black=)`), so the source's dark features on a hazy frame are lifted as
+    the frame's own are, not drawn at the photo's contrast; a frame with something truly
+    black near the face reads about 0 and keeps its gain as it was."""
+    pixels = np.ascontiguousarray(pixels, np.uint8).reshape(-1, 3)
+    if not len(pixels):
+        return np.zeros(3, np.float32)
+    need = max(1, int(np.ceil(share * len(pixels))))
+    out = np.empty(3, np.float32)
+    for c in range(3):
+        counts = np.cumsum(np.bincount(pixels[:, c], minlength=256))
+        out[c] = _U8_TO_LINEAR[int(np.searchsorted(counts, need))]
+    return out
+
+
 def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
-                grain_px: float = 0.0, grain_from: np.ndarray | None = None) -> np.ndarray:
+                grain_px: float = 0.0, grain_from: np.ndarray | None = None,
+                black: np.ndarray | None = None) -> np.ndarray:
     """image (sRGB-encoded, uint8 or float [0, 1]) times the gain 1 + strength x (ratio - 1)
     in linear RGB; float32 sRGB in [0, 1] out.
 
@@ -308,10 +335,14 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
     the image's shape): the pixels whose grain is added back in place of the image's own:
     the swap passes the frame itself at the warped image's place, because a camera's grain
     belongs to the sensor's pixels, not to the face's surface; warped with the face it
-    would be moved and resampled (smoothed) with it. uint8 images (the
-    swap's) go through one compiled pass (`_toned_bytes`: the window is large, and a dozen
-    numpy passes over it cost several times one loop); float images through numpy."""
+    would be moved and resampled (smoothed) with it. `black` (3, linear RGB; None: 0): the
+    frame's black level (`black_level`); the gain acts on the light above it, which it
+    leaves as it is. uint8 images (the swap's) go through one compiled pass
+    (`_toned_bytes`: the window is large, and a dozen numpy passes over it cost several
+    times one loop); float images through numpy."""
     strength = np.asarray(strength, np.float32)
+    floor = (np.zeros(3, np.float32) if black is None
+             else np.ascontiguousarray(black, np.float32).reshape(3))
     if image.dtype == np.uint8:
         image = np.ascontiguousarray(image)
         low, limit = image, 0
@@ -325,7 +356,7 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
         out = np.empty(image.shape, np.float32)
         _toned_bytes(image, np.ascontiguousarray(low), limit, np.asarray(ratio, np.float32),
                      strength, _U8_TO_LINEAR, _LINEAR_TO_SRGB, _U8_TO_UNIT, out,
-                     grainy, np.ascontiguousarray(grainy_low))
+                     grainy, np.ascontiguousarray(grainy_low), floor)
         return out
     out = image.astype(np.float32)
     on = strength > 0
@@ -334,7 +365,7 @@ def apply_ratio(image: np.ndarray, ratio: np.ndarray, strength: np.ndarray,
     gain = np.asarray(ratio, np.float32) - np.float32(1.0)
     gain *= np.clip(strength, 0, 1)[..., None]
     gain += 1.0
-    toned = linear_to_srgb(srgb_to_linear(out) * gain)
+    toned = linear_to_srgb((srgb_to_linear(out) - floor) * gain + floor)
     np.copyto(out, toned, where=on[..., None])
     return out
 
@@ -378,13 +409,14 @@ def _grain_histogram(image: np.ndarray, low: np.ndarray, strength: np.ndarray,
 def _toned_bytes(image: np.ndarray, low: np.ndarray, limit: int, ratio: np.ndarray,
                  strength: np.ndarray, to_linear: np.ndarray, to_srgb: np.ndarray,
                  to_unit: np.ndarray, out: np.ndarray, grainy: np.ndarray,
-                 grainy_low: np.ndarray) -> None:  # pragma: no cover - compiled
+                 grainy_low: np.ndarray, black: np.ndarray) -> None:  # pragma: no cover
     """`apply_ratio` of a uint8 image (H x W x 3) into `out`, pixel by pixel in float32: the
     grain (the image less its low-pass `low`, uint8, clipped to +-`limit` whole levels; none
-    for a limit of 0) taken off, the rest in linear light from the 256-entry table, times the
-    gain, back through the fine table (index rounded, clamped to its ends), the grain of
-    `grainy` (less `grainy_low`, clipped alike; the image and `low` themselves give the image's
-    own) added, clipped to [0, 1]; untouched pixels are the byte over 255."""
+    for a limit of 0) taken off, the rest in linear light from the 256-entry table, its part
+    above `black` (3, linear) times the gain, back through the fine table (index rounded,
+    clamped to its ends), the grain of `grainy` (less `grainy_low`, clipped alike; the
+    image and `low` themselves give the image's own) added, clipped to [0, 1]; untouched
+    pixels are the byte over 255."""
     top = np.float32(to_srgb.shape[0] - 1)
     one, half, zero = np.float32(1.0), np.float32(0.5), np.float32(0.0)
     for y in range(image.shape[0]):
@@ -395,7 +427,9 @@ def _toned_bytes(image: np.ndarray, low: np.ndarray, limit: int, ratio: np.ndarr
                 for c in range(3):
                     byte = np.int32(image[y, x, c])
                     grain = min(max(byte - np.int32(low[y, x, c]), -limit), limit)
-                    v = to_linear[byte - grain] * ((ratio[y, x, c] - one) * s + one)
+                    floor = black[c]
+                    v = (to_linear[byte - grain] - floor) * ((ratio[y, x, c] - one) * s + one)
+                    v += floor
                     v = min(max(v * top + half, zero), top)
                     kept = np.int32(grainy[y, x, c])
                     fine = min(max(kept - np.int32(grainy_low[y, x, c]), -limit), limit)
@@ -917,7 +951,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
                   light: float = 0.7, forehead: float = 0.35,
                   highlight_cap: float = 0.15, surround: float = 0.8, detail: float = 0.1,
                   sharpness: bool = True, flatten: float = 0.6, grain_px: float = 1.0,
-                  eye_openness: np.ndarray | None = None) -> dict:
+                  eye_openness: np.ndarray | None = None, black: bool = True) -> dict:
     """The swapped face window of one frame, made from the frame's own pixels.
 
     textures: T x T x 8 torch tensor (source albedo RGB, its confidence, the actor's albedo
@@ -940,7 +974,9 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     its own pixels, not from the warped image (`apply_ratio`; 0: scaled with the rest);
     `eye_openness`: the actor's usual opening of the eyes (`TransferSetup.eye_openness`):
     in a blink the closed lids do not vote and their ratio is held to the face's tone
-    (`closed_lids`); None: not looked for.
+    (`closed_lids`); None: not looked for. `black`: the gain acts on the light above the
+    frame's black level around the face (`black_level`: a hazy frame's lifted blacks) and
+    leaves that level as it is.
 
     Both albedos are UV textures made once per job (the actor's merged from frames spread
     over the clip, `actor_albedo`; the source's from the photo, `source_albedo_factor`), so
@@ -1076,6 +1112,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # The face's overall tone (its ratio's median) also goes onto the actor's skin around it
     plain = cv2.remap(frame, grid[..., 0].astype(np.float32), grid[..., 1].astype(np.float32),
                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    floor = black_level(plain) if black else None  # the face and what lies around it
     plain = cv2.LUT(plain, _U8_TO_UNIT)
     around = surround_strength(plain, skin_model, on_face, inner > 0.5,
                                surround * crop_iod, 0.03 * crop_iod, head=covered)
@@ -1121,7 +1158,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
     # the grain added back is the frame's own at these very pixels: a camera's grain
     # belongs to the sensor, and warped with the face it would be moved and smoothed
     image = apply_ratio(warped, ratio_w, strength, grain_px,
-                        grain_from=frame[oy:oy + wh, ox:ox + ww])
+                        grain_from=frame[oy:oy + wh, ox:ox + ww], black=floor)
     return {
         "image": image, "coverage": coverage,
         "regions": dict(zip(REGION_CHANNELS, masks, strict=True)),
