@@ -63,6 +63,7 @@ from fitting.solvers import (
     _residuals,
     face_scale,
     gauss_newton,
+    identity_prior_offset,
     robust_weights,
 )
 from morph3d.errors import Morph3dError
@@ -145,7 +146,7 @@ def fit_identity(ls_list: list[LandmarkSet], identity: np.ndarray, states: list[
         rows_A.append((Jm * sw[:, :, None]).reshape(-1, K))
         rows_b.append(-(res[ok] * sw).reshape(-1))
     rows_A.append(np.eye(K) * math.sqrt(priors.identity))
-    rows_b.append(-identity * math.sqrt(priors.identity))
+    rows_b.append(-identity_prior_offset(identity, priors) * math.sqrt(priors.identity))
     A, b = np.concatenate(rows_A), np.concatenate(rows_b)
     return identity + np.linalg.solve(A.T @ A, A.T @ b)
 
@@ -195,7 +196,8 @@ def _alternate(ls_list: list[LandmarkSet], cameras: list[CameraParams], identity
                 weights[i] = robust_weights(res, ls.weights, sig)
             ok = np.isfinite(res).all(1)
             cost += float((weights[i][ok] * (res[ok] ** 2).sum(1)).sum()) / sig ** 2
-        cost += priors.identity * float(identity @ identity)
+        prior = identity_prior_offset(identity, priors)
+        cost += priors.identity * float(prior @ prior)
     return identity, states, weights, cost
 
 
@@ -241,7 +243,7 @@ def refine_joint(ls_list: list[LandmarkSet], cameras: list[CameraParams], identi
                  contour: bool = True, fit_shape: bool = True, tolerance: float = 1e-4
                  ) -> tuple[np.ndarray, list[FrameState]]:
     """Step 7: identity, every pose and every expression in one bounded Gauss-Newton step
-    per iteration (Huber IRLS weights, N(0, I) identity prior, expressions in [0, 1]), the
+    per iteration (Huber IRLS weights, N(mean, I) identity prior, expressions in [0, 1]), the
     jaw contour re-picked each iteration; stops when the cost changes by < `tolerance`.
 
     Steps 2-6 alternate between blocks, which crawls along the valley where face depth
@@ -261,10 +263,11 @@ def refine_joint(ls_list: list[LandmarkSet], cameras: list[CameraParams], identi
         H = np.zeros((P, P))
         g = np.zeros(P)
         lo, hi = np.full(P, -np.inf), np.full(P, np.inf)
-        cost = priors.identity * float(identity @ identity) if fit_shape else 0.0
+        prior = identity_prior_offset(identity, priors)
+        cost = priors.identity * float(prior @ prior) if fit_shape else 0.0
         if fit_shape:
             H[:K, :K] += np.eye(K) * priors.identity
-            g[:K] -= priors.identity * identity
+            g[:K] -= priors.identity * prior
         for i, (ls, st, cam) in enumerate(zip(ls_list, states, cameras, strict=True)):
             if contour:
                 update_jaw_contour(ls, identity, st, cam)

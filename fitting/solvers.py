@@ -57,6 +57,11 @@ def single_threaded() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 
 
+def identity_prior_offset(identity: np.ndarray, priors: Priors) -> np.ndarray:
+    """The identity's offset from its prior mean (`Priors.identity_mean`)."""
+    return identity if priors.identity_mean is None else identity - priors.identity_mean
+
+
 def face_scale(points: np.ndarray) -> float:
     """sqrt(area) of the landmarks' bounding box, pixels: the size noise scales with."""
     p = points[np.isfinite(points).all(1)]
@@ -70,7 +75,10 @@ class Priors:
 
     sigma_fraction: float = 0.01  # landmark noise sigma as a fraction of face_scale
     min_sigma_px: float = 1.0
-    identity: float = 1.0  # N(0, I) prior weight
+    identity: float = 1.0  # N(mean, I) prior weight
+    # The identity prior's mean (K coefficients); None = 0, the model's mean face. A swap's
+    # source photo is fitted about the actor's identity (`morph3d.swap.fits.fit_source`).
+    identity_mean: np.ndarray | None = None
     expression: float = 0.05  # L2 towards 0 (neutral), per unit weight
     temporal_pose: float = 0.0  # video: weight on change from the previous frame (rad, mm/10)
     temporal_expression: float = 0.0

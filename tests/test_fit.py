@@ -67,6 +67,23 @@ def test_joint_refinement_beats_block_alternation(model):
     assert np.mean(poses[20]) < np.mean(poses[0]), poses
 
 
+def test_identity_prior_mean_keeps_what_the_landmarks_leave_open(model):
+    # A swap fits its source photo about the actor's identity (`Priors.identity_mean`):
+    # the coefficients the landmarks decide move to the photo's face, the rest stay at the
+    # prior's mean. Fitted about the true identity, the fit lands much nearer it than
+    # about the model's mean face; about an unrelated identity it does not jump to it.
+    rng = np.random.default_rng(5)
+    alpha, state, camera, lms = synthetic_face(model, rng)
+    other = rng.standard_normal(alpha.shape)
+    fitted = {}
+    for name, mean in (("zero", None), ("true", alpha), ("other", other)):
+        fitted[name] = FP.fit_landmarks(model, [lms], [(480, 640)], focal=camera.fx,
+                                        priors=FS.Priors(identity_mean=mean))[0]
+    err = {name: float(np.linalg.norm(a - alpha)) for name, a in fitted.items()}
+    assert err["true"] < 0.5 * err["zero"], err
+    assert np.linalg.norm(fitted["other"] - other) > 0.3 * np.linalg.norm(alpha - other), err
+
+
 def test_single_threaded_restores_thread_counts():
     import torch
     from threadpoolctl import threadpool_info

@@ -69,7 +69,7 @@ def test_hook_sees_every_stage_in_order(media_dir: Path, work: Path, tmp_path: P
                    hook=hook)
     assert summary.frames == FRAMES and output.is_file()
     once = [(event, name) for event, name, _ in hook.events if name not in PER_FRAME]
-    assert once == [(event, name) for name in ("fit source", "landmarks", "fit clip",
+    assert once == [(event, name) for name in ("landmarks", "fit clip", "fit source",
                                                "prepare", "finish")
                     for event in ("start", "end")]
     main = threading.main_thread().name

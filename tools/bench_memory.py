@@ -261,7 +261,7 @@ LARGE_SIDE = 8000
 # The stretches of a swap with their own peak (benchlib.StageRecorder's labels, in order):
 # "swap" is the driver's work between its stages, "render" the frame loop, "finish" the
 # encoder's flush, the output checks and the summary.
-STAGE_PEAKS = ("imports", "fit source", "landmarks", "fit clip", "prepare", "render", "finish",
+STAGE_PEAKS = ("imports", "landmarks", "fit clip", "fit source", "prepare", "render", "finish",
                "swap")
 
 
@@ -490,14 +490,14 @@ def main() -> int:
         runs[frames] = run
         results["runs"][frames] = {k: v for k, v in run.items() if k != "rss_samples"}
 
-    lines = [f"| frames ({size[0]}x{size[1]}) | peak RSS MiB | at end of: imports / fit source "
-             "/ landmarks / fit clip / render (MiB) | per-frame arrays, bytes/frame | wall s "
+    lines = [f"| frames ({size[0]}x{size[1]}) | peak RSS MiB | at end of: imports / landmarks / "
+             "fit video / fit source / render (MiB) | per-frame arrays, bytes/frame | wall s "
              "| CPU s |",
              "| --- | --- | --- | --- | --- | --- |"]
     for frames, run in sorted(runs.items()):
         c = run["costs"]
         hwm = " / ".join(f"{c[s]['hwm_mib_at_end']:.0f}" if s in c else "n/a"
-                         for s in ("imports", "fit source", "landmarks", "fit video", "render"))
+                         for s in ("imports", "landmarks", "fit video", "fit source", "render"))
         lines.append(f"| {frames} | {run['peak_rss_mib']:.0f} | {hwm} | "
                      f"{run['arrays']['total_per_frame']} | {run['process_wall_s']:.0f} | "
                      f"{c['process']['cpu_s']:.0f} |")

@@ -82,7 +82,7 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     from fitting.detection import detect_faces
     from morph3d.io.images import write_image
     from morph3d.model.registry import load_model
-    from morph3d.swap.fits import fit_clip, fit_source
+    from morph3d.swap.fits import find_source_faces, fit_clip, fit_source
     from morph3d.swap.options import SwapOptions
     from morph3d.swap.renderer import FaceRenderer
 
@@ -98,9 +98,11 @@ def load_context(clip: str, k: int, max_frames: int | None, work_dir: Path,
     options = SwapOptions(max_frames=max_frames, work_dir=work_dir, quiet=True)
     model = load_model("default")
     with torch.enable_grad():
-        source_fit, source_run = fit_source([source], model, options)
         clip_fit, clip_runs = fit_clip(target, model, options)
-    cached = [run.name for run in (source_run, *clip_runs) if run.cached]
+        source_fit, source_run = fit_source([source], model, options,
+                                            find_source_faces([source], options),
+                                            clip_fit.identity.coefficients)
+    cached = [run.name for run in (*clip_runs, source_run) if run.cached]
     print(f"[probe] fits: cached {cached}", flush=True)
     faces = detect_faces(frame, "mediapipe")
     best = int(np.argmax(faces.areas()))

@@ -33,7 +33,13 @@ import numpy as np
 from morph3d.errors import InputError, Morph3dError
 from morph3d.io.paths import cache_dir
 from morph3d.swap.cache import work_directory
-from morph3d.swap.fits import StageRun, face_selection, fit_clips, fit_source
+from morph3d.swap.fits import (
+    StageRun,
+    face_selection,
+    find_source_faces,
+    fit_clips,
+    fit_sources,
+)
 from morph3d.swap.options import SwapOptions, SwapSummary, check_paths, file_digest, output_kind
 from morph3d.swap.renderer import FaceRenderer
 from morph3d.swap.stages import StageHook, each, stage
@@ -295,19 +301,23 @@ def _swap_frames(sources, target, output, options, summary, info, t0, template=N
         template.check_model(model)
 
     # Decoded once, here, where little else is in memory: the source fit and the transfer
-    # below both use it.
+    # below both use it. Its face is found before the clip's stages, so a photo without one
+    # fails at once; it is fitted after them, about the actor's identity (`fit_source`).
     photo = read_image(sources[0])
+    source_faces = find_source_faces(sources, options, first_photo=photo)
     with torch.enable_grad():
-        with stage(hook, "fit source"):
-            source_fit, source_run = fit_source(sources, model, options, first_photo=photo)
         clip_fits, clip_runs = (([template.fit], ()) if template
                                 else fit_clips(target, model, options, hook=hook))
-    record_runs(summary, (source_run, *clip_runs))
+        with stage(hook, "fit source"):
+            source_fits, source_run = fit_sources(sources, model, options, source_faces,
+                                                  clip_fits)
+    del source_faces
+    record_runs(summary, (*clip_runs, source_run))
 
     summary.refine = completion_used(options)
     t = time.perf_counter()
     with stage(hook, "prepare"):
-        people = prepare_people(model, source_fit, clip_fits, photo, options, target)
+        people = prepare_people(model, source_fits, clip_fits, photo, options, target)
     summary.faces = len(people)
     tally = render_clip(people, sources, target, output, options, info, hook)
     summary.frames = tally.frames
@@ -337,15 +347,16 @@ def record_runs(summary: SwapSummary, runs: tuple[StageRun, ...]) -> None:
             summary.cached.append(run.name)
 
 
-def prepare_people(model, source_fit, clip_fits, photo, options, target) -> list[Person]:
-    """One renderer and compositor per face replaced (target face "all": every person)."""
+def prepare_people(model, source_fits, clip_fits, photo, options, target) -> list[Person]:
+    """One renderer and compositor per face replaced (target face "all": every person), each
+    with the source fitted about that person's identity (`fit_sources`)."""
     from dataclasses import replace
 
     from morph3d.composite.compositor import FaceCompositor
     from morph3d.swap.transfer import compositor_config as transfer_compositor
 
     people = []
-    for clip_fit in clip_fits:
+    for source_fit, clip_fit in zip(source_fits, clip_fits, strict=True):
         # The face is made from the actor's own pixels (morph3d.swap.transfer); the first
         # source photo gives the source's colours as seen (the texture's shading model is the
         # fit's).

@@ -234,25 +234,73 @@ def on_source_timeline(target: Path, landmarks: dict[str, np.ndarray],
 SMALL_SOURCE_EYES_PX = 40
 
 
-def fit_source(sources: list[Path], model, options: SwapOptions,
-               first_photo: np.ndarray | None = None) -> tuple[object, StageRun]:
+@dataclass
+class SourceFaces:
+    """The source photos, decoded, and the face chosen in each (`find_source_faces`)."""
+
+    images: list[np.ndarray]
+    landmarks: list[dict[str, np.ndarray]]  # per photo {scheme: L x 2 pixels}
+    notes: tuple[str, ...]
+
+
+def find_source_faces(sources: list[Path], options: SwapOptions,
+                      first_photo: np.ndarray | None = None) -> SourceFaces:
+    """Decode the source photos and choose the face in each (`options.source_face`): the
+    part of the source fit that can reject a photo, so the swap runs it before the clip's
+    long stages. `first_photo`: sources[0] already decoded by the caller (a large photo's
+    decoding costs several times its pixels: once per job)."""
+    from fitting.choice import choose_photo_face
+    from morph3d.composite.masks import face_geometry
+    from morph3d.io.images import read_image
+
+    images = [first_photo if k == 0 and first_photo is not None else read_image(s)
+              for k, s in enumerate(sources)]
+    landmarks, notes = [], []
+    for img, src in zip(images, sources, strict=True):
+        # One detector's boxes choose the face, whatever the landmark backend (bounded cost
+        # for any size).
+        chosen = choose_photo_face(img, options.backend, options.source_face,
+                                   f"source photo {src}")
+        if chosen.faces_found > 1:
+            notes.append(f"{src.name}: {chosen.faces_found} faces found, using "
+                         f"{chosen.describe()}")
+        if chosen.turns:
+            notes.append(f"{src.name}: the photo lies sideways or upside down; its face was "
+                         f"measured turned upright ({90 * chosen.turns} deg)")
+        eyes_px = face_geometry(chosen.landmarks).iod
+        if eyes_px < SMALL_SOURCE_EYES_PX:
+            notes.append(f"{src.name}: the face is small ({eyes_px:.0f} px between the eyes): "
+                         f"the swapped face will be as blurred; a photo with "
+                         f"{SMALL_SOURCE_EYES_PX}+ px between the eyes gives a sharper one")
+        landmarks.append(chosen.landmarks)
+    return SourceFaces(images, landmarks, tuple(notes))
+
+
+def fit_source(sources: list[Path], model, options: SwapOptions, faces: SourceFaces,
+               actor_identity: np.ndarray | None = None) -> tuple[object, StageRun]:
     """Stage 4 (cached): the user's identity and completed UV albedo, and the stage's run
     ("fit source").
+
+    actor_identity: the clip fit's identity coefficients of the face the source replaces;
+    the photo's identity is fitted with its prior about them instead of about the model's
+    mean face. One photo's landmarks leave much of the identity to the prior (and split the
+    photo's expression from its identity by the prior alone); whatever the photo does not
+    decide then stays the actor's, so the identity transfer (source minus actor) moves
+    the actor's face only where the photo says the source differs (BENCHMARKS.md, "The
+    source photo's identity fitted about the actor's").
 
     The unseen texels are filled by the learned net (`morph3d.neural.completion`) when refine
     is "neural" and its weights load (the net is closer on hidden texels than the classical
     fill and keeps the swaps' identity: BENCHMARKS.md, Refinement), otherwise by the
     classical completion (mirror + pull-push): an uncompleted texture would have black holes
     wherever the photo did not see the head."""
-    from fitting.choice import choose_photo_face
     from fitting.params import VideoFit
     from fitting.photo import fit_photo
-    from morph3d.composite.masks import face_geometry
-    from morph3d.io.images import read_image
+    from fitting.solvers import Priors
     from morph3d.neural.completion import INFERENCE_VERSION, complete_texture, load_completion_net
 
     t = time.perf_counter()
-    notes: list[str] = []
+    notes: list[str] = list(faces.notes)
     completion = "classic"
     if options.refine == "neural":
         net = load_completion_net()  # warns and returns None when the weights are missing
@@ -265,49 +313,47 @@ def fit_source(sources: list[Path], model, options: SwapOptions,
     choice = options.source_face
     face = (f"face={choice}" if choice.reference is None
             else f"face-ref={file_digest(Path(choice.reference))}")
+    prior_mean = (None if actor_identity is None
+                  else np.asarray(actor_identity, np.float64).copy())
+    about = ("mean" if prior_mean is None
+             else hashlib.sha256(prior_mean.tobytes()).hexdigest()[:16])
     key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
                                    options.backend, f"w{WORK_FORMAT}", f"s{SOURCE_FORMAT}",
-                                   completion, face]
+                                   completion, face, f"about={about}"]
                                   ).encode()).hexdigest()[:20]
     path = work_directory(options) / f"source-{key}.npz"
     fit, note = load_cached(path, VideoFit.load, "source fit")
     notes.extend(_notes(note))
     cached = fit is not None
     if not cached:
-        # `first_photo`: sources[0] already decoded by the caller (a large photo's decoding
-        # costs several times its pixels: once per job).
-        images = [first_photo if k == 0 and first_photo is not None else read_image(s)
-                  for k, s in enumerate(sources)]
-        landmarks = []
-        for img, src in zip(images, sources, strict=True):
-            # One detector's boxes choose the face, whatever the landmark backend (bounded
-            # cost for any size).
-            chosen = choose_photo_face(img, options.backend, choice, f"source photo {src}")
-            if chosen.faces_found > 1:
-                notes.append(f"{src.name}: {chosen.faces_found} faces found, using "
-                             f"{chosen.describe()}")
-            if chosen.turns:
-                notes.append(f"{src.name}: the photo lies sideways or upside down; its face "
-                             f"was measured turned upright ({90 * chosen.turns} deg)")
-            eyes_px = face_geometry(chosen.landmarks).iod
-            if eyes_px < SMALL_SOURCE_EYES_PX:
-                notes.append(f"{src.name}: the face is small ({eyes_px:.0f} px between the "
-                             f"eyes): the swapped face will be as blurred; a photo with "
-                             f"{SMALL_SOURCE_EYES_PX}+ px between the eyes gives a sharper one")
-            landmarks.append(chosen.landmarks)
         # No corrective deformation (`Identity.offset`): the swap carries the identity over
         # by its coefficients, so the texture must come from that same shape.
-        fits = fit_photo(images, model, landmarks=landmarks, backend=options.backend,
-                         corrective=False)
+        fits = fit_photo(faces.images, model, landmarks=faces.landmarks,
+                         backend=options.backend, corrective=False,
+                         priors=Priors(identity_mean=prior_mean))
         fit = fits[0]  # the identity all photos share, with the first photo's pose
         if fit.identity.texture is not None:
-            hide_openings(fits, model, landmarks)
+            hide_openings(fits, model, faces.landmarks)
             hide_forehead_occluders(fit, model)
             done, _ = complete_texture(fit.identity.texture, fit.identity.confidence, model,
                                        "neural" if completion != "classic" else "classic")
             fit.identity.texture = done.texture.astype(np.float32)
         fit.save(path, compress=False)
     return fit, StageRun("fit source", time.perf_counter() - t, cached, tuple(notes))
+
+
+def fit_sources(sources: list[Path], model, options: SwapOptions, faces: SourceFaces,
+                clip_fits: list) -> tuple[list, StageRun]:
+    """Stage 4 for every face the swap replaces: the source fitted about each actor's
+    identity (`fit_source`), one fit per clip fit, and the stage's one run."""
+    fits, runs = [], []
+    for clip_fit in clip_fits:
+        fit, run = fit_source(sources, model, options, faces, clip_fit.identity.coefficients)
+        fits.append(fit)
+        runs.append(run)
+    notes = tuple(dict.fromkeys(n for run in runs for n in run.notes))
+    return fits, StageRun("fit source", sum(run.seconds for run in runs),
+                          all(run.cached for run in runs), notes)
 
 
 def hide_openings(fits: list, model, landmarks: list[dict[str, np.ndarray]],

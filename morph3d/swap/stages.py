@@ -5,13 +5,14 @@ memory, threads) without patching the driver.
 after every stage, on the thread that runs the stage, `end` also when the stage fails. The
 hook is for tools, not users: no option or manifest names it.
 
-Once per swap, in order: "fit source", "landmarks", "fit clip" (both skipped for a clip
-template; with target face "all" once for every person together), "prepare" (the renderers
-and compositors). Then per frame (`PER_FRAME`): "decode" and "composite" and "encode" on the
-calling thread, "render" (every face of the frame) on the render-ahead thread, so a frame's
-"render" may start before the previous frame's "composite" ends; "decode" runs once more than
-the frames (the last call finds the end of the clip). Last, once, "finish" (the
-video encoder's flush and the move into place; a still image has no "finish").
+Once per swap, in order: "landmarks", "fit clip" (both skipped for a clip template; with
+target face "all" once for every person together), "fit source" (about each person's
+identity, all in one stage), "prepare" (the renderers and compositors). Then per frame
+(`PER_FRAME`): "decode" and "composite" and "encode" on the calling thread, "render" (every
+face of the frame) on the render-ahead thread, so a frame's "render" may start before the
+previous frame's "composite" ends; "decode" runs once more than the frames (the last call
+finds the end of the clip). Last, once, "finish" (the video encoder's flush and the move
+into place; a still image has no "finish").
 """
 
 from __future__ import annotations
