@@ -42,10 +42,11 @@ the composited frames, to compare trees bit for bit without the rest of the swap
 `scratch` runs a whole swap from scratch through the CLI's own path (`morph3d swap ...
 --quiet`; give it an empty work folder) in this process and prints each stage's process CPU
 (every thread, from `getrusage`): start-up to the project's import, the imports and the
-parser, the probe and the model, "fit source", "landmarks", "fit clip", "prepare" (the
-renderer: both albedos), the frame loop split into its per-frame stages' own thread CPU
-(decode, render, composite, encode) and the rest of the loop (FFmpeg's decoder threads,
-x264's threads, swscale), and "finish". Linux only (the thread table reads /proc).
+parser, the probe, the model and the source photo's face, "landmarks", "fit clip", "fit
+source", "prepare" (the renderer: both albedos), the frame loop split into its per-frame
+stages' own thread CPU (decode, render, composite, encode) and the rest of the loop
+(FFmpeg's decoder threads, x264's threads, swscale), and "finish". Linux only (the thread
+table reads /proc).
 """
 
 from __future__ import annotations
@@ -376,9 +377,11 @@ def scratch(args: argparse.Namespace) -> dict[str, Any]:
     rows = {
         "start-up (interpreter, the tool's imports)": started,
         "imports and the CLI's parser": parsed - started,
-        "probe, model, imports up to the first stage": m[("start", "fit source")][0] - parsed,
+        "probe, model, imports up to the first stage":
+            min(m[("start", name)][0] for name in ("landmarks", "fit source")
+                if ("start", name) in m) - parsed,
         **{name: m[("end", name)][0] - m[("start", name)][0]
-           for name in ("fit source", "landmarks", "fit clip", "prepare")},
+           for name in ("landmarks", "fit clip", "fit source", "prepare")},
         "frame loop (all threads)": loop,
         **{f"- {name} (its thread's CPU)": frame_cpu.get(name, 0.0) for name in STAGES},
         "- main thread between the stages": main_rest,
