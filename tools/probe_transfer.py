@@ -237,7 +237,7 @@ def main() -> None:
     from morph3d.evaluate.measures import face_appearance
     from morph3d.model.registry import load_model
     from morph3d.swap.albedo import prepare_transfer
-    from morph3d.swap.fits import fit_clip, fit_source
+    from morph3d.swap.fits import find_source_faces, fit_clip, fit_source
     from morph3d.swap.options import SwapOptions
 
     torch.set_grad_enabled(False)
@@ -286,7 +286,8 @@ def main() -> None:
                 fits[clip], _ = fit_clip(path, model, opts)
         clip_fit = fits[clip]
         with torch.enable_grad():  # a photo not fitted yet is fitted by gradient descent
-            source_fit, _ = fit_source([source], model, SwapOptions())
+            source_fit, _ = fit_source([source], model, SwapOptions(),
+                                       find_source_faces([source], SwapOptions()))
         src_rgb = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB)
         src_pts = dlib_face(src_rgb)
         src_emb = face_embedding(src_rgb, src_pts)
