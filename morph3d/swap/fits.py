@@ -313,8 +313,10 @@ def fit_source(sources: list[Path], model, options: SwapOptions, faces: SourceFa
     choice = options.source_face
     face = (f"face={choice}" if choice.reference is None
             else f"face-ref={file_digest(Path(choice.reference))}")
+    # To 1e-4 of a standard deviation: a clip fit that differs only in its last bits (another
+    # thread count's sums) gives the same source fit and finds the same cache entry.
     prior_mean = (None if actor_identity is None
-                  else np.asarray(actor_identity, np.float64).copy())
+                  else np.round(np.asarray(actor_identity, np.float64), 4))
     about = ("mean" if prior_mean is None
              else hashlib.sha256(prior_mean.tobytes()).hexdigest()[:16])
     key = hashlib.sha256("|".join([*(file_digest(s) for s in sources), model_key(model),
