@@ -475,6 +475,22 @@ def test_a_sample_moves_into_the_picture_unless_its_own_pixel_lies_outside_it() 
     assert np.array_equal(x, xs) and np.array_equal(y, ys)
 
 
+def test_the_warp_leaves_the_bars_smeared_edge_and_resumes_inside_the_picture() -> None:
+    from morph3d.swap.transfer import BAR_EDGE_PX, bar_edge_weight, inner_picture
+
+    frame = np.full((40, 60, 3), 120, np.uint8)
+    frame[:, :10] = 0  # a pillarbox bar 10 px wide on the left, none on the other sides
+    picture = inner_picture(frame)
+    ys, xs = np.mgrid[:40, :60].astype(np.float32)
+    weight = bar_edge_weight(xs, ys, picture, frame.shape[:2])
+    left = picture[0]
+    assert (weight[:, :left] == 0).all()  # the bar and the codec's smeared edge stay
+    assert (np.diff(weight[0, left - 1:left + BAR_EDGE_PX]) > 0).all()  # then rising
+    assert (weight[:, left + BAR_EDGE_PX - 1:] == 1).all()  # top, right and bottom: no bar
+    none = bar_edge_weight(xs, ys, (0, 0, 60, 40), (40, 60))
+    assert (none == 1).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_transfer_on_cuda_matches_the_cpu() -> None:
     from morph3d.swap.transfer import transfer_face

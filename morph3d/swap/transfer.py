@@ -531,6 +531,23 @@ def inner_picture(frame: np.ndarray) -> tuple[int, int, int, int]:
             right - edge if right < w else w, bottom - edge if bottom < h else h)
 
 
+def bar_edge_weight(x: np.ndarray, y: np.ndarray, picture: tuple[int, int, int, int],
+                    shape: tuple[int, int]) -> np.ndarray:
+    """How far the warp may move each pixel (x, y: its frame pixel) near a letterbox or
+    pillarbox bar (`inner_picture`'s `picture`, frame `shape` h, w): 0 from the bar's own
+    edge through the codec's smeared `BAR_EDGE_PX`, rising linearly to 1 over the next
+    `BAR_EDGE_PX` pixels of the picture; 1 on a side without a bar."""
+    h, w = shape
+    left, top, right, bottom = picture
+    edge = float(BAR_EDGE_PX)
+    out = np.ones(np.shape(x), np.float32)
+    for on, distance in ((left > 0, x - left), (top > 0, y - top),
+                         (right < w, (right - 1) - x), (bottom < h, (bottom - 1) - y)):
+        if on:
+            out = np.minimum(out, np.clip((distance + 1.0) / edge, 0.0, 1.0))
+    return out.astype(np.float32)
+
+
 def clamp_to_picture(x: np.ndarray, y: np.ndarray, picture: tuple[int, int, int, int],
                      own: tuple[np.ndarray, np.ndarray] | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
@@ -1151,6 +1168,11 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
         mh, mw = maps.shape[:2]
         if picture != (0, 0, w, h):  # a pixel samples no further into a bar than itself
             rows, cols = np.mgrid[oy + r0:oy + r0 + mh, ox + c0:ox + c0 + mw].astype(np.float32)
+            # the codec's smeared edge between bar and picture stays where it is: warped,
+            # the face's inside would be pulled up to the bar as a step sharper than the frame
+            keep = bar_edge_weight(cols, rows, picture, (h, w))[..., None]
+            own = np.stack([cols, rows], -1)
+            maps = own + keep * (maps - own)
             maps = np.stack(clamp_to_picture(maps[..., 0], maps[..., 1], picture,
                                              (cols, rows)), -1)
         warped[r0:r0 + mh, c0:c0 + mw] = cv2.remap(
