@@ -476,19 +476,25 @@ def test_a_sample_moves_into_the_picture_unless_its_own_pixel_lies_outside_it() 
 
 
 def test_the_warp_leaves_the_bars_smeared_edge_and_resumes_inside_the_picture() -> None:
-    from morph3d.swap.transfer import BAR_EDGE_PX, bar_edge_weight, inner_picture
+    from morph3d.swap.transfer import BAR_EDGE_PX, held_at_bars, inner_picture
 
     frame = np.full((40, 60, 3), 120, np.uint8)
     frame[:, :10] = 0  # a pillarbox bar 10 px wide on the left, none on the other sides
     picture = inner_picture(frame)
-    ys, xs = np.mgrid[:40, :60].astype(np.float32)
-    weight = bar_edge_weight(xs, ys, picture, frame.shape[:2])
     left = picture[0]
-    assert (weight[:, :left] == 0).all()  # the bar and the codec's smeared edge stay
-    assert (np.diff(weight[0, left - 1:left + BAR_EDGE_PX]) > 0).all()  # then rising
-    assert (weight[:, left + BAR_EDGE_PX - 1:] == 1).all()  # top, right and bottom: no bar
-    none = bar_edge_weight(xs, ys, (0, 0, 60, 40), (40, 60))
-    assert (none == 1).all()
+    ys, xs = np.mgrid[:40, :60].astype(np.float32)
+    maps = np.stack([xs + 4.0, ys - 2.0], -1)  # every pixel sampling 4 px right, 2 up
+    held = held_at_bars(maps.copy(), xs[0], ys[:, 0], picture, frame.shape[:2])
+    share = (held[..., 0] - xs) / 4.0  # how much of the move is left
+    assert np.allclose((held[..., 1] - ys) / -2.0, share)
+    assert (share[:, :left] == 0).all()  # the bar and the codec's smeared edge stay
+    assert (np.diff(share[0, left - 1:left + BAR_EDGE_PX]) > 0).all()  # then rising
+    assert (share[:, left + BAR_EDGE_PX - 1:] == 1).all()  # top, right and bottom: no bar
+    # no bar at all: the maps as they were; a bar at the bottom holds its rows alike
+    assert np.array_equal(held_at_bars(maps.copy(), xs[0], ys[:, 0], (0, 0, 60, 40),
+                                       (40, 60)), maps)
+    held = held_at_bars(maps.copy(), xs[0], ys[:, 0], (0, 0, 60, 30), (40, 60))
+    assert (held[30:] == np.stack([xs, ys], -1)[30:]).all() and (held[:27] == maps[:27]).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -531,21 +531,41 @@ def inner_picture(frame: np.ndarray) -> tuple[int, int, int, int]:
             right - edge if right < w else w, bottom - edge if bottom < h else h)
 
 
-def bar_edge_weight(x: np.ndarray, y: np.ndarray, picture: tuple[int, int, int, int],
-                    shape: tuple[int, int]) -> np.ndarray:
-    """How far the warp may move each pixel (x, y: its frame pixel) near a letterbox or
-    pillarbox bar (`inner_picture`'s `picture`, frame `shape` h, w): 0 from the bar's own
-    edge through the codec's smeared `BAR_EDGE_PX`, rising linearly to 1 over the next
-    `BAR_EDGE_PX` pixels of the picture; 1 on a side without a bar."""
+def bar_edge_weights(xs: np.ndarray, ys: np.ndarray, picture: tuple[int, int, int, int],
+                     shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """How far the warp may move the pixels of frame columns `xs` and rows `ys` (1-D)
+    near a letterbox or pillarbox bar (`inner_picture`'s `picture`, frame `shape` h, w),
+    per column and per row: 0 from the bar's own edge through the codec's smeared
+    `BAR_EDGE_PX`, rising linearly to 1 over the next `BAR_EDGE_PX` pixels of the picture;
+    1 on a side without a bar."""
     h, w = shape
     left, top, right, bottom = picture
     edge = float(BAR_EDGE_PX)
-    out = np.ones(np.shape(x), np.float32)
-    for on, distance in ((left > 0, x - left), (top > 0, y - top),
-                         (right < w, (right - 1) - x), (bottom < h, (bottom - 1) - y)):
-        if on:
-            out = np.minimum(out, np.clip((distance + 1.0) / edge, 0.0, 1.0))
-    return out.astype(np.float32)
+    out = []
+    for v, low, high, size in ((xs, left, right, w), (ys, top, bottom, h)):
+        v = np.asarray(v, np.float32)
+        weight = np.ones(v.shape, np.float32)
+        if low > 0:
+            weight = np.minimum(weight, np.clip((v - low + 1.0) / edge, 0.0, 1.0))
+        if high < size:
+            weight = np.minimum(weight, np.clip((high - v) / edge, 0.0, 1.0))
+        out.append(weight.astype(np.float32))
+    return out[0], out[1]
+
+
+def held_at_bars(maps: np.ndarray, xs: np.ndarray, ys: np.ndarray,
+                 picture: tuple[int, int, int, int], shape: tuple[int, int]) -> np.ndarray:
+    """The warp's maps (H' x W' x 2 frame pixels; columns `xs`, rows `ys`) moved back towards
+    each pixel's own place by `bar_edge_weights` (a corner by both), in place: only the
+    columns and rows beside a bar are touched."""
+    wx, wy = bar_edge_weights(xs, ys, picture, shape)
+    for near in np.flatnonzero(wx < 1):
+        maps[:, near, 0] = xs[near] + wx[near] * (maps[:, near, 0] - xs[near])
+        maps[:, near, 1] = ys + wx[near] * (maps[:, near, 1] - ys)
+    for near in np.flatnonzero(wy < 1):
+        maps[near, :, 0] = xs + wy[near] * (maps[near, :, 0] - xs)
+        maps[near, :, 1] = ys[near] + wy[near] * (maps[near, :, 1] - ys[near])
+    return maps
 
 
 def clamp_to_picture(x: np.ndarray, y: np.ndarray, picture: tuple[int, int, int, int],
@@ -1170,9 +1190,7 @@ def transfer_face(model, source_identity: np.ndarray, actor_identity: np.ndarray
             rows, cols = np.mgrid[oy + r0:oy + r0 + mh, ox + c0:ox + c0 + mw].astype(np.float32)
             # the codec's smeared edge between bar and picture stays where it is: warped,
             # the face's inside would be pulled up to the bar as a step sharper than the frame
-            keep = bar_edge_weight(cols, rows, picture, (h, w))[..., None]
-            own = np.stack([cols, rows], -1)
-            maps = own + keep * (maps - own)
+            maps = held_at_bars(maps, cols[0], rows[:, 0], picture, (h, w))
             maps = np.stack(clamp_to_picture(maps[..., 0], maps[..., 1], picture,
                                              (cols, rows)), -1)
         warped[r0:r0 + mh, c0:c0 + mw] = cv2.remap(
