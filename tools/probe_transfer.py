@@ -286,8 +286,10 @@ def main() -> None:
                 fits[clip], _ = fit_clip(path, model, opts)
         clip_fit = fits[clip]
         with torch.enable_grad():  # a photo not fitted yet is fitted by gradient descent
+            # About this clip's actor, as the swap fits it.
             source_fit, _ = fit_source([source], model, SwapOptions(),
-                                       find_source_faces([source], SwapOptions()))
+                                       find_source_faces([source], SwapOptions()),
+                                       clip_fit.identity.coefficients)
         src_rgb = cv2.cvtColor(cv2.imread(str(source)), cv2.COLOR_BGR2RGB)
         src_pts = dlib_face(src_rgb)
         src_emb = face_embedding(src_rgb, src_pts)
